@@ -5,6 +5,7 @@ daemon's and made an empty ``./twistd.log`` that nothing wrote."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -147,3 +148,16 @@ def test_twistds_own_options_are_not_twists(tmp_path: Path) -> None:
         assert not runs_under_twist(options)
         assert not runs_under_twist(options.subOptions.parent)
     assert twistd_log_file(options) == str(tmp_path / "hub.log")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the warning is for root")
+def test_twist_as_root_is_not_told_of_a_uid_it_lacks(tmp_path: Path, monkeypatch, capsys,
+                                                     no_lasting_handlers: None) -> None:
+    # twist has no --uid: "(no --uid)" pointed at an option it refuses
+    from txmailhub import tap
+
+    monkeypatch.chdir(tmp_path)
+    tap.makeService(_twist(tmp_path).subOptions)
+    err = capsys.readouterr().err
+    assert tap.TWIST_ROOT_WARNING in err
+    assert "--uid" not in err

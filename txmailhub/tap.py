@@ -201,7 +201,8 @@ def makeService(options: Any) -> Any:
     import encodings.idna  # noqa: F401
     owner = _dropping_to(options)
     if owner is None and os.geteuid() == 0:
-        _say(ROOT_WARNING)
+        _say(TWIST_ROOT_WARNING if runs_under_twist(getattr(options, "parent", None))
+             else ROOT_WARNING)
     if owner is not None:
         # every refusal comes before anything is made (the log file, what
         # state_dir holds), and a state_dir is followed only once judged
@@ -326,6 +327,16 @@ ROOT_WARNING = (
     "warning: the hub runs as root (no --uid): whatever it creates under state_dir "
     "belongs to root, and a hub started later as another user cannot use it "
     "(docs/deployment.rst)"
+)
+
+#: twist has no ``--uid`` to switch to after the ports are bound: the way
+#: out is to start it as the hub's user, not to give it an option it lacks
+TWIST_ROOT_WARNING = (
+    "warning: the hub runs as root (twist, unlike twistd, cannot switch to another "
+    "user: start it as the hub's user, under systemd User= with "
+    "AmbientCapabilities=CAP_NET_BIND_SERVICE for ports below 1024): whatever it "
+    "creates under state_dir belongs to root, and a hub started later as another user "
+    "cannot use it (docs/deployment.rst)"
 )
 
 
