@@ -32,6 +32,19 @@ def _twist(tmp_path: Path, *twist_args: str) -> Any:
     return options
 
 
+@pytest.fixture(autouse=True)
+def twists_own_streams(monkeypatch) -> None:
+    """twist's options module takes ``sys.stdout`` and ``sys.stderr`` as it is
+    imported: in a test run, the capture of whichever test imported it
+    first (closed since, if that test used ``capsys``), and the outcome
+    would hang on the order the tests run in.  Here they are this test's,
+    as they are the process's in twist."""
+    from twisted.application.twist import _options
+
+    monkeypatch.setattr(_options, "stdout", sys.stdout)
+    monkeypatch.setattr(_options, "stderr", sys.stderr)
+
+
 @pytest.fixture
 def no_lasting_handlers(monkeypatch) -> Any:
     """Whatever the hub does to the process's handlers is undone after the
