@@ -7,8 +7,10 @@ import errno
 import fcntl
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+from conftest import not_waiting_on
 from test_pop3_protocol import make_settings
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
@@ -151,6 +153,55 @@ def test_message_removed_by_another_client_is_one_log_line_not_a_traceback(tmp_p
     assert bytes(t.received).endswith(b"+OK Bye (0 messages left)\r\n")
     tracebacks = [e.get("log_format") for e in events if "log_failure" in e]
     assert tracebacks == []
+
+
+def _replaced_after_login(tmp_path, make):
+    """joe's one message, logged in to, then replaced behind the session's
+    back by ``make(path)`` at the same name (another program, or the
+    mailbox's owner: a ``mkfifo``, a ``mkdir``, a ``ln -s``)."""
+    _clock, components, md = make_env(tmp_path)
+    path = os.path.join(md, "new", "1600000001.M1P1Q1.fuzz")
+    with open(path, "wb") as f:
+        f.write(b"Subject: x\n\nhello\n")
+    proto, t = logging_in(components)
+    assert b"+OK Logged in, 1 message" in bytes(t.received)
+    os.unlink(path)
+    make(path)
+    t.received.clear()
+    return proto, t, path
+
+
+@pytest.mark.parametrize("command", [b"LIST\r\n", b"RETR 1\r\n", b"TOP 1 0\r\n"])
+def test_a_fifo_put_in_place_of_a_message_is_not_waited_on(tmp_path, command):
+    """The scan at login skips a named pipe, but one made at a message's
+    name after it was opened for reading plainly: the open waits for a
+    writer, on the thread that serves every session of the hub.  It is no
+    message, so it is answered as one another program removed."""
+    proto, t, path = _replaced_after_login(tmp_path, os.mkfifo)
+    # one opening per call: the helper lets one waiting open go, not two
+    not_waiting_on(Path(path), lambda: proto.dataReceived(command))
+    not_waiting_on(Path(path), lambda: proto.dataReceived(b"RETR 1\r\n"))
+    assert bytes(t.received).endswith(R.MESSAGE_GONE.to_bytes())
+    proto.dataReceived(b"QUIT\r\n")
+    assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
+
+
+@pytest.mark.parametrize("make", [os.mkdir, lambda p: os.symlink("/etc/passwd", p)],
+                         ids=["directory", "symlink"])
+def test_an_entry_put_in_place_of_a_message_is_answered_as_gone(tmp_path, make):
+    """Not "[SYS/TEMP] cannot be read" (asking again would never help):
+    the message is gone, as if another program removed it; and DELE of
+    it then leaves the entry alone and the QUIT is ``+OK`` (a directory
+    made no UPDATE fail with ``[SYS/PERM]``)."""
+    proto, t, path = _replaced_after_login(tmp_path, make)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert bytes(t.received) == R.MESSAGE_GONE.to_bytes()
+    t.received.clear()
+    proto.dataReceived(b"TOP 1 0\r\n")
+    assert bytes(t.received) == R.MESSAGE_GONE.to_bytes()
+    proto.dataReceived(b"DELE 1\r\nQUIT\r\n")
+    assert bytes(t.received).endswith(b"+OK Bye (0 messages left)\r\n")
+    assert os.path.lexists(path)
 
 
 def test_quit_whose_deletions_are_not_durable_answers_err_and_claims_nothing(

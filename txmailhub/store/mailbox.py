@@ -13,6 +13,7 @@ delivers mail.
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import json
 import os
@@ -56,8 +57,37 @@ SIZES_NAME = ".txmailhub-sizes"
 STALE_TMP_SECONDS = 36 * 3600  # the Maildir convention for tmp/ leftovers
 _CHUNK = 1 << 20
 # O_NOFOLLOW: a symlink dropped into new/ or cur/ by whoever can write
-# there must not make the hub read any file it can read.
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+# there must not make the hub read any file it can read.  O_NONBLOCK: a
+# named pipe made at a message's name after the scan (which skips pipes)
+# must not hold the open until some writer comes, on the thread that
+# serves every session; a regular file reads the same with it (Linux and
+# the BSDs ignore it for regular files), and ``_open_regular`` refuses
+# anything else once it is open.
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(
+    os, "O_NONBLOCK", 0)
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at ``path``.  Anything
+    else there (a pipe, a directory, a symbolic link: put at a message's
+    name after the scan, which lists regular files only) is no message:
+    ``FileNotFoundError``, as for a message another program removed, not
+    a storage fault that asking again could mend."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as e:
+        if e.errno != errno.ELOOP:  # ELOOP: a symbolic link (O_NOFOLLOW)
+            raise
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", path) from None
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+    return fd
 
 
 def _crlf_size_of_file(path: str) -> tuple[int, int]:
@@ -377,11 +407,19 @@ class MaildirMailbox:
         return self._messages
 
     def _locate(self, index: int) -> str:
-        """The message's path now (one ``stat``); see ``_find``."""
+        """The message's path now (one ``lstat``); see ``_find``.
+        ``FileNotFoundError`` if it is gone, or if what is at its name is
+        no regular file (a folder, pipe or link made there since the
+        scan): that is not the message, and not ours to remove."""
         path = self._messages.path(index)
-        if os.path.exists(path):
-            return path
-        return self._find(index)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            path = self._find(index)
+            st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+        return path
 
     def _find(self, index: int) -> str:
         """Where message ``index`` went if another Maildir reader renamed
@@ -527,13 +565,13 @@ class MaildirMailbox:
         FileNotFoundError only when it is gone (POP3 answers that as
         removed by another program, not as a read to try again)."""
         try:
-            return os.open(self._messages.path(index), _READ_FLAGS)
+            return _open_regular(self._messages.path(index))
         except FileNotFoundError:
             pass
         try:
-            return os.open(self._find(index), _READ_FLAGS)
+            return _open_regular(self._find(index))
         except FileNotFoundError:
-            return os.open(self._find(index), _READ_FLAGS)
+            return _open_regular(self._find(index))
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
