@@ -575,13 +575,14 @@ class MaildirMailbox:
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
-        so a small message costs open, fstat, read and close.  The recorded
+        so a small message costs open, two fstats (``_open_regular``'s and
+        the file object's), read and close.  The recorded
         path is tried first; only if it is gone is the message looked for."""
         return open(self._open_fd(index), "rb", buffering=0)
 
     def read_message(self, index: int, limit: int) -> bytes | None:
-        """The stored bytes if shorter than ``limit``: open, one read(2),
-        close (no file object, no fstat)."""
+        """The stored bytes if shorter than ``limit``: open, the fstat
+        that tells a regular file, one read(2), close (no file object)."""
         fd = self._open_fd(index)
         try:
             data = os.read(fd, limit)
@@ -591,7 +592,8 @@ class MaildirMailbox:
 
     def read_message_nowait(self, index: int, limit: int) -> bytes | None:
         """``read_message``, or ``BlockingIOError`` if the kernel does not
-        hold the message (``INoWaitRead``): open, one ``preadv2``, close."""
+        hold the message (``INoWaitRead``): open, fstat, one ``preadv2``,
+        close."""
         fd = self._open_fd(index)
         try:
             data = pread_nowait(fd, limit, 0)
