@@ -2883,3 +2883,21 @@ def test_a_tmp_file_is_stale_only_after_stale_tmp_seconds(tmp_path):
     assert os.path.exists(path)
     mailbox_module.clean_tmp(md, mtime + mailbox_module.STALE_TMP_SECONDS + 1)
     assert not os.path.exists(path)
+
+
+def test_a_stale_link_in_tmp_is_judged_by_its_own_age_not_its_target_s(tmp_path):
+    # a link left in tmp/ is a leftover like any file there: stat() went
+    # through it, so a dangling one (its target gone) stayed for good, and
+    # one to a file changed lately stayed as long as that file was fresh;
+    # removing it removes the link alone, never what it points to
+    md, target, mtime = _old_tmp_file(tmp_path)
+    os.utime(target, (mtime + 100_000, mtime + 100_000))  # fresh next to the links
+    dangling = os.path.join(md, "tmp", "2.dangling")
+    linked = os.path.join(md, "tmp", "3.linked")
+    os.symlink(os.path.join(md, "tmp", "gone"), dangling)
+    os.symlink(target, linked)
+    for link in (dangling, linked):
+        os.utime(link, (mtime, mtime), follow_symlinks=False)
+    mailbox_module.clean_tmp(md, mtime + mailbox_module.STALE_TMP_SECONDS + 1)
+    assert not os.path.lexists(dangling) and not os.path.lexists(linked)
+    assert os.path.exists(target)

@@ -155,7 +155,9 @@ def clean_tmp(md: str, now: float) -> None:
     for name in names:
         path = os.path.join(tmp, name)
         try:
-            if now - os.stat(path).st_mtime > STALE_TMP_SECONDS:
+            # lstat: a link there is judged by its own age (a dangling
+            # one would stay for good), and only the link is removed
+            if now - os.lstat(path).st_mtime > STALE_TMP_SECONDS:
                 with _writing_lock:
                     if path in _writing:
                         continue
