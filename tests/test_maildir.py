@@ -13,7 +13,9 @@ import sys
 import textwrap
 import threading
 import tracemalloc
+from pathlib import Path
 
+from conftest import not_waiting_on
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -2901,3 +2903,60 @@ def test_a_stale_link_in_tmp_is_judged_by_its_own_age_not_its_target_s(tmp_path)
     mailbox_module.clean_tmp(md, mtime + mailbox_module.STALE_TMP_SECONDS + 1)
     assert not os.path.lexists(dangling) and not os.path.lexists(linked)
     assert os.path.exists(target)
+
+
+def _md_with_plain_message(tmp_path) -> tuple[str, str]:
+    """A Maildir holding one message whose name carries no sizes (another
+    delivery agent's): ``scan`` measures it.  (md, its path)."""
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    path = md / "new" / "1600000001.M1P1Q1.other"
+    path.write_bytes(b"Subject: x\n\nhello\n")
+    return str(md), str(path)
+
+
+def test_a_size_cache_that_is_a_pipe_is_not_waited_on(tmp_path):
+    # whoever can write into a Maildir could make .txmailhub-sizes a pipe:
+    # read plainly, the login's scan waited for a writer for ever, holding
+    # the mailbox's lock and a worker thread; it is ignored and replaced
+    md, _ = _md_with_plain_message(tmp_path)
+    cache = Path(md) / mailbox_module.SIZES_NAME
+    os.mkfifo(cache)
+    snapshot = not_waiting_on(cache, lambda: scan(md))
+    assert [m.size for m in snapshot] == [21]
+    assert cache.is_file() and not cache.is_symlink()
+
+
+def test_a_size_cache_that_is_a_link_is_not_read_through_it(tmp_path):
+    # nor is the cache read through a link (to /dev/zero it was read
+    # without end): the sizes a file elsewhere claims are not taken
+    md, path = _md_with_plain_message(tmp_path)
+    st = os.stat(path)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"version": 1, "sizes": {
+        os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}}))
+    cache = Path(md) / mailbox_module.SIZES_NAME
+    cache.symlink_to(elsewhere)
+    assert [m.size for m in scan(md)] == [21]
+    assert not cache.is_symlink()
+
+
+def test_a_message_made_a_pipe_while_scan_measures_it_is_skipped_not_waited_on(
+        tmp_path, monkeypatch):
+    # scan takes a plain name for a regular file by its lstat, then opens
+    # it to count its octets: a pipe put there in between (a rename) held
+    # that open until some writer came
+    md, path = _md_with_plain_message(tmp_path)
+    real_lstat = os.lstat
+
+    def lstat_then_swap(p, *args, **kwargs):
+        st = real_lstat(p, *args, **kwargs)
+        if p == path:
+            os.unlink(path)
+            os.mkfifo(path)
+        return st
+
+    monkeypatch.setattr(os, "lstat", lstat_then_swap)
+    snapshot = not_waiting_on(Path(path), lambda: scan(md))
+    assert len(snapshot) == 0

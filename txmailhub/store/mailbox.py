@@ -91,8 +91,11 @@ def _open_regular(path: str) -> int:
 
 
 def _crlf_size_of_file(path: str) -> tuple[int, int]:
+    """Counted from the file ``_open_regular`` opens: ``scan`` saw a
+    regular file there, but a pipe renamed into its place since would
+    hold a plain open for ever (``FileNotFoundError``: skipped)."""
     counter = CRLFCounter()
-    with open(path, "rb") as f:
+    with open(_open_regular(path), "rb") as f:
         while chunk := f.read(_CHUNK):
             counter.feed(chunk)
     return counter.size, counter.crlf_size
@@ -280,7 +283,11 @@ class _SizeCache:
         self.used: set[str] = set()
         self.dirty = False
         try:
-            with open(self.path, "rb") as f:
+            # not read through a link (to /dev/zero: read without end) nor
+            # from a pipe (waited on for ever): whoever can write into the
+            # Maildir could put either here.  Such a cache is unreadable,
+            # and the save replaces it with a file.
+            with open(_open_regular(self.path), "rb") as f:
                 doc = json.loads(f.read())
             if isinstance(doc, dict) and doc.get("version") == 1:
                 self.entries = {
@@ -288,7 +295,9 @@ class _SizeCache:
                     if isinstance(v, list) and len(v) in (4, 5)
                 }
         except FileNotFoundError:
-            pass
+            if os.path.lexists(self.path):  # there, but no regular file
+                log.warn("ignoring size cache {path}: not a regular file", path=self.path)
+                self.dirty = True
         except (OSError, ValueError) as e:
             log.warn("ignoring unreadable size cache {path}: {error}", path=self.path,
                      error=str(e))
