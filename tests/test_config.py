@@ -917,28 +917,43 @@ def test_an_open_files_limit_below_the_connection_limits_is_warned_of() -> None:
     # lines for each): twistd mailhub says so at start
     from txmailhub.tap import fd_limit_warning
 
-    # 500 + 200 + 50 sessions and 100 attempt markers (up to twice as many
-    # messages in flight as deliveries, each holding its marker) + 64
+    # 2 x (500 + 200) sessions, each with the message it receives or sends
+    # open; 50 relay sessions with the message each sends and 100 attempt
+    # markers (up to twice as many messages in flight as deliveries, each
+    # holding its marker) + 64
     s = load_text(MINIMAL, "/x.toml")
-    assert fd_limit_warning(s, 914) is None and fd_limit_warning(s, -1) is None
-    why = fd_limit_warning(s, 913)
+    assert fd_limit_warning(s, 1664) is None and fd_limit_warning(s, -1) is None
+    why = fd_limit_warning(s, 1663)
     assert why is not None and why.startswith(
-        "/x.toml: the open-files limit is 913, below the 914 ")
+        "/x.toml: the open-files limit is 1663, below the 1664 ")
     # defaults: written nowhere, so no line
-    assert "[smtp] max_connections 500 + [pop3] max_connections 200" in why
-    assert "3 x [relay] max_concurrent_deliveries 50 (a session each" in why
+    assert "2 x ([smtp] max_connections 500 + [pop3] max_connections 200)" in why
+    assert "4 x [relay] max_concurrent_deliveries 50 (a session and the message" in why
     assert "LimitNOFILE=" in why
     small = load_text(MINIMAL + "[smtp]\nmax_connections = 10\n[pop3]\nmax_connections = 5\n"
                       "[relay]\nmax_concurrent_deliveries = 2\n", "/x.toml")
-    assert fd_limit_warning(small, 85) is None
+    assert fd_limit_warning(small, 102) is None
     # each key the file writes at its line, where the admin lowers it (the
     # warning named the keys alone, unlike every other one about the config)
-    why = fd_limit_warning(small, 84)
+    why = fd_limit_warning(small, 101)
     above = MINIMAL.count("\n")
     assert why is not None and (
-        f"([smtp] max_connections 10 (at line {above + 2}) + [pop3] max_connections 5 "
-        f"(at line {above + 4}) + 3 x [relay] max_concurrent_deliveries 2 (at line {above + 6}) "
-        "(a session each") in why, why
+        f"(2 x ([smtp] max_connections 10 (at line {above + 2}) + [pop3] max_connections 5 "
+        f"(at line {above + 4})) (a connection and the message it sends or receives) "
+        f"+ 4 x [relay] max_concurrent_deliveries 2 (at line {above + 6}) "
+        "(a session and the message it sends each") in why, why
+
+
+def test_the_default_limits_are_warned_of_under_the_usual_1024_open_files() -> None:
+    # 500 SMTP sessions each in the middle of a message hold 1,000
+    # descriptors (their connection and spool file), measured on a live
+    # hub with a hard limit of 1,024: past it clients waited in the listen
+    # queue with no 421, and the warning had counted one descriptor a
+    # session (914 in all) and said nothing
+    from txmailhub.tap import fd_limit_warning
+
+    s = load_text(MINIMAL, "/x.toml")
+    assert fd_limit_warning(s, 1024) is not None
 
 
 def test_two_listeners_on_one_address_are_a_problem() -> None:

@@ -1112,6 +1112,7 @@ def test_the_attempt_markers_held_are_what_the_open_files_warning_counts(tmp_pat
     # entry one of whose destinations is done while another waits for a
     # slot keeps its marker), which the open-files warning of `twistd
     # mailhub` must reckon with
+    from txmailhub.process_limits import SESSION_DESCRIPTORS
     from txmailhub.tap import FD_MARGIN, fd_limit_warning
 
     hub = make_hub(tmp_path, "max_concurrent_deliveries = 2\nmax_per_destination = 5\n")
@@ -1126,7 +1127,9 @@ def test_the_attempt_markers_held_are_what_the_open_files_warning_counts(tmp_pat
         held = _open_descriptors(hub.settings.queue_dir)
         assert held is None or held == 2  # one each, held
         s = hub.settings
-        sessions = s.smtp.max_connections + s.pop3.max_connections + 2
+        sessions = SESSION_DESCRIPTORS * (s.smtp.max_connections + s.pop3.max_connections)
+        # a relay session and the message it sends, each
+        sessions += 2 * s.relay.max_concurrent_deliveries
         most = 2 * s.relay.max_concurrent_deliveries
         assert fd_limit_warning(s, sessions + most + FD_MARGIN) is None
         assert fd_limit_warning(s, sessions + most + FD_MARGIN - 1) is not None

@@ -15,12 +15,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from txmailhub.config import Settings
 
-__all__ = ["FD_MARGIN", "GC_THRESHOLD0", "fd_limit_warning", "raise_fd_limit", "tune_gc"]
+__all__ = ["FD_MARGIN", "GC_THRESHOLD0", "SESSION_DESCRIPTORS", "fd_limit_warning",
+           "raise_fd_limit", "tune_gc"]
 
 
-# Descriptors the hub holds besides its connections: listeners, the spool
-# files made ahead, the log, the state lock, files being stored or sent.
+# Descriptors the hub holds besides its sessions: listeners, the spool
+# files made ahead, the log, the state lock, a message being stored.
 FD_MARGIN = 64
+
+#: Descriptors one SMTP or POP3 session may hold: its connection, and the
+#: file it streams -- an SMTP session receiving a message writes its spool
+#: file, a POP3 session answering RETR or TOP reads the message -- for as
+#: long as the client takes to send or read it.  A client that stalls in
+#: the middle keeps both, so every session may hold two at once.
+SESSION_DESCRIPTORS = 2
 
 
 def fd_limit_warning(settings: Settings, soft: int) -> str | None:
@@ -36,24 +44,28 @@ def fd_limit_warning(settings: Settings, soft: int) -> str | None:
 
     if soft < 0:
         return None
-    # the relay: a session per delivery slot, and the attempt marker each
-    # message being delivered holds open (up to ENTRIES_PER_SLOT per slot:
-    # one whose other destination waits for a slot keeps its marker)
-    per_slot = 1 + ENTRIES_PER_SLOT
+    # the relay: a session per delivery slot, the queued message it sends,
+    # and the attempt marker each message being delivered holds open (up
+    # to ENTRIES_PER_SLOT per slot: one whose other destination waits for
+    # a slot keeps its marker)
+    per_slot = 2 + ENTRIES_PER_SLOT
     relay = settings.relay.max_concurrent_deliveries
-    need = (settings.smtp.max_connections + settings.pop3.max_connections
+    per_session = SESSION_DESCRIPTORS
+    need = (per_session * (settings.smtp.max_connections + settings.pop3.max_connections)
             + per_slot * relay + FD_MARGIN)
     if soft >= need:
         return None
 
     at = settings.at  # `` (at line N)``, or nothing for a default
     return (f"{settings.path}: the open-files limit is {soft}, below the {need} the "
-            f"connection limits may take ([smtp] max_connections "
+            f"connection limits may take ({per_session} x ([smtp] max_connections "
             f"{settings.smtp.max_connections}{at('smtp', 'max_connections')} + [pop3] "
-            f"max_connections {settings.pop3.max_connections}{at('pop3', 'max_connections')} "
+            f"max_connections {settings.pop3.max_connections}{at('pop3', 'max_connections')}) "
+            f"(a connection and the message it sends or receives) "
             f"+ {per_slot} x [relay] max_concurrent_deliveries {relay}"
-            f"{at('relay', 'max_concurrent_deliveries')} (a session each, and the attempt "
-            f"markers of the messages in flight) + {FD_MARGIN}): beyond it clients are cut "
+            f"{at('relay', 'max_concurrent_deliveries')} (a session and the message it sends "
+            f"each, and the attempt markers of the messages in flight) + {FD_MARGIN}): "
+            "beyond it clients are cut "
             "without a 421; raise the limit (LimitNOFILE= in a systemd unit, ulimit -n) or "
             "lower those settings")
 
