@@ -235,14 +235,20 @@ def _own_folder(folder: str) -> bool:
     not a symbolic link: through one, whoever can write into the Maildir
     would have the hub serve, delete and move files of any folder it can
     reach.  Such a one is logged and holds no messages."""
+    if _is_folder(folder):
+        return True
+    if os.path.lexists(folder):
+        log.warn("Maildir folder {folder} is not a folder (a link?): not read", folder=folder)
+    return False
+
+
+def _is_folder(folder: str) -> bool:
+    """``_own_folder`` without its log line (the lookups of
+    ``MaildirMailbox`` may run on worker threads): one ``lstat``."""
     try:
-        st = os.lstat(folder)
+        return stat.S_ISDIR(os.lstat(folder).st_mode)
     except FileNotFoundError:
         return False
-    if stat.S_ISDIR(st.st_mode):
-        return True
-    log.warn("Maildir folder {folder} is not a folder (a link?): not read", folder=folder)
-    return False
 
 
 def _distinct_uids(uids: list[str], rows: list[tuple]) -> None:
@@ -500,8 +506,11 @@ class MaildirMailbox:
         self._stamp = self._stamps()  # before: a change meanwhile shows later
         found: list[list[str]] = []
         for sub in ("new", "cur"):
+            folder = os.path.join(self.path, sub)
+            # not through a link, as ``scan`` (``_own_folder``): a message
+            # gone from its name was found, served and deleted there
             try:
-                names = os.listdir(os.path.join(self.path, sub))
+                names = os.listdir(folder) if _is_folder(folder) else []
             except FileNotFoundError:
                 names = []
             names.sort()
