@@ -1045,3 +1045,25 @@ def test_a_message_looked_for_again_is_not_found_through_a_cur_that_is_a_link(tm
     proto.dataReceived(b"DELE 1\r\nQUIT\r\n")
     assert b"secret" not in bytes(t.received)
     assert os.listdir(elsewhere) == ["1600000001.M1P1Q1.x"]
+
+
+def test_dele_of_a_message_another_reader_moved_removes_it_where_it_went(tmp_path):
+    # another reader flagged the message (new/ to cur/) and something
+    # else was then made at its old name: that entry is not the message,
+    # but the message is still there, under its new name, and DELE must
+    # remove it (RETR found it; DELE took the entry for the message and
+    # left both, answering the QUIT +OK)
+    _clock, components, md = make_env(tmp_path)
+    name = "1600000001.M1P1Q1.fuzz"
+    old = os.path.join(md, "new", name)
+    with open(old, "wb") as f:
+        f.write(b"Subject: x\n\nhello\n")
+    proto, t = logging_in(components)
+    assert b"+OK Logged in, 1 message" in bytes(t.received)
+    moved = os.path.join(md, "cur", name + ":2,S")
+    os.rename(old, moved)
+    os.mkdir(old)
+    proto.dataReceived(b"DELE 1\r\nQUIT\r\n")
+    assert bytes(t.received).endswith(b"+OK Bye (0 messages left)\r\n")
+    assert not os.path.lexists(moved)
+    assert os.path.isdir(old)

@@ -442,16 +442,20 @@ class MaildirMailbox:
 
     def _locate(self, index: int) -> str:
         """The message's path now (one ``lstat``); see ``_find``.
-        ``FileNotFoundError`` if it is gone, or if what is at its name is
-        no regular file (a folder, pipe or link made there since the
-        scan): that is not the message, and not ours to remove."""
+        What is at its name if that is a regular file; else (gone, or a
+        folder, pipe or link made there since the scan: not the message,
+        and not ours to remove) where ``_find`` finds it, as a read does.
+        ``FileNotFoundError`` if no regular file is found."""
         path = self._messages.path(index)
         try:
-            st = os.lstat(path)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                return path
         except FileNotFoundError:
-            path = self._find(index)
-            st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
+            pass
+        # gone, or something else at its name: the message may still be
+        # where another reader renamed it (as ``_open_fd`` looks for it)
+        path = self._find(index)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
             raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
         return path
 
