@@ -26,6 +26,7 @@ from txmailhub.errors import LocalError, MailboxInUse, MailboxTurnAbandoned
 from txmailhub.interfaces import IMailbox, IMailboxStore, ISpoolingStore
 from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store import maildir as maildir_module
+from txmailhub.store import nowait as nowait_module
 from txmailhub.store.mailbox import scan
 from txmailhub.store.maildir import (
     SIZES_NAME,
@@ -1794,6 +1795,41 @@ class MailboxTests(Base):
             self.assertIsInstance(f, io.RawIOBase)
             self.assertEqual(len(f.read(65536)), 5001)
             self.assertEqual(f.read(65536), b"")
+        box.close()
+
+    def test_a_small_message_read_whole_costs_no_fstat(self):
+        # the small-message RETR is open, one read and close: telling a
+        # regular file from a pipe or folder put at its name added an
+        # fstat to every one; the read itself tells them apart
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        calls = []
+        real_fstat = os.fstat
+
+        def counting(fd):
+            calls.append(fd)
+            return real_fstat(fd)
+
+        nowait_module._set(False)  # plain reads: nowait's own fstat is not asked
+        self.addCleanup(nowait_module._set, None)
+        self.patch(os, "fstat", counting)
+        self.assertEqual(box.read_message(0, 100), b"one\n")
+        self.assertEqual(box.read_message_nowait(0, 100), b"one\n")
+        self.assertEqual(calls, [])
+        # and what is no message at its name is still answered as gone
+        for make in (os.mkdir, os.mkfifo):
+            os.unlink(path) if os.path.isfile(path) else os.rmdir(path)
+            make(path)
+            for read in (box.read_message, box.read_message_nowait):
+                self.assertRaises(FileNotFoundError, read, 0, 100)
+        # a pipe with a writer: nothing written yet (EAGAIN), then fewer
+        # octets than the message's
+        writer = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self.addCleanup(os.close, writer)
+        self.assertRaises(FileNotFoundError, box.read_message, 0, 100)
+        os.write(writer, b"on")
+        self.assertRaises(FileNotFoundError, box.read_message, 0, 100)
         box.close()
 
     def test_read_message_whole_or_none(self):

@@ -61,10 +61,26 @@ _CHUNK = 1 << 20
 # named pipe made at a message's name after the scan (which skips pipes)
 # must not hold the open until some writer comes, on the thread that
 # serves every session; a regular file reads the same with it (Linux and
-# the BSDs ignore it for regular files), and ``_open_regular`` refuses
-# anything else once it is open.
+# the BSDs ignore it for regular files), and ``_open_regular`` (or, for
+# the small messages read whole, ``_read_regular``) refuses anything
+# else once it is open.
 _READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(
     os, "O_NONBLOCK", 0)
+
+
+def _not_regular(path: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "not a regular file", path)
+
+
+def _open_unchecked(path: str) -> int:
+    """A read-only descriptor of what is at ``path``, a symbolic link
+    refused (``FileNotFoundError``); a pipe opened without waiting."""
+    try:
+        return os.open(path, _READ_FLAGS)
+    except OSError as e:
+        if e.errno != errno.ELOOP:  # ELOOP: a symbolic link (O_NOFOLLOW)
+            raise
+        raise _not_regular(path) from None
 
 
 def _open_regular(path: str) -> int:
@@ -73,12 +89,7 @@ def _open_regular(path: str) -> int:
     name after the scan, which lists regular files only) is no message:
     ``FileNotFoundError``, as for a message another program removed, not
     a storage fault that asking again could mend."""
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as e:
-        if e.errno != errno.ELOOP:  # ELOOP: a symbolic link (O_NOFOLLOW)
-            raise
-        raise FileNotFoundError(errno.ENOENT, "not a regular file", path) from None
+    fd = _open_unchecked(path)
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except BaseException:
@@ -86,8 +97,31 @@ def _open_regular(path: str) -> int:
         raise
     if not regular:
         os.close(fd)
-        raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+        raise _not_regular(path)
     return fd
+
+
+def _read_regular(fd: int, path: str, read: Callable[[int], bytes], expected: int) -> bytes:
+    """``read(fd)`` of a descriptor ``_open_unchecked`` gave, told from
+    the read what it is, with no ``fstat`` where it is the message: a
+    small ``RETR`` costs open, one read and close, as it did before pipes
+    were looked for.  A folder says ``EISDIR``, a pipe ``ESPIPE`` to a
+    read at an offset; a plain read of a pipe (``O_NONBLOCK``) says
+    ``EAGAIN`` or gives what its writer wrote, nothing without one.  Only
+    a read that is not ``expected`` octets long (nor ``EAGAIN``) costs an
+    ``fstat``; a pipe that gives exactly that many octets gives what a
+    file its writer could have put there would.  ``FileNotFoundError``
+    for anything but a regular file, as ``_open_regular``."""
+    try:
+        data = read(fd)
+    except OSError as e:
+        if e.errno in (errno.EISDIR, errno.ESPIPE) or (
+                e.errno == errno.EAGAIN and not stat.S_ISREG(os.fstat(fd).st_mode)):
+            raise _not_regular(path) from None
+        raise  # BlockingIOError of a regular file: not cached (RWF_NOWAIT)
+    if len(data) != expected and not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise _not_regular(path)
+    return data
 
 
 def _crlf_size_of_file(path: str) -> tuple[int, int]:
@@ -621,25 +655,34 @@ class MaildirMailbox:
         path is tried first; only if it is gone is the message looked for."""
         return open(self._open_fd(index), "rb", buffering=0)
 
+    def _read_whole(self, index: int, read: Callable[[int], bytes]) -> bytes:
+        """``read(fd)`` of message ``index``, found as ``_open_fd`` finds
+        it, with no ``fstat`` of its own (``_read_regular``)."""
+        path = self._messages.path(index)
+        expected = self._messages.stored_sizes[index]
+        for attempt in range(3):
+            try:
+                fd = _open_unchecked(path)
+                try:
+                    return _read_regular(fd, path, read, expected)
+                finally:
+                    os.close(fd)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                path = self._find(index)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def read_message(self, index: int, limit: int) -> bytes | None:
-        """The stored bytes if shorter than ``limit``: open, the fstat
-        that tells a regular file, one read(2), close (no file object)."""
-        fd = self._open_fd(index)
-        try:
-            data = os.read(fd, limit)
-        finally:
-            os.close(fd)
+        """The stored bytes if shorter than ``limit``: open, one read(2),
+        close (no file object, and no fstat, ``_read_regular``)."""
+        data = self._read_whole(index, lambda fd: os.read(fd, limit))
         return data if len(data) < limit else None
 
     def read_message_nowait(self, index: int, limit: int) -> bytes | None:
         """``read_message``, or ``BlockingIOError`` if the kernel does not
-        hold the message (``INoWaitRead``): open, fstat, one ``preadv2``,
-        close."""
-        fd = self._open_fd(index)
-        try:
-            data = pread_nowait(fd, limit, 0)
-        finally:
-            os.close(fd)
+        hold the message (``INoWaitRead``): open, one ``preadv2``, close."""
+        data = self._read_whole(index, lambda fd: pread_nowait(fd, limit, 0))
         return data if len(data) < limit else None
 
     def read_nowait(self, file: Any, size: int) -> bytes:
