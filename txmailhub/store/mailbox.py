@@ -695,9 +695,11 @@ class MaildirMailbox:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=error)
 
-    def _flag_seen(self, index: int) -> str | None:
+    def _flag_seen(self, index: int, cur_checked: bool = False) -> str | None:
         """``mark_seen`` without its log line (it may run on a worker
-        thread): what went wrong, or ``None``."""
+        thread): what went wrong, or ``None``.  ``cur_checked``: the
+        caller found cur/ a folder (``update`` asks once a job, not once
+        a message)."""
         try:
             snapshot = self._messages
             if snapshot.seen_in_cur(index):
@@ -715,7 +717,7 @@ class MaildirMailbox:
             else:
                 new_flags = "2,S"
             target = f"{self._cur}/{unique}:{new_flags}"
-            if not stat.S_ISDIR(os.lstat(self._cur).st_mode):
+            if not cur_checked and not stat.S_ISDIR(os.lstat(self._cur).st_mode):
                 # a link (``_own_folder``): the rename would go through it
                 return f"{self._cur} is not a folder (a link?)"
             try:
@@ -732,7 +734,7 @@ class MaildirMailbox:
                 # and work out the flags from its present name.
                 if self._find(index) == path:
                     raise
-                return self._flag_seen(index)
+                return self._flag_seen(index, cur_checked)
             self._moved(index, target, True)
             if current:
                 self._stamp = self._stamps()
@@ -799,8 +801,11 @@ class MaildirMailbox:
         """One worker job of ``update``: ``seen`` flagged, then ``deleted``
         unlinked; what failed goes to ``errors`` and ``unflagged``, logged
         on the reactor thread."""
+        # cur/ checked once a job, not with an lstat a message flagged
+        # (where it is no folder, each message says why as ``mark_seen``)
+        cur_checked = bool(seen) and _is_folder(self._cur)
         for index in seen:
-            error = self._flag_seen(index)
+            error = self._flag_seen(index, cur_checked)
             if error is not None:
                 unflagged.append((index, error))
         if deleted:
