@@ -1797,27 +1797,6 @@ class MailboxTests(Base):
             self.assertEqual(f.read(65536), b"")
         box.close()
 
-    def test_update_looks_at_cur_once_a_job_not_once_a_message(self):
-        # that cur/ is a folder, not a link, is asked once for a job of
-        # flags, not with an lstat of cur/ for every message flagged
-        for body in (b"one\n", b"two\n", b"three\n"):
-            self.deliver([JOE], body)
-        box = self.open()
-        cur = os.path.join(self.md(), "cur")
-        asked = []
-        real_lstat = os.lstat
-
-        def counting(path, *args, **kwargs):
-            if path == cur:
-                asked.append(path)
-            return real_lstat(path, *args, **kwargs)
-
-        self.patch(os, "lstat", counting)
-        self.successResultOf(box.update([0, 1, 2], []))
-        self.assertEqual(len(asked), 1)
-        self.assertEqual(len(os.listdir(cur)), 3)
-        box.close()
-
     def test_a_small_message_read_whole_costs_no_fstat(self):
         # the small-message RETR is open, one read and close: telling a
         # regular file from a pipe or folder put at its name added an

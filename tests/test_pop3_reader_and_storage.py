@@ -1027,26 +1027,6 @@ def test_a_message_read_is_not_moved_into_a_cur_that_is_a_link(tmp_path):
     assert os.listdir(elsewhere) == ["1600000001.M1P1Q1.x"]
 
 
-def test_a_message_looked_for_again_is_not_found_through_a_cur_that_is_a_link(tmp_path):
-    # scan leaves a linked cur/ unread, but the lookup of a message gone
-    # from its recorded name (``_find``) listed cur/ through the link: a
-    # file of the folder it leads to, under the gone message's unique
-    # part, was served, and DELE removed it
-    components, md, elsewhere = _cur_linked_elsewhere(tmp_path)
-    mine = os.path.join(md, "new", "1600000001.M1P1Q1.x")
-    with open(mine, "wb") as f:
-        f.write(b"Subject: mine\n\nhello\n")
-    proto, t = logging_in(components)
-    assert b"+OK Logged in, 1 message" in bytes(t.received)
-    os.unlink(mine)
-    t.received.clear()
-    proto.dataReceived(b"RETR 1\r\n")
-    assert bytes(t.received) == R.MESSAGE_GONE.to_bytes()
-    proto.dataReceived(b"DELE 1\r\nQUIT\r\n")
-    assert b"secret" not in bytes(t.received)
-    assert os.listdir(elsewhere) == ["1600000001.M1P1Q1.x"]
-
-
 def test_dele_of_a_message_another_reader_moved_removes_it_where_it_went(tmp_path):
     # another reader flagged the message (new/ to cur/) and something
     # else was then made at its old name: that entry is not the message,

@@ -269,20 +269,14 @@ def _own_folder(folder: str) -> bool:
     not a symbolic link: through one, whoever can write into the Maildir
     would have the hub serve, delete and move files of any folder it can
     reach.  Such a one is logged and holds no messages."""
-    if _is_folder(folder):
-        return True
-    if os.path.lexists(folder):
-        log.warn("Maildir folder {folder} is not a folder (a link?): not read", folder=folder)
-    return False
-
-
-def _is_folder(folder: str) -> bool:
-    """``_own_folder`` without its log line (the lookups of
-    ``MaildirMailbox`` may run on worker threads): one ``lstat``."""
     try:
-        return stat.S_ISDIR(os.lstat(folder).st_mode)
+        st = os.lstat(folder)
     except FileNotFoundError:
         return False
+    if stat.S_ISDIR(st.st_mode):
+        return True
+    log.warn("Maildir folder {folder} is not a folder (a link?): not read", folder=folder)
+    return False
 
 
 def _distinct_uids(uids: list[str], rows: list[tuple]) -> None:
@@ -544,11 +538,8 @@ class MaildirMailbox:
         self._stamp = self._stamps()  # before: a change meanwhile shows later
         found: list[list[str]] = []
         for sub in ("new", "cur"):
-            folder = os.path.join(self.path, sub)
-            # not through a link, as ``scan`` (``_own_folder``): a message
-            # gone from its name was found, served and deleted there
             try:
-                names = os.listdir(folder) if _is_folder(folder) else []
+                names = os.listdir(os.path.join(self.path, sub))
             except FileNotFoundError:
                 names = []
             names.sort()
@@ -695,11 +686,9 @@ class MaildirMailbox:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=error)
 
-    def _flag_seen(self, index: int, cur_checked: bool = False) -> str | None:
+    def _flag_seen(self, index: int) -> str | None:
         """``mark_seen`` without its log line (it may run on a worker
-        thread): what went wrong, or ``None``.  ``cur_checked``: the
-        caller found cur/ a folder (``update`` asks once a job, not once
-        a message)."""
+        thread): what went wrong, or ``None``."""
         try:
             snapshot = self._messages
             if snapshot.seen_in_cur(index):
@@ -717,7 +706,7 @@ class MaildirMailbox:
             else:
                 new_flags = "2,S"
             target = f"{self._cur}/{unique}:{new_flags}"
-            if not cur_checked and not stat.S_ISDIR(os.lstat(self._cur).st_mode):
+            if not stat.S_ISDIR(os.lstat(self._cur).st_mode):
                 # a link (``_own_folder``): the rename would go through it
                 return f"{self._cur} is not a folder (a link?)"
             try:
@@ -734,7 +723,7 @@ class MaildirMailbox:
                 # and work out the flags from its present name.
                 if self._find(index) == path:
                     raise
-                return self._flag_seen(index, cur_checked)
+                return self._flag_seen(index)
             self._moved(index, target, True)
             if current:
                 self._stamp = self._stamps()
@@ -801,11 +790,8 @@ class MaildirMailbox:
         """One worker job of ``update``: ``seen`` flagged, then ``deleted``
         unlinked; what failed goes to ``errors`` and ``unflagged``, logged
         on the reactor thread."""
-        # cur/ checked once a job, not with an lstat a message flagged
-        # (where it is no folder, each message says why as ``mark_seen``)
-        cur_checked = bool(seen) and _is_folder(self._cur)
         for index in seen:
-            error = self._flag_seen(index, cur_checked)
+            error = self._flag_seen(index)
             if error is not None:
                 unflagged.append((index, error))
         if deleted:
