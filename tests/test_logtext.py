@@ -227,3 +227,24 @@ def test_a_thread_logging_meanwhile_gets_its_own_seconds_stamp() -> None:
     event["log_time"] = 1774745999.5
     assert observer.line(event) == twisted_line(event)
     assert meanwhile == [twisted_line(other)]
+
+
+def test_the_stamp_is_made_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the observer's reason to be: the common line's time stamp is formatted
+    # once per second, not once per line as Twisted's formatter does
+    import txmailhub.logtext
+
+    made: list[float] = []
+
+    def counted(when: float, time_format: str | None = timeFormatRFC3339) -> str:
+        made.append(when)
+        return formatTime(when, time_format)
+
+    monkeypatch.setattr(txmailhub.logtext, "formatTime", counted)
+    observer = ClassicTextObserver(io.StringIO())
+    event = {"log_format": "{summary}", "summary": "s", "log_namespace": "n",
+             "log_level": LogLevel.info}
+    for when in (1774745998.1, 1774745998.5, 1774745998.9, 1774745999.0, 1774745999.3):
+        event["log_time"] = when
+        assert observer.line(event) == twisted_line(event)
+    assert made == [1774745998, 1774745999]
