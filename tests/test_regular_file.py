@@ -35,10 +35,39 @@ def test_what_is_no_regular_file_is_refused_and_left_closed(tmp_path: Path) -> N
     os.mkfifo(fifo)
     before = _open_descriptors()
     for _ in range(5):
-        with pytest.raises(NotRegularFile):
+        with pytest.raises(NotRegularFile) as info:
             read_regular(str(fifo))
+        # the aliases file's editor and the CLI name the file by it
+        assert info.value.path == str(fifo)
         # a folder is refused as open() refuses it, not as a FIFO is
         with pytest.raises(IsADirectoryError):
             read_regular(str(tmp_path))
     # a hub that meets them at every change of the file must not run out
+    assert _open_descriptors() == before
+
+
+def test_a_limit_reads_the_first_octets_only(tmp_path: Path) -> None:
+    # the relay's smarthost auth file: a file that has no business being
+    # large is not read whole
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    assert read_regular(str(path), limit=4)[0] == b"0123"
+    assert read_regular(str(path))[0] == b"0123456789"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_failed_fstat_is_raised_and_its_descriptor_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    before = _open_descriptors()
+
+    def fstat(fd: int) -> os.stat_result:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    with pytest.raises(OSError) as info:
+        read_regular(str(path))
+    monkeypatch.undo()
+    assert info.value.errno == errno.EIO
     assert _open_descriptors() == before
