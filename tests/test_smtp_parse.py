@@ -17,6 +17,7 @@ from txmailhub.smtp._parse import (
     parse_mail,
     parse_mailbox,
     parse_rcpt,
+    rcpt_local,
 )
 from txmailhub.smtp.xtext import (
     utf8_addr_decode,
@@ -241,6 +242,23 @@ def test_a_utf8_dot_string_that_nfc_makes_ascii_punctuation_is_its_quoted_form()
     keys = {parse_mailbox(t, P, utf8=True).key for t in ("a\u037e", '"a\u037e"', '"a;"')}
     assert keys == {'"a;"@example.org'}
     assert parse_mailbox("a\u037e", P, utf8=True).local == "a\u037e"  # as written
+
+
+@pytest.mark.parametrize(("typed", "key"), [
+    ("joe", "joe"),
+    ("j\u00f6rg", "j\u00f6rg"),
+    ("a;", '"a;"'),
+    ("a..b", '"a..b"'),
+    ('a"b', '"a\\"b"'),
+    ("a\\b", '"a\\\\b"'),
+    ('"', '"\\""'),
+])
+def test_rcpt_local_is_the_form_rcpt_gives_a_name_typed_unquoted(typed: str, key: str) -> None:
+    # `user add` and `alias add` take a name as typed and store it as RCPT
+    # can name it: itself where it is a dot-string, else quoted (RCPT
+    # TO:<a;@...> is a syntax error), escaping only " and \
+    assert rcpt_local(typed) == key
+    assert parse_mailbox(f"{key}@example.org", P, utf8=True).local == key
 
 
 def test_address_literals():
