@@ -1537,3 +1537,29 @@ def test_the_keys_and_maildir_folders_of_ordinary_names_stay_as_they_were(
         if name.isascii():
             rcpt = parse_mailbox(f"{name}@xn--bcher-kva.example", "example.org")
             assert rcpt.key == f"{key}@b\xfccher.example", name
+
+
+@pytest.mark.parametrize(("name", "rcpt"), [('"', '"\\""'), ('a"', '"a\\""'), ('"a', '"\\"a"')])
+def test_a_name_only_half_quoted_is_said_to_be_reached_only_quoted(name: str, rcpt: str) -> None:
+    # a quote at one end only (or a lone one) is no quoted string: such a
+    # line's name is keyed as written, and RCPT can give it only quoted,
+    # which is looked up with the quotes
+    from txmailhub.address import parse_address
+    from txmailhub.users import mail_never_reaches
+
+    address = parse_address(f"{name}@example.org", "example.org", controls=True)
+    assert mail_never_reaches(address) == (
+        f"RCPT TO names it only quoted, {rcpt}@example.org (no dot-string), which is "
+        "looked up with the quotes: it gets no mail")
+
+
+def test_the_empty_quoted_name_is_reached_as_written() -> None:
+    # RCPT TO:<""@example.org> is the mailbox "" (a quoted string may be
+    # empty, RFC 5321 4.1.2): no warning
+    from txmailhub.address import parse_address
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import mail_never_reaches
+
+    address = parse_address('""@example.org', "example.org", controls=True)
+    assert address.key == parse_mailbox('""@example.org', "example.org").key
+    assert mail_never_reaches(address) is None
