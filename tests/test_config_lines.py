@@ -186,3 +186,17 @@ def test_every_key_of_a_generated_document_is_found_on_its_line(
     doc = tomllib.loads(text)
     found = key_lines(text, doc)
     assert {path: found.get(path) for path in expected} == expected, text
+
+
+def test_every_escape_of_a_quoted_key_is_the_character_tomllib_makes_of_it() -> None:
+    # the key's name, as ``doc`` holds it: a wrong character and the path
+    # is dropped as one the document does not hold
+    text = '"\\b\\t\\n\\f\\r\\"\\\\\\u00e9\\U0001F600" = 1\nx."\\t" = 2\n'
+    name = "\b\t\n\f\r\"\\\u00e9\U0001f600"
+    assert tomllib.loads(text)[name] == 1
+    assert located(text) == {(name,): 1, ("x",): 2, ("x", "\t"): 2}
+
+
+def test_without_the_document_every_path_found_is_given() -> None:
+    assert key_lines("x = 1\n[t]\ny = [\n  2,\n]\n") == {
+        ("x",): 1, ("t",): 2, ("t", "y"): 3, ("t", "y", 0): 4}
