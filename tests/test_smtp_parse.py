@@ -261,6 +261,27 @@ def test_rcpt_local_is_the_form_rcpt_gives_a_name_typed_unquoted(typed: str, key
     assert parse_mailbox(f"{key}@example.org", P, utf8=True).local == key
 
 
+def test_a_bare_local_part_takes_the_primary_domain_in_the_form_the_session_allows() -> None:
+    # the client wrote ASCII only: outside SMTPUTF8 the domain it gets is
+    # the A-label form (RFC 5321 4.5.1: RCPT TO:<Postmaster> must be
+    # taken); with SMTPUTF8, the domain as configured
+    primary = "b\u00fccher.example"
+    assert parse_mailbox("Postmaster", primary) == Address("Postmaster", "xn--bcher-kva.example")
+    assert parse_mailbox('"joe"', primary) == Address("joe", "xn--bcher-kva.example")
+    assert parse_mailbox("Postmaster", primary, utf8=True) == Address("Postmaster", primary)
+    assert parse_mailbox('"joe"', primary, utf8=True) == Address("joe", primary)
+
+
+def test_parse_mailbox_takes_no_utf8_unless_told() -> None:
+    assert reply_of(parse_mailbox, "j\u00f6rg@x.test", P) == replies.SMTPUTF8_NOT_DECLARED
+
+
+def test_a_quoted_pair_may_escape_a_space() -> None:
+    # quoted-pairSMTP = %d92 %d32-126 (RFC 5321 4.1.2): the space is its first
+    assert parse_mailbox('"a\\ b"@x.test', P) == Address('"a b"', "x.test")
+    assert parse_mailbox('"a\\~b"@x.test', P) == Address("a~b", "x.test")
+
+
 def test_address_literals():
     assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
     # the tag as RFC 5321 4.1.3 writes it, whatever case it came in
