@@ -1563,3 +1563,17 @@ def test_the_empty_quoted_name_is_reached_as_written() -> None:
     address = parse_address('""@example.org', "example.org", controls=True)
     assert address.key == parse_mailbox('""@example.org', "example.org").key
     assert mail_never_reaches(address) is None
+
+
+@pytest.mark.parametrize(("name", "stored"), [
+    ('"', '"\\""'), ('a"', '"a\\""'), ('"a', '"\\"a"'), ('""', '""')])
+def test_add_stores_a_name_with_a_quote_at_one_end_as_rcpt_names_it(
+        db: UsersDB, name: str, stored: str) -> None:
+    # a quote at one end only (or a lone one) is no quoted string: the
+    # name is quoted whole, as RCPT can give it; "" is the quoted empty
+    # name, taken as it is
+    from txmailhub.smtp._parse import parse_mailbox
+
+    assert db.add(name, "pw").local == stored
+    settle(db)
+    assert db.contains(parse_mailbox(f"{stored}@example.org", "example.org"))
