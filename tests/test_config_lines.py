@@ -200,3 +200,12 @@ def test_every_escape_of_a_quoted_key_is_the_character_tomllib_makes_of_it() -> 
 def test_without_the_document_every_path_found_is_given() -> None:
     assert key_lines("x = 1\n[t]\ny = [\n  2,\n]\n") == {
         ("x",): 1, ("t",): 2, ("t", "y"): 3, ("t", "y", 0): 4}
+
+
+def test_a_path_through_a_value_of_another_kind_is_dropped() -> None:
+    # the document is what the lines are checked against: a path the
+    # locator found that runs through a value of another kind, or past
+    # the end of a list, names nothing there and is dropped (no error)
+    assert key_lines("x.a = 1\n", {"x": ["a"]}) == {("x",): 1}
+    assert key_lines("x = [1]\n", {"x": {"a": 1}}) == {("x",): 1}
+    assert key_lines("x = [1, 2]\n", {"x": [1]}) == {("x",): 1, ("x", 0): 1}
