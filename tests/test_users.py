@@ -1577,3 +1577,13 @@ def test_add_stores_a_name_with_a_quote_at_one_end_as_rcpt_names_it(
     assert db.add(name, "pw").local == stored
     settle(db)
     assert db.contains(parse_mailbox(f"{stored}@example.org", "example.org"))
+
+
+def test_a_local_part_of_64_octets_is_a_user_and_one_of_65_is_not(db: UsersDB) -> None:
+    # RFC 5321 4.5.3.1.1: 64 octets at most, counted in UTF-8
+    assert db.add("x" * 64, "pw").local == "x" * 64
+    assert db.add("\u00e9" * 32, "pw").local == "\u00e9" * 32
+    with pytest.raises(UsersFileError, match="over 64 octets"):
+        db.add("x" * 65, "pw")
+    with pytest.raises(UsersFileError, match="over 64 octets"):
+        db.add("x" + "\u00e9" * 32, "pw")
