@@ -282,6 +282,12 @@ def test_a_quoted_pair_may_escape_a_space() -> None:
     assert parse_mailbox('"a\\~b"@x.test', P) == Address("a~b", "x.test")
 
 
+@pytest.mark.parametrize("text", ['"a"xexample.org', '"a"@', '"a" @example.org',
+                                  '"a"x@example.org'])
+def test_a_quoted_local_part_is_followed_by_at_and_a_domain_or_nothing(text: str) -> None:
+    assert reply_of(parse_mailbox, text, P) == replies.SYNTAX_ADDRESS
+
+
 def test_address_literals():
     assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
     # the tag as RFC 5321 4.1.3 writes it, whatever case it came in
