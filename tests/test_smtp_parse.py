@@ -13,6 +13,7 @@ from txmailhub.smtp import replies
 from txmailhub.smtp._parse import (
     MailParams,
     RcptParams,
+    find_unquoted,
     parse_command,
     parse_mail,
     parse_mailbox,
@@ -286,6 +287,17 @@ def test_a_quoted_pair_may_escape_a_space() -> None:
                                   '"a"x@example.org'])
 def test_a_quoted_local_part_is_followed_by_at_and_a_domain_or_nothing(text: str) -> None:
     assert reply_of(parse_mailbox, text, P) == replies.SYNTAX_ADDRESS
+
+
+def test_find_unquoted_skips_quoted_strings_and_their_escapes() -> None:
+    assert find_unquoted('<"a>b"@x>', ">") == 8
+    assert find_unquoted('<"a\\">b"@x>', ">") == 10  # \" does not end the quoted string
+    assert find_unquoted('"a"<b>', "<") == 3
+    assert find_unquoted('a>"b">', ">", 2) == 5  # from start on
+    assert find_unquoted('"a>b"', ">") == -1
+    assert find_unquoted("a>b", ">", 2) == -1
+    # outside a quoted string a backslash escapes nothing
+    assert find_unquoted('a\\>"b">', ">") == 2
 
 
 def test_address_literals():
