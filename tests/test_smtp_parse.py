@@ -300,6 +300,15 @@ def test_find_unquoted_skips_quoted_strings_and_their_escapes() -> None:
     assert find_unquoted('a\\>"b">', ">") == 2
 
 
+def test_only_sp_and_htab_stand_between_the_colon_the_path_and_its_parameters() -> None:
+    # anything else is no blank (RFC 5321 4.1.2: SP; HTAB taken too)
+    for before in ("X", "\v", "\xa0"):
+        assert reply_of(parse_rcpt, f"TO:{before}<a@b.test>", P).code == 501, before
+        assert reply_of(parse_mail, f"FROM:<a@b.test>{before}SIZE=1", P) == (
+            replies.SYNTAX_ARGUMENT), before
+    assert parse_rcpt("TO: \t<a@b.test>\t NOTIFY=NEVER", P)[0] == Address("a", "b.test")
+
+
 def test_address_literals():
     assert parse_mailbox("u@[192.0.2.1]", P).domain == "[192.0.2.1]"
     # the tag as RFC 5321 4.1.3 writes it, whatever case it came in
