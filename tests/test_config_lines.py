@@ -209,3 +209,21 @@ def test_a_path_through_a_value_of_another_kind_is_dropped() -> None:
     assert key_lines("x.a = 1\n", {"x": ["a"]}) == {("x",): 1}
     assert key_lines("x = [1]\n", {"x": {"a": 1}}) == {("x",): 1}
     assert key_lines("x = [1, 2]\n", {"x": [1]}) == {("x",): 1, ("x", 0): 1}
+
+
+def test_empty_keys_and_strings_and_quotes_at_a_strings_edges() -> None:
+    text = "\n".join([
+        '"" = 1',                 # 1: empty basic key
+        '"\\"a" = 2',             # 2: a key that starts with an escape
+        "t.'' = 3",               # 3: empty literal key
+        'e = """"""',             # 4: empty multi-line strings
+        "f = ''''''",             # 5
+        'g = """""a"""',          # 6: starts with two quotes
+        "h = '''a\\'''",          # 7: a literal one ends with a backslash
+        "z = 4",                  # 8
+    ]) + "\n"
+    doc = tomllib.loads(text)
+    assert doc["g"] == '""a' and doc["h"] == "a\\"
+    assert located(text) == {
+        ("",): 1, ('"a',): 2, ("t",): 3, ("t", ""): 3,
+        ("e",): 4, ("f",): 5, ("g",): 6, ("h",): 7, ("z",): 8}
