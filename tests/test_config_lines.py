@@ -220,10 +220,12 @@ def test_empty_keys_and_strings_and_quotes_at_a_strings_edges() -> None:
         "f = ''''''",             # 5
         'g = """""a"""',          # 6: starts with two quotes
         "h = '''a\\'''",          # 7: a literal one ends with a backslash
-        "z = 4",                  # 8
+        'i = """a\\\\"""',         # 8: a basic one with an escape last
+        'j = """a""""',           # 9: a quote of its own before the delimiter
+        "z = 4",                  # 10
     ]) + "\n"
     doc = tomllib.loads(text)
-    assert doc["g"] == '""a' and doc["h"] == "a\\"
+    assert doc["g"] == '""a' and doc["h"] == doc["i"] == "a\\" and doc["j"] == 'a"'
     assert located(text) == {
-        ("",): 1, ('"a',): 2, ("t",): 3, ("t", ""): 3,
-        ("e",): 4, ("f",): 5, ("g",): 6, ("h",): 7, ("z",): 8}
+        ("",): 1, ('"a',): 2, ("t",): 3, ("t", ""): 3, ("e",): 4, ("f",): 5,
+        ("g",): 6, ("h",): 7, ("i",): 8, ("j",): 9, ("z",): 10}
