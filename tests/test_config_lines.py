@@ -229,3 +229,22 @@ def test_empty_keys_and_strings_and_quotes_at_a_strings_edges() -> None:
     assert located(text) == {
         ("",): 1, ('"a',): 2, ("t",): 3, ("t", ""): 3, ("e",): 4, ("f",): 5,
         ("g",): 6, ("h",): 7, ("i",): 8, ("j",): 9, ("z",): 10}
+
+
+def test_blanks_comments_and_line_ends_in_arrays_and_inline_tables() -> None:
+    text = "\n".join([
+        "a = [1,2]",                       # 1: no blank after a comma
+        "b = [1 , 2 # c",                  # 2: blanks before a comma, a comment
+        ", 3",                             # 3: and a line end
+        "]",                               # 4
+        "e = { }",                         # 5: an empty inline table with a blank
+        "t = { p = 1 , q = 2 }",           # 6: blanks around its commas
+        "u = {p = 1,q = 2}",               # 7: none after its comma
+    ]) + "\n"
+    tomllib.loads(text)
+    assert located(text) == {
+        ("a",): 1, ("a", 0): 1, ("a", 1): 1,
+        ("b",): 2, ("b", 0): 2, ("b", 1): 2, ("b", 2): 3,
+        ("e",): 5,
+        ("t",): 6, ("t", "p"): 6, ("t", "q"): 6,
+        ("u",): 7, ("u", "p"): 7, ("u", "q"): 7}
