@@ -13,13 +13,7 @@ from typing import Any
 
 import pytest
 
-
-def _config(tmp_path: Path) -> Path:
-    config = tmp_path / "hub.toml"
-    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
-                      f'state_dir = "{tmp_path / "state"}"\n[smtp]\nlisten = []\n'
-                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
-    return config
+from tests.test_tap_checks import _config
 
 
 def _twist(tmp_path: Path, *twist_args: str) -> Any:

@@ -120,15 +120,21 @@ def test_nxdomain_bounces(tmp_path, dns_server):
     assert "Status: 5.1.2" in dsn and "NXDOMAIN" in dsn
 
 
+def _probe_smarthost_with_login(tmp_path, remote: CaptureSMTP, cert) -> dict:
+    """One message to bob@anywhere.test through ``remote`` as a verified
+    smarthost, logging in as relayuser (the CA is ``cert``)."""
+    auth = tmp_path / "auth"
+    auth.write_text("relayuser:s3cret\n")
+    return probe(tmp_path, f'smarthost = "localhost:{remote.port}"\n'
+                           f'smarthost_auth_file = "{auth}"', "bob@anywhere.test",
+                 ca=str(cert))
+
+
 def test_smarthost_verified_starttls_and_auth(tmp_path):
     cert, key = make_certificate(tmp_path / "tls", "localhost")
     remote = CaptureSMTP(tls=(str(cert), str(key)), auth=("relayuser", "s3cret"))
-    auth = tmp_path / "auth"
-    auth.write_text("relayuser:s3cret\n")
     try:
-        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"\n'
-                                 f'smarthost_auth_file = "{auth}"', "bob@anywhere.test",
-                       ca=str(cert))
+        result = _probe_smarthost_with_login(tmp_path, remote, cert)
         assert result == {"queued": [], "dsn": []}
         assert remote.tls_sessions == 1
         assert remote.auth_seen == ["relayuser"]
@@ -143,12 +149,8 @@ def test_smarthost_offering_no_mechanism_the_hub_has_gets_no_credentials(tmp_pat
     cert, key = make_certificate(tmp_path / "tls", "localhost")
     remote = CaptureSMTP(tls=(str(cert), str(key)), auth=("relayuser", "s3cret"),
                          auth_offer="CRAM-MD5")
-    auth = tmp_path / "auth"
-    auth.write_text("relayuser:s3cret\n")
     try:
-        result = probe(tmp_path, f'smarthost = "localhost:{remote.port}"\n'
-                                 f'smarthost_auth_file = "{auth}"', "bob@anywhere.test",
-                       ca=str(cert))
+        result = _probe_smarthost_with_login(tmp_path, remote, cert)
         assert result == {"queued": [
             "454 4.7.0 the smarthost offers AUTH CRAM-MD5 only; txmailhub can use PLAIN or "
             "LOGIN ([relay] smarthost_auth_file is set)"], "dsn": []}
