@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from txmailhub.smtp import replies
-from txmailhub.smtp._data import MAX_LINE, ChunkReader, DotReader, DotStuffer, stuff, to_crlf
+from txmailhub.smtp._data import MAX_LINE, ChunkReader, DotReader, DotStuffer, stuff
 
 BIG = 10**9
 
@@ -343,7 +343,7 @@ def test_stuff_then_read_round_trip(data, cuts):
     assert left_whole == left_split == b"QUIT\r\n"
     assert r1.error is None and r2.error is None
     # RFC 1870's size: the CRLF form, without transparency dots or the end line
-    size = len(to_crlf(data)) + (2 if data and not data.endswith(b"\n") else 0)
+    size = len(data.replace(b"\n", b"\r\n")) + (2 if data and not data.endswith(b"\n") else 0)
     assert r1.size == r2.size == size
 
 
@@ -418,12 +418,6 @@ def test_stuffer_a_trailing_lone_cr_still_ends_the_data():
 def test_seed_leading_period_encodes_back():
     stored = b"Hi dave - this message is a\ntest of SMTP\n.\n.foo\n.\n"
     assert stuff(stored) == SEED_LEADING_PERIOD
-
-
-def test_to_crlf():
-    assert to_crlf(b"a\nb\n") == b"a\r\nb\r\n"
-    assert to_crlf(b"a\r\nb\n") == b"a\r\nb\r\n"
-    assert to_crlf(b"\r\na\n") == b"\r\na\r\n"  # a CRLF at the very start too
 
 
 # --- BDAT ---------------------------------------------------------------------

@@ -10,8 +10,8 @@ stuffing), in both directions:
   (the spool writer's ``write``) and keep every problem they find as a
   ``Reply``, while they keep reading to the real end of the data; the
   one answered is chosen by a fixed precedence (``_PRECEDENCE``).
-* ``DotStuffer`` (and the one-shot ``stuff``) and ``to_crlf`` turn stored
-  data back into the wire form, for the SMTP client (relay).
+* ``DotStuffer`` (and the one-shot ``stuff``) turn stored data back into
+  the wire form, for the SMTP client (relay).
 
 Rules, enforced here and documented in docs/smtp.rst:
 
@@ -48,7 +48,6 @@ __all__ = [
     "DotReader",
     "DotStuffer",
     "stuff",
-    "to_crlf",
 ]
 
 MAX_LINE = 1000  # octets including CRLF, not counting a transparency dot
@@ -423,11 +422,3 @@ def stuff(data: bytes) -> bytes:
     s = DotStuffer()
     return s.encode(data) + s.finish()
 
-
-def to_crlf(data: bytes) -> bytes:
-    """Stored LF lines -> CRLF lines, no stuffing (BDAT chunks, POP3 sizes).
-
-    A piece boundary must not split a CRLF pair; stored data has none."""
-    if data.find(b"\r\n") >= 0:
-        data = data.replace(b"\r\n", b"\n")
-    return data.replace(b"\n", b"\r\n")
