@@ -146,8 +146,6 @@ class PartlySent(Exception):
         self.status = status
         self.sent = sent
         self.maybe = maybe
-        #: the failure was ``OutcomeUnknown``: ``maybe`` may have the message
-        self.unknown = bool(maybe)
 
 
 class Refused(Exception):
