@@ -602,15 +602,8 @@ def _reaches_other_hosts(description: str) -> bool:
         return False
     if spec.path is not None or spec.kind not in ("tcp", "tcp6"):
         return False
-    interface = spec.interface or "0.0.0.0"
-    if interface.lower().rstrip(".") == "localhost":
-        return False
-    # read as the servers read their clients' addresses (``client_ip``): a
-    # socket bound to ::ffff:127.0.0.1 takes only peers they call loopback
-    ip = client_ip(interface)
-    if ip is None:
-        return True  # another name: whatever it resolves to may be reached
-    return not ip.is_loopback
+    # another name than localhost: whatever it resolves to may be reached
+    return not _on_this_machine(spec.interface or "0.0.0.0")
 
 
 def _warn_open_without_tls(r: _Reader, section: str, listen: tuple[str, ...],
@@ -1088,9 +1081,11 @@ def _ipv6_and_port(value: str) -> tuple[str, int] | None:
 
 
 def _on_this_machine(host: str) -> bool:
-    """Whether a smarthost's host (``split_smarthost``'s) is this machine:
-    a loopback address, or ``localhost`` (RFC 6761 6.3: it is loopback,
-    as the listeners' checks take it too)."""
+    """Whether ``host`` (a smarthost's, ``split_smarthost``'s, or a
+    listener's interface) is this machine: a loopback address, or
+    ``localhost`` (RFC 6761 6.3: it is loopback).  An address is read as
+    the servers read their clients' (``client_ip``): a socket bound to
+    ::ffff:127.0.0.1 takes only peers they call loopback."""
     if host.lower().rstrip(".") == "localhost":
         return True
     ip = client_ip(host)
