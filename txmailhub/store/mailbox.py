@@ -21,7 +21,7 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -56,6 +56,7 @@ LOCK_NAME = ".txmailhub.lock"
 SIZES_NAME = ".txmailhub-sizes"
 STALE_TMP_SECONDS = 36 * 3600  # the Maildir convention for tmp/ leftovers
 _CHUNK = 1 << 20
+_T = TypeVar("_T")
 # O_NOFOLLOW: a symlink dropped into new/ or cur/ by whoever can write
 # there must not make the hub read any file it can read.  O_NONBLOCK: a
 # named pipe made at a message's name after the scan (which skips pipes)
@@ -607,20 +608,24 @@ class MaildirMailbox:
         brought up to date after it, so the change makes no new listing."""
         return self._stamp is not None and self._stamps() == self._stamp
 
-    def _open_fd(self, index: int) -> int:
-        """A descriptor of message ``index``, read-only: the recorded path,
-        else where ``_find`` finds it, else where a second lookup does (a
+    def _at_message(self, index: int, use: Callable[[str], _T]) -> _T:
+        """``use(path)`` of message ``index``: the recorded path, else
+        where ``_find`` finds it, else where a second lookup does (a
         reader that renamed it again between the lookup and the open).
         FileNotFoundError only when it is gone (POP3 answers that as
         removed by another program, not as a read to try again)."""
         try:
-            return _open_regular(self._messages.path(index))
+            return use(self._messages.path(index))
         except FileNotFoundError:
             pass
         try:
-            return _open_regular(self._find(index))
+            return use(self._find(index))
         except FileNotFoundError:
-            return _open_regular(self._find(index))
+            return use(self._find(index))
+
+    def _open_fd(self, index: int) -> int:
+        """A descriptor of message ``index``, read-only (``_at_message``)."""
+        return self._at_message(index, _open_regular)
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
@@ -632,20 +637,16 @@ class MaildirMailbox:
     def _read_whole(self, index: int, read: Callable[[int], bytes]) -> bytes:
         """``read(fd)`` of message ``index``, found as ``_open_fd`` finds
         it, with no ``fstat`` of its own (``_read_regular``)."""
-        path = self._messages.path(index)
         expected = self._messages.stored_sizes[index]
-        for attempt in range(3):
+
+        def read_at(path: str) -> bytes:
+            fd = _open_unchecked(path)
             try:
-                fd = _open_unchecked(path)
-                try:
-                    return _read_regular(fd, path, read, expected)
-                finally:
-                    os.close(fd)
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-                path = self._find(index)
-        raise AssertionError("unreachable")  # pragma: no cover
+                return _read_regular(fd, path, read, expected)
+            finally:
+                os.close(fd)
+
+        return self._at_message(index, read_at)
 
     def read_message(self, index: int, limit: int) -> bytes | None:
         """The stored bytes if shorter than ``limit``: open, one read(2),
