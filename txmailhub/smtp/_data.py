@@ -395,10 +395,9 @@ class DotStuffer:
             self._cr = True
             if not data:
                 return b""
-        if data.find(b"\r\n") >= 0:
-            data = data.replace(b"\r\n", b"\n")
-        if CR in data:  # each CR left is a bare one: a line end (see above)
-            data = data.replace(b"\r", b"\n")
+        if CR in data:  # (stored data has none: one scan, and no more, for it)
+            # CRLF a line end, and each CR left a bare one: one too (see above)
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if _LF_DOT(data) is not None:
             data = data.replace(b"\n.", b"\n..")
         if self._at_line_start and data[:1] == b".":
