@@ -468,7 +468,7 @@ class MaildirMailbox:
         # where another reader renamed it (as ``_open_fd`` looks for it)
         path = self._find(index)
         if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+            raise _not_regular(path)
         return path
 
     def _find(self, index: int) -> str:
