@@ -552,8 +552,9 @@ def _aliases_table(settings: Settings, lines: dict[str, int] | None = None
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    # (the problems, which name the file, are check's to say: not kept)
     return parse_aliases(text, settings.hub.primary_domain, settings.hub.domains,
-                         settings.aliases.file, lines)[0]
+                         lines=lines)[0]
 
 
 def _alias_at(settings: Settings, lines: dict[str, int], alias: str) -> str:
