@@ -1138,21 +1138,33 @@ def test_files_put_back_after_a_warning_clear_the_failure(tmp_path, events):
     assert [level for level, _ in _warnings_and_errors(events)] == ["warn"]
 
 
+def _memory_pump(client, server, rounds: int = 10, server_reads: bool = False) -> None:
+    """``rounds`` rounds of a pyOpenSSL ``client``'s handshake with
+    ``server`` over their memory BIOs; with ``server_reads`` the server
+    reads application data (where a renegotiation's ClientHello reaches
+    it) rather than stepping its handshake.  An ``SSL.Error`` of either
+    goes to the caller."""
+    for _ in range(rounds):
+        for side, other in ((client, server), (server, client)):
+            try:
+                if side is server and server_reads:
+                    side.recv(1)
+                else:
+                    side.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                other.bio_write(side.bio_read(1 << 16))
+            except SSL.WantReadError:
+                pass
+
+
 def _peer_chain(factory) -> list[str]:
     server = SSL.Connection(factory.getContext(), None)
     server.set_accept_state()
     client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
     client.set_connect_state()
-    for _ in range(20):
-        for this, other in ((client, server), (server, client)):
-            try:
-                this.do_handshake()
-            except SSL.WantReadError:
-                pass
-            try:
-                other.bio_write(this.bio_read(1 << 16))
-            except SSL.WantReadError:
-                pass
+    _memory_pump(client, server, rounds=20)
     return [c.subject.rfc4514_string()
             for c in client.get_peer_cert_chain(as_cryptography=True)]
 
@@ -1228,26 +1240,6 @@ def test_tls_1_2_and_1_3_are_taken(tmp_path, version):
 _ALLOW_CLIENT_RENEGOTIATION = 1 << 8
 
 
-def _memory_pump(client, server) -> None:
-    """Ten rounds of a pyOpenSSL ``client``'s handshake with ``server``
-    over their memory BIOs, the server reading application data (where a
-    renegotiation's ClientHello reaches it); an ``SSL.Error`` of either
-    goes to the caller."""
-    for _ in range(10):
-        for side, other in ((client, server), (server, client)):
-            try:
-                if side is client:
-                    side.do_handshake()
-                else:
-                    side.recv(1)
-            except SSL.WantReadError:
-                pass
-            try:
-                other.bio_write(side.bio_read(1 << 16))
-            except SSL.WantReadError:
-                pass
-
-
 def _renegotiation_refusal(factory) -> str | None:
     """A TLS 1.2 client that asks to renegotiate once its session is up;
     what it is told (None when the server renegotiated)."""
@@ -1257,11 +1249,11 @@ def _renegotiation_refusal(factory) -> str | None:
     context.set_max_proto_version(SSL.TLS1_2_VERSION)
     client = SSL.Connection(context, None)
     client.set_connect_state()
-    _memory_pump(client, server)
+    _memory_pump(client, server, server_reads=True)
     assert server.get_protocol_version_name() == "TLSv1.2"
     assert client.renegotiate()
     try:
-        _memory_pump(client, server)
+        _memory_pump(client, server, server_reads=True)
     except SSL.Error as e:
         return str(e)
     return "no answer" if client.renegotiate_pending() else None

@@ -50,15 +50,14 @@ def fd_limit_warning(settings: Settings, soft: int) -> str | None:
     # a slot keeps its marker)
     per_slot = 2 + ENTRIES_PER_SLOT
     relay = settings.relay.max_concurrent_deliveries
-    per_session = SESSION_DESCRIPTORS
-    need = (per_session * (settings.smtp.max_connections + settings.pop3.max_connections)
+    need = (SESSION_DESCRIPTORS * (settings.smtp.max_connections + settings.pop3.max_connections)
             + per_slot * relay + FD_MARGIN)
     if soft >= need:
         return None
 
     at = settings.at  # `` (at line N)``, or nothing for a default
     return (f"{settings.path}: the open-files limit is {soft}, below the {need} the "
-            f"connection limits may take ({per_session} x ([smtp] max_connections "
+            f"connection limits may take ({SESSION_DESCRIPTORS} x ([smtp] max_connections "
             f"{settings.smtp.max_connections}{at('smtp', 'max_connections')} + [pop3] "
             f"max_connections {settings.pop3.max_connections}{at('pop3', 'max_connections')}) "
             f"(a connection and the message it sends or receives) "

@@ -9,6 +9,10 @@ import time
 
 import pytest
 
+#: a hub with TLS whose SMTP and POP3 sessions are cut after a second idle
+CUT_AFTER_A_SECOND = {"tls": True, "sections": {"smtp": {"idle_timeout": 1},
+                                                "pop3": {"idle_timeout": 1}}}
+
 
 def wait_for(predicate, timeout=15.0):
     deadline = time.monotonic() + timeout
@@ -23,8 +27,7 @@ def wait_for(predicate, timeout=15.0):
 def test_a_client_that_stalls_in_the_handshake_is_cut_at_the_idle_timeout(make_hub, port_kind):
     # a 421 / -ERR would wait for a handshake that never finishes, and the
     # connection (and its slot) for the 30 s close grace on top
-    hub = make_hub(tls=True, sections={"smtp": {"idle_timeout": 1},
-                                       "pop3": {"idle_timeout": 1}})
+    hub = make_hub(**CUT_AFTER_A_SECOND)
     port = hub.smtps_port if port_kind == "smtps" else hub.pop3s_port
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, then nothing
@@ -106,8 +109,7 @@ def test_a_client_that_never_starts_the_handshake_it_asked_for_is_cut(make_hub, 
     # RFC 3207 / RFC 2595 4: after the 220 to STARTTLS (the +OK to STLS)
     # the next octets must be a ClientHello; a client that sends none is
     # cut at the idle timeout as one stalled in the implicit-TLS handshake
-    hub = make_hub(tls=True, sections={"smtp": {"idle_timeout": 1},
-                                       "pop3": {"idle_timeout": 1}})
+    hub = make_hub(**CUT_AFTER_A_SECOND)
     port = hub.smtp_port if protocol == "smtp" else hub.pop3_port
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         _read_line(s)
@@ -130,8 +132,7 @@ def test_a_client_that_sends_nothing_on_an_implicit_tls_port_is_cut(make_hub, po
     # RFC 8314 3: the handshake "begins immediately"; the hub never speaks
     # first in clear text, and a client that never sends its ClientHello
     # is cut at the idle timeout
-    hub = make_hub(tls=True, sections={"smtp": {"idle_timeout": 1},
-                                       "pop3": {"idle_timeout": 1}})
+    hub = make_hub(**CUT_AFTER_A_SECOND)
     port = hub.smtps_port if port_kind == "smtps" else hub.pop3s_port
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         _cut_without_a_word(s)
