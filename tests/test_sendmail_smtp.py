@@ -339,3 +339,23 @@ def test_a_later_transaction_whose_reply_is_lost_may_have_been_sent(
     err = io.StringIO()
     assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_TEMPFAIL
     assert err.getvalue() == "sendmail: the message " + told, err.getvalue()
+
+
+def test_one_mailbox_in_two_transactions_is_sent_once_as_first_spelled(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the hub merges the spellings of one mailbox within a transaction;
+    # at two recipients a transaction, these would be in different ones.
+    # Another domain's local part keeps its case (RFC 5321 2.4), as the
+    # hub keeps it: Dave and dave at example.net are two recipients
+    hub.append(LimitedHub(2))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org", "bücher.example"]\n'
+                      '[smtp]\nlisten = ["tcp:2525"]\n')
+    argv = ["Bob", "r1@example.org", "bob@EXAMPLE.ORG", "Dave@example.net",
+            "dave@EXAMPLE.NET.", "Dave@example.net", "bob", "ann@xn--bcher-kva.example",
+            '"ANN"@BÜCHER.example']
+    err = io.StringIO()
+    assert run(argv, str(config), "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
+    assert [r for rcpts, _ in hub[0].delivered for r in rcpts] == [
+        "Bob@example.org", "r1@example.org", "Dave@example.net", "dave@example.net",
+        "ann@xn--bcher-kva.example"]

@@ -12,6 +12,7 @@ import functools
 import ipaddress
 import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import idna
@@ -23,6 +24,7 @@ __all__ = [
     "AddressError",
     "ascii_domain",
     "ascii_form",
+    "canonical_address",
     "canonical_domain",
     "canonical_local",
     "client_ip",
@@ -34,6 +36,7 @@ __all__ = [
     "ipv6_literal",
     "login_key",
     "parse_address",
+    "rcpt_mailbox",
     "written_domain",
 ]
 
@@ -274,6 +277,25 @@ class Address:
     @property
     def is_postmaster(self) -> bool:
         return self.local.lower() == "postmaster"
+
+
+def canonical_address(address: Address) -> Address:
+    """A local mailbox as the hub names it, however it was spelled: the
+    router's name for it (``txmailhub.router``), one per Maildir."""
+    return Address(canonical_local(address.local), canonical_domain(address.domain))
+
+
+def rcpt_mailbox(address: Address, local_domains: Collection[str]) -> Address:
+    """The mailbox a recipient ``address`` names, before any alias is read,
+    as the hub tells one from another when it merges the recipients of a
+    transaction: at one of ``local_domains`` (in ``canonical_domain``
+    form) its ``canonical_address``, as the router looks it up
+    (``Bob@EXAMPLE.ORG`` is ``bob@example.org``); at any other domain the
+    address itself -- its domain in lower case, its local part as given,
+    which only the destination may fold (RFC 5321 2.4)."""
+    if canonical_domain(address.domain) in local_domains:
+        return canonical_address(address)
+    return address
 
 
 def written_domain(domain: str) -> str:

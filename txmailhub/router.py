@@ -59,8 +59,8 @@ from zope.interface import implementer
 from txmailhub.address import (
     Address,
     AddressError,
+    canonical_address,
     canonical_domain,
-    canonical_local,
     dns_name_problem,
     domain_problem,
     parse_address,
@@ -91,11 +91,6 @@ BOM = "\ufeff"
 
 # an alias name -> its targets; a target is (address, expand?)
 Aliases = dict[str, tuple[tuple[Address, bool], ...]]
-
-
-def _canonical(address: Address) -> Address:
-    """A local mailbox as the hub names it, however it was spelled."""
-    return Address(canonical_local(address.local), canonical_domain(address.domain))
 
 
 def parse_aliases(
@@ -563,7 +558,7 @@ class Router:
         # A local mailbox is named by its key (lower case), however the
         # client spelled it: RCPT TO:<Alice> and <alice> are one mailbox,
         # which must get one copy.
-        address = _canonical(address)
+        address = canonical_address(address)
         self._users_doubt = None
         if address.key not in self.aliases:
             # one users lookup: a postmaster that is no user is not asked
@@ -595,7 +590,7 @@ class Router:
             if key in local:
                 continue
             if self._is_user(target):
-                local[key] = _canonical(target)
+                local[key] = canonical_address(target)
             elif key == Address("postmaster", self.primary_domain).key:
                 local[key] = Address("postmaster", self.primary_domain)
             elif parent is not None and not address.is_postmaster and self._doubtful_miss():

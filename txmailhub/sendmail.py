@@ -41,7 +41,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
 
-from txmailhub.address import Address, AddressError, ascii_form, parse_address
+from txmailhub.address import (
+    Address,
+    AddressError,
+    ascii_form,
+    canonical_domain,
+    parse_address,
+    rcpt_mailbox,
+)
 from txmailhub.cli_output import error_stream, utf8_output
 from txmailhub.config import (
     SYSTEM_CONFIG,
@@ -242,7 +249,13 @@ def _addresses(values: Iterable[str], primary_domain: str, sender: bool = False)
     """The mailboxes of address lists (header fields or arguments: ``a@x,
     Bob <b@y>``, groups, bare names meaning ``@primary_domain``, quoted
     local parts), as the envelope takes them (``_envelope_form``).  Raise
-    ``AddressError`` for one that cannot be read, or not sent.
+    ``AddressError`` for one that cannot be read, or not sent."""
+    return [form for form, _ in _read_addresses(values, primary_domain, sender)]
+
+
+def _read_addresses(values: Iterable[str], primary_domain: str,
+                    sender: bool = False) -> list[tuple[str, Address]]:
+    """``_addresses``, each with the ``Address`` the hub reads from it.
 
     The list's structure is read by ``addr_specs``, in one pass (the
     standard library's header parser took minutes for a ``To`` of a
@@ -261,6 +274,24 @@ def _addresses(values: Iterable[str], primary_domain: str, sender: bool = False)
     return found
 
 
+def _one_per_mailbox(recipients: Iterable[tuple[str, Address]],
+                     domains: Iterable[str]) -> tuple[str, ...]:
+    """The first spelling of each mailbox among ``recipients`` (envelope
+    forms and the hub's reading of them), in order.  The hub merges the
+    spellings of one mailbox within a transaction, but a list longer than
+    its ``max_recipients`` goes in several (``submit``), across which it
+    cannot: each would get a copy.  "One mailbox" is the hub's own
+    notion (``rcpt_mailbox``: ``Bob@EXAMPLE.ORG`` and ``bob@example.org``
+    at a local domain, ``joe@Example.NET`` and ``joe@example.net``
+    elsewhere); only aliases, which the command cannot read, are left to
+    the hub."""
+    local = {canonical_domain(d) for d in domains}
+    first: dict[Address, str] = {}
+    for form, address in recipients:
+        first.setdefault(rcpt_mailbox(address, local), form)
+    return tuple(first.values())
+
+
 def _may_name_anyone(values: Iterable[str]) -> bool:
     """Whether an argument holds an address, or text that may be one
     (``prepare`` then says what is wrong with it): not when each is
@@ -271,8 +302,10 @@ def _may_name_anyone(values: Iterable[str]) -> bool:
         return True
 
 
-def _envelope_form(text: str, primary_domain: str, sender: bool = False) -> str:
-    """One addr-spec as MAIL FROM (``sender``) or RCPT TO carries it: read
+def _envelope_form(text: str, primary_domain: str,
+                   sender: bool = False) -> tuple[str, Address]:
+    """One addr-spec as MAIL FROM (``sender``) or RCPT TO carries it, and
+    the ``Address`` the hub reads from that: read
     by the hub's parser (``txmailhub.smtp._parse``), so that what the
     command sends the hub takes -- a quoted local part in the canonical
     form (``"joe"`` is ``joe``; ``"joe smith"`` stays quoted, only ``"``
@@ -291,8 +324,8 @@ def _envelope_form(text: str, primary_domain: str, sender: bool = False) -> str:
     address = _hub_reads(text, primary_domain, sender)
     form = ascii_form(address) or str(address)  # an IDN domain as A-labels when it can
     if form != text:
-        _hub_reads(form, primary_domain, sender)
-    return form
+        address = _hub_reads(form, primary_domain, sender)
+    return form, address
 
 
 def _hub_reads(path: str, primary_domain: str, sender: bool) -> Address:
@@ -531,15 +564,15 @@ def prepare(
         sender = found[0]
     fields = read.fields
     names = {name for name, _ in fields}
-    recipients = _addresses(options.recipients, settings.primary_domain)
+    recipients = _read_addresses(options.recipients, settings.primary_domain)
     if options.extract:
         kinds = (b"resent-to", b"resent-cc", b"resent-bcc")
         if not names & set(kinds):
             kinds = (b"to", b"cc", b"bcc")
         values = [text.split(b":", 1)[1].decode("utf-8", "surrogateescape")
                   .replace("\r\n", "") for name, text in fields if name in kinds]
-        recipients += _addresses(values, settings.primary_domain)
-    unique = tuple(dict.fromkeys(recipients))
+        recipients += _read_addresses(values, settings.primary_domain)
+    unique = _one_per_mailbox(recipients, settings.domains)
     domain = _header_domain(settings.primary_domain)
     kept = [(name, qualify_field(text, domain) if name in ADDRESS_FIELDS else text)
             for name, text in fields if name not in _DROPPED]

@@ -363,3 +363,16 @@ def test_more_recipients_than_max_recipients_all_get_the_message(make_hub, tmp_p
     r = sendmail(hub.config_path, "-oi", *everyone, "nosuchuser", message=b"x\n")
     assert r.returncode == 67 and b"<nosuchuser@example.org>: 550 5.1.1" in r.stderr, r
     assert all(hub.messages(a) == [] for a in ("bob@example.org", "carol@example.net"))
+
+
+def test_one_mailbox_spelled_twice_in_two_transactions_gets_one_copy(make_hub, tmp_path: Path):
+    """The hub merges the spellings of one mailbox within a transaction;
+    past ``max_recipients`` they may land in different ones, where only
+    the command can merge them."""
+    hub = unix_hub(make_hub, tmp_path, sections={"smtp": {"max_recipients": 2}})
+    r = sendmail(hub.config_path, "-oi", "Bob", "alice", "bob@EXAMPLE.ORG", "carol@example.net",
+                 "CAROL@example.NET.", "alice", message=b"Subject: x\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    for rcpt in ("bob@example.org", "alice@example.org", "carol@example.net"):
+        assert len(hub.messages(rcpt)) == 1, rcpt
+
