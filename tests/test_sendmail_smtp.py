@@ -359,3 +359,45 @@ def test_one_mailbox_in_two_transactions_is_sent_once_as_first_spelled(
     assert [r for rcpts, _ in hub[0].delivered for r in rcpts] == [
         "Bob@example.org", "r1@example.org", "Dave@example.net", "dave@example.net",
         "ann@xn--bcher-kva.example"]
+
+
+class JunkCountingHub(LimitedHub):
+    """A ``LimitedHub`` that, as the hub with ``[smtp] max_errors = 1``,
+    takes ``junk`` RSETs in a session (``max_junk_commands``), counted
+    anew in each session (EHLO) and after each message it takes."""
+
+    def __init__(self, limit: int, junk: int) -> None:
+        super().__init__(limit)
+        self.junk = junk
+        self.resets: list[int] = []  # of each session
+
+    def ehlo(self) -> tuple[int, bytes]:
+        self.resets.append(0)
+        return super().ehlo()
+
+    def rset(self) -> None:
+        self.resets[-1] += 1
+        assert self.resets[-1] <= self.junk, "421 4.7.0 Too many errors"
+        super().rset()
+
+    def getreply(self) -> tuple[int, bytes]:
+        self.resets[-1] = 0
+        return super().getreply()
+
+
+def test_a_list_of_more_transactions_than_the_junk_limit_asks_in_new_sessions(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # five transactions of one recipient, each asked for and ended with
+    # RSET: two in a session, as the config's max_junk_commands allows
+    hub.append(JunkCountingHub(1, 2))
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n'
+                      '[smtp]\nlisten = ["tcp:2525"]\nmax_junk_commands = 2\n')
+    err = io.StringIO()
+    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
+    assert [rcpts for rcpts, _ in hub[0].delivered] == [[r] for r in FIVE]
+    assert len(hub[0].resets) == 3  # sessions: 2 + 2 + 1 transactions asked for
+    # all or none: every recipient asked for before the first message
+    first_data = hub[0].commands.index("DATA")
+    asked = [c for c in hub[0].commands[:first_data] if c.startswith("RCPT")]
+    assert {c.split("<")[1].split(">")[0] for c in asked} == set(FIVE)

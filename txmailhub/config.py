@@ -1806,7 +1806,7 @@ class LocalSubmission:
     """The part of the config a local program needs to hand a message to
     the running hub (``txmailhub-sendmail``): where its MX listener is, the
     domain that qualifies bare names, the name for Message-IDs, the size
-    limit."""
+    limit, how many RSETs a session may send."""
 
     path: str
     hostname: str
@@ -1814,6 +1814,9 @@ class LocalSubmission:
     listen: tuple[str, ...]
     max_message_size: int
     state_dir: str = "var"  # (absolute when read from a file)
+    #: ``[smtp] max_junk_commands``: the RSETs a session of the command
+    #: may send before the hub counts them as errors (``sendmail_smtp.submit``)
+    max_junk_commands: int = SMTPSettings.max_junk_commands
     #: ``[relay] retry_schedule``, for ``sendmail -bp``'s next attempts
     #: (``relay.schedule.due_by``); the default when missing or bad
     retry_schedule: tuple[int, ...] = RelaySettings.retry_schedule
@@ -1863,6 +1866,8 @@ def load_local_submission(path: str) -> LocalSubmission:
         max_message_size=r.get(smtp, "smtp", "max_message_size", d.max_message_size,
                                _positive_int),
         state_dir=r.resolve(r.get(hub, "hub", "state_dir", "var", _nonempty_string)),
+        max_junk_commands=r.get(smtp, "smtp", "max_junk_commands", d.max_junk_commands,
+                                _positive_int),
     )
     if problems:
         raise ConfigError(problems)

@@ -741,7 +741,7 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
               file=err)
         return EX_DATAERR
     try:
-        reply = submit(prepared, targets)
+        reply = submit(prepared, targets, max_junk_commands=settings.max_junk_commands)
     except PartlySent as e:
         # (a failure between the transactions of a long list: the status
         # is the failure's, and a resend reaches these recipients twice;

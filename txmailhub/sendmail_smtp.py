@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from txmailhub.config import listen_address
+from txmailhub.config import SMTPSettings, listen_address
 from txmailhub.smtp.xtext import xtext_encode
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK", "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK",
-    "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT", "OutcomeUnknown", "PartlySent",
+    "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT",
+    "OutcomeUnknown", "PartlySent",
     "Refused",
     "Target", "dot_stuffed", "hub_targets", "open_session", "submit",
 ]
@@ -278,7 +279,8 @@ def _refused(refused: list[tuple[int, str]]) -> Refused:
                    "; ".join(why for _, why in refused))
 
 
-def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) -> str:
+def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT,
+           max_junk_commands: int = SMTPSettings.max_junk_commands) -> str:
     """Hand the message to the hub; return the hub's reply to the final
     dot.  Raise ``Refused`` when it did not take the message for every
     recipient: a refused RCPT ends the transaction before DATA (RSET), so
@@ -290,44 +292,37 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) 
     transactions ended with RSET, so that a refused one still stops the
     message for all; only then is it sent in each.  Should a later one
     fail after all (the hub stopped, a recipient removed meanwhile),
-    ``PartlySent`` names who has it."""
+    ``PartlySent`` names who has it.
+
+    The hub counts each RSET as a command that moves no mail, and past
+    its ``[smtp] max_junk_commands`` each as an error, closing the
+    session at ``max_errors`` (a client that keeps it busy for nothing):
+    after ``max_junk_commands`` of them the asking goes on in a new
+    session, whose count starts anew, so that a list of any length gets
+    through.  The messages sent then reset the count (an accepted message
+    does), and need no RSET."""
     if not prepared.recipients:
         raise Refused(EX_USAGE, "no recipients")
     client, target = _connect(targets, timeout)
     try:
-        code, reply = client.ehlo()
-        if code != 250:
-            raise Refused(_status("EHLO", code, _text(reply)), f"EHLO: {code} {_text(reply)}")
-        params = []
-        utf8 = not prepared.sender.isascii() or not all(r.isascii() for r in prepared.recipients)
-        if utf8 or not prepared.header.isascii():
-            if not client.has_extn("smtputf8"):
-                raise Refused(EX_DATAERR, f"the hub at {target} does not offer SMTPUTF8, "
-                                           "which this message's addresses need")
-            params.append("SMTPUTF8")
-            client.command_encoding = "utf-8"
-        eight_bit = prepared.body_8bit or not prepared.header.isascii()
-        if eight_bit and client.has_extn("8bitmime"):
-            params.append("BODY=8BITMIME")
-        if client.has_extn("size"):
-            params.append(f"SIZE={prepared.size}")
-        dsn = client.has_extn("dsn")
-        if dsn and prepared.ret:
-            params.append(f"RET={prepared.ret}")
-        if dsn and prepared.envid:
-            params.append(f"ENVID={xtext_encode(prepared.envid)}")
-        notify = f" NOTIFY={prepared.notify}" if dsn and prepared.notify else ""
-        mail = f"FROM:<{prepared.sender}>" + "".join(" " + p for p in params)
+        mail, notify = _hello(client, target, prepared)
         batches: list[list[str]] = []
         refused: list[tuple[int, str]] = []
         rest = list(prepared.recipients)
+        resets = 0  # the RSETs of this session
         while rest:
+            if resets == max_junk_commands:
+                _quit(client)
+                client, target = _connect(targets, timeout)
+                mail, notify = _hello(client, target, prepared)
+                resets = 0
             taken, found = _transaction(client, mail, notify, prepared.sender, rest)
             batches.append(rest[:taken])
             rest = rest[taken:]
             refused += found
             if rest or refused or len(batches) > 1:
                 client.rset()  # (the last one too: every batch is sent anew below)
+                resets += 1
         if refused:
             raise _refused(refused)
         start = prepared.body.tell()
@@ -352,10 +347,45 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT) 
             sent += batch
         return reply_text
     finally:
-        try:
-            client.quit()
-        except (smtplib.SMTPException, OSError):
-            client.close()
+        _quit(client)
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """End a session: QUIT, or just the close of a connection gone bad."""
+    try:
+        client.quit()
+    except (smtplib.SMTPException, OSError):
+        client.close()
+
+
+def _hello(client: smtplib.SMTP, target: Target, prepared: Prepared) -> tuple[str, str]:
+    """EHLO in a new session, and what its reply allows: the MAIL
+    command's argument for ``prepared`` and the NOTIFY of each RCPT.
+    Raise ``Refused`` for a refused EHLO, or a message that needs
+    SMTPUTF8 from a hub that does not offer it."""
+    code, reply = client.ehlo()
+    if code != 250:
+        raise Refused(_status("EHLO", code, _text(reply)), f"EHLO: {code} {_text(reply)}")
+    params = []
+    utf8 = not prepared.sender.isascii() or not all(r.isascii() for r in prepared.recipients)
+    if utf8 or not prepared.header.isascii():
+        if not client.has_extn("smtputf8"):
+            raise Refused(EX_DATAERR, f"the hub at {target} does not offer SMTPUTF8, "
+                                       "which this message's addresses need")
+        params.append("SMTPUTF8")
+        client.command_encoding = "utf-8"
+    eight_bit = prepared.body_8bit or not prepared.header.isascii()
+    if eight_bit and client.has_extn("8bitmime"):
+        params.append("BODY=8BITMIME")
+    if client.has_extn("size"):
+        params.append(f"SIZE={prepared.size}")
+    dsn = client.has_extn("dsn")
+    if dsn and prepared.ret:
+        params.append(f"RET={prepared.ret}")
+    if dsn and prepared.envid:
+        params.append(f"ENVID={xtext_encode(prepared.envid)}")
+    notify = f" NOTIFY={prepared.notify}" if dsn and prepared.notify else ""
+    return f"FROM:<{prepared.sender}>" + "".join(" " + p for p in params), notify
 
 
 def _data(client: smtplib.SMTP, prepared: Prepared) -> str:

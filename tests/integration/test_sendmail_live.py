@@ -376,3 +376,19 @@ def test_one_mailbox_spelled_twice_in_two_transactions_gets_one_copy(make_hub, t
     for rcpt in ("bob@example.org", "alice@example.org", "carol@example.net"):
         assert len(hub.messages(rcpt)) == 1, rcpt
 
+
+
+def test_more_batches_than_the_junk_limit_still_all_get_the_message(make_hub, tmp_path: Path):
+    """Each transaction the command asks for is ended with RSET, which the
+    hub counts towards ``max_junk_commands`` and then ``max_errors``: the
+    command starts another session before the count would close one."""
+    hub = unix_hub(make_hub, tmp_path, sections={"smtp": {
+        "max_recipients": 1, "max_junk_commands": 2, "max_errors": 1}})
+    everyone = ("bob@example.org", "alice@example.org", "carol@example.net",
+                "postmaster@example.org")  # four transactions: two sessions
+    r = sendmail(hub.config_path, "-oi", *everyone, message=b"Subject: x\n\nbody\n")
+    assert r.returncode == 0, r.stderr
+    for rcpt in everyone:
+        (data,) = hub.messages(rcpt)
+        assert data.endswith(b"\n\nbody\n")
+    assert "421" not in hub.log_text()
