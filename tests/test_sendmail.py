@@ -1230,3 +1230,51 @@ def test_the_added_date_and_message_id_are_rfc_5322_syntax(hostname) -> None:
                         msgid), msgid
     assert re.match(rb"Received: by " + re.escape(hostname.rstrip(".").encode()) + rb" \(",
                     sent(p))
+
+
+def _break_prepare(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    from txmailhub import sendmail
+
+    def prepare(*args: object, **kwargs: object) -> Prepared:
+        raise error
+
+    monkeypatch.setattr(sendmail, "prepare", prepare)
+
+
+def test_an_internal_error_is_70_with_one_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # cron, PHP's mail() and scripts read sysexits(3) codes: a traceback's
+    # status 1 is none of them; 70 is EX_SOFTWARE
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    _break_prepare(monkeypatch, RuntimeError("no such\nthing"))
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): RuntimeError: "
+                              "no such\\x{A}thing (-v shows where)\n")
+    # mailhub sendmail is the same command
+    err = io.StringIO()
+    assert cli.main(["--config", str(config), "sendmail", "bob"], out=io.StringIO(), err=err,
+                    stdin=io.TextIOWrapper(io.BytesIO(b"x\n"))) == 70
+    assert err.getvalue().startswith("mailhub sendmail: internal error (a bug in the command): "
+                                     "RuntimeError: "), err.getvalue()
+    # -v: the traceback follows the line
+    err = io.StringIO()
+    assert run(["-v", "bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    first, *rest = err.getvalue().splitlines()
+    assert first == ("sendmail: internal error (a bug in the command): RuntimeError: "
+                     "no such\\x{A}thing")
+    assert rest[0] == "Traceback (most recent call last):" and "in prepare" in err.getvalue()
+    assert rest[-1] == "thing"  # (the exception's own text, as Python prints it)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)])
+def test_ctrl_c_and_system_exit_keep_their_meaning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    _break_prepare(monkeypatch, error)
+    err = io.StringIO()
+    with pytest.raises(type(error)):
+        run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err)
+    assert err.getvalue() == ""

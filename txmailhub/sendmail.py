@@ -24,7 +24,8 @@ rule out: the connection lost after the whole message was sent, before
 the hub's reply (exit 75, and stderr says the message MAY have been sent);
 and for more recipients than the hub takes in one transaction, sent in
 several after all were accepted, when a later one still fails (stderr
-names those who have it).
+names those who have it); and an internal error (a bug: exit 70), which
+may come at any point.
 Blocking ``smtplib`` is right here: this is a short-lived command, not
 part of the reactor.
 """
@@ -37,6 +38,7 @@ import os
 import pwd
 import smtplib
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
@@ -58,7 +60,7 @@ from txmailhub.config import (
 )
 from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, RemoteProtocolError
-from txmailhub.logsafe import quoted, shown_lines
+from txmailhub.logsafe import quoted, shown, shown_lines
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
 from txmailhub.sendmail_smtp import (
@@ -68,6 +70,7 @@ from txmailhub.sendmail_smtp import (
     EX_NOPERM,
     EX_NOUSER,
     EX_OK,
+    EX_SOFTWARE,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     EX_USAGE,
@@ -83,7 +86,8 @@ from txmailhub.smtp._parse import MAX_PATH, parse_mail, parse_mailbox, parse_rcp
 from txmailhub.smtp.xtext import xtext_encode
 
 __all__ = [
-    "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_TEMPFAIL",
+    "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_SOFTWARE",
+    "EX_TEMPFAIL",
     "EX_UNAVAILABLE", "EX_USAGE", "MAILQ_EMPTY", "LoginNotAddress", "MessageTooBig",
     "Options", "Prepared",
     "StdinMessage", "UsageError", "hub_targets", "main", "Target", "parse_args", "prepare",
@@ -643,8 +647,43 @@ def run(
     ``config`` is the default file, and that option (``-C``, mailhub's
     ``--config``) was not given: a config error then says which file was
     read and why, as ``mailhub``'s do (the file alone read, on a fresh
-    machine, as if the command had asked for it)."""
+    machine, as if the command had asked for it).
+
+    An exception nobody expected (a bug) is exit 70, ``EX_SOFTWARE``,
+    with one line on stderr naming it -- not Python's traceback and its
+    status 1, which the command's callers (cron, PHP's ``mail()``) read
+    as no sysexits(3) code; ``-v`` adds the traceback.  Ctrl-C
+    (``KeyboardInterrupt``) and ``SystemExit`` are no ``Exception``, and
+    keep their meaning."""
     err = err or error_stream()
+    try:
+        return _run(argv, config, prog, stdin, err, out, stdout, config_option)
+    except Exception as e:
+        _internal_error(prog, e, argv, err)
+        return EX_SOFTWARE
+
+
+def _internal_error(prog: str, error: Exception, argv: list[str], err: TextIO) -> None:
+    """Say which exception ended the command, on one line (its text
+    escaped: no line break or terminal control of its own), and with
+    ``-v`` its traceback after it."""
+    what = type(error).__name__ + (f": {error}" if str(error) else "")
+    try:
+        verbose = parse_args(argv).verbose
+    except Exception:  # (the command line itself may be what failed)
+        verbose = False
+    try:
+        print(f"{prog}: internal error (a bug in the command): {shown(what)}"
+              f"{'' if verbose else ' (-v shows where)'}", file=err)
+        if verbose:
+            print("".join(traceback.format_exception(error)), end="", file=err)
+        err.flush()
+    except (OSError, ValueError):  # stderr gone too: the status says it
+        pass
+
+
+def _run(argv: list[str], config: str, prog: str, stdin: BinaryIO | None, err: TextIO,
+         out: TextIO | None, stdout: BinaryIO | None, config_option: str | None) -> int:
     not_sent = "the message was NOT sent"
     try:
         options = parse_args(argv)

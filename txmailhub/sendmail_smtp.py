@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK", "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK",
+    "EX_SOFTWARE",
     "EX_TEMPFAIL", "EX_UNAVAILABLE", "EX_USAGE", "TIMEOUT",
     "OutcomeUnknown", "PartlySent",
     "Refused",
@@ -39,6 +40,7 @@ EX_USAGE = 64        # bad command line
 EX_DATAERR = 65      # bad message or address
 EX_NOUSER = 67       # a recipient the hub refused (550)
 EX_UNAVAILABLE = 69  # the hub refused for good (other 5xx)
+EX_SOFTWARE = 70     # an internal error: a bug in the command
 EX_IOERR = 74        # mailq: the queue could not be read
 EX_TEMPFAIL = 75     # hub not reachable, or 4xx: try again later (and the outcome unknown)
 EX_NOPERM = 77       # mailq: the queue is not this user's to read
