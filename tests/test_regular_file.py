@@ -71,3 +71,16 @@ def test_a_failed_fstat_is_raised_and_its_descriptor_closed(
     monkeypatch.undo()
     assert info.value.errno == errno.EIO
     assert _open_descriptors() == before
+
+
+def test_a_socket_is_refused_as_no_regular_file(tmp_path: Path) -> None:
+    # open() of a socket fails with ENXIO, "No such device or address",
+    # which names neither the socket nor the cure
+    import socket
+
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(NotRegularFile) as info:
+            read_regular(str(path))
+    assert info.value.path == str(path)

@@ -127,3 +127,21 @@ def test_writes_go_through_the_runner_one_at_a_time(tmp_path):
     d.callback(None)
     assert d2.called and d3.called
     assert fresh(tmp_path, clock).hosts() == ["a.test", "b.test", "c.test"]
+
+
+def test_a_named_pipe_in_place_of_the_file_is_not_waited_on(tmp_path):
+    # read at the relay's start: a plain open() waited for a writer for
+    # ever, the hub's start with it
+    from fifo_writer import fed_fifo
+
+    path = memory_path(str(tmp_path))
+    os.makedirs(os.path.dirname(path))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with fed_fifo(path, b'{"version": 1, "hosts": {"x.test": 1.0}}'):
+            m = fresh(tmp_path, Clock())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert m.hosts() == []
+    assert any("cannot read" in e.get("log_format", "") for e in events)

@@ -248,3 +248,16 @@ def test_the_hub_logs_where_twistds_logger_would_under_debug(
     assert bool(runner.logger._nodaemon) is (log_file is None)  # twistd's own choice
     assert twistd_log_file(config) == log_file
     assert _logs_to_stdout(config) is (log_file is None)
+
+
+def test_a_named_pipe_as_pid_file_is_refused_not_waited_on(tmp_path: Path, capsys) -> None:
+    # twistd reads the pid file before it starts: a plain open() of a FIFO
+    # waited for a writer for ever (ours, and twistd's checkPID after it)
+    from fifo_writer import fed_fifo
+
+    pid_file = tmp_path / "twistd.pid"
+    with fed_fifo(pid_file, f"{os.getpid()}\n".encode()):
+        err = _refused(tmp_path, capsys, "-n", "--pidfile", str(pid_file))
+    assert err == (f"mailhub: --pidfile {pid_file} is not a regular file (a named pipe, "
+                   "device or socket): twistd would wait on it or fail; give --pidfile "
+                   "the path of a file\n"), err

@@ -41,6 +41,7 @@ from txmailhub.errors import ConfigError
 from txmailhub.listen_spec import ListenSpec, parse_listen
 from txmailhub.logsafe import quoted
 from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
+from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.relay.schedule import describe_delay
 
 __all__ = [
@@ -1341,16 +1342,31 @@ def _schedule(v: Any) -> tuple[int, ...]:
 def load(path: str) -> Settings:
     """Read and validate the config file; raise ``ConfigError`` listing every problem."""
     path = os.path.abspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
+    data = _read_config(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
     return load_text(text, path)
+
+
+def _read_config(path: str) -> bytes:
+    """The octets of the config file at ``path``; ``ConfigError`` (one
+    line naming the path) when it cannot be read or is no regular file.
+
+    Never a plain ``open()``: one of a named pipe (``-c FIFO``, or one put
+    where the file was) waits for a writer for ever, and ``mailhub``,
+    ``twistd mailhub`` and ``sendmail`` with it; one of a device reads
+    what the device gives (``/dev/zero``: without end).  A link to a
+    regular file is followed, as for any file the config names."""
+    try:
+        data, _ = read_regular(path)
+    except NotRegularFile:
+        raise ConfigError([f"{path}: cannot read the config file: it is not a regular file "
+                           "(a named pipe, device or socket)"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
+    return data
 
 
 def _not_toml(path: str, text: str, error: tomllib.TOMLDecodeError) -> str:
@@ -1841,12 +1857,10 @@ def load_local_submission(path: str) -> LocalSubmission:
     password the rest of the file names, and has no business with them:
     the hub and ``mailhub check`` judge those."""
     path = os.path.abspath(path)
+    data = _read_config(path)
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+        text = data.decode("utf-8")
         doc = tomllib.loads(text)
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as e:

@@ -4,7 +4,9 @@ A plain ``open()`` of a FIFO (named pipe) put where a file is expected
 waits for a writer, for ever: a hub's reactor or a ``mailhub`` command
 would hang there.  ``O_NONBLOCK`` makes the open return at once, and
 ``fstat`` of what was opened (not a ``stat`` of the name before, which a
-swap could outrun) tells a regular file from anything else."""
+swap could outrun) tells a regular file from anything else.  A socket
+cannot be opened at all (``ENXIO``, "No such device or address", which
+names neither the socket nor the cure): refused as the FIFO is."""
 
 from __future__ import annotations
 
@@ -32,7 +34,12 @@ def read_regular(path: str, *, follow: bool = True,
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow:
         flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ENXIO and _is_socket(path, follow):
+            raise NotRegularFile(path) from None
+        raise
     try:
         st = os.fstat(fd)
     except BaseException:
@@ -45,3 +52,12 @@ def read_regular(path: str, *, follow: bool = True,
         raise NotRegularFile(path)
     with open(fd, "rb") as f:
         return f.read(limit), os.fstat(fd)
+
+
+def _is_socket(path: str, follow: bool) -> bool:
+    """Whether ``path`` names a socket now (after an open's ``ENXIO``)."""
+    try:
+        st = os.stat(path, follow_symlinks=follow)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(st.st_mode)

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from txmailhub.logsafe import shown
+from txmailhub.regular_file import NotRegularFile, read_regular
 
 __all__ = ["LOG_FILE_MODE", "NODAEMON_GIVEN", "TWIST_KEYS", "logger_nodaemon",
            "make_log_file", "pid_file_problems", "run_file_access_problems",
@@ -67,8 +68,11 @@ def _pid_file_problem(path: str) -> str | None:
         return "is a folder: give --pidfile the path of a file in it"
     user = _owner_name(os.geteuid())
     try:
-        with open(path, "rb") as f:
-            text = f.read(64)
+        # never a plain open: one of a FIFO would wait for a writer for ever
+        text, _ = read_regular(path, limit=64)
+    except NotRegularFile:
+        return ("is not a regular file (a named pipe, device or socket): twistd would "
+                "wait on it or fail; give --pidfile the path of a file")
     except PermissionError:
         return f"cannot be read by {user}: twistd reads it to see if the hub runs already"
     except OSError as e:

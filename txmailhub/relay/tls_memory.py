@@ -31,6 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txmailhub.regular_file import read_regular
 from txmailhub.store.sync import durable_write
 
 __all__ = ["MAX_AGE", "MAX_HOSTS", "REFRESH", "TLSMemory", "memory_path"]
@@ -86,8 +87,9 @@ class TLSMemory:
         if self.path is None:
             return
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read(4 * 1024 * 1024)
+            # never a plain open: one of a FIFO put there would wait for a
+            # writer for ever, and the hub's start with it
+            raw, _ = read_regular(self.path, limit=4 * 1024 * 1024)
         except FileNotFoundError:
             return
         except OSError as e:

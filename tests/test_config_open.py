@@ -1,0 +1,90 @@
+"""Opening the config file: what is no regular file is refused in one
+line naming it, never waited on (``config._read_config``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fifo_writer import fed_fifo
+
+from txmailhub.config import load, load_local_submission
+from txmailhub.errors import ConfigError
+
+CONFIG = (b'[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+          b'state_dir = "state"\n[smtp]\nlisten = []\n[submission]\nlisten = []\n'
+          b'[pop3]\nlisten = []\n')
+
+READERS: list[Callable[[str], Any]] = [load, load_local_submission]  # hub's, sendmail's
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path: Path, reader: Callable) -> None:
+    fifo = tmp_path / "mailhub.toml"
+    with fed_fifo(fifo, CONFIG), pytest.raises(ConfigError) as info:
+        reader(str(fifo))
+    assert info.value.problems == [
+        f"{fifo}: cannot read the config file: it is not a regular file "
+        "(a named pipe, device or socket)"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_device_is_refused(reader: Callable) -> None:
+    # /dev/null read as an empty config, /dev/zero without end
+    with pytest.raises(ConfigError) as info:
+        reader(os.devnull)
+    assert info.value.problems == [
+        f"{os.devnull}: cannot read the config file: it is not a regular file "
+        "(a named pipe, device or socket)"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_socket_is_refused_as_no_regular_file(tmp_path: Path, reader: Callable) -> None:
+    # open() of a socket fails with ENXIO, "No such device or address"
+    path = tmp_path / "mailhub.toml"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(ConfigError) as info:
+            reader(str(path))
+    assert info.value.problems == [
+        f"{path}: cannot read the config file: it is not a regular file "
+        "(a named pipe, device or socket)"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_link_to_a_regular_file_is_read(tmp_path: Path, reader: Callable) -> None:
+    real = tmp_path / "real.toml"
+    real.write_bytes(CONFIG)
+    link = tmp_path / "mailhub.toml"
+    link.symlink_to(real)
+    assert reader(str(link)).path == str(link)
+
+
+def test_mailhub_check_refuses_a_named_pipe_in_one_line(tmp_path: Path) -> None:
+    from txmailhub.cli import main
+
+    fifo = tmp_path / "mailhub.toml"
+    out, err = io.StringIO(), io.StringIO()
+    with fed_fifo(fifo, CONFIG):
+        code = main(["--config", str(fifo), "check"], out=out, err=err)
+    assert code == 2
+    assert err.getvalue() == (f"{fifo}: cannot read the config file: it is not a regular "
+                              "file (a named pipe, device or socket)\n")
+
+
+def test_twistd_mailhub_refuses_a_named_pipe_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from txmailhub.tap import Options
+
+    fifo = tmp_path / "mailhub.toml"
+    with fed_fifo(fifo, CONFIG), pytest.raises(SystemExit) as info:
+        Options().parseOptions(["-c", str(fifo)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{fifo}: cannot read the config file: it is not a regular file "
+        "(a named pipe, device or socket)\n")
