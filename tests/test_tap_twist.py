@@ -168,3 +168,43 @@ def test_twist_as_root_is_not_told_of_a_uid_it_lacks(tmp_path: Path, monkeypatch
     err = capsys.readouterr().err
     assert tap.TWIST_ROOT_WARNING in err
     assert "--uid" not in err
+
+
+@pytest.mark.parametrize(("twist_args", "to_file"), [
+    ([], False),
+    (["--log-file=+"], False),
+    (["--log-file=-"], False),
+    (["--log-file", "LOG"], True),
+])
+def test_a_failed_start_reaches_twists_log_file_only(tmp_path: Path, monkeypatch,
+                                                     no_lasting_handlers: None,
+                                                     twist_args: list[str],
+                                                     to_file: bool) -> None:
+    # twist starts the hub before it begins logging: the start error goes
+    # to its --log-file through an observer of the hub's; standard output
+    # or error already has it (the SystemExit's line)
+    from txmailhub import tap
+    from txmailhub.service import StartError
+
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "twist.log"
+    options = _twist(tmp_path, "--log-format=text",
+                     *[str(log) if a == "LOG" else a for a in twist_args])
+    try:
+        hub = tap.makeService(options.subOptions)
+        assert (hub.start_error_observer is not None) is to_file
+
+        def refuse() -> None:
+            raise StartError("mailhub: cannot listen for smtp on tcp:25: in use")
+
+        monkeypatch.setattr(hub._storage, "startService", refuse)
+        with pytest.raises(StartError):
+            hub.startService()
+    finally:
+        if options["logFile"] not in (sys.stdout, sys.stderr):
+            options["logFile"].close()
+    if to_file:
+        [line] = log.read_text().splitlines()
+        assert line.endswith(" [txmailhub.service#error] mailhub: cannot listen for smtp "
+                             "on tcp:25: in use"), line
+    assert not hub.running

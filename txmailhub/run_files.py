@@ -24,8 +24,8 @@ from txmailhub.regular_file import NotRegularFile, read_regular
 
 __all__ = ["LOG_FILE_MODE", "NODAEMON_GIVEN", "TWIST_KEYS", "logger_nodaemon",
            "make_log_file", "pid_file_problems", "run_file_access_problems",
-           "run_file_problems", "run_folder_warnings", "runs_under_twist", "twist_log_where",
-           "twistd_log_file"]
+           "run_file_problems", "run_folder_warnings", "runs_under_twist", "twist_log_observer",
+           "twist_log_where", "twistd_log_file"]
 
 
 def pid_file_problems(pidfile: str | None) -> list[str]:
@@ -355,6 +355,24 @@ def twist_log_where(parent: Any) -> str:
     if log_file in (sys.stderr, sys.__stderr__):
         return "standard error"
     return "twist's --log-file"
+
+
+def twist_log_observer(parent: Any) -> Any | None:
+    """An observer writing to ``twist``'s ``--log-file``, as twist's own
+    will, when one was given (``None``: standard output or error, or no
+    factory to make it with).
+
+    twist starts the service before it begins logging: a start error
+    (a port in use) ends the process while the log has no observer, and
+    only standard error sees it.  The file is the one twist opened, in
+    the format it chose (JSON or text); the hub writes a failed start's
+    line there through this, and nothing else."""
+    log_file = parent.get("logFile")
+    factory = parent.get("fileLogObserverFactory")
+    if log_file is None or factory is None or log_file in (
+            sys.stdout, sys.__stdout__, sys.stderr, sys.__stderr__):
+        return None
+    return factory(log_file)
 
 
 def twistd_log_file(parent: Any) -> str | None:

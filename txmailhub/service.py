@@ -507,8 +507,11 @@ class MailHub(MultiService):
             return
         try:
             super().startService()
-        except StartError:
+        except StartError as e:
             self._roll_back()
+            if self.start_error_observer is not None:
+                Logger(namespace=log.namespace, observer=self.start_error_observer).error(
+                    "{message}", message=e.message)
             raise
         self._has_run = True
         users = self.components.users
@@ -559,6 +562,12 @@ class MailHub(MultiService):
         self._start_error_type = kind
         if isinstance(kind, type) and issubclass(kind, DaemonStartError):
             print_start_errors_plainly()
+
+    #: an observer a ``StartError`` of ``startService`` is also written to:
+    #: ``twist mailhub --log-file`` sets it (``run_files.twist_log_observer``),
+    #: since twist starts the hub before it begins logging, and the error
+    #: would otherwise reach standard error only
+    start_error_observer: Any = None
 
     #: the pid file ``twistd -n mailhub`` wrote for this process (set by the
     #: plugin; a ``.tac`` may set it too), removed when the start fails

@@ -48,6 +48,7 @@ from txmailhub.run_files import (
     run_file_problems,
     run_folder_warnings,
     runs_under_twist,
+    twist_log_observer,
     twist_log_where,
     twistd_log_file,
 )
@@ -254,6 +255,8 @@ def makeService(options: Any) -> Any:
     elif parent is not None:
         # as twistd names it: relative to --rundir, where twistd is by then
         hub.pid_file = parent.get("pidfile") or None
+    if twist:
+        hub.start_error_observer = twist_log_observer(parent)
     if owner:
         if before is None:  # made just now, by root
             os.lchown(settings.hub.state_dir, *owner)

@@ -248,6 +248,35 @@ def test_twist_runs_the_hub_and_keeps_its_own_log(make_hub, to_file: bool) -> No
         assert "txmailhub" not in (hub.folder / "twist.out").read_text()
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_twist_writes_a_failed_start_to_its_log_file(make_hub, log_format: str) -> None:
+    """twist starts the hub before it begins logging: a port in use was
+    one line on standard error and nothing in ``--log-file``."""
+    import json
+
+    hub = make_hub(start=False)
+    log_path = hub.folder / "twist.log"
+    with blocked(hub, "pop3"):
+        result = subprocess.run(
+            [TWIST, f"--log-format={log_format}", f"--log-file={log_path}", "mailhub",
+             "--config", str(hub.config_path)],
+            capture_output=True, text=True, timeout=60, cwd=hub.folder)
+    line = f"mailhub: cannot listen for pop3 on tcp:{hub.pop3_port}:interface=127.0.0.1"
+    assert result.returncode == 1
+    assert [x for x in result.stderr.splitlines() if x.startswith("mailhub:")] == [
+        f"{line}: Couldn't listen on 127.0.0.1:{hub.pop3_port}: "
+        "[Errno 98] Address already in use."], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    logged = log_path.read_text()
+    if log_format == "json":
+        [event] = [json.loads(x.strip("\x1e")) for x in logged.splitlines() if x.strip()]
+        assert event["message"].startswith(line), event
+        assert event["log_level"]["name"] == "error"
+    else:
+        [text] = logged.splitlines()
+        assert line in text, logged
+
+
 def test_port_in_use_exits_1_with_one_clear_line(make_hub, tmp_path: Path) -> None:
     hub = make_hub(start=False)
     with blocked(hub, "pop3"):
