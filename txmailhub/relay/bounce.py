@@ -8,7 +8,9 @@ part naming each recipient with its Action, Status, Remote-MTA and the
 remote's exact reply as Diagnostic-Code -- or, for a status this hub made
 itself, its own account as an ``X-txmailhub`` Diagnostic-Code --, then
 the original headers -- or
-the whole message when RET=FULL and it is small enough).  A notice about
+the whole message when RET=FULL and it is small enough), and, as a reply
+to the original, ``In-Reply-To``/``References`` from its Message-ID
+(``reply_fields``).  A notice about
 a message sent with SMTPUTF8 is RFC 6533's internationalized one: a
 message/global-delivery-status part with UTF-8 addresses and ENVID as
 they are, the original as message/global-headers or message/global, and
@@ -28,7 +30,7 @@ import email.utils
 import os
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
@@ -44,6 +46,7 @@ from txmailhub.envelope import Envelope
 from txmailhub.errors import Rejected
 from txmailhub.logsafe import shown_message
 from txmailhub.relay.record import QueueEntry, RecipientRecord, mta_name
+from txmailhub.relay.reply_fields import reply_fields
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
@@ -369,6 +372,10 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
     envid = entry.envelope.dsn.envid
     if envid:
         head["Original-Envelope-Id"] = _raw(_envelope_id(envid, utf8))
+    # RFC 3461's "dns" MTA-name-type: the host's name, or for an MTA
+    # known only by its address a domain-literal ("[192.0.2.1]"), as a
+    # [hub] hostname or a next hop that is an address literal is written
+    # (no other MTA-name-type is registered for an Internet host)
     head["Reporting-MTA"] = f"dns; {hostname}"
     head["Arrival-Date"] = rfc5322_date(entry.created)
     blocks = [head]
@@ -455,16 +462,28 @@ def _flatten(message: Message) -> bytes:
 
 
 def _read_headers(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return _header_lines(f)
+
+
+def _header_section(raw: bytes) -> bytes:
+    """The header section at the start of ``raw`` (a whole message held
+    already), as ``_read_headers`` reads it from a file."""
+    return _header_lines(BytesIO(raw))
+
+
+def _header_lines(lines: Iterable[bytes]) -> bytes:
+    """The lines up to the empty one that ends the header section, at
+    most ``MAX_HEADER_BYTES`` of them."""
     out = []
     size = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line in (b"\n", b"\r\n"):
-                break
-            size += len(line)
-            if size > MAX_HEADER_BYTES:
-                break
-            out.append(line)
+    for line in lines:
+        if line in (b"\n", b"\r\n"):
+            break
+        size += len(line)
+        if size > MAX_HEADER_BYTES:
+            break
+        out.append(line)
     return b"".join(out)
 
 
@@ -514,7 +533,13 @@ def build_dsn(
     report.attach(human)
     report.attach(_status_part(entry, recipients, action, hostname, now, will_retry_until,
                                utf8))
-    report.attach(_returned(entry, full, utf8))
+    returned, header = _returned(entry, full, utf8)
+    report.attach(returned)
+    # a reply to the original (RFC 5322 3.6.4): after the notice's own
+    # fields, from the header section read for the returned part above
+    answered = reply_fields(header)
+    if answered is not None:
+        report["In-Reply-To"], report["References"] = answered
     if any(p["Content-Transfer-Encoding"] == "8bit" for p in report.get_payload()):
         # RFC 2045 6.4 and 2.7: a multipart's encoding is that of its
         # whole content, and 7bit, the default, is no longer true of it
@@ -534,11 +559,14 @@ def _returns_full(entry: QueueEntry, action: str) -> bool:
         return False
 
 
-def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
+def _returned(entry: QueueEntry, full: bool, utf8: bool) -> tuple[Message, bytes]:
     """The original: its headers, or with ``full`` all of it.  In a global
     notice (``utf8``) as RFC 6533's message/global-headers or
     message/global, which may carry UTF-8 header fields raw (RFC 6532
-    3.7); otherwise text/rfc822-headers or message/rfc822."""
+    3.7); otherwise text/rfc822-headers or message/rfc822.  With the
+    part, the original's header section as read for it (at most
+    ``MAX_HEADER_BYTES``; empty when it could not be read): the notice's
+    ``In-Reply-To`` comes from there, with no read of its own."""
     path = entry.message_path
     if full:
         # the octets as stored, not parsed and generated again: that would
@@ -563,7 +591,7 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
             # keeps one of its own, as every stored message has
             raw += b"\n"
         part.set_payload(raw.decode("ascii", "surrogateescape"))
-        return part
+        return part, _header_section(raw)
     part = Message()
     part.set_type("text/rfc822-headers")
     try:
@@ -581,7 +609,7 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> Message:
         # that is no field would make the fields after it a body
         part.set_type("message/global-headers")
     part.set_payload(raw.decode("ascii", "surrogateescape"))
-    return part
+    return part, raw
 
 
 def dsn_envelope(entry: QueueEntry, hostname: str, has_8bit: bool) -> Envelope:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from txmailhub.rfc5322 import MSG_ID
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs
 from txmailhub.smtp.received import FIELD_START, HEADER_END
 from txmailhub.smtp.replies import _ECHO_MAX
@@ -57,16 +58,9 @@ _CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 # A Message-ID field with its continuation lines
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", re.IGNORECASE | re.MULTILINE)
 # RFC 5322 3.6.4 msg-id, with the comments and folding around it that 3.2.2
-# allows; id-left a dot-atom-text or (obsolete, 4.5.4) a quoted-string,
-# id-right a dot-atom-text or a literal.  Octets above 127 count as atext
-# (RFC 6532 3.2: an SMTPUTF8 message may carry UTF-8 there).
-_ATOM = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff]+"
-_DOT_ATOM = _ATOM + rb"(?:\." + _ATOM + rb")*"
+# allows (``rfc5322.MSG_ID``: UTF-8 octets too, RFC 6532 3.2)
 _CFWS = rb"(?:\s|\([^()\\]*\))*"
-_VALID_ID = re.compile(
-    _CFWS + rb"<(?:" + _DOT_ATOM + rb'|"(?:[^"\\\n]|\\.)*")@(?:' + _DOT_ATOM
-    + rb"|\[[!-Z^-~]*\])>" + _CFWS
-)
+_VALID_ID = re.compile(_CFWS + MSG_ID + _CFWS)
 
 
 class MissingFields:

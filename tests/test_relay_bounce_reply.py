@@ -1,0 +1,121 @@
+"""A notice answers the message it reports on (RFC 5322 3.6.4), and names
+an MTA known only by its address as RFC 3461's "dns" type allows."""
+
+from __future__ import annotations
+
+import dataclasses
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.envelope import DSNRequest, Envelope
+from txmailhub.relay import bounce
+from txmailhub.relay.record import FAILED, QueueEntry
+from txmailhub.relay.reply_fields import KEPT_REFERENCES, reply_fields
+from txmailhub.smtp.reply import Reply
+
+ALICE = Address("alice", "example.org")
+BOB = Address("bob", "remote.test")
+HEADER = (b"From: alice@example.org\nTo: bob@remote.test\n"
+          b"Message-ID: <lunch.1@example.org>\nSubject: lunch\n")
+
+
+def notice(tmp_path: Path, message: bytes, *, ret: str | None = None, smtputf8: bool = False,
+           mta: str = "mx1.remote.test", hostname: str = "mail.example.org") -> bytes:
+    path = tmp_path / "msg"
+    path.write_bytes(message)
+    envelope = Envelope(sender=ALICE, recipients=(BOB,), dsn=DSNRequest(ret=ret),
+                        smtputf8=smtputf8)
+    entry = QueueEntry.new("0123456789ABCDEF", envelope, 1_700_000_000.0)
+    entry = dataclasses.replace(entry, message_path=str(path))
+    rcpt = dataclasses.replace(entry.recipient(BOB), state=FAILED, remote_mta=mta,
+                               last_reply=Reply.of(550, "5.1.1", "user unknown"),
+                               last_attempt=1_700_000_100.0, attempts=1)
+    return bounce.build_dsn(entry, [rcpt], bounce.FAILED, hostname=hostname,
+                            primary_domain="example.org", now=1_700_000_200.0)
+
+
+def header_of(data: bytes) -> bytes:
+    return data.split(b"\n\n", 1)[0] + b"\n"
+
+
+@pytest.mark.parametrize("ret", [None, "FULL"])
+def test_a_notice_is_a_reply_to_the_original(tmp_path: Path, ret: str | None) -> None:
+    data = notice(tmp_path, HEADER + b"\nSee you at noon.\n", ret=ret)
+    msg = message_from_bytes(data, policy=policy.default)
+    assert msg["In-Reply-To"] == "<lunch.1@example.org>"
+    assert msg["References"] == "<lunch.1@example.org>"
+    # the notice's own Message-ID is not the original's
+    assert msg["Message-ID"] != "<lunch.1@example.org>"
+
+
+def test_references_go_on_from_the_originals(tmp_path: Path) -> None:
+    # RFC 5322 3.6.4: the parent's References, then its Message-ID
+    data = notice(tmp_path, HEADER + b"References: <a@x.test> (first)\n <b@x.test>\n"
+                  b"In-Reply-To: <b@x.test>\n\nbody\n")
+    assert b"\nReferences: <a@x.test>\n <b@x.test>\n <lunch.1@example.org>\n" in data
+    msg = message_from_bytes(data, policy=policy.default)
+    assert msg["In-Reply-To"] == "<lunch.1@example.org>"
+    # without References, an In-Reply-To of one msg-id stands for them
+    data = notice(tmp_path, HEADER + b"In-Reply-To: <b@x.test>\n\nbody\n")
+    assert b"\nReferences: <b@x.test>\n <lunch.1@example.org>\n" in data
+    # of two, it is no reference chain
+    data = notice(tmp_path, HEADER + b"In-Reply-To: <b@x.test> <c@x.test>\n\nbody\n")
+    assert b"\nReferences: <lunch.1@example.org>\n" in data
+
+
+@pytest.mark.parametrize("message", [
+    b"From: alice@example.org\nSubject: lunch\n\nbody\n",  # none
+    b"Message-ID: lunch.1@example.org\n\nbody\n",  # no msg-id
+    b"Message-ID: <a@b> <c@d>\n\nbody\n",  # two
+    # one in the body is none of the header's
+    b"Subject: lunch\n\nMessage-ID: <body@example.org>\n",
+    # one past what is read of the header section
+    b"X-Long: " + b"x" * bounce.MAX_HEADER_BYTES + b"\nMessage-ID: <late@example.org>\n\nb\n",
+])
+def test_no_message_id_no_reply_fields(tmp_path: Path, message: bytes) -> None:
+    head = header_of(notice(tmp_path, message))
+    assert b"\nIn-Reply-To:" not in head and b"\nReferences:" not in head
+
+
+def test_a_utf8_message_id_is_left_out(tmp_path: Path) -> None:
+    # no RFC 2047 word (that is no msg-id); and raw, a notice sent on as a
+    # 7-bit copy (a next hop without SMTPUTF8) could not be made
+    message = "Message-ID: <d\u00e9j\u00e0@example.org>\n\nbody\n".encode()
+    for smtputf8 in (False, True):
+        head = header_of(notice(tmp_path, message, smtputf8=smtputf8))
+        assert b"\nIn-Reply-To:" not in head and b"\nReferences:" not in head
+    found = reply_fields("Message-ID: <m@x>\nReferences: <d\u00e9j\u00e0@x> <r@x>\n".encode())
+    assert found == ("<m@x>", "<r@x>\n <m@x>")
+
+
+def test_an_id_too_long_for_a_line_is_left_out() -> None:
+    long_id = b"<" + b"x" * 990 + b"@example.org>"
+    assert reply_fields(b"Message-ID: " + long_id + b"\n") is None
+    found = reply_fields(b"Message-ID: <m@x>\nReferences: " + long_id + b" <r@x>\n")
+    assert found == ("<m@x>", "<r@x>\n <m@x>")
+
+
+def test_a_long_reference_chain_keeps_its_start_and_its_end() -> None:
+    ids = [f"<r{i}@x.test>" for i in range(100)]
+    found = reply_fields(("Message-ID: <m@x>\nReferences: " + " ".join(ids) + "\n").encode())
+    assert found is not None
+    assert found[1].split("\n ") == [ids[0], *ids[-KEPT_REFERENCES:], "<m@x>"]
+
+
+@pytest.mark.parametrize(("literal", "named"), [
+    ("[192.0.2.1]", "[192.0.2.1]"),
+    ("[IPv6:2001:db8::1]", "[IPv6:2001:db8::1]"),
+])
+def test_an_mta_known_by_its_address_is_named_by_a_domain_literal(
+        tmp_path: Path, literal: str, named: str) -> None:
+    # RFC 3461's "dns" MTA-name-type: a host name, or, where there is
+    # none, a domain-literal of the MTA's address (RFC 3464 2.2.2, 2.3.5
+    # take the type's conventions); no other type is registered for it
+    data = notice(tmp_path, HEADER + b"\nbody\n", mta=literal, hostname=literal)
+    msg = message_from_bytes(data, policy=policy.default)
+    status = list(msg.iter_parts())[1].get_payload()
+    assert status[0]["Reporting-MTA"] == f"dns; {named}"
+    assert status[1]["Remote-MTA"] == f"dns; {named}"

@@ -1,0 +1,74 @@
+"""The ``In-Reply-To`` and ``References`` fields of a notice.
+
+A delivery status notification answers the message it reports on: RFC
+5322 3.6.4 gives a reply ``In-Reply-To`` with the parent's Message-ID,
+and ``References`` with the parent's ``References`` (or, without one,
+its ``In-Reply-To`` when that holds one msg-id) followed by that
+Message-ID, so that the sender's mail program shows the notice with the
+message it is about.  Read from the header section the notice returns
+anyway (``bounce._returned``: at most ``bounce.MAX_HEADER_BYTES`` of
+it), never from the rest of the message.
+
+A parent without a Message-ID that is one msg-id gets neither field; an
+id that a field cannot carry everywhere is left out: one of UTF-8 (RFC
+6532 3.2 allows it where SMTPUTF8 carries the message, but a notice
+sent on as a 7-bit copy, ``relay.mime7bit``, has no 7-bit form for it:
+an RFC 2047 word is no msg-id, and the copy could not be made), and one
+too long for a line (RFC 5322 2.1.1: 998 octets; a msg-id cannot be
+folded).  A long ``References`` keeps
+its first id, the thread's start, and the last ``KEPT_REFERENCES``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from txmailhub.rfc5322 import MSG_ID
+
+__all__ = ["KEPT_REFERENCES", "reply_fields"]
+
+#: the last ids of the parent's References kept, beside its first
+KEPT_REFERENCES = 20
+
+_LINE_MAX = 998  # RFC 5322 2.1.1
+_FIELD = re.compile(rb"^(message-id|references|in-reply-to)[ \t]*:(.*\n(?:[ \t].*\n)*)",
+                    re.IGNORECASE | re.MULTILINE)
+_ID = re.compile(MSG_ID)
+# comments and folding around the id (RFC 5322 3.2.2)
+_CFWS = rb"(?:\s|\([^()\\]*\))*"
+_ONE_ID = re.compile(_CFWS + rb"(" + MSG_ID + rb")" + _CFWS)
+
+
+def reply_fields(header: bytes) -> tuple[str, str] | None:
+    """``(In-Reply-To, References)`` for a notice about the message whose
+    header section is ``header`` (stored form, LF line ends), ``None``
+    when it has no Message-ID to answer.  The References value is folded
+    between its ids ("\\n ")."""
+    fields: dict[bytes, bytes] = {}
+    for match in _FIELD.finditer(header):
+        fields.setdefault(match.group(1).lower(), match.group(2))  # the first of each
+    one = _ONE_ID.fullmatch(fields.get(b"message-id", b""))
+    message_id = _usable(one.group(1), "In-Reply-To") if one else None
+    if message_id is None:
+        return None
+    before = _ids(fields.get(b"references"))
+    if not before:
+        replied = _ids(fields.get(b"in-reply-to"))
+        before = replied if len(replied) == 1 else []
+    kept = [i for i in (_usable(raw, "References") for raw in before) if i is not None]
+    if len(kept) > KEPT_REFERENCES + 1:
+        kept = [kept[0], *kept[-KEPT_REFERENCES:]]
+    return message_id, "\n ".join([*kept, message_id])
+
+
+def _ids(value: bytes | None) -> list[bytes]:
+    """The msg-ids in a field that lists them (what else it holds, a
+    phrase an old program wrote there, is passed over)."""
+    return _ID.findall(value) if value is not None else []
+
+
+def _usable(raw: bytes, name: str) -> str | None:
+    """``raw`` as the text of the notice's field ``name``, or ``None``."""
+    if len(name) + 2 + len(raw) > _LINE_MAX or not raw.isascii():
+        return None
+    return raw.decode("ascii")
