@@ -1,5 +1,6 @@
-"""Opening the config file: what is no regular file is refused in one
-line naming it, never waited on (``config._read_config``)."""
+"""Opening the config file: a pipe with a writer is read, a named pipe
+without one and what is neither file nor pipe are refused in one line
+naming it, never waited on (``config._read_config``)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,36 @@ READERS: list[Callable[[str], Any]] = [load, load_local_submission]  # hub's, se
 
 
 @pytest.mark.parametrize("reader", READERS)
-def test_a_named_pipe_is_refused_not_waited_on(tmp_path: Path, reader: Callable) -> None:
+def test_a_named_pipe_with_a_writer_is_read(tmp_path: Path, reader: Callable) -> None:
     fifo = tmp_path / "mailhub.toml"
-    with fed_fifo(fifo, CONFIG), pytest.raises(ConfigError) as info:
+    with fed_fifo(fifo, CONFIG):
+        assert reader(str(fifo)).path == str(fifo)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_pipe_as_from_process_substitution_is_read(reader: Callable) -> None:
+    # <(...) and "| mailhub -c /dev/stdin" hand over an anonymous pipe
+    r, w = os.pipe()
+    try:
+        os.write(w, CONFIG)
+        os.close(w)
+        settings = reader(f"/dev/fd/{r}")
+    finally:
+        os.close(r)
+    assert settings.path == f"/dev/fd/{r}"
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_named_pipe_without_a_writer_is_refused_not_waited_on(
+        tmp_path: Path, reader: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("txmailhub.config._PIPE_WAIT", 0.05)
+    fifo = tmp_path / "mailhub.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
         reader(str(fifo))
     assert info.value.problems == [
-        f"{fifo}: cannot read the config file: it is not a regular file "
-        "(a named pipe, device or socket)"]
+        f"{fifo}: cannot read the config file: it is a pipe that nothing was written to "
+        "in 0.05 seconds"]
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -40,7 +64,7 @@ def test_a_device_is_refused(reader: Callable) -> None:
         reader(os.devnull)
     assert info.value.problems == [
         f"{os.devnull}: cannot read the config file: it is not a regular file "
-        "(a named pipe, device or socket)"]
+        "or a pipe (a device or socket)"]
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -53,7 +77,7 @@ def test_a_socket_is_refused_as_no_regular_file(tmp_path: Path, reader: Callable
             reader(str(path))
     assert info.value.problems == [
         f"{path}: cannot read the config file: it is not a regular file "
-        "(a named pipe, device or socket)"]
+        "or a pipe (a device or socket)"]
 
 
 @pytest.mark.parametrize("reader", READERS)
@@ -65,26 +89,31 @@ def test_a_link_to_a_regular_file_is_read(tmp_path: Path, reader: Callable) -> N
     assert reader(str(link)).path == str(link)
 
 
-def test_mailhub_check_refuses_a_named_pipe_in_one_line(tmp_path: Path) -> None:
+def test_mailhub_check_refuses_a_named_pipe_without_a_writer_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from txmailhub.cli import main
 
+    monkeypatch.setattr("txmailhub.config._PIPE_WAIT", 0.05)
     fifo = tmp_path / "mailhub.toml"
+    os.mkfifo(fifo)
     out, err = io.StringIO(), io.StringIO()
-    with fed_fifo(fifo, CONFIG):
-        code = main(["--config", str(fifo), "check"], out=out, err=err)
+    code = main(["--config", str(fifo), "check"], out=out, err=err)
     assert code == 2
-    assert err.getvalue() == (f"{fifo}: cannot read the config file: it is not a regular "
-                              "file (a named pipe, device or socket)\n")
+    assert err.getvalue() == (f"{fifo}: cannot read the config file: it is a pipe that "
+                              "nothing was written to in 0.05 seconds\n")
 
 
-def test_twistd_mailhub_refuses_a_named_pipe_in_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_twistd_mailhub_refuses_a_named_pipe_without_a_writer_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from txmailhub.tap import Options
 
+    monkeypatch.setattr("txmailhub.config._PIPE_WAIT", 0.05)
     fifo = tmp_path / "mailhub.toml"
-    with fed_fifo(fifo, CONFIG), pytest.raises(SystemExit) as info:
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as info:
         Options().parseOptions(["-c", str(fifo)])
     assert info.value.code == 2
     assert capsys.readouterr().err == (
-        f"{fifo}: cannot read the config file: it is not a regular file "
-        "(a named pipe, device or socket)\n")
+        f"{fifo}: cannot read the config file: it is a pipe that nothing was written to "
+        "in 0.05 seconds\n")

@@ -1350,20 +1350,30 @@ def load(path: str) -> Settings:
     return load_text(text, path)
 
 
+_PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written
+
+
 def _read_config(path: str) -> bytes:
     """The octets of the config file at ``path``; ``ConfigError`` (one
     line naming the path) when it cannot be read or is no regular file.
 
-    Never a plain ``open()``: one of a named pipe (``-c FIFO``, or one put
-    where the file was) waits for a writer for ever, and ``mailhub``,
-    ``twistd mailhub`` and ``sendmail`` with it; one of a device reads
-    what the device gives (``/dev/zero``: without end).  A link to a
-    regular file is followed, as for any file the config names."""
+    Never a plain ``open()``: one of a named pipe with no writer
+    (``-c FIFO``, or one put where the file was) waits for a writer for
+    ever, and ``mailhub``, ``twistd mailhub`` and ``sendmail`` with it;
+    one of a device reads what the device gives (``/dev/zero``: without
+    end).  A pipe written to is read, as other servers read one: ``-c
+    <(template ...)`` and ``... | mailhub -c /dev/stdin`` are common ways
+    to hand over a generated config; one nothing is written to is
+    refused after a few seconds.  A link to a regular file is
+    followed, as for any file the config names."""
     try:
-        data, _ = read_regular(path)
+        data, _ = read_regular(path, pipe_wait=_PIPE_WAIT)
+    except TimeoutError:
+        raise ConfigError([f"{path}: cannot read the config file: it is a pipe that nothing "
+                           f"was written to in {_PIPE_WAIT:g} seconds"]) from None
     except NotRegularFile:
         raise ConfigError([f"{path}: cannot read the config file: it is not a regular file "
-                           "(a named pipe, device or socket)"]) from None
+                           "or a pipe (a device or socket)"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
     return data

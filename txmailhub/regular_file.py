@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import stat
 
 
@@ -23,14 +24,19 @@ class NotRegularFile(OSError):
         self.path = path
 
 
-def read_regular(path: str, *, follow: bool = True,
-                 limit: int = -1) -> tuple[bytes, os.stat_result]:
+def read_regular(path: str, *, follow: bool = True, limit: int = -1,
+                 pipe_wait: float | None = None) -> tuple[bytes, os.stat_result]:
     """The bytes of the regular file at ``path`` and its ``fstat`` once
     read (the caller may compare it with a ``stat`` from before).  A
     folder raises ``IsADirectoryError`` as ``open()`` does; anything else
     that is no regular file ``NotRegularFile``; ``follow=False`` refuses
     a symbolic link (``ELOOP``).  ``limit``: at most that many octets
-    (the first ones), for a file that has no business being large."""
+    (the first ones), for a file that has no business being large.
+    ``pipe_wait``: seconds to wait for a pipe to give something, which is
+    then read to its end (shell process substitution, ``<(...)``, ``cat f
+    | cmd -c /dev/stdin``, or a writer that opens a named pipe only once
+    a reader has); a pipe that gives nothing by then raises
+    ``TimeoutError``.  Without it a pipe is refused as no regular file."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow:
         flags |= os.O_NOFOLLOW
@@ -45,13 +51,32 @@ def read_regular(path: str, *, follow: bool = True,
     except BaseException:
         os.close(fd)
         raise
-    if not stat.S_ISREG(st.st_mode):
+    if pipe_wait is not None and stat.S_ISFIFO(st.st_mode):
+        try:
+            _await_pipe(fd, path, pipe_wait)
+        except BaseException:
+            os.close(fd)
+            raise
+    elif not stat.S_ISREG(st.st_mode):
         os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         raise NotRegularFile(path)
     with open(fd, "rb") as f:
         return f.read(limit), os.fstat(fd)
+
+
+def _await_pipe(fd: int, path: str, seconds: float) -> None:
+    """Wait up to ``seconds`` for the pipe ``fd`` to be readable, then make
+    it blocking so that it is read to its writer's end.  Readable covers
+    data and a writer that came and went; a named pipe no writer ever
+    opened stays unreadable (Linux reports no hang-up for a writer that
+    never was), so it times out rather than waits for ever."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if not poller.poll(max(0, int(seconds * 1000))):
+        raise TimeoutError(errno.ETIMEDOUT, f"nothing written to the pipe in {seconds:g} s", path)
+    os.set_blocking(fd, True)
 
 
 def _is_socket(path: str, follow: bool) -> bool:
