@@ -3219,6 +3219,38 @@ def test_a_login_answered_after_the_hub_stop_cut_its_session_writes_nothing(log_
     assert stopped.called
 
 
+def test_a_login_the_hub_stop_dropped_before_its_maildir_turn_is_logged_as_the_stop(
+        tmp_path, log_events):
+    # with the hub's own store, a login whose password check is over after
+    # the stop told its session -ERR is refused its turn at the Maildir's
+    # lock (its ``wanted`` says no more): the log says the hub stopped,
+    # not that a client still connected "left before its turn"
+    from test_pop3_session_memory import InlineSyncer
+
+    from txmailhub.auth import MailRealm
+    from txmailhub.store.maildir import MaildirStore
+
+    checker = HeldChecker()
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", InlineSyncer())
+    components = Components(settings=make_settings(), reactor=MemoryReactorClock(),
+                            router=None, store=store, spooler=None,
+                            portal=Portal(MailRealm(store), [checker]))
+    proto = POP3Factory(components).buildProtocol(LOOPBACK)
+    t = Transport(LOOPBACK)
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    t.clear()
+    stopped = proto.factory.shut_down()
+    assert t.value() == R.SHUTTING_DOWN.to_bytes()
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    assert t.value() == R.SHUTTING_DOWN.to_bytes() and proto.mailbox is None
+    lines = [formatEvent(e) for e in log_events if formatEvent(e).startswith("POP3 login")]
+    assert lines == ["POP3 login joe from 127.0.0.1 (USER) not answered: the hub stops"]
+    proto.connectionLost(None)
+    assert stopped.called
+
+
 def test_the_hub_stop_during_a_failed_login_delay_says_err_and_counts_the_failure_once():
     # the stop cut a session waiting out its failed login's delay with no
     # line; now it gets -ERR [SYS/TEMP] and a polite close, the delayed

@@ -1374,11 +1374,13 @@ class POP3Protocol(Protocol):
             return
         if failure.check(MailboxTurnAbandoned) and (self._lost or self._closing):
             # nobody refused it: its client hung up while the login waited
-            # for its turn at the mailbox's lock, and no reply goes to a
-            # client gone (one still there is told IN-USE, below)
-            log.info("POP3 login {user} from {peer} ({mechanism}) not answered: the client "
-                     "left before its turn at the mailbox", user=self._user, peer=self._peer,
-                     mechanism=mechanism)
+            # for its turn at the mailbox's lock, or the hub's stop told it
+            # -ERR (``_wanted``), and no reply goes to either (one still
+            # there is told IN-USE, below)
+            log.info("POP3 login {user} from {peer} ({mechanism}) not answered: {why}",
+                     user=self._user, peer=self._peer, mechanism=mechanism,
+                     why="the hub stops" if self._hub_stopped and not self._lost
+                     else "the client left before its turn at the mailbox")
             return
         detail = ""
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
