@@ -1141,6 +1141,83 @@ def test_a_start_that_fails_part_way_leaves_nothing_running(tmp_path: Path,
     assert set(reactor.getDelayedCalls()) <= calls_before  # nothing left running
 
 
+def _hub_whose_queue_lock_cannot_be_opened(tmp_path: Path) -> tuple[MailHub, MemoryReactorClock]:
+    """A hub with one SMTP listener whose relay cannot open its queue's
+    lock (a folder in its way, as root, who may open any file, sees it): a
+    part that fails with an ``OSError`` after others have started, as one
+    made by root before twistd switched to ``--uid`` fails (``EACCES``)."""
+    hub, reactor = one_listener_hub(tmp_path)
+    lock = Path(hub.settings.queue_dir) / ".lock"
+    if lock.exists():
+        lock.unlink()
+    lock.mkdir()
+    return hub, reactor
+
+
+@pytest.mark.parametrize("privileged", [True, False])
+def test_a_start_the_state_directory_fails_part_way_undoes_itself_in_one_line(
+        tmp_path: Path, privileged: bool) -> None:
+    # the syncer, the heartbeat, the claimed state directory and the bound
+    # port stayed (hub.running too) under an application that caught the
+    # error; and the error was a traceback (under twistd -y --uid, one
+    # started as root in a state directory that root had just made)
+    from txmailhub.service import StateDirError
+
+    hub, reactor = _hub_whose_queue_lock_cannot_be_opened(tmp_path)
+    if privileged:
+        hub.privilegedStartService()
+    with pytest.raises(StateDirError) as raised:
+        hub.startService()
+    lock = Path(hub.settings.queue_dir) / ".lock"
+    assert raised.value.message == (
+        f"mailhub: cannot use {lock}: Is a directory; check [hub] state_dir "
+        f"({hub.settings.hub.state_dir})")
+    assert not hub.running and not any(s.running for s in hub)
+    listener = hub.getServiceNamed("smtp tcp:25:interface=127.0.0.1")
+    assert listener.port is None and hub.components.listening == []
+    assert reactor.getDelayedCalls() == []  # the heartbeat's timer is gone too
+    other, _ = one_listener_hub(tmp_path)
+    other.check_state_dir()  # given up: the next hub may have it
+    lock.rmdir()
+    other.startService()
+    other.stopService()
+
+
+def test_a_daemonized_twistd_hears_of_a_state_directory_failing_in_start_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # twistd reports to its waiting parent only an Exception: the
+    # StateDirError (a SystemExit) of a start that fails after the fork
+    # becomes start_error_type there too, not only in privilegedStartService
+    import sys
+
+    from txmailhub.service import DaemonStartError
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the setter replaces it
+    hub, reactor = _hub_whose_queue_lock_cannot_be_opened(tmp_path)
+    hub.start_error_type = DaemonStartError
+    hub.privilegedStartService()
+    with pytest.raises(DaemonStartError, match=r"^cannot use .*/queue/\.lock: Is a directory"):
+        hub.startService()
+    assert not hub.running and reactor.getDelayedCalls() == []
+
+
+def test_a_start_failing_outside_the_state_directory_undoes_itself_and_raises_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from txmailhub.relay.service import RelayService
+
+    def broken(self) -> None:
+        Service.startService(self)
+        raise OSError(5, "Input/output error", "/elsewhere/file")
+
+    monkeypatch.setattr(RelayService, "startService", broken)
+    hub, reactor = one_listener_hub(tmp_path)
+    with pytest.raises(OSError, match="Input/output error") as raised:
+        hub.startService()
+    assert type(raised.value) is OSError  # not a StateDirError: it names no file of it
+    assert not hub.running and reactor.getDelayedCalls() == []
+    hub.check_state_dir()
+
+
 def test_the_start_claims_the_state_directory_and_cleans_up_after_a_crash(tmp_path: Path) -> None:
     from txmailhub.service import StartError
 

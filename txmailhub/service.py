@@ -79,7 +79,10 @@ class StateDirError(StartError):
                       f"({state_dir}): move it, or name another [hub] state_dir")
         else:
             advice = f"check [hub] state_dir ({state_dir})"
-        return cls(f"mailhub: cannot use {where}: {error.strerror or error}; {advice}")
+        brief = f"cannot use {where}: {error.strerror or error}; {advice}"
+        # the brief for a daemonized twistd's parent, which says "mailhub:
+        # cannot start: " before it (``_wait_for_start``)
+        return cls(f"mailhub: {brief}", brief=brief)
 
 
 def _not_a_folder_on_the_way(path: str) -> str:
@@ -507,12 +510,11 @@ class MailHub(MultiService):
             return
         try:
             super().startService()
-        except StartError as e:
-            self._roll_back()
-            if self.start_error_observer is not None:
-                Logger(namespace=log.namespace, observer=self.start_error_observer).error(
-                    "{message}", message=e.message)
-            raise
+        except (StartError, Exception) as e:  # StartError is a SystemExit
+            error = self._start_failed(e)
+            if error is e:
+                raise
+            raise error from None
         self._has_run = True
         users = self.components.users
         if users is not None:
@@ -587,13 +589,47 @@ class MailHub(MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except StartError as e:
-            self._roll_back()
-            if self.start_error_type is None:
-                self._remove_pid_file()
+        except (StartError, Exception) as e:  # StartError is a SystemExit
+            error = self._start_failed(e)
+            if error is e:
                 raise
-            log.error("{message}", message=e.message)  # the whole of it, for the log
-            raise self.start_error_type(e.brief) from None
+            raise error from None
+
+    def _start_failed(self, error: BaseException) -> BaseException:
+        """Undo a start that failed part way, whatever failed, and say what
+        to raise.  Any part may fail with something other than a
+        ``StartError`` (the queue's lock or records unreadable: a state
+        directory made by root before twistd switched to ``--uid``); the
+        parts started before it would stay running -- the state directory
+        claimed, the syncer, the heartbeat, a bound port -- under an
+        application that carries on.
+        An ``OSError`` on a file of the state directory becomes its
+        ``StateDirError`` (one line, what to do); then, as any
+        ``StartError``, ``start_error_type`` when set (a daemonized twistd
+        hears of it).  Anything else is raised as it is, traceback and all."""
+        self._roll_back()
+        if isinstance(error, OSError):
+            error = self._state_dir_error(error) or error
+        if not isinstance(error, StartError):
+            return error
+        if self.start_error_observer is not None:
+            Logger(namespace=log.namespace, observer=self.start_error_observer).error(
+                "{message}", message=error.message)
+        if self.start_error_type is None:
+            self._remove_pid_file()
+            return error
+        log.error("{message}", message=error.message)  # the whole of it, for the log
+        return self.start_error_type(error.brief)
+
+    def _state_dir_error(self, error: OSError) -> StateDirError | None:
+        """``error``'s ``StateDirError`` when it is about a file of the
+        state directory (or names none), else None."""
+        state_dir = os.path.abspath(self.settings.hub.state_dir)
+        if error.filename is not None:
+            where = os.path.abspath(os.fsdecode(error.filename))
+            if where != state_dir and not where.startswith(state_dir.rstrip(os.sep) + os.sep):
+                return None
+        return StateDirError.from_os_error(error, self.settings.hub.state_dir)
 
     def _roll_back(self) -> None:
         """A start that failed part way undoes itself, so that an
