@@ -29,6 +29,7 @@ __all__ = [
     "canonical_local",
     "client_ip",
     "client_key",
+    "load_codecs",
     "dns_name_problem",
     "domain_problem",
     "address_literal",
@@ -39,6 +40,19 @@ __all__ = [
     "rcpt_mailbox",
     "written_domain",
 ]
+
+
+def load_codecs() -> None:
+    """Import the codecs IDNA conversion looks up by name, at each call:
+    ``"punycode"`` (the ``idna`` package's A-labels) and ``"idna"`` (the
+    IDNA2003 form, ``dns_name_problem``).  ``MailHub`` calls it when it is
+    built, as the user that starts it: after twistd's ``--uid`` (under
+    ``twistd mailhub`` or a ``.tac``) a standard library that user cannot
+    read (installed under /root) is out of reach, and the first domain
+    with a non-ASCII label failed with "unknown encoding: punycode" (a
+    ``451`` to its ``RCPT``)."""
+    import encodings.idna
+    import encodings.punycode  # noqa: F401
 
 
 @functools.lru_cache(maxsize=4096)

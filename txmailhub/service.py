@@ -440,6 +440,9 @@ class MailHub(MultiService):
             reactor = global_reactor
         self.settings = settings
         self.reactor = reactor
+        from txmailhub.address import load_codecs
+
+        load_codecs()  # while the standard library is in reach (before twistd's --uid)
         # both the application's resolver and [relay] nameservers: the
         # resolver wins, and the start says so (``startService``)
         self._resolver_given = resolver is not None

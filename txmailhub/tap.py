@@ -196,10 +196,6 @@ def makeService(options: Any) -> Any:
     short = fd_limit_warning(settings, limit)
     if short:
         _say(f"warning: {short}")
-    # Imported now, while twistd still runs as the user that started it:
-    # after --uid the standard library may be out of reach (installed under
-    # /root, say), and the relay's first IDN lookup would fail.
-    import encodings.idna  # noqa: F401
     owner = _dropping_to(options)
     if owner is None and os.geteuid() == 0:
         _say(TWIST_ROOT_WARNING if runs_under_twist(getattr(options, "parent", None))
