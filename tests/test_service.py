@@ -1183,6 +1183,38 @@ def test_a_start_the_state_directory_fails_part_way_undoes_itself_in_one_line(
     other.stopService()
 
 
+def test_a_start_that_fails_after_the_signal_notice_installed_puts_the_handlers_back(
+        tmp_path: Path) -> None:
+    # the notice installs its handlers in privilegedStartService (before
+    # twistd's --uid), and is not running when a part before it fails in
+    # startService: the undone start left SIGHUP and SIGUSR1 answered by a
+    # hub that does not run, and the application's own SIGHUP handler
+    # behind it
+    import signal
+
+    from txmailhub.service import StateDirError
+    from txmailhub.signals import HangupNotice
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGHUP, mine)
+    usr1 = signal.getsignal(signal.SIGUSR1)
+    try:
+        hub, _reactor = _hub_whose_queue_lock_cannot_be_opened(tmp_path)
+        HangupNotice(hub.components.tls).setServiceParent(hub)
+        hub.privilegedStartService()
+        assert signal.getsignal(signal.SIGHUP) != mine  # the notice's, for now
+        with pytest.raises(StateDirError):
+            hub.startService()
+        assert signal.getsignal(signal.SIGHUP) is mine
+        assert signal.getsignal(signal.SIGUSR1) == usr1
+        assert HangupNotice._answering == []
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        signal.signal(signal.SIGUSR1, usr1)
+
+
 def test_a_daemonized_twistd_hears_of_a_state_directory_failing_in_start_service(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # twistd reports to its waiting parent only an Exception: the

@@ -648,6 +648,8 @@ class MailHub(MultiService):
                     service.stopService()
                 elif isinstance(service, ListenerService) and service.port is not None:
                     service.unbind()  # bound, never started
+                elif hasattr(service, "undo_privileged_start"):
+                    service.undo_privileged_start()  # a HangupNotice's handlers
             except Exception:
                 log.failure("undoing the failed start of {service}", service=service)
         self.running = 0

@@ -170,6 +170,14 @@ class HangupNotice(Service):
         super().stopService()
         self._restore()
 
+    def undo_privileged_start(self) -> None:
+        """Put the handlers back after a start that failed before this
+        notice's ``startService`` (``MailHub`` undoing it): installed by
+        ``privilegedStartService``, they would answer for a hub that does
+        not run, and no stop would ever take them out."""
+        if not self.running:
+            self._restore()
+
     def stop_after(self, others: Any) -> Any:
         """Stop, but keep answering the signals until ``others`` (the
         Deferred of the hub's other parts stopping) fires: put back at
