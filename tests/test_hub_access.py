@@ -111,6 +111,23 @@ def test_make_folders_without_an_owner_is_makedirs(tmp_path: Path) -> None:
         hub_access.make_folders(str(tmp_path / "f"), None)
 
 
+def test_make_folders_fsyncs_the_entry_of_each_folder_it_makes(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    # `mailhub user add` with a users.d not there yet exits 0 once the new
+    # file is durable: the folders made for it must be too, each named
+    # durably in its parent; a folder already there costs no fsync
+    from txmailhub.store import sync
+
+    synced: list[str] = []
+    monkeypatch.setattr(sync, "fsync_dir", synced.append)
+    hub_access.make_folders(str(tmp_path / "a" / "b"), None)
+    assert synced == [str(tmp_path), str(tmp_path / "a")]
+    synced.clear()
+    hub_access.make_folders(str(tmp_path / "a" / "b"), None)
+    hub_access.make_folders(str(tmp_path / "a" / "c"), None)
+    assert synced == [str(tmp_path / "a")]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

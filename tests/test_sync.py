@@ -1469,3 +1469,17 @@ def test_a_fork_after_start_syncs_in_child_and_parent(tmp_path, method, reactor_
         assert sorted(os.listdir(base)) == ["before", "child", "in-flight", "parent"]
     else:
         assert sorted(os.listdir(base)) == ["before", "child", "in-flight"]
+
+
+def test_makedirs_durably_fsyncs_the_parent_of_each_folder_it_made(tmp_path, monkeypatch):
+    # the hub's state_dir: acknowledged mail lives under it, so its name
+    # and the names of the folders made on the way must survive a crash
+    synced: list[str] = []
+    monkeypatch.setattr(sync, "fsync_dir", synced.append)
+    target = tmp_path / "a" / "b" / "state"
+    made = sync.makedirs_durably(str(target), mode=0o700)
+    assert made == [str(tmp_path / "a"), str(tmp_path / "a" / "b"), str(target)]
+    assert synced == [str(tmp_path), str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    synced.clear()
+    assert sync.makedirs_durably(str(target)) == [] and synced == []

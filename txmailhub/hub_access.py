@@ -67,8 +67,14 @@ def make_folders(folder: str, owner: tuple[int, int] | None) -> None:
     this).  As with makedirs, the folders above it that it makes get the
     default mode (0777 less the umask) and stay their maker's: they may
     hold other files (``/etc/txmailhub``), which the hub's user must not
-    be handed.  A folder that is there already is not touched."""
+    be handed.  A folder that is there already is not touched.  The
+    entry of each folder made is fsynced in its parent before this returns
+    (``sync_parents``): the command that writes a file into it says it is
+    done only once both would survive a crash."""
+    from txmailhub.store.sync import missing_folders, sync_parents
+
     folder = os.path.abspath(folder)
+    missing = missing_folders(folder)
     parent = os.path.dirname(folder)
     if parent != folder and not os.path.isdir(parent):
         os.makedirs(parent, exist_ok=True)
@@ -77,10 +83,12 @@ def make_folders(folder: str, owner: tuple[int, int] | None) -> None:
     except FileExistsError:
         if not os.path.isdir(folder):
             raise  # a file in the way, as os.makedirs says
-        return  # there already (or made meanwhile by another command): as it is
-    if owner is not None:
-        # not followed: the folder just made, never what a link names
-        os.chown(folder, *owner, follow_symlinks=False)
+        # there already (or made meanwhile by another command): as it is
+    else:
+        if owner is not None:
+            # not followed: the folder just made, never what a link names
+            os.chown(folder, *owner, follow_symlinks=False)
+    sync_parents(missing)
 
 
 def name_of(uid: int) -> str:

@@ -197,12 +197,13 @@ def build_components(settings: Settings, reactor: Any) -> Components:
     from txmailhub.router import Router
     from txmailhub.store.maildir import MaildirStore
     from txmailhub.store.spool import Spooler
-    from txmailhub.store.sync import Syncer
+    from txmailhub.store.sync import Syncer, makedirs_durably
 
     # The state folder first, 0700 whatever the umask (made later as the
     # parent of spool/ or mail/, it would be 0777 under umask 000: anyone
-    # could swap those folders for links)
-    os.makedirs(settings.hub.state_dir, mode=0o700, exist_ok=True)
+    # could swap those folders for links).  Made durably: acknowledged
+    # mail will live in it, and a crash must not take its name away
+    makedirs_durably(settings.hub.state_dir, mode=0o700)
 
     def run_in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)

@@ -184,9 +184,12 @@ __all__ = [
     "fsync_path",
     "give_to",
     "lane_call",
+    "makedirs_durably",
+    "missing_folders",
     "owner_of",
     "remove_stale_temporaries",
     "rename_noreplace",
+    "sync_parents",
     "syncfs",
     "syncfs_available",
 ]
@@ -280,6 +283,38 @@ def fsync_path(target: Target) -> None:
 def fsync_dir(path: str) -> None:
     """Make the entries of directory ``path`` (creations, renames) durable."""
     fsync_path(path)
+
+
+def missing_folders(path: str) -> list[str]:
+    """The folders of ``path`` (``path`` included) that are not there yet,
+    outermost first: what a ``makedirs`` of it would make."""
+    missing: list[str] = []
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing[::-1]
+
+
+def sync_parents(folders: Iterable[str]) -> None:
+    """fsync the folder holding each of ``folders`` (once each), outermost
+    first: a folder just made is only there after a crash once the entry
+    naming it is durable, and a file made durable in it (``durable_write``
+    syncs the file's own folder) would otherwise go with the folder."""
+    for parent in dict.fromkeys(os.path.dirname(os.path.abspath(f)) for f in folders):
+        fsync_dir(parent)
+
+
+def makedirs_durably(path: str, mode: int = 0o777) -> list[str]:
+    """``os.makedirs(path, mode, exist_ok=True)``, then the entry of every
+    folder it made fsynced (``sync_parents``); returns those folders."""
+    missing = missing_folders(path)
+    os.makedirs(path, mode=mode, exist_ok=True)
+    sync_parents(missing)
+    return missing
 
 
 def durable_write(path: str, data: bytes, mode: int = 0o600, *,
