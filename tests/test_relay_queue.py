@@ -984,3 +984,20 @@ def test_a_child_forked_during_an_attempt_does_not_keep_its_marker_locked(tmp_pa
     finally:
         os.close(let_go)
         os.close(release)
+
+
+def test_an_entry_set_aside_is_durable_in_corrupt_before_the_queue_forgets_it(tmp_path, spool):
+    # recover() moves an unusable entry to corrupt/ and then fsyncs the
+    # queue folder, which lost it: corrupt/ must be synced first, or a
+    # crash could leave the admin's only copy in neither folder
+    fs = CrashingFS()
+    q = make_queue(tmp_path, fs=fs)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    with open(q.record_path(qid), "wb") as f:
+        f.write(b"{not json")
+    synced: list[str] = []
+    fs.fsync_dir = lambda path: synced.append(path) or FileSystem.fsync_dir(fs, path)
+    assert q.recover() == []
+    corrupt = os.path.join(q.directory, "corrupt")
+    assert corrupt in synced
+    assert synced.index(corrupt) < len(synced) - 1 - synced[::-1].index(q.directory)

@@ -53,7 +53,7 @@ from txmailhub.relay import bounce, inflight
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
 from txmailhub.smtp.reply import Reply
-from txmailhub.store.sync import fsync_dir
+from txmailhub.store.sync import fsync_dir, makedirs_durably
 
 __all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
 
@@ -531,11 +531,18 @@ class OutboundQueue:
         self.fs.fsync_dir(self.directory)
 
     def _set_aside(self, queue_id: str) -> None:
+        """Move the entry's files to ``corrupt/``, durably there before the
+        caller (``recover``) syncs the queue folder that lost them: never
+        a moment after a crash where the admin's last copy is in neither."""
         where = os.path.join(self.directory, CORRUPT)
-        os.makedirs(where, mode=0o700, exist_ok=True)
+        makedirs_durably(where, mode=0o700)
+        moved = False
         for path in (self.record_path(queue_id), self.message_path(queue_id)):
             if os.path.exists(path):
                 os.replace(path, os.path.join(where, os.path.basename(path)))
+                moved = True
+        if moved:
+            self.fs.fsync_dir(where)
 
     def _touch(self, name: str) -> None:
         os.close(os.open(os.path.join(self.directory, name),
