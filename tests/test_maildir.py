@@ -1769,6 +1769,40 @@ class MailboxTests(Base):
         self.assertIn("cannot mark message 2 of", warned[0])
         box.close()
 
+    def test_update_fires_only_once_its_seen_renames_are_durable(self):
+        # the +OK to QUIT follows UPDATE: a rename into cur/ a crash took
+        # back would bring a message a later session deleted from cur/
+        # back into new/, so both folders of each rename are fsynced first
+        self.deliver([JOE], b"one\n")
+        self.deliver([JOE], b"two\n")
+        box = self.open()
+        self.syncer.calls.clear()
+        self.syncer.hold = True
+        d = box.update([0], [])
+        self.assertNoResult(d)
+        self.assertEqual(sorted(self.syncer.calls), [
+            ("dir", os.path.join(self.md(), "cur")), ("dir", os.path.join(self.md(), "new"))])
+        self.syncer.release()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(len(self.names(sub="cur")), 1)
+        box.close()
+
+    def test_a_seen_flag_that_cannot_be_synced_is_logged_and_fails_no_quit(self):
+        # the flags are no deletion: a folder's failed fsync after them is
+        # a warning, and QUIT's answer stays +OK
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        self.syncer.fail_kind["dir"] = OSError(errno.EIO, "I/O error")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            self.assertIsNone(self.successResultOf(box.update([0], [])))
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        warned = [formatEvent(e) for e in events if "may not survive" in formatEvent(e)]
+        self.assertEqual(len(warned), 1)
+        box.close()
+
     def test_delete_of_a_file_renamed_by_another_reader(self):
         # flags changed by another Maildir reader after the snapshot: the
         # message marked with DELE still goes (RFC 1939 6), found again by

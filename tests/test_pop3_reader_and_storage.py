@@ -819,7 +819,9 @@ def test_session_ends_take_their_turn_with_the_logins(tmp_path):
     assert made == ["made ahead"]
     stopped = syncer.stop()
     workers.finish()
-    assert len(workers.jobs) == 3  # dan's now: the stop did not refuse it
+    # dan's now (the stop did not refuse it), beside bob's and cat's and
+    # the fsync of the folders ann's session end renamed in
+    assert len(workers.jobs) == 4
     workers.finish_all()
     for name, (proto, t) in sessions.items():
         assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
@@ -900,7 +902,8 @@ def test_three_session_ends_that_hang_hold_up_a_login_of_another_user(tmp_path):
     assert made == ["made ahead"]
     assert b"+OK Logged in" not in bytes(t.received)
     workers.finish()  # a session end is over: dan's login takes its worker
-    assert syncer.lane("pop3").waiting == 0 and len(workers.jobs) == 3
+    # (and the fsync of the folders that session end renamed in, another)
+    assert syncer.lane("pop3").waiting == 0 and len(workers.jobs) == 4
     workers.finish_all()
     assert b"+OK Logged in" in bytes(t.received)
     for proto, _ in [*sessions.values(), (dan, t)]:

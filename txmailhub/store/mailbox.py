@@ -37,7 +37,13 @@ from txmailhub.store.format import (
     uid_for_name,
 )
 from txmailhub.store.nowait import pread_nowait, read_nowait
-from txmailhub.store.sync import POP3_LANE, durable_write, lane_call, rename_noreplace
+from txmailhub.store.sync import (
+    POP3_LANE,
+    all_done,
+    durable_write,
+    lane_call,
+    rename_noreplace,
+)
 
 __all__ = [
     "LOCK_NAME",
@@ -670,9 +676,10 @@ class MaildirMailbox:
             log.warn("cannot mark message {index} of {maildir} seen: {error}",
                      index=index, maildir=self.path, error=error)
 
-    def _flag_seen(self, index: int) -> str | None:
+    def _flag_seen(self, index: int, moved: set[str] | None = None) -> str | None:
         """``mark_seen`` without its log line (it may run on a worker
-        thread): what went wrong, or ``None``."""
+        thread): what went wrong, or ``None``.  ``moved`` gets the two
+        folders of a rename made (where it was, ``cur/``)."""
         try:
             snapshot = self._messages
             if snapshot.seen_in_cur(index):
@@ -704,7 +711,9 @@ class MaildirMailbox:
                 # and work out the flags from its present name.
                 if self._find(index) == path:
                     raise
-                return self._flag_seen(index)
+                return self._flag_seen(index, moved)
+            if moved is not None:
+                moved.update((folder, self._cur))
             self._moved(index, target, True)
             if current:
                 self._stamp = self._stamps()
@@ -732,8 +741,11 @@ class MaildirMailbox:
     def update(self, seen: list[int], deleted: list[int]) -> defer.Deferred:
         """The POP3 UPDATE state's disk changes (``IMailboxUpdate``): the
         messages ``seen`` moved to cur/ with the S flag (``mark_seen``),
-        those ``deleted`` unlinked, then the folders that lost one
-        fsynced.  All on the syncer's worker threads, ``DELETE_CHUNK``
+        those ``deleted`` unlinked, then the folders of the renames and of
+        the unlinks fsynced, so that the ``+OK`` to ``QUIT`` follows them
+        all: a rename into cur/ that a crash took back would bring a
+        message deleted from there by a later session back into new/.
+        All on the syncer's worker threads, ``DELETE_CHUNK``
         changes to a job: a rename or an unlink on the reactor thread held
         every session of the hub while a hung disk held it.  Fires ``None``,
         or errbacks with the first error of a deletion (as ``delete``); a
@@ -744,6 +756,7 @@ class MaildirMailbox:
         flag = list(dict.fromkeys(seen))
         doomed = list(dict.fromkeys(deleted))
         dirs: set[str] = set()
+        moved: set[str] = set()  # the folders of the renames into cur/
         errors: list[tuple[int, Exception]] = []
         unflagged: list[tuple[int, str]] = []
         # in the POP3 sessions' lane (txmailhub.store.sync, "Lanes"); no
@@ -756,23 +769,24 @@ class MaildirMailbox:
             first = flag[start:end]
             second = doomed[max(0, start - len(flag)):max(0, end - len(flag))]
             d.addCallback(lambda _, first=first, second=second: run(
-                self._change, first, second, dirs, errors, unflagged))
+                self._change, first, second, dirs, errors, unflagged, moved))
 
         def settle(_: Any) -> defer.Deferred:
             for index, error in unflagged:
                 log.warn("cannot mark message {index} of {maildir} seen: {error}",
                          index=index, maildir=self.path, error=error)
-            return self._sync_deleted(dirs, errors)
+            return self._sync_deleted(dirs, errors, moved)
 
         return d.addCallback(settle)
 
     def _change(self, seen: list[int], deleted: list[int], dirs: set[str],
-                errors: list[tuple[int, Exception]], unflagged: list[tuple[int, str]]) -> None:
+                errors: list[tuple[int, Exception]], unflagged: list[tuple[int, str]],
+                moved: set[str]) -> None:
         """One worker job of ``update``: ``seen`` flagged, then ``deleted``
         unlinked; what failed goes to ``errors`` and ``unflagged``, logged
-        on the reactor thread."""
+        on the reactor thread, the folders of the renames to ``moved``."""
         for index in seen:
-            error = self._flag_seen(index)
+            error = self._flag_seen(index, moved)
             if error is not None:
                 unflagged.append((index, error))
         if deleted:
@@ -819,12 +833,24 @@ class MaildirMailbox:
                 continue
             dirs.add(os.path.dirname(path))
 
-    def _sync_deleted(self, dirs: set[str],
-                      errors: list[tuple[int, Exception]]) -> defer.Deferred:
+    def _sync_deleted(self, dirs: set[str], errors: list[tuple[int, Exception]],
+                      moved: set[str] | None = None) -> defer.Deferred:
+        """fsync the folders that lost a message (``dirs``: their failure
+        is the deletions' failure) and those of the renames into cur/
+        (``moved``: a failure there is logged, the flags being no
+        deletion), all requested at once; fires once every one is over."""
         for index, e in errors:
             log.error("cannot delete message {index} of {maildir}: {error}",
                       index=index, maildir=self.path, error=str(e))
         d = self.store.syncer.sync(dirs=sorted(dirs)) if dirs else defer.succeed(None)
+        flags_only = sorted((moved or set()) - dirs)
+        if flags_only:
+            def unsynced(failure: Any) -> None:
+                log.warn("the seen flags of {maildir} may not survive a crash: {error}",
+                         maildir=self.path, error=failure.getErrorMessage())
+
+            flagged = self.store.syncer.sync(dirs=flags_only).addErrback(unsynced)
+            d = all_done([d, flagged])
         if errors:
             first = errors[0][1]
             d.addCallback(lambda _: defer.fail(first))
