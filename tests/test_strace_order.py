@@ -1,0 +1,88 @@
+"""``strace_order`` itself, on hand-written logs: the integration tests
+that trace a real hub (``tests/integration/test_durable_order.py``) can
+only pass for the right reason if it sees each kind of fault."""
+
+from __future__ import annotations
+
+from strace_order import Trace
+
+_IN_ORDER = """\
+100 10:00:00.000001 openat(AT_FDCWD, "/s/spool/1", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0600) = 7
+100 10:00:00.000002 write(7, "Subject: x\\n\\nx\\n", 14) = 14
+100 10:00:00.000003 io_submit(0x7f, 1, [{aio_data=0x1, aio_lio_opcode=IOCB_CMD_FSYNC, \
+aio_fildes=7}]) = 1
+100 10:00:00.000004 io_getevents(0x7f, 0, 256, [{data=0x1, obj=0x7f, res=0, res2=0}], \
+{tv_sec=0, tv_nsec=0}) = 1
+100 10:00:00.000005 rename("/s/spool/1", "/s/mail/a/new/m1") = 0
+100 10:00:00.000006 openat(AT_FDCWD, "/s/mail/a/new", O_RDONLY|O_CLOEXEC) = 8
+101 10:00:00.000007 fsync(8 <unfinished ...>
+100 10:00:00.000008 close(7) = 0
+101 10:00:00.000009 <... fsync resumed>) = 0
+100 10:00:00.000010 sendto(5, "250 2.0.0 X Message accepted\\r\\n", 30, 0, NULL, 0) = 30
+"""
+_SCRATCH = (r"/spool/",)
+
+
+def _problems(log: str) -> list[str]:
+    trace = Trace.parse(log.splitlines())
+    [ack] = trace.sends("250 ")
+    return trace.unsynced_before(ack, exempt=_SCRATCH)
+
+
+def test_a_log_in_order_has_no_problem() -> None:
+    assert _problems(_IN_ORDER) == []
+
+
+def test_a_250_before_the_folder_s_fsync_returned_is_seen() -> None:
+    lines = _IN_ORDER.splitlines()
+    # the 250 sent while the worker's fsync of new/ still runs
+    lines.insert(8, lines.pop(9))
+    [problem] = _problems("\n".join(lines))
+    assert problem.startswith("folder /s/mail/a/new not fsynced after")
+
+
+def test_a_file_named_before_its_data_is_durable_is_seen() -> None:
+    # the data's fsync asked for, but its completion read after the rename
+    lines = _IN_ORDER.splitlines()
+    lines.insert(4, lines.pop(3))
+    [problem] = _problems("\n".join(lines))
+    assert problem.startswith("data of /s/spool/1 not fsynced before it was named "
+                              "/s/mail/a/new/m1")
+
+
+def test_an_fsync_begun_before_the_rename_does_not_cover_it() -> None:
+    # a folder's fsync covers only the entries made before it began
+    lines = _IN_ORDER.splitlines()
+    rename = lines.pop(4)
+    lines.insert(6, rename)  # after the openat and the fsync's start of new/
+    [problem] = _problems("\n".join(lines))
+    assert problem.startswith("folder /s/mail/a/new not fsynced after")
+
+
+def test_a_write_after_the_fsync_began_is_not_covered() -> None:
+    lines = _IN_ORDER.splitlines()
+    lines.insert(3, '100 10:00:00.000003 write(7, "more", 4) = 4')
+    [problem] = _problems("\n".join(lines))
+    assert problem.startswith("data of /s/spool/1 not fsynced")
+
+
+def test_a_failed_aio_fsync_covers_nothing() -> None:
+    log = _IN_ORDER.replace("res=0, res2=0", "res=-5, res2=0")
+    [problem] = _problems(log)
+    assert problem.startswith("data of /s/spool/1 not fsynced")
+
+
+def test_a_link_names_the_same_file_and_an_unlink_needs_its_folder_synced() -> None:
+    log = """\
+100 10:00:00.000001 openat(AT_FDCWD, "/s/spool/1", O_WRONLY|O_CREAT|O_EXCL, 0600) = 7
+100 10:00:00.000002 write(7, "x", 1) = 1
+100 10:00:00.000003 fsync(7) = 0
+100 10:00:00.000004 link("/s/spool/1", "/s/q/A.msg") = 0
+100 10:00:00.000005 unlink("/s/q/old.json") = 0
+100 10:00:00.000006 openat(AT_FDCWD, "/s/q", O_RDONLY|O_CLOEXEC) = 8
+100 10:00:00.000007 fsync(8) = 0
+100 10:00:00.000008 unlink("/s/q/B.msg") = 0
+100 10:00:00.000009 sendto(5, "250 2.0.0 X\\r\\n", 13, 0, NULL, 0) = 13
+"""
+    [problem] = _problems(log)
+    assert problem.startswith("folder /s/q not fsynced after") and "B.msg" in problem
