@@ -145,3 +145,17 @@ def test_a_named_pipe_in_place_of_the_file_is_not_waited_on(tmp_path):
         globalLogPublisher.removeObserver(events.append)
     assert m.hosts() == []
     assert any("cannot read" in e.get("log_format", "") for e in events)
+
+
+def test_the_folder_made_for_the_file_is_named_durably(tmp_path, monkeypatch):
+    # durable_write syncs relay/, the file's folder; relay/ itself, made
+    # at the first write, must be durable in state_dir too
+    from txmailhub.store import sync
+
+    synced: list[str] = []
+    real = sync.fsync_dir
+    monkeypatch.setattr(sync, "fsync_dir", lambda p: (synced.append(p), real(p)))
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    assert fresh(tmp_path, clock).offered("mx.remote.test").called
+    assert synced == [str(tmp_path), str(tmp_path / "relay")]

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmailhub.regular_file import read_regular
-from txmailhub.store.sync import durable_write
+from txmailhub.store.sync import durable_write, makedirs_durably
 
 __all__ = ["MAX_AGE", "MAX_HOSTS", "REFRESH", "TLSMemory", "memory_path"]
 
@@ -53,7 +53,9 @@ def _inline(f: Callable[..., Any], *args: Any) -> defer.Deferred:
 
 
 def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    # relay/ made the first time: its own name durable too, or the file
+    # durable_write made durable in it could go with it in a crash
+    makedirs_durably(os.path.dirname(path), mode=0o700)
     durable_write(path, data, 0o600)
 
 
