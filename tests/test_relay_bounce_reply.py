@@ -119,3 +119,21 @@ def test_an_mta_known_by_its_address_is_named_by_a_domain_literal(
     status = list(msg.iter_parts())[1].get_payload()
     assert status[0]["Reporting-MTA"] == f"dns; {named}"
     assert status[1]["Remote-MTA"] == f"dns; {named}"
+
+
+@pytest.mark.parametrize(("fields", "references"), [
+    (b"References: <a@x.test>\n <b@x.test>\nIn-Reply-To: <b@x.test>\n",
+     b"References: <a@x.test>\n <b@x.test>\n"),
+    (b"In-Reply-To: <b@x.test>\n", b"References: <b@x.test>\n"),
+])
+def test_an_original_without_a_message_id_still_gives_its_references(
+        tmp_path: Path, fields: bytes, references: bytes) -> None:
+    # RFC 5322 3.6.4: References is the parent's References (or its
+    # In-Reply-To of one id) "followed by" its Message-ID "(if any)"; only
+    # a parent with none of the three gives a reply no References.  No
+    # In-Reply-To: there is no Message-ID to name
+    head = header_of(notice(tmp_path, b"From: alice@example.org\n" + fields + b"\nbody\n"))
+    assert b"\n" + references in head, head
+    assert b"\nIn-Reply-To:" not in head
+    assert reply_fields(b"Message-ID: lunch\n" + fields) == (
+        None, references.split(b" ", 1)[1].rstrip(b"\n").decode())

@@ -539,7 +539,10 @@ def build_dsn(
     # fields, from the header section read for the returned part above
     answered = reply_fields(header)
     if answered is not None:
-        report["In-Reply-To"], report["References"] = answered
+        in_reply_to, references = answered
+        if in_reply_to is not None:
+            report["In-Reply-To"] = in_reply_to
+        report["References"] = references
     if any(p["Content-Transfer-Encoding"] == "8bit" for p in report.get_payload()):
         # RFC 2045 6.4 and 2.7: a multipart's encoding is that of its
         # whole content, and 7bit, the default, is no longer true of it

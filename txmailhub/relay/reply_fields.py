@@ -9,14 +9,18 @@ message it is about.  Read from the header section the notice returns
 anyway (``bounce._returned``: at most ``bounce.MAX_HEADER_BYTES`` of
 it), never from the rest of the message.
 
-A parent without a Message-ID that is one msg-id gets neither field; an
-id that a field cannot carry everywhere is left out: one of UTF-8 (RFC
-6532 3.2 allows it where SMTPUTF8 carries the message, but a notice
-sent on as a 7-bit copy, ``relay.mime7bit``, has no 7-bit form for it:
-an RFC 2047 word is no msg-id, and the copy could not be made), and one
-too long for a line (RFC 5322 2.1.1: 998 octets; a msg-id cannot be
-folded).  A long ``References`` keeps
-its first id, the thread's start, and the last ``KEPT_REFERENCES``.
+A parent without a Message-ID that is one msg-id gets no
+``In-Reply-To``, but still ``References`` when it has ids of its own to
+give (its ``References``, or an ``In-Reply-To`` of one msg-id): 3.6.4
+appends the Message-ID "(if any)", and only a parent with none of the
+three fields gives a reply no ``References``.  An id that a field cannot
+carry everywhere is left out: one of UTF-8 (RFC 6532 3.2 allows it where
+SMTPUTF8 carries the message, but a notice sent on as a 7-bit copy,
+``relay.mime7bit``, has no 7-bit form for it: an RFC 2047 word is no
+msg-id, and the copy could not be made), and one too long for a line
+(RFC 5322 2.1.1: 998 octets; a msg-id cannot be folded).  A long
+``References`` keeps its first id, the thread's start, and the last
+``KEPT_REFERENCES``.
 """
 
 from __future__ import annotations
@@ -39,18 +43,17 @@ _CFWS = rb"(?:\s|\([^()\\]*\))*"
 _ONE_ID = re.compile(_CFWS + rb"(" + MSG_ID + rb")" + _CFWS)
 
 
-def reply_fields(header: bytes) -> tuple[str, str] | None:
+def reply_fields(header: bytes) -> tuple[str | None, str] | None:
     """``(In-Reply-To, References)`` for a notice about the message whose
-    header section is ``header`` (stored form, LF line ends), ``None``
-    when it has no Message-ID to answer.  The References value is folded
-    between its ids ("\\n ")."""
+    header section is ``header`` (stored form, LF line ends); In-Reply-To
+    ``None`` when it has no Message-ID to answer, the whole ``None`` when
+    it has no id to give either.  The References value is folded between
+    its ids ("\\n ")."""
     fields: dict[bytes, bytes] = {}
     for match in _FIELD.finditer(header):
         fields.setdefault(match.group(1).lower(), match.group(2))  # the first of each
     one = _ONE_ID.fullmatch(fields.get(b"message-id", b""))
     message_id = _usable(one.group(1), "In-Reply-To") if one else None
-    if message_id is None:
-        return None
     before = _ids(fields.get(b"references"))
     if not before:
         replied = _ids(fields.get(b"in-reply-to"))
@@ -58,7 +61,11 @@ def reply_fields(header: bytes) -> tuple[str, str] | None:
     kept = [i for i in (_usable(raw, "References") for raw in before) if i is not None]
     if len(kept) > KEPT_REFERENCES + 1:
         kept = [kept[0], *kept[-KEPT_REFERENCES:]]
-    return message_id, "\n ".join([*kept, message_id])
+    if message_id is not None:
+        kept.append(message_id)
+    if not kept:
+        return None
+    return message_id, "\n ".join(kept)
 
 
 def _ids(value: bytes | None) -> list[bytes]:
