@@ -5,7 +5,7 @@ start-up time is measured (docs/sendmail.rst)."""
 
 from __future__ import annotations
 
-__all__ = ["ATEXT", "DOT_ATOM", "MSG_ID", "comment_end"]
+__all__ = ["ATEXT", "CFWS", "DOT_ATOM", "MSG_ID", "comment_end"]
 
 #: RFC 5322 3.2.3 dot-atom-text, as a bytes pattern; octets above 127
 #: count as atext (RFC 6532 3.2: an SMTPUTF8 message may carry UTF-8 there)
@@ -16,6 +16,10 @@ DOT_ATOM = ATEXT + rb"(?:\." + ATEXT + rb")*"
 #: quoted-string, id-right a dot-atom-text or a literal
 MSG_ID = (rb"<(?:" + DOT_ATOM + rb'|"(?:[^"\\\n]|\\.)*")@(?:' + DOT_ATOM
           + rb"|\[[!-Z^-~]*\])>")
+#: RFC 5322 3.2.2 CFWS around a msg-id, as a bytes pattern: white space,
+#: line folding and comments, but no nested comment or quoted-pair in one
+#: (a field with such a comment reads as holding no single msg-id)
+CFWS = rb"(?:\s|\([^()\\]*\))*"
 
 
 def comment_end(text: str, i: int) -> int:

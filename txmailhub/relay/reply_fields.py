@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 
-from txmailhub.rfc5322 import MSG_ID
+from txmailhub.rfc5322 import CFWS, MSG_ID
 
 __all__ = ["KEPT_REFERENCES", "reply_fields"]
 
@@ -38,9 +38,8 @@ _LINE_MAX = 998  # RFC 5322 2.1.1
 _FIELD = re.compile(rb"^(message-id|references|in-reply-to)[ \t]*:(.*\n(?:[ \t].*\n)*)",
                     re.IGNORECASE | re.MULTILINE)
 _ID = re.compile(MSG_ID)
-# comments and folding around the id (RFC 5322 3.2.2)
-_CFWS = rb"(?:\s|\([^()\\]*\))*"
-_ONE_ID = re.compile(_CFWS + rb"(" + MSG_ID + rb")" + _CFWS)
+# the id with the comments and folding around it (RFC 5322 3.2.2)
+_ONE_ID = re.compile(CFWS + rb"(" + MSG_ID + rb")" + CFWS)
 
 
 def reply_fields(header: bytes) -> tuple[str | None, str] | None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from txmailhub.rfc5322 import MSG_ID
+from txmailhub.rfc5322 import CFWS, MSG_ID
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs
 from txmailhub.smtp.received import FIELD_START, HEADER_END
 from txmailhub.smtp.replies import _ECHO_MAX
@@ -59,8 +59,7 @@ _CONTINUATION = re.compile(rb"\A(?:[ \t].*\n)*")
 _MESSAGE_ID = re.compile(rb"^message-id[ \t]*:(.*\n(?:[ \t].*\n)*)", re.IGNORECASE | re.MULTILINE)
 # RFC 5322 3.6.4 msg-id, with the comments and folding around it that 3.2.2
 # allows (``rfc5322.MSG_ID``: UTF-8 octets too, RFC 6532 3.2)
-_CFWS = rb"(?:\s|\([^()\\]*\))*"
-_VALID_ID = re.compile(_CFWS + MSG_ID + _CFWS)
+_VALID_ID = re.compile(CFWS + MSG_ID + CFWS)
 
 
 class MissingFields:
