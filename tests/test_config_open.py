@@ -117,3 +117,30 @@ def test_twistd_mailhub_refuses_a_named_pipe_without_a_writer_in_one_line(
     assert capsys.readouterr().err == (
         f"{fifo}: cannot read the config file: it is a pipe that nothing was written to "
         "in 0.05 seconds\n")
+
+
+def test_a_config_given_as_a_pipe_resolves_relative_paths_in_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # /dev/fd (or /dev) is no place for the users file: the folder the
+    # command runs in is the one the generated config was meant for
+    monkeypatch.chdir(tmp_path)
+    r, w = os.pipe()
+    try:
+        os.write(w, CONFIG)
+        os.close(w)
+        settings = load(f"/dev/fd/{r}")
+    finally:
+        os.close(r)
+    assert settings.users.file == str(tmp_path / "users")
+    assert settings.hub.state_dir == str(tmp_path / "state")
+
+
+def test_a_config_file_resolves_relative_paths_in_its_own_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc" / "mailhub.toml"
+    conf.parent.mkdir()
+    conf.write_bytes(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    settings = load(str(conf))
+    assert settings.users.file == str(tmp_path / "etc" / "users")
+    assert settings.hub.state_dir == str(tmp_path / "etc" / "state")

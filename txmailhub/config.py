@@ -1342,20 +1342,21 @@ def _schedule(v: Any) -> tuple[int, ...]:
 def load(path: str) -> Settings:
     """Read and validate the config file; raise ``ConfigError`` listing every problem."""
     path = os.path.abspath(path)
-    data = _read_config(path)
+    data, folder = _read_config(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
-    return load_text(text, path)
+    return load_text(text, path, folder)
 
 
 _PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written
 
 
-def _read_config(path: str) -> bytes:
-    """The octets of the config file at ``path``; ``ConfigError`` (one
-    line naming the path) when it cannot be read or is no regular file.
+def _read_config(path: str) -> tuple[bytes, str]:
+    """The octets of the config file at ``path`` and the folder its
+    relative paths resolve against; ``ConfigError`` (one line naming the
+    path) when it cannot be read or is no regular file.
 
     Never a plain ``open()``: one of a named pipe with no writer
     (``-c FIFO``, or one put where the file was) waits for a writer for
@@ -1367,7 +1368,7 @@ def _read_config(path: str) -> bytes:
     refused after a few seconds.  A link to a regular file is
     followed, as for any file the config names."""
     try:
-        data, _ = read_regular(path, pipe_wait=_PIPE_WAIT)
+        data, st = read_regular(path, pipe_wait=_PIPE_WAIT)
     except TimeoutError:
         raise ConfigError([f"{path}: cannot read the config file: it is a pipe that nothing "
                            f"was written to in {_PIPE_WAIT:g} seconds"]) from None
@@ -1376,7 +1377,11 @@ def _read_config(path: str) -> bytes:
                            "or a pipe (a device or socket)"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
-    return data
+    if stat.S_ISFIFO(st.st_mode):
+        # a pipe's folder (/dev/fd, /dev) holds none of the hub's files:
+        # the folder it was generated for is the one the command runs in
+        return data, os.getcwd()
+    return data, os.path.dirname(path)
 
 
 def _not_toml(path: str, text: str, error: tomllib.TOMLDecodeError) -> str:
@@ -1410,15 +1415,18 @@ def _names_above_sections(text: str, doc: dict[str, Any]) -> set[str]:
     return set(moved.get(fresh, {}))
 
 
-def load_text(text: str, path: str) -> Settings:
-    """Validate TOML ``text`` as if read from ``path`` (relative paths resolve there)."""
+def load_text(text: str, path: str, folder: str | None = None) -> Settings:
+    """Validate TOML ``text`` as if read from ``path``; relative paths
+    resolve against ``folder``, by default ``path``'s."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
     warnings: list[str] = []
-    r = _Reader(path, os.path.dirname(os.path.abspath(path)), problems, text, doc, warnings)
+    if folder is None:
+        folder = os.path.dirname(os.path.abspath(path))
+    r = _Reader(path, folder, problems, text, doc, warnings)
 
     known = {"hub", "users", "aliases", "tls", "smtp", "submission", "pop3", "relay"}
     above: set[str] | None = None  # the names written above the first section line
@@ -1867,7 +1875,7 @@ def load_local_submission(path: str) -> LocalSubmission:
     password the rest of the file names, and has no business with them:
     the hub and ``mailhub check`` judge those."""
     path = os.path.abspath(path)
-    data = _read_config(path)
+    data, folder = _read_config(path)
     try:
         text = data.decode("utf-8")
         doc = tomllib.loads(text)
@@ -1876,7 +1884,7 @@ def load_local_submission(path: str) -> LocalSubmission:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
-    r = _Reader(path, os.path.dirname(path), problems, text, doc)
+    r = _Reader(path, folder, problems, text, doc)
     hub = r.table(doc, "hub", {f.name for f in fields(HubSettings)})
     if "domains" not in hub:
         r.problem("hub", "domains", "required: the local domains, the primary one first")
