@@ -626,13 +626,16 @@ class MailHub(MultiService):
         return self.start_error_type(error.brief)
 
     def _state_dir_error(self, error: OSError) -> StateDirError | None:
-        """``error``'s ``StateDirError`` when it is about a file of the
-        state directory (or names none), else None."""
+        """``error``'s ``StateDirError`` when it names a file of the state
+        directory, else None: one that names no file (too many open files,
+        an fsync's EIO) may come from anywhere, and is raised as it is,
+        traceback and all, rather than blamed on the state directory."""
         state_dir = os.path.abspath(self.settings.hub.state_dir)
-        if error.filename is not None:
-            where = os.path.abspath(os.fsdecode(error.filename))
-            if where != state_dir and not where.startswith(state_dir.rstrip(os.sep) + os.sep):
-                return None
+        if error.filename is None:
+            return None
+        where = os.path.abspath(os.fsdecode(error.filename))
+        if where != state_dir and not where.startswith(state_dir.rstrip(os.sep) + os.sep):
+            return None
         return StateDirError.from_os_error(error, self.settings.hub.state_dir)
 
     def _roll_back(self) -> None:
