@@ -208,3 +208,31 @@ def test_a_failed_start_reaches_twists_log_file_only(tmp_path: Path, monkeypatch
         assert line.endswith(" [txmailhub.service#error] mailhub: cannot listen for smtp "
                              "on tcp:25: in use"), line
     assert not hub.running
+
+
+def test_a_failed_start_whose_log_line_cannot_be_written_still_raises_its_error(
+        tmp_path: Path, monkeypatch, no_lasting_handlers: None) -> None:
+    # a full disk under twist's --log-file: the start error, not the
+    # write's, is what reaches standard error and ends the start
+    from txmailhub import tap
+    from txmailhub.service import StartError
+
+    monkeypatch.chdir(tmp_path)
+    options = _twist(tmp_path, "--log-format=text", "--log-file", str(tmp_path / "twist.log"))
+    try:
+        hub = tap.makeService(options.subOptions)
+
+        def full(event: dict) -> None:
+            raise OSError(28, "No space left on device")
+
+        hub.start_error_observer = full
+
+        def refuse() -> None:
+            raise StartError("mailhub: cannot listen for smtp on tcp:25: in use")
+
+        monkeypatch.setattr(hub._storage, "startService", refuse)
+        with pytest.raises(StartError, match="cannot listen for smtp"):
+            hub.startService()
+    finally:
+        options["logFile"].close()
+    assert not hub.running

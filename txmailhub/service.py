@@ -617,8 +617,11 @@ class MailHub(MultiService):
         if not isinstance(error, StartError):
             return error
         if self.start_error_observer is not None:
-            Logger(namespace=log.namespace, observer=self.start_error_observer).error(
-                "{message}", message=error.message)
+            try:
+                Logger(namespace=log.namespace, observer=self.start_error_observer).error(
+                    "{message}", message=error.message)
+            except Exception:  # a full disk: the line still reaches standard error
+                pass
         if self.start_error_type is None:
             self._remove_pid_file()
             return error
