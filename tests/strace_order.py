@@ -13,10 +13,17 @@ request (``io_submit`` of an ``IOCB_CMD_FSYNC``, done when
 covers what happened before it started: data written, or entries
 changed in the folder, after its start are not covered by it.
 
-Descriptors are followed through ``openat``/``close`` (the traced
-process's threads share one table), and files by identity, not name:
-an ``O_CREAT`` open makes a new file, ``link`` gives it another name,
-``rename`` moves the name.  Used by ``tests/integration/test_durable_order.py``.
+Descriptors are followed through ``openat``/``close``, one table per
+process: the threads of a process share it (``clone`` with
+``CLONE_FILES``), a forked child (a command the hub runs) gets a copy,
+so that its closes before ``exec`` leave the parent's descriptors alone.
+A call strace shows in two parts (``<unfinished ...>``, then
+``resumed``, while other threads ran) takes its descriptors at its
+start, and a ``close`` frees its number there: another thread may get
+that number from an ``open`` before strace shows the ``close``
+returning.  Files are followed by identity, not name: an ``O_CREAT``
+open makes a new file, ``link`` gives it another name, ``rename``
+moves the name.  Used by ``tests/integration/test_durable_order.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ __all__ = ["TRACED_CALLS", "Event", "Trace", "strace_usable"]
 #: too: strace makes a call fail, ``-e inject=``, only where it traces it)
 TRACED_CALLS = ("openat,open,creat,write,pwrite64,writev,fsync,fdatasync,rename,renameat,"
                 "renameat2,link,linkat,unlink,unlinkat,mkdir,mkdirat,sendto,sendmsg,"
-                "io_setup,io_submit,io_getevents,syncfs,close,exit_group")
+                "io_setup,io_submit,io_getevents,syncfs,close,exit_group,"
+                "clone,clone3,fork,vfork")
 
 _LINE = re.compile(r"^(?P<pid>\d+)\s+(?P<time>\d\d:\d\d:\d\d\.\d+)\s+(?P<rest>.*)$")
 _CALL = re.compile(r"^(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+|0x[0-9a-f]+|\?)")
@@ -41,6 +49,9 @@ _STR = r'"((?:[^"\\]|\\.)*)"'
 _IOCB = re.compile(r"aio_data=(0x[0-9a-f]+|\d+), aio_lio_opcode=IOCB_CMD_FSYNC, "
                    r"aio_fildes=(\d+)")
 _IOEVENT = re.compile(r"\{data=(0x[0-9a-f]+|\d+), obj=[^,]*, res=(-?\d+)")
+_UNFINISHED = "<unfinished ...>"
+_RESUMED = re.compile(r"^<\.\.\. \w+ resumed>\s?(.*)$")
+_FORKS = ("clone", "clone3", "fork", "vfork")
 
 
 def strace_usable() -> str | None:
@@ -110,9 +121,10 @@ class Trace:
         trace = cls()
         seq = itertools.count()
         ids = itertools.count(1)
-        unfinished: dict[str, tuple[str, int]] = {}  # thread -> (call so far, its start)
-        fds: dict[int, int] = {}  # descriptor -> file
-        fd_paths: dict[int, str] = {}
+        forks = _forks(lines)
+        tables: dict[str, dict[int, tuple[int, str]]] = {}  # process -> fd -> (file, path)
+        # thread -> (call so far, its start, its descriptors then)
+        unfinished: dict[str, tuple[str, int, dict[int, tuple[int, str]]]] = {}
         names: dict[str, int] = {}  # path -> file
         aio: dict[int, Event] = {}  # aio_data -> its sync
         events = trace.events
@@ -122,22 +134,41 @@ class Trace:
                 names[path] = next(ids)
             return names[path]
 
+        def table_of(pid: str) -> dict[int, tuple[int, str]]:
+            table = tables.get(pid)
+            if table is None:
+                parent, shared = forks.get(pid, ("", True))
+                if parent and parent != pid:
+                    table = table_of(parent)
+                    table = table if shared else dict(table)
+                else:  # the first process, or one whose start is not in the log
+                    table = tables.setdefault("", {})
+                tables[pid] = table
+            return table
+
         for raw in lines:
             m = _LINE.match(raw)
             if m is None:
                 continue
             pid, rest = m.group("pid"), m.group("rest")
-            if rest.endswith("<unfinished ...>"):
-                unfinished[pid] = (rest[: -len("<unfinished ...>")].rstrip(), next(seq))
+            table = table_of(pid)
+            if rest.endswith(_UNFINISHED):
+                so_far = rest[: -len(_UNFINISHED)].rstrip()
+                # its descriptors as they were at its start
+                held = {fd: table[fd] for fd in _descriptors(so_far) if fd in table}
+                if so_far.startswith("close("):
+                    for fd in held:
+                        table.pop(fd, None)  # the number is free from the start
+                unfinished[pid] = (so_far, next(seq), held)
                 continue
-            resumed = re.match(r"^<\.\.\. \w+ resumed>\s?(.*)$", rest)
+            resumed = _RESUMED.match(rest)
+            at = next(seq)
+            started: dict[int, tuple[int, str]] | None = None
             if resumed:
-                so_far, begun = unfinished.pop(pid, ("", -1))
+                so_far, begun, started = unfinished.pop(pid, ("", at, None))
                 rest = so_far + resumed.group(1)
-                at = next(seq)
-                begun = at if begun < 0 else begun
             else:
-                begun = at = next(seq)
+                begun = at
             if rest.startswith("+++ exited with"):
                 events.append(Event(at, "exit", raw, text=rest))
                 continue
@@ -150,33 +181,37 @@ class Trace:
             strings = [_unescape(s) for s in re.findall(_STR, args)]
             first = re.match(r"(\d+)(?:,|$)", args)
             fd = int(first.group(1)) if first else -1
+            # what a descriptor named when the call began
+            fds = table if started is None else started
             if name in ("openat", "open", "creat"):
                 path = strings[0]
                 if name == "creat" or ("O_CREAT" in args and (
                         "O_EXCL" in args or "O_TRUNC" in args or path not in names)):
                     names[path] = next(ids)  # a new file (or one emptied: new data)
                 new_fd = int(ret)
-                fds[new_fd] = file_of(path)
-                fd_paths[new_fd] = path
+                table[new_fd] = (file_of(path), path)
                 if "O_TRUNC" in args:
-                    events.append(Event(at, "write", raw, obj=fds[new_fd], path=path,
+                    events.append(Event(at, "write", raw, obj=table[new_fd][0], path=path,
                                         begun=begun))
             elif name == "close":
-                fds.pop(fd, None)
-                fd_paths.pop(fd, None)
+                if started is None:  # (one in two parts freed it at its start)
+                    table.pop(fd, None)
             elif name in ("write", "pwrite64", "writev") and fd in fds:
-                events.append(Event(at, "write", raw, obj=fds[fd], path=fd_paths[fd],
+                events.append(Event(at, "write", raw, obj=fds[fd][0], path=fds[fd][1],
                                     begun=begun))
             elif name in ("sendto", "sendmsg") and strings:
                 events.append(Event(at, "send", raw, text=strings[0], begun=begun))
             elif name in ("fsync", "fdatasync", "syncfs") and fd in fds:
-                events.append(Event(at, "sync", raw, obj=fds[fd], path=fd_paths[fd], call=name,
+                events.append(Event(at, "sync", raw, obj=fds[fd][0], path=fds[fd][1], call=name,
                                     done=at, begun=begun))
             elif name == "io_submit":
+                # the kernel may start a request before io_submit returns:
+                # it covers only what was done before the call began
                 for data, fd_text in _IOCB.findall(args):
                     if int(fd_text) in fds:
-                        event = Event(at, "sync", raw, obj=fds[int(fd_text)],
-                                      path=fd_paths[int(fd_text)], call="aio", begun=at)
+                        obj, path = fds[int(fd_text)]
+                        event = Event(at, "sync", raw, obj=obj, path=path, call="aio",
+                                      begun=begun)
                         aio[_number(data)] = event
                         events.append(event)
             elif name == "io_getevents":
@@ -261,3 +296,37 @@ class Trace:
 
 def _folder(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else "."
+
+
+def _descriptors(call: str) -> list[int]:
+    """The descriptors a call's arguments name: its first argument, and
+    the ``aio_fildes`` of an ``io_submit``'s requests."""
+    first = re.match(r"\w+\((\d+)(?:,|$)", call)
+    fds = [int(first.group(1))] if first else []
+    return fds + [int(fd) for _, fd in _IOCB.findall(call)]
+
+
+def _forks(lines: list[str]) -> dict[str, tuple[str, bool]]:
+    """Each new thread or process of the log -> (who made it, whether it
+    shares its maker's descriptors: ``CLONE_FILES``).  Read ahead of the
+    rest: a child's first calls may come before its maker's ``clone``
+    returns."""
+    made: dict[str, tuple[str, bool]] = {}
+    pending: dict[str, str] = {}
+    for raw in lines:
+        m = _LINE.match(raw)
+        if m is None:
+            continue
+        pid, rest = m.group("pid"), m.group("rest")
+        if rest.endswith(_UNFINISHED):
+            pending[pid] = rest[: -len(_UNFINISHED)].rstrip()
+            continue
+        resumed = _RESUMED.match(rest)
+        if resumed:
+            rest = pending.pop(pid, "") + resumed.group(1)
+        c = _CALL.match(rest)
+        if c is None or c.group("name") not in _FORKS or not c.group("ret").isdigit():
+            continue
+        made[c.group("ret")] = (pid, "CLONE_FILES" in c.group("args"))
+    return made
+

@@ -86,3 +86,87 @@ def test_a_link_names_the_same_file_and_an_unlink_needs_its_folder_synced() -> N
 """
     [problem] = _problems(log)
     assert problem.startswith("folder /s/q not fsynced after") and "B.msg" in problem
+
+
+def _all_problems(log: str, **kwargs) -> list[str]:
+    trace = Trace.parse(log.splitlines())
+    [ack] = trace.sends("250 ")
+    return trace.unsynced_before(ack, exempt=_SCRATCH, **kwargs)
+
+
+# a message written in tmp/, renamed into new/ before its data's fsync:
+# both folders synced after, so the data is the only fault
+_UNSYNCED_DATA_TAIL = """\
+100 10:00:00.000005 write(7, "x", 1) = 1
+100 10:00:00.000006 rename("/s/mail/a/tmp/m1", "/s/mail/a/new/m1") = 0
+100 10:00:00.000007 openat(AT_FDCWD, "/s/mail/a/new", O_RDONLY|O_CLOEXEC) = 8
+100 10:00:00.000008 fsync(8) = 0
+100 10:00:00.000009 openat(AT_FDCWD, "/s/mail/a/tmp", O_RDONLY|O_CLOEXEC) = 9
+100 10:00:00.000010 fsync(9) = 0
+100 10:00:00.000011 sendto(5, "250 2.0.0 X\\r\\n", 13, 0, NULL, 0) = 13
+"""
+
+
+def test_a_descriptor_closed_by_one_thread_and_reused_by_another_is_followed() -> None:
+    # close(2) frees the number as it begins: another thread's open may
+    # return it before strace shows the close's return
+    log = """\
+101 10:00:00.000001 openat(AT_FDCWD, "/s/other", O_RDONLY|O_CLOEXEC) = 7
+101 10:00:00.000002 close(7 <unfinished ...>
+100 10:00:00.000003 openat(AT_FDCWD, "/s/mail/a/tmp/m1", O_WRONLY|O_CREAT|O_EXCL, 0600) = 7
+101 10:00:00.000004 <... close resumed>) = 0
+""" + _UNSYNCED_DATA_TAIL
+    [problem] = _all_problems(log)
+    assert problem.startswith("data of /s/mail/a/tmp/m1 not fsynced")
+
+
+def test_a_forked_child_has_its_own_descriptors() -> None:
+    # a child (a command the hub runs) closing its copy of a descriptor
+    # leaves the parent's open; threads (CLONE_FILES) share theirs
+    log = """\
+100 10:00:00.000001 openat(AT_FDCWD, "/s/mail/a/tmp/m1", O_WRONLY|O_CREAT|O_EXCL, 0600) = 7
+100 10:00:00.000002 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|CLONE_CHILD_SETTID|\
+SIGCHLD, child_tidptr=0x7f) = 200
+200 10:00:00.000003 close(7) = 0
+200 10:00:00.000004 openat(AT_FDCWD, "/etc/ld.so.cache", O_RDONLY) = 7
+""" + _UNSYNCED_DATA_TAIL
+    [problem] = _all_problems(log)
+    assert problem.startswith("data of /s/mail/a/tmp/m1 not fsynced")
+
+
+def test_a_thread_shares_the_descriptors_of_its_process() -> None:
+    log = """\
+100 10:00:00.000001 clone3({flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|\
+CLONE_SYSVSEM|CLONE_SETTLS, exit_signal=0, stack=0x7f, stack_size=0x7fff00} <unfinished ...>
+101 10:00:00.000002 openat(AT_FDCWD, "/s/mail/a/tmp/m1", O_WRONLY|O_CREAT|O_EXCL, 0600) = 7
+100 10:00:00.000003 <... clone3 resumed> => {parent_tid=[101]}, 88) = 101
+101 10:00:00.000004 fsync(7) = 0
+""" + _UNSYNCED_DATA_TAIL.replace('write(7, "x", 1) = 1', 'fsync(7) = 0').replace(
+        "100 10:00:00.000005", "101 10:00:00.000005")
+    lines = log.splitlines()
+    lines.insert(3, '100 10:00:00.000003 write(7, "x", 1) = 1')  # the main thread writes
+    assert _all_problems("\n".join(lines)) == []
+
+
+def test_an_aio_fsync_submitted_before_the_rename_does_not_cover_it() -> None:
+    # the request was in the kernel's hands before io_submit returned
+    log = """\
+100 10:00:00.000001 openat(AT_FDCWD, "/s/mail/a/tmp/m1", O_WRONLY|O_CREAT|O_EXCL, 0600) = 7
+100 10:00:00.000002 write(7, "x", 1) = 1
+100 10:00:00.000003 fsync(7) = 0
+100 10:00:00.000004 openat(AT_FDCWD, "/s/mail/a/new", O_RDONLY|O_CLOEXEC) = 8
+100 10:00:00.000005 openat(AT_FDCWD, "/s/mail/a/tmp", O_RDONLY|O_CLOEXEC) = 9
+100 10:00:00.000006 fsync(9 <unfinished ...>
+101 10:00:00.000007 io_submit(0x7f, 1, [{aio_data=0x2, aio_lio_opcode=IOCB_CMD_FSYNC, \
+aio_fildes=8}] <unfinished ...>
+102 10:00:00.000008 rename("/s/mail/a/tmp/m1", "/s/mail/a/new/m1") = 0
+101 10:00:00.000009 <... io_submit resumed>) = 1
+100 10:00:00.000010 <... fsync resumed>) = 0
+100 10:00:00.000011 io_getevents(0x7f, 0, 256, [{data=0x2, obj=0x7f, res=0, res2=0}], \
+{tv_sec=0, tv_nsec=0}) = 1
+100 10:00:00.000012 sendto(5, "250 2.0.0 X\\r\\n", 13, 0, NULL, 0) = 13
+"""
+    problems = _all_problems(log)
+    assert sorted(p.split(" not fsynced")[0] for p in problems) == [
+        "folder /s/mail/a/new", "folder /s/mail/a/tmp"]
+
