@@ -251,18 +251,25 @@ class Trace:
         return [e for e in self.events if e.kind == "exit"][-1]
 
     def unsynced_before(self, ack: Event, since: Event | None = None,
-                        exempt: tuple[str, ...] = ()) -> list[str]:
+                        exempt: tuple[str, ...] = (), within: str | None = None) -> list[str]:
         """What ``ack`` acknowledged too early: every name step (a rename,
         link, unlink or mkdir) done after ``since`` and before ``ack``
         began whose folder had no fsync begun after it and done before
         ``ack`` began, and whose file's data written before the step was
         not fsynced before it.  Steps whose path matches a pattern of
         ``exempt`` (a regular expression searched for) are left out:
-        scratch names (a spool, a lock).  Empty when all is in order."""
+        scratch names (a spool, a lock); so are those outside the folder
+        ``within`` (when given): a process under test writes files of
+        no concern to it, such as Twisted's plugin cache or Python's
+        bytecode, the first time it runs from a fresh checkout.  Empty
+        when all is in order."""
         start = since.seq if since is not None else -1
+        inside = None if within is None else within.rstrip("/") + "/"
         problems = []
         for step in self.events:
             if step.kind != "name" or not start < step.seq < ack.begun:
+                continue
+            if inside is not None and not step.path.startswith(inside):
                 continue
             if any(re.search(p, step.path) for p in exempt):
                 continue

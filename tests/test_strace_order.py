@@ -170,3 +170,22 @@ aio_fildes=8}] <unfinished ...>
     assert sorted(p.split(" not fsynced")[0] for p in problems) == [
         "folder /s/mail/a/new", "folder /s/mail/a/tmp"]
 
+
+def test_only_the_steps_within_the_folder_asked_for_are_judged() -> None:
+    # a process under test also writes what is none of the test's business
+    # (Twisted's plugin cache, a Python bytecode file, each renamed into
+    # place with no fsync at all)
+    log = """\
+100 10:00:00.000001 openat(AT_FDCWD, "/src/plugins/x.new", O_WRONLY|O_CREAT|O_TRUNC, 0666) = 3
+100 10:00:00.000002 write(3, "cache", 5) = 5
+100 10:00:00.000003 rename("/src/plugins/x.new", "/src/plugins/dropin.cache") = 0
+100 10:00:00.000004 rename("/s/mail/a/tmp/m1", "/s/mail/a/new/m1") = 0
+100 10:00:00.000005 sendto(5, "250 2.0.0 X\\r\\n", 13, 0, NULL, 0) = 13
+"""
+    assert len(_all_problems(log)) == 5
+    assert sorted(_all_problems(log, within="/s")) == [
+        'folder /s/mail/a/new not fsynced after: 100 10:00:00.000004 rename('
+        '"/s/mail/a/tmp/m1", "/s/mail/a/new/m1") = 0',
+        'folder /s/mail/a/tmp not fsynced after: 100 10:00:00.000004 rename('
+        '"/s/mail/a/tmp/m1", "/s/mail/a/new/m1") = 0']
+    assert _all_problems(log, within="/s/mail/a/new/m") == _all_problems(log, within="/nowhere")
