@@ -13,6 +13,7 @@ Skipped where strace is not installed or may not trace (no ptrace).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import poplib
 import re
@@ -20,6 +21,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import conftest
@@ -43,11 +45,48 @@ _STRACE = ["strace", "-f", "-tt", "-s", "64", "-e", f"trace={TRACED_CALLS}"]
 SYNCS = {"aio": [], "threads": ["-e", "inject=io_setup:error=ENOSYS"]}
 
 
-def _traced_hub(make_hub, tmp_path: Path, syncs: str = "aio", **kwargs):
+def _tracee(log: Path) -> int | None:
+    """The pid of the process strace started (the first in its log)."""
+    try:
+        first = log.read_text().split(None, 1)
+    except FileNotFoundError:
+        return None
+    return int(first[0]) if first and first[0].isdigit() else None
+
+
+def _kill_tracee(strace: subprocess.Popen | None, log: Path) -> None:
+    """Kill what strace traces, if it still runs.  strace itself is no
+    way to it: run as ``strace -o FILE PROG`` it blocks SIGTERM, and
+    killed it lets its tracee go, to run on unwatched.  Only a child of
+    this strace is killed, never a process that took a pid freed since."""
+    pid = _tracee(log)
+    if strace is None or pid is None or strace.poll() is not None:
+        return
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            parent = int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return
+    if parent == strace.pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        strace.wait(30)
+
+
+@contextlib.contextmanager
+def _traced_hub(make_hub, tmp_path: Path, syncs: str = "aio", **kwargs) -> Iterator:
+    """A hub run under strace, as ``(hub, log)``; the hub is killed on the
+    way out if the test did not stop it (``_stopped``), failed or not, as
+    the fixture's stop cannot reach it through strace."""
     log = tmp_path / "hub.strace"
     hub = make_hub(launcher=[*_STRACE, *SYNCS[syncs], "-o", str(log), conftest.TWISTD],
-                   **kwargs)
-    return hub, log
+                   start=False, **kwargs)
+    try:
+        hub.start()
+        yield hub, log
+    finally:
+        _kill_tracee(hub.proc, log)
+        hub.stop()
 
 
 def _check_syncs(trace: Trace, syncs: str) -> None:
@@ -58,9 +97,10 @@ def _check_syncs(trace: Trace, syncs: str) -> None:
 
 def _stopped(hub, log: Path) -> Trace:
     """Stop the traced hub and read its log.  The hub is signalled itself:
-    strace, signalled, would let it go and leave it running."""
-    first = log.read_text().split(None, 1)[0]
-    os.kill(int(first), signal.SIGTERM)
+    strace blocks SIGTERM (``_kill_tracee``)."""
+    pid = _tracee(log)
+    assert pid is not None, "strace logged nothing"
+    os.kill(pid, signal.SIGTERM)
     hub.proc.wait(30)
     hub.stop()
     return Trace.read(str(log))
@@ -95,10 +135,10 @@ def _assert_published(trace: Trace, step: Event, ack: Event) -> None:
 def test_a_local_delivery_is_durable_before_its_250(make_hub, tmp_path, syncs) -> None:
     # the first message of a fresh hub: the state folder, mail/, the new
     # Maildir's folders, all made since the start, are durable too
-    hub, log = _traced_hub(make_hub, tmp_path, syncs)
-    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
-        s.sendmail("x@example.com", ["alice@example.org"], b"Subject: one\r\n\r\none\r\n")
-    trace = _stopped(hub, log)
+    with _traced_hub(make_hub, tmp_path, syncs) as (hub, log):
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
+            s.sendmail("x@example.com", ["alice@example.org"], b"Subject: one\r\n\r\none\r\n")
+        trace = _stopped(hub, log)
     _check_syncs(trace, syncs)
     [ack] = trace.sends("250 2.0.0")
     [step] = _named(trace, "rename", r"/alice/new/[^/]+$")
@@ -110,11 +150,11 @@ def test_a_local_delivery_is_durable_before_its_250(make_hub, tmp_path, syncs) -
 @pytest.mark.parametrize("syncs", sorted(SYNCS))
 def test_a_message_for_three_mailboxes_is_linked_durably_before_its_250(
         make_hub, tmp_path, syncs) -> None:
-    hub, log = _traced_hub(make_hub, tmp_path, syncs)
     rcpts = ["alice@example.org", "bob@example.org", "carol@example.net"]
-    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
-        s.sendmail("x@example.com", rcpts, b"Subject: three\r\n\r\nthree\r\n")
-    trace = _stopped(hub, log)
+    with _traced_hub(make_hub, tmp_path, syncs) as (hub, log):
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
+            s.sendmail("x@example.com", rcpts, b"Subject: three\r\n\r\nthree\r\n")
+        trace = _stopped(hub, log)
     _check_syncs(trace, syncs)
     [ack] = trace.sends("250 2.0.0")
     links = _named(trace, "link", r"/new/[^/]+$")
@@ -126,9 +166,9 @@ def test_a_message_for_three_mailboxes_is_linked_durably_before_its_250(
 
 @pytest.mark.parametrize("syncs", sorted(SYNCS))
 def test_a_relay_queue_record_is_durable_before_its_250(make_hub, tmp_path, syncs) -> None:
-    with conftest.dead_port() as port:
-        hub, log = _traced_hub(make_hub, tmp_path, syncs,
-                               sections={"relay": {"smarthost": f"[127.0.0.1]:{port}"}})
+    with conftest.dead_port() as port, _traced_hub(
+            make_hub, tmp_path, syncs,
+            sections={"relay": {"smarthost": f"[127.0.0.1]:{port}"}}) as (hub, log):
         with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
             s.sendmail("alice@example.org", ["someone@remote.example"],
                        b"Subject: away\r\n\r\naway\r\n")
@@ -148,22 +188,23 @@ def test_a_relay_queue_record_is_durable_before_its_250(make_hub, tmp_path, sync
 @pytest.mark.parametrize("syncs", sorted(SYNCS))
 def test_pop3_quit_answers_once_its_deletions_and_flags_are_durable(
         make_hub, tmp_path, syncs) -> None:
-    hub, log = _traced_hub(make_hub, tmp_path, syncs)
-    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
-        for n in range(3):
-            s.sendmail("x@example.com", ["bob@example.org"], f"Subject: {n}\r\n\r\n{n}\r\n")
-    box = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
-    box.user("bob@example.org")
-    box.pass_("bob-secret")
-    box.retr(1)  # kept, flagged seen: new/ -> cur/
-    box.quit()
-    box = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
-    box.user("bob@example.org")
-    box.pass_("bob-secret")
-    box.dele(1)  # the one in cur/ now
-    box.dele(2)
-    box.quit()
-    trace = _stopped(hub, log)
+    with _traced_hub(make_hub, tmp_path, syncs) as (hub, log):
+        with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=30) as s:
+            for n in range(3):
+                s.sendmail("x@example.com", ["bob@example.org"],
+                           f"Subject: {n}\r\n\r\n{n}\r\n")
+        box = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
+        box.user("bob@example.org")
+        box.pass_("bob-secret")
+        box.retr(1)  # kept, flagged seen: new/ -> cur/
+        box.quit()
+        box = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=30)
+        box.user("bob@example.org")
+        box.pass_("bob-secret")
+        box.dele(1)  # the one in cur/ now
+        box.dele(2)
+        box.quit()
+        trace = _stopped(hub, log)
     _check_syncs(trace, syncs)
     first, second = trace.sends("+OK Bye")
     [flagged] = _named(trace, "rename", r"/bob/cur/[^/]+$")
@@ -179,10 +220,18 @@ def test_pop3_quit_answers_once_its_deletions_and_flags_are_durable(
 
 
 def _traced_command(config: Path, log: Path, *args: str, input: str = "") -> Trace:
-    run = subprocess.run(
+    strace = subprocess.Popen(
         [*_STRACE, "-o", str(log), sys.executable, "-m", "txmailhub", "--config", str(config),
-         *args], input=input, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
+         *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        _, err = strace.communicate(input, timeout=120)
+    except BaseException:
+        _kill_tracee(strace, log)  # a command that hangs: not left running untraced
+        strace.kill()
+        strace.communicate()
+        raise
+    assert strace.returncode == 0, err
     return Trace.read(str(log))
 
 
@@ -215,3 +264,23 @@ def test_alias_set_exits_once_the_aliases_file_is_durable(make_hub, tmp_path) ->
     [step] = _named(trace, "rename", re.escape(str(aliases)) + "$")
     _assert_published(trace, step, done)
     assert trace.unsynced_before(done, exempt=SCRATCH, within=str(tmp_path)) == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_test_failing_half_way_leaves_no_traced_hub_behind(make_hub, tmp_path) -> None:
+    # strace blocks the fixture's SIGTERM, and killed it lets the hub go
+    # on, untraced and unwatched: the hub itself must be killed
+    with pytest.raises(LookupError, match="a test's failure"):
+        with _traced_hub(make_hub, tmp_path) as (hub, log):
+            pid, strace = _tracee(log), hub.proc
+            assert pid is not None and _running(pid)
+            raise LookupError("a test's failure")
+    assert strace.poll() is not None
+    assert not _running(pid)
