@@ -90,9 +90,14 @@ def _traced_hub(make_hub, tmp_path: Path, syncs: str = "aio", **kwargs) -> Itera
 
 
 def _check_syncs(trace: Trace, syncs: str) -> None:
-    """The path asked for was the one taken (no AIO request with threads)."""
+    """The path asked for was the one taken: no AIO request with threads,
+    and with AIO, some (a kernel or filesystem that refuses them makes
+    the hub use threads: that case is the other one's)."""
+    taken = [e for e in trace.events if e.kind == "sync" and e.call == "aio"]
     if syncs == "threads":
-        assert not [e for e in trace.events if e.kind == "sync" and e.call == "aio"]
+        assert not taken
+    elif not taken:
+        pytest.skip("the hub made no kernel AIO fsync request here (threads instead)")
 
 
 def _stopped(hub, log: Path) -> Trace:
