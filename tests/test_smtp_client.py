@@ -1933,6 +1933,46 @@ def test_the_454_names_the_mechanisms_of_every_auth_line():
         "PLAIN or LOGIN ([relay] smarthost_auth_file is set)")
 
 
+def test_a_mechanism_on_two_auth_lines_in_different_cases_is_named_once():
+    # the case of the first line's name does not matter: a mechanism is
+    # the same in any case (RFC 4422 3.1), whichever line came first
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-smarthost\r\n250-AUTH=cram-md5\r\n250 AUTH CRAM-MD5 NTLM\r\n")
+    assert s.extensions["AUTH"] == "cram-md5 NTLM"
+    assert s.outcome.session_error.text() == (
+        "454 4.7.0 the smarthost offers AUTH cram-md5 NTLM only; txmailhub can use "
+        "PLAIN or LOGIN ([relay] smarthost_auth_file is set)")
+
+
+def test_only_auth_lines_are_merged_a_keyword_named_again_takes_its_later_value():
+    # "SIZE 60" and "SIZE 50" merged would read "60 50", no number: the
+    # limit lost and the message sent.  The later line's value counts
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(b"250-mx.remote.test\r\n250-SIZE 60\r\n250 SIZE 50\r\n")
+    assert s.extensions == {"SIZE": "50"}
+    assert s.outcome.session_error is None
+    assert s.outcome.recipients[0].reply.code == 552
+
+
+@pytest.mark.parametrize(("mechanisms", "quoted"), [
+    # exactly the limit: quoted whole, nothing cut
+    ("X-MECH-1 " * 22 + "AB", "X-MECH-1 " * 22 + "AB"),
+    # a mechanism ending at the limit, another after it: the first kept
+    ("A " + "X" * 198 + " Y", "A " + "X" * 198 + " ..."),
+    # one mechanism longer than the limit: its first 200 characters
+    ("Z" * 300, "Z" * 200 + " ..."),
+])
+def test_a_long_auth_line_is_cut_at_200_characters_at_a_mechanism(mechanisms, quoted):
+    s = session(credentials=("user", "pw"))
+    s.receive(b"220 hi\r\n")
+    s.receive(f"250-smarthost\r\n250 AUTH {mechanisms}\r\n".encode())
+    assert s.outcome.session_error.text() == (
+        f"454 4.7.0 the smarthost offers AUTH {quoted} only; txmailhub can use "
+        "PLAIN or LOGIN ([relay] smarthost_auth_file is set)")
+
+
 @pytest.mark.parametrize(("mechanisms", "chosen"), [
     # one mechanism, neither PLAIN nor LOGIN: no credentials go
     ("CRAM-MD5\x0bLOGIN", b"QUIT\r\n"),
