@@ -759,6 +759,22 @@ def test_the_status_always_has_the_class_of_the_action(tmp_path, reply, action, 
     assert part.get_payload()[1]["Status"] == status
 
 
+@pytest.mark.parametrize("reply, action, status", [
+    # a 4yz given up on (its queue lifetime over) fails with its own 4.x.x:
+    # RFC 3463 2 makes a persistent transient failure 4.x.x, not 5.0.0
+    (Reply.of(450, "4.2.2", "mailbox full"), bounce.FAILED, "4.2.2"),
+    # a delay under a 2.x.x is 4.0.0, none of the success's detail kept
+    (Reply.of(450, "2.1.5", "try later"), bounce.DELAYED, "4.0.0"),
+    # a 5.x.x retried anyway keeps its detail under class 4
+    (Reply.of(554, "5.7.1", "go away"), bounce.DELAYED, "4.7.1"),
+    # an alias expanded (RFC 3464 2.3.3) is a success like relayed
+    (Reply.of(250, "5.1.1", "ok"), bounce.EXPANDED, "2.0.0"),
+    (Reply.of(250, "2.1.5", "ok"), bounce.EXPANDED, "2.1.5"),
+])
+def test_the_status_class_per_action_keeps_what_agrees_with_it(reply, action, status):
+    assert bounce.status_of(reply, action) == status
+
+
 def test_a_delay_notice_never_gets_a_permanent_status_without_an_enhanced_code(tmp_path):
     # RFC 3464 2.3.4 / RFC 3463 2: "delayed" goes with a 4.x.x status.  A
     # host that greets with "554 go away" (no enhanced code: ENHANCEDSTATUSCODES
@@ -1366,6 +1382,24 @@ def test_the_human_part_says_what_happened_and_nothing_else(tmp_path):
     never_tried = dataclasses.replace(entry.recipient(BOB), last_reply=None)
     _, msg = build(entry, [never_tried])
     assert "<bob@remote.test>: no reason recorded" in human_text(msg)
+
+
+def test_the_report_is_labelled_8bit_for_any_one_of_its_parts(tmp_path):
+    # RFC 2045 6.4: the human part alone 8bit (a reply in UTF-8), and the
+    # global status part alone (an all-ASCII message returned whole)
+    entry = make_entry(tmp_path)
+    reply = Reply.of(550, "5.1.1", "Empf\u00e4nger unbekannt")
+    _, msg = build(entry, [failed(entry, reply=reply)])
+    labels = [p["Content-Transfer-Encoding"] for p in msg.iter_parts()]
+    assert labels == ["8bit", None, None]
+    assert msg["Content-Transfer-Encoding"] == "8bit"
+    entry = make_entry(tmp_path, ret="FULL")
+    entry = dataclasses.replace(entry, envelope=dataclasses.replace(entry.envelope,
+                                                                    smtputf8=True))
+    _, msg = build(entry, [failed(entry)])
+    labels = [p["Content-Transfer-Encoding"] for p in msg.iter_parts()]
+    assert labels == ["7bit", "8bit", None]
+    assert msg["Content-Transfer-Encoding"] == "8bit"
 
 
 def test_the_human_part_is_labelled_7bit_or_8bit_by_its_octets(tmp_path):
