@@ -222,13 +222,19 @@ class LimitedHub(ScriptedHub):
         self.taken: list[str] = []
         self.delivered: list[tuple[list[str], bytes]] = []
         self.data: list[bytes] = []
+        self.open = False  # a MAIL taken, and no RSET or message since
 
     def docmd(self, verb: str, args: str = "") -> tuple[int, bytes]:
         self.commands.append(f"{verb} {args}".strip())
+        assert self.transactions < 50, "no end to the transactions"
         if verb == "MAIL":
+            if self.open:  # as the hub answers it (RFC 5321 4.1.4)
+                return 503, b"5.5.1 Error: nested MAIL command"
+            self.open = True
             self.transactions += 1
             self.taken = []
             return 250, b"2.1.0 Ok"
+        assert self.open, f"{verb} outside a transaction"
         if verb == "RCPT":
             address = args.split(">")[0][4:]
             if len(self.taken) >= self.limit:
@@ -248,11 +254,13 @@ class LimitedHub(ScriptedHub):
         stored: list[bytes] = []
         assert DotReader(stored.append, 10**6).feed(b"".join(self.data)) == b""
         self.delivered.append((self.taken, b"".join(stored)))
+        self.open = False
         return 250, b"2.0.0 Ok: queued"
 
     def rset(self) -> None:
         self.commands.append("RSET")
         self.taken = []
+        self.open = False
 
 
 FIVE = tuple(f"r{i}@example.org" for i in range(1, 6))
@@ -401,3 +409,172 @@ def test_a_list_of_more_transactions_than_the_junk_limit_asks_in_new_sessions(
     first_data = hub[0].commands.index("DATA")
     asked = [c for c in hub[0].commands[:first_data] if c.startswith("RCPT")]
     assert {c.split("<")[1].split(">")[0] for c in asked} == set(FIVE)
+
+
+def _config(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    return str(config)
+
+
+def test_a_452_other_than_the_recipient_limit_is_a_refusal_not_a_new_transaction(
+        hub: list[ScriptedHub]) -> None:
+    # only 4.5.3 is the limit of recipients (RFC 5321 4.5.3.1.10); the
+    # hub's 452 4.3.1 (its disk) and 4.2.2 (a mailbox full) refuse that
+    # recipient, and the message goes to nobody
+    hub.append(ScriptedHub(rcpt={
+        "r2@example.org": (452, b"4.3.1 Insufficient system storage, try again later")}))
+    with pytest.raises(Refused) as e:
+        submit(prepared(recipients=FIVE), [Target("127.0.0.1", 25)])
+    assert e.value.status == EX_TEMPFAIL
+    assert str(e.value) == ("<r2@example.org>: 452 4.3.1 Insufficient system storage, "
+                            "try again later")
+    assert sum(c.startswith("MAIL") for c in hub[0].commands) == 1
+    assert hub[0].commands[-1] == "RSET" and "DATA" not in hub[0].commands
+
+
+def test_a_recipient_limit_at_a_transactions_first_recipient_is_a_refusal(
+        hub: list[ScriptedHub]) -> None:
+    # a transaction holds one recipient at least: a 452 4.5.3 to its first
+    # RCPT is no limit another transaction gets past (taken for one, the
+    # client would open new ones for ever); each recipient is refused once
+    hub.append(LimitedHub(0))
+    with pytest.raises(Refused) as e:
+        submit(prepared(recipients=FIVE), [Target("127.0.0.1", 25)])
+    assert e.value.status == EX_TEMPFAIL
+    assert str(e.value) == "; ".join(f"<{r}>: 452 4.5.3 Too many recipients" for r in FIVE)
+    assert hub[0].transactions == len(FIVE) and hub[0].delivered == []
+
+
+def test_a_recipient_the_hub_will_forward_is_taken(hub: list[ScriptedHub]) -> None:
+    # 251 "User not local; will forward" (RFC 5321 4.2.2) takes it too
+    hub.append(ScriptedHub(rcpt={"bob@example.org": (251, b"2.1.5 will forward")}))
+    assert submit(prepared(), [Target("127.0.0.1", 25)]) == "250 2.0.0 Ok: queued as 1234"
+    assert hub[0].stored_size == len(b"Subject: big\n\nx\n")
+
+
+class RefusingSender(ScriptedHub):
+    def docmd(self, verb: str, args: str = "") -> tuple[int, bytes]:
+        if verb == "MAIL":
+            self.commands.append(f"{verb} {args}")
+            return 451, b"4.3.0 Try again later"
+        return super().docmd(verb, args)
+
+
+def test_a_transient_refusal_of_the_sender_is_a_deferral(hub: list[ScriptedHub]) -> None:
+    hub.append(RefusingSender())
+    with pytest.raises(Refused) as e:
+        submit(prepared(), [Target("127.0.0.1", 25)])
+    assert e.value.status == EX_TEMPFAIL
+    assert str(e.value) == "sender <joe@example.org>: 451 4.3.0 Try again later"
+    assert not any(c.startswith(("RCPT", "DATA")) for c in hub[0].commands)
+
+
+def test_recipients_within_the_limit_go_in_one_transaction_without_rset(
+        hub: list[ScriptedHub]) -> None:
+    # the recipients asked for once, DATA in the same transaction: no
+    # RSET, no second MAIL (the hub answers a MAIL inside one with 503)
+    hub.append(LimitedHub(5))
+    assert submit(prepared(io.BytesIO(b"body\r\n"), 6, FIVE),
+                  [Target("127.0.0.1", 25)]) == "250 2.0.0 Ok: queued"
+    assert hub[0].delivered == [(list(FIVE), b"Subject: big\n\nbody\n")]
+    assert hub[0].transactions == 1 and "RSET" not in hub[0].commands
+
+
+def test_the_first_of_several_refusals_that_is_permanent_gives_the_status(
+        hub: list[ScriptedHub]) -> None:
+    hub.append(ScriptedHub(rcpt={"r1@example.org": (450, b"4.2.1 busy"),
+                                 "r2@example.org": (550, b"5.1.1 No such user"),
+                                 "r3@example.org": (553, b"5.1.3 Bad address")}))
+    with pytest.raises(Refused) as e:
+        submit(prepared(recipients=FIVE), [Target("127.0.0.1", 25)])
+    assert e.value.status == EX_NOUSER
+    assert str(e.value) == ("<r1@example.org>: 450 4.2.1 busy; <r2@example.org>: 550 5.1.1 "
+                            "No such user; <r3@example.org>: 553 5.1.3 Bad address")
+
+
+def test_no_recipients_is_a_usage_error_before_any_connection(hub: list[ScriptedHub]) -> None:
+    with pytest.raises(Refused) as e:  # (no hub: a connection would fail the test)
+        submit(prepared(recipients=()), [Target("127.0.0.1", 25)])
+    assert e.value.status == sendmail_smtp.EX_USAGE
+
+
+class Shrinking(LimitedHub):
+    """A ``LimitedHub`` whose limit drops to 1 from its ``at``-th
+    transaction on (its ``max_recipients`` lowered, and the hub restarted,
+    between the recipients asked for and the message sent)."""
+
+    def __init__(self, limit: int, at: int) -> None:
+        super().__init__(limit)
+        self.at = at
+
+    def docmd(self, verb: str, args: str = "") -> tuple[int, bytes]:
+        if verb == "MAIL" and self.transactions + 1 == self.at:
+            self.limit = 1
+        return super().docmd(verb, args)
+
+
+@pytest.mark.parametrize(("at", "status", "told"), [
+    # the first batch short: nobody has it yet
+    (4, EX_TEMPFAIL, "<r2@example.org>: 452 the hub took fewer recipients than before; "
+                     "the message was NOT sent\n"),
+    # the second: the first batch has it
+    (5, EX_TEMPFAIL, "the message WAS sent to 2 recipients (<r1@example.org>, "
+                     "<r2@example.org>), in transactions of as many as the hub takes, but "
+                     "then: <r4@example.org>: 452 the hub took fewer recipients than before; "
+                     "it was NOT sent to the other recipients\n"),
+])
+def test_a_batch_the_hub_takes_fewer_of_when_sent_gets_no_message(
+        hub: list[ScriptedHub], tmp_path, at: int, status: int,  # type: ignore[no-untyped-def]
+        told: str) -> None:
+    # its recipients past the new limit would lose the message unsaid
+    hub.append(Shrinking(2, at))
+    err = io.StringIO()
+    assert run(list(FIVE), _config(tmp_path), "sendmail", io.BytesIO(b"x\n"), err) == status
+    assert err.getvalue() == "sendmail: " + told, err.getvalue()
+    assert [rcpts for rcpts, _ in hub[0].delivered] == [list(FIVE[:2])][:at - 4]
+    assert hub[0].commands[-1] == "RSET"
+
+
+class LostAtMail(LimitedHub):
+    """A ``LimitedHub`` whose connection is lost at the MAIL of its
+    ``at``-th transaction."""
+
+    def __init__(self, limit: int, at: int) -> None:
+        super().__init__(limit)
+        self.at = at
+
+    def docmd(self, verb: str, args: str = "") -> tuple[int, bytes]:
+        if verb == "MAIL" and self.transactions + 1 == self.at:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        return super().docmd(verb, args)
+
+
+def test_a_connection_lost_between_the_transactions_says_who_has_the_message(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # not "the connection to the hub failed ... NOT sent": r1 and r2 have it
+    hub.append(LostAtMail(2, 5))
+    err = io.StringIO()
+    assert run(list(FIVE), _config(tmp_path), "sendmail", io.BytesIO(b"x\n"), err) == EX_TEMPFAIL
+    assert err.getvalue() == (
+        "sendmail: the message WAS sent to 2 recipients (<r1@example.org>, <r2@example.org>), "
+        "in transactions of as many as the hub takes, but then: Connection unexpectedly "
+        "closed; it was NOT sent to the other recipients\n"), err.getvalue()
+
+
+def test_partly_sent_names_who_has_the_message_and_who_may(hub: list[ScriptedHub]) -> None:
+    hub.append(Dropping(2, 1))
+    with pytest.raises(sendmail_smtp.PartlySent) as e:
+        submit(prepared(recipients=FIVE), [Target("127.0.0.1", 25)])
+    assert e.value.status == EX_TEMPFAIL
+    assert e.value.sent == list(FIVE[:2]) and e.value.maybe == list(FIVE[2:4])
+
+
+@pytest.mark.parametrize(("count", "named"), [
+    (10, ", ".join(f"<r{i}@example.org>" for i in range(10))),
+    (12, ", ".join(f"<r{i}@example.org>" for i in range(10)) + " and 2 more"),
+])
+def test_partly_sent_names_ten_recipients_at_most(count: int, named: str) -> None:
+    sent = [f"r{i}@example.org" for i in range(count)]
+    text = str(sendmail_smtp.PartlySent(EX_TEMPFAIL, sent, "why"))
+    assert text.startswith(f"the message WAS sent to {count} recipients ({named}), "), text
