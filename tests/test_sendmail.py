@@ -162,6 +162,25 @@ def test_a_dash_dash_that_ends_no_options_lets_no_option_pass_as_a_recipient(
                                                               full_name="--")
 
 
+@pytest.mark.parametrize(("argv", "said"), [
+    (["-"], "-: a recipient starting with '-' goes after --"),
+    (["bob", "-f", "app@example.net", "-v"], "-f after the recipient bob: options go before "
+                                             "the recipients"),
+])
+def test_a_recipient_with_a_dash_is_named_in_the_usage_error(argv: list[str], said: str) -> None:
+    # the first word that is out of place, as the command line has it
+    with pytest.raises(UsageError) as e:
+        parse_args(argv)
+    assert str(e.value).startswith(said), str(e.value)
+
+
+def test_a_dash_dash_before_other_options_does_not_end_them() -> None:
+    # -F takes "--" as its value, and the options go on: they end at bob,
+    # and "-f" after it is out of place
+    with pytest.raises(UsageError, match="-f after the recipient bob"):
+        parse_args(["-F", "--", "-v", "bob", "-f", "app@example.net"])
+
+
 def test_the_usage_lines_name_the_values_as_the_docs_do() -> None:
     # docs/sendmail.rst's table of options: ``-f ADDR``, ``-F NAME``,
     # ``-C PATH``; the usage lines said ``-C config`` (and sender, name)
@@ -402,6 +421,31 @@ def test_a_resent_message_s_original_from_of_several_mailboxes_gets_no_sender() 
     assert field(untraced(p), b"Sender") == []
     assert field(untraced(p), b"Resent-From") == [b"Resent-From: Joe Bloggs <joe@example.org>"]
     assert fields(untraced(p))[:4] == raw.split(b"\r\n")[:4]
+
+
+@pytest.mark.parametrize("name", [b"Resent-Date", b"Resent-From", b"Resent-Sender",
+                                  b"Resent-To", b"Resent-Cc", b"Resent-Bcc",
+                                  b"Resent-Message-ID"])
+def test_any_resent_field_marks_a_message_sent_on_again(name: bytes) -> None:
+    # RFC 5322 3.6.6: each is a field of a resent block; the block gets
+    # what it lacks (a Resent-From naming the user when it has none), and
+    # the original's From of two authors no Sender
+    raw = (b"From: ann@x.org, bob@y.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+           b"Message-ID: <1@x>\r\n" + name + b": carol@example.net\r\n\r\nbody\r\n")
+    p = prep(raw, Options(recipients=("carol@example.net",)))
+    assert field(untraced(p), b"Sender") == []
+    expected = [] if name == b"Resent-From" else [b"Resent-From: Joe Bloggs <joe@example.org>"]
+    assert [f for f in field(untraced(p), b"Resent-From") if b"carol" not in f] == expected
+    assert field(untraced(p), b"Date") == [b"Date: Mon, 1 Jan 2024 00:00:00 +0000"]
+
+
+def test_a_from_of_several_mailboxes_gets_no_sender_when_nobody_can_be_named() -> None:
+    # -f '' and a login that can be no address: no Sender (and no error:
+    # the message has its From)
+    p = prep(b"From: a@x.org, b@x.org\r\n\r\nbody\r\n", Options(recipients=("bob",),
+             sender=""), login=("joe\tsmith", ""))
+    assert field(untraced(p), b"Sender") == [] and field(untraced(p), b"From") == [
+        b"From: a@x.org, b@x.org"]
 
 
 def test_bcc_is_removed_without_t_too() -> None:
@@ -1278,3 +1322,30 @@ def test_ctrl_c_and_system_exit_keep_their_meaning(
     with pytest.raises(type(error)):
         run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err)
     assert err.getvalue() == ""
+
+
+@pytest.mark.parametrize("field", [b"From", b"Resent-From"])
+@pytest.mark.parametrize("length", [76, 77])
+def test_an_added_from_field_is_one_line_up_to_76_octets(field: bytes, length: int) -> None:
+    # counted with the field's own name: "Resent-From: " is 7 octets longer
+    room = length - len(field) - len(b": ") - len(b" <joe@example.org>")
+    name = ("Jo " * 40)[:room].rstrip() + "x" * (room - len(("Jo " * 40)[:room].rstrip()))
+    raw = (b"Resent-To: bob" if field == b"Resent-From" else b"Subject: hi") + b"\r\n\r\nbody\r\n"
+    p = prep(raw, Options(recipients=("bob",), full_name=name))
+    text = _from_field(p, field)
+    lines = text[:-2].split(b"\r\n")
+    assert all(len(line) <= 76 for line in lines), lines
+    assert (len(lines) == 1) == (length == 76), lines
+    assert len(b" ".join(line.strip() for line in lines)) == length
+
+
+def test_a_long_name_beside_a_utf8_address_is_folded_for_its_field() -> None:
+    # a quoted name beside a UTF-8 address (RFC 6532), folded to lines of
+    # at most 76 octets, the first counted after "Resent-From: "
+    raw = b"From: ann@x.org\r\nResent-To: bob\r\n\r\nbody\r\n"
+    p = prep(raw, Options(recipients=("bob",), sender="j\u00f6rg@example.org",
+                          full_name="J\u00f6rg " * 20))
+    text = _from_field(p, b"Resent-From")
+    lines = text[:-2].split(b"\r\n")
+    assert len(lines) > 1 and all(len(line) <= 76 for line in lines), lines
+    assert text.startswith('Resent-From: "J\u00f6rg J\u00f6rg'.encode())
