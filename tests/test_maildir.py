@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -1820,6 +1821,67 @@ class MailboxTests(Base):
         self.assertEqual([box.open_message(i).read() for i in range(1)], [b"two\n"])
         box.close()
 
+    def test_delete_of_a_renamed_message_whose_old_name_is_now_a_pipe(self):
+        # another reader renamed it, and a pipe was made at its old name:
+        # the message is removed where it went, the pipe is left alone
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        moved = os.path.join(self.md(), "cur", os.path.basename(path) + ":2,R")
+        os.rename(path, moved)
+        os.mkfifo(path)
+        self.successResultOf(box.delete([0]))
+        self.assertFalse(os.path.lexists(moved))
+        self.assertTrue(stat.S_ISFIFO(os.lstat(path).st_mode))
+        box.close()
+
+    def test_open_message_of_a_pipe_at_its_name_is_a_message_gone(self):
+        # the file object RETR of a message past the small-read limit uses:
+        # a pipe made at the name since the scan is no message (opened,
+        # it reads nothing, and a writer could feed it anything)
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        path = box.list_messages()[0].path
+        os.unlink(path)
+        os.mkfifo(path)
+        with self.assertRaises(FileNotFoundError):
+            not_waiting_on(Path(path), lambda: box.open_message(0))
+        box.close()
+
+    def test_a_message_not_in_the_page_cache_is_not_taken_for_one_gone(self):
+        # a read without waiting that says EAGAIN of a regular file is the
+        # kernel's "not cached" (the session reads it on a worker), never
+        # "no regular file", which POP3 answers as a message removed
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+
+        def not_cached(fd, size, offset):
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+
+        self.patch(mailbox_module, "pread_nowait", not_cached)
+        with self.assertRaises(BlockingIOError):
+            box.read_message_nowait(0, 1000)
+        box.close()
+
+    def test_a_message_whose_fstat_fails_is_not_left_open(self):
+        self.deliver([JOE], b"one\n")
+        box = self.open()
+        real_fstat, seen = os.fstat, []
+
+        def failing(fd):
+            seen.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(os, "fstat", failing)
+        with self.assertRaises(OSError) as raised:
+            box.open_message(0)
+        self.assertEqual(raised.exception.errno, errno.EIO)
+        self.patch(os, "fstat", real_fstat)
+        with self.assertRaises(OSError) as closed:
+            os.fstat(seen[0])
+        self.assertEqual(closed.exception.errno, errno.EBADF)
+        box.close()
+
     def test_open_message_is_unbuffered(self):
         self.deliver([JOE], b"x" * 5000 + b"\n")
         box = self.open()
@@ -3030,3 +3092,19 @@ def test_a_message_made_a_pipe_while_scan_measures_it_is_skipped_not_waited_on(
     monkeypatch.setattr(os, "lstat", lstat_then_swap)
     snapshot = not_waiting_on(Path(path), lambda: scan(md))
     assert len(snapshot) == 0
+
+
+def test_a_size_cache_that_is_no_regular_file_is_warned_of_and_replaced(tmp_path, log_events):
+    # even when scan measures nothing (every name carries its sizes), the
+    # pipe at the cache's name is said and replaced with a file
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    (md / "new" / "1600000001.M1P1Q1.host,S=6,W=7").write_bytes(b"hello\n")
+    cache = md / mailbox_module.SIZES_NAME
+    os.mkfifo(cache)
+    snapshot = not_waiting_on(cache, lambda: scan(str(md)))
+    assert [m.size for m in snapshot] == [7]
+    assert cache.is_file() and not cache.is_symlink()
+    assert [formatEvent(e) for e in log_events if "size cache" in formatEvent(e)] == [
+        f"ignoring size cache {cache}: not a regular file"]
