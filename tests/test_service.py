@@ -1032,6 +1032,51 @@ def test_the_sighup_notice_gives_the_old_handler_back_at_stop() -> None:
         signal.signal(signal.SIGHUP, previous)
 
 
+class _ThreadCallsReactor(MemoryReactorClock):
+    """A hub's own reactor that keeps what signal handlers queue on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread_calls: list[tuple[Any, tuple, dict]] = []
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.thread_calls.append((f, args, kwargs))
+
+
+def test_the_sighup_notice_of_a_hub_with_its_own_reactor_answers_in_that_reactor(
+        tmp_path: Path) -> None:
+    # an application that gives the hub its reactor runs that one; answers
+    # queued on the global reactor would wait for one that never runs
+    import signal
+
+    from twisted.internet import reactor as global_reactor
+
+    from txmailhub.signals import HangupNotice
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR1)}
+    own = _ThreadCallsReactor()
+    hub = MailHub(quiet_settings(tmp_path), reactor=own)
+    notice = HangupNotice(hub.components.tls)
+    notice.setServiceParent(hub)
+    waiting = len(global_reactor.threadCallQueue)  # another test's calls stay as they are
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        notice.privilegedStartService()
+        signal.getsignal(signal.SIGHUP)(signal.SIGHUP, None)
+        signal.getsignal(signal.SIGUSR1)(signal.SIGUSR1, None)
+        notice.stopService()
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    assert global_reactor.threadCallQueue[waiting:] == []
+    assert own.thread_calls[0][0] == notice._answer
+    assert len(own.thread_calls) == 2  # the SIGUSR1 line's too
+    # given one of its own, a notice answers in that one, whatever its parent's
+    mine = _ThreadCallsReactor()
+    assert HangupNotice(reactor=mine)._hub_reactor() is mine
+    assert HangupNotice()._hub_reactor() is global_reactor
+
+
 def test_the_signal_notices_lines_keep_the_namespace_of_txmailhub_tap() -> None:
     # HangupNotice lives in txmailhub.signals; its lines keep the namespace
     # they had in txmailhub.tap, which a log filter may match on

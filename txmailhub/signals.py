@@ -82,11 +82,9 @@ class HangupNotice(Service):
     usr1_where = "standard output, syslog or --logger's observer"
 
     def _install(self) -> None:
-        from twisted.internet import reactor
-
         from txmailhub.logfile import install_sigusr1_notice
 
-        self._reactor = reactor
+        self._reactor = reactor = self._hub_reactor()
         if self in _notices(signal.getsignal(signal.SIGHUP)):
             # still a link of the handler in place (a notice installed since
             # passes the signal on to ours): installed again, it would loop
@@ -103,14 +101,32 @@ class HangupNotice(Service):
             install_sigusr1_notice(self.usr1_where, reactor)
             self._usr1_installed = signal.getsignal(signal.SIGUSR1)
 
-    def __init__(self, tls: Any = None) -> None:
+    def __init__(self, tls: Any = None, reactor: Any = None) -> None:
         super().__init__()
         self.tls = tls  # the listeners' ReloadingTLS, taken again on SIGHUP
+        #: the reactor the answers run in; None: the hub's (``_hub_reactor``)
+        self.reactor = reactor
         #: the SIGHUP handlers found at the installs whose handler may still
         #: be called, oldest first (the last is ``_previous``): a handler found
         #: at a later install, installed over this notice by an application
         #: that passes the signal back to it, is followed by the one before
         self._found: list[Any] = []
+
+    def _hub_reactor(self) -> Any:
+        """The reactor the signals' answers are queued on: the one given,
+        else the hub's the notice was added to (``MailHub(settings,
+        reactor=...)``), else the global one.  Queued on the global
+        reactor, the answers of a hub that runs another would wait for a
+        reactor that may never run (and the TLS files be read again in a
+        thread that is not the hub's)."""
+        if self.reactor is not None:
+            return self.reactor
+        hub_reactor = getattr(self.parent, "reactor", None)
+        if hub_reactor is not None:
+            return hub_reactor
+        from twisted.internet import reactor
+
+        return reactor
 
     def _hangup(self, signum: int, frame: Any) -> None:
         # in a signal handler: the work is done by the reactor.  A notice
