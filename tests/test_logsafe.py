@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmailhub.logsafe import loggable
+from txmailhub.logsafe import loggable, shown_traceback
 
 
 def test_examples():
@@ -209,3 +209,40 @@ def _unshown(text: str) -> str:
     import re
 
     return re.sub(r"\\x\{([0-9A-F]+)\}", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _raised(error: BaseException) -> BaseException:
+    try:
+        raise error
+    except BaseException as e:
+        return e
+
+
+def test_a_shown_traceback_escapes_each_exceptions_text_in_the_chain() -> None:
+    # -v's traceback of an internal error (``sendmail``): the text of the
+    # exception and of the ones chained to it may hold what was read
+    try:
+        try:
+            raise RuntimeError("a\x1b[2Jb")
+        except RuntimeError as inner:
+            raise ValueError("c\nd\x9be") from inner
+    except ValueError as e:
+        e.add_note("note \x1b one\nnote two")
+        error: BaseException = e
+    text = shown_traceback(error)
+    assert not any(c in text for c in "\x1b\x9b"), text
+    lines = text.splitlines()
+    assert "RuntimeError: a\\x{1B}[2Jb" in lines
+    assert "ValueError: c\\x{A}d\\x{9B}e" in lines
+    assert lines[-2:] == ["note \\x{1B} one", "note two"]
+    assert "The above exception was the direct cause of the following exception:" in lines
+    # the frames keep their lines, as Python prints them
+    assert lines[0] == "Traceback (most recent call last):"
+    assert sum(line.startswith("  File ") for line in lines) == 2
+
+
+def test_a_shown_traceback_of_a_plain_exception_is_pythons() -> None:
+    import traceback
+
+    error = _raised(RuntimeError("plain text"))
+    assert shown_traceback(error) == "".join(traceback.format_exception(error))

@@ -1309,7 +1309,23 @@ def test_an_internal_error_is_70_with_one_line_not_a_traceback(
     assert first == ("sendmail: internal error (a bug in the command): RuntimeError: "
                      "no such\\x{A}thing")
     assert rest[0] == "Traceback (most recent call last):" and "in prepare" in err.getvalue()
-    assert rest[-1] == "thing"  # (the exception's own text, as Python prints it)
+    # the exception's text escaped as on the line above: not raw in the traceback
+    assert rest[-1] == "RuntimeError: no such\\x{A}thing"
+
+
+def test_the_traceback_of_v_lets_no_control_of_the_exceptions_text_reach_the_terminal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an exception's text may hold what the command read (a header line):
+    # an ESC in it would drive the terminal the traceback is read on
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    _break_prepare(monkeypatch, ValueError("Subject: \x1b]0;owned\x07\rx\u202e"))
+    err = io.StringIO()
+    assert run(["-v", "bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    text = err.getvalue()
+    assert not any(c in text for c in "\x1b\x07\r\u202e"), text
+    assert text.splitlines()[-1] == (
+        "ValueError: Subject: \\x{1B}]0;owned\\x{7}\\x{D}x\\x{202E}")
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)])

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "plural", "quoted", "shown",
-           "shown_lines", "shown_message"]
+           "shown_lines", "shown_message", "shown_traceback"]
 
 
 #: ``loggable``'s limit for a remote server's reply (the relay's log
@@ -101,6 +102,34 @@ def shown_lines(text: str) -> str:
     line: a message of more than one line (a config problem with its
     hint) keeps its line breaks, and whatever a line holds stays on it."""
     return "\n".join(shown_message(line) for line in text.split("\n"))
+
+
+def shown_traceback(error: BaseException) -> str:
+    """``error``'s traceback as Python prints it, fit for a terminal.
+
+    An exception's text may hold what the command read (a line of the
+    message, an address): as it is, an ESC in it reaches the terminal.
+    So each exception's own text, and each of its notes' lines, is
+    ``shown`` (one line, as the one-line message above the traceback
+    shows it: a line break in it is ``\\x{A}``), and every other line
+    (the frames: file names, source lines) keeps its line breaks with
+    its controls escaped (``shown_lines``)."""
+    top = traceback.TracebackException.from_exception(error)
+    own: set[str] = set()  # the pieces that are an exception's text, in the whole chain
+    todo, seen = [top], set()
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        own.update(exc.format_exception_only())
+        todo.extend(e for e in (exc.__cause__, exc.__context__, *(exc.exceptions or ()))
+                    if e is not None)
+    out = []
+    for piece in top.format():
+        body, end = (piece[:-1], "\n") if piece.endswith("\n") else (piece, "")
+        out.append((shown(body) if piece in own else shown_lines(body)) + end)
+    return "".join(out)
 
 
 def quoted(value: object) -> str:

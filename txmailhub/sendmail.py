@@ -38,7 +38,6 @@ import os
 import pwd
 import smtplib
 import sys
-import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, TextIO
@@ -60,7 +59,7 @@ from txmailhub.config import (
 )
 from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, RemoteProtocolError
-from txmailhub.logsafe import quoted, shown, shown_lines
+from txmailhub.logsafe import quoted, shown, shown_lines, shown_traceback
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
 from txmailhub.sendmail_smtp import (
@@ -666,7 +665,7 @@ def run(
 def _internal_error(prog: str, error: Exception, argv: list[str], err: TextIO) -> None:
     """Say which exception ended the command, on one line (its text
     escaped: no line break or terminal control of its own), and with
-    ``-v`` its traceback after it."""
+    ``-v`` its traceback after it, escaped alike (``shown_traceback``)."""
     what = type(error).__name__ + (f": {error}" if str(error) else "")
     try:
         verbose = parse_args(argv).verbose
@@ -676,7 +675,7 @@ def _internal_error(prog: str, error: Exception, argv: list[str], err: TextIO) -
         print(f"{prog}: internal error (a bug in the command): {shown(what)}"
               f"{'' if verbose else ' (-v shows where)'}", file=err)
         if verbose:
-            print("".join(traceback.format_exception(error)), end="", file=err)
+            print(shown_traceback(error), end="", file=err)
         err.flush()
     except (OSError, ValueError):  # stderr gone too: the status says it
         pass
