@@ -813,3 +813,127 @@ def test_a_non_blocking_stdin_is_a_client_that_pauses_not_one_gone() -> None:
         writer.join()
     assert status == 0 and hub.messages == 1
     assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"]
+
+
+class _Bug(Exception):
+    """An exception nobody expected: a bug of the command's."""
+
+
+INTERNAL_421 = (b"421 4.3.0 mail.example.org internal error in the sendmail command: "
+                b"closing the session\r\n")
+
+
+class _BuggyHub(ScriptedHub):
+    """A hub connection whose ``getreply`` (or ``close``) meets a bug."""
+
+    def __init__(self, at: bytes | None = None, at_close: bool = False) -> None:
+        super().__init__()
+        self.at, self.at_close = at, at_close
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.commands and self.commands[-1].startswith(self.at or b"\0"):
+            raise _Bug("at " + self.commands[-1].decode())
+        return super().getreply()
+
+    def close(self) -> None:
+        super().close()
+        if self.at_close:
+            raise _Bug("at close")
+
+
+def _session_raising(stdin: bytes, hub: ScriptedHub, trace: Callable[[], bytes] = lambda: TRACE,
+                     out: io.BytesIO | None = None) -> bytes:
+    out = out if out is not None else io.BytesIO()
+    s = Session(io.BytesIO(stdin), out, hub, trace, "mail.example.org")  # type: ignore[arg-type]
+    with pytest.raises(_Bug):
+        s.run((220, b"hub.example.org ESMTP"))
+    return out.getvalue()
+
+
+def test_an_internal_error_between_commands_gets_the_client_a_421_first() -> None:
+    # RFC 5321 3.8: a server that closes the channel says 421 first; the
+    # error goes on to ``sendmail.run`` (exit 70) as it was
+    hub = _BuggyHub(at=b"MAIL")
+    out = _session_raising(PIPELINED, hub)
+    assert codes(out) == [b"220", b"250", b"421"]
+    assert out.endswith(b"250 8BITMIME\r\n" + INTERNAL_421)
+    assert hub.closed
+
+
+def test_an_internal_error_inside_the_data_gets_a_421_and_the_hub_keeps_nothing() -> None:
+    calls = []
+
+    def trace() -> bytes:  # the EHLO reply's SIZE asks for it first; DATA then
+        calls.append(1)
+        if len(calls) > 1:
+            raise _Bug("in the trace field")
+        return TRACE
+
+    hub = ScriptedHub()
+    out = _session_raising(PIPELINED + b"QUIT\r\n", hub, trace)
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+    assert out.endswith(INTERNAL_421)
+    assert hub.closed and hub.messages == 0  # no final dot went to the hub
+
+
+def test_an_internal_error_with_stdout_gone_still_goes_on_as_it_was() -> None:
+    # the 421 cannot be written: the error is still the one reported (70), not a 74
+    class Closing(io.BytesIO):
+        def write(self, data: bytes) -> int:  # type: ignore[override]
+            if data.startswith(b"421"):
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(data)
+
+    hub = _BuggyHub(at=b"MAIL")
+    out = _session_raising(PIPELINED, hub, out=Closing())
+    assert codes(out) == [b"220", b"250"] and hub.closed
+
+
+def test_an_internal_error_after_the_sessions_last_reply_adds_no_421() -> None:
+    # the client has its 221: the session is over, nothing follows it
+    hub = _BuggyHub(at_close=True)
+    out = _session_raising(b"EHLO a\r\nQUIT\r\n", hub)
+    assert codes(out) == [b"220", b"250", b"221"]
+
+
+def _command_with_hub(monkeypatch: pytest.MonkeyPatch, hub: ScriptedHub) -> None:
+    from txmailhub import sendmail
+
+    monkeypatch.setattr(sendmail, "open_session",
+                        lambda targets: (hub, targets[0], (220, b"hub.example.org ESMTP")))
+
+
+def test_the_command_gives_the_client_a_421_before_its_exit_70(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from txmailhub.sendmail import run
+
+    hub = _BuggyHub(at=b"RCPT")
+    _command_with_hub(monkeypatch, hub)
+    out, err = io.BytesIO(), io.StringIO()
+    status = run(["-bs"], str(sendmail_config(tmp_path, 2525)), "sendmail",
+                 io.BytesIO(PIPELINED), err, stdout=out)
+    assert status == 70
+    assert codes(out.getvalue()) == [b"220", b"250", b"250", b"421"]
+    assert out.getvalue().endswith(INTERNAL_421)
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): _Bug: at "
+                              "RCPT TO:<bob@example.org> (-v shows where)\n")
+    assert hub.closed
+
+
+def test_an_internal_error_before_the_greeting_is_a_421_greeting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from txmailhub import sendmail
+
+    def login() -> tuple[str, str]:
+        raise _Bug("no login")
+
+    hub = ScriptedHub()
+    _command_with_hub(monkeypatch, hub)
+    monkeypatch.setattr(sendmail, "_login", login)
+    out, err = io.BytesIO(), io.StringIO()
+    status = sendmail.run(["-bs"], str(sendmail_config(tmp_path, 2525)), "sendmail",
+                          io.BytesIO(PIPELINED), err, stdout=out)
+    assert status == 70
+    assert out.getvalue() == INTERNAL_421
+    assert "internal error (a bug in the command): _Bug: no login" in err.getvalue()
+    assert hub.closed and hub.commands == []

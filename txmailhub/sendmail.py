@@ -32,6 +32,7 @@ part of the reactor.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import getopt
 import os
@@ -821,8 +822,10 @@ def _smtp_session(config: str, prog: str, stdin: BinaryIO, stdout: BinaryIO,
     """``-bs``: SMTP with the client on stdin and stdout, mediated to the
     hub (``txmailhub.sendmail_bs``).  The envelope is the client's: every
     other option (``-f``, ``-t``, recipients ...) is ignored.  Without a
-    hub to talk to the client's greeting is a 421."""
-    from txmailhub.sendmail_bs import Session, unavailable
+    hub to talk to the client's greeting is a 421; so is it after an
+    internal error (a bug, which ``run`` makes exit 70) before the
+    session, and ``Session`` sends one for such an error during it."""
+    from txmailhub.sendmail_bs import Session, internal_error, unavailable
 
     def fail(status: int, hostname: str, why: str) -> int:
         print(f"{prog}: {why}", file=err)
@@ -833,25 +836,41 @@ def _smtp_session(config: str, prog: str, stdin: BinaryIO, stdout: BinaryIO,
             pass
         return status
 
+    hostname = "localhost"  # the config's, once read
+    client: smtplib.SMTP | None = None
     try:
-        settings = load_local_submission(config)
-    except ConfigError as e:
-        if config_option:
-            print(_default_config_note(prog, config_option, config), file=err)
-        return fail(EX_CONFIG, "localhost", "; ".join(e.problems))
-    targets = hub_targets(settings.listen)
-    if not targets:
-        return fail(EX_CONFIG, settings.hostname, f"{settings.path}: [smtp] listen names no "
-                    "listener this command can reach (a unix: socket or a fixed TCP port)")
-    try:
-        client, _, greeting = open_session(targets)
-    except Refused as e:
-        return fail(e.status, settings.hostname, str(e))
-    login_name, _ = _login()
-    uid = os.getuid()
-    session = Session(stdin, stdout, client,
-                      lambda: trace_field(settings.hostname, login_name, uid),
-                      settings.hostname)
+        try:
+            settings = load_local_submission(config)
+        except ConfigError as e:
+            if config_option:
+                print(_default_config_note(prog, config_option, config), file=err)
+            return fail(EX_CONFIG, hostname, "; ".join(e.problems))
+        hostname = settings.hostname
+        targets = hub_targets(settings.listen)
+        if not targets:
+            return fail(EX_CONFIG, hostname, f"{settings.path}: [smtp] listen names no "
+                        "listener this command can reach (a unix: socket or a fixed TCP port)")
+        try:
+            client, _, greeting = open_session(targets)
+        except Refused as e:
+            return fail(e.status, hostname, str(e))
+        login_name, _ = _login()
+        uid = os.getuid()
+        session = Session(stdin, stdout, client,
+                          lambda: trace_field(settings.hostname, login_name, uid),
+                          settings.hostname)
+    except Exception:
+        # a bug before the greeting: the client's greeting is the 421 that
+        # closes (RFC 5321 3.8), not silence; ``run`` says the rest
+        try:
+            stdout.write(internal_error(hostname))
+            stdout.flush()
+        except Exception:  # stdout gone too: the exit status says it
+            pass
+        if client is not None:
+            with contextlib.suppress(Exception):  # the error reported is the first
+                client.close()
+        raise
     status = session.run(greeting)
     if status != EX_OK and session.why:
         print(f"{prog}: {session.why}", file=err)

@@ -17,7 +17,13 @@ the command's:
   lines go on as they came -- still dot-stuffed, LF made CRLF -- up to the
   final dot, which the hub answers;
 * when the hub cannot be reached, or goes away, the client gets a ``421``
-  and the command exits 75.
+  and the command exits 75;
+* an internal error (a bug: an exception nobody expected) gets the client
+  a ``421`` of its own (``INTERNAL_ERROR``) before the session ends, the
+  command's exit 70 (``sendmail.run``): RFC 5321 3.8 has a server that
+  must close the channel say so with a 421, not drop it.  The hub's
+  connection is closed (inside the data: without the final dot, so the
+  hub keeps nothing).
 
 One command at a time also makes pipelining safe: a client that writes
 several commands at once finds them in stdin's buffer, each answered in
@@ -38,7 +44,7 @@ from txmailhub.sendmail_input import waiting
 from txmailhub.sendmail_smtp import EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
 
 __all__ = ["COMMAND_LINE", "DATA_PIECE", "HIDDEN_EXTENSIONS", "Hub", "Session",
-           "command_verb", "format_reply", "unavailable"]
+           "command_verb", "format_reply", "internal_error", "unavailable"]
 
 #: octets of a command line the command reads, its line end included (RFC
 #: 5321 4.5.3.1.4 allows 512; SMTPUTF8 addresses and extension parameters
@@ -103,6 +109,14 @@ def unavailable(hostname: str, why: str) -> bytes:
     return f"421 4.3.0 {hostname} mail hub not available: {why}\r\n".encode("utf-8", "replace")
 
 
+def internal_error(hostname: str) -> bytes:
+    """The reply an internal error of the command's gets the client, at any
+    point of the session (as the greeting too): 421, the session closes
+    (RFC 5321 3.8, 4.2.3: service not available, closing the channel)."""
+    return (f"421 4.3.0 {hostname} internal error in the sendmail command: closing "
+            "the session\r\n").encode("utf-8", "replace")
+
+
 def command_verb(command: bytes) -> bytes:
     """The verb of a command line (without its line end), upper-cased, as
     the hub reads it (``smtp._parse.parse_command``): blanks and tabs
@@ -156,24 +170,52 @@ class Session:
         self.trace = trace
         self.hostname = hostname
         self.why: str | None = None  # what went wrong, for stderr
+        #: the client has the session's last reply (a 221 or a 421), or is gone
+        self._ended = False
 
     def run(self, greeting: tuple[int, bytes]) -> int:
+        """The session; its exit code.  An exception nobody expected goes
+        on to the caller (``sendmail.run``: exit 70), after the client's
+        ``421`` (``internal_error``) and the hub's connection closed."""
         try:
             try:
-                self._reply(*greeting)
-                return self._commands()
-            except _HubClosed:
-                return EX_TEMPFAIL
-            except _HubGone as e:
-                self.why = str(e)
+                try:
+                    self._reply(*greeting)
+                    return self._commands()
+                except _HubClosed:
+                    return EX_TEMPFAIL
+                except _HubGone as e:
+                    self.why = str(e)
+                    self.hub.close()
+                    self._write(b"421 4.4.2 %s mail hub connection lost\r\n"
+                                % self.hostname.encode("ascii", "replace"))
+                    self._ended = True
+                    return EX_TEMPFAIL
+            except _ClientGone:
+                self._ended = True
+                self.why = self.why or "standard output was closed"
                 self.hub.close()
-                self._write(b"421 4.4.2 %s mail hub connection lost\r\n"
-                            % self.hostname.encode("ascii", "replace"))
-                return EX_TEMPFAIL
-        except _ClientGone:
-            self.why = self.why or "standard output was closed"
+                return EX_IOERR
+        except Exception:
+            self._close_on_internal_error()
+            raise
+
+    def _close_on_internal_error(self) -> None:
+        """A bug ends the session: the client hears so (unless it had the
+        session's last reply already, or stdout cannot be written), and
+        the hub's connection is closed -- without the final dot when
+        inside the data.  Whatever fails here stays behind the error
+        that ended the session, which is the one reported."""
+        if not self._ended:
+            self._ended = True
+            try:
+                self._write(internal_error(self.hostname))
+            except Exception:  # stdout gone (``_ClientGone``), or broken too
+                pass
+        try:
             self.hub.close()
-            return EX_IOERR
+        except Exception:
+            pass
 
     # --- the two sides ---------------------------------------------------
 
@@ -221,6 +263,8 @@ class Session:
     def _relay(self, code: int, text: bytes) -> None:
         """Pass a hub reply on; a 421 ends the session (the hub closes)."""
         self._reply(code, text)
+        if code in (221, 421):
+            self._ended = True
         if code == 421:
             self.hub.close()
             self.why = "the hub closed the session: 421 " + text.decode("utf-8", "replace")
