@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from fifo_writer import fed_fifo
 
-from txmailhub.config import load, load_local_submission
+from txmailhub.config import CONFIG_MAX, load, load_local_submission
 from txmailhub.errors import ConfigError
 
 CONFIG = (b'[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
@@ -144,3 +145,95 @@ def test_a_config_file_resolves_relative_paths_in_its_own_folder(
     settings = load(str(conf))
     assert settings.users.file == str(tmp_path / "etc" / "users")
     assert settings.hub.state_dir == str(tmp_path / "etc" / "state")
+
+
+TOO_BIG = (f"cannot read the config file: it holds more than {CONFIG_MAX // (1024 * 1024)} "
+           "MiB, the most a config file may hold")
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_config_file_over_the_limit_is_refused_in_one_line(
+        tmp_path: Path, reader: Callable) -> None:
+    # valid TOML (a long comment): read whole, it would load
+    path = tmp_path / "mailhub.toml"
+    path.write_bytes(CONFIG + b"#" + b"x" * (CONFIG_MAX - len(CONFIG) - 2) + b"\n")
+    assert path.stat().st_size == CONFIG_MAX
+    assert reader(str(path)).path == str(path)  # the limit itself is read
+    with path.open("ab") as f:
+        f.write(b"\n")
+    with pytest.raises(ConfigError) as info:
+        reader(str(path))
+    assert info.value.problems == [f"{path}: {TOO_BIG}"]
+
+
+def _endless_writer(w: int, cap: int = 64 * 1024 * 1024) -> threading.Thread:
+    """A thread writing ``yes``'s output into the pipe ``w`` until its
+    reader goes (or ``cap`` octets: a reader with no limit fails rather
+    than takes memory without end), then closing it."""
+
+    def write() -> None:
+        sent = 0
+        try:
+            while sent < cap:
+                sent += os.write(w, b"y\n" * 32768)
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(w)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_an_endless_pipe_is_refused_once_over_the_limit(reader: Callable) -> None:
+    # mailhub -c <(yes)
+    r, w = os.pipe()
+    writer = _endless_writer(w)
+    try:
+        with pytest.raises(ConfigError) as info:
+            reader(f"/dev/fd/{r}")
+    finally:
+        os.close(r)  # the writer's next write: EPIPE
+        writer.join()
+    assert info.value.problems == [f"/dev/fd/{r}: {TOO_BIG}"]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_pipe_whose_writer_never_closes_it_is_refused_in_one_line(
+        reader: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    # its first octets came at once: the read must still end
+    monkeypatch.setattr("txmailhub.config._PIPE_WAIT", 0.2)
+    r, w = os.pipe()
+    os.write(w, CONFIG)
+    done = threading.Event()
+
+    def hold() -> None:
+        # held open until the read is over; at most 30 s, so that a reader
+        # that waits for the writer's end fails rather than hangs
+        done.wait(30)
+        os.close(w)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        with pytest.raises(ConfigError) as info:
+            reader(f"/dev/fd/{r}")
+    finally:
+        done.set()
+        holder.join()
+        os.close(r)
+    assert info.value.problems == [
+        f"/dev/fd/{r}: cannot read the config file: it is a pipe whose writer did not close "
+        f"it in 0.2 seconds ({len(CONFIG)} octets read): the whole config must come by then"]
+
+
+def test_mailhub_check_refuses_a_config_over_the_limit_in_one_line(tmp_path: Path) -> None:
+    from txmailhub.cli import main
+
+    path = tmp_path / "mailhub.toml"
+    path.write_bytes(CONFIG + b"#" * CONFIG_MAX)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--config", str(path), "check"], out=out, err=err) == 2
+    assert err.getvalue() == f"{path}: {TOO_BIG}\n"

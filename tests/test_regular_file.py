@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from txmailhub.regular_file import NotRegularFile, read_regular
+from txmailhub.regular_file import NotRegularFile, PipeTimeout, read_regular
 
 
 def test_a_link_is_followed_unless_told_not_to(tmp_path: Path) -> None:
@@ -84,3 +84,30 @@ def test_a_socket_is_refused_as_no_regular_file(tmp_path: Path) -> None:
         with pytest.raises(NotRegularFile) as info:
             read_regular(str(path))
     assert info.value.path == str(path)
+
+
+def test_a_pipe_is_read_to_its_limit_and_no_further() -> None:
+    r, w = os.pipe()
+    try:
+        os.write(w, b"0123456789")
+        assert read_regular(f"/dev/fd/{r}", limit=4, pipe_wait=5)[0] == b"0123"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("written", [b"", b"half a con"])
+def test_a_pipe_not_read_to_its_end_in_time_says_how_much_came(written: bytes) -> None:
+    # its writer holds it open: the first octets alone must not make the
+    # read wait for the end without a bound
+    r, w = os.pipe()
+    try:
+        os.write(w, written)
+        with pytest.raises(PipeTimeout) as info:
+            read_regular(f"/dev/fd/{r}", pipe_wait=0.05)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.read == len(written)
+    assert info.value.filename == f"/dev/fd/{r}"

@@ -41,7 +41,7 @@ from txmailhub.errors import ConfigError
 from txmailhub.listen_spec import ListenSpec, parse_listen
 from txmailhub.logsafe import quoted
 from txmailhub.passwords import DEFAULT_MIN_LENGTH, MAX_LENGTH
-from txmailhub.regular_file import NotRegularFile, read_regular
+from txmailhub.regular_file import NotRegularFile, PipeTimeout, read_regular
 from txmailhub.relay.schedule import describe_delay
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "TLSSettings",
     "UsersSettings",
     "LocalSubmission",
+    "CONFIG_MAX",
     "SYSTEM_CONFIG",
     "default_config_path",
     "empty_config_path",
@@ -1350,7 +1351,10 @@ def load(path: str) -> Settings:
     return load_text(text, path, folder)
 
 
-_PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written
+_PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written, whole
+#: octets a config file may hold: a real one is a few KiB.  The relay's
+#: STARTTLS memory (``state_dir/relay/tls-seen.json``) is read to the same bound
+CONFIG_MAX = 4 * 1024 * 1024
 
 
 def _read_config(path: str) -> tuple[bytes, str]:
@@ -1364,19 +1368,31 @@ def _read_config(path: str) -> tuple[bytes, str]:
     one of a device reads what the device gives (``/dev/zero``: without
     end).  A pipe written to is read, as other servers read one: ``-c
     <(template ...)`` and ``... | mailhub -c /dev/stdin`` are common ways
-    to hand over a generated config; one nothing is written to is
-    refused after a few seconds.  A link to a regular file is
-    followed, as for any file the config names."""
+    to hand over a generated config; one not written whole (its writer
+    closing it) within a few seconds is refused.  A link to a regular
+    file is followed, as for any file the config names.
+
+    At most ``CONFIG_MAX`` octets are read; a file or pipe that holds
+    more is refused: ``-c <(yes)``, or ``/dev/stdin`` fed by a runaway
+    generator, would else take memory without end."""
     try:
-        data, st = read_regular(path, pipe_wait=_PIPE_WAIT)
-    except TimeoutError:
-        raise ConfigError([f"{path}: cannot read the config file: it is a pipe that nothing "
-                           f"was written to in {_PIPE_WAIT:g} seconds"]) from None
+        data, st = read_regular(path, limit=CONFIG_MAX + 1, pipe_wait=_PIPE_WAIT)
+    except PipeTimeout as e:
+        if e.read == 0:
+            why = f"it is a pipe that nothing was written to in {_PIPE_WAIT:g} seconds"
+        else:
+            why = (f"it is a pipe whose writer did not close it in {_PIPE_WAIT:g} seconds "
+                   f"({e.read} octets read): the whole config must come by then")
+        raise ConfigError([f"{path}: cannot read the config file: {why}"]) from None
     except NotRegularFile:
         raise ConfigError([f"{path}: cannot read the config file: it is not a regular file "
                            "or a pipe (a device or socket)"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
+    if len(data) > CONFIG_MAX:
+        raise ConfigError([f"{path}: cannot read the config file: it holds more than "
+                           f"{CONFIG_MAX // (1024 * 1024)} MiB, the most a config file may "
+                           "hold"])
     if stat.S_ISFIFO(st.st_mode):
         # a pipe's folder (/dev/fd, /dev) holds none of the hub's files:
         # the folder it was generated for is the one the command runs in

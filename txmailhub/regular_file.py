@@ -11,9 +11,26 @@ names neither the socket nor the cure): refused as the FIFO is."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import stat
+import time
+
+#: octets read from a pipe at a time
+_PIPE_PIECE = 65536
+
+
+class PipeTimeout(TimeoutError):
+    """A pipe was not read to its end in the time given: ``read`` octets
+    came (0: nothing was written), and its writer had not closed it."""
+
+    def __init__(self, path: str, seconds: float, read: int) -> None:
+        what = ("nothing written to the pipe" if read == 0 else
+                f"the pipe's writer did not close it ({read} octets read)")
+        super().__init__(errno.ETIMEDOUT, f"{what} in {seconds:g} s", path)
+        self.seconds = seconds
+        self.read = read
 
 
 class NotRegularFile(OSError):
@@ -32,11 +49,13 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
     that is no regular file ``NotRegularFile``; ``follow=False`` refuses
     a symbolic link (``ELOOP``).  ``limit``: at most that many octets
     (the first ones), for a file that has no business being large.
-    ``pipe_wait``: seconds to wait for a pipe to give something, which is
-    then read to its end (shell process substitution, ``<(...)``, ``cat f
-    | cmd -c /dev/stdin``, or a writer that opens a named pipe only once
-    a reader has); a pipe that gives nothing by then raises
-    ``TimeoutError``.  Without it a pipe is refused as no regular file."""
+    ``pipe_wait``: seconds a pipe is given to be read to its end -- its
+    writer's close, or ``limit`` octets (shell process substitution,
+    ``<(...)``, ``cat f | cmd -c /dev/stdin``, or a writer that opens a
+    named pipe only once a reader has); one that is not by then raises
+    ``PipeTimeout`` (a ``TimeoutError``): a writer that never closes it
+    would otherwise hold the reader for ever once its first octet came.
+    Without it a pipe is refused as no regular file."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow:
         flags |= os.O_NOFOLLOW
@@ -53,11 +72,10 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
         raise
     if pipe_wait is not None and stat.S_ISFIFO(st.st_mode):
         try:
-            _await_pipe(fd, path, pipe_wait)
-        except BaseException:
+            return _read_pipe(fd, path, pipe_wait, limit), os.fstat(fd)
+        finally:
             os.close(fd)
-            raise
-    elif not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
@@ -66,17 +84,31 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
         return f.read(limit), os.fstat(fd)
 
 
-def _await_pipe(fd: int, path: str, seconds: float) -> None:
-    """Wait up to ``seconds`` for the pipe ``fd`` to be readable, then make
-    it blocking so that it is read to its writer's end.  Readable covers
-    data and a writer that came and went; a named pipe no writer ever
-    opened stays unreadable (Linux reports no hang-up for a writer that
-    never was), so it times out rather than waits for ever."""
+def _read_pipe(fd: int, path: str, seconds: float, limit: int) -> bytes:
+    """The pipe ``fd`` (non-blocking) read to its writer's end, or to
+    ``limit`` octets, within ``seconds`` in all.  Readable covers data and
+    a writer that came and went (its end: an empty read); a named pipe no
+    writer ever opened stays unreadable (Linux reports no hang-up for a
+    writer that never was), so it times out rather than waits for ever."""
+    deadline = time.monotonic() + seconds
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    if not poller.poll(max(0, int(seconds * 1000))):
-        raise TimeoutError(errno.ETIMEDOUT, f"nothing written to the pipe in {seconds:g} s", path)
-    os.set_blocking(fd, True)
+    pieces: list[bytes] = []
+    got = 0
+    while limit < 0 or got < limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(math.ceil(left * 1000)):
+            raise PipeTimeout(path, seconds, got)
+        want = _PIPE_PIECE if limit < 0 else min(_PIPE_PIECE, limit - got)
+        try:
+            piece = os.read(fd, want)
+        except BlockingIOError:  # readable, then drained by another reader
+            continue
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
 
 
 def _is_socket(path: str, follow: bool) -> bool:
