@@ -916,15 +916,19 @@ def test_bp_into_a_reader_that_went_away_is_quiet(
         def write(self, text: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")
 
-    def listing(settings: object, args: object, out: io.StringIO, err: object) -> int:
-        print("1A3185C5000000DBD alice@example.org bob@remote.test 0 - -", file=out)
-        return 0
+    listed = []
 
-    monkeypatch.setattr("txmailhub.relay.admin.run_queue", listing)
+    def listing(settings: object, out: io.StringIO) -> int:
+        listed.append(True)
+        print("1A3185C5000000DBD alice@example.org bob@remote.test 0 - -", file=out)
+        return 1
+
+    monkeypatch.setattr("txmailhub.relay.admin.list_queue", listing)
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\nstate_dir = "state"\n')
     err = io.StringIO()
     assert run(["-bp"], str(config), "mailq", io.BytesIO(b""), err, GoneReader()) == EX_IOERR
+    assert listed == [True]  # the reader went away during the listing itself
     assert err.getvalue() == ""
 
 
