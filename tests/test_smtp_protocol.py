@@ -3002,6 +3002,7 @@ def test_the_shutdown_waits_only_for_the_sessions_open_at_that_time():
     old, _ = h.connect("192.0.2.1")
     gone = h.factory.shut_down()
     new, _ = h.connect("192.0.2.2")
+    assert not gone.called  # the session open at the stop is still there
     old.connectionLost(None)
     assert gone.called
     new.connectionLost(None)
