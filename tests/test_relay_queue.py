@@ -425,11 +425,16 @@ def test_remove_crash_points(tmp_path, spool, crash_at):
         return e.with_recipients({r.address: dataclasses.replace(r, state=record.DELIVERED)
                                   for r in e.recipients})
 
+    crashed = []
     d = q.update(qid, deliver_all)
-    d.addErrback(lambda f: f.trap(SimulatedCrash))
+    d.addErrback(lambda f: crashed.append(f.trap(SimulatedCrash)))
+    # the removal's steps are unlink (the record), fsync_dir, unlink (the
+    # message), fsync_dir: a crash point past them is no crash at all
+    assert crashed == ([SimulatedCrash] if crash_at <= 4 else [])
     q2 = OutboundQueue(q.directory, Clock())
     entries = q2.recover()
     # either still whole (record removal never happened) or gone entirely
+    assert bool(entries) == (crash_at == 1)
     if entries:
         assert entries[0].id == qid
         assert os.path.exists(entries[0].message_path)
