@@ -104,6 +104,8 @@ def test_every_key_is_read(tmp_path: Path) -> None:
 hostname = "mx.example.org"
 state_dir = "/srv/mail"
 domains = ["example.org"]
+mailbox_quota = 5000
+log_files_kept = 3
 [users]
 file = "u.txt"
 min_password_length = 12
@@ -134,6 +136,8 @@ tls_listen = ["tcp:1465"]
 listen = []
 tls_listen = ["tcp:1995"]
 idle_timeout = "1h"
+max_connections = 11
+max_connections_per_client = 4
 allow_plaintext_auth = true
 max_auth_failures = 9
 auth_failure_delay = 2
@@ -150,15 +154,19 @@ retry_schedule = ["1m", "2m"]
 max_per_destination = 2
 max_concurrent_deliveries = 8
 require_tls_after_seen = true
+hosts_time_budget = "20m"
 """
     s = load_text(text, str(tmp_path / "c.toml"))
     assert s.hub.hostname == "mx.example.org"
     assert s.hub.state_dir == "/srv/mail"
+    assert s.hub.domains == ("example.org",)
+    assert (s.hub.mailbox_quota, s.hub.log_files_kept) == (5000, 3)
     assert s.users.file == str(tmp_path / "u.txt")
     assert s.users.min_password_length == 12
     assert s.users.password_policy == "enforce"
     assert s.aliases.file == str(tmp_path / "aliases")
     assert s.tls is not None and s.tls.certificate == str(cert)
+    assert s.tls.key == str(key)
     assert s.smtp.listen == ("tcp:2525:interface=127.0.0.1", "tcp6:2526")
     assert s.smtp.relay_networks == ("10.0.0.0/8",)
     assert (s.smtp.max_message_size, s.smtp.max_recipients) == (1000, 5)
@@ -173,6 +181,7 @@ require_tls_after_seen = true
     assert s.pop3.listen == ()
     assert s.pop3.tls_listen == ("tcp:1995",)
     assert s.pop3.idle_timeout == 3600
+    assert (s.pop3.max_connections, s.pop3.max_connections_per_client) == (11, 4)
     assert s.pop3.allow_plaintext_auth is True
     assert (s.pop3.max_auth_failures, s.pop3.auth_failure_delay) == (9, 2.0)
     assert s.pop3.max_errors == 25
@@ -186,6 +195,7 @@ require_tls_after_seen = true
     assert s.relay.retry_schedule == (60, 120)
     assert (s.relay.max_per_destination, s.relay.max_concurrent_deliveries) == (2, 8)
     assert s.relay.require_tls_after_seen is True
+    assert s.relay.hosts_time_budget == 1200
 
 
 @pytest.mark.parametrize(
