@@ -29,14 +29,14 @@ def test_a_client_that_stalls_in_the_handshake_is_cut_at_the_idle_timeout(make_h
     # connection (and its slot) for the 30 s close grace on top
     hub = make_hub(**CUT_AFTER_A_SECOND)
     port = hub.smtps_port if port_kind == "smtps" else hub.pop3s_port
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+    # not cut at the idle timeout: recv times out (socket.timeout), long
+    # before the 30 s grace would end
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, then nothing
-        started = time.monotonic()
         try:
             assert s.recv(100) == b""  # cut, without a word...
         except ConnectionResetError:
             pass  # ...or reset
-        assert time.monotonic() - started < 10
     if port_kind == "smtps":
         assert wait_for(lambda: "in the TLS handshake: connection cut" in hub.log_text())
 
@@ -54,15 +54,14 @@ def test_a_client_that_stalls_after_its_client_hello_is_cut_too(make_hub, versio
     tls = ctx.wrap_bio(incoming, outgoing)
     with pytest.raises(ssl.SSLWantReadError):
         tls.do_handshake()
-    with socket.create_connection(("127.0.0.1", hub.smtps_port), timeout=20) as s:
+    # not cut at the idle timeout: a recv times out (socket.timeout)
+    with socket.create_connection(("127.0.0.1", hub.smtps_port), timeout=10) as s:
         s.sendall(outgoing.read())  # the ClientHello, and not another byte
-        started = time.monotonic()
         try:
             while s.recv(65536):  # the server's reply to it, then the cut
                 pass
         except ConnectionResetError:
             pass
-        assert time.monotonic() - started < 10
     assert wait_for(lambda: "in the TLS handshake: connection cut" in hub.log_text())
 
 
