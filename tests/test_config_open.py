@@ -136,6 +136,34 @@ def test_a_config_given_as_a_pipe_resolves_relative_paths_in_the_working_folder(
     assert settings.hub.state_dir == str(tmp_path / "state")
 
 
+def test_a_named_pipe_put_where_the_file_was_resolves_relative_paths_in_its_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a FIFO a writer fills at /etc/txmailhub/mailhub.toml is that folder's
+    # config: a service's working folder (/) is no place for its users file
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.chdir(tmp_path)
+    with fed_fifo(etc / "mailhub.toml", CONFIG):
+        settings = load(str(etc / "mailhub.toml"))
+    assert settings.users.file == str(etc / "users")
+    assert settings.hub.state_dir == str(etc / "state")
+
+
+def test_a_file_given_as_a_descriptor_resolves_relative_paths_in_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "mailhub -c /dev/stdin < mailhub.toml": the name read is /dev's
+    conf = tmp_path / "etc" / "mailhub.toml"
+    conf.parent.mkdir()
+    conf.write_bytes(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    fd = os.open(conf, os.O_RDONLY)
+    try:
+        settings = load(f"/dev/fd/{fd}")
+    finally:
+        os.close(fd)
+    assert settings.users.file == str(tmp_path / "users")
+
+
 def test_a_config_file_resolves_relative_paths_in_its_own_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "etc" / "mailhub.toml"

@@ -1376,7 +1376,7 @@ def _read_config(path: str) -> tuple[bytes, str]:
     more is refused: ``-c <(yes)``, or ``/dev/stdin`` fed by a runaway
     generator, would else take memory without end."""
     try:
-        data, st = read_regular(path, limit=CONFIG_MAX + 1, pipe_wait=_PIPE_WAIT)
+        data, _ = read_regular(path, limit=CONFIG_MAX + 1, pipe_wait=_PIPE_WAIT)
     except PipeTimeout as e:
         if e.read == 0:
             why = f"it is a pipe that nothing was written to in {_PIPE_WAIT:g} seconds"
@@ -1393,11 +1393,25 @@ def _read_config(path: str) -> tuple[bytes, str]:
         raise ConfigError([f"{path}: cannot read the config file: it holds more than "
                            f"{CONFIG_MAX // (1024 * 1024)} MiB, the most a config file may "
                            "hold"])
-    if stat.S_ISFIFO(st.st_mode):
-        # a pipe's folder (/dev/fd, /dev) holds none of the hub's files:
-        # the folder it was generated for is the one the command runs in
-        return data, os.getcwd()
-    return data, os.path.dirname(path)
+    return data, _paths_folder(path)
+
+
+# the folders of a descriptor's name: /dev/stdin, /dev/fd/N (``<(...)``),
+# /proc/self/fd/N and the like
+_DESCRIPTOR_FOLDER = re.compile(r"/dev(/fd)?|/proc/(self|thread-self|[0-9]+)(/task/[0-9]+)?/fd")
+
+
+def _paths_folder(path: str) -> str:
+    """The folder the relative paths of the config at ``path`` resolve
+    against: its own, as for any file -- a named pipe's too, put where the
+    file was -- but for a config read through a descriptor's name
+    (``<(...)``'s ``/dev/fd/63``, ``/dev/stdin``, a pipe or a file
+    redirected there), whose folder holds none of the hub's files: the
+    folder it was generated for is the one the command runs in."""
+    folder = os.path.dirname(path)
+    if _DESCRIPTOR_FOLDER.fullmatch(folder):
+        return os.getcwd()
+    return folder
 
 
 def _not_toml(path: str, text: str, error: tomllib.TOMLDecodeError) -> str:
