@@ -876,6 +876,67 @@ def test_an_internal_error_inside_the_data_gets_a_421_and_the_hub_keeps_nothing(
     assert hub.closed and hub.messages == 0  # no final dot went to the hub
 
 
+class _BuggyInData(ScriptedHub):
+    """A hub connection whose ``send`` meets a bug at the data's second
+    piece (its first line, after the trace field)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_sends = 0
+
+    def send(self, data: bytes) -> None:
+        if self.reader is not None:
+            self.data_sends += 1
+            if self.data_sends == 2:
+                raise _Bug("in the data")
+        super().send(data)
+
+
+def test_an_internal_error_inside_the_data_is_answered_after_the_clients_final_dot() -> None:
+    # the client reads no reply before its dot: a 421 written before it
+    # waits unread while the client writes on into a command that has ended
+    hub = _BuggyInData()
+    stdin = io.BytesIO(b"EHLO a\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                       b"DATA\r\nline 1\r\nline 2\r\n.\r\nQUIT\r\n")
+    out = io.BytesIO()
+    s = Session(stdin, out, hub, lambda: TRACE, "mail.example.org")  # type: ignore[arg-type]
+    with pytest.raises(_Bug, match="in the data"):
+        s.run((220, b"hub.example.org ESMTP"))
+    assert codes(out.getvalue()) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+    assert out.getvalue().endswith(INTERNAL_421)
+    assert stdin.read() == b"QUIT\r\n"  # read to the final dot, and no further
+    assert hub.closed and hub.messages == 0
+
+
+def test_an_internal_error_inside_data_the_client_ends_early_is_still_the_error() -> None:
+    # the input ends before the final dot: still the bug (exit 70), not 65
+    hub = _BuggyInData()
+    out = _session_raising(b"EHLO a\r\nMAIL FROM:<joe@example.org>\r\n"
+                           b"RCPT TO:<bob@example.org>\r\nDATA\r\nline 1\r\n", hub)
+    assert codes(out) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+    assert hub.closed and hub.messages == 0
+
+
+def test_an_internal_error_inside_data_the_client_cannot_send_on_is_still_the_error() -> None:
+    # standard input unreadable after the bug: still the bug (exit 70), not 74
+    class Unreadable(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+            if self.tell() >= len(head):
+                raise OSError(5, "Input/output error")
+            return super().readline(size)
+
+    head = (b"EHLO a\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+            b"DATA\r\nline 1\r\n")
+    hub = _BuggyInData()
+    out = io.BytesIO()
+    s = Session(Unreadable(head + b"line 2\r\n.\r\n"), out, hub, lambda: TRACE,
+                "mail.example.org")  # type: ignore[arg-type]
+    with pytest.raises(_Bug, match="in the data"):
+        s.run((220, b"hub.example.org ESMTP"))
+    assert codes(out.getvalue()) == [b"220", b"250", b"250", b"250", b"354", b"421"]
+    assert hub.closed and hub.messages == 0
+
+
 def test_an_internal_error_with_stdout_gone_still_goes_on_as_it_was() -> None:
     # the 421 cannot be written: the error is still the one reported (70), not a 74
     class Closing(io.BytesIO):

@@ -23,7 +23,8 @@ the command's:
   command's exit 70 (``sendmail.run``): RFC 5321 3.8 has a server that
   must close the channel say so with a 421, not drop it.  The hub's
   connection is closed (inside the data: without the final dot, so the
-  hub keeps nothing).
+  hub keeps nothing); inside the data the 421 waits for the client's
+  final dot, and answers the data.
 
 One command at a time also makes pipelining safe: a client that writes
 several commands at once finds them in stdin's buffer, each answered in
@@ -212,6 +213,11 @@ class Session:
                 self._write(internal_error(self.hostname))
             except Exception:  # stdout gone (``_ClientGone``), or broken too
                 pass
+        self._close_hub()
+
+    def _close_hub(self) -> None:
+        """The hub's connection closed after an internal error, whatever
+        the close meets: the error reported is the one that ended it."""
         try:
             self.hub.close()
         except Exception:
@@ -324,23 +330,40 @@ class Session:
         """After the hub's 354: the trace field, then the client's lines as
         they are (dot-stuffed already) with CRLF ends, up to the final dot,
         and the hub's reply to it.  None to go on with the session, or
-        the exit code when it ended."""
-        hub_lost: str | None = None
+        the exit code when it ended.
 
-        def send(data: bytes) -> None:
-            nonlocal hub_lost
-            if hub_lost is None:
+        The client writes its whole message before it reads a reply: a
+        hub lost, or an internal error, inside the data is answered (the
+        ``421``) once the final dot is read, as the reply to the data --
+        written before, it would sit unread while the client, writing on
+        into a command that has ended, met a broken pipe."""
+        hub_lost: str | None = None
+        failed: Exception | None = None  # a bug, raised at the final dot
+
+        def send(data: bytes | Callable[[], bytes]) -> None:
+            nonlocal hub_lost, failed
+            if hub_lost is None and failed is None:
                 try:
-                    self._send(data)
+                    self._send(data if isinstance(data, bytes) else data())
                 except _HubGone as e:
                     hub_lost = str(e)  # read on to the final dot: the client is writing
+                except Exception as e:
+                    failed = e
+                    self._close_hub()  # without the final dot: the hub keeps nothing
 
-        send(self.trace())
+        send(self.trace)
         at_line_start = True
         held_cr = b""
         while True:
-            piece = self._read(DATA_PIECE)
+            try:
+                piece = self._read(DATA_PIECE)
+            except _ClientGone:
+                if failed is not None:  # the bug is still the error reported
+                    raise failed from None
+                raise
             if not piece:  # the client went away mid-message: the hub must keep nothing
+                if failed is not None:
+                    raise failed
                 self.why = "standard input ended inside a message's data; it was NOT sent"
                 self.hub.close()
                 return EX_DATAERR
@@ -356,6 +379,8 @@ class Session:
                     piece, held_cr = piece[:-1], b"\r"
                 at_line_start = False
             send(piece)
+        if failed is not None:
+            raise failed
         if hub_lost is not None:
             raise _HubGone(hub_lost)
         self._send(b".\r\n")
