@@ -20,6 +20,7 @@ from txmailhub.sendmail import EX_NOUSER, EX_TEMPFAIL, Options, Prepared, prepar
 from txmailhub.sendmail_input import read_message
 from txmailhub.sendmail_smtp import CHUNK, OutcomeUnknown, Refused, Target, dot_stuffed, submit
 from txmailhub.smtp._data import DotReader
+from txmailhub.smtp.replies import MAIL_NESTED
 
 MiB = 1 << 20
 
@@ -229,7 +230,7 @@ class LimitedHub(ScriptedHub):
         assert self.transactions < 50, "no end to the transactions"
         if verb == "MAIL":
             if self.open:  # as the hub answers it (RFC 5321 4.1.4)
-                return 503, b"5.5.1 Error: nested MAIL command"
+                return MAIL_NESTED.code, f"{MAIL_NESTED.status} {MAIL_NESTED.lines[0]}".encode()
             self.open = True
             self.transactions += 1
             self.taken = []
@@ -264,6 +265,16 @@ class LimitedHub(ScriptedHub):
 
 
 FIVE = tuple(f"r{i}@example.org" for i in range(1, 6))
+
+
+def test_the_scripted_hub_answers_a_nested_mail_and_rset_as_the_hub_does() -> None:
+    # the hub's engine answers from the same catalog (tests/test_smtp_server.py)
+    hub = LimitedHub(5)
+    assert hub.docmd("MAIL", "FROM:<joe@example.org>")[0] == 250
+    code, text = hub.docmd("MAIL", "FROM:<joe@example.org>")
+    assert f"{code} {text.decode()}" == MAIL_NESTED.text()
+    hub.rset()  # RSET ends the transaction: a MAIL is taken again
+    assert hub.docmd("MAIL", "FROM:<joe@example.org>")[0] == 250
 
 
 def test_more_recipients_than_the_hub_takes_go_in_several_transactions(
