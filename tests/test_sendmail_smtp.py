@@ -149,14 +149,20 @@ def test_a_connection_lost_after_the_final_dot_is_an_unknown_outcome(
     assert hub[0].ended == b""  # the final dot did go out
 
 
+def _config(tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A config whose [smtp] listen the command reaches (the hub is scripted)."""
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    return str(config)
+
+
 @pytest.mark.parametrize(("drop", "says"), [("data", "NOT sent"), ("reply", "MAY have been")])
 def test_the_command_says_which(hub: list[ScriptedHub], drop: str, says: str,
                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
     hub.append(ScriptedHub(drop=drop))
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _config(tmp_path)
     err = io.StringIO()
-    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"Subject: x\n\nbody\n"),
+    assert run(["bob"], config, "sendmail", io.BytesIO(b"Subject: x\n\nbody\n"),
                err) == EX_TEMPFAIL
     assert says in err.getvalue()
     assert ("NOT sent" in err.getvalue()) == (drop == "data")
@@ -174,7 +180,7 @@ def test_all_or_nothing_holds_for_a_big_streamed_message(
                       f"max_message_size = {8 * MiB}\n")
     stdin = io.BytesIO(b"To: bob, nobody\n\n" + b"z" * 75 * 80_000 + b"\n")
     err = io.StringIO()
-    assert run(argv, str(config), "sendmail", stdin, err) == EX_NOUSER
+    assert run(argv, config, "sendmail", stdin, err) == EX_NOUSER
     assert "<nobody@example.org>: 550 5.1.1" in err.getvalue() and "NOT sent" in err.getvalue()
     assert "DATA" not in hub[0].commands and hub[0].stored_size == 0
 
@@ -297,10 +303,9 @@ def test_more_recipients_than_the_hub_takes_go_in_several_transactions(
 def test_a_recipient_refused_in_a_later_transaction_stops_the_message_for_all(
         hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
     hub.append(LimitedHub(2, {"r4@example.org": (550, b"5.1.1 No such user")}))
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _config(tmp_path)
     err = io.StringIO()
-    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
+    assert run(list(FIVE), config, "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
     assert "<r4@example.org>: 550 5.1.1" in err.getvalue() and "NOT sent" in err.getvalue()
     assert "DATA" not in hub[0].commands and hub[0].delivered == []
     assert hub[0].commands[-1] == "RSET"
@@ -311,10 +316,9 @@ def test_a_later_transaction_that_fails_after_all_says_who_has_the_message(
     # r3 was taken when first asked (transaction 2), refused when the
     # message was sent (transaction 5: removed meanwhile)
     hub.append(LimitedHub(2, {"r3@example.org": (550, b"5.1.1 No such user")}, refuse_from=5))
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _config(tmp_path)
     err = io.StringIO()
-    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
+    assert run(list(FIVE), config, "sendmail", io.BytesIO(b"x\n"), err) == EX_NOUSER
     said = err.getvalue()
     assert "WAS sent to 2 recipients (<r1@example.org>, <r2@example.org>)" in said, said
     assert "<r3@example.org>: 550 5.1.1" in said and "NOT sent to the other" in said
@@ -353,10 +357,9 @@ class Dropping(LimitedHub):
 def test_a_later_transaction_whose_reply_is_lost_may_have_been_sent(
         hub: list[ScriptedHub], tmp_path, lost: int, told: str) -> None:  # type: ignore[no-untyped-def]
     hub.append(Dropping(2, lost))
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _config(tmp_path)
     err = io.StringIO()
-    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == EX_TEMPFAIL
+    assert run(list(FIVE), config, "sendmail", io.BytesIO(b"x\n"), err) == EX_TEMPFAIL
     assert err.getvalue() == "sendmail: the message " + told, err.getvalue()
 
 
@@ -374,7 +377,7 @@ def test_one_mailbox_in_two_transactions_is_sent_once_as_first_spelled(
             "dave@EXAMPLE.NET.", "Dave@example.net", "bob", "ann@xn--bcher-kva.example",
             '"ANN"@BÜCHER.example']
     err = io.StringIO()
-    assert run(argv, str(config), "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
+    assert run(argv, config, "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
     assert [r for rcpts, _ in hub[0].delivered for r in rcpts] == [
         "Bob@example.org", "r1@example.org", "Dave@example.net", "dave@example.net",
         "ann@xn--bcher-kva.example"]
@@ -413,19 +416,13 @@ def test_a_list_of_more_transactions_than_the_junk_limit_asks_in_new_sessions(
     config.write_text('[hub]\ndomains = ["example.org"]\n'
                       '[smtp]\nlisten = ["tcp:2525"]\nmax_junk_commands = 2\n')
     err = io.StringIO()
-    assert run(list(FIVE), str(config), "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
+    assert run(list(FIVE), config, "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
     assert [rcpts for rcpts, _ in hub[0].delivered] == [[r] for r in FIVE]
     assert len(hub[0].resets) == 3  # sessions: 2 + 2 + 1 transactions asked for
     # all or none: every recipient asked for before the first message
     first_data = hub[0].commands.index("DATA")
     asked = [c for c in hub[0].commands[:first_data] if c.startswith("RCPT")]
     assert {c.split("<")[1].split(">")[0] for c in asked} == set(FIVE)
-
-
-def _config(tmp_path) -> str:  # type: ignore[no-untyped-def]
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
-    return str(config)
 
 
 def test_a_452_other_than_the_recipient_limit_is_a_refusal_not_a_new_transaction(
