@@ -111,3 +111,32 @@ def test_a_pipe_not_read_to_its_end_in_time_says_how_much_came(written: bytes) -
     assert isinstance(info.value, TimeoutError)
     assert info.value.read == len(written)
     assert info.value.filename == f"/dev/fd/{r}"
+
+
+def test_a_small_file_read_to_a_large_limit_takes_no_memory_for_the_limit(
+        tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "small"
+    path.write_bytes(b"x" * 1000)
+    tracemalloc.start()
+    try:
+        data, _ = read_regular(str(path), limit=4 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data == b"x" * 1000
+    assert peak < 1 << 20, peak
+
+
+@pytest.mark.parametrize(("size", "limit"), [(0, 5), (4, 5), (5, 5), (9, 5), (9, 0)])
+def test_a_file_is_read_to_its_limit(tmp_path: Path, size: int, limit: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(size)))
+    assert read_regular(str(path), limit=limit)[0] == bytes(range(size))[:limit]
+
+
+def test_a_file_that_says_it_is_empty_is_read_to_its_limit() -> None:
+    # /proc's files have a size of 0 and a content
+    data, st = read_regular("/proc/self/status", limit=1 << 20)
+    assert st.st_size == 0 and data.startswith(b"Name:")

@@ -81,7 +81,15 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         raise NotRegularFile(path)
     with open(fd, "rb") as f:
-        return f.read(limit), os.fstat(fd)
+        if limit < 0:
+            return f.read(), os.fstat(fd)
+        # to its size and one octet more (grown since the fstat?):
+        # ``read(limit)`` would take ``limit`` octets of memory first,
+        # 4 MiB for every config read, whatever the file's size
+        data = f.read(min(limit, st.st_size + 1))
+        if len(data) > st.st_size:
+            data += f.read(limit - len(data))
+        return data, os.fstat(fd)
 
 
 def _read_pipe(fd: int, path: str, seconds: float, limit: int) -> bytes:
