@@ -1278,6 +1278,29 @@ def test_a_daemonized_twistd_hears_of_a_state_directory_failing_in_start_service
     assert not hub.running and reactor.getDelayedCalls() == []
 
 
+@pytest.mark.parametrize("err", [28, 122, 30])  # ENOSPC, EDQUOT, EROFS
+def test_a_start_failing_on_a_full_disk_is_the_state_directorys_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    # a write's ENOSPC names no file; the start writes only in state_dir
+    import os as _os
+
+    from txmailhub.relay.service import RelayService
+    from txmailhub.service import StateDirError
+
+    def broken(self) -> None:
+        Service.startService(self)
+        raise OSError(err, _os.strerror(err))
+
+    monkeypatch.setattr(RelayService, "startService", broken)
+    hub, reactor = one_listener_hub(tmp_path)
+    with pytest.raises(StateDirError) as raised:
+        hub.startService()
+    assert raised.value.message == (
+        f"mailhub: cannot use {hub.settings.hub.state_dir}: {_os.strerror(err)}; "
+        f"check [hub] state_dir ({hub.settings.hub.state_dir})")
+    assert not hub.running and reactor.getDelayedCalls() == []
+
+
 @pytest.mark.parametrize("filename", ["/elsewhere/file", None])
 def test_a_start_failing_outside_the_state_directory_undoes_itself_and_raises_as_it_was(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filename: str | None) -> None:

@@ -85,6 +85,9 @@ class StateDirError(StartError):
         return cls(f"mailhub: {brief}", brief=brief)
 
 
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def _not_a_folder_on_the_way(path: str) -> str:
     """The path that is there but is not a folder on the way to ``path``.
 
@@ -630,12 +633,16 @@ class MailHub(MultiService):
 
     def _state_dir_error(self, error: OSError) -> StateDirError | None:
         """``error``'s ``StateDirError`` when it names a file of the state
-        directory, else None: one that names no file (too many open files,
-        an fsync's EIO) may come from anywhere, and is raised as it is,
-        traceback and all, rather than blamed on the state directory."""
+        directory, or names none and is a full or read-only disk, else
+        None: another that names no file (too many open files, an fsync's
+        EIO) may come from anywhere, and is raised as it is, traceback and
+        all, rather than blamed on the state directory."""
         state_dir = os.path.abspath(self.settings.hub.state_dir)
         if error.filename is None:
-            return None
+            # a write's full or read-only disk names no file: the start
+            # writes only in the state directory (the spool made ahead)
+            return (StateDirError.from_os_error(error, self.settings.hub.state_dir)
+                    if error.errno in _DISK_FULL else None)
         where = os.path.abspath(os.fsdecode(error.filename))
         if where != state_dir and not where.startswith(state_dir.rstrip(os.sep) + os.sep):
             return None
