@@ -111,10 +111,6 @@ class RunningEntries:
         mark, att.mark = att.mark, None
         return mark
 
-    def _attempt_of(self, qid: str) -> _Attempt | None:
-        running = self._entries.get(qid)
-        return None if running is None else running.attempt
-
     def _is_dropped(self, qid: str) -> bool:
         running = self._entries.get(qid)
         return running is not None and running.dropped
