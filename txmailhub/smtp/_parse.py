@@ -151,9 +151,8 @@ def first_word(text: str) -> tuple[str, str]:
     if "\t" not in text:  # the common case, at C speed
         verb, _, arg = text.partition(" ")
         return verb, arg
-    blank = _BLANK.search(text)
-    if blank is None:
-        return text, ""
+    blank = _BLANK.search(text)  # a match: the text has a tab
+    assert blank is not None
     return text[:blank.start()], text[blank.end():]
 
 
