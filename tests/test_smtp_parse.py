@@ -141,6 +141,25 @@ def test_a_bare_name_that_is_no_known_parameter_stays_a_local_part():
     assert parse_rcpt("TO: a=b", P)[0] == Address("a=b", P)
 
 
+_PARAM_PARTS = ["SIZE=", "BODY=", "RET=", "ENVID=", "AUTH=", "SMTPUTF8", "X-P=", "100",
+                "8BITMIME", "8b\u0131tmime", "FULL", "ü", "\u0131", "a+2Bb", "+C3+BC", "<>",
+                "x@y.example", "x@ü.example", " ", "\t", "\u3000"]
+
+
+@settings(max_examples=400)
+@given(st.lists(st.sampled_from(_PARAM_PARTS), min_size=1, max_size=6))
+def test_mail_parameters_without_smtputf8_are_ascii_whatever_the_parameter(parts):
+    # RFC 6531 3.3: UTF-8 in MAIL's parameters only with SMTPUTF8; each
+    # parameter's own check must refuse it (a new one too)
+    tail = "".join(parts)
+    try:
+        _, params = parse_mail(f"FROM:<a@b.example> {tail}", P)
+    except RemoteProtocolError as e:
+        assert e.reply.code in (501, 553, 555), e.reply
+        return
+    assert params.smtputf8 or tail.isascii(), tail
+
+
 def test_postmaster_any_case():
     rcpt, _ = parse_rcpt("TO:<PostMaster>", P)
     assert rcpt.is_postmaster and rcpt.domain == P

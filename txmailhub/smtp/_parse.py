@@ -582,9 +582,10 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
     ``<>`` gives ``None``.  Unknown parameters -> 555 5.5.4."""
     rest = _expect_prefix(arg, "FROM:")
     path, tail = _split_path(rest)
+    # (a non-ASCII parameter without SMTPUTF8 is refused by its own check:
+    # keywords are ASCII, SIZE, BODY and RET compare ASCII, AUTH and
+    # ENVID are xtext, an ENVID decoded to UTF-8 wants SMTPUTF8)
     params = _mail_params(_split_params(tail, utf8=True)) if tail.strip(" \t") else NO_PARAMS
-    if not params.smtputf8 and not tail.isascii():
-        raise _fail(replies.PARAM_SYNTAX)
     if path == "":
         return None, params
     if _too_long(path):
