@@ -480,8 +480,8 @@ class POP3Server:
         # The password is the rest of the line: it may contain spaces.
         if self._user is None:
             return self._send(R.PASS_WITHOUT_USER)
-        if not self.plaintext_allowed:
-            return self._send(self._plaintext_refusal)
+        # (no plaintext check here: USER keeps no name where plaintext is
+        # not allowed, and ``plaintext_allowed`` is fixed for the session)
         if not arg:
             return self._send(R.bad_syntax("PASS password"))
         return self._login("USER", self._user, arg.encode("utf-8", "surrogateescape"))
@@ -799,11 +799,6 @@ class POP3Server:
     @staticmethod
     def _send(reply: POP3Reply) -> Send:
         return Send(reply.to_bytes())
-
-    @property
-    def messages(self) -> Sequence[Any]:
-        """The snapshot taken at login (read-only use)."""
-        return self._messages
 
     @property
     def sizes(self) -> Sequence[int]:
