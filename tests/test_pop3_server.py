@@ -557,6 +557,19 @@ def test_auth_plain_base64_is_strict_and_the_message_has_three_fields():
     assert e.auth_failures == 0
 
 
+@pytest.mark.parametrize("message", [b"\0j\xf6e\0pw", b"r\xf6\0joe\0pw"],
+                         ids=["authcid", "authzid"])
+def test_auth_plain_names_not_in_utf8_are_a_bad_message_not_a_failed_login(message):
+    # RFC 4616 2: authzid and authcid are UTF-8; Latin-1 bytes from a
+    # client are a malformed message (not an exception), and count as no
+    # failed login; the session goes on
+    e = engine()
+    assert sent(e, b"AUTH PLAIN " + base64.b64encode(message)) == R.AUTH_BAD_PLAIN.to_bytes()
+    assert e.auth_failures == 0 and e.state is State.AUTHORIZATION
+    action = run(e, b"AUTH PLAIN " + plain("", "joe", "pw"))
+    assert action == Authenticate("PLAIN", "joe", b"pw", TS)
+
+
 def test_auth_response_may_exceed_the_command_limit_but_not_forever():
     e = engine()
     run(e, b"AUTH PLAIN")
