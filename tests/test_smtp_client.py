@@ -115,6 +115,18 @@ def test_helo_fallback(refusal):
     assert sent(s.receive(b"250 hello\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
 
 
+@pytest.mark.parametrize("refusal", [b"554 5.7.1 go away", b"421 4.3.2 busy"])
+def test_helo_refused_after_the_ehlo_fallback_fails_session(refusal):
+    # a server that takes neither EHLO nor HELO: no MAIL is sent, the
+    # session ends with the HELO's reply (for the relay's log and bounce)
+    s = session()
+    s.receive(b"220 old server\r\n")
+    s.receive(b"502 5.5.1 no\r\n")
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == refusal.decode()
+    assert [(r.address, r.kind) for r in s.outcome.recipients] == []
+
+
 def test_ehlo_transient_failure_fails_session():
     s = session()
     s.receive(b"220 hi\r\n")
