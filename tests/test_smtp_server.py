@@ -150,6 +150,18 @@ def test_helo_and_ehlo():
     assert "EXPN" not in [line[4:] for line in d.send("EHLO c.test\r\n")]
 
 
+def test_the_cache_of_ehlo_replies_stays_bounded_and_right_with_many_client_names():
+    # the EHLO reply is cached per (host name, client name, keywords): a
+    # hub that meets thousands of client names keeps at most 256 of them,
+    # and a name seen again after the cache was emptied still gets its own
+    from txmailhub.smtp import server as smtp_server
+
+    for i in [*range(600), 0]:  # (a session each: one takes only so many commands)
+        d = Driver()
+        assert d.send(f"EHLO c{i}.test\r\n")[0] == f"250-mx.example.org Hello c{i}.test"
+        assert len(smtp_server._EHLOS) <= 256
+
+
 def test_soml_and_saml_are_named_in_the_ehlo_reply_as_they_are_served():
     # RFC 5321 F.6: a server MAY implement SEND, SAML and SOML; "if they
     # are implemented ... the command names MUST be published in the
