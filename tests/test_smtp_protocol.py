@@ -307,6 +307,26 @@ class ProtocolTests(SynchronousTestCase):
             assert head.isascii() is not traced
             p.connectionLost(None)
 
+    def test_the_for_clause_names_a_mailbox_of_an_idn_domain_by_its_a_labels(self):
+        # a local domain with U-labels: routing names the mailbox with them,
+        # which a header without SMTPUTF8 must not carry raw; the A-label
+        # form is the same mailbox, and the for clause says it that way
+        # (RFC 5890 2.3.2.1), with SMTPUTF8 too
+        h = Harness()
+        ann = Address("ann", "b\u00fccher.example")
+        h.components.router = StaticRouter({"ann@b\u00fccher.example": None},
+                                           domains=("example.org", "b\u00fccher.example"))
+        for rcpt, mail in ((b"ann@xn--bcher-kva.example", b"MAIL FROM:<s@x.test>"),
+                           ("ann@b\u00fccher.example".encode(), b"MAIL FROM:<s@x.test> SMTPUTF8")):
+            p, t = h.connect()
+            p.dataReceived(b"EHLO c\r\n" + mail + b"\r\nRCPT TO:<" + rcpt + b">\r\nDATA\r\n"
+                           b"Subject: x\r\n\r\nx\r\n.\r\n")
+            assert take(t)[-1].startswith("250 2.0.0 ")
+            head = h.store.messages(ann)[-1].split(b"\nSubject:")[0]
+            assert b"\tfor <ann@xn--bcher-kva.example>;" in head, head
+            assert head.isascii(), head
+            p.connectionLost(None)
+
     def test_a_message_that_went_round_100_times_is_refused(self):
         # RFC 5321 6.3: count the Received fields; 100 means a loop
         for hops, accepted in ((99, True), (100, False)):
