@@ -627,6 +627,23 @@ def test_the_editor_keeps_crlf_and_replaces_the_line_in_effect(db: UsersDB) -> N
     assert b"joe@" not in Path(db.path).read_bytes()
 
 
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+def test_a_user_added_to_a_file_without_a_final_line_end_gets_a_line_of_its_own(
+        db: UsersDB, eol: bytes) -> None:
+    # an editor that writes no final newline: the new user's line must not
+    # be glued to the last one (which would lose both users)
+    db.add("joe", "joe-pw")
+    good = Path(db.path).read_bytes().split(b"\n")[1].rstrip(b"\r")
+    Path(db.path).write_bytes(b"# note" + eol + good)
+    db.add("ann", "ann-pw")
+    text = Path(db.path).read_bytes()
+    assert text.startswith(b"# note" + eol + good + eol + b"ann@example.org scrypt$")
+    assert text.endswith(eol) and text.count(b"\n") == 3
+    assert [str(a) for a in db.addresses()] == ["ann@example.org", "joe@example.org"]
+    assert db.check_password(Address("joe", "example.org"), "joe-pw")
+    assert db.check_password(Address("ann", "example.org"), "ann-pw")
+
+
 def test_users_added_before_the_checks_can_still_be_deleted(db: UsersDB) -> None:
     long = "x" * 70
     Path(db.path).write_text(f"{long}@example.org {hash_password('pw')}\n")
