@@ -312,6 +312,18 @@ def test_a_byte_order_mark_is_named(tmp_path: Path) -> None:
         "/etc/mh/mailhub.toml: not valid TOML: Invalid value (at line 4, column 5)"]
 
 
+def test_a_file_that_is_not_utf8_is_named_so(tmp_path: Path) -> None:
+    # TOML is UTF-8 (a file saved as Latin-1, a comment with an umlaut):
+    # one line that says so, from the hub's reader and the sendmail
+    # command's, not a traceback
+    conf = tmp_path / "mailhub.toml"
+    conf.write_bytes(MINIMAL.encode() + "# M\u00fcller's hub\n".encode("latin-1"))
+    for reader in (load, load_local_submission):
+        with pytest.raises(ConfigError) as info:
+            reader(str(conf))
+        assert info.value.problems == [f"{conf}: the file is not UTF-8 text"]
+
+
 def test_a_key_of_another_section_names_the_section_it_goes_in() -> None:
     # a new user's slip: the size limit put with the relay settings got
     # the list of [relay]'s keys only, and the search for it in the docs
@@ -463,6 +475,27 @@ def test_the_hostname_must_be_a_domain_name() -> None:
         [problem] = problems(f'[hub]\nhostname = "{bad}"\ndomains = ["a.test"]\n')
         assert "[hub] hostname:" in problem and "is not a domain name" in problem, bad
     load_text('[hub]\nhostname = "mx1.example.org."\ndomains = ["a.test"]\n', "/x.toml")
+
+
+def test_the_hostname_keeps_to_the_lengths_of_a_domain_name() -> None:
+    # RFC 1035 2.3.4: labels of 63 octets or less, names of 253 (255 on
+    # the wire).  A name or label over the length is told so first, before
+    # what is wrong with its characters; "." is no name, not two dots
+    def hub(name: str) -> str:
+        return f'[hub]\nhostname = "{name}"\ndomains = ["a.test"]\n'
+
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+    assert len(longest) == 253
+    assert load_text(hub(longest), "/x.toml").hub.hostname == longest
+    load_text(hub("a" * 63 + ".example"), "/x.toml")
+    tail = "(at line 2)"
+    for name in (longest + "d", longest[:-1] + "_d", "."):
+        [problem] = problems(hub(name))
+        assert problem.endswith(f"is not a domain name (1 to 253 characters) {tail}"), problem
+    for label in ("a" * 64, "a" * 63 + "_"):
+        [problem] = problems(hub(label + ".example"))
+        assert problem.endswith(f"is not a domain name: the label '{'a' * 20}'... is over 63 "
+                                f"characters {tail}"), problem
 
 
 def test_an_idn_is_one_domain_however_it_is_spelled() -> None:
