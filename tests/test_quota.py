@@ -59,6 +59,17 @@ def test_a_folder_is_measured_from_its_names(tmp_path: Path) -> None:
     assert MailboxUsage().usage(str(md)) == 1577
 
 
+def test_an_absurd_size_in_a_name_is_not_believed(tmp_path: Path) -> None:
+    # a file copied in by hand with a wild ,S= (over what any message can
+    # be): counted at its own size, as POP3's scan reads it, or one such
+    # name made the mailbox "full" for good
+    md = maildir(tmp_path)
+    put(md / "new", f"1700000000.M1P2Q3.host,S={(1 << 62) + 1}", 3)
+    put(md / "cur", f"1700000001.M1P2Q4.host,S={1 << 62}:2,S", 5)  # the largest believed
+    assert folder_size(str(md / "new")) == 3
+    assert folder_size(str(md / "cur")) == 1 << 62
+
+
 def test_a_mailbox_not_made_yet_holds_nothing(tmp_path: Path) -> None:
     assert MailboxUsage().usage(str(tmp_path / "nobody")) == 0
 
