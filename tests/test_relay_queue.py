@@ -179,6 +179,39 @@ def test_unreadable_record_is_set_aside(tmp_path, spool):
         qid + ".json", qid + ".msg"]
 
 
+def test_wake_tells_every_listener_even_after_one_that_fails(tmp_path, logged_failures):
+    # IOutboundQueue.wake (an embedder's flush): each listener hears None;
+    # one that raises is logged and does not keep the others from hearing
+    q = make_queue(tmp_path)
+    first, last = [], []
+
+    def broken(queue_id):
+        first.append(queue_id)
+        raise RuntimeError("a listener's bug")
+
+    q.listen(broken)
+    q.listen(last.append)
+    q.wake()
+    assert first == [None] and last == [None]
+    [event] = logged_failures
+    assert event["log_format"] == "queue listener failed"
+    assert event["log_failure"].check(RuntimeError)
+
+
+def test_a_message_is_found_past_an_unreadable_record(tmp_path, spool):
+    # `mailhub queue show <message id>`: an entry whose record is damaged
+    # is not the message's, and does not stop the search
+    q = make_queue(tmp_path)
+    bad = q.enqueue(dataclasses.replace(envelope("bob@remote.test"), message_id="M1"),
+                    spool).result
+    with open(q.record_path(bad), "wb") as f:
+        f.write(b"{not json")
+    good = q.enqueue(dataclasses.replace(envelope("carol@remote.test"), message_id="M1"),
+                     spool).result
+    assert q.find_message("M1") == [good]
+    assert q.find_message("") == [] and q.find_message("M2") == []
+
+
 def test_copy_when_link_impossible(tmp_path, spool, monkeypatch):
     def no_link(src, dst):
         raise OSError(18, "Invalid cross-device link")
