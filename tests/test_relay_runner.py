@@ -4481,3 +4481,25 @@ def test_an_entry_whose_handling_failed_goes_by_its_remaining_destinations(tmp_p
         assert calls.count(crashed) == 2  # the one that raised, its retry: nothing twice
     finally:
         hub.runner.stop()
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.__setitem__("q3", 3.0),
+    lambda d: d.__delitem__("q1"),
+    lambda d: d.pop("q1"),
+    lambda d: d.popitem(),
+    lambda d: d.clear(),
+    lambda d: d.update(q3=3.0),
+    lambda d: d.setdefault("q3", 3.0),
+    lambda d: d.__ior__({"q3": 3.0}),
+], ids=["set", "del", "pop", "popitem", "clear", "update", "setdefault", "ior"])
+def test_every_change_to_the_due_times_is_counted(change) -> None:
+    # the runner sorts and groups its entries again only when the version
+    # of its due times (or destinations) moved: a change that left it
+    # would have entries looked at in a stale order, or not at all
+    from txmailhub.relay.admission import DueTimes
+
+    due = DueTimes(q1=1.0, q2=2.0)
+    before, contents = due.version, dict(due)
+    change(due)
+    assert dict(due) != contents and due.version > before
