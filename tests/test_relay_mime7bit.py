@@ -1088,3 +1088,42 @@ def test_a_content_type_with_blanks_around_its_slash_is_the_type():
     # "multipart / mixed": white space between the tokens (RFC 2045 5.1)
     assert mime7bit._params(b"Multipart / Mixed (x); boundary=b1") == (
         "multipart/mixed", {"boundary": "b1"})
+
+
+class _Bounded(io.BytesIO):
+    """An output that refuses to grow past ``limit`` octets: a conversion
+    that writes on and on fails at once instead of filling the disk."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data) -> int:
+        assert self.tell() + len(data) <= self.limit, "the conversion wrote on and on"
+        return super().write(data)
+
+
+@pytest.mark.parametrize("cut", [
+    # a part whose header block ends at the next delimiter, no empty line:
+    # a leaf, a multipart and a message/rfc822 part (RFC 2046 5.1.1: the
+    # part is then "Content-type: text/plain" with an empty body at most)
+    b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n",
+    b"Content-Type: multipart/alternative; boundary=inner\n",
+    b"Content-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n",
+])
+def test_a_part_whose_header_block_ends_at_a_delimiter_is_converted_once(cut):
+    head = b"From: a@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n"
+    src = (head + b"--b\n" + cut + "--b\nContent-Type: text/plain; charset=utf-8\n"
+           "Content-Transfer-Encoding: 8bit\n\nGrüße\n--b--\n".encode())
+    out = _Bounded(4 * len(src))
+    to_7bit(io.BytesIO(src), out)
+    data = out.getvalue()
+    # the cut part as it was (8bit relabelled: it has no octets), each
+    # delimiter once, the part after it converted
+    assert data == (head + b"--b\n" + cut.replace(b": 8bit\n", b": 7bit\n")
+                    + b"--b\nContent-Type: text/plain; charset=utf-8\n"
+                      b"Content-Transfer-Encoding: quoted-printable\n\nGr=C3=BC=C3=9Fe\n--b--\n")
+    assert_7bit(data)
+    parts = list(parse(data).iter_parts())
+    assert len(parts) == 2
+    assert parts[1].get_content() == "Grüße"  # (the line end before "--b" is the delimiter's)

@@ -407,13 +407,13 @@ class _Converter:
                 and depth < MAX_DEPTH):
             self._write_headers(headers, body_start, relabel)
             if stop is not None:
-                return stop
+                return self._taken(body_start, stop)
             child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
             return self._multipart(boundary, child, depth)
         if ctype == "message/rfc822" and headers.cte in _NEEDS_CONVERSION and depth < MAX_DEPTH:
             self._write_headers(headers, body_start, relabel)
             if stop is not None:
-                return stop
+                return self._taken(body_start, stop)
             return self._part("text/plain", depth + 1)
         # a leaf
         mode = "copy"
@@ -446,8 +446,17 @@ class _Converter:
         self._write_headers(headers, body_start, new_cte, charset,
                             add_type=ctype if headers.ctype == "" else None, top=depth == 0)
         if stop is not None:
-            return stop
+            return self._taken(body_start, stop)
         return self._body(mode)
+
+    def _taken(self, start: int, line: bytes) -> bytes:
+        """``line``, the delimiter at ``start`` that ended a header block
+        (``_scan_headers`` puts it back, for the copy of the block), read
+        again: the multipart takes it as read, and a part begun before it
+        would end at it again, and again, without end."""
+        self.src.seek(start + len(line))
+        self.bol = line.endswith(b"\n")
+        return line
 
     def _multipart(self, boundary: bytes, child_type: str, depth: int) -> bytes | None:
         self.boundaries.append(boundary)
