@@ -1127,3 +1127,46 @@ def test_a_part_whose_header_block_ends_at_a_delimiter_is_converted_once(cut):
     parts = list(parse(data).iter_parts())
     assert len(parts) == 2
     assert parts[1].get_content() == "Grüße"  # (the line end before "--b" is the delimiter's)
+
+
+_MIXED = b"From: a@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n"
+_UTF8_8BIT = b"--b\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n"
+
+
+def test_a_line_that_is_no_header_field_starts_the_parts_body():
+    # no empty line after a part's fields: the first line that is no field
+    # is its body (converted as body), not a field and not dropped
+    out = convert(_MIXED + _UTF8_8BIT + "Grüße, no empty line\n--b--\n".encode())
+    assert out == (_MIXED + _UTF8_8BIT.replace(b": 8bit", b": quoted-printable")
+                   + b"Gr=C3=BC=C3=9Fe, no empty line\n--b--\n")
+
+
+@pytest.mark.parametrize("rest", [b"", b"preamble, no delimiter\n"])
+def test_a_multipart_cut_short_is_converted_as_far_as_it_goes(rest):
+    # the message ends inside a part, or before the first delimiter: what
+    # there is is converted, nothing is added, nothing loops
+    if rest:
+        out = convert(_MIXED + rest + "ü\n".encode())
+        # (a preamble is shown to nobody: its 8-bit octets become "?")
+        assert out == _MIXED + rest + b"??\n"
+    else:
+        out = convert(_MIXED + _UTF8_8BIT + "\nGrüße\n".encode())
+        assert out == (_MIXED + _UTF8_8BIT.replace(b": 8bit", b": quoted-printable")
+                       + b"\nGr=C3=BC=C3=9Fe\n")
+
+
+def test_an_over_long_header_field_of_a_part_is_copied_through_when_7bit():
+    # a field over FIELD_LIMIT in a part that is converted: a 7-bit one is
+    # copied as it comes (no need to hold it), an 8-bit one has no 7-bit
+    # form; so has an over-long Content-Type, whose parameters matter
+    folded = (b" " + b"y" * 900 + b"\n") * (mime7bit.FIELD_LIMIT // 900 + 5)
+    out = convert(_MIXED + _UTF8_8BIT + b"X-Long: a\n" + folded + "\nGrüße\n--b--\n".encode())
+    assert b"X-Long: a\n" + folded + b"\nGr=C3=BC=C3=9Fe\n--b--\n" in out
+    assert_7bit(out)
+    with pytest.raises(Unconvertible, match="an over-long header field has 8-bit octets"):
+        convert(_MIXED + _UTF8_8BIT + b"X-Long: a\n" + folded + " ü\n".encode() + b"\nx\n--b--\n")
+    with pytest.raises(Unconvertible, match="a header field with 8-bit octets is too long"):
+        convert(_MIXED + _UTF8_8BIT + "X-Long: ü\n".encode() + folded + b"\nx\n--b--\n")
+    with pytest.raises(Unconvertible, match="a MIME header field is too long to convert"):
+        convert(_MIXED + b"--b\nContent-Type: text/plain;\n" + folded
+                + "\nGrüße\n--b--\n".encode())
