@@ -36,6 +36,7 @@ from txmailhub.store.maildir import (
     MessageInfo,
     Snapshot,
     crlf_size_of,
+    maildir_path,
     uid_for_name,
 )
 from txmailhub.store.spool import Spooler
@@ -734,6 +735,20 @@ class DeliveryTests(Base):
         got = [box.open_message(i).read() for i in range(5)]
         self.assertEqual(got, [b"m%d\n" % i for i in range(5)])  # delivery order
         box.close()
+
+
+class MaildirPathTests(Base):
+    def test_the_remembered_paths_stay_bounded_and_right_for_many_addresses(self):
+        # a path per address is remembered (the same mailboxes get mail all
+        # day); a hub that meets more addresses than that keeps no more
+        # than 4096, and one met again after they were let go still gets
+        # its own folder
+        for i in [*range(5000), 0]:
+            address = Address(f"User{i}", "Example.ORG")
+            self.assertEqual(self.store.maildir_path(address),
+                             maildir_path(self.store.mail_dir, address))
+            self.assertTrue(self.store.maildir_path(address).endswith(f"/user{i}"))
+            self.assertLessEqual(len(self.store._paths), 4096)
 
 
 class DeliverSpooledTests(Base):
