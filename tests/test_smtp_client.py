@@ -17,6 +17,7 @@ from txmailhub.smtp.client import (
     Send,
     SendBody,
     StartTLS,
+    refuses_parameters,
     xtext_encode,
 )
 from txmailhub.smtp.reply import LocalReply, Reply
@@ -1997,3 +1998,17 @@ def test_auth_mechanisms_are_separated_by_sp_only(mechanisms, chosen):
     s.receive(b"220 hi\r\n")
     line = sent(s.receive(f"250-smarthost\r\n250 AUTH {mechanisms}\r\n".encode()))
     assert line.startswith(chosen), (mechanisms, line)
+
+
+@pytest.mark.parametrize("reply, refused", [
+    (Reply.of(555, "5.5.4", "AUTH not recognized"), True),
+    (Reply.of(553, "5.5.4", "bad parameter"), True),  # told by the enhanced code
+    (Reply.of(501, "5.1.7", "bad sender"), False),  # the sender's address, not AUTH=
+    (Reply.of(550, "5.7.1", "not from here"), False),  # policy
+    (Reply.of(421, "4.5.4", "closing"), False),  # the server closing, whatever it adds
+    (Reply.of(250, "2.5.4", "ok"), False),  # no refusal at all
+])
+def test_what_refuses_the_auth_parameter_rather_than_the_sender(reply, refused):
+    # RFC 4954 5: a MAIL with AUTH= refused for its parameter goes again
+    # without it; a refusal of the sender, a 421 or a success is no such
+    assert refuses_parameters(reply) is refused
