@@ -75,6 +75,15 @@ class DomainAndUserTests(Base):
         self.assertFalse(r.is_local_domain("example.com"))
         self.assertEqual(r.primary_domain, "example.org")
 
+    def test_a_router_without_a_local_domain_is_refused(self):
+        # (an embedder's: the config refuses an empty domains list) the
+        # first domain is the primary one, which bare names and postmaster
+        # need: no domain is said as such, not as an IndexError
+        with self.assertRaisesRegex(ValueError, "at least one local domain is needed"):
+            Router([], self.users)
+        self.assertEqual(Router(["Example.Org.", "example.org"], self.users).domains,
+                         ("example.org",))
+
     def test_users(self):
         r = self.router()
         self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))
