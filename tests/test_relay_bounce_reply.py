@@ -137,3 +137,40 @@ def test_an_original_without_a_message_id_still_gives_its_references(
     assert b"\nIn-Reply-To:" not in head
     assert reply_fields(b"Message-ID: lunch\n" + fields) == (
         None, references.split(b" ", 1)[1].rstrip(b"\n").decode())
+
+
+def _id_of(length: int) -> bytes:
+    """A msg-id of ``length`` octets."""
+    return b"<" + b"x" * (length - len(b"<@example.org>")) + b"@example.org>"
+
+
+def test_an_id_that_just_fits_its_line_is_kept_and_one_octet_more_is_not() -> None:
+    # "In-Reply-To: " + id: 998 octets at most (RFC 5322 2.1.1)
+    fits, over = _id_of(998 - len("In-Reply-To: ")), _id_of(999 - len("In-Reply-To: "))
+    assert reply_fields(b"Message-ID: " + fits + b"\n") == (fits.decode(), fits.decode())
+    assert reply_fields(b"Message-ID: " + over + b"\n") is None
+    # each References id on a line of its own: "References: " + id at most
+    fits, over = _id_of(998 - len("References: ")), _id_of(999 - len("References: "))
+    assert reply_fields(b"References: " + fits + b"\n") == (None, fits.decode())
+    assert reply_fields(b"References: " + over + b"\n") is None
+
+
+def test_the_first_of_a_repeated_field_is_the_one_read() -> None:
+    found = reply_fields(b"Message-ID: <first@x>\nReferences: <r1@x>\n"
+                         b"Message-ID: <second@x>\nReferences: <r2@x>\n")
+    assert found == ("<first@x>", "<r1@x>\n <first@x>")
+
+
+def test_a_field_name_with_white_space_before_its_colon_is_read() -> None:
+    # RFC 5322 4.5.3's obsolete syntax: WSP between the name and the colon
+    found = reply_fields(b"Message-ID : <m@x>\nReferences\t: <r@x>\n")
+    assert found == ("<m@x>", "<r@x>\n <m@x>")
+
+
+@pytest.mark.parametrize("count", [KEPT_REFERENCES + 1, KEPT_REFERENCES + 2])
+def test_a_reference_chain_is_cut_only_past_its_start_and_the_kept_ones(count: int) -> None:
+    ids = [f"<r{i}@x.test>" for i in range(count)]
+    found = reply_fields(("Message-ID: <m@x>\nReferences: " + " ".join(ids) + "\n").encode())
+    assert found is not None
+    assert found[1].split("\n ") == [ids[0], *ids[-KEPT_REFERENCES:], "<m@x>"]
+    assert len(found[1].split("\n ")) == KEPT_REFERENCES + 2
