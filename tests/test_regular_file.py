@@ -140,3 +140,111 @@ def test_a_file_that_says_it_is_empty_is_read_to_its_limit() -> None:
     # /proc's files have a size of 0 and a content
     data, st = read_regular("/proc/self/status", limit=1 << 20)
     assert st.st_size == 0 and data.startswith(b"Name:")
+
+
+def _failing_open(monkeypatch: pytest.MonkeyPatch, target: str, code: int) -> None:
+    """``os.open`` of ``target`` fails with ``code``; any other opens."""
+    real_open = os.open
+
+    def fake_open(path: str, flags: int, *args: int) -> int:
+        if path == target:
+            raise OSError(code, os.strerror(code), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+def test_an_enxio_of_what_is_no_socket_is_raised_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a device node with no driver behind it: its ENXIO is its own, not
+    # "no regular file" (only a socket's is)
+    path = tmp_path / "device"
+    path.write_bytes(b"")
+    _failing_open(monkeypatch, str(path), errno.ENXIO)
+    with pytest.raises(OSError) as info:
+        read_regular(str(path))
+    assert not isinstance(info.value, NotRegularFile)
+    assert info.value.errno == errno.ENXIO
+
+
+def test_an_enxio_of_a_name_gone_since_is_raised_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gone"
+    _failing_open(monkeypatch, str(path), errno.ENXIO)
+    with pytest.raises(OSError) as info:
+        read_regular(str(path))
+    assert not isinstance(info.value, NotRegularFile)
+    assert info.value.errno == errno.ENXIO
+
+
+def test_another_error_at_a_socket_is_raised_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a socket this user may not open: the permission is what to fix
+    import socket
+
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        _failing_open(monkeypatch, str(path), errno.EACCES)
+        with pytest.raises(PermissionError) as info:
+            read_regular(str(path))
+    assert not isinstance(info.value, NotRegularFile)
+
+
+def test_a_file_grown_since_its_fstat_is_read_to_the_limit_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * 100)
+    real_fstat = os.fstat
+    calls = []
+
+    def fstat_from_before(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        calls.append(fd)
+        if len(calls) == 1:  # the first: taken when it held 10 octets
+            fields = list(st)
+            fields[6] = 10  # st_size
+            return os.stat_result(fields)
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat_from_before)
+    assert read_regular(str(path), limit=50)[0] == b"x" * 50
+
+
+def test_a_pipe_holding_its_limit_is_read_at_once_though_its_writer_holds_it() -> None:
+    # the limit reached is an end, as the writer's close is: no wait for more
+    r, w = os.pipe()
+    try:
+        os.write(w, b"0123")
+        assert read_regular(f"/dev/fd/{r}", limit=4, pipe_wait=2)[0] == b"0123"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_pipe_past_its_time_is_not_waited_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the clock says the time given is over: the read ends there, never
+    # in a wait for the writer (a poll without a bound), which here
+    # would last until the writer's close
+    import threading
+    import types
+
+    from txmailhub import regular_file
+
+    clock = iter([0.0, 5.0, 5.0, 5.0])
+    monkeypatch.setattr(regular_file, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    r, w = os.pipe()
+    closer = threading.Timer(0.5, os.close, (w,))
+    closer.start()
+    try:
+        with pytest.raises(PipeTimeout) as info:
+            read_regular(f"/dev/fd/{r}", pipe_wait=1)
+    finally:
+        closer.join()
+        os.close(r)
+    assert info.value.read == 0
+
+
+def test_a_pipe_timeout_says_how_many_octets_came() -> None:
+    assert "did not close it (1 octets read)" in str(PipeTimeout("p", 5, 1))
+    assert "nothing written to the pipe" in str(PipeTimeout("p", 5, 0))
