@@ -265,3 +265,75 @@ def test_mailhub_check_refuses_a_config_over_the_limit_in_one_line(tmp_path: Pat
     out, err = io.StringIO(), io.StringIO()
     assert main(["--config", str(path), "check"], out=out, err=err) == 2
     assert err.getvalue() == f"{path}: {TOO_BIG}\n"
+
+
+def test_a_pipe_with_one_octet_come_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one octet is not "nothing written"
+    monkeypatch.setattr("txmailhub.config._PIPE_WAIT", 0.05)
+    r, w = os.pipe()
+    try:
+        os.write(w, b"[")
+        with pytest.raises(ConfigError) as info:
+            load(f"/dev/fd/{r}")
+    finally:
+        os.close(r)
+        os.close(w)
+    assert info.value.problems == [
+        f"/dev/fd/{r}: cannot read the config file: it is a pipe whose writer did not close "
+        "it in 0.05 seconds (1 octets read): the whole config must come by then"]
+
+
+@pytest.mark.parametrize("name", [
+    "/dev/stdin", "/dev/fd/63", "/proc/self/fd/3", "/proc/thread-self/fd/3",
+    "/proc/1234/fd/3", "/proc/1234/task/1235/fd/3", "/proc/self/task/7/fd/0",
+])
+def test_a_descriptor_name_resolves_relative_paths_in_the_working_folder(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from txmailhub.config import _paths_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert _paths_folder(name) == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", [
+    "/dev/shm/mailhub.toml", "/devices/mailhub.toml", "/dev/fd/sub/mailhub.toml",
+    "/proc/self/fdinfo/3", "/proc/self/mailhub.toml", "/etc/dev/fd/3",
+])
+def test_a_file_in_another_folder_resolves_relative_paths_in_its_own(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from txmailhub.config import _paths_folder
+
+    monkeypatch.chdir(tmp_path)
+    assert _paths_folder(name) == os.path.dirname(name)
+
+
+def test_sendmail_reads_a_config_given_as_a_descriptor_in_the_working_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "etc" / "mailhub.toml"
+    conf.parent.mkdir()
+    conf.write_bytes(CONFIG)
+    monkeypatch.chdir(tmp_path)
+    fd = os.open(conf, os.O_RDONLY)
+    try:
+        local = load_local_submission(f"/dev/fd/{fd}")
+    finally:
+        os.close(fd)
+    assert local.state_dir == str(tmp_path / "state")
+
+
+def test_sendmail_reads_max_junk_commands(tmp_path: Path) -> None:
+    path = tmp_path / "mailhub.toml"
+    path.write_bytes(CONFIG.replace(b"[smtp]\n", b"[smtp]\nmax_junk_commands = 3\n"))
+    assert load_local_submission(str(path)).max_junk_commands == 3
+
+
+def test_an_error_without_its_own_text_is_named_by_what_it_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(path: str, **kwargs: Any) -> Any:
+        raise OSError("the disk said no")
+
+    monkeypatch.setattr("txmailhub.config.read_regular", unreadable)
+    with pytest.raises(ConfigError) as info:
+        load(str(tmp_path / "mailhub.toml"))
+    assert info.value.problems == [
+        f"{tmp_path / 'mailhub.toml'}: cannot read the config file: the disk said no"]
