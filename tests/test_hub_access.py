@@ -407,3 +407,22 @@ def test_a_file_an_acl_lets_the_user_read_is_readable(open_tmp: Path) -> None:
              (0x20, 0, _ANY))
     assert hub_access.unreadable_by(str(key), HUB_UID, HUB_GID) is None
     assert hub_access.unreadable_by(str(key), HUB_UID + 1, HUB_GID) is not None
+
+
+def test_make_folders_fsyncs_what_it_made_though_another_command_made_the_last(
+        tmp_path: Path, monkeypatch) -> None:
+    # another `mailhub user add` made users.d between the look and the
+    # mkdir: the folder above it, made here, must still be named durably
+    from txmailhub.store import sync
+
+    real_mkdir = os.mkdir
+
+    def made_meanwhile(path: str, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        raise FileExistsError(17, "File exists", path)
+
+    synced: list[str] = []
+    monkeypatch.setattr(sync, "fsync_dir", synced.append)
+    monkeypatch.setattr(hub_access.os, "mkdir", made_meanwhile)
+    hub_access.make_folders(str(tmp_path / "a" / "b"), None)
+    assert synced == [str(tmp_path), str(tmp_path / "a")]

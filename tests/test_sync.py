@@ -1483,3 +1483,22 @@ def test_makedirs_durably_fsyncs_the_parent_of_each_folder_it_made(tmp_path, mon
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
     synced.clear()
     assert sync.makedirs_durably(str(target)) == [] and synced == []
+
+
+def test_sync_parents_fsyncs_a_shared_parent_once(tmp_path, monkeypatch):
+    synced: list[str] = []
+    monkeypatch.setattr(sync, "fsync_dir", synced.append)
+    sync.sync_parents([str(tmp_path / "a" / "x"), str(tmp_path / "b"), str(tmp_path / "a" / "y")])
+    assert synced == [str(tmp_path / "a"), str(tmp_path)]
+
+
+def test_missing_folders_are_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sync.missing_folders(os.path.join("a", "b")) == [
+        str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+
+
+def test_a_dangling_link_is_no_missing_folder(tmp_path):
+    # makedirs would not make it (the link is in the way): nothing to sync
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    assert sync.missing_folders(str(tmp_path / "link")) == []
