@@ -1039,3 +1039,25 @@ def test_an_entry_set_aside_is_durable_in_corrupt_before_the_queue_forgets_it(tm
     corrupt = os.path.join(q.directory, "corrupt")
     assert corrupt in synced
     assert synced.index(corrupt) < len(synced) - 1 - synced[::-1].index(q.directory)
+
+
+def test_the_corrupt_folder_made_for_an_entry_is_named_durably_before_it_is_filled(
+        tmp_path, spool, monkeypatch):
+    # corrupt/ made by the set-aside: its entry in the queue folder is
+    # fsynced before the files go in, or a crash could take the folder,
+    # and the admin's copy in it, away
+    from txmailhub.store import sync
+
+    fs = CrashingFS()
+    q = make_queue(tmp_path, fs=fs)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    with open(q.record_path(qid), "wb") as f:
+        f.write(b"{not json")
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(sync, "fsync_dir", lambda path: events.append(("made", path)))
+    fs.fsync_dir = lambda path: events.append(("fs", path)) or FileSystem.fsync_dir(fs, path)
+    assert q.recover() == []
+    corrupt = os.path.join(q.directory, "corrupt")
+    assert ("made", q.directory) in events
+    assert events.index(("made", q.directory)) < events.index(("fs", corrupt))
+    assert os.stat(corrupt).st_mode & 0o777 == 0o700  # whatever the umask
