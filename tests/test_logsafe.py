@@ -246,3 +246,31 @@ def test_a_shown_traceback_of_a_plain_exception_is_pythons() -> None:
 
     error = _raised(RuntimeError("plain text"))
     assert shown_traceback(error) == "".join(traceback.format_exception(error))
+
+
+def test_a_shown_traceback_escapes_the_text_of_a_cause_alone() -> None:
+    # raised "from" an exception outside any handler: a __cause__ and no
+    # __context__
+    inner = _raised(RuntimeError("a\nb\x1b"))
+    try:
+        raise ValueError("outer") from inner
+    except ValueError as e:
+        error: BaseException = e
+    assert error.__context__ is None
+    lines = shown_traceback(error).splitlines()
+    assert "RuntimeError: a\\x{A}b\\x{1B}" in lines
+
+
+def test_a_shown_traceback_escapes_the_text_of_a_context_alone() -> None:
+    # raised while handling another, without "from": a __context__ only
+    try:
+        try:
+            raise RuntimeError("a\nb\x1b")
+        except RuntimeError:
+            raise ValueError("outer")  # noqa: B904
+    except ValueError as e:
+        error: BaseException = e
+    assert error.__cause__ is None
+    lines = shown_traceback(error).splitlines()
+    assert "RuntimeError: a\\x{A}b\\x{1B}" in lines
+
