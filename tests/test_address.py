@@ -377,3 +377,17 @@ def test_a_domain_taken_is_taken_in_every_spelling_and_is_one_domain(domain):
         assert domain_problem(spelling) is None, (domain, spelling)
         assert canonical_domain(spelling) == u_form, (domain, spelling)
         assert ascii_domain(canonical_domain(spelling)) == a_form.lower(), (domain, spelling)
+
+
+def test_load_codecs_imports_both_codecs_idna_looks_up(monkeypatch) -> None:
+    # imported while the standard library is in reach (before twistd's
+    # --uid): "punycode" for A-labels, "idna" for dns_name_problem
+    import sys
+
+    from txmailhub.address import load_codecs
+
+    monkeypatch.delitem(sys.modules, "encodings.idna", raising=False)
+    monkeypatch.delitem(sys.modules, "encodings.punycode", raising=False)
+    load_codecs()
+    assert "encodings.idna" in sys.modules
+    assert "encodings.punycode" in sys.modules
