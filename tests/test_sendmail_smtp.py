@@ -392,6 +392,7 @@ class JunkCountingHub(LimitedHub):
         super().__init__(limit)
         self.junk = junk
         self.resets: list[int] = []  # of each session
+        self.quits = 0
 
     def ehlo(self) -> tuple[int, bytes]:
         self.resets.append(0)
@@ -406,6 +407,10 @@ class JunkCountingHub(LimitedHub):
         self.resets[-1] = 0
         return super().getreply()
 
+    def quit(self) -> None:
+        self.quits += 1
+        super().quit()
+
 
 def test_a_list_of_more_transactions_than_the_junk_limit_asks_in_new_sessions(
         hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -419,6 +424,7 @@ def test_a_list_of_more_transactions_than_the_junk_limit_asks_in_new_sessions(
     assert run(list(FIVE), config, "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
     assert [rcpts for rcpts, _ in hub[0].delivered] == [[r] for r in FIVE]
     assert len(hub[0].resets) == 3  # sessions: 2 + 2 + 1 transactions asked for
+    assert hub[0].quits == 3  # each session ended by QUIT, not left open
     # all or none: every recipient asked for before the first message
     first_data = hub[0].commands.index("DATA")
     asked = [c for c in hub[0].commands[:first_data] if c.startswith("RCPT")]
@@ -586,3 +592,23 @@ def test_partly_sent_names_ten_recipients_at_most(count: int, named: str) -> Non
     sent = [f"r{i}@example.org" for i in range(count)]
     text = str(sendmail_smtp.PartlySent(EX_TEMPFAIL, sent, "why"))
     assert text.startswith(f"the message WAS sent to {count} recipients ({named}), "), text
+
+
+class QuitFailingHub(ScriptedHub):
+    """A hub whose connection is gone by the QUIT: the client closes it."""
+
+    closed = 0
+
+    def quit(self) -> None:
+        raise smtplib.SMTPServerDisconnected("Server not connected")
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_session_whose_quit_fails_is_closed(hub: list[ScriptedHub]) -> None:
+    # the message was taken: a QUIT that meets a closed connection changes
+    # nothing but the way the socket is let go
+    hub.append(QuitFailingHub())
+    assert submit(prepared(), [Target("127.0.0.1", 25)]) == "250 2.0.0 Ok: queued as 1234"
+    assert hub[0].closed == 1
