@@ -1369,3 +1369,41 @@ def test_a_long_name_beside_a_utf8_address_is_folded_for_its_field() -> None:
     lines = text[:-2].split(b"\r\n")
     assert len(lines) > 1 and all(len(line) <= 76 for line in lines), lines
     assert text.startswith('Resent-From: "J\u00f6rg J\u00f6rg'.encode())
+
+
+def test_an_internal_error_without_text_is_named_by_its_type_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    _break_prepare(monkeypatch, RuntimeError())
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): RuntimeError "
+                              "(-v shows where)\n")
+
+
+def test_an_internal_error_of_the_command_line_reading_is_70_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the line about it reads the command line again for -v: a second
+    # failure there must not take the place of the first
+    from txmailhub import sendmail
+
+    def parse_args(argv: list[str]) -> object:
+        raise RuntimeError("the options")
+
+    monkeypatch.setattr(sendmail, "parse_args", parse_args)
+    err = io.StringIO()
+    assert run(["bob"], str(tmp_path / "mailhub.toml"), "sendmail", io.BytesIO(b"x\n"),
+               err) == 70
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): RuntimeError: "
+                              "the options (-v shows where)\n")
+
+
+def test_an_internal_error_with_standard_error_closed_is_still_70(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    _break_prepare(monkeypatch, RuntimeError("broken"))
+    err = io.StringIO()
+    err.close()  # a write: ValueError
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
