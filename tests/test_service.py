@@ -3080,3 +3080,76 @@ def test_a_resolver_given_without_nameservers_set_adds_no_line(
     hub.startService()
     hub.stopService()
     assert not [e for e in log_events if "nameservers" in formatEvent(e)]
+
+
+@pytest.mark.parametrize(("name", "blamed"), [
+    ("{state}", True),  # the state directory itself
+    ("{state}/queue/x", True),
+    ("{rel}/queue/x", True),  # relative to the working folder
+    ("{state}-other/x", False),  # a name that only begins like it
+])
+def test_a_start_failing_on_a_file_is_the_state_directorys_only_when_the_file_is_in_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, blamed: bool) -> None:
+    from txmailhub.relay.service import RelayService
+    from txmailhub.service import StateDirError
+
+    hub, reactor = one_listener_hub(tmp_path)
+    state = hub.settings.hub.state_dir
+    monkeypatch.chdir(os.path.dirname(state))
+    filename = name.format(state=state, rel=os.path.basename(state))
+
+    def broken(self) -> None:
+        Service.startService(self)
+        raise OSError(13, "Permission denied", filename)
+
+    monkeypatch.setattr(RelayService, "startService", broken)
+    with pytest.raises((OSError, StateDirError)) as raised:  # (a StartError is a SystemExit)
+        hub.startService()
+    assert isinstance(raised.value, StateDirError) is blamed
+    assert not hub.running and reactor.getDelayedCalls() == []
+
+
+def test_a_daemonized_twistd_hears_of_a_bug_in_a_start_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # start_error_type is for StartErrors: a bug's exception keeps its
+    # type (and traceback)
+    import sys
+
+    from txmailhub.relay.service import RelayService
+    from txmailhub.service import DaemonStartError
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the setter replaces it
+
+    def buggy(self) -> None:
+        Service.startService(self)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(RelayService, "startService", buggy)
+    hub, reactor = one_listener_hub(tmp_path)
+    hub.start_error_type = DaemonStartError
+    with pytest.raises(RuntimeError, match=r"^a bug$"):
+        hub.startService()
+    assert not hub.running and reactor.getDelayedCalls() == []
+
+
+def test_a_daemonized_twistd_start_error_is_logged_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from txmailhub.service import DaemonStartError
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the setter replaces it
+    hub, _reactor = _hub_whose_queue_lock_cannot_be_opened(tmp_path)
+    hub.start_error_type = DaemonStartError
+    # the whole message is logged; only its brief reaches twistd's parent
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        with pytest.raises(DaemonStartError):
+            hub.startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lock = Path(hub.settings.queue_dir) / ".lock"
+    assert any(e.get("message") == (
+        f"mailhub: cannot use {lock}: Is a directory; check [hub] state_dir "
+        f"({hub.settings.hub.state_dir})") for e in events), events
