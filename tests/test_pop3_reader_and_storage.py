@@ -1036,3 +1036,57 @@ def test_dele_of_a_message_another_reader_moved_removes_it_where_it_went(tmp_pat
     assert bytes(t.received).endswith(b"+OK Bye (0 messages left)\r\n")
     assert not os.path.lexists(moved)
     assert os.path.isdir(old)
+
+
+def _read_and_quit(tmp_path, **syncer):
+    """A session that RETRs the one message in new/ and sends QUIT, its
+    syncer's ``hold`` and ``fail`` set before the QUIT."""
+    _clock, components, md = make_env(tmp_path)
+    with open(os.path.join(md, "new", "1600000001.M1P1Q1.x"), "wb") as f:
+        f.write(b"Subject: x\n\nhello\n")
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\nRETR 1\r\n")
+    spy = components.store.syncer
+    spy.hold = syncer.get("hold", False)
+    if "fail" in syncer:
+        spy.fail = syncer["fail"]
+    spy.events.clear()
+    t.received.clear()
+    proto.dataReceived(b"QUIT\r\n")
+    return md, spy, t
+
+
+def test_quit_answers_once_the_folders_of_the_seen_renames_are_fsynced(tmp_path):
+    # a rename into cur/ that a crash took back would bring a message that
+    # a later session deleted from cur/ back into new/
+    md, spy, t = _read_and_quit(tmp_path, hold=True)
+    assert bytes(t.received) == b""
+    synced = {path for kind, path in spy.events if kind == "dir"}
+    assert {os.path.join(md, "new"), os.path.join(md, "cur")} <= synced
+    spy.release()
+    assert bytes(t.received).startswith(b"+OK ")
+    assert os.listdir(os.path.join(md, "cur")) == ["1600000001.M1P1Q1.x:2,S"]
+
+
+def test_a_failed_fsync_of_the_seen_renames_is_logged_not_a_failed_quit(tmp_path, log_events):
+    # the flags are no deletion: RFC 1939's -ERR is for messages not removed
+    from twisted.logger import formatEvent
+
+    md = os.path.join(str(tmp_path), "mail")  # (the Maildir is below it)
+    _md, _spy, t = _read_and_quit(tmp_path, fail=_EveryFolderUnder(md))
+    assert bytes(t.received).startswith(b"+OK ")
+    said = [formatEvent(e) for e in log_events]
+    assert any(line.startswith("the seen flags of ") for line in said), said
+
+
+class _EveryFolderUnder(dict):
+    """A ``fail`` map that fails the fsync of every folder under ``root``."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__()
+        self.root = root
+
+    def get(self, key, default=None):
+        if isinstance(key, str) and key.startswith(self.root + os.sep):
+            return OSError(5, "Input/output error")
+        return default
