@@ -3153,3 +3153,31 @@ def test_a_daemonized_twistd_start_error_is_logged_whole(
     assert any(e.get("message") == (
         f"mailhub: cannot use {lock}: Is a directory; check [hub] state_dir "
         f"({hub.settings.hub.state_dir})") for e in events), events
+
+
+def test_undoing_a_privileged_start_leaves_a_running_notice_answering() -> None:
+    # MailHub's roll-back undoes only a notice that never started: one that
+    # runs is put back by its own stop
+    import signal
+
+    from twisted.internet.testing import MemoryReactor
+
+    from txmailhub.signals import HangupNotice
+
+    previous = signal.getsignal(signal.SIGHUP)
+    usr1 = signal.getsignal(signal.SIGUSR1)
+    notice = HangupNotice(reactor=MemoryReactor())
+    try:
+        notice.privilegedStartService()
+        notice.startService()
+        installed = signal.getsignal(signal.SIGHUP)
+        notice.undo_privileged_start()
+        assert signal.getsignal(signal.SIGHUP) == installed != previous
+        assert notice in HangupNotice._answering
+        notice.stopService()
+        assert signal.getsignal(signal.SIGHUP) == previous
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        signal.signal(signal.SIGUSR1, usr1)
+        if notice in HangupNotice._answering:
+            HangupNotice._answering.remove(notice)
