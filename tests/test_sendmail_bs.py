@@ -998,3 +998,24 @@ def test_an_internal_error_before_the_greeting_is_a_421_greeting(
     assert out.getvalue() == INTERNAL_421
     assert "internal error (a bug in the command): _Bug: no login" in err.getvalue()
     assert hub.closed and hub.commands == []
+
+
+def test_an_internal_error_inside_the_data_closes_the_hubs_connection_at_once() -> None:
+    # not at the client's final dot, which may be long in coming: the
+    # hub's connection has nothing more to carry, and is let go at the bug
+    hub = _BuggyInData()
+    closed_at_dot: list[bool] = []
+
+    class Watching(io.BytesIO):
+        def readline(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+            line = super().readline(size)
+            if line == b".\r\n":
+                closed_at_dot.append(hub.closed)
+            return line
+
+    stdin = Watching(b"EHLO a\r\nMAIL FROM:<joe@example.org>\r\nRCPT TO:<bob@example.org>\r\n"
+                     b"DATA\r\nline 1\r\nline 2\r\n.\r\nQUIT\r\n")
+    s = Session(stdin, io.BytesIO(), hub, lambda: TRACE, "mail.example.org")  # type: ignore[arg-type]
+    with pytest.raises(_Bug, match="in the data"):
+        s.run((220, b"hub.example.org ESMTP"))
+    assert closed_at_dot == [True]
