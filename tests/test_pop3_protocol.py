@@ -4530,3 +4530,33 @@ def test_the_stop_during_a_message_read_on_a_worker_lets_the_mailbox_go_once_it_
     assert not stopped.called  # the close is waited for still
     proto.connectionLost(None)
     assert stopped.called
+
+
+def test_a_login_whose_client_left_after_the_hub_stop_is_logged_as_the_clients_leaving(
+        tmp_path, log_events):
+    # the stop told the session -ERR, and its client went before the
+    # password check was over: it left, nobody is left to be told of a stop
+    from test_pop3_session_memory import InlineSyncer
+
+    from txmailhub.auth import MailRealm
+    from txmailhub.store.maildir import MaildirStore
+
+    checker = HeldChecker()
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", InlineSyncer())
+    components = Components(settings=make_settings(), reactor=MemoryReactorClock(),
+                            router=None, store=store, spooler=None,
+                            portal=Portal(MailRealm(store), [checker]))
+    proto = POP3Factory(components).buildProtocol(LOOPBACK)
+    t = Transport(LOOPBACK)
+    proto.makeConnection(t)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    stopped = proto.factory.shut_down()
+    proto.connectionLost(None)
+    _creds, d = checker.pending.pop()
+    d.callback(b"joe@example.org")
+    assert proto.mailbox is None
+    lines = [formatEvent(e) for e in log_events if formatEvent(e).startswith("POP3 login")]
+    assert lines == ["POP3 login joe from 127.0.0.1 (USER) not answered: the client left "
+                     "before its turn at the mailbox"]
+    assert stopped.called
+
