@@ -3181,3 +3181,18 @@ def test_undoing_a_privileged_start_leaves_a_running_notice_answering() -> None:
         signal.signal(signal.SIGUSR1, usr1)
         if notice in HangupNotice._answering:
             HangupNotice._answering.remove(notice)
+
+
+def test_the_state_directory_made_for_a_hub_is_named_durably(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # acknowledged mail lives under it: a crash must not take its name
+    from txmailhub.store import sync
+
+    settings = quiet_settings(tmp_path)
+    assert not os.path.exists(settings.hub.state_dir)
+    synced: list[str] = []
+    real = sync.fsync_dir
+    monkeypatch.setattr(sync, "fsync_dir", lambda path: synced.append(path) or real(path))
+    MailHub(settings, reactor=MemoryReactorClock())
+    assert os.path.isdir(settings.hub.state_dir)
+    assert os.path.dirname(settings.hub.state_dir) in synced
