@@ -113,7 +113,10 @@ def shown_traceback(error: BaseException) -> str:
     ``shown`` (one line, as the one-line message above the traceback
     shows it: a line break in it is ``\\x{A}``), and every other line
     (the frames: file names, source lines) keeps its line breaks with
-    its controls escaped (``shown_lines``)."""
+    its controls escaped (``shown_lines``).  The members of an exception
+    group are printed indented (``    | ``), so their text is not
+    recognised as such: it is escaped line by line, its controls too,
+    and a line break in it stays one (sendmail raises no group)."""
     top = traceback.TracebackException.from_exception(error)
     own: set[str] = set()  # the pieces that are an exception's text, in the whole chain
     todo, seen = [top], set()
