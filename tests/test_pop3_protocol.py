@@ -3219,12 +3219,18 @@ def test_a_login_answered_after_the_hub_stop_cut_its_session_writes_nothing(log_
     assert stopped.called
 
 
-def test_a_login_the_hub_stop_dropped_before_its_maildir_turn_is_logged_as_the_stop(
-        tmp_path, log_events):
+@pytest.mark.parametrize(("client_left", "why"), [
     # with the hub's own store, a login whose password check is over after
     # the stop told its session -ERR is refused its turn at the Maildir's
     # lock (its ``wanted`` says no more): the log says the hub stopped,
     # not that a client still connected "left before its turn"
+    (False, "the hub stops"),
+    # its client went before the check was over: it left, nobody is left
+    # to be told of a stop
+    (True, "the client left before its turn at the mailbox"),
+])
+def test_a_login_the_hub_stop_dropped_before_its_maildir_turn_is_logged_by_its_cause(
+        tmp_path, log_events, client_left, why):
     from test_pop3_session_memory import InlineSyncer
 
     from txmailhub.auth import MailRealm
@@ -3242,12 +3248,16 @@ def test_a_login_the_hub_stop_dropped_before_its_maildir_turn_is_logged_as_the_s
     t.clear()
     stopped = proto.factory.shut_down()
     assert t.value() == R.SHUTTING_DOWN.to_bytes()
+    if client_left:
+        proto.connectionLost(None)
     _creds, d = checker.pending.pop()
     d.callback(b"joe@example.org")
     assert t.value() == R.SHUTTING_DOWN.to_bytes() and proto.mailbox is None
     lines = [formatEvent(e) for e in log_events if formatEvent(e).startswith("POP3 login")]
-    assert lines == ["POP3 login joe from 127.0.0.1 (USER) not answered: the hub stops"]
-    proto.connectionLost(None)
+    assert lines == [f"POP3 login joe from 127.0.0.1 (USER) not answered: {why}"]
+    if not client_left:
+        assert not stopped.called  # the close is waited for still
+        proto.connectionLost(None)
     assert stopped.called
 
 
@@ -4530,33 +4540,3 @@ def test_the_stop_during_a_message_read_on_a_worker_lets_the_mailbox_go_once_it_
     assert not stopped.called  # the close is waited for still
     proto.connectionLost(None)
     assert stopped.called
-
-
-def test_a_login_whose_client_left_after_the_hub_stop_is_logged_as_the_clients_leaving(
-        tmp_path, log_events):
-    # the stop told the session -ERR, and its client went before the
-    # password check was over: it left, nobody is left to be told of a stop
-    from test_pop3_session_memory import InlineSyncer
-
-    from txmailhub.auth import MailRealm
-    from txmailhub.store.maildir import MaildirStore
-
-    checker = HeldChecker()
-    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", InlineSyncer())
-    components = Components(settings=make_settings(), reactor=MemoryReactorClock(),
-                            router=None, store=store, spooler=None,
-                            portal=Portal(MailRealm(store), [checker]))
-    proto = POP3Factory(components).buildProtocol(LOOPBACK)
-    t = Transport(LOOPBACK)
-    proto.makeConnection(t)
-    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
-    stopped = proto.factory.shut_down()
-    proto.connectionLost(None)
-    _creds, d = checker.pending.pop()
-    d.callback(b"joe@example.org")
-    assert proto.mailbox is None
-    lines = [formatEvent(e) for e in log_events if formatEvent(e).startswith("POP3 login")]
-    assert lines == ["POP3 login joe from 127.0.0.1 (USER) not answered: the client left "
-                     "before its turn at the mailbox"]
-    assert stopped.called
-
