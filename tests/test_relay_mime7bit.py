@@ -1133,12 +1133,39 @@ _MIXED = b"From: a@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed
 _UTF8_8BIT = b"--b\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n"
 
 
-def test_a_line_that_is_no_header_field_starts_the_parts_body():
+@pytest.mark.parametrize("first", ["Grüße, no empty line", "Grüße: hi"])
+def test_a_line_that_is_no_header_field_starts_the_parts_body(first):
     # no empty line after a part's fields: the first line that is no field
-    # is its body (converted as body), not a field and not dropped
-    out = convert(_MIXED + _UTF8_8BIT + "Grüße, no empty line\n--b--\n".encode())
+    # is its body (converted as body), not a field and not dropped; the
+    # copy has the empty line RFC 5322 2.1 and RFC 2045 3 want there, or
+    # "Gr=C3=BC=C3=9Fe: hi" would read as one more field
+    out = convert(_MIXED + _UTF8_8BIT + f"{first}\n--b--\n".encode())
+    encoded = first.replace("ü", "=C3=BC").replace("ß", "=C3=9F").encode()
     assert out == (_MIXED + _UTF8_8BIT.replace(b": 8bit", b": quoted-printable")
-                   + b"Gr=C3=BC=C3=9Fe, no empty line\n--b--\n")
+                   + b"\n" + encoded + b"\n--b--\n")
+    (part,) = parse(out).iter_parts()
+    assert part.keys() == ["Content-Type", "Content-Transfer-Encoding"]
+    assert part.get_content() == first  # (the line end before "--b--" is the delimiter's)
+
+
+@pytest.mark.parametrize(("eol", "added", "body"), [
+    (b"\n", b"Content-Type: text/plain; charset=utf-8\n"
+             b"Content-Transfer-Encoding: quoted-printable\n", b"Gr=C3=BC=C3=9Fe: hi\n"),
+    # (CRs in a text body: base64, quoted-printable would make them line breaks)
+    (b"\r\n", b"Content-Transfer-Encoding: base64\n", b"R3LDvMOfZTogaGkNCg==\n"),
+])
+def test_a_message_whose_fields_end_at_a_line_that_is_no_field_gets_the_empty_line(
+        eol, added, body):
+    # the same for the message's own header: the fields added for the
+    # encoding come before the empty line (in the body's line end), the
+    # body after it
+    src = eol.join([b"From: a@example.org", b"Subject: x", "Grüße: hi".encode(), b""])
+    out = convert(src)
+    assert out == (b"From: a@example.org" + eol + b"Subject: x" + eol + added
+                   + b"MIME-Version: 1.0\n" + eol + body)
+    assert_7bit(out)
+    msg = parse(out.replace(b"\r\n", b"\n"))
+    assert "Grüße" not in msg and "Gr=C3=BC=C3=9Fe" not in msg
 
 
 @pytest.mark.parametrize("rest", [b"", b"preamble, no delimiter\n"])

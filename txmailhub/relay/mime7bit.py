@@ -113,6 +113,9 @@ class _Headers:
     params: dict[str, str]
     cte: str  # lower case, "" when absent
     has_charset: bool
+    # the line end of a body that starts at a line that is no field, with
+    # no empty line before it ("" otherwise): the copy puts one there
+    unseparated: bytes = b""
 
 
 def _matches(line: bytes, boundary: bytes) -> bool:
@@ -353,6 +356,7 @@ class _Converter:
         field = b""
         keep = False  # the field being read is Content-Type or -Transfer-Encoding
         stop: bytes | None = None
+        unseparated = b""
         while True:
             pos = self.src.tell()
             line, bol = self._read()
@@ -380,6 +384,7 @@ class _Converter:
                 break
             if not _FIELD_NAME.match(line):
                 self._seek(pos)  # not a header field: the body starts here
+                unseparated = b"\r\n" if line.endswith(b"\r\n") else b"\n"
                 break
             field = line
             keep = line.partition(b":")[0].strip().lower() in (
@@ -390,7 +395,7 @@ class _Converter:
         if "/" not in ctype:
             ctype = ""
         cte = cte_raw.decode("ascii", "replace").strip().strip('"').lower()
-        return _Headers(start, end, ctype, params, cte, "charset" in params), stop
+        return _Headers(start, end, ctype, params, cte, "charset" in params, unseparated), stop
 
     def _part(self, default_type: str, depth: int) -> bytes | None:
         """Convert one part (header block and body) from the current
@@ -534,6 +539,11 @@ class _Converter:
         # the blank line (or nothing) up to the body
         if self.src.tell() < body_start:
             self.out.write(self.src.read(body_start - self.src.tell()))
+        # RFC 5322 2.1, RFC 2045 3: an empty line parts the fields from a
+        # body; one that began at a line that is no field gets it, or its
+        # first line, re-encoded ("Grüße: hi" in quoted-printable), could
+        # read as a field
+        self.out.write(h.unseparated)
         self._seek(body_start)
 
     def _write_field(self, field: bytes, new_cte: str | None, charset: str | None) -> bytes:
