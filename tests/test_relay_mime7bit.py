@@ -1197,3 +1197,37 @@ def test_an_over_long_header_field_of_a_part_is_copied_through_when_7bit():
     with pytest.raises(Unconvertible, match="a MIME header field is too long to convert"):
         convert(_MIXED + b"--b\nContent-Type: text/plain;\n" + folded
                 + "\nGrüße\n--b--\n".encode())
+
+
+
+_MULTIPART_A = b"Content-Type: multipart/mixed; boundary=a"
+_MIME_LINES = [
+    b"--a", b"--a--", b"--b", b"--b--", b"--a \t", b"", _MULTIPART_A,
+    b"Content-Type: multipart/digest; boundary=b", b"Content-Type: message/rfc822",
+    b"Content-Type: text/plain", b"Content-Type: image/png",
+    b"Content-Transfer-Encoding: 8bit", b"Content-Transfer-Encoding: base64",
+    b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: x-unknown",
+    b" folded", b"Subject: hi", "Subject: ü".encode(), "Grüße: hi".encode(), b"no field",
+    "ü=C3".encode(), b"QUFB", b"x" * 1200, b"a\rb",
+]
+# delimiters and empty lines come often: they make the structure
+_MIME_LINE = st.one_of(st.sampled_from([b"--a", b"--a", b"--b", b"--a--", b""]),
+                       st.sampled_from(_MIME_LINES))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_MIME_LINE, max_size=16), st.booleans(),
+       st.sampled_from([b"\n", b"\r\n"]), st.booleans())
+def test_any_mime_like_input_converts_to_a_bounded_7bit_copy_or_is_unconvertible(
+        lines, multipart, eol, cut):
+    # whatever the structure (delimiters anywhere, header blocks cut by a
+    # delimiter or the end, nesting, CRLF or LF): every step of the
+    # conversion reads on, so it ends with a copy a few times the input's
+    # size at most, ASCII, or refuses with Unconvertible
+    src = eol.join(([_MULTIPART_A] if multipart else []) + lines) + (b"" if cut else eol)
+    out = _Bounded(8 * len(src) + 4096)
+    try:
+        to_7bit(io.BytesIO(src), out)
+    except Unconvertible:
+        return
+    assert out.getvalue().isascii()
