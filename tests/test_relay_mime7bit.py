@@ -1231,3 +1231,39 @@ def test_any_mime_like_input_converts_to_a_bounded_7bit_copy_or_is_unconvertible
     except Unconvertible:
         return
     assert out.getvalue().isascii()
+
+
+@pytest.mark.parametrize("cut", [b"Content-Type: text/plain\n", b"Content-Type: text/plain\n\nx\n"])
+def test_a_delimiter_with_transport_padding_past_the_line_limit_stays_one_line(cut):
+    # RFC 2046 5.1.1: blanks may follow a delimiter; more of them than a
+    # read takes must not split the line (the rest read as a part's body,
+    # the part's fields written after the delimiter on its line); the
+    # copy has the delimiter without its padding
+    pad = b" " * (mime7bit.LINE_LIMIT + 100)
+    src = (_MIXED + b"--b\n" + cut + b"--b" + pad + b"\n" + _UTF8_8BIT[4:]
+           + "\nGrüße\n--b--".encode() + pad)
+    out = convert(src)
+    assert out == (_MIXED + b"--b\n" + cut + b"--b\n"
+                   + _UTF8_8BIT[4:].replace(b": 8bit", b": quoted-printable")
+                   + b"\nGr=C3=BC=C3=9Fe\n--b--")
+    parts = list(parse(out).iter_parts())
+    assert len(parts) == 2 and parts[1].get_content() == "Grüße"
+
+
+def test_a_long_line_that_starts_like_a_delimiter_but_goes_on_is_content():
+    # "--b", blanks past the line limit, then text: no delimiter (RFC 2046
+    # 5.1.1), the part's content as it was, only encoded
+    line = "--b" + " " * (mime7bit.LINE_LIMIT + 100) + "and more ü"
+    out = convert(_MIXED + _UTF8_8BIT + f"\n{line}\n--b--\n".encode())
+    assert_7bit(out)
+    parts = list(parse(out).iter_parts())
+    assert len(parts) == 1 and parts[0].get_content() == line
+
+
+def test_a_delimiter_line_of_exactly_the_line_limit_is_a_delimiter():
+    # one read takes it whole, its line end included
+    delimiter = b"--b" + b" " * (mime7bit.LINE_LIMIT - 4) + b"\n"
+    assert len(delimiter) == mime7bit.LINE_LIMIT
+    out = convert(_MIXED + _UTF8_8BIT + "\nGrüße\n".encode() + delimiter + b"\nx\n--b--\n")
+    assert len(list(parse(out).iter_parts())) == 2
+    assert out.endswith(b"\nGr=C3=BC=C3=9Fe\n" + delimiter + b"\nx\n--b--\n")

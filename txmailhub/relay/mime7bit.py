@@ -322,6 +322,7 @@ class _Converter:
         self.out = target
         self.bol = True  # the next read starts at the beginning of a line
         self.boundaries: list[bytes] = []  # innermost last
+        self.after_stop = 0  # where the delimiter that ended a header block ends
 
     # --- reading ----------------------------------------------------------------
 
@@ -330,7 +331,30 @@ class _Converter:
         bol = self.bol
         line = self.src.readline(LINE_LIMIT)
         self.bol = line.endswith(b"\n")
+        if bol and not self.bol and line.startswith(b"--") and self.boundaries:
+            line = self._unpadded(line)
         return line, bol
+
+    def _unpadded(self, piece: bytes) -> bytes:
+        """``piece``, a line's first LINE_LIMIT octets; when they are a
+        delimiter and the rest of the line is blanks, the delimiter line
+        without that transport padding (RFC 2046 5.1.1: a receiver must
+        take padding, a composer adds none).  Read whole, the delimiter
+        is one line to every caller: none copies the padding's rest as
+        a part's first line, nor writes a part's fields after it."""
+        head = piece.rstrip(b" \t")
+        if not any(_matches(head, b) for b in self.boundaries):
+            return piece
+        back = self.src.tell()
+        while True:
+            more = self.src.readline(LINE_LIMIT)
+            rest = more.rstrip(b"\r\n")
+            if rest.strip(b" \t"):  # more than padding: no delimiter
+                self.src.seek(back)
+                return piece
+            if not more or more.endswith(b"\n"):
+                self.bol = bool(more)
+                return head + more[len(rest):]
 
     def _seek(self, offset: int) -> None:
         self.src.seek(offset)
@@ -339,6 +363,10 @@ class _Converter:
     def _is_boundary(self, line: bytes, bol: bool, outer_only: bool = False) -> bool:
         """Whether ``line`` is a delimiter of an enclosing multipart."""
         if not bol or not line.startswith(b"--"):
+            return False
+        if len(line) == LINE_LIMIT and not line.endswith(b"\n"):
+            # (a delimiter's piece of LINE_LIMIT octets is read whole, see
+            # ``_unpadded``: one left cut goes on with more than blanks)
             return False
         stack = self.boundaries[:-1] if outer_only else self.boundaries
         return any(_matches(line, b) for b in stack)
@@ -378,13 +406,15 @@ class _Converter:
                 break
             if self._is_boundary(line, bol):
                 stop = line
+                self.after_stop = self.src.tell()
                 self._seek(pos)
                 break
             if line in (b"\n", b"\r\n"):
                 break
             if not _FIELD_NAME.match(line):
                 self._seek(pos)  # not a header field: the body starts here
-                unseparated = b"\r\n" if line.endswith(b"\r\n") else b"\n"
+                if bol:  # (not the rest of a delimiter line read in pieces)
+                    unseparated = b"\r\n" if line.endswith(b"\r\n") else b"\n"
                 break
             field = line
             keep = line.partition(b":")[0].strip().lower() in (
@@ -412,13 +442,13 @@ class _Converter:
                 and depth < MAX_DEPTH):
             self._write_headers(headers, body_start, relabel)
             if stop is not None:
-                return self._taken(body_start, stop)
+                return self._taken(stop)
             child = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
             return self._multipart(boundary, child, depth)
         if ctype == "message/rfc822" and headers.cte in _NEEDS_CONVERSION and depth < MAX_DEPTH:
             self._write_headers(headers, body_start, relabel)
             if stop is not None:
-                return self._taken(body_start, stop)
+                return self._taken(stop)
             return self._part("text/plain", depth + 1)
         # a leaf
         mode = "copy"
@@ -451,15 +481,15 @@ class _Converter:
         self._write_headers(headers, body_start, new_cte, charset,
                             add_type=ctype if headers.ctype == "" else None, top=depth == 0)
         if stop is not None:
-            return self._taken(body_start, stop)
+            return self._taken(stop)
         return self._body(mode)
 
-    def _taken(self, start: int, line: bytes) -> bytes:
-        """``line``, the delimiter at ``start`` that ended a header block
+    def _taken(self, line: bytes) -> bytes:
+        """``line``, the delimiter that ended a header block
         (``_scan_headers`` puts it back, for the copy of the block), read
         again: the multipart takes it as read, and a part begun before it
         would end at it again, and again, without end."""
-        self.src.seek(start + len(line))
+        self.src.seek(self.after_stop)
         self.bol = line.endswith(b"\n")
         return line
 
