@@ -49,8 +49,8 @@ def load_codecs() -> None:
     built, as the user that starts it: after twistd's ``--uid`` (under
     ``twistd mailhub`` or a ``.tac``) a standard library that user cannot
     read (installed under /root) is out of reach, and the first domain
-    with a non-ASCII label failed with "unknown encoding: punycode" (a
-    ``451`` to its ``RCPT``)."""
+    with a non-ASCII label would fail with "unknown encoding: punycode"
+    (a ``451`` to its ``RCPT``)."""
     import encodings.idna
     import encodings.punycode  # noqa: F401
 
