@@ -461,20 +461,10 @@ def _flatten(message: Message) -> bytes:
     return out.getvalue()
 
 
-def _read_headers(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return _header_lines(f)
-
-
-def _header_section(raw: bytes) -> bytes:
-    """The header section at the start of ``raw`` (a whole message held
-    already), as ``_read_headers`` reads it from a file."""
-    return _header_lines(BytesIO(raw))
-
-
-def _header_lines(lines: Iterable[bytes]) -> bytes:
-    """The lines up to the empty one that ends the header section, at
-    most ``MAX_HEADER_BYTES`` of them."""
+def _header_section(lines: Iterable[bytes]) -> bytes:
+    """The header section of the message whose ``lines`` these are (an
+    open file, or a ``BytesIO`` of a message held already): the lines up
+    to the empty one that ends it, at most ``MAX_HEADER_BYTES`` of them."""
     out = []
     size = 0
     for line in lines:
@@ -594,11 +584,12 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> tuple[Message, bytes
             # keeps one of its own, as every stored message has
             raw += b"\n"
         part.set_payload(raw.decode("ascii", "surrogateescape"))
-        return part, _header_section(raw)
+        return part, _header_section(BytesIO(raw))
     part = Message()
     part.set_type("text/rfc822-headers")
     try:
-        raw = _read_headers(path)
+        with open(path, "rb") as f:
+            raw = _header_section(f)
     except OSError:
         raw = b""
     if utf8 or not raw.isascii():
