@@ -1363,14 +1363,19 @@ class POP3Protocol(Protocol):
             return
         self._finish_login(self.engine.login_succeeded(messages, self._client_size))
 
+    def _dropped_why(self, client_left: str) -> str:
+        """Why a login's result goes unanswered, for its log line: the
+        hub's stop, which told the client ``-ERR`` (``_wanted``), while
+        the client is still there; else ``client_left``."""
+        return "the hub stops" if self._hub_stopped and not self._lost else client_left
+
     def _login_failed(self, failure: Failure, mechanism: str) -> None:
         if failure.check(LoginAbandoned):
             # not a guess: the password was never checked, nothing answers
             # (or the hub's stop told it -ERR first: ``_wanted``)
             log.info("POP3 login {user} from {peer} ({mechanism}) not checked: {why}",
                      user=self._user, peer=self._peer, mechanism=mechanism,
-                     why="the hub stops" if self._hub_stopped and not self._lost
-                     else "the client left first")
+                     why=self._dropped_why("the client left first"))
             return
         if failure.check(MailboxTurnAbandoned) and (self._lost or self._closing):
             # nobody refused it: its client hung up while the login waited
@@ -1379,8 +1384,7 @@ class POP3Protocol(Protocol):
             # there is told IN-USE, below)
             log.info("POP3 login {user} from {peer} ({mechanism}) not answered: {why}",
                      user=self._user, peer=self._peer, mechanism=mechanism,
-                     why="the hub stops" if self._hub_stopped and not self._lost
-                     else "the client left before its turn at the mailbox")
+                     why=self._dropped_why("the client left before its turn at the mailbox"))
             return
         detail = ""
         if failure.check(UnauthorizedLogin, UnhandledCredentials):
