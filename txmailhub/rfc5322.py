@@ -5,16 +5,17 @@ start-up time is measured (docs/sendmail.rst)."""
 
 from __future__ import annotations
 
-__all__ = ["ATEXT", "CFWS", "DOT_ATOM", "MSG_ID", "comment_end"]
+__all__ = ["CFWS", "MSG_ID", "comment_end"]
 
-#: RFC 5322 3.2.3 dot-atom-text, as a bytes pattern; octets above 127
-#: count as atext (RFC 6532 3.2: an SMTPUTF8 message may carry UTF-8 there)
-ATEXT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff]+"
-DOT_ATOM = ATEXT + rb"(?:\." + ATEXT + rb")*"
+# RFC 5322 3.2.3 dot-atom-text (runs of atext joined by dots), as a bytes
+# pattern; octets above 127 count as atext (RFC 6532 3.2: an SMTPUTF8
+# message may carry UTF-8 there)
+_ATEXT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff]+"
+_DOT_ATOM = _ATEXT + rb"(?:\." + _ATEXT + rb")*"
 #: RFC 5322 3.6.4 msg-id without the comments and folding around it, as a
 #: bytes pattern: id-left a dot-atom-text or (obsolete, 4.5.4) a
 #: quoted-string, id-right a dot-atom-text or a literal
-MSG_ID = (rb"<(?:" + DOT_ATOM + rb'|"(?:[^"\\\n]|\\.)*")@(?:' + DOT_ATOM
+MSG_ID = (rb"<(?:" + _DOT_ATOM + rb'|"(?:[^"\\\n]|\\.)*")@(?:' + _DOT_ATOM
           + rb"|\[[!-Z^-~]*\])>")
 #: RFC 5322 3.2.2 CFWS around a msg-id, as a bytes pattern: white space,
 #: line folding and comments, but no nested comment or quoted-pair in one
