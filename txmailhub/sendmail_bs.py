@@ -179,27 +179,32 @@ class Session:
         on to the caller (``sendmail.run``: exit 70), after the client's
         ``421`` (``internal_error``) and the hub's connection closed."""
         try:
-            try:
-                try:
-                    self._reply(*greeting)
-                    return self._commands()
-                except _HubClosed:
-                    return EX_TEMPFAIL
-                except _HubGone as e:
-                    self.why = str(e)
-                    self.hub.close()
-                    self._write(b"421 4.4.2 %s mail hub connection lost\r\n"
-                                % self.hostname.encode("ascii", "replace"))
-                    self._ended = True
-                    return EX_TEMPFAIL
-            except _ClientGone:
-                self._ended = True
-                self.why = self.why or "standard output was closed"
-                self.hub.close()
-                return EX_IOERR
+            return self._session(greeting)
         except Exception:
             self._close_on_internal_error()
             raise
+
+    def _session(self, greeting: tuple[int, bytes]) -> int:
+        """``run`` but for an internal error: the session to its end,
+        whichever side ended it."""
+        try:
+            try:
+                self._reply(*greeting)
+                return self._commands()
+            except _HubClosed:
+                return EX_TEMPFAIL
+            except _HubGone as e:
+                self.why = str(e)
+                self.hub.close()
+                self._write(b"421 4.4.2 %s mail hub connection lost\r\n"
+                            % self.hostname.encode("ascii", "replace"))
+                self._ended = True
+                return EX_TEMPFAIL
+        except _ClientGone:
+            self._ended = True
+            self.why = self.why or "standard output was closed"
+            self.hub.close()
+            return EX_IOERR
 
     def _close_on_internal_error(self) -> None:
         """A bug ends the session: the client hears so (unless it had the
