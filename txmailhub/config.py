@@ -1352,8 +1352,7 @@ def load(path: str) -> Settings:
 
 
 _PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written, whole
-#: octets a config file may hold: a real one is a few KiB.  The relay's
-#: STARTTLS memory (``state_dir/relay/tls-seen.json``) is read to the same bound
+#: octets a config file may hold: a real one is a few KiB
 CONFIG_MAX = 4 * 1024 * 1024
 
 

@@ -41,6 +41,8 @@ log = Logger(namespace="txmailhub.relay.tls_memory")
 MAX_AGE = 30 * 86400.0
 MAX_HOSTS = 10000
 REFRESH = 86400.0  # a known host's date is written again at most this often
+#: octets of the file read at most: MAX_HOSTS entries take well under 1 MiB
+_READ_MAX = 4 * 1024 * 1024
 FILE_NAME = "tls-seen.json"
 
 
@@ -91,7 +93,7 @@ class TLSMemory:
         try:
             # never a plain open: one of a FIFO put there would wait for a
             # writer for ever, and the hub's start with it
-            raw, _ = read_regular(self.path, limit=4 * 1024 * 1024)
+            raw, _ = read_regular(self.path, limit=_READ_MAX)
         except FileNotFoundError:
             return
         except OSError as e:
