@@ -28,6 +28,7 @@ from txmailhub.interfaces import IMailbox, IMailboxStore, ISpoolingStore
 from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store import maildir as maildir_module
 from txmailhub.store import nowait as nowait_module
+from txmailhub.store import sync as sync_module
 from txmailhub.store.mailbox import scan
 from txmailhub.store.maildir import (
     SIZES_NAME,
@@ -199,7 +200,7 @@ class DeliveryTests(Base):
 
     def test_a_new_mail_directory_is_made_durable_in_its_parent(self):
         synced = []
-        self.patch(maildir_module, "fsync_dir", synced.append)
+        self.patch(sync_module, "fsync_dir", synced.append)
         state = os.path.abspath(self.mktemp())
         os.mkdir(state)
         MaildirStore(os.path.join(state, "mail"), "mail.example.org", self.syncer)

@@ -375,7 +375,7 @@ def test_queue_files_are_private_whatever_the_umask(tmp_path, spool, monkeypatch
 
 def test_a_new_queue_folder_is_made_durable(tmp_path, monkeypatch):
     synced = []
-    monkeypatch.setattr("txmailhub.relay.queue.fsync_dir", synced.append)
+    monkeypatch.setattr("txmailhub.store.sync.fsync_dir", synced.append)
     make_queue(tmp_path)
     assert synced == [str(tmp_path)]
     make_queue(tmp_path)  # it exists now: nothing to do

@@ -183,9 +183,8 @@ class OutboundQueue:
         # ``_marker_work``)
         self._marker_locks: dict[str, defer.DeferredLock] = {}
         if create and not os.path.isdir(directory):
-            os.makedirs(directory, mode=0o700, exist_ok=True)
             # acknowledged mail will live in it: its own name must be durable
-            fsync_dir(os.path.dirname(os.path.abspath(directory)))
+            makedirs_durably(directory, mode=0o700)
 
     @property
     def exists(self) -> bool:

@@ -119,7 +119,13 @@ from txmailhub.store.mailbox import (
     scan,
     writing_tmp,
 )
-from txmailhub.store.sync import POP3_LANE, CallAbandoned, all_done, fsync_dir, lane_call
+from txmailhub.store.sync import (
+    POP3_LANE,
+    CallAbandoned,
+    all_done,
+    lane_call,
+    makedirs_durably,
+)
 
 __all__ = [
     "LOCK_NAME",
@@ -245,8 +251,7 @@ class MaildirStore:
         # (``closed``) while logins took their turns (kept for those only)
         self._releases: dict[str, int] = {}
         if not os.path.isdir(self.mail_dir):
-            os.makedirs(self.mail_dir, mode=0o700, exist_ok=True)
-            fsync_dir(os.path.dirname(self.mail_dir))
+            makedirs_durably(self.mail_dir, mode=0o700)
 
     # -- paths ---------------------------------------------------------------
 
