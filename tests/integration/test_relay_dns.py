@@ -9,6 +9,7 @@ import socket
 import pytest
 from relayutil import DNSServer
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.names import dns, error
 from twisted.trial.unittest import TestCase
@@ -368,3 +369,89 @@ def test_an_error_reply_without_a_question_is_still_an_answer(monkeypatch):
     resolver._query(("127.0.0.1", 53), [dns.Query(b"gone.test", dns.MX)], 5, 1).addBoth(
         out.append)
     assert isinstance(out[0], dns.Message) and out[0].rCode == dns.ENAME
+
+
+class _TruncatingServer(DNSServer):
+    """Answers over UDP with TC set and no records, in full over TCP on the
+    same port number (one query a connection, then it closes)."""
+
+    def __init__(self, zone: dict) -> None:
+        import threading
+
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.bind(("127.0.0.1", 0))
+        self.tcp.listen(4)
+        self.tcp.settimeout(0.2)
+        self.port = self.tcp.getsockname()[1]
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.settimeout(0.2)
+        self.zone, self.silent, self._stop = zone, False, False
+        self.queries, self.peers = [], []
+        self.tcp_queries: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._tcp_thread = threading.Thread(target=self._serve_tcp, daemon=True)
+        self._tcp_thread.start()
+
+    def stop(self) -> None:
+        super().stop()
+        self._tcp_thread.join(5)
+        self.tcp.close()
+
+    def _answer(self, data: bytes) -> bytes:
+        full = dns.Message()
+        full.fromStr(super()._answer(data))
+        full.trunc = 1
+        full.answers = []
+        return full.toStr()
+
+    def _serve_tcp(self) -> None:
+        import struct
+
+        while not self._stop:
+            try:
+                conn, _ = self.tcp.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                query = data[2:]
+                self.tcp_queries.append(query)
+                answer = DNSServer._answer(self, query)
+                conn.sendall(struct.pack("!H", len(answer)) + answer)
+
+
+class TruncatedOverUDPTests(TestCase):
+    @defer.inlineCallbacks
+    def test_a_truncated_udp_answer_is_asked_again_over_tcp(self):
+        # RFC 1035 4.2.1 / RFC 7766 5: TC set means the answer did not fit;
+        # the query goes again over TCP, and its answer is the one taken
+        from twisted.internet import reactor
+
+        from txmailhub.relay.dnsport import Resolver
+
+        server = _TruncatingServer(ZONE)
+        self.addCleanup(server.stop)
+        resolver = Resolver(servers=[("127.0.0.1", server.port)], reactor=reactor)
+        answers, _, _ = yield resolver.lookupMailExchange("remote.test", timeout=[5])
+        self.assertEqual([(a.payload.preference, a.payload.name.name) for a in answers],
+                         [(10, b"mx1.remote.test")])
+        self.assertEqual(len(server.tcp_queries), 1)
+        # the server closes its end after the answer: the connection is
+        # forgotten, and nothing of it is left on the reactor
+        for _ in range(100):
+            if not resolver.factory.connectors and not resolver.connections:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(resolver.factory.connectors, set())
+        self.assertEqual(resolver.connections, [])
+        self.assertEqual([r for r in reactor.getReaders() if isinstance(r, QueryPort)], [])
