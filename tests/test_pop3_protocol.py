@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import re
 from collections.abc import Iterator
@@ -4540,3 +4541,29 @@ def test_the_stop_during_a_message_read_on_a_worker_lets_the_mailbox_go_once_it_
     assert not stopped.called  # the close is waited for still
     proto.connectionLost(None)
     assert stopped.called
+
+
+def test_a_read_error_in_the_middle_of_a_message_cuts_the_client(log_events):
+    # its +OK and part of the message are sent: no -ERR can follow, and a
+    # close after what was sent would pass a truncated message for whole
+    # (the client reads the FIN before any final dot); the session is cut
+    # and the message file closed, the lock going with the session
+    env, proto, t = _retr_under_way()
+    stream = proto._stream
+    closed = []
+    real_close = stream.file.close
+
+    def read(size):
+        raise OSError(errno.EIO, "Input/output error")
+
+    stream.file.read = read
+    stream.file.close = lambda: closed.append(True) or real_close()
+    proto.resumeProducing()
+    assert t.disconnected and not t.value().endswith(b"\r\n.\r\n")
+    assert proto._stream is None and closed == [True]
+    [failure] = [e["log_failure"] for e in log_events if "log_failure" in e]
+    assert failure.check(OSError)
+    assert "POP3 read error streaming a message of joe@example.org" in [
+        formatEvent(e) for e in log_events]
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
