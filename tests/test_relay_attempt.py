@@ -36,6 +36,7 @@ ZONE = {
     "mx2.remote.test": {"A": ["192.0.2.2"]},
     "other.test": {"A": ["192.0.2.50"]},
     "null.test": {"MX": [(0, "")]},
+    "loop.test": {"MX": [(10, "mail.example.org")]},
 }
 ALICE = Address("alice", "example.org")
 OK_REPLY = Reply.of(250, "2.0.0", "ok")
@@ -373,6 +374,12 @@ def test_dns_failures(tmp_path):
                              [Address("x", "nx.test")]))
     assert r.kind == "permanent" and r.reply.status == "5.1.2"
     assert isinstance(r.reply, LocalReply)  # what DNS said, not an SMTP server
+    # RFC 5321 5.1: the best MX is this hub itself, and none is better:
+    # a loop, bounced at once (RFC 3463 5.4.6), never a connection to us
+    [r] = run(net, a.deliver(entry(tmp_path, Address("x", "loop.test")), "loop.test",
+                             [Address("x", "loop.test")]))
+    assert r.kind == "permanent" and r.reply.code == 554 and r.reply.status == "5.4.6"
+    assert "loops back to me" in r.reply.text()
     assert net.connections == []
 
 
