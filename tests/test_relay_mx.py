@@ -805,3 +805,39 @@ def test_an_address_two_mx_hosts_share_is_tried_at_the_first_only():
              ("mx3.same.test", "A"): [a(b"mx3.same.test", "192.0.2.8")]}
     assert result(raw(table).resolve("same.test")) == [
         MXHost("mx1.same.test", 10, ("192.0.2.7",)), MXHost("mx2.same.test", 20, ("192.0.2.8",))]
+
+
+def test_remembered_dns_failures_are_bounded_and_expired_ones_make_room(monkeypatch):
+    # a DNS server that times out for every domain of a large queue: the
+    # failures remembered (for the next attempts' deferral) stay at most
+    # FAILED_HOSTS_KEPT, the oldest forgotten first, and those whose time
+    # is over go before a new one is kept
+    from txmailhub.relay import mx as mx_module
+
+    monkeypatch.setattr(mx_module, "FAILED_HOSTS_KEPT", 3)
+    zone = {f"s{i}.test": {"MX": dns_error.DNSQueryTimeoutError("x")} for i in range(5)}
+    clock = Clock()
+    r = MXResolver(FakeResolver(zone), clock, "mail.hub.test", rng=random.Random(1))
+    for i in range(5):
+        error_of(r.resolve(f"s{i}.test"), TemporaryDNSError)
+        clock.advance(1)
+    assert list(r._dns_failed) == ["s2.test", "s3.test", "s4.test"]
+    clock.advance(r.dns_failure_memory - 2)  # s2's and s3's time is over, not s4's
+    error_of(r.resolve("s0.test"), TemporaryDNSError)
+    assert list(r._dns_failed) == ["s4.test", "s0.test"]
+
+
+def test_an_mx_that_names_an_address_is_used_as_that_address():
+    # RFC 5321 5.1 wants a domain name there; a zone that puts an IP
+    # address instead still gets its mail, sent to that address, with no
+    # lookup of the "name"
+    zone = {"ipmx.test": {"MX": [(10, "192.0.2.77")]}}
+    looked_up = []
+    fake = FakeResolver(zone)
+    real_a, real_aaaa = fake.lookupAddress, fake.lookupIPV6Address
+    fake.lookupAddress = lambda name, *a, **k: looked_up.append(name) or real_a(name, *a, **k)
+    fake.lookupIPV6Address = lambda name, *a, **k: (looked_up.append(name)
+                                                   or real_aaaa(name, *a, **k))
+    r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
+    assert result(r.resolve("ipmx.test")) == [MXHost("192.0.2.77", 10, ("192.0.2.77",))]
+    assert looked_up == []
