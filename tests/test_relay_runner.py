@@ -4503,3 +4503,48 @@ def test_every_change_to_the_due_times_is_counted(change) -> None:
     before, contents = due.version, dict(due)
     change(due)
     assert dict(due) != contents and due.version > before
+
+
+def test_a_destination_done_beside_one_that_failed_is_not_sent_again_when_nothing_can_be_written(
+        hub, monkeypatch, log_events):
+    # BOB's destination takes the message, CAROL's delivery fails with an
+    # error, and the disk is full: neither BOB's own record nor the one
+    # written after the error can be made.  BOB's delivery is kept in
+    # memory and recorded at the entry's retry; it is not sent to him again
+    from twisted.logger import formatEvent
+
+    from txmailhub.relay.runner import ERROR_RETRY
+
+    hub.runner.start()
+    hung = two_destinations(hub)
+    real_update = hub.queue.update
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub.queue, "update", full)
+    qid = enqueue(hub, BOB, CAROL)
+    [(x, _r)] = hung
+    x.errback(RuntimeError("the agent failed"))
+    said = (f"{qid}: the results of its other destinations cannot be recorded yet; "
+            "recorded at the next try: [Errno 28] No space left on device")
+    assert said in [formatEvent(e) for e in log_events]
+    monkeypatch.setattr(hub.queue, "update", real_update)
+    calls = len(hub.agent.calls)
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "delivered", OK, "mx") for a in r]
+    for _ in range(int(ERROR_RETRY) + 2):  # the runner's look, each second
+        hub.clock.advance(1)
+    # the retry writes what was kept (no delivery of its own) ...
+    assert [c for c in hub.agent.calls[calls:] if c[1] == "remote.test"] == []
+    entry = hub.queue.read(qid)
+    assert entry.recipient(BOB).state == "delivered"
+    assert entry.recipient(CAROL).state == "pending"
+    # ... and CAROL's next attempt is hers alone
+    for _ in range(3600):
+        hub.clock.advance(1)
+        if hub.queue.ids() == []:
+            break
+    assert [c for c in hub.agent.calls[calls:] if c[1] == "remote.test"] == []
+    assert hub.agent.calls[calls:] == [(qid, "other.test", [CAROL])]
+    assert hub.queue.ids() == []
+    hub.runner.stop()
