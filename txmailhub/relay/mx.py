@@ -823,9 +823,7 @@ class MXResolver:
         or, once ``usable(outcomes)`` (``None`` standing for one still
         pending) has given something, with what it gives ``ADDRESS_GRACE``
         seconds later.  A lookup left behind still ends (into the cache);
-        none fails unhandled.  ``lookups`` is never empty (a host's two
-        families, or a batch of a host list ``resolve`` has checked is not
-        empty): an empty one would never fire."""
+        none fails unhandled."""
         outcomes: list[Any] = [None] * len(lookups)
         pending = len(lookups)
         done: defer.Deferred = defer.Deferred()
@@ -853,6 +851,8 @@ class MXResolver:
 
         for i, d in enumerate(lookups):
             d.addCallbacks(one, lambda f, i=i: one(f, i), callbackArgs=(i,))
+        if not lookups:
+            done.callback([])
         return done
 
     def _shuffle(self, pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
