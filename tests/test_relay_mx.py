@@ -841,3 +841,28 @@ def test_an_mx_that_names_an_address_is_used_as_that_address():
     r = MXResolver(fake, Clock(), "mail.hub.test", rng=random.Random(1))
     assert result(r.resolve("ipmx.test")) == [MXHost("192.0.2.77", 10, ("192.0.2.77",))]
     assert looked_up == []
+
+
+def test_an_unknown_rcode_failure_without_the_answer_still_says_it_in_words():
+    # DNSUnknownError without the server's message: no rcode to name, and
+    # no IndexError out of the words for the reason
+    zone = {"odd.test": {"MX": dns_error.DNSUnknownError()}}
+    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test", rng=random.Random(1))
+    e = error_of(r.resolve("odd.test"), TemporaryDNSError)
+    assert e.reason == "DNS lookup of MX failed: the DNS server answered with an unknown error"
+
+
+def test_a_listener_named_by_a_host_name_is_not_taken_for_an_address():
+    # a listen spec may give a name: it says nothing about the MX's
+    # address and must not stop the check of the other listeners
+    r = resolver(listening=[("localhost", 25), ("127.0.0.1", 2525)])
+    assert result(r.resolve("byaddr.test"))[0].addresses == ("127.0.0.1",)
+    r = resolver(listening=[("localhost", 25), ("127.0.0.1", 25)])
+    error_of(r.resolve("byaddr.test"), MailLoop)
+
+
+def test_an_mx_host_address_that_is_no_ip_address_is_not_this_hub():
+    r = resolver(listening=[("0.0.0.0", 25)])
+    assert not r.is_self(MXHost("elsewhere.test", 10, ("not-an-address", "192.0.2.5")))
+    assert r.is_self(MXHost("elsewhere.test", 10, ("not-an-address", "127.0.0.1")))
+
