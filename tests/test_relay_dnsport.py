@@ -141,3 +141,57 @@ def test_stop_ends_a_tcp_connection_attempt_under_way():
     [connector] = reactor.connectors
     resolver.stop()
     assert connector.stoppedConnecting
+
+
+def test_a_tcp_connection_that_cannot_be_made_fails_its_query_and_is_forgotten():
+    # A name server that refuses the TCP retry of a truncated answer: the
+    # query fails (a temporary error), and its connector is not kept --
+    # one per truncated answer for the life of the hub, and a stop() later
+    # would stop connectors long gone.
+    from twisted.internet import error
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.names import dns
+    from twisted.python.failure import Failure
+
+    reactor = MemoryReactorClock()
+    resolver = dnsport.Resolver(servers=[("127.0.0.1", 53)], reactor=reactor)
+    d = resolver.queryTCP([dns.Query(b"big.example", dns.MX)])
+    [connector] = reactor.connectors
+    assert resolver.factory.connectors == {connector}
+    resolver.factory.clientConnectionFailed(connector, Failure(error.ConnectionRefusedError()))
+    failures: list = []
+    d.addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(error.ConnectionRefusedError)
+    assert resolver.factory.connectors == set()
+    resolver.stop()
+    assert not connector.stoppedConnecting
+
+
+def test_stop_cuts_a_tcp_connection_whose_answer_is_awaited():
+    # Connected, the query sent, no answer yet: stop() fails the query at
+    # once (not a timeout, which would be retried), cancels its timeout and
+    # cuts the connection -- it stayed open on the reactor of an
+    # application that runs on until the server closed it.
+    from twisted.internet import defer
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.names import dns
+
+    reactor = MemoryReactorClock()
+    resolver = dnsport.Resolver(servers=[("127.0.0.1", 53)], reactor=reactor)
+    d = resolver.queryTCP([dns.Query(b"big.example", dns.MX)])
+    [(_host, _port, factory, _timeout, _bind)] = reactor.tcpClients
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 53))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert transport.value() != b""  # the query went out
+    assert resolver.connections == [proto]
+    assert not d.called
+    resolver.stop()
+    failures: list = []
+    d.addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(defer.CancelledError)
+    assert transport.disconnecting
+    assert not [c for c in reactor.getDelayedCalls() if c.active()]
