@@ -2560,6 +2560,20 @@ def test_a_utf8_header_section_over_the_limit_is_refused(monkeypatch):
     assert proto._stream is None and not proto._busy
 
 
+def test_a_utf8_header_section_ending_just_past_the_limit_is_refused(monkeypatch):
+    # the header section's end falls in the read that crosses the limit:
+    # found, but past it -- no downgraded form either
+    monkeypatch.setattr(pop3_protocol, "DOWNGRADE_HEADER_LIMIT", 2 * CHUNK_SIZE)
+    env = Env()
+    msg = "Subject: \u00e9\n".encode() + b"X-Long: " + b"a" * (2 * CHUNK_SIZE + 100) + \
+        b"\n\nbody\n" + b"b" * (2 * CHUNK_SIZE)
+    env.store.add("joe@example.org", msg)
+    proto, t = login_utf8(env, utf8=False)
+    assert retr_streamed(proto, t) == R.UTF8_REQUIRED.to_bytes()
+    assert proto._stream is None and not proto._busy
+    assert talk(proto, t, b"TOP 1 0\r\n") == R.UTF8_REQUIRED.to_bytes()
+    assert [m.seen for m in proto.mailbox.list_messages()] == [False]
+
 def test_after_utf8_the_message_goes_as_stored():
     env = Env()
     env.store.add("joe@example.org", INTL)
@@ -4567,3 +4581,49 @@ def test_a_read_error_in_the_middle_of_a_message_cuts_the_client(log_events):
         formatEvent(e) for e in log_events]
     proto.connectionLost(None)
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_a_client_failing_on_our_tls_is_said_in_the_log(log_events):
+    # a client that cannot agree with our TLS (versions, ciphers) ends in
+    # a lost connection: what OpenSSL said is logged, with the peer
+    from OpenSSL import SSL
+    from twisted.logger import formatEvent
+    from twisted.python.failure import Failure
+
+    env = Env()
+    proto, _t = env.connect(implicit_tls=True)
+    proto.connectionLost(Failure(SSL.Error([("SSL routines", "", "no shared cipher")])))
+    lines = [formatEvent(e) for e in log_events if "TLS with" in formatEvent(e)]
+    assert len(lines) == 1 and "no shared cipher" in lines[0], lines
+    assert "127.0.0.1" in lines[0]
+
+
+def test_a_connection_that_just_ends_logs_no_tls_failure(log_events):
+    from twisted.internet.error import ConnectionDone
+    from twisted.logger import formatEvent
+    from twisted.python.failure import Failure
+
+    env = Env()
+    proto, _t = env.connect()
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert not [e for e in log_events if "TLS with" in formatEvent(e)]
+
+
+def test_a_slow_pop3s_reader_is_looked_at_again_until_it_ends_its_session():
+    # a POP3S client that stops reading: each look (CLOSED_CHECK) that
+    # finds its TLS session still open arms the next, so an end that
+    # comes later is still seen, and the mailbox lock goes then
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    proto, t = login(env, implicit_tls=True)
+    proto.pauseProducing()
+    for _ in range(3):
+        env.clock.advance(pop3_protocol.CLOSED_CHECK)
+        assert not t.disconnecting and not t.disconnected
+        assert proto._closed_call is not None and proto._closed_call.active()
+    with mock.patch.object(pop3_protocol, "closed_under_us", lambda transport: True):
+        env.clock.advance(pop3_protocol.CLOSED_CHECK)
+    assert t.disconnected
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+    assert not [c for c in env.clock.getDelayedCalls() if c.func.__name__ == "_check_closed"]
