@@ -3393,3 +3393,29 @@ def test_a_bare_cr_in_a_queued_message_goes_as_a_line_end(tmp_path):
     assert r.kind == "delivered"
     [(_, _, sent)] = net.server_protocols[0].messages
     assert sent == b"Subject: hi\r\n\r\nfirst\r\n..\r\nMAIL FROM:<x@y>\r\n"
+
+
+def test_a_port_465_smarthost_under_smarthost_tls_none_still_gets_implicit_tls(
+        tmp_path, monkeypatch):
+    # relay.rst: port 465 has no plain form, so "none" there is TLS
+    # without a check of the certificate -- the non-verifying context,
+    # never a session in the clear (nor a TLS layer with no context)
+    from txmailhub.relay import attempt as attempt_mod
+
+    asked, wrapped = [], []
+
+    def tls_options(host, verify):
+        asked.append((host, verify))
+        return FakeTLS(host)
+
+    def wrap(creator, endpoint):
+        wrapped.append(creator)
+        return endpoint
+
+    monkeypatch.setattr(attempt_mod, "wrapClientTLS", wrap)
+    a, net = _agent_with(tmp_path, 'smarthost = "smart.example.net:465"\nsmarthost_tls = "none"',
+                         tls_options=tls_options)
+    net.servers[("smart.example.net", 465)] = ScriptedSMTPServer
+    run(net, a.attempt(entry(tmp_path, BOB)))
+    assert len(wrapped) == 1 and isinstance(wrapped[0], FakeTLS)
+    assert asked == [("smart.example.net", False)]
