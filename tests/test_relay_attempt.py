@@ -3419,3 +3419,62 @@ def test_a_port_465_smarthost_under_smarthost_tls_none_still_gets_implicit_tls(
     run(net, a.attempt(entry(tmp_path, BOB)))
     assert len(wrapped) == 1 and isinstance(wrapped[0], FakeTLS)
     assert asked == [("smart.example.net", False)]
+
+
+def test_every_recipient_refused_for_good_before_the_session_failed_ends_the_attempt(
+        tmp_path, log_events):
+    # RCPT answered 550, then the connection lost: the 550 is that
+    # recipient's answer (RFC 5321), and with no recipient left no other
+    # MX host is asked -- the attempt ends with the refusal (a bounce),
+    # and no "not delivered" line speaks of a session failure for it
+    a, net, clock = agent(tmp_path)
+    use_mx_hosts(a, clock, "two.test", 2, first_address=120)
+    who = Address("x", "two.test")
+
+    class RefuseThenDrop(ScriptedSMTPServer):
+        def __init__(self):
+            super().__init__(replies={"RCPT x@two.test": b"550 5.1.1 no such user\r\n"})
+
+        def _command(self, line):
+            super()._command(line)
+            if line.upper().startswith(b"RCPT"):
+                self.transport.loseConnection()
+
+    net.servers[("192.0.2.120", 25)] = RefuseThenDrop
+    net.servers[("192.0.2.121", 25)] = ScriptedSMTPServer
+    [r] = run(net, a.deliver(entry(tmp_path, who), "two.test", [who]))
+    assert r.address == who and r.kind == "permanent" and r.reply.code == 550, r
+    assert net.connections == [("192.0.2.120", 25)]
+    assert not any(p.messages for p in net.server_protocols)
+    # the refusal is the line; no "not delivered" line for no recipient
+    lines = [formatEvent(e) for e in log_events]
+    assert any("refused at RCPT before the session failed: x@two.test: 550" in x for x in lines)
+    assert not [x for x in lines if "not delivered" in x], lines
+
+
+def test_the_destinations_left_with_hosts_untried_are_remembered_a_bounded_number(
+        tmp_path, monkeypatch):
+    # the domains whose last attempt left addresses untried are chosen by
+    # strangers (a recipient's domain, its MX records): FAILED_HOSTS_KEPT
+    # at most, the oldest forgotten -- each domain a stranger names with
+    # more than MAX_ADDRESSES_PER_ATTEMPT addresses otherwise stayed for
+    # the life of the hub
+    from txmailhub.relay import attempt as attempt_mod
+
+    monkeypatch.setattr(attempt_mod, "FAILED_HOSTS_KEPT", 2)
+    a, net, clock = agent(tmp_path)
+    domains = ["big1.test", "big2.test", "big3.test"]
+    zone = dict(ZONE)
+    for n, domain in enumerate(domains):
+        zone[domain] = {"MX": [(10, f"mx.{domain}")]}
+        zone[f"mx.{domain}"] = {"A": [f"192.0.{n + 2}.{100 + i}" for i in range(12)]}
+    a.mx = MXResolver(FakeResolver(zone), clock, "mail.example.org", port=25,
+                      rng=random.Random(0))
+    for domain in domains:
+        who = Address("x", domain)
+        d = a.deliver(entry(tmp_path, who), domain, [who])
+        advance_until_done(net, clock, d, step=1)
+        [r] = run(net, d)
+        assert r.kind == "transient"
+    assert len(net.connections) == 3 * attempt_mod.MAX_ADDRESSES_PER_ATTEMPT
+    assert list(a._left_untried) == ["big2.test", "big3.test"]
