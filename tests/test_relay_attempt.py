@@ -3478,3 +3478,25 @@ def test_the_destinations_left_with_hosts_untried_are_remembered_a_bounded_numbe
         assert r.kind == "transient"
     assert len(net.connections) == 3 * attempt_mod.MAX_ADDRESSES_PER_ATTEMPT
     assert list(a._left_untried) == ["big2.test", "big3.test"]
+
+
+def test_the_stop_cutting_the_plain_retry_after_a_failed_handshake_gives_the_delivery_up(
+        tmp_path):
+    # opportunistic TLS failed, and the retry in clear is under way when
+    # the hub's stop cuts it: given up as any session the stop cuts -- not
+    # the host's failure (no host marked failed), no other host tried
+    a, net, _ = agent(tmp_path, tls_ok=False)
+    made = iter([
+        lambda: ScriptedSMTPServer(extensions=("PIPELINING", "STARTTLS"),
+                                   tls_creator=FakeTLS("server")),
+        lambda: ScriptedSMTPServer(silent=True),
+    ])
+    net.servers[("2001:db8::1", 25)] = lambda: next(made)()
+    d = a.deliver(entry(tmp_path, BOB), "remote.test", [BOB])
+    net.run()
+    assert not d.called and len(net.server_protocols) == 2  # the retry waits
+    a.abort_all()
+    [r] = run(net, d)
+    assert r.kind == "transient" and "the hub stopped" in r.reply.text(), r
+    assert len(net.connections) == 2
+    assert not a.mx.health.is_failed("mx1.remote.test")
