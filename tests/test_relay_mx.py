@@ -866,3 +866,70 @@ def test_an_mx_host_address_that_is_no_ip_address_is_not_this_hub():
     assert not r.is_self(MXHost("elsewhere.test", 10, ("not-an-address", "192.0.2.5")))
     assert r.is_self(MXHost("elsewhere.test", 10, ("not-an-address", "127.0.0.1")))
 
+
+
+def test_any_other_mx_lookup_failure_says_its_own_words():
+    # a failure with no words of ours (here a name server port that
+    # refuses the query): the reason keeps what the error says
+    from twisted.internet.error import ConnectionRefusedError
+    zone = {"odd.test": {"MX": ConnectionRefusedError("port unreachable")}}
+    r = MXResolver(FakeResolver(zone), Clock(), "mail.hub.test", rng=random.Random(1))
+    e = error_of(r.resolve("odd.test"), TemporaryDNSError)
+    assert e.reason.startswith("DNS lookup of MX failed: ") and "port unreachable" in e.reason
+
+
+def test_this_hub_by_address_as_a_backup_leaves_the_more_preferred_hosts():
+    # RFC 5321 5.1: an MX that is this hub by its address (under another
+    # name) cuts itself and the less preferred hosts; the more preferred
+    # ones are the destination
+    table = {("backup2.test", "MX"): [mx(b"backup2.test", 10, b"primary.backup2.test"),
+                                      mx(b"backup2.test", 20, b"alias.backup2.test"),
+                                      mx(b"backup2.test", 30, b"last.backup2.test")],
+             ("primary.backup2.test", "A"): [a(b"primary.backup2.test", "192.0.2.40")],
+             ("alias.backup2.test", "A"): [a(b"alias.backup2.test", "192.0.2.41")],
+             ("last.backup2.test", "A"): [a(b"last.backup2.test", "192.0.2.42")]}
+    r = MXResolver(RawResolver(table), Clock(), "mail.hub.test",
+                   listening=[("192.0.2.41", 25)], rng=random.Random(1))
+    assert [h.name for h in result(r.resolve("backup2.test"))] == ["primary.backup2.test"]
+
+
+def test_a_malformed_address_literal_has_no_lookup_in_flight():
+    # the runner asks before it gives a delivery its slot: a literal the
+    # resolver refuses is its delivery's error, not the runner's
+    r = resolver()
+    assert r.lookup_in_flight("[300.1.2.3]") is None
+    assert r.lookup_in_flight("[192.0.2.1]") is None
+    error_of(r.resolve("[300.1.2.3]"), NoSuchDomain)
+
+
+def test_the_own_addresses_are_looked_up_once_at_a_time(monkeypatch):
+    # a restart (learn again) while the first lookup still runs on its
+    # thread joins it: one thread's worth, not one per start
+    asked: list[str] = []
+    _fake_host(monkeypatch, asked)
+    r = MXResolver(FakeResolver(_SELF_ZONE), Clock(), "mail.hub.test",
+                   listening=[("0.0.0.0", 25)], port=25, rng=random.Random(1))
+    calls: list[Any] = []
+    runs: list[defer.Deferred] = []
+
+    def in_thread(f, *args):
+        calls.append(f)
+        runs.append(defer.Deferred())
+        return runs[-1]
+
+    r.learn_own_addresses(in_thread)
+    r.learn_own_addresses(in_thread)
+    assert len(calls) == 1
+    runs[0].callback(calls[0]())
+    error_of(r.resolve("me.test"), MailLoop)
+    r.learn_own_addresses(in_thread)  # done: a restart asks again
+    assert len(calls) == 2
+
+
+def test_an_embedders_own_is_local_address_is_not_replaced_by_a_lookup():
+    calls: list[Any] = []
+    r = MXResolver(FakeResolver(_SELF_ZONE), Clock(), "mail.hub.test",
+                   listening=[("0.0.0.0", 25)], port=25, rng=random.Random(1),
+                   is_local_address=lambda a: a == "192.0.2.99")
+    r.learn_own_addresses(lambda f, *a: calls.append(f) or defer.succeed(frozenset()))
+    assert calls == []
