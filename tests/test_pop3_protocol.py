@@ -4627,3 +4627,17 @@ def test_a_slow_pop3s_reader_is_looked_at_again_until_it_ends_its_session():
     proto.connectionLost(None)
     assert not env.store.is_locked("joe@example.org")
     assert not [c for c in env.clock.getDelayedCalls() if c.func.__name__ == "_check_closed"]
+
+
+def test_a_message_the_size_job_cannot_read_is_left_for_the_reactor_thread(monkeypatch):
+    # one unreadable message (an I/O error) must not fail the job for
+    # the others: it is marked not measured (-1), to be measured (and its
+    # error logged) on the reactor thread if a command needs its size
+    def size_of(mailbox, index, stored, nowait=None):
+        if index == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return stored + 10
+
+    monkeypatch.setattr(pop3_protocol, "_client_size_of", size_of)
+    sizes = pop3_protocol._measure_sizes(object(), [100, 200, 300], lambda: False)
+    assert list(sizes) == [110, -1, 310]
