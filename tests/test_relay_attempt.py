@@ -3500,3 +3500,44 @@ def test_the_stop_cutting_the_plain_retry_after_a_failed_handshake_gives_the_del
     assert r.kind == "transient" and "the hub stopped" in r.reply.text(), r
     assert len(net.connections) == 2
     assert not a.mx.health.is_failed("mx1.remote.test")
+
+
+def test_when_lost_asked_after_the_connection_went_fires_at_once(tmp_path):
+    # the hub's stop waits for each session it cuts to be gone: one whose
+    # connection was lost before the stop asked must not hold it for ever
+    from twisted.internet.error import ConnectionDone
+    from twisted.internet.testing import StringTransport
+    from twisted.python.failure import Failure
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="none")
+    proto = SMTPClientProtocol(session, Clock(), str(tmp_path / "m"), None, str(tmp_path / "c"))
+    proto.makeConnection(StringTransport())
+    waiting = proto.when_lost()
+    assert not waiting.called
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert waiting.called
+    assert proto.when_lost().called
+
+
+def test_the_stop_closes_a_session_whose_transport_cannot_abort(tmp_path):
+    # a transport with no abortConnection (not every one has it) is
+    # closed all the same when the hub's stop cuts the session
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    class NoAbort(StringTransport):
+        abortConnection = None
+
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="none")
+    proto = SMTPClientProtocol(session, Clock(), str(tmp_path / "m"), None, str(tmp_path / "c"))
+    transport = NoAbort()
+    proto.makeConnection(transport)
+    proto.abort()
+    assert transport.disconnecting
