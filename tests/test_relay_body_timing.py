@@ -282,3 +282,26 @@ def test_a_read_error_mid_stream_ends_the_session_as_a_local_error(tmp_path, mon
     assert (r.reply.code, r.reply.status) == (451, "4.3.0")
     assert "local error" in r.reply.text()
     assert not clock.getDelayedCalls()
+
+
+def test_the_data_rate_says_nothing_of_a_session_the_timeout_already_cut(tmp_path):
+    # the next hop took one block and then nothing: the data block's
+    # timeout cuts the session (3 minutes); the rate's deadline, later,
+    # must not judge it again -- one verdict, the timeout, in the log and
+    # in the outcome
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, proto, transport = _client(tmp_path, body=b"x" * 200_000)
+        transport.producer.resumeProducing()  # t=0: the first block
+        clock.advance(180)
+        assert transport.disconnecting  # the timeout's cut
+        for _ in range(60):  # well past the rate's deadline (300 + 16 s)
+            clock.advance(10)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not any("too slowly" in formatEvent(e) for e in events)
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert "too slowly" not in outcome.session_error.text()
+    assert outcome.session_error.status == "4.4.2"
