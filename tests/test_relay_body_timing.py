@@ -305,3 +305,28 @@ def test_the_data_rate_says_nothing_of_a_session_the_timeout_already_cut(tmp_pat
     outcome = proto.done.result
     assert "too slowly" not in outcome.session_error.text()
     assert outcome.session_error.status == "4.4.2"
+
+
+def test_the_data_taken_after_the_server_ended_the_session_changes_nothing(tmp_path):
+    # the server says 421 in the middle of the data and the session closes;
+    # the transport then takes the rest, "." included: that is no data
+    # sent for the session to wait on -- no reply timer armed, no timeout
+    # said for a session already over in the server's words
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, proto, transport = _client(tmp_path, body=b"x" * 100_000)
+        transport.producer.resumeProducing()
+        proto.dataReceived(b"421 4.3.2 shutting down\r\n")
+        assert transport.disconnecting
+        _write_until_the_dot(transport)
+        transport.producer.resumeProducing()  # the "." taken
+        for _ in range(60):
+            clock.advance(10)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not any("timeout waiting for the server" in formatEvent(e) for e in events), [
+        formatEvent(e) for e in events]
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.session_error.code == 421 and "shutting down" in outcome.session_error.text()

@@ -533,7 +533,15 @@ class SMTPClientProtocol(Protocol):
         """The transport took what it was given and asks for more: the data
         block's timeout starts again, and the time by which the next hop,
         at ``MIN_DATA_RATE``, would have taken what it took so far is when
-        it is cut (unless it takes more before)."""
+        it is cut (unless it takes more before).
+
+        Not once the session is closing (a ``421`` in the middle of the
+        data: Twisted's ``loseConnection`` lets the producer finish first):
+        the data the transport takes then is no step of the session, and
+        re-arming the reply timer replaced the close's own and logged a
+        "timeout waiting for the server" for a session the server ended."""
+        if self._closing:
+            return
         self._arm()
         producer = self._producer
         if producer is None:
