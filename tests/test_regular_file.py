@@ -154,22 +154,14 @@ def _failing_open(monkeypatch: pytest.MonkeyPatch, target: str, code: int) -> No
     monkeypatch.setattr(os, "open", fake_open)
 
 
+@pytest.mark.parametrize("there", [True, False])
 def test_an_enxio_of_what_is_no_socket_is_raised_as_it_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # a device node with no driver behind it: its ENXIO is its own, not
-    # "no regular file" (only a socket's is)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, there: bool) -> None:
+    # a device node with no driver behind it, or a name gone since: its
+    # ENXIO is its own, not "no regular file" (only a socket's is)
     path = tmp_path / "device"
-    path.write_bytes(b"")
-    _failing_open(monkeypatch, str(path), errno.ENXIO)
-    with pytest.raises(OSError) as info:
-        read_regular(str(path))
-    assert not isinstance(info.value, NotRegularFile)
-    assert info.value.errno == errno.ENXIO
-
-
-def test_an_enxio_of_a_name_gone_since_is_raised_as_it_is(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "gone"
+    if there:
+        path.write_bytes(b"")
     _failing_open(monkeypatch, str(path), errno.ENXIO)
     with pytest.raises(OSError) as info:
         read_regular(str(path))

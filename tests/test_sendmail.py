@@ -210,9 +210,15 @@ def test_an_empty_config_path_is_a_usage_error(tmp_path: Path, argv: list[str]) 
         "else /etc/txmailhub/mailhub.toml")
 
 
-def test_no_recipients_without_t_is_a_usage_error_before_stdin_is_read(tmp_path: Path) -> None:
+def _hub_config(tmp_path: Path) -> Path:
+    """A config naming the primary domain and a hub on port 2525."""
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    return config
+
+
+def test_no_recipients_without_t_is_a_usage_error_before_stdin_is_read(tmp_path: Path) -> None:
+    config = _hub_config(tmp_path)
     stdin, err = io.BytesIO(b"Subject: x\n\nbody\n"), io.StringIO()
     assert run([], str(config), "sendmail", stdin=stdin, err=err) == EX_USAGE
     assert stdin.tell() == 0 and "NOT sent" in err.getvalue()
@@ -979,8 +985,7 @@ def test_installed_as_mailq_or_newaliases_it_is_bp_or_bi(
 ) -> None:
     from txmailhub import sendmail
 
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _hub_config(tmp_path)
     monkeypatch.setenv("MAILHUB_CONFIG", str(config))
     monkeypatch.setattr("txmailhub.cli.DEFAULT_CONFIG", str(config))
     seen = []
@@ -1293,8 +1298,7 @@ def test_an_internal_error_is_70_with_one_line_not_a_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # cron, PHP's mail() and scripts read sysexits(3) codes: a traceback's
     # status 1 is none of them; 70 is EX_SOFTWARE
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _hub_config(tmp_path)
     _break_prepare(monkeypatch, RuntimeError("no such\nthing"))
     err = io.StringIO()
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
@@ -1321,8 +1325,7 @@ def test_the_traceback_of_v_lets_no_control_of_the_exceptions_text_reach_the_ter
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # an exception's text may hold what the command read (a header line):
     # an ESC in it would drive the terminal the traceback is read on
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _hub_config(tmp_path)
     _break_prepare(monkeypatch, ValueError("Subject: \x1b]0;owned\x07\rx\u202e"))
     err = io.StringIO()
     assert run(["-v", "bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
@@ -1335,8 +1338,7 @@ def test_the_traceback_of_v_lets_no_control_of_the_exceptions_text_reach_the_ter
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(3)])
 def test_ctrl_c_and_system_exit_keep_their_meaning(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _hub_config(tmp_path)
     _break_prepare(monkeypatch, error)
     err = io.StringIO()
     with pytest.raises(type(error)):
@@ -1373,8 +1375,7 @@ def test_a_long_name_beside_a_utf8_address_is_folded_for_its_field() -> None:
 
 def test_an_internal_error_without_text_is_named_by_its_type_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _hub_config(tmp_path)
     _break_prepare(monkeypatch, RuntimeError())
     err = io.StringIO()
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
@@ -1401,8 +1402,7 @@ def test_an_internal_error_of_the_command_line_reading_is_70_too(
 
 def test_an_internal_error_with_standard_error_closed_is_still_70(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "mailhub.toml"
-    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n')
+    config = _hub_config(tmp_path)
     _break_prepare(monkeypatch, RuntimeError("broken"))
     err = io.StringIO()
     err.close()  # a write: ValueError
