@@ -274,3 +274,31 @@ def test_a_shown_traceback_escapes_the_text_of_a_context_alone() -> None:
     lines = shown_traceback(error).splitlines()
     assert "RuntimeError: a\\x{A}b\\x{1B}" in lines
 
+
+
+def test_a_shown_traceback_escapes_the_text_of_a_groups_members_on_one_line() -> None:
+    # Python prints a member's lines behind a margin ("    | "), nested
+    # groups deeper: each member's text is one line behind it, escaped
+    import traceback
+
+    member = _raised(ValueError("a\nb\x1bc"))
+    member.add_note("note\x1b one\nnote two")
+    nested = _raised(ExceptionGroup("inner\ngroup", [_raised(KeyError("k"))]))
+    formfeed = _raised(TypeError("t\x0cu"))  # a line break to the margin's indent too
+    group = _raised(ExceptionGroup("outer\ngroup", [member, nested, formfeed]))
+    text = shown_traceback(group)
+    assert "\x1b" not in text and "\x0c" not in text, text
+    lines = text.splitlines()
+    assert "  | ExceptionGroup: outer\\x{A}group (3 sub-exceptions)" in lines
+    assert "    | ValueError: a\\x{A}b\\x{1B}c" in lines, text
+    assert lines[lines.index("    | ValueError: a\\x{A}b\\x{1B}c") + 1:][:2] == [
+        "    | note\\x{1B} one", "    | note two"]
+    assert "    | ExceptionGroup: inner\\x{A}group (1 sub-exception)" in lines
+    assert "      | KeyError: 'k'" in lines
+    assert "    | TypeError: t\\x{C}u" in lines
+    # the frames and the group's frame lines are Python's: one line more
+    # for each line break in a text, nothing else changed
+    python = "".join(traceback.format_exception(group)).splitlines()
+    assert len(python) == len(lines) + 4
+    assert [line for line in lines if "File" in line or "+--" in line] == [
+        line for line in python if "File" in line or "+--" in line]

@@ -1407,3 +1407,25 @@ def test_an_internal_error_with_standard_error_closed_is_still_70(
     err = io.StringIO()
     err.close()  # a write: ValueError
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+
+
+def test_the_traceback_of_v_escapes_a_line_break_in_an_exception_groups_member(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a group's members are printed behind a margin ("    | "): their text,
+    # a line break too, is escaped as the one-line message escapes it
+    config = _hub_config(tmp_path)
+    try:
+        raise ValueError("bad header\nSubject: \x1b]0;owned\x07")
+    except ValueError as e:
+        member = e
+    _break_prepare(monkeypatch, ExceptionGroup("prepare\nfailed", [member]))
+    err = io.StringIO()
+    assert run(["-v", "bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    text = err.getvalue()
+    assert not any(c in text for c in "\x1b\x07"), text
+    lines = text.splitlines()
+    assert lines[0] == ("sendmail: internal error (a bug in the command): ExceptionGroup: "
+                        "prepare\\x{A}failed (1 sub-exception)")
+    assert "  | ExceptionGroup: prepare\\x{A}failed (1 sub-exception)" in lines, text
+    assert "    | ValueError: bad header\\x{A}Subject: \\x{1B}]0;owned\\x{7}" in lines, text
+    assert not any("Subject:" in line and "ValueError" not in line for line in lines), text

@@ -114,9 +114,10 @@ def shown_traceback(error: BaseException) -> str:
     shows it: a line break in it is ``\\x{A}``), and every other line
     (the frames: file names, source lines) keeps its line breaks with
     its controls escaped (``shown_lines``).  The members of an exception
-    group are printed indented (``    | ``), so their text is not
-    recognised as such: it is escaped line by line, its controls too,
-    and a line break in it stays one (sendmail raises no group)."""
+    group, and the exceptions chained to them, are printed behind a
+    margin (``    | ``) that Python puts before each of their lines: their
+    text is found without it, ``shown`` alike, and put back behind the
+    margin, on one line."""
     top = traceback.TracebackException.from_exception(error)
     own: set[str] = set()  # the pieces that are an exception's text, in the whole chain
     todo, seen = [top], set()
@@ -130,9 +131,33 @@ def shown_traceback(error: BaseException) -> str:
                     if e is not None)
     out = []
     for piece in top.format():
-        body, end = (piece[:-1], "\n") if piece.endswith("\n") else (piece, "")
-        out.append((shown(body) if piece in own else shown_lines(body)) + end)
+        margin, text = _behind_margin(piece)
+        body, end = (text[:-1], "\n") if text.endswith("\n") else (text, "")
+        if text in own:
+            out.append(margin + shown(body) + end)
+        else:
+            out.append(shown_lines(piece[:-1] if end else piece) + end)
     return "".join(out)
+
+
+# the margin of a group member's lines (``traceback``'s ``_ExceptionPrintContext``:
+# two blanks per level of nesting, then "| " or "+ ")
+_MARGIN = re.compile(r"(?: {2})*[|+] ")
+
+
+def _behind_margin(piece: str) -> tuple[str, str]:
+    """A piece of a formatted traceback as (its margin, its text): a
+    group member's pieces have the margin before each of their lines
+    (``textwrap.indent``, which cuts the lines as ``str.splitlines``
+    does), a piece outside any group none (``""``, the piece)."""
+    found = _MARGIN.match(piece)
+    if found is None:
+        return "", piece
+    margin = found.group()
+    lines = piece.splitlines(keepends=True)
+    if not all(line.startswith(margin) for line in lines):
+        return "", piece
+    return margin, "".join(line[len(margin):] for line in lines)
 
 
 def quoted(value: object) -> str:
