@@ -1409,6 +1409,39 @@ def test_an_internal_error_with_standard_error_closed_is_still_70(
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
 
 
+class _TextlessError(Exception):
+    """An exception whose own ``__str__`` is broken (a bug in its class)."""
+
+    def __init__(self, broken: str) -> None:
+        super().__init__()
+        self.broken = broken
+
+    def __str__(self) -> str:
+        if self.broken == "raises":
+            raise RuntimeError("no text")
+        return 3  # type: ignore[return-value]  # not a string: str() raises TypeError
+
+
+@pytest.mark.parametrize("broken", ["raises", "returns no string"])
+def test_an_internal_error_whose_text_cannot_be_read_is_still_70_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    # the line naming the error read its text unguarded: the failure there
+    # was Python's traceback and exit 1
+    config = _hub_config(tmp_path)
+    _break_prepare(monkeypatch, _TextlessError(broken))
+    err = io.StringIO()
+    assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): "
+                              "_TextlessError: <exception str() failed> (-v shows where)\n")
+    err = io.StringIO()
+    assert run(["-v", "bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+    first, *rest = err.getvalue().splitlines()
+    assert first == ("sendmail: internal error (a bug in the command): "
+                     "_TextlessError: <exception str() failed>")
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1].endswith("_TextlessError: <exception str() failed>"), rest
+
+
 def test_the_traceback_of_v_escapes_a_line_break_in_an_exception_groups_member(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a group's members are printed behind a margin ("    | "): their text,
@@ -1429,3 +1462,26 @@ def test_the_traceback_of_v_escapes_a_line_break_in_an_exception_groups_member(
     assert "  | ExceptionGroup: prepare\\x{A}failed (1 sub-exception)" in lines, text
     assert "    | ValueError: bad header\\x{A}Subject: \\x{1B}]0;owned\\x{7}" in lines, text
     assert not any("Subject:" in line and "ValueError" not in line for line in lines), text
+
+
+class _UnformattableError(Exception):
+    """An exception whose traceback Python cannot format (its notes raise)."""
+
+    @property
+    def __notes__(self) -> list[str]:  # type: ignore[override]
+        raise RuntimeError("no notes")
+
+
+def test_an_internal_error_whose_traceback_cannot_be_formatted_is_70_with_v(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _hub_config(tmp_path)
+    _break_prepare(monkeypatch, _UnformattableError("broken"))
+    err = io.StringIO()
+    try:
+        status: object = run(["-v", "bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err)
+    except Exception as e:  # (named outside the handler: pytest cannot format its chain)
+        status = f"raised {type(e).__name__}"
+    assert status == 70
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): "
+                              "_UnformattableError: broken\n"
+                              "(no traceback: reading it raised RuntimeError)\n")

@@ -1019,3 +1019,38 @@ def test_an_internal_error_inside_the_data_closes_the_hubs_connection_at_once() 
     with pytest.raises(_Bug, match="in the data"):
         s.run((220, b"hub.example.org ESMTP"))
     assert closed_at_dot == [True]
+
+
+class _TextlessBug(Exception):
+    """A bug whose exception's own ``__str__`` raises too."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class _TextlessHub(ScriptedHub):
+    """A hub connection whose ``getreply`` to RCPT meets ``_TextlessBug``."""
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.commands and self.commands[-1].startswith(b"RCPT"):
+            raise _TextlessBug()
+        return super().getreply()
+
+
+def test_an_internal_error_whose_text_cannot_be_read_is_a_421_and_70(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the client has its 421; the line naming the error on stderr read the
+    # error's text unguarded, and ended in Python's traceback, exit 1
+    from txmailhub.sendmail import run
+
+    hub = _TextlessHub()
+    _command_with_hub(monkeypatch, hub)
+    out, err = io.BytesIO(), io.StringIO()
+    status = run(["-bs"], str(sendmail_config(tmp_path, 2525)), "sendmail",
+                 io.BytesIO(PIPELINED), err, stdout=out)
+    assert status == 70
+    assert codes(out.getvalue()) == [b"220", b"250", b"250", b"421"]
+    assert out.getvalue().endswith(INTERNAL_421)
+    assert err.getvalue() == ("sendmail: internal error (a bug in the command): _TextlessBug: "
+                              "<exception str() failed> (-v shows where)\n")
+    assert hub.closed

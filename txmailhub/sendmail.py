@@ -666,20 +666,38 @@ def run(
 def _internal_error(prog: str, error: Exception, argv: list[str], err: TextIO) -> None:
     """Say which exception ended the command, on one line (its text
     escaped: no line break or terminal control of its own), and with
-    ``-v`` its traceback after it, escaped alike (``shown_traceback``)."""
-    what = type(error).__name__ + (f": {error}" if str(error) else "")
+    ``-v`` its traceback after it, escaped alike (``shown_traceback``).
+    Nothing of the error's own may fail here: this is what makes a bug
+    exit 70, and a failure of its own would be Python's traceback, exit 1."""
+    text = _error_text(error)
+    what = type(error).__name__ + (f": {text}" if text else "")
     try:
         verbose = parse_args(argv).verbose
     except Exception:  # (the command line itself may be what failed)
         verbose = False
+    trace = ""
+    if verbose:
+        try:
+            trace = shown_traceback(error)
+        except Exception as e:  # (the frames are read as the error holds them)
+            trace = f"(no traceback: reading it raised {type(e).__name__})\n"
     try:
         print(f"{prog}: internal error (a bug in the command): {shown(what)}"
               f"{'' if verbose else ' (-v shows where)'}", file=err)
-        if verbose:
-            print(shown_traceback(error), end="", file=err)
+        print(trace, end="", file=err)
         err.flush()
     except (OSError, ValueError):  # stderr gone too: the status says it
         pass
+
+
+def _error_text(error: BaseException) -> str:
+    """``str(error)``, or what stands for it when its ``__str__`` itself
+    fails (a bug in the exception's class: it raises, or returns no
+    string): Python's words for that, which ``-v``'s traceback ends with."""
+    try:
+        return str(error)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def _run(argv: list[str], config: str, prog: str, stdin: BinaryIO | None, err: TextIO,
