@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from dataclasses import replace
 from email.header import decode_header, make_header
 from pathlib import Path
 
@@ -1407,6 +1408,45 @@ def test_an_internal_error_with_standard_error_closed_is_still_70(
     err = io.StringIO()
     err.close()  # a write: ValueError
     assert run(["bob"], str(config), "sendmail", io.BytesIO(b"x\n"), err) == 70
+
+
+def test_recipients_that_aliases_lead_to_one_mailbox_are_put_side_by_side(
+        tmp_path: Path) -> None:
+    # the hub's own router reads the aliases: an alias goes beside a
+    # mailbox it reaches through another alias (staff, team, ann), and
+    # beside another spelling of its member (Joe, JOE); an alias beside the
+    # remote address it forwards to; the others keep their places
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: Joe, team\nteam: ann\nfwd: carol@elsewhere.test\n"
+                       "loop1: loop2\nloop2: loop1\n")
+    settings = LocalSubmission(path="/x.toml", hostname="mail.example.org",
+                               domains=("example.org", "example.net"), listen=("tcp:25",),
+                               max_message_size=10_000, aliases_file=str(aliases))
+    argv = ("r1", "ann", "r2", "carol@elsewhere.test", "staff", "loop1", "fwd", "JOE",
+            "joe@example.net")
+    p = prep(b"x\r\n", Options(recipients=argv), settings)
+    assert p.recipients == (
+        "r1@example.org", "ann@example.org", "staff@example.org", "JOE@example.org",
+        "r2@example.org", "carol@elsewhere.test", "fwd@example.org", "loop1@example.org",
+        "joe@example.net")
+    assert p.groups == (1, 3, 1, 2, 1, 1)
+    # no aliases file, none that can be read, or no alias among the
+    # recipients: each is a run of its own, in the order given
+    for unread in (None, str(tmp_path / "gone"), str(tmp_path)):
+        p = prep(b"x\r\n", Options(recipients=argv), replace(settings, aliases_file=unread))
+        assert p.groups == () and p.recipients[:3] == ("r1@example.org", "ann@example.org",
+                                                       "r2@example.org")
+    assert prep(b"x\r\n", Options(recipients=("r1", "r2", "loop1")), settings).groups == ()
+
+
+def test_the_aliases_file_is_read_from_the_config_relative_to_it(tmp_path: Path) -> None:
+    config = _hub_config(tmp_path)
+    assert load_local_submission(str(config)).aliases_file is None
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    assert load_local_submission(str(config)).aliases_file == str(tmp_path / "aliases")
+    # a bad value is the hub's to report: the command sends all the same
+    config.write_text(config.read_text().replace('"aliases"', "3"))
+    assert load_local_submission(str(config)).aliases_file is None
 
 
 class _TextlessError(Exception):

@@ -383,6 +383,46 @@ def test_one_mailbox_in_two_transactions_is_sent_once_as_first_spelled(
         "ann@xn--bcher-kva.example"]
 
 
+def _aliases_config(tmp_path, aliases: str) -> str:  # type: ignore[no-untyped-def]
+    """``_config`` with an ``[aliases] file`` holding ``aliases``, named
+    relative to the config, as the hub names it."""
+    (tmp_path / "aliases").write_text(aliases)
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n'
+                      '[aliases]\nfile = "aliases"\n')
+    return str(config)
+
+
+def test_recipients_that_aliases_lead_to_one_mailbox_share_a_transaction(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the hub merges staff's joe and joe within a transaction only: at two
+    # recipients a transaction, "r1 staff | r2 joe | ann r3 | team" gave
+    # joe and ann two copies each.  joe goes beside staff, ann's alias
+    # beside ann (its other member is remote), and a limit that falls
+    # inside such a run ends the transaction before it instead
+    hub.append(LimitedHub(2))
+    config = _aliases_config(tmp_path, "staff: joe\nteam: Ann, bob@elsewhere.test\n")
+    err = io.StringIO()
+    argv = ["r1", "staff", "r2", "joe", "ann", "r3", "team"]
+    assert run(argv, config, "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
+    assert [rcpts for rcpts, _ in hub[0].delivered] == [
+        ["r1@example.org"], ["staff@example.org", "joe@example.org"], ["r2@example.org"],
+        ["ann@example.org", "team@example.org"], ["r3@example.org"]]
+
+
+def test_a_refusal_in_a_run_the_limit_cut_is_told_once(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # "staff" refused in the transaction the limit cut before it, and in the
+    # next, which asks it again: one refusal, said once
+    hub.append(LimitedHub(2, {"staff@example.org": (550, b"5.1.1 No such user")}))
+    config = _aliases_config(tmp_path, "staff: joe\nteam: joe\n")
+    err = io.StringIO()
+    assert run(["r1", "staff", "team", "joe"], config, "sendmail", io.BytesIO(b"x\n"),
+               err) == EX_NOUSER
+    assert err.getvalue().count("<staff@example.org>: 550 5.1.1") == 1, err.getvalue()
+    assert hub[0].delivered == []
+
+
 class JunkCountingHub(LimitedHub):
     """A ``LimitedHub`` that, as the hub with ``[smtp] max_errors = 1``,
     takes ``junk`` RSETs in a session (``max_junk_commands``), counted

@@ -1883,6 +1883,10 @@ class LocalSubmission:
     #: ``[relay] retry_schedule``, for ``sendmail -bp``'s next attempts
     #: (``relay.schedule.due_by``); the default when missing or bad
     retry_schedule: tuple[int, ...] = RelaySettings.retry_schedule
+    #: ``[aliases] file`` (absolute), when set: the command reads it to
+    #: keep the recipients that lead to one mailbox in one transaction
+    #: (``sendmail.prepare``); ``None`` when unset or not a usable value
+    aliases_file: str | None = None
 
     @property
     def primary_domain(self) -> str:
@@ -1897,7 +1901,8 @@ class LocalSubmission:
 def load_local_submission(path: str) -> LocalSubmission:
     """Read only ``[hub]`` and ``[smtp]`` of the config, with the same
     checks as ``load``; raise ``ConfigError`` listing their problems.
-    ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times).
+    ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times),
+    and ``[aliases] file`` when set (which recipients share a mailbox).
 
     Why not ``load``: the sendmail command runs as any local user (a web
     server, a cron job), who may not read the TLS key or the smarthost
@@ -1932,6 +1937,12 @@ def load_local_submission(path: str) -> LocalSubmission:
     )
     if problems:
         raise ConfigError(problems)
+    aliases = doc.get("aliases")
+    aliases_file = aliases.get("file") if isinstance(aliases, dict) else None
+    if isinstance(aliases_file, str) and aliases_file:
+        # only to group the recipients: a bad value, like a file this user
+        # cannot read, is the hub's and `mailhub check`'s to report
+        settings = replace(settings, aliases_file=r.resolve(aliases_file))
     relay = doc.get("relay")
     if isinstance(relay, dict) and "retry_schedule" in relay:
         # only for mailq's times: a bad value is the hub's and `mailhub

@@ -41,7 +41,7 @@ import smtplib
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from txmailhub.address import (
     Address,
@@ -59,7 +59,7 @@ from txmailhub.config import (
     load_local_submission,
 )
 from txmailhub.downgrade import encoded_words
-from txmailhub.errors import ConfigError, RemoteProtocolError
+from txmailhub.errors import ConfigError, Rejected, RemoteProtocolError
 from txmailhub.logsafe import quoted, shown, shown_lines, shown_traceback
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
@@ -84,6 +84,9 @@ from txmailhub.sendmail_smtp import (
 )
 from txmailhub.smtp._parse import MAX_PATH, parse_mail, parse_mailbox, parse_rcpt
 from txmailhub.smtp.xtext import xtext_encode
+
+if TYPE_CHECKING:
+    from txmailhub.router import Router
 
 __all__ = [
     "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_SOFTWARE",
@@ -242,6 +245,10 @@ class Prepared:
     notify: str | None = None
     ret: str | None = None
     envid: str | None = None
+    #: the lengths of the runs of ``recipients`` that lead to a common
+    #: mailbox through the aliases, and so must share a transaction
+    #: (``_by_mailbox``); ``()``: each recipient is a run of its own
+    groups: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -279,7 +286,7 @@ def _read_addresses(values: Iterable[str], primary_domain: str,
 
 
 def _one_per_mailbox(recipients: Iterable[tuple[str, Address]],
-                     domains: Iterable[str]) -> tuple[str, ...]:
+                     domains: Iterable[str]) -> list[tuple[str, Address]]:
     """The first spelling of each mailbox among ``recipients`` (envelope
     forms and the hub's reading of them), in order.  The hub merges the
     spellings of one mailbox within a transaction, but a list longer than
@@ -287,13 +294,94 @@ def _one_per_mailbox(recipients: Iterable[tuple[str, Address]],
     cannot: each would get a copy.  "One mailbox" is the hub's own
     notion (``rcpt_mailbox``: ``Bob@EXAMPLE.ORG`` and ``bob@example.org``
     at a local domain, ``joe@Example.NET`` and ``joe@example.net``
-    elsewhere); only aliases, which the command cannot read, are left to
-    the hub."""
+    elsewhere).  Different names that aliases lead to one mailbox stay
+    (the hub's answers and notices name each as given): ``_by_mailbox``
+    keeps them in one transaction instead."""
     local = {canonical_domain(d) for d in domains}
-    first: dict[Address, str] = {}
+    first: dict[Address, tuple[str, Address]] = {}
     for form, address in recipients:
-        first.setdefault(rcpt_mailbox(address, local), form)
-    return tuple(first.values())
+        first.setdefault(rcpt_mailbox(address, local), (form, address))
+    return list(first.values())
+
+
+class _EveryName:
+    """The users database as ``_by_mailbox`` asks it: every local name is
+    taken for a mailbox.  The command cannot read the users file (it
+    holds the password hashes), and need not: a name that is no user
+    only puts its recipient in the transaction of another that names it
+    too, which costs nothing."""
+
+    def contains(self, address: Address) -> bool:
+        return True
+
+
+def _by_mailbox(recipients: list[tuple[str, Address]],
+                settings: LocalSubmission) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """``recipients`` (envelope forms and the hub's reading of them) in
+    runs that must share a transaction, and the length of each run (``()``
+    when each recipient is one of its own).
+
+    The hub merges the recipients of one transaction by where they lead
+    (``txmailhub.router``: an alias's members, the postmaster): two
+    aliases that name one mailbox, or an alias and that mailbox's own
+    name, get it one copy there -- but two in two transactions, which a
+    list longer than ``[smtp] max_recipients`` needs (``submit``).  So the
+    command reads the ``[aliases]`` file through the hub's own router and
+    puts the recipients that lead to a common mailbox, or a common remote
+    address, next to each other (where the first of them stood), and
+    ``submit`` ends a transaction only between two runs.  Without an
+    aliases file, or one this user cannot read, each recipient is its
+    own run, as its name is its only mailbox the command can know."""
+    forms = tuple(form for form, _ in recipients)
+    if len(recipients) < 2 or settings.aliases_file is None:
+        return forms, ()
+    from txmailhub.router import Router
+
+    router = Router(settings.domains, _EveryName(), settings.aliases_file)
+    router.aliases_file = None  # read once: the file as it is now serves every lookup
+    if not router.aliases:
+        return forms, ()
+    local = set(router.domains)
+    primary_postmaster = Address("postmaster", router.primary_domain)
+    root = list(range(len(recipients)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    first: dict[Address, int] = {}  # a final recipient -> the first recipient leading to it
+    for i, (_, address) in enumerate(recipients):
+        names = [address]
+        if canonical_domain(address.domain) in local and address.is_postmaster:
+            # RFC 5321 4.5.1: a postmaster that is no user is the primary
+            # domain's, which the command cannot tell: both are taken
+            names.append(primary_postmaster)
+        for name in names:
+            for final in _leads_to(router, name, local):
+                j = find(first.setdefault(final, i))
+                root[j] = find(i)
+    runs: dict[int, list[int]] = {}
+    for i in range(len(recipients)):
+        runs.setdefault(find(i), []).append(i)
+    if len(runs) == len(recipients):
+        return forms, ()
+    return (tuple(forms[i] for run in runs.values() for i in run),
+            tuple(len(run) for run in runs.values()))
+
+
+def _leads_to(router: Router, address: Address, local: set[str]) -> tuple[Address, ...]:
+    """Where the hub delivers RCPT ``address``: the router's expansion
+    for a local domain (its mailboxes and remote addresses), the address
+    itself for another."""
+    if canonical_domain(address.domain) not in local:
+        return (address,)
+    try:
+        mailboxes, remote = router.resolve(address)
+    except Rejected:  # an alias loop that leads nowhere: the hub refuses it
+        return (rcpt_mailbox(address, local),)
+    return (*mailboxes, *remote)
 
 
 def _may_name_anyone(values: Iterable[str]) -> bool:
@@ -576,7 +664,7 @@ def prepare(
         values = [text.split(b":", 1)[1].decode("utf-8", "surrogateescape")
                   .replace("\r\n", "") for name, text in fields if name in kinds]
         recipients += _read_addresses(values, settings.primary_domain)
-    unique = _one_per_mailbox(recipients, settings.domains)
+    unique, groups = _by_mailbox(_one_per_mailbox(recipients, settings.domains), settings)
     domain = _header_domain(settings.primary_domain)
     kept = [(name, qualify_field(text, domain) if name in ADDRESS_FIELDS else text)
             for name, text in fields if name not in _DROPPED]
@@ -630,7 +718,7 @@ def prepare(
     trace = trace_field(settings.hostname, login_name, os.getuid() if uid is None else uid)
     header = b"".join([trace, *texts, *originator(""), b"\r\n"])
     return Prepared(sender, unique, header, read.body, read.body_size, read.body_8bit,
-                    options.notify, options.ret, options.envid)
+                    options.notify, options.ret, options.envid, groups)
 
 
 # --- the command ----------------------------------------------------------

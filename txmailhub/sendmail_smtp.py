@@ -13,6 +13,7 @@ lost after the final dot, before the reply -- is ``OutcomeUnknown``.
 
 from __future__ import annotations
 
+import bisect
 import smtplib
 import socket
 from collections.abc import Iterable, Iterator
@@ -255,11 +256,11 @@ def _too_many(code: int, reply: str) -> bool:
 
 
 def _transaction(client: smtplib.SMTP, mail: str, notify: str, sender: str,
-                 recipients: list[str]) -> tuple[int, list[tuple[int, str]]]:
+                 recipients: list[str]) -> tuple[int, list[tuple[int, int, str]]]:
     """MAIL and the RCPTs of one transaction: how many of ``recipients``
     it holds (all but those the server's limit left over, never none), and
-    the refusals among them as (exit code, why).  Raise ``Refused`` for a
-    refused MAIL."""
+    the refusals among them as (their index, exit code, why).  Raise
+    ``Refused`` for a refused MAIL."""
     code, reply = client.docmd("MAIL", mail)
     if code != 250:
         raise Refused(_status("MAIL", code, _text(reply)), f"sender <{sender}>: {code} "
@@ -271,14 +272,40 @@ def _transaction(client: smtplib.SMTP, mail: str, notify: str, sender: str,
             continue
         if i and _too_many(code, _text(reply)):
             return i, refused
-        refused.append((_status("RCPT", code, _text(reply)), f"<{rcpt}>: {code} {_text(reply)}"))
+        refused.append((i, _status("RCPT", code, _text(reply)),
+                        f"<{rcpt}>: {code} {_text(reply)}"))
     return len(recipients), refused
 
 
-def _refused(refused: list[tuple[int, str]]) -> Refused:
-    permanent = [s for s, _ in refused if s != EX_TEMPFAIL]
+def _refused(refused: list[tuple[int, int, str]]) -> Refused:
+    permanent = [s for _, s, _ in refused if s != EX_TEMPFAIL]
     return Refused(permanent[0] if permanent else EX_TEMPFAIL,
-                   "; ".join(why for _, why in refused))
+                   "; ".join(why for _, _, why in refused))
+
+
+def _run_starts(groups: tuple[int, ...]) -> list[int] | None:
+    """Where each run of ``Prepared.groups`` starts among the recipients
+    (``None``: every recipient is a run of its own)."""
+    if not groups:
+        return None
+    starts, at = [], 0
+    for length in groups:
+        starts.append(at)
+        at += length
+    return starts
+
+
+def _whole_runs(starts: list[int] | None, done: int, taken: int) -> int:
+    """How many of the recipients after the first ``done`` a transaction
+    that took ``taken`` of them (the hub's limit) holds: up to the start
+    of the run the limit cut, so that recipients leading to one mailbox
+    are in one transaction, where the hub merges them (one copy).  All
+    ``taken`` for a run longer than the limit itself, which no
+    transaction can hold: its mailbox gets a copy in each it is cut into."""
+    if starts is None:
+        return taken
+    start = starts[bisect.bisect_right(starts, done + taken) - 1]
+    return start - done if start > done else taken
 
 
 def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT,
@@ -294,7 +321,10 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT,
     transactions ended with RSET, so that a refused one still stops the
     message for all; only then is it sent in each.  Should a later one
     fail after all (the hub stopped, a recipient removed meanwhile),
-    ``PartlySent`` names who has it.
+    ``PartlySent`` names who has it.  A transaction ends only between two
+    runs of ``prepared.groups`` (recipients that lead to one mailbox,
+    which the hub merges within a transaction only): when the hub's limit
+    falls inside one, the run goes in the next transaction whole.
 
     The hub counts each RSET as a command that moves no mail, and past
     its ``[smtp] max_junk_commands`` each as an error, closing the
@@ -309,8 +339,9 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT,
     try:
         mail, notify = _hello(client, target, prepared)
         batches: list[list[str]] = []
-        refused: list[tuple[int, str]] = []
+        refused: list[tuple[int, int, str]] = []
         rest = list(prepared.recipients)
+        starts = _run_starts(prepared.groups)
         resets = 0  # the RSETs of this session
         while rest:
             if resets == max_junk_commands:
@@ -319,6 +350,9 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT,
                 mail, notify = _hello(client, target, prepared)
                 resets = 0
             taken, found = _transaction(client, mail, notify, prepared.sender, rest)
+            if taken < len(rest):  # the hub's limit: never inside a run
+                taken = _whole_runs(starts, len(prepared.recipients) - len(rest), taken)
+                found = [r for r in found if r[0] < taken]  # the others are asked again
             batches.append(rest[:taken])
             rest = rest[taken:]
             refused += found
@@ -335,8 +369,9 @@ def submit(prepared: Prepared, targets: list[Target], timeout: float = TIMEOUT,
                     taken, found = _transaction(client, mail, notify, prepared.sender, batch)
                     if found or taken < len(batch):
                         client.rset()
-                        raise _refused(found or [(EX_TEMPFAIL, f"<{batch[taken]}>: 452 the "
-                                                  "hub took fewer recipients than before")])
+                        raise _refused(found or [(taken, EX_TEMPFAIL, f"<{batch[taken]}>: "
+                                                  "452 the hub took fewer recipients than "
+                                                  "before")])
                 prepared.body.seek(start)
                 reply_text = _data(client, prepared)
             except (Refused, OutcomeUnknown, smtplib.SMTPException, OSError) as e:

@@ -378,6 +378,24 @@ def test_one_mailbox_spelled_twice_in_two_transactions_gets_one_copy(make_hub, t
 
 
 
+def test_aliases_that_lead_to_one_mailbox_in_a_long_list_give_it_one_copy(
+        make_hub, tmp_path: Path):
+    """The hub merges the recipients an alias leads to with the others of
+    a transaction only; the command reads the aliases file the hub reads
+    and keeps those that share a mailbox in one transaction (a ``-t``
+    with a long To: list gets one copy per mailbox, as in one)."""
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: bob\nteam: Carol@example.net, dave@elsewhere.test\n")
+    hub = unix_hub(make_hub, tmp_path, sections={"smtp": {"max_recipients": 2},
+                                                 "aliases": {"file": str(aliases)}})
+    message = (b"To: bob, alice, carol@example.net, staff, team\n"
+               b"Subject: x\n\nbody\n")
+    r = sendmail(hub.config_path, "-t", "-oi", message=message)
+    assert r.returncode == 0, r.stderr
+    for rcpt in ("bob@example.org", "alice@example.org", "carol@example.net"):
+        assert len(hub.messages(rcpt)) == 1, rcpt
+
+
 def test_more_batches_than_the_junk_limit_still_all_get_the_message(make_hub, tmp_path: Path):
     """Each transaction the command asks for is ended with RSET, which the
     hub counts towards ``max_junk_commands`` and then ``max_errors``: the
