@@ -901,13 +901,16 @@ class ClientSession:
             if self.dsn.ret:
                 params.append(f"RET={self.dsn.ret}")
             envid = self.dsn.envid
-            # RFC 3461 4.4: US-ASCII; an SMTPUTF8 transaction's UTF-8 id
-            # only goes on in one (as xtext of its UTF-8, RFC 6531 3.7.1).
-            # Without, the id is left out rather than have the next hop
-            # refuse the MAIL (and with it every recipient)
-            # RFC 3461 4.4 allows 100 characters: a longer one (escaped
-            # UTF-8, three times its octets) goes the same way
-            if envid and (utf8 or envid.isascii()):
+            # RFC 3461 4.4: the id "MUST consist entirely of printable
+            # (graphic and white space) characters from the US-ASCII
+            # repertoire", and neither RFC 6531 nor RFC 6533 widens that
+            # for an SMTPUTF8 transaction.  The UTF-8 id an SMTPUTF8 client
+            # gave us is left out in every transaction rather than have the
+            # next hop refuse the MAIL, and with it every recipient (Postfix
+            # says "501 5.5.4 Bad ENVID parameter syntax" to one, SMTPUTF8
+            # or not).  RFC 3461 4.4 allows 100 characters: a longer one
+            # (a record queued before that limit) goes the same way
+            if envid and envid.isascii():
                 # RFC 3461 5.2.1 (a): "the same associated esmtp-value" as
                 # received, escapes and all; encoded afresh only when that
                 # is not known (a record from before it was kept)
