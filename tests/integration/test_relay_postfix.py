@@ -1,0 +1,516 @@
+"""The relay's SMTP client against Postfix's smtpd as the smarthost.
+
+One private Postfix instance for the module (postfix_peer.py): smtpd on a
+127.0.0.1 port, virtual(8) delivering ``remote.test`` and ``example.org``
+into Maildirs of its own, no mail leaving it, ``smtputf8_enable = yes``,
+STARTTLS offered with a self-signed certificate.  Its recipient table
+refuses ``nobody@remote.test`` (550 5.1.1, an unknown mailbox) and its
+access table answers 450 for ``dave@remote.test``.
+
+A ``DeliveryAgent`` on the real reactor delivers one queued message per
+session, as the queue runner does; the test compares what Postfix put
+in the Maildir with what was queued (after virtual(8)'s Return-Path,
+X-Original-To and Delivered-To, and smtpd's Received field).  smtpd
+logs the commands it got from 127.0.0.1 (``debug_peer_list``): MAIL's
+and RCPT's parameters are checked there, as sent.  The DSN parameters
+are also checked by what Postfix does with them: NOTIFY=SUCCESS gets the
+sender a success notice (into Postfix's own example.org Maildirs) with
+the ENVID and ORCPT, and RET=HDRS only the header.  (What NOTIFY=FAILURE
+or NEVER would do after Postfix accepted a recipient is not checked: no
+delivery here fails after the 250.)  The queue's own bookkeeping after
+Postfix's mixed replies (the bounce, the entry kept for the 4xx) is
+checked through a ``RelayService``.  Like test_interop_postfix.py, it
+needs root and Postfix, and skips without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import os
+import pwd
+import re
+import time
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+
+import pytest
+from conftest import make_certificate
+from postfix_peer import SKIP_MARKS, Postfix
+from relay_peers import _listening_inodes, _socket_inodes, free_port
+from twisted.internet import defer, task
+from twisted.trial.unittest import TestCase
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import load_text
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN, SpooledMessage
+from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
+from txmailhub.relay.record import QueueEntry
+from txmailhub.relay.service import RelayService
+from txmailhub.testing import MemoryMailboxStore, MemorySpooler, StaticRouter
+
+pytestmark = SKIP_MARKS
+
+ALICE = Address("alice", "example.org")
+BOB = Address("bob", "remote.test")
+DAVE = Address("dave", "remote.test")  # 450 from the access table
+NOBODY = Address("nobody", "remote.test")  # 550: no such mailbox
+JOERG = Address("jörg", "remote.test")
+
+# dot-stuffing both ways, a lone ".", and the Return-Path of a local
+# copy, which a relayed copy must not carry (LF lines, as the queue and
+# the Maildir store them)
+SMALL = (b"Return-Path: <alice@example.org>\nFrom: alice@example.org\nTo: bob@remote.test\n"
+         b"Subject: plain\n\n.leading dot\n..two dots\n.\n" + b"x" * 900 + b"\nlast line\n")
+RELAYED_SMALL = SMALL.split(b"\n", 1)[1]
+# 1 MiB as queued, a dot at the start of every 7th line
+BIG = b"Subject: big\n\n" + b"".join(
+    (b"." if i % 7 == 0 else b"x") + b"%075d\n" % i for i in range((1 << 20) // 77))
+BIG += b"y" * ((1 << 20) - len(BIG) - 1) + b"\n"
+EIGHT_BIT = ("From: alice@example.org\nSubject: 8bit\nMIME-Version: 1.0\n"
+             "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+             "Grüße aus Köln\n.dot\n").encode() + b"Latin-1 octets: \xe9\xe8\n"
+PLAIN = b"Subject: plain\n\nhello\n"
+
+#: the Maildir (under virtual_mailbox_base) of each mailbox Postfix has
+MAILBOXES = {"bob@remote.test": "remote.test/bob/", "jörg@remote.test": "remote.test/joerg/",
+             "dave@remote.test": "remote.test/dave/", "alice@example.org": "example.org/alice/",
+             "jörg@example.org": "example.org/joerg/"}
+
+
+class NextHop:
+    """The private Postfix instance, smtpd listening on ``port``."""
+
+    TRIES = 5
+
+    def __init__(self) -> None:
+        self.pf: Postfix | None = None
+        for _ in range(self.TRIES):
+            # smtpd must be given its port: one picked free and released,
+            # which another process may bind first; the master then cannot
+            # listen, and the instance is made again on another port
+            self.port = free_port()
+            self.pf = self._make(self.port)
+            self.pf.start()
+            if self._listening():
+                return
+            self.pf.remove()
+        raise RuntimeError(f"Postfix did not listen in {self.TRIES} tries")
+
+    def _make(self, port: int) -> Postfix:
+        nobody = pwd.getpwnam("nobody")
+        etc = "$config_directory"
+        pf = Postfix.make(
+            {
+                "relayhost": "",
+                "default_transport": "error:no mail leaves this instance",
+                "relay_transport": "error:no mail leaves this instance",
+                "virtual_mailbox_domains": "remote.test, example.org",
+                "virtual_mailbox_base": f"{etc}/../vmail",
+                "virtual_mailbox_maps": f"texthash:{etc}/vmailbox",
+                "virtual_uid_maps": f"static:{nobody.pw_uid}",
+                "virtual_gid_maps": f"static:{nobody.pw_gid}",
+                "virtual_minimum_uid": "1",
+                "smtpd_recipient_restrictions": (f"check_recipient_access texthash:{etc}/access,"
+                                                 " permit_mynetworks, reject_unauth_destination"),
+                # the hub on 127.0.0.1 is no local client: cleanup adds no
+                # Date or Message-ID, rewrites no address in the header
+                "local_header_rewrite_clients": "",
+                "smtputf8_enable": "yes",
+                "smtpd_tls_security_level": "may",
+                "smtpd_tls_cert_file": f"{etc}/cert.pem",
+                "smtpd_tls_key_file": f"{etc}/key.pem",
+                "smtpd_tls_received_header": "yes",
+                "smtpd_tls_loglevel": "1",
+                # the SMTP commands as received, in the log
+                "debug_peer_list": "127.0.0.1",
+                "debug_peer_level": "1",
+            },
+            f"127.0.0.1:{port} inet n - n - - smtpd\n"
+            "virtual   unix  -       n       n       -       -       virtual\n")
+        vmail = pf.root / "vmail"
+        vmail.mkdir()
+        os.chown(vmail, nobody.pw_uid, nobody.pw_gid)
+        (pf.etc / "vmailbox").write_text(
+            "".join(f"{a} {m}\n" for a, m in MAILBOXES.items()), encoding="utf-8")
+        (pf.etc / "access").write_text("dave@remote.test DEFER dave is busy\n")
+        make_certificate(pf.etc, "postfix.test")
+        return pf
+
+    def _listening(self) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            pid = self.pf.master_pid()
+            if pid is not None and _listening_inodes(self.port) & _socket_inodes(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def maildir(self, address: Address) -> list[bytes]:
+        """What virtual(8) delivered to ``address`` so far, oldest first."""
+        new = self.pf.root / "vmail" / MAILBOXES[str(address)] / "new"
+        paths = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.is_dir() else []
+        return [p.read_bytes() for p in paths]
+
+    def wait_for(self, address: Address, count: int, timeout: float = 30.0) -> list[bytes]:
+        """The first ``count`` messages of ``address`` (delivery comes after
+        smtpd's 250, in qmgr's and virtual's own time)."""
+        deadline = time.monotonic() + timeout
+        while len(got := self.maildir(address)) < count:
+            assert time.monotonic() < deadline, (address, self.pf.queue(),
+                                                 self.pf.log_text()[-3000:])
+            time.sleep(0.05)
+        return got
+
+    def log_lines(self, until: str, timeout: float = 30.0) -> list[str]:
+        """Postfix's log, once a line ends with ``until`` (its daemons log
+        through postlogd(8): a line comes a little after what it tells)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.pf.log_text().splitlines()
+            if any(line.endswith(until) for line in lines):
+                return lines
+            assert time.monotonic() < deadline, (until, lines[-30:])
+            time.sleep(0.05)
+
+    def remove(self) -> None:
+        if self.pf is not None:
+            self.pf.remove()
+
+
+@pytest.fixture(scope="module")
+def next_hop() -> Iterator[NextHop]:
+    hop = NextHop()
+    try:
+        yield hop
+    finally:
+        hop.remove()
+
+
+def split_trace(delivered: bytes) -> tuple[list[bytes], bytes]:
+    """The trace fields virtual(8) and smtpd put in front (Return-Path,
+    Delivered-To, Received), unfolded, and the message after them."""
+    fields: list[bytes] = []
+    rest = delivered
+    while re.match(rb"(Return-Path|Delivered-To|X-Original-To|Received):", rest):
+        line, rest = rest.split(b"\n", 1)
+        while rest[:1] in (b" ", b"\t"):
+            more, rest = rest.split(b"\n", 1)
+            line += b" " + more.strip()
+        fields.append(line)
+    return fields, rest
+
+
+def wire_size(body: bytes) -> int:
+    """Octets of ``body`` (LF lines) on the wire, as SIZE= counts them."""
+    return len(body) + body.count(b"\n")
+
+
+def outcome(results) -> dict[str, tuple[str, str]]:
+    return {str(r.address): (r.kind, r.reply.text()) for r in results}
+
+
+class RelayToPostfixTests(TestCase):
+    """One smarthost session per delivery, as the queue runner makes it."""
+
+    @pytest.fixture(autouse=True)
+    def _next_hop(self, next_hop: NextHop) -> None:
+        self.hop = next_hop
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.tmp = Path(self.mktemp()).absolute()
+        self.tmp.mkdir(parents=True)
+
+    def settings(self, relay: str):
+        state = self.tmp / "state"
+        state.mkdir(exist_ok=True)
+        text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
+                f'domains = ["example.org"]\n[relay]\nsmarthost = "127.0.0.1:{self.hop.port}"\n'
+                f'{relay}\n')
+        return load_text(text, str(state / "hub.toml"))
+
+    def entry(self, body: bytes, rcpts, **envelope) -> QueueEntry:
+        path = self.tmp / f"{len(list(self.tmp.iterdir()))}.msg"
+        path.write_bytes(body)
+        envelope.setdefault("sender", ALICE)
+        e = QueueEntry.new("0123456789ABCDEF", Envelope(recipients=tuple(rcpts), **envelope),
+                           0.0)
+        return dataclasses.replace(e, message_path=str(path), size=len(body),
+                                   crlf_size=len(body) + body.count(b"\n"),
+                                   eight_bit=not body.isascii())
+
+    def deliver(self, body: bytes, rcpts=(BOB,), relay: str = 'smarthost_tls = "none"',
+                **envelope) -> defer.Deferred:
+        agent = DeliveryAgent(self.settings(relay), None, self.reactor)
+        return agent.deliver(self.entry(body, rcpts, **envelope), SMARTHOST, list(rcpts))
+
+    def commands(self, reply: str) -> list[str]:
+        """The commands of the session whose end of data got ``reply``
+        ("250 2.0.0 Ok: queued as <id>"), as smtpd logged them (with
+        ``debug_peer_list``): from its "connect from" to that reply."""
+        lines = self.hop.log_lines(f"]: > localhost[127.0.0.1]: {reply}")
+        [end] = [i for i, line in enumerate(lines) if line.endswith(f"]: {reply}")]
+        pid = re.search(r"smtpd\[(\d+)\]", lines[end])[1]
+        said = []
+        for line in reversed(lines[:end]):
+            if f"smtpd[{pid}]: " not in line:
+                continue
+            if f"smtpd[{pid}]: connect from " in line:
+                return said[::-1]
+            if "]: < localhost[127.0.0.1]: " in line:
+                said.append(line.split("]: < localhost[127.0.0.1]: ", 1)[1])
+        raise AssertionError(f"no connect before {reply!r}")
+
+    def delivered_to_bob(self, results) -> str:
+        """Postfix's 250 for the message, checked."""
+        [(kind, reply)] = outcome(results).values()
+        self.assertEqual(kind, "delivered")
+        self.assertTrue(reply.startswith("250 2.0.0 Ok: queued as "), reply)
+        return reply
+
+    @defer.inlineCallbacks
+    def test_plain_8bit_and_1_mib_messages_arrive_as_queued(self):
+        before = len(self.hop.maildir(BOB))
+        replies = []
+        for body in (SMALL, EIGHT_BIT, BIG):
+            replies.append(self.delivered_to_bob((yield self.deliver(body))))
+        got = self.hop.wait_for(BOB, before + 3)[before:]
+        for body, reply, delivered in zip((RELAYED_SMALL, EIGHT_BIT, BIG), replies, got,
+                                          strict=True):
+            trace, message = split_trace(delivered)
+            self.assertEqual(message, body)
+            # virtual(8)'s fields, then smtpd's Received: the hub's EHLO
+            # name, no TLS (smarthost_tls = "none"), Postfix's queue id
+            queue_id = reply.rsplit(" ", 1)[1]
+            self.assertEqual(trace[:3], [b"Return-Path: <alice@example.org>",
+                                         b"X-Original-To: bob@remote.test",
+                                         b"Delivered-To: bob@remote.test"])
+            self.assertEqual(len(trace), 4, trace)
+            self.assertTrue(trace[3].startswith(
+                b"Received: from mail.example.org (localhost [127.0.0.1]) by postfix.test "
+                b"(Postfix) with ESMTP id " + queue_id.encode() + b" for <bob@remote.test>; "),
+                trace)
+        # SIZE= as sent (CRLF lines); BODY=8BITMIME only for the 8-bit one
+        # (RFC 6152: Postfix offers 8BITMIME, so no 7-bit copy is made)
+        for body, reply in zip((RELAYED_SMALL, EIGHT_BIT, BIG), replies, strict=True):
+            mail = f"MAIL FROM:<alice@example.org> SIZE={wire_size(body)}"
+            if body is EIGHT_BIT:
+                mail += " BODY=8BITMIME"
+            self.assertEqual(self.commands(reply)[1:4],
+                             [mail, "RCPT TO:<bob@remote.test>", "DATA"])
+
+    @defer.inlineCallbacks
+    def test_dsn_parameters_reach_postfix(self):
+        """ENVID, RET, NOTIFY and ORCPT on the wire as the client gave them
+        (xtext as it came), and Postfix acts on them: NOTIFY=SUCCESS gets
+        alice a success notice (delivered by the same Postfix to its own
+        example.org mailbox) with the decoded ENVID and ORCPT, and RET=HDRS
+        only the header of the message."""
+        before = len(self.hop.maildir(ALICE))
+        results = yield self.deliver(
+            b"Subject: dsn probe\n\nthe body\n",
+            dsn=DSNRequest(ret="HDRS", envid="QQ+1", envid_raw="QQ+2B1"),
+            recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS", "FAILURE"),
+                                              orcpt="rfc822;Bob@Remote.test")),))
+        reply = self.delivered_to_bob(results)
+        said = self.commands(reply)
+        self.assertEqual(said[1:3], [
+            "MAIL FROM:<alice@example.org> SIZE=32 RET=HDRS ENVID=QQ+2B1",
+            "RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob@Remote.test"])
+        [notice] = self.hop.wait_for(ALICE, before + 1)[before:]
+        notice = email.message_from_bytes(notice, policy=policy.default)
+        self.assertEqual(notice["Subject"], "Successful Mail Delivery Report")
+        [_, status, headers] = notice.iter_parts()
+        status = status.as_string()
+        self.assertIn("\nOriginal-Envelope-Id: QQ+1\n", status)
+        self.assertIn("\nOriginal-Recipient: rfc822;Bob@Remote.test\n", status)
+        self.assertIn("\nAction: delivered\n", status)
+        self.assertEqual(headers.get_content_type(), "text/rfc822-headers")
+        self.assertIn(b"Subject: dsn probe", headers.get_payload(decode=True))
+        self.assertNotIn(b"the body", headers.as_bytes())
+
+    @defer.inlineCallbacks
+    def test_a_utf8_envelope_goes_with_smtputf8(self):
+        before = len(self.hop.maildir(JOERG))
+        sender = Address("jörg", "example.org")
+        body = "From: jörg@example.org\nTo: jörg@remote.test\nSubject: hé\n\nGrüße\n".encode()
+        results = yield self.deliver(body, rcpts=(JOERG,), smtputf8=True, sender=sender)
+        [(kind, reply)] = outcome(results).values()
+        self.assertEqual(kind, "delivered", reply)
+        said = self.commands(reply)
+        self.assertEqual(said[1:3], [
+            f"MAIL FROM:<jörg@example.org> SIZE={wire_size(body)} BODY=8BITMIME SMTPUTF8",
+            "RCPT TO:<jörg@remote.test>"])
+        [delivered] = self.hop.wait_for(JOERG, before + 1)[before:]
+        trace, message = split_trace(delivered)
+        self.assertEqual(message, body)
+        self.assertEqual(trace[0], "Return-Path: <jörg@example.org>".encode())
+        self.assertIn(b" with UTF8SMTP id ", trace[-1])
+
+    @defer.inlineCallbacks
+    def test_utf8_dsn_parameters_in_an_smtputf8_transaction(self):
+        """A UTF-8 ENVID (RFC 3461 4.4: US-ASCII) is left out: Postfix
+        refuses the MAIL with it ("501 5.5.4 Bad ENVID parameter syntax"),
+        which would bounce the message.  A utf-8 ORCPT goes as received
+        (RFC 6533 3), and comes back in Postfix's success notice."""
+        sender = Address("jörg", "example.org")
+        before = len(self.hop.maildir(sender))
+        body = "Subject: hé\n\nGrüße\n".encode()
+        results = yield self.deliver(
+            body, rcpts=(JOERG,), smtputf8=True, sender=sender,
+            dsn=DSNRequest(ret="HDRS", envid="idé", envid_raw="id+C3+A9"),
+            recipient_dsn=((JOERG, RecipientDSN(notify=("SUCCESS",),
+                                                orcpt="utf-8;Jörg@Remote.test",
+                                                orcpt_raw="utf-8;Jörg@Remote.test")),))
+        [(kind, reply)] = outcome(results).values()
+        self.assertEqual(kind, "delivered", reply)
+        self.assertEqual(self.commands(reply)[1:3], [
+            f"MAIL FROM:<jörg@example.org> SIZE={wire_size(body)} BODY=8BITMIME SMTPUTF8 "
+            "RET=HDRS",
+            "RCPT TO:<jörg@remote.test> NOTIFY=SUCCESS ORCPT=utf-8;Jörg@Remote.test"])
+        [notice] = self.hop.wait_for(sender, before + 1)[before:]
+        _, status = notice.split(b"Content-Type: message/global-delivery-status\n", 1)
+        # (errors="replace": Postfix writes the sender, in its
+        # X-Postfix-Sender field, with a backslash before each octet of
+        # "ö" -- no UTF-8 left)
+        status = status.split(b"\n--", 1)[0].decode(errors="replace")
+        self.assertIn("\nOriginal-Recipient: utf-8;Jörg@Remote.test\n", status)
+        self.assertIn("\nAction: delivered\n", status)
+        self.assertNotIn("Original-Envelope-Id", status)
+
+    @defer.inlineCallbacks
+    def test_starttls_to_postfix(self):
+        """Opportunistic TLS takes Postfix's self-signed certificate;
+        "verify" takes it when told to trust it.  Postfix's Received field
+        says TLS."""
+        from twisted.internet import ssl as tssl
+
+        before = len(self.hop.maildir(BOB))
+        results = yield self.deliver(PLAIN, relay='smarthost_tls = "opportunistic"')
+        replies = [self.delivered_to_bob(results)]
+        trust = tssl.Certificate.loadPEM((self.hop.pf.etc / "cert.pem").read_bytes())
+        agent = DeliveryAgent(self.settings('smarthost_tls = "verify"'), None, self.reactor,
+                              trust_root=trust)
+        results = yield agent.deliver(self.entry(PLAIN, (BOB,)), SMARTHOST, [BOB])
+        replies.append(self.delivered_to_bob(results))
+        got = self.hop.wait_for(BOB, before + 2)[before:]
+        for reply, delivered in zip(replies, got, strict=True):
+            trace, message = split_trace(delivered)
+            self.assertEqual(message, PLAIN)
+            self.assertRegex(trace[-1].decode(), r"^Received: from mail\.example\.org "
+                             r"\(localhost \[127\.0\.0\.1\]\) \(using TLSv1\.[23] with cipher ")
+            self.assertIn(b" with ESMTPS id " + reply.rsplit(" ", 1)[1].encode(), trace[-1])
+            self.assertEqual(self.commands(reply)[1:3], ["STARTTLS", "EHLO mail.example.org"])
+        self.assertIn("Anonymous TLS connection established from localhost[127.0.0.1]: TLSv1.",
+                      self.hop.pf.log_text())
+
+    @defer.inlineCallbacks
+    def test_the_550_and_450_of_postfix_per_recipient(self):
+        before = len(self.hop.maildir(BOB))
+        results = yield self.deliver(PLAIN, rcpts=(BOB, NOBODY, DAVE))
+        got = outcome(results)
+        self.assertEqual(got["bob@remote.test"][0], "delivered")
+        self.assertEqual(got["nobody@remote.test"], (
+            "permanent", "550 5.1.1 <nobody@remote.test>: Recipient address rejected: "
+            "User unknown in virtual mailbox table"))
+        self.assertEqual(got["dave@remote.test"], (
+            "transient", "450 4.7.1 <dave@remote.test>: Recipient address rejected: "
+            "dave is busy"))
+        [delivered] = self.hop.wait_for(BOB, before + 1)[before:]
+        self.assertEqual(split_trace(delivered)[1], PLAIN)
+        # one transaction: the refused two are not in the message's envelope
+        self.assertIn(b"\nX-Original-To: bob@remote.test\n", b"\n" + delivered)
+
+
+class RelayQueueToPostfixTests(TestCase):
+    """The queue after Postfix's mixed replies: what it keeps, what it
+    tells the sender (a notice to alice's local mailbox)."""
+
+    @pytest.fixture(autouse=True)
+    def _next_hop(self, next_hop: NextHop) -> None:
+        self.hop = next_hop
+
+    @defer.inlineCallbacks
+    def run_queue(self, rcpts, **envelope):
+        """One entry for ``rcpts``, its first attempt: the recipients' states
+        after it (``{}``: the entry is gone) and the notices alice got."""
+        from twisted.internet import reactor
+
+        state = Path(self.mktemp()).absolute()
+        state.mkdir(parents=True)
+        text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
+                f'domains = ["example.org"]\n[relay]\n'
+                f'smarthost = "127.0.0.1:{self.hop.port}"\n'
+                # (no DNS is asked: a name server the system's resolver
+                # would watch resolv.conf for, a timer left behind)
+                'smarthost_tls = "none"\nnameservers = ["127.0.0.1:9"]\n')
+        settings = load_text(text, str(state / "hub.toml"))
+        spooler = MemorySpooler()
+        store = MemoryMailboxStore(spooler=spooler)
+        parts = Components(settings=settings, reactor=reactor,
+                           router=StaticRouter({"alice": None}), store=store, spooler=spooler,
+                           portal=None)
+        service = RelayService(parts)
+        parts.queue = service.queue
+        service.startService()
+        try:
+            path = state / "in.msg"
+            path.write_bytes(b"Subject: probe\nMessage-ID: <probe@example.org>\n\nbody\n")
+            size = path.stat().st_size
+            yield service.queue.enqueue(Envelope(sender=ALICE, recipients=tuple(rcpts),
+                                                 **envelope),
+                                        SpooledMessage(str(path), size, size + 4))
+            for _ in range(200):  # until the attempt is recorded (at most 20 s)
+                yield task.deferLater(reactor, 0.1, lambda: None)
+                entries = [service.queue.read(i) for i in service.queue.ids()]
+                # (the notice is in the mailbox before the record says
+                # "bounced" instead of "failed")
+                if all(e is not None and e.attempts and not e.failed for e in entries) and (
+                        store.messages("alice@example.org")):
+                    break
+            kept = {str(r.address): (r.state, r.last_reply and r.last_reply.text())
+                    for i in service.queue.ids() for r in service.queue.read(i).recipients}
+            notices = [email.message_from_bytes(m, policy=policy.default)
+                       for m in store.messages("alice@example.org")]
+        finally:
+            yield service.stopService()
+        return kept, notices
+
+    def assert_bounce_for_nobody(self, notice) -> None:
+        report = notice.get_body(("plain",)).get_content()
+        status = list(notice.iter_parts())[1].as_string()
+        self.assertIn("nobody@remote.test", report)
+        self.assertIn("User unknown in virtual mailbox table", report)
+        self.assertIn("Final-Recipient: rfc822; nobody@remote.test", status)
+        self.assertIn("Action: failed", status)
+        self.assertIn("Status: 5.1.1", status)
+        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1", status)
+        for other in ("bob@remote.test", "dave@remote.test"):
+            self.assertNotIn(other, status + report)
+
+    @defer.inlineCallbacks
+    def test_accepted_and_refused_the_entry_goes_and_a_bounce_comes(self):
+        before = len(self.hop.maildir(BOB))
+        kept, [notice] = yield self.run_queue((BOB, NOBODY))
+        self.assertEqual(kept, {})
+        self.assert_bounce_for_nobody(notice)
+        self.hop.wait_for(BOB, before + 1)
+
+    @defer.inlineCallbacks
+    def test_a_450_keeps_the_recipient_queued(self):
+        before = len(self.hop.maildir(BOB))
+        kept, [notice] = yield self.run_queue((BOB, NOBODY, DAVE))
+        self.assertEqual({a: state for a, (state, _) in kept.items()}, {
+            "bob@remote.test": "delivered", "nobody@remote.test": "bounced",
+            "dave@remote.test": "pending"})
+        self.assertTrue(kept["bob@remote.test"][1].startswith("250 2.0.0 Ok: queued as "))
+        self.assertTrue(kept["nobody@remote.test"][1].startswith("550 5.1.1 "))
+        self.assertEqual(kept["dave@remote.test"][1], "450 4.7.1 <dave@remote.test>: "
+                         "Recipient address rejected: dave is busy")
+        self.assert_bounce_for_nobody(notice)
+        self.hop.wait_for(BOB, before + 1)
