@@ -13,6 +13,7 @@ from txmailhub.smtp import replies
 from txmailhub.smtp._parse import (
     MailParams,
     RcptParams,
+    UnreadableArgument,
     find_unquoted,
     parse_command,
     parse_mail,
@@ -57,6 +58,12 @@ def test_parse_command():
 def test_parse_command_nul_and_utf8():
     assert reply_of(parse_command, b"NO\x00OP") == replies.NUL_IN_COMMAND
     assert reply_of(parse_command, b"NOOP \xff\xfe") == replies.INVALID_UTF8
+    # the verb read, the engine decides (NOOP and HELP ignore the argument)
+    with pytest.raises(UnreadableArgument) as caught:
+        parse_command(b"\tnoop\t\xff\xfe x")
+    assert caught.value.verb == "NOOP" and caught.value.reply == replies.INVALID_UTF8
+    # a verb that is not UTF-8 is no command at all
+    assert reply_of(parse_command, b"N\xffOP x") == replies.UNKNOWN_COMMAND
     assert replies.NUL_IN_COMMAND.code == 500 and replies.INVALID_UTF8.code == 501
     # RFC 5321 2.3.8: the line's CRLF is gone; any CR left is bare
     for line in (b"NOOP\r", b"NO\rOP", b"\r", b"MAIL FROM:<a@b>\r"):

@@ -1250,6 +1250,33 @@ def test_unknown_command_nul_and_utf8():
     assert d.send(b"HELO \xff\r\n") == [replies.INVALID_UTF8.text()]
 
 
+def test_octets_that_are_not_utf8_refuse_only_what_reads_them():
+    # RFC 5321 4.1.1.9: NOOP's parameter string "servers SHOULD ignore";
+    # HELP answers the same list whatever it is given.  The whole line
+    # was refused 501 for an octet of the argument neither reads.
+    d = Driver()
+    assert d.codes(b"NOOP \xff\xfe\r\n") == ["250"]
+    assert d.codes(b"noop\t\xc3\r\n") == ["250"]
+    assert d.codes(b"HELP \xff\r\n") == ["214"]
+    # a verb that is not UTF-8 is no command the hub has (RFC 5321 4.2.4:
+    # 500, "command unrecognized"), as a UTF-8 one it lacks ("N\u00f6OP")
+    assert d.send(b"N\xffOP\r\n") == [replies.UNKNOWN_COMMAND.text()]
+    assert d.send(b"\xff\xfe\r\n") == [replies.UNKNOWN_COMMAND.text()]
+    assert d.send(b"FOO \xff\r\n") == [replies.UNKNOWN_COMMAND.text()]
+    assert d.send("N\u00f6OP\r\n".encode()) == [replies.UNKNOWN_COMMAND.text()]
+    # a command that reads its argument still refuses one that is not UTF-8
+    assert d.send(b"VRFY \xff\r\n") == [replies.INVALID_UTF8.text()]
+    assert d.codes(b"EHLO c\r\n") == ["250"]
+    assert d.send(b"MAIL FROM:<\xff@b.test>\r\n") == [replies.INVALID_UTF8.text()]
+    # a NUL or a bare CR is refused in NOOP's argument too (RFC 5321 2.3.8)
+    assert d.send(b"NOOP \xff\x00\r\n") == [replies.NUL_IN_COMMAND.text()]
+    assert d.send(b"NOOP \xff\rx\r\n") == [replies.BARE_CR_IN_COMMAND.text()]
+    # a BDAT line with such an argument still has its chunk read first
+    assert d.codes(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    assert d.send(b"BDAT 4 \xff\r\nNOOP") == [replies.INVALID_UTF8.text()]
+    assert d.engine.state is State.READY
+
+
 @pytest.mark.parametrize("line", [
     "NOOP\r", "HELO z3.cs.rpi.edu\r", "EHLO c\r", "MAIL FROM:<a@b.test>\r",
     "MAIL FROM: bill@microsoft.com\r", "MAIL FROM:<a@b.test>\r SIZE=5", "RSET\r",

@@ -517,7 +517,8 @@ class SMTPModel(RuleBasedStateMachine):
             self.answer("NUL", 500)
             return
         if line == b"\xff\xfe":
-            self.answer("bad UTF-8", 501)
+            # a verb that is not UTF-8: no command the hub has
+            self.answer("bad UTF-8 verb", 500)
             return
         self.bdat_failed = False
         if line in (b"FOO", b"", b"  "):

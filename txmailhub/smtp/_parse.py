@@ -52,6 +52,7 @@ from txmailhub.smtp.xtext import utf8_addr_decode, utf8_addr_encode, xtext_decod
 __all__ = [
     "MailParams",
     "RcptParams",
+    "UnreadableArgument",
     "ascii_upper",
     "decode_envid",
     "decode_orcpt",
@@ -111,6 +112,7 @@ _KEYWORD_AS_PATH = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)=")
 # Parameters are separated by SP (RFC 5321 4.1.2), tabs taken too; not by
 # what str.split() also takes (VT, FF, FS..US, Unicode blanks)
 _BLANKS = re.compile(r"[ \t]+")
+_BLANK_BYTES = re.compile(rb"[ \t]")
 
 
 def _fail(reply) -> RemoteProtocolError:
@@ -120,13 +122,28 @@ def _fail(reply) -> RemoteProtocolError:
 # --- command lines ---------------------------------------------------------
 
 
+class UnreadableArgument(RemoteProtocolError):
+    """A command line whose verb reads but whose argument is not UTF-8
+    (``501 5.5.2``).  It carries the verb: the engine decides, as it
+    knows its verbs, whether the line is refused (``500`` for a verb it
+    does not have, ``501`` for one it has) or taken with the argument
+    left out (NOOP and HELP, whose argument is ignored: RFC 5321 4.1.1.9,
+    "servers SHOULD ignore it")."""
+
+    def __init__(self, reply: object, verb: str) -> None:
+        super().__init__(reply)
+        self.verb = verb
+
+
 def parse_command(line: bytes) -> tuple[str, str]:
     """Split one command line (without CRLF) into ``(VERB, argument)``.
 
     The verb is upper-cased; the argument keeps its case, without the
     surrounding blanks.  NUL -> 500 5.5.2; a CR (the line's CRLF is gone:
-    any CR left is bare, RFC 5321 2.3.8) -> 500 5.5.2; invalid UTF-8 ->
-    501 5.5.2.
+    any CR left is bare, RFC 5321 2.3.8) -> 500 5.5.2; a verb that is not
+    UTF-8 -> 500 5.5.1 (no command the server has: RFC 5321 4.2.4's
+    "command unrecognized", as a UTF-8 verb it lacks is); an argument
+    that is not UTF-8 -> ``UnreadableArgument`` (501 5.5.2).
 
     The verb ends at the first blank, a tab as a space (RFC 5321 4.1.1
     names SP; tabs are blanks everywhere else on the line, around it and
@@ -140,9 +157,20 @@ def parse_command(line: bytes) -> tuple[str, str]:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
-        raise _fail(replies.INVALID_UTF8) from None
+        raise _unreadable(line) from None
     verb, arg = first_word(text.strip(" \t"))
     return ascii_upper(verb), arg.strip(" \t")
+
+
+def _unreadable(line: bytes) -> RemoteProtocolError:
+    """The refusal of a line that is not UTF-8: which part is not (the
+    verb, cut where ``first_word`` cuts it, or only its argument)."""
+    verb = _BLANK_BYTES.split(line.strip(b" \t"), maxsplit=1)[0]
+    try:
+        name = verb.decode("utf-8")
+    except UnicodeDecodeError:
+        return _fail(replies.UNKNOWN_COMMAND)
+    return UnreadableArgument(replies.INVALID_UTF8, ascii_upper(name))
 
 
 def first_word(text: str) -> tuple[str, str]:

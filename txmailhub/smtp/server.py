@@ -45,6 +45,7 @@ from txmailhub.smtp._data import ChunkReader, DotReader
 from txmailhub.smtp._parse import (
     NO_PARAMS,
     MailParams,
+    UnreadableArgument,
     ascii_upper,
     find_unquoted,
     first_word,
@@ -124,6 +125,12 @@ _HUB_TROUBLE = frozenset({replies.LOCAL_ERROR, replies.MAILBOXES_CHANGING,
 _NO_DSN = DSNRequest()
 # Commands that move no mail forward (ServerConfig.max_junk_commands).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
+# Verbs whose argument the engine ignores, so one that is not UTF-8 is
+# no reason to refuse them: RFC 5321 4.1.1.9 "If a parameter string is
+# specified, servers SHOULD ignore it" (NOOP); HELP answers the same list
+# whatever it is given.  A NUL or a bare CR is still refused (RFC 5321
+# 2.3.8: nothing of such a line is done).
+_ARGUMENT_IGNORED = frozenset({"NOOP", "HELP"})
 # HELO and EHLO count with them when the session has a name already (a
 # client that sends EHLO every few minutes must not hold its slot forever;
 # STARTTLS forgets the name, so the EHLO after it is free)
@@ -468,6 +475,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
             return
         try:
             verb, arg = parse_command(line)
+        except UnreadableArgument as e:
+            if e.verb not in _ARGUMENT_IGNORED:
+                # 500 for a verb the engine lacks, as with a UTF-8 argument
+                known = e.verb in _DISPATCH
+                self._unreadable_line(line, e.reply if known else replies.UNKNOWN_COMMAND)
+                return
+            verb, arg = e.verb, ""
         except RemoteProtocolError as e:
             self._unreadable_line(line, e.reply)
             return
