@@ -546,6 +546,20 @@ def test_auth_plain_cancel_and_bad_data():
     assert e.auth_failures == 0
 
 
+def test_auth_plain_equals_sign_is_an_empty_response_in_the_command_only():
+    # RFC 5034 4: initial-response = base64 / "=", a continuation line is
+    # [base64]: an empty response after the "+" is an empty line, and a
+    # lone "=" there is no base64 (-ERR without [AUTH]: no credentials
+    # were given, so none failed; RFC 3206 4), as Dovecot answers it
+    e = engine()
+    assert sent(e, b"AUTH PLAIN =") == R.AUTH_BAD_PLAIN.to_bytes()
+    run(e, b"AUTH PLAIN")
+    assert sent(e, b"=") == R.AUTH_BAD_BASE64.to_bytes()
+    run(e, b"AUTH PLAIN")
+    assert sent(e, b"") == R.AUTH_BAD_PLAIN.to_bytes()
+    assert e.auth_failures == 0
+
+
 def test_auth_plain_base64_is_strict_and_the_message_has_three_fields():
     # RFC 4648 3.3: characters outside the alphabet are rejected, not skipped;
     # RFC 4616 2: message = [authzid] NUL authcid NUL passwd, nothing more

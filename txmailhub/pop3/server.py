@@ -313,7 +313,7 @@ class POP3Server:
                         malformed_auth=self._overlong_auth(reader.dropped_head))
         if self._sasl:
             self._sasl = False
-            return self._sasl_response(line)
+            return self._sasl_response(line, initial=False)
         if len(line) + 2 > COMMAND_LINE_LIMIT:
             return Send(R.LINE_TOO_LONG.to_bytes(), malformed_auth=self._overlong_auth(line))
         if b"\0" in line:  # RFC 1939 3: printable ASCII, as SMTP refuses it
@@ -524,19 +524,23 @@ class POP3Server:
         if not self.plaintext_allowed:
             return self._send(self._plaintext_refusal)
         if len(parts) == 2:
-            return self._sasl_response(parts[1].encode("ascii", "replace"))
+            return self._sasl_response(parts[1].encode("ascii", "replace"), initial=True)
         self._sasl = True
         return Send(b"+ \r\n")
 
-    def _sasl_response(self, line: bytes) -> Action:
+    def _sasl_response(self, line: bytes, *, initial: bool) -> Action:
         # RFC 5034 4: the response is a line of base64, "*" to cancel; it
         # is taken as it came, as SMTP's AUTH takes its continuation line
         # (RFC 4954 4: "reject (and not ignore)" any other character): a
         # blank around it or a bare CR before its CRLF is no base64, not
-        # something to strip
+        # something to strip.  "=" stands for an empty response in the
+        # AUTH command only (``initial``: its grammar's ``initial-response
+        # = base64 / "="``); after the "+" an empty response is an empty
+        # line, and a lone "=" there is no base64 (not credentials that
+        # failed: no [AUTH] code)
         if line == b"*":
             return self._send(R.AUTH_CANCELLED)
-        if line == b"=":
+        if line == b"=" and initial:
             line = b""
         try:
             decoded = binascii.a2b_base64(line, strict_mode=True)
