@@ -3313,6 +3313,8 @@ MALFORMED_AUTH = [
     (b"AUTH PLAIN =\r\n", R.AUTH_BAD_PLAIN),
     # "=" is an empty initial response only (RFC 5034 4); after the "+" it is no base64
     (b"AUTH PLAIN\r\n=\r\n", R.AUTH_BAD_BASE64),
+    # and "*" cancels only after the "+": as the initial response it is no base64
+    (b"AUTH PLAIN *\r\n", R.AUTH_BAD_BASE64),
     (b"AUTH PLAIN\r\n" + _b64(b"joe\0pw") + b"\r\n", R.AUTH_BAD_PLAIN),
     (b"AUTH PLAIN\r\n" + b"A" * 5000 + b"\r\n", R.SASL_LINE_TOO_LONG),
     (b"AUTH PLAIN " + b"A" * 300 + b"\r\n", R.LINE_TOO_LONG),

@@ -560,6 +560,17 @@ def test_auth_plain_equals_sign_is_an_empty_response_in_the_command_only():
     assert e.auth_failures == 0
 
 
+def test_auth_plain_star_cancels_only_after_the_challenge():
+    # RFC 5034 4: the client cancels with a "*" line in answer to a "+";
+    # "AUTH PLAIN *" has an initial response that is no base64 (and is
+    # logged as a malformed response, which a cancel is not)
+    e = engine()
+    assert sent(e, b"AUTH PLAIN *") == R.AUTH_BAD_BASE64.to_bytes()
+    run(e, b"AUTH PLAIN")
+    assert sent(e, b"*") == R.AUTH_CANCELLED.to_bytes()
+    assert e.auth_failures == 0
+
+
 def test_auth_plain_base64_is_strict_and_the_message_has_three_fields():
     # RFC 4648 3.3: characters outside the alphabet are rejected, not skipped;
     # RFC 4616 2: message = [authzid] NUL authcid NUL passwd, nothing more

@@ -537,8 +537,10 @@ class POP3Server:
         # AUTH command only (``initial``: its grammar's ``initial-response
         # = base64 / "="``); after the "+" an empty response is an empty
         # line, and a lone "=" there is no base64 (not credentials that
-        # failed: no [AUTH] code)
-        if line == b"*":
+        # failed: no [AUTH] code).  "*" cancels only as the answer to a
+        # "+": as the initial response it is no base64 either, an exchange
+        # there was none to cancel
+        if line == b"*" and not initial:
             return self._send(R.AUTH_CANCELLED)
         if line == b"=" and initial:
             line = b""
