@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import random
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -309,18 +310,20 @@ def test_the_data_rate_says_nothing_of_a_session_the_timeout_already_cut(tmp_pat
 
 def test_the_data_taken_after_the_server_ended_the_session_changes_nothing(tmp_path):
     # the server says 421 in the middle of the data and the session closes;
-    # the transport then takes the rest, "." included: that is no data
-    # sent for the session to wait on -- no reply timer armed, no timeout
-    # said for a session already over in the server's words
+    # calls for more that still reach the producer (a layer that held on
+    # to it) are no data sent for the session to wait on -- no reply timer
+    # armed, no timeout said for a session already over in the server's
+    # words
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
         clock, proto, transport = _client(tmp_path, body=b"x" * 100_000)
-        transport.producer.resumeProducing()
+        producer = transport.producer
+        producer.resumeProducing()
         proto.dataReceived(b"421 4.3.2 shutting down\r\n")
         assert transport.disconnecting
-        _write_until_the_dot(transport)
-        transport.producer.resumeProducing()  # the "." taken
+        for _ in range(10):
+            producer.resumeProducing()
         for _ in range(60):
             clock.advance(10)
     finally:
@@ -330,3 +333,91 @@ def test_the_data_taken_after_the_server_ended_the_session_changes_nothing(tmp_p
     proto.connectionLost(None)
     outcome = proto.done.result
     assert outcome.session_error.code == 421 and "shutting down" in outcome.session_error.text()
+
+
+# --- no message data after the server ended the session ------------------------------
+
+
+class _NoAbortTransport(StringTransport):
+    """A transport without ``abortConnection`` (``ITransport`` does not
+    require it): the client closes it with ``loseConnection``."""
+
+    abortConnection = None
+
+
+def _drain(transport):
+    """What a transport closed with ``loseConnection`` does with a pull
+    producer still registered (Twisted's ``FileDescriptor.doWrite``): each
+    time its buffer is empty it asks the producer for more, and closes only
+    once none is registered."""
+    for _ in range(1000):
+        if transport.producer is None:
+            return
+        transport.producer.resumeProducing()
+    raise AssertionError("the producer never let go")
+
+
+@pytest.mark.parametrize("transport_class", [StringTransport, _NoAbortTransport],
+                         ids=["abort", "loseConnection"])
+def test_no_message_data_is_written_after_a_421_in_the_middle_of_it(tmp_path, transport_class):
+    # the next hop says 421 while the data streams: not one octet more of
+    # the message goes to the server that ended the session, whether the
+    # transport is aborted or closed with loseConnection (which would ask
+    # the producer for the rest, ".", included, before it closed)
+    body = b"x" * 100_000
+    (tmp_path / "m").write_bytes(body)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)],
+                                size=len(body), tls="none")
+        proto = SMTPClientProtocol(session, Clock(), str(tmp_path / "m"), None,
+                                   str(tmp_path / "c"))
+        transport = transport_class()
+        proto.makeConnection(transport)
+        for reply in REPLIES:
+            proto.dataReceived(reply)
+        producer = transport.producer
+        producer.resumeProducing()
+        producer.resumeProducing()
+        written = len(transport.value())
+        assert written > 2 * 16_000
+        proto.dataReceived(b"421 4.3.2 shutting down\r\n")
+        assert transport.disconnecting
+        assert transport.producer is None  # unregistered at once
+        _drain(transport)
+        for _ in range(5):  # a call for more that still comes, from a layer that held it
+            producer.resumeProducing()
+        assert len(transport.value()) == written
+        assert proto._file is None  # the transfer is over: the message file closed
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    failures = [formatEvent(e) for e in events if e.get("log_failure") is not None]
+    assert failures == []
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    # the session's outcome is what the 421 made it: a temporary failure
+    assert outcome.session_error.code == 421 and "shutting down" in outcome.session_error.text()
+    assert outcome.phase == Phase.BODY.value and not _maybe_delivered(outcome)
+
+
+def test_a_421_in_the_middle_of_the_data_leaves_the_entry_queued(tmp_path):
+    # both MX hosts end the session with a 421 while the data streams: the
+    # recipient waits for the next retry, and no host got more of the
+    # message after its 421
+    a, link, _ = _held_agent(tmp_path)
+    d = a.deliver(entry(tmp_path, BOB, body=b"x" * 300_000), "remote.test", [BOB])
+    for i in range(2):
+        transport = link.transports[i]
+        producer = transport.producer
+        producer.resumeProducing()
+        written = len(transport.value())
+        [proto] = a._sessions
+        proto.dataReceived(b"421 4.3.2 shutting down\r\n")
+        producer.resumeProducing()
+        assert transport.producer is None and len(transport.value()) == written
+        proto.connectionLost(None)
+    assert link.connections == ["2001:db8::1", "192.0.2.2"]
+    [r] = d.result
+    assert r.kind == "transient" and r.reply.code == 421
+    assert "shutting down" in r.reply.text()

@@ -328,6 +328,7 @@ class SMTPClientProtocol(Protocol):
 
     def _abort(self) -> None:
         self._closing = True
+        self._stop_body()
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
@@ -407,6 +408,7 @@ class SMTPClientProtocol(Protocol):
             elif isinstance(action, Close):
                 self._closing = True
                 self._disarm()
+                self._stop_body()
                 if action.abort:
                     self._abort()
                     continue
@@ -529,6 +531,21 @@ class SMTPClientProtocol(Protocol):
 
         producer.start().addCallbacks(sent, not_sent)
 
+    def _stop_body(self) -> None:
+        """The session ends (a ``421`` in the middle of the data, a timeout,
+        the hub's stop): the message data still on its way stops here,
+        before the connection is closed, whatever the transport.  Twisted's
+        TCP and TLS transports send nothing more once aborted, but one closed
+        with ``loseConnection`` (``_abort``'s fallback for a transport
+        without ``abortConnection``) asks a registered pull producer for
+        the rest first -- the rest of the message, "." included, for a
+        server that ended the session.  The transfer's end then runs as
+        for a connection that went (``_stream``'s ``not_sent``): the file
+        closed, a 7-bit copy removed, the session's outcome untouched."""
+        producer = self._producer
+        if producer is not None:
+            producer.stop()
+
     def _progress(self) -> None:
         """The transport took what it was given and asks for more: the data
         block's timeout starts again, and the time by which the next hop,
@@ -536,10 +553,10 @@ class SMTPClientProtocol(Protocol):
         it is cut (unless it takes more before).
 
         Not once the session is closing (a ``421`` in the middle of the
-        data: Twisted's ``loseConnection`` lets the producer finish first):
-        the data the transport takes then is no step of the session, and
-        re-arming the reply timer replaced the close's own and logged a
-        "timeout waiting for the server" for a session the server ended."""
+        data): the producer is stopped then (``_stop_body``), and a call
+        that still reached it would be no step of the session -- re-arming
+        the reply timer would replace the close's own and log a "timeout
+        waiting for the server" for a session the server ended."""
         if self._closing:
             return
         self._arm()

@@ -44,7 +44,8 @@ CHUNK_SIZE = 2**14  # octets of the stored message read per call (16 KiB)
 
 
 class BodyStopped(Exception):
-    """The transport stopped the producer: the connection was closed."""
+    """The transport stopped the producer (the connection was closed), or
+    the session did (``BodyProducer.stop``)."""
 
 
 @implementer(IPullProducer)
@@ -54,12 +55,12 @@ class BodyProducer:
 
     ``done`` fires (``None``) at the first call after the one that wrote
     the ".": the transport took it.  It errbacks with ``BodyStopped`` when
-    the transport stops the producer first, and with the error when making
-    the data fails (the producer is unregistered then).  ``progress()`` is
-    called at each call before anything is written.  ``dot_written`` tells
-    whether the "." was handed to the transport; ``octets`` counts what
-    was, and ``taken`` what it took (all it was given before its last
-    call)."""
+    the transport stops the producer first or ``stop`` ends the transfer,
+    and with the error when making the data fails (the producer is
+    unregistered then).  ``progress()`` is called at each call before
+    anything is written.  ``dot_written`` tells whether the "." was handed
+    to the transport; ``octets`` counts what was, and ``taken`` what it
+    took (all it was given before its last call)."""
 
     def __init__(self, file: IO[bytes], consumer: IConsumer, encoder: DotStuffer,
                  progress: Callable[[], Any] = lambda: None) -> None:
@@ -124,6 +125,21 @@ class BodyProducer:
             return
         self._over = True
         self.done.errback(BodyStopped("the connection stopped the transfer"))
+
+    def stop(self) -> None:
+        """The session ended while the data was on its way (the server
+        said ``421`` in the middle of it, a timeout, the hub's stop): not
+        one more octet is written, whatever the transport does next.  A
+        transport closed with ``loseConnection`` asks a registered pull
+        producer for the rest of the message before it closes -- data for
+        a server that ended the session -- so the producer is unregistered
+        now, and a call for more that still comes writes nothing.
+        ``done`` errbacks with ``BodyStopped``, as when the transport
+        stops the producer."""
+        if self._over:
+            return
+        self._end()
+        self.done.errback(BodyStopped("the session ended during the transfer"))
 
     def finish_early(self) -> None:
         """The server answered the "." before the transport said it took
