@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from txmailhub.relay import mime7bit
 from txmailhub.relay.mime7bit import Unconvertible, convert_file, has_8bit, to_7bit
+from txmailhub.relay.transfer_encoding import QP_BLOCK
 
 
 def convert(data: bytes) -> bytes:
@@ -326,8 +327,11 @@ def _multipart(draw, depth):
     boundary = f"b{depth}-{draw(st.integers(0, 10**6))}".encode()
     children = draw(st.lists(_tree(depth + 1), min_size=1, max_size=3))
     cte = draw(st.sampled_from([b"", b"Content-Transfer-Encoding: 8bit\n"]))
-    preamble = draw(st.sampled_from([b"", b"preamble\n", b"pr\xe9\n"]))
-    epilogue = draw(st.sampled_from([b"", b"epilogue\n", b"\n"]))
+    # (lines over 998 octets too: the copy breaks them)
+    preamble = draw(st.sampled_from([b"", b"preamble\n", b"pr\xe9\n", b"long " * 300 + b"\n",
+                                     b"-" * 1200 + b"\n"]))
+    epilogue = draw(st.sampled_from([b"", b"epilogue\n", b"\n", b"x" * 1200 + b"\n",
+                                     b"--" + boundary + b" " * 1200 + b"x\n"]))
     out = (b"Content-Type: multipart/mixed; boundary=\"" + boundary + b"\"\n" + cte + b"\n"
            + preamble)
     for child in children:
@@ -1209,6 +1213,10 @@ _MIME_LINES = [
     b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: x-unknown",
     b" folded", b"Subject: hi", "Subject: ü".encode(), "Grüße: hi".encode(), b"no field",
     "ü=C3".encode(), b"QUFB", b"x" * 1200, b"a\rb",
+    # lines over 998 octets: with blanks, "-", like a padded delimiter, a
+    # field, base64
+    b"y " * 600, b"-" * 1200, b"--a" + b" " * 1200 + b"x", b"--b" + b" " * 1200,
+    b"Subject: " + b"w " * 600, b"QUFB" * 300,
 ]
 # delimiters and empty lines come often: they make the structure
 _MIME_LINE = st.one_of(st.sampled_from([b"--a", b"--a", b"--b", b"--a--", b""]),
@@ -1223,14 +1231,27 @@ def test_any_mime_like_input_converts_to_a_bounded_7bit_copy_or_is_unconvertible
     # whatever the structure (delimiters anywhere, header blocks cut by a
     # delimiter or the end, nesting, CRLF or LF): every step of the
     # conversion reads on, so it ends with a copy a few times the input's
-    # size at most, ASCII, or refuses with Unconvertible
+    # size at most, ASCII, no line over 998 octets, or refuses with
+    # Unconvertible.  The copy keeps to the limit by itself (its last
+    # check, _LineGuard, switched off), and with that check on it is the
+    # same
     src = eol.join(([_MULTIPART_A] if multipart else []) + lines) + (b"" if cut else eol)
-    out = _Bounded(8 * len(src) + 4096)
-    try:
-        to_7bit(io.BytesIO(src), out)
-    except Unconvertible:
+
+    def run():
+        out = _Bounded(8 * len(src) + 4096)
+        try:
+            to_7bit(io.BytesIO(src), out)
+        except Unconvertible as e:
+            return str(e)
+        return out.getvalue()
+
+    with mock.patch.object(mime7bit._LineGuard, "write", lambda self, data: self.out.write(data)):
+        unguarded = run()
+    assert run() == unguarded
+    if isinstance(unguarded, str):
         return
-    assert out.getvalue().isascii()
+    assert unguarded.isascii()
+    assert all(len(line) - line.endswith(b"\r") <= 998 for line in unguarded.split(b"\n"))
 
 
 @pytest.mark.parametrize("cut", [b"Content-Type: text/plain\n", b"Content-Type: text/plain\n\nx\n"])
@@ -1261,9 +1282,183 @@ def test_a_long_line_that_starts_like_a_delimiter_but_goes_on_is_content():
 
 
 def test_a_delimiter_line_of_exactly_the_line_limit_is_a_delimiter():
-    # one read takes it whole, its line end included
+    # one read takes it whole, its line end included; the copy has it
+    # without its padding, which made it longer than a line may be
     delimiter = b"--b" + b" " * (mime7bit.LINE_LIMIT - 4) + b"\n"
     assert len(delimiter) == mime7bit.LINE_LIMIT
     out = convert(_MIXED + _UTF8_8BIT + "\nGrüße\n".encode() + delimiter + b"\nx\n--b--\n")
     assert len(list(parse(out).iter_parts())) == 2
-    assert out.endswith(b"\nGr=C3=BC=C3=9Fe\n" + delimiter + b"\nx\n--b--\n")
+    assert out.endswith(b"\nGr=C3=BC=C3=9Fe\n--b\n\nx\n--b--\n")
+
+
+# --- no line of the copy over 998 octets (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6) --------
+
+
+def _text_lengths(data: bytes) -> list[int]:
+    """The length of each line before its line end (LF or CRLF)."""
+    return [len(line) - line.endswith(b"\r") for line in data.split(b"\n")]
+
+
+def _recut_message(preamble: bytes, epilogue: bytes) -> tuple[bytes, bytes]:
+    """A message with an 8-bit part (so it is converted) and this preamble
+    and epilogue; and the part as the copy has it."""
+    src = (_MIXED + preamble + _UTF8_8BIT + "\nGrüße\n--b--\n".encode() + epilogue)
+    part = (_UTF8_8BIT.replace(b": 8bit", b": quoted-printable")
+            + b"\nGr=C3=BC=C3=9Fe\n--b--\n")
+    return src, part
+
+
+def test_a_long_preamble_or_epilogue_line_is_broken_before_a_blank():
+    # RFC 2046 5.1.1: readers ignore them, so they may be re-cut; each
+    # new line starts with the blanks it was broken before, and what was
+    # within the limit stays as it was
+    long = b"word " * 500 + b"end"  # 2503 octets
+    src, part = _recut_message(b"short\n" + long + b"\nafter\n", long + b"\n")
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    # the last blank within 998 octets: at 994, then 995 octets further on
+    pieces = [b"word " * 198 + b"word", b" word" * 199, b" word" * 102 + b" end"]
+    assert b"".join(pieces) == long
+    cut = b"\n".join(pieces) + b"\n"
+    assert out == _MIXED + b"short\n" + cut + b"after\n" + part + cut
+    assert len(list(parse(out).iter_parts())) == 1
+
+
+def test_a_long_preamble_line_without_blanks_is_broken_at_998_octets():
+    src, part = _recut_message(b"x" * 2500 + b"\n", b"y" * 998 + b"\n" + b"z" * 999)
+    out = convert(src)
+    assert out == (_MIXED + b"x" * 998 + b"\n" + b"x" * 998 + b"\n" + b"x" * 504 + b"\n"
+                   + part + b"y" * 998 + b"\n" + b"z" * 998 + b"\nz")
+
+
+def test_breaking_a_preamble_line_never_makes_a_delimiter():
+    # a line that starts like a delimiter but goes on with more than
+    # blanks is no delimiter; cut before the blank it would be one, and so
+    # would a piece that starts with "--" after a run of "-"
+    padded = b"--b" + b" " * 1500 + b"text"
+    dashes = b"a" * 990 + b"-" * 20 + b"b--"
+    src, part = _recut_message(padded + b"\n" + dashes + b"\n", b"")
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    # "--b" alone would be a delimiter: "--", then "b"; blanks only are
+    # broken at 998; the run of "-" starts no line
+    assert out == (_MIXED + b"--\nb\n" + b" " * 998 + b"\n" + b" " * 502 + b"text\n"
+                   + b"a" * 989 + b"\na" + b"-" * 20 + b"b--\n" + part)
+    assert len(list(parse(out).iter_parts())) == 1
+
+
+def test_a_long_delimiter_line_loses_its_padding():
+    # transport padding a receiver ignores (RFC 2046 5.1.1), which made the
+    # line too long: a line within the limit keeps it
+    src, part = _recut_message(b"", b"")
+    src = src.replace(b"\n--b--\n", b"\n--b--" + b" " * 1200 + b"\n").replace(
+        b"\n--b\n", b"\n--b" + b" " * 100 + b"\n", 1)
+    out = convert(src)
+    assert out == _MIXED + part.replace(b"--b\n", b"--b" + b" " * 100 + b"\n", 1)
+
+
+def test_a_long_header_line_is_folded_before_a_blank():
+    # a 7-bit field (copied) and an 8-bit one (encoded) with lines over
+    # 998 octets, a Content-Type that the added charset makes too long:
+    # folded (RFC 5322 2.2.3), each unfolds to the field it was
+    references = b"References: " + b" ".join(b"<%d@example.org>" % i for i in range(120))
+    ctype = b"Content-Type: text/plain; format=flowed; x-long=" + b"p" * 950
+    src = (b"From: a@example.org\n" + references + b"\n" + ctype + "\n\nGrüße\n".encode())
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    unfolded = out.split(b"\n\n")[0].replace(b"\n ", b" ")  # RFC 5322 2.2.3
+    assert unfolded.split(b"\n")[1:3] == [references, ctype + b"; charset=utf-8"]
+    msg = parse(out)
+    assert msg.get_content_charset() == "utf-8" and msg.get_content() == "Grüße\n"
+
+
+def test_a_long_header_line_folded_keeps_every_octet():
+    # unfolding takes the line breaks out, nothing more (RFC 5322 2.2.3)
+    field = b"X-List: " + b"  ".join(b"item%d" % i for i in range(400)) + b"\t  end"
+    out = convert(field + "\nSubject: Grüße\n\nx\n".encode())
+    [folded] = [f for f in re.split(rb"\n(?![ \t])", out) if f.startswith(b"X-List")]
+    assert max(_text_lengths(folded)) <= 998 and folded.count(b"\n") >= 3
+    assert folded.replace(b"\n", b"") == field
+    assert all(line.strip() for line in folded.split(b"\n"))  # no line of blanks only
+
+
+def test_a_header_line_with_nowhere_to_fold_it_is_unconvertible():
+    with pytest.raises(Unconvertible, match="no white space to fold it at"):
+        convert(b"X-Token: " + b"t" * 1000 + "\nSubject: Grüße\n\nx\n".encode())
+
+
+def test_an_encoded_part_with_long_lines_is_cut_and_decodes_as_before():
+    # no quoted-printable or base64 has lines over 76 characters (RFC 2045
+    # 6.7, 6.8), but a message may: cut with soft breaks, or into lines of
+    # 76 (a decoder skips line breaks in base64), never over 998
+    qp_text = b"=41" + b"a=3Db" * 300 + b"=\n" + b"tail"  # a 1503-octet line, then a soft break
+    b64 = base64.b64encode(bytes(range(256)) * 8)  # 2732 characters on one line
+    src = (_MIXED + b"--b\nContent-Type: text/plain\nContent-Transfer-Encoding: "
+           b"quoted-printable\n\n" + qp_text + b"\n--b\nContent-Type: application/x\n"
+           b"Content-Transfer-Encoding: base64\n\n" + b64[:1000] + b"\r\n" + b64[1000:]
+           + "\n--b\n\nGrüße\n--b--\n".encode())
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    qp, b64_part, _ = parse(out).iter_parts()
+    assert qp.get_payload(decode=True) == b"A" + b"a=b" * 300 + b"tail"
+    assert b64_part.get_payload(decode=True) == bytes(range(256)) * 8
+    # its first 998 octets on a line, the rest in lines of 76
+    assert [len(line) for line in b64_part.get_payload().split("\n")][:4] == [998, 2, 998, 76]
+    # a base64 line within the limit stays as it was
+    short = base64.b64encode(b"\x00" * 600)  # 800 characters
+    src = (_MIXED + b"--b\nContent-Type: application/x\nContent-Transfer-Encoding: base64\n\n"
+           + short + "\n--b\n\nGrüße\n--b--\n".encode())
+    assert b"\n\n" + short + b"\n--b\n" in convert(src)
+
+
+def test_a_part_in_an_unknown_encoding_with_a_long_line_is_unconvertible():
+    src = (_MIXED + b"--b\nContent-Type: application/x\nContent-Transfer-Encoding: x-uuencode"
+           b"\n\n" + b"M" * 1000 + "\n--b\n\nGrüße\n--b--\n".encode())
+    with pytest.raises(Unconvertible, match="lines over 998 octets"):
+        convert(src)
+
+
+def test_a_line_the_converter_cannot_break_is_never_written():
+    # a quoted-printable line over the block the converter holds goes
+    # through as it comes: the copy would break the limit, so there is none
+    src = (b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n"
+           + "Subject: Grüße\n\n".encode() + b"q" * (QP_BLOCK + 10) + b"\n")
+    with pytest.raises(Unconvertible, match="a line longer than 998 octets has no 7-bit form"):
+        convert(src)
+
+
+@pytest.mark.parametrize("writes", [
+    [b"a" * 998 + b"\n"], [b"a" * 998 + b"\r\n"], [b"a" * 500, b"a" * 498, b"\r", b"\n"],
+    [b"x\n" + b"a" * 998 + b"\r\nb\n" + b"c" * 998], [b"a" * 998 + b"\r", b"\nb" * 600],
+])
+def test_the_line_guard_lets_every_line_within_the_limit_through(writes):
+    out = io.BytesIO()
+    guard = mime7bit._LineGuard(out)
+    for data in writes:
+        guard.write(data)
+    guard.flush()
+    assert out.getvalue() == b"".join(writes)
+
+
+@pytest.mark.parametrize("writes", [
+    [b"a" * 999], [b"a" * 999 + b"\n"], [b"a" * 998 + b"\r\r\n"], [b"a" * 500, b"a" * 499],
+    [b"x\n" + b"a" * 999 + b"\nb\n"], [b"a" * 600, b"a" * 399 + b"\nb"],
+    [b"\n".join([b"b" * 76] * 20) + b"\n" + b"a" * 999 + b"\n" + b"c" * 10],
+])
+def test_the_line_guard_refuses_a_line_over_the_limit(writes):
+    guard = mime7bit._LineGuard(io.BytesIO())
+    with pytest.raises(Unconvertible):
+        for data in writes:
+            guard.write(data)
+            guard.flush()
+
+
+def test_a_quoted_printable_line_long_for_its_padding_loses_the_padding():
+    # trailing blanks a decoder deletes (RFC 2045 6.7 rule 3): dropped from
+    # a line they made too long, after a soft break too
+    src = (b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n"
+           + "Subject: Grüße\n\n".encode() + b"text" + b" " * 1200 + b"\nsoft=" + b"\t" * 1200
+           + b"\nend\n")
+    out = convert(src)
+    assert out.endswith(b"\n\ntext\nsoft=\nend\n")
+    assert parse(out).get_payload(decode=True) == b"text\nsoftend\n"

@@ -36,6 +36,18 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   make the conversion fail with ``Unconvertible``;
 * 8-bit octets in a preamble or epilogue (text no reader shows) become
   ``?``;
+* no line of the copy is longer than ``LINE_TEXT`` (998) octets (RFC 5322
+  2.1.1, RFC 5321 4.5.3.1.6).  Besides the leaf bodies re-encoded for
+  that (above): a line of a preamble or epilogue (which MIME readers
+  ignore, RFC 2046 5.1.1) is broken before a blank, else at 998 octets,
+  never into a delimiter (``_Lines``); a header field's line is folded
+  before white space (RFC 5322 2.2.3); a delimiter loses its transport
+  padding; a quoted-printable or base64 body's line is cut again with
+  soft breaks, or into lines of 76 (``transfer_encoding``).  A line none
+  of these can break -- a header line without white space, a part in an
+  unknown encoding, a quoted-printable line over ``QP_BLOCK`` -- makes
+  the conversion fail with ``Unconvertible``, and every write is checked
+  (``_LineGuard``);
 * header fields with 8-bit octets go through
   ``txmailhub.relay.header7bit.encode_field`` (RFC 2047 / RFC 2231 where
   that is safe); a field with no 7-bit form (a non-ASCII mailbox, 8-bit
@@ -44,7 +56,8 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   send raw 8-bit header octets to a server that did not ask for them.
 
 A header field longer than ``FIELD_LIMIT`` octets, a part with an
-unknown Content-Transfer-Encoding that would need re-encoding, and MIME
+unknown Content-Transfer-Encoding that would need re-encoding (8-bit
+octets or lines over 998 octets), and MIME
 nesting deeper than ``MAX_DEPTH`` (deeper parts are handled as leaves)
 are the limits.  Input and output are files with LF line endings, the
 queue's stored form.  It must not know about SMTP or the queue.
@@ -59,11 +72,11 @@ from typing import BinaryIO
 
 from txmailhub.relay.header7bit import Unconvertible, encode_field
 from txmailhub.relay.transfer_encoding import HIGH as _HIGH
-from txmailhub.relay.transfer_encoding import SINKS
+from txmailhub.relay.transfer_encoding import LINE_TEXT, SINKS
 from txmailhub.rfc5322 import comment_end
 
-__all__ = ["FIELD_LIMIT", "LINE_LIMIT", "Unconvertible", "convert_file", "has_8bit",
-           "to_7bit"]
+__all__ = ["FIELD_LIMIT", "LINE_LIMIT", "LINE_TEXT", "Unconvertible", "convert_file",
+           "has_8bit", "to_7bit"]
 
 _CHUNK = 65536
 LINE_LIMIT = 8192  # octets read at a time; longer lines come in pieces
@@ -74,6 +87,9 @@ _NEEDS_CONVERSION = ("7bit", "8bit", "binary", "")
 # types that are never base64 or quoted-printable (RFC 2045 6.4, RFC 2046 5.2)
 _COMPOSITE = ("multipart/", "message/rfc822", "message/partial", "message/external-body")
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
+# where a line over LINE_TEXT may be broken: before a run of blanks that
+# has something else on both sides (the rest never a line of blanks only)
+_FOLD_AT = re.compile(rb"(?<=[^ \t])[ \t]+(?=[^ \t\r\n])")
 
 
 def has_8bit(path: str) -> bool:
@@ -99,7 +115,9 @@ def convert_file(src: str, dst: str) -> int:
 def to_7bit(source: BinaryIO, target: BinaryIO) -> None:
     """Read a message from ``source`` (seekable), write its 7-bit form to
     ``target``."""
-    _Converter(source, target).run()
+    converter = _Converter(source, target)
+    converter.run()
+    converter.out.flush()
 
 
 # --- header blocks ----------------------------------------------------------------
@@ -126,6 +144,142 @@ def _matches(line: bytes, boundary: bytes) -> bool:
     if rest.startswith(b"--"):
         rest = rest[2:]
     return not rest.rstrip(b"\r\n").strip(b" \t") and b"\n" not in rest.rstrip(b"\r\n")
+
+
+def _text_length(line: bytes) -> int:
+    """The octets of ``line`` before its line end (LF or CRLF)."""
+    n = len(line)
+    if line.endswith(b"\n"):
+        n -= 2 if line.endswith(b"\r\n") else 1
+    return n
+
+
+class _LineGuard:
+    """The converter's output, checked: a line over ``LINE_TEXT`` octets
+    (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6) is refused with ``Unconvertible``
+    rather than written.  The converter breaks or re-encodes every such
+    line it can (``_Lines``, ``transfer_encoding``); what is left (a part
+    in an unknown encoding, a quoted-printable line over ``QP_BLOCK``) has
+    no 7-bit form, and a server without 8BITMIME may refuse or cut it.
+
+    Writes are gathered up to ``_CHUNK`` octets and checked together (the
+    converter writes a line, or a piece of one, at a time: a check per
+    write cost more than the conversion of a base64 body); ``flush``
+    writes the rest."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.buf = bytearray()
+        self.length = 0  # octets of the current line already written
+        self.cr = False  # the last octet written was a CR (a CRLF's, maybe)
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        data = bytes(self.buf)
+        self.buf.clear()
+        if not data:
+            return
+        nl = data.rfind(b"\n")
+        if nl >= 0 and self.length + nl > LINE_TEXT:  # (else no line in it can be over)
+            lines = data[:nl].split(b"\n")  # the lines it ends, without their LF
+            first = lines[0]
+            ends_cr = first.endswith(b"\r") if first else self.cr
+            longest = max(map(len, lines[1:]), default=0)
+            if (self.length + len(first) - ends_cr > LINE_TEXT or longest > LINE_TEXT + 1
+                    or (longest == LINE_TEXT + 1 and any(
+                        len(line) == longest and not line.endswith(b"\r")
+                        for line in lines[1:]))):
+                raise Unconvertible(f"a line longer than {LINE_TEXT} octets has no 7-bit form")
+        self.length = self.length + len(data) if nl < 0 else len(data) - nl - 1
+        self.cr = data.endswith(b"\r")
+        # a CR written last may be the start of a CRLF line end
+        if self.length - self.cr > LINE_TEXT:
+            raise Unconvertible(f"a line longer than {LINE_TEXT} octets has no 7-bit form")
+        self.out.write(data)
+
+
+class _Lines:
+    """Writes text to ``out`` with every line broken to ``LINE_TEXT``
+    octets at most, a piece of a line at a time (memory: one line's first
+    ``LINE_TEXT`` octets and the piece being written).  A line within the
+    limit is written as it is.  A longer one is broken before a run of
+    blanks (``_FOLD_AT``) as late as the limit allows, so each new line
+    starts with blanks:
+
+    * ``fold``: a header field, folded so (RFC 5322 2.2.3; unfolding gives
+      the field back as it was); one with no such place within the limit
+      has no 7-bit form (``Unconvertible``);
+    * else a preamble or epilogue, text MIME readers ignore (RFC 2046
+      5.1.1), broken at ``LINE_TEXT`` octets where it has no blank.  No
+      new line starts with "-" there (the break goes back before a run of
+      "-"; only a line that begins with one longer than the limit is
+      broken inside it), and a piece that would read as a delimiter of
+      ``boundaries`` is broken after its "--" instead: breaking a line
+      never adds a body part."""
+
+    def __init__(self, out: BinaryIO, fold: bool, boundaries: list[bytes] | None = None) -> None:
+        self.out = out
+        self.fold = fold
+        self.boundaries = boundaries or []
+        self.line = b""  # the current line's part not yet written
+
+    def write(self, data: bytes) -> None:
+        while data:
+            nl = data.find(b"\n") + 1
+            piece, data = (data, b"") if not nl else (data[:nl], data[nl:])
+            if not self.line and nl and len(piece) <= LINE_TEXT + 1:
+                self.out.write(piece)  # a whole line within the limit
+                continue
+            self.line += piece
+            while _text_length(self.line) - (not nl and self.line.endswith(b"\r")) > LINE_TEXT:
+                cut = self._cut(self.line)
+                self.out.write(self.line[:cut] + b"\n")
+                self.line = self.line[cut:]
+            if nl:
+                self.flush()
+
+    def flush(self) -> None:
+        """The end of the text (or of a line): what is held goes out."""
+        if self.line:
+            self.out.write(self.line)
+            self.line = b""
+
+    def _cut(self, line: bytes) -> int:
+        """Where to break ``line`` (over the limit): the length of the
+        piece that goes on a line of its own."""
+        cut = 0
+        for m in _FOLD_AT.finditer(line):
+            if m.start() > LINE_TEXT:
+                break
+            cut = m.start()
+        if not cut:
+            if self.fold:
+                raise Unconvertible(f"a header field has a line longer than {LINE_TEXT} "
+                                    "octets and no white space to fold it at")
+            cut = LINE_TEXT
+            while cut > 0 and line[cut:cut + 1] == b"-":
+                cut -= 1
+            if cut == 0:
+                cut = LINE_TEXT
+        if any(_matches(line[:cut], b) for b in self.boundaries):
+            if self.fold:  # (a field named "--b " with blanks before its colon)
+                raise Unconvertible("a header field would fold into a boundary delimiter")
+            cut = 2  # ("--", a delimiter of no boundary: they are never empty)
+        return cut
+
+
+def _unpadded_delimiter(line: bytes) -> bytes:
+    """A delimiter line (``_matches``) without its transport padding when
+    that makes it longer than ``LINE_TEXT`` octets: RFC 2046 5.1.1 has a
+    receiver ignore the padding (and a composer add none)."""
+    if _text_length(line) <= LINE_TEXT:
+        return line
+    end = b"\r\n" if line.endswith(b"\r\n") else b"\n" if line.endswith(b"\n") else b""
+    return line[:len(line) - len(end)].rstrip(b" \t") + end
 
 
 _SECTION = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
@@ -319,7 +473,7 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
 class _Converter:
     def __init__(self, source: BinaryIO, target: BinaryIO) -> None:
         self.src = source
-        self.out = target
+        self.out = _LineGuard(target)
         self.bol = True  # the next read starts at the beginning of a line
         self.boundaries: list[bytes] = []  # innermost last
         self.after_stop = 0  # where the delimiter that ended a header block ends
@@ -474,9 +628,12 @@ class _Converter:
                 mode = "qp-fix"
             elif headers.cte == "base64":
                 mode = "base64-fix"
-            elif self._survey(body_start)[0]:
+            elif any(self._survey(body_start)[:2]):
+                # no other encoding on top of it (RFC 2045 6.4), and none
+                # of its lines may be cut
                 raise Unconvertible(
-                    f"a part in Content-Transfer-Encoding {headers.cte} has 8-bit octets")
+                    f"a part in Content-Transfer-Encoding {headers.cte} has 8-bit octets "
+                    f"or lines over {LINE_TEXT} octets")
         new_cte = {"qp": "quoted-printable", "base64": "base64"}.get(mode, relabel)
         self._write_headers(headers, body_start, new_cte, charset,
                             add_type=ctype if headers.ctype == "" else None, top=depth == 0)
@@ -496,18 +653,22 @@ class _Converter:
     def _multipart(self, boundary: bytes, child_type: str, depth: int) -> bytes | None:
         self.boundaries.append(boundary)
         try:
-            # the preamble: up to the first delimiter
+            # the preamble: up to the first delimiter (lines over the limit
+            # broken, as in the epilogue: ``_Lines``)
+            text = _Lines(self.out, False, self.boundaries)
             while True:
                 line, bol = self._read()
                 if not line:
+                    text.flush()
                     return None
                 if self._is_boundary(line, bol):
+                    text.flush()
                     break
-                self.out.write(_HIGH.sub(b"?", line))
+                text.write(_HIGH.sub(b"?", line))
             while True:
                 if not _matches(line, boundary):
                     return line  # an enclosing boundary: this multipart is cut short
-                self.out.write(line)
+                self.out.write(_unpadded_delimiter(line))
                 if line.startswith(b"--", 2 + len(boundary)):
                     break  # the close delimiter
                 ended = self._part(child_type, depth + 1)
@@ -515,13 +676,16 @@ class _Converter:
                     return None
                 line = ended
             # the epilogue: up to an enclosing boundary or the end
+            text = _Lines(self.out, False, self.boundaries)
             while True:
                 line, bol = self._read()
                 if not line:
+                    text.flush()
                     return None
                 if self._is_boundary(line, bol, outer_only=True):
+                    text.flush()
                     return line
-                self.out.write(_HIGH.sub(b"?", line))
+                text.write(_HIGH.sub(b"?", line))
         finally:
             self.boundaries.pop()
 
@@ -533,7 +697,9 @@ class _Converter:
         """Copy the header block again from ``h.start``, rewriting the
         Content-Transfer-Encoding (``new_cte``), adding a charset, and
         encoding fields with 8-bit octets.  One field is held at a time
-        (up to ``FIELD_LIMIT``; a longer 7-bit field is copied as it comes)."""
+        (up to ``FIELD_LIMIT``; a longer 7-bit field is copied as it comes).
+        A line over ``LINE_TEXT`` octets is folded (``_Lines``)."""
+        fields = _Lines(self.out, True, self.boundaries)
         self._seek(h.start)
         seen: set[bytes] = set()
         field = b""
@@ -544,21 +710,22 @@ class _Converter:
                 if streaming:
                     if not line.isascii():
                         raise Unconvertible("an over-long header field has 8-bit octets")
-                    self.out.write(line)
+                    fields.write(line)
                     continue
                 field += line
                 if len(field) > FIELD_LIMIT:
                     if not field.isascii():
                         raise Unconvertible("a header field with 8-bit octets is too long")
-                    self.out.write(field)
+                    fields.write(field)
                     field, streaming = b"", True
                 continue
             streaming = False
             if field:
-                seen.add(self._write_field(field, new_cte, charset))
+                seen.add(self._write_field(field, new_cte, charset, fields))
             field = line
         if field:
-            seen.add(self._write_field(field, new_cte, charset))
+            seen.add(self._write_field(field, new_cte, charset, fields))
+        fields.flush()
         if charset is not None and add_type is not None and b"content-type" not in seen:
             self.out.write(f"Content-Type: {add_type}; charset={charset}\n".encode())
         if new_cte is not None and b"content-transfer-encoding" not in seen:
@@ -576,7 +743,8 @@ class _Converter:
         self.out.write(h.unseparated)
         self._seek(body_start)
 
-    def _write_field(self, field: bytes, new_cte: str | None, charset: str | None) -> bytes:
+    def _write_field(self, field: bytes, new_cte: str | None, charset: str | None,
+                     out: _Lines) -> bytes:
         name = field.partition(b":")[0].strip().lower()
         if name == b"content-transfer-encoding" and new_cte is not None:
             field = b"Content-Transfer-Encoding: " + new_cte.encode() + b"\n"
@@ -584,7 +752,7 @@ class _Converter:
             field = field.rstrip(b"\r\n").rstrip(b" \t;") + b"; charset=" + charset.encode() + b"\n"
         if not field.isascii():
             field = encode_field(field)
-        self.out.write(field)
+        out.write(field)
         return name
 
     # --- bodies ----------------------------------------------------------------------

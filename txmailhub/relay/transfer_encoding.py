@@ -7,8 +7,9 @@ before it encodes and writes it.  ``SINKS`` maps the converter's modes
 to them: "copy" (as is), "qp" (text to quoted-printable, LF stays a
 line break, lines of at most 76 characters), "base64" (76-character
 lines), "qp-fix" and "base64-fix" (an already encoded body with stray
-8-bit octets, rewritten so that it decodes to the same octets).  It
-knows nothing about MIME structure, headers, SMTP or the queue.
+8-bit octets or lines over ``LINE_TEXT`` octets, rewritten so that it
+decodes to the same octets).  It knows nothing about MIME structure,
+headers, SMTP or the queue.
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ import binascii
 import re
 from typing import BinaryIO
 
-__all__ = ["B64_BLOCK", "HIGH", "QP_BLOCK", "SINKS", "Base64", "Base64Fix", "Copy",
-           "QPFix", "QuotedPrintable"]
+__all__ = ["B64_BLOCK", "HIGH", "LINE_TEXT", "QP_BLOCK", "SINKS", "Base64", "Base64Fix",
+           "Copy", "QPFix", "QuotedPrintable"]
 
 HIGH = re.compile(rb"[\x80-\xff]")
 B64_BLOCK = 57 * 1024  # raw octets per base64 write: whole 76-character lines
 QP_BLOCK = 65536
+# octets of a line before its line end (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6)
+LINE_TEXT = 998
 _HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
 # an "=" that is no =XX and no soft break (a line's last character but
 # transport padding and a CR, RFC 2045 6.7 rule 5)
 _STRAY_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\Z)")
+_PADDING = re.compile(rb"[ \t]+(?=\r?\Z)")
 
 
 class Copy:
@@ -52,10 +56,13 @@ class QPFix(Copy):
     =XX.  A line that had them is cut again where that made it longer than
     76 characters (RFC 2045 6.7 rule 5: each octet became three
     characters), with soft breaks, and a stray "=" in it written =3D (what
-    RFC 2045 6.7 asks a decoder to make of it); the other lines are copied
-    as they came.  One line is held at a time, up to ``QP_BLOCK`` octets:
-    the rest of a longer one (no valid quoted-printable) goes through with
-    only its 8-bit octets written as =XX."""
+    RFC 2045 6.7 asks a decoder to make of it); so is a line over
+    ``LINE_TEXT`` octets (no valid quoted-printable either), which no
+    line of a 7-bit copy may be.  The other lines are copied as they
+    came.  One line is held at a time, up to ``QP_BLOCK`` octets: the rest
+    of a longer one goes through with only its 8-bit octets written as
+    =XX (and ``mime7bit``, which allows no line over ``LINE_TEXT``,
+    refuses the copy)."""
 
     def __init__(self, out: BinaryIO) -> None:
         super().__init__(out)
@@ -83,11 +90,17 @@ class QPFix(Copy):
     def _line(self) -> None:
         line = bytes(self.line)
         self.line.clear()
-        if self.through or not HIGH.search(line):
+        if self.through or (not HIGH.search(line)
+                            and len(line) - line.endswith(b"\r") <= LINE_TEXT):
             self.through = False
             self.out.write(line)
             return
         fixed = _STRAY_EQUALS.sub(b"=3D", HIGH.sub(_hex, line))
+        if len(fixed) - fixed.endswith(b"\r") > LINE_TEXT:
+            # its trailing blanks are padding a decoder deletes (RFC 2045
+            # 6.7 rule 3): ``_wrap`` keeps them on its last line, which
+            # they could make too long
+            fixed = _PADDING.sub(b"", fixed)
         self.out.write(_wrap(fixed) if len(fixed) > 76 else fixed)
 
     def close(self, soft_end: bool = False) -> None:
@@ -95,11 +108,61 @@ class QPFix(Copy):
 
 
 class Base64Fix(Copy):
-    """A base64 body with stray 8-bit octets: decoders skip them, so do we."""
+    """A base64 body with stray 8-bit octets: decoders skip them, so do we.
+    A line over ``LINE_TEXT`` octets (a 7-bit copy has none; RFC 2045 6.8
+    wants 76 characters at most) is broken after its first ``LINE_TEXT``
+    octets, and its rest written in lines of 76, without its CRs:
+    decoders skip line breaks and every character outside the base64
+    alphabet (RFC 2045 6.8), so it decodes as before.  Every other line
+    is copied as it came; nothing is held."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        super().__init__(out)
+        self.col = 0  # octets of the current line written
+        self.long = False  # the line is over LINE_TEXT: its rest goes in lines of 76
 
     def write(self, data: bytes) -> None:
-        if data:
-            self.out.write(HIGH.sub(b"", data))
+        if not data.isascii():
+            data = HIGH.sub(b"", data)
+        # most calls: a line's content, then its end
+        if data == b"\n":
+            self.out.write(data)
+            self.col, self.long = 0, False
+            return
+        if not self.long and b"\n" not in data and (
+                self.col + len(data) - data.endswith(b"\r") <= LINE_TEXT):
+            self.out.write(data)
+            self.col += len(data)
+            return
+        while data:
+            nl = data.find(b"\n")
+            self._piece(data if nl < 0 else data[:nl])
+            if nl < 0:
+                return
+            self.out.write(b"\n")
+            self.col, self.long = 0, False
+            data = data[nl + 1:]
+
+    def _piece(self, piece: bytes) -> None:
+        """Part of a line, without a line end."""
+        if not self.long:
+            if self.col + len(piece) - piece.endswith(b"\r") <= LINE_TEXT:
+                self.out.write(piece)
+                self.col += len(piece)
+                return
+            room = max(0, LINE_TEXT - self.col)
+            self.out.write(piece[:room])
+            piece = piece[room:].replace(b"\r", b"")
+            self.col, self.long = LINE_TEXT, True
+        else:
+            piece = piece.replace(b"\r", b"")
+        while piece and self.col + len(piece) > 76:
+            take = max(0, 76 - self.col)
+            self.out.write(piece[:take] + b"\n")
+            piece = piece[take:]
+            self.col = 0
+        self.out.write(piece)
+        self.col += len(piece)
 
 
 class Base64(Copy):
