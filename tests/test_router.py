@@ -937,3 +937,21 @@ def test_check_says_a_loop_at_the_line_of_its_alias_first_in_the_file(tmp_path) 
     assert check_aliases_file(str(path), "example.org", DOMAINS) == [
         f"{path}:2: alias loop: a@example.org -> b@example.org -> c@example.org -> "
         "a@example.org (it is cut at runtime; the other aliases are on lines 4 and 5)"]
+
+
+def test_a_chain_of_aliases_deeper_than_pythons_stack_is_read(tmp_path) -> None:
+    # alias_loops walked the chain by recursion: one nested deeper than
+    # the recursion limit was a RecursionError when the hub read the file
+    # (and at `mailhub check`, and in txmailhub-sendmail)
+    import sys
+
+    depth = sys.getrecursionlimit() + 100
+    path = tmp_path / "aliases"
+    path.write_text("".join(f"a{i}: a{i + 1}\n" for i in range(depth))
+                    + f"a{depth}: joe, a{depth - 1}\n")
+    router = Router(DOMAINS, Users("joe"), str(path))
+    assert router.resolve(A("a0")) == ((A("joe"),), ())
+    assert check_aliases_file(str(path), "example.org", DOMAINS) == [
+        f"{path}:{depth}: alias loop: a{depth - 1}@example.org -> a{depth}@example.org -> "
+        f"a{depth - 1}@example.org (it is cut at runtime; the other alias is on line "
+        f"{depth + 1})"]

@@ -1439,6 +1439,21 @@ def test_recipients_that_aliases_lead_to_one_mailbox_are_put_side_by_side(
     assert prep(b"x\r\n", Options(recipients=("r1", "r2", "loop1")), settings).groups == ()
 
 
+def test_a_chain_of_aliases_deeper_than_pythons_stack_still_groups_the_recipients(
+        tmp_path: Path) -> None:
+    # reading the file found its loops by recursion: a chain nested deeper
+    # than the recursion limit ended the command in exit 70, not sent
+    import sys
+
+    depth = sys.getrecursionlimit() + 100
+    aliases = tmp_path / "aliases"
+    aliases.write_text("".join(f"a{i}: a{i + 1}\n" for i in range(depth)) + f"a{depth}: joe\n")
+    settings = replace(SETTINGS, aliases_file=str(aliases))
+    p = prep(b"x\r\n", Options(recipients=("a0", "bob", "joe")), settings)
+    assert p.recipients == ("a0@example.org", "joe@example.org", "bob@example.org")
+    assert p.groups == (2, 1)
+
+
 def test_the_aliases_file_is_read_from_the_config_relative_to_it(tmp_path: Path) -> None:
     config = _hub_config(tmp_path)
     assert load_local_submission(str(config)).aliases_file is None

@@ -212,34 +212,45 @@ def unsupported_target(item: str) -> str:
 def alias_loops(table: Aliases) -> list[str]:
     """Alias cycles, each as ``a -> b -> a`` (self-references excluded),
     written from the alias of the cycle that comes first in ``table``
-    (first in the file, for a parsed one): the line ``check`` names it by."""
+    (first in the file, for a parsed one): the line ``check`` names it by.
+
+    A depth-first walk kept on a list of its own, not Python's stack: a
+    chain of aliases nested deeper than the recursion limit (a file of
+    a thousand lines can hold one) is a file like any other, which the
+    hub, ``check`` and ``txmailhub-sendmail`` read at once."""
     found: list[str] = []
     order = {key: i for i, key in enumerate(table)}
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     seen_cycles: set[frozenset[str]] = set()
 
-    def visit(key: str, path: list[str]) -> None:
-        state[key] = 1
-        path.append(key)
-        for target, expand in table.get(key, ()):
-            t = target.key
-            if not expand or t == key or t not in table:
-                continue
-            if state.get(t) == 1:
-                cycle = path[path.index(t):]
-                first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
-                cycle = [*cycle[first:], *cycle[:first], cycle[first]]
-                if frozenset(cycle) not in seen_cycles:
-                    seen_cycles.add(frozenset(cycle))
-                    found.append(" -> ".join(cycle))
-            elif state.get(t) is None:
-                visit(t, path)
-        path.pop()
-        state[key] = 2
-
-    for key in table:
-        if key not in state:
-            visit(key, [])
+    for root in table:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        todo = [iter(table[root])]  # the targets of each alias on ``path`` not yet walked
+        while todo:
+            key = path[-1]
+            for target, expand in todo[-1]:
+                t = target.key
+                if not expand or t == key or t not in table:
+                    continue
+                if state.get(t) == 1:
+                    cycle = path[path.index(t):]
+                    first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+                    cycle = [*cycle[first:], *cycle[:first], cycle[first]]
+                    if frozenset(cycle) not in seen_cycles:
+                        seen_cycles.add(frozenset(cycle))
+                        found.append(" -> ".join(cycle))
+                elif state.get(t) is None:
+                    state[t] = 1
+                    path.append(t)
+                    todo.append(iter(table[t]))
+                    break  # walk t's targets, then the rest of key's
+            else:
+                path.pop()
+                todo.pop()
+                state[key] = 2
     return found
 
 
