@@ -1421,7 +1421,8 @@ def test_recipients_that_aliases_lead_to_one_mailbox_are_put_side_by_side(
                        "loop1: loop2\nloop2: loop1\n")
     settings = LocalSubmission(path="/x.toml", hostname="mail.example.org",
                                domains=("example.org", "example.net"), listen=("tcp:25",),
-                               max_message_size=10_000, aliases_file=str(aliases))
+                               max_message_size=10_000, aliases_file=str(aliases),
+                               max_recipients=2)
     argv = ("r1", "ann", "r2", "carol@elsewhere.test", "staff", "loop1", "fwd", "JOE",
             "joe@example.net")
     p = prep(b"x\r\n", Options(recipients=argv), settings)
@@ -1439,6 +1440,44 @@ def test_recipients_that_aliases_lead_to_one_mailbox_are_put_side_by_side(
     assert prep(b"x\r\n", Options(recipients=("r1", "r2", "loop1")), settings).groups == ()
 
 
+def test_a_list_that_fits_in_one_transaction_is_kept_as_given_and_reads_no_aliases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the hub merges a transaction's recipients itself: the command read
+    # the aliases file (loading Twisted for the router, a time every run
+    # paid) and reordered the list for a single transaction all the same
+    import txmailhub.router
+
+    def no_router(*args: object) -> None:
+        raise AssertionError("the aliases were read for a list of one transaction")
+
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: joe\n")
+    settings = replace(SETTINGS, aliases_file=str(aliases))  # [smtp] max_recipients: 100
+    monkeypatch.setattr(txmailhub.router, "Router", no_router)
+    p = prep(b"x\r\n", Options(recipients=("staff", "bob", "joe")), settings)
+    assert p.recipients == ("staff@example.org", "bob@example.org", "joe@example.org")
+    assert p.groups == ()
+    # one more than the hub's limit: read, and grouped
+    monkeypatch.undo()
+    p = prep(b"x\r\n", Options(recipients=("staff", "bob", "joe", "ann")),
+             replace(settings, max_recipients=3))
+    assert p.recipients == ("staff@example.org", "joe@example.org", "bob@example.org",
+                            "ann@example.org")
+    assert p.groups == (2, 1, 1)
+
+
+def test_max_recipients_is_read_from_the_config_a_bad_one_is_the_default(
+        tmp_path: Path) -> None:
+    config = _hub_config(tmp_path)
+    assert load_local_submission(str(config)).max_recipients == 100
+    text = config.read_text()
+    config.write_text(text.replace("[smtp]\n", "[smtp]\nmax_recipients = 7\n"))
+    assert load_local_submission(str(config)).max_recipients == 7
+    # a bad value is the hub's to report: the command sends all the same
+    config.write_text(text.replace("[smtp]\n", '[smtp]\nmax_recipients = "7"\n'))
+    assert load_local_submission(str(config)).max_recipients == 100
+
+
 def test_a_chain_of_aliases_deeper_than_pythons_stack_still_groups_the_recipients(
         tmp_path: Path) -> None:
     # reading the file found its loops by recursion: a chain nested deeper
@@ -1448,7 +1487,7 @@ def test_a_chain_of_aliases_deeper_than_pythons_stack_still_groups_the_recipient
     depth = sys.getrecursionlimit() + 100
     aliases = tmp_path / "aliases"
     aliases.write_text("".join(f"a{i}: a{i + 1}\n" for i in range(depth)) + f"a{depth}: joe\n")
-    settings = replace(SETTINGS, aliases_file=str(aliases))
+    settings = replace(SETTINGS, aliases_file=str(aliases), max_recipients=2)
     p = prep(b"x\r\n", Options(recipients=("a0", "bob", "joe")), settings)
     assert p.recipients == ("a0@example.org", "joe@example.org", "bob@example.org")
     assert p.groups == (2, 1)

@@ -385,11 +385,12 @@ def test_one_mailbox_in_two_transactions_is_sent_once_as_first_spelled(
 
 def _aliases_config(tmp_path, aliases: str) -> str:  # type: ignore[no-untyped-def]
     """``_config`` with an ``[aliases] file`` holding ``aliases``, named
-    relative to the config, as the hub names it."""
+    relative to the config, as the hub names it, and the limit of
+    ``LimitedHub(2)``: a longer list is one the command reads it for."""
     (tmp_path / "aliases").write_text(aliases)
     config = tmp_path / "mailhub.toml"
     config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:2525"]\n'
-                      '[aliases]\nfile = "aliases"\n')
+                      'max_recipients = 2\n[aliases]\nfile = "aliases"\n')
     return str(config)
 
 

@@ -1887,6 +1887,10 @@ class LocalSubmission:
     #: keep the recipients that lead to one mailbox in one transaction
     #: (``sendmail.prepare``); ``None`` when unset or not a usable value
     aliases_file: str | None = None
+    #: ``[smtp] max_recipients``, the hub's transaction: a list no longer
+    #: goes in one, and needs no aliases read; the default when missing
+    #: or bad
+    max_recipients: int = SMTPSettings.max_recipients
 
     @property
     def primary_domain(self) -> str:
@@ -1902,7 +1906,8 @@ def load_local_submission(path: str) -> LocalSubmission:
     """Read only ``[hub]`` and ``[smtp]`` of the config, with the same
     checks as ``load``; raise ``ConfigError`` listing their problems.
     ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times),
-    and ``[aliases] file`` when set (which recipients share a mailbox).
+    and ``[aliases] file`` when set (which recipients share a mailbox),
+    with ``[smtp] max_recipients`` (when a list needs to know it).
 
     Why not ``load``: the sendmail command runs as any local user (a web
     server, a cron job), who may not read the TLS key or the smarthost
@@ -1943,6 +1948,12 @@ def load_local_submission(path: str) -> LocalSubmission:
         # only to group the recipients: a bad value, like a file this user
         # cannot read, is the hub's and `mailhub check`'s to report
         settings = replace(settings, aliases_file=r.resolve(aliases_file))
+    if "max_recipients" in smtp:
+        # only to know when a list needs the aliases: a bad value, as above
+        try:
+            settings = replace(settings, max_recipients=_positive_int(smtp["max_recipients"]))
+        except (TypeError, ValueError):
+            pass
     relay = doc.get("relay")
     if isinstance(relay, dict) and "retry_schedule" in relay:
         # only for mailq's times: a bad value is the hub's and `mailhub

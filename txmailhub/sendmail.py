@@ -331,9 +331,14 @@ def _by_mailbox(recipients: list[tuple[str, Address]],
     address, next to each other (where the first of them stood), and
     ``submit`` ends a transaction only between two runs.  Without an
     aliases file, or one this user cannot read, each recipient is its
-    own run, as its name is its only mailbox the command can know."""
+    own run, as its name is its only mailbox the command can know.
+
+    A list of no more than ``[smtp] max_recipients`` goes in one
+    transaction: it is left as given, and the file is not read (nor is
+    Twisted loaded, which the router needs: a time every run would pay,
+    and most lists are short)."""
     forms = tuple(form for form, _ in recipients)
-    if len(recipients) < 2 or settings.aliases_file is None:
+    if len(recipients) <= max(settings.max_recipients, 1) or settings.aliases_file is None:
         return forms, ()
     from txmailhub.router import Router
 
