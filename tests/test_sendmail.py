@@ -1501,6 +1501,13 @@ def test_the_aliases_file_is_read_from_the_config_relative_to_it(tmp_path: Path)
     # a bad value is the hub's to report: the command sends all the same
     config.write_text(config.read_text().replace('"aliases"', "3"))
     assert load_local_submission(str(config)).aliases_file is None
+    # a NUL, which no path holds: the look at the file raised ValueError,
+    # and a long list ended in exit 70, not sent
+    config.write_text(config.read_text().replace("= 3", '= "a\\u0000b"')
+                      .replace("[smtp]\n", "[smtp]\nmax_recipients = 2\n"))
+    settings = load_local_submission(str(config))
+    assert settings.aliases_file is None
+    assert prep(b"x\r\n", Options(recipients=("a", "b", "c")), settings).groups == ()
 
 
 class _TextlessError(Exception):

@@ -1944,9 +1944,10 @@ def load_local_submission(path: str) -> LocalSubmission:
         raise ConfigError(problems)
     aliases = doc.get("aliases")
     aliases_file = aliases.get("file") if isinstance(aliases, dict) else None
-    if isinstance(aliases_file, str) and aliases_file:
+    if isinstance(aliases_file, str) and aliases_file and "\0" not in aliases_file:
         # only to group the recipients: a bad value, like a file this user
-        # cannot read, is the hub's and `mailhub check`'s to report
+        # cannot read, is the hub's and `mailhub check`'s to report (a NUL,
+        # which no path holds, would make the look at the file raise)
         settings = replace(settings, aliases_file=r.resolve(aliases_file))
     if "max_recipients" in smtp:
         # only to know when a list needs the aliases: a bad value, as above
