@@ -549,8 +549,9 @@ def test_auth_plain_cancel_and_bad_data():
 def test_auth_plain_equals_sign_is_an_empty_response_in_the_command_only():
     # RFC 5034 4: initial-response = base64 / "=", a continuation line is
     # [base64]: an empty response after the "+" is an empty line, and a
-    # lone "=" there is no base64 (-ERR without [AUTH]: no credentials
-    # were given, so none failed; RFC 3206 4), as Dovecot answers it
+    # lone "=" there is no base64 (Dovecot 2.3 too calls it "Invalid base64
+    # data in continued response", with [AUTH]; here -ERR without [AUTH]:
+    # no credentials were given, so none failed, RFC 3206 4)
     e = engine()
     assert sent(e, b"AUTH PLAIN =") == R.AUTH_BAD_PLAIN.to_bytes()
     run(e, b"AUTH PLAIN")

@@ -325,29 +325,39 @@ class POP3Model(RuleBasedStateMachine):
         self.password(True)
 
     @precondition(_open)
-    @rule(how=st.sampled_from(["initial", "challenge", "empty", "cancel", "not base64",
-                               "not plain", "as himself", "as another"]),
+    @rule(how=st.sampled_from(["initial", "challenge", "empty", "empty initial", "cancel",
+                               "* initial", "= after +", "not base64", "not plain",
+                               "as himself", "as another"]),
           good=st.booleans())
     def auth(self, how: str, good: bool) -> None:
-        """AUTH PLAIN (RFC 5034), with or without the initial response."""
+        """AUTH PLAIN (RFC 5034), with or without the initial response.
+        RFC 5034 4: an empty initial response is "=", an empty one after
+        the "+" an empty line (a "=" there is no base64), and "*" cancels
+        only after the "+" (as the initial response it is no base64)."""
         password = b"joepw" if good else b"nope"
         message = {"as himself": b"joe@example.org\0joe\0" + password,
                    "as another": b"ann\0joe\0" + password,
                    "not plain": b"joe\0" + password}.get(how, b"\0joe\0" + password)
-        response = {"cancel": b"*", "not base64": b"am9l!", "empty": b"="}.get(
+        response = {"cancel": b"*", "* initial": b"*", "= after +": b"=",
+                    "not base64": b"am9l!", "empty": b"", "empty initial": b"="}.get(
             how, base64.b64encode(message))
         if self.logged_in:
             self.send(b"AUTH PLAIN " + response + b"\r\n", self.out_of_state("AUTH"))
             return
         self.user_given = False  # docs/pop3.rst: an AUTH forgets the USER name
         self._named = None
-        if how in ("challenge", "cancel", "not base64", "empty"):
+        if how in ("challenge", "cancel", "= after +", "not base64", "empty"):
             self.send(b"AUTH PLAIN\r\n", Expect("AUTH", True, challenge=True))
             line = response + b"\r\n"
         else:
             line = b"AUTH PLAIN " + response + b"\r\n"
-        if how in ("cancel", "not base64", "empty", "not plain"):
-            self.send(line, Expect(f"AUTH {how}", False))
+        refusal = {"cancel": R.AUTH_CANCELLED, "* initial": R.AUTH_BAD_BASE64,
+                   "= after +": R.AUTH_BAD_BASE64, "not base64": R.AUTH_BAD_BASE64,
+                   "empty": R.AUTH_BAD_PLAIN, "empty initial": R.AUTH_BAD_PLAIN,
+                   "not plain": R.AUTH_BAD_PLAIN}.get(how)
+        if refusal is not None:
+            want = refusal.to_bytes()[:-2]
+            self.send(line, Expect(f"AUTH {how}", False, check=lambda s, w=want: self._is(s, w)))
         elif good and how != "as another":
             live = self.model.live()
             count, octets = len(live), sum(m.size for _, m in live)
@@ -645,7 +655,7 @@ class POP3Model(RuleBasedStateMachine):
             ok = m.group(1) == b"+OK"
             if e.ok is not None:
                 assert ok == e.ok, (e.what, status)
-            if ok and e.check is not None:
+            if e.check is not None and (ok or e.ok is False):
                 e.check(status)
             if ok and e.multi:
                 end = out.find(b"\r\n.\r\n")
