@@ -933,3 +933,22 @@ def test_an_embedders_own_is_local_address_is_not_replaced_by_a_lookup():
                    is_local_address=lambda a: a == "192.0.2.99")
     r.learn_own_addresses(lambda f, *a: calls.append(f) or defer.succeed(frozenset()))
     assert calls == []
+
+
+@pytest.mark.parametrize("hostname, domain", [
+    ("[192.0.2.1]", "[192.0.2.1]"),
+    ("[192.0.2.001]", "[192.0.2.1]"),  # RFC 5321 4.1.3: an Snum may have leading zeros
+    ("[IPv6:2001:DB8:0::1]", "[IPv6:2001:db8::1]"),
+    ("[IPv6:2001:db8::1]", "[ipv6:2001:db8:0:0:0:0:0:1]"),
+])
+def test_mail_for_the_hubs_own_address_literal_loops_in_any_spelling(hostname, domain):
+    # [hub] hostname may be an address literal, kept as written; the same
+    # address spelt another way is still this hub (RFC 5321 5.1), even when
+    # nothing listens on that address as such (a public address behind NAT)
+    r = MXResolver(FakeResolver(ZONE), Clock(), hostname, listening=[("0.0.0.0", 25)],
+                   is_local_address=lambda a: False)
+    e = error_of(r.resolve(domain), MailLoop)
+    assert "loops back to me" in e.reason
+    assert r.resolver.queries == []
+    # another address is no loop
+    assert result(r.resolve("[192.0.2.9]"))[0].addresses == ("192.0.2.9",)

@@ -28,7 +28,13 @@ from twisted.names import error as dns_error
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmailhub.address import ascii_domain, client_ip, dns_name_problem, written_domain
+from txmailhub.address import (
+    address_literal,
+    ascii_domain,
+    client_ip,
+    dns_name_problem,
+    written_domain,
+)
 from txmailhub.interfaces import IMXResolver
 
 __all__ = [
@@ -157,6 +163,21 @@ def parse_literal(domain: str) -> str | None:
         return str(ipaddress.IPv4Address(inner))
     except ValueError:
         raise NoSuchDomain(domain, "malformed address literal") from None
+
+
+def _name_key(name: str) -> str:
+    """``name`` as compared with the hub's own: lower case, without a final
+    dot, and an address literal in its one spelling (``address_literal``).
+    ``[hub] hostname`` may be a literal, kept as written
+    (``[IPv6:2001:DB8:0::1]``, ``[192.0.2.001]``): mail for that address
+    written another way is mail for this hub all the same (RFC 5321 5.1)."""
+    name = name.rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        try:
+            name = address_literal(name)
+        except ValueError:
+            pass  # malformed: compared as written
+    return name.lower()
 
 
 def _host_name(raw: bytes) -> str | None:
@@ -718,7 +739,7 @@ class MXResolver:
 
     def is_self(self, host: MXHost) -> bool:
         """Whether ``host`` is this hub (its name, or an address:port we listen on)."""
-        if host.name.rstrip(".").lower() == self.hostname:
+        if _name_key(host.name) == _name_key(self.hostname):
             return True
         for address in host.addresses:
             ip = client_ip(address)
