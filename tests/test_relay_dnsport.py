@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 
+import pytest
 from twisted.internet.task import Clock
 
 from txmailhub.relay import dnsport
@@ -195,3 +196,111 @@ def test_stop_cuts_a_tcp_connection_whose_answer_is_awaited():
     assert failure.check(defer.CancelledError)
     assert transport.disconnecting
     assert not [c for c in reactor.getDelayedCalls() if c.active()]
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _answer(data: bytes, address: str) -> bytes:
+    from twisted.names import dns
+
+    query = dns.Message()
+    query.fromStr(data)
+    reply = dns.Message(id=query.id, answer=1, rCode=dns.OK)
+    reply.queries = query.queries
+    reply.answers = [dns.RRHeader(query.queries[0].name.name, dns.A, ttl=60,
+                                  payload=dns.Record_A(address))]
+    return reply.toStr()
+
+
+def _read_when_ready(port) -> None:
+    """The reactor's part: ``doRead`` once the port's socket is readable
+    (a socket timeout, not a wall-clock bound on the answer)."""
+    import select
+
+    readable, _, _ = select.select([port.socket], [], [], 10)
+    assert readable, "no datagram came"
+    port.doRead()
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("written, family, bind", [
+    ("0:0:0:0:0:0:0:1", "AF_INET6", "::1"),
+    ("0::1", "AF_INET6", "::1"),
+    ("::FFFF:127.0.0.1", "AF_INET", "127.0.0.1"),  # a v4 server over the v6 port
+])
+def test_a_resolv_conf_server_written_another_way_has_its_answers_taken(
+        tmp_path, monkeypatch, written, family, bind):
+    """twisted.names takes an answer only from the address the query went
+    to, compared as a string with the source ``recvfrom`` gives: a
+    resolv.conf server written in another form than the kernel's had every
+    answer dropped, and each lookup ran into its timeout (no relay at
+    all).  Real sockets on the loopback; the test's server answers."""
+    import socket
+
+    from twisted.internet.address import IPv6Address
+    from twisted.names import dns
+
+    server = socket.socket(getattr(socket, family), socket.SOCK_DGRAM)
+    server.settimeout(10)
+    server.bind((bind, 0))
+    try:
+        monkeypatch.setattr(dns, "PORT", server.getsockname()[1])  # resolv.conf has no port
+        conf = tmp_path / "resolv.conf"
+        conf.write_text(f"nameserver {written}\n")
+        clock = _ReaderClock()
+        resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
+        results: list = []
+        resolver.lookupAddress("mx.example").addBoth(results.append)
+        [port] = clock.readers
+        # the port of a query to an IPv6 server is an IPv6 one, as it says
+        host = port.getHost()
+        assert isinstance(host, IPv6Address)
+        assert host.port == port.socket.getsockname()[1]
+        data, source = server.recvfrom(512)
+        server.sendto(_answer(data, "192.0.2.7"), source)
+        _read_when_ready(port)
+        [(answers, _, _)] = results
+        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+        assert clock.readers == set() and port.fileno() == -1  # the query's port is closed
+    finally:
+        server.close()
+
+
+def test_an_answer_from_another_address_is_dropped_and_the_servers_is_taken():
+    """Of the datagrams waiting on a query's port, one from an address the
+    query did not go to (a forgery that guessed the port and the ID) and
+    one that is no DNS message are dropped; the server's answer behind
+    them is taken."""
+    import socket
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.settimeout(10)
+    server.bind(("127.0.0.1", 0))
+    forger.bind(("127.0.0.1", 0))
+    try:
+        clock = _ReaderClock()
+        resolver = dnsport.Resolver(servers=[server.getsockname()], reactor=clock)
+        results: list = []
+        resolver.lookupAddress("mx.example").addBoth(results.append)
+        [port] = clock.readers
+        data, source = server.recvfrom(512)
+        forger.sendto(_answer(data, "203.0.113.66"), source)
+        forger.sendto(b"\x00", source)
+        server.sendto(_answer(data, "192.0.2.7"), source)
+        while not results:
+            _read_when_ready(port)
+        [(answers, _, _)] = results
+        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+    finally:
+        server.close()
+        forger.close()

@@ -17,6 +17,7 @@ query as before, registered with the reactor as a reader and silent.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from typing import Any
@@ -274,6 +275,16 @@ class Resolver(client.Resolver):
             self._parseCall = self._reactor.callLater(
                 self._resolvReadInterval, self.maybeParseConfig)
 
+    def parseConfig(self, resolvConf: Any) -> None:
+        """twisted.names' reading of ``resolv.conf``, with each name server's
+        address in the form the kernel gives an answer's source
+        (``2001:db8::53`` for ``2001:DB8::53``, ``::1`` for ``0:0::1``).
+        twisted.names takes an answer only from the address the query went
+        to, compared as a string: a server written another way had every
+        answer dropped, and each lookup ran into its timeout."""
+        super().parseConfig(resolvConf)
+        self.dynServers = [(_source_form(host), port) for host, port in self.dynServers]
+
     def filterAnswers(self, message: dns.Message) -> Any:
         """twisted.names' filter, but a truncated answer is asked again
         over TCP once: an answer that comes over TCP is final even with
@@ -299,6 +310,21 @@ class Resolver(client.Resolver):
         except Exception:
             return defer.fail()
         return d.addCallback(_same_question, args[1])
+
+
+def _source_form(host: str) -> str:
+    """An IP address as ``recvfrom`` reports a datagram's source (an IPv6
+    one compressed, in lower case, a v4-mapped one in dotted form, its
+    zone kept); anything else as it is (``write`` refuses it)."""
+    address, _, zone = host.partition("%")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return host
+    if ip.version == 4:
+        return str(ip)
+    text = socket.inet_ntop(socket.AF_INET6, ip.packed)
+    return f"{text}%{zone}" if zone else text
 
 
 def _question(queries: Any) -> list[tuple[bytes, int, int]]:
