@@ -4548,3 +4548,28 @@ def test_a_destination_done_beside_one_that_failed_is_not_sent_again_when_nothin
     assert hub.agent.calls[calls:] == [(qid, "other.test", [CAROL])]
     assert hub.queue.ids() == []
     hub.runner.stop()
+
+
+def test_a_delivery_that_fails_while_a_stop_waits_ends_the_wait_and_keeps_the_local_copy(hub):
+    # an error out of the agent (not a result) while the stop waits for
+    # the attempt: the stop fires then, not at its grace; the local copy
+    # made beside it is recorded, so the next start makes no second one
+    # and tries the remote recipient alone
+    hub.runner.start()
+    in_flight: defer.Deferred = defer.Deferred()
+    hub.agent.script = lambda e, d, r: in_flight
+    qid = enqueue(hub, BOB, LOCAL)
+    assert len(hub.store.messages(LOCAL)) == 1
+    stopped = hub.runner.stop()
+    assert not stopped.called
+    in_flight.errback(RuntimeError("the agent broke"))
+    assert stopped.called
+    assert hub.agent.aborted == 0  # nothing left to cut
+    states = {r.address: r.state for r in hub.queue.read(qid).recipients}
+    assert states == {BOB: "pending", LOCAL: "delivered"}
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "delivered", OK, "mx") for a in r]
+    hub.runner.start()
+    hub.clock.advance(1)
+    assert [c[1:] for c in hub.agent.calls] == [("remote.test", [BOB])] * 2
+    assert len(hub.store.messages(LOCAL)) == 1
+    assert hub.queue.ids() == []
