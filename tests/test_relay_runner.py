@@ -4573,3 +4573,25 @@ def test_a_delivery_that_fails_while_a_stop_waits_ends_the_wait_and_keeps_the_lo
     assert [c[1:] for c in hub.agent.calls] == [("remote.test", [BOB])] * 2
     assert len(hub.store.messages(LOCAL)) == 1
     assert hub.queue.ids() == []
+
+
+def test_a_store_that_fails_as_a_whole_leaves_its_recipients_for_a_retry(hub, monkeypatch):
+    # the store's delivery fails outright (the spool file unreadable), not
+    # per mailbox: every local recipient of the entry gets a 451 with the
+    # store's reason and is tried again; the remote one is not held up
+    def broken(message, mailboxes):
+        return defer.fail(OSError("cannot read the spool file"))
+
+    real = hub.store.deliver
+    monkeypatch.setattr(hub.store, "deliver", broken)
+    hub.runner.start()
+    qid = enqueue(hub, LOCAL, BOB)
+    recipients = {r.address: r for r in hub.queue.read(qid).recipients}
+    assert recipients[BOB].state == "delivered"
+    local = recipients[LOCAL]
+    assert local.state == "pending"
+    assert local.last_reply.code == 451
+    assert "local delivery failed: cannot read the spool file" in local.last_reply.text()
+    monkeypatch.setattr(hub.store, "deliver", real)
+    hub.clock.advance(60)
+    assert hub.queue.ids() == [] and len(hub.store.messages(LOCAL)) == 1
