@@ -4647,3 +4647,92 @@ def test_a_message_the_size_job_cannot_read_is_left_for_the_reactor_thread(monke
     monkeypatch.setattr(pop3_protocol, "_client_size_of", size_of)
     sizes = pop3_protocol._measure_sizes(object(), [100, 200, 300], lambda: False)
     assert list(sizes) == [110, -1, 310]
+
+
+@implementer(IRealm)
+class BrokenLogoutRealm(Realm):
+    """A realm of an application's own whose logout raises."""
+
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        d = super().requestAvatar(avatar_id, mind, *interfaces)
+        return d.addCallback(lambda r: (r[0], r[1], self.logout))
+
+    def logout(self):
+        raise RuntimeError("the realm's logout broke")
+
+
+@pytest.mark.parametrize("end", ["QUIT", "drop"])
+def test_a_realm_logout_that_raises_still_leaves_the_mailbox_closed(end, log_events):
+    # the realm's error is logged with the user; the mailbox's close (its
+    # lock) and the QUIT's UPDATE do not depend on it
+    env = Env()
+    env.portal.realm = BrokenLogoutRealm(env.store)
+    env.store.add("joe@example.org", b"one\n")
+    env.store.add("joe@example.org", b"two\n")
+    proto, t = login(env)
+    if end == "QUIT":
+        assert talk(proto, t, b"DELE 1\r\nQUIT\r\n").endswith(R.bye_updated(1).to_bytes())
+    proto.connectionLost(None)
+    assert not env.store.is_locked("joe@example.org")
+    assert len(env.store.messages("joe@example.org")) == (1 if end == "QUIT" else 2)
+    [failed] = [e for e in log_events if e.get("log_failure") is not None]
+    assert failed["log_failure"].check(RuntimeError)
+    assert "logout failed" in formatEvent(failed) and "joe@example.org" in formatEvent(failed)
+
+
+def test_a_mailbox_whose_close_raises_is_logged_and_the_session_ends(log_events):
+    # the store's close failing (its lock file cannot be removed) is the
+    # store's to report: logged with the user, and the session ends as it
+    # would, the realm's logout called all the same
+    env = Env()
+    realm = SpyLogoutRealm(env.store)
+    env.portal.realm = realm
+    env.store.add("joe@example.org", b"one\n")
+    proto, t = login(env)
+    proto.mailbox.close = mock.Mock(side_effect=OSError(errno.EIO, "lock file"))
+    assert talk(proto, t, b"QUIT\r\n") == R.bye_updated(1).to_bytes()
+    proto.connectionLost(None)
+    assert realm.logouts == 1
+    [failed] = [e for e in log_events if e.get("log_failure") is not None]
+    assert failed["log_failure"].check(OSError)
+    assert "close failed" in formatEvent(failed) and "joe@example.org" in formatEvent(failed)
+
+
+def test_a_pop3s_client_still_in_its_handshake_is_cut_at_the_stop(tls_files):
+    # a client that connected to the POP3S port and has not finished its
+    # TLS handshake (a scanner, a stalled client) holds no stop: no line
+    # can reach it before the handshake, so it is cut at once, and the
+    # stop fires with its connection gone
+    from tls_loopback import PEER, MemorySocket
+    from twisted.internet import error
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.python.failure import Failure
+
+    class TCPSocket(MemorySocket):
+        """Its abort says the connection is lost a turn later, as
+        Twisted's TCP transport does (``tcp.Connection.abortConnection``)."""
+
+        def abortConnection(self):
+            if self.connected and not self.disconnecting:
+                self.disconnecting = True
+                self.stopReading()
+                self.reactor.callLater(0, self.connectionLost,
+                                       Failure(error.ConnectionAborted()))
+
+    env = Env()
+    factory = POP3Factory(env.components, implicit_tls=True)
+    cert, key = tls_files
+    server = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
+                                 clock=env.clock).buildProtocol(PEER)
+    sock = TCPSocket(env.clock, server)
+    server.makeConnection(sock)
+    sock.startReading()
+    assert len(factory.sessions) == 1
+    stopped = factory.shut_down()
+    assert sock.disconnecting and not sock.reading()  # cut: no polite close to wait for
+    assert not stopped.called
+    env.clock.advance(0)
+    assert sock.lost.check(error.ConnectionAborted)
+    assert stopped.called
+    assert not factory.sessions
+    assert env.clock.getDelayedCalls() == []
