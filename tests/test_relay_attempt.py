@@ -3541,3 +3541,27 @@ def test_the_stop_closes_a_session_whose_transport_cannot_abort(tmp_path):
     proto.makeConnection(transport)
     proto.abort()
     assert transport.disconnecting
+
+
+def test_a_stop_while_the_quit_is_answered_keeps_the_delivery(tmp_path):
+    # the server took the message (250 after the final "."), and the hub
+    # stops while its QUIT waits for the 221: the session is cut, but its
+    # results stand -- the recipient is delivered, not "the hub stopped"
+    # (a retry at the next start would send the message twice)
+    (tmp_path / "m").write_bytes(b"Subject: x\r\n\r\nhi\r\n")
+    clock, proto, transport = _client_on_a_clock(tmp_path)
+    for reply in (b"220 hi\r\n", b"250 mx\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        proto.dataReceived(reply)
+    while not transport.value().endswith(b"\r\n.\r\n"):
+        transport.producer.resumeProducing()
+        clock.advance(0)
+    proto.dataReceived(b"250 2.0.0 queued as 1234\r\n")
+    assert transport.value().endswith(b"QUIT\r\n") and not proto.done.called
+    proto.abort()
+    assert transport.disconnecting
+    assert not clock.getDelayedCalls()
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.session_error is None
+    [(address, reply)] = [(r.address, r.reply) for r in outcome.recipients]
+    assert address == BOB and reply.code == 250 and "queued as 1234" in reply.text()
