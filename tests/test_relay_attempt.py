@@ -3565,3 +3565,30 @@ def test_a_stop_while_the_quit_is_answered_keeps_the_delivery(tmp_path):
     assert outcome.session_error is None
     [(address, reply)] = [(r.address, r.reply) for r in outcome.recipients]
     assert address == BOB and reply.code == 250 and "queued as 1234" in reply.text()
+
+
+def test_a_connection_lost_in_the_middle_of_the_data_is_the_servers_not_a_local_error(
+        tmp_path, logged_failures):
+    # Twisted's transport, losing the connection, stops its producer
+    # first (BodyStopped), then tells the protocol: the attempt ends as a
+    # lost connection in the data phase -- no "local error" blamed on the
+    # hub, no traceback -- and the message file is let go
+    from twisted.python.failure import Failure
+
+    from txmailhub.relay.body_producer import CHUNK_SIZE
+
+    (tmp_path / "m").write_bytes(b"Subject: x\r\n\r\n" + (b"y" * 76 + b"\r\n") * (CHUNK_SIZE // 40))
+    _, proto, transport = _client_on_a_clock(tmp_path)
+    for reply in (b"220 hi\r\n", b"250 mx\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+        proto.dataReceived(reply)
+    transport.producer.resumeProducing()  # one chunk taken, more to come
+    assert proto._file is not None and not transport.value().endswith(b"\r\n.\r\n")
+    producer = transport.producer
+    producer.stopProducing()
+    proto.connectionLost(Failure(ConnectionResetError("reset by peer")))
+    outcome = proto.done.result
+    text = outcome.session_error.text()
+    assert "connection lost" in text and "local error" not in text, text
+    assert outcome.session_error.code == 421
+    assert proto._file is None
+    assert logged_failures == []
