@@ -3592,3 +3592,17 @@ def test_a_connection_lost_in_the_middle_of_the_data_is_the_servers_not_a_local_
     assert outcome.session_error.code == 421
     assert proto._file is None
     assert logged_failures == []
+
+
+def test_a_session_that_fails_during_a_stops_grace_tries_no_next_host(tmp_path):
+    # the hub stops and does not wait for this entry (``quiesce``): its
+    # session under way may end, but the next MX is not tried -- a new
+    # connection after the stop's grace could run past the queue's lock
+    a, net, d = session_in_flight(tmp_path)  # mx1 never answers
+    a.quiesce(keep=())
+    while not d.called:
+        net.run()
+        a.clock.advance(60)  # the greeting's timeout, a step at a time
+    [r] = d.result
+    assert r.kind == "transient" and "the hub stopped" in r.reply.text()
+    assert net.connections == [("2001:db8::1", 25)]  # not mx2 (192.0.2.2)
