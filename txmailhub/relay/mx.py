@@ -516,10 +516,10 @@ class _LocalAddresses:
         self.pending: defer.Deferred | None = None
         self.asked = False
 
-    def learn(self, run_blocking: Callable[..., defer.Deferred] | None = None) -> None:
-        """Start the lookup (again: a restart learns a new address)."""
-        if run_blocking is not None:
-            self.run_blocking = run_blocking
+    def learn(self) -> None:
+        """Start the lookup with ``run_blocking`` (set by
+        ``MXResolver.learn_own_addresses``), again at a restart: it learns
+        a new address."""
         if self.run_blocking is None or self.pending is not None:
             return
         self.asked = True
