@@ -952,3 +952,25 @@ def test_mail_for_the_hubs_own_address_literal_loops_in_any_spelling(hostname, d
     assert r.resolver.queries == []
     # another address is no loop
     assert result(r.resolve("[192.0.2.9]"))[0].addresses == ("192.0.2.9",)
+
+
+@pytest.mark.parametrize("error", [OSError(-2, "Name or service not known"),
+                                   UnicodeError("label too long")])
+def test_a_host_name_without_addresses_leaves_only_loopback_as_this_machine(monkeypatch, error):
+    # gethostname() that does not resolve (a box named "localhost.lan" not
+    # in /etc/hosts), or cannot be encoded: the lookup gives nothing, with
+    # no error out of the thread; loopback and unspecified addresses are
+    # still this machine, a foreign one is an ordinary MX
+    from txmailhub.relay import mx
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mx.socket, "gethostname", lambda: "box.hub.test")
+    monkeypatch.setattr(mx.socket, "getaddrinfo", getaddrinfo)
+    assert mx.own_addresses() == frozenset()
+    r = MXResolver(FakeResolver(_SELF_ZONE), Clock(), "mail.hub.test",
+                   listening=[("0.0.0.0", 25)], port=25, rng=random.Random(1))
+    r.learn_own_addresses(lambda f, *a: defer.maybeDeferred(f, *a))
+    assert [h.addresses for h in result(r.resolve("me.test"))] == [("192.0.2.25",)]
+    error_of(r.resolve("[127.0.0.1]"), MailLoop)
