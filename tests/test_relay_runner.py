@@ -4595,3 +4595,20 @@ def test_a_store_that_fails_as_a_whole_leaves_its_recipients_for_a_retry(hub, mo
     monkeypatch.setattr(hub.store, "deliver", real)
     hub.clock.advance(60)
     assert hub.queue.ids() == [] and len(hub.store.messages(LOCAL)) == 1
+
+
+def test_an_entry_whose_record_went_while_it_waited_for_its_slot_is_not_delivered(hub):
+    # the record removed behind the runner's back (another process, a hand
+    # cleanup) while the entry waits for its destination's one slot: when
+    # its turn comes it is read afresh, found gone and forgotten -- no
+    # delivery of a message the queue no longer has
+    hub.runner.start()
+    pending = hub.agent.hold()
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, BOB)
+    assert [c[0] for c in hub.agent.calls] == [first]
+    os.unlink(hub.queue.record_path(second))
+    _answer_all(pending)
+    hub.clock.advance(60)
+    assert [c[0] for c in hub.agent.calls] == [first]
+    assert second not in hub.runner.due and hub.queue.ids() == []
