@@ -3035,7 +3035,15 @@ def test_the_shutdown_waits_only_for_the_sessions_open_at_that_time():
 MALFORMED_AUTH = [
     (b"AUTH PLAIN !!!\r\n", replies.AUTH_INVALID_BASE64),
     (b"AUTH PLAIN\r\n\r\n", replies.AUTH_MALFORMED),
-    (b"AUTH LOGIN\r\n" + base64.b64encode(b"alice") + b"\r\n=\r\n", replies.AUTH_MALFORMED),
+    (b"AUTH LOGIN\r\n" + base64.b64encode(b"alice") + b"\r\n\r\n", replies.AUTH_MALFORMED),
+    # "=" is an empty response as the initial one only (RFC 4954 8); after
+    # a 334 it is no base64
+    (b"AUTH LOGIN\r\n" + base64.b64encode(b"alice") + b"\r\n=\r\n",
+     replies.AUTH_INVALID_BASE64),
+    (b"AUTH PLAIN\r\n=\r\n", replies.AUTH_INVALID_BASE64),
+    # and "*" cancels only in answer to a 334: as the initial response it
+    # is no base64, logged and counted as such (a cancel is neither)
+    (b"AUTH PLAIN *\r\n", replies.AUTH_INVALID_BASE64),
     (b"AUTH PLAIN " + base64.b64encode(b"no nuls") + b"\r\n", replies.AUTH_MALFORMED),
     (b"AUTH PLAIN\r\n" + b"A" * 13000 + b"\r\n", replies.AUTH_LINE_TOO_LONG),
     (b"AUTH PLAIN " + b"A" * 600 + b"\r\n", replies.LINE_TOO_LONG),

@@ -23,7 +23,7 @@ from txmailhub.smtp import replies
 from txmailhub.smtp.msa import FIELD_LIMIT, HeaderDomains
 from txmailhub.smtp.protocol import SMTPFactory
 from txmailhub.smtp.reply import Reply
-from txmailhub.smtp.server import AuthRequest, MessageComplete, Session, State
+from txmailhub.smtp.server import AuthMalformed, AuthRequest, MessageComplete, Session, State
 from txmailhub.testing import QueueSpy
 
 PLAIN_OK = b64("\0alice\0secret")
@@ -57,6 +57,46 @@ def test_an_initial_response_of_one_equals_sign_is_an_empty_response():
     assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
     assert (d.engine.auth_failures, d.engine.errors) == (0, 2)
     assert d.engine.state is State.READY
+
+
+@pytest.mark.parametrize("exchange", ["AUTH PLAIN\r\n", "AUTH LOGIN\r\n",
+                                      f"AUTH LOGIN\r\n{b64('alice')}\r\n",
+                                      f"AUTH LOGIN {b64('alice')}\r\n"])
+def test_an_equals_sign_after_a_334_is_no_base64(exchange):
+    # 8: "initial-response = base64 / "="", but a line after a 334 is
+    # "[base64]": "=" stands for an empty response on the AUTH command line
+    # only, and after a challenge an empty response is an empty line.  A
+    # lone "=" there is no base64 (4: 501 and 5.5.2), no empty user name
+    # or password; an exchange that ended on no SASL response (logged,
+    # counted as the client's error), and no password was checked
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send(exchange)[-1].startswith("334 ")
+    assert d.send("=\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert [ev for ev in d.events if isinstance(ev, AuthMalformed)] == [
+        AuthMalformed(exchange.split()[1])]
+    assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert (d.engine.auth_failures, d.engine.errors) == (0, 1)
+    assert d.engine.state is State.READY
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_a_star_cancels_only_in_answer_to_a_334(mechanism):
+    # 4: "If the client wishes to cancel the authentication exchange, it
+    # issues a line with a single "*"" in answer to a challenge (8: the
+    # cancel-response follows a CRLF of the exchange).  "AUTH PLAIN *" has
+    # an initial response, "base64 / "="", that is neither: no base64 (4:
+    # 501 and 5.5.2), logged as a malformed response, which a cancel is not
+    d = Driver(session=loopback())
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"AUTH {mechanism} *\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert [ev for ev in d.events if isinstance(ev, AuthMalformed)] == [AuthMalformed(mechanism)]
+    assert d.send(f"AUTH {mechanism}\r\n")[0].startswith("334 ")
+    assert d.send("*\r\n") == [replies.AUTH_CANCELLED.text()]
+    assert len([ev for ev in d.events if isinstance(ev, AuthMalformed)]) == 1
+    assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert (d.engine.auth_failures, d.engine.errors) == (0, 2)
+    assert d.codes(f"AUTH PLAIN {PLAIN_OK}\r\n") == ["235"]
 
 
 @pytest.mark.parametrize("mechanism, before", [

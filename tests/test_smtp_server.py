@@ -1397,7 +1397,7 @@ def test_a_bdat_size_with_leading_zeros_is_its_number():
 
 
 @pytest.mark.parametrize("exchange", ["AUTH PLAIN\r\n\r\n", "AUTH PLAIN =\r\n",
-                                      f"AUTH LOGIN {b64('alice')}\r\n=\r\n"])
+                                      f"AUTH LOGIN {b64('alice')}\r\n\r\n"])
 def test_empty_auth_responses_in_a_loop_meet_max_errors(exchange):
     # no failed login is counted for them (no password was tried), but
     # each is the client's error: a loop of them ends at max_errors
@@ -1650,13 +1650,18 @@ def test_a_sasl_response_with_white_space_around_it_is_no_base64():
         replies.AUTH_SUCCEEDED.text()]
 
 
-def test_an_empty_login_password_is_the_equals_sign():
-    # RFC 4954 4: "=" is a response of zero length, as an empty line is: no
-    # password at all, malformed (501 5.5.2), and never a check of "="
+def test_an_empty_login_password_is_an_empty_line():
+    # RFC 4954 8: a line after a 334 is [base64], so an empty password is
+    # an empty line: no password at all, malformed (501 5.5.2), and never a
+    # check of ""; "=" there is no base64 (it stands for an empty response
+    # as the initial one only), and never a check of "=" either
     d = Driver(session=loopback())
     d.send(f"EHLO c\r\nAUTH LOGIN\r\n{b64('alice')}\r\n")
-    assert d.send("=\r\n") == [replies.AUTH_MALFORMED.text()]
+    assert d.send("\r\n") == [replies.AUTH_MALFORMED.text()]
+    d.send(f"AUTH LOGIN\r\n{b64('alice')}\r\n")
+    assert d.send("=\r\n") == [replies.AUTH_INVALID_BASE64.text()]
     assert not [ev for ev in d.events if isinstance(ev, AuthRequest)]
+    assert [ev for ev in d.events if isinstance(ev, AuthMalformed)] == [AuthMalformed("LOGIN")] * 2
 
 
 def test_a_login_name_that_is_no_address_is_checked_as_typed():

@@ -1,9 +1,10 @@
 """The SASL exchanges of SMTP AUTH: PLAIN (RFC 4616) and LOGIN.
 
 Owns decoding the client's base64 responses and the prompts between them
-(RFC 4954 section 4: ``334`` challenges, ``*`` cancels, ``=`` is an empty
-initial response; an empty response, and a PLAIN message that is none,
-ends the exchange with ``501 5.5.2`` before any password check).  It
+(RFC 4954 section 4: ``334`` challenges; a ``*`` line in answer to one
+cancels; ``=`` is an empty initial response, on the AUTH command line
+only; an empty response, and a PLAIN message that is none, ends the
+exchange with ``501 5.5.2`` before any password check).  It
 only produces the username and password to check; whether they are
 right is twisted.cred's business (through the adapter), and when AUTH is
 allowed at all is the server engine's.
@@ -49,23 +50,34 @@ class SASLExchange:
         4.1.1), where a continuation line keeps every octet."""
         if not initial:
             return replies.AUTH_CONTINUE if self.mechanism == "PLAIN" else replies.AUTH_USERNAME
-        return self.respond(initial.encode("ascii", "replace"))
+        return self.respond(initial.encode("ascii", "replace"), initial=True)
 
-    def respond(self, line: bytes) -> Reply | Credentials:
+    def respond(self, line: bytes, *, initial: bool = False) -> Reply | Credentials:
+        """Take one response: a continuation line as it came, or (with
+        ``initial``) the AUTH command's initial response.
+
+        RFC 4954 8 gives the two their own grammar: ``initial-response =
+        base64 / "="`` on the command line, ``[base64]`` or the
+        ``cancel-response`` ``*`` on a line after a ``334``.  So ``=`` is an
+        empty response only as the initial one (after a ``334`` an empty
+        response is an empty line, and ``=`` is no base64), and ``*``
+        cancels only in answer to a ``334`` (as the initial response it is
+        no base64 either: there was no challenge to cancel)."""
         # RFC 4954 4: "MUST reject (and not ignore) any character not
         # explicitly allowed by the BASE64 alphabet" -- white space around
         # the response too (b64decode's validate refuses it, and a pad
-        # anywhere but at the end)
-        if line == b"*":
+        # anywhere but at the end, or alone)
+        if line == b"*" and not initial:
             return replies.AUTH_CANCELLED
         try:
-            data = b"" if line == b"=" else base64.b64decode(line, validate=True)
+            data = b"" if line == b"=" and initial else base64.b64decode(line, validate=True)
         except (binascii.Error, ValueError):
             return replies.AUTH_INVALID_BASE64
         if not data:
-            # An empty response (an empty line, or "="): no step of PLAIN
-            # or LOGIN has nothing as a valid answer, so it is malformed,
-            # not a password tried (see AUTH_MALFORMED)
+            # An empty response (an empty line, or "=" as the initial
+            # one): no step of PLAIN or LOGIN has nothing as a valid
+            # answer, so it is malformed, not a password tried (see
+            # AUTH_MALFORMED)
             return replies.AUTH_MALFORMED
         if self.mechanism == "LOGIN":
             if self._username is None:
