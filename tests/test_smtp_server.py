@@ -1277,6 +1277,28 @@ def test_octets_that_are_not_utf8_refuse_only_what_reads_them():
     assert d.engine.state is State.READY
 
 
+@pytest.mark.parametrize("in_transaction", [False, True])
+@pytest.mark.parametrize(("line", "refusal"), [
+    (b"BDAT\x0c4 LAST \xff", replies.UNKNOWN_COMMAND),
+    (b"BDAT\x0c4\x0b\xff", replies.UNKNOWN_COMMAND),
+    (b" BDAT\x0b4\t\xffLAST", replies.UNKNOWN_COMMAND),
+    (b"BDAT\x0c4 LAST\x00", replies.NUL_IN_COMMAND),
+])
+def test_a_loose_bdat_line_that_is_not_utf8_has_its_chunk_read(line, refusal, in_transaction):
+    # docs/smtp.rst: a BDAT line a client that splits at any white space
+    # reads the size of (BDAT<FF>4, no verb the hub has) has that chunk
+    # read to its end before the refusal, "its octets never run as
+    # commands": whether or not the rest of the line is UTF-8 (or has a NUL)
+    d = Driver()
+    d.send(b"EHLO c\r\n")
+    if in_transaction:
+        assert d.codes(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    assert d.send(line + b"\r\nRSET") == [refusal.text()]  # RSET: the chunk
+    assert d.send(b"NOOP\r\n") == [replies.OK.text()]  # the line after it
+    assert d.engine.state is State.READY
+    assert not any(isinstance(ev, MessageComplete) for ev in d.events)
+
+
 @pytest.mark.parametrize("line", [
     "NOOP\r", "HELO z3.cs.rpi.edu\r", "EHLO c\r", "MAIL FROM:<a@b.test>\r",
     "MAIL FROM: bill@microsoft.com\r", "MAIL FROM:<a@b.test>\r SIZE=5", "RSET\r",

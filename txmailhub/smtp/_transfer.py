@@ -233,15 +233,22 @@ class MessageTransfer(EnginePart):
         """A command line refused before its verb is read (a NUL, a bare
         CR, octets that are not UTF-8): ``refusal``.  A BDAT line's chunk
         follows whatever we answer, so when the line names a size (the
-        digits after ``BDAT``, whatever follows them) the chunk
-        is read to its end first and refused then, as ``_bad_bdat`` does:
-        the chunk's octets never run as commands."""
+        digits after ``BDAT``, whatever follows them; or after a blank a
+        client that splits at any white space takes, as ``_unknown_command``
+        reads ``BDAT<FF>3``) the chunk is read to its end first and refused
+        then, as ``_bad_bdat`` does: the chunk's octets never run as
+        commands."""
         bdat = _BDAT_SIZE.match(line)
-        if bdat is not None:
+        size = None if bdat is None else bdat.group(1).decode("ascii")
+        if size is None:
+            # the octets that are not UTF-8 stand in as U+FFFD, no blank
+            loose = _LOOSE_BDAT.match(line.decode("utf-8", "replace").lstrip(" \t"))
+            size = None if loose is None else loose.group(1)
+        if size is not None:
             # outside the engine's guard of a command (``_line``): int() of
             # a digit run past Python's limit raised ValueError out of
             # ``receive_data``; ``chunk_size`` bounds it
-            self._refuse_chunk(chunk_size(bdat.group(1).decode("ascii")), refusal)
+            self._refuse_chunk(chunk_size(size), refusal)
             return
         self._bdat_failed = False  # another command: the failed chunks are over
         self.reply(refusal)
