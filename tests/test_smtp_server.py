@@ -1277,6 +1277,19 @@ def test_octets_that_are_not_utf8_refuse_only_what_reads_them():
     assert d.engine.state is State.READY
 
 
+def test_turn_and_send_are_502_whatever_octets_follow_them():
+    # RFC 5321 4.2.4: 502 "SHOULD be used when the command is actually
+    # recognized by the SMTP server, but not implemented": neither reads
+    # its argument, so octets there that are not UTF-8 change nothing
+    # (not 501, "fix the parameters", for a command that never works)
+    d = Driver()
+    d.send(b"EHLO c\r\n")
+    assert d.send(b"TURN \xff\r\n") == [replies.TURN_REFUSED.text()]
+    assert d.send(b"send FROM:<\xe9@b.test>\r\n") == [replies.SEND_REFUSED.text()]
+    assert d.send(b"SEND FROM:<a@b.test>\r\n") == [replies.SEND_REFUSED.text()]
+    assert d.engine.errors == 3  # errors of the client's all the same
+
+
 @pytest.mark.parametrize("in_transaction", [False, True])
 @pytest.mark.parametrize(("line", "refusal"), [
     (b"BDAT\x0c4 LAST \xff", replies.UNKNOWN_COMMAND),

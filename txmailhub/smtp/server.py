@@ -128,9 +128,11 @@ _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 # Verbs whose argument the engine ignores, so one that is not UTF-8 is
 # no reason to refuse them: RFC 5321 4.1.1.9 "If a parameter string is
 # specified, servers SHOULD ignore it" (NOOP); HELP answers the same list
-# whatever it is given.  A NUL or a bare CR is still refused (RFC 5321
-# 2.3.8: nothing of such a line is done).
-_ARGUMENT_IGNORED = frozenset({"NOOP", "HELP"})
+# whatever it is given; TURN and SEND are 502 whatever follows them (RFC
+# 5321 4.2.4: 502 "SHOULD be used when the command is actually
+# recognized by the SMTP server, but not implemented").  A NUL or a bare
+# CR is still refused (RFC 5321 2.3.8: nothing of such a line is done).
+_ARGUMENT_IGNORED = frozenset({"NOOP", "HELP", "TURN", "SEND"})
 # HELO and EHLO count with them when the session has a name already (a
 # client that sends EHLO every few minutes must not hold its slot forever;
 # STARTTLS forgets the name, so the EHLO after it is free)
