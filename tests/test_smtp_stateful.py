@@ -479,12 +479,15 @@ class SMTPModel(RuleBasedStateMachine):
 
     @precondition(ready)
     @rule(verb=st.sampled_from(["NOOP", "HELP", "VRFY alice", "VRFY nobody", "EXPN postmaster",
-                                "VRFY", "NOOP anything"]))
+                                "VRFY", "NOOP anything", "NOOP \xff\xfe", "HELP \xe9"]))
     def junk_command(self, verb: str) -> None:
-        self.send(verb.encode() + b"\r\n")
+        # (latin-1: the last two carry octets that are not UTF-8, which
+        # NOOP and HELP ignore, RFC 5321 4.1.1.9, and still count as junk)
+        self.send(verb.encode("latin-1") + b"\r\n")
         self.bdat_failed = False
         code = {"NOOP": 250, "HELP": 214, "VRFY alice": 250, "VRFY nobody": 550,
-                "EXPN postmaster": 250, "VRFY": 501, "NOOP anything": 250}[verb]
+                "EXPN postmaster": 250, "VRFY": 501, "NOOP anything": 250,
+                "NOOP \xff\xfe": 250, "HELP \xe9": 214}[verb]
         self.answer(verb, code, junk=True)
 
     @precondition(ready)
@@ -509,7 +512,7 @@ class SMTPModel(RuleBasedStateMachine):
         self.flush(data)
 
     @precondition(ready)
-    @rule(line=st.sampled_from([b"FOO", b"", b"MAIL", b"DATA x", b"TURN",
+    @rule(line=st.sampled_from([b"FOO", b"", b"MAIL", b"DATA x", b"TURN", b"TURN \xff",
                                 b"\x00NOOP", b"NOOP\x00", b"\xff\xfe", b"  ", b"X" * 600]))
     def garbage(self, line: bytes) -> None:
         self.send(line + b"\r\n")
