@@ -62,6 +62,8 @@ def test_parse_command_nul_and_utf8():
     with pytest.raises(UnreadableArgument) as caught:
         parse_command(b"\tnoop\t\xff\xfe x")
     assert caught.value.verb == "NOOP" and caught.value.reply == replies.INVALID_UTF8
+    # the argument as text for AUTH, which reads it as base64 (U+FFFD is none)
+    assert caught.value.argument == "\ufffd\ufffd x"
     # a verb that is not UTF-8 is no command at all
     assert reply_of(parse_command, b"N\xffOP x") == replies.UNKNOWN_COMMAND
     assert replies.NUL_IN_COMMAND.code == 500 and replies.INVALID_UTF8.code == 501

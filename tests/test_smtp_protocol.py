@@ -3044,6 +3044,8 @@ MALFORMED_AUTH = [
     # and "*" cancels only in answer to a 334: as the initial response it
     # is no base64, logged and counted as such (a cancel is neither)
     (b"AUTH PLAIN *\r\n", replies.AUTH_INVALID_BASE64),
+    # octets that are not UTF-8 are no base64 either, on the AUTH line too
+    (b"AUTH PLAIN \xff\xfe\r\n", replies.AUTH_INVALID_BASE64),
     (b"AUTH PLAIN " + base64.b64encode(b"no nuls") + b"\r\n", replies.AUTH_MALFORMED),
     (b"AUTH PLAIN\r\n" + b"A" * 13000 + b"\r\n", replies.AUTH_LINE_TOO_LONG),
     (b"AUTH PLAIN " + b"A" * 600 + b"\r\n", replies.LINE_TOO_LONG),

@@ -1716,6 +1716,30 @@ def test_a_non_ascii_auth_initial_response_is_invalid_base64():
     assert d.send("NOOP\r\n") == [replies.OK.text()]
 
 
+def test_an_auth_initial_response_that_is_not_utf8_is_invalid_base64():
+    # RFC 4954 4: a response that cannot be base64-decoded is 501 5.5.2,
+    # and an octet that is not UTF-8 is no base64 either: the exchange
+    # ends on a malformed response (logged, a failed login of the address)
+    # as with the non-ASCII one above, or a continuation line of such
+    # octets; a mechanism named with them is one the hub lacks
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\n")
+    assert d.send(b"AUTH PLAIN \xff\xfe\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.send(b"auth\tlogin\tYWxp\xe9\r\n") == [replies.AUTH_INVALID_BASE64.text()]
+    assert d.send(b"AUTH PL\xffAIN x\r\n") == [replies.AUTH_MECHANISM_UNKNOWN.text()]
+    assert [ev for ev in d.events if isinstance(ev, AuthMalformed)] == [
+        AuthMalformed("PLAIN"), AuthMalformed("LOGIN")]
+    assert d.engine.state is State.READY
+    # where AUTH is not taken, it is refused as with a UTF-8 response
+    d = Driver()
+    d.send("EHLO c\r\n")
+    assert d.send(b"AUTH PLAIN \xff\r\n") == [replies.AUTH_TLS_REQUIRED.text()]
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\nMAIL FROM:<a@b.test>\r\n")
+    assert d.send(b"AUTH PLAIN \xff\r\n") == [replies.AUTH_IN_TRANSACTION.text()]
+    assert not [ev for ev in d.events if isinstance(ev, AuthMalformed)]
+
+
 def test_sasl_credentials_do_not_show_the_password():
     # docs/smtp.rst: AUTH exchanges are never logged; a repr that reaches a
     # log or a traceback must not carry the password either

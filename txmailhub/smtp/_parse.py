@@ -128,11 +128,15 @@ class UnreadableArgument(RemoteProtocolError):
     knows its verbs, whether the line is refused (``500`` for a verb it
     does not have, ``501`` for one it has) or taken with the argument
     left out (NOOP and HELP, whose argument is ignored: RFC 5321 4.1.1.9,
-    "servers SHOULD ignore it")."""
+    "servers SHOULD ignore it").  ``argument`` is the argument with each
+    octet that is not UTF-8 as U+FFFD, for a command that reads it as
+    something other than text (AUTH's initial response is base64, which
+    such an octet is not either)."""
 
-    def __init__(self, reply: object, verb: str) -> None:
+    def __init__(self, reply: object, verb: str, argument: str = "") -> None:
         super().__init__(reply)
         self.verb = verb
+        self.argument = argument
 
 
 def parse_command(line: bytes) -> tuple[str, str]:
@@ -165,12 +169,13 @@ def parse_command(line: bytes) -> tuple[str, str]:
 def _unreadable(line: bytes) -> RemoteProtocolError:
     """The refusal of a line that is not UTF-8: which part is not (the
     verb, cut where ``first_word`` cuts it, or only its argument)."""
-    verb = _BLANK_BYTES.split(line.strip(b" \t"), maxsplit=1)[0]
+    verb, *rest = _BLANK_BYTES.split(line.strip(b" \t"), maxsplit=1)
     try:
         name = verb.decode("utf-8")
     except UnicodeDecodeError:
         return _fail(replies.UNKNOWN_COMMAND)
-    return UnreadableArgument(replies.INVALID_UTF8, ascii_upper(name))
+    argument = rest[0].decode("utf-8", "replace").strip(" \t") if rest else ""
+    return UnreadableArgument(replies.INVALID_UTF8, ascii_upper(name), argument)
 
 
 def first_word(text: str) -> tuple[str, str]:

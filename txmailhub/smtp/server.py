@@ -478,12 +478,19 @@ class SMTPServer(MessageTransfer, AuthPhase):
         try:
             verb, arg = parse_command(line)
         except UnreadableArgument as e:
-            if e.verb not in _ARGUMENT_IGNORED:
+            if e.verb in _ARGUMENT_IGNORED:
+                verb, arg = e.verb, ""
+            elif e.verb == "AUTH":
+                # an initial response is base64, which such octets are not
+                # (RFC 4954 4: 501 5.5.2): refused, logged and counted as
+                # any other malformed response, as POP3's AUTH does; a
+                # mechanism with them is one the hub lacks (504)
+                verb, arg = e.verb, e.argument
+            else:
                 # 500 for a verb the engine lacks, as with a UTF-8 argument
                 known = e.verb in _DISPATCH
                 self._unreadable_line(line, e.reply if known else replies.UNKNOWN_COMMAND)
                 return
-            verb, arg = e.verb, ""
         except RemoteProtocolError as e:
             self._unreadable_line(line, e.reply)
             return
