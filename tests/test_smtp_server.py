@@ -1290,6 +1290,25 @@ def test_turn_and_send_are_502_whatever_octets_follow_them():
     assert d.engine.errors == 3  # errors of the client's all the same
 
 
+def test_a_command_without_arguments_refuses_octets_that_are_not_utf8_as_any_argument():
+    # RFC 5321 4.1.1: RSET, DATA and QUIT take no parameters, nor does
+    # STARTTLS (RFC 3207 4): such octets are an argument like any other,
+    # judged as one is -- after the state (DATA out of sequence is 503),
+    # and STARTTLS where TLS is not offered is 502 whatever follows it
+    d = Driver(tls_available=False)
+    for line in (b"STARTTLS \xff", b"STARTTLS x"):
+        assert d.send(line + b"\r\n") == [replies.STARTTLS_NOT_OFFERED.text()]
+    assert d.send(b"DATA \xff\r\n") == [replies.HELO_REQUIRED.text()]
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n")
+    assert d.send(b"DATA \xe9\r\n") == [replies.DATA_NO_RECIPIENTS.text()]
+    d.send(b"RCPT TO:<alice>\r\n")
+    for line in (b"DATA \xff", b"RSET \xff", b"QUIT\t\xff"):
+        assert d.send(line + b"\r\n") == [replies.SYNTAX_ARGUMENT.text()]
+    assert d.engine.state is State.RCPT and not d.engine.closed
+    d = Driver(tls_available=True)
+    assert d.send(b"STARTTLS \xff\r\n") == [replies.STARTTLS_ARGUMENT.text()]
+
+
 @pytest.mark.parametrize("in_transaction", [False, True])
 @pytest.mark.parametrize(("line", "refusal"), [
     (b"BDAT\x0c4 LAST \xff", replies.UNKNOWN_COMMAND),

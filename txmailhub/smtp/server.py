@@ -133,6 +133,12 @@ _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP"})
 # recognized by the SMTP server, but not implemented").  A NUL or a bare
 # CR is still refused (RFC 5321 2.3.8: nothing of such a line is done).
 _ARGUMENT_IGNORED = frozenset({"NOOP", "HELP", "TURN", "SEND"})
+# Verbs that take no argument (RFC 5321 4.1.1: RSET, DATA, QUIT; RFC 3207
+# 4: STARTTLS): one that is not UTF-8 is refused as any other argument
+# would be, not for its octets -- after the state is judged (DATA out of
+# sequence is 503) and, for STARTTLS where it is not offered, 502
+# whatever follows it.
+_ARGUMENT_REFUSED = frozenset({"RSET", "DATA", "QUIT", "STARTTLS"})
 # HELO and EHLO count with them when the session has a name already (a
 # client that sends EHLO every few minutes must not hold its slot forever;
 # STARTTLS forgets the name, so the EHLO after it is free)
@@ -480,7 +486,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         except UnreadableArgument as e:
             if e.verb in _ARGUMENT_IGNORED:
                 verb, arg = e.verb, ""
-            elif e.verb == "AUTH":
+            elif e.verb == "AUTH" or e.verb in _ARGUMENT_REFUSED:
                 # an initial response is base64, which such octets are not
                 # (RFC 4954 4: 501 5.5.2): refused, logged and counted as
                 # any other malformed response, as POP3's AUTH does; a
