@@ -903,13 +903,15 @@ class ClientSession:
             envid = self.dsn.envid
             # RFC 3461 4.4: the id "MUST consist entirely of printable
             # (graphic and white space) characters from the US-ASCII
-            # repertoire", and neither RFC 6531 nor RFC 6533 widens that
-            # for an SMTPUTF8 transaction.  The UTF-8 id an SMTPUTF8 client
-            # gave us is left out in every transaction rather than have the
-            # next hop refuse the MAIL, and with it every recipient (Postfix
-            # says "501 5.5.4 Bad ENVID parameter syntax" to one, SMTPUTF8
-            # or not).  RFC 3461 4.4 allows 100 characters: a longer one
-            # (a record queued before that limit) goes the same way
+            # repertoire".  RFC 6531 3.3 lets an esmtp-value hold UTF-8 in
+            # an SMTPUTF8 transaction, but ENVID's own syntax is changed
+            # neither there nor by RFC 6533 (its utf-8 type is ORCPT's).
+            # The UTF-8 id an SMTPUTF8 client gave us is left out in every
+            # transaction rather than have the next hop refuse the MAIL,
+            # and with it every recipient (Postfix says "501 5.5.4 Bad
+            # ENVID parameter syntax" to one, SMTPUTF8 or not).  RFC 3461
+            # 4.4 allows 100 characters: a longer one (a record queued
+            # before that limit) goes the same way
             if envid and envid.isascii():
                 # RFC 3461 5.2.1 (a): "the same associated esmtp-value" as
                 # received, escapes and all; encoded afresh only when that
