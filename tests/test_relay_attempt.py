@@ -789,6 +789,57 @@ def test_a_refused_auth_parameter_is_dropped_and_the_mail_delivered(tmp_path, re
                       f"without it to mx1.remote.test port 25 for 24 hours"]
 
 
+class RefusesBlankEnvid(RefusesAuthParameter):
+    """Offers DSN and refuses a MAIL whose ENVID decodes to white space, as
+    Postfix does ("501 5.5.4 Bad ENVID parameter syntax")."""
+
+    def _command(self, line):
+        if line[:4].upper() == b"MAIL" and b" ENVID=" in line and b"+09" in line:
+            self.open = False
+            self.transport.write(b"501 5.5.4 Bad ENVID parameter syntax\r\n")
+            return
+        super()._command(line)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_refused_dsn_parameters_are_dropped_and_the_success_notice_is_the_hubs(tmp_path,
+                                                                              pipelining):
+    # RFC 3461 4.4 allows a TAB in ENVID; refused, the MAIL goes again as to
+    # a server without DSN, and the result says no notice duty passed on:
+    # the queue owes NOTIFY=SUCCESS a "relayed" notice (RFC 3461 5.2.2)
+    from txmailhub.relay import bounce
+    from txmailhub.relay.recording import apply_results
+
+    a, net, _ = agent(tmp_path)
+    ext = ("PIPELINING",) * pipelining + ("SIZE 1000000", "DSN")
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesBlankEnvid(None, extensions=ext)
+    e = entry(tmp_path, BOB, dsn=DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b"),
+              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "delivered" and not r.dsn_passed
+    [server] = net.server_protocols
+    mails = [c for c in server.commands if c.startswith(b"MAIL")]
+    assert mails == [b"MAIL FROM:<alice@example.org> SIZE=33 RET=HDRS ENVID=a+09b",
+                     b"MAIL FROM:<alice@example.org> SIZE=33"]
+    # (pipelined, the first batch's RCPT had NOTIFY, and got a 503)
+    after = server.commands[server.commands.index(mails[1]):]
+    assert b"RCPT TO:<bob@remote.test>" in after
+    assert not any(b"NOTIFY=" in c for c in after)
+    [(mail, _, _)] = server.messages
+    assert mail == mails[1]
+    assert apply_results(e, [r], 0.0, False)[BOB].notice == bounce.RELAYED
+    logged = [formatEvent(x) for x in events if "DSN parameters" in x.get("log_format", "")]
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused the DSN "
+                      "parameters on MAIL (501 5.5.4 Bad ENVID parameter syntax); MAIL sent "
+                      "again without ENVID, RET, NOTIFY and ORCPT: success notices asked for "
+                      "are this hub's (relayed)"]
+
+
 @pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused\r\n",
                                      b"553 5.1.8 sender domain unknown\r\n"])
 def test_a_sender_refusal_is_not_retried_without_auth_parameter(tmp_path, refusal):

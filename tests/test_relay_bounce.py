@@ -1375,7 +1375,7 @@ def test_the_human_part_says_what_happened_and_nothing_else(tmp_path):
     ok = dataclasses.replace(delayed(entry), last_reply=Reply.of(250, "2.0.0", "ok"))
     _, msg = build(entry, [ok], bounce.RELAYED)
     text = human_text(msg)
-    assert "(relayed: the next hop does not offer DSN)" in text
+    assert "(relayed: no DSN request went to the next hop)" in text
     _, msg = build(entry, [ok], bounce.DELIVERED)
     text = human_text(msg)
     assert "delivery via mx1.remote.test" in text and "relayed" not in text

@@ -1251,6 +1251,123 @@ def test_pipelined_auth_parameter_refused_then_421_to_data_sends_no_new_batch():
     assert s.auth_param_refused is None  # the agent logs no "MAIL sent again"
 
 
+EHLO_DSN_NO_PIPE = b"250-mx.remote.test\r\n250-SIZE 1000\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n"
+# an id with a TAB: RFC 3461 4.4's "printable (graphic and white space)",
+# which Postfix refuses ("501 5.5.4 Bad ENVID parameter syntax")
+TAB_ID = DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b")
+TAB_RCPTS = [(BOB, RecipientDSN(notify=("SUCCESS",), orcpt="rfc822;Bob@remote.test")),
+             (CAROL, RecipientDSN(notify=("FAILURE",)))]
+MAIL_WITH_DSN = b"MAIL FROM:<alice@example.org> SIZE=100 RET=HDRS ENVID=a+09b\r\n"
+RCPTS_WITH_DSN = (b"RCPT TO:<bob@remote.test> NOTIFY=SUCCESS ORCPT=rfc822;Bob@remote.test\r\n"
+                  b"RCPT TO:<carol@remote.test> NOTIFY=FAILURE\r\n")
+RCPTS_WITHOUT_DSN = b"RCPT TO:<bob@remote.test>\r\nRCPT TO:<carol@remote.test>\r\n"
+
+
+@pytest.mark.parametrize("refusal", [b"501 5.5.4 Bad ENVID parameter syntax",
+                                     b"555 5.5.4 ENVID not recognized",
+                                     b"501 syntax error in parameters",
+                                     b"555 parameters not recognized"])
+def test_dsn_parameters_refused_sends_mail_again_as_to_a_server_without_dsn(refusal):
+    # RFC 3461 4.4 allows white space in ENVID; a next hop that refuses the
+    # MAIL for it bounced the message to every recipient.  The MAIL goes
+    # again without ENVID and RET, the RCPTs without NOTIFY and ORCPT (what
+    # RFC 3461 5.2.1 wants passed on can no longer be), and the outcome says
+    # no notice duty went with them: the hub reports NOTIFY=SUCCESS itself
+    # ("relayed", RFC 3461 5.2.2)
+    s = session(dsn=TAB_ID, recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_DSN_NO_PIPE)) == MAIL_WITH_DSN
+    assert sent(s.receive(refusal + b"\r\n")) == MAIL_WITHOUT_AUTH
+    assert s.phase is Phase.MAIL and s.outcome is None
+    assert s.dsn_params_refused.text() == refusal.decode()
+    rcpts = sent(s.receive(b"250 2.1.0 ok\r\n")) + sent(s.receive(b"250 2.1.5 ok\r\n"))
+    assert rcpts == RCPTS_WITHOUT_DSN
+    assert sent(s.receive(b"250 2.1.5 ok\r\n")) == b"DATA\r\n"
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["delivered", "delivered"]
+    assert not s.outcome.dsn_supported
+
+
+@pytest.mark.parametrize("refusal", [b"501 5.1.7 Bad sender address syntax",
+                                     b"501 5.5.2 syntax error", b"555 5.7.1 not allowed",
+                                     b"550 5.5.4 unrecognized argument",
+                                     b"504 5.5.4 not implemented", b"451 4.5.4 try later"])
+def test_other_refusals_of_a_mail_with_dsn_parameters_stand(refusal):
+    s = session(dsn=TAB_ID, recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_DSN_NO_PIPE)
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    assert s.dsn_params_refused is None
+    out = s.outcome
+    assert (out.session_error or out.recipients[0].reply).text() == refusal.decode()
+
+
+def test_a_501_to_a_mail_without_dsn_parameters_stands():
+    # DSN offered, NOTIFY on the RCPTs but neither ENVID nor RET on MAIL:
+    # the 501 is about something else, and the MAIL does not go again
+    s = session(recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_DSN_NO_PIPE)) == MAIL_WITHOUT_AUTH
+    assert sent(s.receive(b"501 5.5.4 bad\r\n")) == b"QUIT\r\n"
+    assert s.dsn_params_refused is None
+    assert [r.reply.code for r in s.outcome.recipients] == [501, 501]
+
+
+def test_a_refused_mail_without_dsn_parameters_is_the_outcome():
+    s = session(dsn=TAB_ID, recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_DSN_NO_PIPE)
+    assert sent(s.receive(b"501 5.5.4 Bad ENVID\r\n")) == MAIL_WITHOUT_AUTH
+    assert sent(s.receive(b"501 5.5.4 still no\r\n")) == b"QUIT\r\n"
+    assert [r.reply.text() for r in s.outcome.recipients] == ["501 5.5.4 still no"] * 2
+
+
+def test_pipelined_dsn_parameters_refused_sends_the_batch_again_without_them():
+    s = session(dsn=TAB_ID, recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(EHLO_FULL))
+    assert first == MAIL_WITH_DSN + RCPTS_WITH_DSN + b"DATA\r\n"
+    assert s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n503 5.5.1 need MAIL\r\n") == []
+    again = sent(s.receive(b"503 5.5.1 need MAIL\r\n554 5.5.1 no valid recipients\r\n"))
+    assert again == MAIL_WITHOUT_AUTH + RCPTS_WITHOUT_DSN + b"DATA\r\n"
+    assert s.outcome is None
+    actions = s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["delivered", "delivered"]
+    assert not s.outcome.dsn_supported and s.dsn_params_refused is not None
+
+
+def test_pipelined_dsn_parameters_refused_then_421_sends_no_new_batch():
+    s = session(dsn=TAB_ID, recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    actions = s.receive(b"501 5.5.4 Bad ENVID\r\n503 need MAIL\r\n503 need MAIL\r\n"
+                        b"421 4.3.2 shutting down\r\n")
+    assert not any(isinstance(a, Send) and b"MAIL" in a.data for a in actions)
+    assert s.outcome.session_error.text() == "421 4.3.2 shutting down"
+    assert s.dsn_params_refused is None  # the agent logs no "MAIL sent again"
+
+
+def test_auth_parameter_dropped_first_then_the_dsn_parameters():
+    # both on the MAIL, and the refusal names neither for sure: AUTH= (only
+    # advisory) goes first; refused again, the DSN parameters too.  The
+    # third MAIL taken does not show AUTH= was the trouble: not remembered
+    s = session(submitter=ALICE, dsn=TAB_ID)
+    s.receive(b"220 hi\r\n")
+    ehlo = b"250-mx.remote.test\r\n250-SIZE 1000\r\n250-DSN\r\n250 AUTH PLAIN\r\n"
+    assert sent(s.receive(ehlo)) == (b"MAIL FROM:<alice@example.org> SIZE=100 RET=HDRS "
+                                     b"ENVID=a+09b AUTH=alice@example.org\r\n")
+    assert sent(s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n")) == MAIL_WITH_DSN
+    assert sent(s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n")) == MAIL_WITHOUT_AUTH
+    assert sent(s.receive(b"250 2.1.0 ok\r\n")) == b"RCPT TO:<bob@remote.test>\r\n"
+    assert s.auth_param_refused is not None and s.dsn_params_refused is not None
+    assert not s.accepted_without_auth_param
+
+
 def test_mail_refused_transient_and_permanent():
     s = session()
     s.receive(b"220 hi\r\n")

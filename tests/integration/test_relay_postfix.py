@@ -17,7 +17,9 @@ are also checked by what Postfix does with them: NOTIFY=SUCCESS gets the
 sender a success notice (into Postfix's own example.org Maildirs) with
 the ENVID and ORCPT, and RET=HDRS only the header.  (What NOTIFY=FAILURE
 or NEVER would do after Postfix accepted a recipient is not checked: no
-delivery here fails after the 250.)  The queue's own bookkeeping after
+delivery here fails after the 250.)  An ENVID with a TAB, which Postfix
+refuses with the MAIL, makes the MAIL go again without DSN parameters,
+and the sender gets the hub's "relayed" notice.  The queue's own bookkeeping after
 Postfix's mixed replies (the bounce, the entry kept for the 4xx) is
 checked through a ``RelayService``.  Like test_interop_postfix.py, it
 needs root and Postfix, and skips without them.
@@ -335,6 +337,25 @@ class RelayToPostfixTests(TestCase):
         self.assertNotIn(b"the body", headers.as_bytes())
 
     @defer.inlineCallbacks
+    def test_an_envid_postfix_refuses_goes_as_to_a_server_without_dsn(self):
+        """An ENVID with a TAB (RFC 3461 4.4: "graphic and white space")
+        Postfix refuses with the MAIL; the MAIL goes again without any DSN
+        parameter, and the result says the notice duty stayed here."""
+        results = yield self.deliver(
+            PLAIN, dsn=DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b"),
+            recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+        reply = self.delivered_to_bob(results)
+        self.assertFalse(results[0].dsn_passed)
+        said = self.commands(reply)
+        mail = f"MAIL FROM:<alice@example.org> SIZE={wire_size(PLAIN)}"
+        # pipelined: the RCPT and DATA sent with the refused MAIL get 503s
+        self.assertEqual(said[1:7], [mail + " RET=HDRS ENVID=a+09b",
+                                     "RCPT TO:<bob@remote.test> NOTIFY=SUCCESS", "DATA",
+                                     mail, "RCPT TO:<bob@remote.test>", "DATA"])
+        self.assertIn("]: > localhost[127.0.0.1]: 501 5.5.4 Bad ENVID parameter syntax",
+                      self.hop.pf.log_text())
+
+    @defer.inlineCallbacks
     def test_a_utf8_envelope_goes_with_smtputf8(self):
         before = len(self.hop.maildir(JOERG))
         sender = Address("jörg", "example.org")
@@ -499,6 +520,19 @@ class RelayQueueToPostfixTests(TestCase):
         kept, [notice] = yield self.run_queue((BOB, NOBODY))
         self.assertEqual(kept, {})
         self.assert_bounce_for_nobody(notice)
+        self.hop.wait_for(BOB, before + 1)
+
+    @defer.inlineCallbacks
+    def test_an_envid_postfix_refuses_gets_the_sender_a_relayed_notice(self):
+        before = len(self.hop.maildir(BOB))
+        kept, [notice] = yield self.run_queue(
+            (BOB,), dsn=DSNRequest(envid="a\tb", envid_raw="a+09b"),
+            recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+        self.assertEqual(kept, {})
+        status = list(notice.iter_parts())[1].as_string()
+        self.assertIn("Action: relayed", status)
+        self.assertIn("Final-Recipient: rfc822; bob@remote.test", status)
+        self.assertIn("Original-Envelope-Id: a\tb\n", status)
         self.hop.wait_for(BOB, before + 1)
 
     @defer.inlineCallbacks

@@ -1473,6 +1473,7 @@ class DeliveryAgent:
         finally:
             self._sessions.discard(proto)
         self._note_auth_param(entry, session, mxhost.name, address, port)
+        self._note_dsn_params(entry, session, mxhost.name, address)
         if not outcome.hello_read:
             # ended before the EHLO reply said what the host offers (a 421
             # greeting, a connection lost or timed out, the hub's stop, a
@@ -1570,6 +1571,21 @@ class DeliveryAgent:
                      "without it, and without it to {name} port {port} for {hours:g} hours",
                      name=name, port=port, hours=self.auth_param_refusers.max_age / 3600,
                      **fields)
+
+    def _note_dsn_params(self, entry: QueueEntry, session: ClientSession, name: str,
+                         address: str) -> None:
+        """Log a refusal of the message's DSN parameters (``ENVID=``,
+        ``RET=``), after which the MAIL went again without any (the admin
+        learns why a sender got a "relayed" notice and no report from the
+        next hop).  Nothing is remembered of the host: the trouble is this
+        message's id, not the host."""
+        refused = session.dsn_params_refused
+        if refused is None:
+            return
+        log.info("{queue_id}: {host} refused the DSN parameters on MAIL ({reply}); MAIL sent "
+                 "again without ENVID, RET, NOTIFY and ORCPT: success notices asked for are "
+                 "this hub's (relayed)", queue_id=entry.id, host=where(name, address),
+                 address=address, reply=loggable(refused.text(), REPLY_LOG_MAX))
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
         """Remember a host this session did TLS with; log a downgrade for

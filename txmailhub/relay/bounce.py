@@ -335,8 +335,11 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
             why = "delivered to the members of this alias"
             where = ""
         elif action in (DELIVERED, RELAYED):
-            why = ("delivery via " + remote_mta + (" (relayed: the next hop does not offer "
-                   "DSN)" if action == RELAYED else "")) if remote_mta else "delivered"
+            # relayed: the next hop does not offer DSN, or refused the
+            # parameters of this message's request (the MAIL went again
+            # without them): either way none went on
+            why = ("delivery via " + remote_mta + (" (relayed: no DSN request went to the "
+                   "next hop)" if action == RELAYED else "")) if remote_mta else "delivered"
             where = ""
         if action == FAILED and r.last_reply is not None and r.last_reply.is_transient:
             why += " (gave up: the message stayed in the queue too long)"

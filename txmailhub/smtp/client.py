@@ -43,6 +43,7 @@ __all__ = [
     "QUIT_TIMEOUT",
     "TIMEOUTS",
     "held_for_session",
+    "refuses_dsn_parameters",
     "refuses_parameters",
     "Close",
     "ClientSession",
@@ -146,6 +147,26 @@ def refuses_parameters(reply: Reply) -> bool:
     if reply.code in AUTH_PARAM_REFUSALS:
         return True
     return detail in AUTH_PARAM_STATUSES
+
+
+def refuses_dsn_parameters(reply: Reply) -> bool:
+    """Whether ``reply``, to a MAIL carrying ``ENVID=`` or ``RET=`` (RFC
+    3461), refuses their syntax rather than the sender: a ``501`` or
+    ``555`` with ``5.5.4`` ("invalid command arguments", RFC 3463) or no
+    enhanced code.  Postfix says "501 5.5.4 Bad ENVID parameter syntax"
+    to an id with a TAB, which RFC 3461 4.4 allows ("graphic and white
+    space").  Narrower than ``refuses_parameters``: a MAIL without the
+    DSN parameters is a different request (no notices passed on), so it
+    goes again only on a refusal that can be about them, never on a
+    ``5.5.2`` or a policy or address refusal ("501 5.1.7")."""
+    return reply.code in DSN_PARAM_REFUSALS and reply.status in (None, "5.5.4")
+
+
+# the basic codes of ``refuses_dsn_parameters``: 501 "syntax error in
+# parameters or arguments", 555 "MAIL FROM/RCPT TO parameters not
+# recognized or not implemented" (RFC 5321 4.2.3)
+DSN_PARAM_REFUSALS = frozenset({501, 555})
+
 
 def held_for_session(reply: Reply) -> Reply:
     """``reply`` (to MAIL, RCPT, DATA or the data) as this transaction's outcome: a
@@ -270,6 +291,9 @@ class SessionOutcome:
     #: it cannot start TLS for now), and under the ``"opportunistic"``
     #: policy the session went on in clear: its reply, for the log
     tls_refused: Reply | None = None
+    #: the server offered DSN and the transaction carried its parameters:
+    #: the next hop took over RFC 3461 notices.  False when it refused them
+    #: and the MAIL went again without (``ClientSession.dsn_params_refused``)
     dsn_supported: bool = False
     extensions: dict[str, str] = field(default_factory=dict)
     phase: str = ""  # the step the session was in when its fate was sealed
@@ -443,6 +467,17 @@ class ClientSession:
         self._auth_param_sent = False
         self.auth_param_refused: Reply | None = None
         self.accepted_without_auth_param = False
+        # ENVID= or RET= on MAIL (RFC 3461): whether the MAIL in flight
+        # carries one, and the reply that refused them (``_on_mail``).  Once
+        # set, the session carries no DSN parameter at all (ENVID, RET,
+        # NOTIFY, ORCPT), as to a server without DSN, and the outcome says
+        # no notice duty passed on (``SessionOutcome.dsn_supported``); the
+        # adapter logs it
+        self._dsn_params_sent = False
+        self.dsn_params_refused: Reply | None = None
+        # the refused MAIL that goes again once the replies to the RCPTs and
+        # DATA pipelined with it are in (``_on_data``)
+        self._mail_again: Reply | None = None
         # complete replies read so far: the adapter restarts its timeout on
         # each one, not on every byte (a server that trickles one byte at a
         # time must not hold a delivery for ever)
@@ -586,7 +621,7 @@ class ClientSession:
             tls_offered=self.tls_offered,
             hello_read=self.hello_read,
             tls_refused=self.tls_refused,
-            dsn_supported="DSN" in self.extensions,
+            dsn_supported=self._dsn_on,
             extensions=dict(self.extensions),
             phase=self.phase.value,
             no_recipient_taken=self._none_taken,
@@ -897,7 +932,8 @@ class ClientSession:
         utf8 = self.smtputf8_wanted and "SMTPUTF8" in ext
         if utf8:
             params.append("SMTPUTF8")
-        if "DSN" in ext:
+        dsn_at = len(params)
+        if self._dsn_on:
             if self.dsn.ret:
                 params.append(f"RET={self.dsn.ret}")
             envid = self.dsn.envid
@@ -920,6 +956,7 @@ class ClientSession:
                          or xtext_encode(envid))
                 if len(value) <= MAX_ENVID:
                     params.append(f"ENVID={value}")
+        self._dsn_params_sent = len(params) > dsn_at
         self._auth_param_sent = (self.auth_param and "AUTH" in ext
                                  and self.auth_param_refused is None)
         if self._auth_param_sent:
@@ -962,6 +999,12 @@ class ClientSession:
         return value if len(" AUTH=" + value) <= MAX_AUTH_PARAM else "<>"
 
     @property
+    def _dsn_on(self) -> bool:
+        """Whether DSN parameters go in this session: the server offers DSN
+        and has not refused them (``dsn_params_refused``)."""
+        return "DSN" in self.extensions and self.dsn_params_refused is None
+
+    @property
     def _utf8_transaction(self) -> bool:
         """Whether MAIL carries SMTPUTF8: UTF-8 may then go raw in the
         paths and in ORCPT (RFC 6531 3.4, RFC 6533 3)."""
@@ -977,7 +1020,7 @@ class ClientSession:
 
     def _rcpt_command(self, address: Address, dsn: RecipientDSN | None) -> str:
         params = []
-        if dsn is not None and "DSN" in self.extensions:
+        if dsn is not None and self._dsn_on:
             if dsn.notify:
                 params.append("NOTIFY=" + ",".join(dsn.notify))
             if dsn.orcpt:
@@ -1028,6 +1071,7 @@ class ClientSession:
             # will be answered, and its words are the session's outcome
             return self._fail_session(reply)
         if not reply.is_positive:
+            again = False
             if self._auth_param_sent and refuses_parameters(reply):
                 # the server offered AUTH but refuses the parameter: a
                 # refused MAIL opens no transaction (RFC 5321 4.1.1.2), so
@@ -1036,10 +1080,24 @@ class ClientSession:
                 # Judged on the server's own reply: a "530 5.5.4" refuses
                 # the parameter (its X.5.4 says so), not the session
                 self.auth_param_refused = reply
-                if not self._pipelined:
-                    return self._command(Phase.MAIL, self._mail_command())
+                again = True
+            elif self._dsn_params_sent and refuses_dsn_parameters(reply):
+                # the server offered DSN but refuses ENVID= or RET= (Postfix
+                # an ENVID with a TAB, which RFC 3461 4.4 allows): refused,
+                # the message bounced to every recipient.  MAIL goes again
+                # (after AUTH=, when both went: that one is advisory), and the
+                # transaction as to a server without DSN -- no ENVID, RET,
+                # NOTIFY or ORCPT: a DSN request cut down is none that RFC
+                # 3461 5.2.1 allows -- so the hub keeps the notice duty (5.2.2:
+                # "relayed" for NOTIFY=SUCCESS, ``dsn_supported`` false)
+                self.dsn_params_refused = reply
+                again = True
             else:
                 reply = held_for_session(reply)  # a 530 is no verdict on the sender
+            if again and not self._pipelined:
+                return self._command(Phase.MAIL, self._mail_command())
+            if again:
+                self._mail_again = reply
             self._mail_reply = reply
             if self._pipelined:
                 self.phase = Phase.RCPT
@@ -1047,7 +1105,9 @@ class ClientSession:
             if reply.is_transient:
                 return self._fail_session(reply)
             return self._fail_all(reply)
-        if self.auth_param_refused is not None:
+        if self.auth_param_refused is not None and self.dsn_params_refused is None:
+            # AUTH= alone was dropped: it was the trouble (after a third
+            # MAIL, without the DSN parameters too, that is not known)
             self.accepted_without_auth_param = True
         if self._pipelined:
             self.phase = Phase.RCPT
@@ -1110,16 +1170,22 @@ class ClientSession:
 
     def _on_data(self, reply: Reply) -> list[Action]:
         mail = self._mail_reply
-        if mail is not None and self._auth_param_sent and mail is self.auth_param_refused:
-            # pipelined, the MAIL that refused AUTH= is answered, and so are
-            # the RCPTs and DATA sent with it: the same batch again, without
-            # AUTH= -- after ending a DATA accepted against RFC 2920 3.1
-            # with an empty message, whose reply is ignored (as below).  Not
-            # after a 421: the server is closing (RFC 5321 3.8), and its
-            # words are the session's outcome, as for a 421 to MAIL or RCPT
-            # (the refusal of AUTH= is no refusal of the message)
+        if mail is not None and mail is self._mail_again:
+            # pipelined, the MAIL that refused AUTH= (or the DSN parameters)
+            # is answered, and so are the RCPTs and DATA sent with it: the
+            # same batch again, without them -- after ending a DATA accepted
+            # against RFC 2920 3.1 with an empty message, whose reply is
+            # ignored (as below).  Not after a 421: the server is closing
+            # (RFC 5321 3.8), and its words are the session's outcome, as
+            # for a 421 to MAIL or RCPT (the refusal of a parameter is no
+            # refusal of the message)
+            self._mail_again = None
             if reply.code == 421:
-                self.auth_param_refused = None  # (no MAIL went again: nothing to log)
+                # (no MAIL went again: nothing to log)
+                if mail is self.auth_param_refused:
+                    self.auth_param_refused = None
+                else:
+                    self.dsn_params_refused = None
                 return self._fail_session(reply)
             self._mail_reply = None
             self._rcpt_index = 0
