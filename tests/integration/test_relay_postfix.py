@@ -92,19 +92,27 @@ class NextHop:
         for _ in range(self.TRIES):
             # smtpd must be given its port: one picked free and released,
             # which another process may bind first; the master then cannot
-            # listen, and the instance is made again on another port
+            # listen -- ``postfix start`` fails ("mail system startup
+            # failed"), or the master comes up without the socket -- and
+            # the instance is removed and made again on another port
             self.port = free_port()
-            self.pf = self._make(self.port)
-            self.pf.start()
-            if self._listening():
-                return
-            self.pf.remove()
+            pf = self._make(self.port)
+            try:
+                pf.start()
+                if self._listening(pf):
+                    self.pf = pf
+                    return
+            except AssertionError:
+                pass  # the start failed: its log is in the next error, if any
+            finally:
+                if self.pf is not pf:
+                    pf.remove()
         raise RuntimeError(f"Postfix did not listen in {self.TRIES} tries")
 
     def _make(self, port: int) -> Postfix:
         nobody = pwd.getpwnam("nobody")
         etc = "$config_directory"
-        pf = Postfix.make(
+        made = Postfix.make(
             {
                 "relayhost": "",
                 "default_transport": "error:no mail leaves this instance",
@@ -132,19 +140,23 @@ class NextHop:
             },
             f"127.0.0.1:{port} inet n - n - - smtpd\n"
             "virtual   unix  -       n       n       -       -       virtual\n")
-        vmail = pf.root / "vmail"
-        vmail.mkdir()
-        os.chown(vmail, nobody.pw_uid, nobody.pw_gid)
-        (pf.etc / "vmailbox").write_text(
-            "".join(f"{a} {m}\n" for a, m in MAILBOXES.items()), encoding="utf-8")
-        (pf.etc / "access").write_text("dave@remote.test DEFER dave is busy\n")
-        make_certificate(pf.etc, "postfix.test")
-        return pf
+        try:
+            vmail = made.root / "vmail"
+            vmail.mkdir()
+            os.chown(vmail, nobody.pw_uid, nobody.pw_gid)
+            (made.etc / "vmailbox").write_text(
+                "".join(f"{a} {m}\n" for a, m in MAILBOXES.items()), encoding="utf-8")
+            (made.etc / "access").write_text("dave@remote.test DEFER dave is busy\n")
+            make_certificate(made.etc, "postfix.test")
+        except BaseException:
+            made.remove()
+            raise
+        return made
 
-    def _listening(self) -> bool:
+    def _listening(self, pf: Postfix) -> bool:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            pid = self.pf.master_pid()
+            pid = pf.master_pid()
             if pid is not None and _listening_inodes(self.port) & _socket_inodes(pid):
                 return True
             time.sleep(0.05)
@@ -568,3 +580,34 @@ class RelayQueueToPostfixTests(TestCase):
                          "Recipient address rejected: dave is busy")
         self.assert_bounce_for_nobody(notice)
         self.hop.wait_for(BOB, before + 1)
+
+
+def test_a_port_taken_before_postfix_listens_is_given_up_for_another(monkeypatch):
+    """The port is picked free and released before Postfix's master binds
+    it: taken by then, ``postfix start`` fails, and the instance is made
+    again on another port -- the first one's folder removed, no master
+    left behind."""
+    import socket
+    import sys
+
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real_free_port = free_port
+        monkeypatch.setattr(sys.modules[__name__], "free_port",
+                            lambda: next(ports, None) or real_free_port())
+        made: list[Postfix] = []
+        real_make = Postfix.make
+        monkeypatch.setattr(Postfix, "make", lambda *a, **kw: made.append(real_make(*a, **kw))
+                            or made[-1])
+        hop = NextHop()
+        try:
+            assert hop.port != taken.getsockname()[1]
+            assert len(made) == 2 and not made[0].root.exists()
+            assert made[0].master_pid() is None
+        finally:
+            hop.remove()
+    finally:
+        taken.close()
