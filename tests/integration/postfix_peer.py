@@ -163,8 +163,20 @@ class Postfix:
         except (OSError, ValueError, IndexError):
             return None
 
+    def _is_master(self, pid: int) -> bool:
+        """Whether ``pid`` is this instance's master: a process whose
+        working folder is this queue (the master runs in its queue
+        directory).  A master.pid outlives a master that died -- a failed
+        start leaves one -- and its pid may be another process's since."""
+        try:
+            return Path(os.readlink(f"/proc/{pid}/cwd")) == self.spool.resolve()
+        except OSError:
+            return False
+
     def stop(self) -> None:
         pid = self.master_pid()
+        if pid is not None and not self._is_master(pid):
+            pid = None  # not ours to wait for, nor to kill
         try:
             subprocess.run([POSTFIX, "-c", str(self.etc), "stop"], capture_output=True,
                            timeout=60)
@@ -179,7 +191,8 @@ class Postfix:
             except ProcessLookupError:
                 return
             time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
+        if self._is_master(pid):
+            os.kill(pid, signal.SIGKILL)
 
     def sendmail(self, data: bytes, sender: str, *recipients: str) -> None:
         r = subprocess.run([SENDMAIL_BIN, "-C", str(self.etc), "-i", "-f", sender, "--",

@@ -611,3 +611,25 @@ def test_a_port_taken_before_postfix_listens_is_given_up_for_another(monkeypatch
             hop.remove()
     finally:
         taken.close()
+
+
+def test_stop_never_kills_a_process_that_is_not_the_instances_master():
+    """A master.pid left by a master that died (a failed start leaves
+    one) may name a pid the system has given another process since:
+    ``stop`` leaves that one alone."""
+    import signal
+    import subprocess
+
+    pf = Postfix.make({})
+    other = subprocess.Popen(["sleep", "600"])
+    try:
+        (pf.spool / "pid").mkdir(parents=True)
+        (pf.spool / "pid" / "master.pid").write_text(f"{other.pid:>10}\n")
+        pf.stop()
+        # a SIGKILL from stop, even one still on its way, wins over this
+        other.terminate()
+        assert other.wait() == -signal.SIGTERM
+    finally:
+        other.kill()
+        other.wait()
+        pf.remove()
