@@ -840,6 +840,40 @@ def test_refused_dsn_parameters_are_dropped_and_the_success_notice_is_the_hubs(t
                       "are this hub's (relayed)"]
 
 
+class RefusesBlankEnvidAndCloses(RefusesBlankEnvid):
+    """Refuses the MAIL with the ENVID, then closes at the first RCPT
+    pipelined behind it (a "421" and the connection dropped)."""
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT" and not self.open:
+            self.transport.write(b"421 4.3.2 shutting down\r\n")
+            self.transport.loseConnection()
+            return
+        super()._command(line)
+
+
+def test_refused_dsn_parameters_and_no_mail_sent_again_is_not_logged_as_sent(tmp_path):
+    # the server closed before the refused MAIL of the batch could go
+    # again: nothing went without the DSN parameters, and the log says no
+    # such thing; the recipient waits for the next attempt
+    a, net, _ = agent(tmp_path)
+    ext = ("PIPELINING", "SIZE 1000000", "DSN")
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesBlankEnvidAndCloses(None, extensions=ext)
+    e = entry(tmp_path, BOB, dsn=DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b"),
+              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        [r] = run(net, a.deliver(e, "remote.test", [BOB]))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert r.kind == "transient"  # (and mx2 refused the connection)
+    [server] = net.server_protocols
+    assert [c for c in server.commands if c.startswith(b"MAIL")] == [
+        b"MAIL FROM:<alice@example.org> SIZE=33 RET=HDRS ENVID=a+09b"]
+    assert not [x for x in events if "DSN parameters" in x.get("log_format", "")]
+
+
 @pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused\r\n",
                                      b"553 5.1.8 sender domain unknown\r\n"])
 def test_a_sender_refusal_is_not_retried_without_auth_parameter(tmp_path, refusal):

@@ -1352,6 +1352,38 @@ def test_pipelined_dsn_parameters_refused_then_421_sends_no_new_batch():
     assert s.dsn_params_refused is None  # the agent logs no "MAIL sent again"
 
 
+# how a session can end between a pipelined MAIL refused for a parameter
+# and the DATA reply of its batch, after which the MAIL would go again
+BATCH_ENDS = {
+    "421 to a RCPT": lambda s: s.receive(b"421 4.3.2 shutting down\r\n"),
+    "connection lost": lambda s: s.connection_lost(),
+    "timeout": lambda s: s.timed_out(),
+    "reply out of order": lambda s: s.receive(b"503 need MAIL\r\n250 2.0.0 ok\r\n"),
+}
+
+
+@pytest.mark.parametrize("end", BATCH_ENDS.values(), ids=BATCH_ENDS.keys())
+@pytest.mark.parametrize("refused", ["dsn", "auth"])
+def test_a_batch_cut_before_its_mail_went_again_logs_no_mail_sent_again(refused, end):
+    # the adapter logs "MAIL sent again without ..." from the refusal it
+    # finds on the session: a session that ended before the MAIL went
+    # again has none to show, whatever ended it (not only a 421 to DATA)
+    if refused == "dsn":
+        s = session(dsn=TAB_ID, recipients=TAB_RCPTS)
+        ehlo = EHLO_FULL
+    else:
+        s = session(submitter=ALICE, recipients=[(BOB, None), (CAROL, None)])
+        ehlo = EHLO_AUTH
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    assert s.receive(b"501 5.5.4 Bad parameter\r\n503 need MAIL\r\n") == []
+    actions = end(s)
+    if isinstance(actions, list):
+        assert not any(isinstance(a, Send) and b"MAIL" in a.data for a in actions)
+    assert s.outcome.session_error is not None and not s.outcome.recipients
+    assert s.dsn_params_refused is None and s.auth_param_refused is None
+
+
 def test_auth_parameter_dropped_first_then_the_dsn_parameters():
     # both on the MAIL, and the refusal names neither for sure: AUTH= (only
     # advisory) goes first; refused again, the DSN parameters too.  The

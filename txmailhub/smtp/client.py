@@ -476,7 +476,8 @@ class ClientSession:
         self._dsn_params_sent = False
         self.dsn_params_refused: Reply | None = None
         # the refused MAIL that goes again once the replies to the RCPTs and
-        # DATA pipelined with it are in (``_on_data``)
+        # DATA pipelined with it are in (``_on_data``); a session that ends
+        # first clears the refusal it names (``_finish``): no MAIL went again
         self._mail_again: Reply | None = None
         # complete replies read so far: the adapter restarts its timeout on
         # each one, not on every byte (a server that trickles one byte at a
@@ -606,6 +607,16 @@ class ClientSession:
         return [Send(line.encode("utf-8") + b"\r\n")]
 
     def _finish(self, session_error: Reply | None = None) -> None:
+        if self._mail_again is not None:
+            # the session ends (a 421, the connection lost, a timeout, a
+            # reply out of order) before the refused MAIL of a pipelined
+            # batch went again: no MAIL went without AUTH= or the DSN
+            # parameters, so the adapter logs none as sent again
+            if self._mail_again is self.auth_param_refused:
+                self.auth_param_refused = None
+            else:
+                self.dsn_params_refused = None
+            self._mail_again = None
         recips: tuple[RecipientOutcome, ...] = ()
         refused: tuple[RecipientOutcome, ...] = ()
         if session_error is None:
@@ -1179,14 +1190,9 @@ class ClientSession:
             # (RFC 5321 3.8), and its words are the session's outcome, as
             # for a 421 to MAIL or RCPT (the refusal of a parameter is no
             # refusal of the message)
-            self._mail_again = None
             if reply.code == 421:
-                # (no MAIL went again: nothing to log)
-                if mail is self.auth_param_refused:
-                    self.auth_param_refused = None
-                else:
-                    self.dsn_params_refused = None
-                return self._fail_session(reply)
+                return self._fail_session(reply)  # (no MAIL went again: ``_finish``)
+            self._mail_again = None
             self._mail_reply = None
             self._rcpt_index = 0
             self._expect.clear()
