@@ -1400,6 +1400,63 @@ def test_auth_parameter_dropped_first_then_the_dsn_parameters():
     assert not s.accepted_without_auth_param
 
 
+EHLO_AUTH_DSN = EHLO_FULL.replace(b"250-STARTTLS\r\n", b"250-AUTH PLAIN\r\n")
+MAIL_8BIT_UTF8 = b"MAIL FROM:<alice@example.org> SIZE=100 BODY=8BITMIME SMTPUTF8"
+
+
+def pipelined_auth_then_dsn_refused():
+    """A pipelined session whose MAIL with AUTH= and the DSN parameters is
+    refused twice ("501 5.5.4"), the DATA of each batch answered 354 (RFC
+    2920 3.1 lets a server do that): the session after its third batch."""
+    s = session(submitter=ALICE, dsn=TAB_ID, recipients=TAB_RCPTS, eight_bit=True,
+                smtputf8=True)
+    s.receive(b"220 hi\r\n")
+    first = sent(s.receive(EHLO_AUTH_DSN))
+    assert first == (MAIL_8BIT_UTF8 + b" RET=HDRS ENVID=a+09b AUTH=alice@example.org\r\n"
+                     + RCPTS_WITH_DSN + b"DATA\r\n")
+    assert s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n503 5.5.1 need MAIL\r\n"
+                     b"503 5.5.1 need MAIL\r\n") == []
+    # AUTH= goes first; SIZE, BODY and SMTPUTF8 stay; the DATA taken is
+    # ended empty, and the reply to its "." read as no command's
+    second = sent(s.receive(b"354 go\r\n"))
+    assert second == (b".\r\n" + MAIL_8BIT_UTF8 + b" RET=HDRS ENVID=a+09b\r\n"
+                      + RCPTS_WITH_DSN + b"DATA\r\n")
+    third = sent(s.receive(b"554 5.5.1 no valid recipients\r\n"
+                           b"501 5.5.4 Bad ENVID parameter syntax\r\n503 5.5.1 need MAIL\r\n"
+                           b"503 5.5.1 need MAIL\r\n354 go\r\n"))
+    assert third == b".\r\n" + MAIL_8BIT_UTF8 + b"\r\n" + RCPTS_WITHOUT_DSN + b"DATA\r\n"
+    assert s.outcome is None
+    return s
+
+
+def test_pipelined_auth_parameter_then_dsn_parameters_refused_batch_by_batch():
+    s = pipelined_auth_then_dsn_refused()
+    actions = s.receive(b"554 5.5.1 no valid recipients\r\n250 2.1.0 ok\r\n"
+                        b"250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["delivered", "delivered"]
+    assert not s.outcome.dsn_supported and not s.accepted_without_auth_param
+    assert s.auth_param_refused is not None and s.dsn_params_refused is not None
+
+
+def test_pipelined_auth_then_dsn_refused_and_a_421_before_the_third_mail():
+    # the second MAIL went without AUTH= (logged), the third never went:
+    # the refusal of the DSN parameters is not logged as a MAIL sent again
+    s = session(submitter=ALICE, dsn=TAB_ID, recipients=TAB_RCPTS)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_AUTH_DSN)
+    s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n503 5.5.1 need MAIL\r\n"
+              b"503 5.5.1 need MAIL\r\n")
+    assert b"AUTH=" not in sent(s.receive(b"503 5.5.1 need MAIL\r\n"))
+    actions = s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n"
+                        b"421 4.3.2 shutting down\r\n")
+    assert sent(actions) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "421 4.3.2 shutting down"
+    assert s.auth_param_refused is not None and s.dsn_params_refused is None
+
+
 def test_mail_refused_transient_and_permanent():
     s = session()
     s.receive(b"220 hi\r\n")
