@@ -4736,3 +4736,52 @@ def test_a_pop3s_client_still_in_its_handshake_is_cut_at_the_stop(tls_files):
     assert stopped.called
     assert not factory.sessions
     assert env.clock.getDelayedCalls() == []
+
+
+def test_a_stop_ends_with_a_session_its_transport_reports_lost_inside_the_abort(tls_files):
+    # a transport that reports connectionLost inside abortConnection (the
+    # tests' MemorySocket; an embedding's own transport) ended the session
+    # within the stop's cutting, before the stop's wait was made: the
+    # session counted as gone to nothing, and the stop never fired
+    from tls_loopback import PEER, MemorySocket
+    from twisted.internet import error
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    env = Env()
+    factory = POP3Factory(env.components, implicit_tls=True)
+    cert, key = tls_files
+    server = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
+                                 clock=env.clock).buildProtocol(PEER)
+    sock = MemorySocket(env.clock, server)
+    server.makeConnection(sock)
+    sock.startReading()
+    assert len(factory.sessions) == 1
+    stopped = factory.shut_down()
+    assert sock.lost.check(error.ConnectionAborted)  # within the abort
+    assert stopped.called
+    assert not factory.sessions
+
+
+def test_a_stop_ends_with_a_session_its_transport_reports_lost_inside_the_close(log_events):
+    # the same for the polite close of an idle session (its -ERR, then
+    # loseConnection): lost at once, and the stop fires with it gone
+    class ClosingAtOnce(Transport):
+        def loseConnection(self):
+            super().loseConnection()
+            if not self.disconnected:
+                self.disconnected = True
+                self.session.connectionLost(None)
+
+    env = Env()
+    env.store.add("joe@example.org", b"a\n")
+    factory = POP3Factory(env.components)
+    proto = factory.buildProtocol(LOOPBACK)
+    t = ClosingAtOnce(LOOPBACK)
+    t.session = proto
+    proto.makeConnection(t)
+    talk(proto, t, b"USER joe\r\nPASS joepw\r\nRETR 1\r\n")  # a message to flag seen
+    t.clear()
+    stopped = factory.shut_down()
+    assert t.value() == R.SHUTTING_DOWN.to_bytes() and t.disconnected
+    assert stopped.called
+    assert not env.store.is_locked("joe@example.org")

@@ -2317,22 +2317,25 @@ class POP3Factory(Factory):
         once the connection is gone (``connectionLost``), on a worker
         thread, the same changes as at a QUIT."""
         self.stopping = True
-        waiting = set(self.updating) | {s for s in self.sessions if s.retrieved_any()}
+        # every session is waited for, and the wait exists before the first
+        # cut: a transport that reports the connection lost inside
+        # ``abortConnection`` or ``loseConnection`` (not Twisted's TCP or
+        # TLS, which do so a turn later) ends the session within the loop,
+        # and a session gone before its wait began would hold it for ever
+        stopped = self._waiting.wait(set(self.updating) | set(self.sessions))
         for session in list(self.sessions):
             if session in self.updating:
                 session.hurry_close()
-            elif session.cut_for_stop():
-                waiting.add(session)  # told -ERR, closing: its lock goes with it
-            else:
-                # a polite close under way already (an autologout, an
-                # error): shortened, and waited for, as it may hold a
+            elif not session.cut_for_stop():
+                # told -ERR and closing when it says True: its lock goes
+                # with it.  Else a polite close under way already (an
+                # autologout, an error): shortened, as it may hold a
                 # mailbox lock (the abort of a busy one: at once)
                 session.hurry_close()
-                waiting.add(session)
         # and the refused connections still waiting for their polite close
         # (this factory's: the other listeners may keep running)
         self.limits.end_refusals(self)
-        return self._waiting.wait(waiting)
+        return stopped
 
     def update_started(self, session: POP3Protocol) -> None:
         self.updating.add(session)
