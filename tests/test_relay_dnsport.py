@@ -304,3 +304,130 @@ def test_an_answer_from_another_address_is_dropped_and_the_servers_is_taken():
     finally:
         server.close()
         forger.close()
+
+
+def _parsed(tmp_path, text: str) -> dnsport.Resolver:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(text)
+    return dnsport.Resolver(resolv=str(conf).encode(), reactor=Clock())
+
+
+@pytest.mark.parametrize("line, servers", [
+    # what follows the address is no part of it (resolv.conf(5))
+    ("nameserver 192.0.2.53#office", ["192.0.2.53"]),
+    ("nameserver\t192.0.2.53;office", ["192.0.2.53"]),
+    ("nameserver 192.0.2.53 # office", ["192.0.2.53"]),
+    # no address: skipped (it raised out of the reading), 127.0.0.1 as with none
+    ("nameserver", ["127.0.0.1"]),
+    ("nameserver ns.example.net", ["127.0.0.1"]),
+    ("nameserver 192.0.2.53:5353", ["127.0.0.1"]),  # resolv.conf has no port
+    ("nameservers 192.0.2.9", ["127.0.0.1"]),  # no such keyword
+    ("nameserver 192.0.2.5\x00", ["127.0.0.1"]),
+    ("nameserver fe80::1%\u00e9", ["fe80::1"]),
+    # the C library's inet_aton: a leading 0 is octal there, and so here
+    ("nameserver 0127.0.0.1", ["87.0.0.1"]),
+    ("nameserver 2001:DB8:0::53", ["2001:db8::53"]),
+    ("nameserver ::FFFF:192.0.2.53", ["::ffff:192.0.2.53"]),
+    # a zone counts on a link-local address only, as the interface's index
+    ("nameserver 2001:db8::53%7", ["2001:db8::53"]),
+    ("nameserver FE80::1%7", ["fe80::1%7"]),
+    ("nameserver fe80::1%no-such-interface0", ["fe80::1"]),
+])
+def test_resolv_conf_name_servers_are_read_as_the_c_library_reads_them(tmp_path, line, servers):
+    resolver = _parsed(tmp_path, f"# the servers\n{line}\nsearch example.org\n")
+    assert [host for host, _ in resolver.dynServers] == servers
+    assert resolver.search == [b"example.org"]  # the other lines as twisted.names reads them
+
+
+def test_a_link_local_name_server_zone_is_its_interfaces_index(tmp_path):
+    import socket
+
+    index, name = socket.if_nameindex()[0]
+    resolver = _parsed(tmp_path, f"nameserver fe80::1%{name}\nnameserver 192.0.2.1\n")
+    assert resolver.dynServers == [(f"fe80::1%{index}", 53), ("192.0.2.1", 53)]
+
+
+def test_a_link_local_answer_comes_with_its_scope_and_one_from_another_link_is_apart():
+    """``recvfrom`` gives a link-local source's scope apart from the
+    address: the answer is handed on as ``fe80::1%7``, the form the server
+    is kept in; the same address on link 8 is another host."""
+    assert dnsport._source(("fe80::1", 53, 0, 7)) == ("fe80::1%7", 53)
+    assert dnsport._source(("fe80::1%eth0", 53, 0, 7)) == ("fe80::1%7", 53)
+    assert dnsport._source(("2001:db8::53", 53, 0, 0)) == ("2001:db8::53", 53)
+    assert dnsport._source(("192.0.2.53", 53)) == ("192.0.2.53", 53)
+
+    class Proto:
+        def __init__(self):
+            self.got = []
+
+        def makeConnection(self, transport):
+            self.transport = transport
+
+        def datagramReceived(self, data, address):
+            self.got.append((data, address))
+
+    class Socket:
+        def __init__(self, datagrams):
+            self.datagrams = datagrams
+
+        def recvfrom(self, size):
+            if not self.datagrams:
+                raise BlockingIOError
+            return self.datagrams.pop(0)
+
+        def close(self):
+            pass
+
+    proto = Proto()
+    port = dnsport.QueryPort(_ReaderClock(), proto)
+    port.socket.close()
+    port.socket = Socket([(b"a", ("fe80::1", 53, 0, 7)), (b"b", ("fe80::1", 53, 0, 8))])
+    port.doRead()
+    assert proto.got == [(b"a", ("fe80::1%7", 53)), (b"b", ("fe80::1%8", 53))]
+
+
+def _link_local() -> tuple[str, str] | None:
+    """An IPv6 link-local address of this host and its interface, if any
+    (Linux: /proc/net/if_inet6)."""
+    try:
+        with open("/proc/net/if_inet6") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+    for row in rows:
+        if len(row) == 6 and row[0].startswith("fe80"):
+            import ipaddress
+
+            return str(ipaddress.IPv6Address(bytes.fromhex(row[0]))), row[5]
+    return None
+
+
+@pytest.mark.skipif(_link_local() is None, reason="no IPv6 link-local address")
+def test_a_link_local_resolv_conf_server_has_its_answers_taken(tmp_path, monkeypatch):
+    """``nameserver fe80::...%eth0`` (as NetworkManager writes it): the
+    answer's source comes without the zone, and every answer was dropped.
+    The test's server on this host's own link-local address answers."""
+    import socket
+
+    from twisted.names import dns
+
+    address, interface = _link_local()
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.settimeout(10)
+    server.bind(("::", 0))
+    try:
+        monkeypatch.setattr(dns, "PORT", server.getsockname()[1])
+        conf = tmp_path / "resolv.conf"
+        conf.write_text(f"nameserver {address}%{interface}\n")
+        clock = _ReaderClock()
+        resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
+        results: list = []
+        resolver.lookupAddress("mx.example").addBoth(results.append)
+        [port] = clock.readers
+        data, source = server.recvfrom(512)
+        server.sendto(_answer(data, "192.0.2.7"), source)
+        _read_when_ready(port)
+        [(answers, _, _)] = results
+        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+    finally:
+        server.close()

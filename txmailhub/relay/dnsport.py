@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import re
 import socket
 from typing import Any
 
@@ -86,7 +87,7 @@ class QueryPort:
                 log.error("DNS: cannot read an answer: {error}", error=e)
                 return
             try:
-                self.protocol.datagramReceived(data, address[:2])
+                self.protocol.datagramReceived(data, _source(address))
             except Exception:
                 # one bad datagram must not end the port: the answer the
                 # query waits for may still come
@@ -276,14 +277,37 @@ class Resolver(client.Resolver):
                 self._resolvReadInterval, self.maybeParseConfig)
 
     def parseConfig(self, resolvConf: Any) -> None:
-        """twisted.names' reading of ``resolv.conf``, with each name server's
-        address in the form the kernel gives an answer's source
-        (``2001:db8::53`` for ``2001:DB8::53``, ``::1`` for ``0:0::1``).
-        twisted.names takes an answer only from the address the query went
-        to, compared as a string: a server written another way had every
-        answer dropped, and each lookup ran into its timeout."""
-        super().parseConfig(resolvConf)
-        self.dynServers = [(_source_form(host), port) for host, port in self.dynServers]
+        """Read ``resolv.conf``'s name servers as the C library does
+        (resolv.conf(5)), each in the form a query's answer is matched
+        against (``_source``); its other lines as twisted.names reads them.
+
+        twisted.names took the word after ``nameserver`` as it stood and
+        took an answer only from that string: a server written another way
+        than the kernel reports a source (``2001:DB8::53``, ``0:0::1``) or
+        with a link-local zone (``fe80::1%eth0``, as NetworkManager writes
+        it) had every answer dropped, and each lookup ran into its timeout.
+        A comment right behind the address (``192.0.2.53#office``) made it
+        no address, which failed every query sent to it; a ``nameserver``
+        line without an address raised out of the reading (the relay did
+        not start; at a later look, the file was never read again).  Such
+        a line is skipped, as the C library skips it; none left:
+        ``127.0.0.1``, as with none."""
+        lines = list(resolvConf)
+        # (twisted.names takes any line that begins with "nameserver")
+        super().parseConfig([line for line in lines if not line.strip().startswith(b"nameserver")])
+        servers = []
+        for line in lines:
+            m = _NAMESERVER.match(line.strip())
+            if m is None:
+                continue
+            host = _server_form(m.group(1))
+            if host is None:
+                log.warn("{path}: {line!r} names no IP address: skipped",
+                         path=os.fsdecode(self.resolv or b"resolv.conf"),
+                         line=line.strip().decode("ascii", "replace"))
+                continue
+            servers.append((host, dns.PORT))
+        self.dynServers = servers or [("127.0.0.1", dns.PORT)]
 
     def filterAnswers(self, message: dns.Message) -> Any:
         """twisted.names' filter, but a truncated answer is asked again
@@ -312,19 +336,58 @@ class Resolver(client.Resolver):
         return d.addCallback(_same_question, args[1])
 
 
-def _source_form(host: str) -> str:
-    """An IP address as ``recvfrom`` reports a datagram's source (an IPv6
-    one compressed, in lower case, a v4-mapped one in dotted form, its
-    zone kept); anything else as it is (``write`` refuses it)."""
-    address, _, zone = host.partition("%")
+# "nameserver", blanks, and the address up to a blank or a comment sign
+# (resolv.conf(5); the C library ignores what follows it on the line)
+_NAMESERVER = re.compile(rb"nameserver[ \t]+([^;# \t\r\n]*)")
+
+
+def _server_form(word: bytes) -> str | None:
+    """A resolv.conf name server's address read as the C library reads it
+    (``inet_aton`` for IPv4, so ``0127.0.0.1`` is 87.0.0.1 there and here;
+    ``inet_pton`` for IPv6), in ``_source``'s form; ``None`` when it is no
+    address (a host name, ``192.0.2.53:5353``: resolv.conf has no port).
+
+    A zone counts on a link-local address only, as an interface index
+    (``fe80::1%eth0`` is ``fe80::1%2``): the kernel scopes no other
+    address, and reports a source's scope as a number.  An interface
+    that does not exist leaves the address unscoped, as the C library
+    does: queries to it then fail at once."""
+    text = word.decode("ascii", "replace")
+    if ":" not in text:
+        try:
+            return socket.inet_ntoa(socket.inet_aton(text))
+        except (OSError, ValueError):  # ValueError: a NUL, a character not ASCII
+            return None
+    address, _, zone = text.partition("%")
     try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except (OSError, ValueError):
+        return None
+    host = socket.inet_ntop(socket.AF_INET6, packed)
+    if not zone or not ipaddress.IPv6Address(packed).is_link_local:
         return host
-    if ip.version == 4:
-        return str(ip)
-    text = socket.inet_ntop(socket.AF_INET6, ip.packed)
-    return f"{text}%{zone}" if zone else text
+    if zone.isascii() and zone.isdigit():
+        index = int(zone)
+    else:
+        try:
+            index = socket.if_nametoindex(zone)
+        except (OSError, ValueError):
+            return host
+    return f"{host}%{index}" if index else host
+
+
+def _source(address: tuple) -> tuple[str, int]:
+    """A datagram's source as twisted.names compares it with the server
+    its query went to (``_server_form``): an IPv6 link-local one with its
+    scope, the interface's index (``fe80::1%2``).  ``recvfrom`` gives the
+    scope apart, and the bare address could never match the server
+    written with its zone, without which a link-local server cannot be
+    asked at all; the scope keeps an answer from the same address on
+    another link apart."""
+    host, port = address[0], address[1]
+    if len(address) == 4 and address[3]:
+        host = f"{host.partition('%')[0]}%{address[3]}"
+    return host, port
 
 
 def _question(queries: Any) -> list[tuple[bytes, int, int]]:
