@@ -33,6 +33,8 @@ from txmailhub.address import (
     ascii_domain,
     client_ip,
     dns_name_problem,
+    ipv4_literal,
+    ipv6_literal,
     written_domain,
 )
 from txmailhub.interfaces import IMXResolver
@@ -152,23 +154,29 @@ class MXHost:
 def parse_literal(domain: str) -> str | None:
     """The IP address of an address literal domain, or ``None``.
 
-    ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]`` (RFC 5321 4.1.3); raises
+    ``[192.0.2.1]`` and ``[IPv6:2001:db8::1]`` by RFC 5321 4.1.3's grammar
+    (``ipv4_literal``, ``ipv6_literal``), as the SMTP paths read them:
+    ``[192.0.2.001]`` is 192.0.2.1 (an Snum may have leading zeros), and
+    neither a zone (``[IPv6:fe80::1%eth0]``, an interface of this host)
+    nor a general literal is an address.  An address reaches the relay
+    as written from an alias target or the sendmail command too.  Raises
     ``NoSuchDomain`` for a malformed literal."""
     if not (domain.startswith("[") and domain.endswith("]")):
         return None
     inner = domain[1:-1]
     try:
-        if inner.lower().startswith("ipv6:"):
-            return str(ipaddress.IPv6Address(inner[5:]))
-        return str(ipaddress.IPv4Address(inner))
+        if inner[:5].lower() == "ipv6:":
+            return str(ipv6_literal(inner[5:]))
+        return str(ipv4_literal(inner))
     except ValueError:
         raise NoSuchDomain(domain, "malformed address literal") from None
 
 
 def _name_key(name: str) -> str:
     """``name`` as compared with the hub's own: lower case, without a final
-    dot, and an address literal in its one spelling (``address_literal``).
-    ``[hub] hostname`` may be a literal, kept as written
+    dot, and an address literal in its one spelling (``address_literal``),
+    an IPv4-mapped IPv6 one as the IPv4 literal (RFC 4291 2.5.5.2: the
+    same host).  ``[hub] hostname`` may be a literal, kept as written
     (``[IPv6:2001:DB8:0::1]``, ``[192.0.2.001]``): mail for that address
     written another way is mail for this hub all the same (RFC 5321 5.1)."""
     name = name.rstrip(".")
@@ -177,6 +185,11 @@ def _name_key(name: str) -> str:
             name = address_literal(name)
         except ValueError:
             pass  # malformed: compared as written
+        else:
+            if name.startswith("[IPv6:"):
+                mapped = ipaddress.IPv6Address(name[6:-1]).ipv4_mapped
+                if mapped is not None:
+                    name = f"[{mapped}]"
     return name.lower()
 
 
