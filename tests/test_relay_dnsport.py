@@ -431,3 +431,35 @@ def test_a_link_local_resolv_conf_server_has_its_answers_taken(tmp_path, monkeyp
         assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
     finally:
         server.close()
+
+
+def test_an_answer_from_another_host_on_the_servers_port_is_dropped():
+    """The forgery from another host that also sends from port 53 (the
+    server's port): the host alone tells it apart, and it is dropped."""
+    import socket
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.settimeout(10)
+    try:
+        server.bind(("127.0.0.1", 0))
+        try:
+            forger.bind(("127.0.0.2", server.getsockname()[1]))
+        except OSError:
+            pytest.skip("no 127.0.0.2 on this host's loopback")
+        clock = _ReaderClock()
+        resolver = dnsport.Resolver(servers=[server.getsockname()], reactor=clock)
+        results: list = []
+        resolver.lookupAddress("mx.example").addBoth(results.append)
+        [port] = clock.readers
+        data, source = server.recvfrom(512)
+        forger.sendto(_answer(data, "203.0.113.66"), source)
+        _read_when_ready(port)
+        assert results == []
+        server.sendto(_answer(data, "192.0.2.7"), source)
+        _read_when_ready(port)
+        [(answers, _, _)] = results
+        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+    finally:
+        server.close()
+        forger.close()
