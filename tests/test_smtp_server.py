@@ -1290,6 +1290,23 @@ def test_turn_and_send_are_502_whatever_octets_follow_them():
     assert d.engine.errors == 3  # errors of the client's all the same
 
 
+def test_vrfy_and_expn_switched_off_are_252_whatever_octets_follow_them():
+    # RFC 5321 7.3: a site that disables VRFY or EXPN "MUST return a 252
+    # response"; switched off, neither reads its argument ("VRFY" alone is
+    # 252 too), so octets there that are not UTF-8 change nothing either
+    d = Driver(vrfy=False, expn=False)
+    d.send(b"EHLO c\r\n")
+    assert d.send(b"VRFY \xff\r\n") == [replies.CANNOT_VRFY.text()]
+    assert d.send(b"EXPN\t\xe9t\xe9 SMTPUTF8\r\n") == [replies.EXPN_DISABLED.text()]
+    assert d.send(b"vrfy alice\r\n") == [replies.CANNOT_VRFY.text()]
+    assert d.engine.errors == 0
+    # switched on, they read it: 501 5.5.2, as any command that does
+    d = Driver()
+    d.send(b"EHLO c\r\n")
+    for line in (b"VRFY \xff", b"EXPN \xff"):
+        assert d.send(line + b"\r\n") == [replies.INVALID_UTF8.text()]
+
+
 def test_a_command_without_arguments_refuses_octets_that_are_not_utf8_as_any_argument():
     # RFC 5321 4.1.1: RSET, DATA and QUIT take no parameters, nor does
     # STARTTLS (RFC 3207 4): such octets are an argument like any other,

@@ -484,13 +484,14 @@ class SMTPServer(MessageTransfer, AuthPhase):
         try:
             verb, arg = parse_command(line)
         except UnreadableArgument as e:
-            if e.verb in _ARGUMENT_IGNORED:
+            if e.verb in _ARGUMENT_IGNORED or self._switched_off(e.verb):
                 verb, arg = e.verb, ""
             elif e.verb == "AUTH" or e.verb in _ARGUMENT_REFUSED:
                 # an initial response is base64, which such octets are not
                 # (RFC 4954 4: 501 5.5.2): refused, logged and counted as
                 # any other malformed response, as POP3's AUTH does; a
-                # mechanism with them is one the hub lacks (504)
+                # mechanism with them is one the hub lacks (504).  To a
+                # verb that takes no argument they are one as any other.
                 verb, arg = e.verb, e.argument
             else:
                 # 500 for a verb the engine lacks, as with a UTF-8 argument
@@ -533,6 +534,16 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self.reply(replies.LOCAL_ERROR)
             if self.errors == errors:
                 self._count_error()
+
+    def _switched_off(self, verb: str) -> bool:
+        """Whether ``verb`` is VRFY or EXPN turned off by the configuration.
+
+        Then it is ``252`` whatever follows it (RFC 5321 7.3: a site that
+        disables them "MUST return a 252 response"), so its argument is
+        not read, and octets there that are not UTF-8 are no reason to
+        refuse it, as with NOOP's (``_ARGUMENT_IGNORED``)."""
+        c = self.config
+        return (verb == "VRFY" and not c.vrfy) or (verb == "EXPN" and not c.expn)
 
     def _log_refusal(self, verb: str, arg: str, reply: Reply) -> None:
         """A refused sender, recipient or lookup leaves a line (the client
