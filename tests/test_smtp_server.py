@@ -1348,6 +1348,33 @@ def test_a_loose_bdat_line_that_is_not_utf8_has_its_chunk_read(line, refusal, in
     assert not any(isinstance(ev, MessageComplete) for ev in d.events)
 
 
+@pytest.mark.parametrize(("line", "after"), [
+    # no verb the hub has (500): another command, so the chunks pipelined
+    # after the failed one are over, and the next BDAT is a failed one of
+    # its own (an error of the client's), as after any other command
+    (b"BDAT\x0c2 LAST", replies.RCPT_NEEDED),
+    (b"BDAT\x0c2 LAST\xff", replies.RCPT_NEEDED),
+    (b"BDAT\x0c2 LAST\x00", replies.RCPT_NEEDED),
+    # a BDAT (its verb read) whose size it cannot take: still the
+    # pipeline of the failed chunk, whose next chunk is discarded
+    (b"BDAT \x0c2 LAST", replies.BDAT_DISCARDED),
+    (b"BDAT \x0c2 LAST\xff", replies.BDAT_DISCARDED),
+])
+def test_a_loose_bdat_line_ends_the_failed_chunks_whether_or_not_it_is_utf8(line, after):
+    # RFC 3030 2: after a failed BDAT the server "MUST be prepared to
+    # accept and discard additional BDAT chunks already in the pipeline";
+    # a command between them ends that pipeline.  Whether the loose line
+    # is UTF-8 changes only its own refusal, not what the next BDAT is
+    d = Driver()
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<nobody>\r\n")
+    assert d.send(b"BDAT 1\r\nx")[-1] == replies.RCPT_NEEDED.text()  # the failed chunk
+    errors = d.engine.errors
+    d.send(line + b"\r\nxx")  # the loose line's chunk, read and refused
+    assert d.send(b"BDAT 1 LAST\r\ny") == [after.text()]
+    assert d.engine.errors == errors + 1 + (after is not replies.BDAT_DISCARDED)
+    assert d.send(b"NOOP\r\n") == [replies.OK.text()]
+
+
 @pytest.mark.parametrize("line", [
     "NOOP\r", "HELO z3.cs.rpi.edu\r", "EHLO c\r", "MAIL FROM:<a@b.test>\r",
     "MAIL FROM: bill@microsoft.com\r", "MAIL FROM:<a@b.test>\r SIZE=5", "RSET\r",

@@ -30,6 +30,9 @@ __all__ = ["MessageTransfer"]
 # The size of a BDAT line refused before its verb is read: the digits
 # after the verb (a CR, as a bare CR's line has it, counts as a blank)
 _BDAT_SIZE = re.compile(rb"[ \t]*BDAT[ \t\r]+([0-9]+)", re.IGNORECASE)
+# Such a line whose verb is BDAT (ended where the engine ends a verb; a CR
+# as above), whatever follows it
+_BDAT_VERB = re.compile(rb"[ \t]*BDAT(?:[ \t\r]|\Z)", re.IGNORECASE)
 # The blanks of a BDAT line are SP and HTAB (RFC 3030 2: "BDAT" SP
 # chunk-size [ SP end-marker]); a line the engine refuses is still read
 # for the size a client that splits at any white space (str.split(), C's
@@ -243,7 +246,14 @@ class MessageTransfer(EnginePart):
         if size is None:
             # the octets that are not UTF-8 stand in as U+FFFD, no blank
             loose = _LOOSE_BDAT.match(line.decode("utf-8", "replace").lstrip(" \t"))
-            size = None if loose is None else loose.group(1)
+            if loose is not None:
+                size = loose.group(1)
+                if _BDAT_VERB.match(line) is None:
+                    # no verb the hub has (BDAT<FF>3): another command, as
+                    # ``_line`` takes one before ``_unknown_command``, so
+                    # the chunks pipelined after a failed one are over
+                    # (whether the line is UTF-8 changes only its refusal)
+                    self._bdat_failed = False
         if size is not None:
             # outside the engine's guard of a command (``_line``): int() of
             # a digit run past Python's limit raised ValueError out of
