@@ -123,7 +123,7 @@ def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("argv", [["-Z", "bob"], ["--verbose"], ["-bv", "bob"],
-                                  ["-bd"], ["-q1h"], ["-q"], ["-f"], ["-I"], ["-N", "sometimes"],
+                                  ["-bd"], ["-q1h"], ["-q"], ["-f"], ["-N", "sometimes"],
                                   ["-N", "never,success"], ["-R", "body"], ["-V", "a b\n"],
                                   # 100 characters, 120 as xtext (RFC 3461 4.4)
                                   ["-V", "a+" * 10 + "b" * 80]])
@@ -862,6 +862,15 @@ def test_bp_and_bi_are_modes() -> None:
     assert parse_args(["-bp"]).mode == "p"
     assert parse_args(["-bi"]).mode == "i"
     assert parse_args(["-bm", "bob"]).mode == parse_args(["bob"]).mode == "m"
+
+
+def test_capital_i_is_bi_as_in_sendmail_and_postfix() -> None:
+    """``sendmail -I`` is how sendmail and Postfix spell ``newaliases``
+    too: a package script that runs it gets exit 0, not a usage error."""
+    assert parse_args(["-I"]).mode == "i"
+    out, err = io.StringIO(), io.StringIO()
+    assert run(["-I"], "/nonexistent.toml", "sendmail", io.BytesIO(b""), err, out) == 0
+    assert "nothing to rebuild" in out.getvalue() and err.getvalue() == ""
 
 
 def test_bi_says_there_is_nothing_to_rebuild_without_a_config() -> None:

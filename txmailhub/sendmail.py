@@ -101,7 +101,8 @@ __all__ = [
 # -A (submit.cf), -B body type (8-bit is detected), -d debug, -e/-o error
 # and delivery modes, -h hop count, -L syslog label, -M macro, -O options,
 # -p protocol, -X traffic log.  Without one: -c, -G, -m, -n, -s, -U.
-_OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:iL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
+# -I is -bi, as in sendmail and Postfix (package scripts call either).
+_OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:IiL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
 _IGNORED = set("ABcdeGhLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
 _MODES = ("m", "p", "i", "s")
@@ -188,6 +189,8 @@ def parse_args(argv: list[str]) -> Options:
                                  "(SMTP on standard input and output), -bp (list the queue, "
                                  "as mailq) and -bi (newaliases) are offered")
             found["mode"] = value
+        elif letter == "I":
+            found["mode"] = "i"
         elif letter == "q":
             raise UsageError(f"-q{value}: the hub runs its own queue; see mailhub queue flush")
         elif letter not in _IGNORED and letter not in "bo":
