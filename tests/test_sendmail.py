@@ -1006,6 +1006,22 @@ def test_installed_as_mailq_or_newaliases_it_is_bp_or_bi(
     assert sendmail.main() == 0 and "nothing to rebuild" in capsys.readouterr().out
 
 
+def test_python_m_txmailhub_sendmail_is_the_command() -> None:
+    """``python -m txmailhub.sendmail`` runs the command (as ``python -m
+    txmailhub`` runs ``mailhub``): a module run that did nothing would end
+    with status 0, and the message given it would be lost unsaid."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "txmailhub.sendmail"]
+    r = subprocess.run([*command, "-Q", "bob"], input=b"x\n", capture_output=True, timeout=60)
+    assert r.returncode == 64, r
+    assert r.stderr.decode().startswith("sendmail: option -Q not recognized\nusage: sendmail ")
+    r = subprocess.run([*command, "-bi"], capture_output=True, timeout=60)
+    assert (r.returncode, r.stderr) == (0, b""), r
+    assert r.stdout.decode().startswith("sendmail: nothing to rebuild")
+
+
 def test_bp_on_a_queue_this_user_cannot_read_is_77(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def denied(*args: object) -> int:

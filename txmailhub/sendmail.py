@@ -1034,3 +1034,15 @@ def main(argv: list[str] | None = None) -> int:
     prog = prog if prog and not prog.startswith("-") else "sendmail"
     args = sys.argv[1:] if argv is None else argv
     return run([*_ALIASES.get(prog, []), *args], DEFAULT_CONFIG, prog, config_option="-C")
+
+
+if __name__ == "__main__":
+    # ``python -m txmailhub.sendmail`` is the command too, not a module run
+    # that ends at once with status 0 -- a message handed to it lost
+    # without a word.  The module imported by its name runs it, not this
+    # ``__main__`` copy: the other sendmail modules import that one, and
+    # an exception class of this copy would not be theirs.
+    sys.argv[0] = "sendmail"
+    from txmailhub.sendmail import main as _main
+
+    sys.exit(_main())
