@@ -779,6 +779,30 @@ def test_with_f_an_odd_login_only_names_the_user_in_the_trace(login: str) -> Non
     assert hub_verdict(sent(p)) is None
 
 
+@pytest.mark.parametrize(("gecos", "name"), [
+    ("Joe Bloggs,Room 1,555-0100,", "Joe Bloggs"),
+    ("& Bloggs,Room 1", "Joe Bloggs"),        # BSD: & is the login, capitalized
+    ("& & Co", "Joe Joe Co"),
+    ("Joe Bloggs;ops", "Joe Bloggs"),          # as sendmail and Postfix stop
+    ("Joe Bloggs%x", "Joe Bloggs"),
+    ("", ""),
+])
+def test_the_full_name_is_read_from_gecos_as_sendmail_and_postfix_do(
+        gecos: str, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from txmailhub import sendmail
+
+    entry = pwd.struct_passwd(("joe", "x", 1000, 1000, gecos, "/home/joe", "/bin/sh"))
+    monkeypatch.setattr(sendmail.pwd, "getpwuid", lambda uid: entry)
+    assert sendmail._login() == ("joe", name)
+    monkeypatch.delenv("NAME", raising=False)
+    p = prep(b"Subject: hi\r\n\r\nbody\r\n", Options(recipients=("bob",)),
+             login=sendmail._login())
+    assert field(untraced(p), b"From") == [
+        f"From: {name} <joe@example.org>".encode() if name else b"From: joe@example.org"]
+
+
 @pytest.mark.parametrize(("login", "sender"), QUOTED_LOGINS.items())
 def test_a_login_that_is_no_dot_string_is_quoted_as_the_default_sender(
         login: str, sender: str, monkeypatch: pytest.MonkeyPatch) -> None:

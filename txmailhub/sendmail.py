@@ -498,9 +498,22 @@ def _login() -> tuple[str, str]:
     """The invoking user's login name and full name (the uid's, not $USER's)."""
     try:
         entry = pwd.getpwuid(os.getuid())
-        return entry.pw_name, entry.pw_gecos.split(",")[0]
     except KeyError:
         return f"uid{os.getuid()}", ""
+    return entry.pw_name, _gecos_name(entry.pw_gecos, entry.pw_name)
+
+
+def _gecos_name(gecos: str, login: str) -> str:
+    """The full name in a password file's GECOS field, read as sendmail
+    and Postfix read it: up to its first ``,`` (the office and telephone
+    fields follow), ``;`` or ``%``, and each ``&`` in it the login name
+    with its first letter capitalized (``& Bloggs`` for ``joe``: ``Joe
+    Bloggs``, the BSD convention).  Left as written, the ``&`` would be
+    what the added ``From`` field names the user."""
+    name = gecos
+    for stop in ",;%":
+        name = name.split(stop, 1)[0]
+    return name.replace("&", login[:1].upper() + login[1:])
 
 
 def _mailbox_field(name: str, mailbox: str, field: str = "From") -> bytes:
