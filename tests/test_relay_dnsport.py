@@ -6,6 +6,7 @@ import errno
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.names import dns
 
 from txmailhub.relay import dnsport
 
@@ -463,3 +464,42 @@ def test_an_answer_from_another_host_on_the_servers_port_is_dropped():
     finally:
         server.close()
         forger.close()
+
+def _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured: bool) -> list:
+    import socket
+
+    address, _ = _link_local()
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.settimeout(10)
+    server.bind(("::", 0))
+    try:
+        clock = _ReaderClock()
+        if configured:
+            resolver = dnsport.Resolver(servers=[(address, server.getsockname()[1])],
+                                        reactor=clock)
+        else:
+            monkeypatch.setattr(dns, "PORT", server.getsockname()[1])
+            conf = tmp_path / "resolv.conf"
+            conf.write_text(f"nameserver {address}\n")
+            resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
+        results: list = []
+        resolver.lookupAddress("mx.example").addBoth(results.append)
+        [port] = clock.readers
+        data, source = server.recvfrom(512)
+        server.sendto(_answer(data, "192.0.2.7"), source)
+        _read_when_ready(port)
+        return results
+    finally:
+        server.close()
+
+
+@pytest.mark.skipif(_link_local() is None, reason="no IPv6 link-local address")
+@pytest.mark.parametrize("configured", [False, True])
+def test_an_unscoped_link_local_servers_answer_is_taken(tmp_path, monkeypatch, configured):
+    """``nameserver fe80::...`` without a zone (glibc: scope 0), or the same
+    in ``[relay] nameservers``: the kernel sends the query on a link of its
+    own choice, and the answer comes with that link's scope, which the
+    server's form lacks: it was dropped, and every lookup timed out."""
+    results = _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured)
+    [(answers, _, _)] = results
+    assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]

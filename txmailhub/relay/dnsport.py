@@ -62,6 +62,9 @@ class QueryPort:
         self.family = socket.AF_INET6 if interface and isIPv6Address(interface) else socket.AF_INET
         self.socket = _bind_random(self.family, interface)
         self._closed = False
+        #: the destinations written to without a scope (``fe80::1``): their
+        #: answers come with the scope of the link the kernel chose
+        self._unscoped: set[tuple[str, int]] = set()
         protocol.makeConnection(self)
         reactor.addReader(self)
 
@@ -87,11 +90,22 @@ class QueryPort:
                 log.error("DNS: cannot read an answer: {error}", error=e)
                 return
             try:
-                self.protocol.datagramReceived(data, _source(address))
+                self.protocol.datagramReceived(data, self._source(address))
             except Exception:
                 # one bad datagram must not end the port: the answer the
                 # query waits for may still come
                 log.failure("DNS: cannot handle an answer from {address}", address=address[0])
+
+    def _source(self, address: tuple) -> tuple[str, int]:
+        """``_source``, but the answer to a query written to a link-local
+        address without a zone (``nameserver fe80::1``, ``[relay]
+        nameservers = ["fe80::1"]``) is handed on in that form: the
+        kernel sent it on a link of its choice and reports the answer's
+        scope, which the server's form lacks, and every answer was
+        dropped."""
+        source = _source(address)
+        bare = (source[0].partition("%")[0], source[1])
+        return bare if bare in self._unscoped else source
 
     def connectionLost(self, reason: Any) -> None:
         """The reactor dropped us (it is shutting down): close the socket,
@@ -110,6 +124,8 @@ class QueryPort:
         if not (isIPAddress(host) or isIPv6Address(host)):
             # a name would cost a blocking lookup here, on the reactor thread
             raise error.InvalidAddressError(host, "not an IP address")
+        if "%" not in host and isIPv6Address(host):
+            self._unscoped.add((host, address[1]))
         try:
             self.socket.sendto(data, address)
         except (BlockingIOError, InterruptedError):
