@@ -6,6 +6,7 @@ import errno
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel
 from twisted.names import dns
 
 from txmailhub.relay import dnsport
@@ -314,10 +315,18 @@ def _parsed(tmp_path, text: str) -> dnsport.Resolver:
 
 
 @pytest.mark.parametrize("line, servers", [
-    # what follows the address is no part of it (resolv.conf(5))
-    ("nameserver 192.0.2.53#office", ["192.0.2.53"]),
-    ("nameserver\t192.0.2.53;office", ["192.0.2.53"]),
+    # the address ends at a blank: what follows it is ignored
     ("nameserver 192.0.2.53 # office", ["192.0.2.53"]),
+    ("nameserver\t192.0.2.53\tsecond", ["192.0.2.53"]),
+    ("nameserver 192.0.2.53\r", ["192.0.2.53"]),
+    # a comment begins a line (resolv.conf(5)): glued to the address it
+    # makes no address, and glibc skips the line
+    ("nameserver 192.0.2.53#office", ["127.0.0.1"]),
+    ("nameserver\t192.0.2.53;office", ["127.0.0.1"]),
+    ("nameserver fe80::1%lo#office", ["fe80::1"]),
+    # the keyword starts the line, as for the C library
+    ("  nameserver 192.0.2.53", ["127.0.0.1"]),
+    ("\tnameserver 192.0.2.53", ["127.0.0.1"]),
     # no address: skipped (it raised out of the reading), 127.0.0.1 as with none
     ("nameserver", ["127.0.0.1"]),
     ("nameserver ns.example.net", ["127.0.0.1"]),
@@ -333,6 +342,7 @@ def _parsed(tmp_path, text: str) -> dnsport.Resolver:
     ("nameserver 2001:db8::53%7", ["2001:db8::53"]),
     ("nameserver FE80::1%7", ["fe80::1%7"]),
     ("nameserver fe80::1%no-such-interface0", ["fe80::1"]),
+    ("nameserver fe80::1%4294967296", ["fe80::1"]),  # no scope id: 32 bits
 ])
 def test_resolv_conf_name_servers_are_read_as_the_c_library_reads_them(tmp_path, line, servers):
     resolver = _parsed(tmp_path, f"# the servers\n{line}\nsearch example.org\n")
@@ -464,6 +474,17 @@ def test_an_answer_from_another_host_on_the_servers_port_is_dropped():
     finally:
         server.close()
         forger.close()
+
+
+def test_only_the_first_three_name_servers_count_as_for_the_c_library(tmp_path, log_events):
+    # glibc's MAXNS: a fourth server is never asked by the rest of the host;
+    # a line that names no address does not take a place
+    resolver = _parsed(tmp_path, "nameserver ns.example\n" + "".join(
+        f"nameserver 192.0.2.{i}\n" for i in range(1, 6)))
+    assert resolver.dynServers == [(f"192.0.2.{i}", 53) for i in (1, 2, 3)]
+    warned = [e["log_format"] for e in log_events if e.get("log_level") == LogLevel.warn]
+    assert len(warned) == 3 and "only the first {n} name servers" in warned[-1]
+
 
 def _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured: bool) -> list:
     import socket

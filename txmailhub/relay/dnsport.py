@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import re
 import socket
 from typing import Any
 
@@ -294,33 +293,48 @@ class Resolver(client.Resolver):
 
     def parseConfig(self, resolvConf: Any) -> None:
         """Read ``resolv.conf``'s name servers as the C library does
-        (resolv.conf(5)), each in the form a query's answer is matched
-        against (``_source``); its other lines as twisted.names reads them.
+        (resolv.conf(5), glibc's ``res_init``), each in the form a query's
+        answer is matched against (``_source``); its other lines as
+        twisted.names reads them.
 
         twisted.names took the word after ``nameserver`` as it stood and
         took an answer only from that string: a server written another way
         than the kernel reports a source (``2001:DB8::53``, ``0:0::1``) or
         with a link-local zone (``fe80::1%eth0``, as NetworkManager writes
-        it) had every answer dropped, and each lookup ran into its timeout.
-        A comment right behind the address (``192.0.2.53#office``) made it
-        no address, which failed every query sent to it; a ``nameserver``
-        line without an address raised out of the reading (the relay did
-        not start; at a later look, the file was never read again).  Such
-        a line is skipped, as the C library skips it; none left:
+        it) had every answer dropped, and each lookup ran into its timeout;
+        a ``nameserver`` line without an address raised out of the reading
+        (the relay did not start; at a later look, the file was never read
+        again).  The keyword starts the line, the address ends at a blank
+        (a comment begins a line, never behind an address: ``192.0.2.53#x``
+        is no address), a line without one is skipped with a warning, and
+        only the first ``MAXNS`` servers count, as for the C library, so
+        the hub asks the servers the rest of the host asks; none:
         ``127.0.0.1``, as with none."""
         lines = list(resolvConf)
         # (twisted.names takes any line that begins with "nameserver")
         super().parseConfig([line for line in lines if not line.strip().startswith(b"nameserver")])
-        servers = []
+        path = os.fsdecode(self.resolv or b"resolv.conf")
+        servers: list[tuple[str, int]] = []
         for line in lines:
-            m = _NAMESERVER.match(line.strip())
-            if m is None:
+            text = line.rstrip(b"\r\n")
+            if not text.lstrip().startswith(b"nameserver"):
                 continue
-            host = _server_form(m.group(1))
+            if not text.startswith(b"nameserver"):
+                log.warn("{path}: {line!r}: an indented keyword, which the C library "
+                         "ignores: skipped", path=path, line=_shown(text))
+                continue
+            rest = text[len(b"nameserver"):]
+            if rest and rest[:1] not in (b" ", b"\t"):
+                continue  # another keyword ("nameservers"), which the C library ignores
+            words = rest.split()
+            host = _server_form(words[0]) if words else None
             if host is None:
                 log.warn("{path}: {line!r} names no IP address: skipped",
-                         path=os.fsdecode(self.resolv or b"resolv.conf"),
-                         line=line.strip().decode("ascii", "replace"))
+                         path=path, line=_shown(text))
+                continue
+            if len(servers) == MAXNS:
+                log.warn("{path}: {line!r}: only the first {n} name servers are asked, "
+                         "as by the C library", path=path, line=_shown(text), n=MAXNS)
                 continue
             servers.append((host, dns.PORT))
         self.dynServers = servers or [("127.0.0.1", dns.PORT)]
@@ -352,9 +366,13 @@ class Resolver(client.Resolver):
         return d.addCallback(_same_question, args[1])
 
 
-# "nameserver", blanks, and the address up to a blank or a comment sign
-# (resolv.conf(5); the C library ignores what follows it on the line)
-_NAMESERVER = re.compile(rb"nameserver[ \t]+([^;# \t\r\n]*)")
+#: the C library's limit on resolv.conf's name servers (resolv.h): it
+#: asks the first three, and ignores the lines after them
+MAXNS = 3
+
+
+def _shown(line: bytes) -> str:
+    return line.strip().decode("ascii", "replace")
 
 
 def _server_form(word: bytes) -> str | None:
@@ -384,6 +402,8 @@ def _server_form(word: bytes) -> str | None:
         return host
     if zone.isascii() and zone.isdigit():
         index = int(zone)
+        if index > 0xFFFFFFFF:  # no scope id (32 bits): the C library ignores it
+            return host
     else:
         try:
             index = socket.if_nametoindex(zone)
