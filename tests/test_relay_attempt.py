@@ -352,6 +352,17 @@ def test_an_address_literal_is_named_once(tmp_path, log_events, literal, shown):
     assert lines and all(f" cannot connect to {shown}:25: " in line for line in lines), lines
 
 
+def test_an_ipv4_mapped_address_literal_is_delivered_over_ipv4(tmp_path):
+    # bob@[IPv6:::ffff:192.0.2.9] (an alias target, sendmail): the IPv4 host,
+    # connected to as the smarthost's mapped address is
+    a, net, _ = agent(tmp_path)
+    net.servers[("192.0.2.9", 25)] = ScriptedSMTPServer
+    who = Address("bob", "[IPv6:::ffff:192.0.2.9]")
+    [r] = run(net, a.deliver(entry(tmp_path, who), a.destination(who), [who]))
+    assert r.kind == "delivered"
+    assert net.connections == [("192.0.2.9", 25)]
+
+
 def test_per_recipient_results(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={

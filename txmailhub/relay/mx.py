@@ -159,14 +159,19 @@ def parse_literal(domain: str) -> str | None:
     ``[192.0.2.001]`` is 192.0.2.1 (an Snum may have leading zeros), and
     neither a zone (``[IPv6:fe80::1%eth0]``, an interface of this host)
     nor a general literal is an address.  An address reaches the relay
-    as written from an alias target or the sendmail command too.  Raises
-    ``NoSuchDomain`` for a malformed literal."""
+    as written from an alias target or the sendmail command too.  An
+    IPv4-mapped literal (``[IPv6:::ffff:192.0.2.9]``) is the IPv4 host
+    (RFC 4291 2.5.5.2), reached over IPv4 as the smarthost's is: its
+    IPv6 form is no address on the wire, and a host without IPv6 sockets
+    could not connect to it.  Raises ``NoSuchDomain`` for a malformed
+    literal."""
     if not (domain.startswith("[") and domain.endswith("]")):
         return None
     inner = domain[1:-1]
     try:
         if inner[:5].lower() == "ipv6:":
-            return str(ipv6_literal(inner[5:]))
+            ip = ipv6_literal(inner[5:])
+            return str(ip.ipv4_mapped or ip)
         return str(ipv4_literal(inner))
     except ValueError:
         raise NoSuchDomain(domain, "malformed address literal") from None
