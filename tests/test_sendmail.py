@@ -803,6 +803,19 @@ def test_the_full_name_is_read_from_gecos_as_sendmail_and_postfix_do(
         f"From: {name} <joe@example.org>".encode() if name else b"From: joe@example.org"]
 
 
+@pytest.mark.parametrize(("login", "name"), [
+    ("ßen", "Ssen Co"),        # upper case would be "SSen"
+    ("ǆemal", "ǅemal Co"),     # the title-case letter, not the capital "Ǆ"
+    ("élodie", "Élodie Co"),
+    ("", " Co"),               # no login name: the & is left out
+])
+def test_gecos_ampersand_capitalizes_a_login_first_letter_in_title_case(
+        login: str, name: str) -> None:
+    from txmailhub.sendmail import _gecos_name
+
+    assert _gecos_name("& Co,Room 1", login) == name
+
+
 @pytest.mark.parametrize(("login", "sender"), QUOTED_LOGINS.items())
 def test_a_login_that_is_no_dot_string_is_quoted_as_the_default_sender(
         login: str, sender: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -509,11 +509,13 @@ def _gecos_name(gecos: str, login: str) -> str:
     fields follow), ``;`` or ``%``, and each ``&`` in it the login name
     with its first letter capitalized (``& Bloggs`` for ``joe``: ``Joe
     Bloggs``, the BSD convention).  Left as written, the ``&`` would be
-    what the added ``From`` field names the user."""
+    what the added ``From`` field names the user.  The first letter is
+    put in title case, one character for one (``ǆ``: ``ǅ``), not upper
+    case: that can be two (``ß``: ``SS``), which no capitalized name has."""
     name = gecos
     for stop in ",;%":
         name = name.split(stop, 1)[0]
-    return name.replace("&", login[:1].upper() + login[1:])
+    return name.replace("&", login[:1].title() + login[1:])
 
 
 def _mailbox_field(name: str, mailbox: str, field: str = "From") -> bytes:
