@@ -3124,3 +3124,61 @@ def test_a_size_cache_that_is_no_regular_file_is_warned_of_and_replaced(tmp_path
     assert cache.is_file() and not cache.is_symlink()
     assert [formatEvent(e) for e in log_events if "size cache" in formatEvent(e)] == [
         f"ignoring size cache {cache}: not a regular file"]
+
+
+def _dovecot_maildir(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A Maildir as Dovecot 2.3's LDA leaves it (names, flags, index and
+    keyword files), built by hand: its ``,W=`` leaves out the CRLF that a
+    message without a final newline gets before POP3's terminating line."""
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    files = {
+        "new/1796221599.M334445P32236.vm,S=16,W=18": b"Subject: x\n\nlast",
+        "cur/1796221599.M302178P32232.vm,S=17,W=20:2,Fa": b"Subject: y\n\nbody\n",
+        "cur/1796221599.M320441P32235.vm,S=18,W=18:2,FSa": b"Subject: z\r\n\r\nab\r\n",
+    }
+    for name, data in files.items():
+        (md / name).write_bytes(data)
+    for name in ("dovecot-uidlist", "dovecot-keywords", "dovecot.index.log",
+                 "dovecot.index.cache", "dovecot-uidvalidity"):
+        (md / name).write_bytes(b"3 V1796221599 N4\n")
+    return md, files
+
+
+def test_dovecot_sizes_in_a_name_are_measured_so_list_is_what_retr_sends(tmp_path: Path) -> None:
+    """RFC 1939 5: LIST gives the exact size of the message, the octets
+    RETR sends before dot-stuffing.  For a message without a final
+    newline that is its CRLF form plus the CRLF before the terminating
+    line, which Dovecot's ``,W=`` leaves out (18 where RETR sends 20):
+    a name the hub did not give has its sizes measured."""
+    md, files = _dovecot_maildir(tmp_path)
+    snapshot = scan(str(md))
+    sent = {}
+    for info in snapshot:
+        encoder = CRLFEncoder()
+        with open(info.path, "rb") as f:
+            data = f.read()
+        sent[os.path.relpath(info.path, md)] = (info.size, info.stored_size,
+                                               len(encoder.encode(data) + encoder.finish()))
+    assert sent == {name: (len(crlf), len(data), len(crlf)) for name, data in files.items()
+                    for crlf in [data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                                 + (b"" if data.endswith(b"\n") else b"\r\n")]}
+    assert sent["new/1796221599.M334445P32236.vm,S=16,W=18"] == (20, 16, 20)
+    # Dovecot's files are no messages, and the next scan takes the sizes
+    # measured from the cache, as for a plain name
+    assert len(snapshot) == 3
+    assert [m.size for m in scan(str(md))] == [m.size for m in snapshot]
+
+
+def test_the_hubs_own_names_are_listed_from_their_sizes_unread(tmp_path: Path) -> None:
+    """The names the hub gives still cost no read (nor stat): their
+    ``,W=`` is counted by the rule RETR sends by."""
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    names = ["1796221587.M228360P32037Q1R712dd309.hub,S=5,W=99",
+             "1796221588.M1Kq1x2.hub,S=5,W=98"]
+    for name in names:
+        (md / "new" / name).write_bytes(b"a\nb\nc")  # sizes the names do not say
+    assert [(m.size, m.stored_size) for m in scan(str(md))] == [(99, 5), (98, 5)]

@@ -32,6 +32,7 @@ __all__ = [
     "escape_host",
     "name_fields",
     "order_key",
+    "own_sizes",
     "uid_for_name",
 ]
 
@@ -322,6 +323,32 @@ def base_name(name: str) -> str:
 
 def name_fields(name: str) -> dict[str, int]:
     return {k: int(v) for k, v in _FIELD.findall(name.split(":", 1)[0])}
+
+
+# the unique part of a name the hub gives (``MaildirStore.unique_name``,
+# ``keyed_name``): ``<sec>.M<usec>P<pid>Q<counter>R<random>.`` or
+# ``<sec>.M<usec>K<tag>.``.  Dovecot 2.3's are ``<sec>.M<usec>P<pid>.``,
+# Postfix's ``<sec>.V<dev>I<ino>M<usec>.``: neither matches.
+_OWN_NAME = re.compile(r"\d+\.M\d+(?:P\d+Q\d+(?:R[0-9a-f]+)?|K[0-9A-Za-z]*)\.")
+
+
+def own_sizes(name: str) -> tuple[int, int] | None:
+    """The ``(S, W)`` of a name the hub gave, to be taken without reading
+    the file; ``None`` for any other name, whose sizes are measured.
+
+    Another program's ``,W=`` is counted by its own rule, not the one
+    ``CRLFEncoder`` sends by: Dovecot's leaves out the CRLF that a
+    message without a final newline gets before the terminating line, so
+    the hub's LIST would promise 2 octets fewer than its RETR sends (RFC
+    1939 5: LIST gives the exact size).  Its ``,S=`` is measured with
+    it: the read of a message expects that many octets."""
+    if not _OWN_NAME.match(name):
+        return None
+    fields = name_fields(name)
+    size, crlf = fields.get("S", -1), fields.get("W", -1)
+    if 0 <= size <= MAX_SIZE and 0 <= crlf <= MAX_SIZE:
+        return size, crlf
+    return None
 
 
 def escape_host(hostname: str) -> str:

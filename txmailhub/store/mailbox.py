@@ -32,8 +32,8 @@ from txmailhub.store.format import (
     MAX_SIZE,
     CRLFCounter,
     Snapshot,
-    name_fields,
     order_key,
+    own_sizes,
     uid_for_name,
 )
 from txmailhub.store.nowait import pread_nowait, read_nowait
@@ -217,9 +217,11 @@ def clean_tmp(md: str, now: float) -> None:
 def scan(md: str) -> Snapshot:
     """The messages of Maildir ``md`` (new/ and cur/) in delivery order.
 
-    Names with ``S=`` and ``W=`` are listed without touching the file; plain
-    names, and names whose sizes no file has (over ``MAX_SIZE``), get their
-    sizes from the cache (measured and cached on first sight).
+    The names the hub gives (``own_sizes``: ``S=`` and ``W=`` by its own
+    rule) are listed without touching the file; any other name (plain,
+    or another program's ``S=`` and ``W=``, Dovecot's), and names whose
+    sizes no file has (over ``MAX_SIZE``), get their sizes from the cache
+    (measured and cached on first sight, an ``lstat`` each scan).
     Only regular files are messages: the directory listing tells the type
     (``d_type``) at no extra cost, so a directory or a symbolic link is
     skipped whatever its name says.  Blocking (directory listings, reads, a
@@ -238,9 +240,9 @@ def scan(md: str) -> Snapshot:
         except FileNotFoundError:
             continue
         for name in found:
-            fields = name_fields(name)
-            size, crlf = fields.get("S", -1), fields.get("W", -1)
-            if 0 <= size <= MAX_SIZE and 0 <= crlf <= MAX_SIZE:
+            own = own_sizes(name)
+            if own is not None:
+                size, crlf = own
                 mtime = 0.0
                 if cache.entries:  # a downgraded size POP3 measured (no stat here)
                     cache.keep(name)
@@ -392,11 +394,12 @@ class _SizeCache:
         if self._valid(got, st):
             entry = [*got[:4], size]  # type: ignore[index]
         else:
-            fields = name_fields(name)
             # only where the name gives the sizes, as ``scan`` trusts them
-            if fields.get("S") != st.st_size or not 0 <= fields.get("W", -1) <= MAX_SIZE:
+            # (another program's ``,W=`` kept here would pass for measured)
+            own = own_sizes(name)
+            if own is None or own[0] != st.st_size:
                 return
-            entry = [st.st_ino, st.st_mtime_ns, st.st_size, fields["W"], size]
+            entry = [st.st_ino, st.st_mtime_ns, st.st_size, own[1], size]
         if entry != got:
             self.entries[key] = entry
             self.dirty = True

@@ -47,8 +47,10 @@ disk, ``W`` the octets POP3 sends (``CRLFEncoder``), so a snapshot lists
 without reading or even stat-ing files.  The POP3 UIDL is the unique part
 (before ``,`` and ``:``): stable across sessions and flag changes.
 
-A message another program dropped in with a plain name (no ``W=``) keeps
-its name (other programs may hold it); its CRLF size is computed once and
+A message another program dropped in keeps its name (other programs may
+hold it), whether plain or with ``S=`` and ``W=`` of its own (Dovecot's,
+whose ``W=`` leaves out the CRLF a message without a final newline ends
+with in POP3: ``format.own_sizes``); its CRLF size is computed once and
 cached in ``.txmailhub-sizes`` (JSON, keyed by the name without its
 flags and checked against inode, mtime and size, so a replaced file is
 measured again), written with ``durable_write``.  The same cache keeps,
