@@ -910,6 +910,20 @@ def test_capital_i_is_bi_as_in_sendmail_and_postfix() -> None:
     assert "nothing to rebuild" in out.getvalue() and err.getvalue() == ""
 
 
+@pytest.mark.parametrize("argv", [["-I", "bob"], ["-bi", "bob"], ["-bi", "--", "bob"],
+                                  ["-Ii", "-f", "app", "bob"]])
+def test_a_recipient_with_bi_is_a_usage_error(argv: list[str]) -> None:
+    """``sendmail -I bob < msg`` (meant as ``-i``) exited 0 and sent
+    nothing; Postfix refuses a recipient in this mode (EX_USAGE).  The
+    message is not read."""
+    stdin, out, err = io.BytesIO(b"Subject: x\n\nbody\n"), io.StringIO(), io.StringIO()
+    assert run(argv, "/nonexistent.toml", "sendmail", stdin, err, out) == EX_USAGE
+    assert stdin.tell() == 0 and out.getvalue() == ""
+    assert err.getvalue().splitlines()[0] == (
+        "sendmail: bob: -bi and -I (newaliases) take no recipient; -i is the option "
+        "that keeps a line of a single dot in the message")
+
+
 def test_bi_says_there_is_nothing_to_rebuild_without_a_config() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert run(["-bi"], "/nonexistent.toml", "newaliases", io.BytesIO(b""), err, out) == 0

@@ -207,6 +207,12 @@ def parse_args(argv: list[str]) -> Options:
         if dashed:
             raise UsageError(f"{dashed[0]} after the recipient {args[0]}: options go before "
                              "the recipients (a recipient starting with '-' goes after --)")
+    if args and found.get("mode") == "i":
+        # ``sendmail -I bob < msg``, meant as -i: exit 0 said "done" for a
+        # message never read nor sent.  Postfix refuses it too ("alias
+        # database mode requires no recipient", EX_USAGE).
+        raise UsageError(f"{args[0]}: -bi and -I (newaliases) take no recipient; "
+                         "-i is the option that keeps a line of a single dot in the message")
     return Options(recipients=tuple(args), **found)  # type: ignore[arg-type]
 
 
