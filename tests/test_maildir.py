@@ -16,6 +16,7 @@ import threading
 import tracemalloc
 from pathlib import Path
 
+import pytest
 from conftest import not_waiting_on
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
@@ -3182,3 +3183,88 @@ def test_the_hubs_own_names_are_listed_from_their_sizes_unread(tmp_path: Path) -
     for name in names:
         (md / "new" / name).write_bytes(b"a\nb\nc")  # sizes the names do not say
     assert [(m.size, m.stored_size) for m in scan(str(md))] == [(99, 5), (98, 5)]
+
+
+def test_a_dovecot_name_measured_once_is_taken_from_the_cache_at_the_next_login(
+        tmp_path: Path, monkeypatch) -> None:
+    """A mailbox of Dovecot's names costs one read of each file at the
+    first login and an ``lstat`` at each later one: the sizes measured are
+    kept (keyed by the name without flags, so a rename to ``cur/`` keeps
+    them)."""
+    md, files = _dovecot_maildir(tmp_path)
+    first = [(m.size, m.stored_size) for m in scan(str(md))]
+    cached = json.loads((md / mailbox_module.SIZES_NAME).read_bytes())["sizes"]
+    assert sorted(cached) == sorted(name.split("/")[1].split(":")[0] for name in files)
+    new = md / "new" / "1796221599.M334445P32236.vm,S=16,W=18"
+    new.rename(md / "cur" / (new.name + ":2,S"))
+
+    def no_read(path: str) -> tuple[int, int]:
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", no_read)
+    assert [(m.size, m.stored_size) for m in scan(str(md))] == first
+
+
+@pytest.mark.parametrize("doc", [
+    b'{"version": 1, "sizes": []}',
+    b'{"version": 1, "sizes": "1600000001.M1P1Q1.other"}',
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than the JSON parser goes
+])
+def test_a_size_cache_of_the_wrong_shape_does_not_stop_the_login(
+        tmp_path, log_events, doc: bytes) -> None:
+    # an AttributeError (sizes no object) or a RecursionError (nesting)
+    # came out of scan, and every login to the mailbox failed
+    md, _ = _md_with_plain_message(tmp_path)
+    cache = Path(md) / mailbox_module.SIZES_NAME
+    cache.write_bytes(doc)
+    assert [m.size for m in scan(md)] == [21]
+    assert json.loads(cache.read_bytes())["version"] == 1  # replaced
+    assert [e for e in log_events if "unreadable size cache" in formatEvent(e)]
+
+
+def test_a_size_cache_far_larger_than_its_mailbox_needs_is_not_read(tmp_path, log_events) -> None:
+    # whoever can write into the Maildir could make the cache any size,
+    # and it was read whole into the process that serves every mailbox.
+    # (Here valid JSON with a wrong size for the message: were it read,
+    # that size would be listed.)
+    md, path = _md_with_plain_message(tmp_path)
+    st = os.stat(path)
+    entry = {os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}
+    doc = json.dumps({"version": 1, "sizes": entry}).encode()
+    cache = Path(md) / mailbox_module.SIZES_NAME
+    cache.write_bytes(doc + b" " * (1 << 20))
+    assert [m.size for m in scan(md)] == [21]
+    assert len(cache.read_bytes()) < 200
+    assert [e for e in log_events if "unreadable size cache" in formatEvent(e)]
+
+
+def test_the_cache_of_the_longest_names_is_within_its_bound(tmp_path, monkeypatch) -> None:
+    """The bound leaves room for any name: 255 octets, none of them
+    UTF-8 (each ``\\udcXX`` in the JSON).  Measured once, then taken."""
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    for i in range(2):
+        (md / os.fsdecode(b"new/" + bytes([0x30 + i]) + b"\xff" * 254)).write_bytes(b"a\nb")
+    first = [(m.size, m.stored_size) for m in scan(str(md))]
+    assert first == [(6, 3), (6, 3)]
+    monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", None)  # not called again
+    assert [(m.size, m.stored_size) for m in scan(str(md))] == first
+
+
+def test_a_plain_named_message_moved_to_cur_while_scan_runs_is_listed(tmp_path, monkeypatch):
+    # scan lists new/ and cur/ before it reads the size cache (whose size
+    # it bounds by theirs): a message another reader moves from new/ to
+    # cur/ after that, before scan's lstat of it, is in cur/ all the same
+    md, path = _md_with_plain_message(tmp_path)
+    moved = os.path.join(md, "cur", os.path.basename(path) + ":2,S")
+    real_lstat = os.lstat
+
+    def moving_first(p, *args, **kwargs):
+        if p == path:
+            os.rename(path, moved)
+        return real_lstat(p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", moving_first)
+    snapshot = scan(md)
+    assert [(m.path, m.size, m.seen) for m in snapshot] == [(moved, 21, True)]

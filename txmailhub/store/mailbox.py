@@ -230,15 +230,17 @@ def scan(md: str) -> Snapshot:
     A ``Snapshot`` (columns, see there), made from one flat row per
     message: the peak of a big listing is a few objects a message."""
     rows: list[tuple] = []  # (sec, usec, counter, name, seq, cur, size, crlf)
-    cache = _SizeCache(md)
+    listed = [_regular_names(os.path.join(md, sub)) for sub in ("new", "cur")]
+    # listed first: the cache is read only as far as these names need it
+    cache = _SizeCache(md, len(listed[0]) + len(listed[1]))
+    vanished = False  # a file of new/ gone since new/ was listed
     for cur, sub in enumerate(("new", "cur")):
         folder = os.path.join(md, sub)
-        try:
-            with os.scandir(folder) as listing:
-                found = [e.name for e in listing
-                         if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
-        except FileNotFoundError:
-            continue
+        found, listed[cur] = listed[cur], []
+        if cur and vanished:
+            # another reader moved it to cur/, perhaps after cur/ was
+            # listed: listed again, so it is in one of the two listings
+            found = _regular_names(folder)
         for name in found:
             own = own_sizes(name)
             if own is not None:
@@ -254,6 +256,7 @@ def scan(md: str) -> Snapshot:
                         continue
                     size, crlf = cache.sizes(name, path, st)
                 except FileNotFoundError:
+                    vanished = vanished or not cur
                     continue
                 mtime = st.st_mtime
             # the sequence number settles ties as the stable sort did
@@ -269,6 +272,17 @@ def scan(md: str) -> Snapshot:
         seen = info.startswith("2,") and "S" in info[2:]
         snapshot.append(uid, crlf, size, bool(cur), name, seen)
     return snapshot
+
+
+def _regular_names(folder: str) -> list[str]:
+    """The names of the regular files in ``folder`` not starting with a
+    dot (``[]`` if it is missing): ``d_type`` tells, no ``stat``."""
+    try:
+        with os.scandir(folder) as listing:
+            return [e.name for e in listing
+                    if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
 
 
 def _distinct_uids(uids: list[str], rows: list[tuple]) -> None:
@@ -318,30 +332,47 @@ class _SizeCache:
     size, checked against the file when it is asked for.  An entry of
     four fields (a cache of an older version) is read: the downgraded
     size is then not known yet.  Written with ``durable_write`` when it
-    changed; unreadable means empty."""
+    changed; unreadable means empty, and so does one larger than
+    ``ENTRY_OCTETS`` for each of the ``messages`` the Maildir holds (a
+    file nobody but the hub should write, read whole into the process
+    that serves every mailbox: whoever can write into the Maildir could
+    make it any size).  Nothing in it keeps a login from the mailbox:
+    at worst every size is measured again."""
 
-    def __init__(self, md: str) -> None:
+    #: the most one entry takes: a name of 255 octets, each ``\uXXXX``
+    #: in JSON (one not UTF-8), and five 64-bit numbers
+    ENTRY_OCTETS = 2048
+
+    def __init__(self, md: str, messages: int) -> None:
         self.path = os.path.join(md, SIZES_NAME)
         self.entries: dict[str, list[int]] = {}
         self.used: set[str] = set()
         self.dirty = False
+        limit = self.ENTRY_OCTETS * (messages + 1)
         try:
             # not read through a link (to /dev/zero: read without end) nor
             # from a pipe (waited on for ever): whoever can write into the
             # Maildir could put either here.  Such a cache is unreadable,
             # and the save replaces it with a file.
             with open(_open_regular(self.path), "rb") as f:
-                doc = json.loads(f.read())
+                data = f.read(limit + 1)
+            if len(data) > limit:
+                raise ValueError(f"more than {limit} octets for {messages} messages")
+            doc = json.loads(data)
             if isinstance(doc, dict) and doc.get("version") == 1:
+                sizes = doc.get("sizes", {})
+                if not isinstance(sizes, dict):
+                    raise ValueError("its sizes are no JSON object")
                 self.entries = {
-                    k: v for k, v in doc.get("sizes", {}).items()
+                    k: v for k, v in sizes.items()
                     if isinstance(v, list) and len(v) in (4, 5)
                 }
         except FileNotFoundError:
             if os.path.lexists(self.path):  # there, but no regular file
                 log.warn("ignoring size cache {path}: not a regular file", path=self.path)
                 self.dirty = True
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
+            # RecursionError: JSON nested deeper than the parser goes
             log.warn("ignoring unreadable size cache {path}: {error}", path=self.path,
                      error=str(e))
             self.dirty = True
@@ -863,7 +894,7 @@ class MaildirMailbox:
 
     def _cache(self) -> _SizeCache:
         if self._size_cache is None:
-            self._size_cache = _SizeCache(self.path)
+            self._size_cache = _SizeCache(self.path, len(self._messages))
         return self._size_cache
 
     def downgraded_size(self, index: int, file: Any) -> int | None:
