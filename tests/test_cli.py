@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -2783,3 +2784,20 @@ def test_alias_show_says_why_a_mailbox_cannot_be_measured_escaped(
     code, _out, err = run(config, "alias", "show", "full")
     assert code == 0 and err.count("\n") == 1 and "\x1b" not in err
     assert "alice\\x{1B}[2J\\x{A}the rest): RCPT takes its mail" in err
+
+
+def test_check_takes_a_nameserver_zone_and_names_an_unknown_interface(config: Path) -> None:
+    """``[relay] nameservers`` with a link-local server's zone, as
+    resolv.conf has it: an interface this host has is fine, one it lacks
+    is one line (the start refuses it the same way, test_service.py)."""
+    base = config.read_text()
+    index, name = socket.if_nameindex()[0]
+    config.write_text(base + '[relay]\n'
+                      f'nameservers = ["fe80::1%{name}", "[fe80::2%{index}]:5353"]\n')
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n") and "nameservers" not in err, err
+    config.write_text(base + '[relay]\nnameservers = ["fe80::1%nosuch0"]\n')
+    code, out, err = run(config, "check")
+    assert (code, out) == (2, "")
+    assert err == (f"{config}: [relay] nameservers: 'fe80::1%nosuch0': this host has no "
+                   "network interface 'nosuch0' (at line 10)\n"), err

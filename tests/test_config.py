@@ -1069,7 +1069,7 @@ def test_listeners_on_different_addresses_are_fine() -> None:
     assert s.smtp.listen[2] == "tcp6:2525:interface=\\:\\:1"
 
 
-def test_nameservers_are_canonical_and_zones_refused() -> None:
+def test_nameservers_are_canonical() -> None:
     from txmailhub.config import split_nameserver
 
     # answers are matched against the address as a string: "0:0::1" would
@@ -1078,14 +1078,49 @@ def test_nameservers_are_canonical_and_zones_refused() -> None:
     assert split_nameserver("[::0001]:5353") == ("::1", 5353)
     assert split_nameserver("[FE80::1]") == ("fe80::1", 53)
     assert split_nameserver("::ffff:7f00:1") == ("::ffff:127.0.0.1", 53)  # as recvfrom says
-    with pytest.raises(ValueError, match="zone"):
-        split_nameserver("fe80::1%eth0")
-    found = problems(MINIMAL + '[relay]\nnameservers = ["[fe80::1%4]:53"]\n')
-    assert len(found) == 1 and "zone" in found[0]
     assert split_nameserver("127.0.0.1:65535") == ("127.0.0.1", 65535)
     for bad in ("127.0.0.1:65536", "127.0.0.1:0", "[::1]:65536"):
         with pytest.raises(ValueError, match="bad port"):
             split_nameserver(bad)
+
+
+def test_a_link_local_nameserver_takes_a_zone_as_resolv_conf_does() -> None:
+    """A zone by interface name or index, as resolv.conf has it, becomes
+    the index: the scope recvfrom reports an answer's source with, which
+    the DNS port hands on as ``fe80::1%INDEX`` (relay/dnsport.py)."""
+    from txmailhub.config import split_nameserver
+
+    lo, name = socket.if_nameindex()[0]  # an interface this host has ("lo": 1)
+    assert split_nameserver(f"fe80::1%{name}") == (f"fe80::1%{lo}", 53)
+    assert split_nameserver(f"FE80::0:1%{lo}") == (f"fe80::1%{lo}", 53)
+    assert split_nameserver(f"[fe80::1%{name}]:5353") == (f"fe80::1%{lo}", 5353)
+    assert split_nameserver(f"[fe80::1%{lo}]") == (f"fe80::1%{lo}", 53)
+    assert split_nameserver("fe80::1%0") == ("fe80::1", 53)  # scope 0: none
+    # the kernel ignores a scope on any other address: dropped, as for resolv.conf
+    assert split_nameserver(f"[2001:db8::53%{name}]:53") == ("2001:db8::53", 53)
+    s = load_text(MINIMAL + f'[relay]\nnameservers = ["[fe80::1%{name}]:5353"]\n',
+                  "/etc/mh/c.toml")
+    # kept by name: its index is read at the start
+    assert s.relay.nameservers == (f"[fe80::1%{name}]:5353",)
+
+
+def test_a_nameserver_zone_this_host_lacks_is_one_clear_problem() -> None:
+    from txmailhub.config import split_nameserver
+
+    with pytest.raises(ValueError, match="no network interface 'nosuch0'"):
+        split_nameserver("fe80::1%nosuch0")
+    with pytest.raises(ValueError, match="no network interface 4294967295"):
+        split_nameserver("[fe80::1%4294967295]:53")
+    with pytest.raises(ValueError, match="no network interface 99999999999"):
+        split_nameserver("fe80::1%99999999999")  # beyond a scope id's 32 bits
+    with pytest.raises(ValueError, match="empty zone"):
+        split_nameserver("fe80::1%")
+    with pytest.raises(ValueError, match="IPv6 address only"):
+        split_nameserver("192.0.2.53%lo")
+    found = problems(MINIMAL + '[relay]\nnameservers = ["127.0.0.1", "[fe80::1%nosuch0]:53"]\n',
+                     "/etc/mh/c.toml")
+    assert found == ["/etc/mh/c.toml: [relay] nameservers: '[fe80::1%nosuch0]:53': "
+                     "this host has no network interface 'nosuch0' (at line 5)"], found
 
 
 def test_a_smarthost_auth_file_without_a_smarthost_is_a_problem(tmp_path: Path) -> None:

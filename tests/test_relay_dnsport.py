@@ -524,3 +524,35 @@ def test_an_unscoped_link_local_servers_answer_is_taken(tmp_path, monkeypatch, c
     results = _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured)
     [(answers, _, _)] = results
     assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+
+
+@pytest.mark.skipif(_link_local() is None, reason="no IPv6 link-local address")
+@pytest.mark.parametrize("by_index", [False, True])
+def test_a_configured_link_local_server_with_its_zone_has_its_answers_taken(by_index):
+    """``[relay] nameservers = ["[fe80::...%eth0]:PORT"]``, the zone by
+    name or by index as resolv.conf takes it: the config gives the server
+    in the form its answers come from (``fe80::...%INDEX``), and the test's
+    server on this host's own link-local address answers."""
+    import socket
+
+    from txmailhub.config import split_nameserver
+
+    address, interface = _link_local()
+    zone = str(socket.if_nametoindex(interface)) if by_index else interface
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.settimeout(10)
+    server.bind(("::", 0))
+    try:
+        configured = split_nameserver(f"[{address}%{zone}]:{server.getsockname()[1]}")
+        clock = _ReaderClock()
+        resolver = dnsport.Resolver(servers=[configured], reactor=clock)
+        results: list = []
+        resolver.lookupAddress("mx.example").addBoth(results.append)
+        [port] = clock.readers
+        data, source = server.recvfrom(512)
+        server.sendto(_answer(data, "192.0.2.7"), source)
+        _read_when_ready(port)
+        [(answers, _, _)] = results
+        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+    finally:
+        server.close()

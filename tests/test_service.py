@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -3196,3 +3197,27 @@ def test_the_state_directory_made_for_a_hub_is_named_durably(
     MailHub(settings, reactor=MemoryReactorClock())
     assert os.path.isdir(settings.hub.state_dir)
     assert os.path.dirname(settings.hub.state_dir) in synced
+
+
+def test_twistd_refuses_a_nameserver_on_an_interface_the_host_lacks(
+        tmp_path: Path, capsys) -> None:
+    import pytest
+
+    from txmailhub.tap import Options
+
+    config = tmp_path / "hub.toml"
+    text = ('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+            'state_dir = "state"\n[smtp]\nlisten = []\n[submission]\nlisten = []\n'
+            '[pop3]\nlisten = []\n[relay]\nnameservers = ["[fe80::53%nosuch0]:53"]\n')
+    config.write_text(text)
+    with pytest.raises(SystemExit) as info:
+        Options().parseOptions(["--config", str(config)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"{config}: [relay] nameservers: '[fe80::53%nosuch0]:53': this host "
+                        "has no network interface 'nosuch0' (at line 12)\n"), err
+    name = socket.if_nameindex()[0][1]  # an interface this host has
+    config.write_text(text.replace("nosuch0", name))
+    options = Options()
+    options.parseOptions(["--config", str(config)])
+    assert options["settings"].relay.nameservers == (f"[fe80::53%{name}]:53",)

@@ -1272,35 +1272,68 @@ def _smarthost(v: Any) -> str:
 
 
 def split_nameserver(item: str) -> tuple[str, int]:
-    """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"`` -> (ip, port).
+    """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"``,
+    ``"fe80::1%eth0"``, ``"[fe80::1%2]:5353"`` -> (ip, port).
 
     The address comes back in the form the kernel gives an answer's source
-    (``"::1"`` for ``"0:0::1"``): answers are matched against it as a
-    string."""
+    (``"::1"`` for ``"0:0::1"``; a link-local one with its interface's
+    index, ``"fe80::1%2"``): answers are matched against it as a string
+    (``relay/dnsport.py`` reads resolv.conf's servers into the same form).
+    A zone names the interface, by name or index, as in resolv.conf; one
+    on an address that is not link-local is dropped, as the kernel ignores
+    it there.  An interface this host does not have is an error: a query
+    to it could only fail."""
     if item.startswith("["):
         host, _, rest = item[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
+    elif "%" in item:
+        host, port = item, "53"  # an IPv6 address: with a port it is in brackets
     else:
         try:
             ipaddress.ip_address(item)
             host, port = item, "53"
         except ValueError:
             host, _, port = item.rpartition(":")
+    host, percent, zone = host.partition("%")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(
             f"{quoted(item)}: a nameserver is an IP address, optionally :port") from None
-    if "%" in host:
-        # the answer comes back without the zone: it could never be matched
-        raise ValueError(f"{quoted(item)}: a nameserver with an IPv6 zone (%...) is not supported")
     if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{quoted(item)}: bad port")
-    if address.version == 6:
-        # the form the kernel reports an answer's source in (a v4-mapped
-        # address in dotted form: "::ffff:127.0.0.1")
-        return socket.inet_ntop(socket.AF_INET6, address.packed), int(port)
-    return str(address), int(port)
+    if address.version == 4:
+        if percent:
+            raise ValueError(f"{quoted(item)}: a zone (%...) belongs to an IPv6 address only")
+        return str(address), int(port)
+    # the form the kernel reports an answer's source in (a v4-mapped
+    # address in dotted form: "::ffff:127.0.0.1")
+    text = socket.inet_ntop(socket.AF_INET6, address.packed)
+    index = _interface_index(item, zone) if percent else 0
+    if index and address.is_link_local:
+        return f"{text}%{index}", int(port)
+    return text, int(port)
+
+
+def _interface_index(item: str, zone: str) -> int:
+    """The index of the interface a zone names (``eth0`` or ``2``), as the
+    kernel reports it with an answer's source; 0 for ``0`` (no zone)."""
+    if zone.isascii() and zone.isdigit():
+        index = int(zone)
+        if index:
+            try:
+                socket.if_indextoname(index)
+            except (OSError, OverflowError, ValueError):
+                raise ValueError(
+                    f"{quoted(item)}: this host has no network interface {index}") from None
+        return index
+    if not zone:
+        raise ValueError(f"{quoted(item)}: an empty zone after %")
+    try:
+        return socket.if_nametoindex(zone)
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        raise ValueError(
+            f"{quoted(item)}: this host has no network interface {quoted(zone)}") from None
 
 
 def _nameservers(v: Any) -> tuple[str, ...]:
