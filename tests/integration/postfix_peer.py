@@ -8,7 +8,8 @@ daemons as the ``postfix`` user); the test modules skip with
 ``start``/``stop`` never leave a master running on a removed queue.
 
 ``test_interop_postfix.py`` uses it as the hub's client (mail in with its
-``sendmail -C``, relayed to the hub); ``test_relay_postfix.py`` as the
+``sendmail -C``, relayed to the hub); ``test_interop_postfix_submission.py``
+as a client of the submission listener with SMTP AUTH; ``test_relay_postfix.py`` as the
 relay's next hop (smtpd on a 127.0.0.1 port, virtual(8) delivery into
 Maildirs).
 """

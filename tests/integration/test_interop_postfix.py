@@ -14,7 +14,8 @@ trace fields (Postfix's own Received field among them); 8-bit and a
 1 MiB message go as they are; an unknown recipient among good ones is
 refused at RCPT, the others get the message, and Postfix bounces the
 unknown one back to the sender (a user of the hub); STARTTLS when
-Postfix is told to encrypt; and the queue is empty at the end.
+Postfix is told to encrypt; and the queue is empty at the end.  Postfix
+submitting with SMTP AUTH: test_interop_postfix_submission.py.
 """
 
 from __future__ import annotations
