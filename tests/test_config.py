@@ -1123,6 +1123,30 @@ def test_a_nameserver_zone_this_host_lacks_is_one_clear_problem() -> None:
                      "this host has no network interface 'nosuch0' (at line 5)"], found
 
 
+def test_a_port_after_an_unbracketed_zone_is_not_taken_for_the_interface() -> None:
+    """Linux reads an interface name up to a ``:`` (an address label's
+    form, ``eth0:1``): ``fe80::1%lo:5353`` would be lo's, on port 53, the
+    5353 silently lost.  No interface's name has a ``:``: one in a zone
+    is a problem, without brackets one that names the bracketed form."""
+    from txmailhub.config import split_nameserver
+
+    lo, name = socket.if_nameindex()[0]  # an interface this host has
+    with pytest.raises(ValueError) as info:
+        split_nameserver(f"fe80::1%{name}:5353")
+    assert str(info.value) == (f"'fe80::1%{name}:5353': with a port, the address goes in "
+                               f"brackets: '[fe80::1%{name}]:5353'")
+    with pytest.raises(ValueError, match="with a port, the address goes in brackets"):
+        split_nameserver(f"fe80::1%{lo}:53")
+    with pytest.raises(ValueError, match=f"no network interface '{name}:1'"):
+        split_nameserver(f"[fe80::1%{name}:1]:5353")
+    with pytest.raises(ValueError, match=f"no network interface '{name}:'"):
+        split_nameserver(f"[fe80::1%{name}:]")
+    assert split_nameserver(f"[fe80::1%{name}]:5353") == (f"fe80::1%{lo}", 5353)
+    found = problems(MINIMAL + f'[relay]\nnameservers = ["fe80::1%{name}:5353"]\n',
+                     "/etc/mh/c.toml")
+    assert len(found) == 1 and "in brackets" in found[0], found
+
+
 def test_a_smarthost_auth_file_without_a_smarthost_is_a_problem(tmp_path: Path) -> None:
     (tmp_path / "auth").write_text("u:p\n")
     found = problems(MINIMAL + '[relay]\nsmarthost_auth_file = "auth"\n',

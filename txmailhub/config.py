@@ -1309,6 +1309,11 @@ def split_nameserver(item: str) -> tuple[str, int]:
     # the form the kernel reports an answer's source in (a v4-mapped
     # address in dotted form: "::ffff:127.0.0.1")
     text = socket.inet_ntop(socket.AF_INET6, address.packed)
+    if ":" in zone and not item.startswith("["):
+        # "fe80::1%eth0:5353": the port would be part of the zone
+        name, _, after = zone.rpartition(":")
+        raise ValueError(f"{quoted(item)}: with a port, the address goes in brackets: "
+                         f"{quoted(f'[{host}%{name}]:{after}')}")
     index = _interface_index(item, zone) if percent else 0
     if index and address.is_link_local:
         return f"{text}%{index}", int(port)
@@ -1329,6 +1334,11 @@ def _interface_index(item: str, zone: str) -> int:
         return index
     if not zone:
         raise ValueError(f"{quoted(item)}: an empty zone after %")
+    if ":" in zone:
+        # no interface's name has one, and the kernel reads "eth0:5353"
+        # (an address label's form) as eth0's
+        raise ValueError(
+            f"{quoted(item)}: this host has no network interface {quoted(zone)}")
     try:
         return socket.if_nametoindex(zone)
     except (OSError, ValueError):  # ValueError: a NUL in the name
