@@ -556,3 +556,50 @@ def test_a_configured_link_local_server_with_its_zone_has_its_answers_taken(by_i
         assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
     finally:
         server.close()
+
+
+def _mapped_is_link_local(address) -> bool:
+    """``IPv6Address.is_link_local`` as Python 3.13 (and the security
+    releases of gh-122792) has it: a v4-mapped address is link-local
+    when its IPv4 address is (169.254.0.0/16)."""
+    import ipaddress
+
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return mapped.is_link_local
+    return address in ipaddress.IPv6Network("fe80::/10")
+
+
+def test_a_v4_mapped_server_keeps_no_zone_as_its_answers_come_with_none(tmp_path, monkeypatch):
+    """The kernel scopes fe80::/10 only: an answer from a v4-mapped
+    address comes with scope 0, whatever the query was sent with.  Kept
+    as ``::ffff:169.254.1.1%1``, as ``is_link_local`` of newer Pythons
+    would have it, the server's every answer would be dropped."""
+    import ipaddress
+    import socket
+
+    from txmailhub.config import split_nameserver
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        for s in (server, client):
+            s.settimeout(10)
+        server.bind(("127.0.0.1", 0))
+        client.bind(("::", 0))
+        lo, name = socket.if_nameindex()[0]
+        client.sendto(b"q", (f"::ffff:127.0.0.1%{lo}", server.getsockname()[1]))
+        _, source = server.recvfrom(16)
+        server.sendto(b"a", source)
+        _, answer = client.recvfrom(16)
+        assert dnsport._source(answer) == ("::ffff:127.0.0.1", server.getsockname()[1])
+    finally:
+        server.close()
+        client.close()
+    monkeypatch.setattr(ipaddress.IPv6Address, "is_link_local", property(_mapped_is_link_local))
+    assert ipaddress.IPv6Address("::ffff:169.254.1.1").is_link_local
+    assert split_nameserver(f"[::ffff:169.254.1.1%{name}]:53") == ("::ffff:169.254.1.1", 53)
+    resolver = _parsed(tmp_path, f"nameserver ::ffff:169.254.1.1%{name}\n")
+    assert resolver.dynServers == [("::ffff:169.254.1.1", 53)]
+    # fe80::/10 keeps its zone, as before
+    assert split_nameserver(f"fe80::1%{name}") == (f"fe80::1%{lo}", 53)

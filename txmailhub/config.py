@@ -1271,6 +1271,12 @@ def _smarthost(v: Any) -> str:
     return s
 
 
+#: the addresses the kernel scopes, and reports an answer's scope for
+#: (fe80::/10): not ``is_link_local``, which newer Pythons make true of
+#: ``::ffff:169.254.0.0/112`` too, where the kernel reports scope 0
+_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
+
+
 def split_nameserver(item: str) -> tuple[str, int]:
     """``"192.0.2.1"``, ``"192.0.2.1:5353"``, ``"::1"``, ``"[::1]:5353"``,
     ``"fe80::1%eth0"``, ``"[fe80::1%2]:5353"`` -> (ip, port).
@@ -1315,7 +1321,7 @@ def split_nameserver(item: str) -> tuple[str, int]:
         raise ValueError(f"{quoted(item)}: with a port, the address goes in brackets: "
                          f"{quoted(f'[{host}%{name}]:{after}')}")
     index = _interface_index(item, zone) if percent else 0
-    if index and address.is_link_local:
+    if index and address in _LINK_LOCAL:
         return f"{text}%{index}", int(port)
     return text, int(port)
 
