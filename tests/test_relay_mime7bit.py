@@ -1347,6 +1347,27 @@ def test_breaking_a_preamble_line_never_makes_a_delimiter():
     assert len(list(parse(out).iter_parts())) == 1
 
 
+@pytest.mark.parametrize("line", [b"-" * 1000 + b"b", b"-" * 998 + b"--b--", b"-" * 999 + b"-b  ",
+                                  b"-" * 2500 + b"b", b"-" * 1200])
+@pytest.mark.parametrize("where", ["preamble", "epilogue"])
+def test_breaking_a_long_run_of_dashes_never_makes_a_delimiter(line, where):
+    # a line that begins with more than 998 "-" is broken inside the run;
+    # its last piece must not be "--b" (or any line starting "--"): that
+    # would add a body part (or end the multipart) the message never had
+    src, _ = _recut_message(*((line + b"\n", b"") if where == "preamble"
+                                 else (b"", line + b"\n")))
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    dashes = [x for x in out.split(b"\n") if x.startswith(b"--")]
+    assert dashes.count(b"--b") == dashes.count(b"--b--") == 1
+    assert all(x == b"-" * 998 for x in dashes if x not in (b"--b", b"--b--"))
+    # every octet of the line is still there, in order
+    text = out[len(_MIXED):out.index(b"--b\n")] if where == "preamble" else out[
+        out.index(b"--b--\n") + 6:]
+    assert text.replace(b"\n", b"") == line
+    assert len(list(parse(out).iter_parts())) == 1
+
+
 def test_a_long_delimiter_line_loses_its_padding():
     # transport padding a receiver ignores (RFC 2046 5.1.1), which made the
     # line too long: a line within the limit keeps it

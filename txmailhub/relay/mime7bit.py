@@ -217,7 +217,8 @@ class _Lines:
       5.1.1), broken at ``LINE_TEXT`` octets where it has no blank.  No
       new line starts with "-" there (the break goes back before a run of
       "-"; only a line that begins with one longer than the limit is
-      broken inside it), and a piece that would read as a delimiter of
+      broken inside it, and its last piece then never starts with "--",
+      see ``flush``), and a piece that would read as a delimiter of
       ``boundaries`` is broken after its "--" instead: breaking a line
       never adds a body part."""
 
@@ -226,6 +227,7 @@ class _Lines:
         self.fold = fold
         self.boundaries = boundaries or []
         self.line = b""  # the current line's part not yet written
+        self.broken = False  # the current line was broken: ``line`` is its last piece
 
     def write(self, data: bytes) -> None:
         while data:
@@ -239,14 +241,27 @@ class _Lines:
                 cut = self._cut(self.line)
                 self.out.write(self.line[:cut] + b"\n")
                 self.line = self.line[cut:]
+                self.broken = True
             if nl:
                 self.flush()
 
     def flush(self) -> None:
-        """The end of the text (or of a line): what is held goes out."""
+        """The end of the text (or of a line): what is held goes out.
+
+        A line that begins with a run of "-" longer than the limit is
+        broken inside it (``_cut``), and the last piece, which no later
+        break looks at, may start with "--": ``--b`` after a line of 998
+        "-", a delimiter the message never had.  Its leading "-" then go
+        on lines of their own until it starts with "--" no more ("-" is no
+        delimiter: a boundary is never empty)."""
         if self.line:
+            if self.broken:
+                while self.line.startswith(b"--"):
+                    self.out.write(b"-\n")
+                    self.line = self.line[1:]
             self.out.write(self.line)
             self.line = b""
+        self.broken = False
 
     def _cut(self, line: bytes) -> int:
         """Where to break ``line`` (over the limit): the length of the
