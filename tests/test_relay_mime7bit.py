@@ -1440,12 +1440,33 @@ def test_a_part_in_an_unknown_encoding_with_a_long_line_is_unconvertible():
 
 
 def test_a_line_the_converter_cannot_break_is_never_written():
-    # a quoted-printable line over the block the converter holds goes
-    # through as it comes: the copy would break the limit, so there is none
+    # a quoted-printable line whose block the converter holds is all
+    # blanks (padding a decoder deletes, if the line ended there) has
+    # nowhere to cut: it goes through as it comes, and the copy would
+    # break the limit, so there is none
     src = (b"Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n"
-           + "Subject: Grüße\n\n".encode() + b"q" * (QP_BLOCK + 10) + b"\n")
+           + "Subject: Grüße\n\n".encode() + b"q" + b" " * (QP_BLOCK + 10) + b"q\n")
     with pytest.raises(Unconvertible, match="a line longer than 998 octets has no 7-bit form"):
         convert(src)
+
+
+@pytest.mark.parametrize("unit", [b"q", b"a=3Db-", b"--b ", "Grüße=\t".encode()])
+@pytest.mark.parametrize("end", [b"", b"=", b"=  ", b"  "])
+def test_a_quoted_printable_line_longer_than_the_block_held_is_cut_and_decodes_as_before(
+        unit, end):
+    # the converter holds a line up to QP_BLOCK octets: a longer one is cut
+    # a block at a time with soft breaks, as a shorter one is, and decodes
+    # to the same octets; no piece after a soft break starts with "-"
+    line = unit * (3 * QP_BLOCK // len(unit)) + end
+    src = (_MIXED + b"--b\nContent-Type: text/plain\nContent-Transfer-Encoding: "
+           b"quoted-printable\n\n" + line + "\nnext\n--b\n\nGrüße\n--b--\n".encode())
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    body = out.split(b"quoted-printable\n\n", 1)[1].split(b"\n--b\n", 1)[0]
+    assert max(len(x) for x in body.split(b"\n")) <= 76
+    assert not any(x.startswith(b"-") for x in body.split(b"\n")[1:])
+    assert _rfc2045_decode(body) == _rfc2045_decode(line + b"\nnext")
+    assert [p.get_content_type() for p in parse(out).iter_parts()] == ["text/plain"] * 2
 
 
 @pytest.mark.parametrize("writes", [

@@ -45,7 +45,8 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   padding; a quoted-printable or base64 body's line is cut again with
   soft breaks, or into lines of 76 (``transfer_encoding``).  A line none
   of these can break -- a header line without white space, a part in an
-  unknown encoding, a quoted-printable line over ``QP_BLOCK`` -- makes
+  unknown encoding, a quoted-printable line with nowhere to end a block
+  (``QPFix``) -- makes
   the conversion fail with ``Unconvertible``, and every write is checked
   (``_LineGuard``);
 * header fields with 8-bit octets go through
@@ -159,7 +160,8 @@ class _LineGuard:
     (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6) is refused with ``Unconvertible``
     rather than written.  The converter breaks or re-encodes every such
     line it can (``_Lines``, ``transfer_encoding``); what is left (a part
-    in an unknown encoding, a quoted-printable line over ``QP_BLOCK``) has
+    in an unknown encoding, a quoted-printable line with nowhere to end a
+    block) has
     no 7-bit form, and a server without 8BITMIME may refuse or cut it.
 
     Writes are gathered up to ``_CHUNK`` octets and checked together (the

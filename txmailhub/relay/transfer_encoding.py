@@ -59,15 +59,22 @@ class QPFix(Copy):
     RFC 2045 6.7 asks a decoder to make of it); so is a line over
     ``LINE_TEXT`` octets (no valid quoted-printable either), which no
     line of a 7-bit copy may be.  The other lines are copied as they
-    came.  One line is held at a time, up to ``QP_BLOCK`` octets: the rest
-    of a longer one goes through with only its 8-bit octets written as
-    =XX (and ``mime7bit``, which allows no line over ``LINE_TEXT``,
-    refuses the copy)."""
+    came.
+
+    One line is held at a time, up to ``QP_BLOCK`` octets: a longer one
+    goes out a block at a time, each ended with a soft break
+    (``_block``), so it is cut however long it is.  Only a line with half
+    a block of nothing but blanks, CRs and "=" (nowhere to end one: a run
+    of blanks may be padding a decoder deletes, if the line ends with it)
+    goes through as it comes, its 8-bit octets written as =XX (and
+    ``mime7bit``, which allows no line over ``LINE_TEXT``, refuses the
+    copy)."""
 
     def __init__(self, out: BinaryIO) -> None:
         super().__init__(out)
         self.line = bytearray()
-        self.through = False  # the line is over QP_BLOCK: written as it comes
+        self.through = False  # the line has nowhere to end a block: written as it comes
+        self.continued = False  # the line held goes on after a soft break
 
     def write(self, data: bytes) -> None:
         while data:
@@ -78,17 +85,45 @@ class QPFix(Copy):
             else:
                 self.line += piece
                 if len(self.line) > QP_BLOCK:
-                    self.out.write(HIGH.sub(_hex, self.line))
-                    self.line.clear()
-                    self.through = True
+                    self._block()
             if nl < 0:
                 return
             self._line()
             self.out.write(b"\n")
             data = data[nl + 1:]
 
-    def _line(self) -> None:
+    def _block(self) -> None:
+        """The held line is over ``QP_BLOCK``: most of it goes out now,
+        re-cut and ended with a soft break.  The block ends before a
+        character that is no blank, CR or "=", and with no "=" in its last
+        two: every "=" in it is read with the two characters after it (an
+        =XX, or a stray one written =3D), and none as a soft break, which
+        only the line's real end has (``_tail``)."""
         line = bytes(self.line)
+        end = len(line) - 2
+        while end > 0 and (line[end - 1:end] in (b" ", b"\t", b"\r")
+                           or b"=" in line[end - 2:end]):
+            end -= 1
+        if end < QP_BLOCK // 2:  # blanks, CRs and "=" only: nowhere to end it
+            self.out.write(self._unbroken(HIGH.sub(_hex, line)))
+            self.line.clear()
+            self.through = True
+            return
+        fixed = self._unbroken(_STRAY_EQUALS.sub(b"=3D", HIGH.sub(_hex, line[:end])))
+        del self.line[:end]
+        self.out.write(_wrap(fixed + b"=") + b"\n")
+        self.continued = True
+
+    def _unbroken(self, line: bytes) -> bytes:
+        """``line``, which goes on after a soft break: it must not start
+        with "-" (a piece that reads as a delimiter, RFC 2046 5.1.1)."""
+        if self.continued and line.startswith(b"-"):
+            line = b"=2D" + line[1:]
+        self.continued = False
+        return line
+
+    def _line(self) -> None:
+        line = self._unbroken(bytes(self.line))
         self.line.clear()
         if self.through or (not HIGH.search(line)
                             and len(line) - line.endswith(b"\r") <= LINE_TEXT):
