@@ -1432,6 +1432,23 @@ def test_an_encoded_part_with_long_lines_is_cut_and_decodes_as_before():
     assert b"\n\n" + short + b"\n--b\n" in convert(src)
 
 
+@pytest.mark.parametrize("rest", [b"--b", b"--b--", b"QUFB" * 19 + b"--b--", b"--b\r", b"-" * 200])
+def test_a_long_base64_line_cut_again_never_makes_a_delimiter(rest):
+    # "-" is no base64 (a decoder skips it), and a piece of a long line
+    # cut again must not start a line with "--b": a body part added, or
+    # the multipart closed, that the message never had
+    line = base64.b64encode(bytes(range(256)) * 3)[:998] + rest  # cut after 998, then 76
+    src = (_MIXED + b"--b\nContent-Type: application/x\nContent-Transfer-Encoding: base64\n\n"
+           + line + "\n--b\n\nGrüße\n--b--\n".encode())
+    out = convert(src)
+    assert max(_text_lengths(out)) <= 998
+    assert [x for x in out.split(b"\n") if x.startswith(b"--")] == [b"--b", b"--b", b"--b--"]
+    # the same base64 characters, in the same order: what a decoder reads
+    [before, _], [after, _] = (list(parse(m).iter_parts()) for m in (src, out))
+    assert (re.sub(r"[^A-Za-z0-9+/=]", "", after.get_payload())
+            == re.sub(r"[^A-Za-z0-9+/=]", "", before.get_payload()))
+
+
 def test_a_part_in_an_unknown_encoding_with_a_long_line_is_unconvertible():
     src = (_MIXED + b"--b\nContent-Type: application/x\nContent-Transfer-Encoding: x-uuencode"
            b"\n\n" + b"M" * 1000 + "\n--b\n\nGrüße\n--b--\n".encode())

@@ -31,6 +31,10 @@ _HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
 # transport padding and a CR, RFC 2045 6.7 rule 5)
 _STRAY_EQUALS = re.compile(rb"=(?![0-9A-Fa-f]{2}|[ \t]*\r?\Z)")
 _PADDING = re.compile(rb"[ \t]+(?=\r?\Z)")
+# left out of the lines a long base64 line is re-cut into: CRs, and "-",
+# which could start a line that reads as a boundary delimiter (RFC 2046
+# 5.1.1); neither is in the base64 alphabet, so decoders skip both
+_RECUT_SKIPPED = re.compile(rb"[\r-]")
 
 
 class Copy:
@@ -146,7 +150,8 @@ class Base64Fix(Copy):
     """A base64 body with stray 8-bit octets: decoders skip them, so do we.
     A line over ``LINE_TEXT`` octets (a 7-bit copy has none; RFC 2045 6.8
     wants 76 characters at most) is broken after its first ``LINE_TEXT``
-    octets, and its rest written in lines of 76, without its CRs:
+    octets, and its rest written in lines of 76, without its CRs and "-"
+    (a new line starting "--b" would read as a boundary delimiter):
     decoders skip line breaks and every character outside the base64
     alphabet (RFC 2045 6.8), so it decodes as before.  Every other line
     is copied as it came; nothing is held."""
@@ -187,10 +192,10 @@ class Base64Fix(Copy):
                 return
             room = max(0, LINE_TEXT - self.col)
             self.out.write(piece[:room])
-            piece = piece[room:].replace(b"\r", b"")
+            piece = _RECUT_SKIPPED.sub(b"", piece[room:])
             self.col, self.long = LINE_TEXT, True
         else:
-            piece = piece.replace(b"\r", b"")
+            piece = _RECUT_SKIPPED.sub(b"", piece)
         while piece and self.col + len(piece) > 76:
             take = max(0, 76 - self.col)
             self.out.write(piece[:take] + b"\n")
