@@ -244,6 +244,18 @@ def test_a_554_greeting_everywhere_keeps_the_mail_queued(tmp_path):
     assert r.kind == "permanent"
 
 
+def test_a_554_to_ehlo_from_a_host_that_takes_helo_delivers(tmp_path):
+    # RFC 1869 4.5: after an error to EHLO the client sends HELO (or QUIT);
+    # a host that refuses EHLO with a 554 and takes HELO gets the mail at
+    # once (as from Postfix), not a queue entry that bounces days later
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"EHLO": b"554 5.7.1 EHLO not accepted here\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+    assert net.connections == [("2001:db8::1", 25)]
+
+
 def test_a_530_to_mail_tries_the_next_mx_and_never_bounces(tmp_path):
     # 530 (RFC 3207 4, RFC 4954 6): the host wants TLS or a login first --
     # as a host that insists on TLS says when the opportunistic handshake

@@ -116,6 +116,50 @@ def test_helo_fallback(refusal):
     assert sent(s.receive(b"250 hello\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
 
 
+@pytest.mark.parametrize("refusal", [b"554 5.7.1 EHLO not accepted", b"553 5.5.0 no",
+                                     b"530 5.7.0 must issue STARTTLS first", b"555 odd"])
+def test_helo_after_any_other_permanent_ehlo_refusal(refusal):
+    # RFC 1869 4.5: after any error to EHLO, HELO (or QUIT); RFC 5321 3.2
+    # names "command not recognized" only.  A server that refuses EHLO
+    # with a 554 and takes HELO gets the mail, as from Postfix and Exim
+    s = session()
+    s.receive(b"220 filtered\r\n")
+    assert sent(s.receive(refusal + b"\r\n")) == b"HELO mail.hub.test\r\n"
+    assert sent(s.receive(b"250 hello\r\n")) == b"MAIL FROM:<alice@example.org>\r\n"
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [(r.address, r.kind) for r in s.outcome.recipients] == [(BOB, "delivered")]
+
+
+@pytest.mark.parametrize("refusal", [b"521 5.3.2 this host accepts no mail",
+                                     b"556 5.1.10 the domain accepts no mail"])
+def test_no_helo_after_an_ehlo_refusal_that_says_no_mail_at_all(refusal):
+    # RFC 7504: 521 and 556 say no mail is taken at all
+    s = session()
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.code == int(refusal[:3])
+    assert s.outcome.phase == "EHLO"
+
+
+@pytest.mark.parametrize("kw", [dict(tls="require"), dict(credentials=("joe", "secret"))])
+def test_no_helo_after_a_554_to_ehlo_when_helo_cannot_carry_the_mail(kw):
+    # HELO offers no STARTTLS and no AUTH: with TLS required or a smarthost
+    # login it could only end in the hub's own refusal; the server's 554
+    # stays the answer (queue show gives it).  An old server's 502 still
+    # gets HELO, whose lack of STARTTLS or AUTH is then what is said.
+    s = session(**kw)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"554 5.7.1 not you\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "554 5.7.1 not you"
+    s = session(**kw)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"502 5.5.1 no EHLO\r\n")) == b"HELO mail.hub.test\r\n"
+
+
 @pytest.mark.parametrize("refusal", [b"554 5.7.1 go away", b"421 4.3.2 busy"])
 def test_helo_refused_after_the_ehlo_fallback_fails_session(refusal):
     # a server that takes neither EHLO nor HELO: no MAIL is sent, the

@@ -102,6 +102,20 @@ _THREE_YZ_OK = {Phase.DATA: (354,), Phase.AUTH: (334,), Phase.AUTH_USER: (334,),
 _NO_TWO_YZ = (Phase.DATA, Phase.AUTH_USER, Phase.AUTH_PASS)
 
 
+# The 5yz replies to EHLO that say it is not known or not acceptable:
+# RFC 5321 3.2 asks for HELO after "command not recognized" (500, 502),
+# 4.1.4 adds 501 and 550, and 4.3.2 has 504.
+_EHLO_NOT_KNOWN = (500, 501, 502, 504, 550)
+# RFC 1869 4.5, which defined EHLO, has the client send HELO or QUIT after
+# any error: after any other 5yz but RFC 7504's 521 ("does not accept
+# mail") and 556 (the domain accepts none) the session goes on with HELO
+# too, where HELO can carry the mail (``_on_ehlo``).  A server that refuses
+# EHLO with a 554 and takes HELO gets the mail so; a refusal at EHLO alone
+# keeps it queued (no verdict on the message) until it bounces.  Postfix
+# and Exim send HELO then as well.  HELO's own refusal ends the session.
+_NO_MAIL_AT_ALL = (521, 556)
+
+
 def _fits(phase: Phase, code: int) -> bool:
     if phase is Phase.QUIT:
         return True  # ignored whatever it is
@@ -703,10 +717,21 @@ class ClientSession:
                 self.tls_offered = True
             self.hello_read = True
             return self._after_hello()
-        if reply.is_permanent and reply.code in (500, 501, 502, 504, 550):
+        if reply.is_permanent and (
+                reply.code in _EHLO_NOT_KNOWN
+                or (reply.code not in _NO_MAIL_AT_ALL and self._helo_may_carry_the_mail)):
             self.hello_read = True  # no ESMTP, so no STARTTLS offered
             return self._command(Phase.HELO, f"HELO {self.helo}")
         return self._fail_session(reply)
+
+    @property
+    def _helo_may_carry_the_mail(self) -> bool:
+        """Whether a session greeted with HELO (no extensions: no STARTTLS,
+        no AUTH) can send this mail: not when TLS is required and not yet
+        on, nor with a smarthost login.  Then HELO after a refused EHLO
+        only ends in the hub's own refusal, which hides the server's: its
+        reply to EHLO stays the session's answer."""
+        return (self.tls_active or self.tls_policy != "require") and self.credentials is None
 
     def _on_helo(self, reply: Reply) -> list[Action]:
         if not reply.is_positive:
