@@ -219,8 +219,8 @@ class _Lines:
       5.1.1), broken at ``LINE_TEXT`` octets where it has no blank.  No
       new line starts with "-" there (the break goes back before a run of
       "-"; only a line that begins with one longer than the limit is
-      broken inside it, and its last piece then never starts with "--",
-      see ``flush``), and a piece that would read as a delimiter of
+      broken inside it, and no piece after it then starts with "--",
+      see ``_peel``), and a piece that would read as a delimiter of
       ``boundaries`` is broken after its "--" instead: breaking a line
       never adds a body part."""
 
@@ -244,26 +244,36 @@ class _Lines:
                 self.out.write(self.line[:cut] + b"\n")
                 self.line = self.line[cut:]
                 self.broken = True
+                self._peel()
             if nl:
                 self.flush()
 
     def flush(self) -> None:
-        """The end of the text (or of a line): what is held goes out.
-
-        A line that begins with a run of "-" longer than the limit is
-        broken inside it (``_cut``), and the last piece, which no later
-        break looks at, may start with "--": ``--b`` after a line of 998
-        "-", a delimiter the message never had.  Its leading "-" then go
-        on lines of their own until it starts with "--" no more ("-" is no
-        delimiter: a boundary is never empty)."""
+        """The end of the text (or of a line): what is held goes out."""
         if self.line:
             if self.broken:
-                while self.line.startswith(b"--"):
-                    self.out.write(b"-\n")
-                    self.line = self.line[1:]
+                self._peel()
             self.out.write(self.line)
             self.line = b""
         self.broken = False
+
+    def _peel(self) -> None:
+        """The line was broken inside a run of "-" (``_cut``: one that
+        begins it and is longer than the limit), and what is left of it
+        starts with "--": ``--b`` after a line of 998 "-", or ``--b---b``
+        going on to be broken again -- a delimiter the message never had,
+        for a reader that compares a boundary with the beginning of each
+        line (RFC 2046 5.1.1).  The run but its last "-" goes on lines of
+        its own, of "-" only (a single "-" where such a line would be a
+        delimiter of ``boundaries``: "-" is none, a boundary is never
+        empty); what is left starts with one "-" and no more."""
+        while self.line.startswith(b"--"):
+            run = len(self.line) - len(self.line.lstrip(b"-"))
+            n = min(run - 1, LINE_TEXT)
+            if any(_matches(self.line[:n], b) for b in self.boundaries):
+                n = 1
+            self.out.write(self.line[:n] + b"\n")
+            self.line = self.line[n:]
 
     def _cut(self, line: bytes) -> int:
         """Where to break ``line`` (over the limit): the length of the

@@ -98,15 +98,15 @@ class QPFix(Copy):
 
     def _block(self) -> None:
         """The held line is over ``QP_BLOCK``: most of it goes out now,
-        re-cut and ended with a soft break.  The block ends before a
-        character that is no blank, CR or "=", and with no "=" in its last
-        two: every "=" in it is read with the two characters after it (an
-        =XX, or a stray one written =3D), and none as a soft break, which
-        only the line's real end has (``_tail``)."""
+        re-cut and ended with a soft break.  The block ends with a
+        character that is no blank, CR or "=", and never inside an =XX:
+        every "=" in it is read as it is in the whole line (an =XX, or a
+        stray one -- "=4=", "=4 " -- written =3D), and none as a soft
+        break, which only the line's real end has (``_tail``)."""
         line = bytes(self.line)
         end = len(line) - 2
-        while end > 0 and (line[end - 1:end] in (b" ", b"\t", b"\r")
-                           or b"=" in line[end - 2:end]):
+        while end > 0 and (line[end - 1:end] in (b" ", b"\t", b"\r", b"=")
+                           or (line[end - 2:end - 1] == b"=" and _HEX2.match(line, end - 1))):
             end -= 1
         if end < QP_BLOCK // 2:  # blanks, CRs and "=" only: nowhere to end it
             self.out.write(self._unbroken(HIGH.sub(_hex, line)))
