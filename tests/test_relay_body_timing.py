@@ -322,8 +322,10 @@ def test_the_data_taken_after_the_server_ended_the_session_changes_nothing(tmp_p
         producer.resumeProducing()
         proto.dataReceived(b"421 4.3.2 shutting down\r\n")
         assert transport.disconnecting
+        sent = transport.value()
         for _ in range(10):
             producer.resumeProducing()
+        assert transport.value() == sent
         for _ in range(60):
             clock.advance(10)
     finally:

@@ -552,13 +552,9 @@ class SMTPClientProtocol(Protocol):
         at ``MIN_DATA_RATE``, would have taken what it took so far is when
         it is cut (unless it takes more before).
 
-        Not once the session is closing (a ``421`` in the middle of the
-        data): the producer is stopped then (``_stop_body``), and a call
-        that still reached it would be no step of the session -- re-arming
-        the reply timer would replace the close's own and log a "timeout
-        waiting for the server" for a session the server ended."""
-        if self._closing:
-            return
+        Never called once the session is closing (a ``421`` in the middle
+        of the data): every way to close stops the producer first
+        (``_stop_body``), and a stopped producer calls nothing."""
         self._arm()
         producer = self._producer
         if producer is None:
