@@ -59,7 +59,7 @@ class ScriptedSMTPServer(Protocol):
     """A minimal SMTP server for client tests.
 
     ``extensions``: EHLO keywords; ``replies``: ``{"MAIL": b"451 ...", "RCPT
-    bob@x": b"550 ...", "DATA": ..., "END": ...}`` overriding the default
+    bob@x": b"550 ...", "EHLO": ..., "HELO": ..., "DATA": ..., "END": ...}`` overriding the default
     positive answers; ``silent``: never say anything (timeouts)."""
 
     def __init__(self, extensions=("PIPELINING", "8BITMIME", "SIZE 1000000"), replies=None,
@@ -116,7 +116,7 @@ class ScriptedSMTPServer(Protocol):
             out = "".join(f"250-{x}\r\n" for x in lines[:-1]) + f"250 {lines[-1]}\r\n"
             self.transport.write(out.encode())
         elif verb == "HELO":
-            self.transport.write(b"250 fake.remote\r\n")
+            self.transport.write(self.replies.get("HELO", b"250 fake.remote\r\n"))
         elif verb == "STARTTLS" and "STARTTLS" in self.replies:
             self.transport.write(self.replies["STARTTLS"])  # a refusal: go on in clear
         elif verb == "STARTTLS":

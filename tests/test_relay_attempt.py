@@ -256,6 +256,49 @@ def test_a_554_to_ehlo_from_a_host_that_takes_helo_delivers(tmp_path):
     assert net.connections == [("2001:db8::1", 25)]
 
 
+@pytest.mark.parametrize("needs", ["SMTPUTF8", "8BITMIME"])
+def test_a_554_to_ehlo_lets_the_next_mx_have_mail_helo_cannot_carry(tmp_path, needs):
+    # jörg needs SMTPUTF8, which HELO cannot give, and an 8-bit message
+    # without a 7-bit form needs 8BITMIME: after mx1's 554 to EHLO neither
+    # is bounced for mx1's lack of an extension it never said it lacks;
+    # mx2, which offers them, gets the mail in the same attempt
+    joerg = Address("jörg", "remote.test")
+    if needs == "SMTPUTF8":
+        e, rcpt = entry(tmp_path, joerg), joerg
+    else:
+        e = entry(tmp_path, BOB, body="Subject: x\nTo: jörg@remote.test\n\nGrüße\n".encode())
+        rcpt = BOB
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"EHLO": b"554 5.7.1 EHLO not accepted here\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("8BITMIME", "SMTPUTF8"))
+    [r] = run(net, a.deliver(e, "remote.test", [rcpt]))
+    assert (r.kind, r.remote_mta) == ("delivered", "mx2.remote.test"), r
+    assert not net.server_protocols[0].messages  # mx1 got no final "."
+
+
+def test_a_554_to_ehlo_and_helo_is_no_tls_downgrade(tmp_path, log_events):
+    # a host seen doing TLS that refuses EHLO and HELO sent nothing in
+    # clear and said nothing of its STARTTLS: no "TLS downgrade" warning
+    a, net, _ = agent(tmp_path)
+    a.tls_seen.add("mx1.remote.test")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"EHLO": b"554 5.7.1 not you\r\n", "HELO": b"554 5.7.1 not you\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "transient"  # (mx2 is down)
+    assert net.server_protocols[0].commands[-2:] == [b"HELO mail.example.org", b"QUIT"]
+    assert not any("downgrade" in formatEvent(e) for e in log_events)
+    # one that takes the HELO sends the mail in clear: that is warned of
+    a, net, _ = agent(tmp_path)
+    a.tls_seen.add("mx1.remote.test")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        replies={"EHLO": b"554 5.7.1 not you\r\n"})
+    [r] = run(net, a.deliver(entry(tmp_path, BOB), "remote.test", [BOB]))
+    assert r.kind == "delivered"
+    assert any("downgrade" in formatEvent(e) for e in log_events)
+
+
 def test_a_530_to_mail_tries_the_next_mx_and_never_bounces(tmp_path):
     # 530 (RFC 3207 4, RFC 4954 6): the host wants TLS or a login first --
     # as a host that insists on TLS says when the opportunistic handshake

@@ -160,6 +160,76 @@ def test_no_helo_after_a_554_to_ehlo_when_helo_cannot_carry_the_mail(kw):
     assert sent(s.receive(b"502 5.5.1 no EHLO\r\n")) == b"HELO mail.hub.test\r\n"
 
 
+def test_no_helo_after_a_554_to_ehlo_for_an_address_without_an_ascii_form():
+    # HELO has no SMTPUTF8: after it the hub's own 553 5.6.7 would bounce
+    # jörg for a server that never said it lacks SMTPUTF8 (it refused to
+    # say what it offers); its 554 stays the answer, for the next MX host.
+    # A 502 still gets HELO: that server has no extension at all
+    joerg = Address("jörg", "remote.test")
+    s = session(recipients=[(joerg, None), (BOB, None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"554 5.7.1 not you\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "554 5.7.1 not you"
+    assert s.outcome.refused == ()
+    s = session(recipients=[(joerg, None), (BOB, None)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(b"502 5.5.1 no EHLO\r\n")) == b"HELO mail.hub.test\r\n"
+
+
+def _in_data_after_helo(ehlo_refusal):
+    s = session(eight_bit=True)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(ehlo_refusal)) == b"HELO mail.hub.test\r\n"
+    s.receive(b"250 hello\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    assert s.receive(b"354 go\r\n") == [SendBody(convert_7bit=True)]
+    return s
+
+
+def test_no_7bit_form_after_a_554_to_ehlo_is_no_bounce():
+    # the server refused EHLO and took HELO: whether it has 8BITMIME is
+    # unknown, so a message without a 7-bit form is not bounced for its
+    # lack -- the session fails for now, and the next MX host has a go
+    s = _in_data_after_helo(b"554 5.7.1 not you\r\n")
+    unconvertible = LocalReply(554, "5.6.3", ("the message needs 8BITMIME, no 7-bit form",))
+    assert s.body_failed(unconvertible) == [Close(abort=True)]
+    error = s.outcome.session_error
+    assert (error.code, error.status) == (451, "4.6.3") and isinstance(error, LocalReply)
+    assert "554 5.6.3 the message needs 8BITMIME" in error.text()
+    assert "554 5.7.1 not you" in error.text()
+    assert s.outcome.recipients == () and s.outcome.phase == "message data"
+    # a 502 says the server has no extension: the bounce stands
+    s = _in_data_after_helo(b"502 5.5.1 no EHLO\r\n")
+    s.body_failed(unconvertible)
+    assert s.outcome.session_error is None
+    assert [r.reply for r in s.outcome.recipients] == [unconvertible]
+    # and a temporary failure stays what it is
+    s = _in_data_after_helo(b"554 5.7.1 not you\r\n")
+    s.body_failed(LocalReply(451, "4.3.0", ("local error",)))
+    assert [r.reply.code for r in s.outcome.recipients] == [451]
+
+
+@pytest.mark.parametrize("helo, read", [(b"250 hello", True), (b"554 5.7.1 not you", False)])
+def test_a_554_to_ehlo_says_what_the_host_offers_only_once_helo_is_taken(helo, read):
+    # hello_read: the relay's "TLS downgrade" judgement.  A 554 says
+    # nothing of STARTTLS; a refused HELO after it sent nothing in clear
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(b"554 5.7.1 not you\r\n")
+    assert not s.hello_read
+    s.receive(helo + b"\r\n")
+    if s.outcome is None:
+        s.receive(b"451 4.3.0 later\r\n")  # MAIL, so the session ends
+    assert s.outcome.hello_read is read
+    # a 502 (no ESMTP, so no STARTTLS) is read at once, HELO refused or not
+    s = session(tls="opportunistic")
+    s.receive(b"220 hi\r\n")
+    s.receive(b"502 5.5.1 no EHLO\r\n")
+    s.receive(b"554 5.7.1 not you\r\n")
+    assert s.outcome.hello_read
+
+
 @pytest.mark.parametrize("refusal", [b"554 5.7.1 go away", b"421 4.3.2 busy"])
 def test_helo_refused_after_the_ehlo_fallback_fails_session(refusal):
     # a server that takes neither EHLO nor HELO: no MAIL is sent, the

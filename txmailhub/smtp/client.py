@@ -295,11 +295,13 @@ class SessionOutcome:
     tls: bool = False
     tls_offered: bool = False
     #: the server's reply to EHLO was read and said what it offers: its
-    #: extensions, or a refusal that made the session fall back to HELO
-    #: (no extensions, so no STARTTLS).  A session ended before that (a
-    #: 421 or other greeting, a connection lost or timed out, the hub's
-    #: stop) or by a 4yz or other refusal to EHLO learnt nothing of the
-    #: host's TLS: the relay judges no "TLS downgrade" from it
+    #: extensions, or an "EHLO not known" refusal that made the session
+    #: fall back to HELO (no extensions, so no STARTTLS) -- or another 5yz
+    #: to EHLO, once HELO was taken and the session went on in clear.  A
+    #: session ended before that (a 421 or other greeting, a connection
+    #: lost or timed out, the hub's stop) or by a 4yz or other refusal to
+    #: EHLO (and HELO) learnt nothing of the host's TLS: the relay judges
+    #: no "TLS downgrade" from it
     hello_read: bool = False
     #: the server offered STARTTLS and refused it (RFC 3207 4: a 454 when
     #: it cannot start TLS for now), and under the ``"opportunistic"``
@@ -457,6 +459,10 @@ class ClientSession:
         self._parser = ReplyParser()
         self._expect: deque[Phase] = deque([Phase.GREETING])
         self._tried_tls = False
+        # the server's 5yz to EHLO that was no "EHLO not known" (a 554),
+        # after which the session went on with HELO: what it offers is
+        # unknown, not absent (``body_failed``)
+        self._ehlo_refused: Reply | None = None
         # the server's refusal of our STARTTLS, whether or not the session
         # goes on in clear after it (``tls_refused``: only when it does)
         self._starttls_refusal: Reply | None = None
@@ -576,7 +582,24 @@ class ClientSession:
         """The message data could not be produced (after the 354; e.g. the
         7-bit conversion failed): every recipient without a result gets
         ``reply``, and the connection is dropped without the final ".", so
-        the server discards the transaction (RFC 5321 4.1.1.4)."""
+        the server discards the transaction (RFC 5321 4.1.1.4).
+
+        A permanent ``reply`` (no 7-bit form of an 8-bit message) after a
+        HELO that followed a refused EHLO (a 554, ``_ehlo_refused``) is no
+        verdict on the message: the server never said it lacks 8BITMIME
+        or SMTPUTF8, it refused to say what it offers.  The session fails
+        with the hub's temporary ``451 4.6.3`` instead, quoting both, so
+        the next MX host or the retry has the mail rather than a bounce."""
+        refused = self._ehlo_refused
+        if reply.is_permanent and refused is not None:
+            if self.outcome is None:
+                self._finish(session_error=_synthetic(
+                    451, "4.6.3", f"not sent to this server for now: {reply.text()} -- "
+                    f"but the server refused EHLO ({refused.text()}) and so never said "
+                    "what it offers"))
+            self._expect.clear()
+            self.phase = Phase.DONE
+            return [Close(abort=True)]
         self._fail_all(reply)
         self._expect.clear()
         self.phase = Phase.DONE
@@ -717,25 +740,37 @@ class ClientSession:
                 self.tls_offered = True
             self.hello_read = True
             return self._after_hello()
-        if reply.is_permanent and (
-                reply.code in _EHLO_NOT_KNOWN
-                or (reply.code not in _NO_MAIL_AT_ALL and self._helo_may_carry_the_mail)):
+        if reply.is_permanent and reply.code in _EHLO_NOT_KNOWN:
             self.hello_read = True  # no ESMTP, so no STARTTLS offered
+            return self._command(Phase.HELO, f"HELO {self.helo}")
+        if (reply.is_permanent and reply.code not in _NO_MAIL_AT_ALL
+                and self._helo_may_carry_the_mail):
+            # a refusal that says nothing of what the server offers:
+            # ``hello_read`` waits for HELO's 250 (``_on_helo``)
+            self._ehlo_refused = reply
             return self._command(Phase.HELO, f"HELO {self.helo}")
         return self._fail_session(reply)
 
     @property
     def _helo_may_carry_the_mail(self) -> bool:
         """Whether a session greeted with HELO (no extensions: no STARTTLS,
-        no AUTH) can send this mail: not when TLS is required and not yet
-        on, nor with a smarthost login.  Then HELO after a refused EHLO
-        only ends in the hub's own refusal, which hides the server's: its
-        reply to EHLO stays the session's answer."""
-        return (self.tls_active or self.tls_policy != "require") and self.credentials is None
+        no AUTH, no SMTPUTF8) can send this mail: not when TLS is required
+        and not yet on, nor with a smarthost login, nor when an address
+        has no ASCII form.  Then HELO after a refused EHLO only ends in the
+        hub's own refusal, which hides the server's: its reply to EHLO
+        stays the session's answer.  The SMTPUTF8 refusal would even be
+        final (553 5.6.7, a bounce) for a server that never said it lacks
+        SMTPUTF8 -- it refused to say what it offers -- where the EHLO
+        refusal lets the next MX host or the retry have the mail."""
+        return ((self.tls_active or self.tls_policy != "require")
+                and self.credentials is None and not self.smtputf8)
 
     def _on_helo(self, reply: Reply) -> list[Action]:
         if not reply.is_positive:
             return self._fail_session(reply)
+        # no extensions, so no STARTTLS: the session goes on in clear (a
+        # "TLS downgrade" for a host that offered STARTTLS before)
+        self.hello_read = True
         self.extensions = {}
         return self._after_hello()
 
