@@ -1631,3 +1631,26 @@ def test_diagnostic_code_keeps_a_run_of_blanks_at_a_fold_and_a_trailing_blank(tm
     assert all(line.strip(b" \t") for line in field)
     assert max(len(line) for line in field) <= 78
     assert b"".join(field) == b"Diagnostic-Code: smtp; " + reply.text().encode()
+
+
+def test_the_7bit_copy_of_a_notice_returns_the_8bit_message_as_mime(tmp_path):
+    # RET=FULL about an 8-bit message with no MIME fields, sent on to a next
+    # hop without 8BITMIME: the returned message's body becomes
+    # quoted-printable, and its header block gets MIME-Version beside the
+    # encoding (RFC 2045 4), or the sender's reader shows "Caf=C3=A9"
+    import io
+
+    from txmailhub.relay.mime7bit import to_7bit
+
+    entry = make_entry(tmp_path, ret="FULL")
+    (tmp_path / "msg").write_bytes("From: alice@example.org\nSubject: lunch\n\nCafé\n".encode())
+    data, _ = build(entry, [failed(entry)])
+    out = io.BytesIO()
+    to_7bit(io.BytesIO(data), out)
+    assert out.getvalue().isascii()
+    returned = list(message_from_bytes(out.getvalue(), policy=policy.default).iter_parts())[2]
+    assert returned.get_content_type() == "message/rfc822"
+    inner = returned.get_payload()[0]
+    assert inner["MIME-Version"] == "1.0"
+    assert inner["Content-Transfer-Encoding"] == "quoted-printable"
+    assert inner.get_content() == "Café\n"

@@ -67,6 +67,33 @@ def test_a_message_without_mime_fields_gets_them_all():
     assert out.count(b"MIME-Version") == 1
 
 
+def test_an_embedded_message_that_gets_an_encoding_gets_mime_version_too():
+    # a notice returning an 8-bit message that had no MIME fields (RET=FULL)
+    # on its way to a next hop without 8BITMIME: the returned message's own
+    # header block gets Content-Type and quoted-printable, and with them
+    # MIME-Version (RFC 2045 4: required in a message/rfc822 body that
+    # claims to be MIME), or a reader shows "caf=C3=A9"
+    src = ("From: MAILER-DAEMON@example.org\nMIME-Version: 1.0\n"
+           "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n"
+           "--b\nContent-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n\n"
+           "From: a@example.org\nSubject: hi\n\ncaf\u00e9\n--b--\n").encode()
+    out = convert(src)
+    assert_7bit(out)
+    inner_head = out.split(b"Content-Transfer-Encoding: 7bit\n\n", 1)[1].split(b"\n\n", 1)[0]
+    assert inner_head.splitlines() == [
+        b"From: a@example.org", b"Subject: hi", b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Transfer-Encoding: quoted-printable", b"MIME-Version: 1.0"]
+    inner = parse(out).get_payload()[0].get_payload()[0]
+    assert inner.get_content() == "caf\u00e9"  # its last line break is the delimiter's
+    # one that has it keeps its own, and a body part gets none (RFC 2045 4:
+    # not required for each part of a multipart)
+    src = ("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n"
+           "--b\nContent-Type: message/rfc822\n\nMIME-Version: 1.0\nSubject: hi\n\ncaf\u00e9\n"
+           "--b\nContent-Type: text/plain\n\nGr\u00fc\u00dfe\n--b--\n").encode()
+    out = convert(src)
+    assert out.count(b"MIME-Version") == 2
+
+
 def test_binary_attachment_becomes_base64_and_text_part_qp():
     # any octet but CR and LF (DATA cannot carry bare ones: RFC 5321 2.3.8)
     blob = bytes(b for b in range(256) if b not in (10, 13)) * 4
@@ -1005,9 +1032,11 @@ def test_a_comment_in_the_content_type_is_no_part_of_the_type():
            "--d\n\nSubject: Grüße\n\nGrüße\n--d--\n").encode()
     out = convert(src)
     assert_7bit(out)
-    # the part is a message: its header encoded as a header, its body as a body
+    # the part is a message: its header encoded as a header, its body as a
+    # body, and MIME-Version added with the encoding (RFC 2045 4)
     assert (b"--d\n\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\nContent-Type: text/plain; "
-            b"charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\n"
+            b"charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n"
+            b"MIME-Version: 1.0\n\n"
             b"Gr=C3=BC=C3=9Fe\n--d--\n") in out
 
 

@@ -22,6 +22,8 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   turn them into line breaks); its Content-Transfer-Encoding field is
   rewritten (or added), and a text part without a charset gets
   ``charset=utf-8`` (or ``unknown-8bit`` when the octets are not UTF-8);
+  a message's header block (the top one, or one inside a message/rfc822
+  part) that gets an encoding and has no MIME-Version gets it;
 * parts already quoted-printable or base64, and 7-bit parts, are copied
   byte for byte (a quoted-printable body with stray raw 8-bit octets has
   them written as ``=XX``, the line cut again at 76 where that made it
@@ -608,9 +610,16 @@ class _Converter:
         cte = cte_raw.decode("ascii", "replace").strip().strip('"').lower()
         return _Headers(start, end, ctype, params, cte, "charset" in params, unseparated), stop
 
-    def _part(self, default_type: str, depth: int) -> bytes | None:
+    def _part(self, default_type: str, depth: int, message: bool = False) -> bytes | None:
         """Convert one part (header block and body) from the current
-        position; return the boundary line that ended it (None at EOF)."""
+        position; return the boundary line that ended it (None at EOF).
+
+        ``message``: the header block is a message's, the body of a
+        message/rfc822 part (a notice's returned message, a forwarded
+        one), not a body part's: one that gets an encoding gets
+        MIME-Version too, as the top-level message does (RFC 2045 4
+        requires it in an embedded message that claims to be MIME; a
+        reader shows the quoted-printable of one without it as it is)."""
         headers, stop = self._scan_headers()
         body_start = self.src.tell()
         ctype = headers.ctype or default_type
@@ -630,7 +639,7 @@ class _Converter:
             self._write_headers(headers, body_start, relabel)
             if stop is not None:
                 return self._taken(stop)
-            return self._part("text/plain", depth + 1)
+            return self._part("text/plain", depth + 1, message=True)
         # a leaf
         mode = "copy"
         charset = None
@@ -663,7 +672,8 @@ class _Converter:
                     f"or lines over {LINE_TEXT} octets")
         new_cte = {"qp": "quoted-printable", "base64": "base64"}.get(mode, relabel)
         self._write_headers(headers, body_start, new_cte, charset,
-                            add_type=ctype if headers.ctype == "" else None, top=depth == 0)
+                            add_type=ctype if headers.ctype == "" else None,
+                            top=depth == 0 or message)
         if stop is not None:
             return self._taken(stop)
         return self._body(mode)
