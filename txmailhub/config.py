@@ -57,6 +57,7 @@ __all__ = [
     "UsersSettings",
     "LocalSubmission",
     "CONFIG_MAX",
+    "LINK_LOCAL",
     "SYSTEM_CONFIG",
     "default_config_path",
     "empty_config_path",
@@ -1274,7 +1275,7 @@ def _smarthost(v: Any) -> str:
 #: the addresses the kernel scopes, and reports an answer's scope for
 #: (fe80::/10): not ``is_link_local``, which newer Pythons make true of
 #: ``::ffff:169.254.0.0/112`` too, where the kernel reports scope 0
-_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
+LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
 
 
 def split_nameserver(item: str) -> tuple[str, int]:
@@ -1321,7 +1322,7 @@ def split_nameserver(item: str) -> tuple[str, int]:
         raise ValueError(f"{quoted(item)}: with a port, the address goes in brackets: "
                          f"{quoted(f'[{host}%{name}]:{after}')}")
     index = _interface_index(item, zone) if percent else 0
-    if index and address in _LINK_LOCAL:
+    if index and address in LINK_LOCAL:
         return f"{text}%{index}", int(port)
     return text, int(port)
 

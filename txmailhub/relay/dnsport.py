@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from zope.interface import implementer
 
+from txmailhub.config import LINK_LOCAL
+
 __all__ = ["QueryPort", "Resolver"]
 
 log = Logger()
@@ -375,12 +377,6 @@ def _shown(line: bytes) -> str:
     return line.strip().decode("ascii", "replace")
 
 
-#: the addresses the kernel scopes, and reports an answer's scope for
-#: (fe80::/10): not ``is_link_local``, which newer Pythons make true of
-#: ``::ffff:169.254.0.0/112`` too, where the kernel reports scope 0
-_LINK_LOCAL = ipaddress.IPv6Network("fe80::/10")
-
-
 def _server_form(word: bytes) -> str | None:
     """A resolv.conf name server's address read as the C library reads it
     (``inet_aton`` for IPv4, so ``0127.0.0.1`` is 87.0.0.1 there and here;
@@ -404,7 +400,7 @@ def _server_form(word: bytes) -> str | None:
     except (OSError, ValueError):
         return None
     host = socket.inet_ntop(socket.AF_INET6, packed)
-    if not zone or ipaddress.IPv6Address(packed) not in _LINK_LOCAL:
+    if not zone or ipaddress.IPv6Address(packed) not in LINK_LOCAL:
         return host
     if zone.isascii() and zone.isdigit():
         index = int(zone)
