@@ -819,14 +819,16 @@ class RefusesAuthParameter(ScriptedSMTPServer):
         super()._command(line)
 
 
-def deliver_logged(net, a, e):
+def deliver_logged(net, a, e, about="AUTH="):
+    """The results of delivering ``e``, and the lines logged ``about`` a
+    refused parameter."""
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
         results = run(net, a.deliver(e, "remote.test", list(e.envelope.recipients)))
     finally:
         globalLogPublisher.removeObserver(events.append)
-    return results, [formatEvent(x) for x in events if "AUTH=" in x.get("log_format", "")]
+    return results, [formatEvent(x) for x in events if about in x.get("log_format", "")]
 
 
 @pytest.mark.parametrize("refusal", [b"555 5.5.4 AUTH parameter not recognized\r\n",
@@ -867,6 +869,13 @@ class RefusesBlankEnvid(RefusesAuthParameter):
         super()._command(line)
 
 
+def _tab_envid_entry(tmp_path):
+    """An entry for BOB whose ENVID holds a TAB (``RefusesBlankEnvid``
+    refuses it), NOTIFY=SUCCESS asked for."""
+    return entry(tmp_path, BOB, dsn=DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b"),
+                 recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+
+
 @pytest.mark.parametrize("pipelining", [True, False])
 def test_refused_dsn_parameters_are_dropped_and_the_success_notice_is_the_hubs(tmp_path,
                                                                               pipelining):
@@ -879,14 +888,8 @@ def test_refused_dsn_parameters_are_dropped_and_the_success_notice_is_the_hubs(t
     a, net, _ = agent(tmp_path)
     ext = ("PIPELINING",) * pipelining + ("SIZE 1000000", "DSN")
     net.servers[("2001:db8::1", 25)] = lambda: RefusesBlankEnvid(None, extensions=ext)
-    e = entry(tmp_path, BOB, dsn=DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b"),
-              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        [r] = run(net, a.deliver(e, "remote.test", [BOB]))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    e = _tab_envid_entry(tmp_path)
+    [r], logged = deliver_logged(net, a, e, "DSN parameters")
     assert r.kind == "delivered" and not r.dsn_passed
     [server] = net.server_protocols
     mails = [c for c in server.commands if c.startswith(b"MAIL")]
@@ -899,7 +902,6 @@ def test_refused_dsn_parameters_are_dropped_and_the_success_notice_is_the_hubs(t
     [(mail, _, _)] = server.messages
     assert mail == mails[1]
     assert apply_results(e, [r], 0.0, False)[BOB].notice == bounce.RELAYED
-    logged = [formatEvent(x) for x in events if "DSN parameters" in x.get("log_format", "")]
     assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused the DSN "
                       "parameters on MAIL (501 5.5.4 Bad ENVID parameter syntax); MAIL sent "
                       "again without ENVID, RET, NOTIFY and ORCPT: success notices asked for "
@@ -925,19 +927,12 @@ def test_refused_dsn_parameters_and_no_mail_sent_again_is_not_logged_as_sent(tmp
     a, net, _ = agent(tmp_path)
     ext = ("PIPELINING", "SIZE 1000000", "DSN")
     net.servers[("2001:db8::1", 25)] = lambda: RefusesBlankEnvidAndCloses(None, extensions=ext)
-    e = entry(tmp_path, BOB, dsn=DSNRequest(ret="HDRS", envid="a\tb", envid_raw="a+09b"),
-              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        [r] = run(net, a.deliver(e, "remote.test", [BOB]))
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    [r], logged = deliver_logged(net, a, _tab_envid_entry(tmp_path), "DSN parameters")
     assert r.kind == "transient"  # (and mx2 refused the connection)
     [server] = net.server_protocols
     assert [c for c in server.commands if c.startswith(b"MAIL")] == [
         b"MAIL FROM:<alice@example.org> SIZE=33 RET=HDRS ENVID=a+09b"]
-    assert not [x for x in events if "DSN parameters" in x.get("log_format", "")]
+    assert not logged
 
 
 @pytest.mark.parametrize("refusal", [b"550 5.7.1 sender refused\r\n",
