@@ -964,23 +964,6 @@ def _command_with_hub(monkeypatch: pytest.MonkeyPatch, hub: ScriptedHub) -> None
                         lambda targets: (hub, targets[0], (220, b"hub.example.org ESMTP")))
 
 
-def test_the_command_gives_the_client_a_421_before_its_exit_70(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from txmailhub.sendmail import run
-
-    hub = _BuggyHub(at=b"RCPT")
-    _command_with_hub(monkeypatch, hub)
-    out, err = io.BytesIO(), io.StringIO()
-    status = run(["-bs"], str(sendmail_config(tmp_path, 2525)), "sendmail",
-                 io.BytesIO(PIPELINED), err, stdout=out)
-    assert status == 70
-    assert codes(out.getvalue()) == [b"220", b"250", b"250", b"421"]
-    assert out.getvalue().endswith(INTERNAL_421)
-    assert err.getvalue() == ("sendmail: internal error (a bug in the command): _Bug: at "
-                              "RCPT TO:<bob@example.org> (-v shows where)\n")
-    assert hub.closed
-
-
 def test_an_internal_error_before_the_greeting_is_a_421_greeting(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from txmailhub import sendmail
@@ -1037,13 +1020,17 @@ class _TextlessHub(ScriptedHub):
         return super().getreply()
 
 
-def test_an_internal_error_whose_text_cannot_be_read_is_a_421_and_70(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the client has its 421; the line naming the error on stderr read the
-    # error's text unguarded, and ended in Python's traceback, exit 1
+@pytest.mark.parametrize("make_hub, said", [
+    (lambda: _BuggyHub(at=b"RCPT"), "_Bug: at RCPT TO:<bob@example.org>"),
+    # the line naming the error on stderr must not read the error's text
+    # unguarded: that ended in Python's traceback, exit 1
+    (_TextlessHub, "_TextlessBug: <exception str() failed>"),
+])
+def test_the_command_gives_the_client_a_421_before_its_exit_70(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_hub, said: str) -> None:
     from txmailhub.sendmail import run
 
-    hub = _TextlessHub()
+    hub = make_hub()
     _command_with_hub(monkeypatch, hub)
     out, err = io.BytesIO(), io.StringIO()
     status = run(["-bs"], str(sendmail_config(tmp_path, 2525)), "sendmail",
@@ -1051,6 +1038,6 @@ def test_an_internal_error_whose_text_cannot_be_read_is_a_421_and_70(
     assert status == 70
     assert codes(out.getvalue()) == [b"220", b"250", b"250", b"421"]
     assert out.getvalue().endswith(INTERNAL_421)
-    assert err.getvalue() == ("sendmail: internal error (a bug in the command): _TextlessBug: "
-                              "<exception str() failed> (-v shows where)\n")
+    assert err.getvalue() == (f"sendmail: internal error (a bug in the command): {said} "
+                              "(-v shows where)\n")
     assert hub.closed
