@@ -4698,14 +4698,30 @@ def test_a_mailbox_whose_close_raises_is_logged_and_the_session_ends(log_events)
     assert "close failed" in formatEvent(failed) and "joe@example.org" in formatEvent(failed)
 
 
+def _pop3s_connected(env, tls_files, socket_class):
+    """A POP3S connection over a ``socket_class`` transport whose client
+    has not begun its TLS handshake: its factory, and the transport."""
+    from tls_loopback import PEER
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    factory = POP3Factory(env.components, implicit_tls=True)
+    cert, key = tls_files
+    server = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
+                                 clock=env.clock).buildProtocol(PEER)
+    sock = socket_class(env.clock, server)
+    server.makeConnection(sock)
+    sock.startReading()
+    assert len(factory.sessions) == 1
+    return factory, sock
+
+
 def test_a_pop3s_client_still_in_its_handshake_is_cut_at_the_stop(tls_files):
     # a client that connected to the POP3S port and has not finished its
     # TLS handshake (a scanner, a stalled client) holds no stop: no line
     # can reach it before the handshake, so it is cut at once, and the
     # stop fires with its connection gone
-    from tls_loopback import PEER, MemorySocket
+    from tls_loopback import MemorySocket
     from twisted.internet import error
-    from twisted.protocols.tls import TLSMemoryBIOFactory
     from twisted.python.failure import Failure
 
     class TCPSocket(MemorySocket):
@@ -4720,14 +4736,7 @@ def test_a_pop3s_client_still_in_its_handshake_is_cut_at_the_stop(tls_files):
                                        Failure(error.ConnectionAborted()))
 
     env = Env()
-    factory = POP3Factory(env.components, implicit_tls=True)
-    cert, key = tls_files
-    server = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
-                                 clock=env.clock).buildProtocol(PEER)
-    sock = TCPSocket(env.clock, server)
-    server.makeConnection(sock)
-    sock.startReading()
-    assert len(factory.sessions) == 1
+    factory, sock = _pop3s_connected(env, tls_files, TCPSocket)
     stopped = factory.shut_down()
     assert sock.disconnecting and not sock.reading()  # cut: no polite close to wait for
     assert not stopped.called
@@ -4743,19 +4752,11 @@ def test_a_stop_ends_with_a_session_its_transport_reports_lost_inside_the_abort(
     # tests' MemorySocket; an embedding's own transport) ended the session
     # within the stop's cutting, before the stop's wait was made: the
     # session counted as gone to nothing, and the stop never fired
-    from tls_loopback import PEER, MemorySocket
+    from tls_loopback import MemorySocket
     from twisted.internet import error
-    from twisted.protocols.tls import TLSMemoryBIOFactory
 
     env = Env()
-    factory = POP3Factory(env.components, implicit_tls=True)
-    cert, key = tls_files
-    server = TLSMemoryBIOFactory(tls_options(str(cert), str(key)), False, factory,
-                                 clock=env.clock).buildProtocol(PEER)
-    sock = MemorySocket(env.clock, server)
-    server.makeConnection(sock)
-    sock.startReading()
-    assert len(factory.sessions) == 1
+    factory, sock = _pop3s_connected(env, tls_files, MemorySocket)
     stopped = factory.shut_down()
     assert sock.lost.check(error.ConnectionAborted)  # within the abort
     assert stopped.called
