@@ -233,6 +233,32 @@ def _read_when_ready(port) -> None:
     port.doRead()
 
 
+def _lookup(resolver, clock, server) -> tuple:
+    """A lookup of mx.example started, its query taken at ``server``: the
+    query's port, the query, its source, and the list the lookup's result
+    goes to."""
+    results: list = []
+    resolver.lookupAddress("mx.example").addBoth(results.append)
+    [port] = clock.readers
+    data, source = server.recvfrom(512)
+    return port, data, source, results
+
+
+def _answered(results: list) -> list[str]:
+    """The addresses of the one answer in ``results`` (``_lookup``'s)."""
+    [(answers, _, _)] = results
+    return [a.payload.dottedQuad() for a in answers]
+
+
+def _from_resolv_conf(tmp_path, monkeypatch, server, line: str, clock) -> dnsport.Resolver:
+    """A resolver of a resolv.conf that has ``line``, its queries going
+    to ``server``'s port (resolv.conf has no port: ``dns.PORT``)."""
+    monkeypatch.setattr(dns, "PORT", server.getsockname()[1])
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(line + "\n")
+    return dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
+
+
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
 @pytest.mark.parametrize("written, family, bind", [
     ("0:0:0:0:0:0:0:1", "AF_INET6", "::1"),
@@ -249,29 +275,21 @@ def test_a_resolv_conf_server_written_another_way_has_its_answers_taken(
     import socket
 
     from twisted.internet.address import IPv6Address
-    from twisted.names import dns
 
     server = socket.socket(getattr(socket, family), socket.SOCK_DGRAM)
     server.settimeout(10)
     server.bind((bind, 0))
     try:
-        monkeypatch.setattr(dns, "PORT", server.getsockname()[1])  # resolv.conf has no port
-        conf = tmp_path / "resolv.conf"
-        conf.write_text(f"nameserver {written}\n")
         clock = _ReaderClock()
-        resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
-        results: list = []
-        resolver.lookupAddress("mx.example").addBoth(results.append)
-        [port] = clock.readers
+        resolver = _from_resolv_conf(tmp_path, monkeypatch, server, f"nameserver {written}", clock)
+        port, data, source, results = _lookup(resolver, clock, server)
         # the port of a query to an IPv6 server is an IPv6 one, as it says
         host = port.getHost()
         assert isinstance(host, IPv6Address)
         assert host.port == port.socket.getsockname()[1]
-        data, source = server.recvfrom(512)
         server.sendto(_answer(data, "192.0.2.7"), source)
         _read_when_ready(port)
-        [(answers, _, _)] = results
-        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+        assert _answered(results) == ["192.0.2.7"]
         assert clock.readers == set() and port.fileno() == -1  # the query's port is closed
     finally:
         server.close()
@@ -292,17 +310,13 @@ def test_an_answer_from_another_address_is_dropped_and_the_servers_is_taken():
     try:
         clock = _ReaderClock()
         resolver = dnsport.Resolver(servers=[server.getsockname()], reactor=clock)
-        results: list = []
-        resolver.lookupAddress("mx.example").addBoth(results.append)
-        [port] = clock.readers
-        data, source = server.recvfrom(512)
+        port, data, source, results = _lookup(resolver, clock, server)
         forger.sendto(_answer(data, "203.0.113.66"), source)
         forger.sendto(b"\x00", source)
         server.sendto(_answer(data, "192.0.2.7"), source)
         while not results:
             _read_when_ready(port)
-        [(answers, _, _)] = results
-        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+        assert _answered(results) == ["192.0.2.7"]
     finally:
         server.close()
         forger.close()
@@ -420,26 +434,18 @@ def test_a_link_local_resolv_conf_server_has_its_answers_taken(tmp_path, monkeyp
     The test's server on this host's own link-local address answers."""
     import socket
 
-    from twisted.names import dns
-
     address, interface = _link_local()
     server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     server.settimeout(10)
     server.bind(("::", 0))
     try:
-        monkeypatch.setattr(dns, "PORT", server.getsockname()[1])
-        conf = tmp_path / "resolv.conf"
-        conf.write_text(f"nameserver {address}%{interface}\n")
         clock = _ReaderClock()
-        resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
-        results: list = []
-        resolver.lookupAddress("mx.example").addBoth(results.append)
-        [port] = clock.readers
-        data, source = server.recvfrom(512)
+        resolver = _from_resolv_conf(tmp_path, monkeypatch, server,
+                                     f"nameserver {address}%{interface}", clock)
+        port, data, source, results = _lookup(resolver, clock, server)
         server.sendto(_answer(data, "192.0.2.7"), source)
         _read_when_ready(port)
-        [(answers, _, _)] = results
-        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+        assert _answered(results) == ["192.0.2.7"]
     finally:
         server.close()
 
@@ -460,17 +466,13 @@ def test_an_answer_from_another_host_on_the_servers_port_is_dropped():
             pytest.skip("no 127.0.0.2 on this host's loopback")
         clock = _ReaderClock()
         resolver = dnsport.Resolver(servers=[server.getsockname()], reactor=clock)
-        results: list = []
-        resolver.lookupAddress("mx.example").addBoth(results.append)
-        [port] = clock.readers
-        data, source = server.recvfrom(512)
+        port, data, source, results = _lookup(resolver, clock, server)
         forger.sendto(_answer(data, "203.0.113.66"), source)
         _read_when_ready(port)
         assert results == []
         server.sendto(_answer(data, "192.0.2.7"), source)
         _read_when_ready(port)
-        [(answers, _, _)] = results
-        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+        assert _answered(results) == ["192.0.2.7"]
     finally:
         server.close()
         forger.close()
@@ -499,14 +501,9 @@ def _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured: bo
             resolver = dnsport.Resolver(servers=[(address, server.getsockname()[1])],
                                         reactor=clock)
         else:
-            monkeypatch.setattr(dns, "PORT", server.getsockname()[1])
-            conf = tmp_path / "resolv.conf"
-            conf.write_text(f"nameserver {address}\n")
-            resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=clock)
-        results: list = []
-        resolver.lookupAddress("mx.example").addBoth(results.append)
-        [port] = clock.readers
-        data, source = server.recvfrom(512)
+            resolver = _from_resolv_conf(tmp_path, monkeypatch, server,
+                                         f"nameserver {address}", clock)
+        port, data, source, results = _lookup(resolver, clock, server)
         server.sendto(_answer(data, "192.0.2.7"), source)
         _read_when_ready(port)
         return results
@@ -522,8 +519,7 @@ def test_an_unscoped_link_local_servers_answer_is_taken(tmp_path, monkeypatch, c
     own choice, and the answer comes with that link's scope, which the
     server's form lacks: it was dropped, and every lookup timed out."""
     results = _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured)
-    [(answers, _, _)] = results
-    assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+    assert _answered(results) == ["192.0.2.7"]
 
 
 @pytest.mark.skipif(_link_local() is None, reason="no IPv6 link-local address")
@@ -546,14 +542,10 @@ def test_a_configured_link_local_server_with_its_zone_has_its_answers_taken(by_i
         configured = split_nameserver(f"[{address}%{zone}]:{server.getsockname()[1]}")
         clock = _ReaderClock()
         resolver = dnsport.Resolver(servers=[configured], reactor=clock)
-        results: list = []
-        resolver.lookupAddress("mx.example").addBoth(results.append)
-        [port] = clock.readers
-        data, source = server.recvfrom(512)
+        port, data, source, results = _lookup(resolver, clock, server)
         server.sendto(_answer(data, "192.0.2.7"), source)
         _read_when_ready(port)
-        [(answers, _, _)] = results
-        assert [a.payload.dottedQuad() for a in answers] == ["192.0.2.7"]
+        assert _answered(results) == ["192.0.2.7"]
     finally:
         server.close()
 
