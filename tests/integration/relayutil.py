@@ -6,17 +6,35 @@
 * ``CaptureSMTP``: a small SMTP server on 127.0.0.1 (a thread per
   connection) playing the remote side: it records every message and its
   replies can be changed while a test runs (``rcpt_reply``).
+* ``first_attempt``: a hub's relay queue, in the test's reactor, with
+  one entry from alice for a next hop given as smarthost.
 """
 
 from __future__ import annotations
 
+import email
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
+from twisted.internet import defer, task
 from twisted.names import dns
+
+from txmailhub.address import Address
+from txmailhub.components import Components
+from txmailhub.config import load_text
+from txmailhub.envelope import Envelope, SpooledMessage
+from txmailhub.relay.record import QueueEntry
+from txmailhub.relay.service import RelayService
+from txmailhub.testing import MemoryMailboxStore, MemorySpooler, StaticRouter
+
+ALICE = Address("alice", "example.org")
 
 
 class DNSServer:
@@ -233,3 +251,48 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0,
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@defer.inlineCallbacks
+def first_attempt(state: Path, port: int, rcpts: Sequence[Address],
+                  settled: Callable[[list[QueueEntry | None], list[bytes]], bool],
+                  tries: int = 100, **envelope: Any):
+    """The relay queue of a hub for example.org (state in ``state``)
+    with 127.0.0.1:``port`` as its smarthost, one entry from alice for
+    ``rcpts`` in it: once ``settled(entries, alice's messages)`` (asked
+    every 0.1 s, ``tries`` times at most), the records of the recipients
+    left in the queue, and the notices alice got."""
+    from twisted.internet import reactor
+
+    text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
+            f'domains = ["example.org"]\n[relay]\nsmarthost = "127.0.0.1:{port}"\n'
+            # (no DNS is asked: a name server the system's resolver
+            # would watch resolv.conf for, a timer left behind)
+            'smarthost_tls = "none"\nnameservers = ["127.0.0.1:9"]\n')
+    settings = load_text(text, str(state / "hub.toml"))
+    spooler = MemorySpooler()
+    store = MemoryMailboxStore(spooler=spooler)
+    parts = Components(settings=settings, reactor=reactor,
+                       router=StaticRouter({"alice": None}), store=store, spooler=spooler,
+                       portal=None)
+    service = RelayService(parts)
+    parts.queue = service.queue
+    service.startService()
+    try:
+        path = state / "in.msg"
+        path.write_bytes(b"Subject: probe\nMessage-ID: <probe@example.org>\n\nbody\n")
+        size = path.stat().st_size
+        yield service.queue.enqueue(Envelope(sender=ALICE, recipients=tuple(rcpts), **envelope),
+                                    SpooledMessage(str(path), size, size + 4))
+        for _ in range(tries):
+            yield task.deferLater(reactor, 0.1, lambda: None)
+            entries = [service.queue.read(i) for i in service.queue.ids()]
+            if settled(entries, store.messages("alice@example.org")):
+                break
+        records = [r for i in service.queue.ids() for r in service.queue.read(i).recipients]
+        notices: list[EmailMessage] = [
+            email.message_from_bytes(m, policy=policy.default)
+            for m in store.messages("alice@example.org")]
+    finally:
+        yield service.stopService()
+    return records, notices

@@ -20,18 +20,16 @@ from pathlib import Path
 import pytest
 from conftest import make_certificate
 from relay_peers import AioServer, SinkServer, TwistedServer, aio_authenticator
-from twisted.internet import defer, task
+from relayutil import first_attempt
+from twisted.internet import defer
 from twisted.internet import ssl as tssl
 from twisted.trial.unittest import TestCase
 
 from txmailhub.address import Address
-from txmailhub.components import Components
 from txmailhub.config import load_text
-from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN, SpooledMessage
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
 from txmailhub.relay.record import QueueEntry
-from txmailhub.relay.service import RelayService
-from txmailhub.testing import MemoryMailboxStore, MemorySpooler, StaticRouter
 
 ALICE = Address("alice", "example.org")
 BOB = Address("bob", "remote.test")
@@ -445,44 +443,14 @@ class RelayQueueInteropTests(TestCase):
 
     @defer.inlineCallbacks
     def run_queue(self, port: int, rcpts, **envelope):
-        from twisted.internet import reactor
+        def settled(entries, mail):  # the first attempt recorded (at most 10 s)
+            return all(e is not None and e.attempts for e in entries) and (
+                not entries or mail)
 
         state = Path(self.mktemp()).absolute()
         state.mkdir(parents=True)
-        text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
-                f'domains = ["example.org"]\n[relay]\nsmarthost = "127.0.0.1:{port}"\n'
-                # (no DNS is asked: a name server the system's resolver
-                # would watch resolv.conf for, a timer left behind)
-                'smarthost_tls = "none"\nnameservers = ["127.0.0.1:9"]\n')
-        settings = load_text(text, str(state / "hub.toml"))
-        spooler = MemorySpooler()
-        store = MemoryMailboxStore(spooler=spooler)
-        parts = Components(settings=settings, reactor=reactor,
-                           router=StaticRouter({"alice": None}), store=store, spooler=spooler,
-                           portal=None)
-        service = RelayService(parts)
-        parts.queue = service.queue
-        service.startService()
-        try:
-            path = state / "in.msg"
-            path.write_bytes(b"Subject: probe\nMessage-ID: <probe@example.org>\n\nbody\n")
-            size = path.stat().st_size
-            yield service.queue.enqueue(Envelope(sender=ALICE, recipients=tuple(rcpts),
-                                                 **envelope),
-                                        SpooledMessage(str(path), size, size + 4))
-            for _ in range(100):  # until the first attempt is recorded (at most 10 s)
-                yield task.deferLater(reactor, 0.1, lambda: None)
-                entries = [service.queue.read(i) for i in service.queue.ids()]
-                if all(e is not None and e.attempts for e in entries) and (
-                        not entries or store.messages("alice@example.org")):
-                    break
-            kept = {str(r.address): r.state for i in service.queue.ids()
-                    for r in service.queue.read(i).recipients}
-            notices = [email.message_from_bytes(m, policy=policy.default)
-                       for m in store.messages("alice@example.org")]
-        finally:
-            yield service.stopService()
-        return kept, notices
+        records, notices = yield first_attempt(state, port, rcpts, settled, **envelope)
+        return {str(r.address): r.state for r in records}, notices
 
     @defer.inlineCallbacks
     def test_the_queue_keeps_exactly_the_4xx_recipients(self):

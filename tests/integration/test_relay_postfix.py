@@ -41,17 +41,15 @@ import pytest
 from conftest import make_certificate
 from postfix_peer import SKIP_MARKS, Postfix
 from relay_peers import _listening_inodes, _socket_inodes, free_port
-from twisted.internet import defer, task
+from relayutil import first_attempt
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from txmailhub.address import Address
-from txmailhub.components import Components
 from txmailhub.config import load_text
-from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN, SpooledMessage
+from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
 from txmailhub.relay.record import QueueEntry
-from txmailhub.relay.service import RelayService
-from txmailhub.testing import MemoryMailboxStore, MemorySpooler, StaticRouter
 
 pytestmark = SKIP_MARKS
 
@@ -492,47 +490,17 @@ class RelayQueueToPostfixTests(TestCase):
     def run_queue(self, rcpts, **envelope):
         """One entry for ``rcpts``, its first attempt: the recipients' states
         after it (``{}``: the entry is gone) and the notices alice got."""
-        from twisted.internet import reactor
+        def settled(entries, mail):  # the attempt recorded (at most 20 s)
+            # (the notice is in the mailbox before the record says
+            # "bounced" instead of "failed")
+            return all(e is not None and e.attempts and not e.failed for e in entries) and mail
 
         state = Path(self.mktemp()).absolute()
         state.mkdir(parents=True)
-        text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
-                f'domains = ["example.org"]\n[relay]\n'
-                f'smarthost = "127.0.0.1:{self.hop.port}"\n'
-                # (no DNS is asked: a name server the system's resolver
-                # would watch resolv.conf for, a timer left behind)
-                'smarthost_tls = "none"\nnameservers = ["127.0.0.1:9"]\n')
-        settings = load_text(text, str(state / "hub.toml"))
-        spooler = MemorySpooler()
-        store = MemoryMailboxStore(spooler=spooler)
-        parts = Components(settings=settings, reactor=reactor,
-                           router=StaticRouter({"alice": None}), store=store, spooler=spooler,
-                           portal=None)
-        service = RelayService(parts)
-        parts.queue = service.queue
-        service.startService()
-        try:
-            path = state / "in.msg"
-            path.write_bytes(b"Subject: probe\nMessage-ID: <probe@example.org>\n\nbody\n")
-            size = path.stat().st_size
-            yield service.queue.enqueue(Envelope(sender=ALICE, recipients=tuple(rcpts),
-                                                 **envelope),
-                                        SpooledMessage(str(path), size, size + 4))
-            for _ in range(200):  # until the attempt is recorded (at most 20 s)
-                yield task.deferLater(reactor, 0.1, lambda: None)
-                entries = [service.queue.read(i) for i in service.queue.ids()]
-                # (the notice is in the mailbox before the record says
-                # "bounced" instead of "failed")
-                if all(e is not None and e.attempts and not e.failed for e in entries) and (
-                        store.messages("alice@example.org")):
-                    break
-            kept = {str(r.address): (r.state, r.last_reply and r.last_reply.text())
-                    for i in service.queue.ids() for r in service.queue.read(i).recipients}
-            notices = [email.message_from_bytes(m, policy=policy.default)
-                       for m in store.messages("alice@example.org")]
-        finally:
-            yield service.stopService()
-        return kept, notices
+        records, notices = yield first_attempt(state, self.hop.port, rcpts, settled, tries=200,
+                                               **envelope)
+        return {str(r.address): (r.state, r.last_reply and r.last_reply.text())
+                for r in records}, notices
 
     def assert_bounce_for_nobody(self, notice) -> None:
         report = notice.get_body(("plain",)).get_content()
