@@ -126,12 +126,14 @@ class UnreadableArgument(RemoteProtocolError):
     """A command line whose verb reads but whose argument is not UTF-8
     (``501 5.5.2``).  It carries the verb: the engine decides, as it
     knows its verbs, whether the line is refused (``500`` for a verb it
-    does not have, ``501`` for one it has) or taken with the argument
-    left out (NOOP and HELP, whose argument is ignored: RFC 5321 4.1.1.9,
-    "servers SHOULD ignore it").  ``argument`` is the argument with each
+    does not have, ``501`` for one it has), taken with the argument left
+    out (a verb whose argument it ignores: NOOP, whose RFC 5321 4.1.1.9
+    says "servers SHOULD ignore it", HELP, TURN, SEND, VRFY and EXPN
+    switched off), or taken with ``argument``: the argument with each
     octet that is not UTF-8 as U+FFFD, for a command that reads it as
     something other than text (AUTH's initial response is base64, which
-    such an octet is not either)."""
+    such an octet is not either) or takes none (RSET, DATA, QUIT,
+    STARTTLS: refused as any argument would be)."""
 
     def __init__(self, reply: object, verb: str, argument: str = "") -> None:
         super().__init__(reply)

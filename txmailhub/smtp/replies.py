@@ -136,9 +136,10 @@ AUTH_INVALID_BASE64 = Reply.of(501, "5.5.2", "Invalid base64 data")
 AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")
 # RFC 4954 4 answers a response it cannot decode with 501 5.5.2; one that
 # decodes to no message of the mechanism (an empty line, or "=" as the
-# initial response, at any step of PLAIN or LOGIN; a PLAIN message without its two NULs or with an
-# empty user or password, RFC 4616 2's grammar) cannot be read either,
-# and is refused the same way: at once, no password was tried
+# initial response, at any step of PLAIN or LOGIN; a PLAIN message
+# without its two NULs or with an empty user or password, RFC 4616 2's
+# grammar) cannot be read either, and is refused the same way: at once,
+# no password was tried
 AUTH_MALFORMED = Reply.of(501, "5.5.2", "Empty or malformed authentication response")
 COMMAND_NOT_IMPLEMENTED = Reply.of(502, "5.5.1", "Command not implemented")
 TURN_REFUSED = Reply.of(502, "5.5.1", "TURN is not supported")
