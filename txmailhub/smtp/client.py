@@ -597,10 +597,8 @@ class ClientSession:
                     451, "4.6.3", f"not sent to this server for now: {reply.text()} -- "
                     f"but the server refused EHLO ({refused.text()}) and so never said "
                     "what it offers"))
-            self._expect.clear()
-            self.phase = Phase.DONE
-            return [Close(abort=True)]
-        self._fail_all(reply)
+        else:
+            self._fail_all(reply)
         self._expect.clear()
         self.phase = Phase.DONE
         # abort: a polite TLS close waits for the server's close_notify, and a
