@@ -176,7 +176,7 @@ def test_a_next_hop_that_takes_the_data_too_slowly_is_cut(tmp_path):
         clock.advance(1)
         assert transport.disconnecting
     finally:
-        globalLogPublisher.removeObserver(events)
+        globalLogPublisher.removeObserver(events.append)
     proto.connectionLost(None)
     outcome = proto.done.result
     assert outcome.phase == Phase.BODY.value and not _maybe_delivered(outcome)
