@@ -295,6 +295,32 @@ class AliasTests(Base):
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
         self.assertEqual(reads, [self.path])
 
+    def test_a_router_that_does_not_reload_reads_the_file_once(self):
+        # reload=False (sendmail's grouping): the table read at the start
+        # serves every lookup; the file is neither looked at nor read again
+        # when it changes or goes away
+        import txmailhub.router as router_module
+
+        self.write("list: joe\n")
+        r = Router(DOMAINS, self.users, self.path, reload=False)
+        looked = []
+        real_stat = router_module.os.stat
+
+        def stat_spy(path, *a, **kw):
+            if path == self.path:
+                looked.append(path)
+            return real_stat(path, *a, **kw)
+
+        self.patch(router_module.os, "stat", stat_spy)
+        self.write("list: ann\nnew: bob\n")
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        self.assertEqual(r.verify(A("list")), ((A("joe"),), ()))
+        self.assertRaises(Rejected, r.resolve, A("new"))
+        os.unlink(self.path)
+        self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        self.assertFalse(r.aliases_away)
+        self.assertEqual(looked, [])
+
     def test_an_aliases_file_that_goes_away_is_451_not_550(self):
         # like the users file (configuration.rst): while the configured
         # aliases file is away (moved, being restored), the hub cannot tell

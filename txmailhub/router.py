@@ -411,15 +411,23 @@ def alias_warnings(
 class Router:
     """``IRecipientRouter`` over the local domains, the users database
     (anything with ``contains(address) -> bool``) and the aliases file
-    (``None``: no aliases).  See the module docstring for the rules."""
+    (``None``: no aliases).  See the module docstring for the rules.
 
-    def __init__(self, domains: Iterable[str], users: Any, aliases_file: str | None = None) -> None:
+    ``reload``: each lookup looks at the aliases file again and reads it
+    once it has changed, as the hub, which runs for months, needs.
+    ``False`` reads it once, here, and the table read then serves every
+    lookup: for a short run (``sendmail``'s grouping of recipients) that
+    wants one view of the file and no ``stat`` per lookup."""
+
+    def __init__(self, domains: Iterable[str], users: Any, aliases_file: str | None = None,
+                 *, reload: bool = True) -> None:
         self.domains = tuple(dict.fromkeys(canonical_domain(d) for d in domains))
         if not self.domains:
             raise ValueError("at least one local domain is needed")
         self.primary_domain = self.domains[0]
         self.users = users
         self.aliases_file = aliases_file
+        self.reload = reload
         self.aliases: Aliases = {}
         # the configured file is away (moved, being restored): an address
         # that is no user may be one of its aliases, so it gets 451, not 550
@@ -519,11 +527,13 @@ class Router:
         return canonical_domain(domain) in self.domains
 
     def resolve(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
-        self._reload_if_changed()
+        if self.reload:
+            self._reload_if_changed()
         return self._expand(address)
 
     def verify(self, address: Address) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
-        self._reload_if_changed()
+        if self.reload:
+            self._reload_if_changed()
         return self._expand(address)
 
     # -- expansion -------------------------------------------------------------
