@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from txmailhub import cli
-from txmailhub.address import AddressError
+from txmailhub.address import Address, AddressError
 from txmailhub.config import LocalSubmission, load_local_submission
 from txmailhub.errors import ConfigError
 from txmailhub.sendmail import (
@@ -1540,6 +1540,34 @@ def test_a_list_that_fits_in_one_transaction_is_kept_as_given_and_reads_no_alias
     assert p.recipients == ("staff@example.org", "joe@example.org", "bob@example.org",
                             "ann@example.org")
     assert p.groups == (2, 1, 1)
+
+
+def test_the_aliases_file_changing_mid_run_leaves_the_grouping_as_read_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the command groups by one view of the file: its router reads it
+    # once and neither looks at it again nor reads it again per recipient,
+    # so an edit while it runs cannot group half the list by each version
+    import txmailhub.router
+
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: joe\n")
+    lookups = 0
+    resolve = txmailhub.router.Router.resolve
+
+    def edited_after_the_first(self: txmailhub.router.Router, address: Address
+                               ) -> tuple[tuple[Address, ...], tuple[Address, ...]]:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
+            aliases.write_text("staff: bob, ann\n")  # another size: a stamp that changed
+        return resolve(self, address)
+
+    monkeypatch.setattr(txmailhub.router.Router, "resolve", edited_after_the_first)
+    settings = replace(SETTINGS, aliases_file=str(aliases), max_recipients=2)
+    p = prep(b"x\r\n", Options(recipients=("bob", "staff", "joe")), settings)
+    assert lookups == 3
+    assert p.recipients == ("bob@example.org", "staff@example.org", "joe@example.org")
+    assert p.groups == (1, 2)
 
 
 def test_max_recipients_is_read_from_the_config_a_bad_one_is_the_default(

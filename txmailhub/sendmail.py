@@ -351,8 +351,8 @@ def _by_mailbox(recipients: list[tuple[str, Address]],
         return forms, ()
     from txmailhub.router import Router
 
-    router = Router(settings.domains, _EveryName(), settings.aliases_file)
-    router.aliases_file = None  # read once: the file as it is now serves every lookup
+    # read once: the file as it is now serves every lookup
+    router = Router(settings.domains, _EveryName(), settings.aliases_file, reload=False)
     if not router.aliases:
         return forms, ()
     local = set(router.domains)
