@@ -357,6 +357,7 @@ def _parsed(tmp_path, text: str) -> dnsport.Resolver:
     ("nameserver FE80::1%7", ["fe80::1%7"]),
     ("nameserver fe80::1%no-such-interface0", ["fe80::1"]),
     ("nameserver fe80::1%4294967296", ["fe80::1"]),  # no scope id: 32 bits
+    ("nameserver fe80::1%4294967295", ["fe80::1%4294967295"]),  # the largest one is
 ])
 def test_resolv_conf_name_servers_are_read_as_the_c_library_reads_them(tmp_path, line, servers):
     resolver = _parsed(tmp_path, f"# the servers\n{line}\nsearch example.org\n")
@@ -486,6 +487,20 @@ def test_only_the_first_three_name_servers_count_as_for_the_c_library(tmp_path, 
     assert resolver.dynServers == [(f"192.0.2.{i}", 53) for i in (1, 2, 3)]
     warned = [e["log_format"] for e in log_events if e.get("log_level") == LogLevel.warn]
     assert len(warned) == 3 and "only the first {n} name servers" in warned[-1]
+
+
+def test_a_skipped_line_leaves_the_servers_after_it_and_its_warning_names_the_file(
+        tmp_path, log_events):
+    # an indented keyword and a line without an address are skipped alone:
+    # the servers written after them are still asked
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(" nameserver 192.0.2.1\nnameserver ns.example\nnameserver 192.0.2.2\n"
+                    "nameserver 192.0.2.3\n")
+    resolver = dnsport.Resolver(resolv=str(conf).encode(), reactor=Clock())
+    assert resolver.dynServers == [("192.0.2.2", 53), ("192.0.2.3", 53)]
+    warned = [e for e in log_events if e.get("log_level") == LogLevel.warn]
+    assert [e["path"] for e in warned] == [str(conf), str(conf)]
+    assert "indented" in warned[0]["log_format"] and "no IP address" in warned[1]["log_format"]
 
 
 def _an_unscoped_link_local_server_answers(tmp_path, monkeypatch, configured: bool) -> list:
