@@ -2287,11 +2287,15 @@ class PlainNameTests(Base):
             f.write(b"not yours\n")
         os.symlink(secret, os.path.join(self.md(), "new", "2.link"))
         os.symlink(secret, os.path.join(self.md(), "new", "3.link,S=10,W=11"))
+        # a name of the hub's own shape, whose sizes are taken unread (no lstat)
+        own = "1796221587.M228360P32037Q9R712dd309.hub,S=10,W=11"
+        os.symlink(secret, os.path.join(self.md(), "new", own))
         box = self.open()
         infos = box.list_messages()
         names = [os.path.basename(i.path) for i in infos]
         self.assertNotIn("2.link", names)
         self.assertNotIn("3.link,S=10,W=11", names)  # whatever its name says
+        self.assertNotIn(own, names)
         os.mkdir(os.path.join(self.md(), "new", "4.dir,S=10,W=11"))
         self.assertEqual(len(scan(self.md())), len(infos))  # nor a directory
         box.close()
@@ -3268,3 +3272,16 @@ def test_a_plain_named_message_moved_to_cur_while_scan_runs_is_listed(tmp_path, 
     monkeypatch.setattr(os, "lstat", moving_first)
     snapshot = scan(md)
     assert [(m.path, m.size, m.seen) for m in snapshot] == [(moved, 21, True)]
+
+
+@pytest.mark.parametrize("sizes", ["", ",W=99", ",S=5", ",S=77"])
+def test_a_name_of_the_hubs_shape_without_both_sizes_is_measured(tmp_path: Path, sizes) -> None:
+    """A name of the hub's shape that lacks ``S=`` or ``W=`` (Python's
+    ``mailbox.Maildir`` writes neither) says no size to list: LIST gives
+    the octets RETR sends, measured, not a size made up for the missing
+    field."""
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    (md / "new" / f"1796221587.M228360P32037Q1.hub{sizes}").write_bytes(b"a\nb\nc")
+    assert [(m.size, m.stored_size) for m in scan(str(md))] == [(9, 5)]
