@@ -1570,6 +1570,44 @@ def test_the_aliases_file_changing_mid_run_leaves_the_grouping_as_read_first(
     assert p.groups == (1, 2)
 
 
+def test_a_list_of_exactly_max_recipients_is_one_transaction_kept_as_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as many recipients as the hub takes in one transaction: the hub
+    # merges them itself, so the order given is kept and no file is read
+    import txmailhub.router
+
+    def no_router(*args: object) -> None:
+        raise AssertionError("the aliases were read for a list of one transaction")
+
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: joe\n")
+    monkeypatch.setattr(txmailhub.router, "Router", no_router)
+    settings = replace(SETTINGS, aliases_file=str(aliases), max_recipients=3)
+    p = prep(b"x\r\n", Options(recipients=("staff", "bob", "joe")), settings)
+    assert p.recipients == ("staff@example.org", "bob@example.org", "joe@example.org")
+    assert p.groups == ()
+
+
+def test_a_postmaster_of_another_local_domain_goes_with_the_primary_postmasters_mailbox(
+        tmp_path: Path) -> None:
+    # RFC 5321 4.5.1: postmaster@example.net that is no user is the primary
+    # domain's postmaster, which aliases lead to joe here: the command
+    # cannot tell, so it keeps it beside joe (one copy, one transaction)
+    aliases = tmp_path / "aliases"
+    aliases.write_text("postmaster: joe\n")
+    settings = replace(SETTINGS, aliases_file=str(aliases), max_recipients=2)
+    p = prep(b"x\r\n", Options(recipients=("postmaster@example.net", "bob", "joe", "ann")),
+             settings)
+    assert p.recipients == ("postmaster@example.net", "joe@example.org", "bob@example.org",
+                            "ann@example.org")
+    assert p.groups == (2, 1, 1)
+    # a remote postmaster is just an address
+    p = prep(b"x\r\n", Options(recipients=("postmaster@elsewhere.test", "bob", "joe")),
+             settings)
+    assert p.recipients == ("postmaster@elsewhere.test", "bob@example.org", "joe@example.org")
+    assert p.groups == ()
+
+
 def test_max_recipients_is_read_from_the_config_a_bad_one_is_the_default(
         tmp_path: Path) -> None:
     config = _hub_config(tmp_path)

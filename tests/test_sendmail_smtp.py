@@ -411,6 +411,22 @@ def test_recipients_that_aliases_lead_to_one_mailbox_share_a_transaction(
         ["ann@example.org", "team@example.org"], ["r3@example.org"]]
 
 
+def test_a_run_longer_than_the_limit_is_cut_and_the_last_transaction_holds_whole_runs(
+        hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # staff, team and joe lead to one mailbox: three, where the hub takes
+    # two a transaction, so no transaction can hold them (joe gets two
+    # copies); the runs after them fill the transactions as the limit
+    # allows, the last one two runs of one
+    hub.append(LimitedHub(2))
+    config = _aliases_config(tmp_path, "staff: joe\nteam: joe\n")
+    err = io.StringIO()
+    argv = ["staff", "team", "joe", "r1", "r2", "r3"]
+    assert run(argv, config, "sendmail", io.BytesIO(b"x\n"), err) == 0, err.getvalue()
+    assert [rcpts for rcpts, _ in hub[0].delivered] == [
+        ["staff@example.org", "team@example.org"], ["joe@example.org", "r1@example.org"],
+        ["r2@example.org", "r3@example.org"]]
+
+
 def test_a_refusal_in_a_run_the_limit_cut_is_told_once(
         hub: list[ScriptedHub], tmp_path) -> None:  # type: ignore[no-untyped-def]
     # "staff" refused in the transaction the limit cut before it, and in the
