@@ -302,3 +302,11 @@ def test_a_shown_traceback_escapes_the_text_of_a_groups_members_on_one_line() ->
     assert len(python) == len(lines) + 4
     assert [line for line in lines if "File" in line or "+--" in line] == [
         line for line in python if "File" in line or "+--" in line]
+
+
+def test_a_shown_traceback_escapes_an_exception_whose_name_looks_like_a_groups_margin() -> None:
+    # a class whose module name begins as a group member's margin ("| "):
+    # its text outside any group is still one line, escaped
+    error_type = type("E", (Exception,), {"__module__": "| m"})
+    lines = shown_traceback(_raised(error_type("a\nb\x1b"))).splitlines()
+    assert lines[-1] == "| m.E: a\\x{A}b\\x{1B}"
