@@ -3285,3 +3285,22 @@ def test_a_name_of_the_hubs_shape_without_both_sizes_is_measured(tmp_path: Path,
         (md / sub).mkdir(parents=True)
     (md / "new" / f"1796221587.M228360P32037Q1.hub{sizes}").write_bytes(b"a\nb\nc")
     assert [(m.size, m.stored_size) for m in scan(str(md))] == [(9, 5)]
+
+
+def test_a_size_cache_is_read_up_to_its_bound_and_not_an_octet_more(tmp_path, log_events) -> None:
+    # the bound is ENTRY_OCTETS for each message and one more: a cache of
+    # exactly that many octets is taken (here its size for the message,
+    # wrong on purpose, is listed), one octet more is ignored and measured
+    md, path = _md_with_plain_message(tmp_path)
+    st = os.stat(path)
+    entry = {os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}
+    doc = json.dumps({"version": 1, "sizes": entry}).encode()
+    cache = Path(md) / mailbox_module.SIZES_NAME
+    bound = mailbox_module._SizeCache.ENTRY_OCTETS * 2
+    assert bound == 4096
+    cache.write_bytes(doc + b" " * (bound - len(doc)))
+    assert [m.size for m in scan(md)] == [999]
+    assert not [e for e in log_events if "unreadable size cache" in formatEvent(e)]
+    cache.write_bytes(doc + b" " * (bound + 1 - len(doc)))
+    assert [m.size for m in scan(md)] == [21]
+    assert [e for e in log_events if "unreadable size cache" in formatEvent(e)]
