@@ -271,6 +271,22 @@ def test_a_size_remembered_while_a_save_writes_is_kept_by_the_next_save(tmp_path
     assert len(writes) == 2
 
 
+@pytest.mark.parametrize("ours", [False, True])
+def test_a_file_changed_since_the_scan_keeps_no_downgraded_size(tmp_path, ours):
+    # the file was rewritten after the login listed it: its entry (a plain
+    # name's) or its name's S= (one of the hub's) no longer says its size,
+    # so the size measured from it is not kept; the next scan measures it
+    _clock, components, md = make_env(tmp_path)
+    path = drop(md, INTL(n=1).encode(), 1, ours=ours)
+    box = components.store.open_mailbox(JOE).result
+    with open(path, "ab") as f:
+        f.write(b"more\n")
+    with open(path, "rb") as f:
+        box.remember_downgraded_size(0, f, 111)
+        assert box.downgraded_size(0, f) is None
+    box.close()
+
+
 class _HeldJobs:
     """Worker jobs (``syncer.call``) held until ``run``: a save still
     waiting for its turn on a busy worker."""
