@@ -1002,3 +1002,13 @@ def test_a_mapped_literal_of_another_host_is_delivered():
     # socket to the mapped form fails on a host without IPv6
     [host] = result(r.resolve("[IPv6:::ffff:192.0.2.9]"))
     assert (host.name, host.addresses) == ("[IPv6:::ffff:192.0.2.9]", ("192.0.2.9",))
+
+
+def test_the_hubs_own_name_is_itself_in_any_case_and_with_a_final_dot():
+    # an MX host named as the hub, however written (DNS names ignore case,
+    # and a final dot is the same name), is this hub: a loop, whatever
+    # addresses it has
+    r = resolver()
+    assert r.is_self(MXHost("Mail.Hub.Test.", 10, ()))
+    assert r.is_self(MXHost("mail.hub.test", 10, ("192.0.2.77",)))
+    assert not r.is_self(MXHost("mail.hub.test.example", 10, ("192.0.2.77",)))
