@@ -346,6 +346,7 @@ def _parsed(tmp_path, text: str) -> dnsport.Resolver:
     ("nameserver ns.example.net", ["127.0.0.1"]),
     ("nameserver 192.0.2.53:5353", ["127.0.0.1"]),  # resolv.conf has no port
     ("nameservers 192.0.2.9", ["127.0.0.1"]),  # no such keyword
+    ("nameserver192.0.2.9", ["127.0.0.1"]),  # the keyword ends at a blank
     ("nameserver 192.0.2.5\x00", ["127.0.0.1"]),
     ("nameserver fe80::1%\u00e9", ["fe80::1"]),
     # the C library's inet_aton: a leading 0 is octal there, and so here
@@ -500,6 +501,7 @@ def test_a_skipped_line_leaves_the_servers_after_it_and_its_warning_names_the_fi
     assert resolver.dynServers == [("192.0.2.2", 53), ("192.0.2.3", 53)]
     warned = [e for e in log_events if e.get("log_level") == LogLevel.warn]
     assert [e["path"] for e in warned] == [str(conf), str(conf)]
+    assert [e["line"] for e in warned] == ["nameserver 192.0.2.1", "nameserver ns.example"]
     assert "indented" in warned[0]["log_format"] and "no IP address" in warned[1]["log_format"]
 
 
