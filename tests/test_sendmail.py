@@ -1588,6 +1588,30 @@ def test_a_list_of_exactly_max_recipients_is_one_transaction_kept_as_given(
     assert p.groups == ()
 
 
+def test_a_list_of_one_transaction_loads_no_twisted(tmp_path: Path) -> None:
+    """The command loads the hub's router, and with it Twisted, only to
+    group a list longer than one transaction: a start-up time every run,
+    of a cron job or a web page's mail, would pay otherwise."""
+    import subprocess
+    import sys
+
+    aliases = tmp_path / "aliases"
+    aliases.write_text("staff: joe\n")
+    code = (
+        "import io, sys\n"
+        "from txmailhub.config import LocalSubmission\n"
+        "from txmailhub.sendmail import Options, prepare\n"
+        "from txmailhub.sendmail_input import read_message\n"
+        "settings = LocalSubmission(path='/x.toml', hostname='mail.example.org',\n"
+        "    domains=('example.org',), listen=('tcp:25',), max_message_size=10_000,\n"
+        f"    aliases_file={str(aliases)!r})\n"
+        "prepare(read_message(io.BytesIO(b'x\\n'), True, 100),\n"
+        "    Options(recipients=('staff', 'joe')), settings, ('joe', ''), 1000)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted'))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, b"[]\n"), r
+
+
 def test_a_postmaster_of_another_local_domain_goes_with_the_primary_postmasters_mailbox(
         tmp_path: Path) -> None:
     # RFC 5321 4.5.1: postmaster@example.net that is no user is the primary
