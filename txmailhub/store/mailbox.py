@@ -339,8 +339,8 @@ class _SizeCache:
     make it any size).  Nothing in it keeps a login from the mailbox:
     at worst every size is measured again."""
 
-    #: the most one entry takes: a name of 255 octets, each ``\uXXXX``
-    #: in JSON (one not UTF-8), and five 64-bit numbers
+    #: the most one entry takes: a name of 255 octets, each a six-octet
+    #: ``\u`` escape in JSON (one not UTF-8), and five 64-bit numbers
     ENTRY_OCTETS = 2048
 
     def __init__(self, md: str, messages: int) -> None:
