@@ -8,10 +8,14 @@
   replies can be changed while a test runs (``rcpt_reply``).
 * ``first_attempt``: a hub's relay queue, in the test's reactor, with
   one entry from alice for a next hop given as smarthost.
+* ``smarthost_settings`` and ``queued_entry``: the settings and the
+  queue entry a ``DeliveryAgent`` is given to send one message to a
+  smarthost on loopback, without a queue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import socket
 import socketserver
@@ -251,6 +255,29 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0,
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def smarthost_settings(state: Path, port: int, relay: str = 'smarthost_tls = "none"'):
+    """The settings of a hub for example.org (state in ``state``, made
+    if missing) whose relay sends to 127.0.0.1:``port``, with the
+    ``[relay]`` lines ``relay`` besides."""
+    state.mkdir(exist_ok=True)
+    text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
+            f'domains = ["example.org"]\n[relay]\nsmarthost = "127.0.0.1:{port}"\n{relay}\n')
+    return load_text(text, str(state / "hub.toml"))
+
+
+def queued_entry(folder: Path, body: bytes, rcpts: Sequence[Address],
+                 **envelope: Any) -> QueueEntry:
+    """A queue entry for ``body`` (written to a new file in ``folder``),
+    from alice unless ``envelope`` names a sender."""
+    path = folder / f"{len(list(folder.iterdir()))}.msg"
+    path.write_bytes(body)
+    envelope.setdefault("sender", ALICE)
+    e = QueueEntry.new("0123456789ABCDEF", Envelope(recipients=tuple(rcpts), **envelope), 0.0)
+    return dataclasses.replace(e, message_path=str(path), size=len(body),
+                               crlf_size=len(body) + body.count(b"\n"),
+                               eight_bit=not body.isascii())
 
 
 @defer.inlineCallbacks

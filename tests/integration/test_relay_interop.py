@@ -11,7 +11,6 @@ queue's own bookkeeping after mixed replies is checked through a
 
 from __future__ import annotations
 
-import dataclasses
 import email
 import ssl
 from email import policy
@@ -20,14 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import make_certificate
 from relay_peers import AioServer, SinkServer, TwistedServer, aio_authenticator
-from relayutil import first_attempt
+from relayutil import first_attempt, queued_entry, smarthost_settings
 from twisted.internet import defer
 from twisted.internet import ssl as tssl
 from twisted.trial.unittest import TestCase
 
 from txmailhub.address import Address
-from txmailhub.config import load_text
-from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
+from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
 from txmailhub.relay.record import QueueEntry
 
@@ -72,21 +70,10 @@ class RelayInteropTests(TestCase):
         self.tmp.mkdir(parents=True)
 
     def settings(self, port: int, relay: str = 'smarthost_tls = "none"'):
-        state = self.tmp / f"state{port}"
-        state.mkdir(exist_ok=True)
-        text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
-                f'domains = ["example.org"]\n[relay]\nsmarthost = "127.0.0.1:{port}"\n{relay}\n')
-        return load_text(text, str(state / "hub.toml"))
+        return smarthost_settings(self.tmp / f"state{port}", port, relay)
 
     def entry(self, body: bytes, rcpts, **envelope) -> QueueEntry:
-        path = self.tmp / f"{len(list(self.tmp.iterdir()))}.msg"
-        path.write_bytes(body)
-        envelope.setdefault("sender", ALICE)
-        e = QueueEntry.new("0123456789ABCDEF", Envelope(recipients=tuple(rcpts), **envelope),
-                           0.0)
-        return dataclasses.replace(e, message_path=str(path), size=len(body),
-                                   crlf_size=len(body) + body.count(b"\n"),
-                                   eight_bit=not body.isascii())
+        return queued_entry(self.tmp, body, rcpts, **envelope)
 
     def deliver(self, port: int, body: bytes, rcpts=(BOB,), relay: str = 'smarthost_tls = "none"',
                 trust=None, **envelope) -> defer.Deferred:

@@ -27,7 +27,6 @@ needs root and Postfix, and skips without them.
 
 from __future__ import annotations
 
-import dataclasses
 import email
 import os
 import pwd
@@ -41,13 +40,12 @@ import pytest
 from conftest import make_certificate
 from postfix_peer import SKIP_MARKS, Postfix
 from relay_peers import _listening_inodes, _socket_inodes, free_port
-from relayutil import first_attempt
+from relayutil import first_attempt, queued_entry, smarthost_settings
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from txmailhub.address import Address
-from txmailhub.config import load_text
-from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
+from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.relay.attempt import SMARTHOST, DeliveryAgent
 from txmailhub.relay.record import QueueEntry
 
@@ -258,22 +256,10 @@ class RelayToPostfixTests(TestCase):
         self.tmp.mkdir(parents=True)
 
     def settings(self, relay: str):
-        state = self.tmp / "state"
-        state.mkdir(exist_ok=True)
-        text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
-                f'domains = ["example.org"]\n[relay]\nsmarthost = "127.0.0.1:{self.hop.port}"\n'
-                f'{relay}\n')
-        return load_text(text, str(state / "hub.toml"))
+        return smarthost_settings(self.tmp / "state", self.hop.port, relay)
 
     def entry(self, body: bytes, rcpts, **envelope) -> QueueEntry:
-        path = self.tmp / f"{len(list(self.tmp.iterdir()))}.msg"
-        path.write_bytes(body)
-        envelope.setdefault("sender", ALICE)
-        e = QueueEntry.new("0123456789ABCDEF", Envelope(recipients=tuple(rcpts), **envelope),
-                           0.0)
-        return dataclasses.replace(e, message_path=str(path), size=len(body),
-                                   crlf_size=len(body) + body.count(b"\n"),
-                                   eight_bit=not body.isascii())
+        return queued_entry(self.tmp, body, rcpts, **envelope)
 
     def deliver(self, body: bytes, rcpts=(BOB,), relay: str = 'smarthost_tls = "none"',
                 **envelope) -> defer.Deferred:
