@@ -3058,12 +3058,18 @@ def test_a_stale_link_in_tmp_is_judged_by_its_own_age_not_its_target_s(tmp_path)
     assert os.path.exists(target)
 
 
-def _md_with_plain_message(tmp_path) -> tuple[str, str]:
-    """A Maildir holding one message whose name carries no sizes (another
-    delivery agent's): ``scan`` measures it.  (md, its path)."""
+def _empty_md(tmp_path) -> Path:
+    """An empty Maildir (``tmp``, ``new``, ``cur``) at ``tmp_path/md``."""
     md = tmp_path / "md"
     for sub in ("tmp", "new", "cur"):
         (md / sub).mkdir(parents=True)
+    return md
+
+
+def _md_with_plain_message(tmp_path) -> tuple[str, str]:
+    """A Maildir holding one message whose name carries no sizes (another
+    delivery agent's): ``scan`` measures it.  (md, its path)."""
+    md = _empty_md(tmp_path)
     path = md / "new" / "1600000001.M1P1Q1.other"
     path.write_bytes(b"Subject: x\n\nhello\n")
     return str(md), str(path)
@@ -3118,9 +3124,7 @@ def test_a_message_made_a_pipe_while_scan_measures_it_is_skipped_not_waited_on(
 def test_a_size_cache_that_is_no_regular_file_is_warned_of_and_replaced(tmp_path, log_events):
     # even when scan measures nothing (every name carries its sizes), the
     # pipe at the cache's name is said and replaced with a file
-    md = tmp_path / "md"
-    for sub in ("tmp", "new", "cur"):
-        (md / sub).mkdir(parents=True)
+    md = _empty_md(tmp_path)
     (md / "new" / "1600000001.M1P1Q1.host,S=6,W=7").write_bytes(b"hello\n")
     cache = md / mailbox_module.SIZES_NAME
     os.mkfifo(cache)
@@ -3135,9 +3139,7 @@ def _dovecot_maildir(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A Maildir as Dovecot 2.3's LDA leaves it (names, flags, index and
     keyword files), built by hand: its ``,W=`` leaves out the CRLF that a
     message without a final newline gets before POP3's terminating line."""
-    md = tmp_path / "md"
-    for sub in ("tmp", "new", "cur"):
-        (md / sub).mkdir(parents=True)
+    md = _empty_md(tmp_path)
     files = {
         "new/1796221599.M334445P32236.vm,S=16,W=18": b"Subject: x\n\nlast",
         "cur/1796221599.M302178P32232.vm,S=17,W=20:2,Fa": b"Subject: y\n\nbody\n",
@@ -3179,9 +3181,7 @@ def test_dovecot_sizes_in_a_name_are_measured_so_list_is_what_retr_sends(tmp_pat
 def test_the_hubs_own_names_are_listed_from_their_sizes_unread(tmp_path: Path) -> None:
     """The names the hub gives still cost no read (nor stat): their
     ``,W=`` is counted by the rule RETR sends by."""
-    md = tmp_path / "md"
-    for sub in ("tmp", "new", "cur"):
-        (md / sub).mkdir(parents=True)
+    md = _empty_md(tmp_path)
     names = ["1796221587.M228360P32037Q1R712dd309.hub,S=5,W=99",
              "1796221588.M1Kq1x2.hub,S=5,W=98"]
     for name in names:
@@ -3245,9 +3245,7 @@ def test_a_size_cache_far_larger_than_its_mailbox_needs_is_not_read(tmp_path, lo
 def test_the_cache_of_the_longest_names_is_within_its_bound(tmp_path, monkeypatch) -> None:
     """The bound leaves room for any name: 255 octets, none of them
     UTF-8 (each ``\\udcXX`` in the JSON).  Measured once, then taken."""
-    md = tmp_path / "md"
-    for sub in ("tmp", "new", "cur"):
-        (md / sub).mkdir(parents=True)
+    md = _empty_md(tmp_path)
     for i in range(2):
         (md / os.fsdecode(b"new/" + bytes([0x30 + i]) + b"\xff" * 254)).write_bytes(b"a\nb")
     first = [(m.size, m.stored_size) for m in scan(str(md))]
@@ -3280,9 +3278,7 @@ def test_a_name_of_the_hubs_shape_without_both_sizes_is_measured(tmp_path: Path,
     ``mailbox.Maildir`` writes neither) says no size to list: LIST gives
     the octets RETR sends, measured, not a size made up for the missing
     field."""
-    md = tmp_path / "md"
-    for sub in ("tmp", "new", "cur"):
-        (md / sub).mkdir(parents=True)
+    md = _empty_md(tmp_path)
     (md / "new" / f"1796221587.M228360P32037Q1.hub{sizes}").write_bytes(b"a\nb\nc")
     assert [(m.size, m.stored_size) for m in scan(str(md))] == [(9, 5)]
 
