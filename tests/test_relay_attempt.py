@@ -3257,10 +3257,11 @@ def test_a_552_size_refusal_at_rcpt_is_not_split_off_nor_tried_elsewhere(tmp_pat
     assert by[CAROL].kind == "permanent" and by[CAROL].remote_mta == "mx1.remote.test"
     assert by[CAROL].reply == Reply.of(552, "5.3.4", "message too big for this recipient")
     rcpts = [[c for c in p.commands if c.startswith(b"RCPT")] for p in net.server_protocols]
-    assert rcpts[0] == [b"RCPT TO:<bob@remote.test>", b"RCPT TO:<carol@remote.test>",
+    sent = [c for r in rcpts for c in r]
+    assert sent[:3] == [b"RCPT TO:<bob@remote.test>", b"RCPT TO:<carol@remote.test>",
                         b"RCPT TO:<dave@remote.test>"]
-    assert all(b"RCPT TO:<carol@remote.test>" not in r for r in rcpts[1:])
-    assert len(rcpts) > 1  # dave was tried again, without carol
+    assert b"RCPT TO:<carol@remote.test>" not in sent[3:]
+    assert b"RCPT TO:<dave@remote.test>" in sent[3:]  # dave was tried again, without carol
 
 
 def test_a_552_size_refusal_stays_when_every_rcpt_was_refused(tmp_path):
@@ -3753,3 +3754,62 @@ def test_a_session_that_fails_during_a_stops_grace_tries_no_next_host(tmp_path):
     [r] = d.result
     assert r.kind == "transient" and "the hub stopped" in r.reply.text()
     assert net.connections == [("2001:db8::1", 25)]  # not mx2 (192.0.2.2)
+
+
+class RefusesNotify(ScriptedSMTPServer):
+    """Offers DSN and refuses a RCPT with NOTIFY=, as Postfix does for a
+    value it cannot parse ("501 5.5.4 Bad NOTIFY parameter syntax")."""
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT" and b" NOTIFY=" in line:
+            self.transport.write(b"501 5.5.4 Bad NOTIFY parameter syntax\r\n")
+            return
+        super()._command(line)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_rcpt_refused_for_its_dsn_parameters_is_delivered_and_relayed(tmp_path, pipelining,
+                                                                        log_events):
+    # RFC 3461 5.2.2: the next hop does not take bob's NOTIFY; his RCPT goes
+    # again without it on the same connection and the hub owes his
+    # NOTIFY=SUCCESS the "relayed" notice.  Carol asked for none: hers is
+    # unchanged (no NOTIFY: nothing refused, the next hop's duty)
+    from txmailhub.relay import bounce
+    from txmailhub.relay.recording import apply_results
+
+    a, net, _ = agent(tmp_path)
+    ext = ("PIPELINING",) * pipelining + ("SIZE 1000000", "DSN")
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesNotify(extensions=ext)
+    e = entry(tmp_path, BOB, CAROL,
+              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+    results = run(net, a.deliver(e, "remote.test", [BOB, CAROL]))
+    by = {r.address: r for r in results}
+    assert by[BOB].kind == by[CAROL].kind == "delivered"
+    assert not by[BOB].dsn_passed and by[CAROL].dsn_passed
+    [server] = net.server_protocols
+    assert sorted(rc for _, rcpts, _ in server.messages for rc in rcpts) == [
+        b"bob@remote.test", b"carol@remote.test"]
+    assert apply_results(e, results, 0.0, False)[BOB].notice == bounce.RELAYED
+    logged = [formatEvent(x) for x in log_events if "on RCPT" in x.get("log_format", "")]
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused the DSN "
+                      "parameters on RCPT TO:<bob@remote.test> (501 5.5.4 Bad NOTIFY parameter "
+                      "syntax); RCPT sent again without NOTIFY and ORCPT: a success notice "
+                      "asked for is this hub's (relayed)"]
+
+
+def test_too_many_recipients_go_on_the_same_connection(tmp_path, log_events):
+    # RFC 5321 4.5.3.1.10: the rest in a later transaction -- on the
+    # connection the server said it on, not on a new one each round
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: two_per_message(b"452 4.5.3 too many")
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(5)]
+    e = entry(tmp_path, *rcpts)
+    results = run(net, a.deliver(e, "remote.test", rcpts))
+    assert [r.kind for r in results] == ["delivered"] * 5
+    [server] = net.server_protocols
+    assert [len(rc) for _, rc, _ in server.messages] == [2, 2, 1]
+    assert not any(c.upper().startswith(b"RSET") for c in server.commands)
+    logged = [formatEvent(x) for x in log_events if "in one session" in x.get("log_format", "")]
+    assert logged == [f"{e.id}: mx1.remote.test[2001:db8::1]: 3 transactions in one session "
+                      "(recipients the server took too many of, or refused for their DSN "
+                      "parameters in a pipelined batch, went in the next)"]

@@ -1884,7 +1884,11 @@ def test_552_to_rcpt_is_taken_as_temporary(refusal):
     s.receive(refusal + b" too many recipients\r\n")
     s.receive(b"354 go\r\n")
     s.body_sent()
-    s.receive(b"250 ok\r\n")
+    # a new transaction for carol (RFC 5321 4.5.3.1.10), refused so again:
+    # the relay's to try on a new connection
+    assert sent(s.receive(b"250 ok\r\n")) == b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+    assert sent(s.receive(b"250 ok\r\n")) == b"RCPT TO:<carol@remote.test>\r\n"
+    assert sent(s.receive(refusal + b" too many recipients\r\n")) == b"QUIT\r\n"
     results = {r.address: r for r in s.outcome.recipients}
     assert results[BOB].kind == "delivered"
     assert results[CAROL].reply.code == 452 and results[CAROL].reply.is_transient
@@ -2331,3 +2335,272 @@ def test_what_refuses_the_auth_parameter_rather_than_the_sender(reply, refused):
     # RFC 4954 5: a MAIL with AUTH= refused for its parameter goes again
     # without it; a refusal of the sender, a 421 or a success is no such
     assert refuses_parameters(reply) is refused
+
+
+# --- RCPT refused for NOTIFY= or ORCPT= (RFC 3461) ------------------------------------
+
+RCPT_DSN = [(BOB, RecipientDSN(notify=("SUCCESS", "FAILURE"), orcpt="rfc822;Bob@remote.test")),
+            (CAROL, RecipientDSN(notify=("FAILURE",)))]
+BOB_WITH_DSN = b"RCPT TO:<bob@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob@remote.test\r\n"
+CAROL_WITH_DSN = b"RCPT TO:<carol@remote.test> NOTIFY=FAILURE\r\n"
+BOB_PLAIN = b"RCPT TO:<bob@remote.test>\r\n"
+MAIL_PLAIN = b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+EHLO_PIPE_DSN = (b"250-mx.remote.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-DSN\r\n"
+                 b"250 ENHANCEDSTATUSCODES\r\n")
+
+
+@pytest.mark.parametrize("refusal", [b"501 5.5.4 Bad NOTIFY parameter syntax",
+                                     b"555 5.5.4 ORCPT not recognized",
+                                     b"501 syntax error in parameters",
+                                     b"555 parameters not recognized"])
+def test_a_rcpt_refused_for_its_dsn_parameters_goes_again_without_them(refusal):
+    # Postfix: "501 5.5.4 Bad NOTIFY parameter syntax"; the recipient
+    # bounced.  Its RCPT goes again at once, in the same transaction,
+    # without NOTIFY and ORCPT, and the hub keeps that recipient's notice
+    # duty (RFC 3461 5.2.2: "relayed" for NOTIFY=SUCCESS); carol's passed on
+    s = session(recipients=RCPT_DSN)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_DSN_NO_PIPE)) == MAIL_PLAIN
+    assert sent(s.receive(b"250 2.1.0 ok\r\n")) == BOB_WITH_DSN
+    assert sent(s.receive(refusal + b"\r\n")) == BOB_PLAIN
+    assert sent(s.receive(b"250 2.1.5 ok\r\n")) == CAROL_WITH_DSN
+    assert sent(s.receive(b"250 2.1.5 ok\r\n")) == b"DATA\r\n"
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 queued\r\n")) == b"QUIT\r\n"
+    out = s.outcome
+    assert [r.kind for r in out.recipients] == ["delivered", "delivered"]
+    assert out.dsn_supported and out.dsn_dropped == {BOB}
+    assert out.transactions == 1
+    assert s.rcpt_dsn_refused[BOB].text() == refusal.decode()
+
+
+@pytest.mark.parametrize("second", [b"550 5.1.1 no such user", b"501 5.5.4 still no"])
+def test_a_refusal_of_the_rcpt_without_dsn_parameters_stands(second):
+    # a 5xx to the RCPT sent again is that recipient's bounce, a 501/555
+    # too: it carried no DSN parameter, so it does not go a third time
+    s = session(recipients=RCPT_DSN[:1])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_DSN_NO_PIPE)
+    s.receive(b"250 2.1.0 ok\r\n")
+    assert sent(s.receive(b"501 5.5.4 Bad NOTIFY parameter syntax\r\n")) == BOB_PLAIN
+    assert sent(s.receive(second + b"\r\n")) == b"QUIT\r\n"
+    [r] = s.outcome.recipients
+    assert r.kind == "permanent" and r.reply.text() == second.decode()
+
+
+@pytest.mark.parametrize("kw, ehlo", [
+    (dict(recipients=[(BOB, None)]), EHLO_DSN_NO_PIPE),  # no NOTIFY or ORCPT to drop
+    (dict(recipients=RCPT_DSN[:1]), EHLO_BASIC),  # no DSN offered: none sent
+])
+def test_a_501_to_a_rcpt_without_dsn_parameters_is_its_answer(kw, ehlo):
+    s = session(**kw)
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    assert sent(s.receive(b"250 2.1.0 ok\r\n")) == BOB_PLAIN
+    assert sent(s.receive(b"501 5.5.4 bad\r\n")) == b"QUIT\r\n"
+    assert [r.reply.code for r in s.outcome.recipients] == [501]
+    assert not s.rcpt_dsn_refused
+
+
+@pytest.mark.parametrize("refusal", [b"501 5.1.3 bad recipient address syntax",
+                                     b"550 5.5.4 unrecognized argument",
+                                     b"555 5.7.1 not allowed", b"504 5.5.4 not implemented"])
+def test_other_refusals_of_a_rcpt_with_dsn_parameters_stand(refusal):
+    s = session(recipients=RCPT_DSN[:1])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_DSN_NO_PIPE)
+    s.receive(b"250 2.1.0 ok\r\n")
+    assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
+    assert [r.reply.text() for r in s.outcome.recipients] == [refusal.decode()]
+
+
+def test_pipelined_a_rcpt_refused_for_its_dsn_parameters_goes_in_the_next_transaction():
+    # DATA went with the batch: a RCPT after it could reach a server that
+    # answered DATA 354 as message data.  Carol's message goes; then bob's
+    # in a new transaction on the same connection, without NOTIFY and
+    # ORCPT (no RSET: the first ended with the reply to its ".")
+    s = session(recipients=RCPT_DSN)
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(EHLO_PIPE_DSN)) == (MAIL_PLAIN + BOB_WITH_DSN + CAROL_WITH_DSN
+                                              + b"DATA\r\n")
+    actions = s.receive(b"250 2.1.0 ok\r\n501 5.5.4 Bad NOTIFY parameter syntax\r\n"
+                        b"250 2.1.5 ok\r\n354 go\r\n")
+    assert actions == [SendBody(convert_7bit=False)]
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 queued\r\n")) == MAIL_PLAIN + BOB_PLAIN + b"DATA\r\n"
+    assert s.outcome is None
+    assert s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n") == [
+        SendBody(convert_7bit=False)]
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 queued too\r\n")) == b"QUIT\r\n"
+    out = s.outcome
+    assert [(r.address, r.reply.text()) for r in out.recipients] == [
+        (BOB, "250 2.0.0 queued too"), (CAROL, "250 2.0.0 queued")]
+    assert out.session_error is None and out.dsn_dropped == {BOB} and out.transactions == 2
+
+
+def test_pipelined_every_rcpt_refused_for_dsn_parameters_resets_and_goes_again():
+    # nothing taken, DATA refused: the transaction was not ended by a "."
+    # and a new MAIL needs RSET first (RFC 5321 4.1.1.5)
+    s = session(recipients=RCPT_DSN)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_PIPE_DSN)
+    assert sent(s.receive(b"250 2.1.0 ok\r\n501 5.5.4 Bad NOTIFY\r\n501 5.5.4 Bad NOTIFY\r\n"
+                          b"554 5.5.1 Error: no valid recipients\r\n")) == b"RSET\r\n"
+    assert sent(s.receive(b"250 2.0.0 ok\r\n")) == (
+        MAIL_PLAIN + BOB_PLAIN + b"RCPT TO:<carol@remote.test>\r\n" + b"DATA\r\n")
+    s.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no carol\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [(r.address, r.kind) for r in s.outcome.recipients] == [
+        (BOB, "delivered"), (CAROL, "permanent")]
+    assert s.outcome.dsn_dropped == {BOB, CAROL}
+
+
+def test_pipelined_dsn_refusal_and_354_for_nothing_ends_it_empty_then_goes_again():
+    # RFC 2920 3.1: a DATA accepted with no recipient taken ends empty (its
+    # reply ignored), and the next transaction follows without RSET
+    s = session(recipients=RCPT_DSN[:1])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_PIPE_DSN)
+    assert sent(s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n354 go\r\n")) == (
+        b".\r\n" + MAIL_PLAIN + BOB_PLAIN + b"DATA\r\n")
+    assert s.receive(b"554 5.5.1 no valid recipients\r\n250 ok\r\n250 ok\r\n354 go\r\n") == [
+        SendBody(convert_7bit=False)]
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [r.kind for r in s.outcome.recipients] == ["delivered"]
+
+
+def test_pipelined_dsn_refusal_then_421_in_the_next_transaction_keeps_the_first():
+    # carol's message went: the 421 in bob's transaction is no session
+    # error (the relay would send carol's again), only bob's result
+    s = session(recipients=RCPT_DSN)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_PIPE_DSN)
+    s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    s.receive(b"421 4.3.2 shutting down\r\n")
+    out = s.outcome
+    assert out.session_error is None
+    assert [(r.address, r.reply.text()) for r in out.recipients] == [
+        (BOB, "421 4.3.2 shutting down"), (CAROL, "250 2.0.0 queued")]
+
+
+# --- "too many recipients": a later transaction on the same connection --------------
+
+
+def test_too_many_recipients_go_in_a_new_transaction_on_the_same_connection():
+    # RFC 5321 4.5.3.1.10: "the client ... should continue with the
+    # remaining recipients in a later transaction"; the first ended with
+    # the reply to its ".", so no RSET
+    dave = Address("dave", "remote.test")
+    s = session(recipients=[(BOB, None), (CAROL, None), (dave, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n"
+              b"452 4.5.3 too many recipients\r\n354 go\r\n")
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 one\r\n")) == (
+        b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
+        b"RCPT TO:<carol@remote.test>\r\nRCPT TO:<dave@remote.test>\r\nDATA\r\n")
+    # each its own outcome: carol's 550 is hers
+    s.receive(b"250 ok\r\n550 5.1.1 no carol\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 two\r\n")) == b"QUIT\r\n"
+    assert [(r.address, r.reply.text()) for r in s.outcome.recipients] == [
+        (BOB, "250 2.0.0 one"), (CAROL, "550 5.1.1 no carol"), (dave, "250 2.0.0 two")]
+    assert s.outcome.transactions == 2
+
+
+def test_too_many_recipients_after_a_refused_data_go_after_rset():
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    assert sent(s.receive(b"452 4.5.3 too many recipients\r\n")) == b"DATA\r\n"
+    assert sent(s.receive(b"451 4.3.0 try again\r\n")) == b"RSET\r\n"
+    assert sent(s.receive(b"250 ok\r\n")) == MAIL_PLAIN
+    assert sent(s.receive(b"250 ok\r\n")) == b"RCPT TO:<carol@remote.test>\r\n"
+    assert sent(s.receive(b"250 ok\r\n")) == b"DATA\r\n"
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert [(r.address, r.reply.code) for r in s.outcome.recipients] == [(BOB, 451),
+                                                                         (CAROL, 250)]
+
+
+def test_a_refused_rset_leaves_the_later_recipients_to_a_new_connection():
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"452 4.5.3 too many recipients\r\n")
+    s.receive(b"554 5.6.0 no\r\n")
+    assert sent(s.receive(b"500 5.5.1 what?\r\n")) == b"QUIT\r\n"
+    out = s.outcome
+    assert out.session_error is None
+    assert [(r.address, r.reply.text()) for r in out.recipients] == [
+        (BOB, "554 5.6.0 no"), (CAROL, "452 4.5.3 too many recipients")]
+
+
+def test_transactions_in_one_session_are_bounded():
+    # a server that takes one recipient a message: MAX_TRANSACTIONS
+    # messages, and the rest keep their 452 for the relay's next connection
+    from txmailhub.smtp.client import MAX_TRANSACTIONS
+
+    rcpts = [Address(f"u{n}", "remote.test") for n in range(MAX_TRANSACTIONS + 3)]
+    s = session(recipients=[(a, None) for a in rcpts])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    for _ in range(MAX_TRANSACTIONS):
+        left = len(rcpts) - s.transactions + 1
+        s.receive(b"250 ok\r\n250 ok\r\n" + b"452 4.5.3 too many\r\n" * (left - 1)
+                  + b"354 go\r\n")
+        s.body_sent()
+        s.receive(b"250 2.0.0 queued\r\n")
+    assert s.phase is Phase.QUIT
+    kinds = [r.reply.code for r in s.outcome.recipients]
+    assert kinds == [250] * MAX_TRANSACTIONS + [452] * 3
+    assert s.outcome.transactions == MAX_TRANSACTIONS
+
+
+def test_a_timeout_after_the_final_dot_of_a_later_transaction_is_its_recipients_only():
+    # bob's message went; carol's "." got no reply: she may have it, so
+    # her result is the timeout (no copy elsewhere now), bob's stands
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.timed_out()
+    out = s.outcome
+    assert out.session_error is None
+    assert [(r.address, r.reply.code) for r in out.recipients] == [(BOB, 250), (CAROL, 421)]
+
+
+def test_an_unanswered_final_dot_after_a_transaction_that_took_nobody_stays_put():
+    # the first transaction took no recipient (bob refused, carol "too
+    # many"); carol's "." in the next went unanswered: she may have the
+    # message, so the outcome does not say no message went (the relay
+    # would take her to the next MX host at once)
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert sent(s.receive(b"250 ok\r\n550 5.1.1 no bob\r\n452 4.5.3 too many\r\n"
+                          b"554 5.5.1 no valid recipients\r\n")) == b"RSET\r\n"
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.connection_lost()
+    out = s.outcome
+    assert not out.no_recipient_taken and out.session_error is None
+    assert [(r.address, r.reply.code) for r in out.recipients] == [(BOB, 550), (CAROL, 421)]
+

@@ -196,6 +196,9 @@ def test_a_552_to_rcpt_is_judged_by_its_code_alone(refusal, kind, status):
     s.receive(b"354 go\r\n")
     s.body_sent()
     s.receive(b"250 ok\r\n")
+    if s.outcome is None:  # "too many recipients": carol in a new transaction
+        s.receive(b"250 ok\r\n")
+        s.receive(refusal)
     results = {r.address: r for r in s.outcome.recipients}
     assert results[BOB].kind == "delivered"
     assert results[CAROL].kind == kind and results[CAROL].reply.status == status

@@ -1355,7 +1355,11 @@ class DeliveryAgent:
                  host: str) -> list[DeliveryResult]:
         out = []
         for r in outcome.recipients:
-            out.append(DeliveryResult(r.address, r.kind, r.reply, host, outcome.dsn_supported))
+            # a recipient whose RCPT went without NOTIFY and ORCPT (refused
+            # for them) keeps its notice duty here, as after a server without DSN
+            out.append(DeliveryResult(r.address, r.kind, r.reply, host,
+                                      outcome.dsn_supported
+                                      and r.address not in outcome.dsn_dropped))
         codes = loggable(", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients),
                          1 << 20)
         log.info("{queue_id}: session with {mx} ({tls}): {codes}", queue_id=entry.id, mx=host,
@@ -1571,10 +1575,25 @@ class DeliveryAgent:
     def _note_dsn_params(self, entry: QueueEntry, session: ClientSession, name: str,
                          address: str) -> None:
         """Log a refusal of the message's DSN parameters (``ENVID=``,
-        ``RET=``), after which the MAIL went again without any (the admin
-        learns why a sender got a "relayed" notice and no report from the
-        next hop).  Nothing is remembered of the host: the trouble is this
-        message's id, not the host."""
+        ``RET=``), after which the MAIL went again without any, and of a
+        recipient's (``NOTIFY=``, ``ORCPT=``), after which its RCPT did (the
+        admin learns why a sender got a "relayed" notice and no report from
+        the next hop); and a session that held more than one transaction.
+        Nothing is remembered of the host: the trouble is this message's
+        parameters, not the host."""
+        for rcpt, reply in session.rcpt_dsn_refused.items():
+            if rcpt in (session.outcome.dsn_dropped if session.outcome else ()):
+                log.info("{queue_id}: {host} refused the DSN parameters on RCPT TO:<{rcpt}> "
+                         "({reply}); RCPT sent again without NOTIFY and ORCPT: a success "
+                         "notice asked for is this hub's (relayed)", queue_id=entry.id,
+                         host=where(name, address), address=address,
+                         rcpt=loggable(str(rcpt), REPLY_LOG_MAX),
+                         reply=loggable(reply.text(), REPLY_LOG_MAX))
+        if session.transactions > 1:
+            log.info("{queue_id}: {host}: {count} transactions in one session (recipients the "
+                     "server took too many of, or refused for their DSN parameters in a "
+                     "pipelined batch, went in the next)", queue_id=entry.id,
+                     host=where(name, address), address=address, count=session.transactions)
         refused = session.dsn_params_refused
         if refused is None:
             return

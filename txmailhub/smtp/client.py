@@ -1,8 +1,10 @@
 """The SMTP client protocol engine (sans-IO), used by the relay.
 
-Owns the client side of one SMTP session for one transaction: the
+Owns the client side of one SMTP session for one message: the
 greeting, EHLO (HELO fallback), STARTTLS, AUTH PLAIN/LOGIN, MAIL/RCPT/DATA
-(pipelined per RFC 2920 when offered), the SIZE, 8BITMIME, SMTPUTF8 and
+(pipelined per RFC 2920 when offered; more transactions, RSET first when
+needed, for recipients left over from one: ``MAX_TRANSACTIONS``), the
+SIZE, 8BITMIME, SMTPUTF8 and
 DSN extensions, reply parsing into ``Reply`` values, the RFC 5321 4.5.3.2
 timeout of each step, and QUIT.  Replies in -> actions out:
 
@@ -45,6 +47,8 @@ __all__ = [
     "held_for_session",
     "refuses_dsn_parameters",
     "refuses_parameters",
+    "too_many_recipients",
+    "MAX_TRANSACTIONS",
     "Close",
     "ClientSession",
     "Phase",
@@ -89,6 +93,7 @@ class Phase(enum.Enum):
     DATA = "DATA"
     BODY = "message data"
     DATA_END = "end of data"
+    RSET = "RSET"
     QUIT = "QUIT"
     DONE = "done"
 
@@ -176,6 +181,22 @@ def refuses_dsn_parameters(reply: Reply) -> bool:
     return reply.code in DSN_PARAM_REFUSALS and reply.status in (None, "5.5.4")
 
 
+def too_many_recipients(reply: Reply) -> bool:
+    """Whether ``reply`` to a RCPT says the transaction holds as many
+    recipients as the server takes (``452 4.5.3``, as ``_on_rcpt`` reads a
+    bare 452 and an old 552 too): RFC 5321 4.5.3.1.10 has the client send
+    the others in a later transaction."""
+    return reply.code == 452 and reply.status == "4.5.3"
+
+
+# Transactions one session holds at most: the first, and those for the
+# recipients a server took too many of (``too_many_recipients``) or
+# refused for their DSN parameters in a pipelined batch.  20 carry a
+# thousand recipients to a server that takes 50 a message; those left after
+# the last are the relay's to send on a new connection (docs/relay.rst)
+MAX_TRANSACTIONS = 20
+
+
 # the basic codes of ``refuses_dsn_parameters``: 501 "syntax error in
 # parameters or arguments", 555 "MAIL FROM/RCPT TO parameters not
 # recognized or not implemented" (RFC 5321 4.2.3)
@@ -232,7 +253,7 @@ TIMEOUTS: dict[Phase, float] = {
     Phase.GREETING: 300, Phase.EHLO: 300, Phase.HELO: 300, Phase.STARTTLS: 300,
     Phase.TLS: 300, Phase.AUTH: 300, Phase.AUTH_USER: 300, Phase.AUTH_PASS: 300,
     Phase.MAIL: 300, Phase.RCPT: 300, Phase.DATA: 120, Phase.BODY: 180,
-    Phase.DATA_END: 600, Phase.QUIT: QUIT_TIMEOUT, Phase.DONE: 60,
+    Phase.DATA_END: 600, Phase.RSET: 300, Phase.QUIT: QUIT_TIMEOUT, Phase.DONE: 60,
 }
 
 
@@ -311,6 +332,12 @@ class SessionOutcome:
     #: the next hop took over RFC 3461 notices.  False when it refused them
     #: and the MAIL went again without (``ClientSession.dsn_params_refused``)
     dsn_supported: bool = False
+    #: recipients whose RCPT the server refused for NOTIFY or ORCPT and took
+    #: without them: no notice duty for them passed on, whatever
+    #: ``dsn_supported`` says (``ClientSession.rcpt_dsn_refused``)
+    dsn_dropped: frozenset[Address] = frozenset()
+    #: transactions the session held (``MAX_TRANSACTIONS``)
+    transactions: int = 1
     extensions: dict[str, str] = field(default_factory=dict)
     phase: str = ""  # the step the session was in when its fate was sealed
     #: MAIL was taken and every RCPT refused: no message went (the relay
@@ -499,6 +526,25 @@ class ClientSession:
         # DATA pipelined with it are in (``_on_data``); a session that ends
         # first clears the refusal it names (``_finish``): no MAIL went again
         self._mail_again: Reply | None = None
+        # NOTIFY= and ORCPT= on RCPT (RFC 3461): whether the RCPT last sent
+        # for a recipient carried one; the recipients a server refused them
+        # for (501/555, ``refuses_dsn_parameters``), whose RCPT goes again
+        # without them -- at once in the same transaction, or, pipelined
+        # (DATA is sent already), in the next one -- with the reply, for the
+        # log; and those whose RCPT did go again so (``dsn_dropped``)
+        self._rcpt_carried_dsn: dict[Address, bool] = {}
+        self.rcpt_dsn_refused: dict[Address, Reply] = {}
+        self._dsn_resent: set[Address] = set()
+        # more transactions in this session (``_transaction_over``): the
+        # recipients of a pipelined batch refused for their DSN parameters,
+        # waiting for the next one; how many there were; the results the
+        # recipients of the one under way had before it; whether a MAIL was
+        # taken and the transaction not ended by a reply to the final "."
+        # (a new MAIL then needs RSET, RFC 5321 4.1.1.5)
+        self._dsn_waiting: list[tuple[Address, RecipientDSN | None]] = []
+        self.transactions = 1
+        self._earlier: dict[Address, Reply | None] = {}
+        self._open = False
         # complete replies read so far: the adapter restarts its timeout on
         # each one, not on every byte (a server that trickles one byte at a
         # time must not hold a delivery for ever)
@@ -517,6 +563,7 @@ class ClientSession:
             Phase.RCPT: self._on_rcpt,
             Phase.DATA: self._on_data,
             Phase.DATA_END: self._on_data_end,
+            Phase.RSET: self._on_rset,
             Phase.QUIT: self._on_quit,
         }
 
@@ -598,7 +645,8 @@ class ClientSession:
                     f"but the server refused EHLO ({refused.text()}) and so never said "
                     "what it offers"))
         else:
-            self._fail_all(reply)
+            self._settle_all(reply)
+            self._finish()
         self._expect.clear()
         self.phase = Phase.DONE
         # abort: a polite TLS close waits for the server's close_notify, and a
@@ -641,7 +689,45 @@ class ClientSession:
         self._expect.append(phase)
         return [Send(line.encode("utf-8") + b"\r\n")]
 
-    def _finish(self, session_error: Reply | None = None) -> None:
+    def _finish(self, session_error: Reply | None = None, trusted: bool = True) -> None:
+        """Seal the outcome.  A session that fails in a transaction after
+        its first (``_transaction_over``) has results for the recipients
+        of those before, which stand: the outcome is no session error then
+        (the relay would send those again to the next host), and the
+        recipients of the transaction under way get, each, the refusal of
+        their RCPT it gave for good (``trusted``: not after a protocol
+        error), else the result they had before it (``452 4.5.3``: the
+        relay sends them on a new connection) -- but ``session_error``
+        itself once the final "." went unanswered (they may have the
+        message: no copy goes elsewhere now) or when they had none (a RCPT
+        refused for its DSN parameters waiting for this transaction)."""
+        if session_error is not None and self.transactions > 1:
+            for address, _ in self._sending:
+                own = self._results.get(address)
+                if own is not None and trusted and own.is_permanent:
+                    continue
+                before = self._earlier.get(address)
+                if before is None or self.phase is Phase.DATA_END:
+                    self._results[address] = session_error
+                else:
+                    self._results[address] = before
+            for address, _ in self._dsn_waiting:
+                self._results.setdefault(address, session_error)
+            self._dsn_waiting = []
+            if self.phase is Phase.DATA_END:
+                # nor does the relay take them to the next MX host as
+                # recipients no message went to (``no_recipient_taken``
+                # or ``data_refused_for_now`` of an earlier transaction)
+                self._none_taken = self._data_refused_for_now = False
+            session_error = None
+        if session_error is None:
+            for address, _ in self._dsn_waiting:
+                # no transaction left to send its RCPT again in: temporary,
+                # so the next attempt has it (a bounce for the server's 501
+                # would be for the DSN parameters the hub can drop)
+                self._results[address] = _restated(self.rcpt_dsn_refused[address], 451,
+                                                   "4.5.4")
+        self._dsn_waiting = []
         if self._mail_again is not None:
             # the session ends (a 421, the connection lost, a timeout, a
             # reply out of order) before the refused MAIL of a pipelined
@@ -668,6 +754,8 @@ class ClientSession:
             hello_read=self.hello_read,
             tls_refused=self.tls_refused,
             dsn_supported=self._dsn_on,
+            dsn_dropped=frozenset(self._dsn_resent),
+            transactions=self.transactions,
             extensions=dict(self.extensions),
             phase=self.phase.value,
             no_recipient_taken=self._none_taken,
@@ -708,7 +796,7 @@ class ClientSession:
         -- a bounce for an answer that was never that recipient's.  They
         go on with the others, and a retry asks again."""
         if self.outcome is None:
-            self._finish(session_error=reply)
+            self._finish(session_error=reply, trusted=False)
             if self.outcome is not None and self.outcome.refused:
                 self.outcome = replace(self.outcome, refused=())
         self._expect.clear()
@@ -717,11 +805,70 @@ class ClientSession:
         # and a server reading message data does not send one
         return [Close(abort=True)]
 
-    def _fail_all(self, reply: Reply) -> list[Action]:
+    def _settle_all(self, reply: Reply) -> None:
+        """``reply`` as the result of every recipient of the transaction
+        without one, but those refused for their DSN parameters, whose RCPT
+        waits for the next transaction."""
+        waiting = {a for a, _ in self._dsn_waiting}
         for a, _ in self.recipients:
-            self._results.setdefault(a, reply)
-        self._finish()
-        return self._quit()
+            # those of earlier transactions, and those refused before MAIL
+            # (``_after_hello``), have theirs already
+            if a not in waiting:
+                self._results.setdefault(a, reply)
+
+    def _fail_all(self, reply: Reply) -> list[Action]:
+        self._settle_all(reply)
+        return self._transaction_over()
+
+    def _transaction_over(self, prefix: bytes = b"") -> list[Action]:
+        """The transaction ended, every recipient in it with its result
+        (``prefix``: the final "." of a DATA accepted with nothing to send,
+        whose reply is ignored).  Another goes on this connection (RFC 5321
+        4.5.3.1.10: "the client ... should continue with the remaining
+        recipients in a later transaction") for the recipients the server
+        took too many of -- as long as it took or refused some others, so
+        a server that takes none in a new transaction either ends it -- and
+        for those whose RCPT was refused for its DSN parameters in a
+        pipelined batch; ``MAX_TRANSACTIONS`` at most.  RSET first when
+        the transaction was not ended by a reply to the final "."."""
+        batch = [a for a, _ in self._sending]
+        more = [(a, d) for a, d in self._sending
+                if a in self._results and too_many_recipients(self._results[a])]
+        if more and len(more) + len(self._dsn_waiting) == len(batch):
+            more = []  # no headway: the relay's to send on a new connection
+        more += self._dsn_waiting
+        if not more or self.transactions >= MAX_TRANSACTIONS:
+            self._finish()
+            actions = self._quit()
+            if prefix:
+                self._expect.appendleft(Phase.QUIT)  # the ignored reply to "."
+                return [Send(prefix + b"".join(
+                    a.data for a in actions if isinstance(a, Send)))]
+            return actions
+        self.transactions += 1
+        order = {a: n for n, (a, _) in enumerate(self.recipients)}
+        more.sort(key=lambda pair: order[pair[0]])
+        self._earlier = {a: self._results.pop(a, None) for a, _ in more}
+        self._sending = more
+        self._dsn_waiting = []
+        self._accepted = []
+        self._mail_reply = None
+        self._rcpt_index = 0
+        self._rcpt_held = None
+        self._expect.clear()
+        if prefix:
+            self._expect.append(Phase.QUIT)  # a reply _on_quit ignores
+        if self._open:
+            self._open = False
+            actions = self._command(Phase.RSET, "RSET")
+        else:
+            actions = self._start_mail()
+        return [Send(prefix + a.data) if isinstance(a, Send) else a for a in actions]
+
+    def _on_rset(self, reply: Reply) -> list[Action]:
+        if not reply.is_positive:
+            return self._fail_session(reply)
+        return self._start_mail()
 
     # --- reply handlers (the transition table is ``self._handlers``) --------------
 
@@ -1089,7 +1236,10 @@ class ClientSession:
 
     def _rcpt_command(self, address: Address, dsn: RecipientDSN | None) -> str:
         params = []
-        if dsn is not None and self._dsn_on:
+        again = address in self.rcpt_dsn_refused
+        if again:
+            self._dsn_resent.add(address)
+        if dsn is not None and self._dsn_on and not again:
             if dsn.notify:
                 params.append("NOTIFY=" + ",".join(dsn.notify))
             if dsn.orcpt:
@@ -1119,6 +1269,7 @@ class ClientSession:
                 if orcpt is not None and len(
                         (" " + " ".join([*params, orcpt])).encode("utf-8")) <= 500:
                     params.append(orcpt)
+        self._rcpt_carried_dsn[address] = bool(params)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
     def _start_mail(self) -> list[Action]:
@@ -1174,6 +1325,7 @@ class ClientSession:
             if reply.is_transient:
                 return self._fail_session(reply)
             return self._fail_all(reply)
+        self._open = True
         if self.auth_param_refused is not None and self.dsn_params_refused is None:
             # AUTH= alone was dropped: it was the trouble (after a third
             # MAIL, without the DSN parameters too, that is not known)
@@ -1208,7 +1360,23 @@ class ClientSession:
             # worse than the old one (those go at once in a new
             # transaction, not on the retry schedule)
             reply = _restated(reply, 452, "4.5.3")
-        if self._mail_reply is None:
+        if (self._mail_reply is None and self._rcpt_carried_dsn.get(address)
+                and refuses_dsn_parameters(reply)):
+            # the server offered DSN and refuses NOTIFY= or ORCPT= (Postfix:
+            # "501 5.5.4 Bad NOTIFY parameter syntax"; ORCPT's xtext): the
+            # RCPT goes again without them, as to a server without DSN, and
+            # the hub keeps that recipient's notice duty (RFC 3461 5.2.2,
+            # ``dsn_dropped``), as for a MAIL refused for ENVID or RET.  At
+            # once in this transaction -- pipelined, in the next one: DATA
+            # went with the batch, and a RCPT after it would reach a server
+            # that may have answered it 354 as message data.  A refusal of
+            # the RCPT without them stands (it carries none: no loop)
+            self.rcpt_dsn_refused[address] = reply
+            if not self._pipelined:
+                self._rcpt_index -= 1
+                return self._next_rcpt()
+            self._dsn_waiting.append(self._sending[self._rcpt_index - 1])
+        elif self._mail_reply is None:
             if reply.is_positive:
                 self._accepted.append(address)
             else:
@@ -1264,6 +1432,12 @@ class ClientSession:
             # RFC 2920 3.1: DATA was accepted although there is nothing to
             # send (pipelined, MAIL or every RCPT refused): end it empty, and
             # ignore the reply to that
+            if mail is None and self._rcpt_held is None:
+                # each RCPT refused, with its own reply: the transaction is
+                # over, and another may follow (``_transaction_over``)
+                self._none_taken = True
+                self._open = False
+                return self._transaction_over(prefix=b".\r\n")
             if mail is None:
                 self._none_taken = True
                 self._finish(session_error=self._rcpt_held)  # see _no_recipient_taken
@@ -1302,8 +1476,8 @@ class ClientSession:
         reply = held_for_session(reply)
         for address in self._accepted:
             self._results[address] = reply
-        self._finish()
-        return self._quit()
+        self._open = False
+        return self._transaction_over()
 
     def _on_quit(self, reply: Reply) -> list[Action]:
         if self._expect:  # a reply we chose to ignore (see _on_data)
