@@ -2604,3 +2604,11 @@ def test_an_unanswered_final_dot_after_a_transaction_that_took_nobody_stays_put(
     assert not out.no_recipient_taken and out.session_error is None
     assert [(r.address, r.reply.code) for r in out.recipients] == [(BOB, 550), (CAROL, 421)]
 
+
+def test_helo_refused_after_a_554_to_ehlo_keeps_the_ehlo_reply():
+    # the EHLO's words say why; HELO's only that it is refused too
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(b"554 5.7.1 mail.hub.test listed at bl.example.net\r\n")
+    assert sent(s.receive(b"503 5.5.1 Error: send HELO/EHLO first\r\n")) == b"QUIT\r\n"
+    assert s.outcome.session_error.text() == "554 5.7.1 mail.hub.test listed at bl.example.net"

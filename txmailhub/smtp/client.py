@@ -912,7 +912,12 @@ class ClientSession:
 
     def _on_helo(self, reply: Reply) -> list[Action]:
         if not reply.is_positive:
-            return self._fail_session(reply)
+            # after a 5yz to EHLO (``_ehlo_refused``) its reply says why the
+            # host will not talk to us ("554 5.7.1 <client> listed at ..."),
+            # HELO's usually only that it wants EHLO or is "out of
+            # sequence": the EHLO's stays the session's, for the log and
+            # the notice
+            return self._fail_session(self._ehlo_refused or reply)
         # no extensions, so no STARTTLS: the session goes on in clear (a
         # "TLS downgrade" for a host that offered STARTTLS before)
         self.hello_read = True
