@@ -60,6 +60,18 @@ def test_unstructured_fields_become_encoded_words():
     no_defects(out)
 
 
+@pytest.mark.parametrize("pair", [b"\\ ", b"\\\\\\ "])
+def test_an_address_field_is_never_folded_inside_a_quoted_pair(pair):
+    # RFC 5322 3.2.1: an ASCII quoted name is kept as it is; the blank its
+    # backslash quotes is no place to fold, even past 76 characters
+    name = b'"' + b"a" * 60 + pair + b"b" * 30 + b'"'
+    out = downgrade_header(b"To: " + name + " <a@example.org>, Jörg <j@example.org>\n".encode())
+    folded = out.split(b"\n\n")[0]
+    assert b" " + name + b" <a@example.org>," in folded.replace(b"\n ", b" ")
+    for line in folded.split(b"\n"):
+        assert (len(line) - len(line.rstrip(b"\\"))) % 2 == 0, line
+
+
 def test_a_long_subject_is_folded_into_words_of_75():
     out = downgrade_header(("Subject: " + "Grüße " * 40 + "\n").encode())
     assert all(len(line) <= 76 for line in out.split(b"\n"))

@@ -805,6 +805,28 @@ def test_diagnostic_code_is_folded_to_short_lines(tmp_path):
     assert max(len(line) for line in field) <= 78
 
 
+@pytest.mark.parametrize("pair", ["\\ ", "\\\\\\ "])
+def test_diagnostic_code_is_never_folded_after_a_backslash_that_quotes_a_blank(tmp_path, pair):
+    # a reply that quotes a name ("a\ b"): the fold goes before another
+    # blank, never between a backslash and the blank after it (RFC 5322
+    # 3.2.1), and the field unfolds to the reply
+    entry = make_entry(tmp_path)
+    # (the blank after the name's backslashes is the first past the line's room)
+    text = 'user "' + "a" * (37 - len(pair)) + pair + 'b" unknown, ' + "see " * 20
+    reply = Reply(550, "5.1.1", (text,))
+    data, _ = build(entry, [dataclasses.replace(failed(entry), last_reply=reply)])
+    start = data.index(b"\nDiagnostic-Code: ") + 1
+    field = [data[start:].split(b"\n")[0]]
+    for line in data[start:].split(b"\n")[1:]:
+        if not line[:1] == b" ":
+            break
+        field.append(line)
+    assert len(field) > 1
+    for line in field:
+        assert (len(line) - len(line.rstrip(b"\\"))) % 2 == 0, line
+    assert b"".join(field).decode() == "Diagnostic-Code: smtp; 550 5.1.1 " + text
+
+
 def test_the_human_part_keeps_at_most_900_characters_of_a_reply(tmp_path):
     entry = make_entry(tmp_path)
     huge = Reply(550, "5.1.1", tuple(f"line {i} " + "x" * 200 for i in range(200)))

@@ -1246,6 +1246,8 @@ _MIME_LINES = [
     # field, base64
     b"y " * 600, b"-" * 1200, b"--a" + b" " * 1200 + b"x", b"--b" + b" " * 1200,
     b"Subject: " + b"w " * 600, b"QUFB" * 300,
+    # a header line over 998 octets whose blanks a backslash quotes
+    b'To: "' + b"n\\ " * 400 + b'" <a@x>',
 ]
 # delimiters and empty lines come often: they make the structure
 _MIME_LINE = st.one_of(st.sampled_from([b"--a", b"--a", b"--b", b"--a--", b""]),
@@ -1455,6 +1457,37 @@ def test_a_long_header_line_folded_keeps_every_octet():
 def test_a_header_line_with_nowhere_to_fold_it_is_unconvertible():
     with pytest.raises(Unconvertible, match="no white space to fold it at"):
         convert(b"X-Token: " + b"t" * 1000 + "\nSubject: Grüße\n\nx\n".encode())
+
+
+def _field_of(data: bytes, name: bytes) -> bytes:
+    """The field ``name`` of a header section, its continuation lines and
+    the final LF included."""
+    [found] = [f for f in re.split(rb"(?<=\n)(?![ \t])", data.split(b"\n\n")[0] + b"\n")
+               if f.lower().startswith(name.lower() + b":")]
+    return found
+
+
+@pytest.mark.parametrize("pair", [b"\\ ", b"\\\\\\ ", b"\\\t"])
+def test_a_fold_never_splits_a_quoted_pair(pair):
+    # RFC 5322 3.2.1: "\" and the blank it quotes are one character of
+    # the quoted string; the last blank within 998 octets is that one, so
+    # the fold goes before an earlier blank, and the field unfolds to what
+    # it was
+    field = b'To: "' + b"a" * 500 + b" " + b"a" * 480 + pair + b"b" * 15 + b'" <a@example.org>'
+    out = convert(b"From: b@example.org\n" + field + "\n\nGrüße\n".encode())
+    assert max(_text_lengths(out)) <= 998
+    assert _field_of(out, b"To") == field[:505] + b"\n" + field[505:] + b"\n"
+
+
+@pytest.mark.parametrize("pair", [
+    b"\\\\ ",  # two backslashes, a quoted backslash: the blank after it is white space
+    b"\\  ",  # a quoted blank, then one to fold before
+])
+def test_a_fold_may_go_before_a_blank_no_backslash_quotes(pair):
+    field = b'To: "' + b"a" * 500 + b" " + b"a" * 480 + pair + b"b" * 15 + b'" <a@example.org>'
+    out = convert(b"From: b@example.org\n" + field + "\n\nGrüße\n".encode())
+    assert field[988:989] == b" "  # the last blank within 998 octets
+    assert _field_of(out, b"To") == field[:988] + b"\n" + field[988:] + b"\n"
 
 
 def test_an_encoded_part_with_long_lines_is_cut_and_decodes_as_before():

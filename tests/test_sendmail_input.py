@@ -156,6 +156,15 @@ def test_a_long_field_with_a_cr_at_a_read_boundary() -> None:
     assert read.body.read() == b"body\r\n"
 
 
+@pytest.mark.parametrize("pair", [b"\\ ", b"\\\\\\ ", b"\\\t"])
+def test_a_long_field_is_never_folded_inside_a_quoted_pair(pair: bytes) -> None:
+    # RFC 5322 3.2.1: the blank a backslash quotes is part of the quoted
+    # string, no place to fold; the fold goes before an earlier blank
+    field = b'To: "' + b"a" * 500 + b" " + b"a" * 480 + pair + b"b" * 15 + b'" <a@example.org>'
+    read = read_message(io.BytesIO(field + b"\n\nbody\n"), True, 10**6)
+    assert read.fields[0][1] == field[:505] + b"\r\n" + field[505:] + b"\r\n"
+
+
 _TEXT = st.lists(st.sampled_from([b"a", b"\xc3\xa9", b" ", b":", b"\r", b"\n", b"\r\n",
                                   b".", b"x" * 700, b"Bcc: e@x", b"To: b"]),
                  max_size=40).map(b"".join)

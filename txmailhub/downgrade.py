@@ -40,7 +40,7 @@ from email import policy as email_policy
 from email.errors import HeaderParseError
 
 from txmailhub.address import ascii_domain
-from txmailhub.rfc5322 import comment_end
+from txmailhub.rfc5322 import comment_end, escaped
 
 __all__ = ["Undowngradable", "address_field", "downgrade_header", "encoded_words", "header_end",
            "needs_downgrade", "parameter_field", "unstructured_field"]
@@ -236,7 +236,9 @@ def _fold(name: str, value: str, start: str = "") -> str:
     lines = start.split("\n") if start else [f"{name}:"]
     line = lines.pop()
     for piece in value.split(" "):
-        if len(line) + 1 + len(piece) > _LINE and line.strip():
+        # never between a backslash and the blank it quotes (a quoted-pair
+        # in a quoted string or comment, RFC 5322 3.2.1)
+        if len(line) + 1 + len(piece) > _LINE and line.strip() and not escaped(line, len(line)):
             lines.append(line)
             line = ""
         line = f"{line} {piece}"

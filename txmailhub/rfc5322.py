@@ -5,7 +5,7 @@ start-up time is measured (docs/sendmail.rst)."""
 
 from __future__ import annotations
 
-__all__ = ["CFWS", "MSG_ID", "comment_end"]
+__all__ = ["CFWS", "MSG_ID", "comment_end", "escaped"]
 
 # RFC 5322 3.2.3 dot-atom-text (runs of atext joined by dots), as a bytes
 # pattern; octets above 127 count as atext (RFC 6532 3.2: an SMTPUTF8
@@ -43,3 +43,17 @@ def comment_end(text: str, i: int) -> int:
                 return i + 1
         i += 1
     return -1
+
+
+def escaped(text: str | bytes, i: int) -> bool:
+    """Whether the character at ``i`` is the second half of a quoted-pair
+    (RFC 5322 3.2.1): an odd number of backslashes stands right before it.
+    A fold (CRLF before white space, 2.2.3) must not go between the two
+    halves: "\\" CRLF SP is no quoted-pair of SP, and a reader that
+    unfolds differently, or a DKIM "simple" header check, sees another
+    field.  Folding code asks this of the blank it would fold before."""
+    backslash = "\\" if isinstance(text, str) else 0x5C
+    n = 0
+    while i - n - 1 >= 0 and text[i - n - 1] == backslash:
+        n += 1
+    return n % 2 == 1

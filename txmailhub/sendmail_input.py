@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from txmailhub.rfc5322 import escaped
+
 __all__ = ["READ_SIZE", "SPOOL_IN_MEMORY", "MessageTooBig", "StdinMessage", "StdinUnreadable",
            "read_message", "waiting"]
 
@@ -160,8 +162,10 @@ class _LineWriter:
     A longer line is cut, each piece after the first starting with a
     space -- in the body it is one space more, as Postfix's
     ``smtp_line_length_limit`` does.  In a header field (``header``) the
-    cut goes before white space of the field where there is some, which
-    is folding (RFC 5322 2.2.3): the field unfolds to what it was.  The hub refuses a message with a
+    cut goes before white space of the field where there is some (not a
+    blank a backslash quotes: a quoted-pair, RFC 5322 3.2.1, is never
+    split), which is folding (RFC 5322 2.2.3): the field unfolds to what
+    it was.  The hub refuses a message with a
     longer line (RFC 5321 4.5.3.1.6: 500 5.5.2), so a long log line in a
     cron job's output would lose the whole mail.  A cut never splits a
     UTF-8 sequence.  Holds at most one line piece in memory."""
@@ -226,6 +230,11 @@ class _LineWriter:
                 # 998 octets without any is cut with a space added
                 space = max(line.rfind(b" ", pos + 1, pos + width + 1),
                             line.rfind(b"\t", pos + 1, pos + width + 1))
+                while space > pos and escaped(line, space):
+                    # the blank a backslash quotes (RFC 5322 3.2.1): a
+                    # fold there would split the quoted-pair
+                    space = max(line.rfind(b" ", pos + 1, space),
+                                line.rfind(b"\t", pos + 1, space))
                 if space > pos and line[pos:space].strip():
                     self._write(line[pos:space] + b"\r\n")
                     pos, self._lead = space, 0

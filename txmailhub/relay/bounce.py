@@ -47,6 +47,7 @@ from txmailhub.errors import Rejected
 from txmailhub.logsafe import shown_message
 from txmailhub.relay.record import QueueEntry, RecipientRecord, mta_name
 from txmailhub.relay.reply_fields import reply_fields
+from txmailhub.rfc5322 import escaped
 from txmailhub.smtp.received import rfc5322_date
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.smtp.xtext import utf8_addr_encode, utf8_addr_unitext, xtext_encode
@@ -268,7 +269,9 @@ def _fold(value: str, used: int) -> str:
     line = ""
     for piece in _PIECES.findall(value):  # a word with the blanks before it
         room = 76 - (used if not lines else 0)
-        if line and piece[:1] == " " and piece.strip(" ") and len(line) + len(piece) > room:
+        # (never after a backslash that quotes the blank: RFC 5322 3.2.1)
+        if (line and piece[:1] == " " and piece.strip(" ") and len(line) + len(piece) > room
+                and not escaped(line, len(line))):
             lines.append(line)
             line = piece
         else:

@@ -76,7 +76,7 @@ from typing import BinaryIO
 from txmailhub.relay.header7bit import Unconvertible, encode_field
 from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import LINE_TEXT, SINKS
-from txmailhub.rfc5322 import comment_end
+from txmailhub.rfc5322 import comment_end, escaped
 
 __all__ = ["FIELD_LIMIT", "LINE_LIMIT", "LINE_TEXT", "Unconvertible", "convert_file",
            "has_8bit", "to_7bit"]
@@ -212,7 +212,8 @@ class _Lines:
     ``LINE_TEXT`` octets and the piece being written).  A line within the
     limit is written as it is.  A longer one is broken before a run of
     blanks (``_FOLD_AT``) as late as the limit allows, so each new line
-    starts with blanks:
+    starts with blanks, never between a backslash and the blank it quotes
+    (a quoted-pair, RFC 5322 3.2.1, is one character: ``rfc5322.escaped``):
 
     * ``fold``: a header field, folded so (RFC 5322 2.2.3; unfolding gives
       the field back as it was); one with no such place within the limit
@@ -282,9 +283,16 @@ class _Lines:
         piece that goes on a line of its own."""
         cut = 0
         for m in _FOLD_AT.finditer(line):
-            if m.start() > LINE_TEXT:
+            at = m.start()
+            if escaped(line, at):
+                # the first blank is a quoted-pair's (RFC 5322 3.2.1): a
+                # fold goes before the next blank of the run, if any
+                at += 1
+                if at == m.end():
+                    continue
+            if at > LINE_TEXT:
                 break
-            cut = m.start()
+            cut = at
         if not cut:
             if self.fold:
                 raise Unconvertible(f"a header field has a line longer than {LINE_TEXT} "
