@@ -586,6 +586,17 @@ def test_unknown_8bit_words_keep_to_75_characters_and_lines_to_76():
     assert max(len(line) for line in out.split(b"\n")) <= 76
 
 
+@pytest.mark.parametrize("name", [b"X-" + b"n" * 40, b"X-" + b"n" * 60, b"X-" + b"n" * 80])
+def test_unknown_8bit_words_beside_a_long_field_name_keep_lines_to_76(name):
+    # the first word is shortened to fit beside the name, or goes on a
+    # line of its own when even one =XX does not
+    from txmailhub.relay.header7bit import encode_field
+
+    out = encode_field(name + b": caf\xe9 " * 1 + b"\xe9" * 100 + b"\n")
+    assert max(len(line) for line in out.split(b"\n")) <= max(76, len(name) + 1)
+    assert _decoded(out) == ("café " + "é" * 100)
+
+
 def test_an_address_field_that_is_not_utf8_is_unconvertible():
     # its display name would have to be guessed (Latin-1?): never
     with pytest.raises(Unconvertible):
@@ -1246,8 +1257,10 @@ _MIME_LINES = [
     # field, base64
     b"y " * 600, b"-" * 1200, b"--a" + b" " * 1200 + b"x", b"--b" + b" " * 1200,
     b"Subject: " + b"w " * 600, b"QUFB" * 300,
-    # a header line over 998 octets whose blanks a backslash quotes
-    b'To: "' + b"n\\ " * 400 + b'" <a@x>',
+    # header lines over 998 octets with nowhere to fold: unstructured
+    # (encoded words), structured (unconvertible), a blank a backslash quotes
+    b"X-Token: " + b"t" * 1200, b"Subject: " + "ü".encode() * 700,
+    b"Message-ID: <" + b"i" * 1200 + b"@x>", b'To: "' + b"n\\ " * 400 + b'" <a@x>',
 ]
 # delimiters and empty lines come often: they make the structure
 _MIME_LINE = st.one_of(st.sampled_from([b"--a", b"--a", b"--b", b"--a--", b""]),
@@ -1454,9 +1467,19 @@ def test_a_long_header_line_folded_keeps_every_octet():
     assert all(line.strip() for line in folded.split(b"\n"))  # no line of blanks only
 
 
-def test_a_header_line_with_nowhere_to_fold_it_is_unconvertible():
+@pytest.mark.parametrize("field", [
+    b"Message-ID: <" + b"t" * 1000 + b"@example.org>",
+    b"DKIM-Signature: v=1;\n b=" + b"t" * 1000,
+    b"To: <" + b"t" * 1000 + b"@example.org>",
+    b"Content-Type: text/plain; name=" + b"t" * 1000,
+    b"Keywords: " + b"t" * 1000,
+    b"List-Unsubscribe: <https://example.org/" + b"t" * 1000 + b">",
+])
+def test_a_structured_header_line_with_nowhere_to_fold_it_is_unconvertible(field):
+    # no encoded word may stand for an address, an id, a signature or a
+    # parameter (RFC 2047 5): such a field keeps its form
     with pytest.raises(Unconvertible, match="no white space to fold it at"):
-        convert(b"X-Token: " + b"t" * 1000 + "\nSubject: Grüße\n\nx\n".encode())
+        convert(field + "\nSubject: Grüße\n\nx\n".encode())
 
 
 def _field_of(data: bytes, name: bytes) -> bytes:
@@ -1465,6 +1488,80 @@ def _field_of(data: bytes, name: bytes) -> bytes:
     [found] = [f for f in re.split(rb"(?<=\n)(?![ \t])", data.split(b"\n\n")[0] + b"\n")
                if f.lower().startswith(name.lower() + b":")]
     return found
+
+
+def _decoded(field: bytes) -> str:
+    """The text of an unstructured field written as RFC 2047 encoded
+    words: unfolded (RFC 5322 2.2.3), decoded with the blanks between
+    adjacent words dropped (RFC 2047 6.2, as ``decode_header`` does);
+    ``unknown-8bit`` octets as Latin-1, one character each."""
+    value = field.partition(b":")[2].replace(b"\n", b"").decode("ascii")
+    return "".join(
+        octets.decode("latin-1" if charset == "unknown-8bit" else charset)
+        for octets, charset in decode_header(value))
+
+
+def _assert_encoded_words(field: bytes) -> None:
+    """RFC 2047 2: encoded words of at most 75 characters, lines of at
+    most 76 where they stand."""
+    lines = field.rstrip(b"\n").split(b"\n")
+    assert max(map(len, lines)) <= 76, lines
+    words = re.findall(rb"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=", field)
+    assert words and max(map(len, words)) <= 75
+    # nothing but encoded words after the name
+    assert re.sub(rb"=\?[^?\s]+\?[qQbB]\?[^?\s]*\?=|\s", b"",
+                  field.partition(b":")[2]) == b""
+
+
+@pytest.mark.parametrize("name, run", [
+    (b"X-Token", b"t" * 1000),
+    (b"Subject", "Grüße".encode() * 250),
+    (b"Comments", b"=?utf-8?q?not_a_word?=" * 60),
+    (b"Content-Description", b"\xe9" * 1200),  # no UTF-8: unknown-8bit
+])
+def test_an_unstructured_header_line_with_nowhere_to_fold_it_becomes_encoded_words(name, run):
+    # RFC 5322 2.1.1 allows no line over 998 octets, and a run without
+    # white space has nowhere to fold: an unstructured field's text goes as
+    # encoded words (RFC 2047 5(1)), which decode to it exactly
+    text = b"  lead " + run + b" tail\t"
+    out = convert(name + b":" + text + "\nX-Short: kept\n\nGrüße\n".encode())
+    assert max(_text_lengths(out)) <= 998
+    field = _field_of(out, name)
+    _assert_encoded_words(field)
+    charset = "utf-8" if run.isascii() or name == b"Subject" else "latin-1"
+    assert _decoded(field) == text.lstrip(b" ").decode(charset)
+    assert b"\nX-Short: kept\n" in out  # the other fields as they were
+
+
+_LONG_RUN_UNITS = st.text(
+    st.sampled_from([*"aZ09=?_\"().,:;<>@[]\\-", "é", "€", "😀", "ß", "\x7f", "\x01"]),
+    min_size=1, max_size=8)
+_SHORT_TEXT = st.text(st.sampled_from([*"ab ?=_\t", "é", "😀"]), max_size=20)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from([b"Subject", b"Comments", b"X-Mailer-Note", b"Content-Description",
+                        b"X-" + b"n" * 40]),
+       _SHORT_TEXT, _LONG_RUN_UNITS, _SHORT_TEXT, st.booleans(), st.booleans())
+def test_encoded_words_for_a_long_unstructured_line_decode_to_its_text(
+        name, before, unit, after, utf8, split):
+    # any text with a run of over 998 octets without white space: the copy
+    # keeps every line within 998 octets (those with encoded words within
+    # 76), and RFC 2047 decoding gives the text back, character for
+    # character; a field that was folded where it could be is unfolded
+    # first (RFC 5322 2.2.3)
+    run = unit * (1000 // len(unit.encode()) + 1)
+    # (folded before the run: the line that starts with it is still too long)
+    text = before.lstrip(" \t") + ("\n " if split else "") + run + after
+    # (an octet that is no UTF-8: the text's octets as unknown-8bit)
+    value = text.encode("utf-8") + (b"" if utf8 else b"\xff")
+    out = convert(name + b": " + value + b"\nMIME-Version: 1.0\n\nbody\n")
+    assert out.isascii() and max(_text_lengths(out)) <= 998
+    field = _field_of(out, name)
+    _assert_encoded_words(field)
+    # (the blanks between the colon and the text are no part of it)
+    unfolded = value.replace(b"\n", b"").lstrip(b" \t")
+    assert _decoded(field) == unfolded.decode("utf-8" if utf8 else "latin-1")
 
 
 @pytest.mark.parametrize("pair", [b"\\ ", b"\\\\\\ ", b"\\\t"])

@@ -26,6 +26,11 @@ field).  What is done, by kind of field:
   X-... and other extension fields, unstructured per RFC 5322 3.6.8):
   the whole text becomes RFC 2047 encoded words.
 
+The converter also calls ``encode_text_field`` for a field, 8-bit or
+not, with a line over 998 octets that folding cannot break (RFC 5322
+2.1.1): an unstructured field's text becomes encoded words as above,
+any other field has no such form.
+
 Text that is valid UTF-8 is encoded as UTF-8; other octets are kept as
 they are under the charset ``unknown-8bit`` (RFC 1428), never guessed.
 A raw 8-bit octet is never returned.  This module knows nothing about
@@ -43,7 +48,7 @@ from txmailhub.downgrade import (
     unstructured_field,
 )
 
-__all__ = ["Unconvertible", "encode_field"]
+__all__ = ["Unconvertible", "encode_field", "encode_text_field"]
 
 _ADDRESS_FIELDS = frozenset(
     name.lower() for name in (
@@ -69,6 +74,28 @@ _STRUCTURED_FIELDS = frozenset(
         "List-Subscribe", "List-Owner", "List-Archive",
     )
 )
+
+# fields whose text is read by programs, not people: an encoded word
+# there is no longer their value, however long their line (besides the
+# address, parameter, list and structured fields above, every Content-
+# field but Content-Description, and the List-, Resent-, ARC- and DKIM-
+# families: ``_readable_text``)
+_NOT_TEXT = frozenset(("keywords", "autocrypt", "autocrypt-gossip", "archived-at",
+                       "original-recipient", "disposition-notification-options",
+                       "auto-submitted", "mt-priority", "tls-required",
+                       "require-recipient-valid-since", "thread-index"))
+_NOT_TEXT_PREFIXES = ("content-", "list-", "resent-", "arc-", "dkim-")
+
+
+def _readable_text(key: str) -> bool:
+    """Whether the field (``key``: its lower-case name) is unstructured
+    text (RFC 5322 3.6.5 Subject and Comments, 3.6.8 extension fields
+    such as X-...; RFC 2045 8 Content-Description) that RFC 2047 encoded
+    words may stand for (RFC 2047 5(1))."""
+    if key == "content-description":
+        return True
+    return not (key in _ADDRESS_FIELDS or key in _PARAMETER_FIELDS or key in _STRUCTURED_FIELDS
+                or key in _LIST_FIELDS or key in _NOT_TEXT or key.startswith(_NOT_TEXT_PREFIXES))
 
 
 class Unconvertible(ValueError):
@@ -145,13 +172,46 @@ def encode_field(raw: bytes) -> bytes:
         # when decoded (email.header.Header turns NEL, U+2028, FF... into
         # a blank), each word within RFC 2047's 75 characters
         return (unstructured_field(name, text) + "\n").encode("ascii")
-    return f"{name}: {_unknown_8bit_words(value)}\n".encode("ascii")
+    return (_unknown_8bit_field(name, value) + "\n").encode("ascii")
 
 
-def _unknown_8bit_words(value: bytes) -> str:
-    """RFC 2047 Q-encoded words of charset unknown-8bit, octets kept."""
+def encode_text_field(raw: bytes) -> bytes | None:
+    """An unstructured field (``raw`` as for ``encode_field``) whose text
+    is written as RFC 2047 encoded words, each at most 75 characters, on
+    lines of at most 76 (RFC 2047 2); None for any other field.
+
+    For a field with a line over 998 octets that folding cannot break (no
+    white space in it, RFC 5322 2.1.1, 2.2.3): RFC 2047 decoding, with
+    the blanks between adjacent encoded words dropped (6.2), gives its
+    text back, every character (ASCII, "=?" and blanks included; no
+    UTF-8 character is split between two words), octets that are not
+    UTF-8 as ``unknown-8bit`` (RFC 1428).  A field that is no text a
+    person reads (``_readable_text``) keeps its form: an encoded word
+    there is not its value."""
+    name_b, sep, value_b = raw.partition(b":")
+    if not sep or not name_b.isascii():
+        return None
+    name = name_b.decode("ascii").strip(" \t")
+    if not name or not _readable_text(name.lower()):
+        return None
+    value = _unfold_text(value_b)
+    text, charset = _text(value)
+    if charset == "utf-8":
+        return (unstructured_field(name, text) + "\n").encode("ascii")
+    return (_unknown_8bit_field(name, value) + "\n").encode("ascii")
+
+
+def _unknown_8bit_field(name: str, value: bytes) -> str:
+    """``Name: value`` as RFC 2047 Q-encoded words of charset unknown-8bit,
+    octets kept: each word at most 64 characters, each line at most 76
+    (RFC 2047 2), the first word made shorter to fit beside the name, or
+    on a line of its own when the name leaves no room."""
     words = []
     piece = ""
+    room = min(45, 76 - len(name) - len(": =?unknown-8bit?q??="))
+    alone = room < 3  # not even one =XX beside the name
+    if alone:
+        room = 45
     for octet in value:
         if 33 <= octet <= 126 and chr(octet) not in "=?_\"(),.:;<>@[\\]":
             token = chr(octet)
@@ -159,9 +219,11 @@ def _unknown_8bit_words(value: bytes) -> str:
             token = "_"
         else:
             token = f"={octet:02X}"
-        if len(piece) + len(token) > 45:
+        if piece and len(piece) + len(token) > room:
             words.append(piece)
             piece = ""
+            room = 45
         piece += token
     words.append(piece)
-    return "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)
+    encoded = "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)
+    return f"{name}:\n {encoded}" if alone else f"{name}: {encoded}"

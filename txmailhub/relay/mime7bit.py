@@ -43,12 +43,14 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   that (above): a line of a preamble or epilogue (which MIME readers
   ignore, RFC 2046 5.1.1) is broken before a blank, else at 998 octets,
   never into a delimiter (``_Lines``); a header field's line is folded
-  before white space (RFC 5322 2.2.3); a delimiter loses its transport
+  before white space (RFC 5322 2.2.3), or, where it has too little and
+  the field is unstructured text, written as RFC 2047 encoded words
+  (``header7bit.encode_text_field``); a delimiter loses its transport
   padding; a quoted-printable or base64 body's line is cut again with
   soft breaks, or into lines of 76 (``transfer_encoding``).  A line none
-  of these can break -- a header line without white space, a part in an
-  unknown encoding, a quoted-printable line with nowhere to end a block
-  (``QPFix``) -- makes
+  of these can break -- a structured header field's line without white
+  space, a part in an unknown encoding, a quoted-printable line with
+  nowhere to end a block (``QPFix``) -- makes
   the conversion fail with ``Unconvertible``, and every write is checked
   (``_LineGuard``);
 * header fields with 8-bit octets go through
@@ -68,12 +70,13 @@ queue's stored form.  It must not know about SMTP or the queue.
 
 from __future__ import annotations
 
+import io
 import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from txmailhub.relay.header7bit import Unconvertible, encode_field
+from txmailhub.relay.header7bit import Unconvertible, encode_field, encode_text_field
 from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import LINE_TEXT, SINKS
 from txmailhub.rfc5322 import comment_end, escaped
@@ -797,8 +800,29 @@ class _Converter:
             field = field.rstrip(b"\r\n").rstrip(b" \t;") + b"; charset=" + charset.encode() + b"\n"
         if not field.isascii():
             field = encode_field(field)
+        if len(field) > LINE_TEXT and any(
+                _text_length(line) > LINE_TEXT for line in field.splitlines(True)):
+            field = self._fitted(field)
         out.write(field)
         return name
+
+    def _fitted(self, field: bytes) -> bytes:
+        """``field``, which has a line over ``LINE_TEXT`` octets, folded
+        before white space (``_Lines``); where it has too little, and the
+        field is unstructured text, its text as RFC 2047 encoded words on
+        lines of 76 (``encode_text_field``: decoding gives every character
+        back).  Any other field has no 7-bit form (``Unconvertible``)."""
+        folded = io.BytesIO()
+        lines = _Lines(folded, True, self.boundaries)
+        try:
+            lines.write(field)
+            lines.flush()
+        except Unconvertible:
+            encoded = encode_text_field(field)
+            if encoded is None:
+                raise
+            return encoded
+        return folded.getvalue()
 
     # --- bodies ----------------------------------------------------------------------
 
