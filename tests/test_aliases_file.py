@@ -143,6 +143,30 @@ def test_remove_takes_every_line_of_the_alias_and_nothing_else(path: Path) -> No
         aliases_at(path).remove("staff")
 
 
+def test_a_quoted_name_with_a_colon_is_the_alias_the_hub_reads(path: Path) -> None:
+    # '"a:b": joe' is the alias "a:b" (aliases(5) quotes such a name),
+    # as the hub reads it: remove finds it, where the name was taken to
+    # end at the colon inside the quotes
+    aliases_at(path, '"a:b": joe\nteam: ann\n').remove('"a:b"')
+    assert path.read_text() == "team: ann\n"
+
+
+def test_a_colon_or_a_comma_in_quotes_can_be_written(path: Path) -> None:
+    # the file reads them so ('"a:b": joe', '"x,y"@remote.test'): a name
+    # or a target holding one in quotes is no line the file cannot hold
+    aliases_at(path, "").add('"a:b"', ['"x,y"@remote.test', "joe"])
+    assert path.read_text() == '"a:b": "x,y"@remote.test, joe\n'
+    assert check_aliases_file(str(path), "example.org", DOMAINS) == []
+
+
+def test_a_form_feed_ends_no_line_of_the_file(path: Path) -> None:
+    # 'a: joe<FF>b: ann' is one line to the hub, as to an editor: no
+    # alias b is there to refuse adding (it was, read as two lines)
+    change = aliases_at(path, "a: joe, ann\x0cb: ann\n").add("b", ["joe"])
+    assert change.created
+    assert path.read_text() == "a: joe, ann\x0cb: ann\nb: joe\n"
+
+
 def test_an_alias_whose_name_has_a_control_character_can_still_be_removed(path: Path) -> None:
     # a line written before ESC, DEL and the C1 controls were refused in
     # names: check names it as a bad alias, and `alias remove` takes it

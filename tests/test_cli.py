@@ -2323,6 +2323,15 @@ def test_an_aliases_lock_of_another_user_is_said_with_its_owner_and_mode(
     assert as_user(NOBODY, NOBODY, lambda: run(config, "alias", "add", "sales", "bob"))[0] == 0
 
 
+def test_alias_targets_are_split_as_the_file_splits_them(config: Path) -> None:
+    # at the commas outside quotes: one remote address with a comma in
+    # its quoted local part, which was cut in two and refused
+    aliases = with_aliases(config, "")
+    assert run(config, "alias", "add", "staff", '"x,y"@remote.test,bob', "alice") == (
+        0, "added staff@example.org\n", "")
+    assert aliases.read_text() == 'staff: "x,y"@remote.test, bob, alice\n'
+
+
 def test_alias_add_set_and_remove(config: Path) -> None:
     aliases = with_aliases(config, "# kept\npostmaster: alice\n")
     assert run(config, "alias", "add", "staff", "alice", "bob,x@remote.test") == (

@@ -17,6 +17,7 @@ from txmailhub.errors import Rejected
 from txmailhub.interfaces import IRecipientRouter
 from txmailhub.router import Router, check_aliases_file, parse_aliases
 from txmailhub.smtp import replies
+from txmailhub.smtp._parse import parse_rcpt
 
 DOMAINS = ["example.org", "Example.NET."]
 
@@ -488,6 +489,86 @@ class BadLineTests(Base):
         self.assertEqual((sorted(table), problems), (["a@example.org", "b@example.org"], []))
         table, problems = parse_aliases("\ufeff# note\na: joe\n", "example.org")
         self.assertEqual((list(table), problems), (["a@example.org"], []))
+
+    def test_a_quoted_name_may_hold_a_colon(self):
+        # aliases(5): quote a name holding ':'; the name ends at the first
+        # colon outside the quotes ('"a' with the target 'b": joe' before)
+        r = self.router('"a:b": joe, ann\n"c": joe\n')
+        local, _ = r.resolve(parse_rcpt('TO:<"a:b"@example.org>', "example.org")[0])
+        self.assertEqual(local, (A("joe"), A("ann")))
+        _, problems = parse_aliases('"a:b": joe, ann\n', "example.org", DOMAINS, "f")
+        self.assertEqual(problems, [])
+
+    def test_a_quoted_name_or_target_alone_is_a_local_part_an_at_sign_and_all(self):
+        # aliases(5) quotes a name holding '@': '"a@b"' is that local part
+        # in the primary domain, not the local part '"a' of the domain 'b"'
+        self.users.keys.add('"x@y"@example.org')
+        r = self.router('"a@b": joe, "x@y"\n')
+        local, _ = r.resolve(parse_rcpt('TO:<"a@b"@example.org>', "example.org")[0])
+        self.assertEqual(local, (A("joe"), Address('"x@y"', "example.org")))
+        _, problems = parse_aliases('"a@b": joe, "x@y"\n', "example.org", DOMAINS, "f")
+        self.assertEqual(problems, [])
+
+    def test_a_comma_in_quotes_or_a_comment_does_not_split_a_target(self):
+        # one address "x,y"@remote.test, one program: they were cut in two
+        # at the comma, and the halves taken as addresses without a word
+        table, problems = parse_aliases(
+            'a: "x,y"@remote.test, ann\n'
+            'b: "|/usr/bin/filter -a, -b", ann\n'
+            "c: joe (Bloggs, Joe), ann\n", "example.org", DOMAINS, "f")
+        self.assertEqual(table, {
+            "a@example.org": ((Address('"x,y"', "remote.test"), True), (A("ann"), True)),
+            "b@example.org": ((A("ann"), True),),
+            "c@example.org": ((A("ann"), True),)})
+        self.assertEqual(problems, [
+            "f:2: target '\"|/usr/bin/filter -a, -b\"' of 'b': delivery to programs is not "
+            "supported",
+            "f:3: bad target 'joe (Bloggs, Joe)' of 'c': address 'joe (Bloggs, Joe)' contains "
+            "whitespace or control characters"])
+
+    def test_a_line_with_an_unclosed_quote_is_skipped_and_said(self):
+        # where its targets end cannot be told: '"joe' was the mailbox
+        # '"joe', and '"c: joe' the alias '"c'
+        table, problems = parse_aliases('a: "joe, ann\nb: (joe\n"c: joe\nd: ann\n',
+                                        "example.org", DOMAINS, "f")
+        self.assertEqual(list(table), ["d@example.org"])
+        self.assertEqual(problems, [
+            "f:1: alias 'a': a quoted string (\"...\") is not closed: the line is skipped",
+            "f:2: alias 'b': a comment in parentheses is not closed: the line is skipped",
+            "f:3: expected 'name: target, ...', got '\"c: joe'"])
+
+    def test_only_lf_crlf_and_cr_end_a_line(self):
+        # a form feed or U+2028 inside a line is no line break to an editor
+        # or aliases(5): it made a second alias of the rest of the line,
+        # and put check's line numbers past the line meant
+        text = "a: joe\x0cb: ann\nc: joe\u2028d: ann\r\ne: joe\rbad:\n"
+        table, problems = parse_aliases(text, "example.org", DOMAINS, "f")
+        self.assertEqual(list(table), ["e@example.org"])
+        self.assertEqual(problems, [
+            "f:1: bad target 'joe\\x{C}b: ann' of 'a': address 'joe\\x{C}b: ann' contains "
+            "whitespace or control characters",
+            "f:1: alias 'a' has no usable target",
+            "f:2: bad target 'joe\\x{2028}d: ann' of 'c': address 'joe\\x{2028}d: ann' "
+            "contains whitespace or control characters",
+            "f:2: alias 'c' has no usable target",
+            "f:4: alias 'bad' has no usable target"])
+        with open(self.path, "wb") as f:
+            f.write(b"a: joe\x0c\nb: \xff\n")
+        self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [
+            f"{self.path}:2: [aliases] file is not UTF-8 text (invalid start byte at octet 11)"])
+
+    def test_a_later_line_in_effect_for_an_unusable_first_is_said(self):
+        # the first line of a name has no target the hub can use: the
+        # second is the alias (aliases(5) readers take the first), and
+        # check named only the first
+        table, problems = parse_aliases("a: |/bin/true\nb: ann\na: joe\n", "example.org",
+                                        DOMAINS, "f")
+        self.assertEqual(table["a@example.org"], ((A("joe"), True),))
+        self.assertEqual(problems, [
+            "f:1: target '|/bin/true' of 'a': delivery to programs is not supported",
+            "f:1: alias 'a' has no usable target",
+            "f:3: alias 'a' is defined on line 1 too, a line the hub cannot use: this one is "
+            "in effect instead"])
 
 
 class AliasGraphProperties(SynchronousTestCase):

@@ -103,7 +103,11 @@ def run_alias(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         change = aliases.remove(args.name)
         print(f"removed {shown(change.alias)}", file=out)
     else:
-        targets = [t for arg in args.targets for t in arg.split(",")]
+        from txmailhub.router import split_targets
+
+        # a list split as the file splits one: at the commas outside
+        # quotes ('"x,y"@example.net' is one address)
+        targets = [t for arg in args.targets for t in split_targets(arg)[0]]
         put = aliases.add if action == "add" else aliases.set
         change = put(args.name, targets)
         print(f"{'added' if change.created else 'changed'} {change.alias}", file=out)

@@ -61,11 +61,15 @@ from txmailhub.router import (
     BOM,
     Aliases,
     AliasWarning,
+    alias_address,
     alias_loops,
     alias_warnings,
+    file_lines,
     line_of_octet,
     loop_problem,
     parse_aliases,
+    split_alias_line,
+    split_targets,
 )
 
 __all__ = ["AliasesFile", "Change", "target_text"]
@@ -167,14 +171,14 @@ class AliasesFile:
         ``controls``: a name with ESC, DEL or a C1 control is taken, to find
         a line written before they were refused (``remove``)."""
         try:
-            return parse_address(name.strip(), self.primary_domain, controls=controls).key
+            return alias_address(name, self.primary_domain, controls=controls).key
         except AddressError as e:
             raise BadAlias([f"bad alias name: {e}"]) from None
 
     # -- the file's entries --------------------------------------------------
 
     def _entries(self, lines: list[str]) -> list[_Entry]:
-        """The aliases of ``lines`` (``splitlines(keepends=True)``: the
+        """The aliases of ``lines`` (``file_lines(keepends=True)``: the
         lines ``parse_aliases`` numbers), as it reads them."""
         entries: list[_Entry] = []
         for i, raw in enumerate(lines):
@@ -195,18 +199,18 @@ class AliasesFile:
         """The key of the alias ``line`` names; ``controls``: as ``key``
         (a line of the file is still that alias's, for ``remove`` to take
         away; a name to write is judged strictly)."""
-        name, colon, _ = line.partition(":")
-        if not colon:
+        split = split_alias_line(line)
+        if split is None:
             return None
         try:
-            return parse_address(name.strip(), self.primary_domain, controls=controls).key
+            return alias_address(split[0], self.primary_domain, controls=controls).key
         except AddressError:
             return None
 
     def _rcpt_key(self, line: str) -> str | None:
         """The key of the alias ``line`` names, its name read as RCPT gives
         it (``a;: joe``, as an older ``alias add`` wrote it, is ``"a;"``)."""
-        return self._name_key(self.rcpt_form(line.partition(":")[0].strip()) + ":")
+        return self._name_key(self.rcpt_form(_written_name(line)) + ":")
 
     # -- changing ------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class AliasesFile:
         before they were refused, which ``check`` names as a bad alias."""
         key = self.key(name, controls=True)
         with self._locked() as text:
-            lines = text.splitlines(keepends=True)
+            lines = file_lines(text, keepends=True)
             entries = self._entries(lines)
             gone = {i for e in entries if e.key == key for i in e.lines}
             # ``a;``: the alias ``add`` made of it, "a;" (as RCPT names it),
@@ -261,7 +265,7 @@ class AliasesFile:
         if too_long:
             raise BadAlias(too_long)
         with self._locked() as text:
-            lines = text.splitlines(keepends=True)
+            lines = file_lines(text, keepends=True)
             entries = self._entries(lines)
             key = self._name_key(name + ":")
             mine = [e for e in entries if key is not None and e.key == key]
@@ -290,7 +294,7 @@ class AliasesFile:
             entry = (mine or old or [None])[0]
             if entry is not None:
                 first = lines[entry.lines[0]]
-                written_name = first.partition(":")[0].strip() if mine else name
+                written_name = _written_name(first) if mine else name
                 eol = first[len(first.rstrip("\r\n")):] or _eol(lines)
                 number: int | None = entry.lines[0] + 1
             else:
@@ -356,15 +360,16 @@ class AliasesFile:
             why.append("the alias name is empty")
         elif name.startswith("#"):
             why.append(f"alias name {quoted(name)}: a line that starts with # is a comment")
-        elif ":" in name:
-            why.append(f"alias name {quoted(name)}: the file ends a name at its first ':'")
+        elif split_alias_line(name) is not None:
+            why.append(f"alias name {quoted(name)}: the file ends a name at its first ':' "
+                       "outside quotes (write such a name quoted)")
         if not targets:
             why.append("no target given")
         for text in (name, *targets):
             if len(f"x{text}x".splitlines()) > 1:
                 why.append(f"{quoted(text)}: a line break cannot be part of a name or target")
-        why.extend(f"target {quoted(t)}: the file separates targets with ','"
-                   for t in targets if "," in t)
+        why.extend(f"target {quoted(t)}: the file separates targets with ',' (outside quotes)"
+                   for t in targets if len(split_targets(t)[0]) > 1)
         why.extend(_beyond_rcpt(name, self.primary_domain))
         for what, text in (("alias name", name), *(("target", t) for t in targets)):
             plain = _unquoted(text.lstrip("\\").strip("<>"))
@@ -547,6 +552,13 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _written_name(line: str) -> str:
+    """The name of the alias ``line`` as written (before its first ``:``
+    outside quotes, as the hub reads it; the whole line if there is none)."""
+    split = split_alias_line(line)
+    return (line if split is None else split[0]).strip()
+
+
 def _eol(lines: list[str]) -> str:
     """The line end the file uses (its first line's), LF for a new file."""
     for line in lines:
@@ -582,7 +594,7 @@ def _beyond_rcpt(name: str, primary_domain: str) -> list[str]:
     from txmailhub.smtp._parse import MAX_PATH
 
     try:
-        address = parse_address(name, primary_domain)
+        address = alias_address(name, primary_domain)
     except AddressError:
         return []
     local = len(address.local.encode("utf-8"))

@@ -17,8 +17,12 @@ The aliases file, like /etc/aliases::
 
 A bare name means ``name@<primary domain>``, on either side.  Targets are
 local or remote addresses (``<...>`` allowed), or other aliases (nested
-to any depth).  ``\\name`` means name's own mailbox, without expanding it
-further; so does an alias naming itself (``joe: joe, joe@backup.test``).
+to any depth).  Quotes group as in aliases(5): the name ends at the first
+``:`` outside them, a target at a ``,`` outside them and outside a
+comment's parentheses, and ``"a@b"`` alone is a local part; a line whose
+quotes are not closed is skipped.  A line ends with LF, CRLF or CR only.
+``\\name`` means name's own mailbox, without expanding it further; so
+does an alias naming itself (``joe: joe, joe@backup.test``).
 Program (``|cmd``), file (``/path``) and ``:include:`` targets are not
 supported and reported.  Each alias is expanded once per lookup, so a loop
 (``a: b`` / ``b: a``) ends at once and every non-looping target is kept;
@@ -47,10 +51,12 @@ Maildir too, with a warning.
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from twisted.logger import Logger
@@ -76,11 +82,15 @@ __all__ = [
     "AliasWarning",
     "Aliases",
     "Router",
+    "alias_address",
     "alias_loops",
     "alias_target_warnings",
     "alias_warnings",
     "check_aliases_file",
+    "file_lines",
     "parse_aliases",
+    "split_alias_line",
+    "split_targets",
     "unsupported_target",
 ]
 
@@ -114,7 +124,7 @@ def parse_aliases(
     # BOM"): no part of the first alias's name, which would otherwise hold
     # an invisible character no address ever matches
     text = text.removeprefix(BOM)
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(file_lines(text), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         if raw[0] in " \t":
@@ -129,17 +139,19 @@ def parse_aliases(
 
     table: Aliases = {}
     where: dict[str, int] = {}
+    unusable: dict[str, int] = {}  # a name's first line, when it has no usable target
     for number, line in entries:
         def problem(why: str, number: int = number) -> None:
             problems.append(f"{filename}:{number}: {why}")
 
-        name_text, colon, targets_text = line.partition(":")
-        name_text = name_text.strip()
-        if not colon:
+        split = split_alias_line(line)
+        if split is None:
             problem(f"expected 'name: target, ...', got {quoted(line)}")
             continue
+        name_text, targets_text = split
+        name_text = name_text.strip()
         try:
-            name = parse_address(name_text, primary_domain)
+            name = alias_address(name_text, primary_domain)
         except AddressError as e:
             problem(f"bad alias name: {e}")
             continue
@@ -151,8 +163,15 @@ def parse_aliases(
             problem(f"alias {quoted(name_text)} is already defined on line {where[key]}: "
                     "this one is ignored")
             continue
+        items, why = split_targets(targets_text)
+        if why:
+            # the hub cannot tell where its targets end (aliases(5) readers
+            # close what is open at the end of the line): none is taken
+            problem(f"alias {quoted(name_text)}: {why}: the line is skipped")
+            unusable.setdefault(key, number)
+            continue
         targets: list[tuple[Address, bool]] = []
-        for item in targets_text.split(","):
+        for item in items:
             item = item.strip()
             if not item:
                 continue
@@ -165,7 +184,7 @@ def parse_aliases(
             if text_addr.startswith("<") and text_addr.endswith(">"):
                 text_addr = text_addr[1:-1]
             try:
-                target = parse_address(text_addr, primary_domain)
+                target = alias_address(text_addr, primary_domain)
             except AddressError as e:
                 problem(f"bad target {quoted(item)} of {quoted(name_text)}: {e}")
                 continue
@@ -189,12 +208,109 @@ def parse_aliases(
                         "the hub's SMTP server refuses such an address (501)")
         if not targets:
             problem(f"alias {quoted(name_text)} has no usable target")
+            unusable.setdefault(key, number)
             continue
+        if key in unusable:
+            # The first line of the name is one the hub cannot use: this
+            # later one is the alias, where aliases(5) readers take the
+            # first and ignore this.  The first line is a problem already;
+            # this one is said too, as it is read differently.
+            problem(f"alias {quoted(name_text)} is defined on line {unusable[key]} too, a "
+                    "line the hub cannot use: this one is in effect instead")
         table[key] = tuple(dict.fromkeys(targets))
         where[key] = number
     if lines is not None:
         lines.update(where)
     return table, problems
+
+
+def file_lines(text: str, keepends: bool = False) -> list[str]:
+    """The lines of an aliases file's text, as an editor and aliases(5)
+    readers count them: ended by LF, CRLF or a lone CR -- not by what
+    else ``str.splitlines`` takes for a line break (a form feed, U+0085,
+    U+2028), which would split one line of the file into two aliases and
+    put ``check``'s line numbers past the line meant.  Such a character
+    is white space inside a line: a problem in a name or target."""
+    lines = io.StringIO(text, newline="").readlines()
+    if keepends:
+        return lines
+    return [line.rstrip("\r\n") for line in lines]
+
+
+def _scan(text: str, stops: str) -> tuple[list[int], str]:
+    """The indexes in ``text`` of the characters of ``stops`` that are
+    outside a quoted string and outside an RFC 822 comment ``( )``, and
+    why the text is not closed (``""``: it is).  In a quoted string a
+    backslash escapes the next character, as in RCPT."""
+    found: list[int] = []
+    quote, depth, i, n = False, 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = False
+        elif depth:
+            if c == "\\":
+                i += 1
+            elif c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+        elif c == '"':
+            quote = True
+        elif c == "(":
+            depth += 1
+        elif c in stops:
+            found.append(i)
+        i += 1
+    if quote:
+        return found, "a quoted string (\"...\") is not closed"
+    if depth:
+        return found, "a comment in parentheses is not closed"
+    return found, ""
+
+
+def split_alias_line(line: str) -> tuple[str, str] | None:
+    """An alias's line as its name and the text of its targets: split at
+    the first ``:`` outside a quoted string (and a comment), as aliases(5)
+    writes a name with a colon (``"a:b": joe``); ``None`` if there is none."""
+    if '"' not in line and "(" not in line:  # nearly every line: no Python step per character
+        name, colon, rest = line.partition(":")
+        return (name, rest) if colon else None
+    stops, _ = _scan(line, ":")
+    if not stops:
+        return None
+    return line[:stops[0]], line[stops[0] + 1:]
+
+
+def split_targets(text: str) -> tuple[list[str], str]:
+    """The targets of an alias (as written, unstripped) and why they cannot
+    be told apart (``""``: they can): split at the commas outside a quoted
+    string and a comment, so that ``"x,y"@example.net`` is one address
+    and ``"|cmd a, b"`` one program, as aliases(5) reads them."""
+    if '"' not in text and "(" not in text:
+        return text.split(","), ""
+    stops, why = _scan(text, ",")
+    bounds = [-1, *stops, len(text)]
+    return [text[a + 1:b] for a, b in pairwise(bounds)], why
+
+
+def alias_address(text: str, primary_domain: str, *, controls: bool = False) -> Address:
+    """A name or target of the file as an address (``parse_address``),
+    where a quoted string alone is a whole local part in the primary
+    domain: ``"a@b"`` is the local part ``"a@b"``, as aliases(5) quotes a
+    name holding an ``@`` (and RCPT names it ``"a@b"@<domain>``), not
+    the local part ``"a`` of the domain ``b"``."""
+    text = text.strip()
+    if len(text) > 1 and text[0] == '"':
+        i = 1
+        while i < len(text) and text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        if i == len(text) - 1:
+            text = f"{text}@{primary_domain}"
+    return parse_address(text, primary_domain, controls=controls)
 
 
 def unsupported_target(item: str) -> str:
@@ -313,10 +429,10 @@ def _listed(lines: list[str]) -> str:
 
 def line_of_octet(raw: bytes, octet: int) -> int:
     """The line (from 1) of the file ``raw`` that ``octet`` is on, counted
-    as ``parse_aliases`` counts the lines of its text (``splitlines``: a
-    CRLF one break, a lone CR or a form feed one too).  The octets before
+    as ``parse_aliases`` counts the lines of its text (``file_lines``: a
+    CRLF one break, a lone CR one too, a form feed none).  The octets before
     it are UTF-8: ``octet`` is where decoding the file failed."""
-    return len((raw[:octet].decode("utf-8") + "x").splitlines())
+    return len(file_lines(raw[:octet].decode("utf-8") + "x"))
 
 
 def hides_user(key: str, targets: tuple[tuple[Address, bool], ...]) -> bool:
