@@ -277,6 +277,18 @@ def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path)
                    "no mail reaches it\n")
 
 
+def test_check_warns_of_a_line_of_the_aliases_file_ended_by_a_lone_cr(config: Path) -> None:
+    # the hub ends a line at a lone CR; newaliases reads "a: alice\rb: bob"
+    # as one line: check said nothing of a file read two ways
+    aliases = with_aliases(config, "")
+    aliases.write_bytes(b"# x\r\na: alice\rb: bob\nc: bob\rd: alice\r\n")
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    assert err == (f"warning: {aliases}:2: line ends with a lone CR (and 1 other line): the hub "
+                   "ends a line there, but other readers of aliases files (newaliases) read it "
+                   "and the next line as one\n")
+
+
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

@@ -468,7 +468,11 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     problems.extend(smarthost_auth_problems(settings, warnings))
     if settings.aliases.file:
         from txmailhub.regular_file import read_regular
-        from txmailhub.router import alias_target_warnings, check_aliases_file
+        from txmailhub.router import (
+            alias_target_warnings,
+            check_aliases_file,
+            line_end_warnings,
+        )
 
         try:
             # never a plain open: one of a FIFO put there since the config
@@ -480,6 +484,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         else:
             problems.extend(check_aliases_file(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains))
+            warnings.extend(line_end_warnings(settings.aliases.file))
         if not users.missing and users_read:
             warnings.extend(alias_target_warnings(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,

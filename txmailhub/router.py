@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ __all__ = [
     "alias_warnings",
     "check_aliases_file",
     "file_lines",
+    "line_end_warnings",
     "parse_aliases",
     "split_alias_line",
     "split_targets",
@@ -98,6 +100,9 @@ log = Logger()
 
 # U+FEFF at the start of a file: the byte-order mark, no text of the file
 BOM = "\ufeff"
+
+# a CR that ends a line on its own, not as part of CRLF
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 # an alias name -> its targets; a target is (address, expand?)
 Aliases = dict[str, tuple[tuple[Address, bool], ...]]
@@ -397,6 +402,29 @@ def check_aliases_file(
     table, problems = parse_aliases(text, primary_domain, domains, path, lines)
     problems.extend(loop_problem(path, loop, lines) for loop in alias_loops(table))
     return problems
+
+
+def line_end_warnings(path: str) -> list[str]:
+    """``check``'s warning about a line of the file at ``path`` ended by a
+    lone CR (an old Mac file, a stray one from a paste): the hub takes it
+    for a line end, as editors that show old Mac files do, but other
+    aliases(5) readers (``newaliases``) read it and the next line as one,
+    so the file may not mean there what it meant to them.  One line for the
+    file, at its first such line; none for a file that cannot be read
+    (``check_aliases_file`` says why)."""
+    try:
+        raw, _ = read_regular(path)  # (a FIFO: refused, not waited on)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    lone = [m.start() for m in _LONE_CR.finditer(text)]
+    if not lone:
+        return []
+    line = len(file_lines(text[:lone[0]] + "x"))
+    others = len(lone) - 1
+    more = f" (and {others} other {plural(others, 'line', 'lines')})" if others else ""
+    return [f"{path}:{line}: line ends with a lone CR{more}: the hub ends a line there, but "
+            "other readers of aliases files (newaliases) read it and the next line as one"]
 
 
 def loop_problem(path: str, loop: str, lines: dict[str, int]) -> str:
