@@ -289,6 +289,16 @@ def test_check_warns_of_a_line_of_the_aliases_file_ended_by_a_lone_cr(config: Pa
                    "and the next line as one\n")
 
 
+def test_check_warns_of_an_alias_name_no_rcpt_can_give(config: Path) -> None:
+    # 250 letters and "@example.org": 262 octets, over the 256 of a path
+    # the SMTP server takes; `alias add` refused it, check said nothing
+    aliases = with_aliases(config, "a" * 250 + ": alice\n" + "b" * 243 + ": alice\n")
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    assert err == (f"warning: {aliases}:1: alias {'a' * 250}@example.org: 262 octets, and RCPT "
+                   "TO takes a path of at most 256: no mail reaches it\n")
+
+
 def test_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

@@ -68,6 +68,7 @@ from txmailhub.router import (
     line_of_octet,
     loop_problem,
     parse_aliases,
+    rcpt_path_octets,
     split_alias_line,
     split_targets,
 )
@@ -590,16 +591,13 @@ def _beyond_rcpt(name: str, primary_domain: str) -> list[str]:
     256 octets the SMTP server takes (RFC 5321 4.5.3.1.3) in each spelling
     of its domain, so every message to it would get 501.  A name that is
     no address is left to ``check``'s own words."""
-    from txmailhub.address import ascii_domain
     from txmailhub.smtp._parse import MAX_PATH
 
     try:
         address = alias_address(name, primary_domain)
     except AddressError:
         return []
-    local = len(address.local.encode("utf-8"))
-    shortest = local + 1 + min(len(address.domain.encode("utf-8")),
-                               len(ascii_domain(address.domain)))
+    shortest = rcpt_path_octets(address)
     if shortest <= MAX_PATH:
         return []
     return [f"alias name {quoted(name)}: {address} is {shortest} octets, and RCPT TO takes a path "

@@ -91,6 +91,7 @@ __all__ = [
     "file_lines",
     "line_end_warnings",
     "parse_aliases",
+    "rcpt_path_octets",
     "split_alias_line",
     "split_targets",
     "unsupported_target",
@@ -463,6 +464,17 @@ def line_of_octet(raw: bytes, octet: int) -> int:
     return len(file_lines(raw[:octet].decode("utf-8") + "x"))
 
 
+def rcpt_path_octets(address: Address) -> int:
+    """The octets of the shortest path ``RCPT TO`` can name ``address``
+    by: its local part, ``@`` and the shorter spelling of its domain (the
+    U-label or the A-label form).  Over ``MAX_PATH`` no message reaches
+    it (501, RFC 5321 4.5.3.1.3)."""
+    from txmailhub.address import ascii_domain
+
+    local = len(address.local.encode("utf-8"))
+    return local + 1 + min(len(address.domain.encode("utf-8")), len(ascii_domain(address.domain)))
+
+
 def hides_user(key: str, targets: tuple[tuple[Address, bool], ...]) -> bool:
     """Whether the alias ``key`` takes all the mail of a user of the same
     name: aliases come first, and its targets do not list the user's own
@@ -503,7 +515,7 @@ def alias_warnings(
     """``alias_target_warnings`` of a parsed table, each with the alias it
     is about; with ``lines`` (``parse_aliases``'s), each at that alias's
     line (``<file>:<line>: alias ...``), as the file's problems are."""
-    from txmailhub.smtp._parse import rcpt_local, unquote_local
+    from txmailhub.smtp._parse import MAX_PATH, rcpt_local, unquote_local
 
     local = {canonical_domain(d) for d in domains}
     postmaster = Address("postmaster", primary_domain).key
@@ -520,6 +532,15 @@ def alias_warnings(
                 f"so that user's mailbox gets none of its mail (add \\{alias} to its "
                 "targets to keep a copy there)"))
         name = parse_address(alias)
+        octets = rcpt_path_octets(name)
+        if octets > MAX_PATH:
+            # read as any other (and aliases(5) readers take it), but the
+            # hub's SMTP server refuses every RCPT naming it, as ``mailhub
+            # alias add`` refuses to write it
+            out.append(AliasWarning(
+                alias, False,
+                f"{at}: alias {alias}: {octets} octets, and RCPT TO takes a path of at most "
+                f"{MAX_PATH}: no mail reaches it"))
         if len(name.local) > 1 and name.local[0] == name.local[-1] == '"':
             plain = unquote_local(name.local)
             if not plain.startswith('"'):
