@@ -1752,3 +1752,28 @@ def test_an_internal_error_whose_traceback_cannot_be_formatted_is_70_with_v(
     assert err.getvalue() == ("sendmail: internal error (a bug in the command): "
                               "_UnformattableError: broken\n"
                               "(no traceback: reading it raised RuntimeError)\n")
+
+
+# --- -bp's arguments ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "prog"), [(["-bp", "bob"], "sendmail"), (["bob"], "mailq"),
+                                            (["-bp", "--", "bob"], "sendmail")])
+def test_bp_with_a_recipient_is_a_usage_error_as_in_postfix(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], prog: str) -> None:
+    # ``mailq bob`` listed the whole queue as if bob were a filter
+    def listing(*args: object) -> int:
+        raise AssertionError("the queue was listed")
+
+    monkeypatch.setattr("txmailhub.relay.admin.list_queue", listing)
+    monkeypatch.setattr("sys.argv", [f"/usr/bin/{prog}", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    from txmailhub.sendmail import main
+
+    assert main() == EX_USAGE
+    assert out.getvalue() == ""
+    assert err.getvalue().splitlines()[0] == (
+        f"{prog}: bob: -bp (mailq) takes no recipient: it lists the whole queue "
+        "(mailhub queue list)")

@@ -213,6 +213,12 @@ def parse_args(argv: list[str]) -> Options:
         # database mode requires no recipient", EX_USAGE).
         raise UsageError(f"{args[0]}: -bi and -I (newaliases) take no recipient; "
                          "-i is the option that keeps a line of a single dot in the message")
+    if args and found.get("mode") == "p":
+        # ``mailq bob``: no filter, and listing the whole queue as if bob
+        # were one would mislead.  Postfix refuses it ("display queue
+        # mode requires no recipient", EX_USAGE)
+        raise UsageError(f"{args[0]}: -bp (mailq) takes no recipient: it lists the whole "
+                         "queue (mailhub queue list)")
     return Options(recipients=tuple(args), **found)  # type: ignore[arg-type]
 
 
