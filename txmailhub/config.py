@@ -1941,6 +1941,10 @@ class LocalSubmission:
     #: goes in one, and needs no aliases read; the default when missing
     #: or bad
     max_recipients: int = SMTPSettings.max_recipients
+    #: ``[users] file`` (absolute; ``users`` beside the config when unset):
+    #: only ``sendmail -bv`` reads it, to say which local names are
+    #: mailboxes; ``None`` when the value is no usable path
+    users_file: str | None = None
 
     @property
     def primary_domain(self) -> str:
@@ -1957,7 +1961,8 @@ def load_local_submission(path: str) -> LocalSubmission:
     checks as ``load``; raise ``ConfigError`` listing their problems.
     ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times),
     and ``[aliases] file`` when set (which recipients share a mailbox),
-    with ``[smtp] max_recipients`` (when a list needs to know it).
+    with ``[smtp] max_recipients`` (when a list needs to know it), and the
+    path of ``[users] file`` (``-bv``; the file itself is not read here).
 
     Why not ``load``: the sendmail command runs as any local user (a web
     server, a cron job), who may not read the TLS key or the smarthost
@@ -1999,6 +2004,11 @@ def load_local_submission(path: str) -> LocalSubmission:
         # cannot read, is the hub's and `mailhub check`'s to report (a NUL,
         # which no path holds, would make the look at the file raise)
         settings = replace(settings, aliases_file=r.resolve(aliases_file))
+    users = doc.get("users")
+    users_file = users.get("file", "users") if isinstance(users, dict) else "users"
+    if isinstance(users_file, str) and users_file and "\0" not in users_file:
+        # only for -bv, as above: a bad value is the hub's to report
+        settings = replace(settings, users_file=r.resolve(users_file))
     if "max_recipients" in smtp:
         # only to know when a list needs the aliases: a bad value, as above
         try:

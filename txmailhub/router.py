@@ -686,6 +686,15 @@ class Router:
             self._error = why
             log.error("{why}; keeping the previous aliases", why=why)
 
+    @property
+    def read_error(self) -> str | None:
+        """Why the aliases file could not be read at the last look (a
+        mode this process may not read, a folder it may not search, bytes
+        that are not UTF-8), or ``None``: read, or not there.  For a short
+        run (``sendmail``) that has no log to say it in, and would
+        otherwise take every name for no alias without a word."""
+        return self._error
+
     # -- IRecipientRouter ------------------------------------------------------
 
     def is_local_domain(self, domain: str) -> bool:

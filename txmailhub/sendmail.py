@@ -3,7 +3,8 @@ line that local programs (cron, scripts, PHP's ``mail()``, ``git
 send-email``, mutt) expect, handing each message to the running hub.
 
 Owns the sendmail option syntax (with the ``-bp`` and ``-bi`` modes of
-``mailq`` and ``newaliases``), the header fields a local submission needs
+``mailq`` and ``newaliases``; ``-bv``'s verification is
+``txmailhub.sendmail_verify``'s), the header fields a local submission needs
 (Bcc, Return-Path and Content-Length removed; Date, Message-ID and From
 added when missing, their Resent- forms for a message sent on again, a
 Sender when From names several mailboxes: the hub's MX listener adds none
@@ -105,7 +106,7 @@ __all__ = [
 _OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:IiL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
 _IGNORED = set("ABcdeGhLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
-_MODES = ("m", "p", "i", "s")
+_MODES = ("m", "p", "i", "s", "v")
 #: what ``-bp`` (``mailq``) prints for an empty queue: Postfix's words
 MAILQ_EMPTY = "Mail queue is empty"
 
@@ -138,7 +139,8 @@ class Options:
     envid: str | None = None              # -V: DSN ENVID on MAIL
     mode: str = "m"                       # -bm send (the default), -bp list the queue,
                                           # -bi rebuild the aliases (nothing to do),
-                                          # -bs SMTP on stdin and stdout
+                                          # -bs SMTP on stdin and stdout,
+                                          # -bv verify the recipients (nothing sent)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -187,7 +189,8 @@ def parse_args(argv: list[str]) -> Options:
             if value not in _MODES:
                 raise UsageError(f"-b{value}: only -bm (read a message and send it), -bs "
                                  "(SMTP on standard input and output), -bp (list the queue, "
-                                 "as mailq) and -bi (newaliases) are offered")
+                                 "as mailq), -bv (verify the recipients) and -bi "
+                                 "(newaliases) are offered")
             found["mode"] = value
         elif letter == "I":
             found["mode"] = "i"
@@ -219,6 +222,12 @@ def parse_args(argv: list[str]) -> Options:
         # mode requires no recipient", EX_USAGE)
         raise UsageError(f"{args[0]}: -bp (mailq) takes no recipient: it lists the whole "
                          "queue (mailhub queue list)")
+    if found.get("mode") == "v":
+        if found.get("extract"):
+            raise UsageError("-bv verifies the recipients given as arguments; -t (read "
+                             "them from a message) is not offered with it")
+        if not args:
+            raise UsageError("-bv: no recipients to verify: give them as arguments")
     return Options(recipients=tuple(args), **found)  # type: ignore[arg-type]
 
 
@@ -835,6 +844,8 @@ def _run(argv: list[str], config: str, prog: str, stdin: BinaryIO | None, err: T
               "[recipient ...] < message", file=err)
         print(f"       {prog} -bs [-C PATH]   (SMTP on standard input and output)",
               file=err)
+        print(f"       {prog} -bv [-C PATH] [--] recipient ...   (verify; nothing is sent)",
+              file=err)
         return EX_USAGE
     if options.mode == "i":
         # newaliases: package scripts call it after editing the aliases file
@@ -867,6 +878,8 @@ def _run(argv: list[str], config: str, prog: str, stdin: BinaryIO | None, err: T
             print(f"{prog}: standard output is closed: nowhere to list the queue", file=err)
             return EX_IOERR
         return _list_queue(settings, prog, listing, err)
+    if options.mode == "v":
+        return _verify(options, settings, prog, out or sys.stdout, err)
     if not options.recipients and not options.extract:
         print(f"{prog}: no recipients: give them as arguments, or -t to read them from "
               f"the message's To, Cc and Bcc; {not_sent}", file=err)
@@ -903,6 +916,34 @@ def _run(argv: list[str], config: str, prog: str, stdin: BinaryIO | None, err: T
         return EX_TEMPFAIL
     with read.body:
         return _send(read, options, settings, targets, prog, err)
+
+
+def _verify(options: Options, settings: LocalSubmission, prog: str, out: TextIO | None,
+            err: TextIO) -> int:
+    """``-bv``: each recipient argument read as for sending (a bare name
+    at the primary domain, the hub's path grammar), then judged by the
+    hub's router over its files (``txmailhub.sendmail_verify``)."""
+    if not _may_name_anyone(options.recipients):
+        print(f"{prog}: -bv: no recipients to verify: the arguments hold no address "
+              f"({' '.join(map(repr, options.recipients))})", file=err)
+        return EX_USAGE
+    if out is None:  # ``>&-``: nowhere to say it
+        print(f"{prog}: standard output is closed: nowhere to write what -bv finds", file=err)
+        return EX_IOERR
+    try:
+        recipients = _read_addresses(options.recipients, settings.primary_domain)
+    except AddressError as e:
+        print(f"{prog}: {e}", file=err)
+        return EX_DATAERR
+    from txmailhub.sendmail_verify import verify
+
+    try:
+        return verify(recipients, settings, out, err, prog)
+    except BrokenPipeError:  # (``sendmail -bv ... | head -1``): quiet, as -bp
+        from txmailhub.cli import _discard_output
+
+        _discard_output(out)
+        return EX_IOERR
 
 
 def _send(read: StdinMessage, options: Options, settings: LocalSubmission,

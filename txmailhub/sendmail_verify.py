@@ -1,0 +1,160 @@
+"""``sendmail -bv``: say where the hub would deliver each recipient,
+without a message and without the hub.
+
+Owns the verification mode of the sendmail command: each recipient is
+expanded by the hub's own router (``txmailhub.router``) over the files
+the command's config names -- the aliases file, the users file -- and
+one line per resulting address says whether it is deliverable (a local
+mailbox, or relayed to a remote domain) or why not.  It never connects
+to the hub, reads no message and sends nothing; the exit status is 0
+when every recipient is deliverable.
+
+Why the files and not the hub's ``VRFY`` or ``EXPN``: the command must
+work with the hub stopped, as a check of the files before the hub reads
+them, and whatever ``[smtp] vrfy`` and ``expn`` say (switched off, they
+answer ``252``, which verifies nothing); the router is the one the hub
+expands an ``RCPT`` with, so the answers are the same.  A user who
+cannot read the users file (it holds the password hashes: root and the
+hub's user can) learns what the aliases say, and that the rest cannot
+be verified (exit 77).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+from txmailhub.address import Address, canonical_domain
+from txmailhub.config import LocalSubmission
+from txmailhub.errors import Rejected
+from txmailhub.logsafe import shown
+from txmailhub.sendmail_smtp import EX_NOPERM, EX_NOUSER, EX_OK, EX_TEMPFAIL
+
+if TYPE_CHECKING:
+    from txmailhub.router import Router
+
+__all__ = ["Verdict", "aliases_warning", "verify"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of ``-bv``'s output: ``address`` (as the hub would
+    deliver to it), ``what`` (``deliverable``, ``undeliverable`` or
+    ``not verified``), ``detail`` (where it goes, or why not), and the
+    recipient given that led to it when it is another address."""
+
+    address: str
+    what: str
+    detail: str
+    given: str | None = None
+
+    def line(self) -> str:
+        via = f" (from {shown(self.given)})" if self.given else ""
+        return f"{shown(self.address)}... {self.what}: {self.detail}{via}"
+
+
+class _NoUsersFile:
+    """The users database of a config whose ``[users] file`` is no
+    usable path: away, as the hub would take it (a miss is a 451)."""
+
+    missing = True
+    unreadable = None
+
+    def contains(self, address: Address) -> bool:
+        return False
+
+
+def aliases_warning(why: str, consequence: str) -> str:
+    """The warning (for one stderr line, after the command's name) that
+    the aliases file could not be read -- ``why``: the router's words,
+    which name the file -- and what the command does without it."""
+    return f"warning: {shown(why)}; {consequence}"
+
+
+def verify(recipients: Iterable[tuple[str, Address]], settings: LocalSubmission,
+           out: TextIO, err: TextIO, prog: str) -> int:
+    """Write one ``Verdict`` line per resulting address to ``out``, for
+    each of ``recipients`` (the envelope forms and the hub's reading of
+    them, as the command sends them); return the exit status: 0 when
+    all are deliverable, 67 (``EX_NOUSER``) when one is not, else 77
+    (``EX_NOPERM``) when one could not be verified for a file this user
+    may not read, 75 (``EX_TEMPFAIL``) for another reason (a file
+    away or being rewritten: the hub answers 451 then too)."""
+    from txmailhub.router import Router
+    from txmailhub.users import UsersDB
+
+    users: Any = _NoUsersFile()
+    if settings.users_file is not None:
+        users = UsersDB(settings.users_file, settings.primary_domain, settings.domains)
+        # read now, as the running hub has read it: a file never read is
+        # one whose misses are in doubt (``UsersDB.changing``), which an
+        # alias that leads nowhere would be answered by
+        users.get(Address("postmaster", settings.primary_domain))
+    # read once: one view of the file for every recipient
+    router = Router(settings.domains, users, settings.aliases_file, reload=False)
+    if router.read_error:
+        print(f"{prog}: " + aliases_warning(router.read_error,
+                                            "names that are no user are not verified"),
+              file=err)
+    status = EX_OK
+    seen: set[str] = set()
+    for form, address in recipients:
+        if form in seen:
+            continue
+        seen.add(form)
+        verdicts = _verdicts(form, address, router, users, settings)
+        for verdict in verdicts:
+            print(verdict.line(), file=out)
+        for verdict in verdicts:
+            if verdict.what == "undeliverable":
+                status = EX_NOUSER
+            elif verdict.what == "not verified" and status != EX_NOUSER:
+                denied = isinstance(getattr(users, "unreadable", None), PermissionError)
+                status = EX_NOPERM if denied or status == EX_NOPERM else EX_TEMPFAIL
+    out.flush()
+    return status
+
+
+def _verdicts(form: str, address: Address, router: Router, users: Any,
+              settings: LocalSubmission) -> list[Verdict]:
+    """The lines for one recipient (``form`` as given, ``address`` the
+    hub's reading of it)."""
+    local = {canonical_domain(d) for d in settings.domains}
+    if canonical_domain(address.domain) not in local:
+        # the command is a relay client of the hub: relayed, whatever the domain
+        return [Verdict(form, "deliverable", f"relayed to {address.domain}")]
+    try:
+        mailboxes, remote = router.resolve(address)
+    except Rejected as e:
+        reply = e.reply
+        if reply.is_permanent and not router.read_error:
+            return [Verdict(form, "undeliverable", reply.text())]
+        return [Verdict(form, "not verified", _why_not_verified(reply.text(), router, users,
+                                                                settings))]
+    found = []
+    for mailbox in mailboxes:
+        name = str(mailbox)
+        found.append(Verdict(name, "deliverable", "local mailbox",
+                             None if name == form else form))
+    for target in remote:
+        name = str(target)
+        found.append(Verdict(name, "deliverable", f"relayed to {target.domain}",
+                             None if name == form else form))
+    return found
+
+
+def _why_not_verified(reply: str, router: Router, users: Any,
+                      settings: LocalSubmission) -> str:
+    """``reply`` (what the hub would answer now) and the file behind it."""
+    unreadable = getattr(users, "unreadable", None)
+    if unreadable is not None:
+        return (f"{reply}: the users file {settings.users_file} cannot be read "
+                f"({unreadable.strerror or unreadable}; root and the hub's user can)")
+    if getattr(users, "missing", False):
+        if settings.users_file is None:
+            return f"{reply}: the config names no usable [users] file"
+        return f"{reply}: the users file {settings.users_file} does not exist"
+    if router.read_error:
+        return f"{reply}: {router.read_error}"
+    return reply
