@@ -1778,3 +1778,30 @@ def test_bp_with_a_recipient_is_a_usage_error_as_in_postfix(
     assert err.getvalue().splitlines()[0] == (
         f"{prog}: bob: -bp (mailq) takes no recipient: it lists the whole queue "
         "(mailhub queue list)")
+
+
+# --- an aliases file that cannot be read ------------------------------------------
+
+
+def test_an_aliases_file_that_cannot_be_read_is_one_warning_and_the_list_goes_on(
+        tmp_path: Path) -> None:
+    aliases = tmp_path / "aliases"
+    aliases.mkdir()  # read() fails: IsADirectoryError (root reads any mode)
+    settings = replace(SETTINGS, aliases_file=str(aliases), max_recipients=2)
+    said: list[str] = []
+    p = prepare(read_message(io.BytesIO(b"x\r\n"), True, 10**8),
+                Options(recipients=("ann", "bob", "carol")), settings, LOGIN, 1000, said.append)
+    assert p.recipients == ("ann@example.org", "bob@example.org", "carol@example.org")
+    assert len(said) == 1, said
+    assert said[0].startswith(f"warning: cannot read aliases file {aliases}: ")
+    assert said[0].endswith("recipients that lead to one mailbox through it may get a copy "
+                            "each (sending on)")
+    # none for a file that is not there (no aliases), or one read
+    for path in (tmp_path / "gone", tmp_path / "readable"):
+        if path.name == "readable":
+            path.write_text("staff: joe\n")
+        said.clear()
+        prepare(read_message(io.BytesIO(b"x\r\n"), True, 10**8),
+                Options(recipients=("ann", "bob", "carol")),
+                replace(settings, aliases_file=str(path)), LOGIN, 1000, said.append)
+        assert said == []

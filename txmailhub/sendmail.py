@@ -339,8 +339,9 @@ class _EveryName:
         return True
 
 
-def _by_mailbox(recipients: list[tuple[str, Address]],
-                settings: LocalSubmission) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def _by_mailbox(recipients: list[tuple[str, Address]], settings: LocalSubmission,
+                warn: Callable[[str], None] | None = None,
+                ) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """``recipients`` (envelope forms and the hub's reading of them) in
     runs that must share a transaction, and the length of each run (``()``
     when each recipient is one of its own).
@@ -355,7 +356,9 @@ def _by_mailbox(recipients: list[tuple[str, Address]],
     address, next to each other (where the first of them stood), and
     ``submit`` ends a transaction only between two runs.  Without an
     aliases file, or one this user cannot read, each recipient is its
-    own run, as its name is its only mailbox the command can know.
+    own run, as its name is its only mailbox the command can know; for
+    the latter ``warn`` is given one line saying so (the command goes
+    on: the copies it may cost are no reason to send nothing).
 
     A list of no more than ``[smtp] max_recipients`` goes in one
     transaction: it is left as given, and the file is not read (nor is
@@ -368,6 +371,12 @@ def _by_mailbox(recipients: list[tuple[str, Address]],
 
     # read once: the file as it is now serves every lookup
     router = Router(settings.domains, _EveryName(), settings.aliases_file, reload=False)
+    if router.read_error and warn is not None:
+        from txmailhub.sendmail_verify import aliases_warning
+
+        warn(aliases_warning(router.read_error,
+                             "recipients that lead to one mailbox through it may get a "
+                             "copy each (sending on)"))
     if not router.aliases:
         return forms, ()
     local = set(router.domains)
@@ -667,6 +676,7 @@ def trace_field(hostname: str, login_name: str, uid: int, date: str | None = Non
 def prepare(
     read: StdinMessage, options: Options, settings: LocalSubmission,
     login: tuple[str, str] | None = None, uid: int | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Prepared:
     """The envelope and the message to send: recipients from the
     arguments, and with ``-t`` from To, Cc and Bcc (Resent-To, -Cc, -Bcc
@@ -686,7 +696,10 @@ def prepare(
     is the login name read as an address -- quoted when it is no
     Dot-string (``_own_address``) -- and ``LoginNotAddress`` raised when
     no local part can hold it; with ``-f`` it only names the user in the
-    Received field."""
+    Received field.
+
+    ``warn`` gets one line when the aliases file the grouping of a long
+    list needs cannot be read (``_by_mailbox``)."""
     login_name, gecos = login or _login()
     own = _own_address(login_name, settings.primary_domain)
     if options.sender is None:
@@ -708,7 +721,8 @@ def prepare(
         values = [text.split(b":", 1)[1].decode("utf-8", "surrogateescape")
                   .replace("\r\n", "") for name, text in fields if name in kinds]
         recipients += _read_addresses(values, settings.primary_domain)
-    unique, groups = _by_mailbox(_one_per_mailbox(recipients, settings.domains), settings)
+    unique, groups = _by_mailbox(_one_per_mailbox(recipients, settings.domains), settings,
+                                 warn)
     domain = _header_domain(settings.primary_domain)
     kept = [(name, qualify_field(text, domain) if name in ADDRESS_FIELDS else text)
             for name, text in fields if name not in _DROPPED]
@@ -950,7 +964,8 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
           targets: list[Target], prog: str, err: TextIO) -> int:
     not_sent = "the message was NOT sent"
     try:
-        prepared = prepare(read, options, settings)
+        prepared = prepare(read, options, settings,
+                           warn=lambda line: print(f"{prog}: {line}", file=err))
     except LoginNotAddress as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return EX_NOUSER
