@@ -1805,3 +1805,26 @@ def test_an_aliases_file_that_cannot_be_read_is_one_warning_and_the_list_goes_on
                 Options(recipients=("ann", "bob", "carol")),
                 replace(settings, aliases_file=str(path)), LOGIN, 1000, said.append)
         assert said == []
+
+
+# --- a NUL in a header field ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    (b"Subject: a\x00b\n\nbody\n", "the header field Subject holds a NUL octet"),
+    (b"To: ann@example.org\x00, bob@example.org\n\nbody\n", "the header field To holds"),
+    (b"Subject: a\n b\x00\n\nbody\n", "Subject holds a NUL octet, line 2 of the field"),
+])
+def test_a_nul_in_a_header_field_is_65_before_connecting(
+        tmp_path: Path, raw: bytes, said: str) -> None:
+    # RFC 5322 3.5: no NUL in a header field; ``To: ann<NUL>, bob`` shows
+    # a C reader one address and names two
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:1"]\n')
+    err = io.StringIO()
+    assert run(["-t", "joe"], str(config), "sendmail", io.BytesIO(raw), err) == EX_DATAERR
+    text = err.getvalue()
+    assert said in text and "NOT sent" in text and "Connection refused" not in text
+    # in the body it is passed on, as documented
+    p = prep(b"Subject: x\n\na\x00b\n", Options(recipients=("joe",)))
+    assert b"a\x00b" in untraced(p)

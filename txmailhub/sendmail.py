@@ -92,7 +92,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EX_CONFIG", "EX_DATAERR", "EX_IOERR", "EX_NOPERM", "EX_NOUSER", "EX_OK", "EX_SOFTWARE",
     "EX_TEMPFAIL",
-    "EX_UNAVAILABLE", "EX_USAGE", "MAILQ_EMPTY", "LoginNotAddress", "MessageTooBig",
+    "EX_UNAVAILABLE", "EX_USAGE", "MAILQ_EMPTY", "HeaderNul", "LoginNotAddress",
+    "MessageTooBig",
     "Options", "Prepared",
     "StdinMessage", "UsageError", "hub_targets", "main", "Target", "parse_args", "prepare",
     "read_message", "run", "submit", "trace_field",
@@ -113,6 +114,11 @@ MAILQ_EMPTY = "Mail queue is empty"
 
 class UsageError(Exception):
     """A command line this command cannot act on (exit 64)."""
+
+
+class HeaderNul(ValueError):
+    """A NUL octet in a header field of the message (exit 65,
+    ``EX_DATAERR``): ``_refuse_nul``."""
 
 
 class LoginNotAddress(AddressError):
@@ -651,6 +657,27 @@ def _mailbox_count(fields: list[tuple[bytes, bytes]], name: bytes) -> int:
     return 0
 
 
+def _refuse_nul(fields: list[tuple[bytes, bytes]]) -> None:
+    """Raise ``HeaderNul`` when a header field holds a NUL octet.
+
+    RFC 5322 3.2 and 3.5 allow none in a field (only its obsolete syntax
+    has it, 4.1, which "MUST NOT" be generated) and this command is where
+    the message starts; a C program reading the field stops at it, so a
+    ``To: ann@x<NUL>, bob@y`` would show a reader one address and name
+    another.  Refused rather than mended: a NUL has no meaning to put
+    anything in its place, and the caller still has the message.  The
+    hub's server, a relay, stores data as a client sends it (docs/smtp.rst);
+    a NUL in the body is passed on (the message's own business,
+    docs/sendmail.rst)."""
+    for _, text in fields:
+        if b"\0" in text:
+            name = text.split(b":", 1)[0].decode("ascii", "replace")
+            line = text[:text.index(b"\0")].count(b"\n") + 1
+            where = f", line {line} of the field" if line > 1 else ""
+            raise HeaderNul(f"the header field {name} holds a NUL octet{where} (RFC 5322 "
+                            "3.5 allows none in a header field)")
+
+
 def _comment_text(text: str) -> str:
     """``text`` safe inside a comment of a header field: printable ASCII
     without parentheses or backslashes (a login name is that already)."""
@@ -698,8 +725,10 @@ def prepare(
     no local part can hold it; with ``-f`` it only names the user in the
     Received field.
 
-    ``warn`` gets one line when the aliases file the grouping of a long
-    list needs cannot be read (``_by_mailbox``)."""
+    ``HeaderNul`` for a NUL in a header field (``_refuse_nul``); ``warn``
+    gets one line when the aliases file the grouping of a long list needs
+    cannot be read (``_by_mailbox``)."""
+    _refuse_nul(read.fields)
     login_name, gecos = login or _login()
     own = _own_address(login_name, settings.primary_domain)
     if options.sender is None:
@@ -966,6 +995,9 @@ def _send(read: StdinMessage, options: Options, settings: LocalSubmission,
     try:
         prepared = prepare(read, options, settings,
                            warn=lambda line: print(f"{prog}: {line}", file=err))
+    except HeaderNul as e:
+        print(f"{prog}: {e}; {not_sent}", file=err)
+        return EX_DATAERR
     except LoginNotAddress as e:
         print(f"{prog}: {e}; {not_sent}", file=err)
         return EX_NOUSER
