@@ -115,7 +115,7 @@ def test_options_as_cron_php_git_and_mutt_give_them() -> None:
 @pytest.mark.parametrize("argv", [
     ["-odb"], ["-odi"], ["-oem"], ["-oep"], ["-oQ/var/spool"], ["-bm"], ["-U"], ["-m"],
     ["-B", "8BITMIME"], ["-h", "10"],
-    ["-L", "label"], ["-X", "/dev/null"], ["-O", "DeliveryMode=b"], ["-n"], ["-G"], ["-c"],
+    ["-L", "label"], ["-X", "/dev/null"], ["-O", "DeliveryMode=b"], ["-n"], ["-c"],
     ["-s"], ["-e", "m"], ["-d0.1"], ["-Am"], ["-p", "smtp:host"],
 ])
 def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
@@ -1828,3 +1828,20 @@ def test_a_nul_in_a_header_field_is_65_before_connecting(
     # in the body it is passed on, as documented
     p = prep(b"Subject: x\n\na\x00b\n", Options(recipients=("joe",)))
     assert b"a\x00b" in untraced(p)
+
+
+# --- -G ------------------------------------------------------------------------------
+
+
+def test_g_leaves_the_bare_names_of_a_gateways_message_as_written() -> None:
+    # Postfix rewrites a -G submission's fields with remote_header_rewrite_domain,
+    # empty by default: not at all.  The envelope is the hub's, as ever.
+    assert parse_args(["-G", "bob"]) == Options(recipients=("bob",), gateway=True)
+    raw = b"From: root\r\nTo: bob, Ann <ann>\r\nSubject: x\r\n\r\nbody\r\n"
+    p = prep(raw, Options(recipients=("bob",), gateway=True))
+    assert field(untraced(p), b"To") == [b"To: bob, Ann <ann>"]
+    assert field(untraced(p), b"From") == [b"From: root"]
+    assert p.recipients == ("bob@example.org",)
+    # without -G they are qualified
+    p = prep(raw, Options(recipients=("bob",)))
+    assert field(untraced(p), b"To") == [b"To: bob@example.org, Ann <ann@example.org>"]

@@ -102,10 +102,11 @@ __all__ = [
 # Options with an argument that are accepted and ignored, as Postfix does:
 # -A (submit.cf), -B body type (8-bit is detected), -d debug, -e/-o error
 # and delivery modes, -h hop count, -L syslog label, -M macro, -O options,
-# -p protocol, -X traffic log.  Without one: -c, -G, -m, -n, -s, -U.
+# -p protocol, -X traffic log.  Without one: -c, -m, -n, -s, -U.  -G (a
+# gateway's submission) is acted on.
 # -I is -bi, as in sendmail and Postfix (package scripts call either).
 _OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:IiL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
-_IGNORED = set("ABcdeGhLMmnOpsUX")
+_IGNORED = set("ABcdehLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
 _MODES = ("m", "p", "i", "s", "v")
 #: what ``-bp`` (``mailq``) prints for an empty queue: Postfix's words
@@ -147,6 +148,7 @@ class Options:
                                           # -bi rebuild the aliases (nothing to do),
                                           # -bs SMTP on stdin and stdout,
                                           # -bv verify the recipients (nothing sent)
+    gateway: bool = False                 # -G: a gateway's submission, fields not rewritten
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -198,6 +200,8 @@ def parse_args(argv: list[str]) -> Options:
                                  "as mailq), -bv (verify the recipients) and -bi "
                                  "(newaliases) are offered")
             found["mode"] = value
+        elif letter == "G":
+            found["gateway"] = True
         elif letter == "I":
             found["mode"] = "i"
         elif letter == "q":
@@ -725,9 +729,10 @@ def prepare(
     no local part can hold it; with ``-f`` it only names the user in the
     Received field.
 
-    ``HeaderNul`` for a NUL in a header field (``_refuse_nul``); ``warn``
-    gets one line when the aliases file the grouping of a long list needs
-    cannot be read (``_by_mailbox``)."""
+    ``HeaderNul`` for a NUL in a header field (``_refuse_nul``); with
+    ``-G`` (a gateway's submission) the bare names in the address fields
+    stay as written; ``warn`` gets one line when the aliases file the
+    grouping of a long list needs cannot be read (``_by_mailbox``)."""
     _refuse_nul(read.fields)
     login_name, gecos = login or _login()
     own = _own_address(login_name, settings.primary_domain)
@@ -753,7 +758,11 @@ def prepare(
     unique, groups = _by_mailbox(_one_per_mailbox(recipients, settings.domains), settings,
                                  warn)
     domain = _header_domain(settings.primary_domain)
-    kept = [(name, qualify_field(text, domain) if name in ADDRESS_FIELDS else text)
+    # -G: the message comes from elsewhere, and a bare name in it is no
+    # name of ours to qualify (Postfix rewrites a gateway's fields with
+    # remote_header_rewrite_domain, by default not at all)
+    qualified = ADDRESS_FIELDS if not options.gateway else frozenset()
+    kept = [(name, qualify_field(text, domain) if name in qualified else text)
             for name, text in fields if name not in _DROPPED]
 
     def from_field(prefix: str) -> bytes:
