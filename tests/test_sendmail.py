@@ -101,7 +101,7 @@ def test_options_as_cron_php_git_and_mutt_give_them() -> None:
     assert parse_args(["-f", "", "bob"]).sender == ""  # the null sender
     # mutt: -oem -oi --; a recipient after -- may start with a dash
     assert parse_args(["-oem", "-oi", "--", "-odd@x.org"]) == Options(
-        recipients=("-odd@x.org",), ignore_dots=True)
+        recipients=("-odd@x.org",), ignore_dots=True, error_mode="m")
     assert parse_args(["-C", "/etc/x.toml", "bob"]).config == "/etc/x.toml"
     assert parse_args(["-v", "bob"]).verbose
     # the DSN parameters (RFC 3461), passed on when the hub offers DSN
@@ -113,10 +113,10 @@ def test_options_as_cron_php_git_and_mutt_give_them() -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["-odb"], ["-odi"], ["-oem"], ["-oep"], ["-oQ/var/spool"], ["-bm"], ["-U"], ["-m"],
+    ["-odb"], ["-odi"], ["-oQ/var/spool"], ["-bm"], ["-U"], ["-m"],
     ["-B", "8BITMIME"], ["-h", "10"],
     ["-L", "label"], ["-X", "/dev/null"], ["-O", "DeliveryMode=b"], ["-n"], ["-c"],
-    ["-s"], ["-e", "m"], ["-d0.1"], ["-Am"], ["-p", "smtp:host"],
+    ["-s"], ["-d0.1"], ["-Am"], ["-p", "smtp:host"],
 ])
 def test_common_options_without_effect_are_accepted(argv: list[str]) -> None:
     assert parse_args([*argv, "bob"]) == Options(recipients=("bob",))
@@ -1845,3 +1845,35 @@ def test_g_leaves_the_bare_names_of_a_gateways_message_as_written() -> None:
     # without -G they are qualified
     p = prep(raw, Options(recipients=("bob",)))
     assert field(untraced(p), b"To") == [b"To: bob@example.org, Ann <ann@example.org>"]
+
+
+# --- the error modes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "mode"), [(["-oem"], "m"), (["-oee"], "e"), (["-em"], "m"),
+                                            (["-oep"], "p"), (["-oeq"], "q"), (["-oew"], "w")])
+def test_the_error_modes_are_read_and_accepted(argv: list[str], mode: str) -> None:
+    assert parse_args([*argv, "bob"]) == Options(recipients=("bob",), error_mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["m", "e"])
+def test_oem_and_oee_say_that_errors_are_not_mailed_back(tmp_path: Path, mode: str) -> None:
+    # mutt's default command line has -oem: the error is on stderr and in
+    # the status, and one line says no report was mailed (sendmail would
+    # have mailed one); -oee's exit 0 would say a message not sent was sent
+    config = tmp_path / "mailhub.toml"
+    config.write_text('[hub]\ndomains = ["example.org"]\n[smtp]\nlisten = ["tcp:0"]\n')
+    err = io.StringIO()
+    assert run([f"-oe{mode}", "-oi", "--", "bob"], str(config), "sendmail",
+               io.BytesIO(b"x\n"), err) == EX_CONFIG
+    lines = err.getvalue().splitlines()
+    assert "NOT sent" in lines[0]
+    zero = " and the exit status is not made 0" if mode == "e" else ""
+    assert lines[1:] == [f"sendmail: -oe{mode}: errors are not mailed back{zero}: the lines "
+                         "above and the exit status (78) are the report"]
+    # the other modes print, as without one: no line of their own
+    for other in ("-oep", "-oeq", "-oew", "-oi"):
+        err = io.StringIO()
+        assert run([other, "bob"], str(config), "sendmail", io.BytesIO(b"x\n"),
+                   err) == EX_CONFIG
+        assert "mailed back" not in err.getvalue() and "NOT sent" in err.getvalue()

@@ -100,13 +100,14 @@ __all__ = [
 ]
 
 # Options with an argument that are accepted and ignored, as Postfix does:
-# -A (submit.cf), -B body type (8-bit is detected), -d debug, -e/-o error
-# and delivery modes, -h hop count, -L syslog label, -M macro, -O options,
-# -p protocol, -X traffic log.  Without one: -c, -m, -n, -s, -U.  -G (a
-# gateway's submission) is acted on.
+# -A (submit.cf), -B body type (8-bit is detected), -d debug, -o delivery
+# modes, -h hop count, -L syslog label, -M macro, -O options, -p protocol,
+# -X traffic log.  Without one: -c, -m, -n, -s, -U.  The error modes
+# (-oeX, and the old spelling -eX) are read (``Options.error_mode``), and
+# -G (a gateway's submission) is acted on.
 # -I is -bi, as in sendmail and Postfix (package scripts call either).
 _OPTSTRING = "A:B:b:C:cd:e:F:f:Gh:IiL:M:mN:nO:o:p:q:R:r:sUtV:vX:"
-_IGNORED = set("ABcdehLMmnOpsUX")
+_IGNORED = set("ABcdhLMmnOpsUX")
 _NOTIFY = {"success", "failure", "delay"}
 _MODES = ("m", "p", "i", "s", "v")
 #: what ``-bp`` (``mailq``) prints for an empty queue: Postfix's words
@@ -148,6 +149,7 @@ class Options:
                                           # -bi rebuild the aliases (nothing to do),
                                           # -bs SMTP on stdin and stdout,
                                           # -bv verify the recipients (nothing sent)
+    error_mode: str | None = None         # -oeX (or -eX): sendmail's error mode X
     gateway: bool = False                 # -G: a gateway's submission, fields not rewritten
 
 
@@ -200,6 +202,8 @@ def parse_args(argv: list[str]) -> Options:
                                  "as mailq), -bv (verify the recipients) and -bi "
                                  "(newaliases) are offered")
             found["mode"] = value
+        elif letter == "e" or (letter == "o" and value.startswith("e")):
+            found["error_mode"] = value[1:] if letter == "o" else value
         elif letter == "G":
             found["gateway"] = True
         elif letter == "I":
@@ -841,10 +845,44 @@ def run(
     keep their meaning."""
     err = err or error_stream()
     try:
-        return _run(argv, config, prog, stdin, err, out, stdout, config_option)
+        status = _run(argv, config, prog, stdin, err, out, stdout, config_option)
     except Exception as e:
         _internal_error(prog, e, argv, err)
         return EX_SOFTWARE
+    if status != EX_OK:
+        _not_mailed_back(argv, prog, status, err)
+    return status
+
+
+def _not_mailed_back(argv: list[str], prog: str, status: int, err: TextIO) -> None:
+    """After a failure, with ``-oem`` or ``-oee`` (sendmail's error modes
+    that mail the errors back to the sender; mutt's default command line
+    has ``-oem``): one line saying that no report was mailed, and that
+    the lines before it and the exit status are the report.
+
+    The command keeps no queue: every error is known before it exits,
+    while the caller still holds the message (or, for a list sent in
+    part, is told who has it), and the hub it would mail a report
+    through is as a rule the one that just failed (not running, or
+    refusing).  A report mailed on top would be a second copy at best,
+    lost with the message at worst; and ``-oee``'s exit 0 would tell the
+    caller a message was sent that was not.  So both are accepted -- a
+    refusal would stop mutt sending anything -- and the status is never
+    made 0.  ``-oep`` (print, the default), ``-oeq`` (quiet: the status
+    only) and ``-oew`` (write to the terminal) need no line: the errors
+    are on stderr, where the caller looks, as Postfix, which ignores the
+    error modes, writes them too."""
+    try:
+        options = parse_args(argv)
+    except UsageError:  # (said already: a bad command line)
+        return
+    mode = options.error_mode
+    if options.mode != "m" or not mode or mode[0] not in "me":
+        return
+    zero = " and the exit status is not made 0" if mode[0] == "e" else ""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"{prog}: -oe{mode[0]}: errors are not mailed back{zero}: the lines above and "
+              f"the exit status ({status}) are the report", file=err)
 
 
 def _internal_error(prog: str, error: Exception, argv: list[str], err: TextIO) -> None:
