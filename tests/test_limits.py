@@ -114,3 +114,19 @@ def test_gone_waiters_fire_once_the_sessions_named_are_gone() -> None:
     assert fired == ["b", "ab"]
     w.gone("a")  # nothing left to fire
     assert fired == ["b", "ab"]
+
+
+def test_a_login_forgets_only_its_own_names_failures_of_that_address():
+    clock = Clock()
+    window = FailureWindow(clock, limit=3)
+    window.failed("192.0.2.1", "a@example.org")
+    window.failed("192.0.2.1", "b@example.org")
+    window.failed("192.0.2.1")  # a malformed response names nobody
+    window.failed("192.0.2.2", "a@example.org")
+    assert window.blocked("192.0.2.1")
+    window.succeeded("192.0.2.1", "a@example.org")
+    assert not window.blocked("192.0.2.1")
+    assert [name for _, name in window._failures["192.0.2.1"]] == ["b@example.org", None]
+    assert len(window._failures["192.0.2.2"]) == 1  # another address's stay
+    window.succeeded("192.0.2.2", "a@example.org")
+    assert "192.0.2.2" not in window._failures  # nothing left: forgotten

@@ -432,6 +432,24 @@ def test_bad_password_delay_grows_then_closes():
     assert t.disconnecting
 
 
+def test_a_login_forgets_its_own_failed_logins_from_the_address_not_others():
+    # limits.FailureWindow, shared with SMTP AUTH: the right password
+    # forgets the failures of the name that logged in (typed "joe", counted
+    # as joe@example.org, as SMTP counts it), not another name's: a client
+    # with one account gets no fresh window between guesses at others'
+    env = Env(allow_plaintext_auth=True, max_auth_failures=5, auth_failure_delay=1.0)
+    proto, t = env.connect(peer=REMOTE)
+    window = proto.factory.login_failures
+    for user in (b"ann", b"joe", b"joe@example.org"):
+        talk(proto, t, b"USER " + user + b"\r\nPASS wrong\r\n")
+        env.clock.advance(5)
+    assert len(window._failures["192.0.2.7"]) == 3
+    window.failed("192.0.2.7")  # a malformed response: nobody's
+    login(env, peer=REMOTE)
+    assert len(window._failures["192.0.2.7"]) == 2
+    assert [name for _, name in window._failures["192.0.2.7"]] == ["ann@example.org", None]
+
+
 def test_an_auth_plain_name_no_user_can_have_fails_as_a_wrong_password(log_events):
     # SMTP AUTH fails the same PLAIN message as a login (535 after the
     # delay, counted for the address, 'authentication failed for a b

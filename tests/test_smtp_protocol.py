@@ -2407,6 +2407,42 @@ class ProtocolTests(SynchronousTestCase):
         assert ("closing the session with 127.0.0.1: " + closing(replies.AUTH_TOO_MANY_FAILURES)
                 in [formatEvent(e) for e in self.events])
 
+    def test_a_login_forgets_its_own_failed_logins_from_the_address_not_others(self):
+        # Dovecot resets an address's auth penalty on a login; here only
+        # the failures of the name that logged in go (limits.FailureWindow:
+        # a client with one account must not reset its window between
+        # guesses at others').  Without it, nine mistyped passwords and a
+        # right one left one more mistake before a ten-minute lock-out.
+        h = Harness(auth_failure_delay=0.0)
+        tls = SMTPFactory(h.components, submission=True, implicit_tls=True)
+        window = h.factory.login_failures
+
+        def attempt(name, password):
+            p = tls.buildProtocol(IPv4Address("TCP", "192.0.2.9", 4321))
+            t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4321))
+            p.makeConnection(t)
+            p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + name + chr(0) + password)}\r\n"
+                           .encode())
+            h.clock.advance(0)
+            reply = take(t)[-1]
+            p.connectionLost(None)
+            return reply
+
+        assert attempt("mallory", "guess") == replies.AUTH_FAILED.text()
+        for _ in range(8):
+            assert attempt("alice", "typo") == replies.AUTH_FAILED.text()
+        assert len(window._failures["192.0.2.9"]) == 9
+        assert attempt("alice", "secret").startswith("235")
+        for _ in range(8):
+            assert attempt("alice", "typo") == replies.AUTH_FAILED.text()
+        assert len(window._failures["192.0.2.9"]) == 9
+        assert attempt("alice", "secret").startswith("235")  # not locked out
+        # alice's are gone again, the other name's failure stays
+        assert [name for _, name in window._failures["192.0.2.9"]] == ["mallory@example.org"]
+        for _ in range(9):
+            attempt("mallory", "guess")
+        assert attempt("alice", "secret") == replies.AUTH_THROTTLED.text()
+
     def test_failed_logins_are_counted_per_client_across_connections(self):
         # A client that hangs up before each delayed 535 (or reconnects)
         # still uses up its guesses: after 10 in 10 minutes, 454 at once,

@@ -141,7 +141,16 @@ class FailureWindow:
     check ends, not when the delayed answer goes out.  At most ``keep``
     clients are remembered (the client whose last failure is oldest is
     forgotten first), so memory is bounded whatever the attacker's
-    addresses."""
+    addresses.
+
+    Each failure remembers the name whose login failed, so that a
+    successful login forgets that name's failures from the address
+    (``succeeded``): a user who mistyped a password a few times and then
+    got it right does not carry those failures toward the limit for the
+    rest of the window.  Only that name's: a client that holds one
+    account and guesses the passwords of others gains nothing by logging
+    in to its own between guesses (forgetting every failure of the
+    address would give it as many guesses as it has logins)."""
 
     def __init__(self, clock: Any, limit: int = 10, window: float = 600.0,
                  keep: int = 10_000) -> None:
@@ -149,24 +158,28 @@ class FailureWindow:
         self.limit = limit
         self.window = window
         self.keep = keep
-        self._failures: dict[str, deque[float]] = {}
+        # per client, oldest first: each failure's time and the name whose
+        # login failed (None where no name was given: a malformed response)
+        self._failures: dict[str, deque[tuple[float, str | None]]] = {}
 
-    def _recent(self, host: str) -> deque[float] | None:
+    def _recent(self, host: str) -> deque[tuple[float, str | None]] | None:
         times = self._failures.get(_key(host))
         if times is not None:
             horizon = self.clock.seconds() - self.window
-            while times and times[0] <= horizon:
+            while times and times[0][0] <= horizon:
                 times.popleft()
         return times
 
-    def failed(self, host: str) -> None:
-        """Count a failure.  The dict is kept in the order of each client's
-        last failure (a client that fails again moves to its end), so the
-        client forgotten when ``keep`` are remembered is the one whose
-        last failure is oldest -- a client whose failures all expired
-        before any that failed within the window -- never one failing now
-        (more than ``keep`` addresses would otherwise push out the record
-        of the client that is guessing)."""
+    def failed(self, host: str, user: str | None = None) -> None:
+        """Count a failure of ``user``'s login (the name as it was checked;
+        None for a response that named nobody).  The dict is kept in the
+        order of each client's last failure (a client that fails again
+        moves to its end), so the client forgotten when ``keep`` are
+        remembered is the one whose last failure is oldest -- a client
+        whose failures all expired before any that failed within the
+        window -- never one failing now (more than ``keep`` addresses
+        would otherwise push out the record of the client that is
+        guessing)."""
         key = _key(host)
         failures = self._failures
         times = self._recent(host)
@@ -177,7 +190,25 @@ class FailureWindow:
         else:
             del failures[key]  # put back below: at the end
         failures[key] = times
-        times.append(self.clock.seconds())
+        times.append((self.clock.seconds(), user))
+
+    def succeeded(self, host: str, user: str) -> None:
+        """``user`` logged in from ``host``: forget the failures of that
+        name from that address, not those of other names or of responses
+        that named nobody.  ``user`` is the name as it was checked, as
+        ``failed`` got it (SMTP AUTH and POP3 both qualify a bare name
+        with the primary domain, so the two protocols' names match)."""
+        times = self._recent(host)
+        if not times:
+            return
+        kept = [t for t in times if t[1] != user]
+        if len(kept) == len(times):
+            return
+        if kept:
+            times.clear()
+            times.extend(kept)
+        else:
+            del self._failures[_key(host)]
 
     def blocked(self, host: str) -> bool:
         times = self._recent(host)

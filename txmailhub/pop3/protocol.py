@@ -310,7 +310,8 @@ class POP3Protocol(Protocol):
     # access in every command of the session gets slower.  Tests check a
     # session leaves the instance dict (Protocol's) empty.
     __slots__ = (
-        "_answer_box", "_busy", "_close_call", "_closed_call", "_closing", "_counted",
+        "_answer_box", "_busy", "_checked", "_close_call", "_closed_call", "_closing",
+        "_counted",
         "_disk_waits",
         "_drain_call", "_draining", "_ended", "_eof", "_flush", "_hub_stopped",
         "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
@@ -338,6 +339,7 @@ class POP3Protocol(Protocol):
         self._peer = "?"
         self._user = ""
         self._typed = ""  # the user name as the client gave it
+        self._checked = ""  # ... and as the portal got it (the login window's name)
         self._busy = False  # a login, delay, stream or update is running
         # the mailbox, where its reads can be tried without waiting for the
         # disk (``INoWaitRead``) and a worker can do those that would wait
@@ -1203,6 +1205,7 @@ class POP3Protocol(Protocol):
         except AddressError:
             name = action.username  # the checker refuses it
         username = name.encode("utf-8", "surrogateescape")
+        self._checked = name
         self._typed = action.username
         self._user = loggable(action.username)
         local = _is_local_peer(self.transport.getPeer())
@@ -1241,6 +1244,10 @@ class POP3Protocol(Protocol):
 
     def _logged_in(self, result: tuple, mechanism: str) -> None:
         _iface, mailbox, logout = result
+        if not _is_local_peer(self.transport.getPeer()):
+            # the password was right: this name's failed logins from the
+            # address are forgotten (FailureWindow.succeeded), others' not
+            self.factory.login_failures.succeeded(self._peer, self._checked)
         if self._lost or self._closing:
             # gone, or cut by the hub's stop meanwhile: no answer after that
             self.mailbox, self._logout = mailbox, logout
@@ -1393,7 +1400,8 @@ class POP3Protocol(Protocol):
                 detail = (" (the user has no APOP secret: it was added without "
                           "mailhub user add --allow-apop)")
             if not _is_local_peer(self.transport.getPeer()):
-                self.factory.login_failures.failed(self._peer)  # counted at once
+                # counted at once
+                self.factory.login_failures.failed(self._peer, self._checked)
         elif failure.check(MailboxInUse):
             why = LoginFailure.IN_USE
         elif failure.check(UsersUnavailable):  # logged once by the users database

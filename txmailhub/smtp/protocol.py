@@ -1182,6 +1182,10 @@ class SMTPProtocol(Protocol):
         log.info("{client} authenticated as {user} ({how})", client=self.client_name,
                  user=loggable(str(address)), how=how, mechanism=event.mechanism,
                  tls=self.engine.session.tls)
+        if not self.engine.session.loopback:
+            # the user's own mistyped passwords from this address are
+            # forgotten (FailureWindow.succeeded), others' are not
+            self.factory.login_failures.succeeded(self.host, event.username)
         self.engine.auth_succeeded(address)
         self._drive()
 
@@ -1226,7 +1230,7 @@ class SMTPProtocol(Protocol):
             if failure is not None and not self.engine.session.loopback:
                 # counted now, not when the delayed answer goes out: a client
                 # that hangs up meanwhile has still used up a guess
-                self.factory.login_failures.failed(self.host)
+                self.factory.login_failures.failed(self.host, event.username)
         if self._gone:
             # the client hung up during the check: the guess is counted, and
             # the delayed answer has nobody to go to (a timer armed now would
