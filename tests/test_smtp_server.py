@@ -1326,6 +1326,41 @@ def test_a_command_without_arguments_refuses_octets_that_are_not_utf8_as_any_arg
     assert d.send(b"STARTTLS \xff\r\n") == [replies.STARTTLS_ARGUMENT.text()]
 
 
+@pytest.mark.parametrize(("setup", "line", "utf8_line"), [
+    (b"", b"MAIL FROM:<\xff@b.test>", "MAIL FROM:<\u00e9@b.test>"),
+    (b"", b"RCPT TO:<\xff@x>", "RCPT TO:<\u00e9@x>"),
+    (b"EHLO c\r\n", b"RCPT TO:<\xff@x>", "RCPT TO:<\u00e9@x>"),
+    (b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", b"MAIL FROM:<\xff@b.test>",
+     "MAIL FROM:<\u00e9@b.test>"),
+    (b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n", b"SAML FROM:\xff", "SAML FROM:\u00e9"),
+    (b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n", b"SOML FROM:<\xff>",
+     "SOML FROM:<\u00e9>"),
+])
+def test_a_command_out_of_sequence_is_503_whatever_octets_its_argument_has(
+        setup, line, utf8_line):
+    # RFC 5321 4.1.4 ("RCPT before MAIL") and 4.3.2: the sequence is
+    # judged first, as for the same command with a UTF-8 argument; RCPT
+    # TO:<\xff@x> before MAIL was 501 5.5.2 (fix the argument), where a
+    # client that fixes it only learns then that the order is wrong
+    replies_to = []
+    for sent in (line, utf8_line.encode()):
+        d = Driver()
+        d.send(setup)
+        replies_to.append(d.send(sent + b"\r\n"))
+        assert d.engine.errors == 1
+    assert replies_to[0] == replies_to[1]
+    assert replies_to[0][0][:9] == "503 5.5.1"
+    d = Driver()
+    d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\n")
+    # in sequence it is still read, and refused for its octets
+    assert d.send(b"RCPT TO:<\xff@x>\r\n") == [replies.INVALID_UTF8.text()]
+    # and a MAIL on the submission port before AUTH is 530 so (RFC 6409 4.3)
+    d = Driver(session=Session(client_host="127.0.0.1", loopback=True, submission=True))
+    d.send(b"EHLO c\r\n")
+    for sent in (b"MAIL FROM:<\xff@b.test>", b"MAIL FROM:<a@b.test>"):
+        assert d.send(sent + b"\r\n") == [replies.AUTH_REQUIRED.text()]
+
+
 @pytest.mark.parametrize("in_transaction", [False, True])
 @pytest.mark.parametrize(("line", "refusal"), [
     (b"BDAT\x0c4 LAST \xff", replies.UNKNOWN_COMMAND),

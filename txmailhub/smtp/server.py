@@ -143,6 +143,16 @@ _ARGUMENT_REFUSED = frozenset({"RSET", "DATA", "QUIT", "STARTTLS"})
 # client that sends EHLO every few minutes must not hold its slot forever;
 # STARTTLS forgets the name, so the EHLO after it is free)
 _HELLO_VERBS = frozenset({"HELO", "EHLO"})
+# Verbs whose state is judged before their argument is read, so that one
+# given out of order is 503 (RFC 5321 4.1.4: "RCPT before MAIL" is a
+# sequence error) whether or not its argument is UTF-8, and MAIL on the
+# submission port before AUTH is 530 so (``_login_needed``).  The rest of the
+# verbs that read an argument are allowed in every state (HELO, EHLO,
+# VRFY, EXPN) or read their size first (BDAT, whose chunk follows
+# whatever the answer: a line it cannot read is 501 after its chunk,
+# in or out of sequence, as "BDAT 6 LASTX" is).
+_MAIL_NAMES = frozenset({"MAIL", "SOML", "SAML"})
+_SEQUENCE_FIRST = _MAIL_NAMES | {"RCPT"}
 # Replies answered before the adapter collects them: a batch of pipelined
 # commands is answered this many at a time, so that a client that sends
 # thousands of commands in one write and reads nothing is held by the
@@ -493,6 +503,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 # mechanism with them is one the hub lacks (504).  To a
                 # verb that takes no argument they are one as any other.
                 verb, arg = e.verb, e.argument
+            elif e.verb in _SEQUENCE_FIRST and (self.state not in _ALLOWED[e.verb]
+                                                or self._login_needed(e.verb)):
+                # out of order whatever its argument: 503, as the same
+                # command with a UTF-8 argument gets (RFC 5321 4.1.4);
+                # a MAIL on the submission port before AUTH is 530 so
+                verb, arg = e.verb, e.argument
             else:
                 # 500 for a verb the engine lacks, as with a UTF-8 argument
                 known = e.verb in _DISPATCH
@@ -534,6 +550,12 @@ class SMTPServer(MessageTransfer, AuthPhase):
             self.reply(replies.LOCAL_ERROR)
             if self.errors == errors:
                 self._count_error()
+
+    def _login_needed(self, verb: str) -> bool:
+        """Whether ``verb`` is a MAIL refused ``530`` before its argument
+        is read: on a submission listener, before AUTH (RFC 6409 4.3)."""
+        return (verb in _MAIL_NAMES and self.session.submission
+                and self.session.authenticated_as is None)
 
     def _switched_off(self, verb: str) -> bool:
         """Whether ``verb`` is VRFY or EXPN turned off by the configuration.
