@@ -1383,6 +1383,33 @@ def test_a_loose_bdat_line_that_is_not_utf8_has_its_chunk_read(line, refusal, in
     assert not any(isinstance(ev, MessageComplete) for ev in d.events)
 
 
+@pytest.mark.parametrize("in_transaction", [False, True])
+@pytest.mark.parametrize(("line", "refusal"), [
+    (b"BDAT\x003", replies.NUL_IN_COMMAND),
+    (b"BDAT\x003 LAST", replies.NUL_IN_COMMAND),
+    (b"BDAT \x003", replies.NUL_IN_COMMAND),
+    (b"BDAT\x00 3", replies.NUL_IN_COMMAND),
+    (b"BDAT\x013", replies.UNKNOWN_COMMAND),
+    (b"BDAT\x1b3 LAST", replies.UNKNOWN_COMMAND),
+    (b"BDAT 3\x01", replies.BDAT_BAD_SIZE),
+    (b"BDAT \x083 LAST", replies.BDAT_BAD_SIZE),
+])
+def test_a_bdat_line_whose_size_only_a_control_separates_has_no_chunk(
+        line, refusal, in_transaction):
+    # RFC 3030 2: "BDAT" SP chunk-size [SP end-marker].  The hub drains the
+    # chunk of a line it refuses where a client that splits at white space
+    # reads a size (BDAT<FF>3); a NUL or another control is white space to
+    # no client (str.isspace, C's isspace), so no size is read across it
+    # and nothing after the line is taken for a chunk: BDAT<NUL>3 was read
+    # as a 3-octet chunk, and the NOOP after it was eaten
+    d = Driver()
+    d.send(b"EHLO c\r\n")
+    if in_transaction:
+        assert d.codes(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    assert d.send(line + b"\r\nNOOP\r\n") == [refusal.text(), replies.OK.text()]
+    assert not any(isinstance(ev, MessageComplete) for ev in d.events)
+
+
 @pytest.mark.parametrize(("line", "after"), [
     # no verb the hub has (500): another command, so the chunks pipelined
     # after the failed one are over, and the next BDAT is a failed one of

@@ -38,7 +38,13 @@ _BDAT_VERB = re.compile(rb"[ \t]*BDAT(?:[ \t\r]|\Z)", re.IGNORECASE)
 # for the size a client that splits at any white space (str.split(), C's
 # isspace) sends: a VT, FF, FS..US or a Unicode blank where a blank
 # belongs (``BDAT 3<VT>LAST``, ``BDAT<FF>3``).  Only to drain that chunk.
-_LOOSE_BLANKS = r"[\s\x00-\x1f]"
+# White space is what such a client takes: ``str.isspace`` (``\s``: C's
+# isspace and FS..US, NEL, Unicode blanks).  A NUL or another control
+# (``BDAT<NUL>3``, ``BDAT 3<SOH>``) is no blank to any of them, so no size
+# is read across it: taking one for a blank would read as a chunk
+# octets that no client announced (after a line refused for its NUL,
+# the command that follows it).
+_LOOSE_BLANKS = r"\s"
 _LOOSE_SIZE = re.compile(rf"{_LOOSE_BLANKS}*([0-9]+)(?:{_LOOSE_BLANKS}|\Z)")
 _LOOSE_BDAT = re.compile(rf"[Bb][Dd][Aa][Tt]{_LOOSE_BLANKS}+([0-9]+)(?:{_LOOSE_BLANKS}|\Z)")
 
