@@ -829,6 +829,22 @@ def test_missing_or_extra_arguments(line):
     assert sent(e, line).startswith(b"-ERR Syntax: ")
 
 
+@pytest.mark.parametrize("logged", [False, True])
+@pytest.mark.parametrize("line", [b"CAPA x", b"QUIT x", b"quit now", b"CAPA  TOP"])
+def test_capa_and_quit_refuse_an_argument_as_noop_does(line, logged):
+    # RFC 2449 5 (CAPA) and RFC 1939 5, 6 (QUIT): "Arguments: none", as for
+    # NOOP, STAT and RSET, whose arguments the hub refuses; CAPA x listed
+    # the capabilities and QUIT x logged out (deleting what DELE marked)
+    e = logged_in() if logged else engine()
+    state = e.state
+    assert sent(e, line) == R.bad_syntax(line[:4].upper().decode()).to_bytes()
+    assert e.state is state and not e.finished
+    # the same commands without an argument (trailing blanks are none)
+    assert sent(e, b"CAPA \t").startswith(R.CAPA_FOLLOWS.to_bytes())
+    action = run(e, b"QUIT ")
+    assert isinstance(action, Update if logged else Send)
+
+
 def test_top_line_count_must_be_a_number():
     e = logged_in()
     assert sent(e, b"TOP 1 x") == R.INVALID_LINE_COUNT.to_bytes()
@@ -1290,7 +1306,7 @@ def test_the_size_hint_reads_the_verb_as_the_engine_does():
     (b"NOOP\r\nLIST\r\n", False),
     (b"NOOP\r\nquit\r\nLIST\r\n", True),
     (b"RETR 1\nQuit\n", True),  # a bare LF ends a line too
-    (b"QUIT now\r\n", True),  # QUIT takes its line whatever follows
+    (b"QUIT now\r\nQUIT\r\n", True),  # the first is refused (an argument)
     (b"QUIT", False),  # no line end: never handled
     (b"QUITS\r\nQUIT\x0b\r\n", False),  # the verb is cut at SP only
     (b"QUIT" + b" " * 5000 + b"\r\n", False),  # too long: dropped, -ERR

@@ -573,6 +573,10 @@ class POP3Model(RuleBasedStateMachine):
     @precondition(_open)
     @rule(arg=st.sampled_from([b"", b"", b" now"]))
     def quit(self, arg: bytes) -> None:
+        if arg.strip(b" \t"):
+            # RFC 1939: QUIT takes no argument; refused, the session goes on
+            self.send(b"QUIT" + arg + b"\r\n", Expect("QUIT", False))
+            return
         self.send(b"QUIT" + arg + b"\r\n", Expect("QUIT", None))
         if self.logged_in and not self.closed:
             self.quit_with_update = True

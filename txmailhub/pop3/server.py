@@ -354,7 +354,9 @@ class POP3Server:
     def quit_waits(self) -> bool:
         """Whether a ``QUIT`` is among the complete lines buffered, to be
         handled (its verb cut as ``next_action`` cuts it; a line that will
-        be refused all the same, a NUL in it say, is taken for one too).
+        be refused all the same, a NUL or an argument in it say, is taken
+        for one too: the lock is then kept a little longer, never let go
+        too early).
         An adapter whose client can send no more (the end of its data)
         knows from a ``False`` that the session cannot reach the UPDATE
         state (RFC 1939 6): nothing will be deleted, and the lock on the
@@ -629,6 +631,10 @@ class POP3Server:
         return StartTLS(R.STLS_BEGIN.to_bytes())
 
     def _capa_cmd(self, arg: str) -> Action:
+        # RFC 2449 5: "Arguments: none", refused as NOOP's, STAT's and
+        # RSET's are (RFC 1939 lists none for them either)
+        if not _blank(arg):
+            return self._send(R.bad_syntax("CAPA"))
         # RFC 2449 section 5: what the AUTHORIZATION state offers is announced
         # in both states (STLS itself is then refused as out of state).
         stls = self.tls_available and not self.tls_active
@@ -658,6 +664,10 @@ class POP3Server:
         return self._send(R.language_selected(tag, LANGUAGES[tag]))
 
     def _quit_cmd(self, arg: str) -> Action:
+        # RFC 1939 5 and 6: "Arguments: none", refused as for NOOP: the
+        # session goes on, and nothing is deleted until a QUIT is taken
+        if not _blank(arg):
+            return self._send(R.bad_syntax("QUIT"))
         self.finished = True
         if self.state is State.AUTHORIZATION:
             return Send(R.BYE.to_bytes(), close=True)
