@@ -722,7 +722,7 @@ def test_capa_exact_list_with_stls_when_tls_configured():
     e = engine(tls_available=True)
     assert capa_lines(sent(e, b"CAPA")) == [
         "TOP", "UIDL", "USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
-        "UTF8 USER", "LANG", "STLS", "IMPLEMENTATION txmailhub",
+        "EXPIRE NEVER", "UTF8 USER", "LANG", "STLS", "IMPLEMENTATION txmailhub",
     ]
     assert list(CAPABILITIES) == capa_lines(sent(e, b"capa"))
 
@@ -763,8 +763,8 @@ def test_auth_plain_authzid_may_name_the_same_user_in_another_form():
 def test_capa_and_auth_hide_plaintext_mechanisms_where_refused():
     e = engine(plaintext_allowed=False, tls_available=True)
     assert capa_lines(sent(e, b"CAPA")) == [
-        "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "UTF8", "LANG", "STLS",
-        "IMPLEMENTATION txmailhub",
+        "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER", "UTF8",
+        "LANG", "STLS", "IMPLEMENTATION txmailhub",
     ]
     assert sent(e, b"AUTH") == R.AUTH_MECHANISMS.to_bytes() + b".\r\n"
 

@@ -102,7 +102,8 @@ def test_capa_exactly(hub):
                         rb"\.example\.org>", p.getwelcome())
     assert p.capa() == {
         "TOP": [], "UIDL": [], "USER": [], "SASL": ["PLAIN"], "RESP-CODES": [],
-        "AUTH-RESP-CODE": [], "PIPELINING": [], "UTF8": ["USER"], "LANG": [],
+        "AUTH-RESP-CODE": [], "PIPELINING": [], "EXPIRE": ["NEVER"], "UTF8": ["USER"],
+        "LANG": [],
         "IMPLEMENTATION": ["txmailhub"],
     }
     p.quit()

@@ -128,6 +128,11 @@ def capabilities(*, stls: bool, plaintext: bool = True) -> tuple[str, ...]:
     if plaintext:
         caps += ["USER", "SASL PLAIN"]
     caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+    # RFC 2449 6.7: the hub removes a message only for a client's DELE
+    # (and QUIT), never by age; no setting changes that.  No LOGIN-DELAY
+    # (6.8): nothing holds a login off for the time since the user's last
+    # one (the delays after failed logins are no such minimum)
+    caps.append("EXPIRE NEVER")
     # RFC 6856: the UTF8 command, and (argument USER) UTF-8 user names and
     # passwords in USER/PASS -- listed with USER, where those are accepted
     caps += ["UTF8 USER" if plaintext else "UTF8", "LANG"]
