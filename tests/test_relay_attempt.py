@@ -3813,3 +3813,33 @@ def test_too_many_recipients_go_on_the_same_connection(tmp_path, log_events):
     assert logged == [f"{e.id}: mx1.remote.test[2001:db8::1]: 3 transactions in one session "
                       "(recipients the server took too many of, or refused for their DSN "
                       "parameters in a pipelined batch, went in the next)"]
+
+
+class SilentAfterOneMessage(ScriptedSMTPServer):
+    """Takes bob alone in a message ("too many" to the others) and says
+    nothing more once that message is in: a later transaction hangs."""
+
+    def _command(self, line):
+        if self.messages:
+            return
+        if line[:4].upper() == b"RCPT" and b"<bob@" not in line:
+            self.transport.write(b"452 4.5.3 too many recipients\r\n")
+            return
+        super()._command(line)
+
+
+def test_the_stop_cutting_a_later_transaction_keeps_what_the_earlier_one_delivered(tmp_path):
+    # bob's message was taken in the session's first transaction; the
+    # hub's stop cuts carol's: bob's delivery stands (the runner keeps a
+    # final result of an attempt a stop gave up) -- given up with carol's,
+    # he got a second copy at the next start
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = SilentAfterOneMessage
+    d = a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL])
+    net.run()
+    [server] = net.server_protocols
+    assert not d.called and len(server.messages) == 1
+    a.abort_all()
+    by = {r.address: r for r in run(net, d)}
+    assert by[BOB].kind == "delivered"
+    assert by[CAROL].kind == "transient" and "the hub stopped" in by[CAROL].reply.text()

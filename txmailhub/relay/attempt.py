@@ -1111,8 +1111,10 @@ class DeliveryAgent:
                 sessions += 1
             if epoch != self._epoch:
                 # the hub's stop cut the session (``abort_all``): not the
-                # host's failure, and nothing of it is recorded
-                return settled + _given_up(recipients)
+                # host's failure, and nothing of it is recorded -- but what
+                # an earlier transaction of it settled
+                return settled + self._cut_by_stop(outcome, recipients,
+                                                   _remote_name(mxhost.name, smarthost))
             if (outcome is not None and outcome.session_error is not None
                     and outcome.phase == Phase.TLS.value
                     and self._tls_for(mxhost.name, smarthost)[0] == "opportunistic"
@@ -1130,7 +1132,8 @@ class DeliveryAgent:
                                               smarthost, stage, plain=True,
                                               credentials=credentials, tries=retry)
                 if epoch != self._epoch:  # cut by the hub's stop, as above
-                    return settled + _given_up(recipients)
+                    return settled + self._cut_by_stop(outcome, recipients,
+                                                       _remote_name(mxhost.name, smarthost))
                 if outcome is None:
                     # the retry's connection failed: its error is the one
                     # to tell (the first session's connection had none)
@@ -1351,15 +1354,33 @@ class DeliveryAgent:
                  codes=", ".join(f"{a}: {r.reply.code}" for a, r in final.items()))
         return [a for a in recipients if a not in final]
 
+    def _cut_by_stop(self, outcome: SessionOutcome | None, recipients: list[Address],
+                     host: str) -> list[DeliveryResult]:
+        """The results of a session the hub's stop cut (``abort_all``):
+        given up (``STOP_CUT``), but for the recipients an earlier
+        transaction of it settled (``SessionOutcome.transactions``: the
+        outcome is then no session error) -- delivered, or refused for
+        good.  Those are final: the runner keeps them from an attempt a
+        stop gave up (``_keep_given_up``), where a copy sent again at the
+        next start would be a second one."""
+        if outcome is None or outcome.session_error is not None:
+            return _given_up(recipients)
+        final = [r for r in self._each(outcome, host) if r.kind != "transient"]
+        known = {r.address for r in final}
+        return final + _given_up([a for a in recipients if a not in known])
+
+    @staticmethod
+    def _each(outcome: SessionOutcome, host: str) -> list[DeliveryResult]:
+        """A result for each recipient of ``outcome`` (no session error)."""
+        # a recipient whose RCPT went without NOTIFY and ORCPT (refused for
+        # them) keeps its notice duty here, as after a server without DSN
+        return [DeliveryResult(r.address, r.kind, r.reply, host,
+                               outcome.dsn_supported and r.address not in outcome.dsn_dropped)
+                for r in outcome.recipients]
+
     def _results(self, entry: QueueEntry, outcome: SessionOutcome,
                  host: str) -> list[DeliveryResult]:
-        out = []
-        for r in outcome.recipients:
-            # a recipient whose RCPT went without NOTIFY and ORCPT (refused
-            # for them) keeps its notice duty here, as after a server without DSN
-            out.append(DeliveryResult(r.address, r.kind, r.reply, host,
-                                      outcome.dsn_supported
-                                      and r.address not in outcome.dsn_dropped))
+        out = self._each(outcome, host)
         codes = loggable(", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients),
                          1 << 20)
         log.info("{queue_id}: session with {mx} ({tls}): {codes}", queue_id=entry.id, mx=host,
