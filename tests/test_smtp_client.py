@@ -2612,3 +2612,30 @@ def test_helo_refused_after_a_554_to_ehlo_keeps_the_ehlo_reply():
     s.receive(b"554 5.7.1 mail.hub.test listed at bl.example.net\r\n")
     assert sent(s.receive(b"503 5.5.1 Error: send HELO/EHLO first\r\n")) == b"QUIT\r\n"
     assert s.outcome.session_error.text() == "554 5.7.1 mail.hub.test listed at bl.example.net"
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+@pytest.mark.parametrize("step", ["DATA", "END"])
+def test_a_421_ending_a_transaction_starts_no_later_one(pipelined, step):
+    # RFC 5321 3.8: a 421 says the server is closing the channel: carol's
+    # "too many" waits for the relay's new connection; no RSET or MAIL
+    # goes to a server that said it is going (it may even answer it)
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    if pipelined:
+        s.receive(EHLO_FULL)
+        replies = b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n"
+    else:
+        s.receive(EHLO_BASIC)
+        s.receive(b"250 ok\r\n")
+        s.receive(b"250 ok\r\n")
+        replies = b"452 4.5.3 too many\r\n"
+    s.receive(replies)
+    if step == "END":
+        s.receive(b"354 go\r\n")
+        s.body_sent()
+    actions = s.receive(b"421 4.3.2 shutting down\r\n")
+    assert sent(actions) == b"QUIT\r\n"
+    out = s.outcome
+    assert out.transactions == 1
+    assert [(r.address, r.reply.code) for r in out.recipients] == [(BOB, 421), (CAROL, 452)]

@@ -818,12 +818,15 @@ class ClientSession:
 
     def _fail_all(self, reply: Reply) -> list[Action]:
         self._settle_all(reply)
-        return self._transaction_over()
+        return self._transaction_over(closing=reply.code == 421)
 
-    def _transaction_over(self, prefix: bytes = b"") -> list[Action]:
+    def _transaction_over(self, prefix: bytes = b"", closing: bool = False) -> list[Action]:
         """The transaction ended, every recipient in it with its result
         (``prefix``: the final "." of a DATA accepted with nothing to send,
-        whose reply is ignored).  Another goes on this connection (RFC 5321
+        whose reply is ignored; ``closing``: it ended with a ``421``, the
+        server closing the channel -- RFC 5321 3.8 -- so none follows, and
+        the recipients it took too many of keep their 452 for the relay's
+        new connection).  Another goes on this connection (RFC 5321
         4.5.3.1.10: "the client ... should continue with the remaining
         recipients in a later transaction") for the recipients the server
         took too many of -- as long as it took or refused some others, so
@@ -837,7 +840,7 @@ class ClientSession:
         if more and len(more) + len(self._dsn_waiting) == len(batch):
             more = []  # no headway: the relay's to send on a new connection
         more += self._dsn_waiting
-        if not more or self.transactions >= MAX_TRANSACTIONS:
+        if not more or closing or self.transactions >= MAX_TRANSACTIONS:
             self._finish()
             actions = self._quit()
             if prefix:
@@ -1482,7 +1485,7 @@ class ClientSession:
         for address in self._accepted:
             self._results[address] = reply
         self._open = False
-        return self._transaction_over()
+        return self._transaction_over(closing=reply.code == 421)
 
     def _on_quit(self, reply: Reply) -> list[Action]:
         if self._expect:  # a reply we chose to ignore (see _on_data)
