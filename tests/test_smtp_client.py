@@ -2639,3 +2639,20 @@ def test_a_421_ending_a_transaction_starts_no_later_one(pipelined, step):
     out = s.outcome
     assert out.transactions == 1
     assert [(r.address, r.reply.code) for r in out.recipients] == [(BOB, 421), (CAROL, 452)]
+
+
+def test_a_refused_rset_leaves_a_rcpt_refused_for_its_dsn_parameters_for_later():
+    # bob's RCPT was refused for NOTIFY alone and never went again: a 5yz
+    # to RSET is no verdict on him (no bounce), he waits for the next try
+    s = session(recipients=RCPT_DSN)
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_PIPE_DSN)
+    assert sent(s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n250 ok\r\n"
+                          b"554 5.7.1 no\r\n")) == b"RSET\r\n"
+    assert sent(s.receive(b"502 5.5.1 RSET not implemented\r\n")) == b"QUIT\r\n"
+    out = s.outcome
+    assert out.session_error is None
+    by = {r.address: r for r in out.recipients}
+    assert by[CAROL].reply.code == 554
+    assert by[BOB].kind == "transient", by[BOB].reply.text()
+    assert by[BOB].reply.text() == "451 4.5.4 Bad NOTIFY (the server said 501 5.5.4)"

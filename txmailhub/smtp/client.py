@@ -707,12 +707,14 @@ class ClientSession:
                 if own is not None and trusted and own.is_permanent:
                     continue
                 before = self._earlier.get(address)
-                if before is None or self.phase is Phase.DATA_END:
+                if self.phase is Phase.DATA_END:
                     self._results[address] = session_error
-                else:
+                elif before is not None:
                     self._results[address] = before
+                else:
+                    self._results[address] = self._not_sent_again(address, session_error)
             for address, _ in self._dsn_waiting:
-                self._results.setdefault(address, session_error)
+                self._results.setdefault(address, self._not_sent_again(address, session_error))
             self._dsn_waiting = []
             if self.phase is Phase.DATA_END:
                 # nor does the relay take them to the next MX host as
@@ -761,6 +763,18 @@ class ClientSession:
             no_recipient_taken=self._none_taken,
             data_refused_for_now=self._data_refused_for_now,
         )
+
+    def _not_sent_again(self, address: Address, session_error: Reply) -> Reply:
+        """The result of ``address``, whose RCPT was refused for its DSN
+        parameters (``rcpt_dsn_refused``) and had no answer without them
+        when the session failed with ``session_error``: that, when
+        temporary; a permanent one (a ``5yz`` to ``RSET``) is about the
+        session, never this recipient's bounce, so the refusal of its
+        parameters is restated as temporary, as when no transaction is left
+        for it (``_finish``): the next attempt has it."""
+        if session_error.is_transient or address not in self.rcpt_dsn_refused:
+            return session_error
+        return _restated(self.rcpt_dsn_refused[address], 451, "4.5.4")
 
     def _quit(self) -> list[Action]:
         self._expect.clear()
