@@ -2656,3 +2656,15 @@ def test_a_refused_rset_leaves_a_rcpt_refused_for_its_dsn_parameters_for_later()
     assert by[CAROL].reply.code == 554
     assert by[BOB].kind == "transient", by[BOB].reply.text()
     assert by[BOB].reply.text() == "451 4.5.4 Bad NOTIFY (the server said 501 5.5.4)"
+
+
+@pytest.mark.parametrize("refusal", [b"521 5.3.2 does not accept mail",
+                                     b"556 5.1.10 domain does not accept mail"])
+def test_helo_refused_with_no_mail_at_all_after_a_554_to_ehlo_keeps_the_helo_reply(refusal):
+    # RFC 7504: a 521 (556) says the host takes no mail at all, which the
+    # relay bounces on; the EHLO's 554 in its place would keep it queued
+    s = session()
+    s.receive(b"220 hi\r\n")
+    s.receive(b"554 5.7.1 mail.hub.test listed at bl.example.net\r\n")
+    s.receive(refusal + b"\r\n")
+    assert s.outcome.session_error.text() == refusal.decode()

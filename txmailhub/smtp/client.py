@@ -934,7 +934,12 @@ class ClientSession:
             # HELO's usually only that it wants EHLO or is "out of
             # sequence": the EHLO's stays the session's, for the log and
             # the notice
-            return self._fail_session(self._ehlo_refused or reply)
+            # -- but not over HELO's RFC 7504 "no mail at all" (521, 556),
+            # which the relay takes as final, as it does at EHLO
+            kept = self._ehlo_refused
+            if kept is None or reply.code in _NO_MAIL_AT_ALL:
+                kept = reply
+            return self._fail_session(kept)
         # no extensions, so no STARTTLS: the session goes on in clear (a
         # "TLS downgrade" for a host that offered STARTTLS before)
         self.hello_read = True
