@@ -2668,3 +2668,26 @@ def test_helo_refused_with_no_mail_at_all_after_a_554_to_ehlo_keeps_the_helo_rep
     s.receive(b"554 5.7.1 mail.hub.test listed at bl.example.net\r\n")
     s.receive(refusal + b"\r\n")
     assert s.outcome.session_error.text() == refusal.decode()
+
+
+@pytest.mark.parametrize("first", [
+    b"550 5.1.1 no bob\r\n452 4.5.3 too many\r\n554 5.5.1 no valid recipients\r\n",
+    b"250 ok\r\n452 4.5.3 too many\r\n451 4.3.0 not now\r\n",  # DATA refused for now
+])
+def test_a_4yz_after_the_data_of_a_later_transaction_is_no_refusal_before_any_message(first):
+    # the first transaction sent no message text (every RCPT refused, or
+    # DATA refused for now); carol's in the next did, and a 4yz to its "."
+    # waits for the next retry (docs/relay.rst): the outcome must not say
+    # the host took no message, which sends her to the next MX host now
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    assert sent(s.receive(b"250 ok\r\n" + first)) == b"RSET\r\n"
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"451 4.3.0 try later\r\n")
+    out = s.outcome
+    assert out.session_error is None and out.transactions == 2
+    assert not out.no_recipient_taken and not out.data_refused_for_now
+    assert [r.reply.code for r in out.recipients][1] == 451

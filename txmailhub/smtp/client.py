@@ -506,6 +506,10 @@ class ClientSession:
         # DATA refused for now after some RCPT taken
         # (SessionOutcome.data_refused_for_now)
         self._data_refused_for_now = False
+        # message text went in a transaction of this session (a 354 to DATA
+        # with recipients taken): ``_finish`` then says no refusal before
+        # any message (``no_recipient_taken``, ``data_refused_for_now``)
+        self._data_went = False
         # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
         # and the reply that refused it (then the MAIL went again without
         # it, once per session; the adapter logs it), and whether that MAIL
@@ -716,12 +720,14 @@ class ClientSession:
             for address, _ in self._dsn_waiting:
                 self._results.setdefault(address, self._not_sent_again(address, session_error))
             self._dsn_waiting = []
-            if self.phase is Phase.DATA_END:
-                # nor does the relay take them to the next MX host as
-                # recipients no message went to (``no_recipient_taken``
-                # or ``data_refused_for_now`` of an earlier transaction)
-                self._none_taken = self._data_refused_for_now = False
             session_error = None
+        if self._data_went:
+            # the host took a message in this session (an earlier or a later
+            # transaction than the one that took nobody or had DATA refused):
+            # those it refused for now wait for the next retry, and one whose
+            # final "." got a 4yz, or none, is never taken to the next MX
+            # host as a recipient no message went to
+            self._none_taken = self._data_refused_for_now = False
         if session_error is None:
             for address, _ in self._dsn_waiting:
                 # no transaction left to send its RCPT again in: temporary,
@@ -1482,6 +1488,7 @@ class ClientSession:
             return self._fail_session(mail) if mail.is_transient else self._fail_all(mail)
         if reply.code == 354:
             self.phase = Phase.BODY
+            self._data_went = True
             # 8BITMIME covers the body only: a message its client sent with
             # SMTPUTF8 may have UTF-8 header fields (RFC 6532), which a server
             # without SMTPUTF8 must not get raw -- the 7-bit copy encodes them
