@@ -165,6 +165,19 @@ def test_a_long_field_is_never_folded_inside_a_quoted_pair(pair: bytes) -> None:
     assert read.fields[0][1] == field[:505] + b"\r\n" + field[505:] + b"\r\n"
 
 
+@pytest.mark.parametrize("run", [b"\\", b"\\\\\\"])
+def test_a_cut_without_white_space_never_splits_a_quoted_pair(run: bytes) -> None:
+    # no blank in 998 octets: the cut (which adds a space) goes before the
+    # backslash, not between it and the '"' it quotes, which unfolded as
+    # "\ " would end the quoted string there (RFC 5322 3.2.1)
+    field = b'X-Data:"' + b"a" * (990 - len(run)) + run + b'"' + b"b" * 15 + b'"'
+    read = read_message(io.BytesIO(field + b"\n\nbody\n"), True, 10**6)
+    first, rest = read.fields[0][1].split(b"\r\n ", 1)
+    assert len(first) <= 998
+    assert (len(first) - len(first.rstrip(b"\\"))) % 2 == 0, first[-10:]
+    assert first + rest == field + b"\r\n"
+
+
 _TEXT = st.lists(st.sampled_from([b"a", b"\xc3\xa9", b" ", b":", b"\r", b"\n", b"\r\n",
                                   b".", b"x" * 700, b"Bcc: e@x", b"To: b"]),
                  max_size=40).map(b"".join)

@@ -164,8 +164,8 @@ class _LineWriter:
     ``smtp_line_length_limit`` does.  In a header field (``header``) the
     cut goes before white space of the field where there is some (not a
     blank a backslash quotes: a quoted-pair, RFC 5322 3.2.1, is never
-    split), which is folding (RFC 5322 2.2.3): the field unfolds to what
-    it was.  The hub refuses a message with a
+    split, nor by a cut without white space), which is folding (RFC 5322
+    2.2.3): the field unfolds to what it was.  The hub refuses a message with a
     longer line (RFC 5321 4.5.3.1.6: 500 5.5.2), so a long log line in a
     cron job's output would lose the whole mail.  A cut never splits a
     UTF-8 sequence.  Holds at most one line piece in memory."""
@@ -250,6 +250,11 @@ class _LineWriter:
             cut = pos + width
             while cut > pos + width - 4 and 0x80 <= line[cut] < 0xC0:
                 cut -= 1  # line[cut] continues a UTF-8 sequence: cut before it
+            if self._header and escaped(line, cut):
+                # a backslash quotes line[cut] (RFC 5322 3.2.1): the space
+                # the cut adds would be the quoted character instead, and
+                # a quoted '"' or ')' would end its string or comment
+                cut -= 1
             self._write(line[pos:cut] + b"\r\n ")
             pos, self._lead = cut, 1
         self._line = line[pos:]
