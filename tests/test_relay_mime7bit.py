@@ -1482,6 +1482,21 @@ def test_a_structured_header_line_with_nowhere_to_fold_it_is_unconvertible(field
         convert(field + "\nSubject: Grüße\n\nx\n".encode())
 
 
+@pytest.mark.parametrize("field", [
+    b"Delivered-To: " + b"t" * 1000 + b"@example.org",  # RFC 9228: an addr-spec
+    b"Author: <" + b"t" * 1000 + b"@example.org>",  # RFC 9057: a mailbox list
+    b"DomainKey-Signature: a=rsa-sha1; b=" + b"t" * 1000,  # RFC 4870
+    b"X-Google-DKIM-Signature: v=1; b=" + b"t" * 1000,
+    b"Path: " + b"news.example.org!" * 60 + b"not-for-mail",  # RFC 5536 3.1.5
+    b"Newsgroups: " + b"comp.mail.misc," * 70 + b"comp.mail.mime",
+])
+def test_an_extension_field_programs_read_with_nowhere_to_fold_it_is_unconvertible(field):
+    # registered fields with a structure, and signatures: an encoded word
+    # there is no address, path or signature (RFC 2047 5)
+    with pytest.raises(Unconvertible, match="no white space to fold it at"):
+        convert(field + "\nSubject: Grüße\n\nx\n".encode())
+
+
 def _field_of(data: bytes, name: bytes) -> bytes:
     """The field ``name`` of a header section, its continuation lines and
     the final LF included."""

@@ -78,13 +78,21 @@ _STRUCTURED_FIELDS = frozenset(
 # fields whose text is read by programs, not people: an encoded word
 # there is no longer their value, however long their line (besides the
 # address, parameter, list and structured fields above, every Content-
-# field but Content-Description, and the List-, Resent-, ARC- and DKIM-
-# families: ``_readable_text``)
+# field but Content-Description, the List-, Resent-, ARC- and DKIM-
+# families and every signature, DomainKey-Signature (RFC 4870) or
+# X-Google-DKIM-Signature: ``_readable_text``).  Delivered-To is an
+# addr-spec (RFC 9228) that MTAs compare to find mail loops, Author a
+# mailbox list (RFC 9057); the netnews fields (RFC 5536) are read by the
+# news servers a gateway hands the message to (Path is a long run
+# without blanks)
 _NOT_TEXT = frozenset(("keywords", "autocrypt", "autocrypt-gossip", "archived-at",
                        "original-recipient", "disposition-notification-options",
                        "auto-submitted", "mt-priority", "tls-required",
-                       "require-recipient-valid-since", "thread-index"))
+                       "require-recipient-valid-since", "thread-index",
+                       "delivered-to", "author", "path", "newsgroups", "followup-to",
+                       "xref", "supersedes", "injection-info"))
 _NOT_TEXT_PREFIXES = ("content-", "list-", "resent-", "arc-", "dkim-")
+_NOT_TEXT_SUFFIXES = ("-signature",)
 
 
 def _readable_text(key: str) -> bool:
@@ -95,7 +103,8 @@ def _readable_text(key: str) -> bool:
     if key == "content-description":
         return True
     return not (key in _ADDRESS_FIELDS or key in _PARAMETER_FIELDS or key in _STRUCTURED_FIELDS
-                or key in _LIST_FIELDS or key in _NOT_TEXT or key.startswith(_NOT_TEXT_PREFIXES))
+                or key in _LIST_FIELDS or key in _NOT_TEXT or key.startswith(_NOT_TEXT_PREFIXES)
+                or key.endswith(_NOT_TEXT_SUFFIXES))
 
 
 class Unconvertible(ValueError):
