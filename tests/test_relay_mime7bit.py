@@ -1579,6 +1579,16 @@ def test_encoded_words_for_a_long_unstructured_line_decode_to_its_text(
     assert _decoded(field) == unfolded.decode("utf-8" if utf8 else "latin-1")
 
 
+def test_a_long_unstructured_line_with_a_bare_cr_becomes_encoded_words():
+    # the CR is one octet of the line (only LF ends a line of the stored
+    # message): the line is still over 998 octets with nowhere to fold
+    text = b"x" * 600 + b"\r" + b"y" * 600
+    out = convert(b"Subject: " + text + "\n\nGrüße\n".encode())
+    field = _field_of(out, b"Subject")
+    _assert_encoded_words(field)
+    assert _decoded(field) == text.decode()
+
+
 @pytest.mark.parametrize("pair", [b"\\ ", b"\\\\\\ ", b"\\\t"])
 def test_a_fold_never_splits_a_quoted_pair(pair):
     # RFC 5322 3.2.1: "\" and the blank it quotes are one character of

@@ -800,8 +800,10 @@ class _Converter:
             field = field.rstrip(b"\r\n").rstrip(b" \t;") + b"; charset=" + charset.encode() + b"\n"
         if not field.isascii():
             field = encode_field(field)
+        # (lines end at LF only, as ``_Lines`` reads them: a bare CR is
+        # one more octet of its line, where ``splitlines`` would end it)
         if len(field) > LINE_TEXT and any(
-                _text_length(line) > LINE_TEXT for line in field.splitlines(True)):
+                len(line.removesuffix(b"\r")) > LINE_TEXT for line in field.split(b"\n")):
             field = self._fitted(field)
         out.write(field)
         return name
