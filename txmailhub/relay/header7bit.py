@@ -24,7 +24,8 @@ field).  What is done, by kind of field:
   address fields when all their addresses are ASCII, else as text;
 * every other field (Subject, Comments, Content-Description, Keywords,
   X-... and other extension fields, unstructured per RFC 5322 3.6.8):
-  the whole text becomes RFC 2047 encoded words.
+  the whole text becomes RFC 2047 encoded words, but for the encoded
+  words it already has, kept as they are (``_text_field``).
 
 The converter also calls ``encode_text_field`` for a field, 8-bit or
 not, with a line over 998 octets that folding cannot break (RFC 5322
@@ -39,11 +40,13 @@ MIME bodies, files, SMTP or the queue.
 
 from __future__ import annotations
 
+import re
 from email.errors import HeaderParseError
 
 from txmailhub.downgrade import (
     Undowngradable,
     address_field,
+    encoded_words,
     parameter_field,
     unstructured_field,
 )
@@ -105,6 +108,14 @@ def _readable_text(key: str) -> bool:
     return not (key in _ADDRESS_FIELDS or key in _PARAMETER_FIELDS or key in _STRUCTURED_FIELDS
                 or key in _LIST_FIELDS or key in _NOT_TEXT or key.startswith(_NOT_TEXT_PREFIXES)
                 or key.endswith(_NOT_TEXT_SUFFIXES))
+
+
+# RFC 2047 2: an encoded word (charset a token, RFC 2231's "*language"
+# included; encoded text printable ASCII but "?"), which in unstructured
+# text is one only when white space or the field's ends set it off (5(1))
+_ENCODED_WORD = re.compile(
+    rb"(?<![^ \t])=\?[!#-'*+\-0-9A-Z^-~]+\?[BbQq]\?[!->@-~]+\?=(?![^ \t])")
+_WORD_MAX = 75  # RFC 2047 2: a longer one is no encoded word
 
 
 class Unconvertible(ValueError):
@@ -169,19 +180,13 @@ def encode_field(raw: bytes) -> bytes:
     if key in _STRUCTURED_FIELDS:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
     value = _unfold_text(value_b)
-    text, charset = _text(value)
-    if charset == "utf-8" and key in _LIST_FIELDS:
+    if key in _LIST_FIELDS and _text(value)[1] == "utf-8":
         try:
             return (address_field(name, _unfold(value_b).decode("utf-8"), strict=True)
                     + "\n").encode("ascii")
         except Undowngradable:
             pass  # a UTF-8 mailbox: the field as text, below
-    if charset == "utf-8":
-        # the encoder POP3's downgrade uses: every character comes back
-        # when decoded (email.header.Header turns NEL, U+2028, FF... into
-        # a blank), each word within RFC 2047's 75 characters
-        return (unstructured_field(name, text) + "\n").encode("ascii")
-    return (_unknown_8bit_field(name, value) + "\n").encode("ascii")
+    return (_text_field(name, value) + "\n").encode("ascii")
 
 
 def encode_text_field(raw: bytes) -> bytes | None:
@@ -192,9 +197,11 @@ def encode_text_field(raw: bytes) -> bytes | None:
     For a field with a line over 998 octets that folding cannot break (no
     white space in it, RFC 5322 2.1.1, 2.2.3): RFC 2047 decoding, with
     the blanks between adjacent encoded words dropped (6.2), gives its
-    text back, every character (ASCII, "=?" and blanks included; no
-    UTF-8 character is split between two words), octets that are not
-    UTF-8 as ``unknown-8bit`` (RFC 1428).  A field that is no text a
+    text back as a reader shows it (``_text_field``: every character,
+    ASCII, a "=?" that is no encoded word and blanks included, an encoded
+    word it has as what that stands for; no UTF-8 character is split
+    between two words), octets that are not UTF-8 as ``unknown-8bit``
+    (RFC 1428).  A field that is no text a
     person reads (``_readable_text``) keeps its form: an encoded word
     there is not its value."""
     name_b, sep, value_b = raw.partition(b":")
@@ -203,11 +210,55 @@ def encode_text_field(raw: bytes) -> bytes | None:
     name = name_b.decode("ascii").strip(" \t")
     if not name or not _readable_text(name.lower()):
         return None
-    value = _unfold_text(value_b)
+    return (_text_field(name, _unfold_text(value_b)) + "\n").encode("ascii")
+
+
+def _text_field(name: str, value: bytes) -> str:
+    """``Name:`` and an unstructured field's text (``value``: unfolded,
+    without the blanks after the colon) as encoded words, which decode to
+    the text as an RFC 2047 reader shows it.
+
+    UTF-8 text goes as UTF-8 (the encoder POP3's downgrade uses: every
+    character comes back when decoded, where email.header.Header turns
+    NEL, U+2028, FF... into a blank), other octets as ``unknown-8bit``.
+    An encoded word the text already has (``_ENCODED_WORD``) is kept as
+    it is: encoded again, a reader would show its "=?...?=" instead of
+    what it stands for.  The text between two of them is encoded with
+    its blanks, as a reader shows them; blanks alone there are dropped
+    by the reader (RFC 2047 6.2) and stay a separator.  Text of nothing
+    but blanks has no encoded word (its encoded text would be empty,
+    which RFC 2047 2 does not allow): the field is left empty."""
+    if not value.strip(b" \t"):
+        return f"{name}:"
     text, charset = _text(value)
+    spans = [m.span() for m in _ENCODED_WORD.finditer(value) if m.end() - m.start() <= _WORD_MAX]
+    if not spans:
+        if charset == "utf-8":
+            return unstructured_field(name, text)
+        return _unknown_8bit_field(name, value)
+    words: list[str] = []
+    pos = 0
+    for start, end in spans:
+        if value[pos:start].strip(b" \t"):
+            words += _encoded(value[pos:start], charset)
+        words.append(value[start:end].decode("ascii"))
+        pos = end
+    if pos < len(value):  # (blanks at the end too: no encoded word before them drops them)
+        words += _encoded(value[pos:], charset)
+    lines = [f"{name}:"]
+    for word in words:  # each at most 75: a line of its own fits in 76
+        if len(lines[-1]) + 1 + len(word) > 76:
+            lines.append("")
+        lines[-1] += " " + word
+    return "\n".join(lines)
+
+
+def _encoded(text: bytes, charset: str) -> list[str]:
+    """``text`` (part of a field's text in ``charset``, "utf-8" or
+    "unknown-8bit") as encoded words, every blank in them."""
     if charset == "utf-8":
-        return (unstructured_field(name, text) + "\n").encode("ascii")
-    return (_unknown_8bit_field(name, value) + "\n").encode("ascii")
+        return encoded_words(text.decode("utf-8")).split(" ")
+    return _unknown_8bit_words(text)
 
 
 def _unknown_8bit_field(name: str, value: bytes) -> str:
@@ -215,12 +266,18 @@ def _unknown_8bit_field(name: str, value: bytes) -> str:
     octets kept: each word at most 64 characters, each line at most 76
     (RFC 2047 2), the first word made shorter to fit beside the name, or
     on a line of its own when the name leaves no room."""
-    words = []
-    piece = ""
     room = min(45, 76 - len(name) - len(": =?unknown-8bit?q??="))
     alone = room < 3  # not even one =XX beside the name
-    if alone:
-        room = 45
+    encoded = "\n ".join(_unknown_8bit_words(value, 45 if alone else room))
+    return f"{name}:\n {encoded}" if alone else f"{name}: {encoded}"
+
+
+def _unknown_8bit_words(value: bytes, room: int = 45) -> list[str]:
+    """``value`` as Q-encoded words of charset unknown-8bit (octets kept),
+    each with at most 45 characters of encoded text, the first with at
+    most ``room`` (at least 3: one ``=XX``)."""
+    words = []
+    piece = ""
     for octet in value:
         if 33 <= octet <= 126 and chr(octet) not in "=?_\"(),.:;<>@[\\]":
             token = chr(octet)
@@ -234,5 +291,4 @@ def _unknown_8bit_field(name: str, value: bytes) -> str:
             room = 45
         piece += token
     words.append(piece)
-    encoded = "\n ".join(f"=?unknown-8bit?q?{w}?=" for w in words)
-    return f"{name}:\n {encoded}" if alone else f"{name}: {encoded}"
+    return [f"=?unknown-8bit?q?{w}?=" for w in words]
