@@ -388,10 +388,29 @@ def test_a_cr_lf_cut_by_a_read_stays_one_line_end() -> None:
 
 @pytest.mark.parametrize("argv", [
     ["-bs"], ["-bs", "-odb", "-oem"], ["-bs", "-oi", "-f", "joe", "-F", "Joe", "-t"],
-    ["-bs", "-v", "bob"],
+    ["-bs", "-v"],
 ])
 def test_bs_is_a_mode_and_the_other_options_do_not_break_it(argv: list[str]) -> None:
     assert parse_args(argv).mode == "s"
+
+
+@pytest.mark.parametrize("argv", [["-bs", "bob"], ["-bs", "--", "bob"], ["-bs", "-v", "bob"]])
+def test_bs_with_a_recipient_is_a_usage_error_as_in_postfix(
+        argv: list[str], tmp_path: Path) -> None:
+    # the client names the recipients with RCPT TO; Postfix refuses this
+    # ("stand-alone mode requires no recipient", EX_USAGE), and no
+    # greeting may reach the client on standard output
+    from txmailhub.sendmail import EX_USAGE, UsageError, run
+
+    with pytest.raises(UsageError):
+        parse_args(argv)
+    stdin, stdout, err = io.BytesIO(b"QUIT\r\n"), io.BytesIO(), io.StringIO()
+    assert run(argv, str(tmp_path / "none.toml"), "sendmail", stdin, err,
+               stdout=stdout) == EX_USAGE
+    assert stdout.getvalue() == b"" and stdin.tell() == 0
+    assert err.getvalue().splitlines()[0] == (
+        "sendmail: bob: -bs (SMTP on standard input and output) takes no recipient: the "
+        "client names them with RCPT TO")
 
 
 # --- the real command against a real hub ---------------------------------

@@ -236,6 +236,13 @@ def parse_args(argv: list[str]) -> Options:
         # mode requires no recipient", EX_USAGE)
         raise UsageError(f"{args[0]}: -bp (mailq) takes no recipient: it lists the whole "
                          "queue (mailhub queue list)")
+    if args and found.get("mode") == "s":
+        # ``sendmail -bs bob``: the client names the recipients in RCPT,
+        # and an argument dropped without a word may be a command line
+        # meant for another mode.  Postfix refuses it ("stand-alone mode
+        # requires no recipient", EX_USAGE)
+        raise UsageError(f"{args[0]}: -bs (SMTP on standard input and output) takes no "
+                         "recipient: the client names them with RCPT TO")
     if found.get("mode") == "v":
         if found.get("extract"):
             raise UsageError("-bv verifies the recipients given as arguments; -t (read "
