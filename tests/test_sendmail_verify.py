@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from txmailhub.sendmail import (
+    EX_CONFIG,
     EX_DATAERR,
     EX_NOPERM,
     EX_NOUSER,
     EX_OK,
     EX_TEMPFAIL,
+    EX_UNAVAILABLE,
     EX_USAGE,
     UsageError,
     parse_args,
@@ -163,3 +165,81 @@ def test_the_output_format_is_the_one_documented() -> None:
                     "... deliverable: relayed to elsewhere.test (from staff@example.org)",
                     "nobody@example.org... undeliverable: 550 5.1.1 No such user here"):
         assert example in documented, example
+
+
+def test_the_postmaster_is_deliverable_whatever_the_router_answers(
+        config: Path, tmp_path: Path) -> None:
+    # RFC 5321 4.5.1: the hub takes it even when its users file is away
+    # (smtp.policy.local_rcpt); -bv said "not verified", exit 75
+    (tmp_path / "users").unlink()
+    status, out, err, _ = verify(["postmaster", "Postmaster@example.net"], config)
+    assert (status, err) == (EX_OK, "")
+    why = (f"451 4.3.0 Local error in processing, try again later: the users file "
+           f"{tmp_path / 'users'} does not exist")
+    assert out.splitlines() == [
+        f"{name}... deliverable: the postmaster, never refused (RFC 5321 4.5.1); the "
+        f"mailboxes it leads to are not verified: {why}"
+        for name in ("postmaster@example.org", "Postmaster@example.net")]
+
+
+@pytest.mark.parametrize(("smtp", "host"), [
+    ('listen = ["tcp:2525"]\nrelay_networks = []\n', "127.0.0.1"),
+    ('listen = ["tcp6:2525"]\nrelay_networks = ["127.0.0.0/8"]\n', "::1"),
+    ('listen = ["tcp:2525:interface=192.0.2.7"]\n', "192.0.2.7"),
+])
+def test_a_remote_recipient_the_hub_would_not_relay_for_the_command_is_undeliverable(
+        config: Path, smtp: str, host: str) -> None:
+    # the command reaches the MX listener from ``host``: outside [smtp]
+    # relay_networks, the hub answers 550 5.7.1 and sending is exit 69
+    text = config.read_text().replace('[smtp]\nlisten = ["tcp:1"]\n', f"[smtp]\n{smtp}")
+    config.write_text(text)
+    status, out, err, _ = verify(["x@remote.test", "joe", "staff"], config)
+    assert (status, err) == (EX_UNAVAILABLE, "")
+    lines = out.splitlines()
+    assert lines[0] == (
+        "x@remote.test... undeliverable: 550 5.7.1 Relaying denied: the hub relays only for "
+        f"[smtp] relay_networks, and this command reaches it from {host}, which is not in "
+        "them")
+    # an alias's remote member is the hub's own to relay: taken as ever
+    assert "carol@elsewhere.test... deliverable: relayed to elsewhere.test " \
+           "(from staff@example.org)" in lines
+    # with the user unknown too, 67 wins
+    assert verify(["x@remote.test", "nobody"], config)[0] == EX_NOUSER
+
+
+@pytest.mark.parametrize("smtp", [
+    'listen = ["unix:/run/txmailhub/smtp.sock", "tcp:25"]\nrelay_networks = []\n',
+    'listen = ["tcp:2525"]\nrelay_networks = ["127.0.0.1/32"]\n',
+    'listen = ["tcp:2525:interface=192.0.2.7"]\nrelay_networks = ["192.0.2.0/24"]\n',
+])
+def test_a_remote_recipient_the_hub_relays_for_the_command_is_deliverable(
+        config: Path, smtp: str) -> None:
+    config.write_text(config.read_text().replace('listen = ["tcp:1"]\n', smtp))
+    assert verify(["x@remote.test"], config)[:2] == (
+        EX_OK, "x@remote.test... deliverable: relayed to remote.test\n")
+
+
+@pytest.mark.parametrize(("smtp", "said"), [
+    ('listen = ["tcp:0"]\n', "[smtp] listen names no listener this command can reach (a "
+                            "unix: socket or a fixed TCP port)"),
+    ('listen = ["tcp:25"]\nrelay_networks = ["nonsense"]\n', "[smtp] relay_networks is not "
+                                                            "valid (mailhub check says why)"),
+])
+def test_a_remote_recipient_with_no_relay_rule_to_judge_by_is_78(
+        config: Path, smtp: str, said: str) -> None:
+    config.write_text(config.read_text().replace('listen = ["tcp:1"]\n', smtp))
+    status, out, _, _ = verify(["x@remote.test", "joe"], config)
+    assert status == EX_CONFIG
+    assert out.splitlines() == [f"x@remote.test... not verified: {config}: {said}",
+                                "joe@example.org... deliverable: local mailbox"]
+
+
+def test_control_characters_in_a_line_are_escaped(config: Path, tmp_path: Path) -> None:
+    # the detail names files of the config: an ESC there must not reach
+    # the terminal as one (the rest of the command escapes what it prints)
+    config.write_text(config.read_text() + '[users]\nfile = "u\\u001b[2Jx"\n')
+    status, out, _, _ = verify(["joe"], config)
+    assert status == EX_TEMPFAIL
+    assert "\x1b" not in out
+    assert out == ("joe@example.org... not verified: 451 4.3.0 Local error in processing, "
+                   f"try again later: the users file {tmp_path}/u\\x{{1B}}[2Jx does not exist\n")

@@ -1945,6 +1945,10 @@ class LocalSubmission:
     #: only ``sendmail -bv`` reads it, to say which local names are
     #: mailboxes; ``None`` when the value is no usable path
     users_file: str | None = None
+    #: ``[smtp] relay_networks``: whether the hub relays for the address
+    #: the command reaches it from (``sendmail -bv``'s answer for a remote
+    #: recipient); ``None`` when the value is bad (the hub's to report)
+    relay_networks: tuple[str, ...] | None = SMTPSettings.relay_networks
 
     @property
     def primary_domain(self) -> str:
@@ -1962,7 +1966,8 @@ def load_local_submission(path: str) -> LocalSubmission:
     ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times),
     and ``[aliases] file`` when set (which recipients share a mailbox),
     with ``[smtp] max_recipients`` (when a list needs to know it), and the
-    path of ``[users] file`` (``-bv``; the file itself is not read here).
+    path of ``[users] file`` and ``[smtp] relay_networks`` (``-bv``; the
+    file itself is not read here).
 
     Why not ``load``: the sendmail command runs as any local user (a web
     server, a cron job), who may not read the TLS key or the smarthost
@@ -2009,6 +2014,13 @@ def load_local_submission(path: str) -> LocalSubmission:
     if isinstance(users_file, str) and users_file and "\0" not in users_file:
         # only for -bv, as above: a bad value is the hub's to report
         settings = replace(settings, users_file=r.resolve(users_file))
+    if "relay_networks" in smtp:
+        # only for -bv, as above
+        try:
+            networks: tuple[str, ...] | None = _networks(smtp["relay_networks"])
+        except (TypeError, ValueError):
+            networks = None
+        settings = replace(settings, relay_networks=networks)
     if "max_recipients" in smtp:
         # only to know when a list needs the aliases: a bad value, as above
         try:

@@ -5,7 +5,8 @@ Owns the verification mode of the sendmail command: each recipient is
 expanded by the hub's own router (``txmailhub.router``) over the files
 the command's config names -- the aliases file, the users file -- and
 one line per resulting address says whether it is deliverable (a local
-mailbox, or relayed to a remote domain) or why not.  It never connects
+mailbox, or relayed to a remote domain when the hub relays for the
+command: ``_relayed``) or why not.  It never connects
 to the hub, reads no message and sends nothing; the exit status is 0
 when every recipient is deliverable.
 
@@ -26,10 +27,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 from txmailhub.address import Address, canonical_domain
-from txmailhub.config import LocalSubmission
+from txmailhub.config import LocalSubmission, SMTPSettings
 from txmailhub.errors import Rejected
 from txmailhub.logsafe import shown
-from txmailhub.sendmail_smtp import EX_NOPERM, EX_NOUSER, EX_OK, EX_TEMPFAIL
+from txmailhub.sendmail_smtp import (
+    EX_CONFIG,
+    EX_NOPERM,
+    EX_NOUSER,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    hub_targets,
+)
+from txmailhub.smtp import replies
 
 if TYPE_CHECKING:
     from txmailhub.router import Router
@@ -48,10 +58,21 @@ class Verdict:
     what: str
     detail: str
     given: str | None = None
+    #: the exit status this line stands for (``verify`` returns the gravest)
+    status: int = EX_OK
 
     def line(self) -> str:
+        """The line, every part escaped as the command's other output is
+        (``shown``): the detail holds file names from the config and the
+        words of an ``OSError``, which may hold a control character."""
         via = f" (from {shown(self.given)})" if self.given else ""
-        return f"{shown(self.address)}... {self.what}: {self.detail}{via}"
+        return f"{shown(self.address)}... {self.what}: {shown(self.detail)}{via}"
+
+
+#: which status ``verify`` returns when lines differ: a refusal first (of
+#: the user, then of the relay), then a config to mend, then a file this
+#: user may not read, then a retry
+_GRAVITY = (EX_NOUSER, EX_UNAVAILABLE, EX_CONFIG, EX_NOPERM, EX_TEMPFAIL)
 
 
 class _NoUsersFile:
@@ -77,10 +98,13 @@ def verify(recipients: Iterable[tuple[str, Address]], settings: LocalSubmission,
     """Write one ``Verdict`` line per resulting address to ``out``, for
     each of ``recipients`` (the envelope forms and the hub's reading of
     them, as the command sends them); return the exit status: 0 when
-    all are deliverable, 67 (``EX_NOUSER``) when one is not, else 77
-    (``EX_NOPERM``) when one could not be verified for a file this user
-    may not read, 75 (``EX_TEMPFAIL``) for another reason (a file
-    away or being rewritten: the hub answers 451 then too)."""
+    all are deliverable, 67 (``EX_NOUSER``) when one is unknown, else 69
+    (``EX_UNAVAILABLE``) when the hub would not relay one for the
+    command, else 78 (``EX_CONFIG``) when the config leaves a relay
+    unknown, else 77 (``EX_NOPERM``) when one could not be verified for
+    a file this user may not read, 75 (``EX_TEMPFAIL``) for another
+    reason (a file away or being rewritten: the hub answers 451 then
+    too) -- the order of ``_GRAVITY``."""
     from txmailhub.router import Router
     from txmailhub.users import UsersDB
 
@@ -97,7 +121,7 @@ def verify(recipients: Iterable[tuple[str, Address]], settings: LocalSubmission,
         print(f"{prog}: " + aliases_warning(router.read_error,
                                             "names that are no user are not verified"),
               file=err)
-    status = EX_OK
+    found: set[int] = set()
     seen: set[str] = set()
     for form, address in recipients:
         if form in seen:
@@ -106,14 +130,9 @@ def verify(recipients: Iterable[tuple[str, Address]], settings: LocalSubmission,
         verdicts = _verdicts(form, address, router, users, settings)
         for verdict in verdicts:
             print(verdict.line(), file=out)
-        for verdict in verdicts:
-            if verdict.what == "undeliverable":
-                status = EX_NOUSER
-            elif verdict.what == "not verified" and status != EX_NOUSER:
-                denied = isinstance(getattr(users, "unreadable", None), PermissionError)
-                status = EX_NOPERM if denied or status == EX_NOPERM else EX_TEMPFAIL
+            found.add(verdict.status)
     out.flush()
-    return status
+    return next((status for status in _GRAVITY if status in found), EX_OK)
 
 
 def _verdicts(form: str, address: Address, router: Router, users: Any,
@@ -122,16 +141,24 @@ def _verdicts(form: str, address: Address, router: Router, users: Any,
     hub's reading of it)."""
     local = {canonical_domain(d) for d in settings.domains}
     if canonical_domain(address.domain) not in local:
-        # the command is a relay client of the hub: relayed, whatever the domain
-        return [Verdict(form, "deliverable", f"relayed to {address.domain}")]
+        return [_relayed(form, address, settings)]
     try:
         mailboxes, remote = router.resolve(address)
     except Rejected as e:
         reply = e.reply
+        why = _why_not_verified(reply.text(), router, users, settings)
+        if address.is_postmaster:
+            # RFC 5321 4.5.1: the hub takes it whatever its router says
+            # (``smtp.policy.local_rcpt``: the primary domain's postmaster
+            # then); where the hub's router would lead it is what this
+            # user could not learn
+            return [Verdict(form, "deliverable", "the postmaster, never refused (RFC 5321 "
+                            f"4.5.1); the mailboxes it leads to are not verified: {why}")]
         if reply.is_permanent and not router.read_error:
-            return [Verdict(form, "undeliverable", reply.text())]
-        return [Verdict(form, "not verified", _why_not_verified(reply.text(), router, users,
-                                                                settings))]
+            return [Verdict(form, "undeliverable", reply.text(), status=EX_NOUSER)]
+        denied = isinstance(getattr(users, "unreadable", None), PermissionError)
+        return [Verdict(form, "not verified", why,
+                        status=EX_NOPERM if denied else EX_TEMPFAIL)]
     found = []
     for mailbox in mailboxes:
         name = str(mailbox)
@@ -142,6 +169,32 @@ def _verdicts(form: str, address: Address, router: Router, users: Any,
         found.append(Verdict(name, "deliverable", f"relayed to {target.domain}",
                              None if name == form else form))
     return found
+
+
+def _relayed(form: str, address: Address, settings: LocalSubmission) -> Verdict:
+    """The line for a recipient in a domain the hub does not handle: the
+    hub's MX listener relays it only for a client in ``[smtp]
+    relay_networks`` (a ``unix:`` socket's always is one), else ``550
+    5.7.1`` (``smtp.policy``), which the command would meet at ``RCPT``
+    (exit 69).  Judged for the listener the command tries first
+    (``hub_targets``), as it sends through that one whenever it answers."""
+    targets = hub_targets(settings.listen)
+    if not targets:
+        return Verdict(form, "not verified", f"{settings.path}: [smtp] listen names no "
+                       "listener this command can reach (a unix: socket or a fixed TCP "
+                       "port)", status=EX_CONFIG)
+    first = targets[0]
+    if first.unix_path is None:
+        if settings.relay_networks is None:
+            return Verdict(form, "not verified", f"{settings.path}: [smtp] relay_networks "
+                           "is not valid (mailhub check says why)", status=EX_CONFIG)
+        smtp = SMTPSettings(relay_networks=settings.relay_networks)
+        if not smtp.relay_allowed_from(first.host):
+            return Verdict(form, "undeliverable", f"{replies.RELAY_DENIED.text()}: the hub "
+                           f"relays only for [smtp] relay_networks, and this command reaches "
+                           f"it from {first.host}, which is not in them",
+                           status=EX_UNAVAILABLE)
+    return Verdict(form, "deliverable", f"relayed to {address.domain}")
 
 
 def _why_not_verified(reply: str, router: Router, users: Any,
