@@ -1877,3 +1877,15 @@ def test_oem_and_oee_say_that_errors_are_not_mailed_back(tmp_path: Path, mode: s
         assert run([other, "bob"], str(config), "sendmail", io.BytesIO(b"x\n"),
                    err) == EX_CONFIG
         assert "mailed back" not in err.getvalue() and "NOT sent" in err.getvalue()
+
+
+@pytest.mark.parametrize("argv", [["-bp", "\x1b[2Jx"], ["-bi", "\x1b[2Jx"], ["-bs", "\x1b[2Jx"],
+                                  ["-N", "\x1b[2Jx", "bob"], ["bob", "-\x1b[2Jx"]])
+def test_a_usage_error_escapes_the_words_of_the_command_line_it_quotes(
+        argv: list[str]) -> None:
+    # ``mailq ARG`` quotes ARG: a terminal control in it is shown, not obeyed
+    err = io.StringIO()
+    assert run(argv, "/nonexistent.toml", "sendmail", io.BytesIO(b""), err,
+               io.StringIO()) == EX_USAGE
+    first = err.getvalue().splitlines()[0]
+    assert "\x1b" not in first and "\\x{1B}[2Jx" in first, first

@@ -935,7 +935,9 @@ def _run(argv: list[str], config: str, prog: str, stdin: BinaryIO | None, err: T
     try:
         options = parse_args(argv)
     except UsageError as e:
-        print(f"{prog}: {e}", file=err)
+        # its text may quote the command line (``mailq ARG``): an ESC
+        # there must not reach the terminal as one
+        print(f"{prog}: {shown(str(e))}", file=err)
         # the placeholders are docs/sendmail.rst's (its table of options)
         print(f"usage: {prog} [-t] [-i] [-f ADDR] [-F NAME] [-C PATH] [--] "
               "[recipient ...] < message", file=err)
