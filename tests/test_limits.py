@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from twisted.internet.task import Clock
 
 from txmailhub.limits import ConnectionLimits, FailureWindow
@@ -117,6 +119,8 @@ def test_gone_waiters_fire_once_the_sessions_named_are_gone() -> None:
 
 
 def test_a_login_forgets_only_its_own_names_failures_of_that_address():
+    from txmailhub.limits import _name_tag  # what the window keeps of a name
+
     clock = Clock()
     window = FailureWindow(clock, limit=3)
     window.failed("192.0.2.1", "a@example.org")
@@ -126,7 +130,30 @@ def test_a_login_forgets_only_its_own_names_failures_of_that_address():
     assert window.blocked("192.0.2.1")
     window.succeeded("192.0.2.1", "a@example.org")
     assert not window.blocked("192.0.2.1")
-    assert [name for _, name in window._failures["192.0.2.1"]] == ["b@example.org", None]
+    assert [tag for _, tag in window._failures["192.0.2.1"]] == [_name_tag("b@example.org"), None]
     assert len(window._failures["192.0.2.2"]) == 1  # another address's stay
     window.succeeded("192.0.2.2", "a@example.org")
     assert "192.0.2.2" not in window._failures  # nothing left: forgotten
+
+
+def test_the_failure_window_holds_no_login_name_whatever_its_length():
+    # Memory stays bounded by keep x limit small records, whatever names
+    # an attacker's failed logins give: an SMTP AUTH PLAIN name can be
+    # some 9000 characters (max_auth_line), and every record of a client
+    # stays until keep other clients push it out, however old.  Holding
+    # the names made 10,000 clients x 10 such failures about 900 MB.
+    window = FailureWindow(Clock(), limit=10, keep=50)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(60):
+            for j in range(10):
+                window.failed(f"192.0.2.{i}", f"{j}{'x' * 9000}@example.org")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(window._failures) == 50
+    assert held < 50 * 10 * 1000  # the names alone were 50 x 10 x 9000
+    # and the names still tell whose failures a login forgets
+    window.succeeded("192.0.2.59", f"3{'x' * 9000}@example.org")
+    assert len(window._failures["192.0.2.59"]) == 9

@@ -45,7 +45,7 @@ from txmailhub.components import Components
 from txmailhub.config import AliasesSettings, HubSettings, POP3Settings, Settings, UsersSettings
 from txmailhub.downgrade import downgrade_header, header_end
 from txmailhub.interfaces import IMailbox
-from txmailhub.limits import REFUSALS_WAITING
+from txmailhub.limits import REFUSALS_WAITING, _name_tag
 from txmailhub.pop3 import protocol as pop3_protocol
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.protocol import (
@@ -447,7 +447,8 @@ def test_a_login_forgets_its_own_failed_logins_from_the_address_not_others():
     window.failed("192.0.2.7")  # a malformed response: nobody's
     login(env, peer=REMOTE)
     assert len(window._failures["192.0.2.7"]) == 2
-    assert [name for _, name in window._failures["192.0.2.7"]] == ["ann@example.org", None]
+    assert [tag for _, tag in window._failures["192.0.2.7"]] == [_name_tag("ann@example.org"),
+                                                                 None]
 
 
 def test_an_auth_plain_name_no_user_can_have_fails_as_a_wrong_password(log_events):

@@ -53,7 +53,7 @@ from txmailhub.config import (
     UsersSettings,
 )
 from txmailhub.interfaces import ISMTPUser
-from txmailhub.limits import REFUSALS_WAITING
+from txmailhub.limits import REFUSALS_WAITING, _name_tag
 from txmailhub.service import tls_options
 from txmailhub.smtp import replies
 from txmailhub.smtp import server as smtp_server
@@ -2438,7 +2438,8 @@ class ProtocolTests(SynchronousTestCase):
         assert len(window._failures["192.0.2.9"]) == 9
         assert attempt("alice", "secret").startswith("235")  # not locked out
         # alice's are gone again, the other name's failure stays
-        assert [name for _, name in window._failures["192.0.2.9"]] == ["mallory@example.org"]
+        tags = [tag for _, tag in window._failures["192.0.2.9"]]
+        assert tags == [_name_tag("mallory@example.org")]
         for _ in range(9):
             attempt("mallory", "guess")
         assert attempt("alice", "secret") == replies.AUTH_THROTTLED.text()

@@ -8,6 +8,7 @@ are counted by ``client_key``: an IPv4 address, or an IPv6 /64."""
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Any
@@ -27,6 +28,21 @@ __all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow", "GoneWaiters
 REFUSALS_WAITING = 64
 
 _key = functools.lru_cache(maxsize=4096)(client_key)
+
+
+def _name_tag(name: str | None) -> bytes | None:
+    """What ``FailureWindow`` keeps of a login name: 16 octets that tell
+    one name from another (BLAKE2b), never the name itself.  A failed
+    login's name is the client's to choose, up to some 9000 characters in
+    an SMTP AUTH PLAIN message, and a client's record stays until
+    ``keep`` others push it out: names kept whole would make the window's
+    memory grow with their length (10,000 clients x 10 failures x 9000
+    characters, some 900 MB), where the window promises a bound.  Every
+    ``str`` has its own UTF-8 form (a lone surrogate from a POP3 name
+    that is not UTF-8 included: ``surrogatepass``)."""
+    if name is None:
+        return None
+    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class ConnectionLimits:
@@ -141,7 +157,8 @@ class FailureWindow:
     check ends, not when the delayed answer goes out.  At most ``keep``
     clients are remembered (the client whose last failure is oldest is
     forgotten first), so memory is bounded whatever the attacker's
-    addresses.
+    addresses (and whatever names their failed logins give: a name is
+    kept as a 16-octet tag, ``_name_tag``).
 
     Each failure remembers the name whose login failed, so that a
     successful login forgets that name's failures from the address
@@ -158,11 +175,12 @@ class FailureWindow:
         self.limit = limit
         self.window = window
         self.keep = keep
-        # per client, oldest first: each failure's time and the name whose
-        # login failed (None where no name was given: a malformed response)
-        self._failures: dict[str, deque[tuple[float, str | None]]] = {}
+        # per client, oldest first: each failure's time and the tag of the
+        # name whose login failed (``_name_tag``; None where no name was
+        # given: a malformed response)
+        self._failures: dict[str, deque[tuple[float, bytes | None]]] = {}
 
-    def _recent(self, host: str) -> deque[tuple[float, str | None]] | None:
+    def _recent(self, host: str) -> deque[tuple[float, bytes | None]] | None:
         times = self._failures.get(_key(host))
         if times is not None:
             horizon = self.clock.seconds() - self.window
@@ -190,7 +208,7 @@ class FailureWindow:
         else:
             del failures[key]  # put back below: at the end
         failures[key] = times
-        times.append((self.clock.seconds(), user))
+        times.append((self.clock.seconds(), _name_tag(user)))
 
     def succeeded(self, host: str, user: str) -> None:
         """``user`` logged in from ``host``: forget the failures of that
@@ -201,7 +219,8 @@ class FailureWindow:
         times = self._recent(host)
         if not times:
             return
-        kept = [t for t in times if t[1] != user]
+        tag = _name_tag(user)
+        kept = [t for t in times if t[1] != tag]
         if len(kept) == len(times):
             return
         if kept:
