@@ -990,6 +990,25 @@ def test_no_rcpt_between_bdat_chunks():
     assert done.envelope.recipients == (ALICE,)
 
 
+@pytest.mark.parametrize("line", [
+    b"RCPT TO:<\xff@x>", "RCPT TO:<\u00e9@x>".encode(), b"RCPT TO:<a b>", b"RCPT TO:bob",
+])
+def test_a_rcpt_between_bdat_chunks_is_503_whatever_its_argument(line):
+    # docs/smtp.rst: once the first chunk is in, RCPT is 503 -- a sequence
+    # error, judged before the argument as for a RCPT before MAIL (RFC
+    # 5321 4.1.4): a RCPT not UTF-8 or no address was 501 (or 553 for a
+    # UTF-8 one without SMTPUTF8), and a client that mended it learnt only
+    # then that no RCPT could come; the chunks after it still make the
+    # message
+    d = Driver()
+    tx(d)  # alice
+    d.send("BDAT 12\r\nSubject: a\r\n")
+    assert d.send(line + b"\r\n") == [replies.RCPT_AFTER_BDAT.text()]
+    assert d.send("BDAT 3 LAST\r\nb\r\n") == [replies.accepted("ID1").text()]
+    [done] = [e for e in d.events if isinstance(e, MessageComplete)]
+    assert done.envelope.recipients == (ALICE,)
+
+
 def test_an_overlong_helo_name_is_not_echoed_whole():
     name = "h" * 505
     for verb in ("HELO", "EHLO"):

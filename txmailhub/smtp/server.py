@@ -503,11 +503,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 # mechanism with them is one the hub lacks (504).  To a
                 # verb that takes no argument they are one as any other.
                 verb, arg = e.verb, e.argument
-            elif e.verb in _SEQUENCE_FIRST and (self.state not in _ALLOWED[e.verb]
-                                                or self._login_needed(e.verb)):
+            elif e.verb in _SEQUENCE_FIRST and (
+                    self.state not in _ALLOWED[e.verb] or self._login_needed(e.verb)
+                    or (e.verb == "RCPT" and self._chunks is not None)):
                 # out of order whatever its argument: 503, as the same
-                # command with a UTF-8 argument gets (RFC 5321 4.1.4);
-                # a MAIL on the submission port before AUTH is 530 so
+                # command with a UTF-8 argument gets (RFC 5321 4.1.4), a
+                # RCPT once BDAT has started too; a MAIL on the submission
+                # port before AUTH is 530 so
                 verb, arg = e.verb, e.argument
             else:
                 # 500 for a verb the engine lacks, as with a UTF-8 argument
@@ -661,13 +663,15 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.reply(_echo_ok(sender, replies.sender_ok, replies.SENDER_OK))
 
     def _rcpt(self, arg: str) -> None:
+        if self._chunks is not None:
+            # The message (its trace header included) is already being
+            # written for the recipients given before the first BDAT: a
+            # sequence error, judged before the argument is read (as for
+            # a RCPT before MAIL), so that whatever it holds is 503
+            raise Rejected(replies.RCPT_AFTER_BDAT)
         rcpt, params = parse_rcpt(arg, self.config.primary_domain, self._mail_params.smtputf8)
         if self._submitting() and self._unqualified(rcpt):
             raise Rejected(replies.RECIPIENT_NOT_QUALIFIED)
-        if self._chunks is not None:
-            # The message (its trace header included) is already being
-            # written for the recipients given before the first BDAT.
-            raise Rejected(replies.RCPT_AFTER_BDAT)
         if self._rcpt_count >= self.config.max_recipients:
             self._overshoot += 1
             if self._overshoot == 1:
