@@ -159,6 +159,18 @@ def test_a_colon_or_a_comma_in_quotes_can_be_written(path: Path) -> None:
     assert check_aliases_file(str(path), "example.org", DOMAINS) == []
 
 
+def test_a_quoted_name_with_a_needless_backslash_is_the_alias_rcpt_reaches(path: Path) -> None:
+    # '"a\\:b"' is the local part "a:b" (RFC 5321 4.1.2), which RCPT
+    # gives in either spelling: the alias added was keyed "a\\:b", which
+    # no RCPT names; it is "a:b", and remove finds it by either spelling
+    change = aliases_at(path, "").add('"a\\:b"', ["joe"])
+    assert change.alias == '"a:b"@example.org'
+    assert parse_aliases(path.read_text(), "example.org", DOMAINS)[0] == {
+        '"a:b"@example.org': ((Address("joe", "example.org"), True),)}
+    assert aliases_at(path).remove('"a:b"').alias == '"a:b"@example.org'
+    assert path.read_text() == ""
+
+
 def test_a_form_feed_ends_no_line_of_the_file(path: Path) -> None:
     # 'a: joe<FF>b: ann' is one line to the hub, as to an editor: no
     # alias b is there to refuse adding (it was, read as two lines)

@@ -499,6 +499,18 @@ class BadLineTests(Base):
         _, problems = parse_aliases('"a:b": joe, ann\n', "example.org", DOMAINS, "f")
         self.assertEqual(problems, [])
 
+    def test_a_quoted_name_is_keyed_as_rcpt_gives_it_a_needless_backslash_and_all(self):
+        # '"a\\:b"' and '"a:b"' are one local part (RFC 5321 4.1.2: a
+        # backslash before a character that needs none): RCPT gives it
+        # "a:b", in either spelling, and the name was keyed as written, so
+        # no mail reached it; a target so spelled is that address too
+        r = self.router('"a\\:b": joe, "x\\,y"@remote.test\n"c\\;d"@example.org: ann\n')
+        for path in ('"a:b"@example.org', '"a\\:b"@example.org', '"A\\:B"'):
+            local, remote = r.resolve(parse_rcpt(f"TO:<{path}>", "example.org")[0])
+            self.assertEqual((local, remote), ((A("joe"),), (Address('"x,y"', "remote.test"),)))
+        local, _ = r.resolve(parse_rcpt('TO:<"c;d"@example.org>', "example.org")[0])
+        self.assertEqual(local, (A("ann"),))
+
     def test_a_quoted_name_or_target_alone_is_a_local_part_an_at_sign_and_all(self):
         # aliases(5) quotes a name holding '@': '"a@b"' is that local part
         # in the primary domain, not the local part '"a' of the domain 'b"'

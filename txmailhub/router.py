@@ -308,15 +308,44 @@ def alias_address(text: str, primary_domain: str, *, controls: bool = False) -> 
     where a quoted string alone is a whole local part in the primary
     domain: ``"a@b"`` is the local part ``"a@b"``, as aliases(5) quotes a
     name holding an ``@`` (and RCPT names it ``"a@b"@<domain>``), not
-    the local part ``"a`` of the domain ``b"``."""
+    the local part ``"a`` of the domain ``b"``.
+
+    A quoted local part that stays quoted for RCPT is the one RCPT gives
+    (``unquote_local``): ``"a\\:b"`` is ``"a:b"``, a backslash before a
+    character that needs none being no part of it (RFC 5321 4.1.2), as
+    the SMTP server looks it up -- kept as written, no RCPT reached it.
+    One whose quotes RCPT drops (``"joe"``) keeps them, as documented:
+    ``check`` warns of it."""
     text = text.strip()
-    if len(text) > 1 and text[0] == '"':
-        i = 1
-        while i < len(text) and text[i] != '"':
-            i += 2 if text[i] == "\\" else 1
-        if i == len(text) - 1:
-            text = f"{text}@{primary_domain}"
-    return parse_address(text, primary_domain, controls=controls)
+    end = _quoted_end(text)
+    if end == len(text):
+        text = f"{text}@{primary_domain}"
+    address = parse_address(text, primary_domain, controls=controls)
+    local = address.local
+    if "\\" in local and _quoted_end(local) == len(local):
+        from txmailhub.smtp._parse import unquote_local
+
+        same = unquote_local(local)
+        if same[:1] == '"' and same != local:
+            return Address(same, address.domain)
+    return address
+
+
+def _quoted_end(text: str) -> int:
+    """The index just past the quoted string ``text`` starts with (a
+    backslash escaping the next character in it, as in RCPT); -1 if it
+    starts with none or it is not closed."""
+    if len(text) < 2 or text[0] != '"':
+        return -1
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i + 1
+        else:
+            i += 1
+    return -1
 
 
 def unsupported_target(item: str) -> str:
