@@ -547,7 +547,21 @@ class BadLineTests(Base):
         self.assertEqual(problems, [
             "f:1: alias 'a': a quoted string (\"...\") is not closed: the line is skipped",
             "f:2: alias 'b': a comment in parentheses is not closed: the line is skipped",
-            "f:3: expected 'name: target, ...', got '\"c: joe'"])
+            "f:3: line '\"c: joe': a quoted string (\"...\") is not closed, so its name "
+            "has no end (no ':' outside it): the line is skipped"])
+
+    def test_a_name_with_an_unclosed_quote_or_comment_is_said_so(self):
+        # 'a"b: joe' was the alias 'a"b' (no RCPT names it, check warned);
+        # it is a line with no ':' outside the quote now, skipped, and check
+        # said only "expected 'name: target, ...'" of a line that has both
+        _, problems = parse_aliases('a"b: joe, ann\nx(y: joe\nno colon\n', "example.org",
+                                    DOMAINS, "f")
+        self.assertEqual(problems, [
+            "f:1: line 'a\"b: joe, ann': a quoted string (\"...\") is not closed, so its name "
+            "has no end (no ':' outside it): the line is skipped",
+            "f:2: line 'x(y: joe': a comment in parentheses is not closed, so its name has no "
+            "end (no ':' outside it): the line is skipped",
+            "f:3: expected 'name: target, ...', got 'no colon'"])
 
     def test_only_lf_crlf_and_cr_end_a_line(self):
         # a form feed or U+2028 inside a line is no line break to an editor

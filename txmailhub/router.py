@@ -152,7 +152,14 @@ def parse_aliases(
 
         split = split_alias_line(line)
         if split is None:
-            problem(f"expected 'name: target, ...', got {quoted(line)}")
+            # a ':' in the line, but inside a quote or a comment left open
+            # (``a"b: joe``): said so, not as a line without one
+            why = _scan(line, "")[1] if ":" in line else ""
+            if why:
+                problem(f"line {quoted(line)}: {why}, so its name has no end (no ':' outside "
+                        "it): the line is skipped")
+            else:
+                problem(f"expected 'name: target, ...', got {quoted(line)}")
             continue
         name_text, targets_text = split
         name_text = name_text.strip()
