@@ -538,6 +538,21 @@ class BadLineTests(Base):
             "f:3: bad target 'joe (Bloggs, Joe)' of 'c': address 'joe (Bloggs, Joe)' contains "
             "whitespace or control characters"])
 
+    def test_a_comment_without_blanks_is_no_part_of_a_name_or_target(self):
+        # 'joe(x)@remote.test' was forwarded as that address (no RCPT path:
+        # the hub's own server gives 501 for it), 'b(c)' named the mailbox
+        # "b(c)" and 'd(e)' the alias "d(e)", all without a problem: a
+        # comment is no part of an address, as with blanks around it
+        table, problems = parse_aliases('a: joe(x)@remote.test, ann, b(c), "(y)"@remote.test\n'
+                                        "d(e): ann\n", "example.org", DOMAINS, "f")
+        self.assertEqual(table, {
+            "a@example.org": ((A("ann"), True), (Address('"(y)"', "remote.test"), True))})
+        self.assertEqual(problems, [
+            "f:1: bad target 'joe(x)@remote.test' of 'a': a comment in parentheses is no "
+            "part of an address",
+            "f:1: bad target 'b(c)' of 'a': a comment in parentheses is no part of an address",
+            "f:2: bad alias name 'd(e)': a comment in parentheses is no part of an address"])
+
     def test_a_line_with_an_unclosed_quote_is_skipped_and_said(self):
         # where its targets end cannot be told: '"joe' was the mailbox
         # '"joe', and '"c: joe' the alias '"c'

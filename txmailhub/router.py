@@ -168,6 +168,9 @@ def parse_aliases(
         except AddressError as e:
             problem(f"bad alias name: {e}")
             continue
+        if _has_comment(name_text):
+            problem(f"bad alias name {quoted(name_text)}: {_COMMENT}")
+            continue
         key = name.key
         if local_domains is not None and canonical_domain(name.domain) not in local_domains:
             problem(f"alias {quoted(name_text)} is for {name.domain}, which is not a local domain")
@@ -200,6 +203,9 @@ def parse_aliases(
                 target = alias_address(text_addr, primary_domain)
             except AddressError as e:
                 problem(f"bad target {quoted(item)} of {quoted(name_text)}: {e}")
+                continue
+            if _has_comment(text_addr):
+                problem(f"bad target {quoted(item)} of {quoted(name_text)}: {_COMMENT}")
                 continue
             targets.append((target, expand))
             if target.domain.startswith("["):
@@ -283,6 +289,35 @@ def _scan(text: str, stops: str) -> tuple[list[int], str]:
     if depth:
         return found, "a comment in parentheses is not closed"
     return found, ""
+
+
+# why a name or target with a comment (``joe(Joe)``) is a bad one: some
+# aliases(5) readers drop it, the hub would take it for part of the local
+# part -- an address no RCPT gives (501) and no relay's RCPT should carry
+_COMMENT = "a comment in parentheses is no part of an address"
+
+
+def _has_comment(text: str) -> bool:
+    """Whether ``text`` has a ``(`` outside a quoted string: a comment's
+    start (``"(x)"`` is a local part)."""
+    if "(" not in text:
+        return False
+    if '"' not in text:
+        return True
+    quote, i, n = False, 0, len(text)
+    while i < n:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = False
+        elif c == '"':
+            quote = True
+        elif c == "(":
+            return True
+        i += 1
+    return False
 
 
 def split_alias_line(line: str) -> tuple[str, str] | None:
