@@ -285,7 +285,12 @@ def test_set_names_the_line_it_replaces_in_checks_words(path: Path) -> None:
     ("#x", ["joe"], "a line that starts with # is a comment"),
     ("a:b", ["joe"], "ends a name at its first ':'"),
     ("a", ["joe\nevil: x@remote.test"], "a line break cannot be part"),
-    ("a\u2028b", ["joe"], "a line break cannot be part"),
+    ("a\rb", ["joe"], "a line break cannot be part"),
+    # a form feed or U+2028 ends no line of the file (white space in a
+    # line): refused as check reads the line, not as a line break
+    ("a\u2028b", ["joe"], r"bad alias name: address 'a\\x\{2028\}b' contains whitespace"),
+    ("a", ["joe\x0cann"], r"bad target 'joe\\x\{C\}ann' of 'a': address 'joe\\x\{C\}ann' "
+                          "contains whitespace"),
     ("a", ["joe, ann"], "separates targets with ','"),
     ("a", [" "], "no target given"),
 ])

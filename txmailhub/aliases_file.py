@@ -367,7 +367,9 @@ class AliasesFile:
         if not targets:
             why.append("no target given")
         for text in (name, *targets):
-            if len(f"x{text}x".splitlines()) > 1:
+            # as the file ends a line: a form feed or U+2028 ends none (it
+            # is white space in a name or target, which check says so)
+            if len(file_lines(f"x{text}x")) > 1:
                 why.append(f"{quoted(text)}: a line break cannot be part of a name or target")
         why.extend(f"target {quoted(t)}: the file separates targets with ',' (outside quotes)"
                    for t in targets if len(split_targets(t)[0]) > 1)
