@@ -8,15 +8,19 @@ import fcntl
 import multiprocessing
 import os
 import stat
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from txmailhub.address import Address
 from txmailhub.aliases_file import AliasesFile
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
-from txmailhub.router import check_aliases_file, parse_aliases
+from txmailhub.router import alias_address, check_aliases_file, parse_aliases
+from txmailhub.smtp._parse import parse_rcpt, rcpt_local
 
 DOMAINS = ("example.org", "example.net")
 USERS = {"joe@example.org", "ann@example.org"}
@@ -169,6 +173,47 @@ def test_a_quoted_name_with_a_needless_backslash_is_the_alias_rcpt_reaches(path:
         '"a:b"@example.org': ((Address("joe", "example.org"), True),)}
     assert aliases_at(path).remove('"a:b"').alias == '"a:b"@example.org'
     assert path.read_text() == ""
+
+
+# the file's own syntax, in and out of quotes: names and targets that
+# quote, escape, hold a ':' or ',' or parentheses, or are only quotes
+_QUOTED = st.lists(st.one_of(st.sampled_from(list("ab:,()@.; ")),
+                             st.sampled_from(['\\"', "\\\\", "\\:", "\\a", "\\("])),
+                   max_size=6).map(lambda parts: '"' + "".join(parts) + '"')
+_NAMES = st.one_of(st.text(alphabet="ab:,().;", min_size=1, max_size=6), _QUOTED)
+_TARGETS = st.one_of(st.text(alphabet='ab"\\:,()@ .', min_size=1, max_size=8), _NAMES,
+                     _NAMES.map(lambda name: name + "@remote.test"),
+                     _NAMES.map(lambda name: "\\" + name))
+
+
+@settings(max_examples=300)
+@given(name=_NAMES, targets=st.lists(_TARGETS, min_size=1, max_size=3))
+def test_what_alias_add_writes_the_file_reads_back_and_rcpt_reaches(
+        name: str, targets: list[str]) -> None:
+    # whatever add takes, the file reads back as that alias with those
+    # targets, without a problem; RCPT naming the alias as the hub keys it
+    # finds it; set changes nothing and remove leaves the file as it was
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "aliases"
+        aliases = aliases_at(path, "x: joe\n", users=None)
+        try:
+            change = aliases.add(name, targets)
+        except (BadAlias, AliasesFileError):
+            return
+        text = path.read_text()
+        table, problems = parse_aliases(text, "example.org", DOMAINS)
+        assert problems == []
+        given_ = [t.strip() for t in targets if t.strip()]
+        assert set(table[change.alias]) == {
+            (alias_address(aliases.rcpt_form(t.lstrip("\\"), local_only=True), "example.org"),
+             not t.startswith("\\")) for t in given_}
+        local, _, domain = change.alias.rpartition("@")
+        path_given = local if local.startswith('"') else rcpt_local(local)
+        assert parse_rcpt(f"TO:<{path_given}@{domain}>", "example.org")[0].key == change.alias
+        aliases.set(name, targets)
+        assert path.read_text() == text
+        aliases.remove(name)
+        assert path.read_text() == "x: joe\n"
 
 
 def test_a_form_feed_ends_no_line_of_the_file(path: Path) -> None:
