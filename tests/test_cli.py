@@ -277,6 +277,20 @@ def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path)
                    "no mail reaches it\n")
 
 
+def test_check_warns_of_an_alias_name_of_quotes_that_are_no_one_quoted_string(
+        config: Path) -> None:
+    # '"a""b"': RCPT TO:<"a""b"@...> is a syntax error (the quoted string
+    # ends at the second quote), and "a\\"\\"b" is another key: no mail
+    # reaches it, and check, which warns of '"zz"', said nothing
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    aliases = with_aliases(config, '"a""b": alice\n')
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n")
+    assert err == (f'warning: {aliases}:1: alias "a""b"@example.org: its quotes are no one '
+                   'quoted string, so no RCPT TO names it ("a\\"\\"b"@example.org is another '
+                   "address): no mail reaches it\n")
+
+
 def test_check_warns_of_a_line_of_the_aliases_file_ended_by_a_lone_cr(config: Path) -> None:
     # the hub ends a line at a lone CR; newaliases reads "a: alice\rb: bob"
     # as one line: check said nothing of a file read two ways

@@ -619,6 +619,15 @@ def alias_warnings(
                     alias, False,
                     f"{at}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
                     "quotes dropped), which is looked up without them: no mail reaches it"))
+            elif _quoted_end(name.local) != len(name.local):
+                # '"a""b"': the first quoted string ends inside it, so RCPT
+                # TO:<"a""b"@...> is a syntax error; one quoted string
+                # (the key of any well-formed one is as RCPT gives it)
+                # is another address
+                out.append(AliasWarning(
+                    alias, False,
+                    f"{at}: alias {alias}: its quotes are no one quoted string, so no RCPT TO "
+                    f"names it ({plain}@{name.domain} is another address): no mail reaches it"))
         elif name.local.isprintable():  # (a control: no RCPT names it at all; a bad name)
             # written unquoted, but no dot-string (a;, a..b): RCPT gives it
             # only quoted, "a;", and the quotes are part of the key
