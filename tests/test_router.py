@@ -821,6 +821,22 @@ class MoreAliasTests(Base):
             "f:1: target ':INCLUDE:/etc/list' of 'inc': :include: lists are not supported"])
 
 
+    def test_a_quoted_file_or_include_target_is_reported_as_unsupported(self):
+        # aliases(5) quotes a path as it quotes a program ("|cmd"): the
+        # hub took '"/var/log/x"' for the mailbox of that name, skipped at
+        # delivery, and check said at most that no such user exists (exit
+        # 0), where '/var/log/x' is a problem; a quoted local part of a
+        # remote address is one like any other
+        table, problems = parse_aliases(
+            'a: "/var/log/x", ann\nb: ":include:/etc/list", ann\nc: "/x"@remote.test\n',
+            "example.org", filename="f")
+        self.assertEqual(table, {"a@example.org": ((A("ann"), True),),
+                                 "b@example.org": ((A("ann"), True),),
+                                 "c@example.org": ((Address('"/x"', "remote.test"), True),)})
+        self.assertEqual(problems, [
+            "f:1: target '\"/var/log/x\"' of 'a': delivery to files is not supported",
+            "f:2: target '\":include:/etc/list\"' of 'b': :include: lists are not supported"])
+
 class ConfiguredDomainTests(SynchronousTestCase):
     def test_a_configured_mixed_idn_domain_is_local_in_either_spelling(self):
         # a domain the configuration takes (the SMTP paths' rule, label by

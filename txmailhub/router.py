@@ -392,12 +392,17 @@ def _quoted_end(text: str) -> int:
 
 def unsupported_target(item: str) -> str:
     """Why the target ``item`` (as written) is none the hub delivers to
-    (a program, a file, an ``:include:`` list), or ``""``."""
+    (a program, a file, an ``:include:`` list), or ``""``.  In quotes,
+    as aliases(5) writes one with blanks or commas in it, it is the same
+    target (``"/var/log/x"``, ``":include:/etc/list"``), not a local
+    part of that name in the primary domain; ``"/x"@example.net`` is an
+    address."""
     if item.startswith("|") or item.startswith('"|'):
         return "delivery to programs is not supported"
-    if item.startswith("/"):
+    bare = item[1:] if _quoted_end(item) == len(item) else item
+    if bare.startswith("/"):
         return "delivery to files is not supported"
-    if item.lower().startswith(":include:"):
+    if bare.lower().startswith(":include:"):
         return ":include: lists are not supported"
     return ""
 
