@@ -939,6 +939,20 @@ class FreshFileTests(Base):
         self.assertRefused(r.resolve, A("list"), replies.UNKNOWN_USER)
         self.assertEqual(r.resolve(A("staff")), ((A("joe"),), ()))
 
+    def test_an_aliases_file_of_lone_cr_line_ends_just_written_is_whole(self):
+        # its last line ended by a lone CR, a line end to the hub as LF is:
+        # a file that looks finished, whose miss is 550 at once, as one
+        # ending in LF -- it was 451 for the first seconds after each save
+        from txmailhub.filestamp import FileStamp
+
+        self.users.in_doubt = False
+        for eol in ("\n", "\r\n", "\r"):
+            r = self.router(f"staff: joe{eol}list: ann{eol}", settled=False)
+            wall, mono = [os.stat(self.path).st_mtime + 0.5], [50.0]
+            r._file = FileStamp(lambda wall=wall: wall[0], lambda mono=mono: mono[0])
+            self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+            self.assertRefused(r.resolve, A("nobody"), replies.UNKNOWN_USER)
+
     def test_a_users_file_caught_half_written_is_in_doubt_for_seconds(self):
         # the real database: bob's line not written back yet
         from txmailhub.filestamp import RACY_SECONDS, FileStamp

@@ -746,7 +746,8 @@ class Router:
             self._fresh = not self._file.settled
             self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
             return
-        self._file.read(st, began, after, whole=text.endswith("\n"))
+        # a line end as the file reads one: a lone CR is one too
+        self._file.read(st, began, after, whole=text.endswith(("\n", "\r")))
         self._fresh = not self._file.settled
         self._error = None
         if text == self._text:
