@@ -125,7 +125,9 @@ def parse_aliases(
     ``check`` names its loops and warnings by, as it names the problems."""
     local_domains = {canonical_domain(d) for d in domains} if domains is not None else None
     problems: list[str] = []
-    entries: list[tuple[int, str]] = []  # (first line number, logical line)
+    # (first line number, the logical line's pieces): joined once at the
+    # end, as adding each continuation to a string copies all before it
+    pieces: list[tuple[int, list[str]]] = []
     # a byte-order mark some editors put first (Notepad's "UTF-8 with
     # BOM"): no part of the first alias's name, which would otherwise hold
     # an invisible character no address ever matches
@@ -134,14 +136,14 @@ def parse_aliases(
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         if raw[0] in " \t":
-            if not entries:
+            if not pieces:
                 problems.append(f"{filename}:{number}: continuation line without an alias "
                                 "before it")
                 continue
-            first, logical = entries[-1]
-            entries[-1] = (first, logical + " " + raw.strip())
+            pieces[-1][1].append(raw.strip())
         else:
-            entries.append((number, raw.strip()))
+            pieces.append((number, [raw.strip()]))
+    entries = [(first, " ".join(parts)) for first, parts in pieces]
 
     table: Aliases = {}
     where: dict[str, int] = {}
