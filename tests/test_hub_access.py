@@ -276,7 +276,9 @@ def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp:
     assert lines == [
         f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
         f"state_dir {state} and so the user the hub runs as: the folder {etc / 'users.d'} is "
-        f"root:root mode 0700 (at line 6)",
+        f"root:root mode 0700; as root, give it to that user (chown -R 4242:4343 "
+        f"{etc / 'users.d'}), then run the mailhub user commands as that user "
+        "(docs/deployment.rst) (at line 6)",
         f"warning: {config}: [aliases] file: {aliases} cannot be read by uid 4242, the owner of "
         f"state_dir {state} and so the user the hub runs as: {aliases} is root:root mode 0600 "
         "(at line 8)",
@@ -316,12 +318,62 @@ def test_check_as_root_says_the_line_of_a_tls_file_the_hubs_user_cannot_read(
     lines = [line for line in err.splitlines() if "[tls]" in line]
     assert lines == [
         f"warning: {config}: [tls] certificate: {cert} cannot be read by uid 4242, the owner "
-        f"of state_dir {state} and so the user the hub runs as: {cert} is root:root mode 0600 "
-        "(at line 9)",
+        f"of state_dir {state} and so the user the hub runs as: {cert} is root:root mode 0600; "
+        f"chgrp 4343 {cert} && chmod 640 {cert} (docs/deployment.rst) (at line 9)",
         f"warning: {config}: [tls] key: {key} cannot be read by uid 4242, the owner of "
-        f"state_dir {state} and so the user the hub runs as: {key} is root:root mode 0600 "
-        "(at line 11)",
+        f"state_dir {state} and so the user the hub runs as: {key} is root:root mode 0600; "
+        f"chgrp 4343 {key} && chmod 640 {key} (docs/deployment.rst) (at line 11)",
     ], err
+    # mended as the warnings say (the chgrp, as root): quiet
+    for path in (cert, key):
+        os.chown(path, 0, HUB_GID)
+        os.chmod(path, 0o640)
+    code, out, err = run(config, "check")
+    assert not [line for line in err.splitlines() if "[tls]" in line], err
+
+
+@needs_root
+def test_check_as_root_says_how_to_give_a_users_file_root_made_to_the_hubs_user(
+        open_tmp: Path) -> None:
+    # the walkthrough: README's `check` said "mailhub user add makes it",
+    # root's `user add` made users.d and the file before state_dir was
+    # there (both root's), deployment.rst's `install -d -o mailhub` then
+    # gave the folder to mailhub but left the file root's 0600: the hub's
+    # log said it could not read it, and check named the owner and mode
+    # and nothing to do about it
+    tmp_path = open_tmp
+    os.chmod(tmp_path, 0o755)
+    config = _config(tmp_path)
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    users_d = tmp_path / "etc" / "users.d"
+    users = users_d / "users"
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, HUB_UID, HUB_GID)
+    os.chown(users_d, HUB_UID, HUB_GID)  # install -d -o mailhub on the folder there
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    assert err.splitlines() == [
+        f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
+        f"state_dir {state} and so the user the hub runs as: {users} is root:root mode 0600; "
+        f"as root, give it to that user (chown -R 4242:4343 {users_d}), then run the "
+        "mailhub user commands as that user (docs/deployment.rst) (at line 6)"], err
+    # the chown it gives mends it
+    for path in (users_d, users, users_d / "users.lock"):
+        os.chown(path, HUB_UID, HUB_GID)
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    # a users file in a folder that holds other files (the config's own):
+    # never given to the hub's user whole, a users.d of its own instead
+    os.chown(users, 0, 0)
+    (users_d / "mailhub.toml").write_text("")
+    code, out, err = run(config, "check")
+    assert err.splitlines() == [
+        f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
+        f"state_dir {state} and so the user the hub runs as: {users} is root:root mode 0600; "
+        f"{users_d} holds other files than the users file, so it is not to be given to the "
+        "hub's user: keep the users file in a folder of its own and set [users] file to a "
+        "file in it -- as root, make it for the user the hub runs as: install -d -o 4242 -g "
+        f"4343 -m 0700 {users_d / 'users.d'} (docs/deployment.rst) (at line 6)"], err
 
 
 def _set_acl(path: Path, *entries: tuple[int, int, int]) -> None:

@@ -414,10 +414,46 @@ def _hub_user_warnings(settings: Settings) -> list[str]:
     for section, key, path in files:
         why = unreadable_by(path, *owner) if path else None
         if why:
+            how = _hub_read_advice(settings, section, path, why, owner)
             out.append(f"{settings.path}: [{section}] {key}: {path} cannot be read by {user}, "
                        f"the owner of state_dir {state_dir} and so the user the hub runs as: "
-                       f"{why}{settings.at(section, key)}")
+                       f"{why}{f'; {how}' if how else ''}{settings.at(section, key)}")
     return out
+
+
+def _hub_read_advice(settings: Settings, section: str, path: str, why: str,
+                     owner: tuple[int, int]) -> str | None:
+    """What root does about a file the hub's user (``owner``) may not read,
+    when what is in the way is the file itself (or, for the users file, its
+    own folder, ``users.d``, which the hub's user is to own): the users
+    folder's ``chown -R``, the TLS files' ``chgrp`` and ``chmod`` of
+    deployment.rst.  ``None`` for the others (the aliases file is root's
+    and only needs to be readable; a folder higher up is the admin's
+    layout): the owner and mode ``why`` names say enough there."""
+    import shlex
+
+    from txmailhub.config import _hub_group
+
+    real = os.path.realpath(path)
+    if section == "users":
+        folder = os.path.dirname(real)
+        if not (why.startswith(f"{real} is ") or why.startswith(f"the folder {folder} is ")):
+            return None
+        from txmailhub.users_folder import hub_cannot_read_advice
+
+        return hub_cannot_read_advice(path, owner)
+    if section == "tls" and why.startswith(f"{real} is "):
+        import grp
+
+        state_dir = os.path.abspath(settings.hub.state_dir)
+        gid = _hub_group(state_dir, os.stat(state_dir))
+        try:
+            group = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group = str(gid)
+        pasted = shlex.quote(path)
+        return f"chgrp {shlex.quote(group)} {pasted} && chmod 640 {pasted} (docs/deployment.rst)"
+    return None
 
 
 def _check(settings: Settings, out: TextIO, err: TextIO) -> int:

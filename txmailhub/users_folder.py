@@ -20,8 +20,8 @@ import stat
 
 from txmailhub.errors import UsersFileError
 
-__all__ = ["cannot_make_folder", "lock_refused_advice", "make_folder_advice", "open_lock",
-           "unwritable_folder_advice"]
+__all__ = ["cannot_make_folder", "hub_cannot_read_advice", "lock_refused_advice",
+           "make_folder_advice", "open_lock", "unwritable_folder_advice"]
 
 
 def open_lock(path: str, error: type[Exception] = UsersFileError) -> int:
@@ -229,6 +229,40 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
     return (f"{said}, and the hub's user ({name_of(hub_user[0])}, the owner of state_dir) "
             f"does not own it: as root, give it to that user ({chown}), then run the "
             "mailhub user commands as root or as that user (docs/deployment.rst)")
+
+
+def hub_cannot_read_advice(path: str, hub_user: tuple[int, int]) -> str | None:
+    """What root does about a users file ``path`` that exists but that the
+    hub's user (``hub_user``, ``(uid, gid)`` of ``state_dir``'s owner) may
+    not read, because of the file or of its own folder: the ``chown -R``
+    that gives the folder, file and lock to that user, when the folder
+    holds nothing but those (each a plain file with one name); else the
+    ``install -d`` of a ``users.d`` of its own.  A users file root's first
+    ``user add`` made before ``state_dir`` was there is root's 0600, and
+    the ``install -d`` of deployment.rst, run after, gives the folder but
+    not the file: every local RCPT is then answered 451 and every login
+    refused, and ``check``'s warning named the owner and mode only.
+    ``None`` when the folder is not there."""
+    from txmailhub.hub_access import name_of
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return None
+    if _only_users_files(folder, os.path.basename(path)) is False:
+        # /etc/txmailhub with mailhub.toml in it: never handed to the hub's user
+        return (f"{folder} holds other files than the users file, so it is not to be given "
+                "to the hub's user: keep the users file in a folder of its own and set "
+                "[users] file to a file in it -- " + make_folder_advice(
+                    os.path.join(folder, "users.d"), hub_user))
+    try:
+        group = grp.getgrgid(hub_user[1]).gr_name
+    except KeyError:
+        group = str(hub_user[1])
+    user = name_of(hub_user[0]).removeprefix("uid ")
+    real = os.path.realpath(folder)
+    chown = " ".join(shlex.quote(w) for w in ("chown", "-R", f"{user}:{group}", real))
+    return (f"as root, give it to that user ({chown}), then run the mailhub user commands "
+            "as that user (docs/deployment.rst)")
 
 
 def _only_users_files(folder: str, name: str) -> bool | None:
