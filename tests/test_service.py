@@ -3221,3 +3221,51 @@ def test_twistd_refuses_a_nameserver_on_an_interface_the_host_lacks(
     options = Options()
     options.parseOptions(["--config", str(config)])
     assert options["settings"].relay.nameservers == (f"[fe80::53%{name}]:53",)
+
+
+def _refusing_reactor(errno_: int):
+    """A memory reactor whose ``listenTCP`` fails as the kernel's bind did."""
+    from twisted.internet.error import CannotListenError
+
+    class Refusing(MemoryReactorClock):
+        def listenTCP(self, port, factory, backlog=50, interface=""):
+            raise CannotListenError(interface, port, OSError(errno_, os.strerror(errno_)))
+
+    return Refusing()
+
+
+def test_a_port_below_1024_refused_to_a_user_says_how_to_get_it(monkeypatch) -> None:
+    # the walkthrough: twistd started as the hub's user (systemd's User=
+    # without AmbientCapabilities, or by hand) on port 25 ended with the
+    # bind's "Permission denied" and nothing to do about it; `check`, run
+    # as that user, had said ok
+    import errno as errno_module
+
+    from twisted.internet.protocol import Factory
+
+    from txmailhub import service as service_module
+    from txmailhub.service import ListenError
+
+    monkeypatch.setattr(service_module.os, "geteuid", lambda: 998)
+    service = ListenerService(_refusing_reactor(errno_module.EACCES), "smtp",
+                              "tcp:25:interface=127.0.0.1", Factory())
+    with pytest.raises(ListenError) as caught:
+        service.startService()
+    assert str(caught.value) == (
+        "mailhub: cannot listen for smtp on tcp:25:interface=127.0.0.1: Couldn't listen on "
+        "127.0.0.1:25: [Errno 13] Permission denied. (a port below 1024 needs root: start "
+        "twistd as root with --uid, which binds the ports before it switches user, or give "
+        "the hub's user CAP_NET_BIND_SERVICE, systemd's AmbientCapabilities=; "
+        "docs/deployment.rst)")
+    # a port above 1024, a port in use, or root refused (a security
+    # module): the bind's words alone, as before
+    for euid, port, errno_ in ((998, 2525, errno_module.EACCES),
+                               (998, 25, errno_module.EADDRINUSE),
+                               (0, 25, errno_module.EACCES)):
+        monkeypatch.setattr(service_module.os, "geteuid", lambda euid=euid: euid)
+        service = ListenerService(_refusing_reactor(errno_), "smtp",
+                                  f"tcp:{port}:interface=127.0.0.1", Factory())
+        with pytest.raises(ListenError) as caught:
+            service.startService()
+        assert "below 1024" not in str(caught.value), (euid, port, errno_)
+        assert str(caught.value).endswith(f"{os.strerror(errno_)}."), str(caught.value)

@@ -238,6 +238,21 @@ def build_components(settings: Settings, reactor: Any) -> Components:
     return components
 
 
+def _privileged_port_advice(error: Any, cause: Any) -> str:
+    """What to do when a user other than root may not bind a port below
+    1024 (``Permission denied``): the start as the hub's user with no
+    capability, which ``mailhub check`` run as that user does not foresee;
+    the line named the port and the error only.  Empty for anything else
+    (root refused by a security module, a unix socket's folder)."""
+    port = getattr(error, "port", None)
+    if (getattr(cause, "errno", None) not in (errno.EACCES, errno.EPERM)
+            or not isinstance(port, int) or not 0 < port < 1024 or os.geteuid() == 0):
+        return ""
+    return (" (a port below 1024 needs root: start twistd as root with --uid, which binds "
+            "the ports before it switches user, or give the hub's user "
+            "CAP_NET_BIND_SERVICE, systemd's AmbientCapabilities=; docs/deployment.rst)")
+
+
 class ListenerService(Service):
     """One listening endpoint.  Binds in ``privilegedStartService`` (before
     twistd drops privileges) and fails loudly, never silently."""
@@ -294,7 +309,8 @@ class ListenerService(Service):
             cause = getattr(getattr(result, "value", result), "socketError", None)
             short = getattr(cause, "strerror", None) or str(cause or why)
             raise ListenError(
-                f"mailhub: cannot listen for {self.role} on {self.description}: {why}",
+                f"mailhub: cannot listen for {self.role} on {self.description}: {why}"
+                f"{_privileged_port_advice(getattr(result, 'value', result), cause)}",
                 brief=f"{short}: {self.role} on {self.description}",
             )
         self.port = result
