@@ -841,6 +841,14 @@ def test_a_users_file_behind_a_folder_that_cannot_be_searched_is_unavailable(
     said = [e for e in log_events if "cannot be read" in e.get("log_format", "")]
     assert len(said) == 1, said
     assert not [e for e in log_events if e.get("log_failure")]
+    # and what to do about it: check, run as root, names the chown
+    from twisted.logger import formatEvent
+
+    from txmailhub.hub_access import name_of
+
+    assert formatEvent(said[0]).endswith(
+        f"logins fail until it can; the hub runs as {name_of(os.geteuid())}: `mailhub check` "
+        "run as root says what to change"), formatEvent(said[0])
 
 
 # --- prepared passwords (RFC 8265 OpaqueString) --------------------------

@@ -270,9 +270,17 @@ class UsersDB:
         lookup.  Looked at again at the next lookup."""
         why = e.strerror or str(e)
         if report and (self.unreadable is None or self.unreadable.strerror != e.strerror):
+            how = ""
+            if isinstance(e, PermissionError):
+                # the file or users.d root's (root's user add before
+                # state_dir was there): the line said what, not what to do
+                from txmailhub.hub_access import name_of
+
+                how = (f"; the hub runs as {name_of(os.geteuid())}: `mailhub check` run as "
+                       "root says what to change")
             log.error("the users file {path} cannot be read ({why}): local mail is "
-                      "refused with 451 (try again later) and logins fail until it can",
-                      path=self.path, why=why)
+                      "refused with 451 (try again later) and logins fail until it can{how}",
+                      path=self.path, why=why, how=how)
         # away before the records go, as for a missing file
         self.unreadable = e
         self.missing = True
