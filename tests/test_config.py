@@ -1411,6 +1411,21 @@ def test_a_quota_below_the_largest_message_is_warned_of() -> None:
     assert not load_quiet(MINIMAL + "mailbox_quota = 26214400\n", "/c").warnings
 
 
+def test_a_relay_network_with_host_bits_set_is_warned_of() -> None:
+    # the walkthrough: "10.0.0.1/8" (one host meant, or a typo of the
+    # network) let all of 10.0.0.0/8 relay without a word
+    s = load_quiet(MINIMAL + '[smtp]\nrelay_networks = ["127.0.0.0/8", "10.0.0.1/8",\n'
+                             '  "2001:db8::5/64", "192.0.2.7", "192.0.2.0/24"]\n', "/c")
+    assert s.smtp.relay_networks[1] == "10.0.0.1/8"  # taken: a warning, as Postfix's
+    assert s.warnings == (
+        "/c: [smtp] relay_networks: 10.0.0.1/8 has host bits set: it is read as 10.0.0.0/8, "
+        "and every address in it may relay without AUTH (for that host alone write "
+        "10.0.0.1/32; for the network, 10.0.0.0/8) (at line 5)",
+        "/c: [smtp] relay_networks: 2001:db8::5/64 has host bits set: it is read as "
+        "2001:db8::/64, and every address in it may relay without AUTH (for that host alone "
+        "write 2001:db8::5/128; for the network, 2001:db8::/64) (at line 6)")
+
+
 # each warning about a key or a value, in a file where none of them is on
 # the line a naive count would give: (the start of the warning, its line)
 WARNED_AT = [

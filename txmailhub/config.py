@@ -1648,10 +1648,20 @@ def load_text(text: str, path: str, folder: str | None = None) -> Settings:
         expn=r.get(t, "smtp", "expn", d.expn, _bool),
     )
     for index, network in enumerate(smtp.relay_networks):
-        if ipaddress.ip_network(network, strict=False).prefixlen == 0:
+        read = ipaddress.ip_network(network, strict=False)
+        if read.prefixlen == 0:
             r.warn("smtp", "relay_networks",
                    f"{network} is every address: anyone who reaches the MX listener may "
                    "relay through this hub (an open relay)", index)
+        elif "/" in network and read.network_address != ipaddress.ip_interface(network).ip:
+            # "192.0.2.10/24" meant one host, or a typo of the network: it
+            # lets the whole network relay, which the admin may not know
+            # (Postfix's mynetworks warns of the same)
+            one = f"{ipaddress.ip_interface(network).ip}/{read.max_prefixlen}"
+            r.warn("smtp", "relay_networks",
+                   f"{network} has host bits set: it is read as {read}, and every address "
+                   f"in it may relay without AUTH (for that host alone write {one}; for the "
+                   f"network, {read})", index)
     if "idle_timeout" in t and smtp.idle_timeout == 0:
         r.warn("smtp", "idle_timeout",
                "0 turns the idle timeout off; a client that stops talking holds its "
