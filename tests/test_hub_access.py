@@ -478,3 +478,29 @@ def test_make_folders_fsyncs_what_it_made_though_another_command_made_the_last(
     monkeypatch.setattr(hub_access.os, "mkdir", made_meanwhile)
     hub_access.make_folders(str(tmp_path / "a" / "b"), None)
     assert synced == [str(tmp_path), str(tmp_path / "a")]
+
+
+@needs_root
+def test_check_as_root_before_state_dir_says_user_add_would_make_the_file_roots(
+        tmp_path: Path) -> None:
+    # the walkthrough's first step into the trap above: README's `check`,
+    # run as root before deployment.rst's folders, said "mailhub user add
+    # makes it", and root's user add then made a file the hub cannot read
+    config = _config(tmp_path)
+    users = tmp_path / "etc" / "users.d" / "users"
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    assert err == (
+        f"warning: the users file {users} does not exist yet (mailhub user add makes it); "
+        "until then local mail is refused with 451; there is no state_dir yet, so root's "
+        "mailhub user add would make it root's, mode 0600: for a hub that runs as its own "
+        "user, make state_dir for that user first (docs/deployment.rst)\n")
+    # once state_dir is there (the hub's user's, or root's for a hub run as
+    # root), user add makes the file for its owner: the line as before
+    state = tmp_path / "state"
+    state.mkdir()
+    for owner in ((HUB_UID, HUB_GID), (0, 0)):
+        os.chown(state, *owner)
+        assert run(config, "check")[2] == (
+            f"warning: the users file {users} does not exist yet (mailhub user add makes "
+            "it); until then local mail is refused with 451\n")

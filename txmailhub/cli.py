@@ -552,8 +552,17 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             how = f", and {unwritable}"
         else:
             how = " (mailhub user add makes it)"
+        after = ""
+        if os.geteuid() == 0 and hub_user is None and folder is None and unwritable is None:
+            # README's steps had root run `user add` here, before the hub's
+            # state_dir: the file is then root's 0600, which the hub, run as
+            # its own user, cannot read (every local RCPT 451, every login
+            # refused) -- this line said "mailhub user add makes it" only
+            after = ("; there is no state_dir yet, so root's mailhub user add would make it "
+                     "root's, mode 0600: for a hub that runs as its own user, make state_dir "
+                     "for that user first (docs/deployment.rst)")
         print(f"warning: the users file {settings.users.file} does not exist yet{how}; "
-              "until then local mail is refused with 451", file=err)
+              f"until then local mail is refused with 451{after}", file=err)
     if problems:
         for problem in problems:
             print(_shown_lines(problem), file=err)
