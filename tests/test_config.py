@@ -1426,6 +1426,18 @@ def test_a_relay_network_with_host_bits_set_is_warned_of() -> None:
         "write 2001:db8::5/128; for the network, 2001:db8::/64) (at line 6)")
 
 
+def test_a_relay_network_with_a_zone_and_no_host_bits_is_not_warned_of() -> None:
+    # a link-local network written with its zone (fe80::%eth0/64, as `ip
+    # -6 route` shows it) has no host bits: the zone is no part of the
+    # address's bits, and a warning that it "is read as" itself was false
+    s = load_quiet(MINIMAL + '[smtp]\nrelay_networks = ["fe80::%eth0/64", "fe80::1%eth0/128",'
+                             ' "fe80::1%eth0"]\n', "/c")
+    assert s.warnings == ()
+    # one with host bits and a zone is still said
+    s = load_quiet(MINIMAL + '[smtp]\nrelay_networks = ["fe80::1%eth0/64"]\n', "/c")
+    assert len(s.warnings) == 1 and "has host bits set" in s.warnings[0], s.warnings
+
+
 # each warning about a key or a value, in a file where none of them is on
 # the line a naive count would give: (the start of the warning, its line)
 WARNED_AT = [

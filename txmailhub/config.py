@@ -1653,10 +1653,13 @@ def load_text(text: str, path: str, folder: str | None = None) -> Settings:
             r.warn("smtp", "relay_networks",
                    f"{network} is every address: anyone who reaches the MX listener may "
                    "relay through this hub (an open relay)", index)
-        elif "/" in network and read.network_address != ipaddress.ip_interface(network).ip:
+        elif "/" in network and int(read.network_address) != int(
+                ipaddress.ip_interface(network).ip):
             # "192.0.2.10/24" meant one host, or a typo of the network: it
             # lets the whole network relay, which the admin may not know
-            # (Postfix's mynetworks warns of the same)
+            # (Postfix's mynetworks warns of the same).  Compared as
+            # numbers: a zone (fe80::%eth0/64) stays on the network's
+            # address but not on the interface's, and is no host bit
             one = f"{ipaddress.ip_interface(network).ip}/{read.max_prefixlen}"
             r.warn("smtp", "relay_networks",
                    f"{network} has host bits set: it is read as {read}, and every address "
