@@ -504,3 +504,27 @@ def test_check_as_root_before_state_dir_says_user_add_would_make_the_file_roots(
         assert run(config, "check")[2] == (
             f"warning: the users file {users} does not exist yet (mailhub user add makes "
             "it); until then local mail is refused with 451\n")
+
+
+@needs_root
+def test_check_as_root_before_state_dir_is_quiet_about_roots_file_in_the_hubs_users_d(
+        tmp_path: Path) -> None:
+    # users.d made for the hub's user first (deployment.rst's install -d),
+    # state_dir not yet: root's user add gives the file to users.d's owner,
+    # so "would make it root's" was false there
+    config = _config(tmp_path)
+    users_d = tmp_path / "etc" / "users.d"
+    users_d.mkdir(parents=True, mode=0o700)
+    os.chown(users_d, HUB_UID, HUB_GID)
+    users = users_d / "users"
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    assert err == (f"warning: the users file {users} does not exist yet (mailhub user add "
+                   "makes it); until then local mail is refused with 451\n")
+    # and so it is: the file is that user's
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    assert _owner(users) == (HUB_UID, HUB_GID)
+    os.unlink(users)
+    # a users.d of root's: the file would be root's, as said
+    os.chown(users_d, 0, 0)
+    assert "there is no state_dir yet" in run(config, "check")[2]

@@ -553,7 +553,15 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         else:
             how = " (mailhub user add makes it)"
         after = ""
-        if os.geteuid() == 0 and hub_user is None and folder is None and unwritable is None:
+        try:
+            # the file root's user add makes is its folder's owner's: only
+            # a users.d that is root's, or that it makes (root's too, with
+            # no state_dir to give it to), leaves the file root's
+            folder_owner = os.stat(os.path.dirname(os.path.abspath(settings.users.file))).st_uid
+        except OSError:
+            folder_owner = 0
+        if (os.geteuid() == 0 and hub_user is None and folder is None and unwritable is None
+                and folder_owner == 0):
             # README's steps had root run `user add` here, before the hub's
             # state_dir: the file is then root's 0600, which the hub, run as
             # its own user, cannot read (every local RCPT 451, every login
