@@ -528,3 +528,35 @@ def test_check_as_root_before_state_dir_is_quiet_about_roots_file_in_the_hubs_us
     # a users.d of root's: the file would be root's, as said
     os.chown(users_d, 0, 0)
     assert "there is no state_dir yet" in run(config, "check")[2]
+
+
+@needs_root
+def test_check_as_root_never_says_to_chgrp_a_tls_file_another_group_reads(
+        open_tmp: Path) -> None:
+    # a key root:ssl-cert 0640 (Debian's group for services that share a
+    # key): "chgrp mailhub key" would take it from that group, and every
+    # other service reading it through that group would lose it.  The hub's
+    # user is added to the group instead (twistd's --uid and systemd's
+    # User= both start it with the groups /etc/group lists it in)
+    import pwd
+
+    from conftest import make_certificate
+
+    cert, key = make_certificate(open_tmp / "tls", "mail.example.org")
+    os.chmod(open_tmp / "tls", 0o755)
+    os.chown(key, 0, 4545)  # a group of its own; neither root's nor the hub's
+    os.chmod(key, 0o640)
+    config = _config(open_tmp, f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    state = open_tmp / "state"
+    state.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    for hub, says in (((nobody.pw_uid, nobody.pw_gid), "usermod -a -G 4545 nobody"),
+                      ((HUB_UID, HUB_GID), "SupplementaryGroups=4545")):
+        os.chown(state, *hub)
+        code, out, err = run(config, "check")
+        assert (code, out) == (0, f"{config}: ok\n"), err
+        lines = [line for line in err.splitlines() if "[tls] key" in line]
+        assert len(lines) == 1, err
+        assert "chgrp" not in lines[0] and says in lines[0], lines[0]
+    # the key's group and mode are left alone by what is said
+    assert (key.stat().st_gid, key.stat().st_mode & 0o777) == (4545, 0o640)

@@ -451,6 +451,26 @@ def _hub_read_advice(settings: Settings, section: str, path: str, why: str,
             group = grp.getgrgid(gid).gr_name
         except KeyError:
             group = str(gid)
+        st = os.stat(real)
+        if st.st_gid not in (0, gid) and st.st_mode & 0o040:
+            # root:ssl-cert 0640, a key other services read through their
+            # group: a chgrp would take it from them.  The hub's user joins
+            # that group instead (twistd's --uid and systemd's User= start
+            # it with the groups /etc/group lists it in)
+            from txmailhub.hub_access import name_of
+
+            try:
+                shared = grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                shared = str(st.st_gid)
+            user = name_of(owner[0])
+            if user.startswith("uid "):  # no name to give usermod (DynamicUser=)
+                join = f"SupplementaryGroups={shared} in its systemd unit"
+            else:
+                join = " ".join(shlex.quote(w) for w in ("usermod", "-a", "-G", shared, user))
+            return (f"its group reads it (other services' too, perhaps): rather than change "
+                    f"the file's group, add the hub's user to that one ({join}), then restart "
+                    "the hub (docs/deployment.rst)")
         pasted = shlex.quote(path)
         return f"chgrp {shlex.quote(group)} {pasted} && chmod 640 {pasted} (docs/deployment.rst)"
     return None
