@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -826,7 +827,7 @@ class RecoveryTests(SynchronousTestCase):
         self.assertIn("not a regular file", str(cm.exception))
 
     def test_a_lock_that_is_a_hard_link_is_refused(self):
-        # twistd started as root opens spool.lock for writing and keeps
+        # twistd started as root opens spool.lock and keeps
         # the descriptor (it holds the lock) after it switches user: a
         # hard link the hub's user made to a root file must not be it
         base = self.mktemp()
@@ -840,6 +841,20 @@ class RecoveryTests(SynchronousTestCase):
         self.assertIn("not a regular file with one name", str(cm.exception))
         with open(victim) as f:
             self.assertEqual(f.read(), "root's\n")
+
+    def test_the_lock_is_held_on_a_read_only_descriptor(self):
+        # the lock is held for as long as the hub runs: a descriptor open
+        # for writing would keep the admin's ``mount -o remount,ro`` of the
+        # state directory's file system (a failing disk, a full one being
+        # moved) refused with EBUSY.  ``flock`` needs no write access.
+        base = self.mktemp()
+        os.makedirs(base)
+        for recover in (True, False):
+            s = open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=recover)
+            self.assertTrue(s.claim())
+            flags = fcntl.fcntl(s._lock_fd, fcntl.F_GETFL)
+            self.assertEqual(flags & os.O_ACCMODE, os.O_RDONLY)
+            s.close()
 
     def test_recover_false_keeps_files(self):
         d = self.mktemp()

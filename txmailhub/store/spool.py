@@ -638,11 +638,17 @@ def _open_lock(path: str) -> int:
     link, ``O_NONBLOCK`` keeps a FIFO from holding the start, and anything
     but a regular file with one name is refused (``OSError`` naming it:
     the start says so and stops).  A hard link the hub's user made to a
-    root file would be opened for writing by root, and the descriptor,
-    which holds the lock, kept by the hub after it switched user."""
+    root file would be opened by root, and the descriptor, which holds the
+    lock, kept by the hub after it switched user.
+
+    Opened read-only (``O_CREAT`` still makes it; ``flock`` needs no write
+    access): the descriptor is held for as long as the hub runs, and one
+    open for writing makes the kernel refuse ``mount -o remount,ro`` of
+    the file system under ``state_dir`` (EBUSY), which an admin does to a
+    failing disk while the hub keeps serving POP3."""
     why = "not a regular file with one name (a link?): not followed; remove it"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
                      0o600)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENXIO):
