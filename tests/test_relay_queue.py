@@ -1061,3 +1061,47 @@ def test_the_corrupt_folder_made_for_an_entry_is_named_durably_before_it_is_fill
     assert ("made", q.directory) in events
     assert events.index(("made", q.directory)) < events.index(("fs", corrupt))
     assert os.stat(corrupt).st_mode & 0o777 == 0o700  # whatever the umask
+
+
+class _Statvfs:
+    def __init__(self, bavail: int, frsize: int = 4096, blocks: int = 1000,
+                 files: int = 1000, favail: int = 500) -> None:
+        self.f_bavail, self.f_frsize, self.f_blocks = bavail, frsize, blocks
+        self.f_files, self.f_favail = files, favail
+
+
+@pytest.mark.parametrize("fs,room", [
+    (_Statvfs(bavail=16), True),  # 64 KiB free
+    (_Statvfs(bavail=15), False),
+    (_Statvfs(bavail=0), False),
+    (_Statvfs(bavail=100, favail=0), False),  # no inode for the new record
+    (_Statvfs(bavail=100, files=0, favail=0), True),  # no inode counts (btrfs)
+    (_Statvfs(bavail=0, blocks=0), True),  # no block counts: cannot tell
+    (OSError(5, "Input/output error"), True),  # cannot tell either
+])
+def test_room_for_an_attempts_outcome(tmp_path, monkeypatch, fs, room):
+    from txmailhub.relay import queue as queue_module
+
+    q = make_queue(tmp_path)
+
+    def statvfs(path):
+        assert path == q.directory
+        if isinstance(fs, Exception):
+            raise fs
+        return fs
+
+    monkeypatch.setattr(queue_module.os, "statvfs", statvfs)
+    assert q.has_room_for_outcome("0123456789ABCDEF") is room
+
+
+def test_room_for_an_attempts_outcome_counts_a_large_record_twice(tmp_path, monkeypatch):
+    from txmailhub.relay import queue as queue_module
+
+    q = make_queue(tmp_path)
+    qid = "0123456789ABCDEF"
+    with open(q.record_path(qid), "wb") as f:
+        f.write(b" " * 50_000)
+    monkeypatch.setattr(queue_module.os, "statvfs", lambda path: _Statvfs(bavail=24))  # 96 KiB
+    assert not q.has_room_for_outcome(qid)
+    monkeypatch.setattr(queue_module.os, "statvfs", lambda path: _Statvfs(bavail=25))  # 100 KiB
+    assert q.has_room_for_outcome(qid)

@@ -4612,3 +4612,57 @@ def test_an_entry_whose_record_went_while_it_waited_for_its_slot_is_not_delivere
     hub.clock.advance(60)
     assert [c[0] for c in hub.agent.calls] == [first]
     assert second not in hub.runner.due and hub.queue.ids() == []
+
+
+def test_no_attempt_begins_while_the_queue_has_no_room_to_record_its_outcome(
+        hub, monkeypatch, log_events):
+    # An outcome whose record cannot be written (a full disk) is known to
+    # this process only: after a restart before the disk had room again,
+    # BOB, delivered, was sent the message again.  So no copy is sent while
+    # the queue's file system has no room to write what became of it.
+    from twisted.logger import formatEvent
+
+    from txmailhub.relay.runner import ERROR_RETRY
+
+    full = [True]
+    real = getattr(hub.queue, "has_room_for_outcome", lambda qid: True)
+    monkeypatch.setattr(hub.queue, "has_room_for_outcome",
+                        lambda qid: not full[0] and real(qid), raising=False)
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "delivered" if a == BOB else "transient", OK if a == BOB else LATER,
+                       "mx") for a in r]
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL)
+    for _ in range(int(ERROR_RETRY) + 2):
+        hub.clock.advance(1)
+    assert hub.agent.calls == []
+    assert [r.attempts for r in hub.queue.read(qid).recipients] == [0, 0]
+    said = (f"handling queue entry {qid} failed; retrying later: [Errno 28] no room in the "
+            "queue folder to record an attempt's outcome: not attempted: "
+            f"'{hub.queue.directory}'")
+    assert said in [formatEvent(e) for e in log_events]
+    full[0] = False
+    for _ in range(int(ERROR_RETRY) + 2):
+        hub.clock.advance(1)
+    assert sorted(c[1] for c in hub.agent.calls) == ["other.test", "remote.test"]
+    entry = hub.queue.read(qid)
+    assert entry.recipient(BOB).state == "delivered"
+    assert entry.recipient(CAROL).state == "pending"
+
+
+@pytest.mark.parametrize("rcpts,notify,attempted", [
+    ((BOB,), None, True),  # delivered: removed, which a full disk allows
+    ((BOB,), ("SUCCESS",), False),  # delivered, a success notice owed: written
+    ((BOB, CAROL), None, False),
+])
+def test_an_entry_one_delivery_finishes_is_attempted_on_a_full_disk(
+        hub, monkeypatch, rcpts, notify, attempted):
+    # a queue that filled the disk drains it: such an entry's removal
+    # needs no room, and a retry that forgot its other outcomes (a 4xx, a
+    # 5xx) sends no copy twice
+    monkeypatch.setattr(hub.queue, "has_room_for_outcome", lambda qid: False)
+    hub.runner.start()
+    qid = enqueue(hub, *rcpts, notify=notify)
+    assert bool(hub.agent.calls) is attempted
+    assert (hub.queue.ids() == []) is attempted
+    assert qid

@@ -55,7 +55,7 @@ from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
 from txmailhub.smtp.reply import Reply
 from txmailhub.store.sync import fsync_dir, makedirs_durably
 
-__all__ = ["FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
+__all__ = ["RECORD_ROOM", "FileSystem", "OutboundQueue", "inline_io", "valid_queue_id"]
 
 log = Logger(namespace="txmailhub.relay.queue")
 
@@ -67,6 +67,11 @@ LOCK = ".lock"
 FLUSH = ".flush"
 CHANGED = ".changed"
 CORRUPT = "corrupt"
+
+#: the least free room (bytes) the queue folder's file system must have for
+#: a delivery attempt to begin: room for the record that says its outcome
+#: (``has_room_for_outcome``), twice over and a margin
+RECORD_ROOM = 64 * 1024
 
 
 def valid_queue_id(text: str) -> bool:
@@ -211,6 +216,31 @@ class OutboundQueue:
 
     def attempt_path(self, queue_id: str) -> str:
         return inflight.marker_path(self.directory, queue_id)
+
+    def has_room_for_outcome(self, queue_id: str) -> bool:
+        """Whether the queue folder's file system has room now to write
+        ``queue_id``'s record again (a new file, then renamed): an inode
+        and at least ``RECORD_ROOM`` bytes, or twice the record's size.
+
+        The runner asks before a delivery attempt.  An outcome that
+        cannot be written is known to this process only: a restart before
+        the disk has room again would send the recipients it delivered to
+        another copy.  A file system that does not tell (no block or inode
+        counts, or ``statvfs`` failing) has room; a quota (EDQUOT) is not
+        seen here.  Cheap: one ``statvfs`` and one ``stat``, no write."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return True
+        if st.f_files and st.f_favail == 0:
+            return False
+        if not st.f_blocks:
+            return True
+        try:
+            size = os.stat(self.record_path(queue_id)).st_size
+        except OSError:
+            size = 0
+        return st.f_bavail * st.f_frsize >= max(RECORD_ROOM, 2 * size)
 
     # --- IOutboundQueue ----------------------------------------------------
 

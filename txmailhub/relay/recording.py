@@ -36,6 +36,7 @@ __all__ = [
     "ERROR_RETRY",
     "apply_results",
     "delivered_at",
+    "delivery_needs_record",
     "failed_at",
     "failure_since",
     "mend_times",
@@ -60,6 +61,21 @@ def pending_in(entry: QueueEntry, address: Address) -> bool:
         return entry.recipient(address).state == PENDING
     except KeyError:
         return False
+
+
+def delivery_needs_record(entry: QueueEntry) -> bool:
+    """Whether a delivery attempt of ``entry`` may end with an outcome that
+    only a record write keeps: a copy sent to some recipients while others
+    stay pending, or a success notice still owed.  Not so for one pending
+    recipient whose delivery finishes the entry (its record is removed,
+    which a full disk allows): its other outcomes send no copy, so a retry
+    that has forgotten them sends none twice either."""
+    pending = entry.pending
+    if len(pending) != 1:
+        return bool(pending)
+    if any(not r.done for r in entry.recipients if r.state != PENDING):
+        return True
+    return bounce.wants_notice(entry, pending[0], bounce.DELIVERED)
 
 
 def owes_notice(entry: QueueEntry) -> bool:

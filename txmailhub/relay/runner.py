@@ -33,6 +33,7 @@ made when it is taken and dropped when it is done.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -304,6 +305,14 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             self.kick()
         withheld = False  # a delivery not made: the entry held or deleted as it waited
         if entry.pending and not results:
+            if (recording.delivery_needs_record(entry)
+                    and not self.queue.has_room_for_outcome(qid)):
+                # a copy sent now whose outcome cannot be written is sent
+                # again after a restart: none is, until there is room.  An
+                # entry that one delivery finishes is still attempted: its
+                # removal needs no room, and frees some
+                raise OSError(errno.ENOSPC, "no room in the queue folder to record an "
+                              "attempt's outcome: not attempted", self.queue.directory)
             att = self._start_attempt(qid)
             try:
                 results = yield self._attempt(entry, generation, att)
