@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import email
+import itertools
 import re
+import string
 from email import policy
 from email.header import decode_header, make_header
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.downgrade import (
@@ -354,3 +357,169 @@ def test_received_keeps_a_comment_that_says_for():
     out = downgrade_header(h.encode())
     assert out.startswith(b"Received: from a (=?utf-8?q?scanned_for_Gr=C3=BC=C3=9Fe?=) by b;")
     assert b"j=C3=B6" not in out
+
+
+# -- encoded words a field already has (RFC 2047 5(1), 5(3)) -----------------
+
+
+def reader(value: bytes) -> str:
+    """What an RFC 2047 reader shows for an ASCII field body (its lines
+    unfolded): encoded words decoded, the blanks between two of them
+    dropped (6.2), every other character as it is."""
+    parts = decode_header(value.replace(b"\n", b"").decode("ascii"))
+    return "".join(p.decode(cs or "ascii") if isinstance(p, bytes) else p for p, cs in parts)
+
+
+def body(out: bytes, name: bytes) -> bytes:
+    """The body of the field ``name`` in the downgraded ``out``, folds kept."""
+    (m,) = re.finditer(rb"(?:^|\n)" + name + rb":((?:[^\n]*)(?:\n[ \t][^\n]*)*)", out)
+    return m.group(1)
+
+
+def test_encoded_words_an_unstructured_field_has_are_kept():
+    # encoded again, a reader would show "=?utf-8?q?Gr=C3=BC=C3=9Fe?="
+    # where the original showed "Grüße"; the blank between a kept word and
+    # the text after it is in the new word (6.2 drops the one between them)
+    out = downgrade_header("Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= aus Köln\n".encode())
+    assert out.startswith(b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= =?utf-8?q?_aus")
+    assert reader(body(out, b"Subject")) == "Grüße aus Köln"
+    assert str(parse(out)["subject"]) == "Grüße aus Köln"
+
+
+def test_blanks_between_kept_encoded_words_stay_a_separator_only():
+    # "a" and "b" joined (6.2), as a reader shows the original; the text
+    # between two kept words gets a blank at each end; a "=?...?=" that is
+    # no encoded word (not set off by blanks, over 75 characters) is text
+    long_word = "=?utf-8?q?" + "w" * 64 + "?="
+    text = ("ä =?utf-8?q?a?= \t =?ISO-8859-1?Q?b?= ö =?utf-8?b?w6k=?= "
+            "=?utf-8?q?c?==?utf-8?q?d?= x=?utf-8?q?e?= " + long_word + " ")
+    out = downgrade_header(f"Subject: {text}\n".encode())
+    unfolded = out.replace(b"\n", b"")
+    assert b" =?utf-8?q?a?= =?ISO-8859-1?Q?b?= =?utf-8?q?_=C3=B6_?= =?utf-8?b?w6k=?= " in unfolded
+    assert b"=?utf-8?q?c?==?utf-8?q?d?=" not in unfolded and long_word.encode() not in unfolded
+    assert reader(body(out, b"Subject")) == (
+        "ä ab ö é =?utf-8?q?c?==?utf-8?q?d?= x=?utf-8?q?e?= " + long_word + " ")
+    assert all(len(line) <= 76 for line in out.split(b"\n"))
+
+
+def test_a_display_name_keeps_its_encoded_words():
+    out = downgrade_header("From: =?utf-8?q?J=C3=B6rg?= Müller <j@example.org>\n".encode())
+    assert out.startswith(b"From: =?utf-8?q?J=C3=B6rg?= =?utf-8?q?_M=C3=BCller?= <j@example.org>")
+    assert reader(body(out, b"From").rsplit(b" <", 1)[0]) == "Jörg Müller"
+    (addr,) = parse(out)["from"].addresses
+    assert addr.addr_spec == "j@example.org" and "".join(addr.display_name.split()) == "JörgMüller"
+    no_defects(out)
+
+
+def test_in_a_display_name_only_a_whole_word_is_an_encoded_word():
+    # RFC 2047 5(3): not inside a quoted string, not beside a quoted
+    # string or comment without a blank, and a Q word with only the
+    # characters a phrase allows: each of these is text, encoded
+    for display, shown in (
+        ('"=?utf-8?q?a?=" ä', "=?utf-8?q?a?= ä"),
+        ('"ä"=?utf-8?q?a?=', "ä =?utf-8?q?a?="),
+        ("=?utf-8?q?a?=(c) ä", "=?utf-8?q?a?= ä"),
+        ("=?utf-8?q?a.b?= ä", "=?utf-8?q?a.b?= ä"),
+    ):
+        out = downgrade_header(f"To: {display} <j@example.org>\n".encode())
+        phrase = body(out, b"To").split(b" (")[0].rsplit(b" <", 1)[0]
+        assert reader(phrase) == shown, display
+    # kept: at the ends, between quoted strings set off by blanks, as B
+    out = downgrade_header('To: "ä" =?utf-8?B?w7Y=?= "ü" x =?utf-8?q?a?= <j@x.example>\n'.encode())
+    assert b" =?utf-8?B?w7Y=?= " in out and b" =?utf-8?q?a?= <j@x.example>" in out
+    assert reader(body(out, b"To").rsplit(b" <", 1)[0]) == "ä ö ü x a"
+
+
+def test_an_encapsulated_field_keeps_no_encoded_word():
+    # RFC 6857 3.1.10: decoding a Downgraded- field must give the original
+    # field exactly, where a "=?...?=" was no encoded word (RFC 2047 5)
+    out = downgrade_header("References: <a@b> =?utf-8?q?x?= <ö@c>\n".encode())
+    assert b" =?utf-8?q?x?= " not in out
+    assert reader(body(out, b"Downgraded-References")) == "<a@b> =?utf-8?q?x?= <ö@c>"
+
+
+def _q_word(text: str, charset: str, phrase: bool) -> str:
+    safe = _PHRASE_SAFE if phrase else _TEXT_SAFE
+    enc = "".join(chr(b) if chr(b) in safe else "_" if b == 32 else f"={b:02X}"
+                  for b in text.encode(charset))
+    return f"=?{charset}?q?{enc}?="
+
+
+_TEXT_SAFE = frozenset(map(chr, range(33, 127))) - set("=?_")  # RFC 2047 4.2
+_PHRASE_SAFE = frozenset(string.ascii_letters + string.digits + "!*+-/")  # 5(3)
+
+
+@st.composite
+def _existing_words(draw, phrase: bool = False):
+    """(an encoded word of at most 75 characters, the text it stands for)."""
+    charset = draw(st.sampled_from(["utf-8", "UTF-8", "iso-8859-1", "us-ascii"]))
+    alphabet = {"us-ascii": "aZ0 ?=_.()\"", "iso-8859-1": "aZ0 ?=_é"}.get(charset, "aZ0 ?=_é€😀")
+    text = draw(st.text(alphabet, min_size=1, max_size=12))
+    if draw(st.booleans()):
+        word = _q_word(text, charset, phrase)
+    else:
+        word = f"=?{charset}?{draw(st.sampled_from('bB'))}?" \
+               f"{base64.b64encode(text.encode(charset)).decode()}?="
+    assume(len(word) <= 75)
+    return word, text
+
+
+_BLANKS = st.text(" \t", min_size=1, max_size=3)
+_PLAIN = st.text(st.sampled_from([*"aZ0?=_.,()\"<>@\\", "ä", "€", "😀", "\x85", "\u2028"]),
+                 min_size=1, max_size=15).filter(lambda t: "=?" not in t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(st.one_of(_existing_words(), _PLAIN), _BLANKS),
+                      min_size=1, max_size=8),
+       end=st.sampled_from(["", " ", "\t "]))
+def test_property_an_unstructured_field_reads_as_the_original(items, end):
+    # a reader of the downgraded field shows what one of the original
+    # showed: its encoded words decoded, the blanks between two of them
+    # dropped (RFC 2047 6.2), all else as it is
+    value = "".join(v if isinstance(v, str) else v[0] for v, _ in items[:1])
+    shown = "".join(v if isinstance(v, str) else v[1] for v, _ in items[:1])
+    for (prev, blanks), (v, _) in itertools.pairwise(items):
+        value += blanks + (v if isinstance(v, str) else v[0])
+        if isinstance(prev, str) or isinstance(v, str):
+            shown += blanks
+        shown += v if isinstance(v, str) else v[1]
+    value += end
+    shown += end
+    assume(not value.isascii())
+    out = downgrade_header(f"Subject: {value}\n".encode())
+    assert out.isascii()
+    assert reader(body(out, b"Subject")) == shown
+    assert all(len(line) <= 76 for line in out.split(b"\n"))
+    for v, _ in items:
+        if not isinstance(v, str):
+            assert f" {v[0]}".encode() in out.replace(b"\n", b"")
+    assert downgrade_header(out) == out
+
+
+_ATEXT = st.text(st.sampled_from([*"aZ0!+-/=?'", "ä", "€", "😀"]), min_size=1,
+                 max_size=10).filter(lambda t: "=?" not in t)
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.tuples(st.one_of(_existing_words(phrase=True), _ATEXT), _BLANKS),
+                      min_size=1, max_size=6))
+def test_property_a_display_name_reads_as_the_original(words):
+    # a phrase's words are one blank apart (RFC 5322 3.2.2), but for two
+    # encoded words, which a reader joins (RFC 2047 6.2)
+    display = "".join((w if isinstance(w, str) else w[0]) + blanks for w, blanks in words)
+    shown = ""
+    for i, (w, _) in enumerate(words):
+        if i and (isinstance(w, str) or isinstance(words[i - 1][0], str)):
+            shown += " "
+        shown += w if isinstance(w, str) else w[1]
+    assume(not display.isascii())
+    out = downgrade_header(f"From: {display}<j@example.org>\n".encode())
+    assert out.isascii()
+    assert reader(body(out, b"From").rsplit(b" <", 1)[0]) == shown
+    assert all(len(line) <= 76 for line in out.split(b"\n"))
+    (addr,) = parse(out)["from"].addresses
+    assert addr.addr_spec == "j@example.org"
+    # (the stdlib keeps a blank between two encoded words of a phrase)
+    assert "".join(addr.display_name.split()) == "".join(shown.split())
+    no_defects(out)

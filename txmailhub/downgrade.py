@@ -23,6 +23,11 @@ header fields (RFC 6532).  A POP3 client that has not issued ``UTF8``
 * every other field is unstructured text here (Subject, Comments,
   Content-Description, X- fields...): its body becomes encoded words.
 
+An encoded word the field already has, where RFC 2047 lets it stand for
+its text (set off by white space in unstructured text, 5(1); a whole
+word of a display name, 5(3)), is kept as it is: encoded again, a reader
+would show its ``=?...?=`` instead of that text.
+
 A field that is ASCII, or whose 8-bit octets are not UTF-8 (legacy mail
 that broke RFC 5322, which UTF-8 mode would not change either), is kept
 octet for octet, so the function is the identity on ASCII input.  The
@@ -42,8 +47,9 @@ from email.errors import HeaderParseError
 from txmailhub.address import ascii_domain
 from txmailhub.rfc5322 import comment_end, escaped
 
-__all__ = ["Undowngradable", "address_field", "downgrade_header", "encoded_words", "header_end",
-           "needs_downgrade", "parameter_field", "unstructured_field"]
+__all__ = ["Undowngradable", "address_field", "downgrade_header", "encoded_word_spans",
+           "encoded_words", "header_end", "needs_downgrade", "parameter_field",
+           "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -144,12 +150,12 @@ def _field(text: str) -> str:
     if key in ADDRESS_FIELDS:
         return address_field(name, value)
     if key in ENCAPSULATED_FIELDS:
-        return unstructured_field(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
+        return _literal_field(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
     if key in _PARAMETER_FIELDS:
         folded = parameter_field(name, value)
         if folded is not None:
             return folded
-        return unstructured_field(name, value.lstrip(" \t"))  # no parameters to be had
+        return _literal_field(name, value.lstrip(" \t"))  # no parameters to be had
     if key == "received":
         return _fold(name, _received(value.strip()))
     return unstructured_field(name, value.lstrip(" \t"))
@@ -176,12 +182,63 @@ def parameter_field(name: str, value: str) -> str | None:
 
 
 def unstructured_field(name: str, text: str) -> str:
-    """An unstructured field: the whole text as encoded words (decoding
-    them gives ``text`` back, blanks included).  Not ``email.header.Header``:
-    it cuts the text at ``str.splitlines`` breaks (NEL, U+2028, FF...) and
-    puts a blank in their place."""
+    """An unstructured field: the whole text as encoded words, but for the
+    encoded words it already has (``encoded_word_spans``), kept as they
+    are; decoding them gives the text back as an RFC 2047 reader shows
+    it, blanks included.  Not ``email.header.Header``: it cuts the text
+    at ``str.splitlines`` breaks (NEL, U+2028, FF...) and puts a blank in
+    their place.
+
+    The text between two kept words is encoded with its blanks (a reader
+    shows them, and drops the blanks between two encoded words, RFC 2047
+    6.2); blanks alone there are dropped by the reader of the original
+    too, and stay a mere separator."""
+    first = _first_room(name)
+    words: list[str] = []
+    pos = 0
+    for start, end in encoded_word_spans(text):
+        if text[pos:start].strip(" \t"):
+            words.append(encoded_words(text[pos:start], _Q_ROOM if words else first))
+        words.append(text[start:end])
+        pos = end
+    if pos < len(text) or not words:  # (blanks at the end too: a reader shows them)
+        words.append(encoded_words(text[pos:], _Q_ROOM if words else first))
+    return _fold(name, " ".join(words))
+
+
+def _literal_field(name: str, text: str) -> str:
+    """A field whose text is no RFC 2047 text (a structured field's, an
+    encapsulated one's, RFC 6857 3.1.10, which decoding must give back
+    exactly) as encoded words, a "=?...?=" in it encoded too."""
+    return _fold(name, encoded_words(text, _first_room(name)))
+
+
+def _first_room(name: str) -> int:
+    """The room for the encoded text of a first word beside ``Name:``."""
     first = _LINE - len(name) - len(": =?utf-8?q??=")
-    return _fold(name, encoded_words(text, first if first >= _Q_MIN else _Q_ROOM))
+    return first if first >= _Q_MIN else _Q_ROOM
+
+
+# RFC 2047 2: an encoded word: a charset token (RFC 2231's "*language"
+# included), "B" or "Q", encoded text of printable ASCII but "?"; in
+# unstructured text it is one only when white space or the text's ends
+# set it off (5(1)), in a phrase only when it is a whole atom of it whose
+# Q-encoded text has nothing but 5(3)'s characters (a phrase's B-encoded
+# text is base64's)
+_CHARSET = r"[!#-'*+\-0-9A-Z^-~]+"
+_TEXT_WORD = re.compile(rf"(?<![^ \t])=\?{_CHARSET}\?[BbQq]\?[!->@-~]+\?=(?![^ \t])")
+_PHRASE_WORD = re.compile(rf"=\?{_CHARSET}\?(?:[Qq]\?[-!*+/=_0-9A-Za-z]+|[Bb]\?[+/=0-9A-Za-z]+)\?=")
+_WORD_MAX = 75  # RFC 2047 2: a longer one is no encoded word
+
+
+def encoded_word_spans(text: str) -> list[tuple[int, int]]:
+    """Where the encoded words of an unstructured field's text (unfolded,
+    RFC 5322 2.2.3) are, as (start, end) indexes: each at most 75
+    characters and set off by blanks or the text's ends (RFC 2047 2,
+    5(1)) -- what an RFC 2047 reader shows decoded, and what encoding it
+    again would show as its "=?...?=".  (Octets that are not UTF-8 may be
+    given as latin-1 characters: an encoded word is ASCII.)"""
+    return [m.span() for m in _TEXT_WORD.finditer(text) if m.end() - m.start() <= _WORD_MAX]
 
 
 _Q_SAFE = frozenset(b"-!*+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -420,14 +477,22 @@ def _unescape(text: str) -> str:
 
 def _phrase(display: str) -> str:
     """A display name: as it is when ASCII; otherwise its words (quoted
-    strings unquoted) as encoded words and its comments encoded apart."""
+    strings unquoted) as encoded words and its comments encoded apart.
+
+    A word of it that is an encoded word already (``_phrase_word``) is
+    kept as it is, the text between two such words encoded with a blank
+    at each end beside one (a reader drops the blanks between two encoded
+    words, RFC 2047 6.2, and shows the one between an encoded word and a
+    word of text)."""
     if display.isascii():
         return display
-    words: list[str] = []
+    words: list[tuple[str, bool]] = []  # (a word, kept as an encoded word)
     comments: list[str] = []
+    at = 0  # where the part starts in ``display``
     for part in _comment_split(display):
         if part.startswith("("):
             comments.append(_comments(part))
+            at += len(part)
             continue
         i, n = 0, len(part)
         while i < n:
@@ -435,7 +500,7 @@ def _phrase(display: str) -> str:
                 j = i + 1
                 while j < n and part[j] != '"':
                     j += 2 if part[j] == "\\" else 1
-                words.append(_unescape(part[i + 1:j]))
+                words.append((_unescape(part[i + 1:j]), False))
                 i = j + 1
             elif part[i] in " \t":
                 i += 1
@@ -443,11 +508,35 @@ def _phrase(display: str) -> str:
                 j = i
                 while j < n and part[j] not in ' \t"':
                     j += 1
-                words.append(part[i:j])
+                words.append((part[i:j], _phrase_word(display, at + i, at + j)))
                 i = j
-    text = " ".join(w for w in words if w)
-    encoded = encoded_words(text) if text else ""
-    return " ".join(p for p in (encoded, *comments) if p)
+        at += n
+    pieces: list[str] = []
+    run: list[str] = []  # words of text since the last kept encoded word
+    for word, kept in words:
+        if not kept:
+            if word:
+                run.append(word)
+            continue
+        if run:  # (``pieces``, when there are any, end with a kept word)
+            pieces.append(encoded_words(" " * bool(pieces) + " ".join(run) + " "))
+            run = []
+        pieces.append(word)
+    if run:
+        pieces.append(encoded_words(" " * bool(pieces) + " ".join(run)))
+    return " ".join((*pieces, *comments))
+
+
+def _phrase_word(display: str, start: int, end: int) -> bool:
+    """Whether ``display[start:end]``, a run of a display name without
+    blanks, quotes or comments, is an encoded word: a whole atom of the
+    phrase, set off by blanks or the phrase's ends from any word, quoted
+    string or comment beside it, and no longer than 75 (RFC 2047 2,
+    5(3)).  One inside a quoted string is none (5(3)): it is text."""
+    return (end - start <= _WORD_MAX
+            and (start == 0 or display[start - 1] in " \t")
+            and (end == len(display) or display[end] in " \t")
+            and _PHRASE_WORD.fullmatch(display, start, end) is not None)
 
 
 # -- Received ---------------------------------------------------------------

@@ -40,13 +40,12 @@ MIME bodies, files, SMTP or the queue.
 
 from __future__ import annotations
 
-import re
 from email.errors import HeaderParseError
 
 from txmailhub.downgrade import (
     Undowngradable,
     address_field,
-    encoded_words,
+    encoded_word_spans,
     parameter_field,
     unstructured_field,
 )
@@ -108,14 +107,6 @@ def _readable_text(key: str) -> bool:
     return not (key in _ADDRESS_FIELDS or key in _PARAMETER_FIELDS or key in _STRUCTURED_FIELDS
                 or key in _LIST_FIELDS or key in _NOT_TEXT or key.startswith(_NOT_TEXT_PREFIXES)
                 or key.endswith(_NOT_TEXT_SUFFIXES))
-
-
-# RFC 2047 2: an encoded word (charset a token, RFC 2231's "*language"
-# included; encoded text printable ASCII but "?"), which in unstructured
-# text is one only when white space or the field's ends set it off (5(1))
-_ENCODED_WORD = re.compile(
-    rb"(?<![^ \t])=\?[!#-'*+\-0-9A-Z^-~]+\?[BbQq]\?[!->@-~]+\?=(?![^ \t])")
-_WORD_MAX = 75  # RFC 2047 2: a longer one is no encoded word
 
 
 class Unconvertible(ValueError):
@@ -218,47 +209,40 @@ def _text_field(name: str, value: bytes) -> str:
     without the blanks after the colon) as encoded words, which decode to
     the text as an RFC 2047 reader shows it.
 
-    UTF-8 text goes as UTF-8 (the encoder POP3's downgrade uses: every
-    character comes back when decoded, where email.header.Header turns
-    NEL, U+2028, FF... into a blank), other octets as ``unknown-8bit``.
-    An encoded word the text already has (``_ENCODED_WORD``) is kept as
-    it is: encoded again, a reader would show its "=?...?=" instead of
-    what it stands for.  The text between two of them is encoded with
-    its blanks, as a reader shows them; blanks alone there are dropped
-    by the reader (RFC 2047 6.2) and stay a separator.  Text of nothing
-    but blanks has no encoded word (its encoded text would be empty,
-    which RFC 2047 2 does not allow): the field is left empty."""
+    UTF-8 text goes as POP3's downgrade writes it (``unstructured_field``:
+    every character comes back when decoded, where email.header.Header
+    turns NEL, U+2028, FF... into a blank), other octets as
+    ``unknown-8bit``.  Either way an encoded word the text already has
+    (``encoded_word_spans``) is kept as it is: encoded again, a reader
+    would show its "=?...?=" instead of what it stands for.  The text
+    between two of them is encoded with its blanks, as a reader shows
+    them; blanks alone there are dropped by the reader (RFC 2047 6.2) and
+    stay a separator.  Text of nothing but blanks has no encoded word
+    (its encoded text would be empty, which RFC 2047 2 does not allow):
+    the field is left empty."""
     if not value.strip(b" \t"):
         return f"{name}:"
     text, charset = _text(value)
-    spans = [m.span() for m in _ENCODED_WORD.finditer(value) if m.end() - m.start() <= _WORD_MAX]
+    if charset == "utf-8":
+        return unstructured_field(name, text)
+    spans = encoded_word_spans(text)  # (latin-1: one character an octet)
     if not spans:
-        if charset == "utf-8":
-            return unstructured_field(name, text)
         return _unknown_8bit_field(name, value)
     words: list[str] = []
     pos = 0
     for start, end in spans:
         if value[pos:start].strip(b" \t"):
-            words += _encoded(value[pos:start], charset)
-        words.append(value[start:end].decode("ascii"))
+            words += _unknown_8bit_words(value[pos:start])
+        words.append(text[start:end])
         pos = end
     if pos < len(value):  # (blanks at the end too: no encoded word before them drops them)
-        words += _encoded(value[pos:], charset)
+        words += _unknown_8bit_words(value[pos:])
     lines = [f"{name}:"]
     for word in words:  # each at most 75: a line of its own fits in 76
         if len(lines[-1]) + 1 + len(word) > 76:
             lines.append("")
         lines[-1] += " " + word
     return "\n".join(lines)
-
-
-def _encoded(text: bytes, charset: str) -> list[str]:
-    """``text`` (part of a field's text in ``charset``, "utf-8" or
-    "unknown-8bit") as encoded words, every blank in them."""
-    if charset == "utf-8":
-        return encoded_words(text.decode("utf-8")).split(" ")
-    return _unknown_8bit_words(text)
 
 
 def _unknown_8bit_field(name: str, value: bytes) -> str:
