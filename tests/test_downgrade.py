@@ -7,6 +7,7 @@ import email
 import itertools
 import re
 import string
+import urllib.parse
 from email import policy
 from email.header import decode_header, make_header
 
@@ -523,3 +524,41 @@ def test_property_a_display_name_reads_as_the_original(words):
     # (the stdlib keeps a blank between two encoded words of a phrase)
     assert "".join(addr.display_name.split()) == "".join(shown.split())
     no_defects(out)
+
+
+def _counted_quote(monkeypatch):
+    """The stdlib's RFC 2231 quoting, counted: a folding that does not end
+    raises instead of looping (counted calls stand in for a clock)."""
+    calls = 0
+    real_quote = urllib.parse.quote
+
+    def quote(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls > 20_000:
+            raise RuntimeError("the parameter folding does not end")
+        return real_quote(*args, **kwargs)
+
+    monkeypatch.setattr(urllib.parse, "quote", quote)
+
+
+@pytest.mark.parametrize("length", [39, 40, 66, 200, 953])
+@pytest.mark.parametrize("value", ["ä", "😀" * 100, "x" * 90 + "é"], ids=["short", "emoji", "long"])
+def test_a_long_parameter_name_is_folded_without_looping(monkeypatch, length, value):
+    # the stdlib cut a value into RFC 2231 sections for ever when a line
+    # of 76 had no room for the name and one encoded character
+    _counted_quote(monkeypatch)
+    name = "n" * length
+    for field_name, start in (("Content-Type", "text/plain"), ("Content-Disposition", "inline")):
+        out = downgrade_header(f'{field_name}: {start}; {name}="{value}"\n'.encode())
+        assert out.isascii()
+        assert max(len(line) for line in out.split(b"\n")) <= (76 if length <= 39 else 990)
+        header = parse(out)[field_name]
+        assert not header.defects and header.params[name] == value
+
+
+def test_a_parameter_name_too_long_for_any_line_leaves_the_field_text(monkeypatch):
+    _counted_quote(monkeypatch)
+    out = downgrade_header(f'Content-Type: text/plain; {"n" * 954}="ä"\n'.encode())
+    assert out.startswith(b"Content-Type: =?utf-8?q?text")
+    assert max(len(line) for line in out.split(b"\n")) <= 76

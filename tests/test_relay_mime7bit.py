@@ -9,6 +9,7 @@ import os
 import random
 import re
 import tracemalloc
+import urllib.parse
 from email import policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser
@@ -657,6 +658,26 @@ def test_an_8bit_comment_in_a_mime_field_keeps_its_parameters(field):
     else:
         assert msg.get_content_disposition() == "attachment"
         assert msg.get_filename() == "a.txt"
+
+
+def test_a_long_parameter_name_with_an_8bit_value_is_converted_without_looping():
+    # the stdlib's RFC 2231 folder looped for ever when a line of 76 had
+    # no room for the name and one encoded character (the POP3
+    # downgrade's fix, shared); counted calls stand in for a clock
+    real_quote = urllib.parse.quote
+    calls = []
+
+    def quote(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 20_000:
+            raise RuntimeError("the parameter folding does not end")
+        return real_quote(*args, **kwargs)
+
+    name = "n" * 70
+    with mock.patch.object(urllib.parse, "quote", quote):
+        out = convert(f'Content-Type: text/plain; charset=utf-8; {name}="Grüße"\n\nx\n'.encode())
+    assert_7bit(out)
+    assert parse(out).get_param(name) == "Grüße"
 
 
 @pytest.mark.parametrize("split", [1, 3, 8192])

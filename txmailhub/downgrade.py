@@ -68,6 +68,15 @@ ENCAPSULATED_FIELDS = {
 _PARAMETER_FIELDS = frozenset(("content-type", "content-disposition"))
 _LINE = 76  # RFC 2047 2: a line with encoded words at most 76 characters
 _POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=_LINE)
+# The stdlib cuts a long parameter value into RFC 2231 sections
+# ("name*0*=utf-8''..."), and loops for ever when the line has no room
+# for a section's name, number, charset and one encoded character (up to
+# 12, "%F0%9F%98%80"): a parameter name longer than the line less this
+# is folded to lines of up to 990 instead (the stdlib may go one over),
+# and one longer still has no RFC 2231 form here
+_PARAM_CHROME = 37
+_LONG_LINE = 990
+_LONG_POLICY = _POLICY.clone(max_line_length=_LONG_LINE)
 _HEADER_END = re.compile(rb"\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+").findall
@@ -167,12 +176,18 @@ def parameter_field(name: str, value: str) -> str | None:
     comment after the parameters as encoded words inside its parentheses
     (RFC 2047 5(2)) -- the stdlib would put them outside the comment,
     where they end the type, and folds a line with them badly.  ``None``
-    when the value has no parameters to be had."""
+    when the value has no parameters to be had, or one whose name is too
+    long for any line (``_PARAM_CHROME``)."""
     parts = _comment_split(value.strip())
     comments = [_comments(p) for p in parts if p[:1] == "(" and not p.isascii()]
     mime = "".join(p for p in parts if p[:1] != "(" or p.isascii())
     try:
-        folded = _POLICY.header_factory(name, mime).fold(policy=_POLICY)
+        header = _POLICY.header_factory(name, mime)
+        longest = max(map(len, getattr(header, "params", {})), default=0)
+        if longest > _LONG_LINE - _PARAM_CHROME:
+            return None
+        policy = _POLICY if longest <= _LINE - _PARAM_CHROME else _LONG_POLICY
+        folded = header.fold(policy=policy)
     except (HeaderParseError, ValueError, IndexError):
         return None
     if not folded.isascii():
