@@ -21,6 +21,7 @@ from txmailhub.downgrade import (
     header_end,
     needs_downgrade,
 )
+from txmailhub.rfc5322 import escaped
 
 
 def parse(header: bytes) -> email.message.EmailMessage:
@@ -562,3 +563,63 @@ def test_a_parameter_name_too_long_for_any_line_leaves_the_field_text(monkeypatc
     out = downgrade_header(f'Content-Type: text/plain; {"n" * 954}="ä"\n'.encode())
     assert out.startswith(b"Content-Type: =?utf-8?q?text")
     assert max(len(line) for line in out.split(b"\n")) <= 76
+
+
+# -- folding -----------------------------------------------------------------
+
+
+def test_an_address_field_is_folded_at_a_tab_too():
+    # RFC 5322 2.2.3: a fold goes before any white space
+    h = "To: " + "a" * 40 + "\t" + "b" * 40 + " <a@example.org>, Jörg <j@example.org>\n"
+    out = downgrade_header(h.encode())
+    assert out.startswith(b"To: " + b"a" * 40 + b"\n\t" + b"b" * 40 + b" <a@example.org>,\n")
+    assert all(len(line) <= 76 for line in out.split(b"\n"))
+
+
+def test_a_quoted_pair_goes_whole_to_the_next_line():
+    # no fold between the backslash and its blank: the fold goes before the
+    # quoted string instead of leaving it on a line of 107
+    quoted = '"' + "a" * 30 + "\\ " + "b" * 30 + '"'
+    out = downgrade_header(f"To: Jörg <j@example.org>, {quoted} <a@example.org>\n".encode())
+    assert out == ("To: =?utf-8?q?J=C3=B6rg?= <j@example.org>,\n"
+                   f" {quoted}\n <a@example.org>\n").encode()
+    names = [a.display_name for a in parse(out)["to"].addresses]
+    assert names == ["Jörg", "a" * 30 + " " + "b" * 30]
+
+
+def test_a_run_of_quoted_pairs_never_makes_a_line_over_998():
+    # the run has no place to fold: on a line of its own it fits in 998,
+    # after the text before it on the same line it did not (1021)
+    run = '"' + "a\\ " * 320 + '"'
+    h = f"To: Jörg Müller <joerg@example.org>,\n {run} <a@example.org>\n".encode()
+    assert max(len(line) for line in h.split(b"\n")) <= 998
+    out = downgrade_header(h)
+    assert max(len(line) for line in out.split(b"\n")) <= 998
+    assert f"\n {run}\n".encode() in out
+    assert parse(out)["to"].addresses[1].display_name == "a " * 320
+
+
+# a quoted string's content: characters and quoted-pairs, blanks among them
+_QUOTED = st.lists(st.sampled_from(["a", "bb", "cccc", " ", "\t", "\\ ", "\\\t", "\\\\",
+                                    '\\"', "ä", "😀"]),
+                   min_size=1, max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(_QUOTED, min_size=1, max_size=4),
+       blank=st.sampled_from([" ", "\t", " \t"]))
+def test_property_an_address_field_is_folded_wherever_it_can_be(names, blank):
+    # every line of at most 76, but one that has no blank to fold at
+    # (outside a quoted-pair, after some text); the names read back
+    value = f",{blank}".join(f'"{n}"{blank}<a{i}@example.org>' for i, n in enumerate(names))
+    h = f"To: {value}\n".encode()
+    assume(not h.isascii())
+    out = downgrade_header(h)
+    for line in out.rstrip(b"\n").split(b"\n"):
+        if len(line) > 76:
+            text = line.decode()
+            assert all(escaped(text, p) or not text[:p].strip()
+                       for p in range(1, len(text)) if text[p] in " \t"), line
+    got = [a.display_name for a in parse(out)["to"].addresses]
+    want = [re.sub(r"\\(.)", r"\1", n) for n in names]
+    assert ["".join(g.split()) for g in got] == ["".join(w.split()) for w in want]

@@ -303,19 +303,32 @@ def encoded_words(text: str, first: int = _Q_ROOM) -> str:
 
 
 def _fold(name: str, value: str, start: str = "") -> str:
-    """``Name: value`` folded at blanks to lines of at most 76 where it can
-    (``start``: the field's folded text so far, ``value`` goes after it)."""
+    """``Name: value`` folded before its blanks (spaces and tabs alike,
+    RFC 5322 2.2.3) to lines of at most 76 where it can (``start``: the
+    field's folded text so far, ``value`` goes after it, a blank between).
+
+    Never between a backslash and the blank it quotes (a quoted-pair in a
+    quoted string or comment, RFC 5322 3.2.1): the text from the blank
+    before the backslash to the next blank after the pair is one piece,
+    moved to a line of its own whole when it does not fit."""
     lines = start.split("\n") if start else [f"{name}:"]
     line = lines.pop()
-    for piece in value.split(" "):
-        # never between a backslash and the blank it quotes (a quoted-pair
-        # in a quoted string or comment, RFC 5322 3.2.1)
-        if len(line) + 1 + len(piece) > _LINE and line.strip() and not escaped(line, len(line)):
+    pieces: list[str] = []
+    for piece in _BLANK_PIECES.findall(" " + value):
+        if pieces and escaped(pieces[-1], len(pieces[-1])):
+            pieces[-1] += piece
+        else:
+            pieces.append(piece)
+    for piece in pieces:
+        if len(line) + len(piece) > _LINE and line.strip():
             lines.append(line)
             line = ""
-        line = f"{line} {piece}"
+        line += piece
     lines.append(line)
     return "\n".join(lines)
+
+
+_BLANK_PIECES = re.compile(r"[ \t][^ \t]*")
 
 
 # -- address fields ---------------------------------------------------------
