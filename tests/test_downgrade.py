@@ -623,3 +623,34 @@ def test_property_an_address_field_is_folded_wherever_it_can_be(names, blank):
     got = [a.display_name for a in parse(out)["to"].addresses]
     want = [re.sub(r"\\(.)", r"\1", n) for n in names]
     assert ["".join(g.split()) for g in got] == ["".join(w.split()) for w in want]
+
+
+def comment_text(out: bytes, name: bytes) -> str:
+    """What a reader shows inside the first comment of a downgraded field."""
+    inner = body(out, name).replace(b"\n", b"").split(b"(", 1)[1].rsplit(b")", 1)[0]
+    return reader(inner)
+
+
+def test_a_comment_keeps_its_encoded_words():
+    # RFC 2047 5(2): an encoded word may stand in a comment, set off by
+    # blanks or its parentheses
+    out = downgrade_header("From: j@example.org (=?utf-8?q?Zo=C3=AB?= ä)\n".encode())
+    assert out == b"From: j@example.org (=?utf-8?q?Zo=C3=AB?= =?utf-8?q?_=C3=A4?=)\n"
+    assert comment_text(out, b"From") == "Zoë ä"
+    h = "Received: from a (ä =?ISO-8859-1?B?6Q==?=) by b; Sun, 29 Nov 2026 20:00:00 +0000\n"
+    out = downgrade_header(h.encode())
+    assert b" =?ISO-8859-1?B?6Q==?=) by b;" in out
+    assert comment_text(out, b"Received") == "ä é"
+
+
+def test_in_a_comment_an_encoded_word_is_set_off_by_blanks_or_parentheses():
+    # a parenthesis a backslash quotes is text, as is a Q word with a quote
+    # in its encoded text (5(2)); a nested comment's word is kept
+    for comment, shown in (
+        ("(x\\(=?utf-8?q?a?= ä)", "x(=?utf-8?q?a?= ä"),
+        ('(=?utf-8?q?a"?= ä)', '=?utf-8?q?a"?= ä'),
+        ("(ä(=?utf-8?q?b?=))", "ä(b)"),
+    ):
+        out = downgrade_header(f"To: a@example.org {comment}\n".encode())
+        assert out.isascii()
+        assert comment_text(out, b"To") == shown, comment

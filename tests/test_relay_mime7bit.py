@@ -644,6 +644,15 @@ def test_unicode_line_breaks_in_8bit_text_come_back_exactly(text):
     assert _decoded_words(out.split(b"(", 1)[1].rsplit(b")", 1)[0]) == text
 
 
+def test_encoded_words_a_display_name_or_comment_has_are_kept():
+    # encoded again, a reader would show "=?utf-8?q?J=C3=B6rg?=" where the
+    # original showed "Jörg" (RFC 2047 5(2), 5(3); POP3's downgrade, shared)
+    out = _encoded("From: =?utf-8?q?J=C3=B6rg?= Müller <j@x.org> (=?utf-8?q?Zo=C3=AB?= ä)")
+    assert out.startswith(b"From: =?utf-8?q?J=C3=B6rg?= =?utf-8?q?_M=C3=BCller?= <j@x.org>")
+    assert b"(=?utf-8?q?Zo=C3=AB?= =?utf-8?q?_=C3=A4?=)" in out
+    assert _decoded_words(out.split(b": ", 1)[1].split(b" <")[0]) == "Jörg Müller"
+
+
 @pytest.mark.parametrize("field", ["Content-Type: text/plain (Gr\u00fc\u00dfe); charset=utf-8",
                                    'Content-Disposition: attachment (f\u00fcr dich); '
                                    'filename="a.txt"'])

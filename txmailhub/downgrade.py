@@ -24,9 +24,10 @@ header fields (RFC 6532).  A POP3 client that has not issued ``UTF8``
   Content-Description, X- fields...): its body becomes encoded words.
 
 An encoded word the field already has, where RFC 2047 lets it stand for
-its text (set off by white space in unstructured text, 5(1); a whole
-word of a display name, 5(3)), is kept as it is: encoded again, a reader
-would show its ``=?...?=`` instead of that text.
+its text (set off by white space in unstructured text, 5(1); by white
+space or parentheses in a comment, 5(2); a whole word of a display
+name, 5(3)), is kept as it is: encoded again, a reader would show its
+``=?...?=`` instead of that text.
 
 A field that is ASCII, or whose 8-bit octets are not UTF-8 (legacy mail
 that broke RFC 5322, which UTF-8 mode would not change either), is kept
@@ -208,17 +209,30 @@ def unstructured_field(name: str, text: str) -> str:
     shows them, and drops the blanks between two encoded words, RFC 2047
     6.2); blanks alone there are dropped by the reader of the original
     too, and stay a mere separator."""
-    first = _first_room(name)
+    return _fold(name, _kept_and_encoded(text, encoded_word_spans(text), _first_room(name)))
+
+
+def _kept_and_encoded(text: str, spans: list[tuple[int, int]], first: int,
+                      unescape: bool = False) -> str:
+    """``text`` as encoded words separated by blanks, but for the encoded
+    words it has at ``spans``, kept as they are (``first``: as for
+    ``encoded_words``; ``unescape``: the text is a comment's, its
+    quoted-pairs stand for their second character).  Text before a kept
+    word that is nothing but blanks is dropped: a reader drops it between
+    two encoded words (RFC 2047 6.2), and the blank that separates the
+    words stands for it."""
     words: list[str] = []
     pos = 0
-    for start, end in encoded_word_spans(text):
+    for start, end in spans:
         if text[pos:start].strip(" \t"):
-            words.append(encoded_words(text[pos:start], _Q_ROOM if words else first))
+            piece = _unescape(text[pos:start]) if unescape else text[pos:start]
+            words.append(encoded_words(piece, _Q_ROOM if words else first))
         words.append(text[start:end])
         pos = end
     if pos < len(text) or not words:  # (blanks at the end too: a reader shows them)
-        words.append(encoded_words(text[pos:], _Q_ROOM if words else first))
-    return _fold(name, " ".join(words))
+        piece = _unescape(text[pos:]) if unescape else text[pos:]
+        words.append(encoded_words(piece, _Q_ROOM if words else first))
+    return " ".join(words)
 
 
 def _literal_field(name: str, text: str) -> str:
@@ -243,6 +257,11 @@ def _first_room(name: str) -> int:
 _CHARSET = r"[!#-'*+\-0-9A-Z^-~]+"
 _TEXT_WORD = re.compile(rf"(?<![^ \t])=\?{_CHARSET}\?[BbQq]\?[!->@-~]+\?=(?![^ \t])")
 _PHRASE_WORD = re.compile(rf"=\?{_CHARSET}\?(?:[Qq]\?[-!*+/=_0-9A-Za-z]+|[Bb]\?[+/=0-9A-Za-z]+)\?=")
+# in a comment (5(2)): set off by blanks or parentheses that no backslash
+# quotes; its Q-encoded text has no parenthesis, quote or backslash
+_COMMENT_WORD = re.compile(
+    rf"(?<![^ \t()])=\?{_CHARSET}\?(?:[Qq]\?[!#-'*->@-\[\]-~]+|[Bb]\?[+/=0-9A-Za-z]+)\?="
+    r"(?![^ \t()])")
 _WORD_MAX = 75  # RFC 2047 2: a longer one is no encoded word
 
 
@@ -486,14 +505,19 @@ def _comment_split(text: str) -> list[str]:
 
 
 def _comments(text: str) -> str:
-    """Text of comments and blanks: each non-ASCII comment as encoded words."""
+    """Text of comments and blanks: each non-ASCII comment as encoded
+    words inside its parentheses, but for the encoded words it already
+    has (RFC 2047 5(2)), kept as they are."""
     out = []
     for part in _comment_split(text):
         if part.isascii():
             out.append(part)
         elif part.startswith("("):
             inner = part[1:-1] if part.endswith(")") else part[1:]
-            out.append("(" + encoded_words(_unescape(inner)) + ")")
+            spans = [m.span() for m in _COMMENT_WORD.finditer(inner)
+                     if m.end() - m.start() <= _WORD_MAX
+                     and not (m.start() and escaped(inner, m.start() - 1))]
+            out.append("(" + _kept_and_encoded(inner, spans, _Q_ROOM, unescape=True) + ")")
         else:
             out.append(encoded_words(part.strip()))
     return "".join(out)
