@@ -654,3 +654,28 @@ def test_in_a_comment_an_encoded_word_is_set_off_by_blanks_or_parentheses():
         out = downgrade_header(f"To: a@example.org {comment}\n".encode())
         assert out.isascii()
         assert comment_text(out, b"To") == shown, comment
+
+
+def group_name(out: bytes, name: bytes) -> str:
+    """What a reader shows for the name of the first group in a field."""
+    return reader(body(out, name).replace(b"\n", b"").split(b" :")[0])
+
+
+def test_the_group_for_a_utf8_mailbox_keeps_its_display_names_encoded_words():
+    # RFC 6857 3.2.1: the group is named by the mailbox as a reader showed it
+    out = downgrade_header("From: =?utf-8?q?J=C3=B6rg?= <jörg@example.org>\n".encode())
+    assert out.startswith(b"From: =?utf-8?q?J=C3=B6rg?= =?utf-8?q?_=3C")
+    assert group_name(out, b"From") == "Jörg <jörg@example.org>"
+    assert parse(out)["from"].groups[0].addresses == ()
+
+
+def test_a_mailbox_moved_into_a_group_name_stays_a_word_apart():
+    # a reader drops the blank between two encoded words (RFC 2047 6.2):
+    # the moved text carries its own, or a word of a blank stands for it
+    out = downgrade_header("Cc: Tëam: a@x.example, jörg@y.example;\n".encode())
+    assert group_name(out, b"Cc") == "Tëam jörg@y.example"
+    h = "Cc: Tëam: a@x.example, =?utf-8?q?J=C3=B6rg?= <jörg@y.example>, ü@x.example;\n"
+    out = downgrade_header(h.encode())
+    assert group_name(out, b"Cc") == "Tëam Jörg <jörg@y.example> ü@x.example"
+    assert [a.addr_spec for a in parse(out)["cc"].groups[0].addresses] == ["a@x.example"]
+    no_defects(out)

@@ -403,7 +403,7 @@ def _address_list(text: str, strict: bool = False) -> str:
         if item:
             ascii_form, original = _mailbox(item, strict)
             out.append(ascii_form if ascii_form is not None
-                       else f"{encoded_words(original)} :;")  # RFC 6857 3.2.1
+                       else f"{_mailbox_text([original])} :;")  # RFC 6857 3.2.1
         i = j + 1
     return ", ".join(out)
 
@@ -430,7 +430,8 @@ def _group(name: str, members: str, strict: bool = False) -> str:
             kept.append(ascii_form)
     phrase = _phrase(name.strip())
     if moved:
-        phrase = f"{phrase} {encoded_words(' '.join(moved))}".strip()
+        moved_text = _mailbox_text(moved, after_word=phrase.endswith("?="))
+        phrase = f"{phrase} {moved_text}".strip()
     if phrase.endswith("?="):
         phrase += " "  # an encoded word ends at a blank (RFC 2047 5(3))
     return f"{phrase}: {', '.join(kept)};" if kept else f"{phrase}:;"
@@ -540,29 +541,11 @@ def _phrase(display: str) -> str:
         return display
     words: list[tuple[str, bool]] = []  # (a word, kept as an encoded word)
     comments: list[str] = []
-    at = 0  # where the part starts in ``display``
-    for part in _comment_split(display):
-        if part.startswith("("):
-            comments.append(_comments(part))
-            at += len(part)
-            continue
-        i, n = 0, len(part)
-        while i < n:
-            if part[i] == '"':
-                j = i + 1
-                while j < n and part[j] != '"':
-                    j += 2 if part[j] == "\\" else 1
-                words.append((_unescape(part[i + 1:j]), False))
-                i = j + 1
-            elif part[i] in " \t":
-                i += 1
-            else:
-                j = i
-                while j < n and part[j] not in ' \t"':
-                    j += 1
-                words.append((part[i:j], _phrase_word(display, at + i, at + j)))
-                i = j
-        at += n
+    for kind, start, end, text in _phrase_tokens(display):
+        if kind == "comment":
+            comments.append(_comments(text))
+        else:
+            words.append((text, kind == "atom" and _phrase_word(display, start, end)))
     pieces: list[str] = []
     run: list[str] = []  # words of text since the last kept encoded word
     for word, kept in words:
@@ -577,6 +560,61 @@ def _phrase(display: str) -> str:
     if run:
         pieces.append(encoded_words(" " * bool(pieces) + " ".join(run)))
     return " ".join((*pieces, *comments))
+
+
+def _phrase_tokens(display: str) -> list[tuple[str, int, int, str]]:
+    """A display name's words and comments, in order: (kind -- "atom",
+    "quoted" or "comment" --, start, end, text: a quoted string's
+    unquoted, the others' as written)."""
+    tokens: list[tuple[str, int, int, str]] = []
+    at = 0  # where the part starts in ``display``
+    for part in _comment_split(display):
+        n = len(part)
+        if part.startswith("("):
+            tokens.append(("comment", at, at + n, part))
+            at += n
+            continue
+        i = 0
+        while i < n:
+            if part[i] == '"':
+                j = i + 1
+                while j < n and part[j] != '"':
+                    j += 2 if part[j] == "\\" else 1
+                tokens.append(("quoted", at + i, at + min(j + 1, n), _unescape(part[i + 1:j])))
+                i = j + 1
+            elif part[i] in " \t":
+                i += 1
+            else:
+                j = i
+                while j < n and part[j] not in ' \t"':
+                    j += 1
+                tokens.append(("atom", at + i, at + j, part[i:j]))
+                i = j
+        at += n
+    return tokens
+
+
+def _mailbox_text(items: list[str], after_word: bool = False) -> str:
+    """Mailboxes as written (``items``), as the encoded words of RFC 6857
+    3.2.1's group name, the encoded words of their display names kept
+    (``_phrase_word``), so a reader shows each as the original showed it.
+    ``after_word``: they follow an encoded word, from which a blank a
+    reader shows sets them off (the blanks between two encoded words it
+    drops, RFC 2047 6.2)."""
+    text = " ".join(items)
+    spans: list[tuple[int, int]] = []
+    at = 0
+    for item in items:
+        display = item[:_scan(item, 0, "<")]
+        spans += [(at + start, at + end) for kind, start, end, _ in _phrase_tokens(display)
+                  if kind == "atom" and _phrase_word(display, start, end)]
+        at += len(item) + 1
+    if after_word:
+        if spans and spans[0][0] == 0:  # a kept word first: the blank a word of its own
+            return "=?utf-8?q?_?= " + _kept_and_encoded(text, spans, _Q_ROOM)
+        text = " " + text
+        spans = [(start + 1, end + 1) for start, end in spans]
+    return _kept_and_encoded(text, spans, _Q_ROOM)
 
 
 def _phrase_word(display: str, start: int, end: int) -> bool:
