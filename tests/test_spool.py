@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -855,6 +857,31 @@ class RecoveryTests(SynchronousTestCase):
             flags = fcntl.fcntl(s._lock_fd, fcntl.F_GETFL)
             self.assertEqual(flags & os.O_ACCMODE, os.O_RDONLY)
             s.close()
+
+    def test_the_lock_is_taken_where_an_exclusive_flock_needs_a_write_descriptor(self):
+        # NFS makes an ``flock`` a POSIX lock, and refuses an exclusive one
+        # on a descriptor not open for writing (EBADF): a hub with its
+        # state directory there must still start, and still be alone
+        def nfs_flock(fd: int, op: int) -> None:
+            if op & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            fcntl.flock(fd, op)
+
+        self.patch(spool_module, "fcntl", types.SimpleNamespace(
+            flock=nfs_flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB))
+        base = self.mktemp()
+        os.makedirs(base)
+        first = open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=False)
+        self.assertTrue(first.available())
+        self.assertTrue(first.claim())
+        flags = fcntl.fcntl(first._lock_fd, fcntl.F_GETFL)
+        self.assertEqual(flags & os.O_ACCMODE, os.O_RDWR)
+        second = open_spooler(self, os.path.join(base, "spool"), SyncerSpy(), recover=False)
+        self.assertFalse(second.available())
+        self.assertFalse(second.claim())
+        first.close()
+        self.assertTrue(second.claim())
+        second.close()
 
     def test_recover_false_keeps_files(self):
         d = self.mktemp()

@@ -461,12 +461,28 @@ class Spooler:
     def _try_lock(self) -> int | None:
         """A descriptor holding ``<spool_dir>.lock``, or None when another
         live spooler holds it."""
-        fd = _open_lock(self.spool_dir + ".lock")
+        path = self.spool_dir + ".lock"
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as e:
+            os.close(fd)
+            if e.errno != errno.EBADF:
+                raise
+            # NFS makes an ``flock`` a POSIX lock, whose exclusive kind
+            # needs a descriptor open for writing: that file system gets one
+            fd = _open_lock(path, write=True)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
         return fd
 
     def discard(self, message: SpooledMessage) -> None:
@@ -628,7 +644,7 @@ def spool_in_use(spool_dir: str, locks: str | None = None,
     return False
 
 
-def _open_lock(path: str) -> int:
+def _open_lock(path: str, write: bool = False) -> int:
     """Open (or make) ``spool.lock`` for ``flock``; never through a link.
 
     twistd started as root opens it before it switches to ``--uid``, in
@@ -645,10 +661,13 @@ def _open_lock(path: str) -> int:
     access): the descriptor is held for as long as the hub runs, and one
     open for writing makes the kernel refuse ``mount -o remount,ro`` of
     the file system under ``state_dir`` (EBUSY), which an admin does to a
-    failing disk while the hub keeps serving POP3."""
+    failing disk while the hub keeps serving POP3.  ``write``: opened for
+    writing, for NFS, which refuses an exclusive ``flock`` on a read-only
+    descriptor (EBADF: it makes it a POSIX lock)."""
     why = "not a regular file with one name (a link?): not followed; remove it"
+    access = os.O_RDWR if write else os.O_RDONLY
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
+        fd = os.open(path, access | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC,
                      0o600)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENXIO):
