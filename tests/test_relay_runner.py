@@ -4637,13 +4637,12 @@ def test_no_attempt_begins_while_the_queue_has_no_room_to_record_its_outcome(
         hub.clock.advance(1)
     assert hub.agent.calls == []
     assert [r.attempts for r in hub.queue.read(qid).recipients] == [0, 0]
-    said = (f"handling queue entry {qid} failed; retrying later: [Errno 28] no room in the "
-            "queue folder to record an attempt's outcome: not attempted: "
-            f"'{hub.queue.directory}'")
+    said = (f"the queue folder {hub.queue.directory} has no room to record a delivery "
+            "attempt's outcome (no inode free, or less than 64 KiB): entries whose outcome "
+            "must be written are not attempted until it has")
     assert said in [formatEvent(e) for e in log_events]
     full[0] = False
-    for _ in range(int(ERROR_RETRY) + 2):
-        hub.clock.advance(1)
+    hub.clock.advance(1)  # attempted at the runner's next look
     assert sorted(c[1] for c in hub.agent.calls) == ["other.test", "remote.test"]
     entry = hub.queue.read(qid)
     assert entry.recipient(BOB).state == "delivered"
@@ -4666,3 +4665,62 @@ def test_an_entry_one_delivery_finishes_is_attempted_on_a_full_disk(
     assert bool(hub.agent.calls) is attempted
     assert (hub.queue.ids() == []) is attempted
     assert qid
+
+
+def test_a_full_queue_folder_is_said_once_and_attempts_resume_when_it_has_room(
+        hub, monkeypatch, log_events):
+    # a full disk under a queue of thousands must not log a line per entry
+    # per minute: one warning when attempts stop, one line when they go on,
+    # and that as soon as there is room (the runner looks each second)
+    from twisted.logger import LogLevel, formatEvent
+
+    full = [True]
+    monkeypatch.setattr(hub.queue, "has_room_for_outcome", lambda qid: not full[0])
+    hub.runner.start()
+    first = enqueue(hub, BOB, CAROL)
+    hub.clock.advance(20)
+    second = enqueue(hub, BOB, CAROL)
+    for _ in range(200):
+        hub.clock.advance(1)
+    assert hub.agent.calls == []
+    said = [formatEvent(e) for e in log_events if e["log_level"] >= LogLevel.warn]
+    assert len(said) == 1 and "has no room to record" in said[0], said
+    full[0] = False
+    hub.clock.advance(1)  # a second, not the minute of a retry
+    assert sorted({c[0] for c in hub.agent.calls}) == sorted([first, second])
+    for _ in range(200):
+        hub.clock.advance(1)
+    said = [formatEvent(e) for e in log_events]
+    assert sum("has no room to record" in line for line in said) == 1
+    assert sum("has room again: delivery attempts resume" in line for line in said) == 1
+    assert not [e for e in log_events if e["log_level"] >= LogLevel.error]
+
+
+def test_an_entry_that_still_has_no_room_keeps_the_full_queue_folder_said_once(
+        hub, monkeypatch, log_events):
+    # room enough for a small record, not for a large one (many
+    # recipients): the small entry goes, the large one waits, and the log
+    # says neither "room again" nor "no room" each time one of them looks
+    from twisted.logger import formatEvent
+
+    room = {"small": False, "big": False}
+    ids: dict[str, str] = {}
+    monkeypatch.setattr(hub.queue, "has_room_for_outcome",
+                        lambda qid: room["big" if qid == ids.get("big") else "small"])
+    hub.runner.start()
+    big = ids["big"] = enqueue(hub, BOB, CAROL)
+    small = enqueue(hub, BOB, CAROL)
+    hub.clock.advance(30)
+    room["small"] = True
+    for _ in range(300):
+        hub.clock.advance(1)
+    assert {c[0] for c in hub.agent.calls} == {small}
+    said = [formatEvent(e) for e in log_events]
+    assert sum("has no room to record" in line for line in said) == 1
+    assert not any("has room again" in line for line in said)
+    room["big"] = True
+    hub.clock.advance(1)
+    assert {c[0] for c in hub.agent.calls} == {small, big}
+    said = [formatEvent(e) for e in log_events]
+    assert sum("has no room to record" in line for line in said) == 1
+    assert sum("has room again" in line for line in said) == 1

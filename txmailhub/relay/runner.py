@@ -33,7 +33,6 @@ made when it is taken and dropped when it is done.
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +51,7 @@ from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.events import QueueEvents
 from txmailhub.relay.failing import FailingDestinations
 from txmailhub.relay.notices import _DELETED, NoticeSender
-from txmailhub.relay.queue import CHANGED, FLUSH, OutboundQueue
+from txmailhub.relay.queue import CHANGED, FLUSH, RECORD_ROOM, OutboundQueue
 from txmailhub.relay.record import QueueEntry
 from txmailhub.relay.recording import (
     ERROR_RETRY,
@@ -149,6 +148,11 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # release that arrived during that attempt is still honoured when
         # they are recorded (if that attempt began within the lifetime).
         self._release_seen: dict[str, tuple[int, float]] = {}
+        # Entries not attempted because the queue folder had no room to
+        # record the outcome (``_wait_for_room``), and whether that has
+        # been said (once, until the last of them finds room: ``_record_room_found``).
+        self._roomless: set[str] = set()
+        self._roomless_said = False
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -175,6 +179,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # this run shares no more (``MXResolver.forget``): watched anew
         self._watching.clear()
         self._failing.clear()  # tried afresh, as the agent's memory of them
+        self._roomless.clear()  # a full queue folder is said again by this run
+        self._roomless_said = False
         self.agent.resume()
         now = self.clock.seconds()
         entries = self.queue.recover()
@@ -305,14 +311,16 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             self.kick()
         withheld = False  # a delivery not made: the entry held or deleted as it waited
         if entry.pending and not results:
-            if (recording.delivery_needs_record(entry)
-                    and not self.queue.has_room_for_outcome(qid)):
+            if recording.delivery_needs_record(entry):
                 # a copy sent now whose outcome cannot be written is sent
                 # again after a restart: none is, until there is room.  An
                 # entry that one delivery finishes is still attempted: its
                 # removal needs no room, and frees some
-                raise OSError(errno.ENOSPC, "no room in the queue folder to record an "
-                              "attempt's outcome: not attempted", self.queue.directory)
+                if not self.queue.has_room_for_outcome(qid):
+                    self._wait_for_room(entry)
+                    return
+                self._record_room_found(qid)
+            self._roomless.discard(qid)  # (one that needs no record any more)
             att = self._start_attempt(qid)
             try:
                 results = yield self._attempt(entry, generation, att)
@@ -413,6 +421,55 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             log.info("{queue_id} done: removed from the queue", queue_id=qid)
         else:
             self._index(entry)
+
+    def _wait_for_room(self, entry: QueueEntry) -> None:
+        """``entry`` is not attempted now: the queue folder has no room to
+        record the outcome.  Retried like an entry whose handling failed
+        (no attempt counted), but said once, as a warning, for all the
+        entries that wait so: a full disk under a large queue would
+        otherwise log a line per entry per minute."""
+        qid = entry.id
+        if not self._roomless_said:
+            self._roomless_said = True
+            log.warn("the queue folder {path} has no room to record a delivery attempt's "
+                     "outcome (no inode free, or less than {least} KiB): entries whose "
+                     "outcome must be written are not attempted until it has",
+                     path=self.queue.directory, least=RECORD_ROOM // 1024)
+        self._roomless.add(qid)
+        self.due[qid] = self.clock.seconds() + ERROR_RETRY
+        self._destinations[qid] = self._where(entry)
+
+    def _tick(self) -> None:
+        # while entries wait for room, a look each second (one ``statvfs``)
+        # makes them due as soon as there is some, not at their retry
+        if self._roomless:
+            try:
+                self._look_for_room()
+            except Exception:
+                log.failure("queue runner: a look at the queue folder's room failed")
+        super()._tick()
+
+    def _look_for_room(self) -> None:
+        """Make the entries that wait for room due now if there is some
+        (for one of them: each looks again for itself).  Those held or
+        gone since wait no more (and are not said to have found room)."""
+        waiting = self._roomless
+        waiting.intersection_update(self.due.keys())
+        if not waiting or not self.queue.has_room_for_outcome(min(waiting)):
+            return
+        now = self.clock.seconds()
+        for qid in waiting:
+            if now < self.due[qid] < float("inf"):  # (inf: under way)
+                self.due[qid] = now
+
+    def _record_room_found(self, qid: str) -> None:
+        """``qid`` found room for its outcome: when it was the last entry
+        waiting for room (``_wait_for_room``), attempts go on, said once."""
+        self._roomless.discard(qid)
+        if self._roomless_said and not self._roomless:
+            self._roomless_said = False
+            log.info("the queue folder {path} has room again: delivery attempts resume",
+                     path=self.queue.directory)
 
     def _keep_given_up(self, qid: str, results: list[DeliveryResult]) -> None:
         """A stop gave ``qid``'s attempt up: of what it had, the recipients
