@@ -1318,6 +1318,52 @@ class MailboxTests(Base):
         box.close()
         self.open(ANN).close()
 
+    def test_a_maildir_not_made_yet_on_a_full_or_read_only_disk_is_an_empty_mailbox(self):
+        # a user with no mail yet logs in while the disk is full or
+        # read-only: an absent Maildir has no messages (RFC 1939 "+OK 0
+        # messages"), and making it waits for the first delivery
+        for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            real_mkdir = os.mkdir
+
+            def no_room(path, mode=0o777, code=code):
+                raise OSError(code, os.strerror(code), path)
+
+            patched = self.patch(maildir_module.os, "mkdir", no_room)
+            box = self.open(ANN)
+            self.assertEqual(len(box.list_messages()), 0)
+            self.assertFalse(box.closed)
+            self.assertFalse(os.path.lexists(self.md(ANN)))
+            second = self.open(ANN)  # nothing to share: no lock to wait for
+            box.close()
+            second.close()
+            self.assertTrue(box.closed)
+            patched.restore()
+            self.assertIs(maildir_module.os.mkdir, real_mkdir)
+        # the first delivery makes it, as for a Maildir never opened
+        self.deliver([ANN])
+        box = self.open(ANN)
+        self.assertEqual(len(box.list_messages()), 1)
+        self.failureResultOf(self.store.open_mailbox(ANN), MailboxInUse)
+        box.close()
+
+    def test_a_maildir_with_messages_that_cannot_be_completed_is_not_taken_as_empty(self):
+        # its tmp/ gone and no room to make it again: the messages in new/
+        # are there, so the login is refused as before, not told 0 messages
+        self.deliver([ANN])
+        os.rmdir(os.path.join(self.md(ANN), "tmp"))
+        store = MaildirStore(os.path.join(self.state, "mail"), "mail.example.org",
+                             self.syncer, clock=self.clock)
+        real_mkdir = os.mkdir
+
+        def no_room(path, mode=0o777):
+            if os.path.exists(path):
+                return real_mkdir(path, mode)  # FileExistsError, as the disk says
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+
+        self.patch(maildir_module.os, "mkdir", no_room)
+        f = self.failureResultOf(store.open_mailbox(ANN), OSError)
+        self.assertEqual(f.value.errno, errno.ENOSPC)
+
     def test_a_maildir_that_cannot_be_made_is_no_mailbox_in_use(self):
         # permission denied is the error it is, not "in use by another session"
         def denied(path, mode=0o777):

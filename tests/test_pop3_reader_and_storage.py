@@ -631,7 +631,7 @@ def test_a_login_whose_client_left_before_its_turn_is_logged_so_not_in_use(
 
 @pytest.mark.parametrize("error, reply", [
     (PermissionError(errno.EACCES, "Permission denied"), R.MAILBOX_PERM_FAILURE),
-    (OSError(errno.ENOSPC, "No space left on device"), R.MAILBOX_TEMP_FAILURE),
+    (OSError(errno.EIO, "Input/output error"), R.MAILBOX_TEMP_FAILURE),
 ])
 def test_a_maildir_that_cannot_be_made_is_answered_after_the_job(
         tmp_path, monkeypatch, error, reply):
@@ -650,6 +650,29 @@ def test_a_maildir_that_cannot_be_made_is_answered_after_the_job(
     assert b"-ERR" not in bytes(t.received)  # the reply waits for the job
     syncer.run()
     assert bytes(t.received).endswith(reply.to_bytes())
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_maildir_not_made_yet_on_a_full_or_read_only_disk_logs_in_empty(
+        tmp_path, monkeypatch, code):
+    """RFC 1939: a user with no mail yet has an empty maildrop, full disk
+    or not: ``+OK``, ``STAT`` 0 messages, ``QUIT`` ``+OK``; the Maildir
+    is made by the first delivery, not the login."""
+    _clock, components, md, syncer = held_env(tmp_path, [])
+    shutil.rmtree(md)
+    syncer.holding = False
+
+    def no_room(path, mode=0o777):
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(os, "mkdir", no_room)
+    proto, t = logging_in(components)
+    assert b"+OK Logged in" in bytes(t.received), bytes(t.received)
+    t.received.clear()
+    proto.dataReceived(b"STAT\r\nQUIT\r\n")
+    assert bytes(t.received).startswith(b"+OK 0 0\r\n+OK"), bytes(t.received)
+    assert not os.path.lexists(md)
     proto.connectionLost(Failure(ConnectionDone()))
 
 

@@ -847,9 +847,9 @@ class MaildirStore:
                         return defer.fail(_left(address))
                     return self._in_use(md, address, wanted, may_wait)
                 return result
-            if make:
+            fds, snapshot, there = result
+            if make and there:  # (one not made yet is made by its first delivery)
                 self._known.add(md)
-            fds, snapshot = result
             try:
                 return MaildirMailbox(self, md, tuple(fds), snapshot)
             except BaseException:
@@ -1213,24 +1213,52 @@ def _make_maildir(md: str) -> None:
             pass
 
 
-def _open_locked(md: str, make: bool, now: float) -> tuple[list[int], Snapshot]:
+def _open_locked(md: str, make: bool, now: float) -> tuple[list[int], Snapshot, bool]:
     """A POP3 login's disk work, one job on the syncer's worker threads
     (``MaildirStore._open``): the folders made (``make``: the first time
     this process meets ``md``), the lock taken (``_lock_mailbox``:
     ``BlockingIOError`` when it is held), the stale ``tmp/`` files
     removed and the snapshot listed.  The descriptors that hold the lock
     go back with the snapshot; when anything after the lock fails they
-    are closed here, so a failed job holds nothing."""
+    are closed here, so a failed job holds nothing.  The last item says
+    whether ``md`` is there: one that cannot be made for want of room (a
+    full or read-only disk) and has no messages folder is an empty
+    mailbox (``_absent``), made by the first delivery."""
     if make:
-        _make_maildir(md)
+        try:
+            _make_maildir(md)
+        except OSError as e:
+            if e.errno not in _NO_ROOM or any(
+                    os.path.lexists(os.path.join(md, sub)) for sub in ("new", "cur")):
+                raise
+            return [_absent(md)], Snapshot(md), False
     fds = _lock_mailbox(md)
     try:
         clean_tmp(md, now)
-        return fds, scan(md)
+        return fds, scan(md), True
     except BaseException:
         for held in fds:
             os.close(held)
         raise
+
+
+#: what making a Maildir meets on a full or read-only disk
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _absent(md: str) -> int:
+    """The descriptor of a session of Maildir ``md`` not made yet (its
+    nearest folder that is there, read-only): it holds no lock -- an
+    absent mailbox has no messages, and two sessions of it nothing to
+    share -- but a mailbox without a descriptor is a closed one."""
+    path = os.path.dirname(md)
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        except FileNotFoundError:
+            if os.path.dirname(path) == path:
+                raise
+            path = os.path.dirname(path)
 
 
 def _give(_: Any, results: dict) -> dict:
