@@ -8,7 +8,7 @@ import itertools
 import re
 import string
 import urllib.parse
-from email import policy
+from email import headerregistry, policy
 from email.header import decode_header, make_header
 
 import pytest
@@ -563,6 +563,58 @@ def test_a_parameter_name_too_long_for_any_line_leaves_the_field_text(monkeypatc
     out = downgrade_header(f'Content-Type: text/plain; {"n" * 954}="ä"\n'.encode())
     assert out.startswith(b"Content-Type: =?utf-8?q?text")
     assert max(len(line) for line in out.split(b"\n")) <= 76
+
+
+def _parser_inputs(monkeypatch, parse: bool = True) -> list[str]:
+    """The texts the stdlib's Content-Type and Content-Disposition parsers
+    are given, recorded: what they are not given costs them no time
+    (their cost grows with the square of a field's tokens).  Without
+    ``parse`` a text given to them fails the test at once instead."""
+    seen: list[str] = []
+    for cls in (headerregistry.ContentTypeHeader, headerregistry.ContentDispositionHeader):
+        real = cls.value_parser
+
+        def parser(value, real=real):
+            seen.append(value)
+            if not parse:
+                raise AssertionError(f"the stdlib was given {len(value)} characters to parse")
+            return real(value)
+
+        monkeypatch.setattr(cls, "value_parser", staticmethod(parser))
+    return seen
+
+
+@pytest.mark.parametrize("field_name", ["Content-Type", "Content-Disposition"])
+def test_a_long_parameter_field_is_text_and_never_reaches_the_stdlib(monkeypatch, field_name):
+    # 60,000 ";" kept the stdlib's parser busy for over a minute, on the
+    # reactor thread that serves every POP3 and SMTP session
+    seen = _parser_inputs(monkeypatch, parse=False)
+    value = 'text/plain; name="ä"' + ";" * 60_000
+    out = downgrade_header(f"{field_name}: {value}\n".encode())
+    assert seen == []
+    assert out.startswith(f"{field_name}: =?utf-8?q?text".encode())
+    assert rfc2047(out.split(b":", 1)[1]) == value
+    assert max(len(line) for line in out.split(b"\n")) <= 76
+
+
+def test_a_header_section_hands_the_stdlib_a_few_parameter_fields_only(monkeypatch):
+    seen = _parser_inputs(monkeypatch)
+    value = 'text/plain; name="ä"' + "; a=b" * 190
+    out = downgrade_header(f"Content-Type: {value}\n".encode() * 10)
+    assert len(seen) == 2
+    fields = out.split(b"\nContent-Type:")
+    assert len(fields) == 10
+    assert b"name*=utf-8''%C3%A4" in fields[1] and b"name*=" not in fields[2]
+    assert rfc2047(fields[9]) == value
+
+
+def test_comments_nested_too_deep_for_the_stdlib_leave_the_field_text():
+    # the stdlib reads a comment by recursing: 500 nested ones raised
+    # RecursionError out of the downgrade (RETR failed for good)
+    value = 'text/plain; name="ä" ' + "(" * 500 + ")" * 500
+    out = downgrade_header(f"Content-Type: {value}\n".encode())
+    assert out.startswith(b"Content-Type: =?utf-8?q?text")
+    assert rfc2047(out.split(b":", 1)[1]) == value
 
 
 # -- folding -----------------------------------------------------------------

@@ -765,6 +765,17 @@ def test_a_composite_part_nested_too_deep_with_8bit_octets_is_unconvertible():
         convert(src)
 
 
+@pytest.mark.parametrize("tail", [";" * 3000, " " + "(" * 500 + ")" * 500],
+                         ids=["long", "nested-comments"])
+def test_an_8bit_content_type_the_stdlib_cannot_read_in_time_is_unconvertible(tail):
+    # the stdlib's parser takes time growing with the square of a field's
+    # tokens and recurses once per nested comment: such a field has no
+    # 7-bit form (a RecursionError was a local error, retried for good)
+    src = f'MIME-Version: 1.0\nContent-Type: text/plain; name="ä"{tail}\n\nx\n'.encode()
+    with pytest.raises(Unconvertible, match="the Content-Type field cannot be re-encoded"):
+        convert(src)
+
+
 @pytest.mark.parametrize("ctype", ["multipart/mixed", "message/partial; id=x; number=1"])
 def test_a_composite_part_without_8bit_octets_is_copied_as_it_is(ctype):
     # only the 8-bit content makes it unconvertible: a 7-bit one goes as it is

@@ -78,6 +78,15 @@ _POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=_
 _PARAM_CHROME = 37
 _LONG_LINE = 990
 _LONG_POLICY = _POLICY.clone(max_line_length=_LONG_LINE)
+# The stdlib's parser takes time that grows with the square of a field's
+# tokens (each step copies the rest of the text: 8,000 ";" take over a
+# second, 60 KiB over a minute), and recurses once per nested comment.
+# Parameter text longer than this goes no further than the hub's own
+# encoding (a real field, a file name of 255 characters and the other
+# parameters, is a few hundred), and a header section hands the stdlib
+# at most this many fields: the POP3 downgrade runs on the reactor thread
+_PARAM_TEXT_MAX = 2048
+_PARAM_FIELDS_MAX = 2
 _HEADER_END = re.compile(rb"\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+").findall
@@ -118,6 +127,7 @@ def downgrade_header(header: bytes) -> bytes:
     if header.isascii():
         return header
     out: list[bytes] = []
+    parameter_fields = 0  # handed to the stdlib (``_PARAM_FIELDS_MAX``)
     for raw in _fields(header):
         if raw.isascii():
             out.append(raw)
@@ -128,7 +138,10 @@ def downgrade_header(header: bytes) -> bytes:
             out.append(raw)  # legacy 8-bit: not ours to change
             continue
         ending = "\n" if text.endswith("\n") else ""
-        out.append((_field(text.rstrip("\r\n")) + ending).encode("ascii"))
+        if text.partition(":")[0].rstrip(" \t").lower() in _PARAMETER_FIELDS:
+            parameter_fields += 1
+        field = _field(text.rstrip("\r\n"), parameter_fields <= _PARAM_FIELDS_MAX)
+        out.append((field + ending).encode("ascii"))
     return b"".join(out)
 
 
@@ -145,8 +158,10 @@ def _fields(header: bytes) -> list[bytes]:
     return fields
 
 
-def _field(text: str) -> str:
-    """One field (no final line end) with UTF-8 in it, in ASCII."""
+def _field(text: str, parameters: bool = True) -> str:
+    """One field (no final line end) with UTF-8 in it, in ASCII.
+    ``parameters``: a Content-Type or Content-Disposition may have its
+    parameters read (``parameter_field``); else it is text."""
     name, sep, value = text.partition(":")
     name = name.rstrip(" \t")  # RFC 5322 4.5.8: obsolete blanks before the colon
     if not sep or not name or not all("!" <= c <= "~" for c in name):
@@ -162,7 +177,7 @@ def _field(text: str) -> str:
     if key in ENCAPSULATED_FIELDS:
         return _literal_field(ENCAPSULATED_FIELDS[key], value.lstrip(" \t"))
     if key in _PARAMETER_FIELDS:
-        folded = parameter_field(name, value)
+        folded = parameter_field(name, value) if parameters else None
         if folded is not None:
             return folded
         return _literal_field(name, value.lstrip(" \t"))  # no parameters to be had
@@ -178,10 +193,14 @@ def parameter_field(name: str, value: str) -> str | None:
     (RFC 2047 5(2)) -- the stdlib would put them outside the comment,
     where they end the type, and folds a line with them badly.  ``None``
     when the value has no parameters to be had, or one whose name is too
-    long for any line (``_PARAM_CHROME``)."""
+    long for any line (``_PARAM_CHROME``), or when the stdlib would take
+    too long to read them (``_PARAM_TEXT_MAX``) or has no room on the
+    stack for its comments."""
     parts = _comment_split(value.strip())
     comments = [_comments(p) for p in parts if p[:1] == "(" and not p.isascii()]
     mime = "".join(p for p in parts if p[:1] != "(" or p.isascii())
+    if len(mime) > _PARAM_TEXT_MAX:
+        return None
     try:
         header = _POLICY.header_factory(name, mime)
         longest = max(map(len, getattr(header, "params", {})), default=0)
@@ -189,7 +208,9 @@ def parameter_field(name: str, value: str) -> str | None:
             return None
         policy = _POLICY if longest <= _LINE - _PARAM_CHROME else _LONG_POLICY
         folded = header.fold(policy=policy)
-    except (HeaderParseError, ValueError, IndexError):
+    except (HeaderParseError, ValueError, IndexError, RecursionError):
+        # (RecursionError: comments nested a few hundred deep, which the
+        # parser reads by recursing; the stack, unwound, is as it was)
         return None
     if not folded.isascii():
         return None
