@@ -551,6 +551,8 @@ def test_check_as_root_never_says_to_chgrp_a_tls_file_another_group_reads(
     state.mkdir()
     nobody = pwd.getpwnam("nobody")
     for hub, says in (((nobody.pw_uid, nobody.pw_gid), "usermod -a -G 4545 nobody"),
+                      # the user is named by its uid, not by its group's number
+                      ((nobody.pw_uid, HUB_GID), "usermod -a -G 4545 nobody"),
                       ((HUB_UID, HUB_GID), "SupplementaryGroups=4545")):
         os.chown(state, *hub)
         code, out, err = run(config, "check")
@@ -560,3 +562,26 @@ def test_check_as_root_never_says_to_chgrp_a_tls_file_another_group_reads(
         assert "chgrp" not in lines[0] and says in lines[0], lines[0]
     # the key's group and mode are left alone by what is said
     assert (key.stat().st_gid, key.stat().st_mode & 0o777) == (4545, 0o640)
+
+
+@needs_root
+def test_check_as_root_says_to_chgrp_a_tls_file_only_roots_group_reads(
+        open_tmp: Path) -> None:
+    # root:root 0640: the group that reads it is root's, which the hub's
+    # user is never to join -- the file's group is to be the hub's
+    from conftest import make_certificate
+
+    cert, key = make_certificate(open_tmp / "tls", "mail.example.org")
+    os.chmod(open_tmp / "tls", 0o755)
+    os.chown(key, 0, 0)
+    os.chmod(key, 0o640)
+    config = _config(open_tmp, f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    state = open_tmp / "state"
+    state.mkdir()
+    os.chown(state, HUB_UID, HUB_GID)
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    lines = [line for line in err.splitlines() if "[tls] key" in line]
+    assert len(lines) == 1, err
+    assert f"chgrp 4343 {key} && chmod 640 {key}" in lines[0], lines[0]
+    assert "usermod" not in lines[0] and "SupplementaryGroups" not in lines[0], lines[0]
