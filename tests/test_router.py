@@ -521,6 +521,16 @@ class BadLineTests(Base):
         _, problems = parse_aliases('"a@b": joe, "x@y"\n', "example.org", DOMAINS, "f")
         self.assertEqual(problems, [])
 
+    def test_a_quoted_backslash_before_the_closing_quote_ends_no_quote(self):
+        # the file's "a\\" is the local part a\ quoted: the second backslash
+        # is the one quoted, and the '"' after it closes the string, so the
+        # ':' and ',' after it split the line as anywhere else
+        table, problems = parse_aliases('"a\\\\": joe, "x\\\\"@remote.test, ann\n',
+                                        "example.org", DOMAINS, "f")
+        self.assertEqual(problems, [])
+        self.assertEqual(table, {'"a\\\\"@example.org': (
+            (A("joe"), True), (Address('"x\\\\"', "remote.test"), True), (A("ann"), True))})
+
     def test_a_comma_in_quotes_or_a_comment_does_not_split_a_target(self):
         # one address "x,y"@remote.test, one program: they were cut in two
         # at the comma, and the halves taken as addresses without a word
