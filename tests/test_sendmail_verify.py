@@ -243,3 +243,28 @@ def test_control_characters_in_a_line_are_escaped(config: Path, tmp_path: Path) 
     assert "\x1b" not in out
     assert out == ("joe@example.org... not verified: 451 4.3.0 Local error in processing, "
                    f"try again later: the users file {tmp_path}/u\\x{{1B}}[2Jx does not exist\n")
+
+
+def test_a_miss_in_a_file_being_rewritten_is_not_verified_with_the_hubs_reply(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a users or aliases file read while it may be half-written: the hub
+    # answers 451 for a name it misses (``Router._doubtful_miss``), and -bv
+    # says that reply, no file being unreadable or away
+    monkeypatch.setattr("txmailhub.router.Router._doubtful_miss", lambda self: True)
+    status, out, err, _ = verify(["nobody"], config)
+    assert (status, err) == (EX_TEMPFAIL, "")
+    assert out.splitlines() == [
+        "nobody@example.org... not verified: 451 4.3.0 Mailbox list is being updated, try "
+        "again later"]
+
+def test_a_config_with_no_usable_users_file_leaves_local_names_unverified(
+        config: Path) -> None:
+    # ``[users] file = ""``: no path to read, the hub's own start fails;
+    # no local name is a mailbox for -bv then
+    config.write_text(config.read_text() + '[users]\nfile = ""\n')
+    status, out, err, _ = verify(["joe", "staff"], config)
+    assert (status, err) == (EX_TEMPFAIL, "")
+    why = ("451 4.3.0 Local error in processing, try again later: the config names no "
+           "usable [users] file")
+    assert out.splitlines() == [f"joe@example.org... not verified: {why}",
+                                f"staff@example.org... not verified: {why}"]
