@@ -255,3 +255,11 @@ def test_an_input_made_non_blocking_after_the_start_is_still_waited_on() -> None
 
     _, body = _read_while_written(r, write)
     assert body == b"first line, then a pause\r\nlast line\r\n"
+
+
+def test_a_body_line_is_cut_at_998_octets_a_backslash_before_the_cut_and_all() -> None:
+    # a quoted-pair is a header's (RFC 5322 3.2.1): in the body a backslash
+    # is a character like any, and the cut stays where Postfix makes it
+    line = b"a" * 997 + b"\\" + b"b" * 20
+    read = read_message(io.BytesIO(b"Subject: x\n\n" + line + b"\n"), True, 10**6)
+    assert read.body.read() == line[:998] + b"\r\n " + line[998:] + b"\r\n"
