@@ -531,6 +531,26 @@ class BadLineTests(Base):
         self.assertEqual(table, {'"a\\\\"@example.org': (
             (A("joe"), True), (Address('"x\\\\"', "remote.test"), True), (A("ann"), True))})
 
+    def test_quotes_and_comments_read_to_their_own_end(self):
+        # a comment with a quote in it is still a comment; a backslash in a
+        # comment quotes its ')' (the comma after it is inside); no blank
+        # is needed after the name's closing quote and colon; a needless
+        # backslash in quotes RCPT would drop is kept, as check warns of it
+        table, problems = parse_aliases(
+            'a: joe(x"y")@remote.test, ann\nb(x"y"): ann\nc: b(x\\),y), ann\n'
+            '"d:e":joe\n"j\\oe": ann\n', "example.org", DOMAINS, "f")
+        self.assertEqual(table, {
+            "a@example.org": ((A("ann"), True),),
+            "c@example.org": ((A("ann"), True),),
+            '"d:e"@example.org': ((A("joe"), True),),
+            '"j\\oe"@example.org': ((A("ann"), True),)})
+        self.assertEqual(problems, [
+            "f:1: bad target 'joe(x\"y\")@remote.test' of 'a': a comment in parentheses is "
+            "no part of an address",
+            "f:2: bad alias name 'b(x\"y\")': a comment in parentheses is no part of an address",
+            "f:3: bad target 'b(x\\\\),y)' of 'c': a comment in parentheses is no part of an "
+            "address"])
+
     def test_a_comma_in_quotes_or_a_comment_does_not_split_a_target(self):
         # one address "x,y"@remote.test, one program: they were cut in two
         # at the comma, and the halves taken as addresses without a word
