@@ -12,6 +12,7 @@ import pytest
 from txmailhub.sendmail import (
     EX_CONFIG,
     EX_DATAERR,
+    EX_IOERR,
     EX_NOPERM,
     EX_NOUSER,
     EX_OK,
@@ -257,14 +258,27 @@ def test_a_miss_in_a_file_being_rewritten_is_not_verified_with_the_hubs_reply(
         "nobody@example.org... not verified: 451 4.3.0 Mailbox list is being updated, try "
         "again later"]
 
+@pytest.mark.parametrize("value", ['""', '"a\\u0000b"'])
 def test_a_config_with_no_usable_users_file_leaves_local_names_unverified(
-        config: Path) -> None:
-    # ``[users] file = ""``: no path to read, the hub's own start fails;
-    # no local name is a mailbox for -bv then
-    config.write_text(config.read_text() + '[users]\nfile = ""\n')
+        config: Path, value: str) -> None:
+    # an empty path or one with a NUL: none to read, the hub's own start
+    # fails; no local name is a mailbox for -bv then
+    config.write_text(config.read_text() + f'[users]\nfile = {value}\n')
     status, out, err, _ = verify(["joe", "staff"], config)
     assert (status, err) == (EX_TEMPFAIL, "")
     why = ("451 4.3.0 Local error in processing, try again later: the config names no "
            "usable [users] file")
     assert out.splitlines() == [f"joe@example.org... not verified: {why}",
                                 f"staff@example.org... not verified: {why}"]
+
+
+def test_bv_with_standard_output_closed_is_an_io_error(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``>&-``: Python's sys.stdout is None, and what -bv finds could be
+    # written nowhere
+    monkeypatch.setattr("sys.stdout", None)
+    err = io.StringIO()
+    status = run(["-bv", "joe"], str(config), "sendmail", io.BytesIO(b""), err, None)
+    assert status == EX_IOERR
+    assert err.getvalue() == ("sendmail: standard output is closed: nowhere to write what -bv "
+                              "finds\n")
