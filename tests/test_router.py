@@ -538,9 +538,14 @@ class BadLineTests(Base):
         # backslash in quotes RCPT would drop is kept, as check warns of it
         table, problems = parse_aliases(
             'a: joe(x"y")@remote.test, ann\nb(x"y"): ann\nc: b(x\\),y), ann\n'
-            '"d:e":joe\n"j\\oe": ann\n', "example.org", DOMAINS, "f")
+            '"d:e":joe\n"j\\oe": ann\nq: "x\\"(y"@remote.test, ann\n'
+            'r: "x"(y)@remote.test, ann\n', "example.org",
+            DOMAINS, "f")
         self.assertEqual(table, {
             "a@example.org": ((A("ann"), True),),
+            # a '(' after a quoted '"' is still inside the quotes: no comment
+            "q@example.org": ((Address('"x\\"(y"', "remote.test"), True), (A("ann"), True)),
+            "r@example.org": ((A("ann"), True),),
             "c@example.org": ((A("ann"), True),),
             '"d:e"@example.org': ((A("joe"), True),),
             '"j\\oe"@example.org': ((A("ann"), True),)})
@@ -549,7 +554,9 @@ class BadLineTests(Base):
             "no part of an address",
             "f:2: bad alias name 'b(x\"y\")': a comment in parentheses is no part of an address",
             "f:3: bad target 'b(x\\\\),y)' of 'c': a comment in parentheses is no part of an "
-            "address"])
+            "address",
+            "f:7: bad target '\"x\"(y)@remote.test' of 'r': a comment in parentheses is no "
+            "part of an address"])
 
     def test_a_comma_in_quotes_or_a_comment_does_not_split_a_target(self):
         # one address "x,y"@remote.test, one program: they were cut in two
