@@ -258,7 +258,7 @@ def test_a_miss_in_a_file_being_rewritten_is_not_verified_with_the_hubs_reply(
         "nobody@example.org... not verified: 451 4.3.0 Mailbox list is being updated, try "
         "again later"]
 
-@pytest.mark.parametrize("value", ['""', '"a\\u0000b"'])
+@pytest.mark.parametrize("value", ['""', '"a\\u0000b"', '5'])
 def test_a_config_with_no_usable_users_file_leaves_local_names_unverified(
         config: Path, value: str) -> None:
     # an empty path or one with a NUL: none to read, the hub's own start
