@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 from txmailhub.address import Address
 from txmailhub.errors import Rejected
 from txmailhub.interfaces import IRecipientRouter
-from txmailhub.router import Router, check_aliases_file, parse_aliases
+from txmailhub.router import Router, check_aliases_file, line_end_warnings, parse_aliases
 from txmailhub.smtp import replies
 from txmailhub.smtp._parse import parse_rcpt
 
@@ -1170,3 +1170,13 @@ def test_a_chain_of_aliases_deeper_than_pythons_stack_is_read(tmp_path) -> None:
         f"{path}:{depth}: alias loop: a{depth - 1}@example.org -> a{depth}@example.org -> "
         f"a{depth - 1}@example.org (it is cut at runtime; the other alias is on line "
         f"{depth + 1})"]
+
+
+def test_a_lone_cr_warning_names_the_line_it_ends_an_empty_one_too(tmp_path) -> None:
+    # "\r" alone on line 2 (after "a: joe\n"): that line's number, not the
+    # one before it
+    path = tmp_path / "aliases"
+    path.write_bytes(b"a: joe\n\rb: ann\rc: ann\n")
+    assert line_end_warnings(str(path)) == [
+        f"{path}:2: line ends with a lone CR (and 1 other line): the hub ends a line there, "
+        "but other readers of aliases files (newaliases) read it and the next line as one"]
