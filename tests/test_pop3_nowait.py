@@ -1278,3 +1278,127 @@ def test_the_seen_flags_made_at_a_fin_behind_answers_not_read_leave_their_mailbo
     assert os.listdir(os.path.join(md, "cur")) == [_TWO_NAMES[0] + ":2,S"]
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
+
+
+# -- long UTF-8 header sections: downgraded to be measured on a worker ------
+
+LONG_INTL = "Subject: caf\u00e9\n".encode() + LONG_HEADER + b"\nbody\n"
+assert LONG_INTL.index(b"\n\n") > CHUNK_SIZE
+
+
+@pytest.fixture
+def downgrades(monkeypatch) -> list[int]:
+    """The length of each header section the POP3 server downgrades."""
+    from txmailhub.downgrade import downgrade_header
+    from txmailhub.pop3 import protocol as pop3_protocol
+
+    calls: list[int] = []
+
+    def counting(header: bytes) -> bytes:
+        calls.append(len(header))
+        return downgrade_header(header)
+
+    monkeypatch.setattr(pop3_protocol, "downgrade_header", counting)
+    return calls
+
+
+class _OpenFails(Uncached):
+    """Opening message ``failing`` fails once (the login's job: a read
+    error the next command may not meet)."""
+
+    failing = 1
+
+    def open_message(self, index):
+        if index == self.failing and not getattr(self, "failed", False):
+            self.failed = True
+            raise OSError(errno.EIO, "input/output error")
+        return self._box.open_message(index)
+
+
+class _OpenFailsRealm(UncachedRealm):
+    def requestAvatar(self, avatar_id, mind, *interfaces):
+        d = super().requestAvatar(avatar_id, mind, *interfaces)
+
+        def wrap(result):
+            iface, box, logout = result
+            self.boxes[-1] = _OpenFails(box._box, self.uncached)
+            return iface, self.boxes[-1], logout
+        return d.addCallback(wrap)
+
+
+def test_a_size_the_logins_job_could_not_measure_is_downgraded_on_a_worker(
+        tmp_path, downgrades):
+    """A mailbox measured at the login on a worker (over ``INLINE_OCTETS``)
+    whose long UTF-8 header section could not be read then: the LIST that
+    needs its size measures it on a worker too, and what was pipelined
+    behind waits for it.  It was downgraded on the reactor thread, every
+    session of the hub held up to a second or two (the sender chooses the
+    length)."""
+    commands = b"LIST\r\nNOOP\r\nSTAT\r\n"
+    expected = cached_answer(tmp_path, [SMALL, LONG_INTL], commands)
+    assert len(downgrades) == 1
+    downgrades.clear()
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, LONG_INTL])
+    components.portal = Portal(_OpenFailsRealm(components.store, ()),
+                               components.portal.checkers.values())
+    proto, t = session(components, syncer)
+    assert downgrades == [] and proto._sizes[1] == -1  # the login's job could not read it
+    proto.dataReceived(commands)
+    assert downgrades == [] and bytes(t.received) == b"" and len(syncer.jobs) == 1
+    syncer.run_one()
+    assert downgrades == [LONG_INTL.index(b"\n\n") + 1]
+    assert bytes(t.received) == expected
+    assert proto._disk_waits == 0  # no read that waited for the disk
+
+
+def test_a_message_grown_since_the_listing_is_downgraded_on_a_worker(tmp_path, downgrades):
+    """A small mailbox, measured on the reactor thread when LIST needs it,
+    where a message got a long UTF-8 header section since the login's
+    listing (rewritten in place by another program): no more than
+    ``DOWNGRADE_HERE`` is downgraded on the reactor thread, the rest of
+    the measuring is a worker's."""
+    _clock, components, md, syncer, _realm = env(tmp_path, [SMALL, INTL])
+    proto, t = session(components, syncer)
+    path = os.path.join(md, "new", sorted(os.listdir(os.path.join(md, "new")))[1])
+    with open(path, "wb") as f:
+        f.write(LONG_INTL)
+    proto.dataReceived(b"LIST\r\nNOOP\r\n")
+    assert downgrades == [] and bytes(t.received) == b"" and len(syncer.jobs) == 1
+    syncer.run_one()
+    assert downgrades == [LONG_INTL.index(b"\n\n") + 1]
+    assert bytes(t.received).startswith(b"+OK 2 messages")
+    assert bytes(t.received).endswith(b"\r\n.\r\n+OK\r\n")
+
+
+@pytest.mark.parametrize("end", ["quit", "hang-up"])
+def test_a_session_that_ends_while_a_long_header_is_measured(tmp_path, downgrades, end):
+    """A QUIT pipelined behind the LIST is answered after it, and the size
+    measured on the worker is kept in the Maildir's cache for the next
+    login (``IDowngradedSizes``); a client that hangs up meanwhile gets
+    nothing, and its files are closed."""
+    _clock, components, _md, syncer, _realm = env(tmp_path, [SMALL, LONG_INTL])
+    components.portal = Portal(_OpenFailsRealm(components.store, ()),
+                               components.portal.checkers.values())
+    before = open_descriptors()
+    proto, t = session(components, syncer)
+    proto.dataReceived(b"LIST\r\nQUIT\r\n")
+    assert bytes(t.received) == b"" and len(syncer.jobs) == 1
+    if end == "hang-up":
+        proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    if end == "hang-up":
+        assert bytes(t.received) == b""
+        assert open_descriptors() == before
+        return
+    got = bytes(t.received)
+    assert got.startswith(b"+OK 2 messages")
+    assert got.endswith(b"\r\n.\r\n+OK Bye (2 messages left)\r\n")
+    assert downgrades == [LONG_INTL.index(b"\n\n") + 1]
+    downgrades.clear()
+    proto.connectionLost(Failure(ConnectionDone()))
+    run_all(syncer)
+    proto, t = session(components, syncer)  # all measured on the login's job
+    proto.dataReceived(b"LIST\r\n")
+    run_all(syncer)
+    assert bytes(t.received) == got.removesuffix(b"+OK Bye (2 messages left)\r\n")
+    assert downgrades == []  # the size was kept

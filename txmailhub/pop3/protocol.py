@@ -112,9 +112,25 @@ DOWNGRADE_HEADER_LIMIT = 1024 * 1024
 """The longest header section downgraded for a client without UTF8 (RFC
 6857); it is held in memory to be rewritten.  A message whose UTF-8
 header section is longer is refused with -ERR [UTF8] instead."""
+DOWNGRADE_HERE = CHUNK_SIZE
+"""The longest header section downgraded (RFC 6857) on the reactor
+thread where the hub has worker threads: some 40 ms of every session's
+time for 64 KiB of UTF-8 fields.  A longer one, up to
+``DOWNGRADE_HEADER_LIMIT`` and a second or two of CPU, is downgraded on
+a worker (``WORKER_JOBS``): for RETR and TOP, one whose end is not in the
+first chunk read; for the sizes LIST, STAT and RSET report, one that
+``_measure_unmeasured`` finds longer than this (``_LongHeader``).  The
+sender chooses the header section's length, and the reactor thread
+serves every session of the hub.  Without worker threads everything is
+done on the reactor thread."""
 SIZE_PROBE = 8 * 1024
 """Octets read first to learn whether a message's header section is
 ASCII, when LIST or STAT need its size for a client without UTF8."""
+
+
+class _LongHeader(Exception):
+    """A header section longer than ``DOWNGRADE_HERE`` met while measuring
+    a size on the reactor thread: measured on a worker instead."""
 
 _PERMANENT_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError)
 """Storage errors that need an administrator: answered [SYS/PERM], others [SYS/TEMP]."""
@@ -170,7 +186,8 @@ def _needs_utf8(whole: bytes) -> bool:
     return scan.needs_utf8
 
 
-def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None) -> int:
+def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None,
+                    limit: int | None = None) -> int:
     """What RETR sends of message ``index`` (``stored`` octets as stored)
     to a client without UTF8: the stored size, or the downgraded copy's.
     Reads the header section only; a message whose header section is
@@ -180,7 +197,9 @@ def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None) -
     (``IDowngradedSizes``): then only the first login after it arrived
     pays.  ``nowait``: the mailbox as ``INoWaitRead``, for reads that
     raise ``BlockingIOError`` rather than wait for the disk (the first
-    8 KiB, and the rest of a longer UTF-8 header section)."""
+    8 KiB, and the rest of a longer UTF-8 header section).  ``limit``:
+    raise ``_LongHeader`` rather than read or downgrade a header section
+    longer than that (the reactor thread's bound, ``DOWNGRADE_HERE``)."""
     f = mailbox.open_message(index)
     try:
         first = f.read(SIZE_PROBE) if nowait is None else nowait.read_nowait(f, SIZE_PROBE)
@@ -193,7 +212,8 @@ def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None) -
             if known is not None:
                 return known
         start = POP3Protocol._downgrade_start(
-            first, f if nowait is None else _NoWaitReads(nowait, f), len(first) < SIZE_PROBE, True)
+            first, f if nowait is None else _NoWaitReads(nowait, f), len(first) < SIZE_PROBE, True,
+            limit)
         size = stored if start is None else stored + start[2]
         if cache is not None:
             cache.remember_downgraded_size(index, f, size)
@@ -1288,8 +1308,10 @@ class POP3Protocol(Protocol):
         call = self._worker_call()
         stored = columns(messages)[1]
         if call is None or (len(messages) <= INLINE_SIZES and sum(stored) <= INLINE_OCTETS):
-            # measured when LIST, STAT or RSET first need a size
-            self._unmeasured = self._nowait is not None and len(messages) > 0
+            # measured when LIST, STAT or RSET first need a size: where
+            # there are workers, before the command (``_measure_unmeasured``),
+            # a long header section or a read not cached on a worker
+            self._unmeasured = call is not None and len(messages) > 0
             self._finish_login(self.engine.login_succeeded(messages, self._client_size))
             return
         self._measure(call, messages, stored, 0)
@@ -1368,6 +1390,10 @@ class POP3Protocol(Protocol):
         if self._lost or self._closing:
             self._release()
             return
+        # those the jobs did not measure (a read that failed, or a job
+        # that did) are measured before the command that needs them, as a
+        # small mailbox's are: a long header section on a worker again
+        self._unmeasured = -1 in self._sizes
         self._finish_login(self.engine.login_succeeded(messages, self._client_size))
 
     def _dropped_why(self, client_left: str) -> str:
@@ -1772,8 +1798,8 @@ class POP3Protocol(Protocol):
     # -- RFC 6857: downgrading for a client without UTF8 ---------------------
 
     @staticmethod
-    def _downgrade_start(first: bytes, f: Any, complete: bool,
-                         only_utf8: bool = False) -> tuple[bytes, bool, int] | None:
+    def _downgrade_start(first: bytes, f: Any, complete: bool, only_utf8: bool = False,
+                         limit: int | None = None) -> tuple[bytes, bool, int] | None:
         """The start of a message whose header section is UTF-8, with that
         section downgraded: ``(data, complete, delta)`` -- what to send
         first (``f`` is left after it), whether that is the whole message,
@@ -1781,16 +1807,21 @@ class POP3Protocol(Protocol):
         no downgraded form (``Undowngradable``, or a header section over
         ``DOWNGRADE_HEADER_LIMIT``).  ``only_utf8``: a header section
         that is not UTF-8 (``needs_downgrade``) is left as it is (delta 0),
-        as RETR sends it."""
+        as RETR sends it.  ``limit``: ``_LongHeader`` for a header section
+        longer than that whose end is not found within it, or that must be
+        downgraded: it is read no further (and measured on a worker)."""
+        bound = DOWNGRADE_HEADER_LIMIT if limit is None else min(limit, DOWNGRADE_HEADER_LIMIT)
         data = first
         end = header_end(data)
-        while end is None and not complete and len(data) <= DOWNGRADE_HEADER_LIMIT:
+        while end is None and not complete and len(data) <= bound:
             more = f.read(CHUNK_SIZE)
             complete = len(more) < CHUNK_SIZE
             data += more
             end = header_end(data)
         if end is None:
             if not complete:
+                if bound < DOWNGRADE_HEADER_LIMIT:
+                    raise _LongHeader  # the rest is read on a worker
                 return None  # a header section over the limit
             end = len(data)  # the message is all header section
         if end > DOWNGRADE_HEADER_LIMIT:
@@ -1798,6 +1829,8 @@ class POP3Protocol(Protocol):
         header = data[:end]
         if only_utf8 and not needs_downgrade(header):
             return data, complete, 0
+        if end > bound:
+            raise _LongHeader
         try:
             new = downgrade_header(header)
         except Undowngradable:
@@ -1814,20 +1847,21 @@ class POP3Protocol(Protocol):
                  peer=self._peer, number=action.index + 1)
         return R.retr_line(size) if action.body_lines is None else action.head
 
-    def _client_size(self, index: int, nowait: Any = None) -> int:
+    def _client_size(self, index: int, nowait: Any = None, limit: int | None = None) -> int:
         """What RETR sends of message ``index`` to this client, which has
         not issued UTF8: the stored size, or the downgraded copy's.  Read
         once per session and message (the header section only), when
         LIST, STAT or RSET first need it; a message whose header section
-        is ASCII -- nearly all -- costs one short read."""
+        is ASCII -- nearly all -- costs one short read.  ``nowait`` and
+        ``limit``: as ``_client_size_of``'s (``_measure_unmeasured``)."""
         size = self._sizes[index]
         if size >= 0:
             return size
         stored = self.engine.sizes[index]  # type: ignore[union-attr]
         try:
-            size = _client_size_of(self._reading_box(), index, stored, nowait)
-        except BlockingIOError:  # not cached (``nowait``): measured on a worker instead
-            raise
+            size = _client_size_of(self._reading_box(), index, stored, nowait, limit)
+        except (BlockingIOError, _LongHeader):
+            raise  # not cached (``nowait``), or too long here: measured on a worker instead
         except FileNotFoundError:
             # removed by another program since the login: no storage
             # fault, and RETR says so (MESSAGE_GONE, an info line)
@@ -1849,33 +1883,42 @@ class POP3Protocol(Protocol):
         """Before a command that reports sizes (``next_needs_sizes``), for
         a small mailbox whose sizes are measured when first needed: all
         that are not known yet, from the kernel's cache on this thread;
-        ``False`` if one is not cached -- then it and the rest are measured
-        on a worker thread (``_measure_rest``) and the command waits.  A
-        header read from a disk that hangs held every session of the hub."""
+        ``False`` if one is not cached, or its header section is longer
+        than ``DOWNGRADE_HERE`` -- then it and the rest are measured on a
+        worker thread (``_measure_rest``) and the command waits.  A header
+        read from a disk that hangs held every session of the hub, and so
+        did a long UTF-8 header section downgraded here."""
         sizes = self._sizes
         nowait = self._nowait
         for index in range(len(sizes)):
             if sizes[index] < 0:
                 try:
-                    self._client_size(index, nowait)
+                    self._client_size(index, nowait, DOWNGRADE_HERE)
                 except BlockingIOError:
                     self._measure_rest(index)
                     # done at once (a syncer without threads): go on
                     return not self._busy
+                except _LongHeader:
+                    self._measure_rest(index, downgrade=True)
+                    return not self._busy
         self._unmeasured = False
         return True
 
-    def _measure_rest(self, start: int) -> None:
+    def _measure_rest(self, start: int, downgrade: bool = False) -> None:
         """Sizes from ``start`` on measured on a worker thread, in the POP3
         sessions' lane but not in turn with the ``WORKER_JOBS`` (as
         ``_off_thread``): a job that waits for the disk, and a small one
         (``INLINE_SIZES`` messages, ``INLINE_OCTETS`` in all).  Two such
         LISTs on a hung disk held both ``WORKER_JOBS``, and every other
-        session's downgrade and large mailbox's login waited for the disk."""
-        call = lane_call(self.components.syncer, POP3_LANE)
+        session's downgrade and large mailbox's login waited for the disk.
+        ``downgrade``: message ``start``'s header section is longer than
+        ``DOWNGRADE_HERE`` -- CPU work, in turn with the ``WORKER_JOBS``."""
+        call = self._worker_call() if downgrade else lane_call(self.components.syncer,
+                                                                POP3_LANE)
         assert call is not None  # ``_unmeasured`` is set only where there are workers
         self._busy = True
-        self._disk_waits += 1
+        if not downgrade:
+            self._disk_waits += 1
         call(_measure_sizes, self._reading_box(), self.engine.sizes,  # type: ignore[union-attr]
              self._gone, start, wanted=self._wanted).addCallbacks(
             self._rest_measured, self._rest_failed, callbackArgs=(start,),
