@@ -2586,6 +2586,35 @@ def test_a_timeout_after_the_final_dot_of_a_later_transaction_is_its_recipients_
     assert [(r.address, r.reply.code) for r in out.recipients] == [(BOB, 250), (CAROL, 421)]
 
 
+@pytest.mark.parametrize("end", ["timeout", "lost"])
+def test_an_unanswered_final_dot_of_a_later_transaction_leaves_those_it_refused_their_reply(end):
+    # only the recipients the later transaction took may have its message:
+    # dave and erin, whose RCPTs in it were refused (busy, "too many"
+    # again), keep those replies -- erin's goes on a new connection at
+    # once, dave waits for the retry -- not the failure of a "." that
+    # never carried them (the first transaction's own refusals stand so)
+    dave, erin = Address("dave", "remote.test"), Address("erin", "remote.test")
+    s = session(recipients=[(BOB, None), (CAROL, None), (dave, None), (erin, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_FULL)
+    s.receive(b"250 ok\r\n250 ok\r\n" + b"452 4.5.3 too many\r\n" * 3 + b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    s.receive(b"250 ok\r\n250 ok\r\n450 4.2.1 dave is busy\r\n452 4.5.3 too many\r\n"
+              b"354 go\r\n")
+    s.body_sent()
+    if end == "timeout":
+        s.timed_out()
+    else:
+        s.connection_lost()
+    out = s.outcome
+    assert out.session_error is None
+    assert [(r.address, r.reply.code) for r in out.recipients] == [
+        (BOB, 250), (CAROL, 421), (dave, 450), (erin, 452)]
+    assert [r.reply.text() for r in out.recipients][2:] == [
+        "450 4.2.1 dave is busy", "452 4.5.3 too many"]
+
+
 def test_an_unanswered_final_dot_after_a_transaction_that_took_nobody_stays_put():
     # the first transaction took no recipient (bob refused, carol "too
     # many"); carol's "." in the next went unanswered: she may have the

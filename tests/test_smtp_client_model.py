@@ -16,7 +16,8 @@ What must hold whatever the server says:
   it is reported delivered and its RCPT never goes again in the session;
 * a recipient's result is a reply about it (its RCPT, its transaction's
   MAIL, DATA or ".", the RSET before it) or about the session (a 421, a
-  530); a bounce only for a refusal of it or its message;
+  530); a bounce only for a refusal of it or its message; the failure of
+  an unanswered "." only for a recipient its transaction took;
 * the client sends only what the server's state allows: no MAIL in an
   open transaction, no RCPT or DATA without an accepted MAIL (but in a
   pipelined batch, RFC 2920), no DATA with no recipient taken (idem),
@@ -436,6 +437,12 @@ def _check(server: Server, session: ClientSession, outcome) -> None:
                     or served.verb in ("MAIL", "RSET")
                     or (served.about is None and served.tx in own_tx)), (
                 name, reply.text(), served)
+        if not serials and "end of data" in reply.text():
+            # the failure of a final "." (no reply to it) only for those its
+            # transaction took -- or left waiting for it (501 to NOTIFY)
+            last = max((s for s in server.served.values()
+                        if s.verb == "RCPT" and s.about == name), key=lambda s: s.tx)
+            assert last.code in (250, 251, 501), (name, reply.text(), last)
         if name in server.delivered:
             # and never a session error, which sends it to the next host
             assert reply.is_positive and outcome.session_error is None, (name, reply.text())

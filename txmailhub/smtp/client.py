@@ -701,14 +701,21 @@ class ClientSession:
         recipients of the transaction under way get, each, the refusal of
         their RCPT it gave for good (``trusted``: not after a protocol
         error), else the result they had before it (``452 4.5.3``: the
-        relay sends them on a new connection) -- but ``session_error``
-        itself once the final "." went unanswered (they may have the
-        message: no copy goes elsewhere now) or when they had none (a RCPT
-        refused for its DSN parameters waiting for this transaction)."""
+        relay sends them on a new connection) -- but once the final "."
+        went unanswered, those it took get ``session_error`` itself (they
+        may have the message: no copy goes elsewhere now), and those it
+        refused keep their RCPT's reply, for now too, as in a session of
+        one transaction (the relay's ``_maybe_delivered``): the message
+        never went to them.  Those that had none get ``session_error`` (a
+        RCPT refused for its DSN parameters waiting for this transaction:
+        restated as temporary, ``_not_sent_again``)."""
         if session_error is not None and self.transactions > 1:
             for address, _ in self._sending:
                 own = self._results.get(address)
-                if own is not None and trusted and own.is_permanent:
+                if own is not None and trusted and (own.is_permanent
+                                                    or self.phase is Phase.DATA_END):
+                    # the server's answer to its RCPT in this transaction:
+                    # at DATA_END no recipient it took has a result yet
                     continue
                 before = self._earlier.get(address)
                 if self.phase is Phase.DATA_END:
