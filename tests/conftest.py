@@ -173,6 +173,23 @@ def _pop3_size_jobs_on_a_still_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol, "_now", lambda: 0.0)
 
 
+@pytest.fixture
+def downgrades(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of each header section the POP3 server downgrades (RFC
+    6857), one entry a call: which reads a test's session paid for."""
+    from txmailhub.downgrade import downgrade_header
+    from txmailhub.pop3 import protocol
+
+    calls: list[int] = []
+
+    def counting(header: bytes) -> bytes:
+        calls.append(len(header))
+        return downgrade_header(header)
+
+    monkeypatch.setattr(protocol, "downgrade_header", counting)
+    return calls
+
+
 def stalled_turn(clock: Any, seconds: float) -> None:
     """The reactor thread was stuck for ``seconds`` (a ``write`` on a frozen
     filesystem, a stopped process); then the timed-call half of its next

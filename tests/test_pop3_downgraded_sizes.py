@@ -45,19 +45,6 @@ def drop(md: str, data: bytes, n: int, ours: bool) -> str:
     return path
 
 
-@pytest.fixture
-def encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per header section the POP3 server downgrades."""
-    calls: list[int] = []
-
-    def counting(header: bytes) -> bytes:
-        calls.append(len(header))
-        return downgrade_header(header)
-
-    monkeypatch.setattr(pop3_protocol, "downgrade_header", counting)
-    return calls
-
-
 def _login_sent(components):
     """A client connects and sends its USER and PASS at once, as most do;
     its answer may wait (a save of the mailbox's sizes under way):
@@ -94,7 +81,7 @@ def env(tmp_path, monkeypatch, workers: bool):
 
 @pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
 @pytest.mark.parametrize("ours", [True, False], ids=["sized-name", "plain-name"])
-def test_the_second_login_does_not_downgrade_again(tmp_path, monkeypatch, encoder_calls,
+def test_the_second_login_does_not_downgrade_again(tmp_path, monkeypatch, downgrades,
                                                    workers, ours):
     clock, components, md = env(tmp_path, monkeypatch, workers)
     intl = [INTL(n=n).encode() for n in range(2)]
@@ -103,20 +90,20 @@ def test_the_second_login_does_not_downgrade_again(tmp_path, monkeypatch, encode
     want = sum(downgraded_size(d) for d in intl) + crlf_size_of(ASCII)
     first = stat_list(clock, components)
     assert first[0] == f"+OK 3 {want}\r\n".encode()
-    assert len(encoder_calls) == 2  # the ASCII message is never downgraded
+    assert len(downgrades) == 2  # the ASCII message is never downgraded
     assert components.syncer is None or components.syncer.calls_run > 0
     second = stat_list(clock, components)
     assert second == first
-    assert len(encoder_calls) == 2  # nothing downgraded at the second login
+    assert len(downgrades) == 2  # nothing downgraded at the second login
 
 
 @pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
-def test_a_changed_file_is_measured_again(tmp_path, monkeypatch, encoder_calls, workers):
+def test_a_changed_file_is_measured_again(tmp_path, monkeypatch, downgrades, workers):
     clock, components, md = env(tmp_path, monkeypatch, workers)
     ours = drop(md, INTL(n=1).encode(), 1, ours=True)
     plain = drop(md, INTL(n=2).encode(), 2, ours=False)
     stat_list(clock, components)
-    assert len(encoder_calls) == 2
+    assert len(downgrades) == 2
     # a plain-named file rewritten in place (a new size and mtime): the
     # scan measures it again, and its downgraded size goes with the entry
     new_plain = INTL(n="zwei, länger").encode()
@@ -132,14 +119,14 @@ def test_a_changed_file_is_measured_again(tmp_path, monkeypatch, encoder_calls, 
         f.write(same_size)
     os.rename(tmp, ours)
     stat, _ = stat_list(clock, components)
-    assert len(encoder_calls) == 4
+    assert len(downgrades) == 4
     want = downgraded_size(same_size) + downgraded_size(new_plain)
     assert stat == f"+OK 2 {want}\r\n".encode()
     stat_list(clock, components)
-    assert len(encoder_calls) == 4
+    assert len(downgrades) == 4
 
 
-def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, encoder_calls):
+def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, downgrades):
     clock, components, md = env(tmp_path, monkeypatch, workers=False)
     drop(md, INTL(n=1).encode(), 1, ours=True)
     drop(md, INTL(n=2).encode(), 2, ours=False)
@@ -163,11 +150,11 @@ def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, encoder_call
     monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", counting)
     assert stat_list(clock, components) == first
     assert measured == []  # its plain sizes are taken as they are
-    assert len(encoder_calls) == 4  # the downgraded sizes were not known yet
+    assert len(downgrades) == 4  # the downgraded sizes were not known yet
     with open(cache_path, "rb") as f:
         assert sorted(len(v) for v in json.load(f)["sizes"].values()) == [5, 5]
     assert stat_list(clock, components) == first
-    assert len(encoder_calls) == 4
+    assert len(downgrades) == 4
 
 
 def _one_utf8_message(tmp_path, workers: bool):
@@ -184,7 +171,7 @@ def _one_utf8_message(tmp_path, workers: bool):
 
 @pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
 def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypatch,
-                                                              encoder_calls, workers):
+                                                              downgrades, workers):
     clock, components, data = _one_utf8_message(tmp_path, workers)
     for _ in range(2):
         proto, t = connect(components)
@@ -193,12 +180,12 @@ def test_sizes_measured_just_before_a_pipelined_quit_are_kept(tmp_path, monkeypa
         assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
         assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
         proto.connectionLost(Failure(ConnectionDone()))
-    assert len(encoder_calls) == 1
+    assert len(downgrades) == 1
 
 
 @pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
 def test_sizes_measured_by_a_list_before_a_hangup_without_quit_are_kept(
-        tmp_path, monkeypatch, encoder_calls, workers):
+        tmp_path, monkeypatch, downgrades, workers):
     # the connection is lost before the save after LIST runs: kept then,
     # before the lock goes, and the lock let go (the next login gets in)
     clock, components, data = _one_utf8_message(tmp_path, workers)
@@ -210,10 +197,10 @@ def test_sizes_measured_by_a_list_before_a_hangup_without_quit_are_kept(
         proto.connectionLost(Failure(ConnectionDone()))
         assert proto.mailbox is None
         clock.advance(1)
-    assert len(encoder_calls) == 1
+    assert len(downgrades) == 1
 
 
-def test_entries_of_files_that_are_gone_are_dropped(tmp_path, monkeypatch, encoder_calls):
+def test_entries_of_files_that_are_gone_are_dropped(tmp_path, monkeypatch, downgrades):
     clock, components, md = env(tmp_path, monkeypatch, workers=False)
     gone = drop(md, INTL(n=1).encode(), 1, ours=True)
     kept = drop(md, INTL(n=2).encode(), 2, ours=True)
@@ -222,11 +209,11 @@ def test_entries_of_files_that_are_gone_are_dropped(tmp_path, monkeypatch, encod
     stat_list(clock, components)  # the scan drops the entry of the file gone
     with open(os.path.join(md, SIZES_NAME), "rb") as f:
         assert list(json.load(f)["sizes"]) == [os.path.basename(kept)]
-    assert len(encoder_calls) == 2
+    assert len(downgrades) == 2
 
 
 def test_a_client_with_utf8_neither_measures_nor_writes_the_cache(tmp_path, monkeypatch,
-                                                                  encoder_calls):
+                                                                  downgrades):
     clock, components, md = env(tmp_path, monkeypatch, workers=False)
     drop(md, INTL(n=1).encode(), 1, ours=True)
     proto, t = connect(components)
@@ -234,7 +221,7 @@ def test_a_client_with_utf8_neither_measures_nor_writes_the_cache(tmp_path, monk
     clock.advance(1)
     assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
-    assert encoder_calls == []
+    assert downgrades == []
     assert not os.path.exists(os.path.join(md, SIZES_NAME))
 
 
@@ -337,7 +324,7 @@ def _cached_downgraded_sizes(components) -> list:
 
 @pytest.mark.parametrize("order", ["login-first", "save-first"])
 def test_a_client_that_reconnects_while_its_last_save_waits_gets_in(
-        tmp_path, encoder_calls, order):
+        tmp_path, downgrades, order):
     # the session gone keeps the lock until the save is written (``scan``
     # writes the cache too); a login meanwhile waits for it rather than
     # being told IN-USE, then sees the size saved (measured only once)
@@ -359,7 +346,7 @@ def test_a_client_that_reconnects_while_its_last_save_waits_gets_in(
     assert f"+OK 1 message ({downgraded_size(data)} octets)".encode() in bytes(t.received)
     assert bytes(t.received).endswith(b"+OK Bye (1 message left)\r\n")
     proto.connectionLost(Failure(ConnectionDone()))
-    assert len(encoder_calls) == 1
+    assert len(downgrades) == 1
     # the bound on the wait (GONE_SAVE_WAIT) was called off with the save
     assert not [c for c in clock.getDelayedCalls()
                 if getattr(c.func, "__qualname__", "").startswith("MaildirStore")]
@@ -558,7 +545,7 @@ def test_the_bound_on_the_wait_is_the_documented_five_seconds():
 
 
 def test_a_lingering_close_after_a_list_keeps_its_sizes_though_the_client_closes_first(
-        tmp_path, encoder_calls, log_events):
+        tmp_path, downgrades, log_events):
     # too many errors right after a LIST that measured a downgraded size:
     # the lingering close ends the session at its start, the save first
     # (on a worker), then the lock.  The client closing before that save
@@ -626,7 +613,7 @@ def test_a_save_already_on_a_worker_keeps_the_lock_until_it_is_written(tmp_path,
 
 
 def test_two_saves_on_workers_at_once_keep_the_lock_until_both_are_written(
-        tmp_path, monkeypatch, encoder_calls):
+        tmp_path, monkeypatch, downgrades):
     # one LIST measured a downgraded size from the kernel's cache (its save
     # handed to a worker), a size not cached went to a worker job cut short
     # (``SIZE_JOB_SECONDS``), and the next one, measured back on the reactor

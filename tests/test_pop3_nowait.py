@@ -1286,22 +1286,6 @@ LONG_INTL = "Subject: caf\u00e9\n".encode() + LONG_HEADER + b"\nbody\n"
 assert LONG_INTL.index(b"\n\n") > CHUNK_SIZE
 
 
-@pytest.fixture
-def downgrades(monkeypatch) -> list[int]:
-    """The length of each header section the POP3 server downgrades."""
-    from txmailhub.downgrade import downgrade_header
-    from txmailhub.pop3 import protocol as pop3_protocol
-
-    calls: list[int] = []
-
-    def counting(header: bytes) -> bytes:
-        calls.append(len(header))
-        return downgrade_header(header)
-
-    monkeypatch.setattr(pop3_protocol, "downgrade_header", counting)
-    return calls
-
-
 class _OpenFails(Uncached):
     """Opening message ``failing`` fails once (the login's job: a read
     error the next command may not meet)."""
