@@ -246,6 +246,13 @@ def test_check_warns_of_a_users_file_that_does_not_exist(config: Path) -> None:
     assert "warning: the users file" in err and "does not exist yet" in err
 
 
+def check_warnings(config: Path) -> str:
+    """What ``mailhub check`` warns of for a config it passes."""
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    return err
+
+
 def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
     # lines written by hand or by an older `user add`: "a/b" (no Maildir
     # folder can have its name) and '"q"' (RCPT looks up q) get no mail
@@ -255,8 +262,7 @@ def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
     with users_file.open("a") as f:
         for name in ("a/b", '"q"', '"a@b"'):
             f.write(alice.replace("alice@", f"{name}@", 1) + "\n")
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
+    err = check_warnings(config)
     lines = err.splitlines()
     assert len(lines) == 2, err
     # each at its line of the users file (1: the header, 2: alice)
@@ -268,10 +274,8 @@ def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
 
 def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path) -> None:
     # a hand-written '"zz": alice' line: RCPT TO:<"zz"@...> is zz, no alias
-    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     aliases = with_aliases(config, '"zz": alice\n')
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
+    err = check_warnings(config)
     assert err == (f'warning: {aliases}:1: alias "zz"@example.org: RCPT TO names it '
                    "zz@example.org (the quotes dropped), which is looked up without them: "
                    "no mail reaches it\n")
@@ -282,10 +286,8 @@ def test_check_warns_of_an_alias_name_of_quotes_that_are_no_one_quoted_string(
     # '"a""b"': RCPT TO:<"a""b"@...> is a syntax error (the quoted string
     # ends at the second quote), and "a\\"\\"b" is another key: no mail
     # reaches it, and check, which warns of '"zz"', said nothing
-    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     aliases = with_aliases(config, '"a""b": alice\n')
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
+    err = check_warnings(config)
     assert err == (f'warning: {aliases}:1: alias "a""b"@example.org: its quotes are no one '
                    'quoted string, so no RCPT TO names it ("a\\"\\"b"@example.org is another '
                    "address): no mail reaches it\n")
@@ -296,8 +298,7 @@ def test_check_warns_of_a_line_of_the_aliases_file_ended_by_a_lone_cr(config: Pa
     # as one line: check said nothing of a file read two ways
     aliases = with_aliases(config, "")
     aliases.write_bytes(b"# x\r\na: alice\rb: bob\nc: bob\rd: alice\r\n")
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
+    err = check_warnings(config)
     assert err == (f"warning: {aliases}:2: line ends with a lone CR (and 1 other line): the hub "
                    "ends a line there, but other readers of aliases files (newaliases) read it "
                    "and the next line as one\n")
@@ -307,8 +308,7 @@ def test_check_warns_of_an_alias_name_no_rcpt_can_give(config: Path) -> None:
     # 250 letters and "@example.org": 262 octets, over the 256 of a path
     # the SMTP server takes; `alias add` refused it, check said nothing
     aliases = with_aliases(config, "a" * 250 + ": alice\n" + "b" * 243 + ": alice\n")
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
+    err = check_warnings(config)
     assert err == (f"warning: {aliases}:1: alias {'a' * 250}@example.org: 262 octets, and RCPT "
                    "TO takes a path of at most 256: no mail reaches it\n")
 
