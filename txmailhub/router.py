@@ -262,7 +262,8 @@ def _scan(text: str, stops: str) -> tuple[list[int], str]:
     """The indexes in ``text`` of the characters of ``stops`` that are
     outside a quoted string and outside an RFC 822 comment ``( )``, and
     why the text is not closed (``""``: it is).  In a quoted string a
-    backslash escapes the next character, as in RCPT."""
+    backslash escapes the next character, as in RCPT.  A ``(`` in
+    ``stops`` is found, where a comment would start, not read as one."""
     found: list[int] = []
     quote, depth, i, n = False, 0, 0, len(text)
     while i < n:
@@ -281,10 +282,10 @@ def _scan(text: str, stops: str) -> tuple[list[int], str]:
                 depth -= 1
         elif c == '"':
             quote = True
-        elif c == "(":
-            depth += 1
         elif c in stops:
             found.append(i)
+        elif c == "(":
+            depth += 1
         i += 1
     if quote:
         return found, "a quoted string (\"...\") is not closed"
@@ -304,22 +305,7 @@ def _has_comment(text: str) -> bool:
     start (``"(x)"`` is a local part)."""
     if "(" not in text:
         return False
-    if '"' not in text:
-        return True
-    quote, i, n = False, 0, len(text)
-    while i < n:
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quote = False
-        elif c == '"':
-            quote = True
-        elif c == "(":
-            return True
-        i += 1
-    return False
+    return '"' not in text or bool(_scan(text, "(")[0])
 
 
 def split_alias_line(line: str) -> tuple[str, str] | None:
