@@ -1380,6 +1380,16 @@ def test_a_command_out_of_sequence_is_503_whatever_octets_its_argument_has(
         assert d.send(sent + b"\r\n") == [replies.AUTH_REQUIRED.text()]
 
 
+def _greeted(in_transaction: bool, **config: int) -> Driver:
+    """A session after EHLO; with ``in_transaction``, after a MAIL and a
+    RCPT too (a chunk's octets there would be the message's)."""
+    d = Driver(**config)
+    d.send(b"EHLO c\r\n")
+    if in_transaction:
+        assert d.codes(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    return d
+
+
 @pytest.mark.parametrize("in_transaction", [False, True])
 @pytest.mark.parametrize(("line", "refusal"), [
     (b"BDAT\x0c4 LAST \xff", replies.UNKNOWN_COMMAND),
@@ -1392,10 +1402,7 @@ def test_a_loose_bdat_line_that_is_not_utf8_has_its_chunk_read(line, refusal, in
     # reads the size of (BDAT<FF>4, no verb the hub has) has that chunk
     # read to its end before the refusal, "its octets never run as
     # commands": whether or not the rest of the line is UTF-8 (or has a NUL)
-    d = Driver()
-    d.send(b"EHLO c\r\n")
-    if in_transaction:
-        assert d.codes(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    d = _greeted(in_transaction)
     assert d.send(line + b"\r\nRSET") == [refusal.text()]  # RSET: the chunk
     assert d.send(b"NOOP\r\n") == [replies.OK.text()]  # the line after it
     assert d.engine.state is State.READY
@@ -1421,10 +1428,7 @@ def test_a_bdat_line_whose_size_only_a_control_separates_has_no_chunk(
     # no client (str.isspace, C's isspace), so no size is read across it
     # and nothing after the line is taken for a chunk: BDAT<NUL>3 was read
     # as a 3-octet chunk, and the NOOP after it was eaten
-    d = Driver()
-    d.send(b"EHLO c\r\n")
-    if in_transaction:
-        assert d.codes(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    d = _greeted(in_transaction)
     assert d.send(line + b"\r\nNOOP\r\n") == [refusal.text(), replies.OK.text()]
     assert not any(isinstance(ev, MessageComplete) for ev in d.events)
 
@@ -1540,10 +1544,7 @@ def test_a_bdat_size_of_more_digits_than_any_chunk_is_drained_not_an_exception(
     # 451 with a traceback for a BDAT line otherwise.  No chunk of 10**20
     # octets is real: the size is refused as a line we cannot take, its
     # chunk drained as one over max_message_size is (never commands)
-    d = Driver(max_line=10000, max_mail_line=10000, max_rcpt_line=10000)
-    d.send("EHLO c\r\n")
-    if in_transaction:
-        assert d.codes("MAIL FROM:<a@b.test>\r\nRCPT TO:<alice>\r\n") == ["250", "250"]
+    d = _greeted(in_transaction, max_line=10000, max_mail_line=10000, max_rcpt_line=10000)
     assert d.send(b"BDAT " + b"9" * 5000 + tail + b"\r\nNOOP\r\nQUIT\r\n") == []
     assert d.send(b"RSET\r\n" * 1000) == []  # still the chunk
     assert not d.engine.closed and d.engine.buffered == 0
