@@ -27,7 +27,10 @@ An encoded word the field already has, where RFC 2047 lets it stand for
 its text (set off by white space in unstructured text, 5(1); by white
 space or parentheses in a comment, 5(2); a whole word of a display
 name, 5(3)), is kept as it is: encoded again, a reader would show its
-``=?...?=`` instead of that text.
+``=?...?=`` instead of that text.  What an encoded word is, where it
+may stand and how new ones are written is ``txmailhub.rfc2047``'s; which
+text of a field becomes them, and how the field is folded, is this
+module's.
 
 A field that is ASCII, or whose 8-bit octets are not UTF-8 (legacy mail
 that broke RFC 5322, which UTF-8 mode would not change either), is kept
@@ -46,6 +49,14 @@ from email import policy as email_policy
 from email.errors import HeaderParseError
 
 from txmailhub.address import ascii_domain
+from txmailhub.rfc2047 import (
+    Q_MIN,
+    Q_ROOM,
+    comment_word_spans,
+    encoded_word_spans,
+    encoded_words,
+    phrase_word,
+)
 from txmailhub.rfc5322 import comment_end, escaped
 
 __all__ = ["Undowngradable", "address_field", "downgrade_header", "encoded_word_spans",
@@ -247,12 +258,12 @@ def _kept_and_encoded(text: str, spans: list[tuple[int, int]], first: int,
     for start, end in spans:
         if text[pos:start].strip(" \t"):
             piece = _unescape(text[pos:start]) if unescape else text[pos:start]
-            words.append(encoded_words(piece, _Q_ROOM if words else first))
+            words.append(encoded_words(piece, Q_ROOM if words else first))
         words.append(text[start:end])
         pos = end
     if pos < len(text) or not words:  # (blanks at the end too: a reader shows them)
         piece = _unescape(text[pos:]) if unescape else text[pos:]
-        words.append(encoded_words(piece, _Q_ROOM if words else first))
+        words.append(encoded_words(piece, Q_ROOM if words else first))
     return " ".join(words)
 
 
@@ -266,80 +277,7 @@ def _literal_field(name: str, text: str) -> str:
 def _first_room(name: str) -> int:
     """The room for the encoded text of a first word beside ``Name:``."""
     first = _LINE - len(name) - len(": =?utf-8?q??=")
-    return first if first >= _Q_MIN else _Q_ROOM
-
-
-# RFC 2047 2: an encoded word: a charset token (RFC 2231's "*language"
-# included), "B" or "Q", encoded text of printable ASCII but "?"; in
-# unstructured text it is one only when white space or the text's ends
-# set it off (5(1)), in a phrase only when it is a whole atom of it whose
-# Q-encoded text has nothing but 5(3)'s characters (a phrase's B-encoded
-# text is base64's)
-_CHARSET = r"[!#-'*+\-0-9A-Z^-~]+"
-_TEXT_WORD = re.compile(rf"(?<![^ \t])=\?{_CHARSET}\?[BbQq]\?[!->@-~]+\?=(?![^ \t])")
-_PHRASE_WORD = re.compile(rf"=\?{_CHARSET}\?(?:[Qq]\?[-!*+/=_0-9A-Za-z]+|[Bb]\?[+/=0-9A-Za-z]+)\?=")
-# in a comment (5(2)): set off by blanks or parentheses that no backslash
-# quotes; its Q-encoded text has no parenthesis, quote or backslash
-_COMMENT_WORD = re.compile(
-    rf"(?<![^ \t()])=\?{_CHARSET}\?(?:[Qq]\?[!#-'*->@-\[\]-~]+|[Bb]\?[+/=0-9A-Za-z]+)\?="
-    r"(?![^ \t()])")
-_WORD_MAX = 75  # RFC 2047 2: a longer one is no encoded word
-
-
-def encoded_word_spans(text: str) -> list[tuple[int, int]]:
-    """Where the encoded words of an unstructured field's text (unfolded,
-    RFC 5322 2.2.3) are, as (start, end) indexes: each at most 75
-    characters and set off by blanks or the text's ends (RFC 2047 2,
-    5(1)) -- what an RFC 2047 reader shows decoded, and what encoding it
-    again would show as its "=?...?=".  (Octets that are not UTF-8 may be
-    given as latin-1 characters: an encoded word is ASCII.)"""
-    return [m.span() for m in _TEXT_WORD.finditer(text) if m.end() - m.start() <= _WORD_MAX]
-
-
-_Q_SAFE = frozenset(b"-!*+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_Q_ROOM = 75 - len("=?utf-8?q??=")  # RFC 2047 2: an encoded word is at most 75
-_Q_MIN = len("=F0=9F=98=80")  # the longest encoded character
-_PIECES = re.compile(r"\S*\s*")
-
-
-def _q(text: str) -> str:
-    """RFC 2047 4.2 Q encoding, restricted to what a phrase and a comment
-    allow (RFC 2047 5(3)): ``[-!*+/A-Za-z0-9]`` as they are, SP as ``_``."""
-    return "".join(
-        chr(b) if b in _Q_SAFE else "_" if b == 0x20 else f"={b:02X}"
-        for b in text.encode("utf-8"))
-
-
-def encoded_words(text: str, first: int = _Q_ROOM) -> str:
-    """``text`` as encoded words separated by blanks, cut between its
-    words where it can (a blank stays at the end of the word before the
-    cut: RFC 2047 6.2 drops the blanks between encoded words, and parsers
-    that keep them then give one more blank, not a word cut in two).
-    ``first``: the room for the first word's encoded text (what is left
-    of the field's first line); the others get all of ``_Q_ROOM``."""
-    chunks: list[str] = []
-    cur = ""
-    for piece in _PIECES.findall(text):
-        if not piece:
-            continue
-        room = _Q_ROOM if chunks else first
-        enc = _q(piece)
-        if len(cur) + len(enc) <= room:
-            cur += enc
-            continue
-        if cur:
-            chunks.append(cur)
-            cur = ""
-        for c in piece:  # a word longer than one encoded word: by characters
-            enc = _q(c)
-            room = _Q_ROOM if chunks else first
-            if cur and len(cur) + len(enc) > room:
-                chunks.append(cur)
-                cur = ""
-            cur += enc
-    if cur or not chunks:
-        chunks.append(cur)
-    return " ".join(f"=?utf-8?q?{c}?=" for c in chunks)
+    return first if first >= Q_MIN else Q_ROOM
 
 
 def _fold(name: str, value: str, start: str = "") -> str:
@@ -536,10 +474,8 @@ def _comments(text: str) -> str:
             out.append(part)
         elif part.startswith("("):
             inner = part[1:-1] if part.endswith(")") else part[1:]
-            spans = [m.span() for m in _COMMENT_WORD.finditer(inner)
-                     if m.end() - m.start() <= _WORD_MAX
-                     and not (m.start() and escaped(inner, m.start() - 1))]
-            out.append("(" + _kept_and_encoded(inner, spans, _Q_ROOM, unescape=True) + ")")
+            spans = comment_word_spans(inner)
+            out.append("(" + _kept_and_encoded(inner, spans, Q_ROOM, unescape=True) + ")")
         else:
             out.append(encoded_words(part.strip()))
     return "".join(out)
@@ -553,7 +489,7 @@ def _phrase(display: str) -> str:
     """A display name: as it is when ASCII; otherwise its words (quoted
     strings unquoted) as encoded words and its comments encoded apart.
 
-    A word of it that is an encoded word already (``_phrase_word``) is
+    A word of it that is an encoded word already (``phrase_word``) is
     kept as it is, the text between two such words encoded with a blank
     at each end beside one (a reader drops the blanks between two encoded
     words, RFC 2047 6.2, and shows the one between an encoded word and a
@@ -566,7 +502,7 @@ def _phrase(display: str) -> str:
         if kind == "comment":
             comments.append(_comments(text))
         else:
-            words.append((text, kind == "atom" and _phrase_word(display, start, end)))
+            words.append((text, kind == "atom" and phrase_word(display, start, end)))
     pieces: list[str] = []
     run: list[str] = []  # words of text since the last kept encoded word
     for word, kept in words:
@@ -618,7 +554,7 @@ def _phrase_tokens(display: str) -> list[tuple[str, int, int, str]]:
 def _mailbox_text(items: list[str], after_word: bool = False) -> str:
     """Mailboxes as written (``items``), as the encoded words of RFC 6857
     3.2.1's group name, the encoded words of their display names kept
-    (``_phrase_word``), so a reader shows each as the original showed it.
+    (``phrase_word``), so a reader shows each as the original showed it.
     ``after_word``: they follow an encoded word, from which a blank a
     reader shows sets them off (the blanks between two encoded words it
     drops, RFC 2047 6.2)."""
@@ -628,26 +564,14 @@ def _mailbox_text(items: list[str], after_word: bool = False) -> str:
     for item in items:
         display = item[:_scan(item, 0, "<")]
         spans += [(at + start, at + end) for kind, start, end, _ in _phrase_tokens(display)
-                  if kind == "atom" and _phrase_word(display, start, end)]
+                  if kind == "atom" and phrase_word(display, start, end)]
         at += len(item) + 1
     if after_word:
         if spans and spans[0][0] == 0:  # a kept word first: the blank a word of its own
-            return "=?utf-8?q?_?= " + _kept_and_encoded(text, spans, _Q_ROOM)
+            return "=?utf-8?q?_?= " + _kept_and_encoded(text, spans, Q_ROOM)
         text = " " + text
         spans = [(start + 1, end + 1) for start, end in spans]
-    return _kept_and_encoded(text, spans, _Q_ROOM)
-
-
-def _phrase_word(display: str, start: int, end: int) -> bool:
-    """Whether ``display[start:end]``, a run of a display name without
-    blanks, quotes or comments, is an encoded word: a whole atom of the
-    phrase, set off by blanks or the phrase's ends from any word, quoted
-    string or comment beside it, and no longer than 75 (RFC 2047 2,
-    5(3)).  One inside a quoted string is none (5(3)): it is text."""
-    return (end - start <= _WORD_MAX
-            and (start == 0 or display[start - 1] in " \t")
-            and (end == len(display) or display[end] in " \t")
-            and _PHRASE_WORD.fullmatch(display, start, end) is not None)
+    return _kept_and_encoded(text, spans, Q_ROOM)
 
 
 # -- Received ---------------------------------------------------------------

@@ -59,9 +59,9 @@ from txmailhub.config import (
     empty_config_path,
     load_local_submission,
 )
-from txmailhub.downgrade import encoded_words
 from txmailhub.errors import ConfigError, Rejected, RemoteProtocolError
 from txmailhub.logsafe import quoted, shown, shown_lines, shown_traceback
+from txmailhub.rfc2047 import encoded_words
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
 from txmailhub.sendmail_smtp import (

@@ -42,13 +42,8 @@ from __future__ import annotations
 
 from email.errors import HeaderParseError
 
-from txmailhub.downgrade import (
-    Undowngradable,
-    address_field,
-    encoded_word_spans,
-    parameter_field,
-    unstructured_field,
-)
+from txmailhub.downgrade import Undowngradable, address_field, parameter_field, unstructured_field
+from txmailhub.rfc2047 import encoded_word_spans
 
 __all__ = ["Unconvertible", "encode_field", "encode_text_field"]
 
