@@ -443,26 +443,18 @@ def _hub_read_advice(settings: Settings, section: str, path: str, why: str,
 
         return hub_cannot_read_advice(path, owner)
     if section == "tls" and why.startswith(f"{real} is "):
-        import grp
+        from txmailhub.hub_access import group_name, name_of
 
         state_dir = os.path.abspath(settings.hub.state_dir)
         gid = _hub_group(state_dir, os.stat(state_dir))
-        try:
-            group = grp.getgrgid(gid).gr_name
-        except KeyError:
-            group = str(gid)
+        group = group_name(gid)
         st = os.stat(real)
         if st.st_gid not in (0, gid) and st.st_mode & 0o040:
             # root:ssl-cert 0640, a key other services read through their
             # group: a chgrp would take it from them.  The hub's user joins
             # that group instead (twistd's --uid and systemd's User= start
             # it with the groups /etc/group lists it in)
-            from txmailhub.hub_access import name_of
-
-            try:
-                shared = grp.getgrgid(st.st_gid).gr_name
-            except KeyError:
-                shared = str(st.st_gid)
+            shared = group_name(st.st_gid)
             user = name_of(owner[0])
             if user.startswith("uid "):  # no name to give usermod (DynamicUser=)
                 join = f"SupplementaryGroups={shared} in its systemd unit"

@@ -27,8 +27,8 @@ import pwd
 import stat
 import struct
 
-__all__ = ["hub_owner", "make_folders", "name_of", "state_dir_owner", "unreadable_by",
-           "unwritable_folder_by"]
+__all__ = ["group_name", "hub_owner", "make_folders", "name_of", "state_dir_owner",
+           "unreadable_by", "unwritable_folder_by"]
 
 
 def hub_owner(state_dir: str) -> tuple[int, int] | None:
@@ -97,6 +97,15 @@ def name_of(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
+
+
+def group_name(gid: int) -> str:
+    """The group's name, for a message or a command to paste (``chgrp``,
+    ``chown user:group``): the number when it has none, which those take."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def _groups(uid: int, gid: int, own_group: bool = True) -> set[int]:
@@ -176,10 +185,7 @@ def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: int,
 
 
 def _owner_text(st: os.stat_result) -> str:
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
+    group = group_name(st.st_gid)
     return f"{name_of(st.st_uid)}:{group} mode {stat.S_IMODE(st.st_mode):04o}"
 
 

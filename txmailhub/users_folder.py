@@ -13,7 +13,6 @@ keeps working).
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import shlex
 import stat
@@ -60,7 +59,7 @@ def lock_refused_advice(path: str, commands: str, what: str) -> str | None:
     admin who may write the folder, to whom "run them as a user who may
     write the folder" said nothing.  ``None`` when there is no such lock
     (the folder is what refused)."""
-    from txmailhub.hub_access import name_of
+    from txmailhub.hub_access import group_name, name_of
 
     lock = path + ".lock"
     try:
@@ -73,10 +72,7 @@ def lock_refused_advice(path: str, commands: str, what: str) -> str | None:
         # a second name of someone's file (a hard link put there by whoever
         # may write the folder): root's chown would hand that file over
         return f"{lock} is not a regular file with one name (a link?): remove it"
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
+    group = group_name(st.st_gid)
     said = (f"{lock} is there already, {name_of(st.st_uid)}:{group} mode "
             f"{stat.S_IMODE(st.st_mode):04o}, which this user ({name_of(os.geteuid())}) may "
             "not open for writing")
@@ -112,13 +108,10 @@ def make_folder_advice(folder: str, hub_user: tuple[int, int] | None = None) -> 
     a users.d the hub cannot read.  Every word is quoted for a shell, as
     the line is there to be pasted into root's: a folder with a space, a
     ``;`` or a ``$(...)`` in its name is one argument, never a command."""
-    from txmailhub.hub_access import name_of
+    from txmailhub.hub_access import group_name, name_of
 
     uid, gid = hub_user if hub_user is not None else (os.geteuid(), os.getegid())
-    try:
-        group = grp.getgrgid(gid).gr_name
-    except KeyError:
-        group = str(gid)
+    group = group_name(gid)
     user = name_of(uid).removeprefix("uid ")
     words = ["install", "-d", "-o", user, "-g", group, "-m", "0700", folder]
     return ("as root, make it for the user the hub runs as: "
@@ -152,7 +145,7 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
     Run as root, who may write any folder, a folder that is not the hub's
     user's is said too: root's ``user add`` would make there a users file
     of that folder's owner, 0600, that the hub could not read."""
-    from txmailhub.hub_access import name_of
+    from txmailhub.hub_access import group_name, name_of
 
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -161,10 +154,7 @@ def unwritable_folder_advice(path: str, hub_user: tuple[int, int] | None = None)
         return None
     if not stat.S_ISDIR(st.st_mode):
         return None
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
+    group = group_name(st.st_gid)
     me = name_of(os.geteuid())
     owner = name_of(st.st_uid)
     if os.access(folder, os.W_OK | os.X_OK):
@@ -193,12 +183,9 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
     """``said``, and how to give ``folder`` (whose stat is ``st``) to the
     hub's user -- only when it holds nothing but the users file ``path``:
     a folder with other files in it is never offered to that user."""
-    from txmailhub.hub_access import name_of
+    from txmailhub.hub_access import group_name, name_of
 
-    try:
-        hub_group = grp.getgrgid(hub_user[1]).gr_name
-    except KeyError:
-        hub_group = str(hub_user[1])
+    hub_group = group_name(hub_user[1])
     hub_name = name_of(hub_user[0]).removeprefix("uid ")
     only_users = _only_users_files(folder, os.path.basename(path))
     # -R when the users file or its lock is there (root's, 0600, from a hub
@@ -243,7 +230,7 @@ def hub_cannot_read_advice(path: str, hub_user: tuple[int, int]) -> str | None:
     not the file: every local RCPT is then answered 451 and every login
     refused, and ``check``'s warning named the owner and mode only.
     ``None`` when the folder is not there."""
-    from txmailhub.hub_access import name_of
+    from txmailhub.hub_access import group_name, name_of
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -254,10 +241,7 @@ def hub_cannot_read_advice(path: str, hub_user: tuple[int, int]) -> str | None:
                 "to the hub's user: keep the users file in a folder of its own and set "
                 "[users] file to a file in it -- " + make_folder_advice(
                     os.path.join(folder, "users.d"), hub_user))
-    try:
-        group = grp.getgrgid(hub_user[1]).gr_name
-    except KeyError:
-        group = str(hub_user[1])
+    group = group_name(hub_user[1])
     user = name_of(hub_user[0]).removeprefix("uid ")
     real = os.path.realpath(folder)
     chown = " ".join(shlex.quote(w) for w in ("chown", "-R", f"{user}:{group}", real))
