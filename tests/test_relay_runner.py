@@ -4724,3 +4724,32 @@ def test_an_entry_that_still_has_no_room_keeps_the_full_queue_folder_said_once(
     said = [formatEvent(e) for e in log_events]
     assert sum("has no room to record" in line for line in said) == 1
     assert sum("has room again" in line for line in said) == 1
+
+
+def test_a_full_queue_folder_is_said_again_once_the_entries_that_waited_are_gone(
+        hub, monkeypatch, log_events):
+    # the entries that waited for room were deleted (mailhub queue delete)
+    # before the disk had room: the disk that fills again later is said
+    # again, where the runner kept quiet until its restart (and never said
+    # "room again" either: nothing was waiting then)
+    from twisted.logger import formatEvent
+
+    full = [True]
+    monkeypatch.setattr(hub.queue, "has_room_for_outcome", lambda qid: not full[0])
+    hub.runner.start()
+    first = enqueue(hub, BOB, CAROL)
+    hub.clock.advance(5)
+    assert hub.queue.delete(first)
+    for _ in range(5):
+        hub.clock.advance(1)
+    full[0] = False
+    for _ in range(5):
+        hub.clock.advance(1)
+    full[0] = True
+    enqueue(hub, BOB, CAROL)
+    for _ in range(5):
+        hub.clock.advance(1)
+    assert hub.agent.calls == []
+    said = [formatEvent(e) for e in log_events]
+    assert sum("has no room to record" in line for line in said) == 2, said
+    assert not any("has room again" in line for line in said)

@@ -149,10 +149,10 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # they are recorded (if that attempt began within the lifetime).
         self._release_seen: dict[str, tuple[int, float]] = {}
         # Entries not attempted because the queue folder had no room to
-        # record the outcome (``_wait_for_room``), and whether that has
-        # been said (once, until the last of them finds room: ``_record_room_found``).
+        # record the outcome (``_wait_for_room``): said when the first of
+        # them begins to wait, and when the last finds room
+        # (``_record_room_found``)
         self._roomless: set[str] = set()
-        self._roomless_said = False
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -180,7 +180,6 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self._watching.clear()
         self._failing.clear()  # tried afresh, as the agent's memory of them
         self._roomless.clear()  # a full queue folder is said again by this run
-        self._roomless_said = False
         self.agent.resume()
         now = self.clock.seconds()
         entries = self.queue.recover()
@@ -429,8 +428,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         entries that wait so: a full disk under a large queue would
         otherwise log a line per entry per minute."""
         qid = entry.id
-        if not self._roomless_said:
-            self._roomless_said = True
+        if not self._roomless:
             log.warn("the queue folder {path} has no room to record a delivery attempt's "
                      "outcome (no inode free, or less than {least} KiB): entries whose "
                      "outcome must be written are not attempted until it has",
@@ -452,7 +450,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
     def _look_for_room(self) -> None:
         """Make the entries that wait for room due now if there is some
         (for one of them: each looks again for itself).  Those held or
-        gone since wait no more (and are not said to have found room)."""
+        gone since wait no more (and are not said to have found room:
+        with none left, a later wait is said anew)."""
         waiting = self._roomless
         waiting.intersection_update(self.due.keys())
         if not waiting or not self.queue.has_room_for_outcome(min(waiting)):
@@ -465,9 +464,10 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
     def _record_room_found(self, qid: str) -> None:
         """``qid`` found room for its outcome: when it was the last entry
         waiting for room (``_wait_for_room``), attempts go on, said once."""
+        if qid not in self._roomless:
+            return
         self._roomless.discard(qid)
-        if self._roomless_said and not self._roomless:
-            self._roomless_said = False
+        if not self._roomless:
             log.info("the queue folder {path} has room again: delivery attempts resume",
                      path=self.queue.directory)
 
