@@ -1530,6 +1530,7 @@ def test_a_structured_header_line_with_nowhere_to_fold_it_is_unconvertible(field
     b"X-Google-DKIM-Signature: v=1; b=" + b"t" * 1000,
     b"Path: " + b"news.example.org!" * 60 + b"not-for-mail",  # RFC 5536 3.1.5
     b"Newsgroups: " + b"comp.mail.misc," * 70 + b"comp.mail.mime",
+    b"Content-Location: https://example.org/" + b"t" * 1000,  # RFC 2557: a URI
 ])
 def test_an_extension_field_programs_read_with_nowhere_to_fold_it_is_unconvertible(field):
     # registered fields with a structure, and signatures: an encoded word
@@ -1645,6 +1646,20 @@ def test_encoded_words_a_long_unstructured_line_has_are_kept():
     assert b" =?utf-8?q?Gr=C3=BC=C3=9Fe?= " in field and b" =?ISO-8859-1?Q?caf=E9?=" in field
     assert _decoded(field) == ("Grüße " + "x" * 1000 + " café !"
                                + " =?utf-8?q?a?==?utf-8?q?b?= " + long_word.decode() + " end ")
+
+
+def test_an_encoded_word_of_75_characters_is_kept_and_one_of_76_is_text():
+    # RFC 2047 2: "An 'encoded-word' may not be more than 75 characters
+    # long": the one at the limit stands for its text, a longer one is
+    # text a strict reader shows as it is, so it is encoded as text
+    word75 = b"=?utf-8?q?" + b"w" * 63 + b"?="
+    word76 = b"=?utf-8?q?" + b"v" * 64 + b"?="
+    assert (len(word75), len(word76)) == (75, 76)
+    text = word75 + b" " + b"x" * 1000 + b" " + word76
+    field = _field_of(convert(b"Subject: " + text + b"\n\nGr\xc3\xbc\xc3\x9fe\n"), b"Subject")
+    _assert_encoded_words(field)
+    assert b" " + word75 + b"\n" in field and word76 not in field
+    assert _decoded(field) == "w" * 63 + " " + "x" * 1000 + " " + word76.decode()
 
 
 def test_encoded_words_an_8bit_unstructured_field_has_are_kept():
