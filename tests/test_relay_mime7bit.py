@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.relay import mime7bit
+from txmailhub.relay.header7bit import encode_text_field
 from txmailhub.relay.mime7bit import Unconvertible, convert_file, has_8bit, to_7bit
 from txmailhub.relay.transfer_encoding import QP_BLOCK
 
@@ -1667,6 +1668,19 @@ def test_encoded_words_an_8bit_unstructured_field_has_are_kept():
     field = _field_of(out, b"Subject")
     assert b" =?ISO-8859-1?Q?caf=E9?=" in field
     assert _decoded(field) == "Grüße café"
+
+
+def test_encode_text_field_gives_none_for_what_is_no_unstructured_field():
+    # "None for any other field": a line without a colon, a name with
+    # 8-bit octets (no field name, RFC 5322 3.6.8), a structured field;
+    # the converter never sends such a line (it ends the header section),
+    # a caller of the public function may
+    assert encode_text_field(b"X" * 1200 + b"\n") is None
+    assert encode_text_field("Bétise: ".encode() + b"t" * 1200 + b"\n") is None
+    assert encode_text_field(b"Message-ID: <" + b"t" * 1200 + b"@example.org>\n") is None
+    field = encode_text_field(b"Subject: " + b"t" * 1200 + b"\n")
+    assert field is not None and field.startswith(b"Subject: =?")
+    assert _decoded(field) == "t" * 1200
 
 
 def test_a_long_unstructured_line_with_a_bare_cr_becomes_encoded_words():
