@@ -1705,6 +1705,18 @@ def test_a_fold_never_splits_a_quoted_pair(pair):
     assert _field_of(out, b"To") == field[:505] + b"\n" + field[505:] + b"\n"
 
 
+def test_a_fold_goes_past_a_quoted_blank_to_the_last_free_blank_within_the_limit():
+    # the quoted-pair's blank is no place to fold (RFC 5322 3.2.1), a
+    # free blank after it is: the fold goes as late as the limit allows, and
+    # the rest of the field is no line of its own too long to fold
+    field = (b'To: "' + b"a" * 100 + b" " + b"a" * 400 + b"\\ " + b"a" * 400 + b" "
+             + b"a" * 200 + b'" <a@example.org>')
+    at = field.rindex(b" a")
+    out = convert(b"From: b@example.org\n" + field + "\n\nGr\u00fc\u00dfe\n".encode())
+    assert max(_text_lengths(out)) <= 998
+    assert _field_of(out, b"To") == field[:at] + b"\n" + field[at:] + b"\n"
+
+
 @pytest.mark.parametrize("pair", [
     b"\\\\ ",  # two backslashes, a quoted backslash: the blank after it is white space
     b"\\  ",  # a quoted blank, then one to fold before
