@@ -1663,6 +1663,17 @@ def test_an_encoded_word_of_75_characters_is_kept_and_one_of_76_is_text():
     assert _decoded(field) == "w" * 63 + " " + "x" * 1000 + " " + word76.decode()
 
 
+@pytest.mark.parametrize("tail", [b"", b"\xff"])  # UTF-8, or unknown-8bit
+def test_a_long_unstructured_line_that_ends_in_an_encoded_word_ends_there(tail):
+    # nothing after the last encoded word: no blank, no empty word
+    # ("=?unknown-8bit?q??=" is none, RFC 2047 2)
+    word = b"=?utf-8?q?caf=C3=A9?="
+    out = convert(b"Subject: " + b"x" * 1000 + tail + b" " + word + b"\n\nbody\n")
+    field = _field_of(out, b"Subject")
+    _assert_encoded_words(field)
+    assert field.endswith(b" " + word + b"\n") and b"??=" not in field
+
+
 def test_encoded_words_an_8bit_unstructured_field_has_are_kept():
     out = convert("Subject: Grüße =?ISO-8859-1?Q?caf=E9?=\n\nx\n".encode())
     field = _field_of(out, b"Subject")
