@@ -1674,6 +1674,18 @@ def test_a_long_unstructured_line_that_ends_in_an_encoded_word_ends_there(tail):
     assert field.endswith(b" " + word + b"\n") and b"??=" not in field
 
 
+@pytest.mark.parametrize("length", [66, 67, 68, 75])
+def test_a_kept_encoded_word_beside_the_name_keeps_the_line_to_76(length):
+    # RFC 2047 2: a line with an encoded word is at most 76 characters;
+    # "Subject: " and a word of 68 would make 77, so the word goes on a
+    # line of its own
+    word = b"=?utf-8?q?" + b"k" * (length - 12) + b"?="
+    out = convert(b"Subject: " + word + b" " + b"x" * 1000 + b"\n\nbody\n")
+    field = _field_of(out, b"Subject")
+    _assert_encoded_words(field)
+    assert word in field and _decoded(field) == "k" * (length - 12) + " " + "x" * 1000
+
+
 def test_encoded_words_an_8bit_unstructured_field_has_are_kept():
     out = convert("Subject: Grüße =?ISO-8859-1?Q?caf=E9?=\n\nx\n".encode())
     field = _field_of(out, b"Subject")
