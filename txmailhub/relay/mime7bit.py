@@ -27,7 +27,8 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
 * parts already quoted-printable or base64, and 7-bit parts, are copied
   byte for byte (a quoted-printable body with stray raw 8-bit octets has
   them written as ``=XX``, the line cut again at 76 where that made it
-  longer; a base64 body has them dropped: both decode exactly as before);
+  longer; a base64 body has them dropped, and a line's "-" they leave
+  at its start, ``Base64Fix``: both decode exactly as before);
 * a multipart or message/rfc822 declared 8bit/binary is relabelled 7bit;
   one that is not followed (a multipart without a usable boundary, or
   nested deeper than ``MAX_DEPTH``; a boundary given in RFC 2231 form,

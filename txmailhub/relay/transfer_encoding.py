@@ -153,35 +153,77 @@ class Base64Fix(Copy):
     octets, and its rest written in lines of 76, without its CRs and "-"
     (a new line starting "--b" would read as a boundary delimiter):
     decoders skip line breaks and every character outside the base64
-    alphabet (RFC 2045 6.8), so it decodes as before.  Every other line
-    is copied as it came; nothing is held."""
+    alphabet (RFC 2045 6.8), so it decodes as before.
+
+    Dropping octets must not make a line start like a delimiter either
+    (an 8-bit octet, then "--b", would leave "--b"; "--b" and one, a whole
+    delimiter line, RFC 2046 5.1.1): the start of a line that begins with
+    "-" once 8-bit octets are out is held (up to ``LINE_TEXT`` octets)
+    until the line ends or that much of it is known, and where octets
+    were dropped from it, its leading "-" go too ("-" is no base64
+    character either).  A line that starts with "-" with nothing dropped
+    is copied as it came, as is every other line."""
 
     def __init__(self, out: BinaryIO) -> None:
         super().__init__(out)
         self.col = 0  # octets of the current line written
         self.long = False  # the line is over LINE_TEXT: its rest goes in lines of 76
+        self.dropped = False  # 8-bit octets were dropped from the current line
+        self.head: bytearray | None = None  # the start of a line held (see above)
 
     def write(self, data: bytes) -> None:
-        if not data.isascii():
-            data = HIGH.sub(b"", data)
         # most calls: a line's content, then its end
-        if data == b"\n":
-            self.out.write(data)
-            self.col, self.long = 0, False
-            return
-        if not self.long and b"\n" not in data and (
-                self.col + len(data) - data.endswith(b"\r") <= LINE_TEXT):
-            self.out.write(data)
-            self.col += len(data)
-            return
+        if self.head is None and data.isascii():
+            if data == b"\n":
+                self.out.write(data)
+                self.col, self.long, self.dropped = 0, False, False
+                return
+            if not self.long and b"\n" not in data and (self.col or data[:1] != b"-") and (
+                    self.col + len(data) - data.endswith(b"\r") <= LINE_TEXT):
+                self.out.write(data)
+                self.col += len(data)
+                return
         while data:
             nl = data.find(b"\n")
-            self._piece(data if nl < 0 else data[:nl])
+            piece = data if nl < 0 else data[:nl]
+            if not piece.isascii():
+                piece = HIGH.sub(b"", piece)
+                self.dropped = True
+            self._start(piece)
             if nl < 0:
                 return
+            self._release()
             self.out.write(b"\n")
-            self.col, self.long = 0, False
+            self.col, self.long, self.dropped = 0, False, False
             data = data[nl + 1:]
+
+    def close(self, soft_end: bool = False) -> None:
+        self._release()
+
+    def _start(self, piece: bytes) -> None:
+        """Part of a line, 8-bit octets out, without a line end: held while
+        the line's start is (see the class)."""
+        if self.head is None and not self.col and not self.long and piece[:1] == b"-":
+            self.head = bytearray()
+        if self.head is None:
+            self._piece(piece)
+            return
+        self.head += piece
+        if len(self.head) - self.head.endswith(b"\r") > LINE_TEXT:
+            self._release()
+
+    def _release(self) -> None:
+        """The held start of the line goes out, without its leading "-"
+        where octets were dropped from it."""
+        if self.head is None:
+            return
+        head = bytes(self.head)
+        self.head = None
+        if self.dropped:
+            head = head.lstrip(b"-")
+            if not head:
+                return  # (all "-": what follows starts the line, and is held again)
+        self._piece(head)
 
     def _piece(self, piece: bytes) -> None:
         """Part of a line, without a line end."""
