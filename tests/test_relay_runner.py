@@ -4667,6 +4667,23 @@ def test_an_entry_one_delivery_finishes_is_attempted_on_a_full_disk(
     assert qid
 
 
+def _queue_folder_full(hub, monkeypatch) -> list[bool]:
+    """Start the runner on a queue folder with no room to record an
+    outcome; set the returned flag's item False to give it room."""
+    full = [True]
+    monkeypatch.setattr(hub.queue, "has_room_for_outcome", lambda qid: not full[0])
+    hub.runner.start()
+    return full
+
+
+def _room_lines(log_events) -> list[str]:
+    """The lines that say the queue folder has no room, or room again."""
+    from twisted.logger import formatEvent
+
+    return [line for line in map(formatEvent, log_events)
+            if "has no room to record" in line or "has room again" in line]
+
+
 def test_a_full_queue_folder_is_said_once_and_attempts_resume_when_it_has_room(
         hub, monkeypatch, log_events):
     # a full disk under a queue of thousands must not log a line per entry
@@ -4674,9 +4691,7 @@ def test_a_full_queue_folder_is_said_once_and_attempts_resume_when_it_has_room(
     # and that as soon as there is room (the runner looks each second)
     from twisted.logger import LogLevel, formatEvent
 
-    full = [True]
-    monkeypatch.setattr(hub.queue, "has_room_for_outcome", lambda qid: not full[0])
-    hub.runner.start()
+    full = _queue_folder_full(hub, monkeypatch)
     first = enqueue(hub, BOB, CAROL)
     hub.clock.advance(20)
     second = enqueue(hub, BOB, CAROL)
@@ -4690,7 +4705,7 @@ def test_a_full_queue_folder_is_said_once_and_attempts_resume_when_it_has_room(
     assert sorted({c[0] for c in hub.agent.calls}) == sorted([first, second])
     for _ in range(200):
         hub.clock.advance(1)
-    said = [formatEvent(e) for e in log_events]
+    said = _room_lines(log_events)
     assert sum("has no room to record" in line for line in said) == 1
     assert sum("has room again: delivery attempts resume" in line for line in said) == 1
     assert not [e for e in log_events if e["log_level"] >= LogLevel.error]
@@ -4701,8 +4716,6 @@ def test_an_entry_that_still_has_no_room_keeps_the_full_queue_folder_said_once(
     # room enough for a small record, not for a large one (many
     # recipients): the small entry goes, the large one waits, and the log
     # says neither "room again" nor "no room" each time one of them looks
-    from twisted.logger import formatEvent
-
     room = {"small": False, "big": False}
     ids: dict[str, str] = {}
     monkeypatch.setattr(hub.queue, "has_room_for_outcome",
@@ -4715,13 +4728,13 @@ def test_an_entry_that_still_has_no_room_keeps_the_full_queue_folder_said_once(
     for _ in range(300):
         hub.clock.advance(1)
     assert {c[0] for c in hub.agent.calls} == {small}
-    said = [formatEvent(e) for e in log_events]
+    said = _room_lines(log_events)
     assert sum("has no room to record" in line for line in said) == 1
     assert not any("has room again" in line for line in said)
     room["big"] = True
     hub.clock.advance(1)
     assert {c[0] for c in hub.agent.calls} == {small, big}
-    said = [formatEvent(e) for e in log_events]
+    said = _room_lines(log_events)
     assert sum("has no room to record" in line for line in said) == 1
     assert sum("has room again" in line for line in said) == 1
 
@@ -4732,11 +4745,7 @@ def test_a_full_queue_folder_is_said_again_once_the_entries_that_waited_are_gone
     # before the disk had room: the disk that fills again later is said
     # again, where the runner kept quiet until its restart (and never said
     # "room again" either: nothing was waiting then)
-    from twisted.logger import formatEvent
-
-    full = [True]
-    monkeypatch.setattr(hub.queue, "has_room_for_outcome", lambda qid: not full[0])
-    hub.runner.start()
+    full = _queue_folder_full(hub, monkeypatch)
     first = enqueue(hub, BOB, CAROL)
     hub.clock.advance(5)
     assert hub.queue.delete(first)
@@ -4750,6 +4759,6 @@ def test_a_full_queue_folder_is_said_again_once_the_entries_that_waited_are_gone
     for _ in range(5):
         hub.clock.advance(1)
     assert hub.agent.calls == []
-    said = [formatEvent(e) for e in log_events]
+    said = _room_lines(log_events)
     assert sum("has no room to record" in line for line in said) == 2, said
     assert not any("has room again" in line for line in said)
