@@ -2349,6 +2349,15 @@ EHLO_PIPE_DSN = (b"250-mx.remote.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-
                  b"250 ENHANCEDSTATUSCODES\r\n")
 
 
+def greeted(ehlo: bytes, **kw) -> ClientSession:
+    """A session that has had the server's greeting and ``ehlo`` as the
+    reply to its EHLO: where these tests' conversations begin."""
+    s = session(**kw)
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    return s
+
+
 @pytest.mark.parametrize("refusal", [b"501 5.5.4 Bad NOTIFY parameter syntax",
                                      b"555 5.5.4 ORCPT not recognized",
                                      b"501 syntax error in parameters",
@@ -2379,9 +2388,7 @@ def test_a_rcpt_refused_for_its_dsn_parameters_goes_again_without_them(refusal):
 def test_a_refusal_of_the_rcpt_without_dsn_parameters_stands(second):
     # a 5xx to the RCPT sent again is that recipient's bounce, a 501/555
     # too: it carried no DSN parameter, so it does not go a third time
-    s = session(recipients=RCPT_DSN[:1])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_DSN_NO_PIPE)
+    s = greeted(EHLO_DSN_NO_PIPE, recipients=RCPT_DSN[:1])
     s.receive(b"250 2.1.0 ok\r\n")
     assert sent(s.receive(b"501 5.5.4 Bad NOTIFY parameter syntax\r\n")) == BOB_PLAIN
     assert sent(s.receive(second + b"\r\n")) == b"QUIT\r\n"
@@ -2394,9 +2401,7 @@ def test_a_refusal_of_the_rcpt_without_dsn_parameters_stands(second):
     (dict(recipients=RCPT_DSN[:1]), EHLO_BASIC),  # no DSN offered: none sent
 ])
 def test_a_501_to_a_rcpt_without_dsn_parameters_is_its_answer(kw, ehlo):
-    s = session(**kw)
-    s.receive(b"220 hi\r\n")
-    s.receive(ehlo)
+    s = greeted(ehlo, **kw)
     assert sent(s.receive(b"250 2.1.0 ok\r\n")) == BOB_PLAIN
     assert sent(s.receive(b"501 5.5.4 bad\r\n")) == b"QUIT\r\n"
     assert [r.reply.code for r in s.outcome.recipients] == [501]
@@ -2407,9 +2412,7 @@ def test_a_501_to_a_rcpt_without_dsn_parameters_is_its_answer(kw, ehlo):
                                      b"550 5.5.4 unrecognized argument",
                                      b"555 5.7.1 not allowed", b"504 5.5.4 not implemented"])
 def test_other_refusals_of_a_rcpt_with_dsn_parameters_stand(refusal):
-    s = session(recipients=RCPT_DSN[:1])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_DSN_NO_PIPE)
+    s = greeted(EHLO_DSN_NO_PIPE, recipients=RCPT_DSN[:1])
     s.receive(b"250 2.1.0 ok\r\n")
     assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
     assert [r.reply.text() for r in s.outcome.recipients] == [refusal.decode()]
@@ -2443,9 +2446,7 @@ def test_pipelined_a_rcpt_refused_for_its_dsn_parameters_goes_in_the_next_transa
 def test_pipelined_every_rcpt_refused_for_dsn_parameters_resets_and_goes_again():
     # nothing taken, DATA refused: the transaction was not ended by a "."
     # and a new MAIL needs RSET first (RFC 5321 4.1.1.5)
-    s = session(recipients=RCPT_DSN)
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_PIPE_DSN)
+    s = greeted(EHLO_PIPE_DSN, recipients=RCPT_DSN)
     assert sent(s.receive(b"250 2.1.0 ok\r\n501 5.5.4 Bad NOTIFY\r\n501 5.5.4 Bad NOTIFY\r\n"
                           b"554 5.5.1 Error: no valid recipients\r\n")) == b"RSET\r\n"
     assert sent(s.receive(b"250 2.0.0 ok\r\n")) == (
@@ -2461,9 +2462,7 @@ def test_pipelined_every_rcpt_refused_for_dsn_parameters_resets_and_goes_again()
 def test_pipelined_dsn_refusal_and_354_for_nothing_ends_it_empty_then_goes_again():
     # RFC 2920 3.1: a DATA accepted with no recipient taken ends empty (its
     # reply ignored), and the next transaction follows without RSET
-    s = session(recipients=RCPT_DSN[:1])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_PIPE_DSN)
+    s = greeted(EHLO_PIPE_DSN, recipients=RCPT_DSN[:1])
     assert sent(s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n354 go\r\n")) == (
         b".\r\n" + MAIL_PLAIN + BOB_PLAIN + b"DATA\r\n")
     assert s.receive(b"554 5.5.1 no valid recipients\r\n250 ok\r\n250 ok\r\n354 go\r\n") == [
@@ -2476,9 +2475,7 @@ def test_pipelined_dsn_refusal_and_354_for_nothing_ends_it_empty_then_goes_again
 def test_pipelined_dsn_refusal_then_421_in_the_next_transaction_keeps_the_first():
     # carol's message went: the 421 in bob's transaction is no session
     # error (the relay would send carol's again), only bob's result
-    s = session(recipients=RCPT_DSN)
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_PIPE_DSN)
+    s = greeted(EHLO_PIPE_DSN, recipients=RCPT_DSN)
     s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n250 ok\r\n354 go\r\n")
     s.body_sent()
     s.receive(b"250 2.0.0 queued\r\n")
@@ -2497,9 +2494,7 @@ def test_too_many_recipients_go_in_a_new_transaction_on_the_same_connection():
     # remaining recipients in a later transaction"; the first ended with
     # the reply to its ".", so no RSET
     dave = Address("dave", "remote.test")
-    s = session(recipients=[(BOB, None), (CAROL, None), (dave, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_FULL)
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None), (dave, None)])
     s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n"
               b"452 4.5.3 too many recipients\r\n354 go\r\n")
     s.body_sent()
@@ -2516,9 +2511,7 @@ def test_too_many_recipients_go_in_a_new_transaction_on_the_same_connection():
 
 
 def test_too_many_recipients_after_a_refused_data_go_after_rset():
-    s = session(recipients=[(BOB, None), (CAROL, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_BASIC)
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
     s.receive(b"250 ok\r\n")
     s.receive(b"250 ok\r\n")
     assert sent(s.receive(b"452 4.5.3 too many recipients\r\n")) == b"DATA\r\n"
@@ -2534,9 +2527,7 @@ def test_too_many_recipients_after_a_refused_data_go_after_rset():
 
 
 def test_a_refused_rset_leaves_the_later_recipients_to_a_new_connection():
-    s = session(recipients=[(BOB, None), (CAROL, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_BASIC)
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
     s.receive(b"250 ok\r\n")
     s.receive(b"250 ok\r\n")
     s.receive(b"452 4.5.3 too many recipients\r\n")
@@ -2554,9 +2545,7 @@ def test_transactions_in_one_session_are_bounded():
     from txmailhub.smtp.client import MAX_TRANSACTIONS
 
     rcpts = [Address(f"u{n}", "remote.test") for n in range(MAX_TRANSACTIONS + 3)]
-    s = session(recipients=[(a, None) for a in rcpts])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_FULL)
+    s = greeted(EHLO_FULL, recipients=[(a, None) for a in rcpts])
     for _ in range(MAX_TRANSACTIONS):
         left = len(rcpts) - s.transactions + 1
         s.receive(b"250 ok\r\n250 ok\r\n" + b"452 4.5.3 too many\r\n" * (left - 1)
@@ -2572,9 +2561,7 @@ def test_transactions_in_one_session_are_bounded():
 def test_a_timeout_after_the_final_dot_of_a_later_transaction_is_its_recipients_only():
     # bob's message went; carol's "." got no reply: she may have it, so
     # her result is the timeout (no copy elsewhere now), bob's stands
-    s = session(recipients=[(BOB, None), (CAROL, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_FULL)
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
     s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n")
     s.body_sent()
     s.receive(b"250 2.0.0 queued\r\n")
@@ -2594,9 +2581,7 @@ def test_an_unanswered_final_dot_of_a_later_transaction_leaves_those_it_refused_
     # once, dave waits for the retry -- not the failure of a "." that
     # never carried them (the first transaction's own refusals stand so)
     dave, erin = Address("dave", "remote.test"), Address("erin", "remote.test")
-    s = session(recipients=[(BOB, None), (CAROL, None), (dave, None), (erin, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_FULL)
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None), (dave, None), (erin, None)])
     s.receive(b"250 ok\r\n250 ok\r\n" + b"452 4.5.3 too many\r\n" * 3 + b"354 go\r\n")
     s.body_sent()
     s.receive(b"250 2.0.0 queued\r\n")
@@ -2620,9 +2605,7 @@ def test_an_unanswered_final_dot_after_a_transaction_that_took_nobody_stays_put(
     # many"); carol's "." in the next went unanswered: she may have the
     # message, so the outcome does not say no message went (the relay
     # would take her to the next MX host at once)
-    s = session(recipients=[(BOB, None), (CAROL, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_FULL)
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
     assert sent(s.receive(b"250 ok\r\n550 5.1.1 no bob\r\n452 4.5.3 too many\r\n"
                           b"554 5.5.1 no valid recipients\r\n")) == b"RSET\r\n"
     s.receive(b"250 ok\r\n")
@@ -2673,9 +2656,7 @@ def test_a_421_ending_a_transaction_starts_no_later_one(pipelined, step):
 def test_a_refused_rset_leaves_a_rcpt_refused_for_its_dsn_parameters_for_later():
     # bob's RCPT was refused for NOTIFY alone and never went again: a 5yz
     # to RSET is no verdict on him (no bounce), he waits for the next try
-    s = session(recipients=RCPT_DSN)
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_PIPE_DSN)
+    s = greeted(EHLO_PIPE_DSN, recipients=RCPT_DSN)
     assert sent(s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n250 ok\r\n"
                           b"554 5.7.1 no\r\n")) == b"RSET\r\n"
     assert sent(s.receive(b"502 5.5.1 RSET not implemented\r\n")) == b"QUIT\r\n"
@@ -2708,9 +2689,7 @@ def test_a_4yz_after_the_data_of_a_later_transaction_is_no_refusal_before_any_me
     # DATA refused for now); carol's in the next did, and a 4yz to its "."
     # waits for the next retry (docs/relay.rst): the outcome must not say
     # the host took no message, which sends her to the next MX host now
-    s = session(recipients=[(BOB, None), (CAROL, None)])
-    s.receive(b"220 hi\r\n")
-    s.receive(EHLO_FULL)
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
     assert sent(s.receive(b"250 ok\r\n" + first)) == b"RSET\r\n"
     s.receive(b"250 ok\r\n")
     s.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
