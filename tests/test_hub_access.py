@@ -34,6 +34,14 @@ def run(config: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _check_warnings(config: Path) -> str:
+    """``mailhub check`` on ``config``, which must pass (the hub starts):
+    what it warns of on stderr, the thing these tests look at."""
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n"), err
+    return err
+
+
 def _owner(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_uid, st.st_gid
@@ -269,8 +277,7 @@ def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp:
     assert _owner(etc / "users.d") == (0, 0)
     assert run(config, "check") == (0, f"{config}: ok\n", "")  # state_dir root's: no one else
     os.chown(state, HUB_UID, HUB_GID)
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n"), err  # warnings: the hub still starts
+    err = _check_warnings(config)  # warnings: the hub still starts
     lines = err.splitlines()
     users = etc / "users.d" / "users"
     assert lines == [
@@ -313,8 +320,7 @@ def test_check_as_root_says_the_line_of_a_tls_file_the_hubs_user_cannot_read(
     state = open_tmp / "state"
     state.mkdir()
     os.chown(state, HUB_UID, HUB_GID)
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n"), err
+    err = _check_warnings(config)
     lines = [line for line in err.splitlines() if "[tls]" in line]
     assert lines == [
         f"warning: {config}: [tls] certificate: {cert} cannot be read by uid 4242, the owner "
@@ -328,7 +334,7 @@ def test_check_as_root_says_the_line_of_a_tls_file_the_hubs_user_cannot_read(
     for path in (cert, key):
         os.chown(path, 0, HUB_GID)
         os.chmod(path, 0o640)
-    code, out, err = run(config, "check")
+    err = run(config, "check")[2]
     assert not [line for line in err.splitlines() if "[tls]" in line], err
 
 
@@ -351,8 +357,7 @@ def test_check_as_root_says_how_to_give_a_users_file_root_made_to_the_hubs_user(
     state.mkdir()
     os.chown(state, HUB_UID, HUB_GID)
     os.chown(users_d, HUB_UID, HUB_GID)  # install -d -o mailhub on the folder there
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n"), err
+    err = _check_warnings(config)
     assert err.splitlines() == [
         f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
         f"state_dir {state} and so the user the hub runs as: {users} is root:root mode 0600; "
@@ -366,7 +371,7 @@ def test_check_as_root_says_how_to_give_a_users_file_root_made_to_the_hubs_user(
     # never given to the hub's user whole, a users.d of its own instead
     os.chown(users, 0, 0)
     (users_d / "mailhub.toml").write_text("")
-    code, out, err = run(config, "check")
+    err = run(config, "check")[2]
     assert err.splitlines() == [
         f"warning: {config}: [users] file: {users} cannot be read by uid 4242, the owner of "
         f"state_dir {state} and so the user the hub runs as: {users} is root:root mode 0600; "
@@ -488,8 +493,7 @@ def test_check_as_root_before_state_dir_says_user_add_would_make_the_file_roots(
     # makes it", and root's user add then made a file the hub cannot read
     config = _config(tmp_path)
     users = tmp_path / "etc" / "users.d" / "users"
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n"), err
+    err = _check_warnings(config)
     assert err == (
         f"warning: the users file {users} does not exist yet (mailhub user add makes it); "
         "until then local mail is refused with 451; there is no state_dir yet, so root's "
@@ -517,8 +521,7 @@ def test_check_as_root_before_state_dir_is_quiet_about_roots_file_in_the_hubs_us
     users_d.mkdir(parents=True, mode=0o700)
     os.chown(users_d, HUB_UID, HUB_GID)
     users = users_d / "users"
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n"), err
+    err = _check_warnings(config)
     assert err == (f"warning: the users file {users} does not exist yet (mailhub user add "
                    "makes it); until then local mail is refused with 451\n")
     # and so it is: the file is that user's
@@ -555,8 +558,7 @@ def test_check_as_root_never_says_to_chgrp_a_tls_file_another_group_reads(
                       ((nobody.pw_uid, HUB_GID), "usermod -a -G 4545 nobody"),
                       ((HUB_UID, HUB_GID), "SupplementaryGroups=4545")):
         os.chown(state, *hub)
-        code, out, err = run(config, "check")
-        assert (code, out) == (0, f"{config}: ok\n"), err
+        err = _check_warnings(config)
         lines = [line for line in err.splitlines() if "[tls] key" in line]
         assert len(lines) == 1, err
         assert "chgrp" not in lines[0] and says in lines[0], lines[0]
@@ -579,8 +581,7 @@ def test_check_as_root_says_to_chgrp_a_tls_file_only_roots_group_reads(
     state = open_tmp / "state"
     state.mkdir()
     os.chown(state, HUB_UID, HUB_GID)
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n"), err
+    err = _check_warnings(config)
     lines = [line for line in err.splitlines() if "[tls] key" in line]
     assert len(lines) == 1, err
     assert f"chgrp 4343 {key} && chmod 640 {key}" in lines[0], lines[0]
