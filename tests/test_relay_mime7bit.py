@@ -10,7 +10,7 @@ import random
 import re
 import tracemalloc
 import urllib.parse
-from email import policy
+from email import headerregistry, policy
 from email.header import decode_header, make_header
 from email.parser import BytesParser
 from unittest import mock
@@ -688,6 +688,60 @@ def test_a_long_parameter_name_with_an_8bit_value_is_converted_without_looping()
         out = convert(f'Content-Type: text/plain; charset=utf-8; {name}="Grüße"\n\nx\n'.encode())
     assert_7bit(out)
     assert parse(out).get_param(name) == "Grüße"
+
+
+def _parameter_parser_inputs(monkeypatch) -> list[str]:
+    """The texts the stdlib's Content-Type and Content-Disposition parsers
+    are given, recorded: their time grows with the square of a field's
+    tokens, so what they are not given costs none (a count, not a clock)."""
+    seen: list[str] = []
+    for cls in (headerregistry.ContentTypeHeader, headerregistry.ContentDispositionHeader):
+        real = cls.value_parser
+
+        def parser(value, real=real):
+            seen.append(value)
+            return real(value)
+
+        monkeypatch.setattr(cls, "value_parser", staticmethod(parser))
+    return seen
+
+
+def _attachments(count: int, content_type: str, disposition: str) -> bytes:
+    parts = [b"From: a@example.org\nMIME-Version: 1.0\n"
+             b"Content-Type: multipart/mixed; boundary=BB\n\n"]
+    for _ in range(count):
+        parts.append(f"--BB\nContent-Type: {content_type}\n"
+                     f"Content-Disposition: {disposition}\n\nx\n".encode())
+    parts.append(b"--BB--\n")
+    return b"".join(parts)
+
+
+def test_a_message_hands_the_stdlib_at_most_64_kib_of_8bit_parameter_fields(monkeypatch):
+    # each field is bounded (2048 characters of parameters), but 2,000
+    # parts with a 1.9 KiB field of ";" each held a relay worker for
+    # minutes in the stdlib's parser: past the message's budget it has no
+    # 7-bit form (bounced 554 5.6.3) and the rest are never parsed
+    seen = _parameter_parser_inputs(monkeypatch)
+    value = ('application/octet-stream; name="\u00e4"' + ";" * 2000)[:1900]
+    data = _attachments(200, value, 'attachment; filename="\u00e4.bin"')
+    with pytest.raises(Unconvertible, match="Content-Type and Content-Disposition"):
+        convert(data)
+    assert sum(map(len, seen)) <= 64 * 1024
+    assert mime7bit.PARAMETER_FIELDS_LIMIT == 64 * 1024
+
+
+def test_many_attachments_with_8bit_file_names_are_converted(monkeypatch):
+    # a real message's fields, 150 attachments each named in both fields
+    # (some 20 KiB), are well within the budget
+    seen = _parameter_parser_inputs(monkeypatch)
+    name = "Gr\u00fc\u00dfe aus K\u00f6ln, Bericht 2026 (endg\u00fcltig).pdf"
+    data = _attachments(150, f'application/pdf; name="{name}"',
+                        f'attachment; filename="{name}"')
+    out = convert(data)
+    assert_7bit(out)
+    assert len(seen) == 300
+    names = [p.get_filename() for p in parse(out).iter_attachments()]
+    assert names == [name] * 150
 
 
 @pytest.mark.parametrize("split", [1, 3, 8192])

@@ -61,7 +61,9 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   with ``Unconvertible``: the relay bounces such a message rather than
   send raw 8-bit header octets to a server that did not ask for them.
 
-A header field longer than ``FIELD_LIMIT`` octets, a part with an
+A header field longer than ``FIELD_LIMIT`` octets, Content-Type and
+Content-Disposition fields with 8-bit octets of more than
+``PARAMETER_FIELDS_LIMIT`` octets in all, a part with an
 unknown Content-Transfer-Encoding that would need re-encoding (8-bit
 octets or lines over 998 octets), and MIME
 nesting deeper than ``MAX_DEPTH`` (deeper parts are handled as leaves)
@@ -82,12 +84,20 @@ from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import LINE_TEXT, SINKS
 from txmailhub.rfc5322 import comment_end, escaped
 
-__all__ = ["FIELD_LIMIT", "LINE_LIMIT", "LINE_TEXT", "Unconvertible", "convert_file",
-           "has_8bit", "to_7bit"]
+__all__ = ["FIELD_LIMIT", "LINE_LIMIT", "LINE_TEXT", "PARAMETER_FIELDS_LIMIT", "Unconvertible",
+           "convert_file", "has_8bit", "to_7bit"]
 
 _CHUNK = 65536
 LINE_LIMIT = 8192  # octets read at a time; longer lines come in pieces
 FIELD_LIMIT = 65536  # one header field, continuation lines included
+PARAMETER_FIELDS_LIMIT = 65536
+"""The most octets of Content-Type and Content-Disposition fields with
+8-bit octets that one message's conversion reads (every part's, added
+up).  The stdlib's parser, which reads their parameters, takes time that
+grows with the square of a field's tokens: each field is bounded
+(``downgrade._PARAM_TEXT_MAX``), but 2,000 parts with a 2 KiB field
+each held a relay worker for minutes.  A real message's are a few
+hundred octets a part; one over this has no 7-bit form here."""
 MAX_DEPTH = 50
 _MAX_BOUNDARY = 200
 _NEEDS_CONVERSION = ("7bit", "8bit", "binary", "")
@@ -518,6 +528,7 @@ class _Converter:
         self.bol = True  # the next read starts at the beginning of a line
         self.boundaries: list[bytes] = []  # innermost last
         self.after_stop = 0  # where the delimiter that ended a header block ends
+        self.parameter_octets = 0  # read so far (``PARAMETER_FIELDS_LIMIT``)
 
     # --- reading ----------------------------------------------------------------
 
@@ -800,6 +811,12 @@ class _Converter:
         elif name == b"content-type" and charset is not None:
             field = field.rstrip(b"\r\n").rstrip(b" \t;") + b"; charset=" + charset.encode() + b"\n"
         if not field.isascii():
+            if name in (b"content-type", b"content-disposition"):
+                self.parameter_octets += len(field)
+                if self.parameter_octets > PARAMETER_FIELDS_LIMIT:
+                    raise Unconvertible(
+                        "the Content-Type and Content-Disposition fields with 8-bit octets "
+                        f"are over {PARAMETER_FIELDS_LIMIT} octets together")
             field = encode_field(field)
         # (lines end at LF only, as ``_Lines`` reads them: a bare CR is
         # one more octet of its line, where ``splitlines`` would end it)
