@@ -21,8 +21,11 @@ delivery here fails after the 250.)  An ENVID with a TAB, which Postfix
 refuses with the MAIL, makes the MAIL go again without DSN parameters,
 and the sender gets the hub's "relayed" notice.  The queue's own bookkeeping after
 Postfix's mixed replies (the bounce, the entry kept for the 4xx) is
-checked through a ``RelayService``.  Like test_interop_postfix.py, it
-needs root and Postfix, and skips without them.
+checked through a ``RelayService``.  Two more instances take 3
+recipients per message (``smtpd_recipient_limit``), one of them without
+PIPELINING: a message to 8 recipients reaches them all in three
+transactions of one session.  Like test_interop_postfix.py, it needs
+root and Postfix, and skips without them.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ PLAIN = b"Subject: plain\n\nhello\n"
 MAILBOXES = {"bob@remote.test": "remote.test/bob/", "jörg@remote.test": "remote.test/joerg/",
              "dave@remote.test": "remote.test/dave/", "alice@example.org": "example.org/alice/",
              "jörg@example.org": "example.org/joerg/"}
+#: eight mailboxes for one message to more recipients than a limit of 3
+MANY = [Address(f"rcpt{i}", "remote.test") for i in range(1, 9)]
+MAILBOXES.update({str(a): f"remote.test/{a.local}/" for a in MANY})
 
 
 class NextHop:
@@ -83,8 +89,10 @@ class NextHop:
 
     TRIES = 5
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """``settings``: main.cf parameters over this module's own."""
         self.pf: Postfix | None = None
+        self.extra = settings or {}
         for _ in range(self.TRIES):
             # smtpd must be given its port: one picked free and released,
             # which another process may bind first; the master then cannot
@@ -133,6 +141,7 @@ class NextHop:
                 # the SMTP commands as received, in the log
                 "debug_peer_list": "127.0.0.1",
                 "debug_peer_level": "1",
+                **self.extra,
             },
             f"127.0.0.1:{port} inet n - n - - smtpd\n"
             "virtual   unix  -       n       n       -       -       virtual\n")
@@ -534,6 +543,105 @@ class RelayQueueToPostfixTests(TestCase):
                          "Recipient address rejected: dave is busy")
         self.assert_bounce_for_nobody(notice)
         self.hop.wait_for(BOB, before + 1)
+
+
+#: Postfix's limit of recipients per message, below the eight of ``MANY``
+RECIPIENT_LIMIT = {"smtpd_recipient_limit": "3"}
+
+
+@pytest.fixture(scope="module")
+def limited_hop() -> Iterator[NextHop]:
+    """An instance of its own, which takes 3 recipients per message."""
+    hop = NextHop(RECIPIENT_LIMIT)
+    try:
+        yield hop
+    finally:
+        hop.remove()
+
+
+@pytest.fixture(scope="module")
+def limited_hop_without_pipelining() -> Iterator[NextHop]:
+    """The same limit, and no PIPELINING in its EHLO reply."""
+    hop = NextHop({**RECIPIENT_LIMIT, "smtpd_discard_ehlo_keywords": "pipelining"})
+    try:
+        yield hop
+    finally:
+        hop.remove()
+
+
+class RelayToLimitedPostfixTests(TestCase):
+    """Postfix's ``452 4.5.3 Error: too many recipients`` (RFC 5321
+    4.5.3.1.10) after its third RCPT: the hub sends the others in later
+    transactions of the same session, and one message to eight
+    recipients leaves the queue in one connection.  Each test has a
+    Postfix of its own: every "connect from" in its log is the hub's."""
+
+    pipelining = True  # whether Postfix offers PIPELINING
+
+    @pytest.fixture(autouse=True)
+    def _hop(self, limited_hop: NextHop) -> None:
+        self.hop = limited_hop
+
+    @defer.inlineCallbacks
+    def test_eight_recipients_in_three_transactions_of_one_session(self):
+        hop = self.hop
+        state = Path(self.mktemp()).absolute()
+        state.mkdir(parents=True)
+        # settled once the entry is gone (at most 20 s)
+        kept, notices = yield first_attempt(state, hop.port, MANY,
+                                            lambda entries, mail: not entries, tries=200)
+        self.assertEqual([(str(r.address), r.state, r.last_reply and r.last_reply.text())
+                          for r in kept], [])
+        self.assertEqual(notices, [])
+        for address in MANY:
+            [delivered] = hop.wait_for(address, 1)
+            trace, message = split_trace(delivered)
+            self.assertEqual(trace[1:3], [f"X-Original-To: {address}".encode(),
+                                          f"Delivered-To: {address}".encode()])
+            self.assertEqual(message, b"Subject: probe\nMessage-ID: <probe@example.org>\n\n"
+                             b"body\n")
+        # smtpd's summary of the hub's session, and its only "connect from"
+        lines = self.session_log(hop)
+        self.assertEqual(len([line for line in lines if "]: connect from " in line]), 1, lines)
+        [summary] = [line for line in lines if "]: disconnect from localhost[" in line]
+        # 8 RCPTs, then the 5 refused, then the 2 refused again: three
+        # transactions of one connection, no RSET (each ended with its
+        # message).  (smtpd counts its "too many" 452 as no error: not
+        # "rcpt=8/15".)
+        self.assertRegex(summary, r"\]: disconnect from localhost\[127\.0\.0\.1\] "
+                         r"ehlo=1 mail=3 rcpt=15 data=3 quit=1 commands=23$")
+        refusals = [line for line in lines
+                    if line.endswith("]: > localhost[127.0.0.1]: 452 4.5.3 Error: too many "
+                                     "recipients")]
+        self.assertEqual(len(refusals), 7)
+        said = [line.split("]: < localhost[127.0.0.1]: ", 1)[1] for line in lines
+                if "]: < localhost[127.0.0.1]: " in line]
+        self.assertEqual([c for c in said if c.startswith("RCPT")],
+                         [f"RCPT TO:<{a}>" for a in (*MANY, *MANY[3:], *MANY[6:])])
+        offered = "\n".join(lines)
+        self.assertEqual("250-PIPELINING" in offered, self.pipelining)
+
+    @staticmethod
+    def session_log(hop: NextHop, timeout: float = 30.0) -> list[str]:
+        """Postfix's log once smtpd logged the end of the hub's session."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = hop.pf.log_text().splitlines()
+            if any("]: disconnect from localhost[" in line for line in lines):
+                return lines
+            assert time.monotonic() < deadline, lines[-30:]
+            time.sleep(0.05)
+
+
+
+class RelayToLimitedPostfixWithoutPipeliningTests(RelayToLimitedPostfixTests):
+    """The same, Postfix offering no PIPELINING (RFC 2920)."""
+
+    pipelining = False
+
+    @pytest.fixture(autouse=True)
+    def _hop(self, limited_hop_without_pipelining: NextHop) -> None:
+        self.hop = limited_hop_without_pipelining
 
 
 def test_a_port_taken_before_postfix_listens_is_given_up_for_another(monkeypatch):
