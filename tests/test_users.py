@@ -1290,6 +1290,25 @@ def test_a_file_just_written_whole_is_settled_at_once(db: UsersDB) -> None:
     assert not reader.contains(bob) and reader.changing()
 
 
+def test_a_users_file_ending_in_a_lone_cr_is_not_taken_as_whole(db: UsersDB) -> None:
+    """Only LF ends a line of the users file (a lone CR does end one of
+    the aliases file): a fresh text ending in CR is a CRLF file caught
+    between its last CR and LF, and a miss in it is in doubt, while the
+    same text with its LF is whole at once."""
+    from txmailhub.filestamp import FileStamp
+
+    db.add("alice", "pw")
+    line = Path(db.path).read_bytes().rstrip(b"\n")
+    bob = Address("bob", "example.org")
+    for end, doubt in ((b"\r\n", False), (b"\r", True)):
+        Path(db.path).write_bytes(line + end)
+        reader = UsersDB(db.path, "example.org", ("example.org", "example.net"))
+        wall, mono = [os.stat(db.path).st_mtime + 0.5], [50.0]
+        reader._file = FileStamp(lambda wall=wall: wall[0], lambda mono=mono: mono[0])
+        assert reader.contains(Address("alice", "example.org"))
+        assert reader.lookup(bob) == (None, doubt)
+
+
 def test_a_file_that_changes_while_it_is_read_is_in_doubt(
         db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file last changed long ago, but rewritten in place just as the

@@ -251,7 +251,9 @@ class UsersDB:
         # these records by the settling of the text read before them
         self._view = (self._records, False)
         # only now: a stamp noted before the records are in place would
-        # let another lookup take the old records for the new file
+        # let another lookup take the old records for the new file.  Only
+        # LF ends a line here (``_parse``), unlike the aliases file: a text
+        # ending in a lone CR is a CRLF file caught before its last LF
         self._file.read(st, began, after, whole=text.endswith("\n"))
         self._view = (self._records, self._file.settled)
         if not changed:
