@@ -3797,6 +3797,41 @@ def test_a_rcpt_refused_for_its_dsn_parameters_is_delivered_and_relayed(tmp_path
                       "asked for is this hub's (relayed)"]
 
 
+class RefusesNotifyAndBob(RefusesNotify):
+    """Refuses NOTIFY= as ``RefusesNotify`` does, and bob's RCPT without
+    it for good: the RCPT sent again is refused."""
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT" and b"<bob@" in line and b" NOTIFY=" not in line:
+            self.transport.write(b"550 5.1.1 no such user\r\n")
+            return
+        super()._command(line)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_rcpt_sent_again_without_dsn_parameters_and_refused_is_logged_as_no_relayed(
+        tmp_path, pipelining, log_events):
+    # bob's RCPT went again without NOTIFY and was refused: no "(relayed)"
+    # notice duty is claimed in the log -- his 550 is his answer, in the
+    # session's line as any refused RCPT
+    a, net, _ = agent(tmp_path)
+    ext = ("PIPELINING",) * pipelining + ("SIZE 1000000", "DSN")
+    net.servers[("2001:db8::1", 25)] = lambda: RefusesNotifyAndBob(extensions=ext)
+    e = entry(tmp_path, BOB, CAROL,
+              recipient_dsn=((BOB, RecipientDSN(notify=("SUCCESS",))),))
+    results = run(net, a.deliver(e, "remote.test", [BOB, CAROL]))
+    by = {r.address: r for r in results}
+    assert by[BOB].kind == "permanent" and by[BOB].reply.code == 550
+    assert by[CAROL].kind == "delivered"
+    logged = [formatEvent(x) for x in log_events if "on RCPT" in x.get("log_format", "")]
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] refused the DSN "
+                      "parameters on RCPT TO:<bob@remote.test> (501 5.5.4 Bad NOTIFY parameter "
+                      "syntax); RCPT sent again without NOTIFY and ORCPT"]
+    sessions = [formatEvent(x) for x in log_events
+                if x.get("log_format", "").startswith("{queue_id}: session with")]
+    assert sessions[-1].endswith("bob@remote.test: 550, carol@remote.test: 250")
+
+
 def test_too_many_recipients_go_on_the_same_connection(tmp_path, log_events):
     # RFC 5321 4.5.3.1.10: the rest in a later transaction -- on the
     # connection the server said it on, not on a new one each round
@@ -3843,3 +3878,4 @@ def test_the_stop_cutting_a_later_transaction_keeps_what_the_earlier_one_deliver
     by = {r.address: r for r in run(net, d)}
     assert by[BOB].kind == "delivered"
     assert by[CAROL].kind == "transient" and "the hub stopped" in by[CAROL].reply.text()
+

@@ -424,6 +424,10 @@ def _check(server: Server, session: ClientSession, outcome) -> None:
         # retry, not the next MX host
         assert not (outcome.no_recipient_taken or outcome.data_refused_for_now)
     assert server.mails <= MAX_TRANSACTIONS + 1
+    for who in session.rcpt_resent_accepted:
+        # logged as relayed only when its RCPT without NOTIFY was accepted
+        assert any(s.verb == "RCPT" and s.about == str(who) and s.code in (250, 251)
+                   for s in server.served.values()), who
     for who in addresses:
         reply = _result(outcome, who)
         name = str(who)

@@ -1603,13 +1603,18 @@ class DeliveryAgent:
         Nothing is remembered of the host: the trouble is this message's
         parameters, not the host."""
         for rcpt, reply in session.rcpt_dsn_refused.items():
-            if rcpt in (session.outcome.dsn_dropped if session.outcome else ()):
-                log.info("{queue_id}: {host} refused the DSN parameters on RCPT TO:<{rcpt}> "
-                         "({reply}); RCPT sent again without NOTIFY and ORCPT: a success "
-                         "notice asked for is this hub's (relayed)", queue_id=entry.id,
-                         host=where(name, address), address=address,
-                         rcpt=loggable(str(rcpt), REPLY_LOG_MAX),
-                         reply=loggable(reply.text(), REPLY_LOG_MAX))
+            if rcpt not in (session.outcome.dsn_dropped if session.outcome else ()):
+                continue
+            # the notice duty is the hub's only once the RCPT without them
+            # was accepted; a refusal of it (or no answer) is that
+            # recipient's result, in the session's line as any other
+            duty = (": a success notice asked for is this hub's (relayed)"
+                    if rcpt in session.rcpt_resent_accepted else "")
+            log.info("{queue_id}: {host} refused the DSN parameters on RCPT TO:<{rcpt}> "
+                     "({reply}); RCPT sent again without NOTIFY and ORCPT" + duty,
+                     queue_id=entry.id, host=where(name, address), address=address,
+                     rcpt=loggable(str(rcpt), REPLY_LOG_MAX),
+                     reply=loggable(reply.text(), REPLY_LOG_MAX))
         if session.transactions > 1:
             log.info("{queue_id}: {host}: {count} transactions in one session (recipients the "
                      "server took too many of, or refused for their DSN parameters in a "

@@ -539,6 +539,10 @@ class ClientSession:
         self._rcpt_carried_dsn: dict[Address, bool] = {}
         self.rcpt_dsn_refused: dict[Address, Reply] = {}
         self._dsn_resent: set[Address] = set()
+        # those whose RCPT sent again without them the server accepted: only
+        # for them does the adapter log a notice duty kept ("relayed"); a
+        # refusal of that RCPT is the recipient's answer, logged as any other
+        self.rcpt_resent_accepted: set[Address] = set()
         # more transactions in this session (``_transaction_over``): the
         # recipients of a pipelined batch refused for their DSN parameters,
         # waiting for the next one; how many there were; the results the
@@ -1419,6 +1423,8 @@ class ClientSession:
         elif self._mail_reply is None:
             if reply.is_positive:
                 self._accepted.append(address)
+                if address in self.rcpt_dsn_refused:  # the RCPT sent without them
+                    self.rcpt_resent_accepted.add(address)
             else:
                 self._results[address] = reply
                 if said_530:
