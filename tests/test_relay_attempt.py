@@ -3879,3 +3879,55 @@ def test_the_stop_cutting_a_later_transaction_keeps_what_the_earlier_one_deliver
     assert by[BOB].kind == "delivered"
     assert by[CAROL].kind == "transient" and "the hub stopped" in by[CAROL].reply.text()
 
+
+class UnansweredSecondDot(ScriptedSMTPServer):
+    """Takes bob alone in the first message ("too many" to the others),
+    refuses dave in the second, and never answers that second message's
+    final ".": silent (``end="timeout"``) or closing the connection."""
+
+    def __init__(self, end):
+        super().__init__()
+        self.end = end
+
+    def dataReceived(self, data):
+        if self.messages and self.in_data and b"\r\n.\r\n" in self.buf + data:
+            if self.end == "lost":
+                self.transport.loseConnection()
+            return
+        super().dataReceived(data)
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT" and b"<bob@" not in line:
+            if not self.messages:
+                self.transport.write(b"452 4.5.3 too many recipients\r\n")
+                return
+            if b"<dave@" in line:
+                self.transport.write(b"550 5.1.1 no dave here\r\n")
+                return
+        super()._command(line)
+
+
+@pytest.mark.parametrize("end", ["timeout", "lost"])
+def test_an_unanswered_final_dot_of_a_later_transaction_is_logged_as_maybe_delivered(
+        tmp_path, end, log_events):
+    # carol's message (the session's second transaction) got no reply to
+    # its final ".": the log says she may have it, as for a first
+    # transaction's unanswered "." -- naming her alone, not bob (delivered
+    # in the first) nor dave (refused at RCPT in the second)
+    dave = Address("dave", "remote.test")
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: UnansweredSecondDot(end)
+    e = entry(tmp_path, BOB, CAROL, dave)
+    d = a.deliver(e, "remote.test", [BOB, CAROL, dave])
+    advance_until_done(net, a.clock, d, 60)
+    by = {r.address: r for r in run(net, d)}
+    assert by[BOB].kind == "delivered"
+    assert by[CAROL].kind == "transient" and by[dave].kind == "permanent"
+    assert net.connections == [("2001:db8::1", 25)]  # no other host for carol now
+    logged = [formatEvent(x) for x in log_events
+              if "may have been delivered" in x.get("log_format", "")]
+    assert len(logged) == 1
+    assert logged[0].startswith(f"{e.id}: mx1.remote.test[2001:db8::1]: "
+                                f"{by[CAROL].reply.text()}; the message may have been ")
+    assert logged[0].endswith("delivered to carol@remote.test (transaction 2 of the session), "
+                              "no other host is tried for them before the next retry")

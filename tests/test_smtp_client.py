@@ -2598,6 +2598,7 @@ def test_an_unanswered_final_dot_of_a_later_transaction_leaves_those_it_refused_
         (BOB, 250), (CAROL, 421), (dave, 450), (erin, 452)]
     assert [r.reply.text() for r in out.recipients][2:] == [
         "450 4.2.1 dave is busy", "452 4.5.3 too many"]
+    assert out.unanswered_end == (CAROL,)  # the relay logs her "may have been delivered"
 
 
 def test_an_unanswered_final_dot_after_a_transaction_that_took_nobody_stays_put():

@@ -424,6 +424,13 @@ def _check(server: Server, session: ClientSession, outcome) -> None:
         # retry, not the next MX host
         assert not (outcome.no_recipient_taken or outcome.data_refused_for_now)
     assert server.mails <= MAX_TRANSACTIONS + 1
+    last_tx = max((s.tx for s in server.served.values()), default=0)
+    for who in outcome.unanswered_end:
+        # named as maybe delivered: a recipient the last, unanswered
+        # transaction took, in a session whose earlier results stand
+        assert outcome.session_error is None and outcome.transactions > 1
+        assert any(s.verb == "RCPT" and s.about == str(who) and s.tx == last_tx
+                   and s.code in (250, 251) for s in server.served.values()), who
     for who in session.rcpt_resent_accepted:
         # logged as relayed only when its RCPT without NOTIFY was accepted
         assert any(s.verb == "RCPT" and s.about == str(who) and s.code in (250, 251)

@@ -1189,6 +1189,7 @@ class DeliveryAgent:
                 if not smarthost:
                     self.mx.health.failed(mxhost.name)
                 continue
+            self._note_unanswered_end(entry, outcome, where(mxhost.name, address))
             if not smarthost:
                 self.mx.health.succeeded(mxhost.name)
             host = _remote_name(mxhost.name, smarthost)
@@ -1627,6 +1628,27 @@ class DeliveryAgent:
                  "again without ENVID, RET, NOTIFY and ORCPT: success notices asked for are "
                  "this hub's (relayed)", queue_id=entry.id, host=where(name, address),
                  address=address, reply=loggable(refused.text(), REPLY_LOG_MAX))
+
+    @staticmethod
+    def _note_unanswered_end(entry: QueueEntry, outcome: SessionOutcome, host: str) -> None:
+        """Log a later transaction's final "." that went unanswered (a
+        timeout, the connection lost), naming the recipients it took: they
+        may have the message (RFC 5321 6.1) and wait for the next retry,
+        as after a first transaction's unanswered "." -- whose session
+        error is logged where it is handled."""
+        if not outcome.unanswered_end:
+            return
+        replies = {r.address: r.reply for r in outcome.recipients}
+        last = replies.get(outcome.unanswered_end[0])
+        if not isinstance(last, LocalReply):
+            return  # a reply came: not an unanswered "."
+        log.info("{queue_id}: {host}: {reply}; the message may have been delivered to "
+                 "{recipients} (transaction {number} of the session), no other host is "
+                 "tried for them before the next retry", queue_id=entry.id, host=host,
+                 reply=loggable(last.text(), REPLY_LOG_MAX),
+                 recipients=loggable(", ".join(str(a) for a in outcome.unanswered_end),
+                                     1 << 20),
+                 number=outcome.transactions)
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:
         """Remember a host this session did TLS with; log a downgrade for

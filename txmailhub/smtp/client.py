@@ -338,6 +338,11 @@ class SessionOutcome:
     dsn_dropped: frozenset[Address] = frozenset()
     #: transactions the session held (``MAX_TRANSACTIONS``)
     transactions: int = 1
+    #: the recipients a later transaction (not the first) took whose final
+    #: "." then went unanswered: the outcome is no session error (earlier
+    #: transactions' results stand), yet these may have the message, which
+    #: the relay logs as for a first transaction's unanswered "."
+    unanswered_end: tuple[Address, ...] = ()
     extensions: dict[str, str] = field(default_factory=dict)
     phase: str = ""  # the step the session was in when its fate was sealed
     #: MAIL was taken and every RCPT refused: no message went (the relay
@@ -713,6 +718,7 @@ class ClientSession:
         never went to them.  Those that had none get ``session_error`` (a
         RCPT refused for its DSN parameters waiting for this transaction:
         restated as temporary, ``_not_sent_again``)."""
+        unanswered: list[Address] = []
         if session_error is not None and self.transactions > 1:
             for address, _ in self._sending:
                 own = self._results.get(address)
@@ -724,6 +730,7 @@ class ClientSession:
                 before = self._earlier.get(address)
                 if self.phase is Phase.DATA_END:
                     self._results[address] = session_error
+                    unanswered.append(address)
                 elif before is not None:
                     self._results[address] = before
                 else:
@@ -775,6 +782,7 @@ class ClientSession:
             dsn_supported=self._dsn_on,
             dsn_dropped=frozenset(self._dsn_resent),
             transactions=self.transactions,
+            unanswered_end=tuple(unanswered),
             extensions=dict(self.extensions),
             phase=self.phase.value,
             no_recipient_taken=self._none_taken,
