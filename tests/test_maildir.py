@@ -3121,6 +3121,15 @@ def _md_with_plain_message(tmp_path) -> tuple[str, str]:
     return str(md), str(path)
 
 
+def _wrong_size_cache(path: str) -> bytes:
+    """A size cache, valid JSON, that matches the message at ``path`` by
+    inode, mtime and size but gives it 999 octets, wrong on purpose: were
+    the cache taken, 999 would be listed."""
+    st = os.stat(path)
+    entry = {os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}
+    return json.dumps({"version": 1, "sizes": entry}).encode()
+
+
 def test_a_size_cache_that_is_a_pipe_is_not_waited_on(tmp_path):
     # whoever can write into a Maildir could make .txmailhub-sizes a pipe:
     # read plainly, the login's scan waited for a writer for ever, holding
@@ -3137,10 +3146,8 @@ def test_a_size_cache_that_is_a_link_is_not_read_through_it(tmp_path):
     # nor is the cache read through a link (to /dev/zero it was read
     # without end): the sizes a file elsewhere claims are not taken
     md, path = _md_with_plain_message(tmp_path)
-    st = os.stat(path)
     elsewhere = tmp_path / "elsewhere.json"
-    elsewhere.write_text(json.dumps({"version": 1, "sizes": {
-        os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}}))
+    elsewhere.write_bytes(_wrong_size_cache(path))
     cache = Path(md) / mailbox_module.SIZES_NAME
     cache.symlink_to(elsewhere)
     assert [m.size for m in scan(md)] == [21]
@@ -3278,9 +3285,7 @@ def test_a_size_cache_far_larger_than_its_mailbox_needs_is_not_read(tmp_path, lo
     # (Here valid JSON with a wrong size for the message: were it read,
     # that size would be listed.)
     md, path = _md_with_plain_message(tmp_path)
-    st = os.stat(path)
-    entry = {os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}
-    doc = json.dumps({"version": 1, "sizes": entry}).encode()
+    doc = _wrong_size_cache(path)
     cache = Path(md) / mailbox_module.SIZES_NAME
     cache.write_bytes(doc + b" " * (1 << 20))
     assert [m.size for m in scan(md)] == [21]
@@ -3334,9 +3339,7 @@ def test_a_size_cache_is_read_up_to_its_bound_and_not_an_octet_more(tmp_path, lo
     # exactly that many octets is taken (here its size for the message,
     # wrong on purpose, is listed), one octet more is ignored and measured
     md, path = _md_with_plain_message(tmp_path)
-    st = os.stat(path)
-    entry = {os.path.basename(path): [st.st_ino, st.st_mtime_ns, st.st_size, 999]}
-    doc = json.dumps({"version": 1, "sizes": entry}).encode()
+    doc = _wrong_size_cache(path)
     cache = Path(md) / mailbox_module.SIZES_NAME
     bound = mailbox_module._SizeCache.ENTRY_OCTETS * 2
     assert bound == 4096
