@@ -170,6 +170,19 @@ def enqueue(hub, *rcpts, sender=ALICE, notify=None):
     return hub.queue.enqueue(env, SpooledMessage(str(path), 20, 23)).result
 
 
+def _second_waiting_for_its_slot(hub) -> tuple[list, str, str]:
+    """The runner started, the agent holding its deliveries and two
+    entries for remote.test (max_per_destination = 1): the first being
+    delivered, the second waiting for the first's slot.  (The agent's
+    pending deliveries, first, second.)"""
+    hub.runner.start()
+    pending = hub.agent.hold()
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, BOB)
+    assert [c[0] for c in hub.agent.calls] == [first]
+    return pending, first, second
+
+
 def test_new_entry_attempted_at_once_and_removed(hub):
     hub.runner.start()
     qid = enqueue(hub, BOB)
@@ -1061,11 +1074,7 @@ def test_no_new_connection_for_an_attempt_that_waited_past_a_stop(hub):
     # max_per_destination = 1: the second entry for remote.test waits for
     # the first's slot.  A stop gives both up; when the first ends, the
     # second must not connect (the queue may be another hub's by then).
-    hub.runner.start()
-    pending = hub.agent.hold()
-    first = enqueue(hub, BOB)
-    second = enqueue(hub, BOB)
-    assert [c[0] for c in hub.agent.calls] == [first]
+    pending, first, second = _second_waiting_for_its_slot(hub)
     stopped = hub.runner.stop(grace=0)
     assert stopped.called and hub.agent.aborted == 1
     x, r = pending.pop(0)
@@ -4602,11 +4611,7 @@ def test_an_entry_whose_record_went_while_it_waited_for_its_slot_is_not_delivere
     # cleanup) while the entry waits for its destination's one slot: when
     # its turn comes it is read afresh, found gone and forgotten -- no
     # delivery of a message the queue no longer has
-    hub.runner.start()
-    pending = hub.agent.hold()
-    first = enqueue(hub, BOB)
-    second = enqueue(hub, BOB)
-    assert [c[0] for c in hub.agent.calls] == [first]
+    pending, first, second = _second_waiting_for_its_slot(hub)
     os.unlink(hub.queue.record_path(second))
     _answer_all(pending)
     hub.clock.advance(60)
