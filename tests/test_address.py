@@ -231,6 +231,26 @@ def test_login_key_of_a_bare_name_is_that_name():
     assert login_key("Alice@Example.ORG") == "alice@example.org"
 
 
+def test_login_key_reads_one_quoted_string_as_rcpt_gives_it():
+    # the users file and UsersDB.qualify read '"q"' as q (RFC 5321 4.1.2):
+    # so does the key an authzid is compared by (SMTP and POP3 AUTH PLAIN)
+    assert login_key('"Alice"') == login_key("alice") == "alice"
+    assert login_key('"Alice"@Example.ORG') == "alice@example.org"
+    assert login_key('"a\\:b"@example.org') == '"a:b"@example.org'
+    assert login_key('"a;"') == '"a;"'  # quotes it needs stay
+    assert login_key('"a""b"') == '"a""b"'  # no one quoted string: as written
+
+
+def test_login_key_reads_a_name_rcpt_gives_only_quoted_with_its_quotes():
+    # a; is no dot-string: it exists only as "a;" (RFC 5321 4.1.2), the
+    # user UsersDB.qualify takes a login as a; for -- an authzid a; names
+    # the user who logged in as "a;"
+    assert login_key("A;") == login_key('"a;"') == '"a;"'
+    assert login_key("a;@Example.ORG") == '"a;"@example.org'
+    assert login_key("a..b") == '"a..b"'
+    assert login_key("a.b") == "a.b"
+
+
 def test_ascii_domain_leaves_an_ascii_name_as_it_is():
     # only an internationalized name is mapped (to its A-labels)
     assert ascii_domain("Mail.Example.ORG") == "Mail.Example.ORG"
@@ -391,3 +411,16 @@ def test_load_codecs_imports_both_codecs_idna_looks_up(monkeypatch) -> None:
     load_codecs()
     assert "encodings.idna" in sys.modules
     assert "encodings.punycode" in sys.modules
+
+
+def test_a_bare_quoted_local_part_with_an_at_sign_is_at_the_primary_domain() -> None:
+    # the '@' of '"a@b"' is inside the quotes (RFC 5321 4.1.2): a bare
+    # local part, as RCPT TO:<"a@b"> reads it, not '"a' at the domain 'b"'
+    # -- a login (POP3 USER, SMTP AUTH) and `mailhub user` name the user so
+    from txmailhub.address import login_key, parse_address
+    from txmailhub.smtp._parse import parse_rcpt
+
+    rcpt = parse_rcpt('TO:<"a@b">', "example.org")[0]
+    assert parse_address('"a@b"', "example.org") == rcpt == Address('"a@b"', "example.org")
+    assert login_key('"A@b"') == '"a@b"'
+    assert login_key('"a@b"@example.org') == '"a@b"@example.org'

@@ -205,7 +205,8 @@ def test_what_alias_add_writes_the_file_reads_back_and_rcpt_reaches(
         assert problems == []
         given_ = [t.strip() for t in targets if t.strip()]
         assert set(table[change.alias]) == {
-            (alias_address(aliases.rcpt_form(t.lstrip("\\"), local_only=True), "example.org"),
+            (alias_address(aliases.rcpt_form(t.lstrip("\\"), local_only=True), "example.org",
+                           local_domains=set(DOMAINS)),
              not t.startswith("\\")) for t in given_}
         local, _, domain = change.alias.rpartition("@")
         path_given = local if local.startswith('"') else rcpt_local(local)
@@ -254,38 +255,39 @@ def test_add_refuses_a_name_that_is_there(path: Path) -> None:
 
 
 def test_add_and_set_find_the_name_an_older_add_wrote_unquoted(path: Path) -> None:
-    # an older `alias add 'a;'` wrote `a;: joe`, which no mail reaches
-    # (RCPT gives that name only quoted).  add appended a second line,
-    # "a;": ..., beside it; it is the same alias: add says it is there, and
-    # set rewrites that line quoted, leaving one line for the alias
+    # an older `alias add 'a;'` wrote `a;: joe`.  RCPT gives that name only
+    # quoted (no dot-string, RFC 5321 4.1.2), and the file reads it so:
+    # it is the alias "a;", which mail reaches; add says it is there, and
+    # set replaces its targets, leaving one line for the alias
     text = "staff: joe\na;: joe\n  , ann\npostmaster: joe\n"
+    assert [str(t) for t, _ in aliases_at(path, text).read()['"a;"@example.org']] == [
+        "joe@example.org", "ann@example.org"]
     for typed in ("a;", '"a;"'):
         with pytest.raises(AliasExists) as info:
             aliases_at(path, text).add(typed, ["ann"])
         assert str(info.value) == (
-            f'{path}:2: the alias "a;"@example.org is already there, written unquoted as '
-            "a;@example.org (no mail reaches it): `mailhub alias set` replaces its targets")
+            f'{path}:2: the alias "a;"@example.org is already there: '
+            "`mailhub alias set` replaces its targets")
         assert path.read_text() == text
     change = aliases_at(path, text).set("a;", ["ann"])
     assert (change.alias, change.created) == ('"a;"@example.org', False)
-    assert path.read_text() == 'staff: joe\n"a;": ann\npostmaster: joe\n'
-    # the quoted line there too: set replaces it and drops the dead one
+    assert path.read_text() == "staff: joe\na;: ann\npostmaster: joe\n"
+    # the quoted line there too: one alias written twice, the first in
+    # effect; set replaces it and drops the other
     aliases_at(path, 'a;: joe\n"a;": ann\n').set("a;", ["joe"])
-    assert path.read_text() == '"a;": joe\n'
+    assert path.read_text() == "a;: joe\n"
 
 
 def test_remove_takes_both_spellings_of_a_name_smtp_gives_only_quoted(path: Path) -> None:
-    # `a;: joe` (an older add) beside `"a;": ann`: remove took the first
-    # spelling only, and the other stayed -- the unquoted one then came
-    # into effect to `set`, or the quoted one kept getting the mail.  As
-    # set leaves one line for both, remove leaves none, however typed
+    # `a;: joe` (an older add) beside `"a;": ann`: one alias, written
+    # twice; remove leaves none, however typed
     text = 'staff: joe\na;: joe\n  , ann\n"a;": ann\npostmaster: joe\n'
     for typed in ("a;", '"a;"', "A;"):
         change = aliases_at(path, text).remove(typed)
         assert change.alias == '"a;"@example.org'
         assert path.read_text() == "staff: joe\npostmaster: joe\n"
-    # one spelling alone: as before
-    assert aliases_at(path, "a;: joe\nb: ann\n").remove("a;").alias == "a;@example.org"
+    # one spelling alone: the same alias
+    assert aliases_at(path, "a;: joe\nb: ann\n").remove("a;").alias == '"a;"@example.org'
     assert path.read_text() == "b: ann\n"
     assert aliases_at(path, '"a;": joe\nb: ann\n').remove("a;").alias == '"a;"@example.org'
     assert path.read_text() == "b: ann\n"
@@ -731,3 +733,12 @@ def test_a_file_made_again_is_readable_by_all_whatever_the_umask(path: Path) -> 
         os.umask(old)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert "sales" in path.read_text()
+
+
+def test_set_takes_a_continuation_line_that_starts_with_a_form_feed_with_its_alias(
+        path: Path) -> None:
+    # the reader continues the alias there (white space, as Postfix reads
+    # it); set took the line for another one and left it, a stray
+    # continuation of the line before it once rewritten
+    aliases_at(path, "a: joe,\n\x0cann\nb: joe\n").set("a", ["bob"])
+    assert path.read_text() == "a: bob\nb: joe\n"

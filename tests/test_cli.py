@@ -208,15 +208,16 @@ def test_user_add_takes_a_name_smtp_can_give_only_quoted_in_its_quoted_form(
     for name in ('"a;"', '"a..b"'):
         assert users.contains(parse_mailbox(name, "example.org")), name
     assert run(config, "check") == (0, f"{config}: ok\n", "")
-    # such a line written by hand (or by an older `user add`) is warned of
+    # such a line written by hand (or by an older `user add`) is the same
+    # user: keyed "x;y", as RCPT gives it, and reached; `user add` finds it
     line = users_file.read_text().splitlines()[-1]
     users_file.write_text(users_file.read_text() + line.replace('"a..b"@', "x;y@", 1) + "\n")
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
-    # at its line in the users file, as every warning of a user there
-    count = len(users_file.read_text().splitlines())
-    assert err.startswith(f"warning: {users_file}:{count}: user "
-                          'x;y@example.org: RCPT TO names it only quoted, "x;y"@example.org'), err
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    users = UsersDB(str(users_file), "example.org", ["example.org", "example.net"])
+    assert users.contains(parse_mailbox('"x;y"', "example.org"))
+    code, out, err = run(config, "user", "add", '"x;y"', "--password-stdin", stdin=PW)
+    assert (code, out) == (1, "") and "already exists" in err, err
+    assert run(config, "user", "del", "x;y") == (0, 'deleted "x;y"@example.org\n', "")
 
 
 def test_user_list_usage_shows_why_a_mailbox_of_a_name_with_an_escape_is_unmeasured(
@@ -255,30 +256,67 @@ def check_warnings(config: Path) -> str:
 
 def test_check_warns_of_users_no_mail_can_reach(config: Path) -> None:
     # lines written by hand or by an older `user add`: "a/b" (no Maildir
-    # folder can have its name) and '"q"' (RCPT looks up q) get no mail
+    # folder can have its name) and '"a""b"' (quotes that are no one quoted
+    # string: RCPT TO:<"a""b"@...> is a syntax error) get no mail; '"q"'
+    # and '"a@b"' are one quoted string each, keyed as RCPT gives them
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     users_file = config.parent / "users"
     alice = users_file.read_text().splitlines()[-1]
     with users_file.open("a") as f:
-        for name in ("a/b", '"q"', '"a@b"'):
+        for name in ("a/b", '"q"', '"a@b"', '"a""b"'):
             f.write(alice.replace("alice@", f"{name}@", 1) + "\n")
     err = check_warnings(config)
     lines = err.splitlines()
     assert len(lines) == 2, err
     # each at its line of the users file (1: the header, 2: alice)
-    assert lines[0].startswith(f'warning: {users_file}:4: user "q"@example.org: RCPT TO '
-                               "names it q@example.org")
+    assert lines[0] == (f'warning: {users_file}:6: user "a""b"@example.org: its quotes are '
+                        'no one quoted string, so no RCPT TO names it ("a\\"\\"b"@example.org '
+                        "is another address): it gets no mail"), err
     assert lines[1].startswith(f"warning: {users_file}:3: user a/b@example.org: its local "
                                "part cannot name a Maildir folder")
+    assert run(config, "user", "list")[1].splitlines() == [
+        '"a""b"@example.org', '"a@b"@example.org', "a/b@example.org", "alice@example.org",
+        "q@example.org"]
 
 
-def test_check_warns_of_a_quoted_alias_name_rcpt_looks_up_unquoted(config: Path) -> None:
-    # a hand-written '"zz": alice' line: RCPT TO:<"zz"@...> is zz, no alias
-    aliases = with_aliases(config, '"zz": alice\n')
-    err = check_warnings(config)
-    assert err == (f'warning: {aliases}:1: alias "zz"@example.org: RCPT TO names it '
-                   "zz@example.org (the quotes dropped), which is looked up without them: "
-                   "no mail reaches it\n")
+def test_a_users_file_line_written_quoted_is_the_name_rcpt_gives(config: Path) -> None:
+    # a hand-written '"q"@example.org' line: RCPT TO:<"q"@...> and <q@...>
+    # are one local part (RFC 5321 4.1.2), as the aliases file keys '"q"';
+    # the line kept its quotes, check warned that no mail reached it, and
+    # only a login as '"q"' found it
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import UsersDB
+
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    users_file = config.parent / "users"
+    alice = users_file.read_text().splitlines()[-1]
+    users_file.write_text(users_file.read_text() + alice.replace("alice@", '"q"@', 1) + "\n")
+    assert check_warnings(config) == ""
+    users = UsersDB(str(users_file), "example.org", ["example.org", "example.net"])
+    for name in ('"q"', "q", "Q", '"Q"@example.org'):
+        assert users.contains(parse_mailbox(name, "example.org")), name
+        # a login names it quoted or not (POP3 USER, SMTP AUTH)
+        assert users.check_password(users.qualify(name), PW.strip()), name
+    with_aliases(config, 'team: "q"\n')
+    assert check_warnings(config) == ""  # the target is the user q
+    # `user add` finds it there; `user passwd` and `user del` reach it by
+    # either name, and passwd writes its line as add would
+    assert run(config, "user", "add", "q", "--password-stdin", stdin=PW)[0] == 1
+    assert run(config, "user", "passwd", '"q"', "--password-stdin", stdin=PW)[0] == 0
+    lines = users_file.read_text().splitlines()
+    assert [line.split()[0] for line in lines if "q@" in line] == ["q@example.org"], lines
+    assert run(config, "user", "del", '"q"')[0] == 0
+    assert "q@example.org" not in run(config, "user", "list")[1]
+
+
+def test_a_quoted_alias_name_rcpt_gives_unquoted_is_that_name(config: Path) -> None:
+    # a hand-written '"zz": alice' line: RCPT TO:<"zz"@...> and <zz@...>
+    # are one local part (RFC 5321 4.1.2); the key kept the quotes, check
+    # warned that no mail reached it, and none did
+    with_aliases(config, '"zz": alice\n')
+    assert check_warnings(config) == ""
+    code, out, _ = run(config, "alias", "show", "zz")
+    assert code == 0 and out.startswith("alias: zz@example.org\n"), out
 
 
 def test_check_warns_of_an_alias_name_of_quotes_that_are_no_one_quoted_string(
@@ -707,7 +745,7 @@ def test_checks_alias_warnings_are_at_the_line_of_their_alias(config: Path) -> N
     # PATH:LINENO as the aliases file's problems are (they named the file
     # alone): the line of the alias each is about, its first line
     aliases = config.parent / "aliases"
-    aliases.write_text("# staff\nalice: bob\n\n\"zz\": bob\nteam: bob,\n  nobody\n")
+    aliases.write_text("# staff\nalice: bob\n\n\"zz\": \"alice\"\nteam: bob,\n  nobody\n")
     config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
     for name in ("alice", "bob"):
         run(config, "user", "add", name, "--password-stdin", stdin=PW)
@@ -717,8 +755,6 @@ def test_checks_alias_warnings_are_at_the_line_of_their_alias(config: Path) -> N
         f"warning: {aliases}:2: alias alice@example.org has the name of a user: the alias "
         "comes first, so that user's mailbox gets none of its mail (add \\alice@example.org to "
         "its targets to keep a copy there)",
-        f'warning: {aliases}:4: alias "zz"@example.org: RCPT TO names it zz@example.org (the '
-        "quotes dropped), which is looked up without them: no mail reaches it",
         f"warning: {aliases}:5: alias team@example.org names nobody@example.org, which is no "
         "local user: the hub skips it"], err
 
@@ -899,8 +935,8 @@ def _fifo_after_load(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
 
     real_load = cli.load
 
-    def load(config: str):  # type: ignore[no-untyped-def]
-        settings = real_load(config)
+    def load(config: str, **kwargs):  # type: ignore[no-untyped-def]
+        settings = real_load(config, **kwargs)
         path.unlink()
         os.mkfifo(path)
         return settings
@@ -1038,6 +1074,226 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
     assert run(config, "check")[2] == ""
 
 
+def test_check_names_a_maildir_kept_under_a_decomposed_local_part(config: Path) -> None:
+    # an earlier version made the folder of a name typed decomposed (o and
+    # U+0308) as typed; the hub keys that mailbox by its NFC form, so the
+    # old folder's mail is out of reach until moved
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    (domain / "bob" / "new").mkdir(parents=True)
+    (domain / "j\u00f6rg" / "new").mkdir(parents=True)
+    (domain / ".not-a-mailbox").mkdir()
+    (domain / "Notes").mkdir()  # an administrator's folder, no Maildir
+    assert run(config, "check")[2] == ""
+    (domain / "jo\u0308rg" / "new").mkdir(parents=True)
+    (domain / "jo\u0308rg" / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
+    code, _, err = run(config, "check")
+    assert code == 0 and err.startswith("warning: "), err
+    assert str(domain / "jo\u0308rg") + " is a Maildir the hub no longer reads" in err
+    assert "(its name is spelled jo\\u0308rg)" in err, err
+    assert "kept in " + str(domain / "j\u00f6rg") + "; move its messages there" in err
+
+
+def test_check_names_a_maildir_kept_under_a_quoted_local_part_rcpt_unquotes(
+        config: Path) -> None:
+    # a users file line '"q"@example.org' kept its quotes, and a login as
+    # '"q"' opened the Maildir '"q"'; the file keys it as RCPT gives it (q)
+    # now, and every login, alias and RCPT reaches the Maildir q: the old
+    # one's mail is out of reach until moved.  A name that needs its
+    # quotes ('"a;"') is the hub's own folder
+    run(config, "user", "add", "q", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    (domain / '"a;"' / "new").mkdir(parents=True)
+    assert run(config, "check")[2] == ""
+    (domain / '"q"' / "new").mkdir(parents=True)
+    (domain / '"a\\:b"' / "cur").mkdir(parents=True)
+    (domain / '"q"' / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
+    code, _, err = run(config, "check")
+    assert code == 0 and err.startswith("warning: "), err
+    assert str(domain / '"q"') + " is a Maildir the hub no longer reads" in err, err
+    assert "kept in " + str(domain / "q") + "; move its messages there" in err, err
+    assert "kept in " + str(domain / '"a:b"') + "; move its messages there" in err, err
+    assert '"a;"' not in err, err
+
+
+def _hand_written_user(config: Path, local: str) -> Path:
+    """A users file line for ``local``@example.org written by hand (a
+    copy of q's, as ``user add`` wrote it); the domain's mail folder."""
+    users = config.parent / "users"
+    run(config, "user", "add", "q", "--password-stdin", stdin=PW)
+    line = users.read_text().splitlines()[-1]
+    users.write_text(users.read_text() + line.replace("q@", f"{local}@", 1) + "\n")
+    return config.parent / "var" / "mail" / "example.org"
+
+
+def test_check_names_a_maildir_kept_under_a_name_rcpt_gives_only_quoted(
+        config: Path) -> None:
+    # a users file line 'a;@example.org' written by hand was keyed a;, and
+    # a login as a; (or an alias target a;) used the Maildir a;; RCPT
+    # gives that name only as "a;" (no dot-string, RFC 5321 4.1.2), and the
+    # file keys it so, every way in reaching the Maildir "a;": the old
+    # one's mail is out of reach until moved
+    domain = _hand_written_user(config, "a;")
+    (domain / '"a;"' / "new").mkdir(parents=True)
+    (domain / '"a..b"' / "new").mkdir(parents=True)
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    for name in ("a;", "A..b", '"'):
+        (domain / name / "cur").mkdir(parents=True)
+    (domain / "a;" / "cur" / "1.M1P1.host,S=5:2,S").write_bytes(b"hi\n")
+    code, _, err = run(config, "check")
+    assert code == 0 and err.startswith("warning: "), err
+    assert str(domain / "a;") + " is a Maildir the hub no longer reads" in err, err
+    assert "kept in " + str(domain / '"a;"') + "; move its messages there" in err, err
+    assert "kept in " + str(domain / '"a..b"') + "; move its messages there" in err, err
+    assert "kept in " + str(domain / '"\\""') + "; move its messages there" in err, err
+    assert err.count("\n") == 3, err
+
+
+def test_check_names_a_maildir_of_a_name_starting_with_a_dot_rcpt_gives_quoted(
+        config: Path) -> None:
+    # '.a' is no dot-string either (RFC 5321 4.1.2: a dot-string starts
+    # with an atom): a line '.a@example.org' was keyed .a, whose login used
+    # the Maildir .a, and is keyed ".a" now; check names the old folder as
+    # it names a; (a folder's leading dot is no reason to pass it over:
+    # only a Maildir is named, and a dot folder only as the old one of a
+    # user: a Maildir++ subfolder or a client's own is not)
+    domain = _hand_written_user(config, ".a")
+    (domain / '".a"' / "new").mkdir(parents=True)
+    (domain / ".a" / "cur").mkdir(parents=True)
+    (domain / ".a" / "cur" / "1.M1P1.host,S=5:2,S").write_bytes(b"hi\n")
+    (domain / ".b" / "cur").mkdir(parents=True)  # no user ".b": not named
+    code, _, err = run(config, "check")
+    assert code == 0, err
+    assert str(domain / ".a") + " is a Maildir the hub no longer reads" in err, err
+    assert "kept in " + str(domain / '".a"') + "; move its messages there" in err, err
+    assert err.count("\n") == 1, err
+
+
+def test_check_names_no_maildir_in_quotes_that_are_no_one_quoted_string(config: Path) -> None:
+    # '"a""b"' and '"a\\"' are no quoted string RCPT could give: a login
+    # by that name opens the folder of its name, the hub's own, which
+    # no other spelling of it stands for
+    run(config, "user", "add", "q", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    for name in ('"a""b"', '"a\\"'):
+        (domain / name / "new").mkdir(parents=True)
+        (domain / name / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
+    assert run(config, "check")[2] == ""
+
+
+def test_check_counts_a_quoted_maildir_of_an_old_domain_folder_under_its_rcpt_name(
+        config: Path) -> None:
+    # the old domain folder's '"q"' is q's: the Maildir q of the domain's
+    # folder is where its messages go, one of them under a name taken
+    config.write_text(no_logins(HUB + 'domains = ["bu\u0308cher.example"]\nstate_dir = "var"\n'))
+    run(config, "user", "add", "q", "--password-stdin", stdin=PW)
+    new = config.parent / "var" / "mail" / "b\u00fccher.example" / "q" / "new"
+    new.mkdir(parents=True)
+    (new / "1.M1P1.host,S=5").write_bytes(b"hi\n")
+    old = config.parent / "var" / "mail" / "bu\u0308cher.example"
+    (old / '"q"' / "new").mkdir(parents=True)
+    (old / '"q"' / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
+    code, _, err = run(config, "check")
+    assert code == 0 and f"{old} holds Maildirs the hub no longer reads" in err, err
+    assert "(1 of them has a Maildir there already: move their messages into it, but 1 of " \
+        "their messages has the unique name" in err, err
+
+
+def test_check_names_no_maildir_that_is_the_hubs_own_under_another_name(config: Path) -> None:
+    # a symbolic link to the folder, or its capitalized name on a file
+    # system that ignores case (the same directory): the hub reads its
+    # mail already, and "move its messages there" moved them onto
+    # themselves
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    mail = config.parent / "var" / "mail"
+    (mail / "example.org" / "bob" / "new").mkdir(parents=True)
+    (mail / "example.org" / "Bob").symlink_to("bob")
+    (mail / "EXAMPLE.ORG").symlink_to("example.org")
+    assert run(config, "check")[2] == ""
+
+
+def test_check_names_no_folder_whose_name_is_not_utf8(config: Path) -> None:
+    # no address has such a name: the hub never made it, and its
+    # "kept in" folder would be no name either
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    (domain / "bob" / "new").mkdir(parents=True)
+    os.mkdir(os.path.join(os.fsencode(domain), b"B\xff"))
+    assert run(config, "check")[2] == ""
+
+
+def test_check_names_no_dot_folder_under_a_decomposed_spelling(config: Path) -> None:
+    # a name with a leading dot is no address's folder (a Maildir++
+    # subfolder, a client's own): passed over even when it is a Maildir
+    # whose name is spelled decomposed
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    (domain / "bob" / "new").mkdir(parents=True)
+    (domain / ".jo\u0308rg" / "new").mkdir(parents=True)
+    (domain / ".jo\u0308rg" / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
+    assert run(config, "check")[2] == ""
+
+
+def test_check_names_messages_of_an_old_maildir_whose_unique_name_is_taken(
+        config: Path) -> None:
+    # moved as the advice says, one of them would replace the other
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    for sub in ("new", "cur"):
+        (domain / "bob" / sub).mkdir(parents=True)
+        (domain / "Bob" / sub).mkdir(parents=True)
+    (domain / "bob" / "cur" / "1.M1P1.host:2,").write_bytes(b"one\n")
+    (domain / "Bob" / "cur" / "1.M1P1.host:2,S").write_bytes(b"two\n")
+    (domain / "Bob" / "new" / "2.M1P1.host").write_bytes(b"three\n")
+    code, _, err = run(config, "check")
+    assert code == 0 and err.startswith("warning: "), err
+    assert ("kept in " + str(domain / "bob") + "; move its messages there, but 1 of them has "
+            'the unique name (a file name before its ":") of a message there') in err, err
+
+
+def test_check_names_maildirs_of_an_old_domain_folder_the_new_one_has_too(
+        config: Path) -> None:
+    # moved into the new domain folder, each needs its messages moved
+    # into the one there, and one with a unique name taken replaces it
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    mail = config.parent / "var" / "mail"
+    for maildir in ("example.org/bob", "example.org/joe", "Example.ORG/Bob", "Example.ORG/ann"):
+        (mail / maildir / "new").mkdir(parents=True)
+        (mail / maildir / "cur").mkdir()
+    (mail / "example.org/bob/new/1.M1P1.host").write_bytes(b"one\n")
+    (mail / "Example.ORG/Bob/cur/1.M1P1.host:2,S").write_bytes(b"two\n")
+    (mail / "Example.ORG/Bob/cur/2.M1P1.host:2,S").write_bytes(b"three\n")
+    code, _, err = run(config, "check")
+    assert code == 0
+    assert err == (f"warning: {mail / 'Example.ORG'} holds Maildirs the hub no longer reads: "
+                   f"the folder of Example.ORG is now {mail / 'example.org'}; move them there "
+                   "(1 of them has a Maildir there already: move their messages into it, but "
+                   '1 of their messages has the unique name (a file name before its ":") of a '
+                   "message there: give those new ones, or each replaces that message)\n"), err
+
+
+def test_check_says_which_folder_it_could_not_look_into_for_old_maildirs(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a folder check cannot read (run as another user than the hub's) was
+    # taken for one with no Maildir spelled another way: an ok, no word
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    domain = config.parent / "var" / "mail" / "example.org"
+    (domain / "Bob" / "new").mkdir(parents=True)
+    assert "Bob is a Maildir the hub no longer reads" in run(config, "check")[2]
+    listdir = os.listdir
+
+    def refused(path):
+        if os.fsdecode(path).endswith("example.org"):
+            raise PermissionError(13, "Permission denied", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    code, _, err = run(config, "check")
+    assert code == 0
+    assert err == (f"warning: {domain}: Maildirs under another spelling of a name are not "
+                   "looked for: it cannot be read: Permission denied\n"), err
+
+
 def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None:
     # the hub reads mail/<U-label>/ only: an A-label folder from before is
     # out of reach until moved
@@ -1057,6 +1313,55 @@ def test_check_names_maildirs_kept_under_a_domains_a_label(config: Path) -> None
     code, _, err = run(config, "check")
     assert code == 0 and err.startswith("warning: ") and "move them there" in err, err
     assert str(config.parent / "var" / "mail" / "bücher.example") in err
+
+
+def test_check_names_maildirs_kept_under_a_decomposed_domain(config: Path) -> None:
+    # a domain configured decomposed (u and U+0308) by an earlier version
+    # had its folder so; the hub reads the composed one only
+    config.write_text(no_logins(HUB + 'domains = ["bu\u0308cher.example"]\nstate_dir = "var"\n'))
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    (config.parent / "var" / "mail" / "b\u00fccher.example" / "bob").mkdir(parents=True)
+    assert run(config, "check")[2] == ""
+    old = config.parent / "var" / "mail" / "bu\u0308cher.example" / "bob"
+    old.mkdir(parents=True)
+    code, _, err = run(config, "check")
+    assert code == 0 and err.startswith("warning: "), err
+    assert f"{old.parent} holds Maildirs the hub no longer reads" in err, err
+    assert str(config.parent / "var" / "mail" / "b\u00fccher.example") + "; move them" in err
+
+
+def test_check_counts_no_file_of_an_old_domain_folder_as_a_maildir(config: Path) -> None:
+    # only a folder there is a Maildir to merge into the one of its name
+    config.write_text(no_logins(HUB + 'domains = ["bu\u0308cher.example"]\nstate_dir = "var"\n'))
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    (config.parent / "var" / "mail" / "b\u00fccher.example" / "bob" / "new").mkdir(parents=True)
+    old = config.parent / "var" / "mail" / "bu\u0308cher.example"
+    (old / "alice" / "new").mkdir(parents=True)
+    (old / "bob").write_bytes(b"not a Maildir\n")
+    code, _, err = run(config, "check")
+    assert code == 0 and f"{old} holds Maildirs the hub no longer reads" in err, err
+    assert "a Maildir there already" not in err, err
+
+
+def test_check_says_which_maildir_of_an_old_domain_folder_it_could_not_read(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config.write_text(no_logins(HUB + 'domains = ["bu\u0308cher.example"]\nstate_dir = "var"\n'))
+    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
+    (config.parent / "var" / "mail" / "b\u00fccher.example" / "bob" / "new").mkdir(parents=True)
+    old = config.parent / "var" / "mail" / "bu\u0308cher.example"
+    (old / "bob" / "new").mkdir(parents=True)
+    listdir = os.listdir
+
+    def refused(path):
+        if os.fsdecode(path) == str(old / "bob" / "new"):
+            raise PermissionError(13, "Permission denied", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    code, _, err = run(config, "check")
+    assert code == 0 and f"{old} holds Maildirs the hub no longer reads" in err, err
+    assert (f"warning: {old / 'bob' / 'new'}: Maildirs under another spelling of a name are "
+            "not looked for: it cannot be read: Permission denied\n") in err, err
 
 
 def test_check_says_when_this_user_could_not_use_the_state_dir(
@@ -1661,18 +1966,19 @@ def test_check_says_the_users_file_line_of_a_user_mail_never_reaches(config: Pat
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     users_file = config.parent / "users"
     alice = users_file.read_text().splitlines()[-1]
-    quoted_q = alice.replace("alice@", '"q"@', 1)
+    quoted_q = alice.replace("alice@", '"q""r"@', 1)
     with users_file.open("a") as f:
-        # a second line of "q" is ignored (a problem): the first is in effect
+        # a second line of it is ignored (a problem): the first is in effect
         f.write("# below: q\n" + quoted_q + "\n\n" + quoted_q + "\n")
     _laid_out(config)
     code, out, err = run(config, "check")
     assert code == 2 and out == "", err
     lines = err.splitlines()
     assert lines == [
-        f'warning: {users_file}:4: user "q"@example.org: RCPT TO names it q@example.org '
-        "(the quotes dropped), which is looked up without them: it gets no mail",
-        f'{users_file}:6: "q"@example.org is already on line 4: this line is ignored'], err
+        f'warning: {users_file}:4: user "q""r"@example.org: its quotes are no one quoted '
+        'string, so no RCPT TO names it ("q\\"\\"r"@example.org is another address): it gets '
+        "no mail",
+        f'{users_file}:6: "q""r"@example.org is already on line 4: this line is ignored'], err
 
 
 def test_check_says_the_line_of_the_smarthost_auth_file(config: Path) -> None:
@@ -2398,15 +2704,46 @@ def test_alias_set_says_which_other_lines_of_the_name_it_removed(config: Path) -
     assert run(config, "check")[::2] == (0, "")
 
 
-def test_alias_add_refuses_a_quoted_name_smtp_takes_unquoted(config: Path) -> None:
-    # '"zz"' was added, and "alias show" named its mailboxes, but RCPT
-    # TO:<"zz"@...> means zz (RFC 5321 4.1.2): every message got 550
+def test_alias_add_writes_a_quoted_name_smtp_takes_unquoted_unquoted(config: Path) -> None:
+    # '"zz"' is zz to SMTP (RFC 5321 4.1.2), and to the file's reader: add
+    # refused it ("write it without the quotes"); it writes what RCPT gives
     aliases = with_aliases(config, "")
-    for args in (['"zz"', "alice"], ['"zz"@example.org', "alice"], ["zz", '"alice"']):
+    assert run(config, "alias", "add", '"zz"', '"alice"') == (0, "added zz@example.org\n", "")
+    assert run(config, "alias", "add", '"yy"@example.org', "alice")[::2] == (0, "")
+    assert aliases.read_text() == "zz: alice\nyy@example.org: alice\n"
+
+
+def test_alias_add_refuses_quotes_that_are_no_one_quoted_string(config: Path) -> None:
+    # '"a""b"': no RCPT TO names it (a syntax error), and add wrote it with
+    # a warning only; the alias never got any mail
+    aliases = with_aliases(config, "")
+    for args in (['"a""b"', "alice"], ["zz", '"a""b"']):
         code, out, err = run(config, "alias", "add", *args)
         assert (code, out) == (2, ""), args
-        assert "without the quotes" in err and len(err.splitlines()) == 1, err
+        assert "its quotes are no one quoted string" in err and len(err.splitlines()) == 1, err
     assert aliases.read_text() == ""
+
+
+def test_alias_add_keeps_a_copy_in_a_quoted_mailbox_on_a_line_the_hub_reads(
+        config: Path) -> None:
+    # '\\a;' (the mailbox "a;", not expanded) is written '\\"a;"': the
+    # reader took that backslash for an escape of the quote, and skipped
+    # the line add had just written as a quote left open
+    from txmailhub.router import Router
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import UsersDB
+
+    aliases = with_aliases(config)
+    assert run(config, "user", "add", "a;", "--password-stdin", stdin=PW)[0] == 0
+    assert run(config, "alias", "add", "a;", "\\a;", "bob")[:2] == (
+        0, 'added "a;"@example.org\n')
+    assert aliases.read_text() == '"a;": \\"a;", bob\n'
+    users = UsersDB(str(config.parent / "users"), "example.org", ["example.org", "example.net"])
+    router = Router(["example.org", "example.net"], users, str(aliases))
+    assert router.resolve(parse_mailbox('"a;"', "example.org"))[0] == (
+        parse_mailbox('"a;"', "example.org"), parse_mailbox("bob", "example.org"))
+    code, out, err = run(config, "check")
+    assert (code, out) == (0, f"{config}: ok\n") and "skipped" not in err, err
 
 
 def test_alias_add_takes_a_name_smtp_can_give_only_quoted_in_its_quoted_form(
@@ -2436,19 +2773,19 @@ def test_alias_add_takes_a_name_smtp_can_give_only_quoted_in_its_quoted_form(
     # the name as typed finds it again
     assert run(config, "alias", "show", "a..b")[1].startswith('alias: "a..b"@example.org\n')
     assert run(config, "alias", "remove", "a..b")[:2] == (0, 'removed "a..b"@example.org\n')
-    # written unquoted by hand (or by an older `alias add`): warned of, at its line
-    aliases.write_text(aliases.read_text() + "x;y: alice\n")
-    code, out, err = run(config, "check")
-    assert (code, out) == (0, f"{config}: ok\n")
-    assert err == (f'warning: {aliases}:2: alias x;y@example.org: RCPT TO names it only quoted, '
-                   '"x;y"@example.org (no dot-string), which is looked up with the quotes: no '
-                   "mail reaches it\n")
-    # the same alias as `alias add x;y` means: there already, and set
-    # rewrites that line quoted (add appended a second line, "x;y": ...)
+    # written unquoted by hand (or by an older `alias add`): read as RCPT
+    # gives it, the alias "x;y", which mail reaches; so is a local target
+    # a; (the user "a;"), while a remote one is its domain's to read
+    aliases.write_text(aliases.read_text() + "x;y: alice, a;\n")
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    router = Router(["example.org", "example.net"], users, str(aliases))
+    assert router.resolve(parse_mailbox('"x;y"', "example.org"))[0] == (
+        parse_mailbox("alice", "example.org"), parse_mailbox('"a;"', "example.org"))
+    # the same alias as `alias add x;y` means: there already
     code, out, err = run(config, "alias", "add", "x;y", "bob")
-    assert (code, out) == (1, "") and "already there, written unquoted" in err, err
+    assert (code, out) == (1, "") and "already there" in err, err
     assert run(config, "alias", "set", "x;y", "bob")[::2] == (0, "")
-    assert aliases.read_text() == 'team: "a;", \\x;y@remote.test, bob\n"x;y": bob\n'
+    assert aliases.read_text() == 'team: "a;", \\x;y@remote.test, bob\nx;y: bob\n'
 
 
 def test_alias_add_writes_a_target_in_brackets_as_typed(config: Path) -> None:
@@ -2808,8 +3145,9 @@ def test_a_name_holding_an_escapes_text_is_shown_escaped_once(config: Path) -> N
     # the name with the text \x{1B} is not shown as one with an ESC, and
     # the message that names it is not escaped a second time
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    # (a backslash makes it no dot-string: the name is "a\\x{1B}b")
     assert run(config, "user", "del", "a\\x{1B}b") == (
-        1, "", "mailhub: no such user: a\\x{5C}x{1B}b@example.org\n")
+        1, "", 'mailhub: no such user: "a\\\\x{5C}x{1B}b"@example.org\n')
     assert run(config, "user", "del", "a\x1bb")[2] == (
         "mailhub: no such user: a\\x{1B}b@example.org\n")
 
@@ -2846,3 +3184,44 @@ def test_check_takes_a_nameserver_zone_and_names_an_unknown_interface(config: Pa
     assert (code, out) == (2, "")
     assert err == (f"{config}: [relay] nameservers: 'fe80::1%nosuch0': this host has no "
                    "network interface 'nosuch0' (at line 10)\n"), err
+
+
+def test_check_says_once_that_alias_warnings_need_the_users_file(config: Path) -> None:
+    # a users file check cannot read is a problem, and the alias warnings
+    # (no local user, an alias taking a user's mail) were left out without
+    # a word: the aliases seemed to have none
+    aliases = with_aliases(config, "staff: nobody, ghost\nalice: bob\n")
+    users = config.parent / "users"
+    users.unlink()
+    users.mkdir()
+    code, _, err = run(config, "check")
+    assert code == 2, err
+    said = [line for line in err.splitlines() if "are not checked" in line]
+    assert said == [
+        f"warning: {aliases}: alias targets that are no user and aliases that take a user's "
+        f"mail are not checked: the users file {users} cannot be read"], err
+
+
+def test_commands_that_use_no_tls_work_with_a_key_this_user_cannot_read(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a key only the hub's group reads, and the admin's `user add` (or
+    # alias, or queue list) stopped on it: they use no TLS, and warn now;
+    # check, which judges what the hub needs, still calls it a problem
+    from conftest import make_certificate
+    from test_config import deny_open
+
+    cert, key = make_certificate(config.parent / "tls", "mx.example.net")
+    config.write_text(config.read_text() + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    (config.parent / "aliases").write_text("")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    deny_open(monkeypatch, key)
+    code, out, err = run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    assert (code, out) == (0, "added alice@example.org\n"), err
+    [warning] = err.splitlines()
+    assert warning.startswith(f"warning: {config}: [tls] key: {key} cannot be read by "), err
+    assert warning.endswith("; not needed by mailhub user, but the hub and mailhub check "
+                            "need it"), err
+    assert run(config, "alias", "add", "team", "alice")[:2] == (0, "added team@example.org\n")
+    assert run(config, "queue", "list")[0] == 0
+    code, _, err = run(config, "check")
+    assert code == 2 and f"[tls] key: {key} cannot be read by " in err, err

@@ -101,6 +101,19 @@ def test_check_writes_the_path_as_it_is(config: Path, env: dict[str, str]) -> No
     assert (code, out) == (0, f"{config}: ok\n".encode()), err
 
 
+@ENVIRONMENTS
+def test_check_names_a_maildir_spelled_another_way_under_an_idn(
+        config: Path, env: dict[str, str]) -> None:
+    # a folder below a domain that is not ASCII is read by its UTF-8 name
+    # even where the file system encoding is ASCII
+    old = config.parent / "var" / "mail" / "bücher.example" / "jo\u0308rg"
+    (old / "new").mkdir(parents=True)
+    _code, out, err = command(env, "-m", "txmailhub", "--config", str(config), "check",
+                             cwd=config.parent)
+    assert b"Maildir the hub no longer reads (its name is spelled jo\\u0308rg)" in out + err
+    assert str(old).encode() in out + err
+
+
 @pytest.fixture
 def queued(config: Path) -> str:
     settings = load_text(config.read_text(), str(config))

@@ -118,3 +118,21 @@ def test_bytewise_feeding():
     stream = (b"250-first\r\n250-\xc3\xa9\r\n250 2.0.0 last\r\n"
               b"354 go\n421 4.7.0 bye\r\r\n550\r\nbad line\r\n250 after\r\n")
     run_both(stream, list(range(len(stream))))
+
+
+@pytest.mark.parametrize(("fed", "code", "may_be"), [
+    (b"", 250, False),  # nothing waiting
+    (b"2", 250, True),
+    (b"25", 221, False),
+    (b"250", 250, True),
+    (b"250 ", 250, True),
+    (b"250x", 250, False),
+    (b"2500", 250, False),
+    (b"250-first\r\n", 250, True),  # lines of a reply with its code, none waiting in the buffer
+    (b"250-first\r\n", 221, False),
+    (b"250-first\r\n250 la", 250, True),
+])
+def test_pending_may_be(fed, code, may_be):
+    parser = ReplyParser()
+    assert parser.feed(fed) == []
+    assert parser.pending_may_be(code) is may_be

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import pwd
 import re
 import socket
 import subprocess
@@ -2157,3 +2158,27 @@ def test_a_password_to_a_smarthost_on_this_machine_is_not_warned_of(
     other = text.replace(smarthost, "192.0.2.25:587")
     [found] = load_quiet(other, str(tmp_path / "c.toml")).warnings
     assert "between the hub and 192.0.2.25" in found, found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loads the config as the hub's user")
+def test_check_as_the_hubs_user_says_usermod_for_a_key_its_own_group_reads(
+        open_tmp: Path) -> None:
+    # root:daemon 0640, a key other services read through their group:
+    # run as the hub's user, the hint said "chgrp <hub's group> key",
+    # which would take it from them (run as root, check says usermod)
+    cert, key = make_certificate(open_tmp)
+    os.chmod(cert, 0o644)
+    os.chown(key, 0, 1)  # daemon
+    os.chmod(key, 0o640)
+    state = open_tmp / "state"
+    state.mkdir()
+    nobody = pwd.getpwnam("nobody")
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    text = MINIMAL + f'state_dir = "{state}"\n[tls]\ncertificate = "{cert}"\nkey = "{key}"\n'
+    found = as_user(nobody.pw_uid, nobody.pw_gid, lambda: problems(text))
+    assert len(found) == 1 and "chgrp" not in found[0], found
+    assert found[0].endswith(
+        "cannot be read by nobody: Permission denied; its group daemon reads it (other "
+        "services' too, perhaps): rather than change the file's group, add the user the hub "
+        "runs as to that one (as root: usermod -a -G daemon nobody), then restart the hub "
+        "(docs/deployment.rst) (at line 7)"), found

@@ -12,7 +12,7 @@ from email import headerregistry, policy
 from email.header import decode_header, make_header
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from txmailhub.downgrade import (
@@ -20,7 +20,9 @@ from txmailhub.downgrade import (
     downgrade_header,
     header_end,
     needs_downgrade,
+    parameter_field,
 )
+from txmailhub.rfc2047 import encoded_words
 from txmailhub.rfc5322 import escaped
 
 
@@ -332,6 +334,96 @@ def test_a_utf8_comment_in_content_type_stays_a_comment():
     assert not cd.defects and cd.params == {"filename": "ü"}
 
 
+def test_encoded_words_of_no_text_is_no_word():
+    # RFC 2047 2: encoded-text is at least one character
+    assert encoded_words("") == ""
+    assert encoded_words("ä") == "=?utf-8?q?=C3=A4?="
+
+
+@pytest.mark.parametrize("blank, encoded", [
+    ("\xa0", b"(x)(=?utf-8?q?=C2=A0?=)(y)"), (" \u3000 ", b"(x) (=?utf-8?q?=E3=80=80?=) (y)"),
+    ("\u2028", b"(x)(=?utf-8?q?=E2=80=A8?=)(y)")])
+def test_unicode_spaces_between_comments_are_text_encoded(blank, encoded):
+    # no white space to RFC 5322 (3.2.2: SP and HTAB) but text, where
+    # only comments may be: kept as a comment of encoded words (never an
+    # empty one, "(x)=?utf-8?q??=(y)"); the blanks around it stay blanks
+    for h in (f"From: <a@example.org> (x){blank}(y)\n",
+              f"From: J\u00f6rg <a@example.org> (x){blank}(y)\n"):
+        out = downgrade_header(h.encode())
+        assert b"?q??=" not in out
+        assert out.endswith(b" <a@example.org> " + encoded + b"\n")
+        no_defects(out)
+
+
+@pytest.mark.parametrize("field, decoded", [
+    # str.strip took NBSP, U+3000 for white space: "J\u00f6rg" was all
+    ("From: \u00a0J\u00f6rg\u3000 <a@example.org>\n", "\u00a0J\u00f6rg\u3000"),
+    ("To: b@example.org,\u00a0J\u00f6rg <a@example.org>\n", "\u00a0J\u00f6rg"),
+    ("To: \u3000Gr\u00fcppe\u00a0: a@example.org;\n", "\u3000Gr\u00fcppe\u00a0"),
+])
+def test_unicode_spaces_at_the_ends_of_a_display_name_are_kept(field, decoded):
+    out = downgrade_header(field.encode())
+    assert out.isascii()
+    assert decoded in rfc2047(out.split(b":", 1)[1])
+    no_defects(out)
+
+
+@pytest.mark.parametrize("value", ["multipart/mixed" + "abc" * 10 + " \u00e4",
+                                   'text/plain\\"\u00fc b  ) x' + "abc" * 20 + " (; a=b"])
+def test_a_content_type_the_stdlib_folds_with_an_empty_encoded_word_is_text(value):
+    # the stdlib wrote "=?utf-8?q??=" for the blank before the UTF-8 of a
+    # type it cannot read: no encoded word (RFC 2047 2), a reader shows it
+    out = downgrade_header(f"Content-Type: {value}\n".encode())
+    assert out.isascii() and b"?q??=" not in out
+    assert rfc2047(out.split(b":", 1)[1]) == value
+
+
+@pytest.mark.parametrize("name", ["From", "To", "Cc"])
+def test_comments_alone_in_an_address_field_get_no_stray_blank(name):
+    # "From:  (...)": the empty address and a blank were joined before them
+    out = downgrade_header(f"{name}: (\u00e4) ()\n".encode())
+    assert out == f"{name}: (=?utf-8?q?=C3=A4?=) ()\n".encode()
+
+
+# the stdlib folds "text/plain(comment...)" as "text/plain" and a line
+# "(comment...)" with no blank before it: a line of its own, no fold
+_LONG_COMMENT_TYPE = ('Content-Type: text/plain(written by a mail program whose comment runs'
+                      ' past the line); name="Grüße.txt"\n')
+
+
+def _unfolded_lines(out: bytes) -> list[bytes]:
+    """The lines of ``out`` (a header section) that begin no field: each
+    must begin with a blank to continue the field before it."""
+    return [line for line in out.split(b"\n")[1:] if line and line[:1] not in (b" ", b"\t")]
+
+
+def test_a_comment_after_the_type_stays_in_its_field():
+    out = downgrade_header(_LONG_COMMENT_TYPE.encode())
+    assert out.isascii()
+    assert _unfolded_lines(out) == []
+    ct = parse(out)["content-type"]
+    assert ct.content_type == "text/plain"
+    assert ct.params == {"name": "Grüße.txt"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(ctype=st.sampled_from(["text/plain", "application/octet-stream"]),
+       comment=st.text("abc ;:", min_size=40, max_size=90),
+       value=st.text("abcä ü", min_size=1, max_size=10))
+@example(ctype="text/plain", comment="abc " * 20, value="a")
+@example(ctype="text/plain", comment="a" * 70, value="a")
+def test_property_a_comment_after_the_type_stays_a_comment(ctype, comment, value):
+    # long ones were folded by the stdlib into a line of their own, or
+    # lost their parentheses (the type became "text/plainabc")
+    h = f'Content-Type: {ctype}({comment}); name="{value}ä"\n'.encode()
+    out = downgrade_header(h)
+    assert out.isascii()
+    assert _unfolded_lines(out) == [], out
+    ct = parse(out)["content-type"]
+    assert ct.content_type == ctype, out
+    assert ct.params == {"name": value + "ä"}
+
+
 @settings(max_examples=300, deadline=None)
 @given(ctype=st.sampled_from(["text/plain", "multipart/mixed", "application/octet-stream"]),
        params=st.lists(st.tuples(st.sampled_from(["name", "charset", "boundary", "x-a"]),
@@ -608,11 +700,23 @@ def test_a_header_section_hands_the_stdlib_a_few_parameter_fields_only(monkeypat
     assert rfc2047(fields[9]) == value
 
 
-def test_comments_nested_too_deep_for_the_stdlib_leave_the_field_text():
+def test_comments_nested_deep_never_reach_the_stdlib():
     # the stdlib reads a comment by recursing: 500 nested ones raised
-    # RecursionError out of the downgrade (RETR failed for good)
-    value = 'text/plain; name="ä" ' + "(" * 500 + ")" * 500
+    # RecursionError out of the downgrade (RETR failed for good); the
+    # comments are kept apart from what it reads
+    value = 'text/plain; name="ä" ' + "(" * 400 + ")" * 400
     out = downgrade_header(f"Content-Type: {value}\n".encode())
+    assert out == ("Content-Type: text/plain; name*=utf-8''%C3%A4\n "
+                   + "(" * 400 + ")" * 400 + "\n").encode()
+
+
+@pytest.mark.parametrize("comment", ["(" * 500 + ")" * 500, "(" * 1000, "(" + "x" * 1000 + ")"])
+def test_a_comment_with_no_blank_for_a_line_of_998_leaves_the_field_text(comment):
+    # kept apart from the parameters, it was one line of 1001 or more
+    # (RFC 5322 2.1.1: at most 998)
+    value = 'text/plain; name="ä" ' + comment
+    out = downgrade_header(f"Content-Type: {value}\n".encode())
+    assert max(map(len, out.split(b"\n"))) <= 76
     assert out.startswith(b"Content-Type: =?utf-8?q?text")
     assert rfc2047(out.split(b":", 1)[1]) == value
 
@@ -731,3 +835,9 @@ def test_a_mailbox_moved_into_a_group_name_stays_a_word_apart():
     assert group_name(out, b"Cc") == "Tëam Jörg <jörg@y.example> ü@x.example"
     assert [a.addr_spec for a in parse(out)["cc"].groups[0].addresses] == ["a@x.example"]
     no_defects(out)
+
+
+def test_a_comment_taken_out_after_a_blank_adds_no_second_blank():
+    # "text/plain (c)x": the blank before the comment separates already
+    folded = parameter_field("Content-Type", 'text/plain (c)x; title="f\u00fc"')
+    assert folded == "Content-Type: text/plain x; title*=utf-8''f%C3%BC (c)"

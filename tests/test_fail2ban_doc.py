@@ -23,6 +23,7 @@ from test_smtp_protocol import Harness, take
 from twisted.logger import formatEventAsClassicLogText
 
 from txmailhub.logsafe import loggable
+from txmailhub.logtext import SyslogTextObserver
 
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.rst"
 
@@ -68,10 +69,26 @@ def log_lines(events: list[dict[str, Any]], namespace: str) -> list[str]:
 def as_fail2ban_sees(line: str) -> list[str]:
     """``line`` as fail2ban matches it: from a log file, less the time
     stamp it found at the start; from the journal (``backend = systemd``),
-    after the host name and the process's name and pid, time stamp kept."""
+    after the host name and the process's name and pid, time stamp kept;
+    from syslog (``twistd --syslog``, whose line has no time stamp: what
+    ``SyslogTextObserver`` sends, ``syslog_messages``), after the host
+    name and the program's name (``--prefix``) and pid, with the blank
+    left where fail2ban cut syslog's time stamp off."""
     stamp, rest = line.split(" ", 1)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", stamp), stamp
-    return [" " + rest, f"mail.example.org twistd[4321]: {line}"]
+    return [" " + rest, f"mail.example.org twistd[4321]: {line}",
+            f" mail.example.org twisted[4321]: {rest}"]
+
+
+def syslog_messages(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(priority, message) of each syslog message ``twistd --syslog``
+    sends for ``events``."""
+    sent: list[tuple[int, str]] = []
+    observer = SyslogTextObserver("twisted", openlog=lambda *a: None,
+                                  send=lambda *a: sent.append(a))
+    for event in events:
+        observer(dict(event))
+    return sent
 
 
 def hosts(lines: list[str]) -> list[str]:
@@ -90,7 +107,7 @@ def hosts(lines: list[str]) -> list[str]:
                     if hit:
                         break
             per_form.append(hit.group("host") if hit else None)
-        assert per_form[0] == per_form[1], (line, per_form)
+        assert len(set(per_form)) == 1, (line, per_form)
         if per_form[0]:
             found.append(per_form[0])
     return found
@@ -268,11 +285,11 @@ def test_pop3_logs_the_name_as_the_client_gave_it(log_events, typed: str,
 
 @pytest.mark.parametrize("mechanism", ["USER", "PLAIN"])
 @pytest.mark.parametrize(("typed", "logged"), [
-    ("jo\u0308rg", "j\u00f6rg"), ("a\u037e", "a\u037e")])
-def test_pop3_logs_a_non_ascii_name_in_nfc_but_one_nfc_makes_punctuation_as_written(
+    ("jo\u0308rg", "j\u00f6rg"), ("a\u037e", "a;")])
+def test_pop3_logs_a_non_ascii_name_in_nfc(
         log_events, typed: str, logged: str, mechanism: str) -> None:
     # deployment.rst: in NFC, as it is looked up; a\u037e (the Greek
-    # question mark, "a;" in NFC) goes on as written (docs/pop3.rst)
+    # question mark) is "a;" in NFC, the same user "a;" (docs/pop3.rst)
     assert pop3_refused_line(log_events, typed, mechanism) == (
         f"[txmailhub.pop3#info] POP3 login {logged} from 192.0.2.7 ({mechanism}) refused: AUTH")
 
@@ -409,3 +426,85 @@ def test_the_filter_does_not_match_a_pop3_login_refused_for_too_many_failures(
     lines = log_lines(log_events, "txmailhub.pop3")
     assert [line for line in lines if "too many failures" in line]
     assert hosts(lines) == []
+
+
+class NameInMessagePortal:
+    """An embedding application's portal whose login fails with the name
+    the client gave in the exception's text (docs/embedding.rst: the
+    portal is the application's), line breaks and all."""
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> Any:
+        raise LookupError(f"no record for {credentials.username.decode()}")
+
+
+# a name whose line break starts a line of a traceback with the text of
+# a failed login, as a file and the journal would hold it
+FORGED_LINES = [f"\n{start}[txmailhub.smtp#info] authentication failed for x from 198.51.100.66"
+                for start in ("", "2026-11-30T07:13:12+0000 ", " 2026-11-30T07:13:12+0000 ")]
+
+
+def failed_auth_with_forged_name(forged: str) -> None:
+    """A failed AUTH PLAIN from 192.0.2.1 whose portal raises an error with
+    the client's name in its text: a traceback in the log holding
+    ``forged`` (line breaks and a failed login of another address)."""
+    h = Harness()
+    h.components.portal = NameInMessagePortal()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True
+    take(t)
+    creds = base64.b64encode(f"\0x{forged}\0wrong".encode()).decode()
+    p.dataReceived(f"EHLO c\r\nAUTH PLAIN {creds}\r\n".encode())
+    h.clock.advance(60)
+    assert take(t)[-1].startswith("454 ")
+
+
+@pytest.mark.parametrize("forged", FORGED_LINES)
+def test_the_filter_takes_no_address_from_a_tracebacks_lines(log_events, forged: str) -> None:
+    # a traceback's lines after its first start with a tab in what twistd
+    # writes, and its exception's text may hold what the client sent (an
+    # unforeseen error: the hub cannot escape it); fail2ban reads each as
+    # a line of its own, without a time stamp or with one it finds in the
+    # text, and the filter matched it ("\s*" took the tab)
+    failed_auth_with_forged_name(forged)
+    [failure] = [e for e in log_events if "log_failure" in e]
+    text = formatEventAsClassicLogText(failure)
+    assert "\n\t" + forged.lstrip("\n") in text  # the forged line is there, behind a tab
+    prefregex, failregexes = documented_filter()
+    for line in text.rstrip("\n").split("\n")[1:]:
+        for seen in (line, f"mail.example.org twistd[4321]: {line}",
+                     re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", "", line)):
+            m = as_python(prefregex).search(seen)
+            assert m is None or not any(as_python(r).search(m.group("content"))
+                                        for r in failregexes), seen
+    # and in syslog, where each line of the traceback is a message of its
+    # own behind the event's [system], the tab as it is or as rsyslog
+    # escapes it by default (#011)
+    messages = [m for _, m in syslog_messages([failure])]
+    file_lines = text.rstrip("\n").split("\n")
+    while file_lines[-1].strip() == "":
+        file_lines.pop()  # (the traceback's last line break: no message of its own)
+    assert [m.split("] ", 1)[1] for m in messages] == [
+        file_lines[0].split("] ", 1)[1], *file_lines[1:]]
+    assert any(forged.lstrip("\n") in m for m in messages)
+    for message in messages[1:]:
+        assert message.startswith("[txmailhub.smtp#critical] \t"), message
+        for seen in (f" mail.example.org twisted[4321]: {message}",
+                     f" mail.example.org twisted[4321]: {message.replace(chr(9), '#011')}"):
+            m = as_python(prefregex).search(seen)
+            assert m is None or not any(as_python(r).search(m.group("content"))
+                                        for r in failregexes), seen
+
+
+def test_syslog_has_the_log_files_line_less_its_time(log_events) -> None:
+    # Twisted's own syslog observer sent "[-] authentication failed ...":
+    # the filter took nothing from syslog, and could not have told the
+    # hub's line from another program's
+    import syslog
+
+    smtp_auth_failed_line(log_events, "alice@example.org")
+    events = [e for e in log_events if e.get("log_namespace") == "txmailhub.smtp"]
+    sent = syslog_messages(events)
+    assert [m for _, m in sent] == [line.split(" ", 1)[1]
+                                    for line in log_lines(events, "txmailhub.smtp")]
+    [(priority, _)] = [(p, m) for p, m in sent if "authentication failed" in m]
+    assert priority == syslog.LOG_INFO

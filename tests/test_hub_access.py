@@ -4,8 +4,10 @@ owner): the folder ``user add`` makes for the users file, and what
 
 from __future__ import annotations
 
+import grp
 import io
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -287,11 +289,13 @@ def test_check_as_root_warns_of_files_the_state_dirs_owner_cannot_read(open_tmp:
         f"{etc / 'users.d'}), then run the mailhub user commands as that user "
         "(docs/deployment.rst) (at line 6)",
         f"warning: {config}: [aliases] file: {aliases} cannot be read by uid 4242, the owner of "
-        f"state_dir {state} and so the user the hub runs as: {aliases} is root:root mode 0600 "
-        "(at line 8)",
+        f"state_dir {state} and so the user the hub runs as: {aliases} is root:root mode 0600; "
+        f"chmod 644 {aliases} (docs/deployment.rst) (at line 8)",
+        # each with its fix, as the users and TLS files had (root's aliases
+        # file, no secret, readable by all; the password the hub's group's)
         f"warning: {config}: [relay] smarthost_auth_file: {auth} cannot be read by uid 4242, "
         f"the owner of state_dir {state} and so the user the hub runs as: {auth} is root:root "
-        f"mode 0640 (at line 11)",
+        f"mode 0640; chgrp 4343 {auth} && chmod 640 {auth} (docs/deployment.rst) (at line 11)",
     ], err
     # mended as the warnings say: quiet
     for path in (etc / "users.d", users):
@@ -566,6 +570,46 @@ def test_check_as_root_never_says_to_chgrp_a_tls_file_another_group_reads(
     assert (key.stat().st_gid, key.stat().st_mode & 0o777) == (4545, 0o640)
 
 
+def _aliases_advice(open_tmp: Path, name: str, gid: int, mode: int) -> tuple[Path, Path, str]:
+    """The aliases file ``name`` (root's, group ``gid``, ``mode``), the
+    config naming it, and ``check``'s one line about it, the hub's user
+    being another: (file, config, line)."""
+    aliases = open_tmp / name
+    aliases.write_text("postmaster: root\n")
+    os.chown(aliases, 0, gid)
+    os.chmod(aliases, mode)
+    config = _config(open_tmp, f'[aliases]\nfile = "{aliases}"\n')
+    state = open_tmp / "state"
+    state.mkdir()
+    os.chown(state, HUB_UID, HUB_GID)
+    err = _check_warnings(config)
+    lines = [line for line in err.splitlines() if "[aliases] file" in line]
+    assert len(lines) == 1, err
+    return aliases, config, lines[0]
+
+
+@needs_root
+def test_check_as_root_says_chmod_644_for_an_aliases_file_another_group_reads(
+        open_tmp: Path) -> None:
+    # root:mailgrp 0640 aliases: no secret, readable by all as /etc/aliases
+    # is; joining the file's group would hand the hub what else it reads
+    aliases, config, line = _aliases_advice(open_tmp, "aliases", 4545, 0o640)
+    assert f"chmod 644 {aliases} (docs/deployment.rst)" in line, line
+    assert "usermod" not in line and "SupplementaryGroups" not in line, line
+    os.chmod(aliases, 0o644)
+    assert "[aliases] file" not in _check_warnings(config)
+
+
+@needs_root
+@pytest.mark.parametrize(("gid", "mode"), [(0, 0o600), (4545, 0o640)])
+def test_check_as_root_says_chmod_644_quoted_for_the_shell(open_tmp: Path, gid: int,
+                                                            mode: int) -> None:
+    # the advice is a command to paste: a path with a space is one word
+    # of it, whichever group the file has
+    aliases, _, line = _aliases_advice(open_tmp, "mail aliases", gid, mode)
+    assert f"; chmod 644 '{aliases}' (docs/deployment.rst)" in line, line
+
+
 @needs_root
 def test_check_as_root_says_to_chgrp_a_tls_file_only_roots_group_reads(
         open_tmp: Path) -> None:
@@ -586,3 +630,26 @@ def test_check_as_root_says_to_chgrp_a_tls_file_only_roots_group_reads(
     assert len(lines) == 1, err
     assert f"chgrp 4343 {key} && chmod 640 {key}" in lines[0], lines[0]
     assert "usermod" not in lines[0] and "SupplementaryGroups" not in lines[0], lines[0]
+
+
+@needs_root
+@pytest.mark.parametrize(("uid", "owner"), [
+    (HUB_UID, str(HUB_UID)),  # no name, no login group: the user alone
+    (pwd.getpwnam("daemon").pw_uid,
+     "daemon:" + grp.getgrgid(pwd.getpwnam("daemon").pw_gid).gr_name)])
+def test_the_chown_for_a_state_dir_chowned_to_the_user_alone_does_not_give_root_s_group(
+        open_tmp: Path, uid: int, owner: str) -> None:
+    # `chown mailhub /var/lib/txmailhub` keeps root's group: the users
+    # folder's chown said "mailhub:root", handing root's group the users
+    # file's hashes with the folder.  The user's login group, as `chown
+    # mailhub:` gives it
+    etc = open_tmp / "etc"
+    etc.mkdir()
+    os.chmod(open_tmp, 0o755)
+    config = _config(open_tmp)
+    state = open_tmp / "state"
+    state.mkdir()
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    os.chown(state, uid, 0)
+    err = _check_warnings(config)
+    assert f"(chown -R {owner} {etc / 'users.d'})" in err, err

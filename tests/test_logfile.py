@@ -187,9 +187,11 @@ def test_the_hubs_own_rotations_keep_log_files_kept_numbered_files(tmp_path: Pat
 @pytest.mark.parametrize("parent", [{"logfile": "-", "nodaemon": True},
                                     {"syslog": True, "logfile": "x.log"},
                                     {"logfile": "x.log", "logger": "some.module.observer"}])
-def test_no_log_file_of_the_hub_where_twistd_writes_none(tmp_path: Path, parent) -> None:
+def test_no_log_file_of_the_hub_where_twistd_writes_none(tmp_path: Path, parent,
+                                                        monkeypatch) -> None:
     from txmailhub import tap
 
+    monkeypatch.setattr("syslog.openlog", lambda *a: None)
     hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
     application = Application("mailhub")
     hub.setServiceParent(application)
@@ -197,7 +199,8 @@ def test_no_log_file_of_the_hub_where_twistd_writes_none(tmp_path: Path, parent)
     observer = application.getComponent(ILogObserver, None)
     from txmailhub.logfile import ReopeningLogFile
 
-    assert observer is None or not isinstance(observer._outFile, ReopeningLogFile)
+    assert observer is None or not isinstance(getattr(observer, "_outFile", None),
+                                              ReopeningLogFile)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="twistd switches user only when started as root")
@@ -440,17 +443,53 @@ def test_standard_output_gets_the_hubs_observer(tmp_path: Path, monkeypatch,
 
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr("syslog.openlog", lambda *a: None)
     hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
     application = Application("mailhub")
     hub.setServiceParent(application)
     observer = application.getComponent(ILogObserver, None)
     if not to_stdout:
-        assert observer is None or observer._outFile is not out
+        assert observer is None or getattr(observer, "_outFile", None) is not out
         return
     assert isinstance(observer, ClassicTextObserver)
     observer({"log_format": "{summary}", "summary": "hello", "log_namespace": "n",
               "log_level": LogLevel.info, "log_time": 0.0})
     assert out.getvalue().endswith(" [n#info] hello\n")
+
+
+@pytest.mark.parametrize("prefix", [None, "mailhub", ""])
+def test_syslog_gets_the_hubs_observer_with_each_lines_part_and_level(
+        tmp_path: Path, monkeypatch, prefix: str | None) -> None:
+    # Twisted's syslog observer sent "[-] authentication failed ...": no
+    # part of the hub and no level, which the fail2ban filter reads
+    import syslog
+
+    from txmailhub import tap
+    from txmailhub.logtext import SyslogTextObserver
+
+    opened: list = []
+    sent: list = []
+    monkeypatch.setattr("syslog.openlog", lambda *a: opened.append(a))
+    monkeypatch.setattr("syslog.syslog", lambda *a: sent.append(a))
+    # (twistd's options hold "twisted" without --prefix; ``--prefix=""``
+    # is "", which twistd's own observer passes to openlog as it is)
+    parent = {"nodaemon": True, "syslog": True,
+              **({"prefix": prefix} if prefix is not None else {})}
+    hub = tap.makeService(_tap_options(tmp_path, str(tmp_path / "state"), parent=parent))
+    application = Application("mailhub")
+    hub.setServiceParent(application)
+    observer = application.getComponent(ILogObserver, None)
+    assert isinstance(observer, SyslogTextObserver)
+    # twistd (AppLogger.start) wraps an observer that does not provide it
+    # as a legacy one, with a DeprecationWarning
+    assert ILogObserver.providedBy(observer)
+    assert opened == [("twisted" if prefix is None else prefix, 0,  # twistd's --prefix
+                       syslog.LOG_USER)]
+    observer({"log_format": "authentication failed for {u} from {a}", "u": "joe@example.org",
+              "a": "192.0.2.1", "log_namespace": "txmailhub.smtp",
+              "log_level": LogLevel.info, "log_time": 0.0})
+    assert sent == [(syslog.LOG_INFO, "[txmailhub.smtp#info] authentication failed for "
+                                      "joe@example.org from 192.0.2.1")]
 
 
 def test_a_parent_that_is_no_application_is_left_alone_once(tmp_path: Path,

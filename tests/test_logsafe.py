@@ -310,3 +310,62 @@ def test_a_shown_traceback_escapes_an_exception_whose_name_looks_like_a_groups_m
     error_type = type("E", (Exception,), {"__module__": "| m"})
     lines = shown_traceback(_raised(error_type("a\nb\x1b"))).splitlines()
     assert lines[-1] == "| m.E: a\\x{A}b\\x{1B}"
+
+
+def test_a_text_cut_to_its_limit_is_marked_when_asked():
+    from txmailhub.logsafe import CUT, REPLY_LOG_MAX, loggable
+
+    reply = "550 " + "x" * 3000
+    assert loggable(reply, REPLY_LOG_MAX, marked=True) == reply[:REPLY_LOG_MAX] + "..." == (
+        loggable(reply, REPLY_LOG_MAX) + CUT)
+    assert loggable(reply[:REPLY_LOG_MAX], REPLY_LOG_MAX, marked=True) == reply[:REPLY_LOG_MAX]
+    # the limit counts what comes out: a text that fits once escaped is whole
+    assert loggable("\x1b" * 4, 16, marked=True) == "\\x1b" * 4
+    assert loggable("\x1b" * 5, 16, marked=True) == "\\x1b" * 4 + "..."
+
+
+def test_a_list_within_the_limit_is_the_items_escaped_and_joined():
+    from txmailhub.logsafe import listed
+
+    assert listed(["a@x", "b@y"]) == "a@x, b@y"
+    assert listed([]) == ""
+    assert listed(["eve\r\n@x", "b\\c@y"]) == "eve\\x0d\\x0a@x, b\\\\c@y"
+
+
+def test_a_long_list_keeps_whole_items_and_counts_the_rest():
+    from txmailhub.logsafe import LIST_LOG_MAX, listed
+
+    items = [f"user{i:04d}@example.org" for i in range(1000)]  # 21 characters each
+    text = listed(items)
+    shown, more = text.rsplit(" and ", 1)
+    kept = shown.split(", ")
+    assert kept == items[:len(kept)] and more == f"{1000 - len(kept)} more"
+    assert len(shown) <= LIST_LOG_MAX < len(shown) + 2 + 21
+    # escapes count: an item of controls takes four characters each
+    text = listed(["\x01" * 300, "\x02" * 300, "c@x"], 1500)
+    assert text == "\\x01" * 300 + " and 2 more"
+    # the first item is there even when longer than the limit, cut, and
+    # marked as cut
+    assert listed(["x" * 50, "y"], 10) == "x" * 10 + "... and 1 more"
+    assert listed(["x" * 50], 10) == "x" * 10 + "..."
+    assert listed(["x" * 10], 10) == "x" * 10
+    assert listed(["\x01" * 5], 10) == "\\x01" * 2 + "..."  # an escape is never cut
+
+
+@given(st.lists(st.text(max_size=40), max_size=60), st.integers(1, 400))
+def test_a_list_is_one_line_within_its_limit_plus_the_count(items, limit):
+    from txmailhub.logsafe import listed
+
+    text = listed(items, limit)
+    assert "\n" not in text and "\r" not in text
+    assert len(text) <= limit + len("...") + len(f" and {len(items)} more")
+
+
+def test_a_list_that_fills_its_limit_exactly_is_whole():
+    from txmailhub.logsafe import listed
+
+    # escaped (a backslash, a control): the item by item path
+    assert listed(["a\\b", "cd"], 8) == "a\\\\b, cd"
+    assert listed(["a\\b", "cd"], 7) == "a\\\\b and 1 more"
+    assert listed(["\x01", "c"], 7) == "\\x01, c"
+    assert listed(["\x01", "c"], 6) == "\\x01 and 1 more"

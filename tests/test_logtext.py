@@ -248,3 +248,22 @@ def test_the_stamp_is_made_once_a_second(monkeypatch: pytest.MonkeyPatch) -> Non
         event["log_time"] = when
         assert observer.line(event) == twisted_line(event)
     assert made == [1774745998, 1774745999]
+
+
+def test_syslog_takes_an_events_own_priority_and_facility() -> None:
+    # as twistd's syslog observer: ``syslogPriority`` replaces the one of
+    # the level, ``syslogFacility`` is added to it
+    import syslog
+
+    from txmailhub.logtext import SyslogTextObserver
+
+    sent: list = []
+    observer = SyslogTextObserver("twisted", openlog=lambda *a: None,
+                                  send=lambda *a: sent.append(a))
+    base = {"log_format": "hi", "log_namespace": "txmailhub.relay", "log_time": 0.0}
+    observer({**base, "log_level": LogLevel.error, "syslogPriority": syslog.LOG_NOTICE})
+    observer({**base, "log_level": LogLevel.info, "syslogFacility": syslog.LOG_MAIL})
+    observer({**base, "log_level": LogLevel.critical})
+    assert sent == [(syslog.LOG_NOTICE, "[txmailhub.relay#error] hi"),
+                    (syslog.LOG_INFO | syslog.LOG_MAIL, "[txmailhub.relay#info] hi"),
+                    (syslog.LOG_ALERT, "[txmailhub.relay#critical] hi")]

@@ -134,7 +134,7 @@ def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, downgrades):
     cache_path = os.path.join(md, SIZES_NAME)
     with open(cache_path, "rb") as f:
         doc = json.load(f)
-    assert sorted(len(v) for v in doc["sizes"].values()) == [5, 5]
+    assert sorted(len(v) for v in doc["sizes"].values()) == [6, 6]
     # as an older version wrote it: the plain file's sizes, four fields,
     # and nothing for the file whose name gives its sizes
     doc["sizes"] = {k: v[:4] for k, v in doc["sizes"].items() if ",S=" not in k}
@@ -152,7 +152,7 @@ def test_a_cache_of_an_older_version_is_read(tmp_path, monkeypatch, downgrades):
     assert measured == []  # its plain sizes are taken as they are
     assert len(downgrades) == 4  # the downgraded sizes were not known yet
     with open(cache_path, "rb") as f:
-        assert sorted(len(v) for v in json.load(f)["sizes"].values()) == [5, 5]
+        assert sorted(len(v) for v in json.load(f)["sizes"].values()) == [6, 6]
     assert stat_list(clock, components) == first
     assert len(downgrades) == 4
 
@@ -258,6 +258,21 @@ def test_a_size_remembered_while_a_save_writes_is_kept_by_the_next_save(tmp_path
     assert len(writes) == 2
 
 
+def test_a_size_remembered_again_replaces_the_one_before(tmp_path):
+    _clock, components, md = make_env(tmp_path)
+    path = drop(md, INTL(n=1).encode(), 1, ours=True)
+    box = components.store.open_mailbox(JOE).result
+    with open(path, "rb") as f:
+        box.remember_downgraded_size(0, f, 111)
+        box.remember_downgraded_size(0, f, 112)
+        assert box.downgraded_size(0, f) == 112
+    box.save_downgraded_sizes()
+    box.close()
+    with open(os.path.join(md, SIZES_NAME), "rb") as f:
+        (entry,) = json.load(f)["sizes"].values()
+    assert len(entry) == 6 and entry[4] == 112, entry
+
+
 @pytest.mark.parametrize("ours", [False, True])
 def test_a_file_changed_since_the_scan_keeps_no_downgraded_size(tmp_path, ours):
     # the file was rewritten after the login listed it: its entry (a plain
@@ -319,7 +334,7 @@ def _save_held_after_a_gone_session(tmp_path):
 def _cached_downgraded_sizes(components) -> list:
     md = components.store.maildir_path(JOE)
     with open(os.path.join(md, SIZES_NAME), "rb") as f:
-        return [v[4] for v in json.load(f)["sizes"].values() if len(v) == 5]
+        return [v[4] for v in json.load(f)["sizes"].values() if len(v) == 6]
 
 
 @pytest.mark.parametrize("order", ["login-first", "save-first"])

@@ -98,11 +98,31 @@ def test_prepare_username():
         assert prepare_username(bad) is None, ascii(bad)
 
 
+def test_the_bidi_rule_reads_a_quoted_local_part_without_its_quotes():
+    # RFC 3454 6 as RFC 6856 2.2 applies it: a name with right-to-left
+    # text starts and ends with it.  The quotes of USER "\u05e9\u05dc\u05d5\u05dd"
+    # are address syntax (RFC 5321 4.1.2), not the name's first and last
+    # characters: it is the mailbox \u05e9\u05dc\u05d5\u05dd, which RCPT and the
+    # users file name so.  It was refused as an invalid user name
+    from txmailhub.address import login_key
+
+    hebrew = "\u05e9\u05dc\u05d5\u05dd"
+    for name in (f'"{hebrew}"', f'"{hebrew}"@example.org', f'"\\{hebrew}"',
+                 f'"{hebrew}"@\u05d0\u05d1.example', '"\u05d0@\u05d1"'):
+        prepared = prepare_username(name)
+        assert prepared == name, ascii(name)
+    assert login_key(f'"{hebrew}"@example.org') == f"{hebrew}@example.org"
+    # the content is judged as the name would be unquoted
+    for bad in (f'"{hebrew}1"', f'"1{hebrew}"', f'"{hebrew}b"@example.org', f'"{hebrew}"@x.\u05d01',
+                f'"{hebrew}\\""', '"\u05d0"\u05d1"'):
+        assert prepare_username(bad) is None, ascii(bad)
+
+
 def test_a_prepared_name_is_keyed_as_smtp_keys_the_name_given():
     # U+037E (Greek question mark) is ";" in NFC: a\u037e is keyed '"a;"'
-    # (the quoted string its NFC form needs), as RCPT and SMTP AUTH key it;
-    # its NFC form a; is keyed a;, another mailbox.  A name NFC keys alike
-    # is still handed on in NFC
+    # (the quoted string its NFC form needs), as RCPT and SMTP AUTH key it,
+    # and so is its NFC form a; (no dot-string, read quoted).  A name NFC
+    # keys alike is handed on in NFC
     from txmailhub.address import login_key
     from txmailhub.smtp._parse import parse_mailbox
 

@@ -2684,13 +2684,16 @@ def test_list_stat_retr_and_top_agree_on_a_downgraded_copy(msg):
         talk(proto, t, b"QUIT\r\n")
 
 
-def test_a_mailbox_whose_files_cannot_seek_is_opened_again():
-    class NoSeek:
-        def __init__(self, f):
-            self._f = f
-            self.read = f.read
-            self.close = f.close
+class NoSeek:
+    """A message file that can be read and closed only: no seek."""
 
+    def __init__(self, f):
+        self._f = f
+        self.read = f.read
+        self.close = f.close
+
+
+def test_a_mailbox_whose_files_cannot_seek_is_opened_again():
     env = Env()
     msg = b"X-Long: " + b"a" * (2 * CHUNK_SIZE) + b"\n\nbody\n"
     env.store.add("joe@example.org", msg)
@@ -2701,6 +2704,21 @@ def test_a_mailbox_whose_files_cannot_seek_is_opened_again():
     assert retr_streamed(proto, t) == b"+OK %d octets\r\n" % crlf_size_of(msg) + \
         encode_whole(msg)
     assert opened == [0, 0]
+
+
+def test_a_message_with_parts_from_files_that_cannot_seek_is_refused_without_utf8():
+    """Downgrading a message with MIME parts measures it, then sends it
+    from where it was: a file of an ``IMailbox`` that cannot seek has no
+    second pass, and the message no downgraded form (RFC 6856 5)."""
+    env = Env()
+    msg = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\n"
+           .encode() + b"y\n" * CHUNK_SIZE + b"--b--\n")
+    env.store.add("joe@example.org", msg)
+    proto, t = login_utf8(env, utf8=False)
+    real_open = proto.mailbox.open_message
+    proto.mailbox.open_message = lambda i: NoSeek(real_open(i))
+    assert retr_streamed(proto, t) == R.UTF8_REQUIRED.to_bytes()
+    assert talk(proto, t, b"NOOP\r\n") == b"+OK\r\n"
 
 
 class HeldCalls:

@@ -750,11 +750,17 @@ def test_numbers_may_have_any_number_of_digits():
 
 
 def test_auth_plain_authzid_may_name_the_same_user_in_another_form():
-    for authz in ("alice@example.org", "ALICE@Example.ORG", "alice"):
+    for authz in ("alice@example.org", "ALICE@Example.ORG", "alice", '"alice"',
+                  '"Alice"@example.org'):
         e = engine(primary_domain="example.org")
         run(e, b"AUTH PLAIN")
         action = run(e, plain(authz, "alice", "pw"))
         assert action.username == "alice" and action.secret == b"pw", authz
+    # the login name quoted, the authzid not: the same user (RFC 5321 4.1.2)
+    e = engine(primary_domain="example.org")
+    run(e, b"AUTH PLAIN")
+    action = run(e, plain("alice", '"alice"', "pw"))
+    assert action.username == '"alice"' and not action.malformed
     e = engine(primary_domain="example.org")
     run(e, b"AUTH PLAIN")
     assert run(e, plain("bob", "alice", "pw")).malformed  # acting as someone else
@@ -1441,3 +1447,15 @@ def test_line_reader_counts_the_heads_kept_of_dropped_lines_as_held():
     assert reader.buffered == 100 * HEAD
     assert reader.pop() is None
     assert reader.buffered == 99 * HEAD
+
+
+def test_auth_plain_authzid_of_a_bare_quoted_name_with_an_at_sign_is_that_user():
+    # '"a@b"' is a bare local part (the '@' is inside the quotes, RFC 5321
+    # 4.1.2): the user "a@b" at the primary domain, as the login name
+    # '"a@b"@example.org' is -- not the local part '"a' at the domain 'b"'
+    for authz, authc in (('"a@b"', '"a@b"@example.org'), ('"a@b"@example.org', '"a@b"'),
+                         ("a;", '"a;"'), ('"a;"@Example.org', "a;")):
+        e = engine(primary_domain="example.org")
+        run(e, b"AUTH PLAIN")
+        action = run(e, plain(authz, authc, "pw"))
+        assert not action.malformed and action.username == authc, (authz, authc)

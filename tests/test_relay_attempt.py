@@ -149,10 +149,9 @@ def test_recipients_over_the_servers_limit_go_in_a_new_transaction(tmp_path, rep
     assert [len(rc) for _, rc, _ in got] == split
 
 
-def test_the_new_transaction_line_counts_its_recipients_in_words(tmp_path, log_events):
-    # "1 recipient(s) of remote.test in a new transaction": the hub's
-    # other counts take the singular for 1; the event keeps its count
-    a, net, _ = agent(tmp_path)
+def three_rounds_of_one() -> tuple[list[Address], list[list[DeliveryResult]]]:
+    """Three recipients of remote.test and the results of three rounds
+    that deliver one each ("452 4.5.3 too many" to those left)."""
     rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
     more = Reply.of(452, "4.5.3", "too many")
     rounds = [[DeliveryResult(rcpts[0], "delivered", OK_REPLY, "mx"),
@@ -160,6 +159,14 @@ def test_the_new_transaction_line_counts_its_recipients_in_words(tmp_path, log_e
               [DeliveryResult(rcpts[1], "delivered", OK_REPLY, "mx"),
                DeliveryResult(rcpts[2], "transient", more, "mx")],
               [DeliveryResult(rcpts[2], "delivered", OK_REPLY, "mx")]]
+    return rcpts, rounds
+
+
+def test_the_new_transaction_line_counts_its_recipients_in_words(tmp_path, log_events):
+    # "1 recipient(s) of remote.test in a new transaction": the hub's
+    # other counts take the singular for 1; the event keeps its count
+    a, net, _ = agent(tmp_path)
+    rcpts, rounds = three_rounds_of_one()
     a._deliver = lambda *_: defer.succeed(rounds.pop(0))
     e = entry(tmp_path, *rcpts)
     run(net, a.deliver(e, "remote.test", rcpts))
@@ -1622,6 +1629,118 @@ def _client_on_a_clock(tmp_path, sender=None):
     return clock, proto, transport
 
 
+def _starttls_on_a_clock(tmp_path):
+    """An SMTPClientProtocol (opportunistic TLS) over a StringTransport that
+    can start TLS, timed by a Clock, once the server's 220 to STARTTLS came:
+    the TLS layer is started and the handshake not done."""
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    class StartsTLS(StringTransport):
+        tls = None
+
+        def startTLS(self, creator):
+            self.tls = creator
+
+    clock = Clock()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="opportunistic")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), "creator",
+                               str(tmp_path / "c"))
+    transport = StartsTLS()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"220 hi\r\n")
+    proto.dataReceived(b"250-mx.remote.test\r\n250 STARTTLS\r\n")
+    proto.dataReceived(b"220 2.0.0 go ahead\r\n")
+    assert transport.tls == "creator"
+    assert transport.value().endswith(b"STARTTLS\r\nEHLO hub.test\r\n")
+    return clock, proto
+
+
+def _out_of_time(clock, seconds):
+    from txmailhub.relay.attempt import VERDICT_TURNS
+
+    clock.advance(seconds)
+    for _ in range(VERDICT_TURNS):
+        clock.advance(0)
+
+
+def test_a_tls_handshake_that_never_ends_times_out_as_the_handshake(tmp_path):
+    # the server answered 220 to STARTTLS and then sent nothing (or stopped
+    # half way through the handshake): the EHLO written after it never
+    # left, and the timeout is the handshake's, said so -- not the EHLO's
+    clock, proto = _starttls_on_a_clock(tmp_path)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _out_of_time(clock, 299)
+        assert not proto.done.called
+        _out_of_time(clock, 1)  # TIMEOUTS[Phase.TLS]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert proto.transport.disconnecting
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.session_error.text() == (
+        "421 4.4.2 timeout waiting for the server (TLS handshake)")
+    assert outcome.phase == "TLS handshake"
+    assert [formatEvent(e) for e in events if "timeout" in formatEvent(e)] == [
+        "timeout waiting for the server (TLS handshake)"]
+
+
+def test_the_ehlo_after_a_handshake_has_its_own_timeout(tmp_path):
+    # the EHLO leaves once the handshake is done: its five minutes start then
+    clock, proto = _starttls_on_a_clock(tmp_path)
+    clock.advance(200)
+    proto.handshakeCompleted()
+    _out_of_time(clock, 299)
+    assert not proto.transport.disconnecting
+    _out_of_time(clock, 1)
+    assert proto.transport.disconnecting
+    proto.connectionLost(None)
+    assert proto.done.result.session_error.text() == (
+        "421 4.4.2 timeout waiting for the server (EHLO)")
+
+
+
+def test_the_handshake_is_timed_by_its_own_step(tmp_path, monkeypatch):
+    # TIMEOUTS[Phase.TLS], not the EHLO's (written with it, not yet sent)
+    from txmailhub.smtp.client import TIMEOUTS, Phase
+
+    monkeypatch.setitem(TIMEOUTS, Phase.TLS, 30)
+    clock, proto = _starttls_on_a_clock(tmp_path)
+    _out_of_time(clock, 29)
+    assert not proto.transport.disconnecting
+    _out_of_time(clock, 1)
+    assert proto.transport.disconnecting
+
+
+def test_an_implicit_tls_handshake_does_not_restart_the_greetings_wait(tmp_path):
+    # under implicit TLS the layer says its handshake is done too: the wait
+    # for the greeting started at the connection and goes on
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from txmailhub.relay.attempt import SMTPClientProtocol
+    from txmailhub.smtp.client import ClientSession
+
+    clock = Clock()
+    session = ClientSession(helo="hub.test", sender=None, recipients=[(BOB, None)], size=10,
+                            tls="opportunistic")
+    proto = SMTPClientProtocol(session, clock, str(tmp_path / "m"), "creator",
+                               str(tmp_path / "c"))
+    proto.makeConnection(StringTransport())
+    clock.advance(200)
+    proto.handshakeCompleted()
+    _out_of_time(clock, 100)
+    assert proto.transport.disconnecting
+    proto.connectionLost(None)
+    assert proto.done.result.session_error.text() == (
+        "421 4.4.2 timeout waiting for the server (greeting)")
+
 def test_a_failed_handshake_names_what_openssl_said(tmp_path):
     # a certificate that does not verify: the queue's last error says so,
     # in the TLS phase (the EHLO after STARTTLS was already written)
@@ -1638,8 +1757,15 @@ def test_a_failed_handshake_names_what_openssl_said(tmp_path):
     assert outcome.phase == "TLS handshake"
 
 
+_BY_ADDRESS = ("; a smarthost given by its address seldom passes: set [relay] smarthost to the "
+               'name its certificate lists, or smarthost_tls = "opportunistic" if the network '
+               "to it is trusted (docs/relay.rst)")
+
+
 @pytest.mark.parametrize(("ident", "named"), [
-    ("127.0.0.1", "127.0.0.1"), ("smtp.provider.example", "smtp.provider.example")])
+    # an address: the ways out are said too, where the reply named neither
+    ("127.0.0.1", "127.0.0.1" + _BY_ADDRESS), ("::1", "::1" + _BY_ADDRESS),
+    ("smtp.provider.example", "smtp.provider.example")])
 def test_a_certificate_for_another_name_is_said_so(tmp_path, ident: str, named: str):
     # smarthost = "127.0.0.1:587" with smarthost_tls = "verify": Twisted's
     # own name check (service_identity, no SSL.Error) ended the handshake,
@@ -3568,26 +3694,37 @@ def test_a_port_465_smarthost_under_smarthost_tls_none_still_gets_implicit_tls(
     assert asked == [("smart.example.net", False)]
 
 
+class _RefuseRcptThenDrop(ScriptedSMTPServer):
+    """Answers RCPT for ``who`` 550, then closes the connection (after
+    any RCPT)."""
+
+    def __init__(self, who, **kwargs):
+        super().__init__(replies={f"RCPT {who}": b"550 5.1.1 no such user\r\n"}, **kwargs)
+
+    def _command(self, line):
+        super()._command(line)
+        if line.upper().startswith(b"RCPT"):
+            self.transport.loseConnection()
+
+
+def _two_mx_hosts_the_first_refusing_then_dropping(tmp_path, local, **kwargs):
+    """An agent with two MX hosts for two.test, the first
+    (192.0.2.120) a _RefuseRcptThenDrop for ``local``@two.test: the
+    agent, its network and that address."""
+    a, net, clock = agent(tmp_path)
+    use_mx_hosts(a, clock, "two.test", 2, first_address=120)
+    who = Address(local, "two.test")
+    net.servers[("192.0.2.120", 25)] = lambda: _RefuseRcptThenDrop(who, **kwargs)
+    return a, net, who
+
+
 def test_every_recipient_refused_for_good_before_the_session_failed_ends_the_attempt(
         tmp_path, log_events):
     # RCPT answered 550, then the connection lost: the 550 is that
     # recipient's answer (RFC 5321), and with no recipient left no other
     # MX host is asked -- the attempt ends with the refusal (a bounce),
     # and no "not delivered" line speaks of a session failure for it
-    a, net, clock = agent(tmp_path)
-    use_mx_hosts(a, clock, "two.test", 2, first_address=120)
-    who = Address("x", "two.test")
-
-    class RefuseThenDrop(ScriptedSMTPServer):
-        def __init__(self):
-            super().__init__(replies={"RCPT x@two.test": b"550 5.1.1 no such user\r\n"})
-
-        def _command(self, line):
-            super()._command(line)
-            if line.upper().startswith(b"RCPT"):
-                self.transport.loseConnection()
-
-    net.servers[("192.0.2.120", 25)] = RefuseThenDrop
+    a, net, who = _two_mx_hosts_the_first_refusing_then_dropping(tmp_path, "x")
     net.servers[("192.0.2.121", 25)] = ScriptedSMTPServer
     [r] = run(net, a.deliver(entry(tmp_path, who), "two.test", [who]))
     assert r.address == who and r.kind == "permanent" and r.reply.code == 550, r
@@ -3597,6 +3734,21 @@ def test_every_recipient_refused_for_good_before_the_session_failed_ends_the_att
     lines = [formatEvent(e) for e in log_events]
     assert any("refused at RCPT before the session failed: x@two.test: 550" in x for x in lines)
     assert not [x for x in lines if "not delivered" in x], lines
+
+
+def test_the_recipients_refused_before_the_session_failed_are_logged_escaped(
+        tmp_path, log_events):
+    # an address may hold a line separator or a bidi override (SMTPUTF8
+    # lets them through the parser, as no control character is): the
+    # line naming those refused at RCPT escapes them, as the others do
+    a, net, who = _two_mx_hosts_the_first_refusing_then_dropping(
+        tmp_path, "x\u2028\u202ey", extensions=("PIPELINING", "8BITMIME", "SMTPUTF8"))
+    [r] = run(net, a.deliver(entry(tmp_path, who), "two.test", [who]))
+    assert r.kind == "permanent" and r.reply.code == 550, r
+    lines = [formatEvent(e) for e in log_events]
+    assert any(x.endswith("refused at RCPT before the session failed: "
+                          "x\\u2028\\u202ey@two.test: 550") for x in lines), lines
+    assert not any("\u2028" in x or "\u202e" in x for x in lines)
 
 
 def test_the_destinations_left_with_hosts_untried_are_remembered_a_bounded_number(
@@ -3850,6 +4002,28 @@ def test_too_many_recipients_go_on_the_same_connection(tmp_path, log_events):
                       "parameters in a pipelined batch, went in the next)"]
 
 
+def test_a_transaction_whose_mail_never_went_is_not_counted_in_the_log(tmp_path, log_events):
+    # the reply to the first "." comes with a stray reply after it: the
+    # session ends before the second transaction's MAIL goes, so the log
+    # tells of no second transaction (the recipients' results are as before)
+    a, net, _ = agent(tmp_path)
+
+    def server():
+        s = two_per_message(b"452 4.5.3 too many")
+        s.replies["END"] = b"250 2.0.0 queued\r\n250 2.0.0 stray\r\n"
+        return s
+
+    net.servers[("2001:db8::1", 25)] = server
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
+    e = entry(tmp_path, *rcpts)
+    results = run(net, a.deliver(e, "remote.test", rcpts))
+    assert [r.kind for r in results][:2] == ["delivered"] * 2
+    first = net.server_protocols[0]  # (u2 went on another connection)
+    assert sum(c.upper().startswith(b"MAIL") for c in first.commands) == 1
+    logged = [formatEvent(x) for x in log_events if "in one session" in x.get("log_format", "")]
+    assert logged == []
+
+
 class SilentAfterOneMessage(ScriptedSMTPServer):
     """Takes bob alone in a message ("too many" to the others) and says
     nothing more once that message is in: a later transaction hangs."""
@@ -3931,3 +4105,345 @@ def test_an_unanswered_final_dot_of_a_later_transaction_is_logged_as_maybe_deliv
                                 f"{by[CAROL].reply.text()}; the message may have been ")
     assert logged[0].endswith("delivered to carol@remote.test (transaction 2 of the session), "
                               "no other host is tried for them before the next retry")
+
+
+@pytest.mark.parametrize("end", ["timeout", "lost"])
+def test_an_unanswered_final_dot_of_a_later_transaction_marks_the_host_failed(tmp_path, end):
+    # as an unanswered "." of a first transaction does: the next attempts
+    # try the other MX hosts first for a while
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: UnansweredSecondDot(end)
+    d = a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL])
+    advance_until_done(net, a.clock, d, 60)
+    by = {r.address: r.kind for r in run(net, d)}
+    assert by == {BOB: "delivered", CAROL: "transient"}
+    assert a.mx.health.is_failed("mx1.remote.test")
+
+
+class OneMessagePerSession(ScriptedSMTPServer):
+    """Takes bob alone in the first message ("too many" to the others),
+    then refuses every RCPT of a later transaction for now: a limit per
+    session, not per message."""
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT" and (self.messages or b"<bob@" not in line):
+            self.transport.write(b"451 4.7.1 one message per session\r\n" if self.messages
+                                 else b"452 4.5.3 too many recipients\r\n")
+            return
+        super()._command(line)
+
+
+def test_a_later_transaction_refused_for_now_goes_on_to_the_next_mx_host(tmp_path):
+    # the first transaction carried bob's message; the second carried none
+    # (every RCPT refused for now): mx1 holds no copy for carol, so mx2
+    # gets her in the same attempt, as after a session that took nothing
+    # (RFC 5321 5.1) -- bob's delivery stands and is not sent again
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = OneMessagePerSession
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    by = {r.address: r for r in run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test",
+                                                   [BOB, CAROL]))}
+    assert by[BOB].kind == "delivered" and by[BOB].remote_mta == "mx1.remote.test"
+    assert by[CAROL].kind == "delivered" and by[CAROL].remote_mta == "mx2.remote.test"
+    assert net.connections == [("2001:db8::1", 25), ("192.0.2.2", 25)]
+    assert [m[1] for m in net.server_protocols[1].messages] == [[b"carol@remote.test"]]
+
+
+class OneRecipientPerMessageEndsTheSecond(ScriptedSMTPServer):
+    """Takes one recipient per message ("too many" to the others) and ends
+    the session in its second transaction before any message text:
+    ``end`` is ``"421"`` to its MAIL, or the connection closed at its
+    RCPT.  A new connection starts afresh."""
+
+    def __init__(self, end):
+        super().__init__()
+        self.end = end
+
+    def _command(self, line):
+        verb = line[:4].upper()
+        if self.messages and verb == (b"MAIL" if self.end == "421" else b"RCPT"):
+            if self.end == "421":
+                self.transport.write(b"421 4.3.2 closing\r\n")
+            self.transport.loseConnection()
+            return
+        if verb == b"RCPT" and self.rcpts:
+            self.transport.write(b"452 4.5.3 too many recipients\r\n")
+            return
+        super()._command(line)
+
+
+@pytest.mark.parametrize("end", ["421", "lost"])
+def test_a_later_transaction_cut_before_its_text_sends_its_recipients_at_once(tmp_path, end):
+    # bob's message went in the session's first transaction; the second,
+    # carol's, ended with the session before any message text: mx1 holds
+    # no copy for her, so she goes at once, in the same attempt (a new
+    # connection: the "too many" was mx1's limit per message), and bob's
+    # delivery stands -- one copy each
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: OneRecipientPerMessageEndsTheSecond(end)
+    by = {r.address: r for r in run(net, a.deliver(entry(tmp_path, BOB, CAROL), "remote.test",
+                                                   [BOB, CAROL]))}
+    assert by[BOB].kind == "delivered" and by[CAROL].kind == "delivered"
+    assert net.connections == [("2001:db8::1", 25)] * 2
+    assert [m[1] for s in net.server_protocols for m in s.messages] == [
+        [b"bob@remote.test"], [b"carol@remote.test"]]
+
+
+class RepliesInTheSecondMessagesData(ScriptedSMTPServer):
+    """Takes one recipient per message ("too many" to the others) and, in
+    the first connection's second message, replies ``reply`` in the middle
+    of the message data and reads nothing more (closing the connection
+    when ``close``).  A later connection takes its message whole."""
+
+    def __init__(self, said, reply, close):
+        super().__init__(extensions=("PIPELINING", "8BITMIME"))
+        self.said, self.reply, self.close = said, reply, close
+        self.dead = False
+
+    def dataReceived(self, data):
+        if self.dead:
+            return
+        if self.messages and self.in_data and not self.said:
+            self.said.append(data)
+            self.dead = True
+            self.transport.write(self.reply)
+            if self.close:
+                self.transport.loseConnection()
+            return
+        super().dataReceived(data)
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT" and self.rcpts:
+            self.transport.write(b"452 4.5.3 too many recipients\r\n")
+            return
+        super()._command(line)
+
+
+@pytest.mark.parametrize(("reply", "close"), [(b"451 4.3.0 later\r\n", False),
+                                              (b"421 4.4.2 data timeout\r\n", True)])
+def test_a_reply_in_a_later_transactions_data_sends_its_recipients_on_a_new_connection(
+        tmp_path, reply, close):
+    # carol's message (the session's second) is cut by the server's reply
+    # while its text still goes: the connection is dropped without the
+    # final "." (the server throws the transaction away), bob's delivery
+    # stands, and carol keeps her "too many" and goes at once on a new
+    # connection -- the host is not marked failed
+    said: list[bytes] = []
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: RepliesInTheSecondMessagesData(said, reply, close)
+    body = b"Subject: hi\n\n" + (b"y" * 70 + b"\n") * 30000  # still going at the reply
+    by = {r.address: r for r in run(net, a.deliver(entry(tmp_path, BOB, CAROL, body=body),
+                                                   "remote.test", [BOB, CAROL]))}
+    assert said and b"\r\n.\r\n" not in said[0]
+    assert by[BOB].kind == "delivered" and by[CAROL].kind == "delivered"
+    assert net.connections == [("2001:db8::1", 25)] * 2
+    assert [m[1] for s in net.server_protocols for m in s.messages] == [
+        [b"bob@remote.test"], [b"carol@remote.test"]]
+    assert not a.mx.health.is_failed("mx1.remote.test")
+
+
+def test_a_later_transaction_refused_for_now_at_a_smarthost_waits_for_the_retry(tmp_path):
+    # no next host: carol keeps the smarthost's own words, for now
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:25"\nsmarthost_tls = "none"')
+    net.servers[("smart.example.net", 25)] = OneMessagePerSession
+    by = {r.address: r for r in run(net, a.attempt(entry(tmp_path, BOB, CAROL)))}
+    assert by[BOB].kind == "delivered"
+    assert by[CAROL].kind == "transient"
+    assert by[CAROL].reply.text() == "451 4.7.1 one message per session"
+    assert net.connections == [("smart.example.net", 25)]
+
+
+def test_the_session_line_names_the_first_recipients_and_counts_the_rest(tmp_path):
+    # one line per session: its list of results is cut at about 2000
+    # characters (logsafe.LIST_LOG_MAX), not as long as the recipients
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    rcpts = [Address(f"r{i:03d}" + "x" * 60, "remote.test") for i in range(80)]
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        results = run(net, a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert {r.kind for r in results} == {"delivered"}, results[0]
+    [line] = [formatEvent(x) for x in events if "session with" in x.get("log_format", "")]
+    head, codes = line.split("): ", 1)
+    assert head == "ABCDEF0123456789: session with mx1.remote.test (no TLS"
+    shown, more = codes.rsplit(" and ", 1)
+    pairs = shown.split(", ")
+    assert pairs == [f"{r}: 250" for r in rcpts[:len(pairs)]]
+    assert more == f"{80 - len(pairs)} more" and 20 < len(pairs) < 80
+    assert len(shown) <= 2000 < len(shown) + len(f", {rcpts[len(pairs)]}: 250")
+
+
+@pytest.mark.parametrize("end", [b"250 2.0.0 queued\r\n250 2.0.0 stray\r\n",
+                                 b"250 2.0.0 queued\r\n250 2.0.0 st"])
+def test_a_stray_reply_after_the_final_dot_is_logged_and_the_delivery_stands(tmp_path, end):
+    # the second reply (or its start) came before QUIT was sent: a reply
+    # too many, so no QUIT goes and the connection is dropped; the 250 to
+    # "." delivered the message, and the log says what the server did
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(replies={"END": end})
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB), about="protocol error")
+    assert [(r.kind, r.reply.text()) for r in results] == [("delivered", "250 2.0.0 queued")]
+    assert b"QUIT" not in b"\n".join(net.server_protocols[0].commands)
+    said = " 250 2.0.0 stray" if end.endswith(b"\n") else ""
+    assert logged == [
+        "ABCDEF0123456789: session with mx1.remote.test[2001:db8::1] ended in a protocol "
+        "error: 421 4.5.0 reply from the server before the hub's command (QUIT) was sent"
+        + (f":{said}" if said else "") + " (the connection was dropped; the results before "
+        "it stand)"]
+
+
+def test_a_stray_reply_before_the_next_transaction_leaves_its_recipients_queued(tmp_path):
+    # the server takes one recipient a transaction (452 4.5.3 to the
+    # others) and says a reply too many after the first ".": the second
+    # transaction's MAIL must not take it for its answer
+    class OneATransaction(ScriptedSMTPServer):
+        def __init__(self):
+            super().__init__(replies={"END": b"250 2.0.0 one\r\n250 2.0.0 stray\r\n",
+                                      "RCPT carol@remote.test":
+                                          b"452 4.5.3 too many recipients\r\n"})
+
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = OneATransaction
+    results, logged = deliver_logged(net, a, entry(tmp_path, BOB, CAROL),
+                                     about="protocol error")
+    assert {r.address: (r.kind, r.reply.text()) for r in results} == {
+        BOB: ("delivered", "250 2.0.0 one"),
+        CAROL: ("transient", "452 4.5.3 too many recipients")}
+    assert sum(c.startswith(b"MAIL") for c in net.server_protocols[0].commands) == 1
+    assert len(logged) == 1 and "(MAIL) was sent: 250 2.0.0 stray" in logged[0]
+
+
+def test_the_next_transaction_waits_until_the_earlier_ones_results_are_handed_over(tmp_path):
+    # a server that takes 2 recipients a message: the first transaction's
+    # results go to ``settled`` as soon as its "." is answered, and the
+    # second transaction's MAIL goes only once the Deferred it returned
+    # fires (the runner writes them to the record meanwhile: a crash in the
+    # second transaction must not send them the message again).  The wait
+    # is the hub's: no reply timer runs, however long it takes
+    a, net, clock = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: two_per_message(b"452 4.5.3 too many recipients")
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
+    handed: list[list[DeliveryResult]] = []
+    waits: list[defer.Deferred] = []
+
+    def settled(results):
+        handed.append(results)
+        write = defer.Deferred()
+        waits.append(write)
+        # as the runner's gives it: fired already (its lock was free) and
+        # waiting on the write it chains
+        return defer.succeed(None).addCallback(lambda _: write)
+
+    d = a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts, settled)
+    net.run()
+    [server] = net.server_protocols
+    assert [len(m[1]) for m in server.messages] == [2]
+    assert [(r.address, r.kind, r.remote_mta) for r in handed[0]] == [
+        (rcpts[0], "delivered", "mx1.remote.test"), (rcpts[1], "delivered", "mx1.remote.test")]
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1  # none for the next yet
+    clock.advance(3600)  # past any step's timeout
+    net.run()
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1 and not d.called
+    waits[0].callback(None)
+    results = run(net, d)
+    assert [len(m[1]) for m in server.messages] == [2, 1]
+    assert {r.address: r.kind for r in results} == dict.fromkeys(rcpts, "delivered")
+    assert len(handed) == 1  # the session's last transaction: its results are the outcome's
+
+
+def test_a_session_of_one_transaction_hands_nothing_over_before_its_end(tmp_path):
+    # the common case costs no write of its own: its results are the
+    # delivery's, written once as it ends
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    handed: list = []
+    d = a.deliver(entry(tmp_path, BOB, CAROL), "remote.test", [BOB, CAROL],
+                  lambda results: handed.append(results))
+    assert {r.address: r.kind for r in run(net, d)} == {BOB: "delivered", CAROL: "delivered"}
+    assert handed == []
+
+
+def _first_transaction_results_waiting(tmp_path):
+    """Three recipients of remote.test, whose next hop takes two per
+    message, the session run until the first transaction's results are
+    handed over, their write held: the network, the recipients, the
+    writes' Deferreds (the test fires them), the delivery's Deferred and
+    the server."""
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: two_per_message(b"452 4.5.3 too many recipients")
+    rcpts = [Address(f"u{i}", "remote.test") for i in range(3)]
+    waits: list[defer.Deferred] = []
+    d = a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts,
+                  lambda results: waits.append(defer.Deferred()) or waits[-1])
+    net.run()
+    [server] = net.server_protocols
+    return a, net, rcpts, waits, d, server
+
+
+def test_a_session_cut_while_its_next_transaction_waits_sends_nothing_more(tmp_path):
+    # the hub's stop cuts the session while the earlier transaction's
+    # results are being written: the next transaction's commands, held,
+    # never go, and the earlier transaction's delivery stands
+    a, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
+    a.abort_all()
+    net.run()
+    waits[0].callback(None)
+    by = {r.address: r for r in run(net, d)}
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1
+    assert [by[r].kind for r in rcpts] == ["delivered", "delivered", "transient"]
+
+
+def test_a_new_connections_round_waits_until_the_earlier_rounds_results_are_handed_over(
+        tmp_path):
+    # the recipients left after a session's last transaction go on a new
+    # connection: what the earlier round settled is handed over first, as
+    # between two transactions of one session, and each result once
+    a, net, _ = agent(tmp_path)
+    rcpts, rounds = three_rounds_of_one()
+    calls: list[list[Address]] = []
+
+    def fake(entry_, destination, recipients, *_):
+        calls.append(list(recipients))
+        return defer.succeed(rounds[len(calls) - 1])
+
+    a._deliver = fake
+    handed: list[list[Address]] = []
+    waits: list[defer.Deferred] = []
+
+    def settled(results):
+        handed.append([r.address for r in results])
+        waits.append(defer.Deferred())
+        return waits[-1]
+
+    d = a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts, settled)
+    assert calls == [rcpts] and handed == [[rcpts[0]]]
+    waits[0].callback(None)
+    assert calls == [rcpts, rcpts[1:]] and handed == [[rcpts[0]], [rcpts[1]]]
+    waits[1].callback(None)
+    results = run(net, d)
+    assert calls == [rcpts, rcpts[1:], rcpts[2:]] and len(handed) == 2
+    assert {r.address: r.kind for r in results} == dict.fromkeys(rcpts, "delivered")
+
+
+def test_bytes_read_while_the_next_transaction_waits_are_the_sessions_after_its_commands(
+        tmp_path):
+    # a transport that cannot pause its reading (iosim's, as TLS over a
+    # wrapped endpoint) hands over the server's 421 while the earlier
+    # transaction's results are being written: it is read once the next
+    # transaction's MAIL went (the engine counts that MAIL as sent), not
+    # as a reply to a MAIL the server never got, the commands it asks for
+    # written ahead of that MAIL
+    _, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
+    server.transport.write(b"421 4.3.2 shutting down\r\n")
+    net.run()
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1 and not d.called
+    waits[0].callback(None)
+    by = {r.address: r for r in run(net, d)}
+    # the MAIL went, then the 421 ended that session: u2, whose "too many"
+    # stands, goes on a new connection
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 2
+    assert [[len(m[1]) for m in p.messages] for p in net.server_protocols] == [[2], [1]]
+    assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")

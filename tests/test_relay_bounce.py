@@ -1051,6 +1051,47 @@ def test_a_global_notice_keeps_the_classic_fields_that_are_ascii(tmp_path):
     assert bob["Last-Attempt-Date"] == "Tue, 14 Nov 2023 22:15:00 +0000"
 
 
+def test_a_global_notice_keeps_a_utf8_reply_in_its_diagnostic_code(tmp_path):
+    # RFC 6533: the fields of message/global-delivery-status may hold UTF-8
+    # (RFC 6532's header syntax), Diagnostic-Code's text too: the reply as
+    # the server wrote it, not RFC 3464's escapes; controls and a Unicode
+    # line separator, which no header line may carry raw, are escaped still
+    entry = utf8_entry(tmp_path)
+    german = Reply.of(550, "5.1.1", "Empf\u00e4nger \u201ej\u00f6rg\u201c unbekannt")
+    nasty = Reply.of(550, "5.1.1", "kein \u00dcbel\x1b[2J\u2028here")
+    data, msg = build(entry, [failed(entry, who=BOB_UTF8, reply=german),
+                              failed(entry, who=CAROL, reply=nasty)])
+    _, status, _ = msg.iter_parts()
+    _head, first, second = status_blocks(status)
+    assert first["Diagnostic-Code"] == (
+        "smtp; 550 5.1.1 Empf\u00e4nger \u201ej\u00f6rg\u201c unbekannt")
+    assert "Diagnostic-Code: smtp; 550 5.1.1 Empf\u00e4nger".encode() in data
+    assert second["Diagnostic-Code"] == "smtp; 550 5.1.1 kein \u00dcbel\\x{1B}[2J\\x{2028}here"
+    # the 7-bit notice of the same reply keeps RFC 3464's ASCII
+    seven = make_entry(tmp_path)
+    _, msg7 = build(seven, [failed(seven, reply=german)])
+    assert list(msg7.iter_parts())[1].get_payload()[1]["Diagnostic-Code"] == (
+        "smtp; 550 5.1.1 Empf\\x{E4}nger \\x{201E}j\\x{F6}rg\\x{201C} unbekannt")
+
+
+def test_a_long_utf8_diagnostic_code_keeps_to_the_line_limits(tmp_path):
+    # RFC 6532 3.4: line lengths are octets; the field is folded by its
+    # octets and cut at a character, never inside a UTF-8 sequence
+    entry = utf8_entry(tmp_path)
+    words = Reply.of(550, "5.1.1", " ".join(["\u65e5\u672c\u8a9e\u00e4"] * 400))
+    solid = Reply.of(550, "5.1.1", "\u20ac" * 2000)
+    data, msg = build(entry, [failed(entry, who=BOB_UTF8, reply=words),
+                              failed(entry, who=CAROL, reply=solid)])
+    data.decode("utf-8")  # (strict: no cut sequence)
+    assert max(len(line) for line in data.split(b"\n")) <= 998
+    field = _folded_lines(data, b"Diagnostic-Code")
+    assert len(field) > 10 and max(len(line) for line in field) <= 78
+    _, status, _ = msg.iter_parts()
+    _head, first, second = status_blocks(status)
+    assert first["Diagnostic-Code"].endswith("...")
+    assert second["Diagnostic-Code"] == "smtp; 550 5.1.1 " + "\u20ac" * 295 + "..."
+
+
 def test_a_7bit_messages_notice_is_unchanged_by_a_utf8_address(tmp_path):
     # a message that came without SMTPUTF8 (a UTF-8 alias member): the
     # sender never asked for UTF-8, its notice stays 7-bit, the address in

@@ -615,6 +615,17 @@ def test_a_cname_chain_that_loops_or_never_ends_is_temporary_and_bounded():
     assert len(fake.asked) == 9  # the first query and MAX_CNAME_HOPS (8) more
 
 
+def test_a_cname_loop_through_a_name_with_controls_names_it_escaped():
+    # a label may hold any octets: the name a loop is found at goes into
+    # the reason (the log line, the queue, a notice) without its line break
+    # or its terminal escape, so that it cannot forge or hide a log line
+    evil = b"x\n2026-12-02T18:00:00+0000 [txmailhub.smtp#info] y\x1b[2K"
+    loop = {("loop.test", "MX"): [cname(b"loop.test", evil), cname(evil, evil)]}
+    e = error_of(raw(loop).resolve("loop.test"), TemporaryDNSError)
+    assert e.reason == ("the CNAME chain of loop.test loops (at x\\x0a2026-12-02t18:00:00+0000 "
+                        "[txmailhub.smtp#info] y\\x1b[2k)")
+
+
 class SlowRawResolver(CountingRawResolver):
     """Each answer comes ``delay`` seconds after its query (on ``clock``)."""
 

@@ -304,6 +304,34 @@ def test_enqueue_waits_for_the_syncer(tmp_path, spool):
     assert d.called and q.read(d.result) is not None
 
 
+def test_two_entries_of_one_millisecond_never_share_an_id(tmp_path, spool, monkeypatch):
+    # the id is free while its message file is not there, and the store
+    # makes that file a turn of the reactor later: a second entry of the
+    # same millisecond whose random octets come out the same must not
+    # take the id of the first, still being stored
+    held = []
+
+    def io(fn, *args):
+        d = defer.Deferred()
+        held.append((fn, args, d))
+        return d
+
+    octets = iter(["abcdef", "abcdef", "123456"])
+    monkeypatch.setattr("txmailhub.relay.queue.secrets.token_hex", lambda n: next(octets))
+    q = OutboundQueue(str(tmp_path / "queue"), Clock(), io=io)
+    first = q.enqueue(envelope("bob@remote.test"), spool)
+    second = q.enqueue(envelope("carol@remote.test"), spool)
+    while held:
+        fn, args, d = held.pop(0)
+        d.callback(fn(*args))
+    ids = [first.result, second.result]
+    assert [i[-6:] for i in ids] == ["ABCDEF", "123456"]
+    assert [str(r.address) for i in ids for r in q.read(i).recipients] == [
+        "bob@remote.test", "carol@remote.test"]
+    # and the id is free again once its entry is stored, or failed
+    assert not q._ids_in_flight
+
+
 def test_failed_enqueue_leaves_nothing(tmp_path, spool):
     class DiskFull(FileSystem):
         def write_file(self, path, data):

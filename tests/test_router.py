@@ -534,8 +534,8 @@ class BadLineTests(Base):
     def test_quotes_and_comments_read_to_their_own_end(self):
         # a comment with a quote in it is still a comment; a backslash in a
         # comment quotes its ')' (the comma after it is inside); no blank
-        # is needed after the name's closing quote and colon; a needless
-        # backslash in quotes RCPT would drop is kept, as check warns of it
+        # is needed after the name's closing quote and colon; quotes RCPT
+        # drops are dropped, a needless backslash in them too: "j\oe" is joe
         table, problems = parse_aliases(
             'a: joe(x"y")@remote.test, ann\nb(x"y"): ann\nc: b(x\\),y), ann\n'
             '"d:e":joe\n"j\\oe": ann\nq: "x\\"(y"@remote.test, ann\n'
@@ -548,7 +548,7 @@ class BadLineTests(Base):
             "r@example.org": ((A("ann"), True),),
             "c@example.org": ((A("ann"), True),),
             '"d:e"@example.org': ((A("joe"), True),),
-            '"j\\oe"@example.org': ((A("ann"), True),)})
+            "joe@example.org": ((A("ann"), True),)})
         self.assertEqual(problems, [
             "f:1: bad target 'joe(x\"y\")@remote.test' of 'a': a comment in parentheses is "
             "no part of an address",
@@ -1180,3 +1180,87 @@ def test_a_lone_cr_warning_names_the_line_it_ends_an_empty_one_too(tmp_path) -> 
     assert line_end_warnings(str(path)) == [
         f"{path}:2: line ends with a lone CR (and 1 other line): the hub ends a line there, "
         "but other readers of aliases files (newaliases) read it and the next line as one"]
+
+
+class AliasLineWordsTests(SynchronousTestCase):
+    """What check and the hub's log say of a line aliases(5) readers take
+    another way: in its own words, not as a target that is no user."""
+
+    def parse(self, text: str) -> tuple[dict, list[str]]:
+        return parse_aliases(text, "example.org", DOMAINS, "f")
+
+    def test_an_rfc5322_group_is_named_and_its_line_skipped(self):
+        # read as targets, "team: joe" was a bad target (white space) and
+        # "ann;" a local target check called "no local user"
+        table, problems = self.parse("a: team: joe, ann;\nb: x@[IPv6:::1], ann\n")
+        self.assertEqual(list(table), ["b@example.org"])
+        self.assertEqual(problems, [
+            "f:1: alias 'a': 'team: joe, ann;' is an RFC 5322 group ('name: address, ...;'), "
+            "which the file does not read: list the targets without the group's name and "
+            "its ';': the line is skipped"])
+
+    def test_an_unclosed_angle_bracket_is_named(self):
+        # '<joe' was the local target "<joe", no user
+        table, problems = self.parse("a: <joe, ann, bob>\n")
+        self.assertEqual(table, {"a@example.org": ((A("ann"), True),)})
+        self.assertEqual(problems, [
+            "f:1: bad target '<joe' of 'a': its '<' is not closed by a '>'",
+            "f:1: bad target 'bob>' of 'a': its '>' closes no '<'"])
+
+    def test_a_line_that_starts_with_a_form_feed_continues_the_one_before(self):
+        # white space starts a continuation line (Postfix reads it so): a
+        # form feed or vertical tab there started an alias named "ann"
+        table, problems = self.parse("a: joe,\n\x0cann,\n\x0b bob\n")
+        self.assertEqual(problems, [])
+        self.assertEqual(table, {"a@example.org": ((A("joe"), True), (A("ann"), True),
+                                                   (A("bob"), True))})
+
+    def test_a_backslash_outside_quotes_makes_one_bad_target_not_a_bad_line(self):
+        # 'joe\(x' opened a comment to the end of the line: ann was lost
+        # with it.  RFC 5322 has no escape outside quotes: the target is
+        # bad, the others stay; a name so written is a bad name
+        table, problems = self.parse("a: joe\\(x, ann\nb\\c: ann\n")
+        self.assertEqual(table, {"a@example.org": ((A("ann"), True),)})
+        self.assertEqual([p.split(": a backslash")[0] for p in problems], [
+            "f:1: bad target 'joe\\\\(x' of 'a'", "f:2: bad alias name 'b\\\\c'"])
+        self.assertTrue(all("escapes nothing in an address (RFC 5322)" in p for p in problems))
+
+    def test_a_quoted_name_or_target_rcpt_gives_unquoted_is_keyed_unquoted(self):
+        # '"joe2": x' kept its quotes: RCPT TO:<joe2@...> (or <"joe2"@...>,
+        # the same local part) never reached it; a remote target keeps its
+        # quotes, its domain's to judge
+        table, problems = self.parse('"joe2": "ann", "x"@remote.test\n')
+        self.assertEqual(problems, [])
+        self.assertEqual(table, {"joe2@example.org": (
+            (A("ann"), True), (Address('"x"', "remote.test"), True))})
+
+    def test_a_backslash_that_starts_a_quoted_target_keeps_the_mailbox_and_the_line(self):
+        # '\\"a;"' is the mailbox "a;" not expanded (the copy an alias
+        # keeps in the mailbox of its own name, as check advises and alias
+        # add writes it): read as an escape of the '"', it left a quote
+        # open and the whole line was skipped
+        table, problems = self.parse('"a;": \\"a;", bob\nc:\\"Ann",\\ "x"\n')
+        self.assertEqual(problems, [])
+        self.assertEqual(table, {
+            '"a;"@example.org': ((Address('"a;"', "example.org"), False), (A("bob"), True)),
+            "c@example.org": ((Address("Ann", "example.org"), False), (A("x"), False))})
+
+
+def test_a_remote_target_that_is_no_dot_string_is_relayed_quoted():
+    # RFC 5321 4.1.2: a local part that is no dot-string exists only
+    # quoted, so "a;" is the one form RCPT TO can carry it in: written
+    # a;@remote.test, the relay sent RCPT TO:<a;@remote.test>, a syntax
+    # error there (501, and a bounce).  Only quotes are added: a quoted
+    # one, or a dot-string, stays as written (its domain reads it)
+    from txmailhub.router import parse_aliases
+    from txmailhub.smtp._parse import parse_rcpt
+
+    table, problems = parse_aliases(
+        'x: a;@remote.test, "joe"@remote.test, Joe@remote.test, a..b@remote.test\n',
+        "example.org", ["example.org"], "aliases", {})
+    assert problems == []
+    targets = [t for t, _ in table["x@example.org"]]
+    assert targets == [Address('"a;"', "remote.test"), Address('"joe"', "remote.test"),
+                       Address("Joe", "remote.test"), Address('"a..b"', "remote.test")]
+    for target in targets:  # each a forward-path RCPT TO takes (no 501)
+        assert parse_rcpt(f"TO:<{target}>", "example.org")[0].domain == "remote.test"

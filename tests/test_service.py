@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -3247,16 +3248,21 @@ def test_a_port_below_1024_refused_to_a_user_says_how_to_get_it(monkeypatch) -> 
     from txmailhub.service import ListenError
 
     monkeypatch.setattr(service_module.os, "geteuid", lambda: 998)
+    read = service_module.unprivileged_port_start()  # this system's (1024 as a rule)
+    start = 1024 if read is None else read
+    if not 25 < start <= 2525:
+        pytest.skip(f"ports from {start} on need no root here")
     service = ListenerService(_refusing_reactor(errno_module.EACCES), "smtp",
                               "tcp:25:interface=127.0.0.1", Factory())
     with pytest.raises(ListenError) as caught:
         service.startService()
     assert str(caught.value) == (
         "mailhub: cannot listen for smtp on tcp:25:interface=127.0.0.1: Couldn't listen on "
-        "127.0.0.1:25: [Errno 13] Permission denied. (a port below 1024 needs root: start "
-        "twistd as root with --uid, which binds the ports before it switches user, or give "
-        "the hub's user CAP_NET_BIND_SERVICE, systemd's AmbientCapabilities=; "
-        "docs/deployment.rst)")
+        f"127.0.0.1:25: [Errno 13] Permission denied. (a port below {start} needs root here"
+        + ("" if read is None else f" (sysctl net.ipv4.ip_unprivileged_port_start = {start})")
+        + ": start twistd as root with "
+        "--uid, which binds the ports before it switches user, or give the hub's user "
+        "CAP_NET_BIND_SERVICE, systemd's AmbientCapabilities=; docs/deployment.rst)")
     # a port above 1024, a port in use, or root refused (a security
     # module): the bind's words alone, as before
     for euid, port, errno_ in ((998, 2525, errno_module.EACCES),
@@ -3267,5 +3273,58 @@ def test_a_port_below_1024_refused_to_a_user_says_how_to_get_it(monkeypatch) -> 
                                   f"tcp:{port}:interface=127.0.0.1", Factory())
         with pytest.raises(ListenError) as caught:
             service.startService()
-        assert "below 1024" not in str(caught.value), (euid, port, errno_)
+        assert "needs root" not in str(caught.value), (euid, port, errno_)
         assert str(caught.value).endswith(f"{os.strerror(errno_)}."), str(caught.value)
+
+
+@pytest.mark.parametrize(("start", "port", "said"), [
+    ("1024\n", 25, "a port below 1024 needs root here"),
+    # an admin (or a container) lowered it: 587 is anyone's, and a refusal
+    # there is something else -- no advice about root
+    ("80\n", 587, ""),
+    # raised: 1500 is privileged, which "below 1024" did not say
+    ("2000\n", 1500, "a port below 2000 needs root here"),
+    # the ends of the range: 0 (Docker's: every port anyone's), 65535
+    ("0\n", 25, ""),
+    ("65535\n", 65534, "a port below 65535 needs root here"),
+    ("1024\n", 1, "a port below 1024 needs root here"),
+    ("1024\n", 0, ""),  # port 0 is no port a bind asks for by number
+])
+def test_the_privileged_port_advice_follows_the_systems_unprivileged_port_start(
+        tmp_path, monkeypatch, start: str, port: int, said: str) -> None:
+    from types import SimpleNamespace
+
+    from txmailhub import service
+
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    sysctl.write_text(start)
+    monkeypatch.setattr(service, "UNPRIVILEGED_PORT_START", str(sysctl), raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    advice = service._privileged_port_advice(SimpleNamespace(port=port),
+                                             OSError(errno.EACCES, "Permission denied"))
+    if said:
+        assert said in advice and "ip_unprivileged_port_start" in advice, advice
+    else:
+        assert advice == ""
+
+
+@pytest.mark.parametrize("start", [None, "", "soon\n", "-1\n", "70000\n", "65536\n"])
+def test_the_privileged_port_advice_names_no_sysctl_it_could_not_read(
+        tmp_path, monkeypatch, start: str | None) -> None:
+    # no /proc (another system, a chroot) or a value that is no port: the
+    # classic rule, 1024, said as that -- "sysctl ... = 1024" named a
+    # value no sysctl gave
+    from types import SimpleNamespace
+
+    from txmailhub import service
+
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    if start is not None:
+        sysctl.write_text(start)
+    monkeypatch.setattr(service, "UNPRIVILEGED_PORT_START", str(sysctl), raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    refused = OSError(errno.EACCES, "Permission denied")
+    advice = service._privileged_port_advice(SimpleNamespace(port=25), refused)
+    assert advice.startswith(" (a port below 1024 needs root here: start twistd"), advice
+    assert "sysctl" not in advice, advice
+    assert service._privileged_port_advice(SimpleNamespace(port=1024), refused) == ""

@@ -211,10 +211,10 @@ def test_length_limits():
     domain = ".".join(["d" * 63] * 3 + ["e" * 62])  # 254 characters: "u@" makes 256
     assert parse_rcpt(f"TO:<u@{domain}>", P)[0].domain == domain
     assert parse_mail(f"FROM:<u@{domain}>", P)[0].domain == domain
-    assert outcome(parse_rcpt, f"TO:<uu@{domain}>", P) == replies.SYNTAX_RECIPIENT
-    assert outcome(parse_mail, f"FROM:<uu@{domain}>", P) == replies.SYNTAX_ADDRESS
+    assert outcome(parse_rcpt, f"TO:<uu@{domain}>", P) == replies.PATH_TOO_LONG
+    assert outcome(parse_mail, f"FROM:<uu@{domain}>", P) == replies.SENDER_PATH_TOO_LONG
     # a route counts: the path is everything between the brackets
-    assert outcome(parse_rcpt, f"TO:<@a.test:u@{domain}>", P) == replies.SYNTAX_RECIPIENT
+    assert outcome(parse_rcpt, f"TO:<@a.test:u@{domain}>", P) == replies.PATH_TOO_LONG
 
 
 # --- ESMTP parameters ---------------------------------------------------------------

@@ -10,13 +10,16 @@ from txmailhub.address import Address
 from txmailhub.envelope import DSNRequest, RecipientDSN
 from txmailhub.smtp._parse import parse_mail, parse_rcpt
 from txmailhub.smtp.client import (
+    AUTH_TEXT_LEFT_OUT,
     ClientSession,
     Close,
     Phase,
+    RecipientOutcome,
     ReplyParser,
     Send,
     SendBody,
     StartTLS,
+    TransactionDone,
     refuses_parameters,
     xtext_encode,
 )
@@ -914,7 +917,73 @@ def test_auth_refused_keeps_mail_queued():
     assert err.is_transient and "535" in err.text() and "pw" not in err.text()
     # the 454 is the hub's judgement, the 535 the server's: a notice must
     # not give the 454 as the server's words (RFC 3464 2.3.6), as for a 530
-    assert err == LocalReply(454, "4.7.0", ("bad credentials (the server said 535 5.7.8)",))
+    assert err == LocalReply(454, "4.7.0", (
+        f"{AUTH_TEXT_LEFT_OUT} (the server said 535 5.7.8)",))
+
+
+@pytest.mark.parametrize("ehlo, steps", [
+    (b"250-smarthost\r\n250 AUTH PLAIN\r\n", []),
+    (b"250-smarthost\r\n250 AUTH LOGIN\r\n", [b"334 VXNlcm5hbWU6"]),
+    (b"250-smarthost\r\n250 AUTH LOGIN\r\n", [b"334 VXNlcm5hbWU6", b"334 UGFzc3dvcmQ6"]),
+])
+def test_a_reply_to_auth_that_echoes_the_credentials_keeps_no_text(ehlo, steps):
+    # a server that quotes what it was sent puts the login, base64, in its
+    # reply; the session error goes to the log, the queue and a notice,
+    # so a reply to AUTH keeps its code and enhanced status only
+    s = session(credentials=("user", "secret"))
+    s.receive(b"220 hi\r\n")
+    sent_lines = [sent(s.receive(ehlo))]
+    for step in steps:
+        sent_lines.append(sent(s.receive(step + b"\r\n")))
+    blob = sent_lines[-1].split()[-1]
+    assert sent(s.receive(b"535-5.7.8 bad: " + blob + b"\r\n535 5.7.8 echo " + blob
+                          + b" user secret\r\n")) == b"QUIT\r\n"
+    text = s.outcome.session_error.text()
+    assert blob.decode() not in text and "secret" not in text and "user" not in text
+    assert text == f"454 4.7.0 {AUTH_TEXT_LEFT_OUT} (the server said 535 5.7.8)"
+
+
+@pytest.mark.parametrize("after", [b"250 2.0.0 echo ", b"421 4.3.0 echo "])
+def test_a_stray_reply_after_a_refused_auth_keeps_no_text_either(after):
+    # a line too many after the 535, in the same bytes, is no answer to
+    # anything and ends the session; it is logged, and it may quote the
+    # credentials as the 535 may
+    s = session(credentials=("user", "secret"))
+    s.receive(b"220 hi\r\n")
+    blob = sent(s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")).split()[-1]
+    s.receive(b"535 5.7.8 no\r\n" + after + blob + b"\r\n")
+    said = [s.outcome.session_error.text()]
+    if s.protocol_error is not None:
+        said.append(s.protocol_error.text())
+    assert not any(blob.decode() in text for text in said), said
+
+
+@pytest.mark.parametrize("later", [False, True])
+def test_a_malformed_line_after_a_refused_auth_is_not_quoted(later):
+    # the echo of the credentials as a line of its own after the 535, in
+    # the same bytes or the next: no reply line, so a protocol error, which
+    # the relay logs (the session's results were known before it)
+    s = session(credentials=("user", "secret"))
+    s.receive(b"220 hi\r\n")
+    blob = sent(s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n")).split()[-1]
+    if later:
+        assert sent(s.receive(b"535 5.7.8 no\r\n")) == b"QUIT\r\n"
+        assert s.receive(blob + b"\r\n") == [Close(abort=True)]
+    else:
+        assert s.receive(b"535 5.7.8 no\r\n" + blob + b"\r\n") == [Close(abort=True)]
+    assert s.protocol_error.text() == (
+        "421 4.5.0 protocol error from the server: malformed reply line")
+    assert blob.decode() not in s.outcome.session_error.text()
+
+
+def test_a_malformed_reply_to_auth_is_not_quoted():
+    s = session(credentials=("user", "secret"))
+    s.receive(b"220 hi\r\n")
+    line = sent(s.receive(b"250-smarthost\r\n250 AUTH PLAIN\r\n"))
+    blob = line.split()[-1]
+    s.receive(b"5x5 " + blob + b"\r\n")
+    text = s.outcome.session_error.text()
+    assert text == "421 4.5.0 protocol error from the server: malformed reply line"
 
 
 @pytest.mark.parametrize("steps, refusal", [
@@ -933,9 +1002,9 @@ def test_a_login_refused_before_the_password_keeps_mail_queued_too(steps, refusa
     for step in steps:
         s.receive(step + b"\r\n")
     assert sent(s.receive(refusal + b"\r\n")) == b"QUIT\r\n"
-    code, status, text = refusal.decode().split(" ", 2)
+    code, status, _ = refusal.decode().split(" ", 2)
     assert s.outcome.session_error == LocalReply(
-        454, "4.7.0", (f"{text} (the server said {code} {status})",))
+        454, "4.7.0", (f"{AUTH_TEXT_LEFT_OUT} (the server said {code} {status})",))
 
 
 @pytest.mark.parametrize("ehlo", [b"250-smarthost\r\n250 AUTH LOGIN\r\n",
@@ -2358,6 +2427,29 @@ def greeted(ehlo: bytes, **kw) -> ClientSession:
     return s
 
 
+def bob_alone_in_the_first_message(too_many: bytes = b"too many recipients"):
+    """A session for bob, carol and dave in which the server took bob
+    alone (452 4.5.3 ``too_many`` to the others) and the first message's
+    text is sent: the session, awaiting the reply to its ".", and dave."""
+    dave = Address("dave", "remote.test")
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None), (dave, None)])
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 %s\r\n452 4.5.3 %s\r\n354 go\r\n"
+              % (too_many, too_many))
+    s.body_sent()
+    return s, dave
+
+
+def dot_unanswered(s: ClientSession, end: str):
+    """Send the message's text and have its "." go unanswered: the server
+    silent (``end="timeout"``) or the connection lost.  The outcome."""
+    s.body_sent()
+    if end == "timeout":
+        s.timed_out()
+    else:
+        s.connection_lost()
+    return s.outcome
+
+
 @pytest.mark.parametrize("refusal", [b"501 5.5.4 Bad NOTIFY parameter syntax",
                                      b"555 5.5.4 ORCPT not recognized",
                                      b"501 syntax error in parameters",
@@ -2493,11 +2585,7 @@ def test_too_many_recipients_go_in_a_new_transaction_on_the_same_connection():
     # RFC 5321 4.5.3.1.10: "the client ... should continue with the
     # remaining recipients in a later transaction"; the first ended with
     # the reply to its ".", so no RSET
-    dave = Address("dave", "remote.test")
-    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None), (dave, None)])
-    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n"
-              b"452 4.5.3 too many recipients\r\n354 go\r\n")
-    s.body_sent()
+    s, dave = bob_alone_in_the_first_message()
     assert sent(s.receive(b"250 2.0.0 one\r\n")) == (
         b"MAIL FROM:<alice@example.org> SIZE=100\r\n"
         b"RCPT TO:<carol@remote.test>\r\nRCPT TO:<dave@remote.test>\r\nDATA\r\n")
@@ -2587,12 +2675,7 @@ def test_an_unanswered_final_dot_of_a_later_transaction_leaves_those_it_refused_
     s.receive(b"250 2.0.0 queued\r\n")
     s.receive(b"250 ok\r\n250 ok\r\n450 4.2.1 dave is busy\r\n452 4.5.3 too many\r\n"
               b"354 go\r\n")
-    s.body_sent()
-    if end == "timeout":
-        s.timed_out()
-    else:
-        s.connection_lost()
-    out = s.outcome
+    out = dot_unanswered(s, end)
     assert out.session_error is None
     assert [(r.address, r.reply.code) for r in out.recipients] == [
         (BOB, 250), (CAROL, 421), (dave, 450), (erin, 452)]
@@ -2700,3 +2783,426 @@ def test_a_4yz_after_the_data_of_a_later_transaction_is_no_refusal_before_any_me
     assert out.session_error is None and out.transactions == 2
     assert not out.no_recipient_taken and not out.data_refused_for_now
     assert [r.reply.code for r in out.recipients][1] == 451
+
+
+# --- refusals that stand when the session ends, and transactions without text -----
+
+
+@pytest.mark.parametrize("end", ["timeout", "lost"])
+def test_a_rcpt_waiting_to_go_again_without_notify_is_not_failed_by_an_unanswered_dot(end):
+    # bob's RCPT was refused for NOTIFY and waits for the next transaction;
+    # carol's "." went unanswered: the message never went to bob, so his
+    # result says what happened to him -- not the failure of that "." --
+    # and he still waits for the retry
+    s = greeted(EHLO_PIPE_DSN, recipients=RCPT_DSN)
+    s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n250 ok\r\n354 go\r\n")
+    out = dot_unanswered(s, end)
+    assert out.session_error is not None and "end of data" in out.session_error.text()
+    [bob] = out.refused
+    assert bob.address == BOB and bob.kind == "transient"
+    assert "end of data" not in bob.reply.text()
+    assert bob.reply.text() == ("451 4.5.4 Bad NOTIFY (the server said 501 5.5.4; not sent: the "
+                                "session ended before the RCPT went again without NOTIFY "
+                                "and ORCPT)")
+
+
+def test_a_rcpt_waiting_to_go_again_in_a_later_transaction_is_not_failed_by_its_dot():
+    # the same in the session's second transaction: carol may have the
+    # message (``unanswered_end``), bob never had it
+    dave = Address("dave", "remote.test")
+    s = greeted(EHLO_PIPE_DSN, recipients=[(dave, None), *RCPT_DSN])
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n452 4.5.3 too many\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    s.receive(b"250 ok\r\n501 5.5.4 Bad NOTIFY\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.timed_out()
+    out = s.outcome
+    assert out.session_error is None and out.unanswered_end == (CAROL,)
+    by = {r.address: r for r in out.recipients}
+    assert by[dave].kind == "delivered"
+    assert "end of data" in by[CAROL].reply.text()
+    assert by[BOB].kind == "transient" and "end of data" not in by[BOB].reply.text()
+    assert by[BOB].reply.text().startswith("451 4.5.4 Bad NOTIFY (the server said 501 5.5.4;")
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_421_in_the_message_data_keeps_the_refusals_to_rcpt(pipelined):
+    # the server says 421 in the middle of the data: the replies before it
+    # each answered its command (the 354 came where DATA's belonged), so
+    # bob's 550 is his answer (a bounce in the server's words) and dave's
+    # 450 his, not the 421's
+    dave = Address("dave", "remote.test")
+    s = session(recipients=[(BOB, None), (CAROL, None), (dave, None)])
+    s.receive(b"220 hi\r\n")
+    if pipelined:
+        s.receive(EHLO_FULL)
+        s.receive(b"250 ok\r\n550 5.1.1 no bob\r\n250 ok\r\n450 4.2.1 dave busy\r\n354 go\r\n")
+    else:
+        s.receive(EHLO_BASIC)
+        for reply in (b"250 ok", b"550 5.1.1 no bob", b"250 ok", b"450 4.2.1 dave busy",
+                      b"354 go"):
+            s.receive(reply + b"\r\n")
+    assert s.phase is Phase.BODY
+    assert s.receive(b"421 4.4.2 data timeout\r\n") == [Close(abort=True)]
+    out = s.outcome
+    assert out.session_error is not None and out.session_error.code == 421
+    assert {r.address: r.reply.text() for r in out.refused} == {
+        BOB: "550 5.1.1 no bob", dave: "450 4.2.1 dave busy"}
+
+
+def test_a_421_in_the_data_of_a_later_transaction_keeps_its_refusals_to_rcpt():
+    dave, erin = Address("dave", "remote.test"), Address("erin", "remote.test")
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None), (dave, None), (erin, None)])
+    s.receive(b"250 ok\r\n250 ok\r\n" + b"452 4.5.3 too many\r\n" * 3 + b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    s.receive(b"250 ok\r\n550 5.1.1 no carol\r\n450 4.2.1 dave busy\r\n250 ok\r\n354 go\r\n")
+    s.receive(b"421 4.4.2 data timeout\r\n")
+    out = s.outcome
+    assert out.session_error is None
+    by = {r.address: r.reply.text() for r in out.recipients}
+    assert by[BOB] == "250 2.0.0 queued"
+    assert by[CAROL] == "550 5.1.1 no carol"
+    assert by[dave] == "450 4.2.1 dave busy"  # his own, not the 452 he had before
+
+
+def test_a_421_to_a_later_rcpt_leaves_an_earlier_4yz_of_that_transaction_its_own():
+    # the second transaction refused dave for now, then said 421 to erin's
+    # RCPT: dave keeps his 450 (the server's answer for him), erin her 452
+    # from before (the relay's new connection)
+    dave, erin = Address("dave", "remote.test"), Address("erin", "remote.test")
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (dave, None), (erin, None)])
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"452 4.5.3 too many\r\n")
+    s.receive(b"452 4.5.3 too many\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    assert sent(s.receive(b"250 2.0.0 queued\r\n")) == MAIL_PLAIN
+    s.receive(b"250 ok\r\n")
+    s.receive(b"450 4.2.1 dave busy\r\n")
+    s.receive(b"421 4.3.2 closing\r\n")
+    by = {r.address: r.reply.text() for r in s.outcome.recipients}
+    assert by == {BOB: "250 2.0.0 queued", dave: "450 4.2.1 dave busy",
+                  erin: "452 4.5.3 too many"}
+
+
+@pytest.mark.parametrize("second", [
+    b"250 ok\r\n451 4.7.1 too many recipients this session\r\n"
+    b"451 4.7.1 too many recipients this session\r\n554 5.5.1 no valid recipients\r\n",
+    b"250 ok\r\n250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n",  # DATA refused for now
+])
+def test_a_later_transaction_without_message_text_names_its_recipients_for_the_next_host(
+        second):
+    s, dave = bob_alone_in_the_first_message(b"too many")
+    s.receive(b"250 2.0.0 queued\r\n")
+    s.receive(second)
+    out = s.outcome
+    assert out.session_error is None and out.transactions == 2
+    assert not out.no_recipient_taken and not out.data_refused_for_now
+    assert out.untaken_for_now == {CAROL, dave}
+
+
+def test_a_4yz_in_a_transaction_that_carried_the_message_is_not_for_the_next_host():
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n250 ok\r\n450 4.2.1 busy\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 2.0.0 queued\r\n")
+    assert s.outcome.untaken_for_now == frozenset()
+
+
+# --- a reply before its command: more replies than commands sent --------------------
+
+
+def test_a_stray_reply_after_the_final_dot_is_no_answer_to_the_next_mail():
+    # the second "250" came with the reply to ".", before the next
+    # transaction's MAIL was sent: taken as MAIL's answer, the RCPTs and
+    # DATA went on against replies shifted by one
+    s, dave = bob_alone_in_the_first_message()
+    actions = s.receive(b"250 2.0.0 one\r\n250 ok\r\n")
+    assert actions == [Close(abort=True)]  # no MAIL, no QUIT
+    out = s.outcome
+    assert out.session_error is None  # bob's delivery stands
+    assert [(r.address, r.reply.text()) for r in out.recipients] == [
+        (BOB, "250 2.0.0 one"), (CAROL, "452 4.5.3 too many recipients"),
+        (dave, "452 4.5.3 too many recipients")]
+    assert s.phase is Phase.DONE
+
+
+def test_a_stray_reply_after_the_final_dot_is_no_answer_to_rset():
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"452 4.5.3 too many recipients\r\n")
+    assert s.receive(b"451 4.3.0 try again\r\n250 ok\r\n") == [Close(abort=True)]
+    assert [(r.address, r.reply.code) for r in s.outcome.recipients] == [(BOB, 451),
+                                                                         (CAROL, 452)]
+
+
+def test_a_second_reply_with_the_greeting_is_a_protocol_error():
+    s = session()
+    assert s.receive(b"220 hi\r\n250 mx.remote.test\r\n") == [Close(abort=True)]
+    err = s.outcome.session_error
+    assert err.code == 421 and err.status == "4.5.0"
+    assert "before the hub's command (EHLO) was sent: 250 mx.remote.test" in err.text()
+
+
+def test_a_multi_line_greeting_is_one_reply():
+    s = session()
+    assert sent(s.receive(b"220-mx.remote.test\r\n220-more words\r\n220 ESMTP\r\n")) == (
+        b"EHLO mail.hub.test\r\n")
+    assert s.outcome is None
+
+
+def test_a_reply_too_many_after_ehlo_is_no_answer_to_mail():
+    s = session()
+    s.receive(b"220 hi\r\n")
+    assert s.receive(EHLO_BASIC + b"250 2.1.0 ok\r\n") == [Close(abort=True)]
+    out = s.outcome
+    assert out.session_error.code == 421 and out.refused == ()
+    assert "(MAIL) was sent: 250 2.1.0 ok" in out.session_error.text()
+
+
+def test_the_start_of_a_reply_before_its_command_is_early_too():
+    # the stray reply cut between two reads: its first bytes came before
+    # the command it would be taken for
+    s = greeted(EHLO_BASIC)
+    assert s.receive(b"250 2.1.0 ok\r\n25") == [Close(abort=True)]
+    assert s.outcome.session_error.code == 421
+    assert s.receive(b"0 2.1.5 ok\r\n") == []
+
+
+def test_a_reply_cut_between_reads_after_its_command_is_no_early_one():
+    s = greeted(EHLO_BASIC)
+    assert sent(s.receive(b"250 2.1")) == b""
+    assert sent(s.receive(b".0 ok\r\n")) == b"RCPT TO:<bob@remote.test>\r\n"
+    assert sent(s.receive(b"250-2.1.5 ok\r\n250-")) == b""
+    assert sent(s.receive(b"2.1.5 more\r\n250 2.1.5 end\r\n")) == b"DATA\r\n"
+    assert s.outcome is None
+
+
+def test_the_replies_to_a_pipelined_group_may_come_in_one_read():
+    # RFC 2920: MAIL, the RCPTs and DATA went together; their replies
+    # together are no reply too many -- but one more than the group is
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
+    assert s.receive(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n") == [
+        SendBody(convert_7bit=False)]
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
+    assert s.receive(b"250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n250 ok\r\n") == [
+        Close(abort=True)]
+    assert "unexpected reply from the server: 250 ok" in s.outcome.session_error.text()
+
+
+def test_the_ignored_reply_to_an_empty_data_and_quit_may_come_together():
+    # pipelined, every RCPT refused and DATA taken: ".", then QUIT, went
+    # in one write, and both their replies may come in one read
+    s = greeted(EHLO_FULL)
+    assert sent(s.receive(b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n")) == b".\r\nQUIT\r\n"
+    assert s.receive(b"250 ok\r\n221 bye\r\n") == [Close()]
+    assert [(r.address, r.reply.code) for r in s.outcome.recipients] == [(BOB, 550)]
+
+
+def test_an_early_421_is_the_server_closing_not_a_protocol_error():
+    # RFC 5321 3.8: a server shutting down may send its 421
+    # "asynchronously from command receipt": its words end the session
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    assert s.receive(b"550 5.1.1 no bob\r\n421 4.3.2 shutting down\r\n") == [
+        Close(abort=True)]
+    out = s.outcome
+    assert out.session_error.text() == "421 4.3.2 shutting down"
+    assert [(r.address, r.reply.code) for r in out.refused] == [(BOB, 550)]  # it stands
+    assert s.protocol_error is None
+
+
+
+def test_nothing_after_an_early_421_is_read_as_an_answer():
+    # the RCPT the 550 asked for never went: a line after the 421, in a
+    # later read, answers nothing and asks for nothing
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    s.receive(b"550 5.1.1 no bob\r\n421 4.3.2 shutting down\r\n")
+    assert s.phase is Phase.DONE
+    assert s.receive(b"250 2.1.5 ok\r\n") == []
+    assert s.protocol_error is None
+    assert s.outcome.session_error.text() == "421 4.3.2 shutting down"
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 12, 26])
+def test_an_early_421_cut_between_reads_is_the_server_closing_too(cut):
+    # where the reads split it changes nothing: the 421 came before the next
+    # RCPT, and ends the session as it does whole (bob's 550 stands)
+    whole = b"421-4.3.2 shutting\r\n421 4.3.2 down\r\n"
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    actions = s.receive(b"550 5.1.1 no bob\r\n" + whole[:cut])
+    assert Close(abort=True) not in actions and s.outcome is None
+    assert s.receive(whole[cut:]) == [Close(abort=True)]
+    out = s.outcome
+    assert out.session_error == Reply(421, "4.3.2", ("shutting", "down"))
+    assert [(r.address, r.reply.code) for r in out.refused] == [(BOB, 550)]
+    assert s.protocol_error is None
+
+
+def test_an_early_reply_completed_after_the_session_ended_changes_nothing():
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n4")
+    assert s.timed_out() == [Close()]
+    assert s.receive(b"51 4.3.0 later\r\n") == []
+    assert s.protocol_error is None
+    assert s.outcome.session_error.text() == (
+        "421 4.4.2 timeout waiting for the server (RCPT)")
+
+
+def test_the_start_of_an_early_reply_that_may_be_a_421_is_judged_whole():
+    # "4" could begin a 421; it turned out a 451: early, and a protocol error
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n4")
+    assert s.receive(b"51 4.3.0 later\r\n") == [Close(abort=True)]
+    assert s.protocol_error.text() == (
+        "421 4.5.0 reply from the server before the hub's command (RCPT) was sent: "
+        "451 4.3.0 later")
+    assert s.outcome.refused == ()
+
+
+# --- the commands a reply asked for, dropped by an early one in the same read -------
+
+
+@pytest.mark.parametrize("stray", [b"", b"250 2.1.0 stray\r\n", b"421 4.3.2 bye\r\n",
+                                   b"25x malformed\r\n"])
+def test_a_mail_again_dropped_by_an_early_reply_is_not_said_to_have_gone(stray):
+    # the MAIL without AUTH= the 555 asked for is never written: an early
+    # reply in the same read ends the session first
+    s = greeted(b"250-mx.remote.test\r\n250 AUTH PLAIN\r\n")
+    actions = s.receive(b"555 5.5.4 AUTH= not recognized\r\n" + stray)
+    if not stray:
+        assert sent(actions) == b"MAIL FROM:<alice@example.org>\r\n"
+        assert s.auth_param_refused is not None
+        return
+    assert actions == [Close(abort=True)]
+    assert s.auth_param_refused is None
+
+
+@pytest.mark.parametrize("stray", [b"", b"250 2.1.0 stray\r\n", b"25x malformed\r\n"])
+def test_a_pipelined_batch_again_dropped_by_an_early_reply_keeps_dsn(stray):
+    s = greeted(EHLO_FULL, dsn=DSNRequest(ret="HDRS"))
+    actions = s.receive(b"501 5.5.4 Bad RET\r\n503 5.5.1 no\r\n503 5.5.1 no\r\n" + stray)
+    if not stray:
+        assert sent(actions).startswith(b"MAIL FROM:<alice@example.org> SIZE=100\r\n")
+        assert s.dsn_params_refused is not None
+        return
+    assert actions == [Close(abort=True)]
+    assert s.dsn_params_refused is None
+    assert s.outcome.dsn_supported  # no MAIL went without the DSN parameters
+
+
+@pytest.mark.parametrize("stray", [b"", b"250 2.1.5 stray\r\n", b"25x malformed\r\n"])
+def test_a_rcpt_again_dropped_by_an_early_reply_is_no_dsn_dropped(stray):
+    ehlo = b"250-mx.remote.test\r\n250 DSN\r\n"
+    s = greeted(ehlo, recipients=[(BOB, RecipientDSN(notify=("SUCCESS",)))])
+    assert b"NOTIFY=SUCCESS" in sent(s.receive(b"250 2.1.0 ok\r\n"))
+    actions = s.receive(b"501 5.5.4 Bad NOTIFY parameter syntax\r\n" + stray)
+    if not stray:
+        assert sent(actions) == b"RCPT TO:<bob@remote.test>\r\n"
+        assert s.receive(b"250 2.1.5 ok\r\n") == [Send(b"DATA\r\n")]
+        assert s.receive(b"451 4.3.0 later\r\n")
+        assert s.outcome.dsn_dropped == frozenset({BOB})
+        return
+    assert actions == [Close(abort=True)]
+    assert s.outcome.dsn_dropped == frozenset()
+
+
+
+# --- transactions whose MAIL went (the log's count) -----------------------------------
+
+
+@pytest.mark.parametrize("stray", [b"", b"250 2.1.0 stray\r\n", b"421 4.3.2 bye\r\n"])
+def test_a_later_transaction_whose_mail_an_early_reply_kept_back_is_not_counted_sent(stray):
+    # the reply to the first "." asks for the second transaction's MAIL;
+    # a reply after it in the same read ends the session before it goes
+    s = greeted(EHLO_FULL, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n354 go\r\n")
+    s.body_sent()
+    assert s.transactions_sent == 1
+    actions = s.receive(b"250 2.0.0 one\r\n" + stray)
+    assert s.transactions == 2  # the results count the transaction begun
+    if not stray:
+        assert sent(actions).startswith(b"MAIL FROM:<alice@example.org> SIZE=100\r\n")
+        assert s.transactions_sent == 2
+        return
+    assert actions == [Close(abort=True)]
+    assert s.transactions_sent == 1
+    assert (s.outcome.recipients[0].address, s.outcome.recipients[0].reply.code) == (BOB, 250)
+
+
+@pytest.mark.parametrize("stray", [b"", b"250 2.0.0 stray\r\n"])
+def test_a_mail_after_rset_kept_back_by_an_early_reply_is_not_counted_sent(stray):
+    s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"452 4.5.3 too many recipients\r\n")
+    assert sent(s.receive(b"451 4.3.0 try again\r\n")) == b"RSET\r\n"
+    assert s.transactions == 2 and s.transactions_sent == 1
+    actions = s.receive(b"250 ok\r\n" + stray)
+    assert s.transactions_sent == (1 if stray else 2)
+    assert (actions == [Close(abort=True)]) if stray else sent(actions) == MAIL_PLAIN
+
+
+def test_a_transaction_another_follows_gives_its_results_before_the_next_ones_commands():
+    # the server takes one recipient a message (452 4.5.3 to the next):
+    # bob's transaction ends with the 250 to its "."; its results come as
+    # a TransactionDone ahead of carol's MAIL, so the adapter can record
+    # them before that goes.  The session's last transaction has none:
+    # its results are the outcome's
+    s = session(recipients=[(BOB, None), (CAROL, None)])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_BASIC)
+    s.receive(b"250 2.1.0 ok\r\n")
+    s.receive(b"250 2.1.5 ok\r\n")
+    assert sent(s.receive(b"452 4.5.3 too many recipients\r\n")) == b"DATA\r\n"
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    actions = s.receive(b"250 2.0.0 queued\r\n")
+    assert actions[0] == TransactionDone(
+        (RecipientOutcome(BOB, Reply.of(250, "2.0.0", "queued")),))
+    assert actions[1:] == [Send(b"MAIL FROM:<alice@example.org> SIZE=100\r\n")]
+    s.receive(b"250 2.1.0 ok\r\n")
+    s.receive(b"250 2.1.5 ok\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    actions = s.receive(b"250 2.0.0 queued too\r\n")
+    assert actions == [Send(b"QUIT\r\n")]
+    assert [(r.address, r.kind) for r in s.outcome.recipients] == [
+        (BOB, "delivered"), (CAROL, "delivered")]
+
+
+def test_a_mail_again_that_went_in_an_earlier_read_stays_sent_after_a_protocol_error():
+    # the MAIL went again without ENVID and RET when ``receive`` returned
+    # it; a malformed reply in a later read does not take that back
+    s = greeted(EHLO_DSN_NO_PIPE, dsn=TAB_ID, recipients=TAB_RCPTS)
+    assert sent(s.receive(b"501 5.5.4 Bad ENVID parameter syntax\r\n")) == MAIL_WITHOUT_AUTH
+    assert s.receive(b"25x what\r\n") == [Close(abort=True)]
+    assert s.dsn_params_refused is not None  # the agent logs "MAIL sent again"
+    assert not s.outcome.dsn_supported
+
+
+def test_a_rcpt_again_that_went_in_an_earlier_read_stays_dsn_dropped_after_a_protocol_error():
+    ehlo = b"250-mx.remote.test\r\n250 DSN\r\n"
+    s = greeted(ehlo, recipients=[(BOB, RecipientDSN(notify=("SUCCESS",)))])
+    s.receive(b"250 2.1.0 ok\r\n")
+    assert sent(s.receive(b"501 5.5.4 Bad NOTIFY parameter syntax\r\n")) == (
+        b"RCPT TO:<bob@remote.test>\r\n")
+    assert s.receive(b"25x what\r\n") == [Close(abort=True)]
+    assert s.outcome.dsn_dropped == frozenset({BOB})
+
+
+def test_a_mail_again_without_auth_that_went_in_an_earlier_read_stays_sent():
+    # as for the DSN parameters: the MAIL went again without AUTH= when
+    # ``receive`` returned it, and a later protocol error leaves that so
+    s = greeted(b"250-mx.remote.test\r\n250 AUTH PLAIN\r\n")
+    assert sent(s.receive(b"555 5.5.4 AUTH= not recognized\r\n")) == (
+        b"MAIL FROM:<alice@example.org>\r\n")
+    assert s.receive(b"25x what\r\n") == [Close(abort=True)]
+    assert s.auth_param_refused is not None

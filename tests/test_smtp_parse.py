@@ -188,6 +188,15 @@ def test_null_reverse_path():
     assert reply_of(parse_rcpt, "TO:<>", P) == replies.SYNTAX_RECIPIENT
 
 
+@pytest.mark.parametrize("params", ["FOO=1", "SMTPUTF8", "ORCPT=rfc822", "NOTIFY=SOMETIMES"])
+def test_a_null_recipient_path_is_refused_before_its_parameters(params):
+    # RFC 5321 4.1.1.3: RCPT takes a forward-path, and "<>" is none: the
+    # reply names the missing recipient, as for a path too long, not a
+    # parameter a client would drop only to be refused again
+    for utf8 in (False, True):
+        assert reply_of(parse_rcpt, f"TO:<> {params}", P, utf8) == replies.SYNTAX_RECIPIENT
+
+
 def test_bad_address_syntax_names_the_sender_or_the_recipient():
     # RFC 3463: X.1.7 is "Bad sender's mailbox address syntax", X.1.3 "Bad
     # destination mailbox address syntax"
@@ -386,7 +395,8 @@ def test_mail_prefix_and_brackets():
     assert reply_of(parse_mail, "FROM:<a@b>SIZE=1", P) == replies.SYNTAX_ARGUMENT
     assert parse_mail("FROM:<a@b.test>\tSIZE=1", P)[1].size == 1  # a tab is a blank too
     assert reply_of(parse_rcpt, "TO:", P) == replies.SYNTAX_RECIPIENT
-    assert reply_of(parse_mail, "FROM:<" + "a" * 300 + "@b.test>", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_mail, "FROM:<" + "a" * 300 + "@b.test>", P) == \
+        replies.SENDER_PATH_TOO_LONG
 
 
 # --- SMTPUTF8 ---------------------------------------------------------------------
@@ -414,12 +424,47 @@ def test_path_limit_counts_octets():
     fits, over = "ü" * 124 + "@x.test", "ü" * 125 + "@x.test"
     assert len(fits.encode()) == 255 and len(over.encode()) == 257
     assert parse_mail(f"FROM:<{fits}> SMTPUTF8", P)[0] == Address("ü" * 124, "x.test")
-    assert reply_of(parse_mail, f"FROM:<{over}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
+    assert reply_of(parse_mail, f"FROM:<{over}> SMTPUTF8", P) == replies.SENDER_PATH_TOO_LONG
     assert parse_rcpt(f"TO:<{fits}>", P, utf8=True)[0] == Address("ü" * 124, "x.test")
-    assert reply_of(parse_rcpt, f"TO:<{over}>", P, utf8=True) == replies.SYNTAX_RECIPIENT
-    ascii_max = "a" * 249 + "@x.test"  # 256 octets: the limit itself
+    assert reply_of(parse_rcpt, f"TO:<{over}>", P, utf8=True) == replies.PATH_TOO_LONG
+    # with SMTPUTF8, exactly 256 octets fit and 257 do not
+    fits, over = "ü" * 124 + "@xy.test", "ü" * 124 + "@xyz.test"
+    assert len(fits.encode()) == 256 and len(over.encode()) == 257
+    assert parse_mail(f"FROM:<{fits}> SMTPUTF8", P)[0] == Address("ü" * 124, "xy.test")
+    assert parse_rcpt(f"TO:<{fits}>", P, utf8=True)[0] == Address("ü" * 124, "xy.test")
+    assert reply_of(parse_mail, f"FROM:<{over}> SMTPUTF8", P) == replies.SENDER_PATH_TOO_LONG
+    assert reply_of(parse_rcpt, f"TO:<{over}>", P, utf8=True) == replies.PATH_TOO_LONG
+    # 256 octets inside the brackets: RFC 5321 4.5.3.1.3's 256 count the
+    # brackets, a bound on what a server must take (4.5.3.1); the hub
+    # takes two octets more, and refuses the next one
+    ascii_max = "a" * 249 + "@x.test"
     assert parse_mail(f"FROM:<{ascii_max}>", P)[0].local == "a" * 249
-    assert reply_of(parse_mail, f"FROM:<a{ascii_max}>", P) == replies.SYNTAX_ADDRESS
+    assert parse_rcpt(f"TO:<{ascii_max}>", P)[0].local == "a" * 249
+    assert reply_of(parse_mail, f"FROM:<a{ascii_max}>", P) == replies.SENDER_PATH_TOO_LONG
+    assert reply_of(parse_rcpt, f"TO:<a{ascii_max}>", P) == replies.PATH_TOO_LONG
+
+
+def test_a_path_too_long_is_501_path_too_long_in_every_form():
+    # RFC 5321 4.5.3.1.10's "501 Path too long", with the enhanced code of
+    # a bad sender (X.1.7) or recipient (X.1.3), as every bad path's; it
+    # was "Bad address syntax", which sent a client looking for a typo.
+    # Counted as written in the lenient forms (no brackets, a bare name)
+    # and with a source route; the null path is 2 octets.
+    assert (replies.SENDER_PATH_TOO_LONG.code, replies.SENDER_PATH_TOO_LONG.status,
+            replies.SENDER_PATH_TOO_LONG.lines) == (501, "5.1.7", ("Path too long",))
+    assert (replies.PATH_TOO_LONG.code, replies.PATH_TOO_LONG.status,
+            replies.PATH_TOO_LONG.lines) == (501, "5.1.3", ("Path too long",))
+    over = "a" * 250 + "@x.test"  # 257 octets
+    for mail in (f"FROM:<{over}>", f"FROM: {over}", f"FROM:{over} SIZE=10",
+                 "FROM:<" + "b" * 257 + ">", "FROM: " + "b" * 257,
+                 f"FROM:<@r.test:{over[5:]}>"):
+        assert reply_of(parse_mail, mail, P) == replies.SENDER_PATH_TOO_LONG, mail
+    for rcpt in (f"TO:<{over}>", f"TO: {over}", "TO: " + "b" * 257,
+                 f"TO:<{over}> NOTIFY=NEVER", f"TO:<@r.test:{over[5:]}>"):
+        assert reply_of(parse_rcpt, rcpt, P) == replies.PATH_TOO_LONG, rcpt
+    assert parse_mail("FROM:<>", P)[0] is None
+    assert parse_mail("FROM: " + "b" * 256, P)[0].local == "b" * 256
+    assert parse_rcpt("TO: " + "b" * 256, P)[0].local == "b" * 256
 
 
 # --- parameters ------------------------------------------------------------------
@@ -944,7 +989,9 @@ def test_a_utf8_domain_is_labels_and_u_labels(domain):
     assert reply_of(parse_mailbox, f"u@{domain}", P, True) == replies.SYNTAX_ADDRESS
     assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P, True) == replies.SYNTAX_RECIPIENT
     assert reply_of(parse_mail, f"FROM:<u@{domain}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
-    assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P, True) == replies.SYNTAX_RECIPIENT
+    route = f"@{domain}:u@x.test"  # the route counts towards the path's 256 octets
+    assert reply_of(parse_rcpt, f"TO:<{route}>", P, True) == (
+        replies.PATH_TOO_LONG if len(route.encode()) > 256 else replies.SYNTAX_RECIPIENT)
 
 
 def test_u_labels_in_their_mapped_forms_still_work():
@@ -1016,7 +1063,9 @@ def test_a_domain_with_a_u_label_has_an_a_label_form(domain):
     assert reply_of(parse_mailbox, f"u@{domain}", P, True) == replies.SYNTAX_ADDRESS
     assert reply_of(parse_mail, f"FROM:<u@{domain}> SMTPUTF8", P) == replies.SYNTAX_ADDRESS
     assert reply_of(parse_rcpt, f"TO:<u@{domain}>", P, True) == replies.SYNTAX_RECIPIENT
-    assert reply_of(parse_rcpt, f"TO:<@{domain}:u@x.test>", P, True) == replies.SYNTAX_RECIPIENT
+    route = f"@{domain}:u@x.test"  # the route counts towards the path's 256 octets
+    assert reply_of(parse_rcpt, f"TO:<{route}>", P, True) == (
+        replies.PATH_TOO_LONG if len(route.encode()) > 256 else replies.SYNTAX_RECIPIENT)
 
 
 @pytest.mark.parametrize("domain", [
@@ -1134,3 +1183,24 @@ def test_a_configured_domain_is_one_the_parser_takes_in_every_spelling(dom):
                       parse_mail(f"FROM:<u@{spelling}>" + (" SMTPUTF8" if utf8 else ""), P)[0]]
         for address in found:
             assert canonical_domain(address.domain) == hub.primary_domain, (dom, spelling)
+
+
+def test_orcpt_is_at_most_500_characters_as_sent():
+    # RFC 3461 4.2: "The entire ORCPT parameter MAY be up to 500 characters
+    # in length": the value, type and ";" included, escapes counted as sent
+    # (as ENVID's 100, 4.4); any length was taken (and left out when relayed)
+    fits = "rfc822;" + "o" * 493
+    assert parse_rcpt(f"TO:<a@b.test> ORCPT={fits}", P)[1].orcpt_raw == fits
+    escaped = "rfc822;a" + "+2B" * 164  # 500 characters, 165 decoded
+    assert parse_rcpt(f"TO:<a@b.test> ORCPT={escaped}", P)[1].orcpt == "rfc822;a" + "+" * 164
+    utf8 = "utf-8;" + "\\x{E9}" * 82 + "ab"  # RFC 6533's escapes: 500 characters
+    assert len(utf8) == 500 and parse_rcpt(f"TO:<a@b.test> ORCPT={utf8}", P)[1].orcpt == \
+        "utf-8;" + "\u00e9" * 82 + "ab"
+    # raw UTF-8 (SMTPUTF8): characters, not octets (994 of them here)
+    raw = "utf-8;" + "\u00e9" * 494
+    assert len(raw) == 500 and parse_rcpt(f"TO:<a@b.test> ORCPT={raw}", P, True)[1].orcpt == raw
+    for over in (fits + "o", escaped + "a", utf8 + "c", "utf-8;" + "\u00e9" * 495):
+        assert reply_of(parse_rcpt, f"TO:<a@b.test> ORCPT={over}", P, True) == \
+            replies.PARAM_SYNTAX, over[:20]
+    # the one refusal of a bad ORCPT, whatever is wrong with it
+    assert reply_of(parse_rcpt, "TO:<a@b.test> ORCPT=rfc822", P) == replies.PARAM_SYNTAX

@@ -54,7 +54,7 @@ PINNED = {
     "AUTH_TEMPORARY": (454, "4.7.0"),  # RFC 4954 6
     "AUTH_THROTTLED": (454, "4.7.0"),
     # 5yz
-    "UNKNOWN_COMMAND": (500, "5.5.1"),
+    "UNKNOWN_COMMAND": (500, "5.5.2"),  # RFC 3463 X.5.2: "command is unrecognized"
     "LINE_TOO_LONG": (500, "5.5.2"),  # RFC 5321 4.5.3.1.4
     "AUTH_LINE_TOO_LONG": (500, "5.5.6"),  # RFC 4954 4
     "NUL_IN_COMMAND": (500, "5.5.2"),
@@ -62,12 +62,14 @@ PINNED = {
     "ERROR_PROCESSING": (500, "5.5.2"),
     "SYNTAX_ARGUMENT": (501, "5.5.4"),
     "HELO_SYNTAX": (501, None),  # RFC 2034 3 (4) exempts any HELO/EHLO reply
+    "HELO_INVALID_UTF8": (501, None),
     "SYNTAX_ADDRESS": (501, "5.1.7"),  # RFC 3463 X.1.7: the sender's
     "SYNTAX_RECIPIENT": (501, "5.1.3"),  # X.1.3: a destination's
     "AUTH_MALFORMED": (501, "5.5.2"),  # RFC 4954 4, as a response not base64
     "PATH_MISSING": (501, "5.1.7"),  # MAIL FROM: SIZE=100: the sender's
     "RECIPIENT_PATH_MISSING": (501, "5.1.3"),  # RCPT TO: NOTIFY=NEVER
-    "PATH_TOO_LONG": (501, "5.1.3"),  # RFC 5321 4.5.3.1.10
+    "PATH_TOO_LONG": (501, "5.1.3"),  # RFC 5321 4.5.3.1.10; X.1.3: a destination's
+    "SENDER_PATH_TOO_LONG": (501, "5.1.7"),  # the same for the sender's: X.1.7
     "INVALID_UTF8": (501, "5.5.2"),
     "AUTH_INVALID_BASE64": (501, "5.5.2"),  # RFC 4954 4
     "AUTH_CANCELLED": (501, "5.0.0"),  # RFC 4954 4

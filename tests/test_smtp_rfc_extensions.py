@@ -444,7 +444,7 @@ def test_every_final_reply_of_the_catalog_has_a_code_of_its_class():
     # code, that is, a 2xx response must incorporate a 2.X.X code" (RFC
     # 3463 2: 2 success, 4 persistent transient, 5 permanent)
     no_code = {"DATA_START", "AUTH_CONTINUE", "AUTH_USERNAME", "AUTH_PASSWORD",
-               "HELO_SYNTAX"}
+               "HELO_SYNTAX", "HELO_INVALID_UTF8"}
     for name, reply in _catalog().items():
         if name in no_code:
             assert reply.status is None, name
@@ -467,6 +467,23 @@ def test_no_enhanced_code_in_the_greeting_or_the_replies_to_helo_and_ehlo():
         assert not re.match(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ", line), line
 
 
+@pytest.mark.parametrize("verb", [b"HELO", b"EHLO"])
+@pytest.mark.parametrize("greeted", [False, True])
+def test_a_helo_or_ehlo_name_that_is_no_utf8_is_501_without_an_enhanced_code(
+        verb, greeted):
+    # the 501 to a name that is no UTF-8 answers HELO or EHLO too: no
+    # enhanced code, as docs/smtp.rst says of every 501 to them (its
+    # 501 5.5.2 came from the "Invalid UTF-8" reply of other commands);
+    # nothing changes: no name recorded, the transaction kept
+    d = Driver()
+    if greeted:
+        assert d.codes("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n") == ["250", "250"]
+    assert d.send(verb + b" h\xffst.test\r\n") == [replies.HELO_INVALID_UTF8.text()]
+    assert replies.HELO_INVALID_UTF8.text() == "501 Invalid UTF-8 in the HELO or EHLO name"
+    assert d.session.helo == ("c.test" if greeted else "") and d.engine.errors == 1
+    assert d.codes("RCPT TO:<alice>\r\n") == ["250" if greeted else "503"]
+
+
 @pytest.mark.parametrize("name,situation", [
     ("UNKNOWN_USER", "5.1.1"),  # bad destination mailbox address
     ("SYNTAX_RECIPIENT", "5.1.3"),  # bad destination mailbox address syntax
@@ -478,7 +495,8 @@ def test_no_enhanced_code_in_the_greeting_or_the_replies_to_helo_and_ehlo():
     ("STORAGE_FULL", "4.3.1"),  # mail system full
     ("TOO_MANY_CONNECTIONS", "4.3.2"),  # system not accepting network messages
     ("TOO_MANY_RECIPIENTS", "4.5.3"),  # too many recipients
-    ("UNKNOWN_COMMAND", "5.5.1"),  # invalid command
+    ("UNKNOWN_COMMAND", "5.5.2"),  # syntax error: "the command is unrecognized"
+    ("COMMAND_NOT_IMPLEMENTED", "5.5.1"),  # invalid command: "unsupported"
     ("SYNTAX_ARGUMENT", "5.5.4"),  # invalid command arguments
     ("PARAM_SYNTAX", "5.5.4"),
     ("BAD_SEQUENCE", "5.5.1"),
@@ -489,6 +507,26 @@ def test_no_enhanced_code_in_the_greeting_or_the_replies_to_helo_and_ehlo():
 def test_the_enhanced_code_names_the_situation(name, situation):
     # RFC 3463 3.1-3.8: the subject and detail of each situation's code
     assert _catalog()[name].status == situation
+
+
+@pytest.mark.parametrize("line,reply", [
+    # 3.6 X.5.2: a command "which could not be interpreted, either because
+    # the syntax was wrong or the command is unrecognized": a verb the hub
+    # does not have, in any spelling, and a line with no verb at all
+    (b"FOO\r\n", b"500 5.5.2 Command unrecognized\r\n"),
+    (b"XCLIENT NAME=x\r\n", b"500 5.5.2 Command unrecognized\r\n"),
+    (b"\r\n", b"500 5.5.2 Command unrecognized\r\n"),
+    (b"N\xffOP\r\n", b"500 5.5.2 Command unrecognized\r\n"),
+    # X.5.1: "out of sequence or unsupported", a command the hub knows
+    (b"TURN\r\n", b"502 5.5.1 TURN is not supported\r\n"),
+    (b"DATA\r\n", b"503 5.5.1 Need MAIL command first\r\n"),
+])
+def test_an_unrecognized_command_is_x_5_2_and_an_unsupported_one_x_5_1(line, reply):
+    d = Driver()
+    d.send("EHLO c.test\r\n")
+    d.engine.receive_data(line)
+    assert d.engine.next_event() is None  # the engine answers on its own
+    assert d.engine.data_to_send() == reply
 
 
 def test_shutting_down_is_421_4_3_2():

@@ -240,7 +240,19 @@ def test_malformed_lines_are_reported_not_fatal(db: UsersDB) -> None:
     )
     assert db.problems[1].endswith(":3: expected '<address> <hash> [apop=<secret>]'")
     assert db.problems[3].endswith(
-        ":5: expected '<address> <hash> [apop=<secret>]', not a third field 'here'")
+        ":5: expected '<address> <hash> [apop=<secret>]', not a third field without "
+        '"apop=" (not shown: it may be a secret)')
+
+
+def test_a_third_field_that_may_be_a_secret_is_not_logged(db: UsersDB, log_events) -> None:
+    # an APOP secret written without its "apop=" is the likeliest third
+    # field: the problem, which goes into the log, does not quote it
+    from twisted.logger import formatEvent
+
+    Path(db.path).write_text("bob@example.org scrypt$1$1$1$AA==$AA== S3cretApop\n")
+    db.addresses()
+    assert db.problems and not any("S3cret" in p for p in db.problems)
+    assert not any("S3cret" in formatEvent(e) for e in log_events)
 
 
 def test_lines_are_those_the_files_problems_number(db: UsersDB) -> None:
@@ -1586,18 +1598,37 @@ def test_the_keys_and_maildir_folders_of_ordinary_names_stay_as_they_were(
             assert rcpt.key == f"{key}@b\xfccher.example", name
 
 
-@pytest.mark.parametrize(("name", "rcpt"), [('"', '"\\""'), ('a"', '"a\\""'), ('"a', '"\\"a"')])
-def test_a_name_only_half_quoted_is_said_to_be_reached_only_quoted(name: str, rcpt: str) -> None:
-    # a quote at one end only (or a lone one) is no quoted string: such a
-    # line's name is keyed as written, and RCPT can give it only quoted,
-    # which is looked up with the quotes
-    from txmailhub.address import parse_address
+@pytest.mark.parametrize(("name", "rcpt"), [
+    ('"', '"\\""'), ('a"', '"a\\""'), ('"a', '"\\"a"'), ("a;", '"a;"'), ("a..b", '"a..b"'),
+    ("A;", '"a;"')])
+def test_a_line_with_a_name_rcpt_gives_only_quoted_is_keyed_quoted(
+        db: UsersDB, name: str, rcpt: str) -> None:
+    # RFC 5321 4.1.2: a local part that is no dot-string exists only
+    # quoted (RCPT TO:<a;@...> is a syntax error, RCPT TO:<"a;"@...> is
+    # looked up with its quotes).  A line written by hand 'a;@...' was
+    # keyed a;: no mail reached it, and a login, `user del` and `user
+    # passwd` as a; found a user RCPT never named, with a Maildir of its own
+    from txmailhub.smtp._parse import parse_mailbox
     from txmailhub.users import mail_never_reaches
 
-    address = parse_address(f"{name}@example.org", "example.org", controls=True)
-    assert mail_never_reaches(address) == (
-        f"RCPT TO names it only quoted, {rcpt}@example.org (no dot-string), which is "
-        "looked up with the quotes: it gets no mail")
+    h = hash_password("pw")
+    Path(db.path).write_text(f"{name}@example.org {h}\n")
+    settle(db)
+    assert [a.key for a in db.addresses()] == [f"{rcpt.lower()}@example.org"]
+    assert db.problems == []
+    assert mail_never_reaches(db.addresses()[0]) is None
+    assert db.contains(parse_mailbox(f"{rcpt}@example.org", "example.org"))
+    # a login names it either way (POP3 USER a;, SMTP AUTH), as do `user passwd`
+    # and `user del`
+    for login in (name, rcpt, f"{name}@example.org"):
+        assert db.qualify(login).key == f"{rcpt.lower()}@example.org", login
+        assert db.check_password(db.qualify(login), "pw"), login
+    db.set_password(name, "pw2")
+    settle(db)
+    assert db.check_password(db.qualify(rcpt), "pw2")
+    db.delete(name)
+    settle(db)
+    assert db.addresses() == []
 
 
 def test_the_empty_quoted_name_is_reached_as_written() -> None:
@@ -1610,6 +1641,22 @@ def test_the_empty_quoted_name_is_reached_as_written() -> None:
     address = parse_address('""@example.org', "example.org", controls=True)
     assert address.key == parse_mailbox('""@example.org', "example.org").key
     assert mail_never_reaches(address) is None
+
+
+def test_a_quoted_name_kept_as_written_is_said_to_be_looked_up_as_rcpt_gives_it() -> None:
+    # an Address whose local part is '"joe"' as written (not read through
+    # as_rcpt_names) is keyed '"joe"', but RCPT TO:<"joe"@...> looks up
+    # joe (RFC 5321 4.1.2): that key gets no mail; read as RCPT gives it,
+    # it does
+    from txmailhub.users import as_rcpt_names, mail_never_reaches
+
+    for written, plain in (('"joe"', "joe"), ('"a\\:b"', '"a:b"')):
+        address = Address(written, "example.org")
+        assert mail_never_reaches(address) == (
+            f"RCPT TO names it {plain}@example.org, which is looked up so: it gets no mail")
+        assert mail_never_reaches(as_rcpt_names(address)) is None
+    # one that needs its quotes is looked up with them: reached as written
+    assert mail_never_reaches(Address('"a;"', "example.org")) is None
 
 
 @pytest.mark.parametrize(("name", "stored"), [
@@ -1634,3 +1681,57 @@ def test_a_local_part_of_64_octets_is_a_user_and_one_of_65_is_not(db: UsersDB) -
         db.add("x" * 65, "pw")
     with pytest.raises(UsersFileError, match="over 64 octets"):
         db.add("x" + "\u00e9" * 32, "pw")
+
+
+def test_a_line_with_a_quoted_local_part_is_keyed_as_rcpt_gives_it(db: UsersDB) -> None:
+    # RFC 5321 4.1.2: RCPT TO:<"q"@...> is q, and the aliases file keys a
+    # name '"q"' as q.  A users file line '"q"@example.org' kept its quotes:
+    # no RCPT reached it, and only a login as '"q"' did
+    from txmailhub.smtp._parse import parse_mailbox
+    from txmailhub.users import as_rcpt_names, mail_never_reaches
+
+    h = hash_password("pw")
+    Path(db.path).write_text(f'"q"@example.org {h}\n"a\\:b" {h}\n"a;"@example.net {h}\n'
+                             f'"x""y"@example.org {h}\n')
+    settle(db)
+    assert [str(a) for a in db.addresses()] == [
+        '"a:b"@example.org', '"a;"@example.net', '"x""y"@example.org', "q@example.org"]
+    assert db.problems == []
+    for rcpt in ('"q"', "q", "Q@Example.Org", '"a:b"', '"a\\:b"', '"a;"@example.net'):
+        assert db.contains(parse_mailbox(rcpt, "example.org")), rcpt
+    # a login names the user as RCPT does, quoted or not (POP3 USER, SMTP AUTH)
+    for name in ('"q"', "q", '"q"@example.org', '"a\\:b"'):
+        assert db.check_password(db.qualify(name), "pw"), name
+    # check: only the quotes that are no one quoted string reach nobody
+    assert [mail_never_reaches(a) is None for a in db.addresses()] == [True, True, False, True]
+    assert as_rcpt_names(Address('"x""y"', "example.org")) == Address('"x""y"', "example.org")
+    assert as_rcpt_names(Address('"a\\"', "example.org")) == Address('"a\\"', "example.org")
+    # `user passwd` and `user del` reach it by either name
+    db.set_password('"q"', "pw2")
+    assert Path(db.path).read_text().splitlines()[0].startswith("q@example.org ")
+    db.delete("q")
+    settle(db)
+    assert not db.contains(Address("q", "example.org"))
+
+
+@pytest.mark.parametrize("name", ["a\u200c;", "\u00ad..x", "a\u200f;b"])
+def test_a_name_with_a_format_character_rcpt_gives_only_quoted_is_keyed_quoted(
+        db: UsersDB, name: str) -> None:
+    # a zero-width non-joiner, soft hyphen or right-to-left mark is no
+    # control: RCPT carries it (RFC 6531 UTF8-non-ascii), quoted where the
+    # rest is no dot-string, and the file, a login and an alias target
+    # must key the name so -- not as written (``str.isprintable`` is
+    # False for these), a user no RCPT reaches and logins open apart
+    from txmailhub.address import login_key
+    from txmailhub.router import alias_address
+    from txmailhub.smtp._parse import parse_rcpt, rcpt_local
+
+    rcpt = parse_rcpt(f"TO:<{rcpt_local(name)}@example.org>", "example.org", utf8=True)[0]
+    assert rcpt.local.startswith('"')
+    Path(db.path).write_text(f"{name}@example.org {hash_password('pw')}\n")
+    settle(db)
+    assert [a.key for a in db.addresses()] == [rcpt.key]
+    assert db.contains(rcpt)
+    assert db.qualify(name).key == rcpt.key
+    assert login_key(name + "@example.org") == login_key(rcpt.key) == rcpt.key
+    assert alias_address(name, "example.org", local_domains={"example.org"}).key == rcpt.key

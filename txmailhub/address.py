@@ -36,7 +36,9 @@ __all__ = [
     "ipv4_literal",
     "ipv6_literal",
     "login_key",
+    "one_quoted_string",
     "parse_address",
+    "quoted_end",
     "rcpt_mailbox",
     "written_domain",
 ]
@@ -325,12 +327,49 @@ def written_domain(domain: str) -> str:
     return d
 
 
+def quoted_end(text: str) -> int:
+    """The index just past the quoted string ``text`` starts with (a
+    backslash escaping the next character in it, as in RCPT); -1 if it
+    starts with none or it is not closed."""
+    if len(text) < 2 or text[0] != '"':
+        return -1
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i + 1
+        else:
+            i += 1
+    return -1
+
+
+def one_quoted_string(local: str) -> bool:
+    """Whether ``local`` is one RFC 5321 quoted string, its closing quote
+    the last character (a backslash escaping the next one, as in RCPT):
+    ``"q"`` and ``"a\\"b"`` are, ``"a""b"`` and ``"a\\"`` are not."""
+    return quoted_end(local) == len(local)
+
+
 def login_key(name: str) -> str:
     """A login name (``user@domain``, or a bare ``user``) in the form the
-    users file keys it: case, IDN spelling and normalization do not matter."""
+    users file keys it: case, IDN spelling and normalization do not matter,
+    and the local part is read as RCPT gives it, as ``UsersDB.qualify``
+    takes it (``txmailhub.users.as_rcpt_names``): ``"joe"`` is joe and
+    ``a;`` is ``"a;"``, so an authzid ``"joe"`` names the user who logged
+    in as joe, and ``a;`` the one who logged in as ``"a;"`` (RFC 4616 2)."""
     local, at, domain = name.rpartition("@")
+    if not at or one_quoted_string(name):  # ('"a@b"': a bare local part)
+        local, at = name, ""
+    from txmailhub.smtp._parse import rcpt_local, unquote_local
+
+    if len(local) > 1 and local[0] == local[-1] == '"':
+        if one_quoted_string(local):
+            local = unquote_local(local)
+    elif local not in (".", ".."):
+        local = rcpt_local(local)
     if not at:
-        return canonical_local(name)
+        return canonical_local(local)
     return f"{canonical_local(local)}@{canonical_domain(domain)}"
 
 
@@ -426,6 +465,8 @@ def parse_address(text: str, primary_domain: str | None = None, *,
             or (not controls and _CONTROL.search(text))):
         raise AddressError(f"address {quoted(text)} contains whitespace or control characters")
     local, at, domain = text.rpartition("@")
+    if at and one_quoted_string(text):  # '"a@b"': its '@' is quoted, a bare local part
+        at = ""
     if not at:
         if primary_domain is None:
             raise AddressError(f"address {quoted(text)} has no domain")

@@ -19,10 +19,10 @@ hub cannot read and the other aliases stay as they were, byte for byte,
 in their order and with their line ends.  A new alias is a new line at
 the end.  A replaced alias gets its first line (and its continuation
 lines) rewritten as one line that keeps its name as it was written, and
-its other lines (the name written again further down, or unquoted where
-RCPT gives it quoted) removed: afterwards it has exactly the targets
-set.  A removed alias loses all of its entries, including ignored
-duplicates, which would otherwise come into effect.  A byte-order mark
+its other lines (the name written again further down, quoted or not)
+removed: afterwards it has exactly the targets set.  A removed alias
+loses all of its entries, including ignored duplicates, which would
+otherwise come into effect.  A byte-order mark
 at the start stays there, and none is added.
 
 Writers take an exclusive lock on ``<file>.lock`` next to the
@@ -59,8 +59,10 @@ from txmailhub.logsafe import quoted, shown
 from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.router import (
     BOM,
+    CONTINUATION,
     Aliases,
     AliasWarning,
+    _quoted_end,
     alias_address,
     alias_loops,
     alias_warnings,
@@ -185,7 +187,7 @@ class AliasesFile:
         for i, raw in enumerate(lines):
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
-            if raw[0] in " \t":
+            if raw[0] in CONTINUATION:
                 if entries:
                     entries[-1].lines.append(i)
                 continue  # a continuation of nothing: no alias's line
@@ -208,11 +210,6 @@ class AliasesFile:
         except AddressError:
             return None
 
-    def _rcpt_key(self, line: str) -> str | None:
-        """The key of the alias ``line`` names, its name read as RCPT gives
-        it (``a;: joe``, as an older ``alias add`` wrote it, is ``"a;"``)."""
-        return self._name_key(self.rcpt_form(_written_name(line)) + ":")
-
     # -- changing ------------------------------------------------------------
 
     def add(self, name: str, targets: list[str]) -> Change:
@@ -231,19 +228,9 @@ class AliasesFile:
         with self._locked() as text:
             lines = file_lines(text, keepends=True)
             entries = self._entries(lines)
+            # every spelling of the name: ``a;`` and ``"a;"`` are one alias
+            # (``alias_address``), as ``set`` leaves one line for them all
             gone = {i for e in entries if e.key == key for i in e.lines}
-            # ``a;``: the alias ``add`` made of it, "a;" (as RCPT names it),
-            # and a line an older add wrote unquoted (``a;: joe``): every
-            # spelling goes, as ``set`` leaves one line for them all (the
-            # one left came into effect)
-            rcpt_key = self.key(self.rcpt_form(name.strip()), controls=True)
-            also = {i for e in entries
-                    if e.key is not None and (e.key == rcpt_key
-                                              or self._rcpt_key(lines[e.lines[0]]) == rcpt_key)
-                    for i in e.lines}
-            if not gone or any(e.key == rcpt_key for e in entries):
-                key = rcpt_key  # the alias RCPT reaches, said when it went too
-            gone |= also
             if not gone:
                 # the name may hold ESC (``controls``): never raw to the terminal
                 raise NoSuchAlias(f"no such alias: {shown(key)}")
@@ -256,8 +243,8 @@ class AliasesFile:
         name = name.strip()
         targets = [t.strip() for t in targets if t.strip()]
         self._refuse_unwritable(name, targets)
-        # as RCPT names them: 'a;' only quoted, '"a;"' (written unquoted,
-        # the alias got no mail, and a target missed the user "a;")
+        # as RCPT names them: 'a;' only quoted, '"a;"' (the file reads an
+        # unquoted one so too; written quoted, it says what it means)
         name = self.rcpt_form(name)
         targets = [t[:len(t) - len(t.lstrip("\\"))] + self.rcpt_form(t.lstrip("\\"),
                                                                       local_only=True)
@@ -269,33 +256,26 @@ class AliasesFile:
             lines = file_lines(text, keepends=True)
             entries = self._entries(lines)
             key = self._name_key(name + ":")
+            # (``a;: joe``, as an older ``alias add`` wrote it, is this
+            # alias too: ``alias_address`` reads it "a;", as RCPT gives it)
             mine = [e for e in entries if key is not None and e.key == key]
-            # the same name written unquoted (``a;: joe``, as an older
-            # ``alias add`` wrote it): no mail reaches it, but it is the
-            # alias the admin means -- not a second line to append
-            old = [e for e in entries
-                   if key is not None and e.key is not None and e.key != key
-                   and self._rcpt_key(lines[e.lines[0]]) == key]
-            if (mine or old) and not replace:
-                there = (mine or old)[0]
+            if mine and not replace:
+                there = mine[0]
                 where = there.lines[0] + 1
-                if not mine:
-                    why = f", written unquoted as {shown(there.key or '')} (no mail reaches it)"
-                else:
-                    why = "" if there.usable else " (a line the hub cannot use)"
+                why = "" if there.usable else " (a line the hub cannot use)"
                 raise AliasExists(
                     f"{self.path}:{where}: the alias {key} is already there{why}"
                     + ": `mailhub alias set` replaces its targets")
-            # the first line of the name, else a line written unquoted,
-            # rewritten quoted; every other line of the name goes (below):
+            # the first line of the name is rewritten; every other line of
+            # the name goes (below):
             # set means the alias has exactly these targets afterwards,
             # and a second line of it -- ignored by the hub while the first
             # is usable, in effect when it is not, named by check either
             # way -- would not be these targets
-            entry = (mine or old or [None])[0]
+            entry = (mine or [None])[0]
             if entry is not None:
                 first = lines[entry.lines[0]]
-                written_name = _written_name(first) if mine else name
+                written_name = _written_name(first)
                 eol = first[len(first.rstrip("\r\n")):] or _eol(lines)
                 number: int | None = entry.lines[0] + 1
             else:
@@ -309,9 +289,9 @@ class AliasesFile:
             if entry is not None:
                 lines[entry.lines[0]] = line + eol
                 # and every other line of the name, written again further
-                # down or unquoted: set leaves one line for the alias, not
-                # a dead one (or one that comes into effect) beside it
-                others = [e for e in mine + old if e is not entry]
+                # down (quoted or not): set leaves one line for the alias,
+                # not one that comes into effect beside it
+                others = [e for e in mine if e is not entry]
                 removed = sorted(e.lines[0] + 1 for e in others)
                 drop = set(entry.lines[1:]).union(*(e.lines for e in others))
                 lines = [x for i, x in enumerate(lines) if i not in drop]
@@ -327,14 +307,16 @@ class AliasesFile:
     def rcpt_form(self, text: str, *, local_only: bool = False) -> str:
         """``text`` (a name or target as typed) with its local part as
         RCPT can give it: ``a;`` (no dot-string) as ``"a;"``, the form the
-        hub keys such a mailbox by; anything else as it is (a dot-string,
-        a quoted local part, what is no address or a target the file does
-        not support, which the checks refuse in their own words).
+        hub keys such a mailbox by; a quoted one as RCPT gives it (``"zz"``
+        as ``zz``, ``"a\\:b"`` as ``"a:b"``), the key the file's reader
+        gives it; anything else as it is (a dot-string, what is no address
+        or a target the file does not support, which the checks refuse in
+        their own words).
         ``local_only`` (a target): a remote address is left to its domain,
         whose rules are its own, and ``<...>`` is the address within, in
         its brackets still."""
         from txmailhub.router import unsupported_target
-        from txmailhub.smtp._parse import rcpt_local
+        from txmailhub.smtp._parse import rcpt_local, unquote_local
 
         if unsupported_target(text):
             return text
@@ -347,8 +329,14 @@ class AliasesFile:
         except AddressError:
             return text
         local = address.local
-        if (local.startswith('"') or not local.isprintable() or not text.startswith(local)
-                or (local_only and canonical_domain(address.domain) not in self.domains)):
+        if local_only and canonical_domain(address.domain) not in self.domains:
+            return text
+        written = _quoted_local(text)
+        if written is not None and _quoted_end(written) == len(written):
+            # '"zz"' as RCPT gives it, zz: the key the file's reader
+            # gives it too, written so
+            return unquote_local(written) + text[len(written):]
+        if local.startswith('"') or not text.startswith(local):
             return text
         return rcpt_local(local) + text[len(local):]
 
@@ -375,11 +363,14 @@ class AliasesFile:
                    for t in targets if len(split_targets(t)[0]) > 1)
         why.extend(_beyond_rcpt(name, self.primary_domain))
         for what, text in (("alias name", name), *(("target", t) for t in targets)):
-            plain = _unquoted(text.lstrip("\\").strip("<>"))
-            if plain is not None:
-                why.append(f"{what} {quoted(text)}: to SMTP a quoted {plain} is {plain}, but the "
-                           "file keeps the quotes, so no address would match it: write it "
-                           "without the quotes")
+            local = _quoted_local(text.lstrip("\\").strip("<>"))
+            if local is not None and _quoted_end(local) != len(local):
+                # '"a""b"': no RCPT TO names it (a syntax error), and
+                # '"a\"\"b"' is another address: written, it got a warning
+                # and never any mail
+                why.append(f"{what} {quoted(text)}: its quotes are no one quoted string, so no "
+                           "RCPT TO could name it: write one quoted string, a '\"' inside it "
+                           "escaped with a backslash")
         if why:
             raise BadAlias(why)
 
@@ -572,20 +563,16 @@ def _eol(lines: list[str]) -> str:
     return "\n"
 
 
-def _unquoted(address: str) -> str | None:
-    """The local part of ``address`` without its quotes when RCPT drops
-    them (``"zz"`` is ``zz``, RFC 5321 4.1.2), else None: the file keys
-    it as written, so an alias or target written quoted is never matched."""
+def _quoted_local(address: str) -> str | None:
+    """The local part of ``address`` when it is written in quotes (``"zz"``,
+    ``"a""b"``), else None."""
     if "@" in address and not address.endswith('"'):  # (a bare '"a@b"' is all local part)
         local = address[:address.rindex("@")]
     else:
         local = address
     if len(local) < 2 or not local[0] == local[-1] == '"':
         return None
-    from txmailhub.smtp._parse import unquote_local
-
-    plain = unquote_local(local)
-    return None if plain.startswith('"') else plain
+    return local
 
 
 def _beyond_rcpt(name: str, primary_domain: str) -> list[str]:

@@ -39,6 +39,8 @@ from txmailhub.errors import (
 from txmailhub.logsafe import shown, shown_lines, shown_message
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from txmailhub.address import Address
     from txmailhub.router import Aliases
     from txmailhub.users import UsersDB
@@ -300,22 +302,194 @@ def _password_warnings(users: UsersDB, address: Address, password: str, allow_we
               file=err)
 
 
-def _old_maildir_folders(settings: Settings) -> list[str]:
-    """Maildirs under another spelling of a local domain (its A-label):
-    where an earlier version kept them when the config named the domain
-    that way.  The hub now uses the U-label folder only, so their mail is
-    out of reach until they are moved."""
-    from txmailhub.address import ascii_domain
+def _folder_names(folder: str) -> list[str]:
+    """The names in ``folder`` read as the UTF-8 the hub names Maildirs
+    in, whatever the file system encoding: without Python's UTF-8 mode
+    under ``LC_ALL=C`` that encoding is ASCII, and a str path holding
+    ``bücher.example`` cannot even be passed to ``listdir``.  Octets that
+    are not UTF-8 are kept as surrogates (``surrogateescape``).  A folder
+    that is not there has none; one that cannot be read raises
+    ``OSError`` (``_unread``)."""
+    try:
+        names = os.listdir(folder.encode("utf-8", "surrogateescape"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(name.decode("utf-8", "surrogateescape") for name in names)
+
+
+def _is_maildir(path: str) -> bool:
+    """A folder with a ``new`` or ``cur`` in it: one the hub (or another
+    Maildir writer) made for a mailbox, not an administrator's own."""
+    return any(_is_folder(os.path.join(path, sub)) for sub in ("new", "cur"))
+
+
+def _is_folder(path: str) -> bool:
+    return os.path.isdir(path.encode("utf-8", "surrogateescape"))
+
+
+def _same_folder(path: str, other: str) -> bool:
+    """Whether ``path`` is ``other`` under another name: a symbolic link
+    to it, or its name on a file system that ignores case or tells no
+    composed from decomposed names apart (APFS, HFS+, a Windows share).
+    The hub reads such a folder's mail already: nothing to move."""
+    try:
+        return os.path.samefile(path.encode("utf-8", "surrogateescape"),
+                                other.encode("utf-8", "surrogateescape"))
+    except OSError:  # (``other`` is not there)
+        return False
+
+
+def _unread(folder: str, e: OSError) -> str:
+    """The warning for a folder ``check`` could not look into for
+    Maildirs spelled another way: without it, an ok would read as "none"."""
+    return (f"{folder}: Maildirs under another spelling of a name are not looked for: it "
+            f"{_not_read(e)}")
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a name ``_folder_names`` read was UTF-8 (no surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unique_names(maildir: str) -> set[str]:
+    """The unique names (a file name before its ":") of the messages in
+    ``maildir``'s new and cur: one message's in both a Maildir and the
+    folder it moves to would replace the other (their UIDL too)."""
+    return {name.partition(":")[0]
+            for sub in ("new", "cur")
+            for name in _folder_names(os.path.join(maildir, sub))}  # (OSError: _unread)
+
+
+def _old_maildir_folders(settings: Settings, user_keys: Collection[str] = ()) -> list[str]:
+    """Maildirs under another spelling of a local domain (its A-label, a
+    decomposed or capitalized U-label): where an earlier version kept
+    them when the config named the domain that way.  The hub now uses the
+    canonical U-label folder only, so their mail is out of reach until
+    they are moved; so is that of a local part's folder spelled another
+    way (``_old_local_folders``)."""
+    from txmailhub.address import canonical_domain
 
     out = []
-    for domain in settings.hub.domains:
-        other = ascii_domain(domain)
-        folder = os.path.join(settings.mail_dir, other)
-        if other != domain and os.path.isdir(folder):
+    try:
+        names = _folder_names(settings.mail_dir)
+    except OSError as e:
+        return [_unread(settings.mail_dir, e)]
+    for name in names:
+        folder = os.path.join(settings.mail_dir, name)
+        try:
+            domain = canonical_domain(name)
+        except ValueError:
+            continue
+        new = os.path.join(settings.mail_dir, domain)
+        if (domain != name and domain in settings.hub.domains and _is_folder(folder)
+                and not _same_folder(folder, new)):
+            try:
+                both, taken = _merged(folder, new)
+            except OSError as e:
+                out.append(_unread(_failed_at(e, folder), e))
+                both = taken = 0
             out.append(f"{folder} holds Maildirs the hub no longer reads: the folder of "
-                       f"{other} is now {os.path.join(settings.mail_dir, domain)}; move them "
-                       "there")
+                       f"{name} is now {new}; move them there"
+                       + (f" ({both} of them {_verb(both)} a Maildir there already: move "
+                          "their messages into it" if both else "")
+                       + _taken(taken, "of their messages") + (")" if both else ""))
+    for domain in settings.hub.domains:
+        out.extend(_old_local_folders(os.path.join(settings.mail_dir, domain), domain,
+                                      user_keys))
     return out
+
+
+def _folder_key(name: str) -> str:
+    """The local part the hub keys a Maildir folder's name by
+    (``canonical_local``), read as RCPT gives it, as the users file reads
+    it (``as_rcpt_names``): ``"q"`` is ``q``, ``a;`` is ``"a;"``."""
+    from txmailhub.address import Address, canonical_local
+    from txmailhub.users import as_rcpt_names
+
+    return canonical_local(as_rcpt_names(Address(name, "")).local)
+
+
+def _old_local_folders(domain_folder: str, domain: str = "",
+                       user_keys: Collection[str] = ()) -> list[str]:
+    """Maildirs of a domain under a spelling of their local part that is
+    not the one the hub keys mail by (``_folder_key``): a decomposed
+    ``jörg`` (``o`` and U+0308), as an earlier version made the folder
+    from a name typed so, one in quotes RCPT drops (``"q"``, the folder
+    of an earlier version's users file line ``"q"@...``, which a login as
+    ``"q"`` opened), or one without the quotes RCPT gives (``a;``, the
+    folder of an earlier version's line ``a;@...``, which a login as
+    ``a;`` and an alias target ``a;`` reached; ``.a`` too).  The hub
+    delivers to and reads the other folder only, so the old one's mail is
+    out of reach until moved.  ``user_keys``: the users file's keys; a
+    folder with a leading dot is named only as the old folder of one of
+    them (at ``domain``)."""
+    out = []
+    try:
+        names = _folder_names(domain_folder)
+    except OSError as e:
+        return [_unread(domain_folder, e)]
+    for name in names:
+        key = _folder_key(name)
+        folder = os.path.join(domain_folder, name)
+        new = os.path.join(domain_folder, key)
+        # (a name that is not UTF-8 is none the hub made: no address has
+        # it; nor has one with a leading dot, a Maildir++ subfolder or a
+        # client's own, but for a user's old folder: ``.a`` of a line
+        # ``.a@...``, which is the user ".a")
+        if (key == name or not _is_utf8(name)
+                or (name.startswith(".") and f"{key}@{domain}" not in user_keys)
+                or not _is_maildir(folder) or _same_folder(folder, new)):
+            continue
+        # the two may look alike on a terminal: spell the old one out
+        spelled = name.encode("ascii", "backslashreplace").decode("ascii")
+        try:
+            taken = len(_unique_names(folder) & _unique_names(new))
+        except OSError as e:  # (its new or cur, or the new Maildir's)
+            out.append(_unread(_failed_at(e, folder), e))
+            taken = 0
+        out.append(f"{folder} is a Maildir the hub no longer reads (its name is spelled "
+                   f"{spelled}): the mail of that name is kept in {new}; move its messages "
+                   "there" + _taken(taken))
+    return out
+
+
+def _merged(old: str, new: str) -> tuple[int, int]:
+    """(how many Maildirs of the domain folder ``old`` have one in ``new``
+    under their local part's key, how many of their messages have the
+    unique name of one in it).  ``OSError`` when a folder cannot be read."""
+    both = taken = 0
+    for name in _folder_names(old):
+        maildir = os.path.join(old, name)
+        there = os.path.join(new, _folder_key(name))
+        if (name.startswith(".") or not _is_utf8(name) or not _is_folder(maildir)
+                or not _is_folder(there) or _same_folder(maildir, there)):
+            continue
+        both += 1
+        taken += len(_unique_names(maildir) & _unique_names(there))
+    return both, taken
+
+
+def _verb(n: int) -> str:
+    return "has" if n == 1 else "have"
+
+
+def _taken(taken: int, which: str = "of them") -> str:
+    """The words for messages that would replace one of the same unique
+    name where they are moved to (a Maildir's file name is its UIDL)."""
+    if not taken:
+        return ""
+    return (f", but {taken} {which} {_verb(taken)} the unique name (a file name before its "
+            "\":\") of a message there: give those new ones, or each replaces that message")
+
+
+def _failed_at(e: OSError, folder: str) -> str:
+    """The folder an ``OSError`` of ``_folder_names`` names, else ``folder``."""
+    where = e.filename
+    return where.decode("utf-8", "surrogateescape") if isinstance(where, bytes) else folder
 
 
 def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str],
@@ -426,10 +600,15 @@ def _hub_read_advice(settings: Settings, section: str, path: str, why: str,
     """What root does about a file the hub's user (``owner``) may not read,
     when what is in the way is the file itself (or, for the users file, its
     own folder, ``users.d``, which the hub's user is to own): the users
-    folder's ``chown -R``, the TLS files' ``chgrp`` and ``chmod`` of
-    deployment.rst.  ``None`` for the others (the aliases file is root's
-    and only needs to be readable; a folder higher up is the admin's
-    layout): the owner and mode ``why`` names say enough there."""
+    folder's ``chown -R``; for the TLS files and the smarthost's password
+    (secrets: the hub's group reads them, others do not), the ``chgrp`` and
+    ``chmod 640`` of deployment.rst; for the aliases file (root's, and no
+    secret, as ``/etc/aliases``), ``chmod 644`` whatever its group.  A
+    TLS or password file whose own group reads it (``root:ssl-cert 0640``,
+    shared with other services) gets the ``usermod`` that adds the hub's
+    user to that group instead.  ``None``
+    for a folder higher up (the admin's layout): the owner and mode ``why``
+    names say enough there."""
     import shlex
 
     from txmailhub.config import _hub_group
@@ -442,13 +621,18 @@ def _hub_read_advice(settings: Settings, section: str, path: str, why: str,
         from txmailhub.users_folder import hub_cannot_read_advice
 
         return hub_cannot_read_advice(path, owner)
-    if section == "tls" and why.startswith(f"{real} is "):
+    if section in ("tls", "relay", "aliases") and why.startswith(f"{real} is "):
         from txmailhub.hub_access import group_name, name_of
 
         state_dir = os.path.abspath(settings.hub.state_dir)
         gid = _hub_group(state_dir, os.stat(state_dir))
         group = group_name(gid)
         st = os.stat(real)
+        pasted = shlex.quote(path)
+        if section == "aliases":
+            # no secret: readable by all, whichever group reads it now
+            # (joining that group would hand the hub whatever else it reads)
+            return f"chmod 644 {pasted} (docs/deployment.rst)"
         if st.st_gid not in (0, gid) and st.st_mode & 0o040:
             # root:ssl-cert 0640, a key other services read through their
             # group: a chgrp would take it from them.  The hub's user joins
@@ -463,7 +647,6 @@ def _hub_read_advice(settings: Settings, section: str, path: str, why: str,
             return (f"its group reads it (other services' too, perhaps): rather than change "
                     f"the file's group, add the hub's user to that one ({join}), then restart "
                     "the hub (docs/deployment.rst)")
-        pasted = shlex.quote(path)
         return f"chgrp {shlex.quote(group)} {pasted} && chmod 640 {pasted} (docs/deployment.rst)"
     return None
 
@@ -497,7 +680,8 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                                 f"{settings.at(section, key, index)}")
     problems.extend(_state_dir_problems(settings))
     warnings = list(settings.warnings)
-    warnings.extend(_old_maildir_folders(settings))
+    warnings.extend(_old_maildir_folders(
+        settings, {a.key for a in users.addresses()} if users_read else ()))
     warnings.extend(_hub_user_warnings(settings))
     if users_read and not users.missing:
         from txmailhub.users import mail_never_reaches
@@ -537,6 +721,12 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
             warnings.extend(alias_target_warnings(
                 settings.aliases.file, settings.hub.primary_domain, settings.hub.domains,
                 users.contains))
+        elif not users_read:
+            # said once, not skipped without a word: an ok for the aliases
+            # would otherwise read as "every target is a user"
+            warnings.append(f"{settings.aliases.file}: alias targets that are no user and "
+                            "aliases that take a user's mail are not checked: the users file "
+                            f"{settings.users.file} cannot be read")
     # names from the users and aliases files (an alias target with a bidi
     # override, a user with ESC) reach these lines: escaped as ``user
     # list`` and ``alias list`` show them, never raw to the terminal
@@ -805,7 +995,9 @@ def main(
               f"it on the first line of standard input with --password-stdin", file=err)
         return 2
     try:
-        settings = load(args.config)
+        # only check (of the commands) needs the TLS pair: the others warn
+        # of one this user cannot read, and do their work
+        settings = load(args.config, tls_needed=args.command == "check")
     except ConfigError as e:
         # as ``check`` prints them: what the config holds, escaped
         for warning in e.warnings:
@@ -816,6 +1008,9 @@ def main(
         for problem in e.problems:
             print(_shown_lines(problem), file=err)
         return 2
+    for line in settings.tls_unread:
+        print(f"warning: {_shown_lines(line)}; not needed by mailhub {args.command}, but the "
+              "hub and mailhub check need it", file=err)
     try:
         code = _command(settings, args, out, err, stdin)
         out.flush()  # here, where a closed pipe is still ours to handle

@@ -314,6 +314,9 @@ class Settings:
     # where the file wrote each key: for a line about one found after
     # loading (``at``); not part of what the settings are
     lines: KeyLines = field(default_factory=KeyLines, compare=False, repr=False)
+    # a TLS file this user cannot read, loaded for a command that uses no
+    # TLS (``load(tls_needed=False)``): one line each, for it to warn of
+    tls_unread: tuple[str, ...] = ()
 
     def at(self, section: str, key: str | None = None, item: int | None = None) -> str:
         """`` (at line N)`` for a line about ``[section] key`` (its
@@ -1390,15 +1393,21 @@ def _schedule(v: Any) -> tuple[int, ...]:
 # --- loading --------------------------------------------------------------
 
 
-def load(path: str) -> Settings:
-    """Read and validate the config file; raise ``ConfigError`` listing every problem."""
+def load(path: str, *, tls_needed: bool = True) -> Settings:
+    """Read and validate the config file; raise ``ConfigError`` listing every problem.
+
+    ``tls_needed=False``: for a command that uses no TLS (``mailhub user``,
+    ``alias``, ``queue``), a TLS certificate or key this user cannot read
+    is no problem but a line of ``Settings.tls_unread``, which the command
+    prints as a warning: a key only the hub's group reads must not keep
+    root's ``user add`` from working.  The hub and ``check`` need it."""
     path = os.path.abspath(path)
     data, folder = _read_config(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
-    return load_text(text, path, folder)
+    return load_text(text, path, folder, tls_needed=tls_needed)
 
 
 _PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written, whole
@@ -1494,9 +1503,11 @@ def _names_above_sections(text: str, doc: dict[str, Any]) -> set[str]:
     return set(moved.get(fresh, {}))
 
 
-def load_text(text: str, path: str, folder: str | None = None) -> Settings:
+def load_text(text: str, path: str, folder: str | None = None, *,
+              tls_needed: bool = True) -> Settings:
     """Validate TOML ``text`` as if read from ``path``; relative paths
-    resolve against ``folder``, by default ``path``'s."""
+    resolve against ``folder``, by default ``path``'s; ``tls_needed`` as
+    for ``load``."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -1584,6 +1595,7 @@ def load_text(text: str, path: str, folder: str | None = None) -> Settings:
     aliases = AliasesSettings(file=aliases_file)
 
     tls = None
+    tls_unread: list[str] = []
     r.declare("tls", {"certificate", "key"})
     if "tls" in doc:
         t = r.table(doc, "tls", {"certificate", "key"})
@@ -1600,7 +1612,10 @@ def load_text(text: str, path: str, folder: str | None = None) -> Settings:
                 why = _unreadable(p, hub.state_dir)
                 if why:
                     readable = False
-                    r.problem("tls", name, why)
+                    if tls_needed:
+                        r.problem("tls", name, why)
+                    else:
+                        tls_unread.append(r._said("tls", name, why, None))
         if ("certificate" in t and "key" in t and os.path.isfile(cert) and os.path.isfile(key)
                 and readable):
             from txmailhub.tls import pair_findings
@@ -1878,6 +1893,7 @@ def load_text(text: str, path: str, folder: str | None = None) -> Settings:
         warnings=tuple(warnings),
         hostname_from=own_name_from,
         lines=r.lines,
+        tls_unread=tuple(tls_unread),
     )
 
 
@@ -2100,6 +2116,31 @@ def _unreadable(path: str, state_dir: str | None = None) -> str | None:
             group = str(gid)
         # pasted into root's shell: a path with a space, `;` or `$(...)` is one word
         pasted = shlex.quote(path)
+        try:
+            file_st = os.stat(path)
+        except OSError:
+            file_st = None
+        if file_st is not None and file_st.st_gid not in (0, gid) and file_st.st_mode & 0o040:
+            # root:ssl-cert 0640, shared with other services through its
+            # group: a chgrp would take it from them (as check run as root
+            # says, cli._hub_read_advice); the hub's user joins the group
+            try:
+                shared = grp.getgrgid(file_st.st_gid).gr_name
+            except KeyError:
+                shared = str(file_st.st_gid)
+            hub = user
+            if st is not None and st.st_uid != os.geteuid():
+                try:
+                    hub = pwd.getpwuid(st.st_uid).pw_name
+                except KeyError:
+                    hub = f"uid {st.st_uid}"
+            join = (" ".join(shlex.quote(w) for w in ("usermod", "-a", "-G", shared, hub))
+                    if not hub.startswith("uid ") else
+                    f"SupplementaryGroups={shared} in its systemd unit")
+            return (f"{path} cannot be read by {user}: {e.strerror}; its group {shared} reads "
+                    "it (other services' too, perhaps): rather than change the file's group, "
+                    f"add the user the hub runs as to that one (as root: {join}), then "
+                    "restart the hub (docs/deployment.rst)")
         return (f"{path} cannot be read by {user}: {e.strerror}; the user the hub runs as "
                 f"needs read access (for a key: chgrp {shlex.quote(group)} {pasted} && "
                 f"chmod 640 {pasted})")

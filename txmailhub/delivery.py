@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, RecipientDSN, SpooledMessage
 from txmailhub.interfaces import ISpoolingStore
-from txmailhub.logsafe import log_failure, loggable, plural
+from txmailhub.logsafe import listed, log_failure, loggable, plural
 from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 
@@ -238,7 +238,7 @@ class _Delivery:
         if queue is None:
             log.warn("no outbound queue: the success notice to <{sender}> for {recipients} "
                      "is not sent", sender=loggable(self.envelope.sender_text, 1 << 20),
-                     recipients=loggable(", ".join(map(str, rcpts)), 1 << 20))
+                     recipients=listed(rcpts))
             return defer.succeed(None)
         env = self._envelope_for(rcpts, tuple(pairs))
         try:

@@ -34,12 +34,17 @@ module's.
 
 A field that is ASCII, or whose 8-bit octets are not UTF-8 (legacy mail
 that broke RFC 5322, which UTF-8 mode would not change either), is kept
-octet for octet, so the function is the identity on ASCII input.  The
-body is no business of this module: a client that lacks UTF8 still takes
-8-bit bodies (8BITMIME).  ``Undowngradable`` is raised only for a header
-line with UTF-8 that is no field at all.
+octet for octet, so the function is the identity on ASCII input.  Of the body,
+only the header sections of its MIME parts are downgraded
+(``PartHeaders``, the same rules, fed chunk by chunk); the rest is no
+business of this module: a client that lacks UTF8 still takes 8-bit
+bodies (8BITMIME).  ``Undowngradable`` is raised only for a header line
+with UTF-8 that is no field at all (and for a part header section with
+UTF-8 over ``PART_HEADER_LIMIT``, multiparts nested deeper than
+``PART_DEPTH_LIMIT``, or more than ``PART_DOWNGRADE_LIMIT`` part header
+sections with UTF-8).
 
-Pure functions over bytes: no files, no protocol.
+Functions and a stream transformer over bytes: no files, no protocol.
 """
 
 from __future__ import annotations
@@ -58,10 +63,11 @@ from txmailhub.rfc2047 import (
     phrase_word,
 )
 from txmailhub.rfc5322 import comment_end, escaped
+from txmailhub.store.format import crlf_size_of
 
-__all__ = ["Undowngradable", "address_field", "downgrade_header", "encoded_word_spans",
-           "encoded_words", "header_end", "needs_downgrade", "parameter_field",
-           "unstructured_field"]
+__all__ = ["PART_DOWNGRADE_LIMIT", "PART_HEADER_LIMIT", "PartHeaders", "Undowngradable",
+           "address_field", "downgrade_header", "encoded_word_spans", "encoded_words", "header_end",
+           "needs_downgrade", "parameter_field", "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -88,6 +94,7 @@ _POLICY = email_policy.default.clone(utf8=False, linesep="\n", max_line_length=_
 # and one longer still has no RFC 2231 form here
 _PARAM_CHROME = 37
 _LONG_LINE = 990
+_MAX_LINE = 998  # RFC 5322 2.1.1: a line's characters, CRLF not counted
 _LONG_POLICY = _POLICY.clone(max_line_length=_LONG_LINE)
 # The stdlib's parser takes time that grows with the square of a field's
 # tokens (each step copies the rest of the text: 8,000 ";" take over a
@@ -101,6 +108,16 @@ _PARAM_FIELDS_MAX = 2
 _HEADER_END = re.compile(rb"\n\r?\n")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+").findall
+# a line break with no blank after it: no fold (RFC 5322 2.2.3)
+_BAD_FOLD = re.compile(r"\n(?![ \t])")
+# an encoded word with no encoded text, which RFC 2047 2 does not allow:
+# the stdlib writes one for the blank before UTF-8 where a Content-Type
+# has no type it can read ("multipart/mixedabc ä")
+_EMPTY_WORD = re.compile(r"=\?[^?\s]*\?[BbQq]\?\?=")
+# white space to RFC 5322 (2.2.3, 3.2.2): SP and HTAB, and the line ends
+# unfolding leaves; NBSP, U+3000 and Unicode's other spaces, which
+# ``str.strip`` takes for white space too, are text
+_WSP = " \t\r\n"
 _FOR_CLAUSE = re.compile(r"\s+for\s+(<[^>]*>|[^\s;()]+)", re.IGNORECASE)
 
 
@@ -199,17 +216,22 @@ def _field(text: str, parameters: bool = True) -> str:
 
 def parameter_field(name: str, value: str) -> str | None:
     """A Content-Type or Content-Disposition field (``value`` unfolded)
-    in ASCII: non-ASCII parameter values as RFC 2231 values, a UTF-8
-    comment after the parameters as encoded words inside its parentheses
-    (RFC 2047 5(2)) -- the stdlib would put them outside the comment,
-    where they end the type, and folds a line with them badly.  ``None``
+    in ASCII: non-ASCII parameter values as RFC 2231 values, its comments
+    after the parameters, a UTF-8 one as encoded words inside its
+    parentheses (RFC 2047 5(2)) -- the stdlib would put them outside the
+    comment, where they end the type, and folds a line with comments
+    badly (a long one loses its parentheses).  ``None``
     when the value has no parameters to be had, or one whose name is too
     long for any line (``_PARAM_CHROME``), or when the stdlib would take
-    too long to read them (``_PARAM_TEXT_MAX``) or has no room on the
-    stack for its comments."""
+    too long to read them (``_PARAM_TEXT_MAX``), or folds them only with
+    a line break that no blank follows or with an empty encoded word, or
+    when a comment makes a line over 998 characters."""
     parts = _comment_split(value.strip())
-    comments = [_comments(p) for p in parts if p[:1] == "(" and not p.isascii()]
-    mime = "".join(p for p in parts if p[:1] != "(" or p.isascii())
+    # every comment is kept apart, an ASCII one too: the stdlib folds a
+    # comment longer than the room left on the line without its
+    # parentheses ("text/plain(a b ...)" became the type "text/plainab")
+    comments = [_comments(p) for p in parts if p[:1] == "("]
+    mime = "".join(p if p[:1] != "(" else _separator(parts, i) for i, p in enumerate(parts))
     if len(mime) > _PARAM_TEXT_MAX:
         return None
     try:
@@ -219,6 +241,14 @@ def parameter_field(name: str, value: str) -> str | None:
             return None
         policy = _POLICY if longest <= _LINE - _PARAM_CHROME else _LONG_POLICY
         folded = header.fold(policy=policy)
+        if _BAD_FOLD.search(folded.rstrip("\n")) and policy is _POLICY:
+            # the stdlib breaks some lines with no blank after the break
+            # (before a comment that follows a word): that line would be
+            # a field of its own, or the body's start; on lines of up to
+            # 990 there is room not to break it there
+            folded = header.fold(policy=_LONG_POLICY)
+        if _BAD_FOLD.search(folded.rstrip("\n")) or _EMPTY_WORD.search(folded):
+            return None
     except (HeaderParseError, ValueError, IndexError, RecursionError):
         # (RecursionError: comments nested a few hundred deep, which the
         # parser reads by recursing; the stack, unwound, is as it was)
@@ -226,7 +256,14 @@ def parameter_field(name: str, value: str) -> str | None:
     if not folded.isascii():
         return None
     folded = folded.rstrip("\n")
-    return _fold(name, " ".join(comments), folded) if comments else folded
+    if not comments:
+        return folded
+    folded = _fold(name, " ".join(comments), folded)
+    # a comment with no blank to fold at (nested a few hundred deep, a
+    # "(" never closed) may be a line over RFC 5322 2.1.1's 998
+    if any(len(line) > _MAX_LINE for line in folded.split("\n")):
+        return None
+    return folded
 
 
 def unstructured_field(name: str, text: str) -> str:
@@ -261,7 +298,7 @@ def _kept_and_encoded(text: str, spans: list[tuple[int, int]], first: int,
             words.append(encoded_words(piece, Q_ROOM if words else first))
         words.append(text[start:end])
         pos = end
-    if pos < len(text) or not words:  # (blanks at the end too: a reader shows them)
+    if pos < len(text):  # (blanks at the end too: a reader shows them)
         piece = _unescape(text[pos:]) if unescape else text[pos:]
         words.append(encoded_words(piece, Q_ROOM if words else first))
     return " ".join(words)
@@ -353,13 +390,13 @@ def _address_list(text: str, strict: bool = False) -> str:
             end = _scan(text, j + 1, ";")
             out.append(_group(text[i:j], text[j + 1:end], strict))
             k = _scan(text, end + 1, ",")
-            rest = text[end + 1:k].strip()  # a comment after the ";"
+            rest = text[end + 1:k].strip(_WSP)  # a comment after the ";"
             if rest:
                 out[-1] += " " + _comments(rest)
             i = k + 1
             continue
-        item = text[i:j].strip()
-        if item:
+        item = text[i:j].strip(_WSP)
+        if item.strip():  # (white space of any kind alone: no mailbox)
             ascii_form, original = _mailbox(item, strict)
             out.append(ascii_form if ascii_form is not None
                        else f"{_mailbox_text([original])} :;")  # RFC 6857 3.2.1
@@ -375,7 +412,7 @@ def address_field(name: str, value: str, strict: bool = False) -> str:
     3.2.1's group; with ``strict`` (a copy for another server, where an
     address must stay the address it was) ``Undowngradable`` for any
     non-ASCII address instead."""
-    return _fold(name, _address_list(value.strip(), strict))
+    return _fold(name, _address_list(value.strip(_WSP), strict))
 
 
 def _group(name: str, members: str, strict: bool = False) -> str:
@@ -387,7 +424,7 @@ def _group(name: str, members: str, strict: bool = False) -> str:
             moved.append(original)  # no group in a group: into the name
         else:
             kept.append(ascii_form)
-    phrase = _phrase(name.strip())
+    phrase = _phrase(name.strip(_WSP))
     if moved:
         moved_text = _mailbox_text(moved, after_word=phrase.endswith("?="))
         phrase = f"{phrase} {moved_text}".strip()
@@ -400,8 +437,8 @@ def _split(text: str, sep: str) -> list[str]:
     items, i, n = [], 0, len(text)
     while i <= n:
         j = _scan(text, i, sep)
-        item = text[i:j].strip()
-        if item:
+        item = text[i:j].strip(_WSP)
+        if item.strip():  # (white space of any kind alone: no mailbox)
             items.append(item)
         i = j + 1
     return items
@@ -419,8 +456,8 @@ def _mailbox(item: str, strict: bool = False) -> tuple[str | None, str]:
         addr = _ascii_addr(addr.strip(), strict)
         if addr is None:
             return None, item
-        phrase = _phrase(display.strip())
-        tail = _comments(after.strip())
+        phrase = _phrase(display.strip(_WSP))
+        tail = _comments(after.strip(_WSP))
         return " ".join(p for p in (phrase, f"<{addr}>", tail) if p), item
     # an addr-spec, perhaps with comments around it
     parts = _comment_split(item)
@@ -429,7 +466,8 @@ def _mailbox(item: str, strict: bool = False) -> tuple[str | None, str]:
     if addr is None:
         return None, item
     comments = " ".join(_comments(p) for p in parts if p.startswith("("))
-    return (f"{addr} {comments}" if comments else addr), item
+    # (no address, comments alone: no blank before them)
+    return " ".join(p for p in (addr, comments) if p), item
 
 
 def _ascii_addr(addr: str, strict: bool = False) -> str | None:
@@ -464,6 +502,16 @@ def _comment_split(text: str) -> list[str]:
     return parts
 
 
+def _separator(parts: list[str], i: int) -> str:
+    """What stands for the comment ``parts[i]`` where it is taken out: a
+    blank between two tokens it separated ("a(x)b" is two), else nothing."""
+    before = parts[i - 1][-1:] if i else ""
+    after = parts[i + 1][:1] if i + 1 < len(parts) else ""
+    if before in ("", " ", "\t", ";", "(") or after in ("", " ", "\t", ";", "("):
+        return ""
+    return " "
+
+
 def _comments(text: str) -> str:
     """Text of comments and blanks: each non-ASCII comment as encoded
     words inside its parentheses, but for the encoded words it already
@@ -477,7 +525,16 @@ def _comments(text: str) -> str:
             spans = comment_word_spans(inner)
             out.append("(" + _kept_and_encoded(inner, spans, Q_ROOM, unescape=True) + ")")
         else:
-            out.append(encoded_words(part.strip()))
+            # text where only comments and white space may be (after an
+            # address): kept as a comment, its encoded words inside the
+            # parentheses (5(2)), the blanks at its ends blanks.  NBSP,
+            # U+3000 and the other Unicode spaces are no white space to
+            # RFC 5322 (3.2.2: SP and HTAB) but text: a run of them alone
+            # is kept too
+            core = part.strip(_WSP)
+            start = len(part) - len(part.lstrip(_WSP))
+            out.append(part[:start] + "(" + encoded_words(core) + ")"
+                       + part[start + len(core):])
     return "".join(out)
 
 
@@ -602,3 +659,436 @@ def _received_word(word: str) -> str:
     if domain.isascii():
         return word.replace(word.strip("[]<>"), domain)
     return "(" + encoded_words(word) + ")"  # kept as a comment, never dropped
+
+
+# -- MIME part header sections ----------------------------------------------
+
+PART_HEADER_LIMIT = 64 * 1024
+"""The longest header section of a MIME part (or of a message/rfc822
+part's message) held to be downgraded: one with UTF-8 that is longer has
+no downgraded form here (``Undowngradable``), as the top section past
+its own limit has none.  It bounds the memory a part holds and the CPU
+one ``PartHeaders.feed`` spends (some 40 ms for 64 KiB of UTF-8 fields)."""
+PART_DEPTH_LIMIT = 32
+"""The most multiparts nested one in another that are read for their
+parts (each line that starts with ``--`` is compared with every open
+boundary): a message with more has no downgraded form here
+(``Undowngradable``), since the header sections of the deeper parts
+would go as they are."""
+PART_DOWNGRADE_LIMIT = 100
+"""The most header sections of MIME parts with UTF-8 downgraded in one
+message: a message with more has no downgraded form here
+(``Undowngradable``).  A parameter field costs some 0.5 ms to downgrade
+however short it is, and the copy is sent from the thread that serves
+every session: a 64 KiB read of tiny parts, each with a UTF-8 file name,
+held it half a second, and a message of such reads a minute."""
+_LINE_HOLD = 1024
+"""A line longer than this (its LF included) is no delimiter line (RFC
+2046 5.1.1; RFC 5322 2.1.1 allows 1000): a line begun at the end of a
+chunk is held only that far, so a longer one must not be a delimiter
+when a chunk happens to hold it whole either."""
+_BLANK, _BODY, _PART_HEADER, _LONG_HEADER = range(4)
+_CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+_PLAIN_VALUE = re.compile(rb'[^"(\\]*')  # no quoted string, no comment: split at ";"
+_BOUNDARY_NAME = re.compile(rb"(?i)boundary(?:\*([0-9]{1,3}))?(\*)?")  # RFC 2231 3, 4
+_QUOTED_VALUE = re.compile(rb'"((?:[^"\\]|\\.)*)"?')
+_TOKEN_VALUE = re.compile(rb'[^ \t()<>@,;:\\"/\[\]?=]*')  # RFC 2045 5.1's token
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _may_end(tail: bytes) -> bool:
+    """Whether a line begun, ``tail``, may still be the empty line or the
+    delimiter line that ends a part header section: it does not count
+    against ``PART_HEADER_LIMIT`` yet (a limit that depended on where a
+    chunk ended gave LIST and RETR different copies)."""
+    return tail == b"\r" or (tail[:2] in (b"-", b"--") and len(tail) < _LINE_HOLD)
+
+
+def _content_type(header: bytes, default: bytes) -> tuple[bytes, bytes | None]:
+    """(``type/subtype`` lowercased, the boundary parameter) of a header
+    section's Content-Type; ``default`` when it has none (RFC 2045 5.2,
+    RFC 2046 5.1.5 for a part of a multipart/digest)."""
+    m = _CONTENT_TYPE.search(header)
+    if m is None:
+        return default, None
+    value = m.group(1).replace(b"\r", b"").replace(b"\n", b"")
+    pieces = value.split(b";") if _PLAIN_VALUE.fullmatch(value) else _parameters(value)
+    return pieces[0].strip(b" \t").lower(), _boundary(pieces[1:])
+
+
+def _boundary(pieces: list[bytes]) -> bytes | None:
+    """The boundary among a Content-Type's parameters, as MIME readers
+    (Python's email package) find it: the name in any case; given plain
+    (``boundary=``), as an RFC 2231 extended value (``boundary*=``, its
+    charset and language dropped, %-escapes decoded) or in RFC 2231
+    sections (``boundary*0=``, ``boundary*1*=``...) joined in their order
+    up to the first one missing; of two with the same section (``boundary``
+    and ``boundary*`` are both section 0) the first; blanks at its end
+    dropped (RFC 2046 5.1.1 allows none there)."""
+    sections: dict[int, bytes] = {}
+    for piece in pieces:
+        name, eq, value = piece.partition(b"=")
+        m = _BOUNDARY_NAME.fullmatch(name.strip(b" \t"))
+        if not eq or m is None:
+            continue
+        number = int(m.group(1) or 0)
+        if number in sections:
+            continue
+        value = value.strip(b" \t")
+        quoted = _QUOTED_VALUE.match(value)
+        if quoted is not None:
+            value = re.sub(rb"\\(.)", rb"\1", quoted.group(1))
+        else:  # (a token: never no match)
+            token = _TOKEN_VALUE.match(value)
+            value = token.group(0) if token is not None else b""
+        if m.group(2):
+            if number == 0 and value.count(b"'") >= 2:  # charset'language'value
+                value = value.split(b"'", 2)[2]
+            value = _PERCENT.sub(lambda e: bytes((int(e.group(1), 16),)), value)
+        sections[number] = value
+    if 0 not in sections:
+        return None
+    joined = []
+    for number in range(len(sections)):
+        if number not in sections:
+            break
+        joined.append(sections[number])
+    return b"".join(joined).rstrip(b" \t")
+
+
+def _parameters(value: bytes) -> list[bytes]:
+    """A Content-Type value split at the semicolons outside its quoted
+    strings, its comments (RFC 5322 3.2.2, nested) dropped: a ";" or a
+    "boundary=" inside a quoted value, or "(" and ")" in a quoted boundary
+    (RFC 2046 5.1.1's bchars), are no business of the split.  A loop over
+    the octets, for the rare value that quotes or comments at all."""
+    pieces: list[bytes] = []
+    cur = bytearray()
+    quoted = False
+    depth = 0
+    escape = False
+    for c in value:
+        if escape:
+            escape = False
+            if depth == 0:
+                cur.append(c)
+        elif c == 0x5C:  # backslash: a quoted pair, in a quoted string or a comment
+            escape = True
+            if depth == 0:
+                cur.append(c)
+        elif quoted:
+            cur.append(c)
+            quoted = c != 0x22
+        elif depth:
+            depth += 1 if c == 0x28 else -1 if c == 0x29 else 0
+        elif c == 0x22:
+            quoted = True
+            cur.append(c)
+        elif c == 0x28:
+            depth = 1
+        elif c == 0x3B:
+            pieces.append(bytes(cur))
+            cur = bytearray()
+        else:
+            cur.append(c)
+    pieces.append(bytes(cur))
+    return pieces
+
+
+class PartHeaders:
+    """The body of a message whose header section is downgraded, fed
+    chunk by chunk, with the header sections of its MIME parts downgraded
+    the same way (``downgrade_header``): a part's Content-Type and
+    Content-Disposition parameters (a UTF-8 ``filename=``) as RFC 2231
+    values, its Content-Description and other text as RFC 2047 encoded
+    words.  The header section of a message/rfc822 part's message is a
+    header section too, and downgraded; a message/global part (RFC 6532
+    3.7) is left whole: a reader without it takes it as
+    application/octet-stream, which the downgraded copy does not change.
+
+    RFC 2046 5.1.1 delimits a multipart's parts by lines of ``--`` and its
+    boundary; only such lines are looked at in a part's body, so memory is
+    a part header section at most (``PART_HEADER_LIMIT``) and the work a
+    regular-expression search per chunk, but for the header sections.
+    ``delta`` is how much the CRLF form grew (what POP3's sizes add).
+    The body as it was stored is the identity's input: a body whose part
+    headers are ASCII comes out octet for octet.  ``feed`` raises
+    ``Undowngradable`` for a part header section with UTF-8 that has no
+    ASCII form (or is over the limit) -- unless ``strict`` is false: then
+    such a section goes as it is (for a body that was measured strictly
+    first, ``POP3Protocol._downgrade_start``, and has changed since,
+    which a Maildir's files do not: better than a session stopped in the
+    middle of a message)."""
+
+    def __init__(self, header: bytes) -> None:
+        """``header``: the message's header section as stored (its
+        Content-Type says whether there are parts)."""
+        self.delta = 0
+        self.downgraded = 0  # part header sections with UTF-8 so far
+        self.strict = True
+        self._stack: list[tuple[bytes, bool]] = []  # open multiparts: (boundary, digest)
+        self._pending = b""  # a line begun: a body's that may be a delimiter, a header's
+        self._lines: list[bytes] = []  # the part header section so far
+        self._held = 0
+        self._skip = False  # in a body line too long to be a delimiter
+        self._state = _BLANK  # the empty line after ``header`` first
+        self._digest = False  # the part begun is a multipart/digest's (RFC 2046 5.1.5)
+        # a part header section over PART_HEADER_LIMIT, passed on unheld:
+        # whether it has 8-bit octets, whether they are UTF-8 so far, and
+        # a UTF-8 sequence begun at the end of what was looked at
+        self._eight = False
+        self._utf8 = True
+        self._utf8_tail = b""
+        self._after = self._kind_of(header, b"text/plain")
+
+    @staticmethod
+    def has_parts(header: bytes) -> bool:
+        """Whether a message with this header section has part header
+        sections to downgrade: it is a multipart with a boundary, or a
+        message/rfc822 (whose message has one)."""
+        kind, boundary = _content_type(header, b"text/plain")
+        return (kind.startswith(b"multipart/") and bool(boundary)) or kind == b"message/rfc822"
+
+    def _kind_of(self, header: bytes, default: bytes) -> int:
+        """Where a header section leads: its body's state, a multipart's
+        boundary opened."""
+        kind, boundary = _content_type(header, default)
+        if kind.startswith(b"multipart/") and boundary:
+            if len(self._stack) < PART_DEPTH_LIMIT:
+                self._stack.append((boundary, kind == b"multipart/digest"))
+            elif self.strict:
+                raise Undowngradable("MIME parts nested too deep to downgrade")
+            return _BODY
+        if kind == b"message/rfc822":
+            return _PART_HEADER
+        return _BODY
+
+    def feed(self, data: bytes) -> bytes:
+        """The next octets of the body; what to send for them (lines that
+        may be a delimiter, or a part header section, are held until
+        complete)."""
+        buf = self._pending + data if self._pending else data
+        self._pending = b""
+        out: list[bytes] = []
+        pos, n = 0, len(buf)
+        while pos < n:
+            if self._state == _BODY:
+                pos = self._body(buf, pos, out)
+                continue
+            if self._state == _LONG_HEADER:
+                pos = self._long(buf, pos, out)
+                continue
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                self._pending = buf[pos:]
+                if not _may_end(self._pending):
+                    self._check_held(len(self._pending), out)
+                break
+            line = buf[pos:nl + 1]
+            pos = nl + 1
+            if self._state == _BLANK:
+                out.append(line)
+                self._state = self._after
+            elif line in (b"\n", b"\r\n"):
+                self._end_header(out)
+                out.append(line)
+            elif line[:2] == b"--" and self._delimiter(line, True):
+                self._end_header(out)  # a part with no empty line: its header ends here
+                out.append(line)
+                self._delimiter(line)
+            else:
+                self._lines.append(line)
+                self._held += len(line)
+                self._check_held(0, out)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The end of the body: what is still held."""
+        out: list[bytes] = []
+        if self._state == _PART_HEADER:
+            if self._pending:
+                self._lines.append(self._pending)
+                self._pending = b""
+            self._end_header(out)
+        elif self._state == _LONG_HEADER:
+            self._look(self._pending)
+            self._end_long()
+        out.append(self._pending)
+        self._pending = b""
+        return b"".join(out)
+
+    def _body(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """Body text from ``pos``: passed on up to the next delimiter
+        line, which is handled (``_delimiter``); where to go on from."""
+        n = len(buf)
+        if self._skip:
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                out.append(buf[pos:])
+                return n
+            out.append(buf[pos:nl + 1])
+            self._skip = False
+            return nl + 1
+        if not self._stack:  # no boundary open: the rest is a leaf's
+            out.append(buf[pos:])
+            return n
+        if buf.startswith(b"--", pos):
+            start = pos
+        else:
+            i = buf.find(b"\n--", pos)
+            if i < 0:  # no delimiter in this chunk: hold its last line begun
+                last = buf.rfind(b"\n", pos)
+                start = pos if last < 0 else last + 1
+                out.append(buf[pos:start])
+                self._hold_body(buf[start:], out)
+                return n
+            start = i + 1
+            out.append(buf[pos:start])
+        nl = buf.find(b"\n", start)
+        if nl < 0:
+            self._hold_body(buf[start:], out)
+            return n
+        line = buf[start:nl + 1]
+        out.append(line)
+        self._delimiter(line)
+        return nl + 1
+
+    def _long(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """The rest of a part header section over ``PART_HEADER_LIMIT``
+        from ``pos``: passed on a line at a time, looked at for UTF-8
+        (``_look``), up to its end (an empty line, a delimiter line),
+        which leads to the part's body; where to go on from."""
+        n = len(buf)
+        nl = buf.find(b"\n", pos)
+        if self._skip:  # in a line that ends no header section
+            piece = buf[pos:] if nl < 0 else buf[pos:nl + 1]
+            self._look(piece)
+            out.append(piece)
+            if nl < 0:
+                return n
+            self._skip = False
+            return nl + 1
+        if nl < 0:
+            tail = buf[pos:]
+            if _may_end(tail):
+                self._pending = tail
+            else:
+                self._look(tail)
+                out.append(tail)
+                self._skip = True
+            return n
+        line = buf[pos:nl + 1]
+        if line in (b"\n", b"\r\n") or (line[:2] == b"--" and self._delimiter(line, True)):
+            self._end_long()
+            out.append(line)
+            self._state = _BODY  # the part's Content-Type was not held: a leaf's body
+            if line[:2] == b"--":
+                self._delimiter(line)
+        else:
+            self._look(line)
+            out.append(line)
+        return nl + 1
+
+    def _look(self, piece: bytes) -> None:
+        """Note whether ``piece`` of a long part header section has 8-bit
+        octets, and whether they are UTF-8 (as ``needs_downgrade`` judges
+        a whole section), whatever the chunks it came in."""
+        data = self._utf8_tail + piece if self._utf8_tail else piece
+        self._utf8_tail = b""
+        if data.isascii():
+            return
+        self._eight = True
+        if not self._utf8:
+            return
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.reason == "unexpected end of data":  # a sequence begun at the end
+                self._utf8_tail = data[e.start:]
+            else:
+                self._utf8 = False
+
+    def _end_long(self) -> None:
+        """The end of a part header section over ``PART_HEADER_LIMIT``:
+        one with UTF-8 has no ASCII form here."""
+        utf8 = self._eight and self._utf8 and not self._utf8_tail
+        self._eight, self._utf8, self._utf8_tail = False, True, b""
+        self._digest = False
+        if self.strict and utf8:
+            raise Undowngradable("a MIME part's header section is too long to downgrade")
+
+    def _hold_body(self, tail: bytes, out: list[bytes]) -> None:
+        """A body line begun at the end of a chunk: held, unless it is too
+        long to be a delimiter line."""
+        if len(tail) <= _LINE_HOLD:
+            self._pending = tail
+        else:
+            out.append(tail)
+            self._skip = True
+
+    def _delimiter(self, line: bytes, probe: bool = False) -> bool:
+        """Whether ``line`` is a delimiter of an open multipart (RFC 2046
+        5.1.1: ``--`` boundary, ``--`` after it for the last, blanks
+        after); unless ``probe``, the state it leads to: the next part's
+        header section, or the close's epilogue.  Inner multiparts a
+        delimiter of an outer one passes are closed with it."""
+        if len(line) > _LINE_HOLD:
+            return False
+        text = line.rstrip(b"\r\n").rstrip(b" \t")
+        for k in range(len(self._stack) - 1, -1, -1):
+            boundary, digest = self._stack[k]
+            if text[2:2 + len(boundary)] != boundary:
+                continue
+            rest = text[2 + len(boundary):]
+            if rest not in (b"", b"--"):
+                continue
+            if not probe:
+                del self._stack[k + 1 if not rest else k:]
+                self._state = _PART_HEADER if not rest else _BODY
+                self._digest = digest
+            return True
+        return False
+
+    def _check_held(self, extra: int, out: list[bytes]) -> None:
+        """A part header section over ``PART_HEADER_LIMIT`` (its lines,
+        not the empty or delimiter line that ends it, ``_may_end``): what
+        is held is passed on as it is, and so is the rest of the section,
+        looked at for UTF-8 (``_long``; one with UTF-8 has no ASCII form
+        here); then the rest of the part is body."""
+        if self._held + extra <= PART_HEADER_LIMIT:
+            return
+        held = b"".join(self._lines) + self._pending
+        self._look(held)
+        out.append(held)
+        self._lines = []
+        self._held = 0
+        if self._pending:  # (a line begun: the rest of it is the section's)
+            self._skip = True
+        self._pending = b""
+        if self._state == _PART_HEADER:
+            self._state = _LONG_HEADER
+        else:  # pragma: no cover - the empty line after the top section is short
+            self._state = _BODY
+
+    def _end_header(self, out: list[bytes]) -> None:
+        """The part header section held is complete: sent downgraded, and
+        its Content-Type says what its body is."""
+        header = b"".join(self._lines)
+        self._lines = []
+        self._held = 0
+        new = header
+        if needs_downgrade(header):
+            self.downgraded += 1
+            if self.strict and self.downgraded > PART_DOWNGRADE_LIMIT:
+                raise Undowngradable("too many MIME part header sections to downgrade")
+            try:
+                new = downgrade_header(header)
+            except Undowngradable:
+                if self.strict:
+                    raise
+        if new is not header:
+            self.delta += crlf_size_of(new) - crlf_size_of(header)
+        out.append(new)
+        default = b"message/rfc822" if self._digest else b"text/plain"
+        self._digest = False
+        self._state = self._kind_of(header, default)

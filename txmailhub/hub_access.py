@@ -99,6 +99,23 @@ def name_of(uid: int) -> str:
         return f"uid {uid}"
 
 
+def chown_owner(uid: int, gid: int) -> str:
+    """``user:group`` for a ``chown`` that gives a file to the hub's user
+    (``uid``, with ``gid`` the group of its ``state_dir``).  A
+    ``state_dir`` chowned to the user alone keeps root's group: then the
+    user's login group, as ``chown user:`` gives it, never ``user:root``
+    (which would hand root's group along with the folder); a user with no
+    name (DynamicUser=) and no login group to name: the user alone."""
+    user = name_of(uid).removeprefix("uid ")
+    if gid != 0:
+        return f"{user}:{group_name(gid)}"
+    try:
+        login = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return user
+    return f"{user}:{group_name(login)}"
+
+
 def group_name(gid: int) -> str:
     """The group's name, for a message or a command to paste (``chgrp``,
     ``chown user:group``): the number when it has none, which those take."""

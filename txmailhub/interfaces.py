@@ -105,7 +105,11 @@ class IMailbox(Interface):
 
     def open_message(index: int):
         """A binary file object of message ``index`` (LF line endings, as
-        stored), opened for streaming.  Synchronous (a local open())."""
+        stored), opened for streaming.  Synchronous (a local open()).
+        POP3 seeks it to downgrade a message with UTF-8 header fields and
+        MIME parts for a client without UTF8 (RFC 6857: measured, then
+        sent); one that cannot seek has such a message refused with
+        ``-ERR [UTF8]`` instead."""
 
     def read_message(index: int, limit: int) -> "bytes | None":  # noqa: UP037
         """The whole stored message ``index`` (LF line endings) if it is
@@ -295,6 +299,24 @@ class IDeliveryAgent(Interface):
         of per-recipient results (delivered, transient failure with the
         remote reply, permanent failure with the remote reply).  Never
         errbacks for a remote failure: that is a result, not an error."""
+
+    def deliver(entry, destination, recipients, settled=None) -> "Deferred":  # noqa: F821, UP037
+        """Deliver ``recipients`` of ``entry``, all for ``destination``, in
+        one session with the next hop (or more, tried in turn); fires with
+        a result per recipient, as ``attempt`` does.  A delivery may hold
+        several transactions (recipients a server took too many of, ``452
+        4.5.3``, go in a later one, on the same connection or a new one):
+        when one that is not the delivery's last ends with the reply to
+        its final ".", ``settled(results)``, when given, is called with
+        the results of that transaction's recipients, which stand whatever
+        the later ones do.  It may return a Deferred: the next
+        transaction's commands (or its connection) go once it fires (the
+        runner writes those results to the queue record first, so a crash
+        in a later transaction does not send them again).  Not called for
+        the delivery's last transaction: its results are the Deferred's.
+        An agent whose ``deliver`` takes no ``settled`` is called with
+        three arguments: its results are recorded as each delivery
+        ends."""
 
     def abort_all() -> "Deferred | None":  # noqa: F821, UP037
         """The hub stops and gives up what is in flight: make no new

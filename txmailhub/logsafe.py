@@ -15,20 +15,41 @@ from __future__ import annotations
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["REPLY_LOG_MAX", "RepeatLimit", "loggable", "log_failure", "plural", "quoted", "shown",
+__all__ = ["CUT", "LIST_LOG_MAX", "REPLY_LOG_MAX", "RepeatLimit", "listed", "loggable",
+           "log_failure", "plural", "quoted", "shown",
            "shown_lines", "shown_message", "shown_traceback"]
 
 
 #: ``loggable``'s limit for a remote server's reply (the relay's log
-#: lines): high enough to keep a whole reply, as the log always had it
-#: (at most 200 lines of 4096 octets, ``txmailhub.smtp._client_reply``)
-REPLY_LOG_MAX = 1 << 20
+#: lines): a real reply, a few lines of text, fits whole, but the server
+#: chooses its length -- up to 200 lines of 4096 octets
+#: (``txmailhub.smtp._client_reply``), and the relay logs a line per
+#: recipient and attempt -- so the log keeps its first 2000 characters;
+#: the queue record (``mailhub queue show``) keeps the whole reply
+REPLY_LOG_MAX = 2000
+
+#: what ends a text a log line quotes cut to its limit: a reply cut to
+#: ``REPLY_LOG_MAX`` (``loggable(..., marked=True)``), the first item of
+#: a list ``listed`` cut to its limit; not counted in the limit.  The
+#: hub's one mark of a cut: a reply kept in the queue record
+#: (``txmailhub.relay.record``) and a client's text echoed in a reply
+#: (``txmailhub.smtp.replies``) end with it too
+CUT = "..."
+
+#: ``listed``'s limit for a list of recipients in one log line: the list
+#: is as long as the message has recipients (``max_recipients`` of up to
+#: a few hundred characters each, escaped), so one line could be hundreds
+#: of kilobytes; the log keeps about its first 2000 characters and the
+#: count of the rest
+LIST_LOG_MAX = 2000
 
 
-def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
+
+def loggable(text: str, limit: int = 200, *, ascii_only: bool = False,
+             marked: bool = False) -> str:
     """``text`` as one unambiguous log line of at most ``limit`` characters.
 
     Bytes that were not UTF-8 (kept as surrogates) come out as ``\\xNN``,
@@ -37,7 +58,10 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
     client typed cannot pass for one made here.  ``ascii_only`` escapes
     every non-ASCII character too: for names that should be ASCII (HELO),
     where a printable look-alike of a space could forge the text around
-    them.  The limit counts what comes out; an escape is never cut."""
+    them.  The limit counts what comes out; an escape is never cut.
+    ``marked``: a text cut ends with ``CUT`` (which the limit does not
+    count), so that what is shown does not pass for the whole (a next
+    hop's reply, ``REPLY_LOG_MAX``)."""
     if len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text:
         return text  # the common case, at C speed
     out: list[str] = []
@@ -46,9 +70,36 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False) -> str:
         piece = _escape(c, ascii_only)
         room -= len(piece)
         if room < 0:
-            break
+            return "".join(out) + (CUT if marked else "")
         out.append(piece)
     return "".join(out)
+
+
+def listed(items: Sequence[object], limit: int = LIST_LOG_MAX) -> str:
+    """``items`` (addresses, or ``address: code`` pairs) as one log
+    line's list, ``", "`` between them, each ``loggable``: whole items as
+    long as the list stays within ``limit`` characters, then `` and N
+    more`` for the ``N`` left out (which the limit does not count).  The
+    first item is always there, so a list cut short names at least one
+    item: one longer than ``limit`` is cut to it and ends with
+    ``CUT`` (not counted either), so that the part shown does not
+    pass for the whole item.  A list within the limit is
+    the same text as ``loggable`` of the items joined, which it was
+    before it had a limit."""
+    parts = [str(i) for i in items]
+    text = ", ".join(parts)
+    if len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common case, at C speed
+    out: list[str] = []
+    room = limit
+    for part in parts:
+        piece = loggable(part, 1 << 62)
+        room -= len(piece) + (2 if out else 0)
+        if room < 0 and out:
+            break
+        out.append(piece if room >= 0 else loggable(part, limit, marked=True))
+    left = len(parts) - len(out)
+    return ", ".join(out) + (f" and {left} more" if left else "")
 
 
 # C0 controls but the tab, DEL, C1 controls; the line and paragraph

@@ -22,16 +22,32 @@ is appended, a ``log_system`` from Twisted's legacy logging, a flattened
 event, a ``log_time`` that is not a float, a time format other than
 twistd's -- goes
 through Twisted's own formatter, so it reads exactly as before.
+
+``SyslogTextObserver`` is twistd's ``--syslog`` observer with each
+line's ``[system]`` as the log file has it (``[txmailhub.smtp#info]``):
+Twisted's own writes ``[-]`` for every event of the new logging system,
+so a line in syslog told neither which part of the hub wrote it nor at
+which level, and the fail2ban filter of ``docs/deployment.rst`` could
+not tell a failed login from another program's line that looks like one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, formatEventAsClassicLogText, formatTime
-from twisted.logger._format import timeFormatRFC3339
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogLevel,
+    eventAsText,
+    formatEventAsClassicLogText,
+    formatTime,
+)
+from twisted.logger._format import _formatSystem, timeFormatRFC3339
+from zope.interface import implementer
 
-__all__ = ["ClassicTextObserver"]
+__all__ = ["ClassicTextObserver", "SyslogTextObserver"]
 
 
 class ClassicTextObserver(FileLogObserver):
@@ -82,3 +98,46 @@ class ClassicTextObserver(FileLogObserver):
         if "\n" in text:
             text = text.replace("\n", "\n\t")
         return f"{stamp[1]} [{system}] {text}\n"
+
+
+@implementer(ILogObserver)
+class SyslogTextObserver:
+    """What twistd's ``--syslog`` sends (``twisted.python.syslog``), but
+    for each line's system: ``[namespace#level]`` for an event of the new
+    logging system, as in the log file, where Twisted's legacy observer
+    puts ``[-]``.  Otherwise the same: ``prefix`` is the program name
+    (twistd's ``--prefix``), facility ``LOG_USER``; an error, a critical
+    event or a failure is sent at ``LOG_ALERT``, any other at
+    ``LOG_INFO`` (an event's ``syslogPriority`` and ``syslogFacility``
+    win); and an event of several lines (a traceback) is sent a line at a
+    time, each after the first with a tab before it, so that no line of
+    a traceback, whose text may hold what a client sent, reads as a line
+    of its own.  It provides ``ILogObserver``: twistd takes any other
+    observer for a legacy one, warns that this is deprecated, and wraps
+    it in ``LegacyLogObserverWrapper``."""
+
+    def __init__(self, prefix: str, *, openlog: Callable[..., Any] | None = None,
+                 send: Callable[[int, str], Any] | None = None) -> None:
+        import syslog  # (Unix only, as twistd's --syslog)
+
+        self._info, self._alert = syslog.LOG_INFO, syslog.LOG_ALERT
+        (openlog or syslog.openlog)(prefix, 0, syslog.LOG_USER)
+        self._send = send or syslog.syslog
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        if not text:
+            return
+        system = _formatSystem(event)
+        priority = self._info
+        if "log_failure" in event or event.get("log_level") in (LogLevel.error,
+                                                                 LogLevel.critical):
+            priority = self._alert
+        if "syslogPriority" in event:
+            priority = int(event["syslogPriority"])
+        facility = int(event.get("syslogFacility", 0))
+        lines = text.split("\n")
+        while lines[-1:] == [""]:
+            lines.pop()
+        for i, line in enumerate(lines):
+            self._send(priority | facility, f"[{system}] {chr(9) if i else ''}{line}")

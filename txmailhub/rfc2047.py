@@ -91,7 +91,9 @@ def encoded_words(text: str, first: int = Q_ROOM) -> str:
     cut: RFC 2047 6.2 drops the blanks between encoded words, and parsers
     that keep them then give one more blank, not a word cut in two).
     ``first``: the room for the first word's encoded text (what is left
-    of the field's first line); the others get all of ``Q_ROOM``."""
+    of the field's first line); the others get all of ``Q_ROOM``.  An
+    empty ``text`` is an empty string: an encoded word has at least one
+    character of encoded text (RFC 2047 2), "=?utf-8?q??=" is none."""
     chunks: list[str] = []
     cur = ""
     for piece in _PIECES.findall(text):
@@ -112,6 +114,6 @@ def encoded_words(text: str, first: int = Q_ROOM) -> str:
                 chunks.append(cur)
                 cur = ""
             cur += enc
-    if cur or not chunks:
+    if cur:
         chunks.append(cur)
     return " ".join(f"=?utf-8?q?{c}?=" for c in chunks)

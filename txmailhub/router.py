@@ -12,7 +12,7 @@ The aliases file, like /etc/aliases::
     # comment (a line whose first non-blank character is #)
     postmaster: joe
     staff:  joe, ann@example.org,
-            bob@elsewhere.test        # continuation lines start with blanks
+            bob@elsewhere.test        # continuation lines start with white space
     joe@example.net: joe
 
 A bare name means ``name@<primary domain>``, on either side.  Targets are
@@ -20,7 +20,10 @@ local or remote addresses (``<...>`` allowed), or other aliases (nested
 to any depth).  Quotes group as in aliases(5): the name ends at the first
 ``:`` outside them, a target at a ``,`` outside them and outside a
 comment's parentheses, and ``"a@b"`` alone is a local part; a line whose
-quotes are not closed is skipped.  A line ends with LF, CRLF or CR only.
+quotes are not closed is skipped, and so is an RFC 5322 group
+(``a: team: joe, ann;``).  A quoted local part is keyed as RCPT gives it
+(``"joe2"`` is ``joe2``).  A backslash outside quotes escapes nothing
+(RFC 5322): the target (or name) holding it is a bad one.  A line ends with LF, CRLF or CR only.
 ``\\name`` means name's own mailbox, without expanding it further; so
 does an alias naming itself (``joe: joe, joe@backup.test``).
 Program (``|cmd``), file (``/path``) and ``:include:`` targets are not
@@ -72,6 +75,7 @@ from txmailhub.address import (
     domain_problem,
     parse_address,
 )
+from txmailhub.address import quoted_end as _quoted_end
 from txmailhub.errors import Rejected
 from txmailhub.filestamp import FileStamp
 from txmailhub.interfaces import IRecipientRouter
@@ -101,6 +105,13 @@ log = Logger()
 
 # U+FEFF at the start of a file: the byte-order mark, no text of the file
 BOM = "\ufeff"
+
+# what a continuation line starts with: white space, as Postfix's
+# aliases(5) says and reads it (C's isspace, a form feed and a vertical
+# tab too), not only the blank and tab sendmail takes -- a form feed an
+# editor put before a wrapped target would otherwise start a line of
+# its own, an alias named after the target
+CONTINUATION = " \t\f\v"
 
 # a CR that ends a line on its own, not as part of CRLF
 _LONE_CR = re.compile(r"\r(?!\n)")
@@ -135,7 +146,7 @@ def parse_aliases(
     for number, raw in enumerate(file_lines(text), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        if raw[0] in " \t":
+        if raw[0] in CONTINUATION:
             if not pieces:
                 problems.append(f"{filename}:{number}: continuation line without an alias "
                                 "before it")
@@ -165,6 +176,9 @@ def parse_aliases(
             continue
         name_text, targets_text = split
         name_text = name_text.strip()
+        if _bare_backslash(name_text):
+            problem(f"bad alias name {quoted(name_text)}: {_BACKSLASH}")
+            continue
         try:
             name = alias_address(name_text, primary_domain)
         except AddressError as e:
@@ -188,6 +202,15 @@ def parse_aliases(
             problem(f"alias {quoted(name_text)}: {why}: the line is skipped")
             unusable.setdefault(key, number)
             continue
+        if targets_text.rstrip().endswith(";") and any(_group_name(item) for item in items):
+            # ``a: team: joe, ann;``: read as targets, "team: joe" is a bad
+            # one and "ann;" a local part nobody has; which members were
+            # meant is the admin's to say
+            problem(f"alias {quoted(name_text)}: {quoted(targets_text.strip())} is an RFC 5322 "
+                    "group ('name: address, ...;'), which the file does not read: list the "
+                    "targets without the group's name and its ';': the line is skipped")
+            unusable.setdefault(key, number)
+            continue
         targets: list[tuple[Address, bool]] = []
         for item in items:
             item = item.strip()
@@ -199,10 +222,20 @@ def parse_aliases(
                 continue
             expand = not item.startswith("\\")
             text_addr = item.lstrip("\\")
-            if text_addr.startswith("<") and text_addr.endswith(">"):
+            opened, closed = text_addr.startswith("<"), text_addr.endswith(">")
+            if opened != closed:
+                why = ("its '<' is not closed by a '>'" if opened
+                       else "its '>' closes no '<'")
+                problem(f"bad target {quoted(item)} of {quoted(name_text)}: {why}")
+                continue
+            if opened:
                 text_addr = text_addr[1:-1]
+            if _bare_backslash(text_addr):
+                problem(f"bad target {quoted(item)} of {quoted(name_text)}: {_BACKSLASH}")
+                continue
             try:
-                target = alias_address(text_addr, primary_domain)
+                target = alias_address(text_addr, primary_domain, local_domains=(
+                    local_domains or {canonical_domain(primary_domain)}))
             except AddressError as e:
                 problem(f"bad target {quoted(item)} of {quoted(name_text)}: {e}")
                 continue
@@ -262,12 +295,24 @@ def _scan(text: str, stops: str) -> tuple[list[int], str]:
     """The indexes in ``text`` of the characters of ``stops`` that are
     outside a quoted string and outside an RFC 822 comment ``( )``, and
     why the text is not closed (``""``: it is).  In a quoted string a
-    backslash escapes the next character, as in RCPT.  A ``(`` in
+    backslash escapes the next character, as in RCPT; outside one it
+    hides the next character from this scan (see below), and the name or
+    target holding it is a bad one (``_BACKSLASH``).  A ``(`` in
     ``stops`` is found, where a comment would start, not read as one."""
     found: list[int] = []
     quote, depth, i, n = False, 0, 0, len(text)
+    # at the start of a name or target (nothing but blanks and backslashes
+    # since the text's start or the last stop): there a backslash is the
+    # ``\name`` of a mailbox not to expand, no escape -- ``\"a;"`` is
+    # the quoted mailbox "a;", as ``alias add`` writes it and ``check``
+    # advises for an alias keeping a copy, not a quote left open
+    start = True
     while i < n:
         c = text[i]
+        if start and (c == "\\" or c in " \t\f\v"):
+            i += 1
+            continue
+        start = False
         if quote:
             if c == "\\":
                 i += 1
@@ -280,10 +325,18 @@ def _scan(text: str, stops: str) -> tuple[list[int], str]:
                 depth += 1
             elif c == ")":
                 depth -= 1
+        elif c == "\\":
+            # outside quotes too, as aliases(5) readers take it (Postfix
+            # reads ``joe\,x`` as "joe,x"): the next character ends no
+            # name or target and opens nothing, so ``joe\(x, ann`` is the
+            # bad target ``joe\(x`` (RFC 5322 has no escape outside
+            # quotes) and ``ann``, not a comment left open to the end
+            i += 1
         elif c == '"':
             quote = True
         elif c in stops:
             found.append(i)
+            start = True
         elif c == "(":
             depth += 1
         i += 1
@@ -300,6 +353,49 @@ def _scan(text: str, stops: str) -> tuple[list[int], str]:
 _COMMENT = "a comment in parentheses is no part of an address"
 
 
+# why a name or target with a backslash outside quotes (``joe\(x``) is a
+# bad one: RFC 5322 has a backslash escape only in a quoted string (and a
+# comment), and RCPT has none outside one either (RFC 5321 4.1.2)
+_BACKSLASH = ("a backslash outside quotes escapes nothing in an address (RFC 5322): write the "
+              'local part quoted, \\ and " escaped in it ("joe(x")')
+
+
+def _bare_backslash(text: str) -> bool:
+    """Whether ``text`` has a backslash outside a quoted string and a
+    comment (where it escapes the next character)."""
+    if "\\" not in text:
+        return False
+    quote, depth, i = False, 0, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            if not quote and not depth:
+                return True
+            i += 1
+        elif quote:
+            quote = c != '"'
+        elif c == '"':
+            quote = True
+        elif c == "(":
+            depth += 1
+        elif c == ")" and depth:
+            depth -= 1
+        i += 1
+    return False
+
+
+def _group_name(item: str) -> bool:
+    """Whether the target ``item`` (as written) starts an RFC 5322 group,
+    ``team: joe``: a ``:`` outside quotes after a display name, not in an
+    address (``joe@[IPv6:::1]``) or a target the file does not support.
+    The line is one when its targets also end with the group's ``;``."""
+    item = item.strip()
+    if ":" not in item or unsupported_target(item):
+        return False
+    stops, _ = _scan(item, ":")
+    return bool(stops) and "@" not in item[:stops[0]] and "[" not in item[:stops[0]]
+
+
 def _has_comment(text: str) -> bool:
     """Whether ``text`` has a ``(`` outside a quoted string: a comment's
     start (``"(x)"`` is a local part)."""
@@ -312,7 +408,7 @@ def split_alias_line(line: str) -> tuple[str, str] | None:
     """An alias's line as its name and the text of its targets: split at
     the first ``:`` outside a quoted string (and a comment), as aliases(5)
     writes a name with a colon (``"a:b": joe``); ``None`` if there is none."""
-    if '"' not in line and "(" not in line:  # nearly every line: no Python step per character
+    if '"' not in line and "(" not in line and "\\" not in line:  # nearly every line
         name, colon, rest = line.partition(":")
         return (name, rest) if colon else None
     stops, _ = _scan(line, ":")
@@ -326,56 +422,61 @@ def split_targets(text: str) -> tuple[list[str], str]:
     be told apart (``""``: they can): split at the commas outside a quoted
     string and a comment, so that ``"x,y"@example.net`` is one address
     and ``"|cmd a, b"`` one program, as aliases(5) reads them."""
-    if '"' not in text and "(" not in text:
+    if '"' not in text and "(" not in text and "\\" not in text:
         return text.split(","), ""
     stops, why = _scan(text, ",")
     bounds = [-1, *stops, len(text)]
     return [text[a + 1:b] for a, b in pairwise(bounds)], why
 
 
-def alias_address(text: str, primary_domain: str, *, controls: bool = False) -> Address:
+def alias_address(text: str, primary_domain: str, *, controls: bool = False,
+                  local_domains: set[str] | None = None) -> Address:
     """A name or target of the file as an address (``parse_address``),
     where a quoted string alone is a whole local part in the primary
     domain: ``"a@b"`` is the local part ``"a@b"``, as aliases(5) quotes a
     name holding an ``@`` (and RCPT names it ``"a@b"@<domain>``), not
     the local part ``"a`` of the domain ``b"``.
 
-    A quoted local part that stays quoted for RCPT is the one RCPT gives
-    (``unquote_local``): ``"a\\:b"`` is ``"a:b"``, a backslash before a
-    character that needs none being no part of it (RFC 5321 4.1.2), as
-    the SMTP server looks it up -- kept as written, no RCPT reached it.
-    One whose quotes RCPT drops (``"joe"``) keeps them, as documented:
-    ``check`` warns of it."""
+    A quoted local part is the one RCPT gives (``unquote_local``), the
+    form the SMTP server looks it up by: ``"joe2"`` is ``joe2`` (a quoted
+    string whose content is a dot-string is that dot-string, RFC 5321
+    4.1.2), and ``"a\\:b"`` is ``"a:b"``, a backslash before a character
+    that needs none being no part of it.  Kept as written, no RCPT
+    reached either.  An unquoted one that is no dot-string is the quoted
+    string RCPT gives (``rcpt_local``): ``a;`` is ``"a;"`` (RFC 5321
+    4.1.2: it exists only quoted, ``RCPT TO:<a;@...>`` being a syntax
+    error), as the users file reads it.  ``local_domains``: only an
+    address in one of them loses its quotes or is normalized (a remote
+    one is relayed as written: its domain decides what its local part
+    means), but one that is no dot-string is quoted wherever it is, the
+    only form RCPT TO carries it in; ``None``: any is local."""
     text = text.strip()
     end = _quoted_end(text)
     if end == len(text):
         text = f"{text}@{primary_domain}"
     address = parse_address(text, primary_domain, controls=controls)
     local = address.local
-    if "\\" in local and _quoted_end(local) == len(local):
+    remote = local_domains is not None and (
+        canonical_domain(address.domain) not in local_domains)
+    if local[:1] == '"' and _quoted_end(local) == len(local):
         from txmailhub.smtp._parse import unquote_local
 
         same = unquote_local(local)
-        if same[:1] == '"' and same != local:
+        if same[:1] != '"' and remote:
+            same = local
+        if same != local:
+            return Address(same, address.domain)
+    elif not (len(local) > 1 and local[0] == local[-1] == '"'):
+        # no dot-string (a;, a..b): RCPT gives it only quoted, "a;", the
+        # one mailbox it can mean (the users file reads it so too); at a
+        # remote domain too, the one form the relay's RCPT TO can carry
+        # it in (quotes added only: its other spellings are its domain's)
+        from txmailhub.smtp._parse import rcpt_local
+
+        same = rcpt_local(local)
+        if same != local and (not remote or same[:1] == '"'):
             return Address(same, address.domain)
     return address
-
-
-def _quoted_end(text: str) -> int:
-    """The index just past the quoted string ``text`` starts with (a
-    backslash escaping the next character in it, as in RCPT); -1 if it
-    starts with none or it is not closed."""
-    if len(text) < 2 or text[0] != '"':
-        return -1
-    i = 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-        elif text[i] == '"':
-            return i + 1
-        else:
-            i += 1
-    return -1
 
 
 def unsupported_target(item: str) -> str:
@@ -579,7 +680,7 @@ def alias_warnings(
     """``alias_target_warnings`` of a parsed table, each with the alias it
     is about; with ``lines`` (``parse_aliases``'s), each at that alias's
     line (``<file>:<line>: alias ...``), as the file's problems are."""
-    from txmailhub.smtp._parse import MAX_PATH, rcpt_local, unquote_local
+    from txmailhub.smtp._parse import MAX_PATH, unquote_local
 
     local = {canonical_domain(d) for d in domains}
     postmaster = Address("postmaster", primary_domain).key
@@ -606,13 +707,10 @@ def alias_warnings(
                 f"{at}: alias {alias}: {octets} octets, and RCPT TO takes a path of at most "
                 f"{MAX_PATH}: no mail reaches it"))
         if len(name.local) > 1 and name.local[0] == name.local[-1] == '"':
-            plain = unquote_local(name.local)
-            if not plain.startswith('"'):
-                out.append(AliasWarning(
-                    alias, False,
-                    f"{at}: alias {alias}: RCPT TO names it {plain}@{name.domain} (the "
-                    "quotes dropped), which is looked up without them: no mail reaches it"))
-            elif _quoted_end(name.local) != len(name.local):
+            # a well-formed quoted name is keyed as RCPT gives it
+            # (``alias_address``): only quotes that are no one quoted
+            # string are left here
+            if _quoted_end(name.local) != len(name.local):
                 # '"a""b"': the first quoted string ends inside it, so RCPT
                 # TO:<"a""b"@...> is a syntax error; one quoted string
                 # (the key of any well-formed one is as RCPT gives it)
@@ -620,16 +718,8 @@ def alias_warnings(
                 out.append(AliasWarning(
                     alias, False,
                     f"{at}: alias {alias}: its quotes are no one quoted string, so no RCPT TO "
-                    f"names it ({plain}@{name.domain} is another address): no mail reaches it"))
-        elif name.local.isprintable():  # (a control: no RCPT names it at all; a bad name)
-            # written unquoted, but no dot-string (a;, a..b): RCPT gives it
-            # only quoted, "a;", and the quotes are part of the key
-            needed = rcpt_local(name.local)
-            if needed.startswith('"'):
-                out.append(AliasWarning(
-                    alias, False,
-                    f"{at}: alias {alias}: RCPT TO names it only quoted, {needed}@{name.domain} "
-                    "(no dot-string), which is looked up with the quotes: no mail reaches it"))
+                    f"names it ({unquote_local(name.local)}@{name.domain} is another address): "
+                    "no mail reaches it"))
         for target, expand in targets:
             key = target.key
             # an alias the hub expands; but ``\name`` and the alias's own

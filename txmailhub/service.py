@@ -238,18 +238,47 @@ def build_components(settings: Settings, reactor: Any) -> Components:
     return components
 
 
+#: Linux's lowest port any user may bind (``sysctl
+#: net.ipv4.ip_unprivileged_port_start``); 1024 where there is none
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+def unprivileged_port_start() -> int | None:
+    """The lowest port a user other than root may bind, as Linux's sysctl
+    says it (1024 unless an admin or a container runtime changed it,
+    Docker setting it to 0); ``None`` where it cannot be read (another
+    system, no /proc, a value that is no port number), for the caller to
+    fall back on 1024, the classic rule, without naming a sysctl it did
+    not read."""
+    try:
+        with open(UNPRIVILEGED_PORT_START, "rb") as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return value if 0 <= value <= 65535 else None
+
+
 def _privileged_port_advice(error: Any, cause: Any) -> str:
-    """What to do when a user other than root may not bind a port below
-    1024 (``Permission denied``): the start as the hub's user with no
-    capability, which ``mailhub check`` run as that user does not foresee;
-    the line named the port and the error only.  Empty for anything else
-    (root refused by a security module, a unix socket's folder)."""
+    """What to do when a user other than root may not bind a privileged
+    port (``Permission denied``; below ``unprivileged_port_start``): the
+    start as the hub's user with no capability, which ``mailhub check``
+    run as that user does not foresee; the line named the port and the
+    error only.  Empty for anything else (root refused by a security
+    module, a unix socket's folder, a port this system lets anyone bind)."""
     port = getattr(error, "port", None)
     if (getattr(cause, "errno", None) not in (errno.EACCES, errno.EPERM)
-            or not isinstance(port, int) or not 0 < port < 1024 or os.geteuid() == 0):
+            or not isinstance(port, int) or os.geteuid() == 0):
         return ""
-    return (" (a port below 1024 needs root: start twistd as root with --uid, which binds "
-            "the ports before it switches user, or give the hub's user "
+    read = unprivileged_port_start()
+    start = 1024 if read is None else read
+    if not 0 < port < start:
+        return ""
+    # the sysctl named only when it was read: the value is the system's
+    # then, not the classic rule put in its mouth
+    where = ("" if read is None
+             else f" (sysctl net.ipv4.ip_unprivileged_port_start = {start})")
+    return (f" (a port below {start} needs root here{where}: start twistd as root with "
+            "--uid, which binds the ports before it switches user, or give the hub's user "
             "CAP_NET_BIND_SERVICE, systemd's AmbientCapabilities=; docs/deployment.rst)")
 
 

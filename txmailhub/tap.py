@@ -282,9 +282,11 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
 
     twistd takes an ``ILogObserver`` the application holds in place of
     the one it would make for ``--logfile``; the application is made, and
-    the hub added to it, just before twistd starts logging.  Nothing
-    changes for standard output, syslog, ``--logger``, or an application
-    that has an observer already.  ``switch_to``: the ``--uid`` twistd,
+    the hub added to it, just before twistd starts logging.  ``--syslog``
+    gets twistd's observer but for each line's system
+    (``txmailhub.logtext.SyslogTextObserver``); nothing changes for
+    ``--logger``, or an application that has an observer already.
+    ``switch_to``: the ``--uid`` twistd,
     running as root, switches to after logging its first lines: the file
     is neither rotated nor made before (``ReopeningLogFile.switch_to``).
     ``files_kept``: ``[hub] log_files_kept`` (0: every numbered file kept)."""
@@ -298,6 +300,16 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
         return
     found = observer_for(parent, switch_to, files_kept)
     if found is None:
+        if parent.get("syslog") and not parent.get("logger"):
+            # twistd's, with each line's [system] as the log file has it
+            # (``txmailhub.logtext``): the fail2ban filter reads it there
+            from txmailhub.logtext import SyslogTextObserver
+
+            # the program name twistd gives syslog: its --prefix as given,
+            # "" too ("twisted" when not given)
+            application.setComponent(ILogObserver,
+                                     SyslogTextObserver(parent.get("prefix", "twisted")))
+            return
         if _logs_to_stdout(parent):
             # the lines twistd's own observer writes there, for less CPU
             # (``txmailhub.logtext``): the systemd unit's ``--logfile=-``

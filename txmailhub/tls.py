@@ -632,8 +632,10 @@ def _identity_failure(kind: type, error: Any) -> str:
     if not issubclass(kind, VerificationError):
         return ""
     names = []
+    addresses = True
     for mismatch in getattr(error, "errors", ()):
         ident = getattr(mismatch, "mismatched_id", None)
+        addresses = addresses and getattr(ident, "ip", None) is not None
         name = getattr(ident, "hostname", None) or getattr(ident, "ip", None) or ident
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
@@ -641,7 +643,15 @@ def _identity_failure(kind: type, error: Any) -> str:
             names.append(str(name))
     if not names:
         return "certificate name mismatch"
-    return f"the certificate is not valid for {' or '.join(dict.fromkeys(names))}"
+    said = f"the certificate is not valid for {' or '.join(dict.fromkeys(names))}"
+    if addresses:
+        # only a verified next hop is checked, and only a smarthost is
+        # verified (smarthost_tls = "verify", the default): one given by
+        # its address, which few certificates list -- say the two ways out
+        said += ("; a smarthost given by its address seldom passes: set [relay] smarthost "
+                 "to the name its certificate lists, or smarthost_tls = \"opportunistic\" "
+                 "if the network to it is trusted (docs/relay.rst)")
+    return said
 
 
 def handshake_pending(transport: Any) -> bool:

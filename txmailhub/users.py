@@ -61,10 +61,16 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
-from txmailhub.address import Address, AddressError, canonical_domain, parse_address
+from txmailhub.address import (
+    Address,
+    AddressError,
+    canonical_domain,
+    one_quoted_string,
+    parse_address,
+)
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError, WeakPassword
 from txmailhub.filestamp import FileStamp
-from txmailhub.logsafe import quoted, shown
+from txmailhub.logsafe import shown
 from txmailhub.password_hash import _DUMMY_HASH, hash_password, hash_problem, verify_password
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
@@ -79,9 +85,9 @@ from txmailhub.users_folder import (
 
 log = Logger(namespace="txmailhub.users")
 
-__all__ = ["UserRecord", "UsersDB", "cannot_make_folder", "hash_password", "hash_problem",
-           "lock_refused_advice", "mail_never_reaches", "make_folder_advice", "open_lock",
-           "unwritable_folder_advice", "verify_password"]
+__all__ = ["UserRecord", "UsersDB", "as_rcpt_names", "cannot_make_folder", "hash_password",
+           "hash_problem", "lock_refused_advice", "mail_never_reaches", "make_folder_advice",
+           "open_lock", "unwritable_folder_advice", "verify_password"]
 
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
 
@@ -112,18 +118,49 @@ class UserRecord:
         return line + "\n"
 
 
+def as_rcpt_names(address: Address) -> Address:
+    """``address`` with its local part in the form RCPT gives it, the form
+    the users file keys it by: for a line of the file, a login name and a
+    name given to ``mailhub user`` alike, so that each reaches the one
+    user and Maildir RCPT delivers to.
+
+    One quoted string as RCPT gives it (``unquote_local``): ``"q"`` is
+    ``q`` (RFC 5321 4.1.2: a quoted string whose content is a dot-string
+    is that dot-string), ``"a\\:b"`` is ``"a:b"``, ``"a;"`` stays
+    ``"a;"``.  An unquoted one that is no dot-string as RCPT can give it
+    (``rcpt_local``): ``a;`` is ``"a;"`` -- a local part that needs quoting
+    exists only quoted (``RCPT TO:<a;@...>`` is a syntax error), so
+    ``a;`` can mean no other mailbox.  Left as written: quotes at both
+    ends that are no one quoted string (``"a""b"``: ``check`` warns),
+    ``.`` and ``..`` (no Maildir folder: ``check`` warns, ``user add``
+    refuses) and a name with a control character (no RCPT names it,
+    ``rcpt_local``)."""
+    local = address.local
+    from txmailhub.smtp._parse import rcpt_local, unquote_local
+
+    if len(local) > 1 and local[0] == local[-1] == '"':
+        if not one_quoted_string(local):
+            return address
+        local = unquote_local(local)
+    elif local not in (".", ".."):
+        local = rcpt_local(local)
+    return address if local == address.local else Address(local, address.domain)
+
+
 def mail_never_reaches(address: Address) -> str | None:
     """Why no mail can ever reach the user ``address``, or None: a local
     part no Maildir folder can have (``a/b``: its mail would wait in the
-    queue for its lifetime, every login fail "for now"), or one written
-    quoted where RCPT drops the quotes (``"joe"`` is joe to SMTP, RFC 5321
-    4.1.2, and the file's ``"joe"`` is never looked up).  ``user add``
-    refuses the first and unquotes the second; ``check`` warns of both
-    in the file (lines written by hand, or before those checks)."""
+    queue for its lifetime, every login fail "for now"), or one in quotes
+    that are no one quoted string (``"a""b"``: RCPT TO:<"a""b"@...> is a
+    syntax error).  ``user add`` refuses the first and writes the other
+    as RCPT gives it; ``check`` warns of each in the file (lines written
+    by hand, or before those checks).  Any other local part is keyed as
+    RCPT gives it (``as_rcpt_names``: ``"joe"`` is joe, ``a;`` is
+    ``"a;"``), and reached."""
     local = address.key.rpartition("@")[0]
     if "/" in local or local in (".", ".."):
         return "its local part cannot name a Maildir folder (no '/', not '.' or '..')"
-    from txmailhub.smtp._parse import rcpt_local, unquote_local
+    from txmailhub.smtp._parse import unquote_local
 
     if len(local) > 1 and local[0] == local[-1] == '"':
         if address.local[:1] != '"':
@@ -131,15 +168,14 @@ def mail_never_reaches(address: Address) -> str | None:
             # that NFC makes punctuation (ab\u037e is "ab;"), which RCPT
             # gives as it is or quoted, both looked up with the quotes
             return None
+        if not one_quoted_string(address.local):
+            return (f"its quotes are no one quoted string, so no RCPT TO names it "
+                    f"({unquote_local(address.local)}@{address.domain} is another "
+                    "address): it gets no mail")
         plain = unquote_local(address.local)
-        if not plain.startswith('"'):
-            return (f"RCPT TO names it {plain}@{address.domain} (the quotes dropped), "
-                    "which is looked up without them: it gets no mail")
-    elif local.isprintable():  # (a name with a control: no RCPT names it at all)
-        needed = rcpt_local(local)
-        if needed.startswith('"'):
-            return (f"RCPT TO names it only quoted, {needed}@{address.domain} (no "
-                    "dot-string), which is looked up with the quotes: it gets no mail")
+        if plain != address.local:  # (an Address not read by ``as_rcpt_names``)
+            return (f"RCPT TO names it {plain}@{address.domain}, which is looked up "
+                    "so: it gets no mail")
     return None
 
 
@@ -318,15 +354,20 @@ class UsersDB:
                 # a name with ESC, DEL or a C1 control: written before
                 # they were refused (``_new_address``), or by hand; still
                 # this user's line, for `user del` to find (named below)
-                address = parse_address(fields[0], self.primary_domain, controls=True)
+                # a quoted local part as RCPT gives it: '"q"' is q
+                address = as_rcpt_names(parse_address(fields[0], self.primary_domain,
+                                                      controls=True))
                 # the line is this user's, even if the rest of it is bad:
                 # `user del` removes it with the others
                 keys[-1] = address.key
                 apop = None
                 if len(fields) == 3:
                     if not fields[2].startswith("apop="):
-                        raise ValueError(f"expected '<address> <hash> [apop=<secret>]', "
-                                         f"not a third field {quoted(fields[2][:20])}")
+                        # not quoted: most likely an APOP secret written
+                        # without its "apop=", and this goes into the log
+                        raise ValueError("expected '<address> <hash> [apop=<secret>]', not "
+                                         "a third field without \"apop=\" (not shown: it "
+                                         "may be a secret)")
                     apop = base64.b64decode(fields[2][5:], validate=True).decode("utf-8")
             except (ValueError, AddressError) as e:
                 problems.append(f"{self.path}:{lineno}: {e}")
@@ -427,8 +468,10 @@ class UsersDB:
         return {key: index + 1 for key, index in self._parse(text)[3].items()}
 
     def qualify(self, name: str) -> Address:
-        """A login name or CLI argument -> ``Address`` (bare local part = primary domain)."""
-        return parse_address(name, self.primary_domain)
+        """A login name or CLI argument -> ``Address`` (bare local part =
+        primary domain; the local part as RCPT gives it, ``as_rcpt_names``:
+        ``"q"`` is q, ``a;`` is ``"a;"``)."""
+        return as_rcpt_names(parse_address(name, self.primary_domain))
 
     def check_password(self, address: Address, password: str) -> bool:
         """Whether ``password`` is right; slow on purpose (scrypt), even for
@@ -569,7 +612,7 @@ class UsersDB:
         # ``_new_address`` refuses them for new users.  A message naming
         # the address ("no such user") shows it escaped: it goes to a terminal
         try:
-            address = parse_address(name, self.primary_domain, controls=True)
+            address = as_rcpt_names(parse_address(name, self.primary_domain, controls=True))
         except AddressError as e:
             raise UsersFileError(str(e)) from None
         if canonical_domain(address.domain) not in self.domains:
@@ -614,17 +657,12 @@ class UsersDB:
         address = self._local(name)
         local = address.local
         if len(local) > 1 and local[0] == local[-1] == '"':
-            # as RCPT names it: '"joe"' is joe, whom mail and logins reach
-            # (kept quoted, the user got no mail: RCPT looked up joe)
+            # one quoted string is as RCPT names it already ('"joe"' is
+            # joe, and 'a;' is '"a;"': ``_local``); quotes that are no one
+            # ('"a""b"') become one, which RCPT can give
             from txmailhub.smtp._parse import unquote_local
 
             address = Address(unquote_local(local), address.domain)
-        elif local.isprintable() and local not in (".", ".."):  # those: refused below
-            # as RCPT can name it: 'a;' only quoted, '"a;"' (unquoted, the
-            # user got no mail: no RCPT gave a;)
-            from txmailhub.smtp._parse import rcpt_local
-
-            address = Address(rcpt_local(local), address.domain)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
         why = mail_never_reaches(address)

@@ -108,12 +108,13 @@ def make_folder_advice(folder: str, hub_user: tuple[int, int] | None = None) -> 
     a users.d the hub cannot read.  Every word is quoted for a shell, as
     the line is there to be pasted into root's: a folder with a space, a
     ``;`` or a ``$(...)`` in its name is one argument, never a command."""
-    from txmailhub.hub_access import group_name, name_of
+    from txmailhub.hub_access import chown_owner
 
     uid, gid = hub_user if hub_user is not None else (os.geteuid(), os.getegid())
-    group = group_name(gid)
-    user = name_of(uid).removeprefix("uid ")
-    words = ["install", "-d", "-o", user, "-g", group, "-m", "0700", folder]
+    # the group as chown_owner picks it: root's only when it is the user's
+    user, _, group = chown_owner(uid, gid).partition(":")
+    words = ["install", "-d", "-o", user, *(["-g", group] if group else []), "-m", "0700",
+             folder]
     return ("as root, make it for the user the hub runs as: "
             + " ".join(shlex.quote(w) for w in words) + " (docs/deployment.rst)")
 
@@ -183,10 +184,8 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
     """``said``, and how to give ``folder`` (whose stat is ``st``) to the
     hub's user -- only when it holds nothing but the users file ``path``:
     a folder with other files in it is never offered to that user."""
-    from txmailhub.hub_access import group_name, name_of
+    from txmailhub.hub_access import chown_owner, name_of
 
-    hub_group = group_name(hub_user[1])
-    hub_name = name_of(hub_user[0]).removeprefix("uid ")
     only_users = _only_users_files(folder, os.path.basename(path))
     # -R when the users file or its lock is there (root's, 0600, from a hub
     # once run as root): the folder alone left them to root, and user add
@@ -197,7 +196,7 @@ def _give_to_hub_advice(said: str, folder: str, path: str, st: os.stat_result,
     words = ["chown", "-R"] if only_users is None or (only_users and os.listdir(folder)) \
         else ["chown"]
     real = os.path.realpath(folder)
-    chown = " ".join(shlex.quote(w) for w in (*words, f"{hub_name}:{hub_group}", real))
+    chown = " ".join(shlex.quote(w) for w in (*words, chown_owner(*hub_user), real))
     if st.st_mode & 0o700 != 0o700:  # made 0555: its new owner could not write it either
         chown += f" && chmod u+rwx {shlex.quote(real)}"
     if only_users is None:  # root's 0700: what else is in it is not known here
@@ -230,7 +229,7 @@ def hub_cannot_read_advice(path: str, hub_user: tuple[int, int]) -> str | None:
     not the file: every local RCPT is then answered 451 and every login
     refused, and ``check``'s warning named the owner and mode only.
     ``None`` when the folder is not there."""
-    from txmailhub.hub_access import group_name, name_of
+    from txmailhub.hub_access import chown_owner
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
@@ -241,10 +240,8 @@ def hub_cannot_read_advice(path: str, hub_user: tuple[int, int]) -> str | None:
                 "to the hub's user: keep the users file in a folder of its own and set "
                 "[users] file to a file in it -- " + make_folder_advice(
                     os.path.join(folder, "users.d"), hub_user))
-    group = group_name(hub_user[1])
-    user = name_of(hub_user[0]).removeprefix("uid ")
     real = os.path.realpath(folder)
-    chown = " ".join(shlex.quote(w) for w in ("chown", "-R", f"{user}:{group}", real))
+    chown = " ".join(shlex.quote(w) for w in ("chown", "-R", chown_owner(*hub_user), real))
     return (f"as root, give it to that user ({chown}), then run the mailhub user commands "
             "as that user (docs/deployment.rst)")
 

@@ -211,3 +211,18 @@ class Postfix:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, *needles: str, timeout: float = 60.0) -> str:
+        """The log once it holds every one of ``needles``.  Postfix's
+        daemons hand their lines to postlogd, which writes them in its own
+        time: a line may reach the file after what it tells of (a message
+        sent, its queue file gone).  ``timeout``: a cap for a loaded
+        machine."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            missing = [n for n in needles if n not in text]
+            if not missing:
+                return text
+            assert time.monotonic() < deadline, (missing, text[-3000:])
+            time.sleep(0.05)

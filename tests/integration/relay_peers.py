@@ -83,6 +83,7 @@ class SinkServer:
         # user (-u), who cannot enter /tmp/pytest-of-root -- which every
         # pytest session starting meanwhile makes private again.
         self.folder = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
+        self._seen: list[str] = []  # the dump files, in the order dumps() first saw them
         user: list[str] = []
         if os.geteuid() == 0:  # it refuses to run as root without -u
             user = ["-u", "nobody"]
@@ -100,7 +101,8 @@ class SinkServer:
                  f"127.0.0.1:{self.port}", "10"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 5
+            # (a cap for a loaded machine: it listens within milliseconds)
+            deadline = time.monotonic() + 30
             while self.proc.poll() is None:
                 if _listening_inodes(self.port) & _socket_inodes(self.proc.pid):
                     return
@@ -119,9 +121,15 @@ class SinkServer:
         return free_port()
 
     def dumps(self) -> list[tuple[dict[str, list[str]], bytes]]:
-        """Each message: (smtp-sink's own fields, the message as received)."""
+        """Each message: (smtp-sink's own fields, the message as received),
+        in the order the calls first saw them.  The dump files' names are
+        random and their times may be equal (a coarse clock): a caller
+        that delivers several messages calls this after each delivery."""
+        new = sorted(set(glob.glob(f"{self.folder}/m.*")) - set(self._seen))
+        assert len(new) <= 1, f"more than one new dump, their order unknown: {new}"
+        self._seen += new
         out = []
-        for path in sorted(glob.glob(f"{self.folder}/m.*"), key=os.path.getmtime):
+        for path in self._seen:
             data = Path(path).read_bytes()
             fields: dict[str, list[str]] = {}
             while data.startswith(b"X-"):
@@ -137,7 +145,11 @@ class SinkServer:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(5)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -7,7 +7,8 @@
   connection) playing the remote side: it records every message and its
   replies can be changed while a test runs (``rcpt_reply``).
 * ``first_attempt``: a hub's relay queue, in the test's reactor, with
-  one entry from alice for a next hop given as smarthost.
+  one entry from alice for a next hop given as smarthost;
+  ``attempt_recorded``: whether its record is done changing.
 * ``smarthost_settings`` and ``queued_entry``: the settings and the
   queue entry a ``DeliveryAgent`` is given to send one message to a
   smarthost on loopback, without a queue.
@@ -108,6 +109,68 @@ class DNSServer:
         return resp.toStr()
 
 
+class LineSessionServer:
+    """A next hop on 127.0.0.1 (a free port, ``port``), each connection
+    served on its own thread by ``_session(rfile, wfile)``, which a
+    subclass defines; ``say`` writes a reply and flushes it."""
+
+    def _serve(self) -> None:
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                outer._session(self.rfile, self.wfile)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _session(self, rfile, wfile) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def say(wfile, data: bytes) -> None:
+        wfile.write(data)
+        wfile.flush()
+
+    @staticmethod
+    def read_data(rfile, each: Callable[[bytes], bool] = lambda data: False
+                  ) -> list[bytes] | None:
+        """The message data after DATA's 354, up to the final ".": its
+        lines, unstuffed.  ``each(line)`` is called with each line as
+        read; None when the connection ended before the "." or ``each``
+        returned True (the session to end, nothing taken)."""
+        chunks: list[bytes] = []
+        while True:
+            data = rfile.readline(65536)
+            if not data:
+                return None
+            if data == b".\r\n":
+                return chunks
+            chunks.append(data[1:] if data.startswith(b"..") else data)
+            if each(data):
+                return None
+
+    def answer_other(self, wfile, verb: bytes) -> bool:
+        """Answer RSET, NOOP, QUIT or any other command the session does
+        not serve itself (502): True after QUIT, the session over."""
+        if verb in (b"RSET", b"NOOP"):
+            self.say(wfile, b"250 2.0.0 ok\r\n")
+        elif verb == b"QUIT":
+            self.say(wfile, b"221 2.0.0 bye\r\n")
+            return True
+        else:
+            self.say(wfile, b"502 5.5.1 not implemented\r\n")
+        return False
+
+
 class CaptureSMTP:
     """The remote mail server: records ``messages`` as (mail_from, rcpts, data)."""
 
@@ -129,15 +192,18 @@ class CaptureSMTP:
         self.auth_commands = 0  # AUTH commands received, whatever their mechanism
         self.tls_sessions = 0
         self.messages: list[tuple[str, list[str], bytes]] = []
-        # the MAIL command line of each message, beside ``messages``
+        # the MAIL command line of each message, beside ``messages`` (both
+        # added under ``lock``: sessions on other threads end at once)
         self.mail_lines: list[str] = []
+        self.lock = threading.Lock()
         self.rcpt_reply: Callable[[str], bytes] = lambda addr: b"250 2.1.5 ok\r\n"
         self.sessions = 0
         outer = self
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                outer.sessions += 1
+                with outer.lock:
+                    outer.sessions += 1
                 outer._session(self)
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
@@ -152,9 +218,14 @@ class CaptureSMTP:
         self.server.shutdown()
         self.server.server_close()
 
-    def wait(self, count: int = 1, timeout: float = 15.0) -> list:
+    def wait(self, count: int = 1, timeout: float = 60.0) -> list:
+        """``messages`` once there are ``count`` (``timeout``: a bound for a
+        hub that hangs, which fails)."""
         deadline = time.monotonic() + timeout
-        while len(self.messages) < count and time.monotonic() < deadline:
+        while len(self.messages) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.messages)} messages, not {count}, "
+                                     f"in {timeout} s")
             time.sleep(0.05)
         return self.messages
 
@@ -230,8 +301,9 @@ class CaptureSMTP:
                     if not data or data == b".\r\n":
                         break
                     chunks.append(data[1:] if data.startswith(b"..") else data)
-                self.mail_lines.append(mail_line)
-                self.messages.append((sender, list(rcpts), b"".join(chunks)))
+                with self.lock:
+                    self.mail_lines.append(mail_line)
+                    self.messages.append((sender, list(rcpts), b"".join(chunks)))
                 say(b"250 2.0.0 captured\r\n")
             elif verb == "RSET":
                 sender, rcpts = "", []
@@ -245,9 +317,10 @@ class CaptureSMTP:
                 say(b"502 5.5.1 not implemented\r\n")
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0,
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0,
              what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something true (bounded in time)."""
+    """Poll ``predicate`` until it returns something true (bounded in
+    time: a cap for a loaded machine, not an expected duration)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -280,15 +353,29 @@ def queued_entry(folder: Path, body: bytes, rcpts: Sequence[Address],
                                eight_bit=not body.isascii())
 
 
+def attempt_recorded(entries: Sequence[QueueEntry | None]) -> bool:
+    """Whether the queue's record of a first attempt is its last word
+    for now: every entry read, attempted, owing no notice and not over.
+    A recipient's notice is made (into the sender's mailbox) before its
+    record drops the debt, and an entry that owes nothing more is
+    removed after its record says so: a look between the two sees the
+    notice and a record about to change (``failed`` for ``bounced``, a
+    success notice still owed, an entry about to go)."""
+    return all(e is not None and e.attempts and not e.failed and not e.finished
+               and not any(r.notice for r in e.recipients) for e in entries)
+
+
 @defer.inlineCallbacks
 def first_attempt(state: Path, port: int, rcpts: Sequence[Address],
                   settled: Callable[[list[QueueEntry | None], list[bytes]], bool],
-                  tries: int = 100, **envelope: Any):
+                  tries: int = 600, **envelope: Any):
     """The relay queue of a hub for example.org (state in ``state``)
     with 127.0.0.1:``port`` as its smarthost, one entry from alice for
     ``rcpts`` in it: once ``settled(entries, alice's messages)`` (asked
-    every 0.1 s, ``tries`` times at most), the records of the recipients
-    left in the queue, and the notices alice got."""
+    every 0.1 s, ``tries`` times at most: a minute, a bound for a hub
+    that hangs; never settled fails, rather than hand the caller a
+    record still changing), the records of the recipients left in the
+    queue, and the notices alice got."""
     from twisted.internet import reactor
 
     text = (f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
@@ -316,6 +403,9 @@ def first_attempt(state: Path, port: int, rcpts: Sequence[Address],
             entries = [service.queue.read(i) for i in service.queue.ids()]
             if settled(entries, store.messages("alice@example.org")):
                 break
+        else:
+            raise AssertionError(f"the first attempt never settled: {entries}, "
+                                 f"{len(store.messages('alice@example.org'))} notices")
         records = [r for i in service.queue.ids() for r in service.queue.read(i).recipients]
         notices: list[EmailMessage] = [
             email.message_from_bytes(m, policy=policy.default)

@@ -99,3 +99,31 @@ def test_a_name_nfc_makes_punctuation_logs_in_to_the_mailbox_smtp_delivers_to(ma
         assert s.docmd("AUTH", f"PLAIN {plain}")[0] == 235
     for login in (name, f"{name}@example.org", '"a;"'):
         assert pop3_count(hub.pop3_port, login, "pw") == 1, login
+
+
+def test_names_that_need_quotes_log_in_as_typed_and_get_their_mail(make_hub):
+    # USER "\u05e9\u05dc\u05d5\u05dd" (a Hebrew name in quotes) was refused
+    # by the right-to-left rule, the quote taken for the name's first
+    # character; a users file line a;@... written by hand was keyed a;,
+    # which RCPT TO:<"a;"@...> (the only way to name it) missed, while a
+    # login as a; opened a Maildir of its own
+    from conftest import settle
+
+    hebrew = "\u05e9\u05dc\u05d5\u05dd"
+    hub = make_hub(users={f"{hebrew}@example.org": "pw", "x@example.org": "pw"})
+    users = hub.folder / "users"
+    line = users.read_text().splitlines()[-1]
+    assert line.startswith("x@example.org ")
+    users.write_text(users.read_text() + "a;" + line[1:] + "\n")
+    settle(users)
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=10) as s:
+        s.ehlo("client.test")
+        assert s.mail("x@remote.test", ["SMTPUTF8"])[0] == 250
+        for rcpt in ('"a;"@example.org', f'"{hebrew}"@example.org'):
+            assert s.docmd("RCPT", f"TO:<{rcpt}>")[0] == 250, rcpt
+        assert s.data(MESSAGE)[0] == 250
+    for login in ("a;", '"a;"@example.org', f'"{hebrew}"', hebrew):
+        assert pop3_count(hub.pop3_port, login, "pw") == 1, ascii(login)
+    box = hub.state_dir / "mail" / "example.org"
+    assert len(list((box / '"a;"' / "new").iterdir())) == 1
+    assert not (box / "a;").exists()

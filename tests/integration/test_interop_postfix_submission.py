@@ -193,9 +193,8 @@ def test_postfix_submits_with_auth_over_starttls(make_hub, make_submitter):
                         log)
     assert logins and set(logins) <= {"PLAIN", "LOGIN"}, log[-3000:]
     assert "authentication failed" not in log
-    pflog = sub.pf.log_text()
-    assert "TLS connection established to 127.0.0.1" in pflog, pflog[-3000:]
-    assert "status=sent" in pflog and "status=deferred" not in pflog, pflog[-3000:]
+    pflog = sub.pf.wait_log("TLS connection established to 127.0.0.1", "status=sent")
+    assert "status=deferred" not in pflog, pflog[-3000:]
 
 
 def test_postfix_submits_with_auth_in_cleartext_on_loopback(make_hub, make_submitter):

@@ -40,11 +40,25 @@ def unix_hub(make_hub, folder: Path, tcp: bool = False, **options):
         hub.ports.pop("smtp")
         write_toml(hub.config_path, hub.doc)
     hub.start()
-    deadline = time.monotonic() + 20
-    while not tcp and not sock.exists():
+    # the socket's file is made by its bind, before the listen: a connect
+    # in between is refused, so the wait is for one that is taken
+    deadline = time.monotonic() + 60
+    while not tcp and not _answers(sock):
         assert time.monotonic() < deadline, hub.log_text()
         time.sleep(0.05)
     return hub
+
+
+def _answers(path: Path) -> bool:
+    """Whether a connection to the UNIX socket ``path`` is taken."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:  # not there yet, or not listening yet
+            return False
+    return True
 
 
 def parsed(data: bytes) -> email.message.EmailMessage:

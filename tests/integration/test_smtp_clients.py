@@ -125,10 +125,7 @@ def test_notify_success_for_a_local_mailbox_sends_a_delivered_notice(hub):
     (m,) = hub.messages("alice@example.org")
     assert body_of(m) == b"Subject: receipt please\n\nhello\n"
     assert len(hub.messages("carol@example.net")) == 1
-    deadline = time.monotonic() + 20
-    while not hub.messages("bob@example.org") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (dsn,) = hub.messages("bob@example.org")
+    (dsn,) = _wait_for(hub, "bob@example.org")
     assert b"Return-Path: <>" in dsn
     assert b'report-type="delivery-status"' in dsn
     assert b"Original-Envelope-Id: env+1" in dsn
@@ -136,7 +133,7 @@ def test_notify_success_for_a_local_mailbox_sends_a_delivered_notice(hub):
     assert b"Original-Recipient: rfc822; Alice@example.org" in dsn
     assert b"Action: delivered" in dsn and b"Status: 2.0.0" in dsn
     assert b"carol" not in dsn
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while hub.mailhub("queue", "list").stdout.strip() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hub.mailhub("queue", "list").stdout.strip() == ""  # the notice's entry is gone
@@ -169,7 +166,9 @@ def test_a_notice_about_an_smtputf8_message_is_an_rfc_6533_notice(make_hub):
 
 
 def _wait_for(hub, who, count=1):
-    deadline = time.monotonic() + 20
+    """``who``'s messages once there are ``count`` (a minute at most: a
+    bound for a hub that hangs, after which the caller's check fails)."""
+    deadline = time.monotonic() + 60
     while len(hub.messages(who)) < count and time.monotonic() < deadline:
         time.sleep(0.05)
     return hub.messages(who)
@@ -374,14 +373,17 @@ def test_tls_quit_pipelined_with_the_end_of_the_message_closes_cleanly(make_hub)
         s.sendall(b"Subject: pipelined quit\r\n\r\nbody\r\n.\r\nQUIT\r\n")
         assert [_read_reply(f)[:3] for _ in range(2)] == [b"250", b"221"]
         f.close()
-        started = time.monotonic()
-        s.unwrap()  # sends close_notify and waits for the hub's (timeout: 10 s)
-        assert time.monotonic() - started < 5
+        # sends close_notify and reads the hub's, which the hub sends at its
+        # close whether or not it reads the client's: a hub that does not
+        # shows below, its slot held for its 30 s close timer (and in
+        # test_smtp_protocol's ..._closes_at_once, on a clock)
+        s.settimeout(20)
+        s.unwrap()
     assert len(hub.messages("bob@example.org")) == 1
     # The hub's side is gone too: its only connection slot is free again
     # (it was held for the 30 s of the close timer when the hub did not read
     # the close_notify).
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while True:
         with socket.create_connection(("127.0.0.1", hub.smtp_port), timeout=10) as probe:
             greeting = probe.makefile("rb").readline()
@@ -446,7 +448,7 @@ def test_tls_close_notify_behind_a_long_pipelined_batch_still_stores_its_message
                 pass
         except ConnectionResetError:
             pass
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not hub.messages("bob@example.org") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hub.messages("bob@example.org"), hub.log_text()[-3000:]
@@ -563,7 +565,7 @@ def test_a_message_half_sent_when_the_hub_stops_gets_421_and_is_not_kept(hub) ->
         # is not what this test is about
         _wait_until_read(hub.smtp_port, s.sock.getsockname()[1])
         hub.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while "Received SIGTERM" not in hub.log_text():
             assert time.monotonic() < deadline, hub.log_text()
             time.sleep(0.02)
@@ -625,7 +627,7 @@ def _wait_until_read(server_port: int, client_port: int) -> None:
     waiting to be read (its ``rx_queue`` in ``/proc/net/tcp`` is 0)."""
     local = f"0100007F:{server_port:04X}"
     remote = f"0100007F:{client_port:04X}"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         with open("/proc/net/tcp") as f:
             rows = [line.split() for line in f.readlines()[1:]]

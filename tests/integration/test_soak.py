@@ -24,6 +24,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -101,7 +102,7 @@ def sample(hub: conftest.Hub) -> dict[str, Any]:
     path = hub.folder / "stats.json"
     path.unlink(missing_ok=True)
     os.kill(hub.pid, signal.SIGUSR2)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not path.exists():
         assert time.monotonic() < deadline, "no stats from the hub"
         time.sleep(0.02)
@@ -264,13 +265,18 @@ class Clients:
 
 def run(clients: Clients, kinds: list[str], workers: int = 6) -> Counter:
     done: Counter = Counter()
+    lock = threading.Lock()  # (a count made on two threads at once could lose one)
 
     def one(kind: str) -> None:
+        refused = False
         try:
             getattr(clients, kind)()
         except (OSError, smtplib.SMTPException, poplib.error_proto, EOFError):
-            done[kind + " refused"] += 1  # past max_connections: the hub's 421
-        done[kind] += 1
+            refused = True  # past max_connections: the hub's 421
+        with lock:
+            done[kind] += 1
+            if refused:
+                done[kind + " refused"] += 1
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, kinds))
@@ -279,7 +285,8 @@ def run(clients: Clients, kinds: list[str], workers: int = 6) -> Counter:
 
 def settled(hub: conftest.Hub, baseline: dict[str, Any], timeout: float) -> dict[str, Any]:
     """A sample once the timers and readers are those of ``baseline``
-    again, or the last one after ``timeout`` seconds."""
+    again, or the last one after ``timeout`` seconds (a bound for a hub
+    that keeps them, not a speed: the caller's checks then fail)."""
     deadline = time.monotonic() + timeout
     while True:
         now = sample(hub)
@@ -312,7 +319,7 @@ def test_a_few_hundred_mixed_sessions_leave_nothing_behind(make_hub) -> None:
     # mailbox first met later is not taken for a session's leftovers
     run(clients, list(clients.mix()), workers=1)
     clients.every_user()
-    baseline = settled(hub, first, IDLE + 8)
+    baseline = settled(hub, first, 60)
 
     kinds = list(clients.mix())
     rng = random.Random(1)
@@ -321,10 +328,14 @@ def test_a_few_hundred_mixed_sessions_leave_nothing_behind(make_hub) -> None:
                + rng.choices(kinds, list(clients.mix().values()), k=220), workers=10)
     # and a burst of logins, as many as the reactor's pool has threads
     done += run(clients, ["login"] * 20, workers=10)
-    after = settled(hub, baseline, IDLE + 8)
+    after = settled(hub, baseline, 60)
     print(dict(done), {k: (baseline[k], after[k]) for k in ("readers", "writers", "deferreds",
                                                           "tasks", "rss_kib")})
     assert sum(done[k] for k in kinds) >= 220
+    # no session was held until its close grace (30 s) ran out and then cut:
+    # every client here closes its end, which the hub sees at once (such a
+    # hold is over within the minute the counts are given to settle)
+    assert "without waiting any longer" not in hub.log_text(), hub.log_text()[-3000:]
 
     assert after["timers"] == baseline["timers"]
     assert (after["readers"], after["writers"]) == (baseline["readers"], baseline["writers"])

@@ -27,7 +27,7 @@ import re
 import stringprep
 import unicodedata
 
-from txmailhub.address import login_key
+from txmailhub.address import login_key, one_quoted_string
 
 __all__ = ["LANGUAGES", "HeaderScan", "prepare_username", "select_language", "valid_range"]
 
@@ -108,12 +108,16 @@ def prepare_username(name: str) -> str | None:
     and ``mailhub user`` do.  A lone surrogate is an octet that was not
     UTF-8 (the engine decodes lines with ``surrogateescape``).
 
-    A name whose NFC form is keyed as another mailbox is handed on as it
-    was written (judged in NFC all the same): ``canonical_local`` keys a
-    dot-string that NFC makes ASCII punctuation as the quoted string its
-    NFC form needs (``a\u037e``, with the Greek question mark, is
-    ``"a;"``), and its NFC form, ``a;``, is keyed without the quotes --
-    another name than the one SMTP delivers to and SMTP AUTH logs in."""
+    The right-to-left rule is judged for the local part and each domain
+    label on their own, and for a local part written as one quoted
+    string on its content (``_quoted_content``): the quotes are syntax.
+
+    A name whose NFC form would be keyed as another mailbox is handed on
+    as it was written (judged in NFC all the same).  ``canonical_local``
+    keys a dot-string that NFC makes ASCII punctuation as the quoted
+    string its NFC form needs (``a\u037e``, with the Greek question mark,
+    is ``"a;"``), and a login as its NFC form, ``a;``, is that user too
+    (``login_key``), so such a name is handed on in NFC."""
     if name.isascii():
         if any(c < "!" or c == "\x7f" for c in name):
             return None
@@ -127,11 +131,27 @@ def prepare_username(name: str) -> str | None:
     # at example.org) is a name SMTP AUTH and ``mailhub user`` take, and
     # each domain label has a direction of its own (RFC 5893 2)
     local, at, domain = name.rpartition("@")
-    if any(_breaks_bidi(part) for part in ([local, *domain.split(".")] if at else [name])):
+    if not at or one_quoted_string(name):  # ('"a@b"': all of it a local part)
+        local, domain = name, ""
+    parts = [_quoted_content(local), *domain.split(".")] if domain else [_quoted_content(local)]
+    if any(_breaks_bidi(part) for part in parts):
         return None
     if name != written and login_key(name) != login_key(written):
         return written
     return name
+
+
+def _quoted_content(local: str) -> str:
+    """The name a local part written as one quoted string stands for:
+    its content, each quoted pair its character.  The quotes and
+    backslashes are the address's syntax (RFC 5321 4.1.2), no part of the
+    name: ``USER "\u05e9\u05dc\u05d5\u05dd"`` names the mailbox
+    ``\u05e9\u05dc\u05d5\u05dd`` (Hebrew, right-to-left from its first
+    character to its last), as RCPT and the users file read it; the quote
+    before it is no character of the name.  Any other text as it is."""
+    if not one_quoted_string(local):
+        return local
+    return re.sub(r"\\(.)", r"\1", local[1:-1], flags=re.DOTALL)
 
 
 def _breaks_bidi(text: str) -> bool:

@@ -15,6 +15,7 @@ means, and must not touch the Maildir except through ``IMailbox``.
 
 from __future__ import annotations
 
+import copy
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -33,7 +34,13 @@ from zope.interface import implementer
 
 from txmailhub.address import AddressError, client_ip, client_key, parse_address
 from txmailhub.auth import ClientCredentials, LoginAbandoned, NoAPOPSecret, turn_key
-from txmailhub.downgrade import Undowngradable, downgrade_header, header_end, needs_downgrade
+from txmailhub.downgrade import (
+    PartHeaders,
+    Undowngradable,
+    downgrade_header,
+    header_end,
+    needs_downgrade,
+)
 from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
@@ -61,7 +68,7 @@ from txmailhub.pop3.server import (
     Update,
     make_timestamp,
 )
-from txmailhub.pop3.stream import MessageEncoder, encode_whole
+from txmailhub.pop3.stream import MessageEncoder, PartsEncoder, encode_whole
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.store.format import columns, crlf_size_of
 from txmailhub.store.sync import POP3_LANE, CallAbandoned, lane_call
@@ -118,7 +125,9 @@ thread where the hub has worker threads: some 40 ms of every session's
 time for 64 KiB of UTF-8 fields.  A longer one, up to
 ``DOWNGRADE_HEADER_LIMIT`` and a second or two of CPU, is downgraded on
 a worker (``WORKER_JOBS``): for RETR and TOP, one whose end is not in the
-first chunk read; for the sizes LIST, STAT and RSET report, one that
+first chunk read, or a message with MIME parts longer than that chunk
+(read through to measure what their header sections grow by); for the
+sizes LIST, STAT and RSET report, one that
 ``_measure_unmeasured`` finds longer than this (``_LongHeader``).  The
 sender chooses the header section's length, and the reactor thread
 serves every session of the hub.  Without worker threads everything is
@@ -126,6 +135,10 @@ done on the reactor thread."""
 SIZE_PROBE = 8 * 1024
 """Octets read first to learn whether a message's header section is
 ASCII, when LIST or STAT need its size for a client without UTF8."""
+
+
+_Downgraded = tuple[bytes, bool, int, "PartHeaders | None"]
+"""``POP3Protocol._downgrade_start``'s result."""
 
 
 class _LongHeader(Exception):
@@ -190,8 +203,9 @@ def _client_size_of(mailbox: Any, index: int, stored: int, nowait: Any = None,
                     limit: int | None = None) -> int:
     """What RETR sends of message ``index`` (``stored`` octets as stored)
     to a client without UTF8: the stored size, or the downgraded copy's.
-    Reads the header section only; a message whose header section is
-    ASCII -- nearly all -- costs one short read.  One that is not is
+    Reads the header section only (the whole message where it has UTF-8
+    header fields and MIME parts, ``_downgrade_start``); a message whose
+    header section is ASCII -- nearly all -- costs one short read.  One that is not is
     downgraded to be measured (some 0.6 us an octet of header section)
     unless the mailbox remembers its size from an earlier session
     (``IDowngradedSizes``): then only the first login after it arrived
@@ -239,6 +253,9 @@ class _NoWaitReads:
     def read(self, size: int) -> bytes:
         return self._nowait.read_nowait(self._file, size)
 
+    def seek(self, offset: int) -> int:
+        return self._file.seek(offset)
+
 
 def _save_downgraded_sizes(mailbox: Any) -> None:
     """What ``_client_size_of`` measured, kept for the next sessions."""
@@ -271,7 +288,7 @@ def _read_on(f: Any, gone: Callable[[], bool]) -> bytes:
     return f.read(CHUNK_SIZE)
 
 
-def _chunk_on(f: Any, encoder: MessageEncoder,
+def _chunk_on(f: Any, encoder: MessageEncoder | PartsEncoder,
               gone: Callable[[], bool]) -> tuple[bool, bytes]:
     """The next chunk of a message streaming (``POP3Protocol._pump``),
     read and encoded on a worker thread since the kernel had not cached
@@ -282,8 +299,8 @@ def _chunk_on(f: Any, encoder: MessageEncoder,
     return (True, encoder.encode(data)) if data else (False, b"")
 
 
-def _downgrade_on(first: bytes, f: Any, complete: bool,
-                  gone: Callable[[], bool]) -> tuple[bytes, bool, int] | None:
+def _downgrade_on(first: bytes, f: Any, complete: bool, gone: Callable[[], bool],
+                  known_delta: int | None = None) -> _Downgraded | None:
     """``POP3Protocol._downgrade_start`` as a worker job; nothing once
     ``gone()`` (the result is then never looked at).  The job may wait its
     turn behind others (``WORKER_JOBS``), and a client that hung up has its
@@ -293,7 +310,7 @@ def _downgrade_on(first: bytes, f: Any, complete: bool,
     every other session's job."""
     if gone():
         return None
-    return POP3Protocol._downgrade_start(first, f, complete)
+    return POP3Protocol._downgrade_start(first, f, complete, known_delta=known_delta)
 
 
 def _measure_sizes(mailbox: Any, stored: Sequence[int], gone: Callable[[], bool],
@@ -1527,7 +1544,7 @@ class POP3Protocol(Protocol):
                 if start is None:
                     self._refuse_utf8(action)
                     return
-                first, _, delta = start
+                first, _, delta, _ = start
                 head = self._downgraded_head(action, delta)
         except Exception:
             self._read_failed(action, None)
@@ -1606,6 +1623,7 @@ class POP3Protocol(Protocol):
         """Send the message whose first chunk is ``first``, read from ``f``
         (``None``: ``first`` is the whole message)."""
         head = action.head
+        parts = None
         try:
             complete = len(first) < CHUNK_SIZE
             if not action.utf8:
@@ -1648,39 +1666,72 @@ class POP3Protocol(Protocol):
                 judged = self._judged(action, f, first, complete, scan)
                 if judged is None:
                     return
-                first, complete, head = judged
+                first, complete, head, parts = judged
         except Exception:
             self._read_failed(action, f)
             return
-        self._send_message(action, f, first, complete, head)
+        self._send_message(action, f, first, complete, head, parts)
 
     def _judged(self, action: Transmit, f: Any, first: bytes, complete: bool,
-                scan: HeaderScan) -> tuple[bytes, bool, bytes] | None:
+                scan: HeaderScan) -> tuple[bytes, bool, bytes, PartHeaders | None] | None:
         """What to send of a message ``scan`` has read the header section
-        of, for a client without UTF8: ``(first, complete, head)``, as
-        stored or downgraded; ``None`` when it was refused (``f`` closed)."""
+        of, for a client without UTF8: ``(first, complete, head, parts)``,
+        as stored or downgraded (``parts``: what downgrades the MIME part
+        header sections of the rest of ``f``); ``None`` when it was
+        refused (``f`` closed)."""
         scan.finish()
         if not scan.needs_utf8:
-            return first, complete, action.head
+            return first, complete, action.head, None
         self._turn_spent = True
         call = self._worker_call()
-        if f is not None and call is not None and not complete and header_end(first) is None:
+        end = header_end(first)
+        # (only a message with parts, not all in ``first``, is read through to be measured)
+        parted = not complete and (end is None or PartHeaders.has_parts(first[:end]))
+        known = self._known_delta(action, f) if parted else None
+        if f is not None and call is not None and not complete and (
+                end is None or (known is None and parted)):
             # A header section longer than a chunk is read on and
             # downgraded on a worker thread: up to DOWNGRADE_HEADER_LIMIT,
-            # a second of the reactor's time for 1 MiB of UTF-8 fields.
+            # a second of the reactor's time for 1 MiB of UTF-8 fields;
+            # so is a message with MIME parts longer than a chunk, read
+            # whole to measure what downgrading their header sections adds
+            # (unless LIST, STAT or an earlier RETR measured it).
             self._busy = True
-            call(_downgrade_on, first, f, complete, self._gone).addBoth(
+            call(_downgrade_on, first, f, complete, self._gone, known).addBoth(
                 self._downgraded_on, action, f,
             ).addErrback(self._internal_error)
             return None
-        start = self._downgrade_start(first, f, complete)
+        start = self._downgrade_start(first, f, complete, known_delta=known)
         if start is None:
             if f is not None:
                 f.close()
             self._refuse_utf8(action)
             return None
-        first, complete, delta = start
-        return first, complete, self._downgraded_head(action, delta)
+        first, complete, delta, parts = start
+        return first, complete, self._downgraded_head(action, delta, f), parts
+
+    def _known_delta(self, action: Transmit, f: Any) -> int | None:
+        """How much the downgraded copy of ``action``'s message grows, as
+        measured in this session (LIST, STAT, an earlier RETR or TOP, the
+        size cache): the message need not be read through again to
+        measure it.  ``None`` when not measured, or when the size measured
+        is the stored one (no downgraded form, or none that grows), or
+        when the size the mailbox kept (``IDowngradedSizes``) is not of
+        the file ``f`` is now: one replaced or written to since it was
+        measured has its size measured again for RETR's ``+OK`` (LIST's
+        "exact size", RFC 1939 5: the octets sent), and a part header
+        section in it with no downgraded form refuses it, as the measure
+        does."""
+        sizes = self._sizes
+        if f is None or action.index >= len(sizes) or sizes[action.index] < 0:
+            return None
+        size = sizes[action.index]
+        if size == action.size:
+            return None
+        box = self._reading_box()
+        if IDowngradedSizes.providedBy(box) and box.downgraded_size(action.index, f) != size:
+            return None
+        return size - action.size
 
     def _back_from_worker(self, result: Any, action: Transmit, f: Any) -> bool:
         """What every worker job on a message file does first when it is
@@ -1719,8 +1770,9 @@ class POP3Protocol(Protocol):
             f.close()
             self._refuse_utf8(action)
         else:
-            first, complete, delta = result
-            self._send_message(action, f, first, complete, self._downgraded_head(action, delta))
+            first, complete, delta, parts = result
+            self._send_message(action, f, first, complete, self._downgraded_head(action, delta, f),
+                               parts)
         self._process()
 
     def _send_scanned(self, action: Transmit, f: Any, scan: HeaderScan) -> None:
@@ -1750,11 +1802,11 @@ class POP3Protocol(Protocol):
             judged = self._judged(action, f, first, len(first) < CHUNK_SIZE, scan)
             if judged is None:
                 return
-            first, complete, head = judged
+            first, complete, head, parts = judged
         except Exception:
             self._read_failed(action, f)
             return
-        self._send_message(action, f, first, complete, head)
+        self._send_message(action, f, first, complete, head, parts)
 
     def _read_failed(self, action: Transmit, f: Any, failure: Failure | None = None) -> None:
         failure = failure or Failure()
@@ -1775,8 +1827,9 @@ class POP3Protocol(Protocol):
         self._write(R.MESSAGE_READ_FAILED.to_bytes())
 
     def _send_message(self, action: Transmit, f: Any, first: bytes, complete: bool,
-                      head: bytes) -> None:
-        """Send the message from ``first``, then on from ``f`` (streamed)."""
+                      head: bytes, parts: PartHeaders | None = None) -> None:
+        """Send the message from ``first``, then on from ``f`` (streamed;
+        ``parts``: through this, which downgrades its part header sections)."""
         if complete:
             if f is not None:
                 f.close()
@@ -1790,8 +1843,9 @@ class POP3Protocol(Protocol):
             return
         self._busy = True
         enc = MessageEncoder(action.body_lines)
-        self._stream = _Stream(f, enc, action)
-        self.transport.write(head + enc.encode(first))
+        start = enc.encode(first)  # (``parts`` has downgraded what it holds already)
+        self._stream = _Stream(f, enc if parts is None else PartsEncoder(parts, enc), action)
+        self.transport.write(head + start)
         self._queued = True
         self._pump()
 
@@ -1799,17 +1853,28 @@ class POP3Protocol(Protocol):
 
     @staticmethod
     def _downgrade_start(first: bytes, f: Any, complete: bool, only_utf8: bool = False,
-                         limit: int | None = None) -> tuple[bytes, bool, int] | None:
+                         limit: int | None = None,
+                         known_delta: int | None = None) -> _Downgraded | None:
         """The start of a message whose header section is UTF-8, with that
-        section downgraded: ``(data, complete, delta)`` -- what to send
-        first (``f`` is left after it), whether that is the whole message,
-        and how many octets the CRLF form grew by.  ``None`` when there is
+        section downgraded: ``(data, complete, delta, parts)`` -- what to
+        send first (``f`` is left after it), whether that is the whole
+        message, how many octets the CRLF form grew by, and what
+        downgrades the MIME part header sections of the rest of ``f``
+        (``PartHeaders``; ``None`` when there is no rest, or no parts).
+
+        A message with parts that is not all in ``data`` is read to its
+        end once to measure what its part header sections grow by (in
+        constant memory; then ``f`` is seeked back): RETR's +OK line and
+        LIST give the size before the message is sent.  ``None`` when there is
         no downgraded form (``Undowngradable``, or a header section over
         ``DOWNGRADE_HEADER_LIMIT``).  ``only_utf8``: a header section
         that is not UTF-8 (``needs_downgrade``) is left as it is (delta 0),
         as RETR sends it.  ``limit``: ``_LongHeader`` for a header section
         longer than that whose end is not found within it, or that must be
-        downgraded: it is read no further (and measured on a worker)."""
+        downgraded: it is read no further (and measured on a worker).
+        ``known_delta``: what the copy grows by, measured before in the
+        session (``_known_delta``): a message with parts is not read
+        through to measure it again."""
         bound = DOWNGRADE_HEADER_LIMIT if limit is None else min(limit, DOWNGRADE_HEADER_LIMIT)
         data = first
         end = header_end(data)
@@ -1835,13 +1900,53 @@ class POP3Protocol(Protocol):
             new = downgrade_header(header)
         except Undowngradable:
             return None
-        return new + data[end:], complete, crlf_size_of(new) - crlf_size_of(header)
+        delta = crlf_size_of(new) - crlf_size_of(header)
+        if not PartHeaders.has_parts(header):
+            return new + data[end:], complete, delta, None
+        parts = PartHeaders(header)
+        try:
+            body = parts.feed(data[end:])
+            if complete:
+                return new + body + parts.finish(), True, delta + parts.delta, None
+            if known_delta is not None:
+                # measured strictly before; sent as ``strict`` is false below
+                parts.strict = False
+                return new + body, False, known_delta, parts
+            measure = copy.deepcopy(parts)
+            pos = read = len(data)
+            while True:
+                more = f.read(CHUNK_SIZE)
+                if not more:
+                    break
+                read += len(more)
+                if read > bound and bound < DOWNGRADE_HEADER_LIMIT:
+                    raise _LongHeader  # the rest is read on a worker
+                measure.feed(more)
+            measure.finish()
+        except Undowngradable:
+            return None
+        try:
+            f.seek(pos)
+        except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+            # a file of an ``IMailbox`` that cannot seek: no second pass
+            # to send what was measured, so no downgraded form here
+            return None
+        parts.strict = False
+        return new + body, False, delta + measure.delta, parts
 
-    def _downgraded_head(self, action: Transmit, delta: int) -> bytes:
+    def _downgraded_head(self, action: Transmit, delta: int, f: Any = None) -> bytes:
         """RETR's status line for the downgraded copy (TOP's has no size);
-        the size is remembered for LIST and STAT."""
+        the size is remembered for LIST and STAT, and where the mailbox
+        keeps sizes (``IDowngradedSizes``) for the file ``f`` as it is:
+        a later RETR or TOP in the session takes it only for that file
+        (``_known_delta``)."""
         size = action.size + delta
         self._sizes[action.index] = size
+        box = self._reading_box()
+        if f is not None and delta and IDowngradedSizes.providedBy(box):
+            box.remember_downgraded_size(action.index, f, size)
+            if self._save_call is None and not self._ended:
+                self._save_call = self.reactor.callLater(0, self._save_sizes)
         log.info("POP3 {user} from {peer}: message {number} sent with its header section "
                  "downgraded (RFC 6857): the client did not send UTF8", user=self._user,
                  peer=self._peer, number=action.index + 1)
@@ -2294,7 +2399,8 @@ class _Stream:
 
     __slots__ = ("action", "encoder", "file", "pumping", "reading")
 
-    def __init__(self, file: Any, encoder: MessageEncoder, action: Transmit) -> None:
+    def __init__(self, file: Any, encoder: MessageEncoder | PartsEncoder,
+                 action: Transmit) -> None:
         self.file = file
         self.encoder = encoder
         self.action = action

@@ -28,7 +28,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from txmailhub.address import login_key
+from txmailhub.address import login_key, one_quoted_string
 from txmailhub.errors import LocalError
 from txmailhub.pop3 import replies as R
 from txmailhub.pop3.actions import Action, Authenticate, Send, StartTLS, Transmit, Update
@@ -616,7 +616,8 @@ class POP3Server:
         names the authenticated identity itself is no request to act as
         someone else)."""
         name = name.strip()
-        if "@" not in name and self.primary_domain:
+        # ('"a@b"' is a bare local part: its '@' is inside the quotes)
+        if ("@" not in name or one_quoted_string(name)) and self.primary_domain:
             name = f"{name}@{self.primary_domain}"
         return login_key(name)
 

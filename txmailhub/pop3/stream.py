@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 
+from txmailhub.downgrade import PartHeaders
 from txmailhub.pop3.replies import TERMINATOR
 from txmailhub.store.maildir import CRLFEncoder
 
-__all__ = ["MessageEncoder", "encode_whole"]
+__all__ = ["MessageEncoder", "PartsEncoder", "encode_whole"]
 
 
 _STUFF_BY_SLICES = 16
@@ -130,3 +131,27 @@ class MessageEncoder:
         self._remaining = 0
         self.done = True
         return head + data[:pos]
+
+
+class PartsEncoder:
+    """A ``MessageEncoder`` fed through ``PartHeaders``: the rest of a
+    message sent downgraded to a client without UTF8 (RFC 6857), its MIME
+    part header sections downgraded as they pass (``parts``, not strict:
+    the same body was measured strictly first)."""
+
+    __slots__ = ("_encoder", "_parts")
+
+    def __init__(self, parts: PartHeaders, encoder: MessageEncoder) -> None:
+        self._parts = parts
+        self._encoder = encoder
+
+    @property
+    def done(self) -> bool:
+        return self._encoder.done
+
+    def encode(self, chunk: bytes) -> bytes:
+        return self._encoder.encode(self._parts.feed(chunk))
+
+    def finish(self) -> bytes:
+        rest = self._parts.finish()
+        return (self._encoder.encode(rest) if rest else b"") + self._encoder.finish()

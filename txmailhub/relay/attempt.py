@@ -23,7 +23,9 @@ and makes no new connection for the others while the stop waits
 (``quiesce``).
 
 It must not change the queue: it returns per-recipient results and the
-runner records them.
+runner records them -- also those of a transaction that got its reply
+to the final "." when another follows on the same connection (``deliver``'s
+``settled``), which waits until the runner has them written.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import DNSLookupError
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IHandshakeListener, IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -51,7 +53,7 @@ from zope.interface import implementer
 from txmailhub.address import Address, canonical_domain, written_domain
 from txmailhub.config import RelaySettings, split_smarthost
 from txmailhub.interfaces import IDeliveryAgent, IStallRecord
-from txmailhub.logsafe import REPLY_LOG_MAX, loggable, plural
+from txmailhub.logsafe import REPLY_LOG_MAX, listed, log_failure, loggable, plural
 from txmailhub.regular_file import read_regular
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
@@ -75,6 +77,7 @@ from txmailhub.relay.queue import inline_io
 from txmailhub.relay.record import QueueEntry, mta_name
 from txmailhub.relay.tls_memory import TLSMemory, memory_path
 from txmailhub.smtp.client import (
+    TIMEOUTS,
     ClientSession,
     Close,
     Phase,
@@ -82,6 +85,7 @@ from txmailhub.smtp.client import (
     SendBody,
     SessionOutcome,
     StartTLS,
+    TransactionDone,
 )
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.tls import tls_failure
@@ -202,6 +206,7 @@ def _credentials_problem(error: Exception) -> str:
     return text[cut + 2:] if cut >= 0 else text
 
 
+@implementer(IHandshakeListener)
 class SMTPClientProtocol(Protocol):
     """Moves bytes between a transport and a ``ClientSession``.
 
@@ -217,13 +222,31 @@ class SMTPClientProtocol(Protocol):
     under TLS the room the socket made reaches the message data only
     through one), and the time ``stalls`` (the hub's ``IStallRecord``;
     ``None``: none is credited) counted while a timer ran is given back
-    to the server before that."""
+    to the server before that.
+
+    The TLS handshake after STARTTLS is timed as a step of its own
+    (``TIMEOUTS[Phase.TLS]``): the EHLO written with it leaves only once
+    the handshake is done (``handshakeCompleted``), and its reply's
+    clock starts then.  A handshake that never ends -- a server that
+    answered 220 and then sends nothing, or stops half way -- is the
+    session's timeout in phase ``TLS`` ("timeout waiting for the server
+    (TLS handshake)"), not one of the EHLO nobody has read yet.
+
+    ``transaction_done(action)`` is given each ``TransactionDone`` (a
+    transaction's final "." answered, another to follow); a Deferred it
+    returns holds the next transaction's commands until it fires (its
+    results recorded first: a crash in the next transaction must not send
+    them again), the server's bytes not read and no reply timer running
+    meanwhile (the wait is the hub's, not the server's)."""
 
     def __init__(self, session: ClientSession, clock: Any, message_path: str,
                  tls_creator: Any, converted_path: str,
                  run_blocking: Callable[..., defer.Deferred] = inline_io,
-                 stalls: IStallRecord | None = None) -> None:
+                 stalls: IStallRecord | None = None,
+                 transaction_done: Callable[[TransactionDone], defer.Deferred | None]
+                 | None = None) -> None:
         self.session = session
+        self.transaction_done = transaction_done
         self.stalls = stalls
         self.run_blocking = run_blocking
         self.clock = clock
@@ -244,10 +267,15 @@ class SMTPClientProtocol(Protocol):
         self._body_started = 0.0
         self._closing = False
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
+        self._handshaking = False  # STARTTLS begun, its handshake not done yet
         self._received = False  # any byte from the server (under implicit TLS: after the handshake)
         self._lost = False  # connectionLost has run
         self._lost_waiters: list[defer.Deferred] = []  # when_lost
         self._stopping = False  # the hub's stop cut the session (``abort``)
+        # while the next transaction waits (``_hold``): the bytes read
+        # meanwhile (a transport that cannot pause its reading: TLS over a
+        # wrapped endpoint), given to the session once its commands went
+        self._held_bytes: list[bytes] | None = None
 
     # --- timers ---------------------------------------------------------------
 
@@ -255,13 +283,17 @@ class SMTPClientProtocol(Protocol):
         """The stall record's reading at ``now`` (0 without a record)."""
         return 0.0 if self.stalls is None else self.stalls.held(now)
 
-    def _arm(self) -> None:
+    def _arm(self, timeout: float | None = None) -> None:
+        """Start the reply timer: ``timeout`` seconds, the session's current
+        step's when ``None``."""
+        if timeout is None:
+            timeout = self.session.timeout
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         now = self.clock.seconds()
         self._timer_held = self._held(now)
-        self._timer_due = now + self.session.timeout
-        self._timer = self.clock.callLater(self.session.timeout, self._timed_out)
+        self._timer_due = now + timeout
+        self._timer = self.clock.callLater(timeout, self._timed_out)
 
     def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -322,6 +354,10 @@ class SMTPClientProtocol(Protocol):
             # turn's reads
             self._timer = self.clock.callLater(0, self._timed_out, look + 1)
             return
+        if self._handshaking:
+            # the EHLO written after STARTTLS never left: the wait was the
+            # handshake's (the session believes it is in EHLO)
+            self.session.phase = Phase.TLS
         log.warn("timeout waiting for the server ({phase})", phase=self.session.phase.value)
         self.session.timed_out()
         self._abort()
@@ -340,8 +376,20 @@ class SMTPClientProtocol(Protocol):
     def connectionMade(self) -> None:
         self._arm()
 
+    def handshakeCompleted(self) -> None:
+        """The TLS layer's word that the handshake is done (also under
+        implicit TLS, where nothing waits for it): the EHLO written after
+        STARTTLS leaves now, and the wait for its reply starts."""
+        if self._handshaking and not self._closing:
+            self._handshaking = False
+            self._arm()
+
     def dataReceived(self, data: bytes) -> None:
+        if self._held_bytes is not None:
+            self._held_bytes.append(data)
+            return
         self._tls_pending = False
+        self._handshaking = False  # bytes come through TLS once it is up
         self._received = True
         seen = self.session.replies_received
         try:
@@ -394,15 +442,22 @@ class SMTPClientProtocol(Protocol):
     # --- actions ---------------------------------------------------------------------
 
     def _run(self, actions: Sequence[Any]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
+        for n, action in enumerate(actions):
+            if isinstance(action, TransactionDone):
+                wait = self._hand_over(action)
+                if wait is not None:
+                    # (one fired already goes on at once, from ``_hold``;
+                    # one ``called`` may still wait, on a Deferred it chains)
+                    self._hold(wait, actions[n + 1:])
+                    return
+            elif isinstance(action, Send):
                 self.transport.write(action.data)
             elif isinstance(action, StartTLS):
                 self.transport.startTLS(self.tls_creator)
-                self._tls_pending = True
+                self._tls_pending = self._handshaking = True
                 # writes made now are sent once the handshake is done
                 self._run(self.session.tls_started())
-                self._arm()
+                self._arm(TIMEOUTS[Phase.TLS])
             elif isinstance(action, SendBody):
                 self._send_body(action.convert_7bit)
             elif isinstance(action, Close):
@@ -426,6 +481,56 @@ class SMTPClientProtocol(Protocol):
                     # connection would hold the attempt (and its delivery
                     # slots) for good.
                     self._timer = self.clock.callLater(self.session.timeout, self._abort)
+
+    def _hand_over(self, action: TransactionDone) -> defer.Deferred | None:
+        """Give ``transaction_done`` a transaction's results; the Deferred
+        to wait for before the next transaction, if any.  An error out of
+        it is logged and waits for nothing: the results stay the outcome's
+        (recorded when the delivery ends)."""
+        if self.transaction_done is None or self._closing:
+            return None
+        try:
+            return self.transaction_done(action)
+        except Exception:
+            log.failure("handing over a transaction's results failed")
+            return None
+
+    def _hold(self, wait: defer.Deferred, rest: Sequence[Any]) -> None:
+        """The next transaction's actions ``rest`` wait for ``wait``: the
+        connection is not read and no reply timer runs until it fires
+        (whether it succeeds or fails); then they go, unless the session
+        ended meanwhile (the hub's stop cut it).  Bytes a transport that
+        cannot pause hands over meanwhile are the session's after those
+        commands, as a paused one's are."""
+        self._disarm()
+        self._held_bytes = []
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+
+        def go_on(result: Any) -> None:
+            if isinstance(result, Failure):
+                log_failure(log, result, "recording a transaction's results failed")
+            held, self._held_bytes = self._held_bytes or [], None
+            if self._closing or self._lost or self.done.called:
+                return
+            resume = getattr(self.transport, "resumeProducing", None)
+            if resume is not None:
+                resume()
+            self._arm()
+            try:
+                self._run(rest)
+            except Exception:
+                log.failure("SMTP client session failed")
+                self.session.connection_lost("local error")
+                self._abort()
+                return
+            for data in held:  # (kept again by a hold these bytes begin)
+                if self._closing or self._lost:
+                    break
+                self.dataReceived(data)
+
+        wait.addBoth(go_on)
 
     def _send_body(self, convert: bool) -> None:
         if not convert:
@@ -669,7 +774,7 @@ def _log_not_delivered(queue_id: str, destination: str, last: Reply, said_by: st
     one could not be connected to, ``last`` is that connection's failure
     and the line says how many answered before.  The queue id comes first,
     and the reply is escaped (``loggable``), as in every relay line."""
-    reply = loggable(last.text(), REPLY_LOG_MAX)
+    reply = loggable(last.text(), REPLY_LOG_MAX, marked=True)
     if said_by is not None:
         how = ("session with {host} failed:" if isinstance(last, LocalReply)
                else "{host} said")
@@ -707,6 +812,22 @@ def _refused_for_now(outcome: SessionOutcome) -> bool:
     that waits for the next retry (docs/relay.rst)."""
     return (outcome.no_recipient_taken or outcome.data_refused_for_now) and any(
         r.kind == "transient" for r in outcome.recipients)
+
+
+def _for_the_next_host(outcome: SessionOutcome) -> set[Address]:
+    """The recipients of ``outcome`` (a session that went well) that go on
+    to the next MX host in the same attempt: those refused only for now
+    by a host that took no message for them -- the whole session took
+    none (``_refused_for_now``), or their transaction carried no message
+    text while another of the session did (``untaken_for_now``: a server
+    that took the first message and then refused every RCPT of the next
+    for now, a limit per session).  RFC 5321 5.1 has the client try the
+    addresses "until a delivery attempt succeeds"; a host that read no
+    message for them holds no copy, so the next one makes no duplicate."""
+    if _refused_for_now(outcome):
+        return {r.address for r in outcome.recipients if r.kind == "transient"}
+    return {r.address for r in outcome.recipients
+            if r.kind == "transient" and r.address in outcome.untaken_for_now}
 
 
 def return_path_octets(path: str) -> int:
@@ -931,14 +1052,22 @@ class DeliveryAgent:
         return None if look is None else look(destination)
 
     def deliver(self, entry: QueueEntry, destination: str,
-                recipients: Sequence[Address]) -> defer.Deferred:
+                recipients: Sequence[Address],
+                settled: Callable[[list[DeliveryResult]], defer.Deferred | None]
+                | None = None) -> defer.Deferred:
         """Deliver ``recipients`` (all for ``destination``): one SMTP
         transaction, or more when the server takes fewer recipients per
         message.
 
-        Fires with a ``DeliveryResult`` per recipient; never errbacks."""
+        Fires with a ``DeliveryResult`` per recipient; never errbacks.
+        ``settled(results)`` is called when a transaction's final "." got
+        its reply and another follows, on the same connection or a new
+        one, with the results of that transaction's recipients; the next
+        transaction's commands (or its connection) wait for the Deferred
+        it returns (``IDeliveryAgent``)."""
         stage = _Stage()
-        d = self._deliver_in_batches(entry, destination, list(recipients), stage)
+        d = self._deliver_in_batches(entry, destination, list(recipients), stage,
+                                    hand_over=settled)
 
         def crashed(f: Any) -> list[DeliveryResult]:
             log.failure("delivery of {queue_id} to {destination} failed", f,
@@ -959,23 +1088,44 @@ class DeliveryAgent:
 
     @defer.inlineCallbacks
     def _deliver_in_batches(self, entry: QueueEntry, destination: str,
-                            recipients: list[Address], stage: _Stage) -> Any:
+                            recipients: list[Address], stage: _Stage,
+                            hand_over: Callable[..., Any] | None = None) -> Any:
         """``_deliver``, then again for the recipients the server refused as
         too many for one transaction (452 4.5.3): RFC 5321 4.5.3.1.10 asks
         the client to send those in a new transaction, not to wait for the
-        next retry.  As long as each round gets some recipients through."""
-        results = yield self._deliver(entry, destination, recipients, stage)
+        next retry.  As long as each round gets some recipients through.
+        The results a round settled go to ``hand_over`` before the next
+        round's connection, as those of a transaction before the next one
+        on the same connection do (``_session``): once each."""
+        handed: set[Address] = set()
+
+        def tracked(results: list[DeliveryResult]) -> Any:
+            handed.update(r.address for r in results)
+            return hand_over(results) if hand_over is not None else None
+
+        results = yield self._deliver(entry, destination, recipients, stage,
+                                      tracked if hand_over is not None else None)
         for _ in range(MAX_EXTRA_TRANSACTIONS):
             more = [r.address for r in results if _too_many_recipients(r.reply)]
             if not more or len(more) == len(recipients):
                 break
+            going_on = set(more)
+            earlier = [r for r in results
+                       if r.address not in going_on and r.address not in handed]
+            if hand_over is not None and earlier:
+                try:
+                    yield defer.maybeDeferred(tracked, earlier)
+                except Exception:
+                    log.failure("handing over the results of {queue_id} to {destination} "
+                                "failed", queue_id=entry.id, destination=destination)
             log.info("{queue_id}: {count} {recipients} of {destination} in a new transaction "
                      "(the server took fewer per message)", queue_id=entry.id,
                      count=len(more), destination=destination,
                      recipients=plural(len(more), "recipient", "recipients"))
             recipients = more
             try:
-                again = yield self._deliver(entry, destination, more, stage)
+                again = yield self._deliver(entry, destination, more, stage,
+                                            tracked if hand_over is not None else None)
             except Exception:
                 # only this round's recipients are in doubt: the others'
                 # results stand (a retry of those would be a duplicate)
@@ -988,7 +1138,7 @@ class DeliveryAgent:
 
     @defer.inlineCallbacks
     def _deliver(self, entry: QueueEntry, destination: str, recipients: list[Address],
-                 stage: _Stage) -> Any:
+                 stage: _Stage, hand_over: Callable[..., Any] | None = None) -> Any:
         epoch = self._epoch
         smarthost = destination == SMARTHOST
         credentials = None
@@ -1004,7 +1154,8 @@ class DeliveryAgent:
                 # hosts left untried then are said: not every host failed
                 log.info("{queue_id}: {destination} not reached: {reply} (tried {age:.0f} s "
                          "ago{left}; not tried again yet)", queue_id=entry.id,
-                         destination=destination, reply=loggable(reply.text(), REPLY_LOG_MAX),
+                         destination=destination,
+                         reply=loggable(reply.text(), REPLY_LOG_MAX, marked=True),
                          age=now - learnt, left=left)
                 return [DeliveryResult(a, "transient", reply, unreachable=said)
                         for a in recipients]
@@ -1093,7 +1244,8 @@ class DeliveryAgent:
             tries = _Tries()
             outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
                                           smarthost, stage, credentials=credentials,
-                                          tries=tries, may_start=within_budget)
+                                          tries=tries, may_start=within_budget,
+                                          hand_over=hand_over)
             tried += len(tries.started)
             address = tries.connected
             if not smarthost:
@@ -1126,11 +1278,12 @@ class DeliveryAgent:
                 # "none" allows; the handshake's failure keeps the mail queued
                 log.warn("TLS with {host} failed; trying again without TLS ({reply})",
                          host=where(mxhost.name, address), address=address,
-                         reply=loggable(outcome.session_error.text(), REPLY_LOG_MAX))
+                         reply=loggable(outcome.session_error.text(), REPLY_LOG_MAX, marked=True))
                 retry = _Tries()
                 outcome = yield self._session(entry, recipients, mxhost, [address], port_n,
                                               smarthost, stage, plain=True,
-                                              credentials=credentials, tries=retry)
+                                              credentials=credentials, tries=retry,
+                                              hand_over=hand_over)
                 if epoch != self._epoch:  # cut by the hub's stop, as above
                     return settled + self._cut_by_stop(outcome, recipients,
                                                        _remote_name(mxhost.name, smarthost))
@@ -1177,7 +1330,8 @@ class DeliveryAgent:
                     log.info("{queue_id}: {host}: {reply}; the message may have been "
                              "delivered, no other host is tried before the next retry",
                              queue_id=entry.id, host=where(mxhost.name, address),
-                             address=address, reply=loggable(last.text(), REPLY_LOG_MAX))
+                             address=address,
+                             reply=loggable(last.text(), REPLY_LOG_MAX, marked=True))
                     # a refusal at RCPT is the server's answer for its
                     # recipient: only those it took are in doubt
                     known = {r.address: r for r in outcome.refused}
@@ -1191,9 +1345,15 @@ class DeliveryAgent:
                 continue
             self._note_unanswered_end(entry, outcome, where(mxhost.name, address))
             if not smarthost:
-                self.mx.health.succeeded(mxhost.name)
+                if outcome.unanswered_end:
+                    # a final "." of a later transaction went unanswered: the
+                    # host is marked as for a first transaction's (above)
+                    self.mx.health.failed(mxhost.name)
+                else:
+                    self.mx.health.succeeded(mxhost.name)
             host = _remote_name(mxhost.name, smarthost)
-            if _refused_for_now(outcome):
+            onward = _for_the_next_host(outcome)
+            if onward:
                 # every RCPT refused, some only for now (a 4yz: greylisting,
                 # a full disk, a lookup that failed), or DATA refused for
                 # now before any message text went (RFC 5321 4.1.1.4: no
@@ -1205,9 +1365,14 @@ class DeliveryAgent:
                 # the addresses "until a delivery attempt succeeds"; Postfix
                 # keeps a recipient with a soft RCPT error for a backup host
                 # (smtp_rcpt_fail).  A 5yz stays that recipient's answer.
+                # So for a later transaction of a session that took a
+                # message in an earlier one, when this one carried none:
+                # its recipients refused for now go on, the others' results
+                # (delivered, or refused for now in a transaction that did
+                # carry the message) stand
                 own = {}
                 for r in self._results(entry, outcome, host):
-                    if r.kind == "transient":
+                    if r.address in onward:
                         own[r.address] = r
                     else:
                         settled.append(r)
@@ -1352,7 +1517,7 @@ class DeliveryAgent:
         log.info("{queue_id}: {host}: {count} {recipients} refused at RCPT before the session "
                  "failed: {codes}", queue_id=entry.id, host=host, count=len(final),
                  recipients=plural(len(final), "recipient", "recipients"),
-                 codes=", ".join(f"{a}: {r.reply.code}" for a, r in final.items()))
+                 codes=listed([f"{a}: {r.reply.code}" for a, r in final.items()]))
         return [a for a in recipients if a not in final]
 
     def _cut_by_stop(self, outcome: SessionOutcome | None, recipients: list[Address],
@@ -1382,8 +1547,7 @@ class DeliveryAgent:
     def _results(self, entry: QueueEntry, outcome: SessionOutcome,
                  host: str) -> list[DeliveryResult]:
         out = self._each(outcome, host)
-        codes = loggable(", ".join(f"{r.address}: {r.reply.code}" for r in outcome.recipients),
-                         1 << 20)
+        codes = listed([f"{r.address}: {r.reply.code}" for r in outcome.recipients])
         log.info("{queue_id}: session with {mx} ({tls}): {codes}", queue_id=entry.id, mx=host,
                  tls="TLS" if outcome.tls else "no TLS", codes=codes)
         return out
@@ -1417,12 +1581,14 @@ class DeliveryAgent:
                  addresses: Sequence[str], port: int, smarthost: bool, stage: _Stage,
                  plain: bool = False, credentials: tuple[str, str] | None = None,
                  tries: _Tries | None = None,
-                 may_start: Callable[[], bool] = lambda: True) -> Any:
+                 may_start: Callable[[], bool] = lambda: True,
+                 hand_over: Callable[..., Any] | None = None) -> Any:
         """One SMTP session with ``mxhost`` at the first of ``addresses``
         to take the connection (``eyeballs.race``; ``may_start``: whether
         another address may still be started), its outcome; ``None`` when
         none did.  ``tries`` learns which addresses were started and which
-        connected."""
+        connected.  ``hand_over``: ``deliver``'s ``settled``, given the results
+        of each transaction that is not the session's last."""
         tries = tries if tries is not None else _Tries()
         policy, creator = self._tls_for(mxhost.name, smarthost)
         if plain:
@@ -1450,8 +1616,19 @@ class DeliveryAgent:
             tls_required_by=self._tls_required_by(smarthost) if policy == "require" else "",
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
+        transaction_done = None
+        if hand_over is not None:
+            said_by = _remote_name(mxhost.name, smarthost)
+
+            def transaction_done(action: TransactionDone) -> defer.Deferred | None:
+                # as ``_each`` makes them from an outcome
+                return hand_over([DeliveryResult(r.address, r.kind, r.reply, said_by,
+                                               action.dsn_supported
+                                               and r.address not in action.dsn_dropped)
+                                for r in action.recipients])
+
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,
-                                   self.run_blocking, self.stalls)
+                                   self.run_blocking, self.stalls, transaction_done)
         factory = Factory.forProtocol(lambda: proto)
         factory.noisy = False  # no "Starting factory" / "Stopping factory" per session
 
@@ -1496,6 +1673,7 @@ class DeliveryAgent:
             self._sessions.discard(proto)
         self._note_auth_param(entry, session, mxhost.name, address, port)
         self._note_dsn_params(entry, session, mxhost.name, address)
+        self._note_protocol_error(entry, session, outcome, where(mxhost.name, address))
         if not outcome.hello_read:
             # ended before the EHLO reply said what the host offers (a 421
             # greeting, a connection lost or timed out, the hub's stop, a
@@ -1511,7 +1689,8 @@ class DeliveryAgent:
             log.warn("{queue_id}: {host} offered STARTTLS and refused it ({reply}); the "
                      "session went on without TLS, as opportunistic TLS allows",
                      queue_id=entry.id, host=where(mxhost.name, address),
-                     address=address, reply=loggable(outcome.tls_refused.text(), REPLY_LOG_MAX))
+                     address=address,
+                     reply=loggable(outcome.tls_refused.text(), REPLY_LOG_MAX, marked=True))
         if not implicit and (not smarthost or self.relay.smarthost_tls == "opportunistic"):
             self._note_tls(mxhost.name, outcome)  # the memory _tls_for consults
         return outcome
@@ -1584,7 +1763,7 @@ class DeliveryAgent:
         if refused is None:
             return
         fields = dict(queue_id=entry.id, host=where(name, address), address=address,
-                      reply=loggable(refused.text(), REPLY_LOG_MAX))
+                      reply=loggable(refused.text(), REPLY_LOG_MAX, marked=True))
         if not session.accepted_without_auth_param:
             log.info("{queue_id}: {host} refused AUTH= on MAIL ({reply}); MAIL sent again "
                      "without it", **fields)
@@ -1614,20 +1793,37 @@ class DeliveryAgent:
             log.info("{queue_id}: {host} refused the DSN parameters on RCPT TO:<{rcpt}> "
                      "({reply}); RCPT sent again without NOTIFY and ORCPT" + duty,
                      queue_id=entry.id, host=where(name, address), address=address,
-                     rcpt=loggable(str(rcpt), REPLY_LOG_MAX),
-                     reply=loggable(reply.text(), REPLY_LOG_MAX))
-        if session.transactions > 1:
+                     rcpt=loggable(str(rcpt), REPLY_LOG_MAX, marked=True),
+                     reply=loggable(reply.text(), REPLY_LOG_MAX, marked=True))
+        if session.transactions_sent > 1:
             log.info("{queue_id}: {host}: {count} transactions in one session (recipients the "
                      "server took too many of, or refused for their DSN parameters in a "
                      "pipelined batch, went in the next)", queue_id=entry.id,
-                     host=where(name, address), address=address, count=session.transactions)
+                     host=where(name, address), address=address,
+                     count=session.transactions_sent)
         refused = session.dsn_params_refused
         if refused is None:
             return
         log.info("{queue_id}: {host} refused the DSN parameters on MAIL ({reply}); MAIL sent "
                  "again without ENVID, RET, NOTIFY and ORCPT: success notices asked for are "
                  "this hub's (relayed)", queue_id=entry.id, host=where(name, address),
-                 address=address, reply=loggable(refused.text(), REPLY_LOG_MAX))
+                 address=address, reply=loggable(refused.text(), REPLY_LOG_MAX, marked=True))
+
+    @staticmethod
+    def _note_protocol_error(entry: QueueEntry, session: ClientSession,
+                             outcome: SessionOutcome, host: str) -> None:
+        """Log a protocol error that ended a session whose outcome is not
+        it: the results were known before it (a stray reply after the
+        reply to the final "."), or an earlier transaction's stand and the
+        recipients of the one under way wait (``SessionOutcome``).  One
+        that is the session's error is logged where that is handled, in
+        the same words."""
+        error = session.protocol_error
+        if error is None or outcome.session_error is error:
+            return
+        log.info("{queue_id}: session with {host} ended in a protocol error: {reply} (the "
+                 "connection was dropped; the results before it stand)", queue_id=entry.id,
+                 host=host, reply=loggable(error.text(), REPLY_LOG_MAX, marked=True))
 
     @staticmethod
     def _note_unanswered_end(entry: QueueEntry, outcome: SessionOutcome, host: str) -> None:
@@ -1645,9 +1841,8 @@ class DeliveryAgent:
         log.info("{queue_id}: {host}: {reply}; the message may have been delivered to "
                  "{recipients} (transaction {number} of the session), no other host is "
                  "tried for them before the next retry", queue_id=entry.id, host=host,
-                 reply=loggable(last.text(), REPLY_LOG_MAX),
-                 recipients=loggable(", ".join(str(a) for a in outcome.unanswered_end),
-                                     1 << 20),
+                 reply=loggable(last.text(), REPLY_LOG_MAX, marked=True),
+                 recipients=listed(outcome.unanswered_end),
                  number=outcome.transactions)
 
     def _note_tls(self, host: str, outcome: SessionOutcome) -> None:

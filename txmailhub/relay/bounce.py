@@ -242,23 +242,38 @@ def _envelope_id(envid: str, utf8: bool) -> str:
     return envid if shown and envid.strip(" \t") == envid else xtext_encode(envid)
 
 
-_DIAGNOSTIC_MAX = 900  # characters of a remote reply kept in a field
+_DIAGNOSTIC_MAX = 900  # octets of a remote reply kept in a field
 
 
-def _diagnostic(kind: str, text: str) -> str:
+def _diagnostic(kind: str, text: str, utf8: bool = False) -> str:
     """A Diagnostic-Code value: ASCII (other characters as ``\\x{HEX}``),
-    at most ``_DIAGNOSTIC_MAX`` characters of the reply, folded at spaces
+    at most ``_DIAGNOSTIC_MAX`` octets of the reply, folded at spaces
     (RFC 3464 allows it), so no line of the notice exceeds RFC 5322's
-    limits whatever the remote server said."""
-    text = "".join(c if " " <= c <= "~" else f"\\x{{{ord(c):X}}}" for c in text)
-    if len(text) > _DIAGNOSTIC_MAX:
-        text = text[: _DIAGNOSTIC_MAX - 3] + "..."
+    limits whatever the remote server said.
+
+    ``utf8``: for a message/global-delivery-status part, whose fields RFC
+    6533 lets hold UTF-8 as RFC 6532 extends the header syntax (``text``
+    included): a reply's UTF-8 (a server may answer in it in an SMTPUTF8
+    transaction, RFC 6531) is kept as the server wrote it, as the part's
+    addresses are;
+    what no header line may carry raw -- a control character, a Unicode
+    line or paragraph separator -- is escaped still.  The 7-bit part
+    (RFC 3464's ``*text``, ASCII) escapes every character outside it."""
+    if utf8:
+        text = "".join(c if c.isprintable() or c == " " else f"\\x{{{ord(c):X}}}"
+                       for c in text)
+    else:
+        text = "".join(c if " " <= c <= "~" else f"\\x{{{ord(c):X}}}" for c in text)
+    if len(text.encode("utf-8")) > _DIAGNOSTIC_MAX:
+        # cut at a character, never inside a UTF-8 sequence
+        text = text.encode("utf-8")[: _DIAGNOSTIC_MAX - 3].decode("utf-8", "ignore") + "..."
     return _fold(f"{kind}; {text}", len("Diagnostic-Code: "))
 
 
 def _fold(value: str, used: int) -> str:
-    """``value`` folded to lines of about 76 characters (``used`` of the
-    first taken by the field name): a line break only before a run of
+    """``value`` folded to lines of about 76 octets (``used`` of the
+    first taken by the field name; a UTF-8 character counts its octets,
+    as RFC 6532 3.4 counts a line): a line break only before a run of
     blanks that a word follows, the whole run on the next line, so that
     unfolding gives ``value`` back blank for blank (RFC 5322 2.2.3), no
     line is all blanks (3.2.2) and none ends in a blank a transport or a
@@ -267,15 +282,19 @@ def _fold(value: str, used: int) -> str:
     stdlib's refolding drops a line's last blank.)"""
     lines: list[str] = []
     line = ""
+    octets = 0  # of ``line``
     for piece in _PIECES.findall(value):  # a word with the blanks before it
         room = 76 - (used if not lines else 0)
+        size = len(piece) if piece.isascii() else len(piece.encode("utf-8"))
         # (never after a backslash that quotes the blank: RFC 5322 3.2.1)
-        if (line and piece[:1] == " " and piece.strip(" ") and len(line) + len(piece) > room
+        if (line and piece[:1] == " " and piece.strip(" ") and octets + size > room
                 and not escaped(line, len(line))):
             lines.append(line)
             line = piece
+            octets = size
         else:
             line += piece
+            octets += size
     lines.append(line)
     return "\n".join(lines)
 
@@ -405,7 +424,7 @@ def _status_part(entry: QueueEntry, recipients: Sequence[RecipientRecord], actio
             # the remote server's words, or this hub's own judgement
             local = not r.remote_mta or isinstance(r.last_reply, LocalReply)
             kind = "X-txmailhub" if local else "smtp"
-            b["Diagnostic-Code"] = _diagnostic(kind, r.last_reply.text())
+            b["Diagnostic-Code"] = _diagnostic(kind, r.last_reply.text(), utf8)
         if r.last_attempt:
             b["Last-Attempt-Date"] = rfc5322_date(r.last_attempt)
         if action == DELAYED and will_retry_until is not None:

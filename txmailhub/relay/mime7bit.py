@@ -103,6 +103,13 @@ _MAX_BOUNDARY = 200
 _NEEDS_CONVERSION = ("7bit", "8bit", "binary", "")
 # types that are never base64 or quoted-printable (RFC 2045 6.4, RFC 2046 5.2)
 _COMPOSITE = ("multipart/", "message/rfc822", "message/partial", "message/external-body")
+_AROUND_SLASH = re.compile(r"[ \t\r\n]*/[ \t\r\n]*")
+# RFC 2045 5.1: type "/" subtype, each a token (no SPACE, CTLs, tspecials)
+_TOKEN = r"[!#-'*+\-.0-9A-Z^-~]+"
+_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
+# what a type that is none (but has a "/") is read as: a leaf no reader
+# takes for text, base64 where it has 8-bit octets (octets kept exactly)
+_NO_TYPE = "application/octet-stream"
 _FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
 # where a line over LINE_TEXT may be broken: before a run of blanks that
 # has something else on both sides (the rest never a line of blanks only)
@@ -491,7 +498,10 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     while i < cut:  # the type without its comments: "multipart/digest (x)"
         j = comments.end(i) if text[i] == "(" else -1
         if j >= 0:
+            head += " "  # (CFWS: "multi(x)part" is two tokens, no type)
             i = j
+        elif text[i] == "(":  # never closed: the rest of the type is its text
+            break
         else:
             head += text[i]
             i += 1
@@ -518,7 +528,63 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     for base in set(single) | set(sections) | bad:
         params[base] = "" if base in bad else _combine(
             plain.get(base), single.get(base, []), sections.get(base, {}))
-    return re.sub(r"\s+", "", head).lower(), params
+    # White space goes at the type's ends and around its "/" (RFC 5322
+    # 3.2.2 CFWS between tokens), as the stdlib's reader takes it; only
+    # SP, HTAB and line breaks are white space (RFC 5322 2.2.3).  What is
+    # left must be two RFC 2045 tokens: a blank, a comment or a CTL inside
+    # either ("mu ltipart", "multipart/mi xed", "multi(x)part",
+    # "\x1emultipart": 0x1c-0x1f are white space to Python's str) leaves
+    # no type a reader knows, so no multipart, whose 8-bit octets read as
+    # a preamble became "?".
+    ctype = _AROUND_SLASH.sub("/", head.strip(" \t\r\n")).lower()
+    if "/" in ctype and not _TYPE.fullmatch(ctype):
+        ctype = _NO_TYPE
+    return ctype, params
+
+
+def _with_charset(field: bytes, charset: str) -> bytes:
+    """A Content-Type ``field`` (the final line end included) with
+    "; charset=..." after its parameters.  Continuation lines of blanks
+    at its end go (the parameter after a line end would begin a line of
+    its own), and a quoted string or comment it leaves open is closed
+    first: the parameter written into it would be no parameter.  A field
+    with no type at all gets "text/plain" (the type a part without one
+    is read as, RFC 2045 5.2; only a text part gets a charset), in front
+    of what it holds: comments alone (``Content-Type: (x)``), or
+    parameters after no type."""
+    name, _, value = field.rstrip(b" \t\r\n").partition(b":")
+    if not value.strip(b" \t\r\n"):
+        return name + b": text/plain; charset=" + charset.encode() + b"\n"
+    quoted, depth, i = False, 0, 0
+    typed, in_type = False, True  # (a type is what comes before the first ";")
+    while i < len(value):
+        c = value[i:i + 1]
+        if c == b"\\" and (quoted or depth):
+            i += 2  # a quoted-pair (RFC 5322 3.2.1)
+            continue
+        if quoted:
+            quoted = c != b'"'
+        elif c == b"(":
+            depth += 1
+        elif c == b")" and depth:
+            depth -= 1
+        elif depth:
+            pass
+        elif c == b";":
+            in_type = False
+        else:
+            typed = typed or (in_type and c not in b" \t\r\n")
+            quoted = c == b'"'
+        i += 1
+    if not typed:
+        value = b" text/plain " + value.lstrip(b" \t\r\n")
+    if i > len(value):  # a backslash at the end: one more makes it a pair
+        value += b"\\"
+    if quoted or depth:
+        value += b'"' * quoted + b")" * depth
+    else:
+        value = value.rstrip(b" \t\r\n;")
+    return name + b":" + value + b"; charset=" + charset.encode() + b"\n"
 
 
 class _Converter:
@@ -809,7 +875,7 @@ class _Converter:
         if name == b"content-transfer-encoding" and new_cte is not None:
             field = b"Content-Transfer-Encoding: " + new_cte.encode() + b"\n"
         elif name == b"content-type" and charset is not None:
-            field = field.rstrip(b"\r\n").rstrip(b" \t;") + b"; charset=" + charset.encode() + b"\n"
+            field = _with_charset(field, charset)
         if not field.isascii():
             if name in (b"content-type", b"content-disposition"):
                 self.parameter_octets += len(field)

@@ -38,6 +38,7 @@ from txmailhub.address import (
     written_domain,
 )
 from txmailhub.interfaces import IMXResolver
+from txmailhub.logsafe import loggable
 
 __all__ = [
     "CNAMEError",
@@ -271,7 +272,10 @@ def _chase(lookup: Callable[[str], defer.Deferred], name: str, kind: int,
             return answers, [], []
         end, loops = _chain_end(answers, name)
         if loops:
-            raise CNAMEError(name, f"the CNAME chain of {name} loops (at {end})")
+            # (``end`` is the server's text, any octets a label may hold:
+            # the reason goes into the log, the queue and a notice)
+            raise CNAMEError(name, f"the CNAME chain of {name} loops "
+                                   f"(at {loggable(end, 255, ascii_only=True)})")
         if end is None or end in asked or not end.isascii() or dns_name_problem(end):
             # nothing more to ask (a target no DNS name can be is never
             # asked for: twisted.names would raise on it): no records

@@ -25,7 +25,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from txmailhub.address import Address
-from txmailhub.logsafe import REPLY_LOG_MAX, loggable
+from txmailhub.logsafe import REPLY_LOG_MAX, listed, loggable
 from txmailhub.relay import bounce, schedule
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.record import BOUNCED, FAILED, QueueEntry, RecipientRecord
@@ -68,7 +68,7 @@ class NoticeSender:
                     log.warn("{queue_id}: a message from <> (a notice) could not be delivered "
                              "to {recipient}: {reply}; dropping it", queue_id=entry.id,
                              recipient=loggable(str(r.address), 1 << 20),
-                             reply=loggable(r.last_reply.text(), REPLY_LOG_MAX)
+                             reply=loggable(r.last_reply.text(), REPLY_LOG_MAX, marked=True)
                              if r.last_reply is not None else "-")
             ok = True
             if wanted:
@@ -175,7 +175,7 @@ class NoticeSender:
             log.error("{queue_id}: could not send the {action} notice to <{sender}> "
                       "({error}); will try again", queue_id=entry.id, action=action,
                       sender=loggable(entry.envelope.sender_text, 1 << 20),
-                      error=loggable(str(e), REPLY_LOG_MAX))
+                      error=loggable(str(e), REPLY_LOG_MAX, marked=True))
             return False
         except Exception:
             log.failure("{queue_id}: could not send the {action} notice to <{sender}>; "
@@ -185,6 +185,6 @@ class NoticeSender:
         log.info("{queue_id}: {action} notice for {recipients} to <{sender}>: {how}",
                  queue_id=entry.id, action=action,
                  sender=loggable(entry.envelope.sender_text, 1 << 20),
-                 recipients=loggable(", ".join(str(r.address) for r in recs), 1 << 20),
+                 recipients=listed([r.address for r in recs]),
                  how=how or "sent")
         return True

@@ -48,7 +48,7 @@ from zope.interface import implementer
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
-from txmailhub.logsafe import loggable, plural
+from txmailhub.logsafe import listed, loggable, plural
 from txmailhub.relay import bounce, inflight
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
@@ -187,6 +187,10 @@ class OutboundQueue:
         # the attempt marker work of each queue id, one job at a time (see
         # ``_marker_work``)
         self._marker_locks: dict[str, defer.DeferredLock] = {}
+        # ids handed out whose message is not stored yet: ``_new_id`` looks
+        # for the message file, which the store makes only after a turn of
+        # the reactor, so two entries of one millisecond could draw the same
+        self._ids_in_flight: set[str] = set()
         if create and not os.path.isdir(directory):
             # acknowledged mail will live in it: its own name must be durable
             makedirs_durably(directory, mode=0o700)
@@ -257,14 +261,21 @@ class OutboundQueue:
                     r, state=DELIVERED, notice=notice, attempts=1, last_attempt=now,
                     last_reply=_IN_MAILBOX)
                 for r in entry.recipients if r.address in delivered})
+        self._ids_in_flight.add(queue_id)
         d = self._store_new(entry, message.path)
+
+        def landed(result: Any) -> Any:
+            self._ids_in_flight.discard(queue_id)
+            return result
+
+        d.addBoth(landed)
 
         def stored(entry: QueueEntry) -> str:
             # the sender is the client's (an MX client's, for a notice it
             # asked for): escaped, as every client text in the log is
             sender = loggable(envelope.sender_text, 1 << 20)
             what = (f"the {notice} notice to <{sender}> for "
-                    + loggable(", ".join(map(str, delivered)), 1 << 20) if delivered else
+                    + listed(delivered) if delivered else
                     f"from <{sender}> for {len(entry.recipients)} "
                     + plural(len(entry.recipients), "recipient", "recipients"))
             log.info("queued {queue_id}{message}: {what}", queue_id=queue_id, what=what,
@@ -504,7 +515,7 @@ class OutboundQueue:
     def _new_id(self, now: float) -> str:
         while True:
             qid = f"{int(now * 1000):011X}{secrets.token_hex(3).upper()}"
-            if not os.path.exists(self.message_path(qid)):
+            if qid not in self._ids_in_flight and not os.path.exists(self.message_path(qid)):
                 return qid
 
     @defer.inlineCallbacks

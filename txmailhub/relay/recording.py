@@ -292,4 +292,4 @@ def result_line(e: QueueEntry, res: DeliveryResult, rec: RecipientRecord,
     # the server's words as the log takes them: a CR or an ESC a
     # hostile next hop put in its reply must not forge or hide lines
     return dict(queue_id=e.id, recipient=loggable(str(res.address), 1 << 20), who=who,
-                reply=loggable(res.reply.text(), REPLY_LOG_MAX), then=then)
+                reply=loggable(res.reply.text(), REPLY_LOG_MAX, marked=True), then=then)

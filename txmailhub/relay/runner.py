@@ -160,6 +160,16 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self._wait: dict[str, float] = {}
         self._loop: task.LoopingCall | None = None
         self._idle: list[defer.Deferred] = []
+        # a stop gave the attempts in flight up and waits for the sessions
+        # it cut to close: per generation given up, the writes of what
+        # those had settled for good (``_record_cut``), and the later
+        # stops waiting for that stop's end.  It is over once they are
+        # (``Stopping``); a stop after a start within that wait has its own
+        self._cuts: dict[int, list[defer.Deferred]] = {}
+        self._cut_over: dict[int, list[defer.Deferred]] = {}
+        # the writes of ``_transaction_settled`` under way, each with
+        # whether a stop's cut took it (``_settling_writes``)
+        self._settling: list[tuple[defer.Deferred, list[bool]]] = []
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -340,6 +350,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         if generation != self._generation or self._is_dropped(qid):
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
+            # (what a session it cut had settled for good was written as
+            # that destination's delivery ended: ``_record_partial``)
             self._keep_given_up(qid, results)
             if self.running:
                 self.due[qid] = self.clock.seconds()
@@ -621,6 +633,39 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         for fields in lines:
             log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
 
+    def _record_cut(self, qid: str, final: list[DeliveryResult]) -> defer.Deferred:
+        """Write the delivered and permanently failed recipients ``final``
+        of one destination of ``qid``'s attempt that a stop gave up
+        (``_cut_by_stop``'s results: those an earlier transaction of a cut
+        session settled), while that stop still waits for its cut sessions
+        to close (``_record_partial``, as that destination's delivery ends:
+        the attempt's other deliveries may end after the stop).  The next
+        start may be another process, with no memory of them
+        (``_keep_given_up``): a delivered recipient left pending there got
+        a second copy.  Only the recipients' states change; fires when
+        written or not (what is not stays for this runner's next try)."""
+        lines: list[dict] = []
+
+        def written(_: Any) -> None:
+            for fields in lines:
+                log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+
+        def failed(f: Failure) -> None:
+            if f.check(defer.CancelledError):
+                # not written within the stop's wait (``CUT_GRACE``: a slow
+                # disk): no error of the hub's, and a write on its thread
+                # may still land (under the queue's file lock)
+                log.warn("{queue_id}: the results of the attempt the stop cut were not "
+                         "written within {grace:g} s; unless that write still lands, a "
+                         "start in a new process sends to them again", queue_id=qid,
+                         grace=CUT_GRACE)
+                return
+            log_failure(log, f, "{queue_id}: the results of the attempt the stop cut cannot "
+                        "be recorded; a start in a new process sends to them again", queue_id=qid)
+
+        d = self._write(qid, self._states_change(final, self.clock.seconds(), lines))
+        return d.addCallbacks(written, failed)
+
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
                        generation: int, att: _Attempt) -> defer.Deferred:
         message = SpooledMessage(entry.message_path, entry.size, entry.crlf_size)
@@ -674,6 +719,13 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         left to record."""
         qid = entry.id
         final = [r for r in results if r.kind in ("delivered", "permanent")]
+        if final and generation in self._cuts:
+            # given up by a stop that still waits for the sessions it cut
+            # (this one's among them): what it had settled for good is
+            # written before that stop is over, whatever the attempt's
+            # other deliveries still do (``_record_cut``)
+            self._cuts[generation].append(self._record_cut(qid, final))
+            return defer.succeed(results)
         if (not final or not att.live or att.open <= 1
                 or generation != self._generation or self._is_dropped(qid)):
             return defer.succeed(results)
@@ -704,6 +756,76 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             return results
 
         return d.addCallback(done)
+
+    def _transaction_settled(self, entry: QueueEntry, dest: str, generation: int
+                             ) -> Callable[[list[DeliveryResult]], defer.Deferred]:
+        """The ``settled`` of a delivery of ``entry`` to ``dest``
+        (``IDeliveryAgent.deliver``): the delivered and permanently failed
+        recipients of a transaction that another follows, on the same
+        connection or a new one, written to the record before that one
+        begins (the agent waits for the Deferred).  A crash during a later transaction
+        must not leave them pending: the next start would send them the
+        message again.  A session of one transaction makes no such call:
+        its results go with the delivery's own write (``_record_partial``,
+        or the final record).  As there, only the recipients' states
+        change; the Deferred fires whether or not the write succeeded (one
+        that failed leaves them to the delivery's end, as before).  A stop
+        whose cut comes while such a write is under way is over once it
+        is (``_settling_writes``): between two connections of a delivery
+        no session is left for the cut to wait for."""
+        qid = entry.id
+
+        def live() -> bool:
+            return generation == self._generation and not self._is_dropped(qid)
+
+        def settled(results: list[DeliveryResult]) -> defer.Deferred:
+            final = [r for r in results if r.kind in ("delivered", "permanent")]
+            if not final or not live():
+                # given up by a stop: what the cut session settled is its
+                # write (``_record_cut``)
+                return defer.succeed(None)
+            lines: list[dict] = []
+
+            def written(_: Any) -> None:
+                for fields in lines:
+                    log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+
+            def failed(f: Failure) -> None:
+                log_failure(log, f, "{queue_id}: the results of a transaction with "
+                            "{destination} cannot be recorded yet; recorded when its "
+                            "delivery ends", queue_id=qid, destination=dest)
+
+            # taken by a stop's cut, it is made all the same: that stop waits
+            # for it, and the delivery it settled records nothing more
+            taken = [False]
+            d = self._write(qid, self._states_change(final, self.clock.seconds(), lines),
+                            lambda: taken[0] or live())
+            mine = (d, taken)
+            self._settling.append(mine)
+
+            def over(result: Any) -> Any:
+                if mine in self._settling:
+                    self._settling.remove(mine)
+                return result
+
+            d.addBoth(over)
+            return d.addCallbacks(written, failed)
+
+        return settled
+
+    def _settling_writes(self) -> list[defer.Deferred]:
+        """A stop's cut takes the writes of ``_transaction_settled`` under
+        way (or waiting for the entry's earlier writes): each is made, past
+        the generation given up, and the cut waits for it (``Stopping``),
+        as for its cut sessions' (``_record_cut``).  A Deferred for the end
+        of each."""
+        ends = []
+        for d, taken in self._settling:
+            taken[0] = True
+            end: defer.Deferred = defer.Deferred()
+            d.addBoth(lambda result, end=end: (end.callback(None), result)[1])
+            ends.append(end)
+        return ends
 
     # --- recording ---------------------------------------------------------------------
     # (the record changes themselves are ``recording.py``'s pure functions)

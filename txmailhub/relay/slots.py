@@ -16,6 +16,8 @@ runner's state; the results are recorded by the runner's
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -33,6 +35,21 @@ from txmailhub.relay.running import _Attempt, _Running
 __all__ = ["Slots"]
 
 log = Logger()
+
+
+def _takes_settled(deliver: Callable[..., Any]) -> bool:
+    """Whether an agent's ``deliver`` takes ``settled``, the fourth
+    argument (``IDeliveryAgent``): one written before it was there takes
+    three, and gets three -- its sessions' transactions are recorded as
+    the delivery ends, as they were then -- rather than a TypeError at
+    each delivery.  One whose signature cannot be read is given it."""
+    try:
+        inspect.signature(deliver).bind(None, None, None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): assume the interface's
+        return True
+    return True
 
 
 class _LookupUnderWay:
@@ -58,9 +75,10 @@ class Slots:
     """A remote delivery within its slots (``_limited``), and whether an
     entry only waits for them (``_waits_for_a_slot``); a base class of
     ``QueueRunner``, whose state it works on, and whose ``_mark``,
-    ``_keep``, ``_record_partial``, ``_lookup_in_flight`` and ``kick``
-    it calls.  What it counts of an attempt (its slot waits, what a stop
-    must wait for) is that attempt's (``running._Attempt``)."""
+    ``_keep``, ``_record_partial``, ``_transaction_settled``,
+    ``_lookup_in_flight`` and ``kick`` it calls.  What it counts of an
+    attempt (its slot waits, what a stop must wait for) is that
+    attempt's (``running._Attempt``)."""
 
     # of the runner (``QueueRunner.__init__`` says what each is)
     running: bool
@@ -152,7 +170,12 @@ class Slots:
             self._mark(entry.id, att)
             # the slots are held for the session only: what it gave is
             # recorded once they are given back (``delivered``)
-            return self.agent.deliver(entry, dest, rcpts).addCallback(answered)
+            # each transaction that another follows in the session is
+            # recorded before that one (``_transaction_settled``)
+            if not _takes_settled(self.agent.deliver):
+                return self.agent.deliver(entry, dest, rcpts).addCallback(answered)
+            settled = self._transaction_settled(entry, dest, generation)
+            return self.agent.deliver(entry, dest, rcpts, settled).addCallback(answered)
 
         kept = [False]
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from txmailhub.logsafe import plural
+from txmailhub.logsafe import log_failure, plural
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.running import _Running
 
@@ -45,8 +46,8 @@ CUT_GRACE = 2.0
 class Stopping:
     """The stop (``stop``), and its looks at what it still waits for
     (``_look_again``, ``_one_over``); a base class of ``QueueRunner``,
-    whose state it works on and whose ``_event`` and
-    ``_waits_for_a_slot`` it uses."""
+    whose state it works on and whose ``_event``, ``_waits_for_a_slot``
+    and ``_settling_writes`` it uses."""
 
     # of the runner (``QueueRunner.__init__`` says what each is)
     running: bool
@@ -58,6 +59,8 @@ class Stopping:
     _give_up_timer: Any
     _loop: task.LoopingCall | None
     _idle: list[defer.Deferred]
+    _cuts: dict[int, list[defer.Deferred]]
+    _cut_over: dict[int, list[defer.Deferred]]
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
@@ -70,7 +73,26 @@ class Stopping:
         is given up too: its connections are cut, it records nothing (the
         queue stays as last recorded, for the next start: the hub's lock
         is released once this Deferred fires, and another hub may take the
-        queue at once), and no new connection is made."""
+        queue at once) -- but what a cut session's earlier transactions
+        settled for good (``QueueRunner._record_cut``), written before
+        this Deferred fires -- and no new connection is made.  A stop made
+        while an earlier one waits for the sessions it cut, and for those
+        writes, fires once that wait is over too (the entries' handling
+        may end before their writes do)."""
+        # the cut waits under way (``_give_up_now``), asked before this
+        # stop may begin one of its own
+        earlier = []
+        for waiters in self._cut_over.values():
+            earlier.append(defer.Deferred())
+            waiters.append(earlier[-1])
+        d = self._stop(grace)
+        if not earlier:
+            return d
+        both = defer.DeferredList([d, *earlier], consumeErrors=True)
+        return both.addCallback(lambda _: None)
+
+    def _stop(self, grace: float) -> defer.Deferred:
+        """``stop``, but for the wait of an earlier stop's cut."""
         self.running = False
         # a start listens again (recover() then reads every entry anew)
         self.queue.unlisten(self._event)
@@ -137,22 +159,52 @@ class Stopping:
         if self._give_up_timer is not None and self._give_up_timer.active():
             self._give_up_timer.cancel()
         self._give_up_timer = None
-        gone = self._give_up()
+        # the generation given up (``_give_up`` moves on from it): the
+        # writes of what its cut sessions settled are this cut's
+        # (``QueueRunner._record_cut``), apart from those of a later stop's
+        # cut -- a stop, a start and a stop again within its wait
+        cut = self._generation
+        # with the writes of what earlier transactions settled under way
+        # (``QueueRunner._settling_writes``): one between two connections
+        # of a delivery has no session the cut waits for
+        self._cuts[cut] = self._settling_writes()
+        self._cut_over[cut] = []  # the later stops that wait for this one's end
+        # taken first: an attempt the cut ends within ``_give_up`` (its
+        # handling over, ``_one_over``) must not fire them before what it
+        # settled is written
         idle, self._idle = self._idle, []
+        gone = self._give_up()
 
         def fire(_: Any = None) -> None:
-            for d in idle:
+            self._cuts.pop(cut, None)
+            for d in idle + self._cut_over.pop(cut, []):
                 if not d.called:
                     d.callback(None)
 
-        if isinstance(gone, defer.Deferred) and not gone.called:
+        def written(_: Any = None) -> Any:
+            # and once what the attempts it cut had settled for good is
+            # written (``QueueRunner._record_cut``): the next start may be
+            # another hub's, which knows nothing else of it.  The writes
+            # begun until now: none begins after this look (a result that
+            # comes later stays in memory, for this runner's next try), or
+            # it could land once this stop is over, the queue another hub's
+            writes = self._cuts.pop(cut, [])
+            if not writes:
+                return None
+            return defer.DeferredList(writes, consumeErrors=True).addTimeout(
+                CUT_GRACE, self.clock)
+
+        if not isinstance(gone, defer.Deferred):
+            # nothing to wait for (sessions that ended within ``abort_all``):
+            # what they settled is written all the same
+            gone = defer.succeed(None)
+        elif not gone.called:
             # the stop is over once the cut connections are closed: until
             # then their sockets and Twisted's call that reports them lost
             # are still on the reactor (docs/embedding.rst: nothing of the
             # hub is left once its stop has fired)
-            gone.addTimeout(CUT_GRACE, self.clock).addBoth(fire)
-        else:
-            fire()
+            gone.addTimeout(CUT_GRACE, self.clock)
+        gone.addBoth(written).addBoth(fire)
 
     def _give_up(self) -> Any:
         """The attempts in flight record nothing from now on, and their
@@ -183,7 +235,14 @@ class Stopping:
                      waiting=f" and {waiting} more waiting for a free slot "
                              "(max_per_destination, max_concurrent_deliveries)"
                              if waiting else "")
-        return self.agent.abort_all()
+        try:
+            return self.agent.abort_all()
+        except Exception:
+            # an agent's fault must not hold the hub's stop for ever: what
+            # its sessions settled is in the entries' records or retried
+            log_failure(log, Failure(), "the delivery agent could not cut its sessions; "
+                        "the stop goes on without waiting for them")
+            return None
 
     def _look_again(self) -> None:
         """While a stop waits: give up the entries that need no more

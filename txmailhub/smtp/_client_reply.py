@@ -34,6 +34,15 @@ class ReplyParser:
         """Whether part of a reply is waiting for more bytes."""
         return bool(self._buf or self._lines)
 
+    def pending_may_be(self, code: int) -> bool:
+        """Whether the part of a reply waiting for more bytes may still
+        turn out to be a reply with ``code``."""
+        if self._code is not None:
+            return self._code == code
+        head = self._buf[:4]
+        digits = str(code).encode("ascii")
+        return bool(head) and digits.startswith(head[:3]) and head[3:4] in (b"", b" ", b"-")
+
     def feed(self, data: bytes) -> list[Reply]:
         if self.error is not None:
             # nothing more is read; a server that goes on sending (while a

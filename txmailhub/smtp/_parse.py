@@ -66,10 +66,14 @@ __all__ = [
     "unquote_local",
 ]
 
-# RFC 5321 4.5.3.1.3 allows 256 octets with the angle brackets; we take 256
-# without them (4.5.3.1 asks for leniency), counted in octets, not
-# characters: an SMTPUTF8 path of 256 characters can be 1 KiB, and the
-# 250 that echoes it must stay within a 512-octet reply line.
+# RFC 5321 4.5.3.1.3's 256 octets count the angle brackets; that is what
+# a server "MUST be able to receive" (4.5.3.1), which also asks for "no
+# limits" where possible.  We take 256 without them (an address of 255 or
+# 256 octets, which a bracket-counting bound would turn away), counted in
+# octets, not characters: an SMTPUTF8 path of 256 characters can be 1 KiB,
+# and the 250 that echoes it must stay within a 512-octet reply line.
+# Over it: 501 "Path too long" (4.5.3.1.10).  The lenient forms are
+# counted as written (no brackets to leave out), the null path is "<>".
 MAX_PATH = 256
 # The longest RFC 6533 utf-8-addr-xtext form of a recipient a delivery
 # status notification can name: "Final-Recipient: utf-8; " and the address
@@ -80,6 +84,11 @@ MAX_DSN_ADDRESS = 998 - len("Final-Recipient: utf-8; ")
 # RFC 3461 4.4: the ENVID parameter's value, as sent (xtext, so the UTF-8
 # id of an SMTPUTF8 transaction takes three characters an octet)
 MAX_ENVID = 100
+# RFC 3461 4.2: "The entire ORCPT parameter MAY be up to 500 characters in
+# length": its value, addr-type ";" and the address as sent (xtext or
+# RFC 6533's form), counted as ENVID's is.  The RCPT line's 500 more
+# (RFC 3461 4) hold it and NOTIFY's few
+MAX_ORCPT = 500
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+\-/=?^_`{|}~"
 # RFC 6531's UTF8-non-ascii, less what no address needs and what would
@@ -91,6 +100,9 @@ _DOT_STRING_UTF8 = re.compile(rf"(?:[{_ATEXT}]|{_U8})+(?:\.(?:[{_ATEXT}]|{_U8})+
 _QTEXT_OK = re.compile(r"[\x20-\x7e]*\Z")
 _BLANK = re.compile(r"[ \t]")
 _QTEXT_UTF8 = re.compile(rf"(?:[\x20-\x7e]|{_U8})*\Z")
+# what a quoted local part can hold (``_QTEXT_UTF8``), but no lone
+# surrogate (an octet that was not UTF-8, as ``surrogateescape`` reads it)
+_RCPT_CARRIES = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]*\Z")
 # RFC 3461 4.4's "printable (graphic and white space)" characters, as for
 # ORCPT (4.2); UTF-8 only in an SMTPUTF8 transaction (checked after)
 _ENVID_TEXT = re.compile(rf"(?:[\t\x20-\x7e]|{_U8})+\Z")
@@ -147,7 +159,7 @@ def parse_command(line: bytes) -> tuple[str, str]:
     The verb is upper-cased; the argument keeps its case, without the
     surrounding blanks.  NUL -> 500 5.5.2; a CR (the line's CRLF is gone:
     any CR left is bare, RFC 5321 2.3.8) -> 500 5.5.2; a verb that is not
-    UTF-8 -> 500 5.5.1 (no command the server has: RFC 5321 4.2.4's
+    UTF-8 -> 500 5.5.2 (no command the server has: RFC 5321 4.2.4's
     "command unrecognized", as a UTF-8 verb it lacks is); an argument
     that is not UTF-8 -> ``UnreadableArgument`` (501 5.5.2).
 
@@ -205,7 +217,13 @@ def rcpt_local(local: str) -> str:
     """An unquoted local part as RCPT can give it, the form it is keyed
     by: itself where it is a dot-string, else quoted (``a;`` and ``a..b``
     are no dot-strings, RFC 5321 4.1.2: ``RCPT TO:<a;@...>`` is a syntax
-    error, and ``<"a;"@...>`` is looked up as ``"a;"``)."""
+    error, and ``<"a;"@...>`` is looked up as ``"a;"``).  One with a
+    character no RCPT carries, quoted or not (a control, U+2028, a lone
+    surrogate), is left as written: no RCPT names it.  A format character
+    is no control: ``a`` U+200C ``;`` (a zero-width non-joiner) is quoted
+    as ``a;`` is, as ``RCPT TO:<"a\u200c;"@...>`` gives it."""
+    if not _RCPT_CARRIES.match(local):
+        return local
     return unquote_local('"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"')
 
 
@@ -593,7 +611,10 @@ def decode_orcpt(value: str) -> str:
     or -unitext (raw UTF-8, which only an SMTPUTF8 transaction lets this
     far).  Any other type (``rfc822``...): RFC 3461 xtext whose decoded
     value is printable US-ASCII (4.2).  An address never holds a control
-    character: it would reach the notices' header fields."""
+    character: it would reach the notices' header fields.  At most
+    ``MAX_ORCPT`` characters as sent (4.2), escapes counted as sent."""
+    if len(value) > MAX_ORCPT:
+        raise _fail(replies.PARAM_SYNTAX)
     addr_type, semi, text = value.partition(";")
     if not semi or not _KEYWORD.match(addr_type) or not text:
         raise _fail(replies.PARAM_SYNTAX)
@@ -624,7 +645,7 @@ def parse_mail(arg: str, primary_domain: str) -> tuple[Address | None, MailParam
     if path == "":
         return None, params
     if _too_long(path):
-        raise _fail(replies.SYNTAX_ADDRESS)
+        raise _fail(replies.SENDER_PATH_TOO_LONG)
     try:
         utf8 = params.smtputf8
         return parse_mailbox(_strip_route(path, utf8), primary_domain, utf8), params
@@ -643,8 +664,10 @@ def parse_rcpt(arg: str, primary_domain: str, utf8: bool = False) -> tuple[Addre
     rest = _expect_prefix(arg, "TO:")
     try:
         path, tail = _split_path(rest, rcpt=True)
-        if not path or _too_long(path):
+        if not path:
             raise _fail(replies.SYNTAX_RECIPIENT)
+        if _too_long(path):
+            raise _fail(replies.PATH_TOO_LONG)
         params = _rcpt_params(_split_params(tail, utf8)) if tail.strip(" \t") else _NO_RCPT_PARAMS
         address = parse_mailbox(_strip_route(path, utf8), primary_domain, utf8)
     except RemoteProtocolError as e:

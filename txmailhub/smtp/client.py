@@ -14,7 +14,13 @@ timeout of each step, and QUIT.  Replies in -> actions out:
   ``body_encoder()``: CRLF line ends, dot-stuffing, the final ".") --
   the 7-bit converted copy when ``convert_7bit`` -- then call
   ``body_sent`` (or ``body_failed`` when there is nothing to send);
-* ``Close()``: the session is over; close the connection.
+* ``Close()``: the session is over; close the connection;
+* ``TransactionDone(recipients, ...)``: a transaction's final "." got
+  its reply and another transaction follows on this connection: its
+  recipients' results, which stand whatever the later ones do.  The
+  actions after it are the next transaction's: the adapter may hold them
+  until it has recorded these (a crash during the next transaction must
+  not leave them to be sent again).
 
 ``outcome`` (a ``SessionOutcome``) is set as soon as the fate of the
 transaction is known.  This module imports nothing from twisted.internet,
@@ -58,6 +64,7 @@ __all__ = [
     "SendBody",
     "SessionOutcome",
     "StartTLS",
+    "TransactionDone",
     "xtext_encode",
 ]
 
@@ -280,9 +287,6 @@ class Close:
     abort: bool = False
 
 
-Action = Send | StartTLS | SendBody | Close
-
-
 @dataclass(frozen=True)
 class RecipientOutcome:
     address: Address
@@ -294,6 +298,24 @@ class RecipientOutcome:
         if self.reply.is_positive:
             return "delivered"
         return "transient" if self.reply.is_transient else "permanent"
+
+
+@dataclass(frozen=True)
+class TransactionDone:
+    """A transaction ended with the server's reply to its final ".", and
+    another follows on this connection (``_transaction_over``): the
+    results of the recipients it settled (``recipients``; those that go
+    on in the next transaction are not among them), final whatever the
+    session does after, with the DSN facts of that transaction as
+    ``SessionOutcome`` has them.  Never for the session's last
+    transaction: its results are the outcome's."""
+
+    recipients: tuple[RecipientOutcome, ...]
+    dsn_supported: bool = False
+    dsn_dropped: frozenset[Address] = frozenset()
+
+
+Action = Send | StartTLS | SendBody | Close | TransactionDone
 
 
 @dataclass(frozen=True)
@@ -352,6 +374,13 @@ class SessionOutcome:
     #: 530 as its 454): no message text went (RFC 5321 4.1.1.4), so the
     #: relay tries the next MX host for them, as after a 4xx to MAIL
     data_refused_for_now: bool = False
+    #: recipients refused only for now (their result a 4yz) by a transaction
+    #: that carried no message text -- every RCPT refused, or DATA refused
+    #: for now -- also in a session where another transaction did (the flags
+    #: above are then false): that host holds no copy for them, so the relay
+    #: tries the next MX host for them at once, as for a session that took
+    #: no message
+    untaken_for_now: frozenset[Address] = frozenset()
 
 
 def _size_refusal(reply: Reply) -> bool:
@@ -413,6 +442,27 @@ def _extensions(lines: Sequence[str]) -> dict[str, str]:
 
 # characters of a server's AUTH line quoted in the hub's account of it
 _OFFERED_MAX = 200
+
+
+# The steps of an AUTH exchange, whose replies keep their code and
+# enhanced status only (``_without_text``)
+_AUTH_PHASES = frozenset({Phase.AUTH, Phase.AUTH_USER, Phase.AUTH_PASS})
+
+#: the text that stands for a reply to AUTH
+AUTH_TEXT_LEFT_OUT = "(text not kept: a reply to AUTH may repeat the credentials sent)"
+
+
+def _without_text(reply: Reply) -> Reply:
+    """A reply to a step of AUTH with its code and enhanced status only.
+
+    Its text goes into the log, the queue record (``mailhub queue``) and
+    in the end a notice to the sender; but a server may quote what it was
+    sent -- ``535 5.7.8 bad credentials AHVzZXIAc2VjcmV0`` is the login,
+    base64-encoded -- and nothing tells such an echo from any other
+    words, so no text of such a reply is kept at all: the code and the
+    status say what happened (RFC 4954 6: ``535 5.7.8`` the credentials,
+    ``534 5.7.9`` the mechanism, ``454 4.7.0`` a temporary failure)."""
+    return Reply(reply.code, reply.status, (AUTH_TEXT_LEFT_OUT,))
 
 
 def _synthetic(code: int, status: str, text: str) -> Reply:
@@ -515,6 +565,12 @@ class ClientSession:
         # with recipients taken): ``_finish`` then says no refusal before
         # any message (``no_recipient_taken``, ``data_refused_for_now``)
         self._data_went = False
+        # message text went in the transaction under way; DATA was refused
+        # for now in it; and the recipients of transactions that took none
+        # at RCPT or had DATA refused for now (``untaken_for_now``)
+        self._tx_text_went = False
+        self._tx_data_for_now = False
+        self._no_message: set[Address] = set()
         # AUTH= on MAIL (RFC 4954 5): whether the MAIL in flight carries it,
         # and the reply that refused it (then the MAIL went again without
         # it, once per session; the adapter logs it), and whether that MAIL
@@ -564,6 +620,31 @@ class ClientSession:
         self.replies_received = 0
         # "*" was sent to cancel an AUTH exchange (once: see ``_on_auth``)
         self._auth_cancelled = False
+        # the server refused the login (``_login_refused``): the session ends,
+        # and whatever else it sends -- in the same read or a later one --
+        # may echo the credentials as the refusal may, so it keeps no text
+        self._auth_refused = False
+        # the hub's account of the protocol error that ended the session (a
+        # reply out of order, one too many, malformed), also when the
+        # outcome was sealed before it or has no session error (a later
+        # transaction's): the adapter logs it then
+        self.protocol_error: Reply | None = None
+        # the first bytes of a reply came before the command it would
+        # answer, and may be a 421 (``_early``): the reply they begin is
+        # judged as early once it is complete, whatever was sent meanwhile
+        self._early_pending = False
+        # commands asked for in this read that go only once ``receive``
+        # returns them: a MAIL sent again without a parameter the server
+        # refused (the refusal), and the recipients whose RCPT goes again
+        # without NOTIFY and ORCPT.  A protocol error in the same read drops
+        # them (``_unsend``): then they never went
+        self._resent_mail: Reply | None = None
+        self._resent_rcpts: set[Address] = set()
+        # the MAIL of the transaction under way: asked for in this read (it
+        # goes once ``receive`` returns, unless ``_unsend`` drops it), and
+        # gone (``transactions_sent``)
+        self._mail_asked = False
+        self._mail_went = False
         self._handlers = {
             Phase.GREETING: self._on_greeting,
             Phase.EHLO: self._on_ehlo,
@@ -587,6 +668,15 @@ class ClientSession:
         """Seconds to wait for the current step (RFC 5321 4.5.3.2)."""
         return TIMEOUTS[self.phase]
 
+    @property
+    def transactions_sent(self) -> int:
+        """The transactions of the session whose MAIL went: ``transactions``
+        but for the last one when its MAIL never did (a reply out of order
+        in the read that asked for it, or for the RSET before it, ended the
+        session first).  For the log: the recipients' results count the
+        transaction begun, ``transactions``."""
+        return self.transactions - (not (self._mail_went or self._mail_asked))
+
     def body_encoder(self) -> DotStuffer:
         """A fresh encoder for the message data: LF -> CRLF, dot-stuffing,
         and a bare CR sent as a line end, never as it is (RFC 5321 2.3.8)."""
@@ -594,19 +684,52 @@ class ClientSession:
 
     def receive(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
+        self._resent_mail, self._resent_rcpts = None, set()  # (returned before: sent)
+        if self._mail_asked:
+            self._mail_asked, self._mail_went = False, True
+        # The commands sent before these bytes came: what ``_expect`` holds
+        # now.  A command a handler below asks for goes only once this
+        # returns, so a reply in the same bytes after the last of those is
+        # no answer to it: the server sent it before that command existed
+        # (a stray "250 ok" after its reply to the final "." must not pass
+        # for the next MAIL's, or QUIT's).  A group of pipelined commands
+        # (RFC 2920) is all in ``_expect``, its replies together here
+        sent = len(self._expect)
+        # a reply that follows one to a step of AUTH in the same bytes, or
+        # comes during one, loses its text as that one does: a stray line
+        # after a 535 may be the echo of the credentials as well
+        quiet = self.phase in _AUTH_PHASES or self._auth_refused
         for reply in self._parser.feed(data):
+            if quiet:
+                reply = _without_text(reply)
             if self.phase is Phase.TLS:
                 # Bytes after the 220 to STARTTLS, in the clear: whoever sent
                 # them wants them read as answers under TLS (RFC 3207 4.2).
                 return self._fail_session(_synthetic(  # and no StartTLS
                     421, "4.5.0", "the server sent more after its reply to STARTTLS"))
+            if self._early_pending:
+                self._early_pending = False
+                if self.phase is Phase.DONE:
+                    continue  # the session ended meanwhile (a timeout)
+                return self._early(reply)
             if not self._expect:
                 if self.phase is Phase.DONE:
                     continue
+                # in the message data (a server that says 421 and closes
+                # there) the replies before it each answered its command --
+                # the 354 came where DATA's belonged -- so the refusals to
+                # RCPT stand, as after a timeout there
                 return self._protocol_error(
-                    _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"))
+                    _synthetic(421, "4.5.0", f"unexpected reply from the server: {reply}"),
+                    trusted=self.phase is Phase.BODY)
+            if sent == 0:
+                return self._early(reply)
+            sent -= 1
             phase = self._expect.popleft()
             self.replies_received += 1
+            if phase in _AUTH_PHASES:
+                reply = _without_text(reply)
+                quiet = True
             if not _fits(phase, reply.code):
                 # A code this step cannot have (a 250 to DATA, a 354 to RCPT
                 # or after the data, a 6yz): nothing it says can be trusted
@@ -623,9 +746,46 @@ class ClientSession:
             return self._fail_session(_synthetic(  # and no StartTLS
                 421, "4.5.0", "the server sent more after its reply to STARTTLS"))
         if self._parser.error is not None and self.phase is not Phase.DONE:
+            error = self._parser.error
+            if ((quiet or self.phase in _AUTH_PHASES)
+                    and error.startswith("malformed reply line")):
+                error = "malformed reply line"  # which may repeat the credentials
             return self._protocol_error(
-                _synthetic(421, "4.5.0", f"protocol error from the server: {self._parser.error}"))
+                _synthetic(421, "4.5.0", f"protocol error from the server: {error}"))
+        if (sent == 0 and self._parser.pending and self._expect
+                and self.phase is not Phase.DONE):
+            # the first bytes of a reply to a command not sent yet: early
+            # too, however the rest of it is cut into reads.  Those of a 421
+            # are judged once it is complete: the server closing, as when
+            # it comes whole (``_early``)
+            if self._parser.pending_may_be(421):
+                self._early_pending = True
+                return actions
+            return self._early(None)
         return actions
+
+    def _early(self, reply: Reply | None) -> list[Action]:
+        """A reply (``None``: the start of one) that came before the
+        command it would answer was sent: more replies than commands.
+        Every reply after it would be taken for the wrong command's, so
+        the session ends as after any reply out of order (a multi-line
+        reply is one reply; the greeting is the connection's).
+
+        But a ``421``: RFC 5321 3.8 lets a server that shuts down send it
+        "asynchronously from command receipt", so it is the server closing
+        the channel, whenever it comes -- its words the session's outcome,
+        as for a ``421`` to a command, and the replies before it stand."""
+        self._unsend()
+        if reply is not None and reply.code == 421:
+            if self.outcome is None:
+                self._finish(session_error=reply)
+            self._expect.clear()
+            self.phase = Phase.DONE
+            return [Close(abort=True)]
+        said = f": {reply}" if reply is not None else ""
+        return self._protocol_error(
+            _synthetic(421, "4.5.0", "reply from the server before the hub's command "
+                       f"({self.phase.value}) was sent{said}"))
 
     def tls_started(self) -> list[Action]:
         self.tls_active = True
@@ -708,24 +868,34 @@ class ClientSession:
         of those before, which stand: the outcome is no session error then
         (the relay would send those again to the next host), and the
         recipients of the transaction under way get, each, the refusal of
-        their RCPT it gave for good (``trusted``: not after a protocol
-        error), else the result they had before it (``452 4.5.3``: the
-        relay sends them on a new connection) -- but once the final "."
-        went unanswered, those it took get ``session_error`` itself (they
-        may have the message: no copy goes elsewhere now), and those it
-        refused keep their RCPT's reply, for now too, as in a session of
-        one transaction (the relay's ``_maybe_delivered``): the message
-        never went to them.  Those that had none get ``session_error`` (a
-        RCPT refused for its DSN parameters waiting for this transaction:
-        restated as temporary, ``_not_sent_again``)."""
+        their RCPT it gave, for good or for now (``trusted``: not after a
+        protocol error), as in a session of one transaction, whose
+        ``refused`` keeps them; else the result they had before it (``452
+        4.5.3``: the relay sends them on a new connection) -- but once the
+        final "." went unanswered, those it took get ``session_error``
+        itself (they may have the message: no copy goes elsewhere now):
+        the message never went to those it refused.  Those that had none
+        get ``session_error`` (a RCPT refused for its DSN parameters
+        waiting for this transaction: restated as temporary,
+        ``_not_sent_again``), or, once the final "." went unanswered,
+        ``_unsent_for_now``, which says the message never went to them --
+        in a session of one transaction too."""
         unanswered: list[Address] = []
+        waiting = {a for a, _ in self._dsn_waiting}
+        if (session_error is not None and trusted and self.phase is Phase.DATA_END
+                and self.transactions == 1):
+            for address in waiting:
+                self._results[address] = self._unsent_for_now(address)
+            self._dsn_waiting = []
         if session_error is not None and self.transactions > 1:
             for address, _ in self._sending:
+                if address in waiting:
+                    continue  # no RCPT of it taken in this transaction: below
                 own = self._results.get(address)
-                if own is not None and trusted and (own.is_permanent
-                                                    or self.phase is Phase.DATA_END):
-                    # the server's answer to its RCPT in this transaction:
-                    # at DATA_END no recipient it took has a result yet
+                if own is not None and trusted:
+                    # the server's answer to its RCPT in this transaction,
+                    # for good or for now (at DATA_END no recipient it took
+                    # has a result yet)
                     continue
                 before = self._earlier.get(address)
                 if self.phase is Phase.DATA_END:
@@ -736,7 +906,10 @@ class ClientSession:
                 else:
                     self._results[address] = self._not_sent_again(address, session_error)
             for address, _ in self._dsn_waiting:
-                self._results.setdefault(address, self._not_sent_again(address, session_error))
+                self._results.setdefault(
+                    address, self._unsent_for_now(address)
+                    if trusted and self.phase is Phase.DATA_END
+                    else self._not_sent_again(address, session_error))
             self._dsn_waiting = []
             session_error = None
         if self._data_went:
@@ -787,7 +960,23 @@ class ClientSession:
             phase=self.phase.value,
             no_recipient_taken=self._none_taken,
             data_refused_for_now=self._data_refused_for_now,
+            untaken_for_now=frozenset(
+                r.address for r in recips
+                if r.address in self._no_message and r.kind == "transient"),
         )
+
+    def _unsent_for_now(self, address: Address) -> LocalReply:
+        """The result of ``address``, whose RCPT the server refused for its
+        DSN parameters in a pipelined batch and which waited for the next
+        transaction, when the batch's final "." went unanswered: the message
+        never went to it (the failure of that "." is the others'), and its
+        RCPT never went again without the parameters.  Temporary, so the
+        next retry has it; it says so, quoting the server's refusal."""
+        refusal = self.rcpt_dsn_refused[address]
+        said = f"{refusal.code} {refusal.status}" if refusal.status else str(refusal.code)
+        return LocalReply(451, "4.5.4", (
+            *refusal.lines[:-1], refusal.lines[-1] + f" (the server said {said}; not sent: "
+            "the session ended before the RCPT went again without NOTIFY and ORCPT)"))
 
     def _not_sent_again(self, address: Address, session_error: Reply) -> Reply:
         """The result of ``address``, whose RCPT was refused for its DSN
@@ -815,7 +1004,7 @@ class ClientSession:
             return [Close()]
         return self._quit()
 
-    def _protocol_error(self, reply: Reply) -> list[Action]:
+    def _protocol_error(self, reply: Reply, trusted: bool = False) -> list[Action]:
         """The server said something this session cannot account for (a
         reply out of order or malformed, one too many): its state is
         unknown from here on.  Pipelined, it may have taken DATA with a 354
@@ -833,16 +1022,37 @@ class ClientSession:
         one missing) puts every reply after it on the wrong command, so a
         550 read as a recipient's may be another command's or a stray line
         -- a bounce for an answer that was never that recipient's.  They
-        go on with the others, and a retry asks again."""
+        go on with the others, and a retry asks again.  ``trusted``: the
+        replies before this one are known to be each on its command (a
+        reply in the message data, after the 354), so they stand."""
+        self._unsend()
+        if self.protocol_error is None:
+            self.protocol_error = reply
         if self.outcome is None:
-            self._finish(session_error=reply, trusted=False)
-            if self.outcome is not None and self.outcome.refused:
+            self._finish(session_error=reply, trusted=trusted)
+            if not trusted and self.outcome is not None and self.outcome.refused:
                 self.outcome = replace(self.outcome, refused=())
         self._expect.clear()
         self.phase = Phase.DONE
         # abort: a polite TLS close would wait for the server's close_notify,
         # and a server reading message data does not send one
         return [Close(abort=True)]
+
+    def _unsend(self) -> None:
+        """The commands the replies before this one in the same read asked
+        for are not sent (``_early`` and ``_protocol_error`` return their
+        ``Close`` alone): a MAIL or RCPT to go again without the parameters
+        the server refused never went, and the adapter must not log that
+        it did (nor, for MAIL, take the DSN parameters for dropped from the
+        session: ``dsn_supported``)."""
+        refusal, self._resent_mail = self._resent_mail, None
+        if refusal is not None and refusal is self.dsn_params_refused:
+            self.dsn_params_refused = None
+        elif refusal is not None and refusal is self.auth_param_refused:
+            self.auth_param_refused = None
+        self._dsn_resent -= self._resent_rcpts
+        self._resent_rcpts = set()
+        self._mail_asked = False
 
     def _settle_all(self, reply: Reply) -> None:
         """``reply`` as the result of every recipient of the transaction
@@ -859,7 +1069,8 @@ class ClientSession:
         self._settle_all(reply)
         return self._transaction_over(closing=reply.code == 421)
 
-    def _transaction_over(self, prefix: bytes = b"", closing: bool = False) -> list[Action]:
+    def _transaction_over(self, prefix: bytes = b"", closing: bool = False,
+                          answered: bool = False) -> list[Action]:
         """The transaction ended, every recipient in it with its result
         (``prefix``: the final "." of a DATA accepted with nothing to send,
         whose reply is ignored; ``closing``: it ended with a ``421``, the
@@ -872,14 +1083,26 @@ class ClientSession:
         a server that takes none in a new transaction either ends it -- and
         for those whose RCPT was refused for its DSN parameters in a
         pipelined batch; ``MAX_TRANSACTIONS`` at most.  RSET first when
-        the transaction was not ended by a reply to the final "."."""
+        the transaction was not ended by a reply to the final ".".
+        ``answered``: it was (a message went to those it took): then a
+        ``TransactionDone`` with its results comes before the next one's
+        commands."""
         batch = [a for a, _ in self._sending]
         more = [(a, d) for a, d in self._sending
                 if a in self._results and too_many_recipients(self._results[a])]
         if more and len(more) + len(self._dsn_waiting) == len(batch):
             more = []  # no headway: the relay's to send on a new connection
         more += self._dsn_waiting
-        if not more or closing or self.transactions >= MAX_TRANSACTIONS:
+        last = not more or closing or self.transactions >= MAX_TRANSACTIONS
+        if not self._tx_text_went and (not self._accepted or self._tx_data_for_now):
+            # no message text in this transaction, and it took no recipient
+            # or refused DATA for now (as ``no_recipient_taken`` and
+            # ``data_refused_for_now`` for a session): the host holds no
+            # copy for those whose result it settled (the others go on in
+            # the next one, whose own fate theirs is)
+            going_on = set() if last else {a for a, _ in more}
+            self._no_message.update(a for a in batch if a not in going_on)
+        if last:
             self._finish()
             actions = self._quit()
             if prefix:
@@ -887,7 +1110,16 @@ class ClientSession:
                 return [Send(prefix + b"".join(
                     a.data for a in actions if isinstance(a, Send)))]
             return actions
+        done: list[Action] = []
+        if answered:
+            going_on = {a for a, _ in more}
+            done.append(TransactionDone(
+                tuple(RecipientOutcome(a, self._results[a]) for a in batch
+                      if a not in going_on and a in self._results),
+                dsn_supported=self._dsn_on, dsn_dropped=frozenset(self._dsn_resent)))
         self.transactions += 1
+        self._tx_text_went = self._tx_data_for_now = False
+        self._mail_asked = self._mail_went = False
         order = {a: n for n, (a, _) in enumerate(self.recipients)}
         more.sort(key=lambda pair: order[pair[0]])
         self._earlier = {a: self._results.pop(a, None) for a, _ in more}
@@ -905,7 +1137,7 @@ class ClientSession:
             actions = self._command(Phase.RSET, "RSET")
         else:
             actions = self._start_mail()
-        return [Send(prefix + a.data) if isinstance(a, Send) else a for a in actions]
+        return done + [Send(prefix + a.data) if isinstance(a, Send) else a for a in actions]
 
     def _on_rset(self, reply: Reply) -> list[Action]:
         if not reply.is_positive:
@@ -1180,6 +1412,7 @@ class ClientSession:
         """The server's ``reply`` refused the login, at whatever step (the
         mechanism, LOGIN's user name, the credentials): the configuration's
         fault, so a 5xx keeps the mail queued as the hub's 454."""
+        self._auth_refused = True
         if reply.is_permanent:
             reply = _kept_queued(reply)
         return self._fail_session(reply)
@@ -1289,8 +1522,9 @@ class ClientSession:
     def _rcpt_command(self, address: Address, dsn: RecipientDSN | None) -> str:
         params = []
         again = address in self.rcpt_dsn_refused
-        if again:
+        if again and address not in self._dsn_resent:
             self._dsn_resent.add(address)
+            self._resent_rcpts.add(address)
         if dsn is not None and self._dsn_on and not again:
             if dsn.notify:
                 params.append("NOTIFY=" + ",".join(dsn.notify))
@@ -1325,6 +1559,7 @@ class ClientSession:
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
     def _start_mail(self) -> list[Action]:
+        self._mail_asked = True
         self._pipelined = "PIPELINING" in self.extensions
         actions = self._command(Phase.MAIL, self._mail_command())
         if not self._pipelined:
@@ -1367,6 +1602,7 @@ class ClientSession:
             else:
                 reply = held_for_session(reply)  # a 530 is no verdict on the sender
             if again and not self._pipelined:
+                self._resent_mail = reply
                 return self._command(Phase.MAIL, self._mail_command())
             if again:
                 self._mail_again = reply
@@ -1473,6 +1709,7 @@ class ClientSession:
             if reply.code == 421:
                 return self._fail_session(reply)  # (no MAIL went again: ``_finish``)
             self._mail_again = None
+            self._resent_mail = mail
             self._mail_reply = None
             self._rcpt_index = 0
             self._expect.clear()
@@ -1510,6 +1747,7 @@ class ClientSession:
         if reply.code == 354:
             self.phase = Phase.BODY
             self._data_went = True
+            self._tx_text_went = True
             # 8BITMIME covers the body only: a message its client sent with
             # SMTPUTF8 may have UTF-8 header fields (RFC 6532), which a server
             # without SMTPUTF8 must not get raw -- the 7-bit copy encodes them
@@ -1520,7 +1758,7 @@ class ClientSession:
         reply = held_for_session(reply)
         if not self._accepted:  # pipelined: every RCPT refused
             return self._no_recipient_taken(reply)
-        self._data_refused_for_now = reply.is_transient
+        self._data_refused_for_now = self._tx_data_for_now = reply.is_transient
         for address in self._accepted:
             self._results[address] = reply
         return self._fail_all(reply)
@@ -1532,7 +1770,7 @@ class ClientSession:
         for address in self._accepted:
             self._results[address] = reply
         self._open = False
-        return self._transaction_over(closing=reply.code == 421)
+        return self._transaction_over(closing=reply.code == 421, answered=True)
 
     def _on_quit(self, reply: Reply) -> list[Action]:
         if self._expect:  # a reply we chose to ignore (see _on_data)

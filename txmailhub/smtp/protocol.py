@@ -53,7 +53,7 @@ from txmailhub.linger import (
     shorten,
     watch_tls_close,
 )
-from txmailhub.logsafe import log_failure, loggable
+from txmailhub.logsafe import listed, log_failure, loggable
 from txmailhub.sending import ResponseWriter, closed_under_us, set_reading, socket_flusher
 from txmailhub.smtp import replies
 from txmailhub.smtp.msa import HeaderDomains, MissingFields
@@ -1105,7 +1105,7 @@ class SMTPProtocol(Protocol):
         # structured values ride along for observers that want them.
         # The parser lets no control character into an address; escaped all
         # the same, as every client text in the log is (logsafe)
-        recipients = loggable(", ".join(map(str, env.recipients)), 1 << 20)
+        recipients = listed(env.recipients)
         sender = loggable(env.sender_text, 1 << 20)
         text = reply.text()
         # "(helo NAME, TLSv1.3)": who the client said it was when it sent this

@@ -98,7 +98,11 @@ TOO_MANY_RECIPIENTS = Reply.of(452, "4.5.3", "Too many recipients")
 AUTH_TEMPORARY = Reply.of(454, "4.7.0", "Temporary authentication failure")
 
 # --- permanent: syntax and sequence ----------------------------------------
-UNKNOWN_COMMAND = Reply.of(500, "5.5.1", "Command unrecognized")
+# X.5.2, not X.5.1: RFC 3463 3.6 gives X.5.2 to a command "not interpreted
+# ... because the command is unrecognized" and keeps X.5.1 for one "out of
+# sequence or unsupported" (the 503s, and the 502s of a command known and
+# not served), so a client tells "no such verb" from "not now"/"not here"
+UNKNOWN_COMMAND = Reply.of(500, "5.5.2", "Command unrecognized")
 LINE_TOO_LONG = Reply.of(500, "5.5.2", "Line too long")
 AUTH_LINE_TOO_LONG = Reply.of(500, "5.5.6", "Authentication exchange line is too long")
 NUL_IN_COMMAND = Reply.of(500, "5.5.2", "NUL character in command")
@@ -116,6 +120,9 @@ SYNTAX_ARGUMENT = Reply.of(501, "5.5.4", "Syntax error in parameters or argument
 # 501 as the 250 to EHLO, whose first line RFC 5321 4.1.1.1's ehlo-ok-rsp
 # starts with the domain
 HELO_SYNTAX = Reply.of(501, None, "Syntax: HELO or EHLO and a domain name")
+# the same exemption for a name that is not UTF-8: its 501 answers HELO
+# or EHLO as HELO_SYNTAX does, where INVALID_UTF8 would bring a code
+HELO_INVALID_UTF8 = Reply.of(501, None, "Invalid UTF-8 in the HELO or EHLO name")
 # RFC 3463: X.1.7 is a bad sender's address, X.1.3 a bad destination's
 SYNTAX_ADDRESS = Reply.of(501, "5.1.7", "Bad address syntax")
 SYNTAX_RECIPIENT = Reply.of(501, "5.1.3", "Bad recipient address syntax")
@@ -128,9 +135,12 @@ PATH_MISSING = Reply.of(
 RECIPIENT_PATH_MISSING = Reply.of(
     501, "5.1.3", "Recipient address missing before the parameters; use RCPT TO:<address>"
 )
-# RFC 5321 4.5.3.1.10's "501 Path too long": a UTF-8 recipient whose
-# escaped form no delivery report line could hold (smtp/_parse.py)
+# RFC 5321 4.5.3.1.10's "501 Path too long", with the enhanced code of a
+# bad address (RFC 3463 has none for a long one): a path over MAX_PATH
+# octets, or a UTF-8 recipient whose escaped form no delivery report line
+# could hold (smtp/_parse.py).  X.1.3 the destination's, X.1.7 the sender's
 PATH_TOO_LONG = Reply.of(501, "5.1.3", "Path too long")
+SENDER_PATH_TOO_LONG = Reply.of(501, "5.1.7", "Path too long")
 INVALID_UTF8 = Reply.of(501, "5.5.2", "Invalid UTF-8 in command")
 AUTH_INVALID_BASE64 = Reply.of(501, "5.5.2", "Invalid base64 data")
 AUTH_CANCELLED = Reply.of(501, "5.0.0", "Authentication cancelled")

@@ -98,7 +98,10 @@ _ALLOWED: dict[str, frozenset[State]] = {
     "RCPT": frozenset({S.MAIL, S.RCPT}), "DATA": frozenset({S.RCPT}),
     "BDAT": frozenset({S.RCPT}),
 }
-_SEQUENCE_REPLY = {"MAIL": replies.MAIL_NESTED, "RCPT": replies.MAIL_NEEDED,
+# SOML and SAML are served as MAIL, so inside a transaction they say what
+# a second MAIL says
+_SEQUENCE_REPLY = {"MAIL": replies.MAIL_NESTED, "SOML": replies.MAIL_NESTED,
+                   "SAML": replies.MAIL_NESTED, "RCPT": replies.MAIL_NEEDED,
                    "DATA": replies.MAIL_NEEDED, "AUTH": replies.AUTH_IN_TRANSACTION}
 # The wire form of every catalog constant, computed once (keyed by identity:
 # the constants live as long as the module).
@@ -512,9 +515,13 @@ class SMTPServer(MessageTransfer, AuthPhase):
                 # port before AUTH is 530 so
                 verb, arg = e.verb, e.argument
             else:
-                # 500 for a verb the engine lacks, as with a UTF-8 argument
-                known = e.verb in _DISPATCH
-                self._unreadable_line(line, e.reply if known else replies.UNKNOWN_COMMAND)
+                # 500 for a verb the engine lacks, as with a UTF-8 argument;
+                # HELO and EHLO answer without an enhanced code, as their
+                # other replies do (RFC 2034 3 (4), docs/smtp.rst)
+                refusal = (replies.UNKNOWN_COMMAND if e.verb not in _DISPATCH
+                           else replies.HELO_INVALID_UTF8 if e.verb in _HELLO_VERBS
+                           else e.reply)
+                self._unreadable_line(line, refusal)
                 return
         except RemoteProtocolError as e:
             self._unreadable_line(line, e.reply)

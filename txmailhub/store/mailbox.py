@@ -21,6 +21,7 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from platform import python_version
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -319,10 +320,33 @@ INLINE_DELETES = 64
 DELETE_CHUNK = 2000  # unlinks, or renames and unlinks (``update``), per worker job
 
 
+DOWNGRADE_RULES = 4
+"""The rules a downgraded size in ``.txmailhub-sizes`` was measured by
+(the sixth field of its entry): a size measured by other rules is of
+another copy than POP3 sends, and is measured again.  Rules 2 downgrade
+the header sections of a message's MIME parts as well as its own
+(``txmailhub.downgrade.PartHeaders``); rules 3 find a multipart's
+boundary in RFC 2231 forms too (``boundary*=``, ``boundary*0=``...), as
+MIME readers do; rules 4 keep NBSP, U+3000 and Unicode's other spaces
+at the ends of a display name and between an address field's comments
+(RFC 5322's white space is SP and HTAB alone); an entry of five fields has a size by rules 1, the
+message's header section alone.  A change to the copy needs new rules
+(``tests/test_downgrade_rules.py`` fails until they are named)."""
+
+DOWNGRADE_MARK = f"{DOWNGRADE_RULES} python {python_version()}"
+"""What the sixth field of an entry in ``.txmailhub-sizes`` holds: the
+rules, and the Python release that measured the size -- the copy's
+parameter fields are folded by its ``email`` package, whose output
+changes between releases (fixes included): after a Python upgrade each
+downgraded size is measured again once.  (An older version's entries
+hold the rules alone, a number: not taken, and they take none of these.)"""
+
+
 class _SizeCache:
     """``.txmailhub-sizes``: ``{name before ":": [inode, mtime_ns, size,
-    crlf]}``, plus a fifth field, the size of the copy downgraded for a
-    POP3 client without UTF8 (RFC 6857), once POP3 measured it.
+    crlf]}``, plus a fifth and sixth field, the size of the copy
+    downgraded for a POP3 client without UTF8 (RFC 6857), once POP3
+    measured it, and the rules it was measured by (``DOWNGRADE_MARK``).
 
     Keyed by the name without its flags (a flag rename keeps the entry),
     checked against inode, mtime and size (a replaced file is measured
@@ -330,8 +354,8 @@ class _SizeCache:
     entries of files that are gone are dropped on save.  Names that carry
     their sizes (``S=`` and ``W=``) have an entry only for a downgraded
     size, checked against the file when it is asked for.  An entry of
-    four fields (a cache of an older version) is read: the downgraded
-    size is then not known yet.  Written with ``durable_write`` when it
+    four fields, or five (caches of older versions), is read: the
+    downgraded size is then not known yet.  Written with ``durable_write`` when it
     changed; unreadable means empty, and so does one larger than
     ``ENTRY_OCTETS`` for each of the ``messages`` the Maildir holds (a
     file nobody but the hub should write, read whole into the process
@@ -340,12 +364,12 @@ class _SizeCache:
     at worst every size is measured again."""
 
     #: the most one entry takes: a name of 255 octets, each a six-octet
-    #: ``\u`` escape in JSON (one not UTF-8), and five 64-bit numbers
+    #: ``\u`` escape in JSON (one not UTF-8), and six 64-bit numbers
     ENTRY_OCTETS = 2048
 
     def __init__(self, md: str, messages: int) -> None:
         self.path = os.path.join(md, SIZES_NAME)
-        self.entries: dict[str, list[int]] = {}
+        self.entries: dict[str, list[Any]] = {}
         self.used: set[str] = set()
         self.dirty = False
         limit = self.ENTRY_OCTETS * (messages + 1)
@@ -365,7 +389,7 @@ class _SizeCache:
                     raise ValueError("its sizes are no JSON object")
                 self.entries = {
                     k: v for k, v in sizes.items()
-                    if isinstance(v, list) and len(v) in (4, 5)
+                    if isinstance(v, list) and len(v) in (4, 5, 6)
                 }
         except FileNotFoundError:
             if os.path.lexists(self.path):  # there, but no regular file
@@ -408,9 +432,9 @@ class _SizeCache:
     def downgraded(self, name: str, st: os.stat_result) -> int | None:
         """The downgraded size kept for file ``name`` as ``st`` describes
         it; ``None`` when not known (no entry, one of another file or
-        version, or one from before the field)."""
+        version, or one measured by other rules, ``DOWNGRADE_MARK``)."""
         got = self.entries.get(name.split(":", 1)[0])
-        if not self._valid(got, st) or len(got) != 5:  # type: ignore[arg-type]
+        if not self._valid(got, st) or len(got) != 6 or got[5] != DOWNGRADE_MARK:  # type: ignore[arg-type,index]
             return None
         size = got[4]  # type: ignore[index]
         return size if type(size) is int and 0 <= size else None
@@ -423,14 +447,14 @@ class _SizeCache:
         key = name.split(":", 1)[0]
         got = self.entries.get(key)
         if self._valid(got, st):
-            entry = [*got[:4], size]  # type: ignore[index]
+            entry = [*got[:4], size, DOWNGRADE_MARK]  # type: ignore[index]
         else:
             # only where the name gives the sizes, as ``scan`` trusts them
             # (another program's ``,W=`` kept here would pass for measured)
             own = own_sizes(name)
             if own is None or own[0] != st.st_size:
                 return
-            entry = [st.st_ino, st.st_mtime_ns, st.st_size, own[1], size]
+            entry = [st.st_ino, st.st_mtime_ns, st.st_size, own[1], size, DOWNGRADE_MARK]
         if entry != got:
             self.entries[key] = entry
             self.dirty = True
