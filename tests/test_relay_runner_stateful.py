@@ -311,6 +311,12 @@ class RunnerMachine(RuleBasedStateMachine):
         # (``queue_ids``): replayed alike, and each order of one
         # millisecond's entries still tried, as the queue's own ids take them
         self.id_octets = random.Random(0)
+        # nor is an id handed out again once its entry is gone: the queue's
+        # own ids could repeat only with the same three random octets in
+        # the same millisecond, but a draw shrunk to zeros repeats them
+        # every time, and the model, which knows deliveries by queue id,
+        # took a new entry's first delivery for a second one of the old
+        self.ids_issued: set[str] = set()
         self.queue._new_id = self._new_id  # type: ignore[method-assign]
         # the record writes, refused (a full disk) or held until the
         # machine lands them (a slow disk) when it says so
@@ -395,14 +401,15 @@ class RunnerMachine(RuleBasedStateMachine):
 
     def _new_id(self, now: float) -> str:
         """``OutboundQueue._new_id``, its three octets drawn from
-        ``id_octets``; one taken (stored, or still being stored) is
-        passed over to the next free one, as a draw shrunk to zeros gives
-        the same octets every time."""
+        ``id_octets``; one taken (stored, still being stored, or handed
+        out before in this example) is passed over to the next free one,
+        as a draw shrunk to zeros gives the same octets every time."""
         octets = self.id_octets.getrandbits(24)
         while True:
             qid = f"{int(now * 1000):011X}{octets:06X}"
-            if (qid not in self.queue._ids_in_flight
+            if (qid not in self.ids_issued and qid not in self.queue._ids_in_flight
                     and not os.path.exists(self.queue.message_path(qid))):
+                self.ids_issued.add(qid)
                 return qid
             octets = (octets + 1) % (1 << 24)
 
