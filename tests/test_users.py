@@ -1735,3 +1735,49 @@ def test_a_name_with_a_format_character_rcpt_gives_only_quoted_is_keyed_quoted(
     assert db.qualify(name).key == rcpt.key
     assert login_key(name + "@example.org") == login_key(rcpt.key) == rcpt.key
     assert alias_address(name, "example.org", local_domains={"example.org"}).key == rcpt.key
+
+
+@pytest.mark.parametrize(("other", "own"), [('"q"', "q"), ("a;", '"a;"'), ('"a\\;"', '"a;"')])
+def test_a_line_in_another_spelling_does_not_take_the_user_rcpt_reaches(
+        db: UsersDB, other: str, own: str) -> None:
+    # before local parts were read as RCPT gives them, a line '"q"@...'
+    # (or 'a;@...') was a user of its own, with its own password and
+    # Maildir, beside the user q that RCPT reached.  Both lines are one
+    # user now; the one written as RCPT gives it -- whose password opened
+    # the mailbox mail went to -- stays in effect wherever it is in the
+    # file: the other spelling's password must not open that mailbox
+    key = f"{own}@example.org"
+    Path(db.path).write_text(f"{other}@example.org {hash_password('other-pw')}\n"
+                             f"{own}@example.org {hash_password('own-pw')}\n")
+    settle(db)
+    user = db.qualify(own)
+    assert user.key == db.qualify(other).key == key
+    assert db.check_password(user, "own-pw")
+    assert not db.check_password(user, "other-pw")
+    assert db.lines() == {key: 2}
+    assert [p.removeprefix(db.path) for p in db.problems] == [
+        f":1: {key} is on line 2 too, written as RCPT gives it, which is in effect: "
+        "this line is ignored"]
+    # a new password goes to the line in effect; del removes both lines
+    db.set_password(other, "new-pw")
+    text = Path(db.path).read_text().splitlines()
+    assert text[0].startswith(f"{other}@example.org ") and text[1].startswith(f"{key} ")
+    settle(db)
+    assert db.check_password(user, "new-pw")
+    db.delete(other)
+    assert Path(db.path).read_text().strip() == ""
+
+
+def test_of_two_lines_keyed_as_written_the_first_is_in_effect(db: UsersDB) -> None:
+    # 'a' U+037E (the Greek question mark) was keyed "a;" before too, as
+    # RCPT reached it: beside a '"a;"' line below it, the first is in
+    # effect, as it was
+    Path(db.path).write_text(f"a\u037e@example.org {hash_password('first-pw')}\n"
+                             f'"a;"@example.org {hash_password("second-pw")}\n')
+    settle(db)
+    user = db.qualify('"a;"')
+    assert db.check_password(user, "first-pw")
+    assert not db.check_password(user, "second-pw")
+    assert db.lines() == {'"a;"@example.org': 1}
+
+

@@ -332,13 +332,15 @@ class UsersDB:
 
     def _parse(self, text: str) -> tuple[dict[str, UserRecord], list[str],
                                          list[str | None], dict[str, int]]:
-        """The records (the first good line of an address wins), the
+        """The records (the first good line of an address wins, but that
+        one written as RCPT gives it wins over one in another spelling), the
         problems, for each line (split at LF only) the address key it is
         for, and for each key the index of the line in effect."""
         records: dict[str, UserRecord] = {}
         problems: list[str] = []
         keys: list[str | None] = []
         first: dict[str, int] = {}
+        owns: set[int] = set()  # the lines that write their name as RCPT gives it
         # a byte-order mark first (an editor's "UTF-8 with BOM") is no part
         # of the first user's address; ``_write`` keeps it in the file
         text = text.removeprefix(_BOM)
@@ -355,8 +357,8 @@ class UsersDB:
                 # they were refused (``_new_address``), or by hand; still
                 # this user's line, for `user del` to find (named below)
                 # a quoted local part as RCPT gives it: '"q"' is q
-                address = as_rcpt_names(parse_address(fields[0], self.primary_domain,
-                                                      controls=True))
+                written = parse_address(fields[0], self.primary_domain, controls=True)
+                address = as_rcpt_names(written)
                 # the line is this user's, even if the rest of it is bad:
                 # `user del` removes it with the others
                 keys[-1] = address.key
@@ -372,12 +374,26 @@ class UsersDB:
             except (ValueError, AddressError) as e:
                 problems.append(f"{self.path}:{lineno}: {e}")
                 continue
+            # written as RCPT gives it (not '"q"' for q, nor 'a;' for "a;"),
+            # keyed as written: the line whose password opened the mailbox
+            # RCPT delivered to before local parts were read so, when
+            # another spelling of the name was a user of its own
+            own = address.key == written.key
             if address.key in first:
-                # one entry per user: a second line (typed by hand, say) must
-                # not silently replace the password in effect
-                problems.append(f"{self.path}:{lineno}: {shown(address.key)} is already on line "
-                                f"{first[address.key]}: this line is ignored")
-                continue
+                earlier = first[address.key]
+                if not own or earlier in owns:
+                    # one entry per user: a second line (typed by hand, say)
+                    # must not silently replace the password in effect
+                    problems.append(f"{self.path}:{lineno}: {shown(address.key)} is already on "
+                                    f"line {earlier}: this line is ignored")
+                    continue
+                # the earlier line spells the name another way: that user
+                # (its password) must not open this one's mailbox
+                problems.append(f"{self.path}:{earlier}: {shown(address.key)} is on line "
+                                f"{lineno} too, written as RCPT gives it, which is in effect: "
+                                "this line is ignored")
+            if own:
+                owns.add(lineno)
             first[address.key] = lineno
             records[address.key] = UserRecord(address, fields[1], apop)
             # The mailbox still exists (mail keeps arriving); only logins fail.
