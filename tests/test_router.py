@@ -1234,6 +1234,28 @@ class AliasLineWordsTests(SynchronousTestCase):
         self.assertEqual(table, {"joe2@example.org": (
             (A("ann"), True), (Address('"x"', "remote.test"), True))})
 
+    def test_a_name_written_as_rcpt_gives_it_wins_over_another_spelling_of_it(self):
+        # before names were read as RCPT gives them, '"joe2": ann' and
+        # 'a;: ann' were aliases no mail reached, and the lines 'joe2: bob'
+        # and '"a;": bob' further down got the mail; one alias each now,
+        # the line written as RCPT gives the name stays in effect wherever
+        # it is (a line above it must not take its mail to other targets)
+        lines: dict[str, int] = {}
+        table, problems = parse_aliases('"joe2": ann\na;: ann\njoe2: bob\n"a;": bob\n',
+                                        "example.org", ["example.org"], "f", lines)
+        self.assertEqual(table, {"joe2@example.org": ((A("bob"), True),),
+                                 '"a;"@example.org': ((A("bob"), True),)})
+        self.assertEqual(lines, {"joe2@example.org": 3, '"a;"@example.org': 4})
+        self.assertEqual(problems, [
+            "f:1: alias '\"joe2\"' is defined on line 3 too, written as RCPT gives it, which "
+            "is in effect: this one is ignored",
+            "f:2: alias 'a;' is defined on line 4 too, written as RCPT gives it, which is in "
+            "effect: this one is ignored"])
+        # two lines that both write it so (or both another way): the first
+        table, problems = self.parse('joe2: ann\nJoe2: bob\n"joe2": x\n')
+        self.assertEqual(table, {"joe2@example.org": ((A("ann"), True),)})
+        self.assertEqual(len(problems), 2)
+
     def test_a_backslash_that_starts_a_quoted_target_keeps_the_mailbox_and_the_line(self):
         # '\\"a;"' is the mailbox "a;" not expanded (the copy an alias
         # keeps in the mailbox of its own name, as check advises and alias

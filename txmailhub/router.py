@@ -71,6 +71,7 @@ from txmailhub.address import (
     AddressError,
     canonical_address,
     canonical_domain,
+    canonical_local,
     dns_name_problem,
     domain_problem,
     parse_address,
@@ -159,6 +160,8 @@ def parse_aliases(
     table: Aliases = {}
     where: dict[str, int] = {}
     unusable: dict[str, int] = {}  # a name's first line, when it has no usable target
+    names: dict[str, str] = {}  # the name as written on the line in effect
+    owns: set[int] = set()  # the lines in effect that write the name as RCPT gives it
     for number, line in entries:
         def problem(why: str, number: int = number) -> None:
             problems.append(f"{filename}:{number}: {why}")
@@ -191,10 +194,18 @@ def parse_aliases(
         if local_domains is not None and canonical_domain(name.domain) not in local_domains:
             problem(f"alias {quoted(name_text)} is for {name.domain}, which is not a local domain")
             continue
+        # written as RCPT gives it (not '"joe2"' for joe2, nor 'a;' for
+        # "a;"), keyed as written: the line that got the mail before names
+        # were read so, when another spelling was an alias no mail reached
+        own = canonical_local(name.local) == canonical_local(
+            _written_local(name_text, primary_domain))
+        replaces = None
         if key in where:
-            problem(f"alias {quoted(name_text)} is already defined on line {where[key]}: "
-                    "this one is ignored")
-            continue
+            if not own or where[key] in owns:
+                problem(f"alias {quoted(name_text)} is already defined on line {where[key]}: "
+                        "this one is ignored")
+                continue
+            replaces = where[key]  # in effect instead, if its targets are usable
         items, why = split_targets(targets_text)
         if why:
             # the hub cannot tell where its targets end (aliases(5) readers
@@ -271,8 +282,15 @@ def parse_aliases(
             # this one is said too, as it is read differently.
             problem(f"alias {quoted(name_text)} is defined on line {unusable[key]} too, a "
                     "line the hub cannot use: this one is in effect instead")
+        if replaces is not None:
+            problems.append(f"{filename}:{replaces}: alias {quoted(names[key])} is defined on "
+                            f"line {number} too, written as RCPT gives it, which is in effect: "
+                            "this one is ignored")
         table[key] = tuple(dict.fromkeys(targets))
         where[key] = number
+        names[key] = name_text
+        if own:
+            owns.add(number)
     if lines is not None:
         lines.update(where)
     return table, problems
@@ -477,6 +495,15 @@ def alias_address(text: str, primary_domain: str, *, controls: bool = False,
         if same != local and (not remote or same[:1] == '"'):
             return Address(same, address.domain)
     return address
+
+
+def _written_local(text: str, primary_domain: str) -> str:
+    """The local part of the alias name ``text`` as written, before
+    ``alias_address`` reads it as RCPT gives it."""
+    text = text.strip()
+    if _quoted_end(text) == len(text):
+        return text
+    return parse_address(text, primary_domain, controls=True).local
 
 
 def unsupported_target(item: str) -> str:
