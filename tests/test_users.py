@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.cred.credentials import IUsernameHashedPassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from txmailhub.address import Address
+from txmailhub.address import Address, one_quoted_string
 from txmailhub.auth import ClientCredentials, LoginAbandoned, MailRealm, UsersChecker, build_portal
 from txmailhub.errors import NoSuchUser, UserExists, UsersFileError
 from txmailhub.interfaces import IMailbox, ISMTPUser
@@ -1781,3 +1784,58 @@ def test_of_two_lines_keyed_as_written_the_first_is_in_effect(db: UsersDB) -> No
     assert db.lines() == {'"a;"@example.org': 1}
 
 
+_PW_HASH = hash_password("pw")
+# local parts as typed to `mailhub user add`: quoted or not, with what
+# quotes, escapes, dots, '@', '/', a colon, and UTF-8 spellings that are
+# one name in NFC (a decomposed umlaut, the Greek question mark, ';' in
+# NFC) or in lower case
+_USER_NAMES = st.one_of(
+    st.text(alphabet='ab.;@/:"\\o\u0308\u00f6\u037e\u0130K', min_size=1, max_size=6),
+    st.lists(st.one_of(st.sampled_from(list('ab.;@/: o\u0308\u037e')),
+                       st.sampled_from(['\\"', "\\\\", "\\:", "\\a"])),
+             min_size=1, max_size=5).map(lambda parts: '"' + "".join(parts) + '"'))
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=_USER_NAMES, at=st.sampled_from(["", "@example.org", "@EXAMPLE.net"]))
+def test_what_user_add_writes_the_file_reads_back_and_rcpt_and_logins_reach(
+        name: str, at: str) -> None:
+    # whatever `user add` takes, the file reads back as that one user,
+    # without a problem; RCPT naming it as the hub keys it, a login as
+    # the name typed (the users file's qualify, POP3's and the AUTH PLAIN
+    # authzid's login_key) and `user passwd` and `user del` reach it; its
+    # Maildir is a folder of its own in its domain's folder
+    from unittest import mock
+
+    from txmailhub.address import login_key
+    from txmailhub.smtp._parse import parse_rcpt
+    from txmailhub.store.maildir import maildir_path
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch("txmailhub.users.hash_password", lambda _: _PW_HASH):
+        db = UsersDB(os.path.join(tmp, "users"), "example.org", ("example.org", "example.net"),
+                     password_policy=AnyPassword())
+        try:
+            address = db.add(name + at, "pw")
+        except UsersFileError:
+            return
+        settle(db)
+        key = address.key
+        assert [a.key for a in db.addresses()] == [key]
+        assert db.problems == []
+        local, _, domain = key.rpartition("@")
+        assert parse_rcpt(f"TO:<{local}@{domain}>", "example.org", utf8=True)[0].key == key
+        if one_quoted_string(name) or not name.startswith('"'):
+            # (quotes that are no one quoted string, '"a""b"', add writes
+            # as one, '"a\"\"b"': another name, which no RCPT can give)
+            typed = db.qualify(name + at)
+            assert typed.key == key
+            assert db.check_password(typed, "pw")
+            assert login_key(name + (at or "@example.org")) == key
+            db.set_password(name + at, "pw")
+            db.delete(name + at)
+            settle(db)
+            assert db.addresses() == []
+        folder = maildir_path("/m", address)
+        assert os.path.dirname(folder) == os.path.join("/m", domain)
+        assert os.path.basename(folder) == local
