@@ -175,14 +175,37 @@ def test_a_quoted_name_with_a_needless_backslash_is_the_alias_rcpt_reaches(path:
     assert path.read_text() == ""
 
 
+def test_a_name_that_starts_with_a_hash_is_written_quoted(path: Path) -> None:
+    # '"#a"' is the local part #a (RFC 5321 4.1.2: a dot-string), which
+    # RCPT gives unquoted; but a line '#a: joe' is a comment.  Quoted, the
+    # file reads it as #a: add wrote nothing and failed with a traceback
+    change = aliases_at(path, "x: joe\n").add('"#a"', ["joe"])
+    assert (change.alias, change.created) == ("#a@example.org", True)
+    assert path.read_text() == 'x: joe\n"#a": joe\n'
+    table, problems = parse_aliases(path.read_text(), "example.org", DOMAINS)
+    assert problems == [] and set(table) == {"x@example.org", "#a@example.org"}
+    assert parse_rcpt("TO:<#a@example.org>", "example.org")[0].key == change.alias
+    assert aliases_at(path).set('"#a"', ["ann"]).alias == "#a@example.org"
+    assert path.read_text() == 'x: joe\n"#a": ann\n'
+    # typed unquoted, the refusal says how to write it
+    with pytest.raises(BadAlias, match="a line that starts with # is a comment: write the "
+                                       'name quoted, "#a"'):
+        aliases_at(path).add("#a", ["joe"])
+    with pytest.raises(BadAlias, match=r'write the name quoted, "#a"@example\.net'):
+        aliases_at(path).add("#a@example.net", ["joe"])
+    assert aliases_at(path).remove("#a").alias == "#a@example.org"
+    assert path.read_text() == "x: joe\n"
+
+
 # the file's own syntax, in and out of quotes: names and targets that
-# quote, escape, hold a ':' or ',' or parentheses, or are only quotes;
+# quote, escape, hold a ':' or ',' or parentheses or a '#' (a comment at
+# the start of a line), or are only quotes;
 # and UTF-8 that NFC or lower case makes another spelling of one name (a
 # decomposed umlaut, the Greek question mark that is ';' in NFC, a capital)
-_QUOTED = st.lists(st.one_of(st.sampled_from(list("ab:,()@.; \u0308\u00f6\u037eK")),
+_QUOTED = st.lists(st.one_of(st.sampled_from(list("ab:,()@.;# \u0308\u00f6\u037eK")),
                              st.sampled_from(['\\"', "\\\\", "\\:", "\\a", "\\("])),
                    max_size=6).map(lambda parts: '"' + "".join(parts) + '"')
-_NAMES = st.one_of(st.text(alphabet="ab:,().;\u0308\u00f6\u037eK", min_size=1, max_size=6),
+_NAMES = st.one_of(st.text(alphabet="ab:,().;#\u0308\u00f6\u037eK", min_size=1, max_size=6),
                    _QUOTED)
 _TARGETS = st.one_of(st.text(alphabet='ab"\\:,()@ .', min_size=1, max_size=8), _NAMES,
                      _NAMES.map(lambda name: name + "@remote.test"),

@@ -244,8 +244,11 @@ class AliasesFile:
         targets = [t.strip() for t in targets if t.strip()]
         self._refuse_unwritable(name, targets)
         # as RCPT names them: 'a;' only quoted, '"a;"' (the file reads an
-        # unquoted one so too; written quoted, it says what it means)
-        name = self.rcpt_form(name)
+        # unquoted one so too; written quoted, it says what it means) --
+        # but for '"#a"', the alias #a, which a line starts only quoted
+        # ('#a: joe' is a comment; '#a' typed so is refused above)
+        plain = self.rcpt_form(name)
+        name = name if plain.startswith("#") else plain
         targets = [t[:len(t) - len(t.lstrip("\\"))] + self.rcpt_form(t.lstrip("\\"),
                                                                       local_only=True)
                    for t in targets]
@@ -348,7 +351,10 @@ class AliasesFile:
         if not name:
             why.append("the alias name is empty")
         elif name.startswith("#"):
-            why.append(f"alias name {quoted(name)}: a line that starts with # is a comment")
+            local, at, domain = name.rpartition("@") if "@" in name else (name, "", "")
+            inner = local.replace("\\", "\\\\").replace('"', '\\"')
+            why.append(f"alias name {quoted(name)}: a line that starts with # is a comment: "
+                       f'write the name quoted, "{inner}"{at}{domain}')
         elif split_alias_line(name) is not None:
             why.append(f"alias name {quoted(name)}: the file ends a name at its first ':' "
                        "outside quotes (write such a name quoted)")
