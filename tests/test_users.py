@@ -1784,14 +1784,38 @@ def test_of_two_lines_keyed_as_written_the_first_is_in_effect(db: UsersDB) -> No
     assert db.lines() == {'"a;"@example.org': 1}
 
 
+@pytest.mark.parametrize("name", ["#a", '"#a"', "#a@example.net"])
+def test_a_user_whose_name_starts_with_a_hash_is_written_quoted(db: UsersDB, name: str) -> None:
+    # #a is a dot-string (RFC 5321 4.1.2), a user RCPT reaches; but a line
+    # of the file that starts with '#' is a comment: written so, the user
+    # added was none, and each add wrote one more such line
+    address = db.add(name, "pw")
+    settle(db)
+    assert [a.key for a in db.addresses()] == [address.key]
+    assert address.key.startswith("#a@")
+    assert db.problems == []
+    assert Path(db.path).read_text().splitlines()[-1].startswith(
+        '"#a"@' + address.key.partition("@")[2] + " ")
+    assert db.check_password(db.qualify(name), "pw")
+    with pytest.raises(UserExists):
+        db.add(name, "pw")
+    db.set_password(name, "pw2")
+    settle(db)
+    assert db.check_password(db.qualify("#a" + name.partition("@")[1] + name.partition("@")[2]),
+                             "pw2")
+    db.delete(name)
+    settle(db)
+    assert db.addresses() == []
+
+
 _PW_HASH = hash_password("pw")
 # local parts as typed to `mailhub user add`: quoted or not, with what
-# quotes, escapes, dots, '@', '/', a colon, and UTF-8 spellings that are
-# one name in NFC (a decomposed umlaut, the Greek question mark, ';' in
-# NFC) or in lower case
+# quotes, escapes, dots, '@', '/', a colon, a '#' (a comment at the start
+# of a line), and UTF-8 spellings that are one name in NFC (a decomposed
+# umlaut, the Greek question mark, ';' in NFC) or in lower case
 _USER_NAMES = st.one_of(
-    st.text(alphabet='ab.;@/:"\\o\u0308\u00f6\u037e\u0130K', min_size=1, max_size=6),
-    st.lists(st.one_of(st.sampled_from(list('ab.;@/: o\u0308\u037e')),
+    st.text(alphabet='ab.;@/:#"\\o\u0308\u00f6\u037e\u0130K', min_size=1, max_size=6),
+    st.lists(st.one_of(st.sampled_from(list('ab.;@/:# o\u0308\u037e')),
                        st.sampled_from(['\\"', "\\\\", "\\:", "\\a"])),
              min_size=1, max_size=5).map(lambda parts: '"' + "".join(parts) + '"'))
 

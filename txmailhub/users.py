@@ -111,7 +111,13 @@ class UserRecord:
     apop_secret: str | None = None
 
     def to_line(self) -> str:
-        line = f"{self.address.key} {self.password_hash}"
+        key = self.address.key
+        if key.startswith("#"):
+            # a line that starts with '#' is a comment: the user #a (a
+            # dot-string) is written quoted, which the file reads as #a
+            local, _, domain = key.rpartition("@")
+            key = f'"{local}"@{domain}'
+        line = f"{key} {self.password_hash}"
         if self.apop_secret is not None:
             enc = base64.b64encode(self.apop_secret.encode("utf-8")).decode()
             line += f" apop={enc}"
