@@ -671,8 +671,8 @@ its own limit has none.  It bounds the memory a part holds and the CPU
 one ``PartHeaders.feed`` spends (some 40 ms for 64 KiB of UTF-8 fields)."""
 PART_DEPTH_LIMIT = 32
 """The most multiparts nested one in another that are read for their
-parts (each line that starts with ``--`` is compared with every open
-boundary): a message with more has no downgraded form here
+parts (each holds its boundary while it is open): a message with more
+has no downgraded form here
 (``Undowngradable``), since the header sections of the deeper parts
 would go as they are."""
 PART_DOWNGRADE_LIMIT = 100
@@ -827,6 +827,7 @@ class PartHeaders:
         self.downgraded = 0  # part header sections with UTF-8 so far
         self.strict = True
         self._stack: list[tuple[bytes, bool]] = []  # open multiparts: (boundary, digest)
+        self._index: dict[bytes, int] = {}  # an open boundary: its innermost place in _stack
         self._pending = b""  # a line begun: a body's that may be a delimiter, a header's
         self._lines: list[bytes] = []  # the part header section so far
         self._held = 0
@@ -855,6 +856,7 @@ class PartHeaders:
         kind, boundary = _content_type(header, default)
         if kind.startswith(b"multipart/") and boundary:
             if len(self._stack) < PART_DEPTH_LIMIT:
+                self._index[boundary] = len(self._stack)
                 self._stack.append((boundary, kind == b"multipart/digest"))
             elif self.strict:
                 raise Undowngradable("MIME parts nested too deep to downgrade")
@@ -1035,19 +1037,24 @@ class PartHeaders:
         if len(line) > _LINE_HOLD:
             return False
         text = line.rstrip(b"\r\n").rstrip(b" \t")
-        for k in range(len(self._stack) - 1, -1, -1):
-            boundary, digest = self._stack[k]
-            if text[2:2 + len(boundary)] != boundary:
-                continue
-            rest = text[2 + len(boundary):]
-            if rest not in (b"", b"--"):
-                continue
-            if not probe:
-                del self._stack[k + 1 if not rest else k:]
-                self._state = _PART_HEADER if not rest else _BODY
-                self._digest = digest
-            return True
-        return False
+        # the boundary it names, as a delimiter (k) or a close delimiter
+        # (close), looked up rather than compared with each open one: a
+        # body of "--" lines cost the depth of the nesting each
+        index = self._index
+        k = index.get(text[2:], -1)
+        close = index.get(text[2:-2], -1) if text.endswith(b"--", 3) else -1
+        if k < 0 and close < 0:
+            return False
+        if not probe:
+            last = close > k  # (the innermost of the two, where both are open)
+            k = max(k, close)
+            self._digest = self._stack[k][1]
+            keep = k if last else k + 1
+            if keep < len(self._stack):
+                del self._stack[keep:]
+                self._index = {b: i for i, (b, _) in enumerate(self._stack)}
+            self._state = _BODY if last else _PART_HEADER
+        return True
 
     def _check_held(self, extra: int, out: list[bytes]) -> None:
         """A part header section over ``PART_HEADER_LIMIT`` (its lines,
