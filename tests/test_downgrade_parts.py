@@ -563,3 +563,30 @@ def test_a_body_line_of_dashes_costs_the_same_whatever_the_depth():
     shallow = _lines_run(opened(1), body)
     deep = _lines_run(opened(PART_DEPTH_LIMIT), body)
     assert deep < shallow * 1.2
+
+
+@pytest.mark.parametrize("outer, field, inner", [
+    ("multipart/mixed", b"Content-Type: multipart/mixed; boundary=in\n",
+     f'--in\nContent-Disposition: attachment; filename="{NAME}"\n\nx\n--in--\n'.encode()),
+    ("multipart/mixed", b"Content-Type: message/rfc822\n",
+     "Subject: gr\u00fc\u00df\n\nbody\n".encode()),
+    ("multipart/digest", b"X-Note: a digest's part is a message by default\n",
+     "Subject: gr\u00fc\u00df\n\nbody\n".encode()),
+])
+@pytest.mark.parametrize("step", [None, 4096])
+def test_a_long_ascii_part_header_section_hides_no_part_header_sections(outer, field, inner,
+                                                                         step):
+    # the Content-Type of a part header section over the limit is not
+    # read: the header sections of the parts (or the message) it opens
+    # went as they were, UTF-8 and all, in a copy taken for downgraded
+    long_ascii = b"X-Pad: " + b"a" * 70 + b"\n"
+    pad = long_ascii * (PART_HEADER_LIMIT // len(long_ascii) + 1)
+    message = (f"Subject: \u00fc\nContent-Type: {outer}; boundary=out\n\n--out\n".encode()
+               + field + pad + b"\n" + inner + b"--out--\n")
+    assert walk(message)[1].get_content_type() != "text/plain"
+    with pytest.raises(Undowngradable, match="too long"):
+        run(message, step)
+    assert run(message, step, strict=False)[0].endswith(inner + b"--out--\n")
+    # a leaf's long section, ASCII, goes as it is
+    leaf = message.replace(field, b"Content-Type: text/plain\n").replace(b"digest", b"mixed")
+    assert run(leaf, step)[1] == 0

@@ -40,7 +40,8 @@ only the header sections of its MIME parts are downgraded
 business of this module: a client that lacks UTF8 still takes 8-bit
 bodies (8BITMIME).  ``Undowngradable`` is raised only for a header line
 with UTF-8 that is no field at all (and for a part header section with
-UTF-8 over ``PART_HEADER_LIMIT``, multiparts nested deeper than
+UTF-8 over ``PART_HEADER_LIMIT`` or one over it that may open parts or
+a message, multiparts nested deeper than
 ``PART_DEPTH_LIMIT``, or more than ``PART_DOWNGRADE_LIMIT`` part header
 sections with UTF-8).
 
@@ -694,6 +695,10 @@ _BOUNDARY_NAME = re.compile(rb"(?i)boundary(?:\*([0-9]{1,3}))?(\*)?")  # RFC 223
 _QUOTED_VALUE = re.compile(rb'"((?:[^"\\]|\\.)*)"?')
 _TOKEN_VALUE = re.compile(rb'[^ \t()<>@,;:\\"/\[\]?=]*')  # RFC 2045 5.1's token
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+# a type whose body has header sections, named in a part header section
+# too long to be read (in lower case)
+_NESTING = re.compile(rb"multipart|rfc822")
+_NESTING_TAIL = len(b"multipart") - 1
 
 
 def _may_end(tail: bytes) -> bool:
@@ -840,6 +845,11 @@ class PartHeaders:
         self._eight = False
         self._utf8 = True
         self._utf8_tail = b""
+        # and whether it may name a type with header sections in its body
+        # (its Content-Type is not read): the end of what was looked at,
+        # in lower case, for a name a chunk ends in
+        self._nests = False
+        self._nests_tail = b""
         self._after = self._kind_of(header, b"text/plain")
 
     @staticmethod
@@ -994,7 +1004,12 @@ class PartHeaders:
     def _look(self, piece: bytes) -> None:
         """Note whether ``piece`` of a long part header section has 8-bit
         octets, and whether they are UTF-8 (as ``needs_downgrade`` judges
-        a whole section), whatever the chunks it came in."""
+        a whole section), whatever the chunks it came in; and whether it
+        names a multipart or message/rfc822 type (``_NESTING``) anywhere."""
+        if not self._nests:
+            text = self._nests_tail + piece.lower()
+            self._nests = _NESTING.search(text) is not None
+            self._nests_tail = text[-_NESTING_TAIL:]
         data = self._utf8_tail + piece if self._utf8_tail else piece
         self._utf8_tail = b""
         if data.isascii():
@@ -1012,12 +1027,20 @@ class PartHeaders:
 
     def _end_long(self) -> None:
         """The end of a part header section over ``PART_HEADER_LIMIT``:
-        one with UTF-8 has no ASCII form here."""
+        one with UTF-8 has no ASCII form here.  Its Content-Type is not
+        read, so its body is taken for a leaf's: where it may be a
+        multipart or a message (it names such a type, or it is a part of
+        a multipart/digest, RFC 2046 5.1.5) the header sections in its
+        body would go as they are, so neither has one."""
         utf8 = self._eight and self._utf8 and not self._utf8_tail
+        nests = self._nests or self._digest
         self._eight, self._utf8, self._utf8_tail = False, True, b""
+        self._nests, self._nests_tail = False, b""
         self._digest = False
         if self.strict and utf8:
             raise Undowngradable("a MIME part's header section is too long to downgrade")
+        if self.strict and nests:
+            raise Undowngradable("a MIME part's header section is too long to find its parts")
 
     def _hold_body(self, tail: bytes, out: list[bytes]) -> None:
         """A body line begun at the end of a chunk: held, unless it is too
