@@ -590,3 +590,34 @@ def test_a_long_ascii_part_header_section_hides_no_part_header_sections(outer, f
     # a leaf's long section, ASCII, goes as it is
     leaf = message.replace(field, b"Content-Type: text/plain\n").replace(b"digest", b"mixed")
     assert run(leaf, step)[1] == 0
+
+
+@pytest.mark.parametrize("fields, boundary", [
+    # "=", "?" are bchars (RFC 2046 5.1.1), and no encoded word is one in
+    # a quoted string (RFC 2047 5(3)); the stdlib decodes it all the same
+    (f'Content-Type: multipart/mixed; boundary="=?utf-8?q?abc?="; name="{NAME}"',
+     "=?utf-8?q?abc?="),
+    ('Content-Type: multipart/mixed (\u00e4); boundary="a =?utf-8?q?b?= c"',
+     "a =?utf-8?q?b?= c"),
+    # after two fields with parameters and UTF-8, a field with parameters
+    # goes as encoded words (the stdlib would take too long over many)
+    (f'Content-Disposition: inline; filename="{NAME}"\n'
+     f'Content-Disposition: attachment; filename="{NAME}"\n'
+     f'Content-Type: multipart/mixed; boundary=abc; name="{NAME}"', "abc"),
+])
+@pytest.mark.parametrize("where", ["top", "part"])
+def test_a_multipart_whose_downgraded_type_loses_its_boundary_has_no_downgraded_form(
+        fields, boundary, where):
+    inner = (f"{fields}\n\n--{boundary}\n"
+             f'Content-Disposition: attachment; filename="{NAME}"\n\nx\n--{boundary}--\n')
+    if where == "top":
+        message = f"Subject: \u00fc\n{inner}".encode()
+    else:
+        message = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=out\n\n--out\n"
+                   f"{inner}--out--\n").encode()
+    with pytest.raises(Undowngradable, match="boundary"):
+        run(message)
+    # the same with a boundary its downgraded Content-Type keeps
+    if "Disposition" not in fields:
+        out, _ = run(message.replace(boundary.encode(), b"kept"))
+        assert out.isascii() and walk(out)[-1].get_filename() == NAME

@@ -152,11 +152,14 @@ def downgrade_header(header: bytes) -> bytes:
     """The ASCII form of a header section (fields with their continuation
     lines, LF or CRLF line ends, as stored; no empty line).  Fields that
     are ASCII or not UTF-8 are kept as they are.  The result ends with a
-    line end exactly when ``header`` does.  Raises ``Undowngradable``."""
+    line end exactly when ``header`` does.  Raises ``Undowngradable``
+    (also for a multipart whose downgraded Content-Type would not name
+    its type and boundary)."""
     if header.isascii():
         return header
     out: list[bytes] = []
     parameter_fields = 0  # handed to the stdlib (``_PARAM_FIELDS_MAX``)
+    retyped = False  # a Content-Type rewritten
     for raw in _fields(header):
         if raw.isascii():
             out.append(raw)
@@ -167,11 +170,24 @@ def downgrade_header(header: bytes) -> bytes:
             out.append(raw)  # legacy 8-bit: not ours to change
             continue
         ending = "\n" if text.endswith("\n") else ""
-        if text.partition(":")[0].rstrip(" \t").lower() in _PARAMETER_FIELDS:
+        key = text.partition(":")[0].rstrip(" \t").lower()
+        if key in _PARAMETER_FIELDS:
             parameter_fields += 1
+        retyped = retyped or key == "content-type"
         field = _field(text.rstrip("\r\n"), parameter_fields <= _PARAM_FIELDS_MAX)
         out.append((field + ending).encode("ascii"))
-    return b"".join(out)
+    new = b"".join(out)
+    if not retyped:
+        return new
+    kind, boundary = _content_type(header, b"text/plain")
+    if kind.startswith(b"multipart/") and boundary and _content_type(new, b"") != (kind, boundary):
+        # the body's delimiter lines are sent as they are: a copy whose
+        # Content-Type names another boundary (the stdlib decodes an
+        # encoded word in a quoted one, which RFC 2047 5(3) does not
+        # allow there; a field gone to encoded words names none) has no
+        # parts to a reader
+        raise Undowngradable("the downgraded Content-Type of a multipart loses its boundary")
+    return new
 
 
 def _fields(header: bytes) -> list[bytes]:
