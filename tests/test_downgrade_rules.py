@@ -23,7 +23,8 @@ from txmailhub.store.mailbox import DOWNGRADE_RULES
 
 # (DOWNGRADE_RULES, Python's version): the digest of ``copies()``
 DIGESTS = {
-    (4, (3, 11, 7)): "be62f92c23b1bfa5de53dc3aeb677bb90ad037139cb52b5d8748902a4d40ae0f",
+    (4, (3, 11, 7)): "027631bc6fb3f525fc61acfc1f128f36d1941d244930fe872ef406c46ce6b95f",
+    (5, (3, 11, 7)): "a3a6c25283db2561dda87e64fb13fc28c45c69e5545c8439f65766f0853d9d6a",
 }
 PYTHONS = {python for _, python in DIGESTS}
 
@@ -43,6 +44,7 @@ HEADERS = [
     f"Content-Type: multipart/mixed{'abc' * 10} \u00e4\n",
     f"Content-Type: text/plain; name=\"{U}\" {'(' * 500}{')' * 500}\n",
     f"Content-Type: text/plain; name=\"{U}\" ({'(' * 400}{U})\n",
+    f"Content-Type: multipart/mixed; boundary=\"=?utf-8?q?b?=\"; name=\"{U}\"\n",
     f"Content-Disposition: attachment;\n filename=\"{U * 20}.pdf\"\n",
     f"Content-Description: {U}\nComments: {U}\nKeywords: {U}, b\n",
     "Received: from x by y for <\u00fc@example.org>; Mon, 1 Jan 2024 00:00:00 +0000\n",

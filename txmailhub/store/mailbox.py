@@ -320,7 +320,7 @@ INLINE_DELETES = 64
 DELETE_CHUNK = 2000  # unlinks, or renames and unlinks (``update``), per worker job
 
 
-DOWNGRADE_RULES = 4
+DOWNGRADE_RULES = 5
 """The rules a downgraded size in ``.txmailhub-sizes`` was measured by
 (the sixth field of its entry): a size measured by other rules is of
 another copy than POP3 sends, and is measured again.  Rules 2 downgrade
@@ -329,7 +329,10 @@ the header sections of a message's MIME parts as well as its own
 boundary in RFC 2231 forms too (``boundary*=``, ``boundary*0=``...), as
 MIME readers do; rules 4 keep NBSP, U+3000 and Unicode's other spaces
 at the ends of a display name and between an address field's comments
-(RFC 5322's white space is SP and HTAB alone); an entry of five fields has a size by rules 1, the
+(RFC 5322's white space is SP and HTAB alone); rules 5 give no
+downgraded form to a multipart whose downgraded Content-Type would not
+name its boundary (a part's was sent as stored where the size counted
+the field rewritten); an entry of five fields has a size by rules 1, the
 message's header section alone.  A change to the copy needs new rules
 (``tests/test_downgrade_rules.py`` fails until they are named)."""
 
