@@ -420,3 +420,30 @@ def test_a_message_file_replaced_after_list_is_measured_again(tmp_path, monkeypa
         assert len(sent) < listed
         assert top.isascii() and top.endswith(b"Content-Description: gross\r\n\r\n.\r\n")
     _quit(clock, proto)
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_top_first_in_a_later_session_takes_the_kept_size(tmp_path, monkeypatch, workers):
+    """A session whose first command is TOP (no LIST, STAT or RSET to
+    read the size kept in .txmailhub-sizes): TOP reads no further than
+    its lines, and RETR then reads the message once, giving the kept size."""
+    octets = _count_reads(monkeypatch)
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    data = message(150_000)
+    drop(md, data, 1, ours=False)
+    size = int(session(clock, components, b"LIST 1\r\n").split()[2])
+    proto, t = _logged_in(clock, components)
+    t.received.clear()
+    octets.clear()
+    proto.dataReceived(b"TOP 1 5\r\n")
+    clock.advance(0)
+    assert bytes(t.received).endswith(b"Content-Description: =?utf-8?q?gro=C3=9F?=\r\n\r\n.\r\n")
+    assert sum(octets) <= pop3_protocol.CHUNK_SIZE
+    t.received.clear()
+    octets.clear()
+    proto.dataReceived(b"RETR 1\r\n")
+    clock.advance(0)
+    status, sent = unstuffed(bytes(t.received))
+    assert status == b"+OK %d octets" % size and len(sent) == size
+    assert sum(octets) == len(data)
+    _quit(clock, proto)

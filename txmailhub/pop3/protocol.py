@@ -1712,8 +1712,10 @@ class POP3Protocol(Protocol):
 
     def _known_delta(self, action: Transmit, f: Any) -> int | None:
         """How much the downgraded copy of ``action``'s message grows, as
-        measured in this session (LIST, STAT, an earlier RETR or TOP, the
-        size cache): the message need not be read through again to
+        measured in this session (LIST, STAT, an earlier RETR or TOP) or
+        kept by an earlier one (the size cache, ``IDowngradedSizes``, for
+        a message this session has not measured yet): the message need
+        not be read through again to
         measure it.  ``None`` when not measured, or when the size measured
         is the stored one (no downgraded form, or none that grows), or
         when the size the mailbox kept (``IDowngradedSizes``) is not of
@@ -1723,13 +1725,17 @@ class POP3Protocol(Protocol):
         section in it with no downgraded form refuses it, as the measure
         does."""
         sizes = self._sizes
-        if f is None or action.index >= len(sizes) or sizes[action.index] < 0:
+        if f is None or action.index >= len(sizes):
             return None
         size = sizes[action.index]
-        if size == action.size:
-            return None
         box = self._reading_box()
-        if IDowngradedSizes.providedBy(box) and box.downgraded_size(action.index, f) != size:
+        if IDowngradedSizes.providedBy(box):
+            kept = box.downgraded_size(action.index, f)
+            if size < 0 and kept is not None:
+                size = kept  # not asked for in this session yet: kept by an earlier one
+            elif kept != size:
+                return None
+        if size < 0 or size == action.size:
             return None
         return size - action.size
 
