@@ -154,6 +154,128 @@ def test_mime_parameters_become_rfc_2231_values():
     assert parse(out)["content-disposition"].params["filename"] == "ü.pdf"
 
 
+def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
+    """A parameter field's parameters as an RFC 2231 reader finds them,
+    one by one and in their order, none merged with another: (the name
+    in lower case, the section or ``None``, the value decoded)."""
+    value = re.sub(r"\r?\n", "", out.decode("utf-8")).split(":", 1)[1]
+    found = []
+    for name, text in re.findall(r';\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s(]+)', value):
+        attr, section, extended = re.fullmatch(r"([^*]+)(?:\*([0-9]+))?(\*)?", name).groups()
+        if text[:1] == '"':
+            text = re.sub(r"\\(.)", r"\1", text[1:-1])
+        if extended:
+            if section in (None, "0") and text.count("'") >= 2:
+                charset, _, text = text.split("'", 2)
+                assert charset.lower() in ("", "utf-8"), out
+            text = urllib.parse.unquote(text, "utf-8", "strict")
+        found.append((attr.lower(), None if section is None else int(section), text))
+    return found
+
+
+@pytest.mark.parametrize("field_name, value, want", [
+    # RFC 2231 readers take filename*, others filename: both are kept
+    ("Content-Disposition",
+     "attachment; filename=\"resume.pdf\"; filename*=utf-8''r%C3%A9sum%C3%A9.pdf;"
+     " x-author=\"Zo\u00eb\"",
+     "attachment; filename=\"resume.pdf\";\n filename*=utf-8''r%C3%A9sum%C3%A9.pdf;"
+     " x-author*=utf-8''Zo%C3%AB"),
+    ("Content-Disposition",
+     "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf; filename=\"r\u00e9sum\u00e9.pdf\"",
+     "attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf;\n"
+     " filename*=utf-8''r%C3%A9sum%C3%A9.pdf"),
+    # a raw UTF-8 filename*=, with its charset or none
+    ("Content-Disposition",
+     "attachment; filename=\"resume.pdf\"; filename*=utf-8''r\u00e9sum\u00e9.pdf",
+     "attachment; filename=\"resume.pdf\";\n filename*=utf-8''r%C3%A9sum%C3%A9.pdf"),
+    ("Content-Disposition",
+     "attachment; filename=resume.pdf; FILENAME*=\"r\u00e9sum\u00e9.pdf\"; size=10",
+     "attachment; filename=resume.pdf;\n FILENAME*=utf-8''r%C3%A9sum%C3%A9.pdf; size=10"),
+    ("Content-Type",
+     "application/pdf; name=\"resume.pdf\"; name*=utf-8''r%C3%A9sum%C3%A9.pdf (f\u00fcr Zo\u00eb)",
+     "application/pdf; name=\"resume.pdf\";\n"
+     " name*=utf-8''r%C3%A9sum%C3%A9.pdf (=?utf-8?q?f=C3=BCr_Zo=C3=AB?=)"),
+    ("Content-Type",
+     "application/pdf; name*=utf-8''r\u00e9sum\u00e9.pdf; name=\"resume.pdf\"",
+     "application/pdf; name*=utf-8''r%C3%A9sum%C3%A9.pdf;\n name=\"resume.pdf\""),
+    # RFC 2231 sections stay sections: a later one with UTF-8 becomes an
+    # extended one, and the first says UTF-8 for it
+    ("Content-Type",
+     "application/pdf; name*0*=utf-8''r%C3%A9; name*1=\"sum\u00e9.pdf\"; name=\"resume.pdf\"",
+     "application/pdf; name*0*=utf-8''r%C3%A9;\n name*1*=sum%C3%A9.pdf; name=\"resume.pdf\""),
+    ("Content-Type",
+     "application/pdf; name=\"resume.pdf\"; name*0=\"r\"; name*1=\"\u00e9sum\u00e9 1.pdf\"",
+     "application/pdf; name=\"resume.pdf\"; name*0*=utf-8''r;\n"
+     " name*1*=%C3%A9sum%C3%A9%201.pdf"),
+    ("Content-Type",
+     "application/pdf; name*0=a; name*0=b; name*1=\"\u00e9\"",
+     "application/pdf; name*0*=utf-8''a; name*0*=utf-8''b;\n name*1*=%C3%A9"),
+])
+def test_parameters_of_one_name_are_all_kept_in_their_order(field_name, value, want):
+    # the stdlib's folder merges the parameters of one name into one:
+    # the copy kept the first (filename="resume.pdf"), which a reader
+    # that prefers filename*= showed instead of the original's résumé.pdf
+    h = f"{field_name}: {value}\n".encode()
+    out = downgrade_header(h)
+    assert out == f"{field_name}: {want}\n".encode()
+    assert rfc2231_parameters(out) == rfc2231_parameters(h)
+    assert all(len(line) <= 76 for line in out.split(b"\n"))
+
+
+def test_a_parameter_of_one_name_too_long_for_a_line_becomes_sections():
+    # (the stdlib, handed the field, dropped the long name*= altogether)
+    long = "\u65e5\u672c" * 60
+    h = f"Content-Type: application/pdf; name=\"x.pdf\"; name*=utf-8''{long}; a=b\n".encode()
+    out = downgrade_header(h)
+    assert out.isascii() and all(len(line) <= 76 for line in out.split(b"\n"))
+    found = rfc2231_parameters(out)
+    assert found[0] == ("name", None, "x.pdf") and found[-1] == ("a", None, "b")
+    assert [section for _, section, _ in found[1:-1]] == list(range(len(found) - 2))
+    assert "".join(value for _, _, value in found[1:-1]) == long
+
+
+_PLAIN_VALUE = st.text("ab\u00e4 \u65e5%'\"\\-", min_size=1, max_size=8).map(
+    lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+_EXTENDED_VALUE = st.lists(st.sampled_from(["a", "-", "\u00e4", "\u65e5", "%C3%A4", "%41"]),
+                           min_size=1, max_size=6).map(lambda v: "utf-8''" + "".join(v))
+
+
+@settings(max_examples=200, deadline=None)
+@example(params=[("name", '"x"'), ("name*", "utf-8''" + "\u65e5" * 9)], field_name="Content-Type")
+@given(params=st.lists(st.one_of(
+    st.tuples(st.sampled_from(["name", "Name", "x"]), _PLAIN_VALUE),
+    st.tuples(st.sampled_from(["name*", "NAME*", "x*"]), _EXTENDED_VALUE)), min_size=2, max_size=6),
+    field_name=st.sampled_from(["Content-Type", "Content-Disposition"]))
+def test_property_parameters_of_one_name_are_all_kept(params, field_name):
+    names = [n.rstrip("*").lower() for n, _ in params]
+    assume(len(set(names)) < len(names))
+    h = (f"{field_name}: application/pdf; " + "; ".join(f"{n}={v}" for n, v in params)
+         + "\n").encode()
+    assume(not h.isascii())
+    out = downgrade_header(h)
+    assert out.isascii() and _unfolded_lines(out) == []
+    # (a parameter longer than that has a line of its own)
+    assert all(len(line) <= 76 or line.strip(b" ;").count(b";") == 0
+               for line in out.split(b"\n")[1:])
+    assert rfc2231_parameters(out) == rfc2231_parameters(h)
+
+
+@pytest.mark.parametrize("value, filename", [
+    # a later section's UTF-8 has no charset to go by in the first: the
+    # stdlib joins them, each read in its own charset
+    ("application/pdf; name*0*=iso-8859-1''r%E9; name*1=\"sum\u00e9.pdf\"", "r\u00e9sum\u00e9.pdf"),
+    ("application/pdf; name*=a; name \u00e9", None),  # text that is no parameter
+    # too long for a line, and its name has sections to mix its own with
+    ("application/pdf; name*0=a; name*1=b; name*=\"" + "\u00e9" * 200 + "\"", None),
+    ("appl\u00e9cation/pdf; name*=a; name=b", None),
+])
+def test_parameters_of_one_name_not_read_here_are_the_stdlibs(value, filename):
+    out = downgrade_header(f"Content-Type: {value}\n".encode())
+    assert out.isascii() and _unfolded_lines(out) == []
+    if filename is not None:
+        assert parse(out)["content-type"].params["name"] == filename
+
+
 def test_received_loses_a_non_ascii_for_clause_and_keeps_the_rest():
     h = ("Received: from a.example (helo [127.0.0.1])\n\tby mail.example.org (Zoë)"
          " with ESMTPSA id 1\n\tfor <jörg@example.org>; Sun, 29 Nov 2026 20:00:00 +0000\n")
@@ -691,7 +813,8 @@ def test_a_long_parameter_field_is_text_and_never_reaches_the_stdlib(monkeypatch
 
 def test_a_header_section_hands_the_stdlib_a_few_parameter_fields_only(monkeypatch):
     seen = _parser_inputs(monkeypatch)
-    value = 'text/plain; name="ä"' + "; a=b" * 190
+    # (each parameter a name of its own: two of one name never reach the stdlib)
+    value = 'text/plain; name="ä"' + "".join(f"; a{i}=b" for i in range(190))
     out = downgrade_header(f"Content-Type: {value}\n".encode() * 10)
     assert len(seen) == 2
     fields = out.split(b"\nContent-Type:")

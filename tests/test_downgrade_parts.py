@@ -70,6 +70,29 @@ def test_a_utf8_file_name_goes_as_rfc2231_and_reads_back(step):
     assert b"\npreamble\n--=_b1\nContent-Type: text/plain; charset=utf-8\n\n" in out
 
 
+@pytest.mark.parametrize("step", [1, 7, None])
+def test_a_part_keeps_both_of_filename_and_filename_star(step):
+    # the copy kept only the first of the two (the stdlib merges them):
+    # a reader that prefers filename*= (RFC 2231) showed "resume.pdf"
+    part = ("Content-Type: application/pdf; name=\"resume.pdf\";\n"
+            " name*=utf-8''r\u00e9sum\u00e9\u65e5\u672c.pdf\n"
+            "Content-Disposition: attachment; filename=\"resume.pdf\";\n"
+            " filename*=utf-8''r%C3%A9sum%C3%A9.pdf; x-note=\"\u00e9t\u00e9\"\n"
+            "Content-Description: cv\n\n")
+    want = ("Content-Type: application/pdf; name=\"resume.pdf\";\n"
+            " name*=utf-8''r%C3%A9sum%C3%A9%E6%97%A5%E6%9C%AC.pdf\n"
+            "Content-Disposition: attachment; filename=\"resume.pdf\";\n"
+            " filename*=utf-8''r%C3%A9sum%C3%A9.pdf; x-note*=utf-8''%C3%A9t%C3%A9\n"
+            "Content-Description: cv\n\n")
+    message = ("Subject: cv\nContent-Type: multipart/mixed; boundary=b\n\n"
+               f"--b\n{part}QUJD\n--b--\n").encode()
+    for line_end in ("\n", "\r\n"):
+        out, _ = run(message.replace(b"\n", line_end.encode()), step)
+        assert out.replace(b"\r\n", b"\n") == (
+            f"Subject: cv\nContent-Type: multipart/mixed; boundary=b\n\n--b\n{want}QUJD\n--b--\n"
+        ).encode()
+
+
 def test_crlf_line_ends_and_nested_multiparts():
     inner = ("Content-Type: multipart/alternative; boundary=in\n\n"
              "--in\nContent-Type: text/plain\n\nx\n"

@@ -23,8 +23,9 @@ from txmailhub.store.mailbox import DOWNGRADE_RULES
 
 # (DOWNGRADE_RULES, Python's version): the digest of ``copies()``
 DIGESTS = {
-    (4, (3, 11, 7)): "027631bc6fb3f525fc61acfc1f128f36d1941d244930fe872ef406c46ce6b95f",
-    (5, (3, 11, 7)): "a3a6c25283db2561dda87e64fb13fc28c45c69e5545c8439f65766f0853d9d6a",
+    (4, (3, 11, 7)): "3d4372689e42cc7c6304ea76e8ed1629ff7cfe226bc8683810f2d4ad49c221db",
+    (5, (3, 11, 7)): "324fe41c991d01d83831f580c4a0357a35ac6cd46afff991dd7112950fc99bae",
+    (6, (3, 11, 7)): "15ca66671f48485c1e6506bf77507ed4a24373eba3d724ec718fbb5b54f5df93",
 }
 PYTHONS = {python for _, python in DIGESTS}
 
@@ -46,6 +47,10 @@ HEADERS = [
     f"Content-Type: text/plain; name=\"{U}\" ({'(' * 400}{U})\n",
     f"Content-Type: multipart/mixed; boundary=\"=?utf-8?q?b?=\"; name=\"{U}\"\n",
     f"Content-Disposition: attachment;\n filename=\"{U * 20}.pdf\"\n",
+    "Content-Disposition: attachment; filename=\"resume.pdf\";\n"
+    " filename*=utf-8''r%C3%A9sum%C3%A9.pdf; x=\"\u00e9\"\n",
+    f"Content-Type: text/plain; name*0*=utf-8''%C3%BC; name*1=\"{U}\"; name=\"{U}\"\n",
+    f"Content-Type: text/plain; name=x; name*=\"{U * 40}\"\n",
     f"Content-Description: {U}\nComments: {U}\nKeywords: {U}, b\n",
     "Received: from x by y for <\u00fc@example.org>; Mon, 1 Jan 2024 00:00:00 +0000\n",
     f"Message-ID: <{U}@example.org>\nX-Other: {U}\n",

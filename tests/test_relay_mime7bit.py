@@ -608,6 +608,14 @@ def _decoded_words(text: bytes) -> str:
     return str(make_header(decode_header(text.decode())))
 
 
+def test_filename_and_filename_star_are_both_kept_in_7_bits():
+    # (as POP3's downgrade: the stdlib merged them, keeping the first)
+    out = _encoded("Content-Disposition: attachment; filename=\"resume.pdf\";"
+                   " filename*=utf-8''r\u00e9sum\u00e9.pdf")
+    assert out == (b"Content-Disposition: attachment; filename=\"resume.pdf\";\n"
+                   b" filename*=utf-8''r%C3%A9sum%C3%A9.pdf\n")
+
+
 def test_a_quoted_display_name_keeps_its_escaped_quotes():
     out = _encoded('From: "Jörg \\"JJ\\" Müller" <j@x.org>')
     (box,) = parse(out + b"\n")["From"].addresses

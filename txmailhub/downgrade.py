@@ -16,7 +16,8 @@ header fields (RFC 6532).  A POP3 client that has not issued ``UTF8``
   Original-Recipient and Final-Recipient): the field is renamed ``Downgraded-<name>`` and its
   body becomes encoded words (RFC 6857 3.1.10's encapsulation);
 * Content-Type and Content-Disposition: parameter values become RFC 2231
-  ``name*=utf-8''...`` values;
+  ``name*=utf-8''...`` values, each parameter kept (``name=`` and
+  ``name*=``, RFC 2231 sections, in their order);
 * Received: a ``for`` clause naming a non-ASCII address is removed, an
   internationalized domain gets its A-labels, a non-ASCII comment
   becomes encoded words;
@@ -242,7 +243,9 @@ def parameter_field(name: str, value: str) -> str | None:
     long for any line (``_PARAM_CHROME``), or when the stdlib would take
     too long to read them (``_PARAM_TEXT_MAX``), or folds them only with
     a line break that no blank follows or with an empty encoded word, or
-    when a comment makes a line over 998 characters."""
+    when a comment makes a line over 998 characters.  Two parameters of
+    one name (``filename=`` and ``filename*=``) are both kept, which the
+    stdlib would merge (``_parameters_apart``)."""
     parts = _comment_split(value.strip())
     # every comment is kept apart, an ASCII one too: the stdlib folds a
     # comment longer than the room left on the line without its
@@ -251,6 +254,9 @@ def parameter_field(name: str, value: str) -> str | None:
     mime = "".join(p if p[:1] != "(" else _separator(parts, i) for i, p in enumerate(parts))
     if len(mime) > _PARAM_TEXT_MAX:
         return None
+    apart = _parameters_apart(name, mime)
+    if apart is not None:
+        return _with_comments(name, apart, comments)
     try:
         header = _POLICY.header_factory(name, mime)
         longest = max(map(len, getattr(header, "params", {})), default=0)
@@ -272,7 +278,12 @@ def parameter_field(name: str, value: str) -> str | None:
         return None
     if not folded.isascii():
         return None
-    folded = folded.rstrip("\n")
+    return _with_comments(name, folded.rstrip("\n"), comments)
+
+
+def _with_comments(name: str, folded: str, comments: list[str]) -> str | None:
+    """A parameter field folded (``folded``) with its comments after it;
+    ``None`` when a line would be over 998 characters."""
     if not comments:
         return folded
     folded = _fold(name, " ".join(comments), folded)
@@ -281,6 +292,123 @@ def parameter_field(name: str, value: str) -> str | None:
     if any(len(line) > _MAX_LINE for line in folded.split("\n")):
         return None
     return folded
+
+
+# RFC 2231 7's attribute-char: RFC 2045 5.1's token characters but "*'%"
+_ATTRIBUTE_CHAR = r"[!#$&+\-.0-9A-Z^_`a-z{|}~]"
+_PARAMETER = re.compile(rf"[ \t]*({_ATTRIBUTE_CHAR}+)(?:\*([0-9]+))?(\*)?[ \t]*=[ \t]*"
+                        r'(?:"((?:[^"\\]|\\.)*)"|([^ \t"]+))[ \t]*', re.DOTALL)
+_TO_ESCAPE = re.compile(rf"(?!{_ATTRIBUTE_CHAR}).", re.DOTALL)
+_TO_ESCAPE_EXTENDED = re.compile(rf"(?!%[0-9A-Fa-f]{{2}}|{_ATTRIBUTE_CHAR}).", re.DOTALL)
+
+
+# an extended value's character: a UTF-8 sequence's %-escapes, or one
+_CHARACTER = re.compile(r"%[C-Fc-f][0-9A-Fa-f](?:%[89ABab][0-9A-Fa-f])*|%[0-9A-Fa-f]{2}|.",
+                        re.DOTALL).findall
+
+
+def _escaped(text: str, pattern: re.Pattern[str] = _TO_ESCAPE) -> str:
+    """``text`` with what ``pattern`` finds as the %-escapes of its UTF-8
+    octets (RFC 2231 4's extended value)."""
+    return pattern.sub(lambda m: "".join(f"%{o:02X}" for o in m.group().encode()), text)
+
+
+def _sections(attr: str, value: str) -> str:
+    """An extended value (``charset'language'`` and %-escapes) too long
+    for any line as RFC 2231 3's sections ``attr*0*=``, ``attr*1*=``...,
+    one a line of at most 76 (a character's %-escapes whole), "\n"
+    between."""
+    sections: list[str] = []
+    for piece in _CHARACTER(value):
+        start = f"{attr}*{len(sections) - 1}*="
+        if sections and len(f" {start}{sections[-1]}{piece};") <= _LINE:
+            sections[-1] += piece
+        else:
+            sections.append(piece)
+    return "\n".join(f"{attr}*{n}*={text}" for n, text in enumerate(sections))
+
+
+def _parameters_apart(name: str, mime: str) -> str | None:
+    """``Name: mime`` (a parameter field's text, its comments taken out)
+    folded with every parameter kept apart, in its order, when two of
+    them have one name (``x`` and ``x*``, the sections ``x*0*`` and
+    ``x*1``, ``x`` twice): the stdlib makes one of them, so a reader that
+    prefers ``filename*=`` to ``filename=`` (RFC 2231) could show another
+    name than the original's.  An ASCII parameter stays as written; one
+    with UTF-8 becomes an extended value with its UTF-8 as %-escapes
+    (``x*=utf-8''...``; a later section ``x*1*=...``, the first section
+    of its name, when written plain, extended to say ``utf-8''``).  Folded
+    between parameters, to lines of 76 where they fit.
+
+    ``None`` (the stdlib's to fold) when no two parameters have one name,
+    or for what this does not read: a type (or disposition) with UTF-8, a
+    parameter with UTF-8 but no value or in its charset or name, a later
+    section with UTF-8 whose name has no first section, or one that says
+    another charset, a line over 998 characters (but for a parameter too
+    long for a line, of a name with no sections in the field: that one
+    is cut into sections, ``_sections``)."""
+    pieces = [p.decode("utf-8") for p in _parameters(mime.encode("utf-8"))]
+    kind = pieces[0].strip(" \t")
+    params = [p.strip(" \t") for p in pieces[1:] if p.strip(" \t")]
+    found = [_PARAMETER.fullmatch(p) for p in params]
+    names = [m.group(1).lower() for m in found if m is not None]
+    if len(set(names)) == len(names) or not kind or not kind.isascii():
+        return None
+    out = params[:]
+    first_to_say_utf8: set[str] = set()
+    sectioned = {m.group(1).lower() for m in found if m is not None and m.group(2) is not None}
+    for i, (param, m) in enumerate(zip(params, found)):
+        if param.isascii():
+            continue
+        if m is None:
+            return None
+        attr, section, extended, quoted, token = m.groups()
+        value = _unescape(quoted) if quoted is not None else token
+        if extended:
+            prefix = ""
+            if section is None or int(section) == 0:
+                charset, quote, rest = value.partition("'")
+                language, quote2, text = rest.partition("'")
+                if quote and quote2:
+                    prefix, value = f"{charset}'{language}'", text
+                else:
+                    prefix = "utf-8''"
+            if not prefix.isascii():
+                return None
+            value = prefix + _escaped(value, _TO_ESCAPE_EXTENDED)
+        elif section is None or int(section) == 0:
+            value = "utf-8''" + _escaped(value)
+        else:
+            value = _escaped(value)
+            first_to_say_utf8.add(attr.lower())
+        if section is None and len(f" {attr}*={value};") > _MAX_LINE:
+            if attr.lower() in sectioned:  # (its sections would be mixed with those)
+                return None
+            out[i] = _sections(attr, value)  # no line holds it: RFC 2231 3's sections
+        else:
+            out[i] = f"{attr}{'' if section is None else '*' + section}*={value}"
+    firsts = [i for i, m in enumerate(found) if m is not None and m.group(1).lower()
+              in first_to_say_utf8 and m.group(2) is not None and int(m.group(2)) == 0]
+    if {found[i].group(1).lower() for i in firsts} != first_to_say_utf8:
+        return None
+    for i in firsts:
+        attr, section, extended, quoted, token = found[i].groups()
+        if not extended:  # (plain ASCII is as written so far)
+            value = _unescape(quoted) if quoted is not None else token
+            out[i] = f"{attr}*{section}*=utf-8''{_escaped(value)}"
+        elif not out[i].partition("=")[2].lstrip(' \t"').lower().startswith("utf-8'"):
+            return None
+    out = [param for params in out for param in params.split("\n")]
+    lines = [f"{name}: {kind}"]
+    for i, param in enumerate(out):
+        lines[-1] += ";"
+        if len(lines[-1]) + 1 + len(param) + (i + 1 < len(out)) > _LINE:  # (its ";" too)
+            lines.append(" " + param)
+        else:
+            lines[-1] += " " + param
+    if any(len(line) > _MAX_LINE for line in lines):
+        return None
+    return "\n".join(lines)
 
 
 def unstructured_field(name: str, text: str) -> str:

@@ -320,7 +320,7 @@ INLINE_DELETES = 64
 DELETE_CHUNK = 2000  # unlinks, or renames and unlinks (``update``), per worker job
 
 
-DOWNGRADE_RULES = 5
+DOWNGRADE_RULES = 6
 """The rules a downgraded size in ``.txmailhub-sizes`` was measured by
 (the sixth field of its entry): a size measured by other rules is of
 another copy than POP3 sends, and is measured again.  Rules 2 downgrade
@@ -332,7 +332,10 @@ at the ends of a display name and between an address field's comments
 (RFC 5322's white space is SP and HTAB alone); rules 5 give no
 downgraded form to a multipart whose downgraded Content-Type would not
 name its boundary (a part's was sent as stored where the size counted
-the field rewritten); an entry of five fields has a size by rules 1, the
+the field rewritten); rules 6 keep every parameter of a Content-Type or
+Content-Disposition with UTF-8 where two have one name (``filename=``
+and ``filename*=``, RFC 2231 sections), of which rules 5 kept one; an
+entry of five fields has a size by rules 1, the
 message's header section alone.  A change to the copy needs new rules
 (``tests/test_downgrade_rules.py`` fails until they are named)."""
 
