@@ -305,3 +305,25 @@ def test_mail_refused_login(make_hub, tmp_path: Path):
     assert data.partition(b"\r\n\r\n")[2].replace(b"\r\n", b"\n") in dead
     assert hub.messages(ALICE) == []
     hub_log_is_clean(hub.log_text())
+
+
+def test_mail_with_an_unknown_recipient(make_hub, tmp_path: Path):
+    """``550 5.1.1`` for one recipient of three: mail sends the message to
+    the other two and exits 0 without a word about the third, whose
+    refusal only its debug output shows."""
+    hub = make_hub(tls=True)
+    url = f"smtp://{SENDER.replace('@', '%40')}:carol-secret@127.0.0.1:{hub.submission_port}"
+    data = corpus("partial", big=False)["dots"].replace(
+        b"To: Alice <alice@example.org>\r\n",
+        b"To: Alice <alice@example.org>, nobody@example.org, bob@example.org\r\n")
+    code, out = mail(hub, tmp_path / "home", url, data)
+    text = out.decode(errors="replace")
+    assert code == 0, text
+    assert "C: RCPT TO:<nobody@example.org>\nS: 550 5.1.1 " in text, text
+    assert "S: 250 2.0.0 " in text, text
+    body = data.partition(b"\r\n\r\n")[2]
+    for user in (ALICE, BOB):
+        [stored] = hub.messages(user)
+        assert stored.replace(b"\n", b"\r\n").endswith(b"\r\n\r\n" + body), stored[-300:]
+    assert not (tmp_path / "home" / "dead.letter").exists()
+    hub_log_is_clean(hub.log_text())
