@@ -40,11 +40,13 @@ only the header sections of its MIME parts are downgraded
 (``PartHeaders``, the same rules, fed chunk by chunk); the rest is no
 business of this module: a client that lacks UTF8 still takes 8-bit
 bodies (8BITMIME).  ``Undowngradable`` is raised only for a header line
-with UTF-8 that is no field at all (and for a part header section with
+with UTF-8 that is no field at all, a multipart whose downgraded
+Content-Type would name another type or boundary (``keeps_boundary``,
+which the relay's 7-bit copy asks too), and for a part header section with
 UTF-8 over ``PART_HEADER_LIMIT`` or one over it that may open parts or
 a message, multiparts nested deeper than
 ``PART_DEPTH_LIMIT``, or more than ``PART_DOWNGRADE_LIMIT`` part header
-sections with UTF-8).
+sections with UTF-8.
 
 Functions and a stream transformer over bytes: no files, no protocol.
 """
@@ -69,7 +71,7 @@ from txmailhub.store.format import crlf_size_of
 
 __all__ = ["PART_DOWNGRADE_LIMIT", "PART_HEADER_LIMIT", "PartHeaders", "Undowngradable",
            "address_field", "downgrade_header", "encoded_word_spans", "encoded_words", "header_end",
-           "needs_downgrade", "parameter_field", "unstructured_field"]
+           "keeps_boundary", "needs_downgrade", "parameter_field", "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -178,17 +180,26 @@ def downgrade_header(header: bytes) -> bytes:
         field = _field(text.rstrip("\r\n"), parameter_fields <= _PARAM_FIELDS_MAX)
         out.append((field + ending).encode("ascii"))
     new = b"".join(out)
-    if not retyped:
-        return new
-    kind, boundary = _content_type(header, b"text/plain")
-    if kind.startswith(b"multipart/") and boundary and _content_type(new, b"") != (kind, boundary):
-        # the body's delimiter lines are sent as they are: a copy whose
-        # Content-Type names another boundary (the stdlib decodes an
-        # encoded word in a quoted one, which RFC 2047 5(3) does not
-        # allow there; a field gone to encoded words names none) has no
-        # parts to a reader
+    if retyped and not keeps_boundary(header, new):
         raise Undowngradable("the downgraded Content-Type of a multipart loses its boundary")
     return new
+
+
+def keeps_boundary(old: bytes, new: bytes) -> bool:
+    """Whether ``new``, a header section (or one field) rewritten from
+    ``old``, names the type and boundary of the multipart ``old`` names,
+    as a MIME reader finds them (``_content_type``); true where ``old``
+    names no multipart with a boundary.  A copy's delimiter lines go as
+    stored: one whose Content-Type names another boundary has no parts
+    to a reader.  The stdlib's rewrite can do that: it decodes an encoded
+    word inside a quoted boundary (``"=?utf-8?q?abc?="`` became ``abc``;
+    "=" and "?" are bchars, RFC 2046 5.1.1, and RFC 2047 5(3) allows no
+    encoded word in a quoted string), writes UTF-8 in the type as encoded
+    words, and a field gone to encoded words names no type at all."""
+    kind, boundary = _content_type(old, b"text/plain")
+    if not (kind.startswith(b"multipart/") and boundary):
+        return True
+    return _content_type(new, b"") == (kind, boundary)
 
 
 def _fields(header: bytes) -> list[bytes]:
