@@ -1373,11 +1373,19 @@ def test_unconvertible_message_bounces_without_ending_the_data(tmp_path):
     assert [n for n in os.listdir(folder) if n.endswith(".7bit")] == []
 
 
-def test_an_unconvertible_utf8_header_message_bounces_with_x_6_9(tmp_path):
+@pytest.mark.parametrize("body", [
+    "Subject: x\nFrom: jörg@example.org\n\nGrüße\n",
+    # a multipart whose 7-bit Content-Type would name another boundary
+    # (the stdlib decodes an encoded word in a quoted one): its delimiter
+    # lines, which go as stored, would leave a reader no parts
+    'Subject: Grüße\nContent-Type: multipart/mixed; boundary="=?utf-8?q?b?="; name="ä"\n\n'
+    "--=?utf-8?q?b?=\n\nGrüße\n--=?utf-8?q?b?=--\n",
+], ids=["mailbox", "boundary"])
+def test_an_unconvertible_utf8_header_message_bounces_with_x_6_9(tmp_path, body):
     # sent with SMTPUTF8 (RFC 6532 headers): RFC 6531 4.2's code for it
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
-    body = "Subject: x\nFrom: jörg@example.org\n\nGrüße\n".encode()
+    body = body.encode()
     e = entry(tmp_path, BOB, body=body, smtputf8=True, body_8bit=True)
     [r] = run(net, a.deliver(e, "remote.test", [BOB]))
     assert r.kind == "permanent" and (r.reply.code, r.reply.status) == (550, "5.6.9")

@@ -2195,3 +2195,50 @@ def test_a_base64_line_that_loses_8bit_octets_never_starts_like_a_delimiter(line
     assert after.get_payload(decode=True) == before.get_payload(decode=True)
     assert binascii.a2b_base64(_b64_characters(body)) == binascii.a2b_base64(
         re.sub(rb"[\x80-\xff]", b"", line + b"\n" + rest))
+
+
+_LONG_PARAMETERS = "".join(f';\n p{i}="{"v" * 60}"' for i in range(40))  # over 2048 in all
+
+
+@pytest.mark.parametrize(("ctype", "boundary", "why"), [
+    # "=" and "?" are bchars (RFC 2046 5.1.1), and no encoded word is one
+    # in a quoted string (RFC 2047 5(3)); the stdlib's rewrite decodes it
+    ('multipart/mixed; boundary="=?utf-8?q?abc?="; name="Grüße.txt"', "=?utf-8?q?abc?=", "lost"),
+    ('multipart/mixed (ä); boundary="a =?utf-8?q?b?= c"', "a =?utf-8?q?b?= c", "lost"),
+    ('multipart/mixed; title="ä"; boundary="=?utf-8?b?YWJj?="', "=?utf-8?b?YWJj?=", "lost"),
+    # UTF-8 in the type, which the stdlib's rewrite writes as encoded words
+    ("multipart/mixed ä; boundary=abc", "abc", "type"),
+    # parameters the stdlib is not handed (over 2048 characters): POP3's
+    # downgrade writes such a field as encoded words, which name no type
+    (f'multipart/mixed; boundary=abc; name="Grüße.txt"{_LONG_PARAMETERS}', "abc", "long"),
+], ids=["q-word", "comment", "b-word", "type", "long"])
+@pytest.mark.parametrize("where", ["top", "part"])
+def test_a_multipart_whose_7bit_content_type_loses_its_boundary_is_unconvertible(
+        ctype, boundary, why, where):
+    # the delimiter lines go as stored: a 7-bit Content-Type that names
+    # another boundary (or type) leaves a reader no parts, and the message
+    # has no 7-bit form instead (it bounces, 550 5.6.9 when sent with
+    # SMTPUTF8); its UTF-8 header fields need the copy (RFC 6532)
+    inner = (f"Content-Type: {ctype}\n\n--{boundary}\n"
+             f'Content-Type: text/plain; charset=utf-8; name="Grüße.txt"\n\nGrüße\n'
+             f"--{boundary}--\n")
+    if where == "top":
+        src = f"From: a@example.org\nSubject: Grüße\n{inner}".encode()
+    else:
+        src = ("From: a@example.org\nSubject: Grüße\nMIME-Version: 1.0\n"
+               "Content-Type: multipart/mixed; boundary=out\n\n--out\n"
+               f"{inner}--out--\n").encode()
+    reason = "cannot be re-encoded" if why == "long" else "loses its boundary"
+    with pytest.raises(Unconvertible, match=reason):
+        convert(src)
+    if why != "lost":
+        return
+    # the same with a boundary the 7-bit Content-Type keeps: converted,
+    # the same parts
+    src = src.replace(boundary.encode(), b"kept")
+    out = convert(src)
+    assert_7bit(out)
+    tree = [p.get_content_type() for p in parse(out).walk()]
+    assert tree == ["multipart/mixed"] * (1 if where == "top" else 2) + ["text/plain"]
+    leaf = [p for p in parse(out).walk() if not p.is_multipart()][-1]
+    assert leaf.get_filename() == "Grüße.txt" and leaf.get_content() == "Grüße"

@@ -13,7 +13,10 @@ field).  What is done, by kind of field:
 * Content-Type and Content-Disposition: non-ASCII parameter values
   (file names) become RFC 2231 ``name*=utf-8''...`` values, a UTF-8
   comment encoded words inside its parentheses (as POP3's downgrade
-  does: ``txmailhub.downgrade`` has both encoders);
+  does: ``txmailhub.downgrade`` has both encoders); a multipart's
+  Content-Type whose 7-bit form would name another type or boundary
+  (``downgrade.keeps_boundary``: the delimiter lines go as stored) is
+  ``Unconvertible``;
 * other structured fields (Received, Message-ID, Date, References,
   In-Reply-To, Return-Path, MIME-Version, Content-Transfer-Encoding,
   Content-ID, DKIM/ARC signatures, ...): there is no safe 7-bit form
@@ -42,7 +45,13 @@ from __future__ import annotations
 
 from email.errors import HeaderParseError
 
-from txmailhub.downgrade import Undowngradable, address_field, parameter_field, unstructured_field
+from txmailhub.downgrade import (
+    Undowngradable,
+    address_field,
+    keeps_boundary,
+    parameter_field,
+    unstructured_field,
+)
 from txmailhub.rfc2047 import encoded_word_spans
 
 __all__ = ["Unconvertible", "encode_field", "encode_text_field"]
@@ -162,7 +171,11 @@ def encode_field(raw: bytes) -> bytes:
             raise Unconvertible(f"the {name} field cannot be re-encoded: {e}") from None
         if folded is None:
             raise Unconvertible(f"the {name} field cannot be re-encoded")
-        return (folded + "\n").encode("ascii")
+        field = (folded + "\n").encode("ascii")
+        if not keeps_boundary(raw, field):
+            # the delimiter lines go as stored (``keeps_boundary``)
+            raise Unconvertible(f"the 7-bit {name} field of a multipart loses its boundary")
+        return field
     if key in _STRUCTURED_FIELDS:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")
     value = _unfold_text(value_b)
