@@ -1899,7 +1899,7 @@ class POP3Protocol(Protocol):
             return None
         header = data[:end]
         if only_utf8 and not needs_downgrade(header):
-            return data, complete, 0
+            return data, complete, 0, None
         if end > bound:
             raise _LongHeader
         try:
