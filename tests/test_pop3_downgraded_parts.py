@@ -67,6 +67,35 @@ def unstuffed(multiline: bytes) -> tuple[bytes, bytes]:
     return status, b"".join((x[1:] if x.startswith(b".") else x) + b"\r\n" for x in lines)
 
 
+def kept_entry(md: str) -> list:
+    """The one entry of the Maildir's size cache."""
+    with open(os.path.join(md, SIZES_NAME)) as f:
+        [entry] = json.load(f)["sizes"].values()
+    return entry
+
+
+def keep_entry(md: str, entry: list) -> None:
+    """The size cache as if ``entry``, of another version, rules or
+    Python, had been written for the one message."""
+    cache_path = os.path.join(md, SIZES_NAME)
+    with open(cache_path) as f:
+        doc = json.load(f)
+    doc["sizes"] = {k: entry for k in doc["sizes"]}
+    with open(cache_path, "w") as f:
+        json.dump(doc, f)
+
+
+def list_agrees_with_retr(clock, components, first: bytes) -> bytes:
+    """LIST 1 then RETR 1 in a session: the size listed is ``first``'s and
+    the octets RETR sends; what RETR sent."""
+    answer = session(clock, components, b"LIST 1\r\nRETR 1\r\n")
+    listed, _, retr = answer.partition(b"\r\n")
+    assert listed + b"\r\n" == first
+    status, sent = unstuffed(retr)
+    assert status == b"+OK %d octets" % len(sent) and listed.endswith(b" %d" % len(sent))
+    return sent
+
+
 @pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
 @pytest.mark.parametrize("attachment", [300, 150_000], ids=["small", "streamed"])
 def test_part_headers_are_downgraded_and_counted(tmp_path, monkeypatch, workers, attachment):
@@ -120,19 +149,12 @@ def test_a_size_measured_by_the_header_section_alone_is_measured_again(tmp_path,
     clock, components, md = env(tmp_path, monkeypatch, workers=False)
     drop(md, message(300), 1, ours=False)
     first = session(clock, components, b"STAT\r\n")
-    cache_path = os.path.join(md, SIZES_NAME)
-    with open(cache_path) as f:
-        doc = json.load(f)
-    [entry] = doc["sizes"].values()
+    entry = kept_entry(md)
     assert len(entry) == 6
     entry[4] -= 30  # as a size by the rules before (rules 1) would be smaller
-    doc["sizes"] = {k: entry[:5] for k in doc["sizes"]}
-    with open(cache_path, "w") as f:
-        json.dump(doc, f)
+    keep_entry(md, entry[:5])
     assert session(clock, components, b"STAT\r\n") == first
-    with open(cache_path) as f:
-        [entry] = json.load(f)["sizes"].values()
-    assert len(entry) == 6
+    assert len(kept_entry(md)) == 6
 
 
 def test_a_size_measured_before_rfc_2231_boundaries_were_read_is_measured_again(
@@ -144,20 +166,11 @@ def test_a_size_measured_before_rfc_2231_boundaries_were_read_is_measured_again(
     data = message(150_000).replace(b'boundary="b"', b"boundary*=us-ascii''b")
     drop(md, data, 1, ours=False)
     first = session(clock, components, b"LIST 1\r\n")
-    cache_path = os.path.join(md, SIZES_NAME)
-    with open(cache_path) as f:
-        doc = json.load(f)
-    [entry] = doc["sizes"].values()
+    entry = kept_entry(md)
     entry[4] -= 60  # what rules 2 measured: the part header sections were not found
     entry[5] = 2
-    with open(cache_path, "w") as f:
-        json.dump(doc, f)
-    answer = session(clock, components, b"LIST 1\r\nRETR 1\r\n")
-    listed, _, retr = answer.partition(b"\r\n")
-    assert listed + b"\r\n" == first
-    status, sent = unstuffed(retr)
-    assert status == b"+OK %d octets" % len(sent) and listed.endswith(b" %d" % len(sent))
-    assert sent.isascii()
+    keep_entry(md, entry)
+    assert list_agrees_with_retr(clock, components, first).isascii()
 
 
 @pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
@@ -169,23 +182,14 @@ def test_a_size_kept_under_another_python_is_measured_again(tmp_path, monkeypatc
     clock, components, md = env(tmp_path, monkeypatch, workers)
     drop(md, message(150_000), 1, ours=False)
     first = session(clock, components, b"LIST 1\r\n")
-    cache_path = os.path.join(md, SIZES_NAME)
-    with open(cache_path) as f:
-        doc = json.load(f)
-    [entry] = doc["sizes"].values()
+    entry = kept_entry(md)
     entry[4] -= 7  # as the other release's folding made it
-    with open(cache_path, "w") as f:
-        json.dump(doc, f)
+    keep_entry(md, entry)
     # the mark of the entry is the other release's
     monkeypatch.setattr(mailbox_module, "DOWNGRADE_MARK", "3 python 3.99.0", raising=False)
-    answer = session(clock, components, b"LIST 1\r\nRETR 1\r\n")
-    listed, _, retr = answer.partition(b"\r\n")
-    assert listed + b"\r\n" == first
-    status, sent = unstuffed(retr)
-    assert status == b"+OK %d octets" % len(sent) and listed.endswith(b" %d" % len(sent))
-    with open(cache_path) as f:
-        [entry] = json.load(f)["sizes"].values()
-    assert entry[5] == "3 python 3.99.0"
+    list_agrees_with_retr(clock, components, first)
+    assert kept_entry(md)[5] == "3 python 3.99.0"
+
 
 @pytest.mark.parametrize("inline_sizes", [True, False], ids=["sizes-inline", "sizes-at-login"])
 def test_a_long_message_is_read_through_on_a_worker(tmp_path, monkeypatch, inline_sizes):
