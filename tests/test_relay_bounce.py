@@ -1092,6 +1092,25 @@ def test_a_long_utf8_diagnostic_code_keeps_to_the_line_limits(tmp_path):
     assert second["Diagnostic-Code"] == "smtp; 550 5.1.1 " + "\u20ac" * 295 + "..."
 
 
+@pytest.mark.parametrize("utf8", [False, True])
+@pytest.mark.parametrize("lead", range(10))
+def test_a_diagnostic_code_cut_to_its_limit_never_cuts_an_escape(tmp_path, utf8, lead):
+    # the 900 octets are counted after the escaping: the cut falls at a
+    # character, or before the whole \x{HEX} that stands for one -- a
+    # "\x{1F6..." would read as another character's escape, or as none
+    entry = utf8_entry(tmp_path) if utf8 else make_entry(tmp_path)
+    # an emoji is \x{1F600} in the 7-bit part; a bidi override in either
+    reply = Reply.of(550, "5.1.1", "a" * lead + ("\U0001F600\u202e" * 200))
+    _, msg = build(entry, [failed(entry, who=CAROL, reply=reply)])
+    _, status, _ = msg.iter_parts()
+    field = status_blocks(status)[1]["Diagnostic-Code"]
+    kept = field.removeprefix("smtp; 550 5.1.1 ")
+    assert kept.endswith("...") and len(kept.encode()) <= 900
+    piece = "\U0001F600" if utf8 else "\\x{1F600}"
+    assert re.fullmatch("a*(?:" + re.escape(piece) + "|" + re.escape("\\x{202E}") + r")*\.\.\.",
+                        kept), kept[-30:]
+
+
 def test_a_7bit_messages_notice_is_unchanged_by_a_utf8_address(tmp_path):
     # a message that came without SMTPUTF8 (a UTF-8 alias member): the
     # sender never asked for UTF-8, its notice stays 7-bit, the address in

@@ -249,7 +249,9 @@ def _diagnostic(kind: str, text: str, utf8: bool = False) -> str:
     """A Diagnostic-Code value: ASCII (other characters as ``\\x{HEX}``),
     at most ``_DIAGNOSTIC_MAX`` octets of the reply, folded at spaces
     (RFC 3464 allows it), so no line of the notice exceeds RFC 5322's
-    limits whatever the remote server said.
+    limits whatever the remote server said.  A reply cut ends with
+    ``...``, and the cut is never inside a character, nor inside the
+    ``\\x{HEX}`` that stands for one.
 
     ``utf8``: for a message/global-delivery-status part, whose fields RFC
     6533 lets hold UTF-8 as RFC 6532 extends the header syntax (``text``
@@ -259,14 +261,27 @@ def _diagnostic(kind: str, text: str, utf8: bool = False) -> str:
     what no header line may carry raw -- a control character, a Unicode
     line or paragraph separator -- is escaped still.  The 7-bit part
     (RFC 3464's ``*text``, ASCII) escapes every character outside it."""
-    if utf8:
-        text = "".join(c if c.isprintable() or c == " " else f"\\x{{{ord(c):X}}}"
-                       for c in text)
+    out: list[str] = []
+    size = 0  # octets of ``out``
+    whole = 0  # of the pieces in ``out``: how many fit with a "..." after them
+    for c in text:
+        if " " <= c <= "~":
+            piece, octets = c, 1
+        elif utf8 and c.isprintable():
+            piece, octets = c, len(c.encode("utf-8"))
+        else:
+            piece = f"\\x{{{ord(c):X}}}"
+            octets = len(piece)
+        size += octets
+        if size > _DIAGNOSTIC_MAX:
+            # cut at a piece: a character, or the whole escape of one
+            text = "".join(out[:whole]) + "..."
+            break
+        if size <= _DIAGNOSTIC_MAX - 3:
+            whole += 1
+        out.append(piece)
     else:
-        text = "".join(c if " " <= c <= "~" else f"\\x{{{ord(c):X}}}" for c in text)
-    if len(text.encode("utf-8")) > _DIAGNOSTIC_MAX:
-        # cut at a character, never inside a UTF-8 sequence
-        text = text.encode("utf-8")[: _DIAGNOSTIC_MAX - 3].decode("utf-8", "ignore") + "..."
+        text = "".join(out)
     return _fold(f"{kind}; {text}", len("Diagnostic-Code: "))
 
 
