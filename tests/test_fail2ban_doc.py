@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import re
 from pathlib import Path
 from typing import Any
@@ -508,3 +509,36 @@ def test_syslog_has_the_log_files_line_less_its_time(log_events) -> None:
                                     for line in log_lines(events, "txmailhub.smtp")]
     [(priority, _)] = [(p, m) for p, m in sent if "authentication failed" in m]
     assert priority == syslog.LOG_INFO
+
+
+def test_a_nul_in_a_tracebacks_text_starts_no_journal_record(log_events) -> None:
+    # journald splits standard output (the systemd unit's --logfile=-) into
+    # records at a NUL as at a line break: an AUTH LOGIN name with a NUL
+    # then a failed login's words, in an application portal's exception
+    # text, made a record of its own that the filter took for a failed
+    # login of 198.51.100.66; syslog(3) ended its message at the NUL
+    from txmailhub.logtext import ClassicTextObserver
+
+    h = Harness()
+    h.components.portal = NameInMessagePortal()
+    p, t = h.connect("192.0.2.1")
+    p.engine.session.tls = True
+    take(t)
+    name = "x\0[txmailhub.smtp#info] authentication failed for x from 198.51.100.66"
+    p.dataReceived(b"EHLO c\r\nAUTH LOGIN\r\n" + base64.b64encode(name.encode()) + b"\r\n"
+                   + base64.b64encode(b"wrong") + b"\r\n")
+    h.clock.advance(60)
+    assert take(t)[-1].startswith("454 ")
+    [failure] = [e for e in log_events if "log_failure" in e]
+    written = ClassicTextObserver(io.StringIO()).line(dict(failure))
+    assert "no record for x\\x00[txmailhub.smtp#info] authentication failed" in written
+    prefregex, failregexes = documented_filter()
+    for record in re.split("[\n\0]", written):
+        seen = f"mail.example.org twistd[4321]: {record}"
+        m = as_python(prefregex).search(seen)
+        assert m is None or not any(as_python(r).search(m.group("content"))
+                                    for r in failregexes), seen
+    messages = [m for _, m in syslog_messages([failure])]
+    assert any("no record for x\\x00[txmailhub.smtp#info] authentication failed" in m
+               for m in messages)
+    assert not any("\0" in m for m in messages)

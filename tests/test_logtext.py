@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
@@ -14,12 +15,24 @@ from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicL
 from twisted.logger._format import timeFormatRFC3339
 from twisted.python.failure import Failure
 
+from txmailhub.logsafe import loggable
 from txmailhub.logtext import ClassicTextObserver
 
 
 def twisted_line(event: dict, time_format: str | None = timeFormatRFC3339) -> str | None:
-    """What ``textFileLogObserver`` writes for ``event``."""
-    return formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, time_format))
+    """What ``textFileLogObserver`` writes for ``event``, but for what no
+    line of the hub's holds raw (``unraw``)."""
+    line = formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, time_format))
+    return None if line is None else unraw(line)
+
+
+def unraw(text: str) -> str:
+    """``text`` with each control character but the tab and the line
+    break, U+2028, U+2029 and each surrogate as ``loggable`` writes it: a
+    NUL ends a journal record, CR and ESC act on a terminal, a surrogate
+    has no UTF-8 form."""
+    return "".join(loggable(c) if c not in "\t\n" and (
+        unicodedata.category(c) in ("Cc", "Cs") or c in "\u2028\u2029") else c for c in text)
 
 
 @pytest.fixture
@@ -267,3 +280,42 @@ def test_syslog_takes_an_events_own_priority_and_facility() -> None:
     assert sent == [(syslog.LOG_NOTICE, "[txmailhub.relay#error] hi"),
                     (syslog.LOG_INFO | syslog.LOG_MAIL, "[txmailhub.relay#info] hi"),
                     (syslog.LOG_ALERT, "[txmailhub.relay#critical] hi")]
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\rb", "a\x1b[2Jb", "a\x85b\u2028c", "a\udcffb"])
+def test_no_line_holds_a_control_character_raw(text: str) -> None:
+    # a traceback's exception text may be a client's (an application's
+    # portal naming the user, docs/embedding.rst), which the hub cannot
+    # escape: a NUL ended a journal record there (journald splits standard
+    # output at a NUL as at a line break) and syslog(3)'s message, a
+    # surrogate could not be written at all
+    import syslog
+
+    from txmailhub.logtext import SyslogTextObserver
+
+    try:
+        raise LookupError(f"no record for {text}")
+    except LookupError:
+        failure = Failure()
+    out = io.StringIO()
+    sent: list = []
+    syslogged = SyslogTextObserver("twisted", openlog=lambda *a: None,
+                                   send=lambda *a: sent.append(a))
+    for event in ({"log_format": "{summary}", "summary": text, "log_namespace": "n",
+                   "log_level": LogLevel.info, "log_time": 0.0},
+                  {"log_format": "failed", "log_failure": failure, "log_namespace": "n",
+                   "log_level": LogLevel.critical, "log_time": 0.0}):
+        ClassicTextObserver(out)(dict(event))
+        syslogged(dict(event))
+    written = out.getvalue()
+    written.encode("utf-8")  # (strict: no surrogate)
+    assert unraw(written) == written and written.count(loggable(text)) == 2
+    # (each line after the time stamp, whatever the zone)
+    assert [line.split(" ", 1)[1] for line in written.split("\n")
+            if line and not line.startswith("\t")] == [f"[n#info] {loggable(text)}",
+                                                        "[n#critical] failed"]
+    for _, message in sent:
+        message.encode("utf-8")
+        assert unraw(message) == message and "\n" not in message
+    assert (syslog.LOG_INFO, f"[n#info] {loggable(text)}") in sent
+    assert any(message.endswith(f"no record for {loggable(text)}") for _, message in sent)

@@ -3,7 +3,9 @@
 ``ClassicTextObserver`` writes the lines Twisted's
 ``textFileLogObserver`` writes, octet for octet
 (``formatEventAsClassicLogText``: ``TIME [namespace#level] text``), to the
-same file, flushed after each line as Twisted's is.
+same file, flushed after each line as Twisted's is -- but for a control
+character (a NUL, a CR) in an event's text, which it escapes
+(``_unraw``).
 
 Why
 ---
@@ -21,7 +23,9 @@ every other event -- another format, a ``log_failure`` whose traceback
 is appended, a ``log_system`` from Twisted's legacy logging, a flattened
 event, a ``log_time`` that is not a float, a time format other than
 twistd's -- goes
-through Twisted's own formatter, so it reads exactly as before.
+through Twisted's own formatter, so it reads exactly as before --
+but for what no line may hold raw (``_unraw``), which a traceback's
+exception text, whose words may be a client's, can bring.
 
 ``SyslogTextObserver`` is twistd's ``--syslog`` observer with each
 line's ``[system]`` as the log file has it (``[txmailhub.smtp#info]``):
@@ -33,6 +37,7 @@ not tell a failed login from another program's line that looks like one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -47,7 +52,29 @@ from twisted.logger import (
 from twisted.logger._format import _formatSystem, timeFormatRFC3339
 from zope.interface import implementer
 
+from txmailhub.logsafe import _escape
+
 __all__ = ["ClassicTextObserver", "SyslogTextObserver"]
+
+# What no line of the log may hold raw, whatever an event's text is (the
+# hub escapes what it logs of a client's or a server's text, ``logsafe``;
+# a traceback's exception text it cannot, and an application's portal
+# may put the name a client gave in it, docs/embedding.rst): a NUL ends
+# a journal record as a line break does (journald splits standard output
+# at either) and ends the message syslog(3) sends; CR and the other C0
+# controls but the tab and the line break (which ``\n\t`` continues),
+# DEL and the C1 controls (an ESC reaches a terminal), U+2028 and U+2029
+# (line breaks to ``str.splitlines``); and a surrogate, a byte that was
+# not UTF-8, which has no UTF-8 form to write.  Each is written as
+# ``loggable`` writes it (``\x00``, ``\u2028``).
+_RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _unraw(text: str) -> str:
+    """``text`` with each character of ``_RAW`` escaped."""
+    if _RAW.search(text) is None:
+        return text  # every line but a rare traceback's
+    return _RAW.sub(lambda m: _escape(m.group(), False), text)
 
 
 class ClassicTextObserver(FileLogObserver):
@@ -68,7 +95,8 @@ class ClassicTextObserver(FileLogObserver):
 
     def _general(self, event: dict[str, Any]) -> str | None:
         time_format = self._time_format
-        return formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, time_format))
+        line = formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, time_format))
+        return None if line is None else _unraw(line)
 
     def line(self, event: dict[str, Any]) -> str | None:
         """The event's line, with its newline, or ``None`` (no text: no
@@ -95,6 +123,7 @@ class ClassicTextObserver(FileLogObserver):
             stamp = self._stamp = (second, formatTime(second, self._time_format))
         level = event.get("log_level")
         system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+        text = _unraw(text)
         if "\n" in text:
             text = text.replace("\n", "\n\t")
         return f"{stamp[1]} [{system}] {text}\n"
@@ -112,7 +141,9 @@ class SyslogTextObserver:
     win); and an event of several lines (a traceback) is sent a line at a
     time, each after the first with a tab before it, so that no line of
     a traceback, whose text may hold what a client sent, reads as a line
-    of its own.  It provides ``ILogObserver``: twistd takes any other
+    of its own; what no line may hold raw (a NUL, where syslog(3) would
+    end the message) is escaped (``_unraw``), as in the log file.  It
+    provides ``ILogObserver``: twistd takes any other
     observer for a legacy one, warns that this is deprecated, and wraps
     it in ``LegacyLogObserverWrapper``."""
 
@@ -140,4 +171,4 @@ class SyslogTextObserver:
         while lines[-1:] == [""]:
             lines.pop()
         for i, line in enumerate(lines):
-            self._send(priority | facility, f"[{system}] {chr(9) if i else ''}{line}")
+            self._send(priority | facility, f"[{system}] {chr(9) if i else ''}{_unraw(line)}")
