@@ -1111,6 +1111,18 @@ def test_a_diagnostic_code_cut_to_its_limit_never_cuts_an_escape(tmp_path, utf8,
                         kept), kept[-30:]
 
 
+@pytest.mark.parametrize("lead", range(8))
+def test_the_human_part_cut_to_its_limit_never_cuts_an_escape(tmp_path, lead):
+    # a reply of control characters, shown as \x{1B}: cut whole, before
+    # an escape rather than inside it ("\x{1..." reads as no escape)
+    entry = make_entry(tmp_path)
+    reply = Reply.of(550, "5.1.1", "a" * lead + "\x1b" * 400)
+    _, msg = build(entry, [failed(entry, reply=reply)])
+    text = next(iter(msg.iter_parts())).get_content().replace("\n    ", "")  # unwrapped
+    kept = text[text.index("said: 550 5.1.1 ") + len("said: 550 5.1.1 "):text.index("...")]
+    assert re.fullmatch("a*(?:" + re.escape("\\x{1B}") + ")+", kept), kept[-20:]
+
+
 def test_a_7bit_messages_notice_is_unchanged_by_a_utf8_address(tmp_path):
     # a message that came without SMTPUTF8 (a UTF-8 alias member): the
     # sender never asked for UTF-8, its notice stays 7-bit, the address in

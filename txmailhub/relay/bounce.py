@@ -315,6 +315,7 @@ def _fold(value: str, used: int) -> str:
 
 
 _PIECES = re.compile(r" *[^ ]+| +")
+_ESCAPE = re.compile(r"\\x\{[0-9A-F]+\}")  # ``shown_message``'s
 
 
 def _whom(recipients: Sequence[RecipientRecord]) -> str:
@@ -387,7 +388,13 @@ def _human(entry: QueueEntry, recipients: Sequence[RecipientRecord], action: str
         # ``shown`` writes it for ``queue list`` (``\x{5C}``)
         why = shown_message(why)
         if len(why) > _DIAGNOSTIC_MAX:
-            why = why[: _DIAGNOSTIC_MAX - 3] + "..."
+            end = _DIAGNOSTIC_MAX - 3
+            # never inside the \x{HEX} of a control character (at most
+            # ten characters: one that holds ``end`` starts after end - 10)
+            for m in _ESCAPE.finditer(why, end - 12, end + 12):
+                if m.start() < end < m.end():
+                    end = m.start()
+            why = why[:end] + "..."
         # wrapped: a remote reply of many lines (joined) or one long line
         # must not give the notice a line no MTA accepts (RFC 5322 2.1.1)
         lines += textwrap.wrap(f"<{r.address}>: {where}{why}", width=76,
