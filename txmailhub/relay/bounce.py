@@ -259,8 +259,12 @@ def _diagnostic(kind: str, text: str, utf8: bool = False) -> str:
     transaction, RFC 6531) is kept as the server wrote it, as the part's
     addresses are;
     what no header line may carry raw -- a control character, a Unicode
-    line or paragraph separator -- is escaped still.  The 7-bit part
-    (RFC 3464's ``*text``, ASCII) escapes every character outside it."""
+    line or paragraph separator -- is escaped still, and so is every
+    other character ``str.isprintable`` refuses: a format character (a
+    bidi control, which reorders the text after it on screen, a
+    zero-width one), a blank other than the space, a private-use or an
+    unassigned code point.  The 7-bit part (RFC 3464's ``*text``, ASCII)
+    escapes every character outside printable ASCII."""
     out: list[str] = []
     size = 0  # octets of ``out``
     whole = 0  # of the pieces in ``out``: how many fit with a "..." after them
