@@ -1123,6 +1123,23 @@ def test_the_human_part_cut_to_its_limit_never_cuts_an_escape(tmp_path, lead):
     assert re.fullmatch("a*(?:" + re.escape("\\x{1B}") + ")+", kept), kept[-20:]
 
 
+@pytest.mark.parametrize("utf8", [False, True])
+def test_a_reply_cannot_put_a_field_in_its_block_with_an_encoded_word(tmp_path, utf8):
+    # a reader decodes an RFC 2047 word in a field's text (the stdlib's
+    # default policy does): the server's CR LF, field and bidi override,
+    # escaped when raw, came back through one
+    entry = utf8_entry(tmp_path) if utf8 else make_entry(tmp_path)
+    word = "=?utf-8?q?x=0D=0AFinal-Recipient:_rfc822;_evil@example.net=E2=80=AE?="
+    reply = Reply.of(550, "5.1.1", f"no {word} a=?b")
+    _, msg = build(entry, [failed(entry, who=CAROL, reply=reply)])
+    _, status, _ = msg.iter_parts()
+    block = status_blocks(status)[1]
+    assert block.get_all("Final-Recipient") == ["rfc822; carol@remote.test"]
+    assert block["Diagnostic-Code"] == (
+        "smtp; 550 5.1.1 no \\x{3D}?utf-8?q?x=0D=0AFinal-Recipient:_rfc822;"
+        "_evil@example.net=E2=80=AE?= a\\x{3D}?b")
+
+
 def test_a_7bit_messages_notice_is_unchanged_by_a_utf8_address(tmp_path):
     # a message that came without SMTPUTF8 (a UTF-8 alias member): the
     # sender never asked for UTF-8, its notice stays 7-bit, the address in

@@ -264,12 +264,20 @@ def _diagnostic(kind: str, text: str, utf8: bool = False) -> str:
     bidi control, which reorders the text after it on screen, a
     zero-width one), a blank other than the space, a private-use or an
     unassigned code point.  The 7-bit part (RFC 3464's ``*text``, ASCII)
-    escapes every character outside printable ASCII."""
+    escapes every character outside printable ASCII.
+
+    In either, the ``=`` of a ``=?`` is ``\\x{3D}``: a reader decodes an
+    RFC 2047 encoded word in a field's text (Python's ``email`` does), and
+    the server's ``=?utf-8?q?=0D=0AFinal-Recipient:...?=`` would read as a
+    line break and a field of the block, or as any character escaped
+    here."""
     out: list[str] = []
     size = 0  # octets of ``out``
     whole = 0  # of the pieces in ``out``: how many fit with a "..." after them
-    for c in text:
-        if " " <= c <= "~":
+    for i, c in enumerate(text):
+        if c == "=" and text[i + 1 : i + 2] == "?":
+            piece, octets = "\\x{3D}", 6
+        elif " " <= c <= "~":
             piece, octets = c, 1
         elif utf8 and c.isprintable():
             piece, octets = c, len(c.encode("utf-8"))
