@@ -1765,3 +1765,42 @@ def test_the_7bit_copy_of_a_notice_returns_the_8bit_message_as_mime(tmp_path):
     assert inner["MIME-Version"] == "1.0"
     assert inner["Content-Transfer-Encoding"] == "quoted-printable"
     assert inner.get_content() == "Café\n"
+
+
+# pieces of a hostile reply: line breaks and controls, a NUL, the bidi
+# and line separators, invalid UTF-8 as the client reads it (U+FFFD),
+# UTF-8, the text of an escape, an encoded word, a boundary's and a
+# field's look-alikes, runs of blanks
+_HOSTILE = st.sampled_from(
+    ["a", "word", " ", "   ", "\t", "\r", "\n", "\r\n", "\x00", "\x1b[2J", "\x85", "\u2028",
+     "\u2029", "\u202e", "\u2066", "\u200d", "\ufeff", "\u00a0", "\ufffd", "\u00e9", "\u65e5",
+     "\U0001f600", "\\", "\\x{41}", "=?utf-8?q?=0D=0AX:_y?=", "--", "\n--boundary--\n",
+     "\nFinal-Recipient: rfc822; evil@example.net\n", ":", ";", "...", "x" * 300])
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.lists(_HOSTILE, max_size=40).map("".join), min_size=1, max_size=30),
+       utf8=st.booleans())
+def test_a_hostile_reply_keeps_the_notice_whole(tmp_path, lines, utf8):
+    # whatever the remote server said: three parts, one block per
+    # recipient with its own fields only, no line over 998 octets, no
+    # CR or NUL, UTF-8 only in a global notice, and a Diagnostic-Code of at
+    # most 900 octets of the reply that prints and holds no encoded word
+    entry = utf8_entry(tmp_path) if utf8 else make_entry(tmp_path)
+    reply = Reply(550, "5.1.1", tuple(lines))
+    data, msg = build(entry, [failed(entry, who=CAROL, reply=reply)])
+    assert max(len(line) for line in data.split(b"\n")) <= 998
+    assert b"\r" not in data and b"\x00" not in data
+    data.decode("utf-8")  # (strict)
+    _human, status, _returned = msg.iter_parts()
+    _head, block = status_blocks(status)
+    assert block.get_all("Final-Recipient") == ["rfc822; carol@remote.test"]
+    assert sorted(block.keys()) == ["Action", "Diagnostic-Code", "Final-Recipient",
+                                    "Last-Attempt-Date", "Remote-MTA", "Status"]
+    code = block["Diagnostic-Code"]
+    assert code.startswith("smtp; 550 5.1.1 ") and "=?" not in code
+    assert len(code.removeprefix("smtp; ").encode()) <= 900
+    assert all(c.isprintable() for c in code) and (utf8 or code.isascii())
+    raw = _folded_lines(data, b"Diagnostic-Code")
+    assert b"".join(raw).decode().removeprefix("Diagnostic-Code: ") == code
