@@ -5198,3 +5198,46 @@ def test_a_cut_sessions_delivery_whose_write_fails_is_not_sent_again_by_this_run
     hub.clock.advance(24 * 3600)
     assert [c[1] for c in hub.agent.calls].count("remote.test") == 1
     assert hub.queue.ids() == []
+
+
+class ClosesAfterOneMessage(SilentAfterOneMessage):
+    """Takes bob alone in a message ("too many" to the others) and closes
+    the connection once its reply to that message's final "." is out."""
+
+    def dataReceived(self, data):
+        had = len(self.messages)
+        super().dataReceived(data)
+        if not had and self.messages:
+            self.transport.loseConnection()
+
+
+def test_a_new_connection_waits_for_the_write_of_what_a_session_lost_meanwhile_settled(
+        hub, monkeypatch):
+    # the real agent, a slow disk: mx1 takes bob alone ("too many" to
+    # carol) and closes the connection while bob's delivery is being
+    # written (a transport that cannot stop reading: TLS from the first
+    # octet, a port-465 smarthost).  carol's new connection waits for that
+    # write as her next transaction on the same connection would: made at
+    # once, a crash during it left bob pending, and he got a second copy
+    carol = Address("carol", "remote.test")
+    held = _held_updates(hub, monkeypatch)
+    net = FakeNetwork(hub.clock)
+    net.servers[("2001:db8::1", 25)] = ClosesAfterOneMessage
+    runner = QueueRunner(hub.queue, _real_agent(hub, net), hub.components, hub.clock,
+                         send_dsn=hub.dsn)
+    runner.start()
+    qid = enqueue(hub, BOB, carol)
+    for _ in range(5):
+        hub.clock.advance(0.1)
+        net.run()
+    assert len(held) == 1  # bob's write, under way
+    assert len(net.connections) == 1
+    [server] = net.server_protocols
+    assert [m[1] for m in server.messages] == [[b"bob@remote.test"]]
+    _write_held(hub, held)
+    for _ in range(5):
+        hub.clock.advance(0.1)
+        net.run()
+    assert net.connections[1] == ("2001:db8::1", 25)  # carol's, once bob is written
+    assert hub.queue.read(qid).recipient(BOB).state == "delivered"
+    runner.stop()

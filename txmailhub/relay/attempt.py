@@ -1617,15 +1617,33 @@ class DeliveryAgent:
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         transaction_done = None
+        # the hand-overs under way: the session may end while one is (a
+        # connection closed by the server, and read: a transport that cannot
+        # pause), and what follows it -- a new connection for the recipients
+        # left, the next MX host -- waits for it as a next transaction does
+        handing: list[defer.Deferred] = []
         if hand_over is not None:
             said_by = _remote_name(mxhost.name, smarthost)
 
             def transaction_done(action: TransactionDone) -> defer.Deferred | None:
                 # as ``_each`` makes them from an outcome
-                return hand_over([DeliveryResult(r.address, r.kind, r.reply, said_by,
-                                               action.dsn_supported
-                                               and r.address not in action.dsn_dropped)
-                                for r in action.recipients])
+                wait = hand_over([DeliveryResult(r.address, r.kind, r.reply, said_by,
+                                                 action.dsn_supported
+                                                 and r.address not in action.dsn_dropped)
+                                  for r in action.recipients])
+                if isinstance(wait, defer.Deferred):
+                    # (``called`` is no end: a Deferred may wait on another)
+                    over: defer.Deferred = defer.Deferred()
+
+                    def ended(result: Any) -> Any:
+                        if over in handing:
+                            handing.remove(over)
+                        over.callback(None)
+                        return result
+
+                    handing.append(over)
+                    wait.addBoth(ended)
+                return wait
 
         proto = SMTPClientProtocol(session, self.clock, entry.message_path, creator, converted,
                                    self.run_blocking, self.stalls, transaction_done)
@@ -1671,6 +1689,10 @@ class DeliveryAgent:
             outcome = yield proto.done
         finally:
             self._sessions.discard(proto)
+        if handing and not self.stopped:
+            # (a session the stop cut has no next one: the stop waits for
+            # the write itself, ``QueueRunner._settling_writes``)
+            yield defer.DeferredList(list(handing))
         self._note_auth_param(entry, session, mxhost.name, address, port)
         self._note_dsn_params(entry, session, mxhost.name, address)
         self._note_protocol_error(entry, session, outcome, where(mxhost.name, address))
