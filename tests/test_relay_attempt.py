@@ -21,7 +21,12 @@ from txmailhub.address import Address
 from txmailhub.config import load_text
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.interfaces import IDeliveryAgent
-from txmailhub.relay.attempt import DeliveryAgent, DeliveryResult, read_credentials
+from txmailhub.relay.attempt import (
+    STOP_CUT,
+    DeliveryAgent,
+    DeliveryResult,
+    read_credentials,
+)
 from txmailhub.relay.auth_param_memory import MAX_AGE, AuthParamMemory
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.record import QueueEntry
@@ -4455,3 +4460,60 @@ def test_bytes_read_while_the_next_transaction_waits_are_the_sessions_after_its_
     assert sum(c.startswith(b"MAIL") for c in server.commands) == 2
     assert [[len(m[1]) for m in p.messages] for p in net.server_protocols] == [[2], [1]]
     assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")
+
+
+def _round_handed_over_while_stopped(tmp_path):
+    """Three recipients of remote.test: a first round (canned) delivered
+    u0 and was told "too many" for the others, whose new connection waits
+    for u0's write (held); the real agent makes the rounds after it, to
+    mx1's scripted server.  The hub's stop gives the attempt up while the
+    write is under way.  The agent, the network, the recipients, the
+    write's Deferred and the delivery's."""
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    rcpts, rounds = three_rounds_of_one()
+    real = a._deliver
+    calls: list[list[Address]] = []
+
+    def first_canned(entry_, destination, recipients, *rest):
+        calls.append(list(recipients))
+        if len(calls) == 1:
+            return defer.succeed(rounds[0])
+        return real(entry_, destination, recipients, *rest)
+
+    a._deliver = first_canned
+    waits: list[defer.Deferred] = []
+    d = a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts,
+                  lambda results: waits.append(defer.Deferred()) or waits[-1])
+    assert len(waits) == 1 and not d.called  # u0's write, under way
+    a.abort_all()
+    return a, net, rcpts, waits[0], d
+
+
+def test_a_round_given_up_by_the_stop_while_handed_over_marks_no_host_failed(tmp_path):
+    # the stop comes while u0's write is under way, between two rounds (no
+    # session to cut).  The next round is given up as the stop's, not run
+    # as one that found no host to answer: mx1 and mx2 were marked failed
+    # (tried last for ten minutes) and the others' reason said so
+    a, net, rcpts, wait, d = _round_handed_over_while_stopped(tmp_path)
+    wait.callback(None)
+    by = {r.address: r for r in run(net, d)}
+    assert by[rcpts[0]].kind == "delivered"
+    assert {by[r].reply.text() for r in rcpts[1:]} == {STOP_CUT.text()}
+    assert not a.mx.health.is_failed("mx1.remote.test")
+    assert not a.mx.health.is_failed("mx2.remote.test")
+    assert not net.pumps
+
+
+def test_a_round_given_up_by_the_stop_connects_nowhere_after_a_start(tmp_path):
+    # as a DNS answer that comes after a stop and a start: the old run's
+    # next round, which waited for its write through both, makes no
+    # connection (its results are thrown away, and the new run sends the
+    # message to those recipients too)
+    a, net, rcpts, wait, d = _round_handed_over_while_stopped(tmp_path)
+    a.resume()  # the hub starts again
+    wait.callback(None)
+    by = {r.address: r for r in run(net, d)}
+    assert by[rcpts[0]].kind == "delivered"
+    assert [by[r].kind for r in rcpts[1:]] == ["transient", "transient"]
+    assert not net.pumps  # no connection made

@@ -1098,6 +1098,10 @@ class DeliveryAgent:
         round's connection, as those of a transaction before the next one
         on the same connection do (``_session``): once each."""
         handed: set[Address] = set()
+        # a stop that gives the attempt up between two rounds (while one's
+        # results are handed over) leaves the next to no one: its ``_deliver``
+        # would start in the stop's new epoch, as one of the next run's
+        epoch = self._epoch
 
         def tracked(results: list[DeliveryResult]) -> Any:
             handed.update(r.address for r in results)
@@ -1118,6 +1122,8 @@ class DeliveryAgent:
                 except Exception:
                     log.failure("handing over the results of {queue_id} to {destination} "
                                 "failed", queue_id=entry.id, destination=destination)
+            if epoch != self._epoch:
+                return [r for r in results if r.address not in going_on] + _given_up(more)
             log.info("{queue_id}: {count} {recipients} of {destination} in a new transaction "
                      "(the server took fewer per message)", queue_id=entry.id,
                      count=len(more), destination=destination,
