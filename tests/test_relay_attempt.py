@@ -4517,3 +4517,18 @@ def test_a_round_given_up_by_the_stop_connects_nowhere_after_a_start(tmp_path):
     assert by[rcpts[0]].kind == "delivered"
     assert [by[r].kind for r in rcpts[1:]] == ["transient", "transient"]
     assert not net.pumps  # no connection made
+
+
+def test_a_next_transaction_whose_commands_never_went_is_not_counted(tmp_path, log_events):
+    # the server closes the connection while the first transaction's
+    # results are being written: the second transaction's MAIL, held until
+    # then, never went, and the log does not say the session had two
+    _, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
+    server.transport.loseConnection()
+    net.run()
+    waits[0].callback(None)
+    by = {r.address: r for r in run(net, d)}
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1
+    assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")
+    said = [formatEvent(e) for e in log_events]
+    assert not any("transactions in one session" in line for line in said), said

@@ -314,6 +314,8 @@ class SMTPClientProtocol(Protocol):
         self._stopping = True
         self._disarm()
         self._stop_rate_timer()
+        if self._held_bytes is not None:
+            self.session.held_back()  # (``_hold``: they never went)
         if self.session.outcome is None:
             self.session.cut(STOP_CUT)
         if self.transport is not None:
@@ -430,6 +432,8 @@ class SMTPClientProtocol(Protocol):
             detail = tls_failure(reason) if self.session.tls_active and not self._received else ""
             why = (f"TLS negotiation failed ({detail})" if detail
                    else f"connection lost ({reason.getErrorMessage()})")
+        if self._held_bytes is not None:
+            self.session.held_back()  # (``_hold``: they never went)
         outcome = self.session.connection_lost(why)
         if self._tls_pending and outcome.session_error is not None:
             outcome = dataclasses.replace(outcome, phase=Phase.TLS.value)

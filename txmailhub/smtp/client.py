@@ -847,6 +847,15 @@ class ClientSession:
         self.phase = Phase.DONE
         return [Close(abort=True)]
 
+    def held_back(self) -> None:
+        """The actions after the ``TransactionDone`` the last ``receive``
+        returned -- the next transaction's commands -- never went: the
+        session ends while the adapter holds them (``connection_lost`` or
+        ``cut`` follows).  Neither its MAIL nor a RCPT it sends again
+        without NOTIFY and ORCPT counts as sent (``transactions_sent``,
+        ``dsn_dropped``)."""
+        self._unsend()
+
     def connection_lost(self, reason: str = "connection lost") -> SessionOutcome:
         if self.outcome is None:
             self._finish(session_error=_synthetic(
