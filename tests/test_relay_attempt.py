@@ -4532,3 +4532,62 @@ def test_a_next_transaction_whose_commands_never_went_is_not_counted(tmp_path, l
     assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")
     said = [formatEvent(e) for e in log_events]
     assert not any("transactions in one session" in line for line in said), said
+
+
+class GreylistsCarolTakesOnePerMessage(ScriptedSMTPServer):
+    """mx1: one recipient per message, "too many" to the others -- counting
+    carol, whom it greylists when asked again, among them -- so the
+    session's second transaction takes nobody (carol greylisted, u2 "too
+    many" again) and its third takes u2."""
+
+    def __init__(self):
+        super().__init__(extensions=("SIZE 1000000",))
+        self.asked: dict[str, int] = {}
+
+    def _command(self, line):
+        if line[:4].upper() == b"RCPT":
+            addr = line.split(b"<", 1)[1].split(b">", 1)[0].decode()
+            self.asked[addr] = self.asked.get(addr, 0) + 1
+            if addr.startswith("carol@") and self.asked[addr] > 1:
+                self.transport.write(b"451 4.7.1 greylisted\r\n")
+                return
+            if self.rcpts or (addr.startswith("u2@") and self.asked[addr] < 3):
+                self.transport.write(b"452 4.5.3 too many recipients\r\n")
+                return
+        super()._command(line)
+
+
+def test_the_next_mx_host_waits_for_the_hand_over_of_what_the_session_delivered(tmp_path):
+    # mx1 delivers bob in the session's first transaction, refuses carol
+    # for now in a second that carries no message, and delivers u2 in its
+    # third, the last: carol goes on to mx2 at once.  u2's delivery is
+    # handed over (written to the record) before that connection, as a
+    # next transaction's is: otherwise a crash during the session with mx2
+    # left u2 pending, and the next start sent u2 a second copy
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = GreylistsCarolTakesOnePerMessage
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    u2 = Address("u2", "remote.test")
+    rcpts = [BOB, CAROL, u2]
+    handed: list[list[Address]] = []
+    waits: list[defer.Deferred] = []
+
+    def settled(results):
+        handed.append([r.address for r in results if r.kind == "delivered"])
+        waits.append(defer.Deferred())
+        return waits[-1]
+
+    d = a.deliver(entry(tmp_path, *rcpts), "remote.test", rcpts, settled)
+    net.run()
+    assert handed == [[BOB]]
+    waits[0].callback(None)
+    net.run()
+    assert net.connections == [("2001:db8::1", 25)]  # mx2's waits for u2's write
+    [mx1] = net.server_protocols
+    assert [m[1] for m in mx1.messages] == [[b"bob@remote.test"], [b"u2@remote.test"]]
+    assert handed == [[BOB], [u2]]
+    waits[1].callback(None)
+    by = {r.address: r for r in run(net, d)}
+    assert net.connections == [("2001:db8::1", 25), ("192.0.2.2", 25)]
+    assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")
+    assert by[CAROL].remote_mta == "mx2.remote.test"

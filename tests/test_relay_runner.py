@@ -14,8 +14,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS
-from tests.test_relay_attempt import ZONE, SilentAfterOneMessage
+from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
+from tests.test_relay_attempt import ZONE, GreylistsCarolTakesOnePerMessage, SilentAfterOneMessage
 from txmailhub.address import Address
 from txmailhub.components import Components
 from txmailhub.config import load_text
@@ -5241,3 +5241,40 @@ def test_a_new_connection_waits_for_the_write_of_what_a_session_lost_meanwhile_s
     assert net.connections[1] == ("2001:db8::1", 25)  # carol's, once bob is written
     assert hub.queue.read(qid).recipient(BOB).state == "delivered"
     runner.stop()
+
+
+def test_a_crash_in_the_next_mx_hosts_session_sends_the_last_transactions_recipient_nothing_again(
+        hub):
+    # the real agent: mx1 takes bob in the session's first message,
+    # greylists carol in a second that takes nobody, and takes u2 in a
+    # third; carol goes on to mx2, which hangs, and the process dies there.
+    # u2's delivery (the session's last transaction) is in the record: the
+    # next start sends the message to carol alone.  Written only as the
+    # delivery to remote.test ended, u2 got a second copy
+    carol, u2 = Address("carol", "remote.test"), Address("u2", "remote.test")
+    net = FakeNetwork(hub.clock)
+    net.servers[("2001:db8::1", 25)] = GreylistsCarolTakesOnePerMessage
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(silent=True)
+    runner = QueueRunner(hub.queue, _real_agent(hub, net), hub.components, hub.clock,
+                         send_dsn=hub.dsn)
+    runner.start()
+    qid = enqueue(hub, BOB, carol, u2)
+    for _ in range(5):
+        hub.clock.advance(0.1)
+        net.run()
+    assert net.connections[-1] == ("192.0.2.2", 25)  # carol's session, hanging
+    clock = Clock()  # the crash: this runner, its agent and its clock dropped
+    clock.advance(hub.clock.seconds())
+    queue = OutboundQueue(hub.settings.queue_dir, clock)
+    assert {str(r.address): r.state for r in queue.read(qid).recipients} == {
+        "bob@remote.test": "delivered", "carol@remote.test": "pending",
+        "u2@remote.test": "delivered"}
+    again = FakeAgent()
+    second = QueueRunner(queue, again, hub.components, clock, send_dsn=hub.dsn)
+    second.start()
+    try:
+        clock.advance(1)
+        assert again.calls == [(qid, "remote.test", [carol])]
+    finally:
+        second.stop()
+        runner.stop()

@@ -1152,6 +1152,14 @@ class DeliveryAgent:
         epoch = self._epoch
         smarthost = destination == SMARTHOST
         credentials = None
+        # the recipients whose results went to ``hand_over`` (``handing_over``)
+        handed: set[Address] = set()
+        handing_over = None
+        if hand_over is not None:
+            def handing_over(results: list[DeliveryResult]) -> Any:
+                handed.update(r.address for r in results)
+                return hand_over(results)
+
         kept = self._unreachable.get(destination)
         if kept is not None:
             learnt, until, reply, said, left = kept
@@ -1255,7 +1263,7 @@ class DeliveryAgent:
             outcome = yield self._session(entry, recipients, mxhost, addresses, port_n,
                                           smarthost, stage, credentials=credentials,
                                           tries=tries, may_start=within_budget,
-                                          hand_over=hand_over)
+                                          hand_over=handing_over)
             tried += len(tries.started)
             address = tries.connected
             if not smarthost:
@@ -1293,7 +1301,7 @@ class DeliveryAgent:
                 outcome = yield self._session(entry, recipients, mxhost, [address], port_n,
                                               smarthost, stage, plain=True,
                                               credentials=credentials, tries=retry,
-                                              hand_over=hand_over)
+                                              hand_over=handing_over)
                 if epoch != self._epoch:  # cut by the hub's stop, as above
                     return settled + self._cut_by_stop(outcome, recipients,
                                                        _remote_name(mxhost.name, smarthost))
@@ -1381,12 +1389,28 @@ class DeliveryAgent:
                 # (delivered, or refused for now in a transaction that did
                 # carry the message) stand
                 own = {}
+                stand = []
                 for r in self._results(entry, outcome, host):
                     if r.address in onward:
                         own[r.address] = r
                     else:
-                        settled.append(r)
+                        stand.append(r)
+                settled += stand
                 recipients = [a for a in recipients if a in own]
+                # what a session of several transactions settled for good
+                # and did not hand over (its last transaction's) is, before
+                # the next host's connection, as before a next
+                # transaction's: a crash in that session must not send it
+                # again.  (A session of one that sends recipients on took
+                # no message: nothing of it is delivered)
+                unhanded = [r for r in stand
+                            if r.kind != "transient" and r.address not in handed]
+                if handing_over is not None and unhanded and outcome.transactions > 1:
+                    try:
+                        yield defer.maybeDeferred(handing_over, unhanded)
+                    except Exception:
+                        log.failure("handing over the results of {queue_id} to {destination} "
+                                    "failed", queue_id=entry.id, destination=destination)
                 # no ``last`` from here: while ``own`` holds the recipients
                 # (until a later session's error) it is their result
                 continue
