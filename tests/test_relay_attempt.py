@@ -4591,3 +4591,34 @@ def test_the_next_mx_host_waits_for_the_hand_over_of_what_the_session_delivered(
     assert net.connections == [("2001:db8::1", 25), ("192.0.2.2", 25)]
     assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")
     assert by[CAROL].remote_mta == "mx2.remote.test"
+
+
+@pytest.mark.parametrize("end", ["timeout", "closed"])
+def test_a_session_that_ends_after_its_handshake_is_no_tls_failure(tmp_path, end):
+    # the handshake after STARTTLS was done; then the server says nothing
+    # to the EHLO, or closes the connection.  That is the EHLO's failure,
+    # not the handshake's: taken for a TLS failure, the hub tried the host
+    # again in clear (opportunistic TLS), the message sent unencrypted
+    # because the server, or whoever sits between, went quiet after TLS
+    clock, proto = _starttls_on_a_clock(tmp_path)
+    proto.handshakeCompleted()
+    if end == "timeout":
+        _out_of_time(clock, 300)
+        assert proto.transport.disconnecting
+    proto.connectionLost(None)
+    outcome = proto.done.result
+    assert outcome.phase == "EHLO"
+    assert "TLS" not in outcome.session_error.text()
+
+
+@pytest.mark.parametrize("kind", ["verify", "name"])
+def test_a_tls_failure_said_after_the_handshake_is_still_one(tmp_path, kind):
+    # Twisted's name check (service_identity) runs as OpenSSL ends the
+    # handshake, and the TLS layer still says it is done before the
+    # connection it aborted is lost: a TLS failure all the same
+    _, proto = _starttls_on_a_clock(tmp_path)
+    proto.handshakeCompleted()
+    proto.connectionLost(_failure(kind))
+    outcome = proto.done.result
+    assert outcome.phase == "TLS handshake"
+    assert outcome.session_error.text().startswith("421 4.4.2 TLS negotiation failed (")

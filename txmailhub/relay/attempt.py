@@ -268,6 +268,7 @@ class SMTPClientProtocol(Protocol):
         self._closing = False
         self._tls_pending = False  # STARTTLS begun, nothing received over TLS yet
         self._handshaking = False  # STARTTLS begun, its handshake not done yet
+        self._handshake_done = False  # the TLS layer said so (``handshakeCompleted``)
         self._received = False  # any byte from the server (under implicit TLS: after the handshake)
         self._lost = False  # connectionLost has run
         self._lost_waiters: list[defer.Deferred] = []  # when_lost
@@ -382,6 +383,7 @@ class SMTPClientProtocol(Protocol):
         """The TLS layer's word that the handshake is done (also under
         implicit TLS, where nothing waits for it): the EHLO written after
         STARTTLS leaves now, and the wait for its reply starts."""
+        self._handshake_done = True
         if self._handshaking and not self._closing:
             self._handshaking = False
             self._arm()
@@ -416,8 +418,15 @@ class SMTPClientProtocol(Protocol):
         if self._file is not None:
             self._file.close()
             self._file = None
+        # STARTTLS begun and nothing read over TLS: a TLS failure -- but not
+        # once the handshake was done, when the connection merely went (or
+        # the EHLO's wait timed out): taken for one, the host was tried
+        # again in clear (opportunistic TLS) for a server that went quiet
+        # after the handshake, or whoever sits between it and the hub
+        tls_pending = self._tls_pending and not (self._handshake_done
+                                                 and not tls_failure(reason))
         why = "connection lost"
-        if self._tls_pending:
+        if tls_pending:
             why = "TLS negotiation failed"
             detail = tls_failure(reason)
             if detail:
@@ -435,7 +444,7 @@ class SMTPClientProtocol(Protocol):
         if self._held_bytes is not None:
             self.session.held_back()  # (``_hold``: they never went)
         outcome = self.session.connection_lost(why)
-        if self._tls_pending and outcome.session_error is not None:
+        if tls_pending and outcome.session_error is not None:
             outcome = dataclasses.replace(outcome, phase=Phase.TLS.value)
         if not self.done.called:
             self.done.callback(outcome)
