@@ -5278,3 +5278,21 @@ def test_a_crash_in_the_next_mx_hosts_session_sends_the_last_transactions_recipi
     finally:
         second.stop()
         runner.stop()
+
+
+def test_a_stop_whose_agents_cut_never_closes_is_over_after_cut_grace(hub, monkeypatch):
+    # an agent (an embedding application's own) whose abort_all returns a
+    # Deferred that has its result already but waits on another, which
+    # never fires: the stop waits for it CUT_GRACE at most, as for any
+    # other (``called`` is true of such a Deferred: taken for one that had
+    # fired, it got no timeout, and the stop never ended)
+    hub.agent.hold()
+    hub.runner.start()
+    enqueue(hub, BOB)
+    monkeypatch.setattr(hub.agent, "abort_all",
+                        lambda: defer.succeed(None).addCallback(lambda _: defer.Deferred()))
+    stopped = hub.runner.stop()
+    hub.clock.advance(11)
+    assert not stopped.called
+    hub.clock.advance(CUT_GRACE)
+    assert stopped.called

@@ -198,11 +198,13 @@ class Stopping:
             # nothing to wait for (sessions that ended within ``abort_all``):
             # what they settled is written all the same
             gone = defer.succeed(None)
-        elif not gone.called:
+        else:
             # the stop is over once the cut connections are closed: until
             # then their sockets and Twisted's call that reports them lost
             # are still on the reactor (docs/embedding.rst: nothing of the
-            # hub is left once its stop has fired)
+            # hub is left once its stop has fired).  Whether or not it has
+            # fired: one ``called`` may still wait on another Deferred (and
+            # the timeout of one that has is cancelled at once)
             gone.addTimeout(CUT_GRACE, self.clock)
         gone.addBoth(written).addBoth(fire)
 
