@@ -22,6 +22,7 @@ from txmailhub.config import load_text
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.interfaces import IDeliveryAgent
 from txmailhub.relay.attempt import (
+    SMARTHOST,
     STOP_CUT,
     DeliveryAgent,
     DeliveryResult,
@@ -4622,3 +4623,19 @@ def test_a_tls_failure_said_after_the_handshake_is_still_one(tmp_path, kind):
     outcome = proto.done.result
     assert outcome.phase == "TLS handshake"
     assert outcome.session_error.text().startswith("421 4.4.2 TLS negotiation failed (")
+
+
+def test_a_smarthost_session_hands_over_only_what_a_next_transaction_waits_for(tmp_path):
+    # the same session with a smarthost: carol has no next host to go on
+    # to, so the delivery ends with the session, and u2's result is the
+    # delivery's (written once, as it ends), not a write of its own
+    a, net, _ = agent(tmp_path, 'smarthost = "smart.example.net:587"\nsmarthost_tls = "none"')
+    net.servers[("smart.example.net", 587)] = GreylistsCarolTakesOnePerMessage
+    u2 = Address("u2", "remote.test")
+    rcpts = [BOB, CAROL, u2]
+    handed: list[list[Address]] = []
+    d = a.deliver(entry(tmp_path, *rcpts), SMARTHOST, rcpts,
+                  lambda results: handed.append([r.address for r in results]))
+    by = {r.address: r for r in run(net, d)}
+    assert [by[r].kind for r in rcpts] == ["delivered", "transient", "delivered"]
+    assert handed == [[BOB]]  # the first transaction's, before the second

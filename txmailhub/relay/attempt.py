@@ -1411,10 +1411,12 @@ class DeliveryAgent:
                 # the next host's connection, as before a next
                 # transaction's: a crash in that session must not send it
                 # again.  (A session of one that sends recipients on took
-                # no message: nothing of it is delivered)
+                # no message: nothing of it is delivered; and with no host
+                # after this one -- a smarthost -- the delivery ends here)
                 unhanded = [r for r in stand
                             if r.kind != "transient" and r.address not in handed]
-                if handing_over is not None and unhanded and outcome.transactions > 1:
+                if (handing_over is not None and unhanded and outcome.transactions > 1
+                        and mxhost is not hosts[-1]):
                     try:
                         yield defer.maybeDeferred(handing_over, unhanded)
                     except Exception:
