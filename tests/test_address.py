@@ -238,7 +238,8 @@ def test_login_key_reads_one_quoted_string_as_rcpt_gives_it():
     assert login_key('"Alice"@Example.ORG') == "alice@example.org"
     assert login_key('"a\\:b"@example.org') == '"a:b"@example.org'
     assert login_key('"a;"') == '"a;"'  # quotes it needs stay
-    assert login_key('"a""b"') == '"a""b"'  # no one quoted string: as written
+    # no one quoted string: read as one, the user `user add '"a""b"'` writes
+    assert login_key('"a""b"') == '"a\\"\\"b"'
 
 
 def test_login_key_reads_a_name_rcpt_gives_only_quoted_with_its_quotes():

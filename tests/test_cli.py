@@ -3225,3 +3225,53 @@ def test_commands_that_use_no_tls_work_with_a_key_this_user_cannot_read(
     assert run(config, "queue", "list")[0] == 0
     code, _, err = run(config, "check")
     assert code == 2 and f"[tls] key: {key} cannot be read by " in err, err
+
+
+# -- a name in quotes that are no one quoted string, given to every command
+
+
+def test_user_passwd_and_del_find_the_user_add_made_of_quotes_no_one_quoted_string(
+        config: Path) -> None:
+    # `user add '"a""b"'` writes "a\"\"b" (RFC 5321 4.1.2: the one quoted
+    # string around all of it, which RCPT can give); `user passwd` and
+    # `user del` given the same argument looked up "a""b" and said "no such
+    # user", and a login by that name failed
+    from txmailhub.users import UsersDB
+
+    added = 'added "a\\"\\"b"@example.org\n'
+    assert run(config, "user", "add", '"a""b"', "--password-stdin", stdin=PW) == (0, added, "")
+    code, out, err = run(config, "user", "add", '"a""b"', "--password-stdin", stdin=PW)
+    assert (code, out) == (1, "") and "already exists" in err, err
+    assert run(config, "user", "passwd", '"a""b"@example.org', "--password-stdin",
+               stdin="quiet-amber-lantern\n") == (
+        0, 'changed the password of "a\\"\\"b"@example.org\n', "")
+    users = UsersDB(str(config.parent / "users"), "example.org", ["example.org", "example.net"])
+    assert users.check_password(users.qualify('"a""b"'), "quiet-amber-lantern")
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    assert run(config, "user", "del", '"a""b"') == (0, 'deleted "a\\"\\"b"@example.org\n', "")
+    assert run(config, "user", "list") == (0, "", "")
+
+
+def test_a_hand_written_line_in_quotes_no_one_quoted_string_stays_reachable_by_its_name(
+        config: Path) -> None:
+    # a line '"a""b"@example.org' written by hand (check warns: no mail
+    # reaches it) is still found by that name where the file has no user
+    # "a\"\"b": `user passwd`, `user del` and a login reach it as before;
+    # once `user add` has made "a\"\"b" of that name, the name is that user
+    from txmailhub.users import UsersDB
+
+    users_file = config.parent / "users"
+    _hand_written_user(config, '"a""b"')
+    assert run(config, "user", "passwd", '"a""b"', "--password-stdin",
+               stdin="quiet-amber-lantern\n") == (
+        0, 'changed the password of "a""b"@example.org\n', "")
+    users = UsersDB(str(users_file), "example.org", ["example.org", "example.net"])
+    assert users.qualify('"a""b"').key == '"a""b"@example.org'
+    assert users.check_password(users.qualify('"a""b"'), "quiet-amber-lantern")
+    assert run(config, "user", "add", '"a""b"', "--password-stdin", stdin=PW) == (
+        0, 'added "a\\"\\"b"@example.org\n', "")
+    assert users.qualify('"a""b"').key == '"a\\"\\"b"@example.org'
+    assert users.check_password(users.qualify('"a""b"'), PW.strip())
+    assert run(config, "user", "del", '"a""b"') == (0, 'deleted "a\\"\\"b"@example.org\n', "")
+    assert run(config, "user", "del", '"a""b"') == (0, 'deleted "a""b"@example.org\n', "")
+    assert run(config, "user", "list") == (0, "q@example.org\n", "")

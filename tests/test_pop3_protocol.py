@@ -4823,3 +4823,18 @@ def test_a_stop_ends_with_a_session_its_transport_reports_lost_inside_the_close(
     assert t.value() == R.SHUTTING_DOWN.to_bytes() and t.disconnected
     assert stopped.called
     assert not env.store.is_locked("joe@example.org")
+
+
+def test_user_in_quotes_no_one_quoted_string_logs_in_to_the_user_add_made_of_it(tmp_path):
+    # `mailhub user add '"a""b"'` writes the user "a\"\"b"; USER "a""b"
+    # was looked up as typed, no such user, and the login failed
+    from txmailhub.auth import UsersChecker
+    from txmailhub.users import UsersDB
+
+    path = str(tmp_path / "users")
+    UsersDB(path, "example.org").add('"a""b"', "abpw", allow_weak=True)
+    env = Env(checker=UsersChecker(UsersDB(path, "example.org")), allow_plaintext_auth=True)
+    env.store.add('"a\\"\\"b"@example.org', b"hi\n")
+    proto, t = env.connect()
+    talk(proto, t, b'USER "a""b"\r\n')
+    assert talk(proto, t, b"PASS abpw\r\n") == R.logged_in(1, 4).to_bytes()

@@ -1863,3 +1863,22 @@ def test_what_user_add_writes_the_file_reads_back_and_rcpt_and_logins_reach(
         folder = maildir_path("/m", address)
         assert os.path.dirname(folder) == os.path.join("/m", domain)
         assert os.path.basename(folder) == local
+
+
+def test_a_login_in_quotes_no_one_quoted_string_reaches_the_user_add_made_of_it(
+        db: UsersDB) -> None:
+    # `user add '"a""b"'` writes the user "a\"\"b" (the one quoted string
+    # around all of it, RFC 5321 4.1.2); a login given '"a""b"' (POP3 USER,
+    # SMTP AUTH, which hands the checker the name with the primary domain)
+    # looked up "a""b", no user, and failed
+    from txmailhub.address import login_key
+
+    address = db.add('"a""b"', "pw")
+    settle(db)
+    assert address.key == '"a\\"\\"b"@example.org'
+    checker = UsersChecker(db)
+    for name in (b'"a""b"', b'"a""b"@example.org', b'"A""B"@Example.ORG', b'"a\\"\\"b"'):
+        assert result_of(checker.requestAvatarId(UsernamePassword(name, b"pw"))) == (
+            address.key), name
+    # an authzid in either spelling names that user (RFC 4616 2)
+    assert login_key('"a""b"@example.org') == login_key('"a\\"\\"b"@example.org') == address.key

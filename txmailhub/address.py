@@ -355,17 +355,20 @@ def login_key(name: str) -> str:
     """A login name (``user@domain``, or a bare ``user``) in the form the
     users file keys it: case, IDN spelling and normalization do not matter,
     and the local part is read as RCPT gives it, as ``UsersDB.qualify``
-    takes it (``txmailhub.users.as_rcpt_names``): ``"joe"`` is joe and
-    ``a;`` is ``"a;"``, so an authzid ``"joe"`` names the user who logged
-    in as joe, and ``a;`` the one who logged in as ``"a;"`` (RFC 4616 2)."""
+    takes it (``txmailhub.users.as_given``): ``"joe"`` is joe, ``a;`` is
+    ``"a;"`` and ``"a""b"`` is ``"a\\"\\"b"``, so an authzid ``"joe"``
+    names the user who logged in as joe, and ``a;`` the one who logged in
+    as ``"a;"`` (RFC 4616 2)."""
     local, at, domain = name.rpartition("@")
     if not at or one_quoted_string(name):  # ('"a@b"': a bare local part)
         local, at = name, ""
     from txmailhub.smtp._parse import rcpt_local, unquote_local
 
     if len(local) > 1 and local[0] == local[-1] == '"':
-        if one_quoted_string(local):
-            local = unquote_local(local)
+        # one quoted string as RCPT gives it; quotes that are no one
+        # ('"a""b"') read as one, as `user add` writes the user
+        # (``txmailhub.users.as_given``)
+        local = unquote_local(local)
     elif local not in (".", ".."):
         local = rcpt_local(local)
     if not at:

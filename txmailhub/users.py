@@ -85,9 +85,9 @@ from txmailhub.users_folder import (
 
 log = Logger(namespace="txmailhub.users")
 
-__all__ = ["UserRecord", "UsersDB", "as_rcpt_names", "cannot_make_folder", "hash_password",
-           "hash_problem", "lock_refused_advice", "mail_never_reaches", "make_folder_advice",
-           "open_lock", "unwritable_folder_advice", "verify_password"]
+__all__ = ["UserRecord", "UsersDB", "as_given", "as_rcpt_names", "cannot_make_folder",
+           "hash_password", "hash_problem", "lock_refused_advice", "mail_never_reaches",
+           "make_folder_advice", "open_lock", "unwritable_folder_advice", "verify_password"]
 
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
 
@@ -126,9 +126,9 @@ class UserRecord:
 
 def as_rcpt_names(address: Address) -> Address:
     """``address`` with its local part in the form RCPT gives it, the form
-    the users file keys it by: for a line of the file, a login name and a
-    name given to ``mailhub user`` alike, so that each reaches the one
-    user and Maildir RCPT delivers to.
+    the users file keys a line by, so that each line is the one user and
+    Maildir RCPT delivers to (a login name and a name given to ``mailhub
+    user`` are read so too, and more: ``as_given``).
 
     One quoted string as RCPT gives it (``unquote_local``): ``"q"`` is
     ``q`` (RFC 5321 4.1.2: a quoted string whose content is a dot-string
@@ -137,7 +137,8 @@ def as_rcpt_names(address: Address) -> Address:
     (``rcpt_local``): ``a;`` is ``"a;"`` -- a local part that needs quoting
     exists only quoted (``RCPT TO:<a;@...>`` is a syntax error), so
     ``a;`` can mean no other mailbox.  Left as written: quotes at both
-    ends that are no one quoted string (``"a""b"``: ``check`` warns),
+    ends that are no one quoted string (``"a""b"``: ``check`` warns of
+    such a line; ``as_given`` reads the name as ``user add`` writes it),
     ``.`` and ``..`` (no Maildir folder: ``check`` warns, ``user add``
     refuses) and a name with a control character (no RCPT names it,
     ``rcpt_local``)."""
@@ -151,6 +152,27 @@ def as_rcpt_names(address: Address) -> Address:
     elif local not in (".", ".."):
         local = rcpt_local(local)
     return address if local == address.local else Address(local, address.domain)
+
+
+def as_given(address: Address) -> Address:
+    """The user a name given to ``mailhub user`` or to a login names: as
+    RCPT gives it (``as_rcpt_names``), and in quotes at both ends that are
+    no one quoted string read as one, as ``user add`` writes it
+    (``"a""b"`` is ``"a\\"\\"b"``, the user ``RCPT TO:<"a\\"\\"b"@...>``
+    reaches).  RFC 5321 4.1.2 makes ``"a""b"`` no local part at all
+    (neither a Dot-string nor one Quoted-string): the only mailbox it can
+    stand for is the one quoted string around all of it, and ``user add``
+    made that one from it.  A line of the users file so written is read
+    as written (``as_rcpt_names``: ``check`` warns that no mail reaches
+    it); ``UsersDB.qualify`` and ``mailhub user`` still find it by that
+    name where the file has no user of the form read here."""
+    address = as_rcpt_names(address)
+    local = address.local
+    if len(local) > 1 and local[0] == local[-1] == '"' and not one_quoted_string(local):
+        from txmailhub.smtp._parse import unquote_local
+
+        return Address(unquote_local(local), address.domain)
+    return address
 
 
 def mail_never_reaches(address: Address) -> str | None:
@@ -420,7 +442,9 @@ class UsersDB:
         """Whether a login (``qualify``) refuses ``name``, which the file's
         reading (``controls``) took: it holds ESC, DEL or a C1 control."""
         try:
-            self.qualify(name)
+            # (not ``qualify``: it looks the name up, and this is the
+            # reading those lookups wait on)
+            parse_address(name, self.primary_domain)
         except AddressError:
             return True
         return False
@@ -490,10 +514,30 @@ class UsersDB:
         return {key: index + 1 for key, index in self._parse(text)[3].items()}
 
     def qualify(self, name: str) -> Address:
-        """A login name or CLI argument -> ``Address`` (bare local part =
-        primary domain; the local part as RCPT gives it, ``as_rcpt_names``:
-        ``"q"`` is q, ``a;`` is ``"a;"``)."""
-        return as_rcpt_names(parse_address(name, self.primary_domain))
+        """A login name -> ``Address`` (bare local part = primary domain;
+        the local part as ``user add`` writes it, ``as_given``: ``"q"`` is
+        q, ``a;`` is ``"a;"``, ``"a""b"`` is ``"a\\"\\"b"``), so that a
+        login reaches the user ``mailhub user add`` made of the same name.
+        ``"a""b"`` reaches a line of the file written so by hand where
+        the file has no ``"a\\"\\"b"`` (``_found``)."""
+        return self._found(parse_address(name, self.primary_domain), self._refresh())
+
+    @staticmethod
+    def _found(written: Address, records: dict[str, UserRecord]) -> Address:
+        """The user a name (parsed, ``written``) stands for among
+        ``records``: the one ``user add`` would write (``as_given``), or,
+        when the records have none such, the line written as the name is
+        read in the file (``as_rcpt_names``: ``"a""b"`` kept so, a user no
+        mail reaches, ``check`` warns) -- that user still logs in, and
+        ``user passwd`` and ``user del`` still reach its line, as they did
+        before names were read as ``user add`` writes them.  Neither there:
+        the first, the name ``user add`` would give the user."""
+        given = as_given(written)
+        if given.key not in records:
+            kept = as_rcpt_names(written)
+            if kept.key != given.key and kept.key in records:
+                return kept
+        return given
 
     def check_password(self, address: Address, password: str) -> bool:
         """Whether ``password`` is right; slow on purpose (scrypt), even for
@@ -628,15 +672,19 @@ class UsersDB:
                       new_owner=owner_of(os.path.dirname(os.path.abspath(self.path))))
         self._file.forget()
 
-    def _local(self, name: str) -> Address:
+    def _local(self, name: str, records: dict[str, UserRecord] | None = None) -> Address:
+        """The user ``name`` (a ``mailhub user`` argument) stands for: as
+        ``user add`` writes it (``as_given``), or among ``records`` (the
+        file's) a line written as the name is read there (``_found``)."""
         # ESC, DEL, C1 controls taken: a user of such a name written before
         # they were refused can still be deleted or get a new password;
         # ``_new_address`` refuses them for new users.  A message naming
         # the address ("no such user") shows it escaped: it goes to a terminal
         try:
-            address = as_rcpt_names(parse_address(name, self.primary_domain, controls=True))
+            written = parse_address(name, self.primary_domain, controls=True)
         except AddressError as e:
             raise UsersFileError(str(e)) from None
+        address = self._found(written, records or {})
         if canonical_domain(address.domain) not in self.domains:
             raise UsersFileError(
                 f"{shown(str(address))} is not in a local domain ({', '.join(self.domains)})"
@@ -676,15 +724,10 @@ class UsersDB:
         return address
 
     def _new_address(self, name: str) -> Address:
+        # as RCPT names it ('"joe"' is joe, and 'a;' is '"a;"'); quotes
+        # that are no one quoted string ('"a""b"') become one, which RCPT
+        # can give (``as_given``, which ``_local`` reads a name with)
         address = self._local(name)
-        local = address.local
-        if len(local) > 1 and local[0] == local[-1] == '"':
-            # one quoted string is as RCPT names it already ('"joe"' is
-            # joe, and 'a;' is '"a;"': ``_local``); quotes that are no one
-            # ('"a""b"') become one, which RCPT can give
-            from txmailhub.smtp._parse import unquote_local
-
-            address = Address(unquote_local(local), address.domain)
         # new users only: one already in the file (added by hand, or before
         # these checks) can still be deleted or get a new password
         why = mail_never_reaches(address)
@@ -702,10 +745,11 @@ class UsersDB:
         ``user passwd`` say so before asking for a password twice, not
         after.  Only a courtesy: the file may change before the real
         call, which checks again under the lock and has the last word."""
-        address = self._new_address(name) if new else self._local(name)
         # not reported: a missing file is no error here (the first `user
         # add` makes it), and this process is no hub refusing mail with 451
-        exists = address.key in self._refresh(report=False)
+        records = self._refresh(report=False)
+        address = self._new_address(name) if new else self._local(name, records)
+        exists = address.key in records
         if new and exists:
             raise UserExists(f"{address} already exists")
         if not new and not exists and self.unreadable is None:
@@ -713,8 +757,9 @@ class UsersDB:
         return address
 
     def delete(self, name: str) -> Address:
-        address = self._local(name)
+        self._local(name)  # a name that is no address: refused before the lock
         with self._locked() as records:
+            address = self._local(name, records)
             if records.pop(address.key, None) is None:
                 raise NoSuchUser(f"no such user: {shown(str(address))}")
         return address
@@ -725,6 +770,7 @@ class UsersDB:
         address = self._local(name)
         prepared = self._check_password(address, password, allow_weak)
         with self._locked() as records:
+            address = self._local(name, records)
             old = records.get(address.key)
             if old is None:
                 raise NoSuchUser(f"no such user: {shown(str(address))}")
