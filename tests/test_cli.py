@@ -3275,3 +3275,36 @@ def test_a_hand_written_line_in_quotes_no_one_quoted_string_stays_reachable_by_i
     assert run(config, "user", "del", '"a""b"') == (0, 'deleted "a\\"\\"b"@example.org\n', "")
     assert run(config, "user", "del", '"a""b"') == (0, 'deleted "a""b"@example.org\n', "")
     assert run(config, "user", "list") == (0, "q@example.org\n", "")
+
+
+# -- a local part whose Maildir folder's name is over NAME_MAX
+
+
+def test_user_add_refuses_a_name_whose_maildir_folder_name_is_over_name_max(
+        config: Path) -> None:
+    # 300 octets: no folder of a file system can have that name (NAME_MAX,
+    # 255), so no mail would ever reach the user.  Refused saying why and
+    # the limit (the 64-octet limit of a new user's local part, RFC 5321
+    # 4.5.3.1.1, refuses shorter ones that still fit a folder)
+    code, out, err = run(config, "user", "add", "x" * 300, "--password-stdin", stdin=PW)
+    assert (code, out) == (2, "")
+    assert err == (f"mailhub: {'x' * 300}@example.org cannot be a user: its Maildir folder's "
+                   "name would be 300 octets, over the 255 a file system takes in one name "
+                   "(NAME_MAX): it gets no mail and cannot log in to POP3\n")
+    assert run(config, "user", "list") == (0, "", "")
+
+
+def test_check_warns_of_a_users_line_whose_maildir_folder_name_is_over_name_max(
+        config: Path) -> None:
+    # written by hand: 100 "\u0130" are 200 octets, and 300 as the folder
+    # is named (lower case: i and U+0307 each).  check said nothing; RCPT
+    # took its mail, which then waited in the queue ("File name too long")
+    users = config.parent / "users"
+    _hand_written_user(config, "\u0130" * 100)
+    with users.open("a") as f:  # 255 octets: a folder can have it
+        f.write(users.read_text().splitlines()[-1].replace("\u0130" * 100, "a" * 255) + "\n")
+    err = check_warnings(config)
+    folder = "i\u0307" * 100
+    assert err == (f"warning: {users}:3: user {folder}@example.org: "
+                   "its Maildir folder's name would be 300 octets, over the 255 a file system "
+                   "takes in one name (NAME_MAX): it gets no mail and cannot log in to POP3\n")

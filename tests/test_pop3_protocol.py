@@ -4838,3 +4838,30 @@ def test_user_in_quotes_no_one_quoted_string_logs_in_to_the_user_add_made_of_it(
     proto, t = env.connect()
     talk(proto, t, b'USER "a""b"\r\n')
     assert talk(proto, t, b"PASS abpw\r\n") == R.logged_in(1, 4).to_bytes()
+
+
+def test_a_login_to_a_user_whose_maildir_name_is_over_name_max_is_sys_perm(
+        log_events, tmp_path):
+    # a users file line written by hand whose Maildir folder's name is over
+    # the file system's 255 octets (100 "\u0130", each i and U+0307 in lower
+    # case: 300 octets): every login was "[SYS/TEMP] try again later" (the
+    # mkdir's "File name too long"), for ever.  [SYS/PERM], and one line
+    # in the log naming why, not a traceback
+    from txmailhub.auth import UsersChecker
+    from txmailhub.store.maildir import maildir_path
+    from txmailhub.users import UsersDB, hash_password
+
+    name = "\u0130" * 100 + "@example.org"
+    path = tmp_path / "users"
+    path.write_text(f"{name} {hash_password('pw')}\n")
+    env = Env(checker=UsersChecker(UsersDB(str(path), "example.org")))
+    env.store.open_mailbox = lambda address, **kw: defer.maybeDeferred(
+        maildir_path, "/m", address)
+    proto, t = env.connect()
+    talk(proto, t, b"UTF8\r\n")
+    talk(proto, t, b"USER " + name.encode() + b"\r\n")
+    assert talk(proto, t, b"PASS pw\r\n") == R.MAILBOX_PERM_FAILURE.to_bytes()
+    said = [e for e in log_events if e.get("log_level") is not None
+            and e["log_level"].name in ("error", "critical")]
+    assert len(said) == 1 and "log_failure" not in said[0], said
+    assert "NAME_MAX" in said[0]["error"]

@@ -5296,3 +5296,28 @@ def test_a_stop_whose_agents_cut_never_closes_is_over_after_cut_grace(hub, monke
     assert not stopped.called
     hub.clock.advance(CUT_GRACE)
     assert stopped.called
+
+
+def test_a_local_mailbox_whose_name_no_folder_can_have_bounces_at_once(hub, monkeypatch):
+    # a users file line written by hand whose Maildir folder's name is over
+    # the file system's 255 octets (or has a '/'): the store can never make
+    # its folder, and each attempt was "451 4.3.0 local delivery failed",
+    # retried until the queue's lifetime.  It fails for good at once: the
+    # sender gets the bounce now; the other recipients are not held up
+    from txmailhub.errors import MailboxNameError
+
+    def unusable(message, mailboxes):
+        return defer.succeed({a: MailboxNameError("local part 'joe': its Maildir folder's "
+                                                  "name would be 300 octets, over the 255 "
+                                                  "a file system takes in one name (NAME_MAX)")
+                              for a in mailboxes})
+
+    monkeypatch.setattr(hub.store, "deliver", unusable)
+    hub.runner.start()
+    enqueue(hub, LOCAL, BOB)
+    assert hub.queue.ids() == []
+    [(env, data)] = hub.dsn.sent
+    assert env.recipients == (ALICE,)
+    assert b"Final-Recipient: rfc822; joe@example.org" in data
+    assert b"Status: 5.3.5" in data
+    assert b"NAME_MAX" in data

@@ -2606,3 +2606,36 @@ def test_an_alias_written_quoted_is_reached_by_rcpt_with_or_without_the_quotes()
     assert d.codes('RCPT TO:<joe2@example.org>\r\nRCPT TO:<"joe2"@example.org>\r\n') == [
         "250", "250"]
     assert d.send("EXPN team\r\n") == ["250 2.1.5 <alice@example.org>"]
+
+
+# -- a user whose name no Maildir folder can have
+
+
+def test_rcpt_to_a_user_whose_maildir_name_is_over_name_max_is_refused_for_good(log_events):
+    # a users file line written by hand whose Maildir folder's name is over
+    # the file system's 255 octets ("\u0130" lower-cases to i and U+0307: 100 of
+    # them, 200 octets as sent, are a folder of 300): RCPT took it, DATA got
+    # 250, and the copy waited in the queue for its lifetime, "451 local
+    # delivery failed: File name too long" at every attempt.  RCPT is
+    # refused for good now; an alias with another member keeps that copy
+    from txmailhub.store.maildir import maildir_path
+
+    long_name = "\u0130" * 100
+    router = StaticRouter({"alice": None, long_name: None, "a/b": None,
+                           "both": ["alice", long_name], "lost": [long_name],
+                           "postmaster": [long_name]}, domains=("example.org",))
+    d = Driver(router=router)
+    d.engine.policy.components.store = SimpleNamespace(
+        maildir_path=lambda address: maildir_path("/m", address))
+    refused = "550 5.3.5 Mailbox name cannot be stored on this system"
+    d.send("EHLO c.test\r\nMAIL FROM:<s@remote.test> SMTPUTF8\r\n")
+    assert d.send(f"RCPT TO:<{long_name}@example.org>\r\n") == [refused]
+    assert d.send("RCPT TO:<a/b@example.org>\r\n") == [refused]
+    assert d.send("RCPT TO:<lost@example.org>\r\n") == [refused]
+    assert d.codes("RCPT TO:<both@example.org>\r\nRCPT TO:<postmaster@example.org>\r\n") == [
+        "250", "250"]
+    assert d.codes("DATA\r\nx\r\n.\r\n") == ["354", "250"]
+    assert d.events[-1].envelope.recipients == (
+        Address("alice", "example.org"), Address("postmaster", "example.org"))
+    warned = [e for e in log_events if "is refused" in str(e.get("log_format", ""))]
+    assert len(warned) == 2, warned  # once per mailbox (the long one, a/b) for a while

@@ -51,6 +51,9 @@ class Components:
       the warning about a mailbox the quota cannot measure to one line per
       mailbox every few minutes for the whole hub; made with
       ``mailbox_usage``.
+    * ``unusable_mailboxes``: the same for the warning about a user whose
+      name no Maildir folder can have, which RCPT refuses; made by the
+      first SMTP listener's recipient policy.
     * ``pop3_worker_jobs``: the ``DeferredSemaphore`` that keeps the POP3
       sessions' jobs on the store's worker threads (sizes measured at a
       login, long header sections downgraded) to
@@ -83,6 +86,7 @@ class Components:
     login_failures: Any = None
     mailbox_usage: Any = None
     quota_warnings: Any = None
+    unusable_mailboxes: Any = None
     pop3_worker_jobs: Any = None
     stalls: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)

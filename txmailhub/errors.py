@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "LocalError",
     "MailboxInUse",
+    "MailboxNameError",
     "MailboxTurnAbandoned",
     "NoSuchAlias",
     "NoSuchUser",
@@ -34,6 +35,13 @@ __all__ = [
 
 class LocalError(Exception):
     """We called something wrongly: a bug in txmailhub, not the peer's fault."""
+
+
+class MailboxNameError(LocalError):
+    """A mailbox whose name no Maildir folder can have (``a/b``, ``..``, a
+    name over the file system's 255 octets): no delivery or login will
+    ever reach its folder, whatever is tried again, until the user is
+    renamed.  Permanent, where other storage errors may pass."""
 
 
 class RemoteProtocolError(Exception):

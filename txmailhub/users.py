@@ -177,8 +177,9 @@ def as_given(address: Address) -> Address:
 
 def mail_never_reaches(address: Address) -> str | None:
     """Why no mail can ever reach the user ``address``, or None: a local
-    part no Maildir folder can have (``a/b``: its mail would wait in the
-    queue for its lifetime, every login fail "for now"), or one in quotes
+    part no Maildir folder can have (``a/b``, or one whose folder's name
+    would be over the file system's 255 octets, ``NAME_MAX``: RCPT refuses
+    it with 550 5.3.5, a POP3 login with ``[SYS/PERM]``), or one in quotes
     that are no one quoted string (``"a""b"``: RCPT TO:<"a""b"@...> is a
     syntax error).  ``user add`` refuses the first and writes the other
     as RCPT gives it; ``check`` warns of each in the file (lines written
@@ -188,6 +189,13 @@ def mail_never_reaches(address: Address) -> str | None:
     local = address.key.rpartition("@")[0]
     if "/" in local or local in (".", ".."):
         return "its local part cannot name a Maildir folder (no '/', not '.' or '..')"
+    from txmailhub.store.maildir import folder_name_problem
+
+    # its folder as the store names it (``maildir_path``): the key's local
+    # part, its quotes, escapes, lower case and NFC and all
+    too_long = folder_name_problem(local)
+    if too_long:
+        return too_long + ": it gets no mail and cannot log in to POP3"
     from txmailhub.smtp._parse import unquote_local
 
     if len(local) > 1 and local[0] == local[-1] == '"':

@@ -41,7 +41,12 @@ from txmailhub.downgrade import (
     header_end,
     needs_downgrade,
 )
-from txmailhub.errors import MailboxInUse, MailboxTurnAbandoned, UsersUnavailable
+from txmailhub.errors import (
+    MailboxInUse,
+    MailboxNameError,
+    MailboxTurnAbandoned,
+    UsersUnavailable,
+)
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
 from txmailhub.linger import (
@@ -1449,6 +1454,13 @@ class POP3Protocol(Protocol):
             why = LoginFailure.IN_USE
         elif failure.check(UsersUnavailable):  # logged once by the users database
             why = LoginFailure.TEMPORARY
+        elif failure.check(MailboxNameError):
+            # a users file line no Maildir folder can have the name of
+            # (written by hand; `mailhub check` names it): one line, and
+            # [SYS/PERM], as no retry will open it -- not [SYS/TEMP] for ever
+            log.error("POP3 mailbox of {user} cannot be opened: {error}", user=self._user,
+                      error=failure.getErrorMessage())
+            why = LoginFailure.PERMANENT
         elif failure.check(*_PERMANENT_ERRORS):
             log.failure("POP3 mailbox of {user} cannot be opened", failure, user=self._user)
             why = LoginFailure.PERMANENT

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 
 from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
+from txmailhub.errors import MailboxNameError
 from txmailhub.interfaces import IKeyedStore
 from txmailhub.logsafe import log_failure, plural
 from txmailhub.relay import bounce, recording, schedule
@@ -688,6 +689,12 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 if err is None:
                     out.append(DeliveryResult(a, "delivered", Reply.of(250, "2.0.0",
                                                                        "Delivered")))
+                elif isinstance(err, MailboxNameError):
+                    # no Maildir folder can have its name (a users file line
+                    # written by hand): no attempt will ever do better, so
+                    # the sender hears it now, not at the queue's lifetime
+                    out.append(DeliveryResult(a, "permanent", LocalReply.of(
+                        550, "5.3.5", f"local delivery failed: {err}")))
                 else:
                     out.append(DeliveryResult(a, "transient", LocalReply.of(
                         451, "4.3.0", f"local delivery failed: {err}")))

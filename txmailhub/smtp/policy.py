@@ -23,6 +23,14 @@ The rules, in order:
    ``[smtp] relay_networks``; otherwise 550 5.7.1.  Without an outbound
    queue, a temporary 451 4.3.0 (never a silent drop).
 
+A local mailbox whose name no Maildir folder of the store can have (a
+users file line ``a/b@...`` or one over the file system's 255 octets,
+written by hand: ``MailboxNameError``) gets no copy: an RCPT that leads
+to such mailboxes only is ``550 5.3.5`` (the postmaster's goes to the
+primary domain's postmaster mailbox), not a message accepted to wait
+in the queue for its lifetime.  Said in the log once per mailbox every
+``UNMEASURED_WARNING_SECONDS``.
+
 With ``[hub] mailbox_quota``, ``check_quota`` follows each accepted RCPT
 (see its docstring); without one it is ``None`` and RCPT costs nothing
 more.
@@ -40,7 +48,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from txmailhub.address import Address
-from txmailhub.errors import LocalError, Rejected
+from txmailhub.errors import LocalError, MailboxNameError, Rejected
 from txmailhub.logsafe import RepeatLimit
 from txmailhub.smtp import replies
 from txmailhub.store.quota import MailboxUsage
@@ -103,6 +111,14 @@ class RecipientPolicy:
             self.unmeasured = unmeasured() if shared is None else shared("quota_warnings",
                                                                          unmeasured)
             self.check_quota = self._check_quota
+        shared = getattr(components, "shared", None)
+        clock = getattr(getattr(components, "reactor", None), "seconds", time.time)
+
+        def unusable() -> RepeatLimit:
+            return RepeatLimit(UNMEASURED_WARNING_SECONDS, _UNMEASURED_KEEP, clock)
+
+        # one for the hub's listeners, as the quota's warnings
+        self.unusable = unusable() if shared is None else shared("unusable_mailboxes", unusable)
 
     @property
     def router(self) -> Any:
@@ -128,6 +144,8 @@ class RecipientPolicy:
         router = self.router
         if router.is_local_domain(address.domain):
             local, remote = local_rcpt(router, address, self.primary_domain)
+            if local:
+                local = self._storable(address, local, remote)
             if remote and self.components.queue is None:
                 raise Rejected(replies.QUEUE_UNAVAILABLE)
             return local + remote
@@ -136,6 +154,41 @@ class RecipientPolicy:
         if self.components.queue is None:
             raise Rejected(replies.QUEUE_UNAVAILABLE)
         return (address,)
+
+    def _storable(self, address: Address, local: tuple[Address, ...],
+                  remote: tuple[Address, ...]) -> tuple[Address, ...]:
+        """The mailboxes of ``local`` (RCPT ``address``'s) that can have a
+        Maildir folder: one that cannot (``MailboxNameError``) gets no
+        copy -- every attempt to deliver it would fail, for good -- and is
+        logged.  Raises ``Rejected`` (550 5.3.5) when none is left and
+        ``address`` has no remote member either (a postmaster's goes to
+        the primary domain's postmaster mailbox, RFC 5321 4.5.1)."""
+        maildir_path = getattr(getattr(self.components, "store", None), "maildir_path", None)
+        if maildir_path is None:
+            return local
+        kept: list[Address] = []
+        for mailbox in local:
+            try:
+                maildir_path(mailbox)
+            except MailboxNameError as e:
+                held = self.unusable.due(mailbox.key)
+                if held is not None:
+                    log.warn("mail to {mailbox} is refused: {error} (rename the user in the "
+                             "users file; mailhub check names it){held}",
+                             mailbox=mailbox.key, error=str(e),
+                             held=f" (and {held} RCPT since the last such line)" if held
+                             else "")
+                continue
+            except Exception:
+                pass  # any other fault is delivery's to meet (and retry)
+            kept.append(mailbox)
+        if len(kept) == len(local):
+            return local
+        if not kept and not remote:
+            if address.is_postmaster:
+                return (Address("postmaster", self.primary_domain),)
+            raise Rejected(replies.MAILBOX_NAME_UNUSABLE)
+        return tuple(kept)
 
     def _check_quota(self, address: Address, final: tuple[Address, ...],
                      size: int | None) -> None:

@@ -203,6 +203,11 @@ AUTH_REQUIRED = Reply.of(530, "5.7.0", "Authentication required")
 AUTH_TLS_REQUIRED = Reply.of(538, "5.7.11", "Encryption required for requested authentication")
 AUTH_FAILED = Reply.of(535, "5.7.8", "Authentication credentials invalid")
 UNKNOWN_USER = Reply.of(550, "5.1.1", "No such user here")
+# a user whose name no Maildir folder can have (a users file line written
+# by hand: "a/b", or over the file system's 255 octets): no delivery to it
+# can ever work until the user is renamed.  RFC 3463 X.3.5, "system
+# incorrectly configured": the hub's fault, for good, not the sender's
+MAILBOX_NAME_UNUSABLE = Reply.of(550, "5.3.5", "Mailbox name cannot be stored on this system")
 RELAY_DENIED = Reply.of(550, "5.7.1", "Relaying denied")
 # RFC 6409 4.1, 4.2: an MSA refuses a domain that is not fully qualified with 554
 SENDER_NOT_QUALIFIED = Reply.of(554, "5.1.8", "Sender domain is not fully qualified")

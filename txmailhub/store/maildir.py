@@ -100,7 +100,7 @@ from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, canonical_local
 from txmailhub.envelope import SpooledMessage
-from txmailhub.errors import LocalError, MailboxInUse, MailboxTurnAbandoned
+from txmailhub.errors import MailboxInUse, MailboxNameError, MailboxTurnAbandoned
 from txmailhub.interfaces import IKeyedStore, IMailboxStore, ISpoolingStore
 from txmailhub.logsafe import quoted
 from txmailhub.store.format import (
@@ -169,9 +169,45 @@ _CHUNK = 1 << 20
 _LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
+#: the most octets a name in a folder may have: NAME_MAX of Linux's file
+#: systems (ext4, XFS, Btrfs, tmpfs) and of most others
+NAME_MAX = 255
+
+
+def _cannot_be_folder(name: str) -> bool:
+    return not name or name in (".", "..") or "/" in name or "\x00" in name
+
+
+def _too_long(name: str) -> str | None:
+    """Why ``name`` is too long for a folder's name, or ``None``."""
+    if len(name) * 4 <= NAME_MAX:  # (a name of 63 characters or fewer fits)
+        return None
+    octets = len(name.encode("utf-8", "surrogateescape"))
+    if octets <= NAME_MAX:
+        return None
+    return (f"its Maildir folder's name would be {octets} octets, over the {NAME_MAX} a "
+            "file system takes in one name (NAME_MAX)")
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` (a local part or domain as the store spells its folder,
+    ``canonical_local``/``canonical_domain``) can be no Maildir folder's
+    name, or ``None``: empty, ``.`` or ``..``, a ``/`` or NUL in it, or
+    over ``NAME_MAX`` octets in the file system's encoding (UTF-8).  The
+    one rule of the store (``maildir_path``), ``mailhub check`` and
+    ``mailhub user add``."""
+    if _cannot_be_folder(name):
+        return "it cannot name a Maildir folder (no '/', not '.' or '..')"
+    return _too_long(name)
+
+
 def _path_component(text: str, what: str) -> str:
-    if not text or text in (".", "..") or "/" in text or "\x00" in text:
-        raise LocalError(f"{what} {quoted(text)} cannot name a Maildir folder")
+    if _cannot_be_folder(text):
+        raise MailboxNameError(f"{what} {quoted(text)} cannot name a Maildir folder")
+    why = _too_long(text)
+    if why is not None:
+        # one line of the log, not a screenful
+        raise MailboxNameError(f"{what} {quoted(text[:40])}...: {why}")
     return text
 
 
