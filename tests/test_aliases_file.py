@@ -197,6 +197,25 @@ def test_a_name_that_starts_with_a_hash_is_written_quoted(path: Path) -> None:
     assert path.read_text() == "x: joe\n"
 
 
+@pytest.mark.parametrize(("typed", "written", "alias"), [
+    ('#a\\b', '"#a\\\\b"', '"#a\\\\b"@example.org'),
+    ('#a"b', '"#a\\"b"', '"#a\\"b"@example.org'),
+    ('#a\\"b@example.net', '"#a\\\\\\"b"@example.net', '"#a\\\\\\"b"@example.net'),
+    ("#a@b@example.org", '"#a@b"@example.org', '"#a@b"@example.org'),
+])
+def test_the_quoted_name_a_hash_refusal_gives_is_the_name_typed(
+        path: Path, typed: str, written: str, alias: str) -> None:
+    # the refusal of a name that starts with '#' writes it quoted (RFC
+    # 5321 4.1.2: a backslash and a quote escaped in a quoted string, the
+    # domain after the last '@'): added as it says, the alias is the
+    # name typed
+    with pytest.raises(BadAlias) as refused:
+        aliases_at(path, "").add(typed, ["joe"])
+    assert str(refused.value).endswith(f"write the name quoted, {written}")
+    assert aliases_at(path).add(written, ["joe"]).alias == alias
+    assert path.read_text() == f"{written}: joe\n"
+
+
 # the file's own syntax, in and out of quotes: names and targets that
 # quote, escape, hold a ':' or ',' or parentheses or a '#' (a comment at
 # the start of a line), or are only quotes;
