@@ -1771,6 +1771,27 @@ def test_a_line_in_another_spelling_does_not_take_the_user_rcpt_reaches(
     assert Path(db.path).read_text().strip() == ""
 
 
+@pytest.mark.parametrize(("spellings", "in_effect"), [
+    (('"q"', '"q"'), 1),
+    (('"q"', '"q"', "q"), 3),
+    (('"q"', "q", "q"), 2),
+    (("q", '"q"', "q"), 1),
+])
+def test_of_lines_in_one_spelling_the_first_is_in_effect(
+        db: UsersDB, spellings: tuple[str, ...], in_effect: int) -> None:
+    # only a line written as RCPT gives the name takes the user from one
+    # in another spelling, and only from such a line: of lines in one
+    # spelling, the first stays in effect
+    Path(db.path).write_text("".join(f"{name}@example.org {hash_password(f'pw{n}')}\n"
+                                     for n, name in enumerate(spellings, 1)))
+    settle(db)
+    user = db.qualify("q")
+    assert [n for n in range(1, len(spellings) + 1)
+            if db.check_password(user, f"pw{n}")] == [in_effect]
+    assert db.lines() == {"q@example.org": in_effect}
+    assert len(db.problems) == len(spellings) - 1
+
+
 def test_of_two_lines_keyed_as_written_the_first_is_in_effect(db: UsersDB) -> None:
     # 'a' U+037E (the Greek question mark) was keyed "a;" before too, as
     # RCPT reached it: beside a '"a;"' line below it, the first is in
