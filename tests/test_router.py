@@ -1255,6 +1255,15 @@ class AliasLineWordsTests(SynchronousTestCase):
         table, problems = self.parse('joe2: ann\nJoe2: bob\n"joe2": x\n')
         self.assertEqual(table, {"joe2@example.org": ((A("ann"), True),)})
         self.assertEqual(len(problems), 2)
+        table, problems = self.parse('"joe2": ann\n"joe2": bob\n')
+        self.assertEqual(table, {"joe2@example.org": ((A("ann"), True),)})
+        self.assertEqual(problems, ["f:2: alias '\"joe2\"' is already defined on line 1: "
+                                    "this one is ignored"])
+        # 'a' U+037E (the Greek question mark, ';' in NFC) was keyed "a;"
+        # before too, as RCPT reached it: of it and '"a;"', the first line
+        table, problems = self.parse('a\u037e: ann\n"a;": bob\n')
+        self.assertEqual(table, {'"a;"@example.org': ((A("ann"), True),)})
+        self.assertEqual(len(problems), 1)
 
     def test_a_backslash_that_starts_a_quoted_target_keeps_the_mailbox_and_the_line(self):
         # '\\"a;"' is the mailbox "a;" not expanded (the copy an alias
