@@ -451,3 +451,32 @@ def test_top_first_in_a_later_session_takes_the_kept_size(tmp_path, monkeypatch,
     assert status == b"+OK %d octets" % size and len(sent) == size
     assert sum(octets) == len(data)
     _quit(clock, proto)
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+@pytest.mark.parametrize("later", [False, True], ids=["same-session", "later-session"])
+def test_retr_after_list_refuses_a_message_with_no_downgraded_form(
+        tmp_path, monkeypatch, workers, later):
+    """A part header section with UTF-8 over ``PART_HEADER_LIMIT``, past
+    the first chunk: LIST gives the stored size (no downgraded form), and
+    RETR after it -- in its session or a later one, the size kept --
+    refuses the message as RETR alone does, not sends it as stored."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    blob = base64.encodebytes(os.urandom(150_000)).decode()
+    data = (
+        "Subject: \u00e9t\u00e9\nMIME-Version: 1.0\n"
+        "Content-Type: multipart/mixed; boundary=b\n\n"
+        f"--b\nContent-Type: application/octet-stream\n\n{blob}"
+        "--b\nContent-Description: gro\u00df\n"
+        + ("X-Pad: " + "a" * 70 + "\n") * (PART_HEADER_LIMIT // 70 + 1)
+        + "\nbody\n--b--\n").encode()
+    assert len(data) > pop3_protocol.CHUNK_SIZE
+    drop(md, data, 1, ours=True)
+    alone = session(clock, components, b"RETR 1\r\n")
+    assert alone.startswith(b"-ERR"), alone[:200]
+    answer = session(clock, components, b"LIST 1\r\n" if later else b"LIST 1\r\nRETR 1\r\n")
+    listed, _, retr = answer.partition(b"\r\n")
+    assert listed.startswith(b"+OK 1 ")
+    if later:
+        retr = session(clock, components, b"RETR 1\r\n")
+    assert retr == alone
