@@ -210,6 +210,11 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf; name*0=a; name*0=b; name*1=\"\u00e9\"",
      "application/pdf; name*0*=utf-8''a; name*0*=utf-8''b;\n name*1*=%C3%A9"),
+    # (an extended later section with UTF-8 too: its %-escapes are read
+    # in the first section's charset, RFC 2231 4.1)
+    ("Content-Type",
+     "application/pdf; name*0=\"r\"; name*1*=\u00e9sum\u00e9.pdf; name=\"resume.pdf\"",
+     "application/pdf; name*0*=utf-8''r;\n name*1*=%C3%A9sum%C3%A9.pdf; name=\"resume.pdf\""),
 ])
 def test_parameters_of_one_name_are_all_kept_in_their_order(field_name, value, want):
     # the stdlib's folder merges the parameters of one name into one:

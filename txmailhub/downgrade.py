@@ -387,6 +387,8 @@ def _parameters_apart(name: str, mime: str) -> str | None:
             if not prefix.isascii():
                 return None
             value = prefix + _escaped(value, _TO_ESCAPE_EXTENDED)
+            if not prefix:  # (a later section: its UTF-8 needs a first that says so)
+                first_to_say_utf8.add(attr.lower())
         elif section is None or int(section) == 0:
             value = "utf-8''" + _escaped(value)
         else:
