@@ -622,6 +622,9 @@ def test_a_long_ascii_part_header_section_hides_no_part_header_sections(outer, f
      "=?utf-8?q?abc?="),
     ('Content-Type: multipart/mixed (\u00e4); boundary="a =?utf-8?q?b?= c"',
      "a =?utf-8?q?b?= c"),
+    # (a field with UTF-8 after it)
+    (f'Content-Type: multipart/mixed; boundary="=?utf-8?q?abc?="; name="{NAME}"\n'
+     "Content-Description: gro\u00df", "=?utf-8?q?abc?="),
     # after two fields with parameters and UTF-8, a field with parameters
     # goes as encoded words (the stdlib would take too long over many)
     (f'Content-Disposition: inline; filename="{NAME}"\n'
