@@ -615,6 +615,14 @@ def test_a_long_ascii_part_header_section_hides_no_part_header_sections(outer, f
     assert run(leaf, step)[1] == 0
 
 
+@pytest.mark.parametrize("kind", ["text/plain", "multipartx/mixed"])
+def test_a_type_that_is_no_multipart_may_lose_a_boundary_parameter(kind):
+    # only a multipart's body has delimiter lines its boundary must name
+    header = f'Content-Type: {kind}; boundary="=?utf-8?q?abc?="; name="{NAME}"\n'.encode()
+    out = downgrade_header(header)
+    assert out.isascii() and walk(out + b"\nx\n")[0].get_param("name") == NAME
+
+
 @pytest.mark.parametrize("fields, boundary", [
     # "=", "?" are bchars (RFC 2046 5.1.1), and no encoded word is one in
     # a quoted string (RFC 2047 5(3)); the stdlib decodes it all the same
