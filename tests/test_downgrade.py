@@ -215,6 +215,21 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf; name*0=\"r\"; name*1*=\u00e9sum\u00e9.pdf; name=\"resume.pdf\"",
      "application/pdf; name*0*=utf-8''r;\n name*1*=%C3%A9sum%C3%A9.pdf; name=\"resume.pdf\""),
+    # a comment stays one, after the parameters
+    ("Content-Type",
+     "application/pdf; name=\"resume.pdf\" (old); name*=utf-8''r\u00e9sum\u00e9.pdf",
+     "application/pdf; name=\"resume.pdf\";\n name*=utf-8''r%C3%A9sum%C3%A9.pdf (old)"),
+    # "'" is no attribute-char (RFC 2231 7): escaped in an extended value
+    ("Content-Disposition",
+     "attachment; filename=\"l'\u00e9t\u00e9.txt\"; filename*=utf-8''l%27%C3%A9t%C3%A9.txt",
+     "attachment; filename*=utf-8''l%27%C3%A9t%C3%A9.txt;\n"
+     " filename*=utf-8''l%27%C3%A9t%C3%A9.txt"),
+    # sections past 9
+    ("Content-Type",
+     "text/plain; " + "; ".join(f"name*{n}={chr(97 + n)}" for n in range(10))
+     + "; name*10=\"\u00e9\"",
+     "text/plain; name*0*=utf-8''a; name*1=b; name*2=c; name*3=d;\n"
+     " name*4=e; name*5=f; name*6=g; name*7=h; name*8=i; name*9=j; name*10*=%C3%A9"),
 ])
 def test_parameters_of_one_name_are_all_kept_in_their_order(field_name, value, want):
     # the stdlib's folder merges the parameters of one name into one:
@@ -273,6 +288,8 @@ def test_property_parameters_of_one_name_are_all_kept(params, field_name):
     # too long for a line, and its name has sections to mix its own with
     ("application/pdf; name*0=a; name*1=b; name*=\"" + "\u00e9" * 200 + "\"", None),
     ("appl\u00e9cation/pdf; name*=a; name=b", None),
+    # a comment cuts a token (RFC 2045 5.1): the value is "a", as read
+    ("application/pdf; name=a(b)c; name*=\u00e9", "a"),
 ])
 def test_parameters_of_one_name_not_read_here_are_the_stdlibs(value, filename):
     out = downgrade_header(f"Content-Type: {value}\n".encode())
