@@ -219,6 +219,13 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf; name=\"resume.pdf\" (old); name*=utf-8''r\u00e9sum\u00e9.pdf",
      "application/pdf; name=\"resume.pdf\";\n name*=utf-8''r%C3%A9sum%C3%A9.pdf (old)"),
+    ("Content-Type",
+     "application/pdf (pdf); name=\"resume.pdf\"; name*=utf-8''r\u00e9sum\u00e9.pdf",
+     "application/pdf; name=\"resume.pdf\";\n name*=utf-8''r%C3%A9sum%C3%A9.pdf (pdf)"),
+    # a "%" that starts no %-escape is escaped itself
+    ("Content-Disposition",
+     "attachment; filename=\"x.txt\"; filename*=utf-8''50%\u00fc.txt",
+     "attachment; filename=\"x.txt\";\n filename*=utf-8''50%25%C3%BC.txt"),
     # "'" is no attribute-char (RFC 2231 7): escaped in an extended value
     ("Content-Disposition",
      "attachment; filename=\"l'\u00e9t\u00e9.txt\"; filename*=utf-8''l%27%C3%A9t%C3%A9.txt",
@@ -252,6 +259,32 @@ def test_a_parameter_of_one_name_too_long_for_a_line_becomes_sections():
     assert found[0] == ("name", None, "x.pdf") and found[-1] == ("a", None, "b")
     assert [section for _, section, _ in found[1:-1]] == list(range(len(found) - 2))
     assert "".join(value for _, _, value in found[1:-1]) == long
+
+
+@pytest.mark.parametrize("long", [
+    *("a" * shift + "\u65e5'b\u00e9\U0001f600%=" * 40 for shift in range(9)),
+    "\u00e9" + "'" * 400,  # (lines of 76 exactly: " name*9*=" is shorter than " name*10*=")
+])
+def test_the_sections_of_a_long_parameter_are_full_lines_of_whole_characters(long):
+    # RFC 2231 3: each section a line of at most 76 (RFC 2047 2), taking
+    # as much as fits; a character's %-escapes (one to four octets, an
+    # ASCII one too) never cut between two sections (each section's
+    # escapes decode alone)
+    h = f"Content-Type: application/pdf; name=\"x.pdf\"; name*=utf-8''{long}\n".encode()
+    lines = downgrade_header(h).decode().split("\n")[:-1]
+    sections = [line for line in lines if line.startswith(" name*")]
+    assert len(sections) > 10 and len(lines) == len(sections) + 1
+    texts = [line.split("=", 1)[1].rstrip(";") for line in sections]
+    assert texts[0].startswith("utf-8''")
+    for n, (line, text) in enumerate(zip(sections, texts)):
+        assert line.startswith(f" name*{n}*=") and len(line) <= 76
+        body = text.removeprefix("utf-8''") if n == 0 else text
+        urllib.parse.unquote(body, "utf-8", "strict")
+        assert re.fullmatch(r"(?:%[0-9A-F]{2}|[^%])+", body)
+        if n + 1 < len(texts):  # the next section's first character did not fit
+            first = re.match(r"%[C-F][0-9A-F](?:%[89AB][0-9A-F])*|%[0-9A-F]{2}|.", texts[n + 1])
+            assert len(f" name*{n}*={text}{first.group()};") > 76
+    assert "".join(urllib.parse.unquote(t.removeprefix("utf-8''")) for t in texts) == long
 
 
 _PLAIN_VALUE = st.text("ab\u00e4 \u65e5%'\"\\-", min_size=1, max_size=8).map(
