@@ -222,6 +222,10 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf (pdf); name=\"resume.pdf\"; name*=utf-8''r\u00e9sum\u00e9.pdf",
      "application/pdf; name=\"resume.pdf\";\n name*=utf-8''r%C3%A9sum%C3%A9.pdf (pdf)"),
+    # an octet under 0x10 is two hex digits too
+    ("Content-Disposition",
+     "attachment; filename=\"x.txt\"; filename=\"a\tb\u00e9\"",
+     "attachment; filename=\"x.txt\";\n filename*=utf-8''a%09b%C3%A9"),
     # a "%" that starts no %-escape is escaped itself
     ("Content-Disposition",
      "attachment; filename=\"x.txt\"; filename*=utf-8''50%\u00fc.txt",
@@ -321,12 +325,15 @@ def test_property_parameters_of_one_name_are_all_kept(params, field_name):
     # too long for a line, and its name has sections to mix its own with
     ("application/pdf; name*0=a; name*1=b; name*=\"" + "\u00e9" * 200 + "\"", None),
     ("appl\u00e9cation/pdf; name*=a; name=b", None),
+    ("application/pdf; name=a; n\u00e4me=b; name*=\u00e9", None),  # UTF-8 in a name
     # a comment cuts a token (RFC 2045 5.1): the value is "a", as read
     ("application/pdf; name=a(b)c; name*=\u00e9", "a"),
 ])
 def test_parameters_of_one_name_not_read_here_are_the_stdlibs(value, filename):
     out = downgrade_header(f"Content-Type: {value}\n".encode())
     assert out.isascii() and _unfolded_lines(out) == []
+    sections = re.findall(rb"name\*([0-9]+)", out)
+    assert len(set(sections)) == len(sections)  # (none twice)
     if filename is not None:
         assert parse(out)["content-type"].params["name"] == filename
 
