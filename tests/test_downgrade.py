@@ -222,6 +222,10 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf (pdf); name=\"resume.pdf\"; name*=utf-8''r\u00e9sum\u00e9.pdf",
      "application/pdf; name=\"resume.pdf\";\n name*=utf-8''r%C3%A9sum%C3%A9.pdf (pdf)"),
+    # (empty parameters, as ";;" and a ";" at the end, are none)
+    ("Content-Disposition",
+     "attachment;; filename=\"x.txt\"; filename*=utf-8''\u00e9.txt;",
+     "attachment; filename=\"x.txt\";\n filename*=utf-8''%C3%A9.txt"),
     # an octet under 0x10 is two hex digits too
     ("Content-Disposition",
      "attachment; filename=\"x.txt\"; filename=\"a\tb\u00e9\"",
