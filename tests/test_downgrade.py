@@ -226,6 +226,14 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Disposition",
      "attachment;; filename=\"x.txt\"; filename*=utf-8''\u00e9.txt;",
      "attachment; filename=\"x.txt\";\n filename*=utf-8''%C3%A9.txt"),
+    # raw UTF-8 in an extended first section; an extended value with one
+    # "'", no charset and language: all of it is the value
+    ("Content-Type",
+     "application/pdf; name*0*=utf-8''r\u00e9; name*1*=sum\u00e9.pdf; name=x",
+     "application/pdf; name*0*=utf-8''r%C3%A9;\n name*1*=sum%C3%A9.pdf; name=x"),
+    ("Content-Type",
+     "application/pdf; name*=utf-8'\u00e9; name=x",
+     "application/pdf; name*=utf-8''utf-8%27%C3%A9; name=x"),
     # an octet under 0x10 is two hex digits too
     ("Content-Disposition",
      "attachment; filename=\"x.txt\"; filename=\"a\tb\u00e9\"",
@@ -330,6 +338,7 @@ def test_property_parameters_of_one_name_are_all_kept(params, field_name):
     ("application/pdf; name*0=a; name*1=b; name*=\"" + "\u00e9" * 200 + "\"", None),
     ("appl\u00e9cation/pdf; name*=a; name=b", None),
     ("application/pdf; name=a; n\u00e4me=b; name*=\u00e9", None),  # UTF-8 in a name
+    ("application/pdf; name=a; name*=utf-8'\u00e9n'x", "a"),  # UTF-8 in a language
     # a comment cuts a token (RFC 2045 5.1): the value is "a", as read
     ("application/pdf; name=a(b)c; name*=\u00e9", "a"),
 ])
