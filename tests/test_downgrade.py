@@ -277,6 +277,15 @@ def test_a_parameter_of_one_name_too_long_for_a_line_becomes_sections():
     assert "".join(value for _, _, value in found[1:-1]) == long
 
 
+@pytest.mark.parametrize("ascii_count, lines", [(5, 1), (6, 15)])
+def test_a_parameter_of_one_name_is_cut_into_sections_only_over_998(ascii_count, lines):
+    # RFC 5322 2.1.1: a line of 998 characters is one line still
+    value = "a" * ascii_count + "\u00e9" * 163
+    h = f"Content-Type: application/pdf; name*=utf-8''{value}; name=x\n".encode()
+    out = downgrade_header(h).split(b"\n")[1:-2]
+    assert len(out) == lines and max(map(len, out)) == (998 if lines == 1 else 76)
+
+
 @pytest.mark.parametrize("long", [
     *("a" * shift + "\u65e5'b\u00e9\U0001f600%=" * 40 for shift in range(9)),
     "\u00e9" + "'" * 400,  # (lines of 76 exactly: " name*9*=" is shorter than " name*10*=")
@@ -339,6 +348,8 @@ def test_property_parameters_of_one_name_are_all_kept(params, field_name):
     ("appl\u00e9cation/pdf; name*=a; name=b", None),
     ("application/pdf; name=a; n\u00e4me=b; name*=\u00e9", None),  # UTF-8 in a name
     ("application/pdf; name=a; name*=utf-8'\u00e9n'x", "a"),  # UTF-8 in a language
+    # a later section with UTF-8, and no first to say utf-8
+    ("application/pdf; name*1=\"\u00e9\"; name=x", "x\u00e9"),
     # a comment cuts a token (RFC 2045 5.1): the value is "a", as read
     ("application/pdf; name=a(b)c; name*=\u00e9", "a"),
 ])
@@ -347,6 +358,8 @@ def test_parameters_of_one_name_not_read_here_are_the_stdlibs(value, filename):
     assert out.isascii() and _unfolded_lines(out) == []
     sections = re.findall(rb"name\*([0-9]+)", out)
     assert len(set(sections)) == len(sections)  # (none twice)
+    if re.search(rb"name\*[1-9][0-9]*\*", out):  # its escapes read by the first's charset
+        assert re.search(rb"name\*0\*=utf-8'", out, re.IGNORECASE)
     if filename is not None:
         assert parse(out)["content-type"].params["name"] == filename
 
