@@ -615,6 +615,24 @@ def test_a_long_ascii_part_header_section_hides_no_part_header_sections(outer, f
     assert run(leaf, step)[1] == 0
 
 
+@pytest.mark.parametrize("field", [b"Content-Type: MultiPart/Mixed; boundary=in\n",
+                                   b"Content-Type: Message/RFC822\n"])
+@pytest.mark.parametrize("step", [1, 3, 7, 4096])
+def test_a_nesting_type_at_the_end_of_a_long_part_header_section_is_found_in_any_chunks(
+        field, step):
+    # (in any case, and cut between two chunks wherever it is: the type
+    # is looked for in what is passed on, not in what is held)
+    long_ascii = b"X-Pad: " + b"a" * 70 + b"\n"
+    pad = long_ascii * (PART_HEADER_LIMIT // len(long_ascii) + 1)
+    inner = (b"--in\n" if b"Multi" in field else b"") + "Subject: gr\u00fc\u00df\n\nbody\n".encode()
+    message = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=out\n\n--out\n".encode()
+               + pad + field + b"\n" + inner + b"--out--\n")
+    with pytest.raises(Undowngradable, match="too long"):
+        run(message, step)
+    leaf = message.replace(field, b"Content-Type: text/plain\n")
+    assert run(leaf, step)[1] == 0
+
+
 @pytest.mark.parametrize("kind", ["text/plain", "multipartx/mixed"])
 def test_a_type_that_is_no_multipart_may_lose_a_boundary_parameter(kind):
     # only a multipart's body has delimiter lines its boundary must name
