@@ -234,6 +234,10 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf; name*=utf-8'\u00e9; name=x",
      "application/pdf; name*=utf-8''utf-8%27%C3%A9; name=x"),
+    # a first section made to say utf-8 has its blank escaped too
+    ("Content-Type",
+     "application/pdf; name*0=\"a b\"; name*1=\"\u00e9\"; name=x",
+     "application/pdf; name*0*=utf-8''a%20b; name*1*=%C3%A9; name=x"),
     # a first section that says UTF-8 quoted, in capitals
     ("Content-Type",
      "application/pdf; name*0*=\"UTF-8''r\"; name*1=\"\u00e9\"; name=x",
