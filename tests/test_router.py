@@ -1259,6 +1259,10 @@ class AliasLineWordsTests(SynchronousTestCase):
         self.assertEqual(table, {"joe2@example.org": ((A("ann"), True),)})
         self.assertEqual(problems, ["f:2: alias '\"joe2\"' is already defined on line 1: "
                                     "this one is ignored"])
+        # with the domain written
+        table, problems = self.parse('"joe2"@example.org: ann\njoe2@example.org: bob\n')
+        self.assertEqual(table, {"joe2@example.org": ((A("bob"), True),)})
+        self.assertEqual(len(problems), 1)
         # 'a' U+037E (the Greek question mark, ';' in NFC) was keyed "a;"
         # before too, as RCPT reached it: of it and '"a;"', the first line
         table, problems = self.parse('a\u037e: ann\n"a;": bob\n')
