@@ -234,6 +234,10 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Type",
      "application/pdf; name*=utf-8'\u00e9; name=x",
      "application/pdf; name*=utf-8''utf-8%27%C3%A9; name=x"),
+    # a line of 76 with its ";" (RFC 2047 2)
+    ("Content-Type",
+     "application/pdf; name=\"x\"; b=" + "c" * 32 + "; name*=\u00e9",
+     "application/pdf; name=\"x\"; b=" + "c" * 32 + ";\n name*=utf-8''%C3%A9"),
     # a first section made to say utf-8 has its blank escaped too
     ("Content-Type",
      "application/pdf; name*0=\"a b\"; name*1=\"\u00e9\"; name=x",
