@@ -673,3 +673,33 @@ def test_a_multipart_whose_downgraded_type_loses_its_boundary_has_no_downgraded_
     if "Disposition" not in fields:
         out, _ = run(message.replace(boundary.encode(), b"kept"))
         assert out.isascii() and walk(out)[-1].get_filename() == NAME
+
+
+def test_a_delimiter_goes_to_the_innermost_open_multipart_of_its_boundary():
+    # a multipart inside one of the same boundary (RFC 2046 5.1.1 forbids
+    # it; readers take the innermost, as the delimiters were looked for
+    # before): its close leaves the outer open, whose next part follows
+    message = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=b\n\n"
+               "--b\nContent-Type: multipart/mixed; boundary=b\n\n"
+               "--b\nContent-Description: \u00fc1\n\nx\n--b--\n"
+               "--b\nContent-Description: \u00fc2\n\ny\n--b--\n").encode()
+    out, _ = run(message)
+    assert out.isascii() and b"=?utf-8?q?=C3=BC2?=" in out
+    # and so after a multipart inside the inner one has closed
+    message = message.replace(b"x\n--b--\n", b"--c\n\nz\n--c--\n--b--\n").replace(
+        "\u00fc1\n".encode(), "\u00fc1\nContent-Type: multipart/mixed; boundary=c\n".encode())
+    out, _ = run(message)
+    assert out.isascii() and b"=?utf-8?q?=C3=BC2?=" in out and b"--c--\n--b--\n--b\n" in out
+
+
+@pytest.mark.parametrize("boundary", ["i", "in"])
+def test_a_line_of_a_closed_multipart_is_body(boundary):
+    # after the close delimiter of a multipart (a boundary of one octet
+    # too), "--" and its boundary is body text: not a part to downgrade
+    message = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=o\n\n"
+               f"--o\nContent-Type: multipart/mixed; boundary={boundary}\n\n"
+               f"--{boundary}\nContent-Description: \u00fc1\n\nx\n--{boundary}--\n"
+               f"--{boundary}\nX-Body: gr\u00fc\u00df\n\n--o--\n").encode()
+    out, _ = run(message)
+    assert b"=?utf-8?q?=C3=BC1?=" in out
+    assert out.endswith(f"--{boundary}\nX-Body: gr\u00fc\u00df\n\n--o--\n".encode())
