@@ -703,3 +703,25 @@ def test_a_line_of_a_closed_multipart_is_body(boundary):
     out, _ = run(message)
     assert b"=?utf-8?q?=C3=BC1?=" in out
     assert out.endswith(f"--{boundary}\nX-Body: gr\u00fc\u00df\n\n--o--\n".encode())
+
+
+def test_a_boundary_with_two_more_octets_is_no_close_delimiter():
+    # RFC 2046 5.1.1: only "--" after the boundary makes the close
+    # delimiter; "--ixy" is a line of the part's body, and the next
+    # part of the multipart is downgraded
+    message = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=o\n\n"
+               "--o\nContent-Type: multipart/mixed; boundary=i\n\n"
+               "--i\n\nx\n--ixy\n--i\nContent-Description: \u00fc3\n\ny\n--i--\n--o--\n").encode()
+    out, _ = run(message)
+    assert out.isascii() and b"--ixy\n--i\nContent-Description: =?utf-8?q?=C3=BC3?=" in out
+
+
+def test_the_close_of_an_outer_multipart_closes_the_inner_ones_open():
+    # (its epilogue has no parts: a line there like a delimiter of either
+    # is body text)
+    epilogue = "--o\nX-Body: gr\u00fc\u00df\n--i\nX-Body: gr\u00fc\u00df\n"
+    message = ("Subject: \u00fc\nContent-Type: multipart/mixed; boundary=o\n\n"
+               "--o\nContent-Type: multipart/mixed; boundary=i\n\n"
+               f"--i\n\nx\n--o--\n{epilogue}").encode()
+    out, _ = run(message)
+    assert out.endswith(f"--o--\n{epilogue}".encode())
