@@ -250,6 +250,10 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Disposition",
      "attachment; filename=\"x.txt\"; filename=\"a\tb\u00e9\"",
      "attachment; filename=\"x.txt\";\n filename*=utf-8''a%09b%C3%A9"),
+    # an attribute-char (RFC 2231 7) is not escaped
+    ("Content-Type",
+     "application/pdf; name=x; name*=\"a`~\u00e9\"",
+     "application/pdf; name=x; name*=utf-8''a`~%C3%A9"),
     # a "%" that starts no %-escape is escaped itself
     ("Content-Disposition",
      "attachment; filename=\"x.txt\"; filename*=utf-8''50%\u00fc.txt",
