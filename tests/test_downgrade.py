@@ -250,6 +250,13 @@ def rfc2231_parameters(out: bytes) -> list[tuple[str, int | None, str]]:
     ("Content-Disposition",
      "attachment; filename=\"x.txt\"; filename=\"a\tb\u00e9\"",
      "attachment; filename=\"x.txt\";\n filename*=utf-8''a%09b%C3%A9"),
+    # a later section's name in capitals is the first's (RFC 2045 5.1)
+    ("Content-Type",
+     "application/pdf; name*0=\"r\"; NAME*1=\"\u00e9\"; name=x",
+     "application/pdf; name*0*=utf-8''r; NAME*1*=%C3%A9; name=x"),
+    ("Content-Type",
+     "application/pdf; name*0=\"r\"; Name*1*=\u00e9; name=x",
+     "application/pdf; name*0*=utf-8''r; Name*1*=%C3%A9; name=x"),
     # an attribute-char (RFC 2231 7) is not escaped
     ("Content-Type",
      "application/pdf; name=x; name*=\"a`~\u00e9\"",
