@@ -2639,3 +2639,21 @@ def test_rcpt_to_a_user_whose_maildir_name_is_over_name_max_is_refused_for_good(
         Address("alice", "example.org"), Address("postmaster", "example.org"))
     warned = [e for e in log_events if "is refused" in str(e.get("log_format", ""))]
     assert len(warned) == 2, warned  # once per mailbox (the long one, a/b) for a while
+
+
+def test_vrfy_and_expn_say_what_rcpt_would_of_a_mailbox_no_folder_can_hold():
+    # VRFY answered 250 for a user whose RCPT is refused for good (550
+    # 5.3.5), and EXPN listed the member no copy goes to
+    from txmailhub.store.maildir import maildir_path
+
+    long_name = "\u0130" * 100
+    router = StaticRouter({"alice": None, long_name: None,
+                           "both": ["alice", long_name]}, domains=("example.org",))
+    d = Driver(router=router, expn=True)
+    d.engine.policy.components.store = SimpleNamespace(
+        maildir_path=lambda address: maildir_path("/m", address))
+    d.send("EHLO c.test\r\n")
+    assert d.send(f"VRFY {long_name}@example.org SMTPUTF8\r\n") == [
+        "550 5.3.5 Mailbox name cannot be stored on this system"]
+    assert d.send("EXPN both\r\n") == ["250 2.1.5 <alice@example.org>"]
+    assert d.codes("VRFY alice\r\n") == ["250"]

@@ -252,8 +252,13 @@ class RecipientPolicy:
     def verify(self, address: Address) -> tuple[Address, ...] | None:
         """What VRFY/EXPN may say: the final addresses, ``None`` when we
         cannot tell (another domain: 252); raises ``Rejected`` (550 5.1.1, or
-        the router's temporary refusals, as for RCPT)."""
+        the router's temporary refusals, as for RCPT, and RCPT's 550 5.3.5
+        for a mailbox no Maildir folder can hold: VRFY says what RCPT
+        would)."""
         if not self.router.is_local_domain(address.domain):
             return None
         local, remote = self.router.verify(address)
-        return tuple(local) + tuple(remote)
+        local, remote = tuple(local), tuple(remote)
+        if local:
+            local = self._storable(address, local, remote)
+        return local + remote
