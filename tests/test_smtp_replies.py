@@ -48,6 +48,9 @@ PINNED = {
     "SESSION_ERROR": (421, "4.3.0"),  # RFC 5321 3.8: a closing server sends 421
     "STORAGE_FULL": (452, "4.3.1"),  # RFC 5321 4.2.3, X.3.1
     "MAILBOX_FULL": (452, "4.2.2"),  # RFC 3463 X.2.2, temporary
+    # RFC 3463 X.3.5 "system incorrectly configured": a users file line
+    # whose Maildir folder name the file system cannot hold
+    "MAILBOX_NAME_UNUSABLE": (550, "5.3.5"),
     "MESSAGE_OVER_QUOTA": (550, "5.2.3"),  # RFC 3463 X.2.3; 550: a 552 at RCPT may be taken as 452
     "QUEUE_UNAVAILABLE": (451, "4.3.0"),
     "TOO_MANY_RECIPIENTS": (452, "4.5.3"),  # RFC 5321 4.5.3.1.10
