@@ -1074,12 +1074,18 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
     assert run(config, "check")[2] == ""
 
 
+
+def _mail_domain_with_user(config: Path, user: str) -> Path:
+    """The mail folder of example.org, once ``user`` is added there: the
+    set-up of the tests of Maildirs kept under older spellings."""
+    run(config, "user", "add", user, "--password-stdin", stdin=PW)
+    return config.parent / "var" / "mail" / "example.org"
+
 def test_check_names_a_maildir_kept_under_a_decomposed_local_part(config: Path) -> None:
     # an earlier version made the folder of a name typed decomposed (o and
     # U+0308) as typed; the hub keys that mailbox by its NFC form, so the
     # old folder's mail is out of reach until moved
-    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "bob")
     (domain / "bob" / "new").mkdir(parents=True)
     (domain / "j\u00f6rg" / "new").mkdir(parents=True)
     (domain / ".not-a-mailbox").mkdir()
@@ -1101,8 +1107,7 @@ def test_check_names_a_maildir_kept_under_a_quoted_local_part_rcpt_unquotes(
     # now, and every login, alias and RCPT reaches the Maildir q: the old
     # one's mail is out of reach until moved.  A name that needs its
     # quotes ('"a;"') is the hub's own folder
-    run(config, "user", "add", "q", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "q")
     (domain / '"a;"' / "new").mkdir(parents=True)
     assert run(config, "check")[2] == ""
     (domain / '"q"' / "new").mkdir(parents=True)
@@ -1173,8 +1178,7 @@ def test_check_names_no_maildir_in_quotes_that_are_no_one_quoted_string(config: 
     # '"a""b"' and '"a\\"' are no quoted string RCPT could give: a login
     # by that name opens the folder of its name, the hub's own, which
     # no other spelling of it stands for
-    run(config, "user", "add", "q", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "q")
     for name in ('"a""b"', '"a\\"'):
         (domain / name / "new").mkdir(parents=True)
         (domain / name / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
@@ -1215,8 +1219,7 @@ def test_check_names_no_maildir_that_is_the_hubs_own_under_another_name(config: 
 def test_check_names_no_folder_whose_name_is_not_utf8(config: Path) -> None:
     # no address has such a name: the hub never made it, and its
     # "kept in" folder would be no name either
-    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "bob")
     (domain / "bob" / "new").mkdir(parents=True)
     os.mkdir(os.path.join(os.fsencode(domain), b"B\xff"))
     assert run(config, "check")[2] == ""
@@ -1226,8 +1229,7 @@ def test_check_names_no_dot_folder_under_a_decomposed_spelling(config: Path) -> 
     # a name with a leading dot is no address's folder (a Maildir++
     # subfolder, a client's own): passed over even when it is a Maildir
     # whose name is spelled decomposed
-    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "bob")
     (domain / "bob" / "new").mkdir(parents=True)
     (domain / ".jo\u0308rg" / "new").mkdir(parents=True)
     (domain / ".jo\u0308rg" / "new" / "1.M1P1.host,S=5").write_bytes(b"hi\n")
@@ -1237,8 +1239,7 @@ def test_check_names_no_dot_folder_under_a_decomposed_spelling(config: Path) -> 
 def test_check_names_messages_of_an_old_maildir_whose_unique_name_is_taken(
         config: Path) -> None:
     # moved as the advice says, one of them would replace the other
-    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "bob")
     for sub in ("new", "cur"):
         (domain / "bob" / sub).mkdir(parents=True)
         (domain / "Bob" / sub).mkdir(parents=True)
@@ -1276,8 +1277,7 @@ def test_check_says_which_folder_it_could_not_look_into_for_old_maildirs(
         config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # a folder check cannot read (run as another user than the hub's) was
     # taken for one with no Maildir spelled another way: an ok, no word
-    run(config, "user", "add", "bob", "--password-stdin", stdin=PW)
-    domain = config.parent / "var" / "mail" / "example.org"
+    domain = _mail_domain_with_user(config, "bob")
     (domain / "Bob" / "new").mkdir(parents=True)
     assert "Bob is a Maildir the hub no longer reads" in run(config, "check")[2]
     listdir = os.listdir
