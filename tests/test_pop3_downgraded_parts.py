@@ -299,6 +299,29 @@ class _CountedFile:
         return getattr(self._file, name)
 
 
+def _top_reads_its_lines_only(clock, proto, t, octets: list) -> None:
+    """TOP 1 5 sends the part header downgraded, reading no more than a
+    chunk of the file."""
+    t.received.clear()
+    octets.clear()
+    proto.dataReceived(b"TOP 1 5\r\n")
+    clock.advance(0)
+    assert bytes(t.received).endswith(b"Content-Description: =?utf-8?q?gro=C3=9F?=\r\n\r\n.\r\n")
+    assert sum(octets) <= pop3_protocol.CHUNK_SIZE
+
+
+def _retr_reads_it_once(clock, proto, t, octets: list, size: int, length: int) -> None:
+    """RETR 1 sends ``size`` octets, all ASCII, as its +OK says, reading
+    the ``length`` octets of the file once."""
+    t.received.clear()
+    octets.clear()
+    proto.dataReceived(b"RETR 1\r\n")
+    clock.advance(0)
+    status, sent = unstuffed(bytes(t.received))
+    assert status == b"+OK %d octets" % size and len(sent) == size and sent.isascii()
+    assert sum(octets) == length
+
+
 def _count_reads(monkeypatch) -> list:
     """Count the reads of message files, read inline: the list returned
     gets the length of each read."""
@@ -339,19 +362,8 @@ def test_retr_and_top_after_list_read_the_message_once(tmp_path, monkeypatch, wo
     proto.dataReceived(b"LIST 1\r\n")
     clock.advance(0)
     size = int(bytes(t.received).rsplit(b"\r\n+OK 1 ", 1)[1].split(b"\r\n")[0])
-    t.received.clear()
-    octets.clear()
-    proto.dataReceived(b"RETR 1\r\n")
-    clock.advance(0)
-    status, sent = unstuffed(bytes(t.received))
-    assert status == b"+OK %d octets" % size and len(sent) == size and sent.isascii()
-    assert sum(octets) == len(data)
-    t.received.clear()
-    octets.clear()
-    proto.dataReceived(b"TOP 1 5\r\n")
-    clock.advance(0)
-    assert bytes(t.received).endswith(b"Content-Description: =?utf-8?q?gro=C3=9F?=\r\n\r\n.\r\n")
-    assert sum(octets) <= pop3_protocol.CHUNK_SIZE
+    _retr_reads_it_once(clock, proto, t, octets, size, len(data))
+    _top_reads_its_lines_only(clock, proto, t, octets)
     _quit(clock, proto)
 
 
@@ -437,12 +449,7 @@ def test_top_first_in_a_later_session_takes_the_kept_size(tmp_path, monkeypatch,
     drop(md, data, 1, ours=False)
     size = int(session(clock, components, b"LIST 1\r\n").split()[2])
     proto, t = _logged_in(clock, components)
-    t.received.clear()
-    octets.clear()
-    proto.dataReceived(b"TOP 1 5\r\n")
-    clock.advance(0)
-    assert bytes(t.received).endswith(b"Content-Description: =?utf-8?q?gro=C3=9F?=\r\n\r\n.\r\n")
-    assert sum(octets) <= pop3_protocol.CHUNK_SIZE
+    _top_reads_its_lines_only(clock, proto, t, octets)
     t.received.clear()
     octets.clear()
     proto.dataReceived(b"RETR 1\r\n")
