@@ -14,6 +14,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
 from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
@@ -4442,25 +4443,75 @@ def test_a_new_connections_round_waits_until_the_earlier_rounds_results_are_hand
     assert {r.address: r.kind for r in results} == dict.fromkeys(rcpts, "delivered")
 
 
-def test_bytes_read_while_the_next_transaction_waits_are_the_sessions_after_its_commands(
-        tmp_path):
-    # a transport that cannot pause its reading (iosim's, as TLS over a
-    # wrapped endpoint) hands over the server's 421 while the earlier
-    # transaction's results are being written: it is read once the next
-    # transaction's MAIL went (the engine counts that MAIL as sent), not
-    # as a reply to a MAIL the server never got, the commands it asks for
-    # written ahead of that MAIL
-    _, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
-    server.transport.write(b"421 4.3.2 shutting down\r\n")
-    net.run()
-    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1 and not d.called
-    waits[0].callback(None)
-    by = {r.address: r for r in run(net, d)}
-    # the MAIL went, then the 421 ended that session: u2, whose "too many"
-    # stands, goes on a new connection
-    assert sum(c.startswith(b"MAIL") for c in server.commands) == 2
-    assert [[len(m[1]) for m in p.messages] for p in net.server_protocols] == [[2], [1]]
+class _PausingClient(iosim.FakeTransport):
+    """iosim's client transport made to pause as a TCP socket does: the
+    bytes that come while it is paused are read in the first pump after it
+    resumes (a socket's next reactor turn)."""
+
+    def __init__(self, protocol):
+        super().__init__(protocol, isServer=False)
+        self.paused = False
+        self.unread: list[bytes] = []
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def bufferReceived(self, buf):
+        if self.paused and isinstance(buf, bytes):
+            self.unread.append(buf)
+            return
+        super().bufferReceived(buf)
+
+    def _checkProducer(self):
+        if not self.paused and self.unread:
+            data, self.unread = b"".join(self.unread), []
+            super().bufferReceived(data)
+        super()._checkProducer()
+
+
+@pytest.mark.parametrize("pauses", [False, True])
+@pytest.mark.parametrize("stray", [b"550 5.7.1 stray\r\n", b"250 2.0.0 stray\r\n",
+                                   b"421 4.3.2 shutting down\r\n"])
+def test_a_reply_while_the_next_transaction_waits_answers_no_command(
+        tmp_path, monkeypatch, stray, pauses):
+    # the server says something while the earlier transaction's results
+    # are being written and the next transaction's MAIL waits: no command
+    # is outstanding, on a transport that cannot pause its reading (iosim's,
+    # as TLS over a wrapped endpoint, a port-465 smarthost) as on one that
+    # can (a TCP socket).  Read after that MAIL went, it passed for its
+    # reply: a "550" bounced u2, whose RCPT never went.  A reply out of
+    # order ends the session as a protocol error, a 421 as the server
+    # closing (RFC 5321 3.8); the MAIL never goes, u0 and u1 stay
+    # delivered (once), and u2, whose "too many" stands, goes on a new
+    # connection
+    if pauses:
+        monkeypatch.setattr(iosim, "makeFakeClient", _PausingClient)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
+        server.transport.write(stray)
+        net.run()
+        waits[0].callback(None)
+        by = {r.address: r for r in run(net, d)}
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     assert {r: by[r].kind for r in rcpts} == dict.fromkeys(rcpts, "delivered")
+    assert [by[r].reply.text() for r in rcpts] == ["250 2.0.0 queued"] * 3
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1
+    assert [[len(m[1]) for m in p.messages] for p in net.server_protocols] == [[2], [1]]
+    logged = [formatEvent(e) for e in events if "protocol error" in e.get("log_format", "")]
+    if stray.startswith(b"421"):
+        assert logged == []
+        return
+    assert logged == [
+        "ABCDEF0123456789: session with mx1.remote.test[2001:db8::1] ended in a protocol "
+        "error: 421 4.5.0 reply from the server before the hub's command (MAIL) was sent: "
+        + stray.decode().strip() + " (the connection was dropped; the results before it "
+        "stand)"]
 
 
 def _round_handed_over_while_stopped(tmp_path):

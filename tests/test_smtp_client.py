@@ -2930,6 +2930,59 @@ def test_a_stray_reply_after_the_final_dot_is_no_answer_to_the_next_mail():
     assert s.phase is Phase.DONE
 
 
+@pytest.mark.parametrize("cut", [False, True])
+@pytest.mark.parametrize("stray", [b"250 2.1.0 stray\r\n", b"550 5.7.1 stray\r\n"])
+def test_a_stray_reply_while_the_next_mail_is_held_is_no_answer_to_it(stray, cut):
+    # the adapter holds the next transaction's commands while it records
+    # the first one's results (``hold``): a reply read meanwhile -- in a
+    # later read than the reply to ".", which a transport that cannot
+    # pause its reading delivers -- answers no command.  Taken for the
+    # MAIL's once that went, a "550" bounced carol and dave
+    s, dave = bob_alone_in_the_first_message()
+    actions = s.receive(b"250 2.0.0 one\r\n")
+    assert isinstance(actions[0], TransactionDone)
+    assert sent(actions[1:]).startswith(b"MAIL FROM:<alice@example.org>")
+    s.hold()
+    if cut:  # its first bytes alone are early too (all but a 421's)
+        assert s.receive(stray[:2]) == [Close(abort=True)]
+    else:
+        assert s.receive(stray) == [Close(abort=True)]
+    out = s.outcome
+    assert out.session_error is None  # bob's delivery stands
+    assert [(r.address, r.reply.text()) for r in out.recipients] == [
+        (BOB, "250 2.0.0 one"), (CAROL, "452 4.5.3 too many recipients"),
+        (dave, "452 4.5.3 too many recipients")]
+    said = (": " + stray.decode().strip()) if not cut else ""
+    assert s.protocol_error.text() == (
+        f"421 4.5.0 reply from the server before the hub's command (MAIL) was sent{said}")
+    assert s.transactions_sent == 1  # the held MAIL never went
+
+
+def test_a_421_while_the_next_mail_is_held_is_the_server_closing():
+    # RFC 5321 3.8: a 421 may come "asynchronously from command receipt",
+    # also cut between reads
+    s, dave = bob_alone_in_the_first_message()
+    s.receive(b"250 2.0.0 one\r\n")
+    s.hold()
+    assert s.receive(b"42") == []
+    assert s.receive(b"1 4.3.2 shutting down\r\n") == [Close(abort=True)]
+    assert s.protocol_error is None
+    assert [(r.address, r.reply.text()) for r in s.outcome.recipients] == [
+        (BOB, "250 2.0.0 one"), (CAROL, "452 4.5.3 too many recipients"),
+        (dave, "452 4.5.3 too many recipients")]
+    assert s.transactions_sent == 1
+
+
+def test_the_replies_after_a_held_mail_went_answer_it():
+    s, _ = bob_alone_in_the_first_message()
+    s.receive(b"250 2.0.0 one\r\n")
+    s.hold()
+    s.release()  # the MAIL, RCPTs and DATA go
+    assert s.receive(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n") == [
+        SendBody(convert_7bit=False)]
+    assert s.transactions_sent == 2 and s.outcome is None
+
+
 def test_a_stray_reply_after_the_final_dot_is_no_answer_to_rset():
     s = greeted(EHLO_BASIC, recipients=[(BOB, None), (CAROL, None)])
     s.receive(b"250 ok\r\n")

@@ -236,8 +236,9 @@ class SMTPClientProtocol(Protocol):
     transaction's final "." answered, another to follow); a Deferred it
     returns holds the next transaction's commands until it fires (its
     results recorded first: a crash in the next transaction must not send
-    them again), the server's bytes not read and no reply timer running
-    meanwhile (the wait is the hub's, not the server's)."""
+    them again), no reply timer running meanwhile (the wait is the hub's,
+    not the server's); a reply read meanwhile answers no command and ends
+    the session (``_hold``)."""
 
     def __init__(self, session: ClientSession, clock: Any, message_path: str,
                  tls_creator: Any, converted_path: str,
@@ -273,10 +274,8 @@ class SMTPClientProtocol(Protocol):
         self._lost = False  # connectionLost has run
         self._lost_waiters: list[defer.Deferred] = []  # when_lost
         self._stopping = False  # the hub's stop cut the session (``abort``)
-        # while the next transaction waits (``_hold``): the bytes read
-        # meanwhile (a transport that cannot pause its reading: TLS over a
-        # wrapped endpoint), given to the session once its commands went
-        self._held_bytes: list[bytes] | None = None
+        # the next transaction's commands wait (``_hold``)
+        self._holding = False
 
     # --- timers ---------------------------------------------------------------
 
@@ -315,7 +314,7 @@ class SMTPClientProtocol(Protocol):
         self._stopping = True
         self._disarm()
         self._stop_rate_timer()
-        if self._held_bytes is not None:
+        if self._holding:
             self.session.held_back()  # (``_hold``: they never went)
         if self.session.outcome is None:
             self.session.cut(STOP_CUT)
@@ -389,9 +388,6 @@ class SMTPClientProtocol(Protocol):
             self._arm()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._held_bytes is not None:
-            self._held_bytes.append(data)
-            return
         self._tls_pending = False
         self._handshaking = False  # bytes come through TLS once it is up
         self._received = True
@@ -403,7 +399,7 @@ class SMTPClientProtocol(Protocol):
                 # that asks its producer for more only at idle times)
                 self._producer.finish_early()
             actions = self.session.receive(data)
-            if self.session.replies_received != seen:
+            if self.session.replies_received != seen and not self._holding:
                 self._arm()  # a whole reply came: the next one's clock starts
             self._run(actions)
         except Exception:
@@ -441,7 +437,7 @@ class SMTPClientProtocol(Protocol):
             detail = tls_failure(reason) if self.session.tls_active and not self._received else ""
             why = (f"TLS negotiation failed ({detail})" if detail
                    else f"connection lost ({reason.getErrorMessage()})")
-        if self._held_bytes is not None:
+        if self._holding:
             self.session.held_back()  # (``_hold``: they never went)
         outcome = self.session.connection_lost(why)
         if tls_pending and outcome.session_error is not None:
@@ -509,27 +505,26 @@ class SMTPClientProtocol(Protocol):
             return None
 
     def _hold(self, wait: defer.Deferred, rest: Sequence[Any]) -> None:
-        """The next transaction's actions ``rest`` wait for ``wait``: the
-        connection is not read and no reply timer runs until it fires
-        (whether it succeeds or fails); then they go, unless the session
-        ended meanwhile (the hub's stop cut it).  Bytes a transport that
-        cannot pause hands over meanwhile are the session's after those
-        commands, as a paused one's are."""
+        """The next transaction's actions ``rest`` wait for ``wait``: no
+        reply timer runs until it fires (whether it succeeds or fails);
+        then they go, unless the session ended meanwhile (the hub's stop
+        cut it, the server closed the connection).  The connection is read
+        meanwhile, whatever the transport: no command is outstanding
+        (``ClientSession.hold``), so a reply that comes ends the session
+        now -- left unread (a paused socket) or kept until they went (a TLS
+        transport, which cannot pause), it would be read after the next
+        ``MAIL`` went and pass for its reply."""
         self._disarm()
-        self._held_bytes = []
-        pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None:
-            pause()
+        self._holding = True
+        self.session.hold()
 
         def go_on(result: Any) -> None:
             if isinstance(result, Failure):
                 log_failure(log, result, "recording a transaction's results failed")
-            held, self._held_bytes = self._held_bytes or [], None
+            self._holding = False
             if self._closing or self._lost or self.done.called:
                 return
-            resume = getattr(self.transport, "resumeProducing", None)
-            if resume is not None:
-                resume()
+            self.session.release()
             self._arm()
             try:
                 self._run(rest)
@@ -537,11 +532,6 @@ class SMTPClientProtocol(Protocol):
                 log.failure("SMTP client session failed")
                 self.session.connection_lost("local error")
                 self._abort()
-                return
-            for data in held:  # (kept again by a hold these bytes begin)
-                if self._closing or self._lost:
-                    break
-                self.dataReceived(data)
 
         wait.addBoth(go_on)
 
@@ -1662,10 +1652,11 @@ class DeliveryAgent:
         )
         converted = f"{entry.message_path}.{secrets.token_hex(4)}.7bit"
         transaction_done = None
-        # the hand-overs under way: the session may end while one is (a
-        # connection closed by the server, and read: a transport that cannot
-        # pause), and what follows it -- a new connection for the recipients
-        # left, the next MX host -- waits for it as a next transaction does
+        # the hand-overs under way: the session may end while one is (the
+        # connection is read meanwhile: a server that closes it, or says
+        # something, ends it), and what follows it -- a new connection for
+        # the recipients left, the next MX host -- waits for it as a next
+        # transaction does
         handing: list[defer.Deferred] = []
         if hand_over is not None:
             said_by = _remote_name(mxhost.name, smarthost)

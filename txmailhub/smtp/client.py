@@ -645,6 +645,9 @@ class ClientSession:
         # gone (``transactions_sent``)
         self._mail_asked = False
         self._mail_went = False
+        # the adapter holds the commands after the ``TransactionDone`` the
+        # last ``receive`` returned (``hold``): none of them went yet
+        self._held = False
         self._handlers = {
             Phase.GREETING: self._on_greeting,
             Phase.EHLO: self._on_ehlo,
@@ -684,17 +687,19 @@ class ClientSession:
 
     def receive(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
-        self._resent_mail, self._resent_rcpts = None, set()  # (returned before: sent)
-        if self._mail_asked:
-            self._mail_asked, self._mail_went = False, True
+        if not self._held:
+            self._resent_mail, self._resent_rcpts = None, set()  # (returned before: sent)
+            if self._mail_asked:
+                self._mail_asked, self._mail_went = False, True
         # The commands sent before these bytes came: what ``_expect`` holds
         # now.  A command a handler below asks for goes only once this
         # returns, so a reply in the same bytes after the last of those is
         # no answer to it: the server sent it before that command existed
         # (a stray "250 ok" after its reply to the final "." must not pass
         # for the next MAIL's, or QUIT's).  A group of pipelined commands
-        # (RFC 2920) is all in ``_expect``, its replies together here
-        sent = len(self._expect)
+        # (RFC 2920) is all in ``_expect``, its replies together here.
+        # None while the adapter holds the next transaction's (``hold``)
+        sent = 0 if self._held else len(self._expect)
         # a reply that follows one to a step of AUTH in the same bytes, or
         # comes during one, loses its text as that one does: a stray line
         # after a 535 may be the echo of the credentials as well
@@ -846,6 +851,24 @@ class ClientSession:
         self._expect.clear()
         self.phase = Phase.DONE
         return [Close(abort=True)]
+
+    def hold(self) -> None:
+        """The adapter holds the actions after the ``TransactionDone`` the
+        last ``receive`` returned -- the next transaction's commands --
+        until ``release``: none of them has gone, and no command is
+        outstanding.  A reply ``receive`` is given meanwhile answers none of
+        them, however the transport delivered it (one that cannot pause its
+        reading, or any read while they wait): more replies than commands,
+        a protocol error as any reply before its command (``_early``), but
+        a ``421``, the server closing (RFC 5321 3.8).  Read after they went,
+        it would pass for the reply to the next ``MAIL`` (or ``RSET``)."""
+        self._held = True
+
+    def release(self) -> None:
+        """The actions ``hold`` held go now (the adapter writes them as
+        ``release`` returns): replies ``receive`` is given from here on
+        may answer them."""
+        self._held = False
 
     def held_back(self) -> None:
         """The actions after the ``TransactionDone`` the last ``receive``
