@@ -15,8 +15,8 @@ from twisted.logger import Logger, LogLevel, LogPublisher, formatEventAsClassicL
 from twisted.logger._format import timeFormatRFC3339
 from twisted.python.failure import Failure
 
-from txmailhub.logsafe import loggable
-from txmailhub.logtext import ClassicTextObserver
+from txmailhub.logsafe import CUT, loggable
+from txmailhub.logtext import LINE_LOG_MAX, ClassicTextObserver, capped
 
 
 def twisted_line(event: dict, time_format: str | None = timeFormatRFC3339) -> str | None:
@@ -319,3 +319,101 @@ def test_no_line_holds_a_control_character_raw(text: str) -> None:
         assert unraw(message) == message and "\n" not in message
     assert (syslog.LOG_INFO, f"[n#info] {loggable(text)}") in sent
     assert any(message.endswith(f"no record for {loggable(text)}") for _, message in sent)
+
+
+# --- no line longer than LINE_LOG_MAX octets ----------------------------------
+
+def _physical_lines(written: str) -> list[str]:
+    return written.split("\n")[:-1] if written.endswith("\n") else written.split("\n")
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=80),
+       st.integers(min_value=len(CUT) + 4, max_value=60))
+def test_a_line_is_cut_to_its_limit_in_octets_at_a_characters_end(text: str, limit: int) -> None:
+    out = capped(text, limit)
+    lines, cut = text.split("\n"), out.split("\n")
+    assert len(cut) == len(lines)  # no line break made or taken away
+    for line, short in zip(lines, cut):
+        if len(line.encode()) <= limit:
+            assert short == line
+            continue
+        assert short.endswith(CUT) and len(short.encode()) <= limit
+        kept = short[:-len(CUT)]
+        # as much of the line as fits, whole characters only
+        assert line.startswith(kept)
+        assert len((kept + line[len(kept)]).encode()) + len(CUT) > limit
+
+
+def test_a_line_of_exactly_the_limit_is_whole_one_octet_more_is_cut() -> None:
+    stamp = "2026-12-03T17:00:00+0000 [n#info] "
+    for fill, more in (("a", "b"), ("\u00e9", "a"), ("\U0001d11e", "\u00e9")):
+        room = LINE_LOG_MAX - len(stamp)
+        text = fill * (room // len(fill.encode())) + "a" * (room % len(fill.encode()))
+        assert len((stamp + text).encode()) == LINE_LOG_MAX
+        assert capped(stamp + text) == stamp + text
+        over = capped(stamp + text + more)
+        assert over.endswith(CUT) and len(over.encode()) <= LINE_LOG_MAX
+        assert len(over.encode()) > LINE_LOG_MAX - len(CUT) - 4
+
+
+@pytest.mark.parametrize("unit", ["x", "\x01", "\u00e9", "\U0001d11e", "\udcff"])
+def test_a_summary_over_the_limit_is_cut_and_marked(unit: str) -> None:
+    # the per-message line's own path (no general formatter): the same
+    # line as Twisted's up to the cut, then the mark and the line break
+    observer = ClassicTextObserver(io.StringIO())
+    event = {"log_format": "{summary}", "summary": "name " + unit * 40000,
+             "log_namespace": "txmailhub.smtp", "log_level": LogLevel.info,
+             "log_time": 1774745998.2}
+    line = observer.line(dict(event))
+    whole = twisted_line(event)
+    assert line.endswith(CUT + "\n") and line.count("\n") == 1
+    assert len(line[:-1].encode("utf-8")) <= LINE_LOG_MAX
+    assert whole.startswith(line[:-len(CUT) - 1])
+    assert len(line[:-1].encode()) > LINE_LOG_MAX - len(CUT) - 4  # as much as fits
+
+
+def portal_error(name: str) -> dict:
+    """The event of a failed login whose error names the user twice."""
+    try:
+        raise LookupError(f"no record for {name!r} (looked up as {name.lower()!r})")
+    except LookupError:
+        return {"log_format": "authentication error for {user}", "user": "joe",
+                "log_failure": Failure(), "log_namespace": "txmailhub.smtp.protocol",
+                "log_level": LogLevel.critical, "log_time": 1774745998.2}
+
+
+def test_a_traceback_line_over_the_limit_is_cut_each_line_its_own() -> None:
+    # an application's portal whose error names the client's user name
+    # (docs/embedding.rst), twice: the exception's line of the traceback,
+    # in the file as on standard output (the journal, which cuts a line
+    # over 48 KiB into records of their own)
+    event = portal_error("\x01" * 9000)
+    assert len(twisted_line(event)) > 48 * 1024  # one line, as Twisted writes it
+    out = io.StringIO()
+    ClassicTextObserver(out)(event)
+    written = out.getvalue()
+    lines = _physical_lines(written)
+    assert all(len(line.encode("utf-8")) <= LINE_LOG_MAX for line in lines)
+    cut = [line for line in lines if line.endswith(CUT)]
+    assert len(cut) == 1 and cut[0].startswith("\tbuiltins.LookupError: no record for '\\x01")
+    # the lines around it are whole: its event's first, the frames
+    assert lines[0].endswith(" [txmailhub.smtp.protocol#critical] authentication error for joe")
+    assert lines[1] == "\tTraceback (most recent call last):"
+    assert all(line.startswith("\t") for line in lines[1:])
+    assert [line for line in lines if not line.endswith(CUT)] == [
+        line for line in _physical_lines(twisted_line(event)) if len(line) < LINE_LOG_MAX]
+
+
+def test_syslog_messages_are_cut_to_the_limit_too() -> None:
+    from txmailhub.logtext import SyslogTextObserver
+
+    sent: list = []
+    observer = SyslogTextObserver("twisted", openlog=lambda *a: None,
+                                  send=lambda *a: sent.append(a))
+    observer({"log_format": "{summary}", "summary": "x" * 20000, "log_namespace": "n",
+              "log_level": LogLevel.info, "log_time": 0.0})
+    observer(portal_error("\x01" * 9000))
+    assert sent[0][1] == capped("[n#info] " + "x" * 20000)
+    assert sent[0][1].endswith(CUT) and len(sent[0][1].encode()) == LINE_LOG_MAX
+    assert all(len(message.encode()) <= LINE_LOG_MAX for _, message in sent)
+    assert sum(message.endswith(CUT) for _, message in sent) == 2

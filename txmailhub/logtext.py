@@ -25,7 +25,8 @@ event, a ``log_time`` that is not a float, a time format other than
 twistd's -- goes
 through Twisted's own formatter, so it reads exactly as before --
 but for what no line may hold raw (``_unraw``), which a traceback's
-exception text, whose words may be a client's, can bring.
+exception text, whose words may be a client's, can bring, and for the
+length of a line (``LINE_LOG_MAX``).
 
 ``SyslogTextObserver`` is twistd's ``--syslog`` observer with each
 line's ``[system]`` as the log file has it (``[txmailhub.smtp#info]``):
@@ -52,9 +53,28 @@ from twisted.logger import (
 from twisted.logger._format import _formatSystem, timeFormatRFC3339
 from zope.interface import implementer
 
-from txmailhub.logsafe import _escape
+from txmailhub.logsafe import CUT, _escape
 
-__all__ = ["ClassicTextObserver", "SyslogTextObserver"]
+__all__ = ["LINE_LOG_MAX", "ClassicTextObserver", "SyslogTextObserver", "capped"]
+
+#: The most octets (UTF-8) one line the hub's observers write may have,
+#: its line break not counted: the time stamp, the ``[system]`` and the
+#: text, a line of a traceback (each of which is a line of its own, after
+#: a tab) too.  A line cut to it ends with ``CUT``, counted in it.  The
+#: hub cuts each value it logs of a client's (``logsafe.loggable``), but
+#: the exception text of a traceback it cannot: an application's portal
+#: may put the name a client gave in it, 9 KiB in an AUTH line of 12 KiB
+#: (RFC 4954 4), four characters to an octet once escaped, or more than
+#: once.  journald cuts a line of standard output of over 48 KiB (its
+#: ``LineMax``) into records of their own, the second of which starts
+#: with the client's words and may read as a line of the hub's (the
+#: fail2ban filter, docs/deployment.rst); syslog daemons cut or drop a
+#: long message
+LINE_LOG_MAX = 16384
+
+# a line of at most this many characters is within LINE_LOG_MAX octets
+# (UTF-8 has at most four octets to a character): not encoded to be counted
+_SURELY_SHORT = LINE_LOG_MAX // 4
 
 # What no line of the log may hold raw, whatever an event's text is (the
 # hub escapes what it logs of a client's or a server's text, ``logsafe``;
@@ -77,9 +97,29 @@ def _unraw(text: str) -> str:
     return _RAW.sub(lambda m: _escape(m.group(), False), text)
 
 
+def capped(text: str, limit: int = LINE_LOG_MAX) -> str:
+    """``text``, a line or lines joined by ``\\n`` (with no surrogate:
+    ``_unraw`` first), with each line of more than ``limit`` octets of
+    UTF-8 cut to ``limit``, ``CUT`` included, at the end of a character
+    (what is written stays UTF-8)."""
+    if len(text) <= limit // 4:
+        return text  # the common case: not even encoded
+    return "\n".join(_capped_line(line, limit) for line in text.split("\n"))
+
+
+def _capped_line(line: str, limit: int) -> str:
+    if len(line) <= limit // 4:
+        return line
+    data = line.encode("utf-8")
+    if len(data) <= limit:
+        return line
+    return data[:limit - len(CUT)].decode("utf-8", "ignore") + CUT
+
+
 class ClassicTextObserver(FileLogObserver):
     """``textFileLogObserver(out_file)``, with the common event's line
-    made without the general formatter."""
+    made without the general formatter, and no line longer than
+    ``LINE_LOG_MAX`` octets (``capped``)."""
 
     def __init__(self, out_file: IO[Any], time_format: str | None = timeFormatRFC3339) -> None:
         super().__init__(out_file, self.line)
@@ -96,7 +136,7 @@ class ClassicTextObserver(FileLogObserver):
     def _general(self, event: dict[str, Any]) -> str | None:
         time_format = self._time_format
         line = formatEventAsClassicLogText(event, formatTime=lambda t: formatTime(t, time_format))
-        return None if line is None else _unraw(line)
+        return None if line is None else capped(_unraw(line))
 
     def line(self, event: dict[str, Any]) -> str | None:
         """The event's line, with its newline, or ``None`` (no text: no
@@ -126,7 +166,10 @@ class ClassicTextObserver(FileLogObserver):
         text = _unraw(text)
         if "\n" in text:
             text = text.replace("\n", "\n\t")
-        return f"{stamp[1]} [{system}] {text}\n"
+        line = f"{stamp[1]} [{system}] {text}\n"
+        if len(line) > _SURELY_SHORT:
+            return capped(line)  # (its last line is the empty one after the "\n")
+        return line
 
 
 @implementer(ILogObserver)
@@ -142,7 +185,8 @@ class SyslogTextObserver:
     time, each after the first with a tab before it, so that no line of
     a traceback, whose text may hold what a client sent, reads as a line
     of its own; what no line may hold raw (a NUL, where syslog(3) would
-    end the message) is escaped (``_unraw``), as in the log file.  It
+    end the message) is escaped (``_unraw``), and a message is cut to
+    ``LINE_LOG_MAX`` octets (``capped``), as in the log file.  It
     provides ``ILogObserver``: twistd takes any other
     observer for a legacy one, warns that this is deprecated, and wraps
     it in ``LegacyLogObserverWrapper``."""
@@ -171,4 +215,5 @@ class SyslogTextObserver:
         while lines[-1:] == [""]:
             lines.pop()
         for i, line in enumerate(lines):
-            self._send(priority | facility, f"[{system}] {chr(9) if i else ''}{_unraw(line)}")
+            self._send(priority | facility,
+                       capped(f"[{system}] {chr(9) if i else ''}{_unraw(line)}"))
