@@ -487,3 +487,16 @@ def test_the_testing_doubles_said_to_hold_their_answers_do() -> None:
         assert got == [], name
         held.release()
         assert len(got) == 1, name
+
+
+def test_the_log_line_limit_the_docs_give_is_the_hubs() -> None:
+    from txmailhub.logsafe import CUT
+    from txmailhub.logtext import LINE_LOG_MAX, capped
+
+    deployment = " ".join((ROOT / "docs" / "deployment.rst").read_text().split())
+    assert (f"is over {LINE_LOG_MAX:,} octets ({LINE_LOG_MAX // 1024} KiB) of UTF-8"
+            in deployment)
+    assert f"ends with ``{CUT}``" in deployment
+    embedding = " ".join((ROOT / "docs" / "embedding.rst").read_text().split())
+    assert f"cut every line to {LINE_LOG_MAX // 1024} KiB" in embedding
+    assert "``txmailhub.logtext.capped(line)``" in embedding and capped("x") == "x"
