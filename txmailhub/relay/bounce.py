@@ -41,7 +41,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from txmailhub.address import Address, ascii_form
+from txmailhub.address import Address, ascii_form, one_quoted_string
 from txmailhub.envelope import Envelope
 from txmailhub.errors import Rejected
 from txmailhub.logsafe import shown_message
@@ -174,24 +174,60 @@ def _utf8_address(address: str, utf8: bool) -> str:
     character outside QCHAR as ``\\x{HEX}``; in message/global-delivery-status
     (``utf8``) the utf-8-address form, the address as it is.  Unless it
     holds a backslash -- a reader decoding the field would take a literal
-    ``\\x{E9}`` for an escape -- or a character no header line may carry
-    raw (a control, a Unicode line separator): then utf-8-addr-unitext,
-    which the RFC allows wherever utf-8-address is, UTF-8 kept and those
-    escaped."""
+    ``\\x{E9}`` for an escape --, a ``=?`` (the comment below), or a
+    character no header line may carry raw (a control, a Unicode line
+    separator): then utf-8-addr-unitext, which the RFC allows wherever
+    utf-8-address is, UTF-8 kept and those escaped (an ``=`` as
+    ``\\x{3D}``)."""
     if not utf8:
         return utf8_addr_encode(address)
-    if address.isprintable() and "\\" not in address:
+    if address.isprintable() and "\\" not in address and "=?" not in address:
         return address
     return utf8_addr_unitext(address)
+
+
+# A "=?" in a field's text starts an RFC 2047 encoded word to a reader
+# that decodes them: Python's ``email`` (policy.default) does so in every
+# field of a notice, the status part's blocks included, and in an
+# address's local part, where RFC 2047 5(3) allows none.  The sender
+# chooses ENVID, ORCPT, each RCPT address and its own address: written as
+# they are, ``=?utf-8?q?postmaster=40bank.example?=`` in one of them is
+# shown as another text (``postmaster@bank.example``), in a notice that
+# comes from this hub's postmaster.  So no field of a notice holds a
+# "=?" the sender chose: each is written in a form the field's own
+# syntax reads back as the same value, with the "=" escaped
+# (``_envelope_id``, ``_recipient_field``, ``_utf8_address``,
+# ``_header_local``)
 
 
 def _recipient_field(address: str, utf8: bool = False) -> str:
     """``rfc822; addr``, or for a non-ASCII address RFC 6533's ``utf-8;``
     address type (``_utf8_address``): never an RFC 2047 word, which would
-    hide the address type from every parser (RFC 3464 2.3.2)."""
-    if address.isascii() and address.isprintable():
+    hide the address type from every parser (RFC 3464 2.3.2).  An ASCII
+    address holding a ``=?`` is of the ``utf-8`` type too, ``=`` written
+    ``\\x{3D}``: ``rfc822`` has no escape, and a reader decoding the
+    field would show an encoded word's text in its place."""
+    if address.isascii() and address.isprintable() and "=?" not in address:
         return f"rfc822; {address}"
     return "utf-8; " + _utf8_address(address, utf8)
+
+
+def _header_local(local: str) -> str:
+    """A local part (as ``Address`` keeps it) for an address in the
+    notice's own header (``To``): as it is, but with a ``=?`` in it as a
+    quoted string in which each such ``=`` is a quoted pair (``"\\=?"``).
+    The same local part to RFC 5321 and 5322, which a reader does not
+    take for the start of an RFC 2047 encoded word (Python's ``email``
+    decodes one in a local part, quoted too, unless its ``=`` is
+    escaped)."""
+    if "=?" not in local:
+        return local
+    content = _QUOTED_PAIR.sub(r"\1", local[1:-1]) if one_quoted_string(local) else local
+    escaped_content = content.replace("\\", "\\\\").replace('"', '\\"').replace("=?", "\\=?")
+    return f'"{escaped_content}"'
+
+
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 # RFC 5322 2.1.1: no line of a message over 998 characters
@@ -218,9 +254,10 @@ def _original_recipient(orcpt: str, utf8: bool = False) -> str | None:
         # the field gets another address; in the global part as it is, but
         # for a backslash (``_utf8_address``)
         field = "utf-8; " + _utf8_address(value, utf8)
-    elif _printable_ascii(value):
+    elif _printable_ascii(value) and "=?" not in value:
         field = f"{kind}; {value}"
     else:
+        # (a "=?": as the utf-8 type, ``_recipient_field``)
         field = _recipient_field(value, utf8)
     if len("Original-Recipient: ") + len(field.encode("utf-8")) > _LINE_MAX:
         return None
@@ -233,13 +270,16 @@ def _envelope_id(envid: str, utf8: bool) -> str:
     message/global-delivery-status part (``utf8``: RFC 6533 lets its
     fields be UTF-8) --, or else as the xtext it came in: UTF-8 in the
     7-bit part (an RFC 2047 word would not be the id), a control
-    character, or white space at either end, which a header reader
-    strips."""
+    character, white space at either end, which a header reader
+    strips, or a ``=?``, which a reader would take for an RFC 2047 word's
+    start (the xtext has ``+3D`` for the ``=``)."""
     if utf8:
         shown = all(c.isprintable() or c == "\t" for c in envid)
     else:
         shown = _printable_ascii(envid)
-    return envid if shown and envid.strip(" \t") == envid else xtext_encode(envid)
+    if shown and envid.strip(" \t") == envid and "=?" not in envid:
+        return envid
+    return xtext_encode(envid)
 
 
 _DIAGNOSTIC_MAX = 900  # octets of a remote reply kept in a field
@@ -563,7 +603,8 @@ def build_dsn(
     daemon = Address("MAILER-DAEMON", primary_domain)
     report["From"] = f"Mail Delivery System <{ascii_form(daemon) or daemon}>"
     sender = entry.envelope.sender
-    to = f"<{ascii_form(sender) or sender}>"
+    domain = (ascii_form(sender) or str(sender)).rpartition("@")[2]
+    to = f"<{_header_local(sender.local)}@{domain}>"
     # A UTF-8 address goes in raw (RFC 6532; the notice travels with
     # SMTPUTF8, see dsn_envelope): an RFC 2047 word, which is what the
     # generator makes of a str, may not stand for an addr-spec (RFC 2047 5(3))
