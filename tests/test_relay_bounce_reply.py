@@ -91,6 +91,25 @@ def test_a_utf8_message_id_is_left_out(tmp_path: Path) -> None:
     assert found == ("<m@x>", "<r@x>\n <m@x>")
 
 
+@pytest.mark.parametrize("smtputf8", [False, True])
+def test_an_id_holding_an_encoded_word_is_left_out(tmp_path: Path, smtputf8: bool) -> None:
+    # a msg-id may hold "=?" (atext), and a reader that decodes encoded
+    # words (the stdlib's default policy) shows one as another text in
+    # In-Reply-To and References: "<Security alert@bank.example>"
+    word = b"<=?utf-8?q?Security=20alert?=@bank.example>"
+    head = header_of(notice(tmp_path, b"Message-ID: " + word + b"\n\nbody\n",
+                           smtputf8=smtputf8))
+    assert b"\nIn-Reply-To:" not in head and b"\nReferences:" not in head
+    data = notice(tmp_path, b"Message-ID: <m@x.test>\nReferences: <a@x.test> " + word
+                  + b" <a=b?c@x.test>\n\nbody\n", smtputf8=smtputf8)
+    msg = message_from_bytes(data, policy=policy.default)
+    assert msg["In-Reply-To"] == "<m@x.test>"
+    assert msg["References"] == "<a@x.test> <a=b?c@x.test> <m@x.test>"
+    assert b"=?" not in header_of(data)
+    found = reply_fields(b"Message-ID: " + word + b"\nReferences: <r@x>\n")
+    assert found == (None, "<r@x>")
+
+
 def test_an_id_too_long_for_a_line_is_left_out() -> None:
     long_id = b"<" + b"x" * 990 + b"@example.org>"
     assert reply_fields(b"Message-ID: " + long_id + b"\n") is None

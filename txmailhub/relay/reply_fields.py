@@ -17,8 +17,13 @@ three fields gives a reply no ``References``.  An id that a field cannot
 carry everywhere is left out: one of UTF-8 (RFC 6532 3.2 allows it where
 SMTPUTF8 carries the message, but a notice sent on as a 7-bit copy,
 ``relay.mime7bit``, has no 7-bit form for it: an RFC 2047 word is no
-msg-id, and the copy could not be made), and one too long for a line
-(RFC 5322 2.1.1: 998 octets; a msg-id cannot be folded).  A long
+msg-id, and the copy could not be made), one too long for a line
+(RFC 5322 2.1.1: 998 octets; a msg-id cannot be folded), and one that
+holds a ``=?``: the sender chose it, and a reader that decodes RFC 2047
+encoded words in these fields (Python's ``email`` does, even inside an
+id) would show another text in its place in a notice from this hub's
+postmaster (``bounce``: no ``=?`` a sender chose stands in a field of a
+notice); a msg-id has no escape for it.  A long
 ``References`` keeps its first id, the thread's start, and the last
 ``KEPT_REFERENCES``.
 """
@@ -75,6 +80,6 @@ def _ids(value: bytes | None) -> list[bytes]:
 
 def _usable(raw: bytes, name: str) -> str | None:
     """``raw`` as the text of the notice's field ``name``, or ``None``."""
-    if len(name) + 2 + len(raw) > _LINE_MAX or not raw.isascii():
+    if len(name) + 2 + len(raw) > _LINE_MAX or not raw.isascii() or b"=?" in raw:
         return None
     return raw.decode("ascii")
