@@ -3308,3 +3308,34 @@ def test_check_warns_of_a_users_line_whose_maildir_folder_name_is_over_name_max(
     assert err == (f"warning: {users}:3: user {folder}@example.org: "
                    "its Maildir folder's name would be 300 octets, over the 255 a file system "
                    "takes in one name (NAME_MAX): it gets no mail and cannot log in to POP3\n")
+
+
+def test_check_warns_of_a_local_domain_whose_folder_name_is_over_name_max(
+        config: Path) -> None:
+    # three labels of 50 CJK characters: 56 octets each as A-labels (the
+    # domain fits DNS's 253), 150 each in UTF-8, and the folder under mail/
+    # is named by the U-labels: 460 octets.  RCPT to any user of it is
+    # refused with 550 5.3.5; check said nothing of it, and its look for
+    # Maildirs under other spellings said only "cannot be read: File name
+    # too long"
+    label = "\u65e5" * 50
+    domain = f"{label}.{label}.{label}.example"
+    a_label = "xn--wgv" + "a" * 49
+    config.write_text(config.read_text().replace(
+        'domains = ["example.org", "example.net"]\n',
+        f'domains = [\n  "example.org",\n  "{a_label}.{a_label}.{a_label}.example",\n]\n'))
+    assert run(config, "user", "add", "q", "--password-stdin", stdin=PW)[0] == 0
+    (config.parent / "var" / "mail" / "example.org").mkdir(parents=True, exist_ok=True)
+    err = check_warnings(config)
+    assert err == (f"warning: {config}: [hub] domains: '{domain}': its Maildir folder's name "
+                   "would be 460 octets, over the 255 a file system takes in one name "
+                   "(NAME_MAX): no user at it gets mail (RCPT is refused with 550 5.3.5) or "
+                   "can log in to POP3; its aliases reach their targets at other domains "
+                   "only (at line 5)\n")
+    # 255 octets is a name a folder can have
+    label = "\u65e5" * 28
+    fits = f"{label}.{label}.{label[1:]}.abc"
+    assert len(fits.encode()) == 255
+    config.write_text(config.read_text().replace(
+        f"{a_label}.{a_label}.{a_label}.example", fits))
+    assert check_warnings(config) == ""

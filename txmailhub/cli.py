@@ -36,7 +36,7 @@ from txmailhub.errors import (
     UsersFileError,
     WeakPassword,
 )
-from txmailhub.logsafe import shown, shown_lines, shown_message
+from txmailhub.logsafe import quoted, shown, shown_lines, shown_message
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -364,14 +364,39 @@ def _unique_names(maildir: str) -> set[str]:
             for name in _folder_names(os.path.join(maildir, sub))}  # (OSError: _unread)
 
 
+def _domain_folder_warnings(settings: Settings) -> list[str]:
+    """A local domain no folder can be named after (``folder_name_problem``:
+    its U-label form, the name of its folder under ``mail/``, over the file
+    system's 255 octets in UTF-8, as three labels of 50 CJK characters
+    are, 150 octets each, though their A-labels fit DNS's 253): no Maildir
+    of it can be made, so ``RCPT`` to each of its users is refused with
+    ``550 5.3.5`` and each POP3 login to one with ``[SYS/PERM]``.  At the
+    domain's line of ``[hub] domains``, as that key's other warnings."""
+    from txmailhub.store.maildir import folder_name_problem
+
+    out = []
+    # (the config loaded without problems: no domain was dropped as listed
+    # twice, so the n-th is the n-th item of the list)
+    for index, domain in enumerate(settings.hub.domains):
+        why = folder_name_problem(domain)
+        if why:
+            out.append(f"{settings.path}: [hub] domains: {quoted(domain)}: {why}: no user at "
+                       "it gets mail (RCPT is refused with 550 5.3.5) or can log in to POP3; its "
+                       "aliases reach their targets at other domains only"
+                       f"{settings.at('hub', 'domains', index)}")
+    return out
+
+
 def _old_maildir_folders(settings: Settings, user_keys: Collection[str] = ()) -> list[str]:
     """Maildirs under another spelling of a local domain (its A-label, a
     decomposed or capitalized U-label): where an earlier version kept
     them when the config named the domain that way.  The hub now uses the
     canonical U-label folder only, so their mail is out of reach until
     they are moved; so is that of a local part's folder spelled another
-    way (``_old_local_folders``)."""
+    way (``_old_local_folders``).  A domain no folder can be named after
+    has neither (``_domain_folder_warnings`` says why)."""
     from txmailhub.address import canonical_domain
+    from txmailhub.store.maildir import folder_name_problem
 
     out = []
     try:
@@ -386,7 +411,7 @@ def _old_maildir_folders(settings: Settings, user_keys: Collection[str] = ()) ->
             continue
         new = os.path.join(settings.mail_dir, domain)
         if (domain != name and domain in settings.hub.domains and _is_folder(folder)
-                and not _same_folder(folder, new)):
+                and not folder_name_problem(domain) and not _same_folder(folder, new)):
             try:
                 both, taken = _merged(folder, new)
             except OSError as e:
@@ -398,6 +423,8 @@ def _old_maildir_folders(settings: Settings, user_keys: Collection[str] = ()) ->
                           "their messages into it" if both else "")
                        + _taken(taken, "of their messages") + (")" if both else ""))
     for domain in settings.hub.domains:
+        if folder_name_problem(domain):
+            continue  # no folder of it, to look into (_domain_folder_warnings)
         out.extend(_old_local_folders(os.path.join(settings.mail_dir, domain), domain,
                                       user_keys))
     return out
@@ -680,6 +707,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                                 f"{settings.at(section, key, index)}")
     problems.extend(_state_dir_problems(settings))
     warnings = list(settings.warnings)
+    warnings.extend(_domain_folder_warnings(settings))
     warnings.extend(_old_maildir_folders(
         settings, {a.key for a in users.addresses()} if users_read else ()))
     warnings.extend(_hub_user_warnings(settings))
