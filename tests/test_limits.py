@@ -118,22 +118,43 @@ def test_gone_waiters_fire_once_the_sessions_named_are_gone() -> None:
     assert fired == ["b", "ab"]
 
 
-def test_a_login_forgets_only_its_own_names_failures_of_that_address():
+def test_a_login_forgets_only_its_own_names_failures_on_its_own_connection():
     from txmailhub.limits import _name_tag  # what the window keeps of a name
 
     clock = Clock()
-    window = FailureWindow(clock, limit=3)
-    window.failed("192.0.2.1", "a@example.org")
-    window.failed("192.0.2.1", "b@example.org")
-    window.failed("192.0.2.1")  # a malformed response names nobody
-    window.failed("192.0.2.2", "a@example.org")
+    window = FailureWindow(clock, limit=4)
+    window.failed("192.0.2.1", "a@example.org", session=1)
+    window.failed("192.0.2.1", "b@example.org", session=1)
+    window.failed("192.0.2.1", session=1)  # a malformed response names nobody
+    window.failed("192.0.2.1", "a@example.org", session=2)  # another client of the address
+    window.failed("192.0.2.2", "a@example.org", session=3)
     assert window.blocked("192.0.2.1")
-    window.succeeded("192.0.2.1", "a@example.org")
+    window.succeeded("192.0.2.1", "a@example.org", session=1)
     assert not window.blocked("192.0.2.1")
-    assert [tag for _, tag in window._failures["192.0.2.1"]] == [_name_tag("b@example.org"), None]
+    assert [(tag, session) for _, tag, session in window._failures["192.0.2.1"]] == [
+        (_name_tag("b@example.org"), 1), (None, 1), (_name_tag("a@example.org"), 2)]
     assert len(window._failures["192.0.2.2"]) == 1  # another address's stay
-    window.succeeded("192.0.2.2", "a@example.org")
+    window.succeeded("192.0.2.2", "a@example.org", session=3)
     assert "192.0.2.2" not in window._failures  # nothing left: forgotten
+
+
+def test_a_users_logins_give_no_guesses_back_to_another_client_of_its_address():
+    # whoever shares an address with a user (a NAT, an IPv6 /64) and
+    # guesses that user's password on connections of its own: each login
+    # of the user's mail client forgot those guesses (the name's failures
+    # from the address), 9 more a minute next to a client that checks
+    # every minute.  The address's count is no login's to reset
+    clock = Clock()
+    window = FailureWindow(clock, limit=10)
+    guesses = 0
+    for minute in range(10):
+        for _ in range(3):
+            if not window.blocked("192.0.2.1"):
+                window.failed("192.0.2.1", "a@example.org", session=100 + guesses)
+                guesses += 1
+        window.succeeded("192.0.2.1", "a@example.org", session=minute)  # the user's client
+        clock.advance(60)
+    assert guesses == 10  # the limit, no more, over the window
 
 
 def test_the_failure_window_holds_no_login_name_whatever_its_length():
@@ -148,12 +169,12 @@ def test_the_failure_window_holds_no_login_name_whatever_its_length():
         before = tracemalloc.get_traced_memory()[0]
         for i in range(60):
             for j in range(10):
-                window.failed(f"192.0.2.{i}", f"{j}{'x' * 9000}@example.org")
+                window.failed(f"192.0.2.{i}", f"{j}{'x' * 9000}@example.org", session=i)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     assert len(window._failures) == 50
     assert held < 50 * 10 * 1000  # the names alone were 50 x 10 x 9000
     # and the names still tell whose failures a login forgets
-    window.succeeded("192.0.2.59", f"3{'x' * 9000}@example.org")
+    window.succeeded("192.0.2.59", f"3{'x' * 9000}@example.org", session=59)
     assert len(window._failures["192.0.2.59"]) == 9

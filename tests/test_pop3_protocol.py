@@ -432,23 +432,32 @@ def test_bad_password_delay_grows_then_closes():
     assert t.disconnecting
 
 
-def test_a_login_forgets_its_own_failed_logins_from_the_address_not_others():
+def test_a_login_forgets_its_own_failed_logins_on_its_connection_not_others():
     # limits.FailureWindow, shared with SMTP AUTH: the right password
     # forgets the failures of the name that logged in (typed "joe", counted
-    # as joe@example.org, as SMTP counts it), not another name's: a client
-    # with one account gets no fresh window between guesses at others'
+    # as joe@example.org, as SMTP counts it) made on its own connection,
+    # not another name's: a client with one account gets no fresh window
+    # between guesses at others'.  Nor the name's on other connections: a
+    # login of joe's mail client gave back the guesses at joe's password
+    # that another client of the address (a NAT, an IPv6 /64) had made
     env = Env(allow_plaintext_auth=True, max_auth_failures=5, auth_failure_delay=1.0)
+    other, t = env.connect(peer=REMOTE)  # the other client
+    window = other.factory.login_failures
+    talk(other, t, b"USER joe\r\nPASS guess\r\n")
+    env.clock.advance(5)
+    joe, t = login(env, peer=REMOTE)  # joe's own client: the guess stays
+    assert len(window._failures["192.0.2.7"]) == 1
+    assert talk(joe, t, b"QUIT\r\n").startswith(b"+OK")
+    env.clock.advance(1)
     proto, t = env.connect(peer=REMOTE)
-    window = proto.factory.login_failures
     for user in (b"ann", b"joe", b"joe@example.org"):
         talk(proto, t, b"USER " + user + b"\r\nPASS wrong\r\n")
         env.clock.advance(5)
-    assert len(window._failures["192.0.2.7"]) == 3
+    assert len(window._failures["192.0.2.7"]) == 4
     window.failed("192.0.2.7")  # a malformed response: nobody's
-    login(env, peer=REMOTE)
-    assert len(window._failures["192.0.2.7"]) == 2
-    assert [tag for _, tag in window._failures["192.0.2.7"]] == [_name_tag("ann@example.org"),
-                                                                 None]
+    assert b"+OK Logged in" in talk(proto, t, b"USER joe\r\nPASS joepw\r\n")
+    tags = [tag for _, tag, _ in window._failures["192.0.2.7"]]
+    assert tags == [_name_tag("joe@example.org"), _name_tag("ann@example.org"), None]
 
 
 def test_an_auth_plain_name_no_user_can_have_fails_as_a_wrong_password(log_events):

@@ -2407,41 +2407,53 @@ class ProtocolTests(SynchronousTestCase):
         assert ("closing the session with 127.0.0.1: " + closing(replies.AUTH_TOO_MANY_FAILURES)
                 in [formatEvent(e) for e in self.events])
 
-    def test_a_login_forgets_its_own_failed_logins_from_the_address_not_others(self):
+    def test_a_login_forgets_its_own_failed_logins_on_its_connection_not_others(self):
         # Dovecot resets an address's auth penalty on a login; here only
-        # the failures of the name that logged in go (limits.FailureWindow:
-        # a client with one account must not reset its window between
-        # guesses at others').  Without it, nine mistyped passwords and a
-        # right one left one more mistake before a ten-minute lock-out.
+        # the failures of the name that logged in, made on its connection,
+        # go (limits.FailureWindow): a client with one account must not
+        # reset its window between guesses at others', and a login of the
+        # user's mail client gave back the guesses at its password made on
+        # other connections of its address (a NAT, an IPv6 /64)
         h = Harness(auth_failure_delay=0.0)
         tls = SMTPFactory(h.components, submission=True, implicit_tls=True)
         window = h.factory.login_failures
 
-        def attempt(name, password):
+        def connect():
             p = tls.buildProtocol(IPv4Address("TCP", "192.0.2.9", 4321))
             t = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.9", 4321))
             p.makeConnection(t)
-            p.dataReceived(f"EHLO c\r\nAUTH PLAIN {b64(chr(0) + name + chr(0) + password)}\r\n"
+            p.dataReceived(b"EHLO c\r\n")
+            take(t)
+            return p, t
+
+        def attempt(name, password, on=None):
+            p, t = on or connect()
+            p.dataReceived(f"AUTH PLAIN {b64(chr(0) + name + chr(0) + password)}\r\n"
                            .encode())
             h.clock.advance(0)
             reply = take(t)[-1]
-            p.connectionLost(None)
+            if on is None:
+                p.connectionLost(None)
             return reply
 
-        assert attempt("mallory", "guess") == replies.AUTH_FAILED.text()
-        for _ in range(8):
-            assert attempt("alice", "typo") == replies.AUTH_FAILED.text()
-        assert len(window._failures["192.0.2.9"]) == 9
-        assert attempt("alice", "secret").startswith("235")
-        for _ in range(8):
-            assert attempt("alice", "typo") == replies.AUTH_FAILED.text()
-        assert len(window._failures["192.0.2.9"]) == 9
-        assert attempt("alice", "secret").startswith("235")  # not locked out
-        # alice's are gone again, the other name's failure stays
-        tags = [tag for _, tag in window._failures["192.0.2.9"]]
-        assert tags == [_name_tag("mallory@example.org")]
-        for _ in range(9):
-            attempt("mallory", "guess")
+        def names():
+            return [tag for _, tag, _ in window._failures["192.0.2.9"]]
+
+        for _ in range(5):  # another client of the address guesses alice's
+            assert attempt("alice", "guess") == replies.AUTH_FAILED.text()
+        assert attempt("alice", "secret").startswith("235")  # alice's own client
+        assert len(window._failures["192.0.2.9"]) == 5  # the guesses stay
+        # on one connection: a typo, another name's failure, the right
+        # password: alice's typo there goes, mallory's failure stays
+        session = connect()
+        assert attempt("alice", "typo", session) == replies.AUTH_FAILED.text()
+        assert attempt("mallory", "guess", session) == replies.AUTH_FAILED.text()
+        assert len(window._failures["192.0.2.9"]) == 7
+        assert attempt("alice", "secret", session).startswith("235")
+        session[0].connectionLost(None)
+        assert names() == [_name_tag("alice@example.org")] * 5 + [_name_tag("mallory@example.org")]
+        for _ in range(4):
+            assert attempt("alice", "guess") == replies.AUTH_FAILED.text()
         assert attempt("alice", "secret") == replies.AUTH_THROTTLED.text()
 
     def test_failed_logins_are_counted_per_client_across_connections(self):

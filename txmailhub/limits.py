@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Any
@@ -17,7 +18,8 @@ from twisted.internet.defer import Deferred, succeed
 
 from txmailhub.address import client_key
 
-__all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow", "GoneWaiters"]
+__all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow", "GoneWaiters",
+           "login_session"]
 
 #: refused connections (past the connection limits) that may wait for their
 #: polite close at a time, per protocol.  Under implicit TLS the refusal
@@ -28,6 +30,16 @@ __all__ = ["REFUSALS_WAITING", "ConnectionLimits", "FailureWindow", "GoneWaiters
 REFUSALS_WAITING = 64
 
 _key = functools.lru_cache(maxsize=4096)(client_key)
+
+# one number per connection, never given twice in a process (an ``id``
+# may be: a later connection would take a gone one's failures for its own)
+_sessions = itertools.count(1)
+
+
+def login_session() -> int:
+    """A new connection's mark for ``FailureWindow``: the failures a login
+    on it forgets are those of its own name made on it."""
+    return next(_sessions)
 
 
 def _name_tag(name: str | None) -> bytes | None:
@@ -160,14 +172,22 @@ class FailureWindow:
     addresses (and whatever names their failed logins give: a name is
     kept as a 16-octet tag, ``_name_tag``).
 
-    Each failure remembers the name whose login failed, so that a
-    successful login forgets that name's failures from the address
-    (``succeeded``): a user who mistyped a password a few times and then
-    got it right does not carry those failures toward the limit for the
-    rest of the window.  Only that name's: a client that holds one
-    account and guesses the passwords of others gains nothing by logging
-    in to its own between guesses (forgetting every failure of the
-    address would give it as many guesses as it has logins)."""
+    Each failure remembers the name whose login failed and the connection
+    it failed on (``login_session``), so that a successful login forgets
+    the failures of its own name made earlier on its own connection
+    (``succeeded``): a user who mistyped a password and then got it right
+    in the same session does not carry those mistakes toward the limit for
+    the rest of the window.  Only those, which are that client's own: a
+    client that holds one account and guesses the passwords of others
+    gains nothing by logging in to its own between guesses (forgetting
+    every failure of the address would give it as many guesses as it has
+    logins), and whoever shares an address with a user (a NAT, an IPv6
+    /64) and guesses that user's password on connections of its own gets
+    none of them back when the user logs in -- as forgetting the name's
+    failures from the address did, once per login of the user's mail
+    client.  The address's count a guesser builds is never reset by a
+    login: it ends with the window.
+    """
 
     def __init__(self, clock: Any, limit: int = 10, window: float = 600.0,
                  keep: int = 10_000) -> None:
@@ -175,12 +195,13 @@ class FailureWindow:
         self.limit = limit
         self.window = window
         self.keep = keep
-        # per client, oldest first: each failure's time and the tag of the
+        # per client, oldest first: each failure's time, the tag of the
         # name whose login failed (``_name_tag``; None where no name was
-        # given: a malformed response)
-        self._failures: dict[str, deque[tuple[float, bytes | None]]] = {}
+        # given: a malformed response) and the connection it failed on
+        # (``login_session``; None: none given, never forgotten)
+        self._failures: dict[str, deque[tuple[float, bytes | None, int | None]]] = {}
 
-    def _recent(self, host: str) -> deque[tuple[float, bytes | None]] | None:
+    def _recent(self, host: str) -> deque[tuple[float, bytes | None, int | None]] | None:
         times = self._failures.get(_key(host))
         if times is not None:
             horizon = self.clock.seconds() - self.window
@@ -188,9 +209,10 @@ class FailureWindow:
                 times.popleft()
         return times
 
-    def failed(self, host: str, user: str | None = None) -> None:
+    def failed(self, host: str, user: str | None = None, session: int | None = None) -> None:
         """Count a failure of ``user``'s login (the name as it was checked;
-        None for a response that named nobody).  The dict is kept in the
+        None for a response that named nobody) on the connection
+        ``session`` (``login_session``).  The dict is kept in the
         order of each client's last failure (a client that fails again
         moves to its end), so the client forgotten when ``keep`` are
         remembered is the one whose last failure is oldest -- a client
@@ -208,19 +230,21 @@ class FailureWindow:
         else:
             del failures[key]  # put back below: at the end
         failures[key] = times
-        times.append((self.clock.seconds(), _name_tag(user)))
+        times.append((self.clock.seconds(), _name_tag(user), session))
 
-    def succeeded(self, host: str, user: str) -> None:
-        """``user`` logged in from ``host``: forget the failures of that
-        name from that address, not those of other names or of responses
-        that named nobody.  ``user`` is the name as it was checked, as
-        ``failed`` got it (SMTP AUTH and POP3 both qualify a bare name
-        with the primary domain, so the two protocols' names match)."""
+    def succeeded(self, host: str, user: str, session: int) -> None:
+        """``user`` logged in from ``host`` on the connection ``session``:
+        forget the failures of that name made on that connection, not
+        those of other names, of responses that named nobody, or of the
+        name on other connections (another client of the address may have
+        made them).  ``user`` is the name as it was checked, as ``failed``
+        got it (SMTP AUTH and POP3 both qualify a bare name with the
+        primary domain)."""
         times = self._recent(host)
         if not times:
             return
         tag = _name_tag(user)
-        kept = [t for t in times if t[1] != tag]
+        kept = [t for t in times if t[1] != tag or t[2] != session]
         if len(kept) == len(times):
             return
         if kept:

@@ -48,7 +48,7 @@ from txmailhub.errors import (
     UsersUnavailable,
 )
 from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
-from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
+from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters, login_session
 from txmailhub.linger import (
     LINGER_OCTETS,
     TLSCloseWatch,
@@ -356,7 +356,8 @@ class POP3Protocol(Protocol):
         "_counted",
         "_disk_waits",
         "_drain_call", "_draining", "_ended", "_eof", "_flush", "_hub_stopped",
-        "_idle_call", "_last_activity", "_linger_left", "_lingering", "_logout", "_lost", "_nowait",
+        "_idle_call", "_last_activity", "_linger_left", "_lingering", "_login_session", "_logout",
+        "_lost", "_nowait",
         "_peer", "_pending_call",
         "_processing",
         "_queued", "_reading", "_refusing", "_save_call", "_saving", "_sizes", "_stream",
@@ -382,6 +383,9 @@ class POP3Protocol(Protocol):
         self._user = ""
         self._typed = ""  # the user name as the client gave it
         self._checked = ""  # ... and as the portal got it (the login window's name)
+        # this connection in the login window: a login forgets the failures
+        # of its name made on it, and no others (FailureWindow.succeeded)
+        self._login_session = login_session()
         self._busy = False  # a login, delay, stream or update is running
         # the mailbox, where its reads can be tried without waiting for the
         # disk (``INoWaitRead``) and a worker can do those that would wait
@@ -1287,9 +1291,10 @@ class POP3Protocol(Protocol):
     def _logged_in(self, result: tuple, mechanism: str) -> None:
         _iface, mailbox, logout = result
         if not _is_local_peer(self.transport.getPeer()):
-            # the password was right: this name's failed logins from the
-            # address are forgotten (FailureWindow.succeeded), others' not
-            self.factory.login_failures.succeeded(self._peer, self._checked)
+            # the password was right: this name's failed logins on this
+            # connection are forgotten (FailureWindow.succeeded), others' not
+            self.factory.login_failures.succeeded(self._peer, self._checked,
+                                                  self._login_session)
         if self._lost or self._closing:
             # gone, or cut by the hub's stop meanwhile: no answer after that
             self.mailbox, self._logout = mailbox, logout
@@ -1449,7 +1454,8 @@ class POP3Protocol(Protocol):
                           "mailhub user add --allow-apop)")
             if not _is_local_peer(self.transport.getPeer()):
                 # counted at once
-                self.factory.login_failures.failed(self._peer, self._checked)
+                self.factory.login_failures.failed(self._peer, self._checked,
+                                                   self._login_session)
         elif failure.check(MailboxInUse):
             why = LoginFailure.IN_USE
         elif failure.check(UsersUnavailable):  # logged once by the users database

@@ -43,7 +43,7 @@ from txmailhub.auth import ClientCredentials, LoginAbandoned, turn_key
 from txmailhub.delivery import accept_spooled, summarize
 from txmailhub.errors import UsersUnavailable
 from txmailhub.interfaces import ISMTPUser, IStallRecord
-from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters
+from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters, login_session
 from txmailhub.linger import (
     LINGER_OCTETS,
     TLSCloseWatch,
@@ -175,6 +175,7 @@ class SMTPProtocol(Protocol):
         "_last_activity",
         "_linger_left",
         "_lingering",
+        "_login_session",
         "_logout",
         "_message_held",
         "_message_id",
@@ -216,6 +217,9 @@ class SMTPProtocol(Protocol):
         self.reactor = factory.components.reactor
         self.engine: SMTPServer | None = None
         self.host = ""  # the client's IP address; "" for a UNIX socket
+        # this connection in the login window: a login forgets the failures
+        # of its name made on it, and no others (FailureWindow.succeeded)
+        self._login_session = login_session()
         # how log lines name the client: its address, or "localhost" for
         # a UNIX socket (the name its Received field gets too)
         self.client_name = ""
@@ -1183,9 +1187,10 @@ class SMTPProtocol(Protocol):
                  user=loggable(str(address)), how=how, mechanism=event.mechanism,
                  tls=self.engine.session.tls)
         if not self.engine.session.loopback:
-            # the user's own mistyped passwords from this address are
+            # the user's own mistyped passwords on this connection are
             # forgotten (FailureWindow.succeeded), others' are not
-            self.factory.login_failures.succeeded(self.host, event.username)
+            self.factory.login_failures.succeeded(self.host, event.username,
+                                                  self._login_session)
         self.engine.auth_succeeded(address)
         self._drive()
 
@@ -1230,7 +1235,8 @@ class SMTPProtocol(Protocol):
             if failure is not None and not self.engine.session.loopback:
                 # counted now, not when the delayed answer goes out: a client
                 # that hangs up meanwhile has still used up a guess
-                self.factory.login_failures.failed(self.host, event.username)
+                self.factory.login_failures.failed(self.host, event.username,
+                                                   self._login_session)
         if self._gone:
             # the client hung up during the check: the guess is counted, and
             # the delayed answer has nobody to go to (a timer armed now would
