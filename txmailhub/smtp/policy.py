@@ -43,6 +43,7 @@ finds no such user, so they are refused with 550 5.1.1.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -51,9 +52,10 @@ from txmailhub.address import Address
 from txmailhub.errors import LocalError, MailboxNameError, Rejected
 from txmailhub.logsafe import RepeatLimit
 from txmailhub.smtp import replies
+from txmailhub.smtp.reply import Reply
 from txmailhub.store.quota import MailboxUsage
 
-__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy", "local_rcpt"]
+__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy", "local_rcpt", "quota_refusal"]
 
 log = Logger()
 
@@ -79,6 +81,40 @@ def local_rcpt(router: Any, address: Address, primary_domain: str,
             return (Address("postmaster", primary_domain),), ()
         raise
     return tuple(local), tuple(remote)
+
+
+def quota_refusal(address: Address, final: tuple[Address, ...], quota: int,
+                  measure: Callable[[Address], int | None], is_local: Callable[[str], bool],
+                  size: int | None = None) -> Reply | None:
+    """The reply to RCPT ``address`` for ``[hub] mailbox_quota`` (``quota``
+    octets), or ``None`` when it is taken: ``452 4.2.2`` when every one of
+    its ``final`` recipients is a local mailbox that holds ``quota`` octets
+    or more (``measure``: what a mailbox holds; ``None`` when it cannot be
+    measured, which takes the mail), or would with the ``size`` MAIL
+    announced; ``550 5.2.3`` when that size is over the quota itself.
+    The one rule of the SMTP server (``RecipientPolicy.check_quota``),
+    ``mailhub alias show`` and ``sendmail -bv``.
+
+    A soft quota, as a quota service at RCPT gives: a message accepted
+    here is delivered even if it takes the mailbox over (nothing is
+    refused after DATA, so no bounce goes to a forged sender).  An alias
+    with a member that has room, or a remote member, is accepted for
+    all its members: refusing it would hold back the others' copies,
+    dropping the full one would lose mail without a word.  The
+    postmaster is never refused (RFC 5321 4.5.1)."""
+    if address.is_postmaster or not final:
+        return None
+    for mailbox in final:
+        if mailbox.is_postmaster or not is_local(mailbox.domain):
+            return None
+        used = measure(mailbox)
+        if used is None or (used < quota and (size is None or used + size <= quota)):
+            return None
+    if size is not None and size > quota:
+        # no mailbox, however empty, ever takes it: say so for good,
+        # rather than have the sender's server retry for days
+        return replies.MESSAGE_OVER_QUOTA
+    return replies.MAILBOX_FULL
 
 
 class RecipientPolicy:
@@ -192,45 +228,31 @@ class RecipientPolicy:
 
     def _check_quota(self, address: Address, final: tuple[Address, ...],
                      size: int | None) -> None:
-        """Refuse RCPT ``address`` with ``452 4.2.2`` when every one of its
-        ``final`` recipients is a local mailbox that holds ``quota`` octets
-        or more, or would with the ``size`` MAIL announced; with ``550
-        5.2.3`` when that size is over the quota itself.
-
-        A soft quota, as a quota service at RCPT gives: a message accepted
-        here is delivered even if it takes the mailbox over (nothing is
-        refused after DATA, so no bounce goes to a forged sender).  An alias
-        with a member that has room, or a remote member, is accepted for
-        all its members: refusing it would hold back the others' copies,
-        dropping the full one would lose mail without a word.  The
-        postmaster is never refused (RFC 5321 4.5.1)."""
-        if address.is_postmaster or not final:
-            return
+        """Refuse RCPT ``address`` by ``quota_refusal`` (raises
+        ``Rejected``): ``452 4.2.2`` when every one of its ``final``
+        recipients is a local mailbox that holds ``quota`` octets or more,
+        or would with the ``size`` MAIL announced; ``550 5.2.3`` when that
+        size is over the quota itself.  A mailbox that cannot be measured
+        gets its mail (the quota is soft), and is logged."""
         # the store of the components now: one the application gave the hub
         # before its start names no Maildirs, and is not measured (the
         # Maildirs of the store it replaced may hold anything)
         maildir_path = getattr(self.components.store, "maildir_path", None)
         if maildir_path is None:
             return
-        quota = self.quota
-        is_local = self.router.is_local_domain
-        for mailbox in final:
-            if mailbox.is_postmaster or not is_local(mailbox.domain):
-                return
+
+        def measure(mailbox: Address) -> int | None:
             try:
-                used = self.usage.usage(maildir_path(mailbox))
+                return self.usage.usage(maildir_path(mailbox))
             except (OSError, LocalError, UnicodeError) as e:
-                # the quota is soft: a mailbox that cannot be measured
-                # gets its mail (delivery says what is wrong, if anything)
+                # delivery says what is wrong, if anything
                 self._warn_unmeasured(str(mailbox), e)
-                return
-            if used < quota and (size is None or used + size <= quota):
-                return
-        if size is not None and size > quota:
-            # no mailbox, however empty, ever takes it: say so for good,
-            # rather than have the sender's server retry for days
-            raise Rejected(replies.MESSAGE_OVER_QUOTA)
-        raise Rejected(replies.MAILBOX_FULL)
+                return None
+
+        reply = quota_refusal(address, final, self.quota, measure,
+                              self.router.is_local_domain, size)
+        if reply is not None:
+            raise Rejected(reply)
 
     def _warn_unmeasured(self, mailbox: str, error: Exception) -> None:
         """Log that ``mailbox`` could not be measured, at most once per
