@@ -282,3 +282,73 @@ def test_bv_with_standard_output_closed_is_an_io_error(
     assert status == EX_IOERR
     assert err.getvalue() == ("sendmail: standard output is closed: nowhere to write what -bv "
                               "finds\n")
+
+
+def _with_quota(config: Path, quota: int) -> None:
+    """``[hub] mailbox_quota = quota``, an alias of joe alone, and a
+    message of 150 octets in joe's Maildir (its size in its name, as the
+    hub writes it)."""
+    config.write_text(config.read_text().replace(
+        "[hub]\n", f"[hub]\nmailbox_quota = {quota}\n", 1))
+    with (config.parent / "aliases").open("a") as f:
+        f.write("joes: joe\n")
+    new = config.parent / "var" / "mail" / "example.org" / "joe" / "new"
+    new.mkdir(parents=True)
+    (new / "1700000000.M1P1.mail,S=150").write_bytes(b"x" * 150)
+
+
+def test_a_mailbox_at_its_quota_is_undeliverable_with_rcpts_452_and_75(config: Path) -> None:
+    # RCPT to joe is 452 4.2.2 (smtp.policy.quota_refusal); -bv said
+    # "deliverable: local mailbox", exit 0
+    _with_quota(config, 150)
+    status, out, err, _ = verify(["joe", "ann", "joes", "staff", "postmaster"], config)
+    assert (status, err) == (EX_TEMPFAIL, "")
+    full = ("452 4.2.2 Mailbox full, try again later: the mailbox of joe@example.org holds "
+            "150 octets, [hub] mailbox_quota is 150")
+    assert out.splitlines() == [
+        f"joe@example.org... undeliverable: {full}",
+        "ann@example.org... deliverable: local mailbox",
+        f"joes@example.org... undeliverable: {full}",  # an alias of joe alone: refused too
+        # an alias with a member that has room is taken for all (the
+        # quota is soft: joe gets its copy), as RCPT takes it
+        "joe@example.org... deliverable: local mailbox (from staff@example.org)",
+        "ann@example.org... deliverable: local mailbox (from staff@example.org)",
+        "carol@elsewhere.test... deliverable: relayed to elsewhere.test "
+        "(from staff@example.org)",
+        # RFC 5321 4.5.1: never refused
+        "joe@example.org... deliverable: local mailbox (from postmaster@example.org)",
+    ]
+    # one octet more of quota: room again
+    config.write_text(config.read_text().replace("mailbox_quota = 150", "mailbox_quota = 151"))
+    status, out, _, _ = verify(["joe"], config)
+    assert (status, out) == (EX_OK, "joe@example.org... deliverable: local mailbox\n")
+
+
+def test_a_mailbox_this_user_may_not_measure_for_the_quota_is_not_verified_77(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (the tests may run as root, who reads any mode: the refusal is made here)
+    from txmailhub.store.quota import MailboxUsage
+
+    _with_quota(config, 100)
+    usage = MailboxUsage.usage
+
+    def denied(self: MailboxUsage, md: str) -> int:
+        if md.endswith("/joe"):
+            raise PermissionError(13, "Permission denied", md)
+        return usage(self, md)
+
+    monkeypatch.setattr(MailboxUsage, "usage", denied)
+    status, out, err, _ = verify(["joes", "staff"], config)
+    assert (status, err) == (EX_NOPERM, "")
+    mail = config.parent / "var" / "mail"
+    assert out.splitlines() == [
+        "joes@example.org... not verified: 452 4.2.2 Mailbox full, try again later if the "
+        "mailbox of joe@example.org is at [hub] mailbox_quota (100 octets): its Maildir "
+        f"under {mail} cannot be measured by this user (Permission denied; root and the "
+        "hub's user can)",
+        # ann has room: taken whatever joe's holds
+        "joe@example.org... deliverable: local mailbox (from staff@example.org)",
+        "ann@example.org... deliverable: local mailbox (from staff@example.org)",
+        "carol@elsewhere.test... deliverable: relayed to elsewhere.test "
+        "(from staff@example.org)",
+    ]

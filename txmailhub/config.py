@@ -1978,10 +1978,19 @@ class LocalSubmission:
     #: the command reaches it from (``sendmail -bv``'s answer for a remote
     #: recipient); ``None`` when the value is bad (the hub's to report)
     relay_networks: tuple[str, ...] | None = SMTPSettings.relay_networks
+    #: ``[hub] mailbox_quota``: ``sendmail -bv`` says the ``452`` RCPT
+    #: gives a full mailbox; 0 (no quota) when missing or bad
+    mailbox_quota: int = 0
 
     @property
     def primary_domain(self) -> str:
         return self.domains[0]
+
+    @property
+    def mail_dir(self) -> str:
+        """The Maildirs, as ``Settings.mail_dir`` (``sendmail -bv``
+        measures them for ``mailbox_quota``)."""
+        return os.path.join(self.state_dir, "mail")
 
     @property
     def queue_dir(self) -> str:
@@ -1995,8 +2004,8 @@ def load_local_submission(path: str) -> LocalSubmission:
     ``[relay] retry_schedule`` is taken too when valid (``mailq``'s times),
     and ``[aliases] file`` when set (which recipients share a mailbox),
     with ``[smtp] max_recipients`` (when a list needs to know it), and the
-    path of ``[users] file`` and ``[smtp] relay_networks`` (``-bv``; the
-    file itself is not read here).
+    path of ``[users] file``, ``[smtp] relay_networks`` and ``[hub]
+    mailbox_quota`` (``-bv``; the file itself is not read here).
 
     Why not ``load``: the sendmail command runs as any local user (a web
     server, a cron job), who may not read the TLS key or the smarthost
@@ -2050,6 +2059,13 @@ def load_local_submission(path: str) -> LocalSubmission:
         except (TypeError, ValueError):
             networks = None
         settings = replace(settings, relay_networks=networks)
+    if "mailbox_quota" in hub:
+        # only for -bv, as above
+        try:
+            settings = replace(settings,
+                               mailbox_quota=_non_negative_int(hub["mailbox_quota"]))
+        except (TypeError, ValueError):
+            pass
     if "max_recipients" in smtp:
         # only to know when a list needs the aliases: a bad value, as above
         try:

@@ -6,7 +6,8 @@ expanded by the hub's own router (``txmailhub.router``) over the files
 the command's config names -- the aliases file, the users file -- and
 one line per resulting address says whether it is deliverable (a local
 mailbox, or relayed to a remote domain when the hub relays for the
-command: ``_relayed``) or why not.  It never connects
+command: ``_relayed``) or why not -- RCPT's refusal, the ``452`` of a
+mailbox at ``[hub] mailbox_quota`` too (``_quota_verdict``).  It never connects
 to the hub, reads no message and sends nothing; the exit status is 0
 when every recipient is deliverable.
 
@@ -159,6 +160,9 @@ def _verdicts(form: str, address: Address, router: Router, users: Any,
         denied = isinstance(getattr(users, "unreadable", None), PermissionError)
         return [Verdict(form, "not verified", why,
                         status=EX_NOPERM if denied else EX_TEMPFAIL)]
+    full = _quota_verdict(form, address, tuple(mailboxes) + tuple(remote), settings)
+    if full is not None:
+        return [full]
     found = []
     for mailbox in mailboxes:
         name = str(mailbox)
@@ -169,6 +173,58 @@ def _verdicts(form: str, address: Address, router: Router, users: Any,
         found.append(Verdict(name, "deliverable", f"relayed to {target.domain}",
                              None if name == form else form))
     return found
+
+
+def _quota_verdict(form: str, address: Address, final: tuple[Address, ...],
+                   settings: LocalSubmission) -> Verdict | None:
+    """The line for a recipient ``[hub] mailbox_quota`` has RCPT refuse
+    (``smtp.policy.quota_refusal``, with no ``SIZE=``: the mailboxes as
+    full as they are now): ``452 4.2.2`` when every one of its ``final``
+    recipients is a local mailbox at its quota; ``None`` when RCPT takes
+    it.  ``not verified`` (77) when that turns on a mailbox this user may
+    not measure (the hub's 0700 Maildirs: root and the hub's user can);
+    one the hub cannot measure either gets its mail, as RCPT gives it."""
+    quota = settings.mailbox_quota
+    if not quota:
+        return None
+    from txmailhub.errors import LocalError
+    from txmailhub.smtp.policy import quota_refusal
+    from txmailhub.store.maildir import maildir_path
+    from txmailhub.store.quota import MailboxUsage
+
+    usage = MailboxUsage()
+    denied: list[tuple[Address, PermissionError]] = []
+    held: dict[Address, int] = {}
+
+    def measure(mailbox: Address) -> int | None:
+        try:
+            held[mailbox] = usage.usage(maildir_path(settings.mail_dir, mailbox))
+            return held[mailbox]
+        except PermissionError as e:
+            denied.append((mailbox, e))
+            return quota  # full, for the look whether it matters (below)
+        except (OSError, LocalError, UnicodeError):
+            return None  # the hub cannot measure it either: RCPT takes its mail
+
+    local = {canonical_domain(d) for d in settings.domains}
+    reply = quota_refusal(address, final, quota, measure,
+                          lambda domain: canonical_domain(domain) in local)
+    if reply is None:
+        return None  # taken, whatever the mailboxes this user may not measure hold
+    if denied:
+        mailbox, e = denied[0]
+        return Verdict(form, "not verified", f"{reply.text()} if the mailbox of {mailbox} "
+                       f"is at [hub] mailbox_quota ({quota} octets): its Maildir under "
+                       f"{settings.mail_dir} cannot be measured by this user "
+                       f"({e.strerror or e}; root and the hub's user can)", status=EX_NOPERM)
+    if len(held) == 1:
+        [(mailbox, used)] = held.items()
+        why = (f"the mailbox of {mailbox} holds {used} octets, [hub] mailbox_quota is "
+               f"{quota}")
+    else:
+        why = f"each of its {len(held)} mailboxes holds [hub] mailbox_quota ({quota} octets)"
+    return Verdict(form, "undeliverable", f"{reply.text()}: {why}",
+                   status=EX_TEMPFAIL if reply.is_transient else EX_UNAVAILABLE)
 
 
 def _relayed(form: str, address: Address, settings: LocalSubmission) -> Verdict:
