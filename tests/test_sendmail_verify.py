@@ -352,3 +352,26 @@ def test_a_mailbox_this_user_may_not_measure_for_the_quota_is_not_verified_77(
         "carol@elsewhere.test... deliverable: relayed to elsewhere.test "
         "(from staff@example.org)",
     ]
+
+
+def test_a_mailbox_no_maildir_folder_can_have_the_name_of_is_rcpts_550_5_3_5(
+        config: Path) -> None:
+    # a users file line written by hand whose Maildir folder's name is over
+    # the file system's 255 octets (100 "\u0130", 300 octets lower-cased):
+    # RCPT refuses it with 550 5.3.5 and an alias keeps its other members
+    # (smtp.policy.storable); -bv said "deliverable: local mailbox"
+    users = config.parent / "users"
+    joe = next(line for line in users.read_text().splitlines() if line.startswith("joe@"))
+    long_name = "\u0130" * 100
+    with users.open("a") as f:
+        f.write(joe.replace("joe@", f"{long_name}@", 1) + "\n")
+    with (config.parent / "aliases").open("a") as f:
+        f.write(f"both: joe, {long_name}\nlost: {long_name}\n")
+    status, out, err, _ = verify([f"{long_name}@example.org", "both", "lost"], config)
+    assert (status, err) == (EX_NOUSER, "")
+    refused = "undeliverable: 550 5.3.5 Mailbox name cannot be stored on this system"
+    assert out.splitlines() == [
+        f"{long_name}@example.org... {refused}",
+        "joe@example.org... deliverable: local mailbox (from both@example.org)",
+        f"lost@example.org... {refused}",
+    ]

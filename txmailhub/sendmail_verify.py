@@ -6,8 +6,9 @@ expanded by the hub's own router (``txmailhub.router``) over the files
 the command's config names -- the aliases file, the users file -- and
 one line per resulting address says whether it is deliverable (a local
 mailbox, or relayed to a remote domain when the hub relays for the
-command: ``_relayed``) or why not -- RCPT's refusal, the ``452`` of a
-mailbox at ``[hub] mailbox_quota`` too (``_quota_verdict``).  It never connects
+command: ``_relayed``) or why not -- RCPT's refusal, the ``550 5.3.5``
+of a mailbox no Maildir folder can have the name of and the ``452`` of
+a mailbox at ``[hub] mailbox_quota`` too (``_quota_verdict``).  It never connects
 to the hub, reads no message and sends nothing; the exit status is 0
 when every recipient is deliverable.
 
@@ -160,6 +161,18 @@ def _verdicts(form: str, address: Address, router: Router, users: Any,
         denied = isinstance(getattr(users, "unreadable", None), PermissionError)
         return [Verdict(form, "not verified", why,
                         status=EX_NOPERM if denied else EX_TEMPFAIL)]
+    from txmailhub.smtp.policy import storable
+    from txmailhub.store.maildir import maildir_path
+
+    try:
+        # as RCPT: a mailbox no Maildir folder can have the name of (its
+        # local part's or its domain's) gets no copy, and with nothing
+        # else left the RCPT is refused
+        mailboxes = storable(address, tuple(mailboxes), tuple(remote),
+                             lambda mailbox: maildir_path(settings.mail_dir, mailbox),
+                             settings.primary_domain)
+    except Rejected as e:
+        return [Verdict(form, "undeliverable", e.reply.text(), status=EX_NOUSER)]
     full = _quota_verdict(form, address, tuple(mailboxes) + tuple(remote), settings)
     if full is not None:
         return [full]

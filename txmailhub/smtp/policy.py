@@ -55,7 +55,8 @@ from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 from txmailhub.store.quota import MailboxUsage
 
-__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy", "local_rcpt", "quota_refusal"]
+__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy", "local_rcpt", "quota_refusal",
+           "storable"]
 
 log = Logger()
 
@@ -81,6 +82,39 @@ def local_rcpt(router: Any, address: Address, primary_domain: str,
             return (Address("postmaster", primary_domain),), ()
         raise
     return tuple(local), tuple(remote)
+
+
+def storable(address: Address, local: tuple[Address, ...], remote: tuple[Address, ...],
+             maildir_path: Callable[[Address], str], primary_domain: str,
+             unusable: Callable[[Address, MailboxNameError], None] | None = None,
+             ) -> tuple[Address, ...]:
+    """The mailboxes of ``local`` (RCPT ``address``'s, with ``remote`` its
+    remote members) that can have a Maildir folder (``maildir_path``, the
+    store's rule): one that cannot (``MailboxNameError``: its local part's
+    or its domain's name) gets no copy -- every attempt to deliver it
+    would fail, for good -- and is given to ``unusable``.  Raises
+    ``Rejected`` (550 5.3.5) when none is left and ``address`` has no
+    remote member either (a postmaster's goes to the primary domain's
+    postmaster mailbox, RFC 5321 4.5.1).  The one rule of the SMTP
+    server's RCPT, VRFY and EXPN, and of ``sendmail -bv``."""
+    kept: list[Address] = []
+    for mailbox in local:
+        try:
+            maildir_path(mailbox)
+        except MailboxNameError as e:
+            if unusable is not None:
+                unusable(mailbox, e)
+            continue
+        except Exception:
+            pass  # any other fault is delivery's to meet (and retry)
+        kept.append(mailbox)
+    if len(kept) == len(local):
+        return local
+    if not kept and not remote:
+        if address.is_postmaster:
+            return (Address("postmaster", primary_domain),)
+        raise Rejected(replies.MAILBOX_NAME_UNUSABLE)
+    return tuple(kept)
 
 
 def quota_refusal(address: Address, final: tuple[Address, ...], quota: int,
@@ -193,38 +227,22 @@ class RecipientPolicy:
 
     def _storable(self, address: Address, local: tuple[Address, ...],
                   remote: tuple[Address, ...]) -> tuple[Address, ...]:
-        """The mailboxes of ``local`` (RCPT ``address``'s) that can have a
-        Maildir folder: one that cannot (``MailboxNameError``) gets no
-        copy -- every attempt to deliver it would fail, for good -- and is
-        logged.  Raises ``Rejected`` (550 5.3.5) when none is left and
-        ``address`` has no remote member either (a postmaster's goes to
-        the primary domain's postmaster mailbox, RFC 5321 4.5.1)."""
+        """``storable`` over the store's Maildirs, each mailbox that gets no
+        copy logged (once per mailbox every ``UNMEASURED_WARNING_SECONDS``)."""
         maildir_path = getattr(getattr(self.components, "store", None), "maildir_path", None)
         if maildir_path is None:
             return local
-        kept: list[Address] = []
-        for mailbox in local:
-            try:
-                maildir_path(mailbox)
-            except MailboxNameError as e:
-                held = self.unusable.due(mailbox.key)
-                if held is not None:
-                    log.warn("mail to {mailbox} is refused: {error} (rename the user in the "
-                             "users file; mailhub check names it){held}",
-                             mailbox=mailbox.key, error=str(e),
-                             held=f" (and {held} RCPT since the last such line)" if held
-                             else "")
-                continue
-            except Exception:
-                pass  # any other fault is delivery's to meet (and retry)
-            kept.append(mailbox)
-        if len(kept) == len(local):
-            return local
-        if not kept and not remote:
-            if address.is_postmaster:
-                return (Address("postmaster", self.primary_domain),)
-            raise Rejected(replies.MAILBOX_NAME_UNUSABLE)
-        return tuple(kept)
+
+        def unusable(mailbox: Address, e: MailboxNameError) -> None:
+            held = self.unusable.due(mailbox.key)
+            if held is not None:
+                log.warn("mail to {mailbox} is refused: {error} (rename the user in the "
+                         "users file; mailhub check names it){held}",
+                         mailbox=mailbox.key, error=str(e),
+                         held=f" (and {held} RCPT since the last such line)" if held
+                         else "")
+
+        return storable(address, local, remote, maildir_path, self.primary_domain, unusable)
 
     def _check_quota(self, address: Address, final: tuple[Address, ...],
                      size: int | None) -> None:
