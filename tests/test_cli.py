@@ -3339,3 +3339,20 @@ def test_check_warns_of_a_local_domain_whose_folder_name_is_over_name_max(
     config.write_text(config.read_text().replace(
         f"{a_label}.{a_label}.{a_label}.example", fits))
     assert check_warnings(config) == ""
+
+
+def test_user_add_refuses_a_user_of_a_domain_whose_folder_name_is_over_name_max(
+        config: Path) -> None:
+    # the domain of the check test above: user add took q@ it, a user who
+    # never gets mail (RCPT 550 5.3.5) nor logs in to POP3 ([SYS/PERM])
+    label = "\u65e5" * 50
+    domain = f"{label}.{label}.{label}.example"
+    config.write_text(config.read_text().replace(
+        'domains = ["example.org", "example.net"]\n',
+        f'domains = ["example.org", "{domain}"]\n'))
+    code, out, err = run(config, "user", "add", f"q@{domain}", "--password-stdin", stdin=PW)
+    assert (code, out) == (2, "")
+    assert err == (f"mailhub: q@{domain} cannot be a user: its domain's Maildir folder's "
+                   "name would be 460 octets, over the 255 a file system takes in one name "
+                   "(NAME_MAX): it gets no mail and cannot log in to POP3\n")
+    assert run(config, "user", "list") == (0, "", "")

@@ -741,6 +741,15 @@ class UsersDB:
         why = mail_never_reaches(address)
         if why:
             raise UsersFileError(f"{address} cannot be a user: {why}")
+        from txmailhub.store.maildir import folder_name_problem
+
+        # a local domain whose U-labels are over NAME_MAX octets (its
+        # A-labels fit DNS): no Maildir of it can be made (check warns of it)
+        why = folder_name_problem(canonical_domain(address.domain))
+        if why:
+            why = why.replace("its Maildir folder's", "its domain's Maildir folder's", 1)
+            raise UsersFileError(f"{address} cannot be a user: {why}: it gets no mail and "
+                                 "cannot log in to POP3")
         if len(address.local.encode("utf-8")) > 64:  # RFC 5321 4.5.3.1.1
             raise UsersFileError(f"the local part of {address} is over 64 octets")
         if not address.local.isprintable():
