@@ -922,6 +922,85 @@ def test_refused_dsn_parameters_are_dropped_and_the_success_notice_is_the_hubs(t
                       "are this hub's (relayed)"]
 
 
+@pytest.mark.parametrize("ext", [("PIPELINING", "8BITMIME", "DSN"),
+                                 ("PIPELINING", "8BITMIME", "DSN", "SMTPUTF8")])
+@pytest.mark.parametrize("envid, envid_raw", [("id-\u20ac", "id-+E2+82+AC"),
+                                              ("+" * 34, None)])
+def test_an_envid_that_cannot_go_makes_the_success_notice_the_hubs(tmp_path, ext, envid,
+                                                                   envid_raw):
+    # RFC 3461 4.4: the ENVID is printable US-ASCII of at most 100
+    # characters (a UTF-8 one an SMTPUTF8 client gave, a long one from an
+    # old record is neither); 5.2.1 (a): a relay to a server with DSN
+    # "MUST" pass it on.  Not the id alone dropped, NOTIFY and ORCPT
+    # handed over: the message goes as to a server without DSN and the
+    # hub keeps the notice duty (5.2.2: "relayed", which shows the id)
+    from txmailhub.relay import bounce
+    from txmailhub.relay.recording import apply_results
+
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=ext)
+    e = entry(tmp_path, BOB, smtputf8=True,
+              dsn=DSNRequest(ret="HDRS", envid=envid, envid_raw=envid_raw),
+              recipient_dsn=((BOB, RecipientDSN(("SUCCESS",), "rfc822;bob@x.test",
+                                                "rfc822;bob@x.test")),))
+    [r], logged = deliver_logged(net, a, e, "ENVID")
+    assert r.kind == "delivered" and not r.dsn_passed
+    [server] = net.server_protocols
+    [(mail, _, _)] = server.messages
+    assert not any(p in c for c in server.commands
+                   for p in (b"ENVID=", b"RET=", b"NOTIFY=", b"ORCPT="))
+    assert mail.startswith(b"MAIL FROM:<alice@example.org>")
+    assert apply_results(e, [r], 0.0, False)[BOB].notice == bounce.RELAYED
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1] offers DSN, but the "
+                      "message's ENVID is no US-ASCII id of at most 100 characters (RFC 3461 "
+                      "4.4); sent without ENVID, RET, NOTIFY and ORCPT: success notices asked "
+                      "for are this hub's (relayed)"]
+
+
+def test_a_clients_orcpt_that_cannot_go_makes_its_success_notice_the_hubs(tmp_path):
+    # RFC 3461 5.2.1 (d): the client's ORCPT "MUST also be passed on"; one
+    # whose 7-bit form would not fit in RCPT goes nowhere, and NOTIFY with
+    # it: that recipient's notice duty stays the hub's (5.2.2), the other's
+    # passes on with its parameters
+    from txmailhub.relay import bounce
+    from txmailhub.relay.recording import apply_results
+
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "8BITMIME", "DSN"))
+    raw = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    e = entry(tmp_path, BOB, CAROL, smtputf8=True,
+              recipient_dsn=((BOB, RecipientDSN(("SUCCESS",), raw, raw)),
+                             (CAROL, RecipientDSN(("SUCCESS",), "rfc822;c@x.test",
+                                                  "rfc822;c@x.test"))))
+    results, logged = deliver_logged(net, a, e, "ORCPT of")
+    assert [(r.address, r.kind, r.dsn_passed) for r in results] == [
+        (BOB, "delivered", False), (CAROL, "delivered", True)]
+    rcpts = [c for c in net.server_protocols[0].commands if c.startswith(b"RCPT")]
+    assert rcpts == [b"RCPT TO:<bob@remote.test>",
+                     b"RCPT TO:<carol@remote.test> NOTIFY=SUCCESS ORCPT=rfc822;c@x.test"]
+    notices = apply_results(e, results, 0.0, False)
+    assert notices[BOB].notice == bounce.RELAYED and notices[CAROL].notice != bounce.RELAYED
+    assert logged == ["ABCDEF0123456789: mx1.remote.test[2001:db8::1]: the ORCPT of RCPT "
+                      "TO:<bob@remote.test> does not fit in the 500 characters RFC 3461 adds "
+                      "for NOTIFY and ORCPT; RCPT sent without NOTIFY and ORCPT: a success "
+                      "notice asked for is this hub's (relayed)"]
+
+
+def test_an_ascii_envid_goes_with_the_rest_of_the_request(tmp_path):
+    # the same message with an ASCII id: everything goes, the duty with it
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "8BITMIME", "DSN", "SMTPUTF8"))
+    e = entry(tmp_path, BOB, smtputf8=True, dsn=DSNRequest("HDRS", "id-1", "id-1"),
+              recipient_dsn=((BOB, RecipientDSN(("SUCCESS",), "rfc822;bob@x.test",
+                                                "rfc822;bob@x.test")),))
+    [r], logged = deliver_logged(net, a, e, "ENVID")
+    assert r.kind == "delivered" and r.dsn_passed and logged == []
+    [(mail, _, _)] = net.server_protocols[0].messages
+    assert mail.endswith(b" RET=HDRS ENVID=id-1")
+
+
 class RefusesBlankEnvidAndCloses(RefusesBlankEnvid):
     """Refuses the MAIL with the ENVID, then closes at the first RCPT
     pipelined behind it (a "421" and the connection dropped)."""

@@ -686,12 +686,35 @@ def test_a_raw_utf8_orcpt_is_relayed_as_received_only_in_an_smtputf8_transaction
     assert rcpt.endswith(b" ORCPT=utf-8;j\\x{F6}rg\\x{2B}x@x.test")
 
 
-def test_a_utf8_envid_as_received_is_left_out_in_any_transaction():
+@pytest.mark.parametrize("ehlo, utf8", [(EHLO_DSN_ONLY, b""), (EHLO_DSN_UTF8, b" SMTPUTF8")])
+def test_a_utf8_envid_makes_the_transaction_one_without_dsn(ehlo, utf8):
+    # RFC 3461 4.4: the id is printable US-ASCII, which RFC 6531/6533 do not
+    # widen; 5.2.1 (a): a relay to a server with DSN "MUST" pass it on.
+    # Not the id alone left out: no DSN parameter goes, and the next hop
+    # takes over no notice duty (5.2.2: the hub's "relayed" notice)
     dsn = DSNRequest("HDRS", "id-\u20ac", "id-+E2+82+AC")
-    assert first_lines(EHLO_DSN_ONLY, smtputf8=True, dsn=dsn)[0] == (
-        b"MAIL FROM:<alice@example.org> RET=HDRS")
-    assert first_lines(EHLO_DSN_UTF8, smtputf8=True, dsn=dsn)[0] == (
-        b"MAIL FROM:<alice@example.org> SMTPUTF8 RET=HDRS")
+    rcpt_dsn = RecipientDSN(("SUCCESS", "FAILURE"), "utf-8;j\u00f6rg@x.test",
+                            "utf-8;j\\x{F6}rg@x.test")
+    mail, rcpt = first_lines(ehlo, smtputf8=True, dsn=dsn, recipients=[(BOB, rcpt_dsn)])
+    assert mail == b"MAIL FROM:<alice@example.org>" + utf8
+    assert rcpt == b"RCPT TO:<bob@remote.test>"
+    s = session(smtputf8=True, dsn=dsn, recipients=[(BOB, rcpt_dsn)])
+    s.receive(b"220 hi\r\n")
+    s.receive(ehlo)
+    s.receive(b"250 ok\r\n")
+    s.receive(b"250 ok\r\n")
+    s.receive(b"354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 queued\r\n")
+    assert s.envid_withheld
+    assert s.outcome.recipients[0].reply.code == 250
+    assert not s.outcome.dsn_supported
+    # an ASCII id keeps the request whole
+    s = session(smtputf8=True, dsn=DSNRequest("HDRS", "id-1", "id-1"),
+                recipients=[(BOB, rcpt_dsn)])
+    s.receive(b"220 hi\r\n")
+    assert sent(s.receive(ehlo)).split(b"\r\n")[0].endswith(b" RET=HDRS ENVID=id-1")
+    assert not s.envid_withheld
 
 
 def test_dsn_parameters_as_received_go_only_to_a_next_hop_with_dsn():
@@ -2049,19 +2072,22 @@ EHLO_DSN_NO_UTF8 = (b"250-mx.remote.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
 
 
 @pytest.mark.parametrize("ehlo, smtputf8", [(EHLO_DSN_NO_UTF8, ""), (EHLO_FULL, " SMTPUTF8")])
-def test_a_utf8_envid_is_left_out_even_in_an_smtputf8_transaction(ehlo, smtputf8):
+def test_a_utf8_envid_takes_every_dsn_parameter_with_it(ehlo, smtputf8):
     # RFC 3461 4.4: ENVID is printable US-ASCII, and RFC 6531/6533 do not
     # widen it.  Sent as xtext of its UTF-8 it is refused by a compliant
     # next hop -- by our own server without SMTPUTF8 (501), by Postfix's
     # smtpd with it ("501 5.5.4 Bad ENVID parameter syntax") -- and every
-    # recipient with it; the MAIL goes without the id (RET stays)
-    s = session(smtputf8=True, dsn=DSNRequest(ret="HDRS", envid="id-\u20ac"))
+    # recipient with it.  Without the id the request is cut down, which
+    # 5.2.1 does not allow: the MAIL goes as to a server without DSN
+    s = session(smtputf8=True, dsn=DSNRequest(ret="HDRS", envid="id-\u20ac"),
+                recipients=[(BOB, RecipientDSN(("SUCCESS",), "rfc822;bob@x.test"))])
     s.receive(b"220 hi\r\n")
-    mail = sent(s.receive(ehlo)).split(b"\r\n")[0]
+    mail, rcpt = sent(s.receive(ehlo)).split(b"\r\n")[:2]
     size = " SIZE=100" if b"SIZE" in ehlo else ""
-    assert mail == f"MAIL FROM:<alice@example.org>{size}{smtputf8} RET=HDRS".encode()
+    assert mail == f"MAIL FROM:<alice@example.org>{size}{smtputf8}".encode()
+    assert rcpt == b"RCPT TO:<bob@remote.test>"
     _, params = parse_mail(mail.decode()[5:], "remote.test")
-    assert params.envid is None and params.ret == "HDRS"
+    assert params.envid is None and params.ret is None
 
 
 def test_an_orcpt_that_would_make_the_rcpt_too_long_is_left_out():
@@ -2080,6 +2106,27 @@ def test_an_orcpt_that_would_make_the_rcpt_too_long_is_left_out():
     assert lines[1] == b"RCPT TO:<bob@remote.test> NOTIFY=FAILURE"
     assert lines[2].startswith(b"RCPT TO:<carol@remote.test> NOTIFY=FAILURE ORCPT=utf-8;\\x{1F600}")
     assert len(lines[2]) - len(b"RCPT TO:<carol@remote.test> ") < 500
+
+
+def test_a_clients_orcpt_that_cannot_go_takes_notify_with_it():
+    # RFC 3461 5.2.1 (d): the client's ORCPT "MUST also be passed on" to a
+    # server with DSN.  Its raw UTF-8 grows as \x{HEX} without SMTPUTF8
+    # past the 500 characters: the RCPT goes as to a server without DSN
+    # (no NOTIFY either), and the hub keeps that recipient's notice duty
+    raw = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    s = session(smtputf8=True, recipients=[
+        (BOB, RecipientDSN(("SUCCESS",), raw, raw)),
+        (CAROL, RecipientDSN(("SUCCESS",), "rfc822;carol@x.test", "rfc822;carol@x.test")),
+    ])
+    s.receive(b"220 hi\r\n")
+    lines = sent(s.receive(EHLO_DSN_NO_UTF8)).split(b"\r\n")
+    assert lines[1] == b"RCPT TO:<bob@remote.test>"
+    assert lines[2] == b"RCPT TO:<carol@remote.test> NOTIFY=SUCCESS ORCPT=rfc822;carol@x.test"
+    s.receive(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    s.body_sent()
+    s.receive(b"250 queued\r\n")
+    assert s.outcome.dsn_supported and s.outcome.dsn_dropped == {BOB}
+    assert s.orcpt_withheld == {BOB}
 
 
 @pytest.mark.parametrize("notify", [(), ("FAILURE",)])
@@ -2101,12 +2148,14 @@ def test_the_orcpt_budget_is_500_characters_added_to_the_rcpt_line(notify):
 
 def test_an_envid_longer_than_100_characters_as_sent_is_left_out():
     # RFC 3461 4.4: the ENVID may be 100 characters; its xtext form is what
-    # counts (a "+" is three), and a next hop may refuse a longer one
+    # counts (a "+" is three), and a next hop may refuse a longer one.
+    # Without it the request is cut down: no DSN parameter goes at all
     for envid, kept in (("a" + "+" * 33, True), ("+" * 34, False)):
         s = session(dsn=DSNRequest(ret="HDRS", envid=envid))
         s.receive(b"220 hi\r\n")
         mail = sent(s.receive(EHLO_FULL)).split(b"\r\n")[0]
-        assert mail.endswith(b" RET=HDRS" + (b" ENVID=a" + b"+2B" * 33 if kept else b""))
+        assert mail.endswith(b" RET=HDRS ENVID=a" + b"+2B" * 33 if kept else b" SIZE=100")
+        assert s.envid_withheld is not kept
         assert parse_mail(mail.decode()[5:], "remote.test")[1].envid == (envid if kept else None)
 
 

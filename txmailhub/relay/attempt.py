@@ -1853,12 +1853,26 @@ class DeliveryAgent:
                      queue_id=entry.id, host=where(name, address), address=address,
                      rcpt=loggable(str(rcpt), REPLY_LOG_MAX, marked=True),
                      reply=loggable(reply.text(), REPLY_LOG_MAX, marked=True))
+        for rcpt in sorted(session.orcpt_withheld, key=str):
+            log.info("{queue_id}: {host}: the ORCPT of RCPT TO:<{rcpt}> does not fit in the 500 "
+                     "characters RFC 3461 adds for NOTIFY and ORCPT; RCPT sent without NOTIFY "
+                     "and ORCPT: a success notice asked for is this hub's (relayed)",
+                     queue_id=entry.id, host=where(name, address), address=address,
+                     rcpt=loggable(str(rcpt), REPLY_LOG_MAX, marked=True))
         if session.transactions_sent > 1:
             log.info("{queue_id}: {host}: {count} transactions in one session (recipients the "
                      "server took too many of, or refused for their DSN parameters in a "
                      "pipelined batch, went in the next)", queue_id=entry.id,
                      host=where(name, address), address=address,
                      count=session.transactions_sent)
+        if (session.envid_withheld and "DSN" in session.extensions
+                and session.transactions_sent):
+            # the next hop offers DSN, and gets none of the message's DSN
+            # parameters: the admin learns why (RFC 3461 4.4, 5.2.1)
+            log.info("{queue_id}: {host} offers DSN, but the message's ENVID is no US-ASCII "
+                     "id of at most 100 characters (RFC 3461 4.4); sent without ENVID, RET, "
+                     "NOTIFY and ORCPT: success notices asked for are this hub's (relayed)",
+                     queue_id=entry.id, host=where(name, address), address=address)
         refused = session.dsn_params_refused
         if refused is None:
             return

@@ -526,6 +526,10 @@ class ClientSession:
         # next hop without SMTPUTF8 cannot be given (``_after_hello``)
         self._sending = list(self.recipients)
         self.dsn = dsn or DSNRequest()
+        # the ENVID value MAIL carries to a server with DSN, and whether the
+        # message's id is one that cannot go (``_envid_param``): then no DSN
+        # parameter goes at all, as to a server without DSN
+        self._envid, self.envid_withheld = self._envid_param()
         self.tls_policy = tls
         self.tls_active = tls_active
         self.credentials = credentials
@@ -598,6 +602,9 @@ class ClientSession:
         # (DATA is sent already), in the next one -- with the reply, for the
         # log; and those whose RCPT did go again so (``dsn_dropped``)
         self._rcpt_carried_dsn: dict[Address, bool] = {}
+        # the recipients whose RCPT went without NOTIFY because the client's
+        # ORCPT could not go with it (``_rcpt_command``): in ``dsn_dropped``
+        self.orcpt_withheld: set[Address] = set()
         self.rcpt_dsn_refused: dict[Address, Reply] = {}
         self._dsn_resent: set[Address] = set()
         # those whose RCPT sent again without them the server accepted: only
@@ -985,7 +992,7 @@ class ClientSession:
             hello_read=self.hello_read,
             tls_refused=self.tls_refused,
             dsn_supported=self._dsn_on,
-            dsn_dropped=frozenset(self._dsn_resent),
+            dsn_dropped=frozenset(self._dsn_resent | self.orcpt_withheld),
             transactions=self.transactions,
             unanswered_end=tuple(unanswered),
             extensions=dict(self.extensions),
@@ -1148,7 +1155,8 @@ class ClientSession:
             done.append(TransactionDone(
                 tuple(RecipientOutcome(a, self._results[a]) for a in batch
                       if a not in going_on and a in self._results),
-                dsn_supported=self._dsn_on, dsn_dropped=frozenset(self._dsn_resent)))
+                dsn_supported=self._dsn_on,
+                dsn_dropped=frozenset(self._dsn_resent | self.orcpt_withheld)))
         self.transactions += 1
         self._tx_text_went = self._tx_data_for_now = False
         self._mail_asked = self._mail_went = False
@@ -1469,26 +1477,8 @@ class ClientSession:
         if self._dsn_on:
             if self.dsn.ret:
                 params.append(f"RET={self.dsn.ret}")
-            envid = self.dsn.envid
-            # RFC 3461 4.4: the id "MUST consist entirely of printable
-            # (graphic and white space) characters from the US-ASCII
-            # repertoire".  RFC 6531 3.3 lets an esmtp-value hold UTF-8 in
-            # an SMTPUTF8 transaction, but ENVID's own syntax is changed
-            # neither there nor by RFC 6533 (its utf-8 type is ORCPT's).
-            # The UTF-8 id an SMTPUTF8 client gave us is left out in every
-            # transaction rather than have the next hop refuse the MAIL,
-            # and with it every recipient (Postfix says "501 5.5.4 Bad
-            # ENVID parameter syntax" to one, SMTPUTF8 or not).  RFC 3461
-            # 4.4 allows 100 characters: a longer one (a record queued
-            # before that limit) goes the same way
-            if envid and envid.isascii():
-                # RFC 3461 5.2.1 (a): "the same associated esmtp-value" as
-                # received, escapes and all; encoded afresh only when that
-                # is not known (a record from before it was kept)
-                value = (_as_received(self.dsn.envid_raw, envid, decode_envid)
-                         or xtext_encode(envid))
-                if len(value) <= MAX_ENVID:
-                    params.append(f"ENVID={value}")
+            if self._envid is not None:
+                params.append(f"ENVID={self._envid}")
         self._dsn_params_sent = len(params) > dsn_at
         self._auth_param_sent = (self.auth_param and "AUTH" in ext
                                  and self.auth_param_refused is None)
@@ -1531,11 +1521,42 @@ class ClientSession:
         value = xtext_encode(text)
         return value if len(" AUTH=" + value) <= MAX_AUTH_PARAM else "<>"
 
+    def _envid_param(self) -> tuple[str | None, bool]:
+        """The ``ENVID=`` value for MAIL (``None`` without an id), and
+        whether the message's id is one the hub cannot pass on.
+
+        RFC 3461 5.2.1 (a): "the same associated esmtp-value" as received,
+        escapes and all; encoded afresh only when that is not known (a
+        record from before it was kept).  RFC 3461 4.4: the id "MUST
+        consist entirely of printable (graphic and white space) characters
+        from the US-ASCII repertoire", in at most 100 characters.  RFC 6531
+        3.3 lets an esmtp-value hold UTF-8 in an SMTPUTF8 transaction, but
+        ENVID's own syntax is changed neither there nor by RFC 6533 (its
+        utf-8 type is ORCPT's): the UTF-8 id an SMTPUTF8 client gave us
+        cannot go, SMTPUTF8 or not (Postfix says "501 5.5.4 Bad ENVID
+        parameter syntax" to one), nor can one over 100 characters (a
+        record queued before that limit).  A relay to a server with DSN
+        "MUST" pass the ENVID on (5.2.1), and a DSN request without its id
+        is none that RFC 3461 knows: such a message goes as to a server
+        without DSN, and the hub keeps the notice duty (5.2.2: "relayed"
+        for NOTIFY=SUCCESS, with the id; ``dsn_supported`` false)."""
+        envid = self.dsn.envid
+        if not envid:
+            return None, False
+        if not envid.isascii():
+            return None, True
+        value = _as_received(self.dsn.envid_raw, envid, decode_envid) or xtext_encode(envid)
+        if len(value) > MAX_ENVID:
+            return None, True
+        return value, False
+
     @property
     def _dsn_on(self) -> bool:
-        """Whether DSN parameters go in this session: the server offers DSN
-        and has not refused them (``dsn_params_refused``)."""
-        return "DSN" in self.extensions and self.dsn_params_refused is None
+        """Whether DSN parameters go in this session: the server offers DSN,
+        has not refused them (``dsn_params_refused``), and the message's
+        ENVID can go (``envid_withheld``)."""
+        return ("DSN" in self.extensions and self.dsn_params_refused is None
+                and not self.envid_withheld)
 
     @property
     def _utf8_transaction(self) -> bool:
@@ -1587,6 +1608,15 @@ class ClientSession:
                 if orcpt is not None and len(
                         (" " + " ".join([*params, orcpt])).encode("utf-8")) <= 500:
                     params.append(orcpt)
+                elif dsn.orcpt_raw is not None:
+                    # the client's own ORCPT, which a relay to a server with
+                    # DSN "MUST" pass on (RFC 3461 5.2.1 (d)): without it the
+                    # request is cut down, so this RCPT goes as to a server
+                    # without DSN and the hub keeps that recipient's notice
+                    # duty (5.2.2, ``dsn_dropped``).  One the hub made up (an
+                    # alias's, 5.2.1 (c): "MAY be added") is merely left out
+                    params = []
+                    self.orcpt_withheld.add(address)
         self._rcpt_carried_dsn[address] = bool(params)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
