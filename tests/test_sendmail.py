@@ -1847,6 +1847,26 @@ def test_g_leaves_the_bare_names_of_a_gateways_message_as_written() -> None:
     assert field(untraced(p), b"To") == [b"To: bob@example.org, Ann <ann@example.org>"]
 
 
+def test_g_adds_no_field_to_a_gateways_message_but_the_trace() -> None:
+    # -G: the message is relayed, not submitted.  RFC 5321 6.4: adding a
+    # Date or a Message-ID "MUST NOT be applied by an SMTP server that
+    # provides an intermediate relay function"; RFC 6409 8 leaves such
+    # fix-ups to an MSA.  The Received field is a trace field (RFC 5321 4.4)
+    raw = b"To: bob@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    p = prep(raw, Options(recipients=("bob",), gateway=True))
+    assert untraced(p) == raw
+    assert p.header.startswith(b"Received: by ")
+    # nor to a message sent on again, nor a Sender for several authors
+    raw = (b"From: ann@example.net, cid@example.net\r\nResent-To: bob@example.org\r\n"
+           b"Subject: x\r\n\r\nbody\r\n")
+    p = prep(raw, Options(recipients=("bob",), gateway=True))
+    assert untraced(p) == raw
+    # without -G the message gets what RFC 5322 3.6 asks of it
+    p = prep(b"To: bob@example.org\r\n\r\nbody\r\n", Options(recipients=("bob",)))
+    for name in (b"From", b"Date", b"Message-ID"):
+        assert len(field(untraced(p), name)) == 1
+
+
 # --- the error modes -----------------------------------------------------------------
 
 

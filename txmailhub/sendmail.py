@@ -150,7 +150,7 @@ class Options:
                                           # -bs SMTP on stdin and stdout,
                                           # -bv verify the recipients (nothing sent)
     error_mode: str | None = None         # -oeX (or -eX): sendmail's error mode X
-    gateway: bool = False                 # -G: a gateway's submission, fields not rewritten
+    gateway: bool = False                 # -G: a gateway's submission, fields not fixed
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -741,8 +741,9 @@ def prepare(
     Received field.
 
     ``HeaderNul`` for a NUL in a header field (``_refuse_nul``); with
-    ``-G`` (a gateway's submission) the bare names in the address fields
-    stay as written; ``warn`` gets one line when the aliases file the
+    ``-G`` (a gateway's submission, relayed) no field is added but the
+    Received field, and the bare names in the address fields stay as
+    written; ``warn`` gets one line when the aliases file the
     grouping of a long list needs cannot be read (``_by_mailbox``)."""
     _refuse_nul(read.fields)
     login_name, gecos = login or _login()
@@ -795,7 +796,14 @@ def prepare(
         in the original fields of a message sent on again: there the user
         is the one who sent it on, which its Resent-Sender says, and a
         Sender would name them as the one who sent the original for its
-        authors (Postfix adds only the Resent- fields to such a message)."""
+        authors (Postfix adds only the Resent- fields to such a message).
+
+        None with ``-G``: the message is relayed, not submitted, and RFC
+        5321 6.4 says the fix-ups (a Date, a Message-ID) "MUST NOT be
+        applied by an SMTP server that provides an intermediate relay
+        function"; RFC 6409 8 leaves them to the MSA of a submission."""
+        if options.gateway:
+            return []
         lower = prefix.lower().encode()
         added = []
         if lower + b"from" not in names:
