@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import email
 import email.policy
+import errno
 import os
 import random
 from types import SimpleNamespace
@@ -22,6 +23,8 @@ from txmailhub.address import Address
 from txmailhub.config import load_text
 from txmailhub.envelope import DSNRequest, Envelope, RecipientDSN
 from txmailhub.interfaces import IDeliveryAgent
+from txmailhub.relay import attempt as attempt_module
+from txmailhub.relay import mime7bit
 from txmailhub.relay.attempt import (
     SMARTHOST,
     STOP_CUT,
@@ -552,6 +555,54 @@ def test_8bit_converted_for_server_without_8bitmime(tmp_path):
     assert data.isascii() and b"quoted-printable" in data and b"Gr=C3=BC=C3=9Fe" in data
     folder = os.path.dirname(e.message_path)
     assert [n for n in os.listdir(folder) if n.endswith(".7bit")] == []  # temp copy removed
+
+
+def _open_fails_for(monkeypatch, suffix: str, error: int = errno.EMFILE) -> None:
+    """``open`` of a path ending in ``suffix`` for reading raises
+    ``error`` (out of descriptors) in the agent's module and in the
+    7-bit conversion's."""
+    real = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith(suffix) and mode == "rb":
+            raise OSError(error, os.strerror(error), str(path))
+        return real(path, mode, *args, **kwargs)
+
+    for module in (attempt_module, mime7bit):
+        monkeypatch.setattr(module, "open", fake_open, raising=False)
+
+
+@pytest.mark.parametrize(("extensions", "body", "suffix", "said"), [
+    (("PIPELINING", "8BITMIME"), b"Subject: x\n\nhello\n", "Q.msg", "cannot open "),
+    # the 7-bit copy made for a server without 8BITMIME; the message it
+    # is made of
+    (("PIPELINING",), "Subject: x\n\nGrüße\n".encode(), ".7bit", "cannot open "),
+    (("PIPELINING",), "Subject: x\n\nGrüße\n".encode(), "Q.msg", "converting "),
+])
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_a_message_that_cannot_be_opened_after_the_354_stays_queued_at_once(
+        tmp_path, monkeypatch, log_events, extensions, body, suffix, said, error):
+    # out of descriptors when the data is due: the hub's temporary failure
+    # at once, no traceback, no other host tried, no 7-bit copy left --
+    # not a session error blamed on the server (the next MX tried), nor a
+    # session left waiting for data that never comes until the data
+    # timeout (minutes, the connection and its slot held meanwhile)
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=extensions)
+    net.servers[("192.0.2.2", 25)] = ScriptedSMTPServer
+    e = entry(tmp_path, BOB, body=body)
+    _open_fails_for(monkeypatch, suffix, error)
+    [result] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert (result.kind, result.reply.code, result.reply.status) == ("transient", 451, "4.3.0")
+    assert "will retry" in result.reply.text()
+    assert net.connections == [("2001:db8::1", 25)]
+    assert [p.messages for p in net.server_protocols] == [[]]
+    assert sorted(os.listdir(tmp_path)) == ["Q.msg", "hub.toml"]  # no 7-bit copy left
+    lines = [formatEvent(ev) for ev in log_events if ev.get("log_level") in (
+        LogLevel.error, LogLevel.critical)]
+    assert len(lines) == 1 and lines[0].startswith(said), lines
+    assert os.strerror(error) in lines[0]
+    assert not any("log_failure" in ev for ev in log_events)  # no traceback
 
 
 def test_8bit_sent_as_is_with_8bitmime(tmp_path):

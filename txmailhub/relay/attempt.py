@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import errno
 import ipaddress
 import os
 import secrets
@@ -567,7 +568,12 @@ class SMTPClientProtocol(Protocol):
                     "the message needs 8BITMIME or SMTPUTF8, which the remote server "
                     "lacks, and has no 7-bit form: " + f.getErrorMessage(),))
             else:
-                log.failure("converting {path} to 7 bits failed", f, path=self.message_path)
+                if _shortage(f.value):
+                    # out of descriptors or memory: one line, no traceback
+                    log_failure(log, f, "converting {path} to 7 bits failed",
+                                path=self.message_path)
+                else:
+                    log.failure("converting {path} to 7 bits failed", f, path=self.message_path)
                 reply = LocalReply(451, "4.3.0", (
                     "local error while converting the message to 7 bits, will retry",))
             if not (self._closing or self.done.called):
@@ -593,8 +599,14 @@ class SMTPClientProtocol(Protocol):
     def _stream(self, path: str, converted: bool) -> None:
         try:
             self._file = open(path, "rb")  # closed when the transfer ends
-        except FileNotFoundError:
-            self._message_gone(path)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError) and not converted:
+                self._message_gone(path)
+            else:
+                # out of descriptors (EMFILE, ENFILE), a folder in its place,
+                # the 7-bit copy of a moment ago gone: the hub's failure, not
+                # the server's, as a read error while streaming is
+                self._not_opened(path, converted, e)
             return
         skip_trace_return_path(self._file)
         # the data-block timeout runs per chunk the transport takes; the
@@ -638,6 +650,28 @@ class SMTPClientProtocol(Protocol):
                 "local error while sending the message, will retry",))))
 
         producer.start().addCallbacks(sent, not_sent)
+
+    def _not_opened(self, path: str, converted: bool, error: OSError) -> None:
+        """The message (or its 7-bit copy) cannot be opened to be sent,
+        after the server's 354: every recipient gets the hub's temporary
+        ``451 4.3.0`` and the connection is dropped without the final "."
+        (``body_failed``), as when a read fails while streaming: the copy
+        removed, and no other host tried with a message this hub cannot
+        read now.  The entry stays queued.  Out of descriptors or memory
+        is one line in the log; any other error is a fault, logged with
+        its traceback."""
+        if converted:
+            _unlink(path)
+        if self._closing or self.done.called:
+            return
+        if _shortage(error):
+            log.error("cannot open {path} to send it: {error}; the mail stays queued",
+                      path=path, error=str(error))
+        else:
+            log.failure("cannot open {path} to send it; the mail stays queued",
+                        Failure(error), path=path)
+        self._run(self.session.body_failed(LocalReply(451, "4.3.0", (
+            "local error while sending the message, will retry",))))
 
     def _stop_body(self) -> None:
         """The session ends (a ``421`` in the middle of the data, a timeout,
@@ -856,6 +890,16 @@ def skip_trace_return_path(f: Any) -> None:
     first = f.readline(1001)
     if not (first[:12].lower() == b"return-path:" and first.endswith(b"\n")):
         f.seek(start)
+
+
+#: the errors of a system short of what opening a file takes -- out of
+#: descriptors (the process's, the system's) or of kernel memory -- which
+#: pass once it has them back
+_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _shortage(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _SHORTAGES
 
 
 def _unlink(path: str) -> None:
