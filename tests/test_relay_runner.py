@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
+import errno
 import itertools
 import os
 import random
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 
 from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
 from tests.test_relay_attempt import ZONE, GreylistsCarolTakesOnePerMessage, SilentAfterOneMessage
@@ -24,6 +27,7 @@ from txmailhub.relay import admin, schedule
 from txmailhub.relay.attempt import DeliveryAgent, DeliveryResult
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.queue import OutboundQueue
+from txmailhub.relay.recording import ERROR_RETRY
 from txmailhub.relay.runner import CUT_GRACE, QueueRunner
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
@@ -737,6 +741,33 @@ def test_local_failure_retried(hub):
     del hub.store.fail[LOCAL]
     hub.clock.advance(60)
     assert hub.queue.ids() == [] and len(hub.store.messages(LOCAL)) == 1
+
+
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_a_new_entry_whose_record_cannot_be_read_at_once_is_attempted_later(
+        hub, monkeypatch, log_events, error):
+    # the runner learns of a new entry by reading its record as the queue
+    # says it was written; out of file descriptors there, the entry (its
+    # client told 250) was known to nobody: never attempted until a restart
+    hub.runner.start()
+    real = builtins.open
+    failing = [True]
+
+    def fake_open(path, *args, **kwargs):
+        if failing[0] and str(path).endswith(".json"):
+            failing[0] = False  # that one read only
+            raise OSError(error, os.strerror(error), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    qid = enqueue(hub, BOB)
+    assert not failing[0] and hub.agent.calls == [] and hub.queue.ids() == [qid]
+    lines = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.error]
+    assert lines == [f"cannot read the new queue entry {qid}; trying it again later: "
+                     f"[Errno {error}] {os.strerror(error)}: '{hub.queue.record_path(qid)}'"]
+    assert not any("log_failure" in e for e in log_events)
+    hub.clock.advance(ERROR_RETRY)
+    assert [c[0] for c in hub.agent.calls] == [qid] and hub.queue.ids() == []
 
 
 def test_restart_resumes_entries(hub):

@@ -59,9 +59,21 @@ class QueueEvents:
 
     def _event(self, queue_id: str | None) -> None:
         if queue_id is not None:
-            entry = self.queue.read(queue_id)
-            if entry is not None:
-                self._index(entry)
+            try:
+                entry = self.queue.read(queue_id)
+            except Exception:
+                # committed, and answered 250: a record that cannot be read
+                # at once (out of file descriptors) must not leave it unknown
+                # -- nothing else would take it before a restart.  Taken at
+                # the retry after an error, whose handling reads it again
+                # and meets the error there, if it lasts
+                log_failure(log, Failure(), "cannot read the new queue entry {queue_id}; "
+                            "trying it again later", queue_id=queue_id)
+                if queue_id not in self.due and queue_id not in self._held:
+                    self.due[queue_id] = self.clock.seconds() + ERROR_RETRY
+            else:
+                if entry is not None:
+                    self._index(entry)
         self.kick()
 
     def _tick(self) -> None:
