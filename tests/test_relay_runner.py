@@ -232,6 +232,40 @@ def test_permanent_failure_bounces_that_recipient_only(hub):
     assert b"Diagnostic-Code: smtp; 550 5.1.1 no such user" in data
 
 
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_a_bounce_whose_message_cannot_be_opened_for_now_is_made_again_later(
+        hub, monkeypatch, log_events, error):
+    # out of file descriptors when the failure notice reads the message's
+    # header section: the notice went out for good with an empty
+    # text/rfc822-headers part (the sender could not tell which message it
+    # was about) and without In-Reply-To; it is made again later instead
+    from txmailhub.relay import bounce
+
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [DeliveryResult(a, "permanent", NO, "mx") for a in r]
+    real = open
+    failing = [True]
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if failing[0] and str(path).endswith(".msg"):
+            raise OSError(error, os.strerror(error), str(path))
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(bounce, "open", fake_open, raising=False)
+    qid = enqueue(hub, BOB)
+    assert hub.dsn.sent == [] and hub.queue.read(qid).recipients[0].state == "failed"
+    lines = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.error]
+    assert len(lines) == 1 and lines[0].startswith(f"{qid}: could not send the failed notice")
+    assert os.strerror(error) in lines[0]
+    failing[0] = False
+    hub.clock.advance(60)
+    assert len(hub.agent.calls) == 1  # not delivered again, only the bounce
+    [(_env, data)] = hub.dsn.sent
+    assert hub.queue.ids() == []
+    returned = data.split(b"Content-Type: text/rfc822-headers")[1]
+    assert b"Subject: hi" in returned.split(b"\n--")[0]
+
+
 def test_bounce_retried_when_it_cannot_be_sent(hub):
     hub.runner.start()
     hub.dsn.fail = True

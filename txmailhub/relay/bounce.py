@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import errno
 import os
 import re
 import textwrap
@@ -560,6 +561,11 @@ def _flatten(message: Message) -> bytes:
     return out.getvalue()
 
 
+#: errors opening the message that pass (out of the process's or the
+#: system's file descriptors, or of kernel memory)
+_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
 def _header_section(lines: Iterable[bytes]) -> bytes:
     """The header section of the message whose ``lines`` these are (an
     open file, or a ``BytesIO`` of a message held already): the lines up
@@ -658,7 +664,8 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> tuple[Message, bytes
     message/global, which may carry UTF-8 header fields raw (RFC 6532
     3.7); otherwise text/rfc822-headers or message/rfc822.  With the
     part, the original's header section as read for it (at most
-    ``MAX_HEADER_BYTES``; empty when it could not be read): the notice's
+    ``MAX_HEADER_BYTES``; empty when it could not be read, but for a
+    shortage of descriptors or memory, which is raised): the notice's
     ``In-Reply-To`` comes from there, with no read of its own."""
     path = entry.message_path
     if full:
@@ -690,7 +697,12 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> tuple[Message, bytes
     try:
         with open(path, "rb") as f:
             raw = _header_section(f)
-    except OSError:
+    except OSError as e:
+        if e.errno in _SHORTAGES:
+            # out of descriptors or memory for now: the notice is made
+            # again later (``notices``), not sent for good without the
+            # headers that say which message it is about
+            raise
         raw = b""
     if utf8 or not raw.isascii():
         # 8-bit octets inside; and RFC 6533 6.3 asks for 8bit on
