@@ -13,8 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.error import ConnectBindError
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
@@ -33,6 +35,7 @@ from txmailhub.relay.attempt import (
     read_credentials,
 )
 from txmailhub.relay.auth_param_memory import MAX_AGE, AuthParamMemory
+from txmailhub.relay.hostname import NoAddressConnected
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.record import QueueEntry
 from txmailhub.smtp.policy import RecipientPolicy
@@ -384,6 +387,68 @@ def test_all_down_is_transient(tmp_path):
     clock.advance(0)  # (deferred in a later turn of the reactor)
     [r] = run(net, d)
     assert r.reply.status == "4.4.1" and r.unreachable
+
+
+class _NoSockets:
+    """``FakeNetwork``'s endpoints while the hub has no descriptor for a
+    socket: each connect fails as Twisted's TCP client does when
+    ``socket()`` raises (``ConnectBindError`` with the errno).  A name
+    stands for 192.0.2.25."""
+
+    def __init__(self, net, error):
+        self.net, self.error, self.short = net, error, True
+
+    def endpoint(self, host, port):
+        real = self.net.endpoint(host, port)
+        shortage = self
+
+        class Endpoint:
+            def connect(self, factory):
+                if shortage.short:
+                    error = ConnectBindError(shortage.error, os.strerror(shortage.error))
+                    if not host[0].isdigit():
+                        # a smarthost's name: what ``NameEndpoint`` says when
+                        # none of its addresses took the connection
+                        error = NoAddressConnected(f"no address of {host} took the "
+                                                   "connection", [Failure(error)])
+                    return defer.fail(error)
+                if not host[0].isdigit():
+                    return shortage.net.endpoint("192.0.2.25", port).connect(factory)
+                return real.connect(factory)
+
+        return Endpoint()
+
+
+@pytest.mark.parametrize("smarthost", ["", "smart.example.net:2525", "192.0.2.25:2525"])
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_no_socket_for_lack_of_descriptors_is_the_hubs_failure_not_the_domains(
+        tmp_path, error, smarthost):
+    # out of file descriptors, no connection can even be started: that
+    # says nothing of the next hop.  The domain was taken for unreachable
+    # ("no host answered", its deliveries one at a time and deferred by
+    # the memory of the failure once descriptors were back, every host's
+    # addresses tried in vain) and the kept error -- queue show, a delay
+    # notice to the sender -- blamed its host: "connection to mx2... failed"
+    clock = Clock()
+    s = settings(tmp_path, f'smarthost = "{smarthost}"\nsmarthost_tls = "none"'
+                 if smarthost else "")
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)
+    first = ("192.0.2.25", 2525) if smarthost else ("2001:db8::1", 25)
+    net.servers[first] = ScriptedSMTPServer
+    shortage = _NoSockets(net, error)
+    a = DeliveryAgent(s, mx, clock, endpoint=shortage.endpoint,
+                      tls_options=lambda host, verify: FakeTLS(host, True))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert (r.kind, r.reply.code, r.reply.status) == ("transient", 451, "4.3.0")
+    assert isinstance(r.reply, LocalReply) and os.strerror(error) in r.reply.text()
+    assert "connection to" not in r.reply.text() and r.remote_mta is None
+    assert r.unreachable is None  # nothing learnt of the domain
+    assert a._unreachable == {}
+    shortage.short = False
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "delivered" and net.connections == [first]
 
 
 def test_a_domain_one_of_whose_hosts_answered_is_not_unreachable(tmp_path):

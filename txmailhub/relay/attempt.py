@@ -43,7 +43,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.error import DNSLookupError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IHandshakeListener, IReactorThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
@@ -62,7 +62,7 @@ from txmailhub.relay.body_producer import BodyProducer, BodyStopped
 from txmailhub.relay.connect_reason import most_telling, reason
 from txmailhub.relay.connect_timer import TimedTCPEndpoint
 from txmailhub.relay.eyeballs import RaceLost, family_of, interleave, race
-from txmailhub.relay.hostname import NameEndpoint, Resolver, lookup_name
+from txmailhub.relay.hostname import NameEndpoint, NoAddressConnected, Resolver, lookup_name
 from txmailhub.relay.mx import (
     DNS_FAILURE_MEMORY_MAX,
     FAILED_HOST_MEMORY,
@@ -1316,7 +1316,7 @@ class DeliveryAgent:
                 for a in tries.started:
                     if a == address:
                         self.mx.health.address_succeeded(a)
-                    elif a in tries.failures:
+                    elif a in tries.failures and not _no_socket(tries.failures[a]):
                         self.mx.health.address_failed(a, self.address_memory)
             # the host answered (a session, however it ended): its domain is
             # no unreachable one, even if a plain retry below cannot connect
@@ -1352,6 +1352,19 @@ class DeliveryAgent:
                     # the retry's connection failed: its error is the one
                     # to tell (the first session's connection had none)
                     tries = retry
+            short = None if outcome is not None else next(
+                (f for f in tries.failures.values() if _no_socket(f)), None)
+            if short is not None:
+                # no socket could be made (out of file descriptors): the
+                # hub's own failure, which says nothing of this host or
+                # its domain (no memory of it, no other host tried in
+                # vain); the mail stays queued for the retry
+                log.error("{queue_id}: no connection to {destination} could be made: "
+                          "{error}; the mail stays queued", queue_id=entry.id,
+                          destination=destination, error=_socket_error_text(short))
+                reply = LocalReply.of(451, "4.3.0", "local error: no connection could be "
+                                      f"made ({_socket_error_text(short)}), will retry")
+                return settled + [DeliveryResult(a, "transient", reply) for a in recipients]
             if outcome is None:  # could not connect: the next host
                 unanswered += sum(1 for a in tries.started
                                   if not _name_not_found(tries.failures.get(a)))
@@ -2008,6 +2021,37 @@ class _Stage:
 
     def __init__(self) -> None:
         self.connected = False
+
+
+#: errors making a socket that are the hub's shortage, not the next hop's:
+#: out of descriptors (the process's, the system's) or of kernel memory
+_SOCKET_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
+
+
+def _no_socket(why: Failure | None) -> bool:
+    """Whether a connection could not even be started for the hub's lack
+    of descriptors or memory: Twisted's TCP client says so with a
+    ``ConnectBindError`` carrying the errno of ``socket()`` (a smarthost's
+    name, with the errors of its addresses)."""
+    return why is not None and _socket_shortage(why.value) is not None
+
+
+def _socket_shortage(error: BaseException) -> int | None:
+    """The errno of ``error`` if it is a socket shortage (``_no_socket``)."""
+    if isinstance(error, NoAddressConnected):
+        for why in error.failures:
+            number = _socket_shortage(why.value)
+            if number is not None:
+                return number
+        return None
+    number = (error.osError if isinstance(error, ConnectError)
+              else error.errno if isinstance(error, OSError) else None)
+    return number if number in _SOCKET_SHORTAGES else None
+
+
+def _socket_error_text(why: Failure) -> str:
+    """``Too many open files``: the shortage's words, without a path."""
+    return os.strerror(_socket_shortage(why.value) or errno.EMFILE)
 
 
 def _name_not_found(why: Failure | None) -> bool:
