@@ -841,6 +841,40 @@ class MoreAliasTests(Base):
         self.write("list: ann\n")
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
+    def test_a_changed_file_read_when_out_of_descriptors_is_read_again(self):
+        # EMFILE (ENFILE) on the read of a changed file passes: the file was
+        # taken as read, and not looked at again until it changed once
+        # more -- an alias added then was refused with 550 (a bounce) for
+        # good.  Until it can be read, a miss may be an alias of the new
+        # text: 451, not 550; the aliases read last serve on
+        import errno
+
+        import txmailhub.router as router_module
+
+        for error in (errno.EMFILE, errno.ENFILE):
+            observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+            r = self.router("list: joe\n")
+            self.write("list: joe\nsales: ann\n")
+            real = router_module.read_regular
+            refused = [True]
+
+            def read_regular(path, *args, error=error, refused=refused, real=real, **kwargs):
+                if refused[0]:
+                    raise OSError(error, os.strerror(error), path)
+                return real(path, *args, **kwargs)
+
+            self.patch(router_module, "read_regular", read_regular)
+            for _ in range(2):
+                self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+                with self.assertRaises(Rejected) as cm:
+                    r.resolve(A("sales"))
+                self.assertEqual(cm.exception.reply.code, 451)
+            refused[0] = False
+            self.assertEqual(r.resolve(A("sales")), ((A("ann"),), ()))
+            errors = [e["why"] for e in observer if e["log_level"].name == "error"]
+            self.assertEqual(errors, [f"cannot read aliases file {self.path}: [Errno {error}] "
+                                      f"{os.strerror(error)}: '{self.path}'"])
+
     def test_alias_names_match_in_any_case(self):
         r = self.router("Staff: joe\n")
         for spelling in ("staff", "STAFF", "Staff"):

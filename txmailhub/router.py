@@ -41,7 +41,9 @@ user nor as an alias then, or an alias member found in neither, is
 answered ``451 4.3.0`` (try again later), not ``550 5.1.1``.  A file
 that cannot be read (a directory in its place, a mode the hub cannot
 read, bytes that are not UTF-8) leaves the aliases read last in effect,
-logged once.
+logged once; one that cannot be opened for want of descriptors (EMFILE,
+ENFILE) is read again at the next lookup, an address found in neither
+file answered ``451 4.3.0`` meanwhile.
 
 ``postmaster`` (any case) at any local domain always resolves (RFC 5321
 4.5.1): to the alias ``postmaster@<that domain>`` if there is one, else
@@ -54,6 +56,7 @@ Maildir too, with a warning.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -103,6 +106,10 @@ __all__ = [
 ]
 
 log = Logger()
+
+#: errors reading the aliases file that pass (out of the process's or the
+#: system's file descriptors, or of memory): the file is read again
+_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 # U+FEFF at the start of a file: the byte-order mark, no text of the file
 BOM = "\ufeff"
@@ -844,9 +851,22 @@ class Router:
             # never a plain open: one of a FIFO put there would hang the hub
             raw, after = read_regular(self.aliases_file)  # changed during the read: maybe half
             text = raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            # not looked at again until it changes (a directory, a FIFO, a
-            # mode the hub cannot read, a file written half-way in UTF-8)
+        except OSError as e:
+            if e.errno in _SHORTAGES:
+                # out of descriptors or memory, which passes: read again at
+                # the next lookup.  Meanwhile a miss may be an alias of the
+                # changed text, not read: 451, never 550 (a bounce)
+                self._file.forget()
+                self._fresh = True
+            else:
+                # not looked at again until it changes (a directory, a FIFO,
+                # a mode the hub cannot read)
+                self._file.read(st, began, after)
+                self._fresh = not self._file.settled
+            self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
+            return
+        except UnicodeDecodeError as e:
+            # not looked at again until it changes (written half-way in UTF-8)
             self._file.read(st, began, after)
             self._fresh = not self._file.settled
             self._cannot_read(f"cannot read aliases file {self.aliases_file}: {e}")
