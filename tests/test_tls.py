@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import re
 import shutil
@@ -411,6 +412,36 @@ def test_a_mismatch_that_persists_is_an_error_at_the_next_look(tmp_path, events)
     clock.advance(tls.CHECK_INTERVAL)
     serial_served(factory)
     assert [level for level, _ in _warnings_and_errors(events)] == ["warn", "error", "warn"]
+
+
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_a_renewal_read_while_out_of_descriptors_is_served_once_they_are_back(
+        tmp_path, events, monkeypatch, error):
+    # the hub (or the system) at its open-files limit when a renewal is
+    # looked at: that says nothing of the files.  After two looks in that
+    # state the renewal was taken as unusable ("an error once it persists")
+    # and never looked at again: the old certificate was served until a
+    # SIGHUP or the next renewal -- past its expiry, if that came first
+    factory, clock, first, _ = renewed(tmp_path)
+    real = tls.read_regular
+    short = [True]
+
+    def read_regular(path, *args, **kwargs):
+        if short[0]:
+            raise OSError(error, os.strerror(error), path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tls, "read_regular", read_regular)
+    for _ in range(4):
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == first
+    # said once, as what it is, and no error about the files themselves
+    ((level, line),) = _warnings_and_errors(events)
+    assert level == "warn" and os.strerror(error) in line and "again" in line, line
+    short[0] = False
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) != first
+    assert len(_loaded(events)) == 1 and len(_warnings_and_errors(events)) == 1
 
 
 def test_a_pair_changed_again_but_still_unusable_at_the_next_look_is_an_error(

@@ -16,6 +16,7 @@ It knows nothing about SMTP, POP3 or sockets.
 from __future__ import annotations
 
 import datetime
+import errno
 import itertools
 import os
 import re
@@ -68,6 +69,17 @@ class TLSFilesError(ValueError):
     """The certificate and key cannot be used; the message says why."""
 
 
+class TLSFilesUnreadable(TLSFilesError):
+    """The certificate or key cannot be opened for now: the hub (or the
+    system) out of file descriptors or memory, which says nothing of the
+    files."""
+
+
+#: errors reading the pair that pass (out of the process's or the system's
+#: file descriptors, or of memory)
+_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
 class TLSKeyMismatch(TLSFilesError):
     """The key is not the first certificate's: what a renewal caught
     between writing its two files looks like."""
@@ -84,7 +96,9 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
         pems = _PEM_CERT.findall(read_regular(certificate)[0])
         chain = [x509.load_pem_x509_certificate(c) for c in pems]
     except (OSError, ValueError) as e:
-        raise TLSFilesError(f"certificate {certificate} cannot be read: {e}") from None
+        kind = (TLSFilesUnreadable if isinstance(e, OSError) and e.errno in _SHORTAGES
+                else TLSFilesError)
+        raise kind(f"certificate {certificate} cannot be read: {e}") from None
     if not chain:
         raise TLSFilesError(f"certificate {certificate} holds no PEM certificate")
     try:
@@ -96,7 +110,9 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
             f"place ((umask 077; openssl pkey -in {key} -out {key}.new) && mv {key}.new {key}); "
             f"openssl cannot write the file it reads") from None
     except (OSError, ValueError) as e:
-        raise TLSFilesError(f"key {key} cannot be read: {e}") from None
+        kind = (TLSFilesUnreadable if isinstance(e, OSError) and e.errno in _SHORTAGES
+                else TLSFilesError)
+        raise kind(f"key {key} cannot be read: {e}") from None
     mine = _public(private_key.public_key())
     if _public(chain[0].public_key()) != mine:
         matches = [i for i, c in enumerate(chain) if _public(c.public_key()) == mine]
@@ -445,6 +461,9 @@ class ReloadingTLS:
         # if they still fail CHECK_INTERVAL after the warning, say so as an
         # error (a renewal between its two files gets that long)
         self._doubted_since: float | None = None
+        # whether the pair's files could not be read for want of
+        # descriptors, said already (once per spell)
+        self._unreadable_said = False
 
     def _began(self) -> tuple[float, float]:
         """(wall clock, monotonic) before the files are read: a look held
@@ -528,7 +547,20 @@ class ReloadingTLS:
                 return True
             options = _options(chain, private_key)
             options.getContext()
+        except TLSFilesUnreadable as e:
+            # out of descriptors: nothing is known of the files.  The stamp
+            # is not noted, so each look (CHECK_INTERVAL apart, as
+            # connections come) loads them again until they can be read;
+            # said once per spell
+            self.failure = str(e)
+            if not self._unreadable_said:
+                self._unreadable_said = True
+                log.warn("TLS: the certificate and key cannot be read now, keeping the old "
+                         "ones; they are looked at again at each TLS connection {seconds:g} "
+                         "seconds apart: {why}", why=str(e), seconds=CHECK_INTERVAL)
+            return False
         except Exception as e:
+            self._unreadable_said = False
             self.failure = str(e)
             if self._doubted_since is None and stamp != self._stamp:
                 # maybe a renewal caught between its two files: a warning,
@@ -552,6 +584,7 @@ class ReloadingTLS:
             self._note(stamp, began)  # said once; a later change is looked at again
             return False
         self._doubted_since = None
+        self._unreadable_said = False
         self._note(stamp, began)
         dropped = _names_dropped(self._pair[0][0], chain[0])
         self._pair = chain, private_key
