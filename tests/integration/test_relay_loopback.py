@@ -249,3 +249,90 @@ def test_smarthost_verify_names_the_name_a_certificate_lacks(tmp_path):
                                     "valid for localhost) during TLS handshake"]
     finally:
         remote.stop()
+
+
+NO_SOCKETS = textwrap.dedent('''
+    import dataclasses, json, os, resource, sys
+    from twisted.internet import reactor
+    from txmailhub.address import Address
+    from txmailhub.config import load
+    from txmailhub.envelope import Envelope
+    from txmailhub.relay.attempt import DeliveryAgent
+    from txmailhub.relay.mx import MXResolver
+    from txmailhub.relay.record import QueueEntry
+
+    settings = load(sys.argv[1])
+    path = settings.hub.state_dir + "/q.msg"
+    with open(path, "wb") as f:
+        f.write(b"Subject: probe\\n\\nprobe body\\n")
+    entry = QueueEntry.new("ABCDEF0123456789", Envelope(
+        sender=Address("alice", "example.org"), recipients=(Address("bob", "anywhere.test"),)),
+        0.0)
+    entry = dataclasses.replace(entry, message_path=path, size=27, crlf_size=30)
+    agent = DeliveryAgent(settings, MXResolver(None, reactor, "mail.example.org"), reactor)
+    out = {}
+
+    def exhausted():
+        # the open-files limit lowered to what is open now, and the room
+        # left filled: the next socket() fails with EMFILE, as at the limit
+        used = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used + 8, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+        held = []
+        try:
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        d = agent.attempt(entry)
+
+        def first(results):
+            for fd in held:
+                os.close(fd)
+            out["short"] = [(r.kind, r.reply.text(), r.unreachable) for r in results]
+            out["remembered"] = sorted(agent._unreachable)
+            return agent.attempt(entry)
+
+        def second(results):
+            out["after"] = [(r.kind, r.reply.text()) for r in results]
+
+        d.addCallback(first).addCallback(second)
+        d.addErrback(lambda f: out.setdefault("error", f.getTraceback()))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(exhausted)
+    reactor.callLater(60, reactor.stop)  # a bound for an attempt that hangs
+    reactor.run()
+    print(json.dumps(out))
+''')
+
+
+def test_no_socket_at_the_open_files_limit_is_the_hubs_own_failure(tmp_path):
+    # at its open-files limit the hub cannot make a socket: Twisted's TCP
+    # client fails the connect at once (ConnectBindError with EMFILE),
+    # which the agent must tell from the next hop's failure -- a 451 4.3.0
+    # of its own, nothing remembered of the destination -- and the next
+    # attempt, descriptors back, delivers
+    remote = CaptureSMTP()
+    try:
+        state = tmp_path / "var"
+        state.mkdir()
+        cfg = tmp_path / "hub.toml"
+        cfg.write_text(f'[hub]\nhostname = "mail.example.org"\nstate_dir = "{state}"\n'
+                       f'domains = ["example.org"]\n[relay]\n'
+                       f'smarthost = "127.0.0.1:{remote.port}"\nsmarthost_tls = "none"\n')
+        proc = subprocess.run([sys.executable, "-c", NO_SOCKETS, str(cfg)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert "error" not in out, out["error"]
+        [(kind, reply, unreachable)] = out["short"]
+        assert (kind, unreachable) == ("transient", None)
+        assert reply == ("451 4.3.0 local error: no connection could be made "
+                         "(Too many open files), will retry")
+        assert out["remembered"] == []
+        assert [kind for kind, _ in out["after"]] == ["delivered"]
+        [(sender, rcpts, _)] = remote.messages
+        assert (sender, rcpts) == ("alice@example.org", ["bob@anywhere.test"])
+    finally:
+        remote.stop()
