@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -177,6 +178,34 @@ def test_unreadable_record_is_set_aside(tmp_path, spool):
     assert q.recover() == []
     assert sorted(os.listdir(os.path.join(q.directory, "corrupt"))) == [
         qid + ".json", qid + ".msg"]
+
+
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+def test_a_record_that_cannot_be_opened_for_now_is_not_set_aside(tmp_path, spool,
+                                                                 monkeypatch, error):
+    # out of file descriptors at the start's recovery, a good entry was
+    # taken for an unusable one and moved to corrupt/: never delivered
+    # unless an admin moved it back.  The error is raised instead (the
+    # start fails, and the next one finds the entry where it was)
+    import builtins
+
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    real = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path).endswith(".json"):
+            raise OSError(error, os.strerror(error), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(OSError) as caught:
+        OutboundQueue(q.directory, Clock()).recover()
+    assert caught.value.errno == error
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(q.directory, "corrupt"))
+    [entry] = OutboundQueue(q.directory, Clock()).recover()
+    assert entry.id == qid
 
 
 def test_wake_tells_every_listener_even_after_one_that_fails(tmp_path, logged_failures):

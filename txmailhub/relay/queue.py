@@ -68,6 +68,10 @@ FLUSH = ".flush"
 CHANGED = ".changed"
 CORRUPT = "corrupt"
 
+#: errors that pass (out of the process's or the system's file descriptors,
+#: or of memory): no verdict on an entry
+_SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
 #: the least free room (bytes) the queue folder's file system must have for
 #: a delivery attempt to begin: room for the record that says its outcome
 #: (``has_room_for_outcome``), twice over and a margin
@@ -376,6 +380,10 @@ class OutboundQueue:
                     if not os.path.exists(entry.message_path):
                         raise RecordError("its message file is missing")
                 except (RecordError, OSError) as e:
+                    if isinstance(e, OSError) and e.errno in _SHORTAGES:
+                        # out of descriptors or memory says nothing of the
+                        # entry: raised (the start fails), never set aside
+                        raise
                     log.error("queue entry {queue_id} is unusable ({why}); moved to {where}",
                               queue_id=qid, why=str(e), where=CORRUPT)
                     self._set_aside(qid)
