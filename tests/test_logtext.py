@@ -417,3 +417,18 @@ def test_syslog_messages_are_cut_to_the_limit_too() -> None:
     assert sent[0][1].endswith(CUT) and len(sent[0][1].encode()) == LINE_LOG_MAX
     assert all(len(message.encode()) <= LINE_LOG_MAX for _, message in sent)
     assert sum(message.endswith(CUT) for _, message in sent) == 2
+
+
+@pytest.mark.parametrize("unit", ["\udcff", "\ud83d", "a\udcc3\udca9"])
+def test_a_line_with_a_surrogate_is_cut_too(unit: str) -> None:
+    # ``capped`` is an application observer's too (docs/embedding.rst),
+    # whose text may hold what a client sent decoded with surrogateescape
+    # (a name that is not UTF-8, in a checker's error): it counts a
+    # surrogate as the three octets of its UTF-8 form, never raising
+    line = "no record for " + unit * 9000
+    out = capped(line)
+    assert out.endswith(CUT) and line.startswith(out[:-len(CUT)])
+    assert len(out.encode("utf-8", "surrogatepass")) <= LINE_LOG_MAX
+    assert len(out.encode("utf-8", "surrogatepass")) > LINE_LOG_MAX - len(CUT) - 4
+    assert capped(line[:100]) == line[:100]
+    assert capped(f"first\n{line}\nlast").split("\n") == ["first", out, "last"]

@@ -98,10 +98,12 @@ def _unraw(text: str) -> str:
 
 
 def capped(text: str, limit: int = LINE_LOG_MAX) -> str:
-    """``text``, a line or lines joined by ``\\n`` (with no surrogate:
-    ``_unraw`` first), with each line of more than ``limit`` octets of
-    UTF-8 cut to ``limit``, ``CUT`` included, at the end of a character
-    (what is written stays UTF-8)."""
+    """``text``, a line or lines joined by ``\\n``, with each line of more
+    than ``limit`` octets of UTF-8 cut to ``limit``, ``CUT`` included, at
+    the end of a character (what is written stays UTF-8).  A surrogate (a
+    byte that was not UTF-8, read with ``surrogateescape``: the hub's own
+    observers escape it first, ``_unraw``, an application's may not)
+    counts as the three octets of its UTF-8 form, and is never cut."""
     if len(text) <= limit // 4:
         return text  # the common case: not even encoded
     return "\n".join(_capped_line(line, limit) for line in text.split("\n"))
@@ -110,10 +112,13 @@ def capped(text: str, limit: int = LINE_LOG_MAX) -> str:
 def _capped_line(line: str, limit: int) -> str:
     if len(line) <= limit // 4:
         return line
-    data = line.encode("utf-8")
+    data = line.encode("utf-8", "surrogatepass")
     if len(data) <= limit:
         return line
-    return data[:limit - len(CUT)].decode("utf-8", "ignore") + CUT
+    end = limit - len(CUT)
+    while end and data[end] & 0xC0 == 0x80:
+        end -= 1  # inside a character: cut before it
+    return data[:end].decode("utf-8", "surrogatepass") + CUT
 
 
 class ClassicTextObserver(FileLogObserver):
