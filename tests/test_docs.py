@@ -500,3 +500,35 @@ def test_the_log_line_limit_the_docs_give_is_the_hubs() -> None:
     embedding = " ".join((ROOT / "docs" / "embedding.rst").read_text().split())
     assert f"cut every line to {LINE_LOG_MAX // 1024} KiB" in embedding
     assert "``txmailhub.logtext.capped(line)``" in embedding and capped("x") == "x"
+
+
+def test_the_systemd_unit_is_named_alike_wherever_the_docs_use_it() -> None:
+    """deployment.rst installs one unit; every ``systemctl`` and
+    ``journalctl -u`` command of the docs, and the fail2ban ``journalmatch``,
+    name that unit.  The upgrading section said ``systemctl status
+    txmailhub``, a unit no set-up of the docs has ("Unit txmailhub.service
+    could not be found"), for the check that the old hub has stopped."""
+    deployment = (ROOT / "docs" / "deployment.rst").read_text()
+    m = re.search(r"``/etc/systemd/system/([\w@-]+)\.service``::", deployment)
+    assert m, "deployment.rst shows no systemd unit"
+    unit = m.group(1)
+    named = []
+    for path in RST:
+        text = " ".join(path.read_text().split())
+        for command in re.findall(r"``((?:systemctl|journalctl) [^`]*)``", text):
+            for part in command.split("&&"):
+                # the words left once the options (``-s HUP``, ``--now``) are out
+                words = re.sub(r"\s-[a-z]\s+\S+|\s--?[\w-]+", " ", f" {part} ").split()
+                if words[0] == "journalctl":
+                    unit_words = re.findall(r"-u (\S+)", part)
+                elif len(words) > 2 and words[1] in ("status", "enable", "start", "stop",
+                                                     "restart", "reload", "kill"):
+                    unit_words = words[2:]
+                else:
+                    continue
+                named += [(path.name, part.strip(), w) for w in unit_words]
+        named += [(path.name, "journalmatch", w)
+                  for w in re.findall(r"_SYSTEMD_UNIT=([\w@.-]+)", text)]
+    assert len(named) >= 4, named
+    wrong = [n for n in named if n[2].removesuffix(".service") != unit]
+    assert not wrong, f"the unit is {unit}.service (deployment.rst): {wrong}"
