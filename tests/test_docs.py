@@ -532,3 +532,47 @@ def test_the_systemd_unit_is_named_alike_wherever_the_docs_use_it() -> None:
     assert len(named) >= 4, named
     wrong = [n for n in named if n[2].removesuffix(".service") != unit]
     assert not wrong, f"the unit is {unit}.service (deployment.rst): {wrong}"
+
+
+def _example_config(tmp_path: Path, settings: list[tuple[str, str, str]]) -> Any:
+    """etc/mailhub.toml as README.rst has it copied, its files made under
+    ``tmp_path`` (for /etc/txmailhub and /var/lib/txmailhub), with each
+    ``(section, key, value)`` written into it as an admin edits it: the
+    key's line replaced, or a new line under the section's."""
+    from conftest import make_certificate
+
+    text = (ROOT / "etc" / "mailhub.toml").read_text()
+    text = text.replace("/etc/txmailhub", str(tmp_path)).replace(
+        "/var/lib/txmailhub", str(tmp_path / "state"))
+    make_certificate(tmp_path, "mail.example.org")
+    (tmp_path / "aliases").write_text("")
+    for section, key, value in settings:
+        head = re.search(rf"^\[{section}\][^\n]*\n", text, re.M)
+        assert head, f"the example has no [{section}]"
+        end = re.search(r"^\[", text[head.end():], re.M)
+        body_end = head.end() + (end.start() if end else len(text) - head.end())
+        body = text[head.end():body_end]
+        line = f"{key} = {value}"
+        body, n = re.subn(rf"^{key} *=[^\n]*$", line, body, flags=re.M)
+        if not n:
+            body = f"{line}\n{body}"
+        text = text[:head.end()] + body + text[body_end:]
+    return config.load_text(text, str(tmp_path / "mailhub.toml"))
+
+
+def test_the_ports_advice_turns_pop3_off_in_the_example_config(tmp_path: Path) -> None:
+    """deployment.rst, "Ports": what a site whose users read mail elsewhere
+    sets, written into the example configuration, leaves no POP3 listener.
+    It said ``[pop3] listen = []`` alone, and the example's ``tls_listen``
+    kept port 995 serving POP3."""
+    text = " ".join((ROOT / "docs" / "deployment.rst").read_text().split())
+    advice = text.split("Run only what you need", 1)[1].split("Running under systemd", 1)[0]
+    settings = re.findall(r"``\[(\w+)\] (\w+) = ([^`]+)``", advice)
+    assert settings, advice
+    before = _example_config(tmp_path / "before", [])
+    assert before.pop3.listen and before.pop3.tls_listen
+    after = _example_config(tmp_path / "after", settings)
+    assert (after.pop3.listen, after.pop3.tls_listen) == ((), ()), settings
+    # and nothing else goes
+    assert after.smtp.listen == before.smtp.listen
+    assert after.submission == before.submission
