@@ -576,3 +576,34 @@ def test_the_ports_advice_turns_pop3_off_in_the_example_config(tmp_path: Path) -
     # and nothing else goes
     assert after.smtp.listen == before.smtp.listen
     assert after.submission == before.submission
+
+
+def test_the_example_configs_expn_comment_says_vrfy_lists_the_members_too(
+        tmp_path: Path) -> None:
+    """etc/mailhub.toml turns EXPN off because it lists an alias's members,
+    outside addresses included; with its VRFY left on, ``VRFY staff`` lists
+    the very same addresses.  The comment said nothing of it, and an admin
+    who copied the example took the members for hidden."""
+    from types import SimpleNamespace
+
+    from test_smtp_server import Driver
+
+    from txmailhub.router import Router, parse_aliases
+
+    example = _example_config(tmp_path, [])
+    users = SimpleNamespace(contains=lambda a: a.key == "joe@example.org")
+    router = Router(("example.org",), users)
+    router.aliases, problems = parse_aliases("staff: joe, bob@elsewhere.test\n", "example.org")
+    assert problems == []
+    d = Driver(router=router, vrfy=example.smtp.vrfy, expn=example.smtp.expn)
+    d.send("EHLO c.test\r\n")
+    expn, vrfy = d.send("EXPN staff\r\n"), d.send("VRFY staff\r\n")
+    shown = [line for line in expn + vrfy if "bob@elsewhere.test" in line]
+    text = (ROOT / "etc" / "mailhub.toml").read_text()
+    comment = " ".join(line.split("#", 1)[1].strip() for line in
+                       text.split("\nexpn = ", 1)[1].split("\n[", 1)[0].splitlines()
+                       if "#" in line)
+    if "members" in comment and not example.smtp.expn:
+        assert expn[0].startswith("252")
+        if shown:  # VRFY gave them away: the comment must say so
+            assert "VRFY" in comment and "vrfy = false" in comment, (vrfy, comment)
