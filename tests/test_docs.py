@@ -607,3 +607,32 @@ def test_the_example_configs_expn_comment_says_vrfy_lists_the_members_too(
         assert expn[0].startswith("252")
         if shown:  # VRFY gave them away: the comment must say so
             assert "VRFY" in comment and "vrfy = false" in comment, (vrfy, comment)
+
+
+def test_the_twist_command_lines_put_each_option_where_twist_takes_it() -> None:
+    """deployment.rst names twist's ``--log-file`` and ``--log-format``: a
+    command line shows where they go, and every ``twist`` command line of
+    the docs has twist's options before ``mailhub`` and the hub's after it.
+    The page gave ``twist mailhub --config PATH`` and "its ``--log-file``",
+    and ``twist mailhub --config ... --log-file ...`` is refused (``Error:
+    option --log-file not recognized``)."""
+    from twisted.application.twist._options import TwistOptions
+
+    twist_opts = {o.rstrip("=") for o in TwistOptions().longOpt}
+    hub_opts = {o.rstrip("=") for o in tap.Options().longOpt}
+    lines = []
+    for path in RST:
+        text = " ".join(path.read_text().split())
+        lines += [(path.name, m) for m in re.findall(r"``(twist [^`]*mailhub[^`]*)``", text)]
+    assert lines
+    for name, line in lines:
+        words = line.split()
+        at = words.index("mailhub")
+        before = {w[2:].split("=")[0] for w in words[1:at] if w.startswith("--")}
+        after = {w[2:].split("=")[0] for w in words[at + 1:] if w.startswith("--")}
+        assert before <= twist_opts and after <= hub_opts, (name, line)
+    shown = {w[2:].split("=")[0] for _name, line in lines for w in line.split()}
+    deployment = (ROOT / "docs" / "deployment.rst").read_text()
+    for option in sorted(twist_opts - {"help", "version"}):
+        if f"``--{option}" in deployment:
+            assert option in shown, f"no twist command line shows --{option}"
