@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -1823,6 +1824,78 @@ def test_twistds_default_files_in_a_folder_the_user_may_not_write(
         f"make files in its folder {tmp_path} (twistd's default log file, in the folder it "
         "starts in: give --logfile PATH, or run in the foreground (-n) to log to standard "
         "output)"]
+
+
+def test_a_folder_twistd_may_not_enter_stops_the_start_in_a_line(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    # ``twistd -n --pidfile= mailhub`` run as the hub's user from root's
+    # home (``sudo -u mailhub`` from root's shell): twistd changes into its
+    # --rundir, "." by default, after makeService, and ended the start in
+    # its traceback (PermissionError: '.', exit status 1) -- the very
+    # --pidfile= the line about the default pid file had advised
+    from txmailhub import run_files, tap
+
+    monkeypatch.chdir(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(run_files.os, "access", lambda path, mode, **kw: (
+        False if os.fspath(path) == str(tmp_path) and mode & os.X_OK
+        else real_access(path, mode, **kw)))
+    options = _tap_options(tmp_path, "state", parent={
+        "nodaemon": True, "pidfile": "", "logfile": None, "rundir": "."})
+    with pytest.raises(SystemExit) as info:
+        tap.makeService(options)
+    assert info.value.code == 2
+    user = tap._owner_name(os.geteuid())
+    mode = f"{stat.S_IMODE(tmp_path.stat().st_mode):04o}"
+    assert _refusals(capsys.readouterr().err) == [
+        f"mailhub: --rundir {tmp_path} cannot be entered: {user} may not enter it (mode "
+        f"{mode}) (twistd's default --rundir, the folder it starts in: start it from a "
+        f"folder {user} may enter, such as /, or give --rundir /)"]
+    assert not (tmp_path / "state").exists()  # nothing was built
+
+
+def test_rundir_problems_as_the_user_twistd_runs_as(tmp_path: Path) -> None:
+    import pwd
+
+    from txmailhub.run_files import rundir_problems
+
+    (tmp_path / "file").write_text("")
+    for parent in ({"rundir": str(tmp_path)}, {"rundir": "/"}, {}, None,
+                   {"rundir": str(tmp_path / "none"), "chroot": str(tmp_path)}):
+        assert rundir_problems(parent) == []
+    assert rundir_problems({"rundir": str(tmp_path / "none")}) == [
+        f"mailhub: --rundir {tmp_path / 'none'} cannot be entered: it does not exist"]
+    assert rundir_problems({"rundir": str(tmp_path / "file")}) == [
+        f"mailhub: --rundir {tmp_path / 'file'} cannot be entered: it is not a folder"]
+    if os.geteuid() != 0:
+        return
+    # as another user, started in a folder of root's that user may not enter
+    closed = tmp_path / "home"
+    closed.mkdir(mode=0o700)
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's)
+        try:
+            os.close(read)
+            os.chdir(closed)
+            os.setgroups([])
+            os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+            os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+            os.write(write, "\n".join(rundir_problems(
+                {"rundir": ".", "pidfile": "", "nodaemon": True})).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as said:
+        found = said.read().decode().splitlines()
+    os.waitpid(child, 0)
+    # (pytest's folders above it are root's 0700 too: "may not reach it")
+    [line] = found
+    assert line.startswith(f"mailhub: --rundir {closed} cannot be entered: nobody may not ")
+    assert line.endswith(
+        " (twistd's default --rundir, the folder it starts in: start it from a folder nobody "
+        "may enter, such as /, or give --rundir /)")
 
 
 def test_run_file_access_problems_pass_what_twistd_can_write(tmp_path: Path) -> None:

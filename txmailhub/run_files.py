@@ -23,7 +23,7 @@ from txmailhub.logsafe import shown
 from txmailhub.regular_file import NotRegularFile, read_regular
 
 __all__ = ["LOG_FILE_MODE", "NODAEMON_GIVEN", "TWIST_KEYS", "logger_nodaemon",
-           "make_log_file", "pid_file_problems", "run_file_access_problems",
+           "make_log_file", "pid_file_problems", "run_file_access_problems", "rundir_problems",
            "run_file_problems", "run_folder_warnings", "runs_under_twist", "twist_log_observer",
            "twist_log_where", "twistd_log_file"]
 
@@ -244,6 +244,47 @@ def run_file_access_problems(parent: Any) -> list[str]:
         hint = f" ({defaults[option]})" if default else ""
         problems.append(f"mailhub: {option} {path} cannot be written: {why}{hint}")
     return problems
+
+
+def rundir_problems(parent: Any) -> list[str]:
+    """Why twistd could not change into its ``--rundir`` (one line; none:
+    it can, as far as ``access(2)`` tells).
+
+    twistd changes into it (``.`` by default: the folder it was started
+    in) after ``makeService``, as the user it runs as now, before a
+    switch to ``--uid``.  ``twistd -n --pidfile= mailhub`` started as the
+    hub's user in a folder that user may not enter -- root's home, where
+    ``sudo -u mailhub`` from root's shell leaves it -- ended the start in
+    twistd's traceback (``PermissionError: [Errno 13] Permission denied:
+    '.'``, exit status 1), after the line about the default pid file had
+    told the admin to give ``--pidfile=``.  Under twist, which changes no
+    folder, there is none."""
+    if not parent or runs_under_twist(parent) or parent.get("chroot") is not None:
+        return []
+    rundir = parent.get("rundir")
+    if not rundir:
+        return []
+    path = os.path.abspath(rundir)
+    user = _owner_name(os.geteuid())
+    try:
+        st = os.stat(path)  # by its full name: "." of a closed folder is itself out of reach
+    except FileNotFoundError:
+        why = "it does not exist"
+    except PermissionError:
+        why = f"{user} may not reach it (a folder on its way is closed to that user)"
+    except OSError as e:  # ENOTDIR, ELOOP
+        why = e.strerror or str(e)
+    else:
+        if not stat.S_ISDIR(st.st_mode):
+            why = "it is not a folder"
+        elif os.access(path, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            # (chdir is judged by the effective ids, access(2) by the real ones)
+            return []
+        else:
+            why = f"{user} may not enter it (mode {stat.S_IMODE(st.st_mode):04o})"
+    hint = (" (twistd's default --rundir, the folder it starts in: start it from a folder "
+            f"{user} may enter, such as /, or give --rundir /)") if rundir == "." else ""
+    return [shown(f"mailhub: --rundir {path} cannot be entered: {why}{hint}")]
 
 
 def _cannot_write(path: str) -> str | None:

@@ -47,6 +47,7 @@ from txmailhub.run_files import (
     run_file_access_problems,
     run_file_problems,
     run_folder_warnings,
+    rundir_problems,
     runs_under_twist,
     twist_log_observer,
     twist_log_where,
@@ -222,7 +223,7 @@ def makeService(options: Any) -> Any:
     # there is no pid file or log file of twistd's to judge or make: an
     # empty dict would be twistd's daemon defaults, ./twistd.log made
     run_files = getattr(options, "parent", None) or {"pidfile": None, "logfile": "-"}
-    unwritable = run_file_access_problems(run_files)
+    unwritable = rundir_problems(run_files) + run_file_access_problems(run_files)
     if unwritable:
         for problem in unwritable:
             _say(problem)
