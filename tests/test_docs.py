@@ -636,3 +636,55 @@ def test_the_twist_command_lines_put_each_option_where_twist_takes_it() -> None:
     for option in sorted(twist_opts - {"help", "version"}):
         if f"``--{option}" in deployment:
             assert option in shown, f"no twist command line shows --{option}"
+
+
+def test_the_twistd_command_lines_put_each_option_where_twistd_takes_it() -> None:
+    """Every ``twistd ... mailhub ...`` of the docs, inline or in a
+    literal block, has twistd's options before ``mailhub`` and the hub's
+    after it.  Two pages said ``twistd mailhub --logfile``, which twistd
+    refuses (the hub's options have no ``--logfile``)."""
+    from twisted.scripts.twistd import ServerOptions
+
+    twistd, hub = ServerOptions(), tap.Options()
+
+    def split(words: list[str], options: Any) -> tuple[list[str], list[str]]:
+        """The options ``options`` does not know, and the words after its
+        own (``mailhub`` and on, for twistd's)."""
+        valued = {o[:-1] for o in options.longOpt if o.endswith("=")}
+        longs = {o.rstrip("=") for o in options.longOpt}
+        shorts = options.shortOpt
+        unknown, i = [], 0
+        while i < len(words) and words[i].startswith("-"):
+            word = words[i]
+            if word.startswith("--"):
+                name = word[2:].split("=", 1)[0]
+                if name not in longs:
+                    unknown.append(word)
+                i += 2 if name in valued and "=" not in word else 1
+                continue
+            takes = False  # -n, -ny: flags together; -c PATH, -cPATH
+            for j, c in enumerate(word[1:]):
+                if c not in shorts.replace(":", ""):
+                    unknown.append(word)
+                    break
+                if f"{c}:" in shorts:
+                    takes = j == len(word) - 2
+                    break
+            i += 2 if takes else 1
+        return unknown, words[i:]
+
+    lines = []
+    for path in RST:
+        text = path.read_text()
+        lines += [(path.name, m) for m in
+                  re.findall(r"``((?:\S*/)?twistd [^`]*)``", " ".join(text.split()))]
+        lines += [(path.name, " ".join(m.replace("\\\n", " ").split())) for m in
+                  re.findall(r"^ +(?:\S*=)?(?:\S*/)?twistd (?:.*\\\n)*.*$", text, re.M)]
+    lines = [(name, line) for name, line in lines
+             if "mailhub" in line.split() and ".tac" not in line]  # not a .tac's
+    assert len(lines) >= 5, lines
+    for name, line in lines:
+        unknown, rest = split(line.split()[1:], twistd)
+        assert not unknown and rest[:1] == ["mailhub"], (name, line, unknown)
+        unknown, rest = split(rest[1:], hub)
+        assert not unknown and not [w for w in rest if w.startswith("-")], (name, line)
