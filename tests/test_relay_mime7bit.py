@@ -1445,6 +1445,20 @@ def test_an_over_long_header_field_of_a_part_is_copied_through_when_7bit():
                 + "\nGrüße\n--b--\n".encode())
 
 
+def test_an_over_long_mime_version_copied_through_is_not_added_again():
+    # a message's header block that gets an encoding gets MIME-Version
+    # when it has none (RFC 2045 4); one it has, over FIELD_LIMIT and so
+    # copied as it comes, is in the copy: a second one would be a field
+    # RFC 5322 3.6 allows once at most
+    folded = (b" " + b"y" * 900 + b"\n") * (mime7bit.FIELD_LIMIT // 900 + 5)
+    src = b"MIME-Version: 1.0 (x\n" + folded + " )\nSubject: hi\n\nGrüße\n".encode()
+    out = convert(src)
+    assert_7bit(out)
+    assert out.lower().count(b"mime-version:") == 1
+    assert out.startswith(b"MIME-Version: 1.0 (x\n" + folded + b" )\nSubject: hi\n")
+    assert parse(out).get_content() == "Grüße\n"
+
+
 
 _MULTIPART_A = b"Content-Type: multipart/mixed; boundary=a"
 _MIME_LINES = [

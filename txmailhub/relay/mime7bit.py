@@ -842,6 +842,8 @@ class _Converter:
                 if len(field) > FIELD_LIMIT:
                     if not field.isascii():
                         raise Unconvertible("a header field with 8-bit octets is too long")
+                    # (it is in the copy: a MIME-Version streamed so is not added again)
+                    seen.add(field.partition(b":")[0].strip().lower())
                     fields.write(field)
                     field, streaming = b"", True
                 continue
