@@ -1445,6 +1445,35 @@ def test_an_over_long_header_field_of_a_part_is_copied_through_when_7bit():
                 + "\nGrüße\n--b--\n".encode())
 
 
+@pytest.mark.parametrize("length", [70, 74, 76, 77, 200, 997])
+@pytest.mark.parametrize("value", ["Grüße aus Köln".encode(), b"Gr\xfc\xdfe aus K\xf6ln",
+                                   b"x" * 300 + "ü".encode()])
+def test_a_long_field_name_keeps_its_field_and_text_in_7_bits(length, value):
+    # a name too long to share its line with an encoded word (RFC 2047 2:
+    # lines of 76) has a line of its own, the words on the next; no field
+    # is lost or merged, and the text decodes as it was
+    name = b"X-" + b"n" * (length - 2)
+    out = convert(name + b": " + value + b"\nSubject: hi\n\nbody\n")
+    assert_7bit(out)
+    head, _, body = out.partition(b"\n\n")
+    first, _, rest = head.partition(b"\nSubject: hi")
+    assert rest == b"" and body == b"body\n"
+    assert parse(out).keys() == [name.decode(), "Subject"]
+    if length > 60:  # (no room for a word beside it)
+        assert first.startswith(name + b":\n ")
+    assert max(len(line) for line in first.split(b"\n")[1:]) <= 76
+    latin1 = b"\xfc" in value  # (no UTF-8: unknown-8bit, an octet a character)
+    assert _decoded(first + b"\n") == value.decode("latin-1" if latin1 else "utf-8")
+
+
+def test_a_field_name_over_997_characters_has_no_7bit_form():
+    # "Name:" alone is a line over 998 octets (RFC 5322 2.1.1), which no
+    # folding shortens
+    name = b"X-" + b"n" * 996
+    with pytest.raises(Unconvertible):
+        convert(name + ": Grüße\nSubject: hi\n\nbody\n".encode())
+
+
 def test_an_over_long_mime_version_copied_through_is_not_added_again():
     # a message's header block that gets an encoding gets MIME-Version
     # when it has none (RFC 2045 4); one it has, over FIELD_LIMIT and so
