@@ -2285,3 +2285,52 @@ def test_a_multipart_whose_7bit_content_type_loses_its_boundary_is_unconvertible
     assert tree == ["multipart/mixed"] * (1 if where == "top" else 2) + ["text/plain"]
     leaf = [p for p in parse(out).walk() if not p.is_multipart()][-1]
     assert leaf.get_filename() == "Grüße.txt" and leaf.get_content() == "Grüße"
+
+
+class _ReadLog(io.BytesIO):
+    """A message whose reads are logged with how much of the copy was
+    written by then."""
+
+    def __init__(self, data: bytes, out: io.BytesIO) -> None:
+        super().__init__(data)
+        self.copy = out
+        self.reads: list[tuple[int, int]] = []  # (position after the read, copy's length)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        self.reads.append((self.tell(), self.copy.tell()))
+        return line
+
+
+_LINE = 1 << 20  # one line of the body: many times what the conversion holds
+_LAG = 256 << 10  # the most of it read and not yet in the copy
+
+
+@pytest.mark.parametrize("head, line, tail", [
+    (b"Subject: x\n\n", "Grüße ".encode() * (_LINE // 8), b"\n"),  # quoted-printable
+    (b"Content-Type: application/octet-stream\n\n", bytes(range(256)) * (_LINE // 256),
+     b"\n"),  # base64
+    (b"Content-Transfer-Encoding: quoted-printable\n\n", b"ab\xffc" * (_LINE // 4),
+     b"\n"),  # stray 8-bit octets written =XX
+    (b"Content-Transfer-Encoding: base64\n\n", b"QUJD" * (_LINE // 4),
+     "\n\nGrüße\n".encode()),  # re-cut into lines of 76
+    (b"Content-Type: multipart/mixed; boundary=b\n\n", b"x\xff" * (_LINE // 2),
+     "\n--b\n\nGrüße\n--b--\n".encode()),  # a preamble, broken at 998
+], ids=["qp", "base64", "qp-fix", "base64-fix", "preamble"])
+def test_a_body_that_is_one_long_line_is_copied_as_it_is_read(head, line, tail):
+    # a line is read in pieces of LINE_LIMIT and each block goes out
+    # encoded before the next is read: none is held whole, whatever its
+    # length (the copy is made in the reactor's thread pool; a 20 MiB
+    # line costs time there, and memory only for a block)
+    out = io.BytesIO()
+    src = _ReadLog(head + line + tail, out)
+    to_7bit(src, out)
+    assert_7bit(out.getvalue())
+    # the last pass over the line: the reads after the last one of the
+    # header block (before it, a look ahead through the body may read it)
+    last = max(i for i, (pos, _) in enumerate(src.reads) if pos <= len(head))
+    body = [(pos - len(head), written) for pos, written in src.reads[last + 1:]
+            if pos <= len(head) + len(line)]
+    assert len(body) >= _LINE // mime7bit.LINE_LIMIT
+    lag = max(read - written for read, written in body)
+    assert lag <= _LAG, f"{lag} octets of the line read and not written"
