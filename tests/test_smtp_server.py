@@ -2657,3 +2657,35 @@ def test_vrfy_and_expn_say_what_rcpt_would_of_a_mailbox_no_folder_can_hold():
         "550 5.3.5 Mailbox name cannot be stored on this system"]
     assert d.send("EXPN both\r\n") == ["250 2.1.5 <alice@example.org>"]
     assert d.codes("VRFY alice\r\n") == ["250"]
+
+
+def test_the_log_line_of_a_mailbox_refused_for_its_domains_folder_name_names_the_domain(
+        log_events):
+    # a local domain whose Maildir folder's name is over NAME_MAX (three
+    # labels of 50 CJK characters: 460 octets, its A-labels fit DNS): every
+    # RCPT to one of its users is refused 550 5.3.5, and the log line told
+    # the admin to rename the user in the users file -- which no name of
+    # the user mends.  It names [hub] domains; a long local part keeps the
+    # users file hint
+    from twisted.logger import formatEvent
+
+    from txmailhub.store.maildir import maildir_path
+
+    label = "\u65e5" * 50
+    domain = f"{label}.{label}.{label}.example"
+    # (sent as A-labels: its U-labels are over the 256 octets of a path)
+    a_domain = domain.encode("idna").decode("ascii")
+    long_name = "\u0130" * 100
+    router = StaticRouter({"alice": None, long_name: None, f"q@{domain}": None},
+                          domains=("example.org", domain))
+    d = Driver(router=router)
+    d.engine.policy.components.store = SimpleNamespace(
+        maildir_path=lambda address: maildir_path("/m", address))
+    refused = "550 5.3.5 Mailbox name cannot be stored on this system"
+    d.send("EHLO c.test\r\nMAIL FROM:<s@remote.test> SMTPUTF8\r\n")
+    assert d.send(f"RCPT TO:<q@{a_domain}>\r\n") == [refused]
+    assert d.send(f"RCPT TO:<{long_name}@example.org>\r\n") == [refused]
+    lines = [formatEvent(e) for e in log_events if "is refused" in str(e.get("log_format", ""))]
+    assert len(lines) == 2, lines
+    assert "[hub] domains" in lines[0] and "users file" not in lines[0], lines[0]
+    assert "rename the user in the users file" in lines[1], lines[1]

@@ -41,7 +41,15 @@ class MailboxNameError(LocalError):
     """A mailbox whose name no Maildir folder can have (``a/b``, ``..``, a
     name over the file system's 255 octets): no delivery or login will
     ever reach its folder, whatever is tried again, until the user is
-    renamed.  Permanent, where other storage errors may pass."""
+    renamed.  Permanent, where other storage errors may pass.
+
+    ``part``: the part of the address whose name it is, ``"local part"``
+    or ``"domain"`` (``None`` when not told): a domain's is mended in
+    ``[hub] domains``, not in the users file."""
+
+    def __init__(self, *args: Any, part: str | None = None) -> None:
+        super().__init__(*args)
+        self.part = part
 
 
 class RemoteProtocolError(Exception):

@@ -236,8 +236,13 @@ class RecipientPolicy:
         def unusable(mailbox: Address, e: MailboxNameError) -> None:
             held = self.unusable.due(mailbox.key)
             if held is not None:
-                log.warn("mail to {mailbox} is refused: {error} (rename the user in the "
-                         "users file; mailhub check names it){held}",
+                # a domain's folder name is the domain's (``[hub] domains``):
+                # no rename of the user mends it
+                mend = ("no user of the domain can have a Maildir: drop it from [hub] "
+                        "domains" if getattr(e, "part", None) == "domain"
+                        else "rename the user in the users file")
+                log.warn("mail to {mailbox} is refused: {error} ({mend}; mailhub check "
+                         "names it){held}", mend=mend,
                          mailbox=mailbox.key, error=str(e),
                          held=f" (and {held} RCPT since the last such line)" if held
                          else "")

@@ -203,11 +203,12 @@ def folder_name_problem(name: str) -> str | None:
 
 def _path_component(text: str, what: str) -> str:
     if _cannot_be_folder(text):
-        raise MailboxNameError(f"{what} {quoted(text)} cannot name a Maildir folder")
+        raise MailboxNameError(f"{what} {quoted(text)} cannot name a Maildir folder",
+                               part=what)
     why = _too_long(text)
     if why is not None:
         # one line of the log, not a screenful
-        raise MailboxNameError(f"{what} {quoted(text[:40])}...: {why}")
+        raise MailboxNameError(f"{what} {quoted(text[:40])}...: {why}", part=what)
     return text
 
 
