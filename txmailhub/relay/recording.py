@@ -21,6 +21,7 @@ from txmailhub.logsafe import REPLY_LOG_MAX, loggable
 from txmailhub.relay import bounce, schedule
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.record import (
+    BOUNCED,
     DELIVERED,
     FAILED,
     PENDING,
@@ -41,12 +42,14 @@ __all__ = [
     "failure_since",
     "mend_times",
     "notice_ends",
+    "notice_owed",
     "owes_notice",
     "pending_in",
     "record_results",
     "result_line",
     "states_change",
     "success_notices",
+    "told_written",
 ]
 
 # an entry whose handling crashed, or that only owed a notice, is retried
@@ -81,6 +84,41 @@ def delivery_needs_record(entry: QueueEntry) -> bool:
 def owes_notice(entry: QueueEntry) -> bool:
     """Whether ``entry`` still owes its sender a failure or success notice."""
     return bool(entry.failed) or any(r.notice for r in entry.recipients)
+
+
+def notice_owed(entry: QueueEntry, action: str, address: Address) -> bool:
+    """Whether ``entry``'s record still owes the ``action`` notice
+    (``bounce.FAILED``, ``DELAYED``, or a success notice's) about
+    ``address``: one sent whose record could not be written says so."""
+    try:
+        rec = entry.recipient(address)
+    except KeyError:
+        return False
+    if action == bounce.FAILED:
+        return rec.state == FAILED
+    if action == bounce.DELAYED:
+        return not entry.delay_warned and bool(entry.pending)
+    return rec.notice == action
+
+
+def told_written(told: set[tuple[str, Address]]) -> Callable[[QueueEntry], QueueEntry]:
+    """The record change that says the notices ``told`` ((action,
+    recipient) pairs) are sent, as ``NoticeSender._notify`` writes each:
+    a failure notice's recipient ``bounced``, a success notice no longer
+    owed, the "delayed" warning given."""
+
+    def change(e: QueueEntry) -> QueueEntry:
+        updates: dict[Address, RecipientRecord] = {}
+        for r in e.recipients:
+            if (bounce.FAILED, r.address) in told and r.state == FAILED:
+                updates[r.address] = dataclasses.replace(r, state=BOUNCED)
+            elif r.notice is not None and (r.notice, r.address) in told:
+                updates[r.address] = dataclasses.replace(r, notice=None)
+        if any(action == bounce.DELAYED for action, _ in told):
+            e = dataclasses.replace(e, delay_warned=True)
+        return e.with_recipients(updates) if updates else e
+
+    return change
 
 
 def failed_at(entry: QueueEntry, rcpt: RecipientRecord) -> float:

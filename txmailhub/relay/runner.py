@@ -56,8 +56,10 @@ from txmailhub.relay.queue import CHANGED, FLUSH, RECORD_ROOM, OutboundQueue
 from txmailhub.relay.record import QueueEntry
 from txmailhub.relay.recording import (
     ERROR_RETRY,
+    notice_owed,
     owes_notice,
     pending_in,
+    told_written,
 )
 from txmailhub.relay.running import RunningEntries, _Attempt, _Running
 from txmailhub.relay.slots import Slots
@@ -304,6 +306,26 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 # record in hand says held, as at the read above
                 self._index(entry)
                 return
+        owed = self._told_unwritten(entry)
+        if owed:
+            # notices sent whose record could not be written: written
+            # before anything else is done for the entry (a delivery whose
+            # outcome could not be written either would leave two outcomes
+            # in memory only, for a crash to lose); a write that fails
+            # again is retried as a handling that failed (``_crashed``)
+            before = self._generation
+            entry = yield self._write(qid, told_written(owed))
+            if before != self._generation or not self.running:
+                if self.running:
+                    self.due[qid] = self.clock.seconds()
+                return
+            if entry is None:
+                self._forget(qid)
+                log.info("{queue_id} done: removed from the queue", queue_id=qid)
+                return
+            if entry.held:
+                self._index(entry)
+                return
         results: list[DeliveryResult] = self._unrecorded.pop(qid, [])
         if (results and entry.pending
                 and not any(pending_in(entry, r.address) for r in results)):
@@ -433,6 +455,12 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             log.info("{queue_id} done: removed from the queue", queue_id=qid)
         else:
             self._index(entry)
+
+    def _told_unwritten(self, entry: QueueEntry) -> set[tuple[str, Address]]:
+        """The notices sent for ``entry`` (``_notified``) that its record
+        still owes: the write that would have said so failed."""
+        return {(action, address) for action, address in self._notified.get(entry.id, ())
+                if notice_owed(entry, action, address)}
 
     def _wait_for_room(self, entry: QueueEntry) -> None:
         """``entry`` is not attempted now: the queue folder has no room to

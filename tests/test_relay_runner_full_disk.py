@@ -1,0 +1,124 @@
+"""The queue runner when its records cannot be written (a full disk, a
+quota, an I/O error): what it keeps in memory only, and what a stop and a
+start in a new process make of it.  A fake agent, a real queue directory
+and a Clock; each write fails by a patched ``update`` (``OSError``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+
+import pytest
+from twisted.internet import defer
+from twisted.logger import formatEvent
+
+from tests.test_relay_runner import (
+    BOB,
+    CAROL,
+    LATER,
+    NO,
+    OK,
+    enqueue,
+    make_hub,
+)
+from txmailhub.address import Address
+from txmailhub.envelope import Envelope
+from txmailhub.relay import bounce, recording
+from txmailhub.relay.attempt import DeliveryResult
+from txmailhub.relay.record import BOUNCED, FAILED, PENDING, QueueEntry
+
+
+@pytest.fixture
+def hub(tmp_path):
+    h = make_hub(tmp_path)
+    yield h
+    h.runner.stop()
+
+
+def failing_writes(hub, monkeypatch, after: int = 0, error: int = errno.ENOSPC) -> list[int]:
+    """Queue record updates fail with ``OSError(error)`` from the
+    ``after``-th one on, as many times as the returned list's ``[0]``
+    says (set it to 0 for the disk to have room again); ``[1]`` counts
+    the updates asked for."""
+    real = hub.queue.update
+    state = [1 << 30, 0]
+
+    def update(qid, change):
+        state[1] += 1
+        if state[1] > after and state[0] > 0:
+            state[0] -= 1
+            return defer.fail(OSError(error, "No space left on device"))
+        return real(qid, change)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    return state
+
+
+def bob_delivered_carol(kind: str, reply):
+    """An agent script: bob's copy is taken, carol's gets ``kind``."""
+    def script(entry, dest, rcpts):
+        return [DeliveryResult(a, "delivered" if a == BOB else kind,
+                               OK if a == BOB else reply, "mx") for a in rcpts]
+    return script
+
+
+def error_lines(log_events) -> list[str]:
+    return [formatEvent(e) for e in log_events
+            if e.get("log_level") is not None and e["log_level"].name == "error"]
+
+
+def test_a_notice_whose_record_cannot_be_written_holds_the_entrys_next_delivery(
+        hub, monkeypatch, log_events):
+    # carol is refused for good, bob deferred: the failure notice is sent,
+    # and the record saying so cannot be written.  Each try of the entry
+    # writes that first, and delivers nothing while it fails: a delivery
+    # made meanwhile whose outcome could not be written either left two
+    # outcomes in memory only.  (It was made at the first try, a minute
+    # later, before bob's retry was due.)
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    fails = failing_writes(hub, monkeypatch, after=2)  # the outcome is written
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(hub.agent.calls) == 2 and len(hub.dsn.sent) == 1
+    assert hub.queue.read(qid).recipient(CAROL).state == FAILED
+    for _ in range(30):
+        hub.clock.advance(60)
+    assert len(hub.agent.calls) == 2 and len(hub.dsn.sent) == 1
+    assert hub.queue.read(qid).recipient(CAROL).state == FAILED
+    hub.runner.stop()
+    fails[0] = 0
+    hub.runner.start()
+    hub.clock.advance(1)
+    assert hub.queue.read(qid).recipient(CAROL).state == BOUNCED
+    hub.clock.advance(3600)
+    later = [c[2] for c in hub.agent.calls[2:]]  # bob's retries, carol's done
+    assert later and all(rcpts == [BOB] for rcpts in later), later
+    assert len(hub.dsn.sent) == 1
+
+
+def _entry(*states: str, notice: str | None = None, delay_warned: bool = False) -> QueueEntry:
+    rcpts = tuple(Address(f"r{i}", "remote.test") for i in range(len(states)))
+    e = QueueEntry.new("0123456789ABCDEF", Envelope(sender=Address("s", "example.org"),
+                                                    recipients=rcpts), 0.0)
+    return dataclasses.replace(e, delay_warned=delay_warned, recipients=tuple(
+        dataclasses.replace(r, state=s, notice=notice if s == "delivered" else None)
+        for r, s in zip(e.recipients, states, strict=True)))
+
+
+def test_which_notices_a_record_still_owes_and_the_change_that_says_them_sent():
+    e = _entry(FAILED, "delivered", PENDING, notice=bounce.DELIVERED)
+    r0, r1, r2 = (r.address for r in e.recipients)
+    told = {(bounce.FAILED, r0), (bounce.DELIVERED, r1), (bounce.DELAYED, r2)}
+    assert {t for t in told if recording.notice_owed(e, *t)} == told
+    assert not recording.notice_owed(e, bounce.FAILED, r2)
+    assert not recording.notice_owed(e, bounce.RELAYED, r1)
+    assert not recording.notice_owed(e, bounce.FAILED, Address("x", "remote.test"))
+    written = recording.told_written(told)(e)
+    assert [(r.state, r.notice) for r in written.recipients] == [
+        (BOUNCED, None), ("delivered", None), (PENDING, None)]
+    assert written.delay_warned
+    assert not any(recording.notice_owed(written, *t) for t in told)
+    # a change of nothing told changes nothing
+    assert recording.told_written(set())(e) == e
