@@ -20,6 +20,7 @@ from tests.test_relay_runner import (
     OK,
     enqueue,
     make_hub,
+    next_runner,
 )
 from txmailhub.address import Address
 from txmailhub.envelope import Envelope
@@ -67,6 +68,51 @@ def error_lines(log_events) -> list[str]:
             if e.get("log_level") is not None and e["log_level"].name == "error"]
 
 
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EDQUOT, errno.EIO])
+def test_an_outcome_unwritten_at_a_stop_is_written_then_and_a_new_process_sends_no_copy_again(
+        hub, monkeypatch, error):
+    # bob's copy is taken, carol's deferred; the record saying so cannot
+    # be written (the disk full, a quota, an I/O error), nor at the tries
+    # after.  The runner delivers nothing more meanwhile.  Then the disk
+    # has room, and the hub stops before the next try: the stop writes it.
+    # It wrote nothing: a start in a new process (which has only the
+    # records) sent bob a second copy
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch, error=error)
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(hub.agent.calls) == 2
+    for _ in range(3):
+        hub.clock.advance(60)  # each try of the write fails; no delivery
+    assert len(hub.agent.calls) == 2 and qid in hub.runner._unrecorded
+    assert fails[1] == 5  # bob's destination's own write, the attempt's, 3 tries
+    fails[0] = 0  # room again
+    hub.runner.stop()
+    entry = hub.queue.read(qid)
+    assert [r.address for r in entry.pending] == [CAROL]
+    monkeypatch.undo()
+    with next_runner(hub) as agent:
+        hub.clock.advance(1)
+    assert agent.calls == [(qid, "other.test", [CAROL])]
+
+
+def test_a_stop_that_cannot_write_an_outcome_says_who_a_new_process_sends_it_again(
+        hub, monkeypatch, log_events):
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("permanent", NO)
+    failing_writes(hub, monkeypatch)
+    qid = enqueue(hub, BOB, CAROL)
+    del log_events[:]
+    hub.runner.stop()
+    lines = error_lines(log_events)
+    assert lines == [
+        f"{qid}: its record cannot be written as the hub stops ([Errno 28] No space left "
+        "on device): "
+        "a start in a new process sends the message again to bob@remote.test; tries "
+        "carol@other.test again (refused for good)"], lines
+    assert [r.state for r in hub.queue.read(qid).recipients] == [PENDING, PENDING]
+
+
 def test_a_notice_whose_record_cannot_be_written_holds_the_entrys_next_delivery(
         hub, monkeypatch, log_events):
     # carol is refused for good, bob deferred: the failure notice is sent,
@@ -87,7 +133,14 @@ def test_a_notice_whose_record_cannot_be_written_holds_the_entrys_next_delivery(
         hub.clock.advance(60)
     assert len(hub.agent.calls) == 2 and len(hub.dsn.sent) == 1
     assert hub.queue.read(qid).recipient(CAROL).state == FAILED
+    # a stop that cannot write it either says the notice goes again
+    del log_events[:]
     hub.runner.stop()
+    assert error_lines(log_events) == [
+        f"{qid}: its record cannot be written as the hub stops ([Errno 28] No space left "
+        "on device): "
+        "a start in a new process sends the failed notice for carol@other.test to "
+        "<alice@example.org> again"]
     fails[0] = 0
     hub.runner.start()
     hub.clock.advance(1)
@@ -95,6 +148,22 @@ def test_a_notice_whose_record_cannot_be_written_holds_the_entrys_next_delivery(
     hub.clock.advance(3600)
     later = [c[2] for c in hub.agent.calls[2:]]  # bob's retries, carol's done
     assert later and all(rcpts == [BOB] for rcpts in later), later
+    assert len(hub.dsn.sent) == 1
+
+
+def test_a_notice_unwritten_at_a_stop_is_written_then(hub, monkeypatch):
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    fails = failing_writes(hub, monkeypatch, after=2)
+    qid = enqueue(hub, BOB, CAROL)
+    fails[0] = 0
+    hub.runner.stop()
+    assert hub.queue.read(qid).recipient(CAROL).state == BOUNCED
+    monkeypatch.undo()
+    with next_runner(hub):
+        hub.clock.advance(3600)
     assert len(hub.dsn.sent) == 1
 
 

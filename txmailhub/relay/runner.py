@@ -44,7 +44,7 @@ from txmailhub.address import Address
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import MailboxNameError
 from txmailhub.interfaces import IKeyedStore
-from txmailhub.logsafe import log_failure, plural
+from txmailhub.logsafe import listed, log_failure, loggable, plural
 from txmailhub.relay import bounce, recording, schedule
 from txmailhub.relay.admission import ENTRIES_PER_SLOT as ENTRIES_PER_SLOT  # process_limits' import
 from txmailhub.relay.admission import Admission, DueTimes
@@ -461,6 +461,74 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         still owes: the write that would have said so failed."""
         return {(action, address) for action, address in self._notified.get(entry.id, ())
                 if notice_owed(entry, action, address)}
+
+    def _last_writes(self) -> defer.Deferred:
+        """At the end of a stop: what this runner keeps in memory only (an
+        outcome or a notice whose record could not be written) is written
+        once more, for the next start may be another process's, which
+        has only the records.  What still cannot be written is logged,
+        naming the recipients a start in a new process sends the message
+        again, and the notices it sends again.  Fires when done, never
+        with an error; each write waits ``CUT_GRACE`` at most."""
+        if self.running:
+            return defer.succeed(None)  # started again: its next try writes them
+        qids = sorted({*self._unrecorded, *self._notified})
+        return defer.DeferredList([self._last_write(qid) for qid in qids],
+                                  consumeErrors=True).addCallback(lambda _: None)
+
+    def _last_write(self, qid: str) -> defer.Deferred:
+        """``_last_writes`` for the entry ``qid``."""
+        results = self._unrecorded.get(qid, [])
+        final = [r for r in results if r.kind in ("delivered", "permanent")]
+        try:
+            entry = self.queue.read(qid)
+        except Exception:
+            entry = None  # its write tells
+        if entry is not None:
+            final = [r for r in final if pending_in(entry, r.address)]
+            owed = self._told_unwritten(entry)
+        else:
+            owed = set(self._notified.get(qid, ()))
+        if not final and not owed:
+            return defer.succeed(None)
+        now = self.clock.seconds()
+        lines: list[dict] = []
+        states = self._states_change(final, now, lines)
+        notices = told_written(owed)
+
+        def written(_: Any) -> None:
+            for fields in lines:
+                log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+            rest = [r for r in self._unrecorded.get(qid, ())
+                    if r.kind not in ("delivered", "permanent")]
+            if rest:
+                self._unrecorded[qid] = rest
+            else:
+                self._unrecorded.pop(qid, None)
+
+        def failed(f: Failure) -> None:
+            said = [] if not f.check(defer.CancelledError) else [
+                f"not written within {CUT_GRACE:g} s (unless that write still lands)"]
+            error = "" if said else f" ({f.getErrorMessage()})"
+            sender = ("the sender" if entry is None
+                      else f"<{loggable(entry.envelope.sender_text, 1 << 20)}>")
+            told = []
+            sent = [r.address for r in final if r.kind == "delivered"]
+            if sent:
+                told.append(f"sends the message again to {listed(sent)}")
+            refused = [r.address for r in final if r.kind == "permanent"]
+            if refused:
+                told.append(f"tries {listed(refused)} again (refused for good)")
+            for action in sorted({a for a, _ in owed}):
+                to = sorted((a for act, a in owed if act == action), key=str)
+                told.append(f"sends the {action} notice for {listed(to)} to {sender} again")
+            log.error("{queue_id}: its record cannot be written as the hub stops{error}"
+                      "{late}: a start in a new process {what}", queue_id=qid, error=error,
+                      late=f", {said[0]}" if said else "", what="; ".join(told))
+
+        d = self._write(qid, lambda e: notices(states(e)))
+        d.addTimeout(CUT_GRACE, self.clock)
+        return d.addCallbacks(written, failed)
 
     def _wait_for_room(self, entry: QueueEntry) -> None:
         """``entry`` is not attempted now: the queue folder has no room to

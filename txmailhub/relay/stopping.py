@@ -61,6 +61,7 @@ class Stopping:
     _idle: list[defer.Deferred]
     _cuts: dict[int, list[defer.Deferred]]
     _cut_over: dict[int, list[defer.Deferred]]
+    _last_writes: Any  # () -> Deferred: ``QueueRunner._last_writes``
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
@@ -78,7 +79,11 @@ class Stopping:
         this Deferred fires -- and no new connection is made.  A stop made
         while an earlier one waits for the sessions it cut, and for those
         writes, fires once that wait is over too (the entries' handling
-        may end before their writes do)."""
+        may end before their writes do).  Last, what the runner knows in
+        memory only -- outcomes and notices whose record could not be
+        written -- is written once more (``QueueRunner._last_writes``:
+        ``CUT_GRACE`` at most each; what fails is logged, naming what a
+        start in a new process sends again)."""
         # the cut waits under way (``_give_up_now``), asked before this
         # stop may begin one of its own
         earlier = []
@@ -86,10 +91,12 @@ class Stopping:
             earlier.append(defer.Deferred())
             waiters.append(earlier[-1])
         d = self._stop(grace)
-        if not earlier:
-            return d
-        both = defer.DeferredList([d, *earlier], consumeErrors=True)
-        return both.addCallback(lambda _: None)
+        if earlier:
+            d = defer.DeferredList([d, *earlier], consumeErrors=True)
+        # then what is known in memory only is written once more
+        # (``QueueRunner._last_writes``): the next start may be another
+        # process's, which has only the records
+        return d.addCallback(lambda _: self._last_writes())
 
     def _stop(self, grace: float) -> defer.Deferred:
         """``stop``, but for the wait of an earlier stop's cut."""
