@@ -191,3 +191,31 @@ def test_which_notices_a_record_still_owes_and_the_change_that_says_them_sent():
     assert not any(recording.notice_owed(written, *t) for t in told)
     # a change of nothing told changes nothing
     assert recording.told_written(set())(e) == e
+
+
+@pytest.mark.parametrize("error", [errno.EDQUOT, errno.ENOSPC])
+def test_a_write_refused_for_room_holds_the_other_entries_attempts_as_a_full_disk_does(
+        hub, monkeypatch, log_events, error):
+    # the hub's quota is used up: statvfs shows room, every record's write
+    # fails with EDQUOT.  The first entry's outcome is kept in memory; a
+    # second entry was attempted all the same, and a third, each outcome
+    # in memory only (a crash: every copy sent again).  They wait now, as
+    # for a full queue folder, until a record is written again
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch, error=error)
+    first = enqueue(hub, BOB, CAROL)
+    assert len(hub.agent.calls) == 2 and first in hub.runner._unrecorded
+    del log_events[:]
+    second = enqueue(hub, BOB, CAROL)
+    for _ in range(120):
+        hub.clock.advance(1)
+    assert len(hub.agent.calls) == 2
+    warned = [formatEvent(e) for e in log_events if "has no room" in e.get("log_format", "")]
+    assert len(warned) == 1 and "a record's write was refused" in warned[0], warned
+    fails[0] = 0  # the quota has room again
+    hub.clock.advance(60)  # the first's outcome is written at its next try
+    assert first not in hub.runner._unrecorded
+    hub.clock.advance(1)
+    assert [c[0] for c in hub.agent.calls[2:]] == [second, second]
+    assert any("has room again" in e.get("log_format", "") for e in log_events)

@@ -235,7 +235,8 @@ class OutboundQueue:
         the disk has room again would send the recipients it delivered to
         another copy.  A file system that does not tell (no block or inode
         counts, or ``statvfs`` failing) has room; a quota (EDQUOT) is not
-        seen here.  Cheap: one ``statvfs`` and one ``stat``, no write."""
+        seen here (the runner learns of it from a write refused so).
+        Cheap: one ``statvfs`` and one ``stat``, no write."""
         try:
             st = os.statvfs(self.directory)
         except OSError:

@@ -33,6 +33,7 @@ made when it is taken and dropped when it is done.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,9 @@ from txmailhub.smtp.reply import LocalReply, Reply
 __all__ = ["QueueRunner"]
 
 log = Logger(namespace="txmailhub.relay.runner")
+
+# a record's write refused so is a full disk or a quota (``_note_write``)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 POLL_INTERVAL = 1.0  # seconds between looks at the clock and the control files
 # ERROR_RETRY (imported above, so still importable from here): how soon an
@@ -156,6 +160,12 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # them begins to wait, and when the last finds room
         # (``_record_room_found``)
         self._roomless: set[str] = set()
+        # When a record's write was last refused for want of room (ENOSPC,
+        # or EDQUOT: a quota, which ``statvfs`` does not show), and why;
+        # ``None`` once a write succeeds.  For ``ERROR_RETRY`` after it no
+        # attempt whose outcome must be written begins (``_has_room``), as
+        # for a full queue folder
+        self._refused: tuple[float, str] | None = None
         self.running = False
         self._semaphores: dict[str, defer.DeferredSemaphore] = {}
         self._global = defer.DeferredSemaphore(self.relay.max_concurrent_deliveries)
@@ -235,6 +245,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
     # --- one entry's end ----------------------------------------------------------
 
     def _crashed(self, failure: Any, qid: str) -> None:
+        self._note_write(failure)  # (a notice's record: ``_noted``)
         # an OSError (its record cannot be written: a full disk) is one line
         log_failure(log, failure, "handling queue entry {queue_id} failed; retrying later",
                     queue_id=qid)
@@ -348,7 +359,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 # again after a restart: none is, until there is room.  An
                 # entry that one delivery finishes is still attempted: its
                 # removal needs no room, and frees some
-                if not self.queue.has_room_for_outcome(qid):
+                if not self._has_room(qid):
                     self._wait_for_room(entry)
                     return
                 self._record_room_found(qid)
@@ -538,10 +549,12 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         otherwise log a line per entry per minute."""
         qid = entry.id
         if not self._roomless:
+            why = (f"no inode free, or less than {RECORD_ROOM // 1024} KiB"
+                   if self._refused is None
+                   else f"a record's write was refused: {self._refused[1]}")
             log.warn("the queue folder {path} has no room to record a delivery attempt's "
-                     "outcome (no inode free, or less than {least} KiB): entries whose "
-                     "outcome must be written are not attempted until it has",
-                     path=self.queue.directory, least=RECORD_ROOM // 1024)
+                     "outcome ({why}): entries whose outcome must be written are not "
+                     "attempted until it has", path=self.queue.directory, why=why)
         self._roomless.add(qid)
         self.due[qid] = self.clock.seconds() + ERROR_RETRY
         self._destinations[qid] = self._where(entry)
@@ -563,12 +576,37 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         with none left, a later wait is said anew)."""
         waiting = self._roomless
         waiting.intersection_update(self.due.keys())
-        if not waiting or not self.queue.has_room_for_outcome(min(waiting)):
+        if not waiting or not self._has_room(min(waiting)):
             return
         now = self.clock.seconds()
         for qid in waiting:
             if now < self.due[qid] < float("inf"):  # (inf: under way)
                 self.due[qid] = now
+
+    def _has_room(self, qid: str) -> bool:
+        """Whether an attempt of ``qid`` whose outcome must be written may
+        begin: no record's write was refused for want of room in the last
+        ``ERROR_RETRY`` (a quota is seen so alone), and the queue folder
+        has room (``OutboundQueue.has_room_for_outcome``)."""
+        if self._refused is not None:
+            if self.clock.seconds() < self._refused[0] + ERROR_RETRY:
+                return False
+            # none written since: one attempt may find out again (the
+            # entries whose outcome waits in memory try each minute too)
+        return self.queue.has_room_for_outcome(qid)
+
+    def _note_write(self, result: Any) -> Any:
+        """A record's write is over (``result``: its result or Failure):
+        one refused for want of room (ENOSPC; EDQUOT, a quota) holds the
+        attempts whose outcome must be written (``_has_room``), one that
+        writes a record ends that (a removal, ``None``, needs no room and
+        tells nothing)."""
+        if not isinstance(result, Failure):
+            if result is not None:
+                self._refused = None
+        elif result.check(OSError) and result.value.errno in _NO_ROOM:
+            self._refused = (self.clock.seconds(), str(result.value))
+        return result
 
     def _record_room_found(self, qid: str) -> None:
         """``qid`` found room for its outcome: when it was the last entry
@@ -632,7 +670,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         def update() -> defer.Deferred:
             if guard is not None and not guard():
                 return defer.succeed(None)
-            return self.queue.update(qid, change)
+            return self.queue.update(qid, change).addBoth(self._note_write)
 
         return lock.run(update)
 
