@@ -6,6 +6,7 @@ sessions over StringTransport."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -19,6 +20,7 @@ from txmailhub.address import Address
 from txmailhub.downgrade import downgrade_header, header_end
 from txmailhub.interfaces import IDowngradedSizes
 from txmailhub.pop3 import protocol as pop3_protocol
+from txmailhub.pop3 import replies as R
 from txmailhub.store import mailbox as mailbox_module
 from txmailhub.store.format import crlf_size_of
 from txmailhub.store.mailbox import SIZES_NAME, MaildirMailbox
@@ -712,3 +714,86 @@ def test_a_save_on_a_worker_that_fails_lets_the_lock_go_and_is_logged_once(
         proto.connectionLost(Failure(ConnectionDone()))
     not_kept = [e for e in log_events if "sizes of joe" in formatEvent(e)]
     assert len(not_kept) == 1, [formatEvent(e) for e in not_kept]
+
+
+def _opens_failing(monkeypatch, times: int) -> list:
+    """The first ``times`` opens of the first message's file (what
+    measuring its size does; a small RETR reads without it) fail with
+    EMFILE: the list of the indexes whose open failed."""
+    failed = []
+    real = MaildirMailbox.open_message
+
+    def open_message(self, index):
+        if index == 0 and len(failed) < times:
+            failed.append(index)
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(self, index)
+
+    monkeypatch.setattr(MaildirMailbox, "open_message", open_message)
+    return failed
+
+
+def _commands(proto, t, clock, *commands: bytes) -> list[bytes]:
+    answers = []
+    for command in commands:
+        t.received.clear()
+        proto.dataReceived(command + b"\r\n")
+        clock.advance(0)
+        answers.append(bytes(t.received))
+    return answers
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_a_size_that_could_not_be_measured_is_the_size_for_the_session(
+        tmp_path, monkeypatch, workers):
+    """The downgraded copy's size cannot be measured when LIST needs it
+    (EMFILE: every measure of it fails, at the login's job too): LIST and
+    STAT give the stored size, and that is the message's size for the
+    session (RFC 1939 5: LIST's size is the exact size).  RETR and TOP do
+    not send the copy, of another size: -ERR [SYS/TEMP], and the sizes
+    stay as listed; the rest of the mailbox works, UIDL is unchanged, and
+    the next session lists and sends the copy at one size."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    intl = INTL(n=1).encode()
+    drop(md, intl, 1, ours=False)
+    drop(md, ASCII, 2, ours=False)
+    failed = _opens_failing(monkeypatch, 2 if workers else 1)
+    stored, copy = crlf_size_of(intl), downgraded_size(intl)
+    assert copy != stored
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    listed = b"+OK 2 messages (%d octets)\r\n1 %d\r\n2 %d\r\n.\r\n" % (
+        stored + crlf_size_of(ASCII), stored, crlf_size_of(ASCII))
+    uids = _commands(proto, t, clock, b"UIDL")[0]
+    answers = _commands(proto, t, clock, b"LIST", b"RETR 1", b"TOP 1 0", b"LIST", b"STAT",
+                        b"RETR 2", b"UIDL")
+    assert failed == [0] * (2 if workers else 1)
+    assert answers[0] == answers[3] == listed
+    assert answers[1] == answers[2] == R.MESSAGE_SIZE_CHANGED.to_bytes()
+    assert answers[4] == b"+OK 2 %d\r\n" % (stored + crlf_size_of(ASCII))
+    assert answers[5].startswith(b"+OK %d octets\r\n" % crlf_size_of(ASCII))
+    assert answers[6] == uids
+    _commands(proto, t, clock, b"QUIT")
+    proto.connectionLost(Failure(ConnectionDone()))
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL")
+    assert again[0] == b"+OK 1 %d\r\n" % copy
+    assert again[1].startswith(b"+OK %d octets\r\n" % copy)
+    assert len(again[1].split(b"\r\n", 1)[1]) == copy + len(b".\r\n")
+    assert again[2] == uids
+
+
+def test_the_size_a_retr_gave_is_the_one_listed_after_it(tmp_path, monkeypatch):
+    """No LIST before it: the RETR that downgrades the message gives its
+    size, which LIST, STAT and a RETR after it give again."""
+    clock, components, md = env(tmp_path, monkeypatch, workers=False)
+    intl = INTL(n=1).encode()
+    drop(md, intl, 1, ours=False)
+    copy = downgraded_size(intl)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    answers = _commands(proto, t, clock, b"RETR 1", b"LIST 1", b"STAT", b"RETR 1")
+    assert answers[0].startswith(b"+OK %d octets\r\n" % copy)
+    assert answers[1:3] == [b"+OK 1 %d\r\n" % copy, b"+OK 1 %d\r\n" % copy]
+    assert answers[3] == answers[0]

@@ -48,6 +48,8 @@ PINNED = {
     "TOP_FOLLOWS": (True, None),
     "MESSAGE_READ_FAILED": (False, "SYS/TEMP"),
     "MESSAGE_GONE": (False, None),  # removed by another program: no retry brings it back
+    # not the size the session listed (RFC 1939 5): the next session sends it
+    "MESSAGE_SIZE_CHANGED": (False, "SYS/TEMP"),
     "BYE": (True, None),
     "UPDATE_FAILED": (False, "SYS/TEMP"),  # RFC 1939 6: "some deleted messages not removed"
     "UPDATE_FAILED_PERM": (False, "SYS/PERM"),  # the same, for the administrator to fix

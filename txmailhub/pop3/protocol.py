@@ -1563,7 +1563,14 @@ class POP3Protocol(Protocol):
                     self._refuse_utf8(action)
                     return
                 first, _, delta, _ = start
-                head = self._downgraded_head(action, delta)
+                downgraded = self._downgraded_head(action, delta)
+                if downgraded is None:
+                    self._refuse_changed(action)
+                    return
+                head = downgraded
+            elif self._listed_otherwise(action, action.size):
+                self._refuse_changed(action)
+                return
         except Exception:
             self._read_failed(action, None)
             return
@@ -1699,6 +1706,9 @@ class POP3Protocol(Protocol):
         refused (``f`` closed)."""
         scan.finish()
         if not scan.needs_utf8:
+            if self._listed_otherwise(action, action.size):
+                self._refuse_changed(action, f)
+                return None
             return first, complete, action.head, None
         self._turn_spent = True
         call = self._worker_call()
@@ -1726,7 +1736,11 @@ class POP3Protocol(Protocol):
             self._refuse_utf8(action)
             return None
         first, complete, delta, parts = start
-        return first, complete, self._downgraded_head(action, delta, f), parts
+        head = self._downgraded_head(action, delta, f)
+        if head is None:
+            self._refuse_changed(action, f)
+            return None
+        return first, complete, head, parts
 
     def _known_delta(self, action: Transmit, f: Any) -> int | None:
         """How much the downgraded copy of ``action``'s message grows, as
@@ -1795,8 +1809,11 @@ class POP3Protocol(Protocol):
             self._refuse_utf8(action)
         else:
             first, complete, delta, parts = result
-            self._send_message(action, f, first, complete, self._downgraded_head(action, delta, f),
-                               parts)
+            head = self._downgraded_head(action, delta, f)
+            if head is None:
+                self._refuse_changed(action, f)
+            else:
+                self._send_message(action, f, first, complete, head, parts)
         self._process()
 
     def _send_scanned(self, action: Transmit, f: Any, scan: HeaderScan) -> None:
@@ -1958,19 +1975,23 @@ class POP3Protocol(Protocol):
         parts.strict = False
         return new + body, False, delta + measure.delta, parts
 
-    def _downgraded_head(self, action: Transmit, delta: int, f: Any = None) -> bytes:
+    def _downgraded_head(self, action: Transmit, delta: int, f: Any = None) -> bytes | None:
         """RETR's status line for the downgraded copy (TOP's has no size);
         the size is remembered for LIST and STAT, and where the mailbox
         keeps sizes (``IDowngradedSizes``) for the file ``f`` as it is:
         a later RETR or TOP in the session takes it only for that file
-        (``_known_delta``)."""
+        (``_known_delta``).  ``None`` where the session gave the message
+        another size (``_listed_otherwise``): it is refused, not sent."""
         size = action.size + delta
-        self._sizes[action.index] = size
         box = self._reading_box()
         if f is not None and delta and IDowngradedSizes.providedBy(box):
+            # the file's size, right for the next session all the same
             box.remember_downgraded_size(action.index, f, size)
             if self._save_call is None and not self._ended:
                 self._save_call = self.reactor.callLater(0, self._save_sizes)
+        if self._listed_otherwise(action, size):
+            return None
+        self._sizes[action.index] = size
         log.info("POP3 {user} from {peer}: message {number} sent with its header section "
                  "downgraded (RFC 6857): the client did not send UTF8", user=self._user,
                  peer=self._peer, number=action.index + 1)
@@ -2139,6 +2160,32 @@ class POP3Protocol(Protocol):
         except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
             f.close()
             return self._reading_box().open_message(index)
+
+    def _listed_otherwise(self, action: Transmit, size: int) -> bool:
+        """Whether this session gave ``action``'s message another size
+        than ``size``, the octets it would send now (RFC 1939 5: LIST's
+        size is the exact size, and clients check what RETR brings
+        against it, or allocate that much).  A client without UTF8 is
+        given a size once per session and message (``_client_size``, or
+        the first RETR or TOP that downgrades it), kept for the rest of
+        it; another one now is a size that could not be measured then
+        (the stored one was given: a read that failed, ``EMFILE`` or
+        ``EIO``) or a file another program replaced since.  Refused with
+        ``-ERR [SYS/TEMP]`` (``_refuse_changed``): this message for this
+        session only, the rest of the mailbox as before."""
+        sizes = self._sizes
+        index = action.index
+        return index < len(sizes) and 0 <= sizes[index] != size
+
+    def _refuse_changed(self, action: Transmit, f: Any = None) -> None:
+        """``-ERR [SYS/TEMP]`` for a message whose octets are not the size
+        the session gave it (``_listed_otherwise``); ``f`` is closed."""
+        if f is not None:
+            f.close()
+        log.warn("POP3 {user} from {peer}: message {number} is not the size this session "
+                 "listed (not measured then, or its file changed since): refused until the "
+                 "next session", user=self._user, peer=self._peer, number=action.index + 1)
+        self._write(R.MESSAGE_SIZE_CHANGED.to_bytes())
 
     def _refuse_utf8(self, action: Transmit) -> None:
         """RFC 6856 2 and 5: an internationalized message is not sent as

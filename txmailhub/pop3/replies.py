@@ -134,6 +134,12 @@ MESSAGE_READ_FAILED = err("Message cannot be read", "SYS/TEMP")
 # (Dovecot's IMAP on the same Maildir, a user's mutt) removed it during
 # the session.  Not [SYS/TEMP]: asking again will not bring it back
 MESSAGE_GONE = err("Message was removed by another program")
+# RFC 1939 5: LIST's size is the exact size RETR sends.  A message whose
+# octets for this session are not the ones the session gave (its
+# downgraded size could not be measured when LIST asked, or another
+# program replaced its file since) is not sent at another size: the
+# next session lists and sends it as it is then
+MESSAGE_SIZE_CHANGED = err("Message is not the size listed, try again later", "SYS/TEMP")
 # RFC 6856 2 and 5: an internationalized message is never sent to a client
 # that has not issued UTF8 (which is valid only before login)
 UTF8_REQUIRED = err(
