@@ -733,6 +733,12 @@ def _opens_failing(monkeypatch, times: int) -> list:
     return failed
 
 
+def _end(clock, proto, t) -> None:
+    _commands(proto, t, clock, b"QUIT")
+    clock.advance(1)
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
 def _commands(proto, t, clock, *commands: bytes) -> list[bytes]:
     answers = []
     for command in commands:
@@ -773,8 +779,7 @@ def test_a_size_that_could_not_be_measured_is_the_size_for_the_session(
     assert answers[4] == b"+OK 2 %d\r\n" % (stored + crlf_size_of(ASCII))
     assert answers[5].startswith(b"+OK %d octets\r\n" % crlf_size_of(ASCII))
     assert answers[6] == uids
-    _commands(proto, t, clock, b"QUIT")
-    proto.connectionLost(Failure(ConnectionDone()))
+    _end(clock, proto, t)
     proto, t = _login_sent(components)
     clock.advance(0)
     again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL")
@@ -782,6 +787,7 @@ def test_a_size_that_could_not_be_measured_is_the_size_for_the_session(
     assert again[1].startswith(b"+OK %d octets\r\n" % copy)
     assert len(again[1].split(b"\r\n", 1)[1]) == copy + len(b".\r\n")
     assert again[2] == uids
+    _end(clock, proto, t)
 
 
 def test_the_size_a_retr_gave_is_the_one_listed_after_it(tmp_path, monkeypatch):
@@ -797,3 +803,49 @@ def test_the_size_a_retr_gave_is_the_one_listed_after_it(tmp_path, monkeypatch):
     assert answers[0].startswith(b"+OK %d octets\r\n" % copy)
     assert answers[1:3] == [b"+OK 1 %d\r\n" % copy, b"+OK 1 %d\r\n" % copy]
     assert answers[3] == answers[0]
+    _end(clock, proto, t)
+
+
+@pytest.mark.parametrize("utf8", [True, False], ids=["utf8", "no-utf8"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["small", "streamed"])
+@pytest.mark.parametrize("ours", [True, False], ids=["sized-name", "plain-name"])
+def test_a_file_of_another_length_than_listed_is_refused_for_the_session(
+        tmp_path, monkeypatch, utf8, streamed, ours):
+    """Another program replaced a message's file after the login, with
+    one of another length: RETR's +OK would give the size listed and send
+    other octets (RFC 1939 5).  RETR and TOP of it answer -ERR [SYS/TEMP]
+    instead; LIST, STAT and UIDL stay as they were, the other message is
+    sent.  The next session lists and sends a plain-named file as it is
+    then; a name of the hub's shape gives the old sizes still, and the
+    file is refused again rather than sent at another size."""
+    clock, components, md = env(tmp_path, monkeypatch, workers=False)
+    pad = b"x" * 70_000 + b"\n" if streamed else b""
+    data = ASCII + pad
+    path = drop(md, data, 1, ours)
+    drop(md, ASCII, 2, ours)
+    new = ASCII.replace(b"body", b"a longer body") + pad
+    proto, t = connect(components)
+    proto.dataReceived((b"UTF8\r\n" if utf8 else b"") + b"USER joe\r\nPASS joepw\r\n")
+    clock.advance(0)
+    before = _commands(proto, t, clock, b"LIST", b"STAT", b"UIDL")
+    tmp = os.path.join(md, "tmp", "new")
+    with open(tmp, "wb") as f:
+        f.write(new)
+    os.rename(tmp, path)
+    answers = _commands(proto, t, clock, b"RETR 1", b"TOP 1 0", b"RETR 2",
+                        b"LIST", b"STAT", b"UIDL")
+    assert answers[0] == answers[1] == R.MESSAGE_SIZE_CHANGED.to_bytes()
+    assert answers[2].startswith(b"+OK %d octets\r\n" % crlf_size_of(ASCII))
+    assert answers[3:] == before
+    _end(clock, proto, t)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1")
+    _end(clock, proto, t)
+    if ours:
+        assert again == [b"+OK 1 %d\r\n" % crlf_size_of(data), R.MESSAGE_SIZE_CHANGED.to_bytes()]
+        return
+    size = crlf_size_of(new)
+    assert again[0] == b"+OK 1 %d\r\n" % size
+    status, sent = again[1].split(b"\r\n", 1)
+    assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")

@@ -984,15 +984,16 @@ def test_a_client_that_closes_while_its_read_waits_for_the_disk_lets_the_lock_go
         "error", "critical")]
 
 
-def test_a_half_closed_clients_late_read_of_a_message_grown_since_its_listing_is_still_sent(
+def test_a_half_closed_clients_late_read_of_a_message_grown_since_its_listing_is_answered(
         tmp_path, log_events):
     """The lock goes at the half-close while a small message's read waits
     for the disk (above); if that read finds the file longer than it was
-    listed (rewritten meanwhile) the message is opened again to be
-    streamed.  That open went through the session's mailbox, gone with
-    the lock: the half-closed client got ``-ERR`` and an error was logged
-    for an ``AttributeError``; it is opened through the mailbox the
-    answer still reads with."""
+    listed (rewritten meanwhile) the message is opened again.  That open
+    went through the session's mailbox, gone with the lock: the
+    half-closed client got ``-ERR`` and an error was logged for an
+    ``AttributeError``; it is opened through the mailbox the answer still
+    reads with, and found another length than listed: refused for the
+    session (RFC 1939 5, not sent at another size than listed)."""
     _clock, components, md, syncer, _realm = env(tmp_path, [SMALL], uncached={0})
     proto, t = session(components, syncer)
     proto.dataReceived(b"RETR 1\r\n")
@@ -1003,9 +1004,8 @@ def test_a_half_closed_clients_late_read_of_a_message_grown_since_its_listing_is
     with open(path, "ab") as f:
         f.write(b"x" * CHUNK_SIZE + b"\n")
     run_all(syncer)
-    got = bytes(t.received)
-    assert got.startswith(b"+OK"), got[:80]
-    assert got.endswith(b"x\r\n.\r\n")
+    # (an open that went through the mailbox let go gave MESSAGE_READ_FAILED)
+    assert bytes(t.received) == R.MESSAGE_SIZE_CHANGED.to_bytes()
     assert not [e for e in log_events if e.get("log_failure") or e.get("log_level").name in (
         "error", "critical")]
 

@@ -16,6 +16,7 @@ means, and must not touch the Maildir except through ``IMailbox``.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -260,6 +261,15 @@ class _NoWaitReads:
 
     def seek(self, offset: int) -> int:
         return self._file.seek(offset)
+
+
+def _length(f: Any) -> int | None:
+    """The octets in the message file ``f`` now (one ``fstat``), or
+    ``None`` for a file of an ``IMailbox`` that is no OS file."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation included
+        return None
 
 
 def _save_downgraded_sizes(mailbox: Any) -> None:
@@ -1551,6 +1561,9 @@ class POP3Protocol(Protocol):
 
     def _small(self, action: Transmit, first: bytes) -> None:
         """Send message ``action.index``, read whole (``first``)."""
+        if self._replaced(action, len(first)):
+            self._refuse_changed(action, None, len(first))
+            return
         if action.body_lines is not None:  # TOP
             self._with_first(action, None, first)
             return
@@ -1583,6 +1596,10 @@ class POP3Protocol(Protocol):
         f = None
         try:
             f = self._reading_box().open_message(action.index)
+            length = _length(f)
+            if self._replaced(action, length):
+                self._refuse_changed(action, f, length)
+                return
             first = self._read(f)
         except BlockingIOError:
             if f is None:  # pragma: no cover - an open does not say EAGAIN
@@ -2177,14 +2194,39 @@ class POP3Protocol(Protocol):
         index = action.index
         return index < len(sizes) and 0 <= sizes[index] != size
 
-    def _refuse_changed(self, action: Transmit, f: Any = None) -> None:
+    def _replaced(self, action: Transmit, length: int | None) -> bool:
+        """Whether the file of ``action``'s message, ``length`` octets
+        long (``None``: not known), is not the one the session listed:
+        another length than the snapshot's (``MessageInfo.stored_size``),
+        so another program replaced it or wrote to it since.  RETR's
+        ``+OK`` gives the size listed, and the octets sent would be
+        another number (RFC 1939 5); refused (``_refuse_changed``) for
+        the session instead.  One of the same length, changed, is sent
+        as it is: a CRLF count needs the whole file read first."""
+        engine = self.engine
+        stored = None if engine is None else engine.stored_size(action.index)
+        return stored is not None and length is not None and length != stored
+
+    def _refuse_changed(self, action: Transmit, f: Any = None, length: int | None = None) -> None:
         """``-ERR [SYS/TEMP]`` for a message whose octets are not the size
-        the session gave it (``_listed_otherwise``); ``f`` is closed."""
+        the session gave it (``_listed_otherwise``), or whose file is
+        ``length`` octets, not the length listed (``_replaced``); ``f``
+        is closed."""
         if f is not None:
             f.close()
-        log.warn("POP3 {user} from {peer}: message {number} is not the size this session "
-                 "listed (not measured then, or its file changed since): refused until the "
-                 "next session", user=self._user, peer=self._peer, number=action.index + 1)
+        if length is None:
+            sizes = self._sizes
+            listed = sizes[action.index] if action.index < len(sizes) else action.size
+            log.warn("POP3 {user} from {peer}: message {number} refused: its copy for this "
+                     "session is not the {listed} octets it gave (not measured then, or "
+                     "another program changed the file since)", user=self._user,
+                     peer=self._peer, number=action.index + 1, listed=listed)
+        else:
+            log.warn("POP3 {user} from {peer}: message {number} refused: its file is {length} "
+                     "octets, {stored} when listed (another program changed it, or its name "
+                     "gives sizes that are not its own)", user=self._user, peer=self._peer,
+                     number=action.index + 1, length=length,
+                     stored=self.engine.stored_size(action.index))  # type: ignore[union-attr]
         self._write(R.MESSAGE_SIZE_CHANGED.to_bytes())
 
     def _refuse_utf8(self, action: Transmit) -> None:

@@ -827,6 +827,17 @@ class POP3Server:
         """The stored (CRLF) size of each message of the snapshot."""
         return self._sizes
 
+    def stored_size(self, index: int) -> int | None:
+        """The octets message ``index``'s file held when the snapshot was
+        taken (``MessageInfo.stored_size``), or ``None`` where the
+        snapshot's messages do not say."""
+        messages = self._messages
+        if index >= len(messages):
+            return None
+        if isinstance(messages, Snapshot):
+            return messages.stored_sizes[index]
+        return getattr(messages[index], "stored_size", None)
+
     @property
     def deleted(self) -> frozenset[int]:
         return frozenset(self._deleted)
