@@ -1103,6 +1103,31 @@ def test_a_clients_orcpt_that_cannot_go_makes_its_success_notice_the_hubs(tmp_pa
                       "notice asked for is this hub's (relayed)"]
 
 
+def test_the_orcpt_line_is_logged_only_for_a_rcpt_that_went(tmp_path):
+    # without PIPELINING the RCPT goes once MAIL has its 250; mx1 sends a
+    # reply too many with that 250, and the session ends before the RCPT
+    # is written: the line about the RCPT sent without NOTIFY and ORCPT is
+    # mx2's alone, where it went
+    from txmailhub.relay import bounce
+    from txmailhub.relay.recording import apply_results
+
+    a, net, _ = agent(tmp_path)
+    ext = ("8BITMIME", "DSN")
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=ext, replies={
+        "MAIL": b"250 2.1.0 ok\r\n250 2.1.0 stray\r\n"})
+    net.servers[("192.0.2.2", 25)] = lambda: ScriptedSMTPServer(extensions=ext)
+    raw = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    e = entry(tmp_path, BOB, smtputf8=True,
+              recipient_dsn=((BOB, RecipientDSN(("SUCCESS",), raw, raw)),))
+    [r], logged = deliver_logged(net, a, e, "ORCPT of")
+    assert (r.kind, r.remote_mta, r.dsn_passed) == ("delivered", "mx2.remote.test", False)
+    assert apply_results(e, [r], 0.0, False)[BOB].notice == bounce.RELAYED
+    assert logged == ["ABCDEF0123456789: mx2.remote.test[192.0.2.2]: the ORCPT of RCPT "
+                      "TO:<bob@remote.test> does not fit in the 500 characters RFC 3461 adds "
+                      "for NOTIFY and ORCPT; RCPT sent without NOTIFY and ORCPT: a success "
+                      "notice asked for is this hub's (relayed)"]
+
+
 def test_an_ascii_envid_goes_with_the_rest_of_the_request(tmp_path):
     # the same message with an ASCII id: everything goes, the duty with it
     a, net, _ = agent(tmp_path)

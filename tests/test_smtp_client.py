@@ -3216,6 +3216,41 @@ def test_a_rcpt_again_dropped_by_an_early_reply_is_no_dsn_dropped(stray):
     assert s.outcome.dsn_dropped == frozenset()
 
 
+@pytest.mark.parametrize("stray", [b"", b"250 2.1.5 stray\r\n", b"25x malformed\r\n",
+                                   b"421 4.3.2 bye\r\n"])
+def test_a_rcpt_without_its_orcpt_dropped_by_an_early_reply_is_not_withheld(stray):
+    # without PIPELINING the RCPT goes once MAIL has its 250; a reply after
+    # that one in the same read ends the session before the RCPT (which
+    # leaves NOTIFY and an ORCPT too long to go out) is written: no line
+    # may say it went so, and no notice duty is the hub's for it
+    raw = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    s = greeted(EHLO_DSN_ONLY, smtputf8=True,
+                recipients=[(BOB, RecipientDSN(("SUCCESS",), raw, raw))])
+    actions = s.receive(b"250 2.1.0 ok\r\n" + stray)
+    if not stray:
+        assert sent(actions) == b"RCPT TO:<bob@remote.test>\r\n"
+        assert s.orcpt_withheld == {BOB}
+        return
+    assert actions == [Close(abort=True)]
+    assert s.orcpt_withheld == set()
+    assert s.outcome.dsn_dropped == frozenset()
+
+
+def test_a_rcpt_without_its_orcpt_that_went_stays_withheld_when_a_later_one_is_dropped():
+    # bob's RCPT went without its ORCPT in the first transaction (the
+    # server took one recipient); the second transaction's batch, asked
+    # for by the reply to the first ".", is dropped by a stray reply in
+    # the same read: bob's first RCPT still went so
+    raw = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    dsn = RecipientDSN(("SUCCESS",), raw, raw)
+    s = greeted(EHLO_DSN_NO_UTF8, smtputf8=True, recipients=[(BOB, dsn), (CAROL, dsn)])
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n354 go\r\n")
+    s.body_sent()
+    assert s.orcpt_withheld == {BOB, CAROL}  # both RCPTs went without it
+    assert s.receive(b"250 2.0.0 one\r\n250 2.0.0 stray\r\n") == [Close(abort=True)]
+    assert s.orcpt_withheld == {BOB, CAROL}
+
+
 
 # --- transactions whose MAIL went (the log's count) -----------------------------------
 

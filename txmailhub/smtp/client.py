@@ -643,10 +643,12 @@ class ClientSession:
         # commands asked for in this read that go only once ``receive``
         # returns them: a MAIL sent again without a parameter the server
         # refused (the refusal), and the recipients whose RCPT goes again
-        # without NOTIFY and ORCPT.  A protocol error in the same read drops
-        # them (``_unsend``): then they never went
+        # without NOTIFY and ORCPT, or without them for an ORCPT that could
+        # not go (new to ``orcpt_withheld``).  A protocol error in the same
+        # read drops them (``_unsend``): then they never went
         self._resent_mail: Reply | None = None
         self._resent_rcpts: set[Address] = set()
+        self._withheld_rcpts: set[Address] = set()
         # the MAIL of the transaction under way: asked for in this read (it
         # goes once ``receive`` returns, unless ``_unsend`` drops it), and
         # gone (``transactions_sent``)
@@ -695,7 +697,8 @@ class ClientSession:
     def receive(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
         if not self._held:
-            self._resent_mail, self._resent_rcpts = None, set()  # (returned before: sent)
+            # (returned before: sent)
+            self._resent_mail, self._resent_rcpts, self._withheld_rcpts = None, set(), set()
             if self._mail_asked:
                 self._mail_asked, self._mail_went = False, True
         # The commands sent before these bytes came: what ``_expect`` holds
@@ -1091,6 +1094,10 @@ class ClientSession:
             self.auth_param_refused = None
         self._dsn_resent -= self._resent_rcpts
         self._resent_rcpts = set()
+        # nor did a RCPT without the ORCPT that could not go: no line says
+        # it was sent so, and the notice duty is not the hub's for it
+        self.orcpt_withheld -= self._withheld_rcpts
+        self._withheld_rcpts = set()
         self._mail_asked = False
 
     def _settle_all(self, reply: Reply) -> None:
@@ -1616,7 +1623,11 @@ class ClientSession:
                     # duty (5.2.2, ``dsn_dropped``).  One the hub made up (an
                     # alias's, 5.2.1 (c): "MAY be added") is merely left out
                     params = []
-                    self.orcpt_withheld.add(address)
+                    if address not in self.orcpt_withheld:
+                        # (one already there went so before, in an earlier
+                        # transaction of the session: that one stands)
+                        self._withheld_rcpts.add(address)
+                        self.orcpt_withheld.add(address)
         self._rcpt_carried_dsn[address] = bool(params)
         return " ".join([f"RCPT TO:<{self._path(address)}>", *params])
 
