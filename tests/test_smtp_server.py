@@ -47,7 +47,7 @@ class Driver:
     """Runs an engine, answering its requests like a cooperative adapter."""
 
     def __init__(self, queue=None, session=None, auto=True, spooler=None, router=None,
-                 **config):
+                 clock=None, **config):
         router = router or StaticRouter(
             {"alice": None, "bob": None, "hollindg": None, "list": ["alice", "bob"],
              "fwd": ["x@remote.test"], "jörg": None, "intl": ["jörg", "alice"]},
@@ -58,6 +58,8 @@ class Driver:
             router=router, queue=queue, spooler=self.spooler,
             settings=SimpleNamespace(hub=SimpleNamespace(primary_domain="example.org")),
         )
+        if clock is not None:  # the policy's clock (a reactor's seconds)
+            components.reactor = SimpleNamespace(seconds=clock.seconds)
         cfg = dict(hostname="mx.example.org", primary_domain="example.org",
                    auth_available=True, tls_available=True)
         cfg.update(config)
@@ -628,6 +630,47 @@ def test_a_client_asking_again_and_again_while_the_disk_is_full_is_logged_once_t
     assert d.engine.closed
     logged = [e for e in log_events if "refused" in (e.get("log_format") or "")]
     assert len(logged) == 1
+
+
+def test_a_mail_without_size_on_a_disk_with_no_room_is_452_at_once(log_events):
+    # RFC 5321 4.2.2/4.2.3: 452 at MAIL, "insufficient system storage";
+    # RFC 1870 6.1: refused before the data.  Without SIZE= the client
+    # sent the whole message to hear 452 4.3.1 only after it.  The free
+    # space is read at most once a second for MAILs without SIZE=
+    from twisted.internet.task import Clock
+
+    from txmailhub.smtp.policy import MIN_MESSAGE_ROOM, ROOM_READING_SECONDS
+
+    class Counted(MemorySpooler):
+        def __init__(self):
+            super().__init__()
+            self.readings = 0
+
+        def room(self):
+            self.readings += 1
+            return super().room()
+
+    clock = Clock()
+    d = Driver(spooler=Counted(), clock=clock, max_junk_commands=50)
+    d.spooler.free = MIN_MESSAGE_ROOM - 1
+    d.send("EHLO c\r\n")
+    assert d.send("MAIL FROM:<a@b.test>\r\n") == [replies.STORAGE_FULL.text()]
+    assert d.codes("RCPT TO:<alice>\r\n") == ["503"]  # no transaction began
+    assert d.codes("MAIL FROM:<a@b.test>\r\n" * 3) == ["452"] * 3
+    assert d.spooler.readings == 1 and d.engine.errors == 1  # the 503's alone
+    d.spooler.free = MIN_MESSAGE_ROOM  # room again: seen once the reading is a second old
+    assert d.codes("MAIL FROM:<a@b.test>\r\n") == ["452"]
+    clock.advance(ROOM_READING_SECONDS)
+    assert d.codes("MAIL FROM:<a@b.test>\r\n") == ["250"]
+    assert d.spooler.readings == 2
+    # SIZE= is judged on a reading of its own, as before
+    assert d.codes("RSET\r\nMAIL FROM:<a@b.test> SIZE=10\r\n") == ["250", "250"]
+    assert d.spooler.readings == 3
+    d.spooler.free = None  # the filesystem cannot tell: no refusal
+    clock.advance(ROOM_READING_SECONDS)
+    assert d.codes("RSET\r\nMAIL FROM:<a@b.test>\r\n") == ["250", "250"]
+    logged = [e for e in log_events if "refused" in (e.get("log_format") or "")]
+    assert len(logged) == 1  # once per session, as for SIZE=
 
 
 def test_a_full_disk_is_not_the_clients_error():
@@ -2689,3 +2732,34 @@ def test_the_log_line_of_a_mailbox_refused_for_its_domains_folder_name_names_the
     assert len(lines) == 2, lines
     assert "[hub] domains" in lines[0] and "users file" not in lines[0], lines[0]
     assert "rename the user in the users file" in lines[1], lines[1]
+
+
+def test_the_free_space_reading_is_the_hubs_and_a_clock_set_back_reads_again():
+    # every SMTP listener's policy reads through one SpoolRoom: a second's
+    # MAILs without SIZE= cost one statvfs for the hub, not one per port
+    from twisted.internet.task import Clock
+
+    from txmailhub.components import Components
+    from txmailhub.smtp.policy import ROOM_READING_SECONDS, SpoolRoom
+
+    clock = Clock()
+    components = Components(settings=SimpleNamespace(hub=SimpleNamespace(
+        primary_domain="example.org")), reactor=clock, router=None, store=None,
+        spooler=MemorySpooler(), portal=None)
+    one, two = RecipientPolicy(components), RecipientPolicy(components)
+    assert isinstance(components.spool_room, SpoolRoom)
+    assert one._room is two._room is components.spool_room
+    readings = []
+    room = SpoolRoom(lambda: readings.append(clock.seconds()) or 5, clock.seconds)
+    clock.advance(100)
+    assert [room.recent(), room.recent()] == [5, 5] and readings == [100]
+    clock.advance(ROOM_READING_SECONDS - 0.001)
+    room.recent()
+    assert len(readings) == 1
+    clock.advance(0.001)
+    room.recent()
+    assert len(readings) == 2
+    clock.rightNow -= 50  # set back: the reading is no recent one
+    room.recent()
+    assert len(readings) == 3
+    assert room.fresh() == 5 and len(readings) == 4  # SIZE=: always its own

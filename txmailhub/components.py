@@ -54,6 +54,10 @@ class Components:
     * ``unusable_mailboxes``: the same for the warning about a user whose
       name no Maildir folder can have, which RCPT refuses; made by the
       first SMTP listener's recipient policy.
+    * ``spool_room``: the ``txmailhub.smtp.policy.SpoolRoom`` through
+      which every SMTP listener reads the spool's free space for MAIL:
+      one ``statvfs`` a second for the hub answers the MAILs without
+      ``SIZE=``; made by the first SMTP listener's recipient policy.
     * ``pop3_worker_jobs``: the ``DeferredSemaphore`` that keeps the POP3
       sessions' jobs on the store's worker threads (sizes measured at a
       login, long header sections downgraded) to
@@ -87,6 +91,7 @@ class Components:
     mailbox_usage: Any = None
     quota_warnings: Any = None
     unusable_mailboxes: Any = None
+    spool_room: Any = None
     pop3_worker_jobs: Any = None
     stalls: Any = None
     listening: list[tuple[str, int]] = field(default_factory=list)

@@ -52,8 +52,9 @@ class ISpooler(Interface):
         """Octets the hub may still write on the spool's filesystem (the
         mailboxes and the queue share it), or ``None`` when that cannot be
         told.  Synchronous and cheap (one ``statvfs``): asked for each
-        ``MAIL ... SIZE=`` so a message that cannot fit is refused before
-        its data is sent (RFC 1870 6.1)."""
+        ``MAIL ... SIZE=``, and at most once a second for a MAIL without
+        it (``txmailhub.smtp.policy.SpoolRoom``), so a message that cannot
+        fit is refused before its data is sent (RFC 1870 6.1)."""
 
 
 class ISpoolWriter(Interface):

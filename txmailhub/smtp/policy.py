@@ -5,7 +5,8 @@ address to its final recipients through the router, and whether the disk
 can take a message of the size MAIL announced, and whether a local
 mailbox is over ``[hub] mailbox_quota``.  Synchronous decisions over
 in-memory tables (the router's), plus the spooler's ``room()`` (one
-``statvfs``) for ``MAIL ... SIZE=`` and, with a quota, the mailbox meter
+``statvfs`` for ``MAIL ... SIZE=``, at most one a second for the hub for
+a MAIL without it: ``SpoolRoom``) and, with a quota, the mailbox meter
 (``txmailhub.store.quota``: two ``stat`` calls per mailbox, a listing for
 a folder that changed); the SMTP engine calls it for MAIL,
 RCPT, VRFY and EXPN.  It must not parse SMTP.
@@ -55,8 +56,41 @@ from txmailhub.smtp import replies
 from txmailhub.smtp.reply import Reply
 from txmailhub.store.quota import MailboxUsage
 
-__all__ = ["UNMEASURED_WARNING_SECONDS", "RecipientPolicy", "local_rcpt", "quota_refusal",
-           "storable"]
+__all__ = ["MIN_MESSAGE_ROOM", "ROOM_READING_SECONDS", "UNMEASURED_WARNING_SECONDS",
+           "RecipientPolicy", "SpoolRoom", "local_rcpt", "quota_refusal", "storable"]
+
+#: the free space below which no message can be stored (a MAIL without
+#: ``SIZE=`` is answered ``452 4.3.1`` at once): one block of the usual
+#: 4 KiB, what the spool file of a one-line message and its trace field
+#: takes, with the queue record a relayed one needs besides
+MIN_MESSAGE_ROOM = 4096
+#: how long one reading of the free space answers a MAIL without ``SIZE=``
+ROOM_READING_SECONDS = 1.0
+
+
+class SpoolRoom:
+    """The spooler's ``room()`` (``ISpooler``: one ``statvfs``), read
+    for every ``MAIL ... SIZE=`` (``fresh``) and at most once every
+    ``ROOM_READING_SECONDS`` for a MAIL without it (``recent``), for the
+    hub's SMTP listeners together: a client that sends MAIL after MAIL
+    costs no system call each.  A clock set back reads again."""
+
+    def __init__(self, room: Callable[[], int | None], clock: Callable[[], float]) -> None:
+        self._room = room
+        self._clock = clock
+        self._when: float | None = None
+        self._value: int | None = None
+
+    def fresh(self) -> int | None:
+        self._value = self._room()
+        self._when = self._clock()
+        return self._value
+
+    def recent(self) -> int | None:
+        when = self._when
+        if when is None or not 0 <= self._clock() - when < ROOM_READING_SECONDS:
+            return self.fresh()
+        return self._value
 
 log = Logger()
 
@@ -158,7 +192,16 @@ class RecipientPolicy:
         self.components = components
         self.primary_domain = components.settings.hub.primary_domain
         # an embedder's own spooler may predate room(): then nothing is refused
-        self._room = getattr(getattr(components, "spooler", None), "room", None)
+        room = getattr(getattr(components, "spooler", None), "room", None)
+        self._room: SpoolRoom | None = None
+        if room is not None:
+            shared = getattr(components, "shared", None)
+            clock = getattr(getattr(components, "reactor", None), "seconds", time.monotonic)
+
+            def reading() -> SpoolRoom:
+                return SpoolRoom(room, clock)
+
+            self._room = reading() if shared is None else shared("spool_room", reading)
         # [hub] mailbox_quota: only a store that names its Maildirs can be
         # measured (an embedder's own store is not)
         self.quota = getattr(components.settings.hub, "mailbox_quota", 0)
@@ -205,8 +248,18 @@ class RecipientPolicy:
         sending it all to hear the same answer at the end.  Half as much
         again is asked for: the trace header, a bounce that quotes the
         message, a copy converted for a 7-bit relay."""
-        room = self._room() if self._room is not None else None
+        room = self._room.fresh() if self._room is not None else None
         if room is not None and size + size // 2 > room:
+            raise Rejected(replies.STORAGE_FULL)
+
+    def check_any_room(self) -> None:
+        """Refuse a MAIL without ``SIZE=`` when the disk has no room for
+        any message (less than ``MIN_MESSAGE_ROOM``): ``452 4.3.1`` (RFC
+        5321 4.2.2, 4.2.3: insufficient system storage), rather than take
+        the whole message to give the same answer at its end.  The free
+        space read at most ``ROOM_READING_SECONDS`` before (``SpoolRoom``)."""
+        room = self._room.recent() if self._room is not None else None
+        if room is not None and room < MIN_MESSAGE_ROOM:
             raise Rejected(replies.STORAGE_FULL)
 
     def check_recipient(self, address: Address, session: Any) -> tuple[Address, ...]:

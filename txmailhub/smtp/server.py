@@ -203,7 +203,7 @@ class SMTPServer(MessageTransfer, AuthPhase):
         self.state = State.INIT
         self.errors = 0
         self.junk = 0  # commands in _JUNK since the last accepted message
-        self._room_refused = 0  # MAILs refused 452 for SIZE= beyond the free space
+        self._room_refused = 0  # MAILs refused 452 for the free space (SIZE= or none left)
         # True when next_event stopped answering because REPLIES_HELD replies
         # wait to be collected (input is left): collect them and ask again
         self.replies_held = False
@@ -649,21 +649,25 @@ class SMTPServer(MessageTransfer, AuthPhase):
         sender, params = parse_mail(arg, self.config.primary_domain)
         if self._submitting() and sender is not None and self._unqualified(sender):
             raise Rejected(replies.SENDER_NOT_QUALIFIED)
-        if params.size is not None:
-            if params.size > self.config.max_message_size:
-                raise Rejected(replies.SIZE_EXCEEDS_LIMIT)  # never fits: 552
-            try:
-                self.policy.check_room(params.size)  # does not fit now: 452
-            except Rejected as e:
-                self._room_refused += 1
-                if self._room_refused == 1:
-                    raise  # logged, once per session
-                # a client that asks again and again while the disk is full
-                # is answered, but neither logged each time nor free: each
-                # repeat counts as a command that moves no mail
-                self.reply(e.reply)
-                self._count_junk()
-                return
+        if params.size is not None and params.size > self.config.max_message_size:
+            raise Rejected(replies.SIZE_EXCEEDS_LIMIT)  # never fits: 552
+        try:
+            # does not fit now (452 4.3.1): the size announced, or without
+            # one any message at all (a disk with no room left, RFC 1870 6.1)
+            if params.size is not None:
+                self.policy.check_room(params.size)
+            else:
+                self.policy.check_any_room()
+        except Rejected as e:
+            self._room_refused += 1
+            if self._room_refused == 1:
+                raise  # logged, once per session
+            # a client that asks again and again while the disk is full
+            # is answered, but neither logged each time nor free: each
+            # repeat counts as a command that moves no mail
+            self.reply(e.reply)
+            self._count_junk()
+            return
         self._sender = sender
         self._mail_params = params
         self._to(State.MAIL)
