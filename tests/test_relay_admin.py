@@ -576,8 +576,79 @@ def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monk
 
     monkeypatch.setattr(os, "stat", denied)
     for action in ("list", "flush"):
-        with pytest.raises(PermissionError):
-            run(settings, action)
+        code, out, err = run(settings, action)
+        assert (code, out) == (1, "") and "Permission denied" in err
+
+
+@pytest.mark.parametrize("argv", [("list",), ("show", "Q"), ("flush",), ("delete", "Q"),
+                                  ("hold", "Q"), ("release", "Q")])
+def test_every_action_on_a_queue_the_user_cannot_reach_says_whom_to_run_it_as(
+        setup, monkeypatch, argv):
+    # `mailq` said whose the queue is and whom to run it as; `mailhub
+    # queue` printed only "mailhub: PATH: Permission denied".  Here the
+    # way to the queue folder is closed: its owner is state_dir's
+    import os
+
+    from txmailhub.hub_access import name_of
+
+    settings, _, qid, _ = setup
+    real_stat = os.stat
+
+    def denied(path, *args, **kwargs):
+        if str(path) == settings.queue_dir:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied)
+    argv = tuple(qid if a == "Q" else a for a in argv)
+    code, out, err = run(settings, *argv)
+    user = name_of(real_stat(settings.hub.state_dir).st_uid)
+    run_as = "root" if user == "root" else f"{user} or root"
+    verb = "change" if argv[0] in ("flush", "delete", "hold", "release") else "read"
+    assert (code, out) == (1, "")
+    assert err == (f"mailhub: cannot {verb} the queue: {settings.queue_dir}: Permission denied "
+                   f"(it belongs to {user}, the user the hub runs as; run mailhub queue "
+                   f"{argv[0]} as {run_as})\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs mailhub queue as another user")
+@pytest.mark.parametrize("argv", [("list",), ("show", "Q"), ("flush",), ("delete", "Q"),
+                                  ("hold", "Q"), ("release", "Q")])
+@pytest.mark.parametrize("open_state", [False, True])
+def test_a_queue_of_another_user_is_named_with_its_owner(open_tmp, argv, open_state):
+    # the hub runs as nobody; the command as uid 4343, refused by the
+    # kernel: at state_dir (0700), or with the folders open, at the queue
+    # folder or a record (0600).  Whose it is and whom to run it as, once
+    from conftest import as_user
+
+    from txmailhub.hub_access import name_of
+
+    config = open_tmp / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "var"\n')
+    settings = load_text(config.read_text(), str(config))
+    clock = Clock()
+    queue = OutboundQueue(settings.queue_dir, clock)
+    spool = open_tmp / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    qid = queue.enqueue(Envelope(sender=Address("alice", "example.org"), recipients=(BOB,)),
+                        SpooledMessage(str(spool), 17, 20)).result
+    nobody = 65534
+    for folder, _, files in os.walk(settings.hub.state_dir):
+        os.chown(folder, nobody, nobody)
+        os.chmod(folder, 0o755 if open_state else 0o700)
+        for name in files:
+            os.chown(os.path.join(folder, name), nobody, nobody, follow_symlinks=False)
+    argv = tuple(qid if a == "Q" else a for a in argv)
+    code, out, err = as_user(4343, 4343, lambda: run(settings, *argv))
+    assert (code, out) == (1, ""), err
+    verb = "change" if argv[0] in ("flush", "delete", "hold", "release") else "read"
+    user = name_of(nobody)
+    assert re.fullmatch(
+        f"mailhub: cannot {verb} the queue: {re.escape(settings.queue_dir)}\\S*: Permission "
+        f"denied \\(it belongs to {user}, the user the hub runs as; run mailhub queue "
+        f"{argv[0]} as {user} or root\\)\n", err), err
+    assert queue.read(qid) is not None and not queue.take_flag(FLUSH)  # nothing changed
 
 
 def test_release_is_counted_for_the_running_hub(setup):

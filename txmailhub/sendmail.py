@@ -1188,8 +1188,9 @@ def _list_queue(settings: LocalSubmission, prog: str, out: TextIO, err: TextIO) 
         _discard_output(out)
         return EX_IOERR
     except PermissionError as e:
-        print(f"{prog}: cannot read the queue: {e.filename or ''}: {e.strerror} (it belongs "
-              "to the user the hub runs as; run mailq as that user or root)", file=err)
+        from txmailhub.relay.admin import denied_line
+
+        print(denied_line(prog, "mailq", settings, e), file=err)
         return EX_NOPERM
     except OSError as e:
         print(f"{prog}: cannot read the queue: {e.strerror or e}", file=err)

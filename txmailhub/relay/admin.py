@@ -52,7 +52,7 @@ from txmailhub.relay.schedule import due_by, utc_text
 from txmailhub.smtp.reply import LocalReply
 from txmailhub.store.spool import spool_in_use
 
-__all__ = ["EMPTY_NOTE", "add_queue_parser", "list_queue", "run_queue"]
+__all__ = ["EMPTY_NOTE", "add_queue_parser", "denied_line", "list_queue", "run_queue"]
 
 #: what ``queue list`` writes for an empty queue, to a terminal only
 EMPTY_NOTE = "the queue is empty"
@@ -247,6 +247,49 @@ def _act_as_queue_owner(queue_dir: str) -> None:
     os.setuid(uid)
 
 
+#: the actions that write to the queue (the others only read it)
+_CHANGING = frozenset({"flush", "delete", "hold", "release"})
+
+
+def _queue_user(settings: Any) -> str | None:
+    """The name of the queue's owner, the user the hub runs as: the queue
+    folder's, else (a folder on the way closed to this user) ``state_dir``'s;
+    ``None`` when neither can be told."""
+    from txmailhub.hub_access import name_of, state_dir_owner
+
+    try:
+        uid = os.stat(settings.queue_dir).st_uid
+    except OSError:
+        state_dir = getattr(settings, "state_dir", None)
+        if state_dir is None:  # the hub's settings: [hub] state_dir
+            state_dir = getattr(getattr(settings, "hub", None), "state_dir", None)
+        owner = state_dir_owner(state_dir) if state_dir else None
+        if owner is None:
+            return None
+        uid = owner[0]
+    return name_of(uid)
+
+
+def denied_line(prog: str, command: str, settings: Any, error: OSError,
+                changing: bool = False) -> str:
+    """The line for a queue this user may not read (or, ``changing``,
+    write): ``Permission denied`` on its folder or a record, from a command
+    run as another user than the hub's.  It names the queue's owner and
+    has ``command`` (``mailhub queue list``, ``mailq``) run as that user or
+    root, who acts as the owner (``_act_as_queue_owner``)."""
+    where = error.filename or settings.queue_dir
+    user = _queue_user(settings)
+    if user is None:
+        whose, run_as = "the user the hub runs as", "that user or root"
+    elif user == "root":
+        whose, run_as = "root, the user the hub runs as", "root"
+    else:
+        whose, run_as = f"{user}, the user the hub runs as", f"{user} or root"
+    verb = "change" if changing else "read"
+    return shown(f"{prog}: cannot {verb} the queue: {where}: {error.strerror or error} "
+                 f"(it belongs to {whose}; run {command} as {run_as})")
+
+
 def _flush_note(hub_running: bool | None) -> str:
     """What ``queue flush`` says it did, by whether a hub runs on the
     state directory (``spool_in_use``: by looking only; taking its lock
@@ -264,10 +307,22 @@ def _flush_note(hub_running: bool | None) -> str:
 
 def run_queue(settings: Any, args: argparse.Namespace, out: TextIO,
               err: TextIO | None = None) -> int:
-    """Run one ``queue`` action; returns the exit code (0 ok, 1 failed)."""
+    """Run one ``queue`` action; returns the exit code (0 ok, 1 failed).
+    Run as a user who may not read (or write) the queue, one line says
+    whose it is and whom to run it as (``denied_line``), and 1."""
     err = err or error_stream()
-    queue = OutboundQueue(settings.queue_dir, _WallClock(), create=False)
     action = args.queue_command
+    try:
+        return _run_queue(settings, args, action, out, err)
+    except PermissionError as e:
+        print(denied_line("mailhub", f"mailhub queue {action}", settings, e,
+                          changing=action in _CHANGING), file=err)
+        return 1
+
+
+def _run_queue(settings: Any, args: argparse.Namespace, action: str, out: TextIO,
+               err: TextIO) -> int:
+    queue = OutboundQueue(settings.queue_dir, _WallClock(), create=False)
     if not queue.exists:  # nothing was ever queued: do not create state here
         if action == "flush" or (action == "list" and _terminal(out)):
             print(EMPTY_NOTE, file=out)
