@@ -19,6 +19,11 @@ application = Application("mailhub")
 # The config as `twistd mailhub` reads it: warnings on standard error, and
 # a problem (a typo in a key) one line each and exit status 2, where
 # `load` raised ConfigError, which twistd shows as a traceback (exit 1).
+# It also judges twistd's --rundir, pid file and log file as twistd -y
+# will use them once this file is loaded (a --rundir of ".", the folder
+# twistd starts in, that the user it runs as may not enter): one line
+# each and exit status 2, not twistd's traceback.  Keep the call here, at
+# the top level of the file: it finds twistd's options as it runs.
 hub = MailHub(settings_or_exit("/etc/txmailhub/mailhub.toml"))
 # A start error (a port in use) as an exception twistd reports: daemonized
 # (`twistd -y mailhub.tac`) it reaches twistd's waiting parent, which prints

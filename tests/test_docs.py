@@ -295,6 +295,67 @@ def test_the_tac_example_reports_a_bad_config_as_twistd_mailhub_does(
     assert not (tmp_path / "state").exists()  # nothing started, nothing made
 
 
+def _tac_runner(tac: Path, *argv: str) -> Any:
+    """twistd's runner for ``twistd ARGV -y TAC``, its options parsed, as
+    ``twistd`` makes it before it loads the ``.tac``."""
+    from twisted.scripts._twistd_unix import ServerOptions, UnixApplicationRunner
+
+    config = ServerOptions()
+    config.parseOptions([*argv, "-y", str(tac)])
+    return UnixApplicationRunner(config)
+
+
+def test_the_tac_example_refuses_a_rundir_twistd_may_not_enter_in_a_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # ``sudo -u mailhub twistd -ny /etc/txmailhub/mailhub.tac`` from root's
+    # home: twistd loads the .tac, then changes into its --rundir, "." by
+    # default, and ended the start in its traceback (PermissionError:
+    # '.', exit status 1).  ``twistd mailhub`` says it in one line, exit 2
+    import os
+    import stat
+
+    from txmailhub import run_files, tap
+
+    tac = _example_tac(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(run_files.os, "access", lambda path, mode, **kw: (
+        False if os.fspath(path) == str(tmp_path) and mode & os.X_OK
+        else real_access(path, mode, **kw)))
+    runner = _tac_runner(tac, "-n", "--pidfile=")
+    with pytest.raises(SystemExit) as info:
+        runner.createOrGetApplication()
+    assert info.value.code == 2
+    user = tap._owner_name(os.geteuid())
+    mode = f"{stat.S_IMODE(tmp_path.stat().st_mode):04o}"
+    assert capsys.readouterr().err.splitlines() == [
+        f"mailhub: --rundir {tmp_path} cannot be entered: {user} may not enter it (mode "
+        f"{mode}) (twistd's default --rundir, the folder it starts in: start it from a "
+        f"folder {user} may enter, such as /, or give --rundir /)"]
+    assert not (tmp_path / "state").exists()  # nothing was built
+    # with a --rundir that user may enter, the .tac builds the hub
+    application = _tac_runner(tac, "-n", "--pidfile=", "--rundir", "/").createOrGetApplication()
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "state").is_dir() and application is not None
+
+
+def test_the_tac_example_refuses_a_pid_file_twistd_cannot_write_in_a_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # twistd writes its pid file after loading the .tac: in a folder that
+    # is not there (/run/txmailhub after a reboot), its traceback
+    tac = _example_tac(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    pid_file = tmp_path / "run" / "mailhub.pid"
+    with pytest.raises(SystemExit) as info:
+        _tac_runner(tac, "-n", f"--pidfile={pid_file}").createOrGetApplication()
+    assert info.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"mailhub: --pidfile {pid_file} cannot be written: "), line
+    assert not (tmp_path / "state").exists()
+
+
 def test_the_tac_example_answers_sighup_as_twistd_mailhub_does(tmp_path: Path) -> None:
     # deployment.rst's SIGHUP (the TLS pair read again, a line in the log)
     # is twistd mailhub's; a hub run from the example had no handler, and
@@ -688,3 +749,18 @@ def test_the_twistd_command_lines_put_each_option_where_twistd_takes_it() -> Non
         assert not unknown and rest[:1] == ["mailhub"], (name, line, unknown)
         unknown, rest = split(rest[1:], hub)
         assert not unknown and not [w for w in rest if w.startswith("-")], (name, line)
+
+
+def test_the_tac_checks_are_those_of_twistd_mailhub_only_under_twistd_y(tmp_path: Path) -> None:
+    # settings_or_exit called anywhere but while twistd -y loads a .tac
+    # (``twistd mailhub``'s options, an application, a test) finds no
+    # options of twistd's to judge; under --chroot there is nothing to judge
+    from txmailhub import tap
+
+    assert tap._twistd_loading_tac() is None
+    assert tap.tac_run_problems(None) == []
+    assert tap.tac_run_problems({"chroot": str(tmp_path), "rundir": str(tmp_path / "none"),
+                                 "pidfile": str(tmp_path / "none" / "pid")}) == []
+    assert tap.tac_run_problems({"rundir": str(tmp_path / "none"), "pidfile": "",
+                                 "nodaemon": True}) == [
+        f"mailhub: --rundir {tmp_path / 'none'} cannot be entered: it does not exist"]

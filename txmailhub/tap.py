@@ -107,7 +107,12 @@ def settings_or_exit(path: str, *, named: bool = True) -> Settings:
     A ``.tac`` (``etc/mailhub.tac``) calls it where it called ``load``:
     twistd reports an exception from a ``.tac`` as "Unhandled Error" with
     a traceback, and exits 1, for a typo in a key.  ``named``: whether the
-    command line named ``path`` (else a line says why that file)."""
+    command line named ``path`` (else a line says why that file).
+
+    Called while twistd loads a ``.tac`` (``twistd -y``), it judges
+    twistd's ``--rundir``, pid file and log file too, as ``makeService``
+    does for ``twistd mailhub`` (``tac_run_problems``): twistd loads the
+    ``.tac`` before it opens them and changes into ``--rundir``."""
     try:
         settings = load(path)
     except ConfigError as e:
@@ -131,7 +136,58 @@ def settings_or_exit(path: str, *, named: bool = True) -> Settings:
         for problem in problems:
             _say(problem)
         raise SystemExit(2)
+    problems = tac_run_problems(_twistd_loading_tac())
+    if problems:
+        for problem in problems:
+            _say(problem)
+        raise SystemExit(2)
     return settings
+
+
+def tac_run_problems(options: Any) -> list[str]:
+    """What would end a ``twistd -y`` start in twistd's traceback once the
+    ``.tac`` is loaded, from twistd's ``options`` (one line each; none for
+    ``None``): a ``--rundir`` the user may not enter (``.``, the folder
+    twistd starts in, by default: ``sudo -u mailhub twistd -ny
+    /etc/txmailhub/mailhub.tac`` from root's home), a pid file or log file
+    it could not write -- the checks ``makeService`` makes for ``twistd
+    mailhub`` (``run_files``).  None under ``--chroot``, which a ``.tac``
+    must not be given (``docs/embedding.rst``): those paths would be the
+    jail's."""
+    if options is None or options.get("chroot") is not None:
+        return []
+    return rundir_problems(options) + run_file_access_problems(options)
+
+
+def _twistd_loading_tac() -> Any:
+    """twistd's options, when twistd is loading a ``.tac`` (``twistd -y``)
+    on the way to this call; else ``None`` (``twistd mailhub``, whose
+    options are read before any runner exists and judged by
+    ``makeService``; another plugin's; an application of its own).
+
+    A ``.tac`` is given no options: its code runs inside twistd's
+    runner (``ApplicationRunner.createOrGetApplication``), whose
+    ``config`` holds them, so they are found on the call stack."""
+    app = sys.modules.get("twisted.application.app")
+    runner_type = getattr(app, "ApplicationRunner", None)
+    if runner_type is None:  # twistd never started here
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        runner = frame.f_locals.get("self")
+        if isinstance(runner, runner_type):
+            config = getattr(runner, "config", None)
+            if config is None or getattr(config, "subCommand", None) is not None:
+                return None  # a plugin's makeService, not a .tac
+            options = dict(config)
+            # where the logger, made before ``--debug`` set ``nodaemon``,
+            # logs without --logfile (``run_files.logger_nodaemon``)
+            nodaemon = getattr(getattr(runner, "logger", None), "_nodaemon", None)
+            if nodaemon is not None:
+                options[NODAEMON_GIVEN] = bool(nodaemon)
+            return options
+        frame = frame.f_back
+    return None
 
 
 def _say(text: str) -> None:
