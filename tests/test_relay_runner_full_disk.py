@@ -219,3 +219,52 @@ def test_a_write_refused_for_room_holds_the_other_entries_attempts_as_a_full_dis
     hub.clock.advance(1)
     assert [c[0] for c in hub.agent.calls[2:]] == [second, second]
     assert any("has room again" in e.get("log_format", "") for e in log_events)
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_after_a_minute_of_refused_writes_one_attempt_finds_out_not_every_waiting_one(
+        hub, monkeypatch, held):
+    # the quota is used up (statvfs shows room) and the writes run on a
+    # thread, as in the hub: a refusal is known a moment after the write
+    # began.  The first entry's outcome waits in memory (its write tried
+    # each minute; or the entry is held, `mailhub queue hold`, and it is
+    # not).  Three entries wait.  A minute after the refusal one attempt
+    # finds out again (relay.rst) -- not all three at once, each a copy
+    # delivered whose outcome cannot be written either (a crash: sent
+    # again); the others wait for what its write says
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    real = hub.queue.update
+    refusing = [True]
+
+    def update(qid, change):
+        if not refusing[0]:
+            return real(qid, change)
+        d = defer.Deferred()
+        hub.clock.callLater(0, d.errback, OSError(errno.EDQUOT, "Disk quota exceeded"))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    first = enqueue(hub, BOB, CAROL)
+    hub.clock.advance(0)
+    assert first in hub.runner._unrecorded and len(hub.agent.calls) == 2
+    if held:
+        hub.queue.set_held(first, True)
+        hub.runner._event(first)
+    waiting = [enqueue(hub, BOB, CAROL) for _ in range(3)]
+    assert len(hub.agent.calls) == 2
+    for _ in range(61):
+        hub.clock.advance(1)
+    tried = {c[0] for c in hub.agent.calls[2:]}
+    assert len(tried) == 1 and tried <= set(waiting), hub.agent.calls[2:]
+    # refused again: the next finds out a minute later, one at a time
+    for _ in range(60):
+        hub.clock.advance(1)
+    again = {c[0] for c in hub.agent.calls[2:]} - tried
+    assert len(again) == 1 and again <= set(waiting), hub.agent.calls[2:]
+    # the quota has room: the next attempt's write lands, and the one
+    # left goes at once
+    refusing[0] = False
+    for _ in range(61):
+        hub.clock.advance(1)
+    assert {c[0] for c in hub.agent.calls[2:]} == set(waiting)

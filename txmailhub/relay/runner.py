@@ -576,7 +576,10 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         with none left, a later wait is said anew)."""
         waiting = self._roomless
         waiting.intersection_update(self.due.keys())
-        if not waiting or not self._has_room(min(waiting)):
+        # (not while a write was refused for room and none written since:
+        # the entries' own tries find out, one a minute, ``_has_room``)
+        if (not waiting or self._refused is not None
+                or not self.queue.has_room_for_outcome(min(waiting))):
             return
         now = self.clock.seconds()
         for qid in waiting:
@@ -586,13 +589,22 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
     def _has_room(self, qid: str) -> bool:
         """Whether an attempt of ``qid`` whose outcome must be written may
         begin: no record's write was refused for want of room in the last
-        ``ERROR_RETRY`` (a quota is seen so alone), and the queue folder
-        has room (``OutboundQueue.has_room_for_outcome``)."""
+        ``ERROR_RETRY`` (a quota is seen so alone), or none since this one
+        was let find out again (one a minute), and the queue folder has
+        room (``OutboundQueue.has_room_for_outcome``)."""
         if self._refused is not None:
-            if self.clock.seconds() < self._refused[0] + ERROR_RETRY:
+            now = self.clock.seconds()
+            if now < self._refused[0] + ERROR_RETRY:
                 return False
-            # none written since: one attempt may find out again (the
-            # entries whose outcome waits in memory try each minute too)
+            # none written since: this attempt finds out again (the entries
+            # whose outcome waits in memory try each minute too), and the
+            # others wait for what its write says, or another minute: taken
+            # at once (the write is on a thread), they would all deliver a
+            # copy whose outcome cannot be written either
+            if not self.queue.has_room_for_outcome(qid):
+                return False
+            self._refused = (now, self._refused[1])
+            return True
         return self.queue.has_room_for_outcome(qid)
 
     def _note_write(self, result: Any) -> Any:
