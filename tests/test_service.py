@@ -1838,7 +1838,7 @@ def test_a_folder_twistd_may_not_enter_stops_the_start_in_a_line(
     monkeypatch.chdir(tmp_path)
     real_access = os.access
     monkeypatch.setattr(run_files.os, "access", lambda path, mode, **kw: (
-        False if os.fspath(path) == str(tmp_path) and mode & os.X_OK
+        False if os.fspath(path) in (str(tmp_path), ".") and mode & os.X_OK
         else real_access(path, mode, **kw)))
     options = _tap_options(tmp_path, "state", parent={
         "nodaemon": True, "pidfile": "", "logfile": None, "rundir": "."})
@@ -1896,6 +1896,48 @@ def test_rundir_problems_as_the_user_twistd_runs_as(tmp_path: Path) -> None:
     assert line.endswith(
         " (twistd's default --rundir, the folder it starts in: start it from a folder nobody "
         "may enter, such as /, or give --rundir /)")
+
+
+def test_rundir_problems_judge_the_rundir_as_twistds_chdir_does(tmp_path: Path) -> None:
+    # twistd changes into its --rundir as given: "." needs the right to
+    # enter the folder it starts in, not to reach it by its full name.  A
+    # start as the hub's user in an open folder of a home closed to it
+    # (``sudo -u mailhub`` from /root/sub, /root 0700, sub 0755) enters
+    # "." and runs; it was stopped with "may not reach it" and exit 2
+    import pwd
+
+    from txmailhub.run_files import rundir_problems
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to be another user")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "open").mkdir(mode=0o755)
+    os.chmod(home / "open", 0o755)  # (whatever the umask)
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's)
+        try:
+            os.close(read)
+            os.chdir(home / "open")
+            os.setgroups([])
+            os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+            os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+            try:
+                os.chdir(".")  # what twistd does
+                entered = "entered"
+            except OSError as e:
+                entered = f"not entered ({e})"
+            problems = rundir_problems({"rundir": ".", "pidfile": "", "nodaemon": True})
+            os.write(write, "\n".join([entered, *problems]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        found = pipe.read().decode().splitlines()
+    os.waitpid(child, 0)
+    assert found == ["entered"]
 
 
 def test_run_file_access_problems_pass_what_twistd_can_write(tmp_path: Path) -> None:

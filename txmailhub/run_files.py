@@ -264,20 +264,35 @@ def rundir_problems(parent: Any) -> list[str]:
     rundir = parent.get("rundir")
     if not rundir:
         return []
-    path = os.path.abspath(rundir)
-    user = _owner_name(os.geteuid())
     try:
-        st = os.stat(path)  # by its full name: "." of a closed folder is itself out of reach
+        path = os.path.abspath(rundir)
+    except OSError:  # the folder it starts in removed: its name is unknown
+        path = rundir
+    user = _owner_name(os.geteuid())
+    # judged as given, as twistd's chdir is: a relative one ("." above all)
+    # from the folder it starts in, which the user may enter although a
+    # folder on the way to it by its full name is closed to that user
+    try:
+        st = os.stat(rundir)
     except FileNotFoundError:
         why = "it does not exist"
     except PermissionError:
-        why = f"{user} may not reach it (a folder on its way is closed to that user)"
+        try:
+            # "." of a closed folder is itself out of reach: its full name
+            # may still tell its mode
+            if os.path.normpath(rundir) != ".":
+                raise PermissionError
+            st = os.stat(path)
+        except OSError:
+            why = f"{user} may not reach it (a folder on its way is closed to that user)"
+        else:
+            why = f"{user} may not enter it (mode {stat.S_IMODE(st.st_mode):04o})"
     except OSError as e:  # ENOTDIR, ELOOP
         why = e.strerror or str(e)
     else:
         if not stat.S_ISDIR(st.st_mode):
             why = "it is not a folder"
-        elif os.access(path, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        elif os.access(rundir, os.X_OK, effective_ids=os.access in os.supports_effective_ids):
             # (chdir is judged by the effective ids, access(2) by the real ones)
             return []
         else:
