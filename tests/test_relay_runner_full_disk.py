@@ -268,3 +268,25 @@ def test_after_a_minute_of_refused_writes_one_attempt_finds_out_not_every_waitin
     for _ in range(61):
         hub.clock.advance(1)
     assert {c[0] for c in hub.agent.calls[2:]} == set(waiting)
+
+
+def test_the_stops_last_writes_are_made_together_two_seconds_at_most_in_all(
+        hub, monkeypatch):
+    # three entries' outcomes are in memory only (an I/O error); at the
+    # stop the disk hangs: each last write waits 2 s at most, and they are
+    # made together -- the stop is over 2 s after it began them, not 6
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    failing_writes(hub, monkeypatch, error=errno.EIO)
+    qids = [enqueue(hub, BOB, CAROL) for _ in range(3)]
+    assert all(qid in hub.runner._unrecorded for qid in qids)
+    begun = []
+    monkeypatch.setattr(hub.queue, "update",
+                        lambda qid, change: begun.append(qid) or defer.Deferred())
+    fired = []
+    hub.runner.stop().addBoth(fired.append)
+    assert sorted(begun) == sorted(qids) and fired == []
+    hub.clock.advance(1.9)
+    assert fired == []
+    hub.clock.advance(0.1)
+    assert fired == [None]

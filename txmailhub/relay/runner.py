@@ -480,7 +480,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         has only the records.  What still cannot be written is logged,
         naming the recipients a start in a new process sends the message
         again, and the notices it sends again.  Fires when done, never
-        with an error; each write waits ``CUT_GRACE`` at most."""
+        with an error; the writes are made together, ``CUT_GRACE`` at
+        most for them all."""
         if self.running:
             return defer.succeed(None)  # started again: its next try writes them
         qids = sorted({*self._unrecorded, *self._notified})

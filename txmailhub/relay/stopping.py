@@ -82,8 +82,9 @@ class Stopping:
         may end before their writes do).  Last, what the runner knows in
         memory only -- outcomes and notices whose record could not be
         written -- is written once more (``QueueRunner._last_writes``:
-        ``CUT_GRACE`` at most each; what fails is logged, naming what a
-        start in a new process sends again)."""
+        the entries' writes together, ``CUT_GRACE`` at most for them all;
+        what fails is logged, naming what a start in a new process sends
+        again)."""
         # the cut waits under way (``_give_up_now``), asked before this
         # stop may begin one of its own
         earlier = []
