@@ -290,3 +290,24 @@ def test_the_stops_last_writes_are_made_together_two_seconds_at_most_in_all(
     assert fired == []
     hub.clock.advance(0.1)
     assert fired == [None]
+
+
+def test_a_stop_reads_no_record_for_notices_whose_record_was_written(hub, monkeypatch):
+    # carol refused for good, bob deferred: the failure notice is sent and
+    # written.  The runner keeps no memory of it then, and the stop's last
+    # writes read no record of it (a queue of thousands of entries each
+    # with a notice of this run -- a day's "delayed" warnings -- read one
+    # by one in the reactor at every stop, for nothing to write)
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    qids = [enqueue(hub, BOB, CAROL) for _ in range(3)]
+    assert len(hub.dsn.sent) == 3
+    assert all(hub.queue.read(q).recipient(CAROL).state == BOUNCED for q in qids)
+    assert hub.runner._notified == {}
+    reads = []
+    real = hub.queue.read
+    monkeypatch.setattr(hub.queue, "read", lambda qid: reads.append(qid) or real(qid))
+    hub.runner.stop()
+    assert reads == []

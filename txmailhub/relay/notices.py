@@ -87,11 +87,14 @@ class NoticeSender:
                 ok = True
             if ok:
                 done = {r.address for r in failed}
+                qid = entry.id
                 entry = yield self._noted(entry.id, lambda e: e.with_recipients({
                     r.address: dataclasses.replace(r, state=BOUNCED)
                     for r in e.recipients if r.address in done and r.state == FAILED}))
                 if entry is None or entry is _DELETED:
                     return entry
+                self._told_recorded(qid, lambda action, address: (
+                    action == bounce.FAILED and address in done))
         for action, recs in success_notices(entry).items():
             ok = yield self._send_once(entry, recs, action, now)
             # a success notice that cannot be made is given up as a failure
@@ -107,11 +110,14 @@ class NoticeSender:
                 ok = True
             if ok:
                 names = {r.address for r in recs}
+                qid = entry.id
                 entry = yield self._noted(entry.id, lambda e, names=names: (
                     e.with_recipients({r.address: dataclasses.replace(r, notice=None)
                                        for r in e.recipients if r.address in names})))
                 if entry is None or entry is _DELETED:
                     return entry
+                self._told_recorded(qid, lambda told, address, action=action, names=names: (
+                    told == action and address in names))
         # not once the queue lifetime is over (recipients kept pending past
         # it by a hold or a release during the attempt): the notice would
         # promise retries until a time gone by, and what comes next is the
@@ -125,9 +131,24 @@ class NoticeSender:
             if wanted:
                 ok = yield self._send_once(entry, wanted, bounce.DELAYED, now)
             if ok:
+                qid = entry.id
                 entry = yield self._noted(
                     entry.id, lambda e: dataclasses.replace(e, delay_warned=True))
+                if entry is not None and entry is not _DELETED:
+                    self._told_recorded(qid, lambda action, _: action == bounce.DELAYED)
         return entry
+
+    def _told_recorded(self, qid: str, which: Callable[[str, Address], bool]) -> None:
+        """The notices ``which`` picks ((action, recipient)) are in
+        ``qid``'s record now: no longer remembered (``_notified`` holds
+        those whose record could not be written; the record keeps the
+        others from being sent again, and a stop reads no record for them)."""
+        told = self._notified.get(qid)
+        if told is None:
+            return
+        told.difference_update([pair for pair in told if which(*pair)])
+        if not told:
+            del self._notified[qid]
 
     def _noted(self, qid: str, change: Callable[[QueueEntry], QueueEntry]) -> defer.Deferred:
         """``queue.update(qid, change)`` for a notice made: fires with the

@@ -326,6 +326,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             # again is retried as a handling that failed (``_crashed``)
             before = self._generation
             entry = yield self._write(qid, told_written(owed))
+            self._told_recorded(qid, lambda *pair: pair in owed)
             if before != self._generation or not self.running:
                 if self.running:
                     self.due[qid] = self.clock.seconds()
@@ -511,6 +512,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         def written(_: Any) -> None:
             for fields in lines:
                 log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
+            self._told_recorded(qid, lambda *pair: pair in owed)
             rest = [r for r in self._unrecorded.get(qid, ())
                     if r.kind not in ("delivered", "permanent")]
             if rest:
