@@ -3443,3 +3443,33 @@ def test_the_privileged_port_advice_names_no_sysctl_it_could_not_read(
     assert advice.startswith(" (a port below 1024 needs root here: start twistd"), advice
     assert "sysctl" not in advice, advice
     assert service._privileged_port_advice(SimpleNamespace(port=1024), refused) == ""
+
+
+@pytest.mark.parametrize("err", [errno.EMFILE, errno.ENFILE])
+def test_a_start_out_of_file_descriptors_says_so_not_to_check_the_state_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    # the queue's recovery cannot open a record for want of descriptors:
+    # the start fails (the entry stays where it is, relay.rst) and undoes
+    # itself; its line blamed the state directory ("check [hub]
+    # state_dir"), where nothing is wrong, not the limit to raise
+    from txmailhub.relay.service import RelayService
+    from txmailhub.service import StateDirError
+
+    hub, reactor = one_listener_hub(tmp_path)
+    record = os.path.join(hub.settings.queue_dir, "0123456789ABCDEF.json")
+
+    def broken(self) -> None:
+        Service.startService(self)
+        raise OSError(err, os.strerror(err), record)
+
+    monkeypatch.setattr(RelayService, "startService", broken)
+    with pytest.raises(StateDirError) as raised:
+        hub.startService()
+    message = raised.value.message
+    assert not hub.running and reactor.getDelayedCalls() == []
+    assert "check [hub] state_dir" not in message, message
+    assert message.startswith(f"mailhub: cannot use {record}: {os.strerror(err)}; ")
+    limit = ("the hub has no file descriptor left: raise its limit (LimitNOFILE= in its "
+             "systemd unit, ulimit -n)" if err == errno.EMFILE else
+             "the system has no file descriptor left (sysctl fs.file-max)")
+    assert message.endswith(limit + ", or start it again once descriptors are free"), message

@@ -73,6 +73,14 @@ class StateDirError(StartError):
         elif error.errno in (errno.EACCES, errno.EPERM):
             advice = (f"state_dir ({state_dir}) and everything in it must belong to the user "
                       "the hub runs as (chown -R that user)")
+        elif error.errno in (errno.EMFILE, errno.ENFILE):
+            # a shortage of the process's (or the system's), not of this
+            # file: the queue's recovery leaves a record it cannot open
+            # where it is, and fails the start
+            who = ("the hub has no file descriptor left: raise its limit (LimitNOFILE= in "
+                   "its systemd unit, ulimit -n)" if error.errno == errno.EMFILE
+                   else "the system has no file descriptor left (sysctl fs.file-max)")
+            advice = f"{who}, or start it again once descriptors are free"
         elif error.errno in (errno.ENOTDIR, errno.EEXIST):
             blocker = _not_a_folder_on_the_way(os.fsdecode(where))
             advice = (f"{blocker} is not a folder and is in the way of state_dir "
