@@ -311,3 +311,20 @@ def test_a_stop_reads_no_record_for_notices_whose_record_was_written(hub, monkey
     monkeypatch.setattr(hub.queue, "read", lambda qid: reads.append(qid) or real(qid))
     hub.runner.stop()
     assert reads == []
+
+
+def test_a_last_write_that_times_out_is_said_so(hub, monkeypatch, log_events):
+    # the disk hangs at the stop: the line says the write was not made in
+    # time, not the timeout's own words ("(2, 'Deferred')")
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    failing_writes(hub, monkeypatch, error=errno.EIO)
+    qid = enqueue(hub, BOB, CAROL)
+    monkeypatch.setattr(hub.queue, "update", lambda qid, change: defer.Deferred())
+    del log_events[:]
+    hub.runner.stop()
+    hub.clock.advance(2)
+    assert error_lines(log_events) == [
+        f"{qid}: its record cannot be written as the hub stops, not written within 2 s "
+        "(unless that write still lands): a start in a new process sends the message again "
+        "to bob@remote.test"]

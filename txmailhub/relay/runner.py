@@ -521,7 +521,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 self._unrecorded.pop(qid, None)
 
         def failed(f: Failure) -> None:
-            said = [] if not f.check(defer.CancelledError) else [
+            # (``addTimeout`` makes its cancel a TimeoutError)
+            said = [] if not f.check(defer.CancelledError, defer.TimeoutError) else [
                 f"not written within {CUT_GRACE:g} s (unless that write still lands)"]
             error = "" if said else f" ({f.getErrorMessage()})"
             sender = ("the sender" if entry is None
