@@ -313,6 +313,41 @@ def test_a_stop_reads_no_record_for_notices_whose_record_was_written(hub, monkey
     assert reads == []
 
 
+def test_a_last_write_not_begun_within_the_stops_wait_is_never_made(hub, monkeypatch):
+    # the record writes run on the reactor's threads, a few at once: on a
+    # disk that hangs, the stop's last writes wait in the pool's line.  The
+    # stop is over 2 s on (its state directory another hub's); a write
+    # that had not begun by then must not begin after (embedding.rst: no
+    # write of this hub starts once the stop's Deferred has fired)
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch, error=errno.EIO)
+    qid = enqueue(hub, BOB, CAROL)
+    assert qid in hub.runner._unrecorded
+    fails[0] = 0  # the disk works again, but slowly: jobs wait for a thread
+    line: list = []
+
+    def pooled(fn, *args):
+        d = defer.Deferred()
+        line.append((d, fn, args))
+        return d
+
+    monkeypatch.setattr(hub.queue, "_io", pooled)
+    fired = []
+    hub.runner.stop().addBoth(fired.append)
+    assert len(line) == 1 and fired == []
+    hub.clock.advance(2)
+    assert fired == [None]
+    d, fn, args = line.pop()
+    try:
+        d.callback(fn(*args))  # its turn on a thread, after the stop
+    except Exception as e:
+        d.errback(e)
+    # the record as the stop left it: bob still pending (a new process
+    # sends him the message again, as the stop's error line said)
+    assert [r.address for r in hub.queue.read(qid).pending] == [BOB, CAROL]
+
+
 def test_a_last_write_that_times_out_is_said_so(hub, monkeypatch, log_events):
     # the disk hangs at the stop: the line says the write was not made in
     # time, not the timeout's own words ("(2, 'Deferred')")

@@ -541,9 +541,24 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                       "{late}: a start in a new process {what}", queue_id=qid, error=error,
                       late=f", {said[0]}" if said else "", what="; ".join(told))
 
-        d = self._write(qid, lambda e: notices(states(e)))
+        late: list[bool] = []
+
+        def change(e: QueueEntry) -> QueueEntry:
+            if late:
+                # its turn on a thread came after the stop's wait: the stop
+                # is over, the queue maybe another hub's (no write of this
+                # one begins then; one begun still finishes)
+                raise defer.CancelledError()
+            return notices(states(e))
+
+        def timed_out(f: Failure) -> Failure:
+            if f.check(defer.CancelledError, defer.TimeoutError):
+                late.append(True)
+            return f
+
+        d = self._write(qid, change)
         d.addTimeout(CUT_GRACE, self.clock)
-        return d.addCallbacks(written, failed)
+        return d.addErrback(timed_out).addCallbacks(written, failed)
 
     def _wait_for_room(self, entry: QueueEntry) -> None:
         """``entry`` is not attempted now: the queue folder has no room to
