@@ -1036,6 +1036,70 @@ def test_a_stop_that_gives_up_fires_once_the_cut_sessions_are_gone(hub):
     assert stopped.called
 
 
+def _markers(hub) -> list[str]:
+    return sorted(n for n in os.listdir(hub.settings.queue_dir) if n.endswith(".attempt"))
+
+
+def test_a_stop_removes_the_markers_of_the_attempts_it_gives_up(hub):
+    # an attempt given up may run on past the stop (an application's
+    # resolver answers its lookup a minute later, or never): its marker
+    # stayed on disk, locked, and `mailhub queue list` said "delivering"
+    # for a hub that had stopped, whose application kept its descriptor
+    # open (listed for the fork hook) for as long as that delivery ran
+    from txmailhub.relay import inflight
+
+    hub.runner.start()
+    pending = hub.agent.hold()
+    in_session = enqueue(hub, BOB)
+    looking = enqueue(hub, CAROL)
+    hub.agent.resolving.add(looking)  # only looking up DNS: given up at once
+    assert _markers(hub) == sorted(f".{q}.attempt" for q in (in_session, looking))
+    stopped = hub.runner.stop(grace=10)
+    assert _markers(hub) == [f".{in_session}.attempt"]  # the one the stop waits for
+    assert hub.queue.attempt_since(looking) is None
+    assert len(inflight._held) == 1
+    hub.clock.advance(10)  # then given up too
+    assert stopped.called
+    assert _markers(hub) == [] and inflight._held == set()
+    assert hub.queue.attempt_since(in_session) is None
+    # their deliveries end after the stop: nothing is marked again
+    _answer_all(pending)
+    assert _markers(hub) == [] and inflight._held == set()
+    assert len(hub.runner.active) == 0
+
+
+def test_a_stop_is_over_once_the_markers_it_removes_are(tmp_path):
+    # the markers go through the queue's io (a thread of the reactor's in
+    # a hub): the stop fires once they are removed, not before -- the
+    # queue may be another hub's by then
+    from txmailhub.relay import inflight
+    from txmailhub.relay.queue import inline_io
+
+    held = []
+
+    def io(f, *args):
+        if f is inflight.unmark:  # a removal waits for the test
+            d = defer.Deferred()
+            held.append((d, f, args))
+            return d
+        return inline_io(f, *args)
+
+    hub = make_hub(tmp_path)
+    hub.queue._io = io
+    hub.runner.start()
+    pending = hub.agent.hold()
+    qid = enqueue(hub, BOB)
+    assert _markers(hub) == [f".{qid}.attempt"]
+    stopped = hub.runner.stop(grace=0)
+    assert len(held) == 1 and not stopped.called
+    d, f, args = held.pop()
+    d.callback(f(*args))
+    assert stopped.called
+    assert _markers(hub) == [] and inflight._held == set()
+    _answer_all(pending)
+    assert held == []
+
+
 def test_unsendable_bounce_given_up_after_lifetime(hub):
     hub.runner.start()
     hub.dsn.fail = True

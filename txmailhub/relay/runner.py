@@ -183,6 +183,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # the writes of ``_transaction_settled`` under way, each with
         # whether a stop's cut took it (``_settling_writes``)
         self._settling: list[tuple[defer.Deferred, list[bool]]] = []
+        # the attempt markers being removed (``_unmark``), each with the
+        # Deferreds of the stops that wait for its end (``_unmarks_under_way``)
+        self._unmarking: list[list[defer.Deferred]] = []
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -379,9 +382,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             finally:
                 marked = self._end_attempt(qid, att)
                 if marked is not None:
-                    self.queue.unmark_attempt(qid, marked).addErrback(
-                        lambda f: log_failure(log, f, "{queue_id}: the attempt marker cannot "
-                                              "be removed", queue_id=qid))
+                    self._unmark(qid, marked)
         if generation != self._generation or self._is_dropped(qid):
             # given up by a stop: the queue may be another hub's now.  If
             # this runner runs again meanwhile, the entry is retried by it.
@@ -711,8 +712,36 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         this marker is held (queue.py: a killed hub's is stale).  Not
         before: an entry that only waits for a slot is not being
         delivered."""
-        if att.live and att.mark is None:
+        if att.live and att.mark is None and not att.unmarked:
             att.mark = self.queue.mark_attempt(qid, self.clock.seconds())
+
+    def _unmark(self, qid: str, marked: defer.Deferred) -> None:
+        """Remove ``qid``'s attempt marker (``marked``: ``_mark``'s), and
+        with it close its descriptor: at the attempt's end, or when a stop
+        gives the attempt up (``Stopping._let_go``).  A stop is over only
+        once the removals under way are (``_unmarks_under_way``)."""
+        waiters: list[defer.Deferred] = []
+        self._unmarking.append(waiters)
+
+        def over(_: Any) -> None:
+            if waiters in self._unmarking:
+                self._unmarking.remove(waiters)
+            for d in waiters:
+                if not d.called:
+                    d.callback(None)
+
+        self.queue.unmark_attempt(qid, marked).addErrback(
+            lambda f: log_failure(log, f, "{queue_id}: the attempt marker cannot be removed",
+                                  queue_id=qid)).addBoth(over)
+
+    def _unmarks_under_way(self) -> list[defer.Deferred]:
+        """A Deferred for the end of each marker removal under way
+        (``_unmark``): fires, never fails, once that removal is over."""
+        ends = []
+        for waiters in self._unmarking:
+            waiters.append(defer.Deferred())
+            ends.append(waiters[-1])
+        return ends
 
     def _keep(self, att: _Attempt) -> None:
         att.kept += 1

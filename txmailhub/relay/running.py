@@ -38,8 +38,9 @@ class _Attempt:
     those wait for a slot; ``kept``: how many things it has to record that
     a stop must wait for (a local delivery begun, a remote host's answer
     not yet recorded, a destination's results being written); ``mark``:
-    its attempt marker, once its first delivery has begun; ``live``:
-    false once it is over (a late callback counts nothing then);
+    its attempt marker, once its first delivery has begun (``None`` again
+    once a stop gave the attempt up: ``unmarked``, and none is made after);
+    ``live``: false once it is over (a late callback counts nothing then);
     ``withheld``: a delivery of it was not made, its entry held or deleted
     while it waited for a slot or a turn (``Slots._withdrawn``)."""
 
@@ -49,6 +50,7 @@ class _Attempt:
     mark: defer.Deferred | None = None
     live: bool = True
     withheld: bool = False
+    unmarked: bool = False
 
 
 @dataclasses.dataclass(eq=False)

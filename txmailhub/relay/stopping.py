@@ -46,8 +46,8 @@ CUT_GRACE = 2.0
 class Stopping:
     """The stop (``stop``), and its looks at what it still waits for
     (``_look_again``, ``_one_over``); a base class of ``QueueRunner``,
-    whose state it works on and whose ``_event``, ``_waits_for_a_slot``
-    and ``_settling_writes`` it uses."""
+    whose state it works on and whose ``_event``, ``_waits_for_a_slot``,
+    ``_settling_writes``, ``_unmark`` and ``_unmarks_under_way`` it uses."""
 
     # of the runner (``QueueRunner.__init__`` says what each is)
     running: bool
@@ -62,6 +62,7 @@ class Stopping:
     _cuts: dict[int, list[defer.Deferred]]
     _cut_over: dict[int, list[defer.Deferred]]
     _last_writes: Any  # () -> Deferred: ``QueueRunner._last_writes``
+    _unmarking: list[list[defer.Deferred]]
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
@@ -76,7 +77,9 @@ class Stopping:
         is released once this Deferred fires, and another hub may take the
         queue at once) -- but what a cut session's earlier transactions
         settled for good (``QueueRunner._record_cut``), written before
-        this Deferred fires -- and no new connection is made.  A stop made
+        this Deferred fires -- and no new connection is made.  The attempt
+        markers of the entries given up are removed as they are given up,
+        and this Deferred fires once they are (``_let_go``).  A stop made
         while an earlier one waits for the sessions it cut, and for those
         writes, fires once that wait is over too (the entries' handling
         may end before their writes do).  Last, what the runner knows in
@@ -107,7 +110,9 @@ class Stopping:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if not self.active:
-            return defer.succeed(None)
+            # the last attempts' markers may still be being removed
+            gone = self._markers_gone()
+            return gone if gone is not None else defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
         timer = self._give_up_timer
@@ -127,6 +132,7 @@ class Stopping:
         waiting = sum(1 for qid in dropped if self._waits_for_a_slot(qid))
         for qid in dropped:
             self._entries[qid].dropped = True
+            self._let_go(qid)
         self.agent.quiesce(keep)
         told = []
         if len(dropped) > waiting:
@@ -182,6 +188,9 @@ class Stopping:
         # settled is written
         idle, self._idle = self._idle, []
         gone = self._give_up()
+        # and once the markers of the attempts given up are removed (their
+        # descriptors closed): ``_let_go``
+        self._cuts[cut].extend(self._unmarks_under_way())
 
         def fire(_: Any = None) -> None:
             self._cuts.pop(cut, None)
@@ -232,7 +241,8 @@ class Stopping:
         waiting = sum(1 for qid in left if self._waits_for_a_slot(qid))
         running = len(left) - waiting
         self._generation += 1
-        for r in self._entries.values():
+        for qid, r in self._entries.items():
+            self._let_go(qid)
             r.dropped = False  # the generation covers them now
             # what they still wait for (another's MX lookup, a slot)
             # delivers nothing now: a start before they are over must not
@@ -254,6 +264,32 @@ class Stopping:
                         "the stop goes on without waiting for them")
             return None
 
+    def _let_go(self, qid: str) -> None:
+        """A stop gives ``qid``'s attempt up: its attempt marker goes now
+        (removed, its descriptor closed), not when its deliveries are
+        over.  One given up while it only looks up DNS ends when the lookup
+        does -- an application's resolver's may take a minute, or never
+        end --, and until then the marker of a stopped hub said
+        "delivering" to ``mailhub queue`` and its descriptor stayed open
+        in the application.  None is made for that attempt after."""
+        running = self._entries.get(qid)
+        att = None if running is None else running.attempt
+        if att is None:
+            return
+        att.unmarked = True
+        marked, att.mark = att.mark, None
+        if marked is not None:
+            self._unmark(qid, marked)
+
+    def _markers_gone(self) -> defer.Deferred | None:
+        """Fires once the attempt markers being removed now are (at most
+        ``CUT_GRACE`` seconds: a slow disk); ``None`` when none is."""
+        ends = self._unmarks_under_way()
+        if not ends:
+            return None
+        return defer.DeferredList(ends, consumeErrors=True).addTimeout(
+            CUT_GRACE, self.clock).addBoth(lambda _: None)
+
     def _look_again(self) -> None:
         """While a stop waits: give up the entries that need no more
         waiting for (what they had to record is recorded; the rest only
@@ -272,6 +308,7 @@ class Stopping:
             waiting = sum(1 for q in loose if self._waits_for_a_slot(q))
             for q in loose:
                 self._entries[q].dropped = True
+                self._let_go(q)
             self.agent.quiesce({q for q, r in self._entries.items() if not r.dropped})
             slot = "waits for a free slot (max_per_destination, max_concurrent_deliveries)"
             if not waiting:
@@ -293,8 +330,17 @@ class Stopping:
             if self._give_up_timer is not None and self._give_up_timer.active():
                 self._give_up_timer.cancel()
             idle, self._idle = self._idle, []
-            for d in idle:
-                if not d.called:
-                    d.callback(None)
+
+            def fire(_: Any = None) -> None:
+                for d in idle:
+                    if not d.called:
+                        d.callback(None)
+
+            # once the last attempts' markers are removed too (``_unmark``)
+            gone = self._markers_gone() if idle else None
+            if gone is None:
+                fire()
+            else:
+                gone.addCallback(fire)
         else:
             self._look_again()
