@@ -828,6 +828,31 @@ def hub(make_hub: Callable[..., Hub]) -> Hub:
 
 
 @pytest.fixture
+def no_marker_descriptor_left() -> Iterator[None]:
+    """A test leaves no attempt marker's descriptor listed as held
+    (``txmailhub.relay.inflight``).  One left belongs to an attempt the
+    test never ended (a delivery on a ``Clock`` never answered, a stop
+    still waiting for it): it stays open for the rest of the run, and the
+    fork hook closes the listed numbers in every child a later test forks
+    -- a number closed by other means and reused, that file (the pipe of
+    ``as_user``'s child, once).  The test ends its attempts, or stops its
+    runner without grace.  Used by every test module that makes queue
+    runners or marks attempts (``pytestmark =
+    pytest.mark.usefixtures("no_marker_descriptor_left")``).  What is left
+    is taken off the list (not closed: the attempt may still close it,
+    the number another file's by then), and the test fails."""
+    from txmailhub.relay import inflight
+
+    yield
+    left = sorted(inflight._held)
+    inflight._held.clear()  # the next test's own
+    files = open_descriptors()
+    assert not left, ("attempt marker descriptors still listed as held: "
+                      + ", ".join(f"{fd} ({os.path.basename(files.get(fd, '?'))})"
+                                  for fd in left))
+
+
+@pytest.fixture
 def log_events() -> Iterator[list[dict[str, Any]]]:
     """Every event logged through twisted.logger while the test runs."""
     from twisted.logger import globalLogPublisher

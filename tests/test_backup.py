@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from txmailhub.address import Address
@@ -14,6 +15,9 @@ from txmailhub.config import load_text
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.service import MailHub
+
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
 
 
 def _settings(folder: Path):

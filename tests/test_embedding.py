@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import Any
 
+import pytest
 from twisted.internet import defer, reactor, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -28,6 +29,9 @@ from txmailhub.config import load
 from txmailhub.password_hash import hash_password
 from txmailhub.service import MailHub
 from txmailhub.testing import StaticResolver
+
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
 
 PASSWORD = "correct horse battery staple 9"
 LISTEN = "tcp:0:interface=127.0.0.1"

@@ -27,17 +27,10 @@ CAROL = Address("carol", "remote.test")
 GREYLISTED = Reply.of(451, "4.7.1", "Greylisted, try again in 5 minutes")
 
 
-@pytest.fixture(autouse=True)
-def no_marker_descriptor_left():
-    """A test leaves no attempt marker's descriptor listed as held: every
-    child this process forks afterwards closes the listed ones
-    (``inflight``'s fork hook), and a number closed here and opened again
-    for something else -- the pipe of ``conftest.as_user``, in the next
-    test file -- was closed under that child (it ended without an answer)."""
-    yield
-    left = sorted(inflight._held)
-    inflight._held.clear()  # the next test's own
-    assert not left, f"descriptors still listed as held: {left}"
+# a marker's descriptor left listed is closed by the fork hook in a child a
+# later test forks: the pipe of ``conftest.as_user`` had its number, and its
+# child ended without an answer
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
 
 
 @pytest.fixture

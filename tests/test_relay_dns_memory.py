@@ -32,6 +32,9 @@ from txmailhub.relay.runner import QueueRunner
 from txmailhub.relay.tls_memory import TLSMemory
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
+
 ALICE = Address("alice", "example.org")
 TIMEOUT = 60.0  # twisted.names' whole timeout for a server that never answers
 # down.test's one host drops every packet: a connection fails after

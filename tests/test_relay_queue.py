@@ -20,6 +20,9 @@ from txmailhub.relay import record
 from txmailhub.relay.queue import CHANGED, FLUSH, FileSystem, OutboundQueue
 from txmailhub.smtp.reply import Reply
 
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
+
 BODY = b"Subject: hi\n\nhello\n"
 
 

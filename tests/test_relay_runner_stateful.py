@@ -75,6 +75,7 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -92,6 +93,9 @@ from txmailhub.relay.queue import CHANGED, OutboundQueue
 from txmailhub.relay.runner import ENTRIES_PER_SLOT, ERROR_RETRY, POLL_INTERVAL, QueueRunner
 from txmailhub.smtp.reply import Reply
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
+
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
 
 EXAMPLES = int(os.environ.get("RELAY_STATEFUL_EXAMPLES", "150"))
 GLOBAL = 2
@@ -692,7 +696,7 @@ class RunnerMachine(RuleBasedStateMachine):
         for name in ("_attempting", "_kept", "_open", "_slot_waits", "_open_dests",
                      "_marks", "_semaphores", "_record_locks", "_destinations",
                      "_unrecorded", "_notified", "_release_seen", "_held", "_wait",
-                     "_changed_while_active", "_watching"):
+                     "_changed_while_active", "_watching", "_unmarking"):
             assert not getattr(r, name), (name, getattr(r, name))
         assert r._global.tokens == GLOBAL and not r._global.waiting
         assert not r._failing._turns  # no delivery waits for its turn

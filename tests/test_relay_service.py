@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -15,6 +16,9 @@ from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
 from txmailhub.relay.service import RelayService
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
+
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
 
 
 def test_relay_service_delivers_and_stops(tmp_path):

@@ -32,6 +32,9 @@ from txmailhub.smtp.client import ClientSession, Phase
 from txmailhub.stalls import ReactorStalls
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
+
 
 def _client(tmp_path, stalls=True, body=b"Subject: x\n\nhello\n", replies=REPLIES):
     """A client session on a ``Clock`` with a running stall record (or

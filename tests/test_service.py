@@ -20,6 +20,9 @@ from twisted.logger import globalLogPublisher
 from txmailhub.config import load_text
 from txmailhub.service import ListenerService, MailHub
 
+# no attempt marker left held by a test (conftest.no_marker_descriptor_left)
+pytestmark = pytest.mark.usefixtures("no_marker_descriptor_left")
+
 ONE_SMTP_LISTENER = (
     '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
     '[smtp]\nlisten = ["tcp:25:interface=127.0.0.1"]\n[submission]\nlisten = []\n'
