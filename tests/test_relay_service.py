@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -145,3 +146,33 @@ def test_the_host_names_addresses_are_looked_up_through_io_at_start_not_inline(
         assert any(f is mx.own_addresses for f, _ in held)
     finally:
         svc.stopService()
+
+
+def test_a_stop_leaves_no_marker_of_an_attempt_in_the_applications_dns(tmp_path):
+    # an application's resolver (MailHub(resolver=...)) is not stopped with
+    # the relay: an MX lookup of it under way runs on past the stop, here
+    # for ever.  The attempt's marker stayed, locked: `mailhub queue list`
+    # said "delivering" for a stopped hub, whose descriptor stayed open
+    from twisted.internet import defer
+    from twisted.names.common import ResolverBase
+
+    from txmailhub.relay import inflight
+
+    class Silent(ResolverBase):
+        def _lookup(self, name, cls, type, timeout):
+            return defer.Deferred()  # no answer, no timeout: the application's
+
+    svc, _clock = _relay_service(tmp_path, "", Silent())
+    svc.startService()
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    qid = svc.queue.enqueue(Envelope(sender=Address("a", "example.org"),
+                                     recipients=(Address("b", "remote.test"),)),
+                            SpooledMessage(str(spool), 17, 20)).result
+    assert svc.queue.attempt_since(qid) is not None  # delivering: its MX lookup
+    d = svc.stopService()
+    assert d.called  # a lookup is given up at once
+    assert svc.queue.attempt_since(qid) is None
+    assert not os.path.exists(svc.queue.attempt_path(qid))
+    assert inflight._held == set()
+    assert qid in svc.runner.active  # (its delivery still waits for the answer)
