@@ -839,17 +839,20 @@ def no_marker_descriptor_left() -> Iterator[None]:
     runner without grace.  Used by every test module that makes queue
     runners or marks attempts (``pytestmark =
     pytest.mark.usefixtures("no_marker_descriptor_left")``).  What is left
-    is taken off the list (not closed: the attempt may still close it,
-    the number another file's by then), and the test fails."""
+    is closed (the attempt's end, should it come later, then touches
+    nothing: ``inflight.unmark``), and the test fails."""
     from txmailhub.relay import inflight
 
     yield
-    left = sorted(inflight._held)
-    inflight._held.clear()  # the next test's own
-    files = open_descriptors()
+    left = {}
+    for fd in sorted(inflight._held):  # (no garbage collection first: it ended some)
+        try:
+            left[fd] = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            left[fd] = "?"
+        inflight._close_held(fd)  # the next test's list is its own
     assert not left, ("attempt marker descriptors still listed as held: "
-                      + ", ".join(f"{fd} ({os.path.basename(files.get(fd, '?'))})"
-                                  for fd in left))
+                      + ", ".join(f"{fd} ({name})" for fd, name in left.items()))
 
 
 @pytest.fixture

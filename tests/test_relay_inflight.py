@@ -32,3 +32,31 @@ def test_a_marker_that_cannot_be_renamed_into_place_leaves_nothing_behind(tmp_pa
     finally:
         inflight.unmark(directory, "Q1", fd)
     assert os.listdir(directory) == []
+
+
+def test_the_end_of_an_attempt_in_a_forked_child_closes_nothing_of_the_childs(tmp_path):
+    # a child forked during an attempt closes the marker it inherits (the
+    # fork hook), and its number may then be another file's.  Should the
+    # attempt's end run in the child (its copy of the hub's objects: a
+    # collected generator's ``finally``), ``unmark`` closed that file under
+    # the child -- or, the marker opened again by that number (a ``queue
+    # list`` of the child's own), removed the parent's marker
+    directory = str(tmp_path)
+    fd = inflight.mark(directory, "Q1", 5.0)
+    assert fd is not None
+    marker = inflight.marker_path(directory, "Q1")
+    try:
+        # the child's side of a fork, as ``os.register_at_fork`` runs it
+        inflight._held_lock.acquire()
+        inflight._close_in_child()
+        assert inflight._held == set()
+        # the number is the marker's again: opened by the child for itself
+        again = os.open(marker, os.O_RDONLY)
+        if again != fd:
+            os.dup2(again, fd)
+            os.close(again)
+        inflight.unmark(directory, "Q1", fd)
+        os.fstat(fd)  # still open: the child's own
+        assert os.path.exists(marker)  # the parent's marker stays
+    finally:
+        os.close(fd)

@@ -24,7 +24,10 @@ covers) shares it, and the marker read "delivering" for as long as that
 child lived -- after the attempt, after the hub's own end.  The
 descriptors held are closed in every such child (``os.register_at_fork``):
 the parent's lock is untouched (only an unlock, not a close, would drop
-it for both).
+it for both).  Only the descriptors listed are ever closed here, so the
+end of an attempt that runs in such a child (``unmark``) touches
+neither a file of the child's that has the number now nor the parent's
+marker.
 """
 
 from __future__ import annotations
@@ -79,9 +82,23 @@ def _open_held(path: str, flags: int) -> int:
 
 
 def _close_held(fd: int) -> None:
+    """Close ``fd``, a marker's descriptor this process holds; nothing when
+    it holds none by that number (``_holds``)."""
     with _held_lock:
+        if fd not in _held:
+            return
         _held.discard(fd)
         os.close(fd)
+
+
+def _holds(fd: int) -> bool:
+    """Whether ``fd`` is a marker's descriptor this process holds.  Not in
+    a child forked since it was made (``_close_in_child`` closed it there):
+    should the end of that attempt run in the child (its copy of the hub's
+    objects), the number may be another file's by then, one ``unmark``
+    must neither close nor take for the marker."""
+    with _held_lock:
+        return fd in _held
 
 
 def marker_path(directory: str, queue_id: str) -> str:
@@ -121,7 +138,10 @@ def mark(directory: str, queue_id: str, when: float) -> int | None:
 
 
 def unmark(directory: str, queue_id: str, fd: int) -> None:
-    """Remove the marker ``mark`` made (``fd``) and release its lock."""
+    """Remove the marker ``mark`` made (``fd``) and release its lock; in a
+    process that does not hold it (a forked child), nothing."""
+    if not _holds(fd):
+        return
     path = marker_path(directory, queue_id)
     try:
         mine, there = os.fstat(fd), os.stat(path)
