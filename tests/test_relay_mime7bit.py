@@ -1419,9 +1419,13 @@ def test_a_multipart_cut_short_is_converted_as_far_as_it_goes(rest):
     # the message ends inside a part, or before the first delimiter: what
     # there is is converted, nothing is added, nothing loops
     if rest:
-        out = convert(_MIXED + rest + "ü\n".encode())
-        # (a preamble is shown to nobody: its 8-bit octets become "?")
-        assert out == _MIXED + rest + b"??\n"
+        # a multipart with no delimiter at all: the stdlib's reader shows
+        # its "preamble" as its body, and "?" for its 8-bit octets would
+        # change it (a preamble before parts is shown to nobody, see
+        # test_8bit_preamble_and_epilogue_become_question_marks)
+        with pytest.raises(Unconvertible, match="a multipart without parts"):
+            convert(_MIXED + rest + "ü\n".encode())
+        assert convert(_MIXED + rest + b"u\n") == _MIXED + rest + b"u\n"
     else:
         out = convert(_MIXED + _UTF8_8BIT + "\nGrüße\n".encode())
         assert out == (_MIXED + _UTF8_8BIT.replace(b": 8bit", b": quoted-printable")

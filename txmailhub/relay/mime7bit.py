@@ -33,12 +33,14 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   one that is not followed (a multipart without a usable boundary, or
   nested deeper than ``MAX_DEPTH``; a boundary given in RFC 2231 form,
   sections and extended values, is usable when it joins into one
-  printable ASCII value, see ``_combine``) and a message/partial or
+  printable ASCII value, see ``_combine``), a multipart with no part at
+  all, and a message/partial or
   message/external-body are never base64 or quoted-printable (RFC 2045
   6.4, RFC 2046 5.2): with 8-bit octets or over-long lines inside they
   make the conversion fail with ``Unconvertible``;
 * 8-bit octets in a preamble or epilogue (text no reader shows) become
-  ``?``;
+  ``?`` (but for a multipart with no part, above: the stdlib's reader
+  shows its "preamble" as its body);
 * no line of the copy is longer than ``LINE_TEXT`` (998) octets (RFC 5322
   2.1.1, RFC 5321 4.5.3.1.6).  Besides the leaf bodies re-encoded for
   that (above): a line of a preamble or epilogue (which MIME readers
@@ -254,6 +256,7 @@ class _Lines:
         self.boundaries = boundaries or []
         self.line = b""  # the current line's part not yet written
         self.broken = False  # the current line was broken: ``line`` is its last piece
+        self.changed = False  # some line was broken
 
     def write(self, data: bytes) -> None:
         while data:
@@ -267,7 +270,7 @@ class _Lines:
                 cut = self._cut(self.line)
                 self.out.write(self.line[:cut] + b"\n")
                 self.line = self.line[cut:]
-                self.broken = True
+                self.broken = self.changed = True
                 self._peel()
             if nl:
                 self.flush()
@@ -782,15 +785,23 @@ class _Converter:
             # the preamble: up to the first delimiter (lines over the limit
             # broken, as in the epilogue: ``_Lines``)
             text = _Lines(self.out, False, self.boundaries)
+            eight_bit = False
             while True:
                 line, bol = self._read()
-                if not line:
-                    text.flush()
-                    return None
-                if self._is_boundary(line, bol):
+                if not line or self._is_boundary(line, bol):
                     text.flush()
                     break
+                eight_bit = eight_bit or not line.isascii()
                 text.write(_HIGH.sub(b"?", line))
+            if (eight_bit or text.changed) and (
+                    not line or not _matches(line, boundary)
+                    or line.startswith(b"--", 2 + len(boundary))):
+                # no part follows: the stdlib's reader shows such a
+                # "preamble" as the multipart's body, the octets changed
+                raise Unconvertible("a multipart without parts has 8-bit octets or lines "
+                                    f"over {LINE_TEXT} octets and no 7-bit form")
+            if not line:
+                return None
             while True:
                 if not _matches(line, boundary):
                     return line  # an enclosing boundary: this multipart is cut short
