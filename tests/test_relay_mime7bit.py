@@ -1172,7 +1172,7 @@ def test_a_charset_in_rfc2231_form_is_not_added_again():
     assert b"charset=" not in out
 
 
-@pytest.mark.parametrize("boundary", ["a  b", "a\tb", "a b "])
+@pytest.mark.parametrize("boundary", ["a  b", "a\tb", " a b"])
 def test_blanks_inside_a_quoted_boundary_are_kept(boundary):
     # RFC 2046 5.1.1 allows blanks in a boundary; unfolding the field takes
     # out its line breaks only (RFC 5322 2.2.3): a run of blanks squeezed
@@ -1196,7 +1196,9 @@ def test_a_boundary_with_8bit_octets_is_not_followed():
 
 
 _BCHARS = "0123456789abcXYZ'()+_,-./:=? "  # RFC 2046 5.1.1
-_TOKEN_SAFE = re.compile(r"[0-9A-Za-z'+_.-]+")
+# a token every reader takes whole ("'" is RFC 2231 syntax to some: the
+# stdlib's reads boundary*0=b'z as no boundary)
+_TOKEN_SAFE = re.compile(r"[0-9A-Za-z+_.-]+")
 
 
 @st.composite
@@ -1324,7 +1326,9 @@ def test_parentheses_never_closed_are_read_in_one_pass():
     (b'multipart/mixed; boundary*0="a\xfc"; boundary*1="b"', {"boundary": ""}),
     # a section number with a leading zero spoils a plain form beside it
     (b"multipart/mixed; boundary=b1; boundary*01=b2", {"boundary": ""}),
-    (b"multipart/mixed; boundary=b1; boundary=b2", {"boundary": "b1"}),  # the first
+    # two boundaries: readers differ on which is the one, none is followed
+    (b"multipart/mixed; boundary=b1; boundary=b2", {"boundary": ""}),
+    (b"multipart/mixed; boundary=b1; boundary=b1", {"boundary": "b1"}),  # the same twice
 ])
 def test_content_type_parameters_as_the_7bit_copy_reads_them(value, params):
     assert mime7bit._params(value)[1] == params

@@ -33,8 +33,9 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   one that is not followed (a multipart without a usable boundary, or
   nested deeper than ``MAX_DEPTH``; a boundary given in RFC 2231 form,
   sections and extended values, is usable when it joins into one
-  printable ASCII value, see ``_combine``), a multipart with no part at
-  all, and a message/partial or
+  printable ASCII value, see ``_combine``; one that readers take
+  differently is not, see ``_params`` and ``_boundary``), a multipart
+  with no part at all, and a message/partial or
   message/external-body are never base64 or quoted-printable (RFC 2045
   6.4, RFC 2046 5.2): with 8-bit octets or over-long lines inside they
   make the conversion fail with ``Unconvertible``;
@@ -75,6 +76,7 @@ queue's stored form.  It must not know about SMTP or the queue.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import urllib.parse
@@ -346,6 +348,27 @@ def _unpadded_delimiter(line: bytes) -> bytes:
 _SECTION = re.compile(r"([^*]+)\*(?:(\d+)(\*)?)?")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _PRINTABLE = re.compile(r"[ -~]*")
+_UNQUOTED, _QUOTED, _QUOTED_AND_MORE = range(3)  # (a value's form, ``_param_list``)
+# RFC 2045 5.1's token but "'" and "*", RFC 2231 7's attribute-char and "%"
+_ATTRIBUTE_TEXT = re.compile(r"[!#-&+\-.0-9A-Z^-~]+")
+
+
+def _boundary_token(value: str, name: re.Match[str] | None) -> bool:
+    """Whether ``value``, an unquoted value of a boundary parameter named
+    ``name`` (``_SECTION``'s match, None for plain ``boundary``), reads
+    as a whole in every reader.  A value is a token or a quoted string
+    (RFC 2045 5.1); readers that know RFC 2231 take "'" and "*" in a
+    token for its syntax (the stdlib's reads ``boundary=a'b`` as no
+    boundary, ``boundary=a''b`` as "b", ``boundary=a*b`` as "a"), so a
+    plain value or section has neither, and an extended value has them
+    only as its ``charset'language'`` (RFC 2231 4)."""
+    if name is not None and (name.group(2) is None or name.group(3) is not None) and (
+            name.group(2) in (None, "0")):  # an extended value's first section
+        pieces = value.split("'", 2)
+        if len(pieces) != 3:
+            return False
+        value = pieces[2]
+    return bool(_ATTRIBUTE_TEXT.fullmatch(value))
 
 
 class _Comments:
@@ -389,16 +412,18 @@ class _Comments:
         return i
 
 
-def _param_list(rest: str) -> list[tuple[str, str]]:
+def _param_list(rest: str) -> list[tuple[str, str, int]]:
     """The ``name=value`` pairs after a Content-Type's first ";", in order,
-    names in lower case, quoted strings unquoted.  Tolerant like a reader
+    names in lower case, quoted strings unquoted (with the value's form:
+    ``_UNQUOTED``, ``_QUOTED``, or ``_QUOTED_AND_MORE``, a quoted string
+    with more than comments and blanks after it).  Tolerant like a reader
     must be: comments are skipped where white space may stand (before a
     name, around "=", after a value, and inside an unquoted value after
     white space: "b=x (c)" is "x", "b=x(c)" stays "x(c)"), an unquoted
     value runs to the next ";" (blanks inside kept), anything after a
     quoted string up to the next ";" is ignored, and a piece without "="
     is skipped."""
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, int]] = []
     comments = _Comments(rest)
     i, n = 0, len(rest)
     while i < n:
@@ -423,8 +448,9 @@ def _param_list(rest: str) -> list[tuple[str, str]]:
                     i += 1
                 value.append(rest[i])
                 i += 1
-            i = comments.to_semicolon(i + 1)
-            pairs.append((name, "".join(value)))
+            end = comments.skip_cfws(i + 1)
+            i = comments.to_semicolon(end)
+            pairs.append((name, "".join(value), _QUOTED if end >= i else _QUOTED_AND_MORE))
             continue
         while i < n and rest[i] != ";":
             if rest[i] == "(" and (not value or value[-1] in " \t"):
@@ -434,18 +460,38 @@ def _param_list(rest: str) -> list[tuple[str, str]]:
                     continue
             value.append(rest[i])
             i += 1
-        pairs.append((name, "".join(value).strip(" \t")))
+        pairs.append((name, "".join(value).strip(" \t"), _UNQUOTED))
     return pairs
+
+
+_ASCII_TEXT = bytes(range(0x20, 0x7F))
+
+
+@functools.lru_cache(maxsize=64)
+def _ascii_charset(name: str) -> bool:
+    """Whether printable ASCII octets in charset ``name`` (an RFC 2231
+    extended value's, "" for none) are those characters: readers decode
+    the value in its charset (RFC 2231 4), and in UTF-7 or UTF-16 a
+    boundary's octets would read as another boundary.  An unknown
+    charset is no such charset: readers differ on what they make of it
+    (the stdlib's reads it as ASCII)."""
+    if not name:
+        return True
+    try:
+        return _ASCII_TEXT.decode(name) == _ASCII_TEXT.decode("ascii")
+    except (LookupError, ValueError):  # (UnicodeError is a ValueError)
+        return False
 
 
 def _extended(value: str, first: bool) -> bytes | None:
     """The octets of an RFC 2231 extended value (section 4): the first
     section starts with charset'language', every one is percent-encoded.
     None when it is malformed (no two quotes, a "%" not followed by two
-    hex digits, a raw octet above 127)."""
+    hex digits, a raw octet above 127), and when its charset is one in
+    which ASCII text reads as other characters (``_ascii_charset``)."""
     if first:
         parts = value.split("'", 2)
-        if len(parts) != 3:
+        if len(parts) != 3 or not _ascii_charset(parts[0]):
             return None
         value = parts[2]
     if not value.isascii() or _BAD_ESCAPE.search(value):
@@ -492,7 +538,15 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     """Content-Type value -> (type, parameters), RFC 2231 forms (sections,
     extended values) joined under the parameter's name; see ``_param_list``
     and ``_combine`` for what is tolerated.  The first of two plain forms
-    of a name wins."""
+    of a name wins -- but for ``boundary``, which says where the parts
+    are: readers differ on which of two is the one (the stdlib's takes
+    the first), so two that differ leave none (""), and so does one
+    written as no quoted string and no RFC 2045 token (``boundary=a=b``,
+    ``boundary==?x?=``, ``boundary=a(c)``: a reader takes the token it
+    begins with, "a", or none, where another takes the whole value), one
+    whose token has RFC 2231's "'" or "*" (``_boundary_token``), or one
+    written as a quoted string with more after it than comments
+    (``boundary="a"b``: "a" or '"a"b')."""
     text = value.decode("ascii", "replace")
     comments = _Comments(text)
     cut = comments.to_semicolon(0)  # a ";" in a comment ends nothing
@@ -512,9 +566,15 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     single: dict[str, list[str]] = {}
     sections: dict[str, dict[int, list[tuple[str, bool]]]] = {}
     bad: set[str] = set()
-    for name, v in _param_list(rest):
+    for name, v, form in _param_list(rest):
         m = _SECTION.fullmatch(name)
+        base = name if m is None else m.group(1)
+        if base == "boundary" and (form == _QUOTED_AND_MORE or (
+                form == _UNQUOTED and not _boundary_token(v, m))):
+            bad.add(base)
         if m is None:
+            if base == "boundary" and plain.get(name, v) != v:
+                bad.add(base)
             plain.setdefault(name, v)
             continue
         base, number, star = m.groups()
@@ -543,6 +603,29 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     if "/" in ctype and not _TYPE.fullmatch(ctype):
         ctype = _NO_TYPE
     return ctype, params
+
+
+def _boundary(params: dict[str, str]) -> bytes:
+    """The boundary a multipart's parts are found by (``_params``), or
+    b"" when it is not followed: none, longer than ``_MAX_BOUNDARY``, or
+    one that readers take differently.  A boundary is ASCII (RFC 2046
+    5.1.1): one with 8-bit octets has no 7-bit delimiter lines.  A line
+    break (a CR) in it ends a line for some readers and not for others.
+    And it never ends with white space (RFC 2046 5.1.1, bcharsnospace):
+    the stdlib's reader drops it (``boundary="abc "`` is ``abc``, and
+    ``--abc`` a delimiter, ``--abc --`` none), others keep it, and no
+    copy reads the same in both.  Nor does the stdlib's reader take a
+    boundary between "<" and ">" or between two '"' as it is
+    (``boundary="<abc>"`` is ``abc`` there: ``email.utils.unquote``
+    unquotes it once more) -- neither is a bchar.  Such a multipart is
+    copied as it is, not followed (with 8-bit octets inside, it has no
+    7-bit form)."""
+    value = params.get("boundary", "")
+    if (not value or len(value) > _MAX_BOUNDARY or not value.isascii() or "\r" in value
+            or "\n" in value or value != value.rstrip()
+            or (len(value) > 1 and value[0] + value[-1] in ('""', "<>"))):
+        return b""
+    return value.encode("ascii")
 
 
 def _with_charset(field: bytes, charset: str) -> bytes:
@@ -715,13 +798,9 @@ class _Converter:
         headers, stop = self._scan_headers()
         body_start = self.src.tell()
         ctype = headers.ctype or default_type
-        # a boundary is ASCII (RFC 2046 5.1.1): one with 8-bit octets has no
-        # 7-bit delimiter lines, it is not followed
-        boundary = headers.params.get("boundary", "")
-        boundary = boundary.encode("ascii") if boundary.isascii() else b""
+        boundary = _boundary(headers.params)
         relabel = "7bit" if headers.cte in ("8bit", "binary") else None
-        if (ctype.startswith("multipart/") and boundary and len(boundary) <= _MAX_BOUNDARY
-                and depth < MAX_DEPTH):
+        if ctype.startswith("multipart/") and boundary and depth < MAX_DEPTH:
             self._write_headers(headers, body_start, relabel)
             if stop is not None:
                 return self._taken(stop)
