@@ -26,6 +26,7 @@ DIGESTS = {
     (4, (3, 11, 7)): "3d4372689e42cc7c6304ea76e8ed1629ff7cfe226bc8683810f2d4ad49c221db",
     (5, (3, 11, 7)): "324fe41c991d01d83831f580c4a0357a35ac6cd46afff991dd7112950fc99bae",
     (6, (3, 11, 7)): "15ca66671f48485c1e6506bf77507ed4a24373eba3d724ec718fbb5b54f5df93",
+    (7, (3, 11, 7)): "d5441f544678bfaefa84f0091a54b08f7332f6ef8b84563231f4ec000c26e899",
 }
 PYTHONS = {python for _, python in DIGESTS}
 
@@ -58,7 +59,8 @@ HEADERS = [
     f"{U}\n",
 ]
 BOUNDARIES = ['boundary="b"', "boundary*=us-ascii''%62", 'boundary*0="b"',
-              "BOUNDARY*0*=''b", "boundary=b (c)"]
+              "BOUNDARY*0*=''b", "boundary=b (c)", 'boundary="<b>"', "boundary=b(c)x",
+              "boundary=b''b"]
 PART = (f"--b\nContent-Type: text/plain; name=\"{U}\"\nContent-Description: {U}\n\nbody\n"
         f"--b\nContent-Type: message/rfc822\n\nSubject: {U}\n\ninner\n"
         "--b\nContent-Type: multipart/digest; boundary=d\n\n--d\n\n"
@@ -79,8 +81,11 @@ def copies() -> bytes:
     for boundary in BOUNDARIES:
         message = (f"Subject: {U}\nContent-Type: multipart/mixed; {boundary}\n\n{PART}").encode()
         end = header_end(message)
-        parts = PartHeaders(message[:end])
-        out.append(parts.feed(message[end:]) + parts.finish() + b"%d" % parts.delta)
+        try:
+            parts = PartHeaders(message[:end])
+            out.append(parts.feed(message[end:]) + parts.finish() + b"%d" % parts.delta)
+        except Undowngradable as e:
+            out.append(b"no downgraded form: " + str(e).encode())
     return b"\0".join(out)
 
 

@@ -496,3 +496,22 @@ def test_retr_after_list_refuses_a_message_with_no_downgraded_form(
     if later:
         retr = session(clock, components, b"RETR 1\r\n")
     assert retr == alone
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_a_message_whose_boundary_readers_take_differently_is_refused(tmp_path, monkeypatch,
+                                                                      workers):
+    """``boundary=a''b`` is "b" to the email package, ``a''b`` to others:
+    which lines head a part is in doubt, so the message has no downgraded
+    form (a body line taken for a part's field would be changed, or a
+    part's UTF-8 fields sent as they are): refused, LIST giving the
+    stored size, and kept for a client that sends UTF8."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    data = ("Subject: \u00e9t\u00e9\nMIME-Version: 1.0\n"
+            "Content-Type: multipart/mixed; boundary=a''b\n\n"
+            "--a''b\nContent-Description: gro\u00df\n\nbody\n--a''b--\n").encode()
+    drop(md, data, 1, ours=True)
+    answer = session(clock, components, b"LIST 1\r\nRETR 1\r\n")
+    listed, _, retr = answer.partition(b"\r\n")
+    assert listed == b"+OK 1 %d" % (len(data) + data.count(b"\n"))
+    assert retr.startswith(b"-ERR [UTF8]"), retr[:200]

@@ -42,7 +42,8 @@ business of this module: a client that lacks UTF8 still takes 8-bit
 bodies (8BITMIME).  ``Undowngradable`` is raised only for a header line
 with UTF-8 that is no field at all, a multipart whose downgraded
 Content-Type would name another type or boundary (``keeps_boundary``,
-which the relay's 7-bit copy asks too), and for a part header section with
+which the relay's 7-bit copy asks too), a multipart whose boundary MIME
+readers take differently (``_boundary``), and for a part header section with
 UTF-8 over ``PART_HEADER_LIMIT`` or one over it that may open parts or
 a message, multiparts nested deeper than
 ``PART_DEPTH_LIMIT``, or more than ``PART_DOWNGRADE_LIMIT`` part header
@@ -852,6 +853,13 @@ _BOUNDARY_NAME = re.compile(rb"(?i)boundary(?:\*([0-9]{1,3}))?(\*)?")  # RFC 223
 _QUOTED_VALUE = re.compile(rb'"((?:[^"\\]|\\.)*)"?')
 _TOKEN_VALUE = re.compile(rb'[^ \t()<>@,;:\\"/\[\]?=]*')  # RFC 2045 5.1's token
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_DISPUTED = b"\n"
+"""``_content_type``'s boundary for one that MIME readers take differently
+(``_boundary``): no boundary has a line break (the field is unfolded)."""
+# what ``str.strip`` takes off a parameter's name, and a boundary's end,
+# in the stdlib's reader
+_RSTRIPPED = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+_ASCII_TEXT = bytes(range(0x20, 0x7F))
 # a type whose body has header sections, named in a part header section
 # too long to be read (in lower case)
 _NESTING = re.compile(rb"multipart|rfc822")
@@ -885,13 +893,29 @@ def _boundary(pieces: list[bytes]) -> bytes | None:
     charset and language dropped, %-escapes decoded) or in RFC 2231
     sections (``boundary*0=``, ``boundary*1*=``...) joined in their order
     up to the first one missing; of two with the same section (``boundary``
-    and ``boundary*`` are both section 0) the first; blanks at its end
-    dropped (RFC 2046 5.1.1 allows none there)."""
+    and ``boundary*`` are both section 0) the first; unquoted once more
+    when it is between two '"' or between "<" and ">" (``boundary="<b>"``
+    is "b", ``email.utils.unquote``); white space at its end dropped
+    (RFC 2046 5.1.1 allows none there; the stdlib's ``str.rstrip``).
+
+    ``_DISPUTED`` where readers take it differently, so that the parts are
+    not found as they find them: a token with "'" or "*" (RFC 2231
+    syntax to the stdlib's reader: ``boundary=a''b`` is "b" there,
+    ``boundary=a'b`` none, ``boundary=a*b`` "a"), an RFC 2231 value in
+    a charset in which ASCII octets are other characters (UTF-7), a
+    quoted one with a backslash (the stdlib's reader writes the value
+    again without its quoted-pair and reads that: ``boundary="a\\\\"; x=1``
+    is ``a"; x="1`` there), or an empty one (``boundary=""``,
+    ``boundary=" "``, a ``boundary`` without "=")."""
     sections: dict[int, bytes] = {}
+    disputed = False
     for piece in pieces:
         name, eq, value = piece.partition(b"=")
-        m = _BOUNDARY_NAME.fullmatch(name.strip(b" \t"))
-        if not eq or m is None:
+        m = _BOUNDARY_NAME.fullmatch(name.strip(_RSTRIPPED))
+        if m is None:
+            continue
+        if not eq:  # (the stdlib's reader: an empty boundary, below)
+            disputed = True
             continue
         number = int(m.group(1) or 0)
         if number in sections:
@@ -900,14 +924,20 @@ def _boundary(pieces: list[bytes]) -> bytes | None:
         quoted = _QUOTED_VALUE.match(value)
         if quoted is not None:
             value = re.sub(rb"\\(.)", rb"\1", quoted.group(1))
+            disputed = disputed or b"\\" in value
         else:  # (a token: never no match)
             token = _TOKEN_VALUE.match(value)
             value = token.group(0) if token is not None else b""
+            text = value.split(b"'", 2)[-1] if m.group(2) and number == 0 else value
+            disputed = disputed or b"'" in text or b"*" in text
         if m.group(2):
             if number == 0 and value.count(b"'") >= 2:  # charset'language'value
-                value = value.split(b"'", 2)[2]
+                charset, _, value = value.split(b"'", 2)
+                disputed = disputed or not _ascii_charset(charset)
             value = _PERCENT.sub(lambda e: bytes((int(e.group(1), 16),)), value)
         sections[number] = value
+    if disputed:
+        return _DISPUTED
     if 0 not in sections:
         return None
     joined = []
@@ -915,12 +945,31 @@ def _boundary(pieces: list[bytes]) -> bytes | None:
         if number not in sections:
             break
         joined.append(sections[number])
-    return b"".join(joined).rstrip(b" \t")
+    boundary = b"".join(joined)
+    if len(boundary) > 1 and boundary[:1] + boundary[-1:] == b'""':
+        boundary = boundary[1:-1].replace(b"\\\\", b"\\").replace(b'\\"', b'"')
+    elif len(boundary) > 1 and boundary[:1] + boundary[-1:] == b"<>":
+        boundary = boundary[1:-1]
+    # an empty one: the stdlib's reader takes every "--" line for a
+    # delimiter, others find no parts
+    return boundary.rstrip(_RSTRIPPED) or _DISPUTED
+
+
+def _ascii_charset(name: bytes) -> bool:
+    """Whether the stdlib's reader decodes printable ASCII octets given in
+    charset ``name`` (an RFC 2231 extended value's) as those characters:
+    it decodes the value in that charset, an unknown one as ASCII."""
+    try:
+        return _ASCII_TEXT.decode(name.decode("ascii")) == _ASCII_TEXT.decode("ascii")
+    except LookupError:
+        return True  # (read as ASCII)
+    except ValueError:  # (UnicodeError is a ValueError)
+        return False
 
 
 def _parameters(value: bytes) -> list[bytes]:
     """A Content-Type value split at the semicolons outside its quoted
-    strings, its comments (RFC 5322 3.2.2, nested) dropped: a ";" or a
+    strings, each of its comments (RFC 5322 3.2.2, nested) a blank: a ";" or a
     "boundary=" inside a quoted value, or "(" and ")" in a quoted boundary
     (RFC 2046 5.1.1's bchars), are no business of the split.  A loop over
     the octets, for the rare value that quotes or comments at all."""
@@ -948,6 +997,7 @@ def _parameters(value: bytes) -> list[bytes]:
             cur.append(c)
         elif c == 0x28:
             depth = 1
+            cur.append(0x20)  # (CFWS: it parts tokens, "b=ab(c)d" is "ab" and "d")
         elif c == 0x3B:
             pieces.append(bytes(cur))
             cur = bytearray()
@@ -1021,6 +1071,14 @@ class PartHeaders:
         """Where a header section leads: its body's state, a multipart's
         boundary opened."""
         kind, boundary = _content_type(header, default)
+        if kind.startswith(b"multipart/") and boundary == _DISPUTED:
+            # its parts are not found as readers find them: a body line
+            # taken for a part's field would be changed, or a part's
+            # UTF-8 fields go as they are
+            if self.strict:
+                raise Undowngradable("a multipart's boundary is one MIME readers take "
+                                     "differently")
+            return _BODY  # (sent as stored: see the class)
         if kind.startswith(b"multipart/") and boundary:
             if len(self._stack) < PART_DEPTH_LIMIT:
                 self._index[boundary] = len(self._stack)

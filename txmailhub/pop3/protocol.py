@@ -1961,8 +1961,8 @@ class POP3Protocol(Protocol):
         delta = crlf_size_of(new) - crlf_size_of(header)
         if not PartHeaders.has_parts(header):
             return new + data[end:], complete, delta, None
-        parts = PartHeaders(header)
         try:
+            parts = PartHeaders(header)
             body = parts.feed(data[end:])
             if complete:
                 return new + body + parts.finish(), True, delta + parts.delta, None

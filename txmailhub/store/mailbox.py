@@ -320,7 +320,7 @@ INLINE_DELETES = 64
 DELETE_CHUNK = 2000  # unlinks, or renames and unlinks (``update``), per worker job
 
 
-DOWNGRADE_RULES = 6
+DOWNGRADE_RULES = 7
 """The rules a downgraded size in ``.txmailhub-sizes`` was measured by
 (the sixth field of its entry): a size measured by other rules is of
 another copy than POP3 sends, and is measured again.  Rules 2 downgrade
@@ -334,7 +334,11 @@ downgraded form to a multipart whose downgraded Content-Type would not
 name its boundary (a part's was sent as stored where the size counted
 the field rewritten); rules 6 keep every parameter of a Content-Type or
 Content-Disposition with UTF-8 where two have one name (``filename=``
-and ``filename*=``, RFC 2231 sections), of which rules 5 kept one; an
+and ``filename*=``, RFC 2231 sections), of which rules 5 kept one;
+rules 7 read a boundary as the stdlib's reader does in more of its
+spellings (``boundary="<b>"`` is "b", a comment parts a token) and give
+no downgraded form to a multipart whose boundary readers take
+differently (``boundary=a''b``); an
 entry of five fields has a size by rules 1, the
 message's header section alone.  A change to the copy needs new rules
 (``tests/test_downgrade_rules.py`` fails until they are named)."""
