@@ -99,6 +99,9 @@ _NOT_FOLLOWED = [
     ("boundary=a b", "a", "a b"),
     ("boundary=a(c)", "a", "a(c)"),
     ("boundary=a@b", "a", "a@b"),
+    # a backslash: the stdlib's reader writes the value again without its
+    # quoted-pair, and reads that
+    ('boundary="a\\\\"; x=1', 'a"; x="1', "a\\"),
     # "<...>" and '"..."' inside the quotes: the stdlib's reader unquotes
     # them once more, others do not
     ('boundary="<abc>"', "abc", "<abc>"),

@@ -617,12 +617,14 @@ def _boundary(params: dict[str, str]) -> bytes:
     copy reads the same in both.  Nor does the stdlib's reader take a
     boundary between "<" and ">" or between two '"' as it is
     (``boundary="<abc>"`` is ``abc`` there: ``email.utils.unquote``
-    unquotes it once more) -- neither is a bchar.  Such a multipart is
-    copied as it is, not followed (with 8-bit octets inside, it has no
-    7-bit form)."""
+    unquotes it once more) -- neither is a bchar --, nor one with a
+    backslash, which it writes again without its quoted-pair and reads
+    that (``boundary="a\\\\"; x=1`` is ``a"; x="1`` there).  Such a
+    multipart is copied as it is, not followed (with 8-bit octets inside,
+    it has no 7-bit form)."""
     value = params.get("boundary", "")
     if (not value or len(value) > _MAX_BOUNDARY or not value.isascii() or "\r" in value
-            or "\n" in value or value != value.rstrip()
+            or "\n" in value or "\\" in value or value != value.rstrip()
             or (len(value) > 1 and value[0] + value[-1] in ('""', "<>"))):
         return b""
     return value.encode("ascii")
