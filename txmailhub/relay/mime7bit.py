@@ -35,7 +35,9 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   sections and extended values, is usable when it joins into one
   printable ASCII value, see ``_combine``; one that readers take
   differently is not, see ``_params`` and ``_boundary``), a multipart
-  with no part at all, and a message/partial or
+  with no part at all, a part readers take for different types (a
+  multipart or message/rfc822 to the stdlib's reader and not by RFC
+  2045, or the other way round: ``_stdlib_kind``), and a message/partial or
   message/external-body are never base64 or quoted-printable (RFC 2045
   6.4, RFC 2046 5.2): with 8-bit octets or over-long lines inside they
   make the conversion fail with ``Unconvertible``;
@@ -605,6 +607,38 @@ def _params(value: bytes) -> tuple[str, dict[str, str]]:
     return ctype, params
 
 
+_DISPUTED_TYPE = "multipart/x-read-differently"
+
+
+def _kind(ctype: str) -> str:
+    """What the converter makes of a part of type ``ctype`` (``_params``):
+    "multipart", "message" (message/rfc822, followed) or "leaf"."""
+    if ctype.startswith("multipart/"):
+        return "multipart"
+    return "message" if ctype == "message/rfc822" else "leaf"
+
+
+def _stdlib_kind(value: bytes) -> str:
+    """``_kind`` as the stdlib's reader sees a Content-Type of ``value``
+    (``email.message.Message.get_content_type``: the text up to the first
+    ";", white space off its ends, with one "/").  Readers that follow
+    RFC 2045 5.1 and RFC 5322 3.2.2 take comments and blanks around the
+    "/" for white space (``multipart / mixed`` is a multipart) and a
+    token with a blank or a control character inside for no type
+    (``multipart/mi xed`` is none); the stdlib's reader does the other
+    way round, and takes control characters at the ends for white space
+    (``multipart/mixed\x0b``)."""
+    text = value.decode("ascii", "replace").partition(";")[0].strip().lower()
+    if text.count("/") != 1:
+        return "leaf"
+    main, _, sub = text.partition("/")
+    if main == "multipart":
+        return "multipart"
+    if main == "message" and re.match(r"rfc822(?![!#-'*+\-.0-9A-Z^-~])", sub):
+        return "message"
+    return "leaf"
+
+
 def _boundary(params: dict[str, str]) -> bytes:
     """The boundary a multipart's parts are found by (``_params``), or
     b"" when it is not followed: none, longer than ``_MAX_BOUNDARY``, or
@@ -781,9 +815,15 @@ class _Converter:
                 b"content-type", b"content-transfer-encoding")
         # unfolded by taking the line breaks out, nothing more (RFC 5322
         # 2.2.3): blanks inside a quoted boundary are part of it
-        ctype, params = _params(ctype_raw.replace(b"\r\n", b"").replace(b"\n", b""))
+        value = ctype_raw.replace(b"\r\n", b"").replace(b"\n", b"")
+        ctype, params = _params(value)
         if "/" not in ctype:
             ctype = ""
+        if _kind(ctype) != _stdlib_kind(value):
+            # a multipart, or message, to one reader and not to another:
+            # neither followed nor encoded (RFC 2045 6.4), as a multipart
+            # without a usable boundary is not
+            ctype, params = _DISPUTED_TYPE, {}
         cte = cte_raw.decode("ascii", "replace").strip().strip('"').lower()
         return _Headers(start, end, ctype, params, cte, "charset" in params, unseparated), stop
 
@@ -824,8 +864,10 @@ class _Converter:
                     # definition: RFC 2045 6.4 allows such an entity no
                     # base64 or quoted-printable, RFC 2046 5.2.2.1, 5.2.3.1
                     # no 8bit
-                    raise Unconvertible(f"a {ctype} part has 8-bit octets or over-long "
-                                        "lines and no 7-bit form")
+                    what = ("a part MIME readers take for different types" if ctype ==
+                            _DISPUTED_TYPE else f"a {ctype} part")
+                    raise Unconvertible(f"{what} has 8-bit octets or over-long lines and "
+                                        "no 7-bit form")
                 if eight_bit or long_lines:
                     if ctype.startswith("text/") and not has_cr:
                         mode = "qp"
