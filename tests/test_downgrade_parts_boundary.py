@@ -70,7 +70,11 @@ _U = "Gr\u00fc\u00dfe"
 @example(("boundary=a''b", ["a''b", "a''b", "zz"]), None)
 def test_the_downgraded_copy_has_the_parts_the_email_package_finds(case, data):
     params, meant = case
-    header = f"Content-Type: multipart/mixed; {params}\n".encode()
+    ctype = "multipart/mixed" if data is None else data.draw(st.sampled_from([
+        "multipart/mixed", "Multipart/Mixed", "multipart/mixed (c)", "multipart / mixed",
+        "multipart/mi xed", "multipart/mixed\x0b", "(c)multipart/mixed", "multipart(c)/mixed",
+        "multipart/mixed (a;b)"]))
+    header = f"Content-Type: {ctype}; {params}\n".encode()
     try:
         reader = parse(header + b"\n").get_boundary()
     except (UnicodeDecodeError, IndexError):  # (the email package's own failures)
@@ -151,3 +155,18 @@ def test_a_multipart_whose_boundary_readers_take_differently_has_no_downgraded_f
             parts = PartHeaders(message[:end])
             parts.strict = False
             assert parts.feed(message[end:]) + parts.finish() == message[end:]
+
+
+@pytest.mark.parametrize(("ctype", "parted"), [
+    ("(c)multipart/mixed", False), ("multipart(c)/mixed", False), ("multipart / mixed", False),
+    ("multipart/mixed (a;b)", True), ("multipart/mixed\x0b", True), ("Multipart/Mixed (c)", True),
+])
+def test_a_type_is_read_as_the_email_package_reads_it(ctype, parted):
+    # a part's header section is downgraded where the email package finds
+    # the part, and a body line is left as it is where it finds none
+    message = (f"Subject: {_U}\nMIME-Version: 1.0\nContent-Type: {ctype}; boundary=b\n\n"
+               f"--b\nContent-Description: {_U}\n\nx\n--b--\n").encode()
+    assert parse(message).is_multipart() == parted
+    out = downgraded(message)
+    assert tree(parse(out)) == tree(parse(message))
+    assert (b"Content-Description: =?utf-8?q?" in out) == parted

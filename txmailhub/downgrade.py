@@ -200,7 +200,11 @@ def keeps_boundary(old: bytes, new: bytes) -> bool:
     kind, boundary = _content_type(old, b"text/plain")
     if not (kind.startswith(b"multipart/") and boundary):
         return True
-    return _content_type(new, b"") == (kind, boundary)
+    # (the rewrite moves a comment in the type after the parameters: the
+    # same multipart, "multipart/mixed (x)" or "multipart/mixed")
+    new_kind, new_boundary = _content_type(new, b"")
+    return (new_kind.startswith(b"multipart/") and new_boundary == boundary
+            and (new_kind == b"multipart/digest") == (kind == b"multipart/digest"))
 
 
 def _fields(header: bytes) -> list[bytes]:
@@ -849,6 +853,7 @@ when a chunk happens to hold it whole either."""
 _BLANK, _BODY, _PART_HEADER, _LONG_HEADER = range(4)
 _CONTENT_TYPE = re.compile(rb"(?im)^content-type[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
 _PLAIN_VALUE = re.compile(rb'[^"(\\]*')  # no quoted string, no comment: split at ";"
+_RFC822 = re.compile(rb"message/rfc822(?![!#-'*+\-.0-9A-Z^-~])")  # and no more token
 _BOUNDARY_NAME = re.compile(rb"(?i)boundary(?:\*([0-9]{1,3}))?(\*)?")  # RFC 2231 3, 4
 _QUOTED_VALUE = re.compile(rb'"((?:[^"\\]|\\.)*)"?')
 _TOKEN_VALUE = re.compile(rb'[^ \t()<>@,;:\\"/\[\]?=]*')  # RFC 2045 5.1's token
@@ -883,7 +888,23 @@ def _content_type(header: bytes, default: bytes) -> tuple[bytes, bytes | None]:
         return default, None
     value = m.group(1).replace(b"\r", b"").replace(b"\n", b"")
     pieces = value.split(b";") if _PLAIN_VALUE.fullmatch(value) else _parameters(value)
-    return pieces[0].strip(b" \t").lower(), _boundary(pieces[1:])
+    # the type as the stdlib's reader takes it (``get_content_type``): the
+    # text up to the first ";", comments and all, white space off its
+    # ends, with one "/" (else text/plain): "(c)multipart/mixed" and
+    # "multipart / mixed" are no multipart there, "multipart/mixed<VT>"
+    # is one
+    kind = value.partition(b";")[0].strip(_RSTRIPPED).lower()
+    if kind.count(b"/") != 1:
+        kind = b"text/plain"
+    return kind, _boundary(pieces[1:])
+
+
+def _is_message(kind: bytes) -> bool:
+    """Whether a part of type ``kind`` (``_content_type``) holds a message
+    whose header section is downgraded: message/rfc822, a comment or
+    more after it too (the stdlib's reader parses every message/* as a
+    message; message/global goes whole, see ``PartHeaders``)."""
+    return _RFC822.match(kind) is not None
 
 
 def _boundary(pieces: list[bytes]) -> bytes | None:
@@ -1065,7 +1086,7 @@ class PartHeaders:
         sections to downgrade: it is a multipart with a boundary, or a
         message/rfc822 (whose message has one)."""
         kind, boundary = _content_type(header, b"text/plain")
-        return (kind.startswith(b"multipart/") and bool(boundary)) or kind == b"message/rfc822"
+        return (kind.startswith(b"multipart/") and bool(boundary)) or _is_message(kind)
 
     def _kind_of(self, header: bytes, default: bytes) -> int:
         """Where a header section leads: its body's state, a multipart's
@@ -1086,7 +1107,7 @@ class PartHeaders:
             elif self.strict:
                 raise Undowngradable("MIME parts nested too deep to downgrade")
             return _BODY
-        if kind == b"message/rfc822":
+        if _is_message(kind):
             return _PART_HEADER
         return _BODY
 

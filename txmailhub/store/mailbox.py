@@ -336,7 +336,8 @@ the field rewritten); rules 6 keep every parameter of a Content-Type or
 Content-Disposition with UTF-8 where two have one name (``filename=``
 and ``filename*=``, RFC 2231 sections), of which rules 5 kept one;
 rules 7 read a boundary as the stdlib's reader does in more of its
-spellings (``boundary="<b>"`` is "b", a comment parts a token) and give
+spellings (``boundary="<b>"`` is "b", a comment parts a token), and a
+type (``(c)multipart/mixed`` is no multipart there), and give
 no downgraded form to a multipart whose boundary readers take
 differently (``boundary=a''b``); an
 entry of five fields has a size by rules 1, the
