@@ -170,3 +170,14 @@ def test_a_type_is_read_as_the_email_package_reads_it(ctype, parted):
     out = downgraded(message)
     assert tree(parse(out)) == tree(parse(message))
     assert (b"Content-Description: =?utf-8?q?" in out) == parted
+
+
+@pytest.mark.parametrize("ctype", ["(\u00e4)multipart/mixed", "(\u00e4)message/rfc822"])
+def test_a_downgraded_content_type_that_names_a_composite_type_is_refused(ctype):
+    # the stdlib's rewrite moves the comment after the parameters: the
+    # copy's field would name a multipart (or message) the original,
+    # to the email package, is not
+    header = f"Content-Type: {ctype}; boundary=b\n".encode()
+    assert not parse(header + b"\n").is_multipart()
+    with pytest.raises(Undowngradable, match="Content-Type of a multipart loses its boundary"):
+        downgrade_header(header)

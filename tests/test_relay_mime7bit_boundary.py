@@ -274,3 +274,16 @@ def test_a_multipart_with_no_part_has_no_7bit_form_when_it_is_not_7bit(src, inne
         b"x" * 1200, b"x" * 10)
     out = convert(src)
     assert out == src
+
+
+@pytest.mark.parametrize("ctype", ["(\u00e4)multipart/mixed", "(\u00e4)message/rfc822"])
+def test_a_7bit_content_type_that_names_a_composite_type_the_original_did_not_is_refused(ctype):
+    # no type to the email package (the text before the ";" as it is);
+    # the stdlib's rewrite of the 8-bit field moves the comment after the
+    # parameters, and the copy's field names a multipart or message: a
+    # reader of the copy would find parts the original did not have
+    src = (f"From: a@example.org\nMIME-Version: 1.0\nContent-Type: {ctype}; boundary=b\n\n"
+           "--b\nContent-Type: text/plain\n\nx\n--b--\n").encode()
+    assert not parse(src).is_multipart()
+    with pytest.raises(Unconvertible, match="names another type"):
+        convert(src)

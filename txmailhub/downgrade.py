@@ -182,6 +182,8 @@ def downgrade_header(header: bytes) -> bytes:
         out.append((field + ending).encode("ascii"))
     new = b"".join(out)
     if retyped and not keeps_boundary(header, new):
+        # (or names a multipart or message the original is not: the
+        # message is part of the rules' digest, tests/test_downgrade_rules.py)
         raise Undowngradable("the downgraded Content-Type of a multipart loses its boundary")
     return new
 
@@ -189,8 +191,11 @@ def downgrade_header(header: bytes) -> bytes:
 def keeps_boundary(old: bytes, new: bytes) -> bool:
     """Whether ``new``, a header section (or one field) rewritten from
     ``old``, names the type and boundary of the multipart ``old`` names,
-    as a MIME reader finds them (``_content_type``); true where ``old``
-    names no multipart with a boundary.  A copy's delimiter lines go as
+    as a MIME reader finds them (``_content_type``); where ``old`` names
+    no multipart with a boundary, whether ``new`` names none either, and
+    a message/rfc822 where ``old`` does (the rewrite moves a comment
+    after the parameters: ``(ä)multipart/mixed``, no type to the
+    stdlib's reader, became a multipart).  A copy's delimiter lines go as
     stored: one whose Content-Type names another boundary has no parts
     to a reader.  The stdlib's rewrite can do that: it decodes an encoded
     word inside a quoted boundary (``"=?utf-8?q?abc?="`` became ``abc``;
@@ -198,11 +203,12 @@ def keeps_boundary(old: bytes, new: bytes) -> bool:
     encoded word in a quoted string), writes UTF-8 in the type as encoded
     words, and a field gone to encoded words names no type at all."""
     kind, boundary = _content_type(old, b"text/plain")
-    if not (kind.startswith(b"multipart/") and boundary):
-        return True
-    # (the rewrite moves a comment in the type after the parameters: the
-    # same multipart, "multipart/mixed (x)" or "multipart/mixed")
     new_kind, new_boundary = _content_type(new, b"")
+    if _is_message(kind) != _is_message(new_kind):
+        return False
+    if not (kind.startswith(b"multipart/") and boundary):
+        return not (new_kind.startswith(b"multipart/") and new_boundary)
+    # (the same multipart: "multipart/mixed (x)" or "multipart/mixed")
     return (new_kind.startswith(b"multipart/") and new_boundary == boundary
             and (new_kind == b"multipart/digest") == (kind == b"multipart/digest"))
 

@@ -174,7 +174,8 @@ def encode_field(raw: bytes) -> bytes:
         field = (folded + "\n").encode("ascii")
         if not keeps_boundary(raw, field):
             # the delimiter lines go as stored (``keeps_boundary``)
-            raise Unconvertible(f"the 7-bit {name} field of a multipart loses its boundary")
+            raise Unconvertible(f"the 7-bit {name} field of a multipart loses its boundary "
+                                "(or names another type)")
         return field
     if key in _STRUCTURED_FIELDS:
         raise Unconvertible(f"the {name} field has 8-bit octets and no 7-bit form")

@@ -339,7 +339,8 @@ rules 7 read a boundary as the stdlib's reader does in more of its
 spellings (``boundary="<b>"`` is "b", a comment parts a token), and a
 type (``(c)multipart/mixed`` is no multipart there), and give
 no downgraded form to a multipart whose boundary readers take
-differently (``boundary=a''b``); an
+differently (``boundary=a''b``), nor to a Content-Type whose rewrite
+names a multipart or message the original is not; an
 entry of five fields has a size by rules 1, the
 message's header section alone.  A change to the copy needs new rules
 (``tests/test_downgrade_rules.py`` fails until they are named)."""
