@@ -14,6 +14,7 @@ import pytest
 from test_pop3_reader_and_storage import connect, make_env
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from txmailhub.address import Address
@@ -502,7 +503,6 @@ def test_a_waiting_login_whose_client_left_alone_leaves_the_lock_free(tmp_path):
 def test_a_waiting_login_whose_client_left_is_logged_as_gone_not_in_use(tmp_path, log_events):
     # it waited for a gone session's save, not for its turn at a lock
     # someone else holds: the log says the client left, not IN-USE
-    from twisted.logger import formatEvent
 
     _clock, components, _data = _save_held_after_a_gone_session(tmp_path)
     gave_up, t = _login_sent(components)
@@ -569,7 +569,6 @@ def test_a_lingering_close_after_a_list_keeps_its_sizes_though_the_client_closes
     # ran ended the session a second time: its line logged again and the
     # lock let go under the save, which then wrote nothing
     from test_pop3_reader_and_storage import HalfClosingTransport
-    from twisted.logger import formatEvent
 
     from txmailhub.pop3.protocol import POP3Factory
 
@@ -688,7 +687,6 @@ def test_a_save_on_a_worker_that_fails_lets_the_lock_go_and_is_logged_once(
     # (a bug, not a disk error, which the cache logs as a warning) must
     # still let the lock go, finish a QUIT, and be logged once
     from test_pop3_reader_and_storage import HalfClosingTransport
-    from twisted.logger import formatEvent
 
     def broken(self):
         raise RuntimeError("broken save")
@@ -806,23 +804,45 @@ def test_the_size_a_retr_gave_is_the_one_listed_after_it(tmp_path, monkeypatch):
     _end(clock, proto, t)
 
 
+def _drop_named(md: str, data: bytes, n: int, kind: str) -> str:
+    """``drop``, or (``kind`` "dovecot") a name of Dovecot's shape, whose
+    ``S=`` and ``W=`` the hub measures instead of taking."""
+    if kind != "dovecot":
+        return drop(md, data, n, kind == "ours")
+    path = os.path.join(md, "new", f"17000000{n:02d}.M{n}P1.h,S={len(data)},"
+                                   f"W={crlf_size_of(data)}")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _files_of(md: str, path: str) -> list[str]:
+    """The names in new/ and cur/ with the unique part of ``path``'s."""
+    unique = os.path.basename(path).split(",")[0]
+    return sorted(os.path.join(sub, name) for sub in ("new", "cur")
+                  for name in os.listdir(os.path.join(md, sub))
+                  if name.split(",")[0].split(":")[0] == unique)
+
+
 @pytest.mark.parametrize("utf8", [True, False], ids=["utf8", "no-utf8"])
 @pytest.mark.parametrize("streamed", [False, True], ids=["small", "streamed"])
-@pytest.mark.parametrize("ours", [True, False], ids=["sized-name", "plain-name"])
+@pytest.mark.parametrize("kind", ["ours", "plain", "dovecot"],
+                         ids=["sized-name", "plain-name", "dovecot-name"])
 def test_a_file_of_another_length_than_listed_is_refused_for_the_session(
-        tmp_path, monkeypatch, utf8, streamed, ours):
+        tmp_path, monkeypatch, utf8, streamed, kind):
     """Another program replaced a message's file after the login, with
     one of another length: RETR's +OK would give the size listed and send
     other octets (RFC 1939 5).  RETR and TOP of it answer -ERR [SYS/TEMP]
     instead; LIST, STAT and UIDL stay as they were, the other message is
-    sent.  The next session lists and sends a plain-named file as it is
-    then; a name of the hub's shape gives the old sizes still, and the
-    file is refused again rather than sent at another size."""
+    sent.  The next session lists and sends the file as it is then, with
+    the same UIDL: a name of the hub's shape, whose sizes are taken
+    unread, is renamed to its true sizes (its unique part kept); any
+    other name is measured, and keeps its name."""
     clock, components, md = env(tmp_path, monkeypatch, workers=False)
     pad = b"x" * 70_000 + b"\n" if streamed else b""
     data = ASCII + pad
-    path = drop(md, data, 1, ours)
-    drop(md, ASCII, 2, ours)
+    path = _drop_named(md, data, 1, kind)
+    _drop_named(md, ASCII, 2, kind)
     new = ASCII.replace(b"body", b"a longer body") + pad
     proto, t = connect(components)
     proto.dataReceived((b"UTF8\r\n" if utf8 else b"") + b"USER joe\r\nPASS joepw\r\n")
@@ -832,20 +852,92 @@ def test_a_file_of_another_length_than_listed_is_refused_for_the_session(
     with open(tmp, "wb") as f:
         f.write(new)
     os.rename(tmp, path)
+    names = _files_of(md, path)
     answers = _commands(proto, t, clock, b"RETR 1", b"TOP 1 0", b"RETR 2",
                         b"LIST", b"STAT", b"UIDL")
     assert answers[0] == answers[1] == R.MESSAGE_SIZE_CHANGED.to_bytes()
     assert answers[2].startswith(b"+OK %d octets\r\n" % crlf_size_of(ASCII))
     assert answers[3:] == before
     _end(clock, proto, t)
+    assert _files_of(md, path) == names  # nothing renamed under the session
     proto, t = _login_sent(components)
     clock.advance(0)
-    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1")
+    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL")
     _end(clock, proto, t)
-    if ours:
-        assert again == [b"+OK 1 %d\r\n" % crlf_size_of(data), R.MESSAGE_SIZE_CHANGED.to_bytes()]
-        return
     size = crlf_size_of(new)
     assert again[0] == b"+OK 1 %d\r\n" % size
     status, sent = again[1].split(b"\r\n", 1)
     assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
+    assert again[2] == before[2]  # the same UIDLs
+    unique = os.path.basename(path).split(",")[0]
+    if kind == "ours":  # (in cur/ with the S flag: the RETR at the second session)
+        assert _files_of(md, path) == [f"cur/{unique},S={len(new)},W={size}:2,S"]
+    else:
+        assert _files_of(md, path) == [f"cur/{os.path.basename(path)}:2,S"]
+
+
+def _changed_in_place(md: str, path: str, data: bytes) -> None:
+    """``path`` rewritten with ``data`` (another length), inode kept."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_a_misnamed_file_refused_before_a_hangup_is_put_right_at_the_next_login(
+        tmp_path, monkeypatch, workers):
+    """The client hangs up without QUIT right after the refusal: what the
+    read found is kept all the same (as downgraded sizes measured are),
+    and the next login lists and sends the message, same UIDL."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    path = drop(md, ASCII, 1, ours=True)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    uidl = _commands(proto, t, clock, b"UIDL 1")[0]
+    new = ASCII.replace(b"body", b"a longer body")
+    _changed_in_place(md, path, new)
+    proto.dataReceived(b"RETR 1\r\n")
+    assert bytes(t.received).endswith(R.MESSAGE_SIZE_CHANGED.to_bytes())
+    proto.connectionLost(Failure(ConnectionDone()))
+    clock.advance(1)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    again = _commands(proto, t, clock, b"UIDL 1", b"RETR 1")
+    _end(clock, proto, t)
+    assert again[0] == uidl
+    assert again[1].startswith(b"+OK %d octets\r\n" % crlf_size_of(new))
+
+
+def test_a_misnamed_file_that_cannot_be_renamed_is_sent_at_its_measured_size(
+        tmp_path, monkeypatch, log_events):
+    """Where the rename is refused (a folder the hub may not write, a
+    file of the new name there), the login lists the sizes measured, and
+    RETR sends the file; the next logins take them from the cache."""
+    clock, components, md = env(tmp_path, monkeypatch, workers=False)
+    path = drop(md, ASCII, 1, ours=True)
+    real = mailbox_module.rename_noreplace
+
+    def refuse_in_folder(src: str, dst: str) -> None:
+        if os.path.dirname(src) == os.path.dirname(dst):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), src)
+        real(src, dst)  # the moves to cur/ of the messages sent
+
+    monkeypatch.setattr(mailbox_module, "rename_noreplace", refuse_in_folder)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    new = ASCII.replace(b"body", b"a longer body")
+    _changed_in_place(md, path, new)
+    assert _commands(proto, t, clock, b"RETR 1") == [R.MESSAGE_SIZE_CHANGED.to_bytes()]
+    _end(clock, proto, t)
+    size = crlf_size_of(new)
+    for _ in range(2):
+        proto, t = _login_sent(components)
+        clock.advance(0)
+        again = _commands(proto, t, clock, b"LIST 1", b"RETR 1")
+        _end(clock, proto, t)
+        assert again[0] == b"+OK 1 %d\r\n" % size
+        status, sent = again[1].split(b"\r\n", 1)
+        assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
+        monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", None)  # not read again
+    assert os.listdir(os.path.join(md, "cur")) == [os.path.basename(path) + ":2,S"]
+    assert [e for e in log_events if "cannot be renamed" in formatEvent(e)]

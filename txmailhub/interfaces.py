@@ -171,7 +171,10 @@ class IDowngradedSizes(Interface):
     def save_downgraded_sizes() -> None:
         """Make what was remembered last beyond this session, if anything
         (blocking: a durable write; best effort, never raises).  Nothing
-        once the mailbox is closed."""
+        once the mailbox is closed.  The mailbox may keep there what its
+        reads found too (a message file of another length than its name
+        gives, put right by the next login): the POP3 server calls it
+        after refusing a message whose file is not the length listed."""
 
 
 class INoWaitRead(Interface):

@@ -2227,6 +2227,11 @@ class POP3Protocol(Protocol):
                      "gives sizes that are not its own)", user=self._user, peer=self._peer,
                      number=action.index + 1, length=length,
                      stored=self.engine.stored_size(action.index))  # type: ignore[union-attr]
+            if (IDowngradedSizes.providedBy(self._reading_box()) and self._save_call is None
+                    and not self._ended):
+                # what the read found is kept with the sizes (a name whose
+                # sizes are not its file's is put right at the next login)
+                self._save_call = self.reactor.callLater(0, self._save_sizes)
         self._write(R.MESSAGE_SIZE_CHANGED.to_bytes())
 
     def _refuse_utf8(self, action: Transmit) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "order_key",
     "own_sizes",
     "uid_for_name",
+    "with_sizes",
 ]
 
 
@@ -352,6 +353,24 @@ def own_sizes(name: str) -> tuple[int, int] | None:
     if 0 <= size <= MAX_SIZE and 0 <= crlf <= MAX_SIZE:
         return size, crlf
     return None
+
+
+def with_sizes(name: str, size: int, crlf: int) -> str:
+    """``name`` with its ``,S=`` made ``size`` and its ``,W=`` ``crlf``:
+    the unique part (so the UIDL), any other field and the flags after
+    ``:`` as they were.  For a name ``own_sizes`` takes, whose file is
+    not the size the name gives (``scan``)."""
+    base, colon, info = name.partition(":")
+
+    def field(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key == "S":
+            return f",S={size}"
+        if key == "W":
+            return f",W={crlf}"
+        return m.group(0)
+
+    return _FIELD.sub(field, base) + colon + info
 
 
 def escape_host(hostname: str) -> str:

@@ -1,6 +1,7 @@
 """One Maildir as a POP3 session sees it: a locked snapshot.
 
-Owns ``scan`` (the snapshot of new/ and cur/ in delivery order),
+Owns ``scan`` (the snapshot of new/ and cur/ in delivery order, and the
+renames of the hub's names whose file a read found of another length),
 the size cache ``.txmailhub-sizes`` (the sizes of plain-named messages,
 and the sizes of downgraded copies, RFC 6857, that POP3 measured), the clean-up
 of stale ``tmp/`` files, and ``MaildirMailbox`` (``IMailbox``: reading,
@@ -36,12 +37,14 @@ from txmailhub.store.format import (
     order_key,
     own_sizes,
     uid_for_name,
+    with_sizes,
 )
 from txmailhub.store.nowait import pread_nowait, read_nowait
 from txmailhub.store.sync import (
     POP3_LANE,
     all_done,
     durable_write,
+    fsync_dir,
     lane_call,
     rename_noreplace,
 )
@@ -97,16 +100,21 @@ def _open_regular(path: str) -> int:
     name after the scan, which lists regular files only) is no message:
     ``FileNotFoundError``, as for a message another program removed, not
     a storage fault that asking again could mend."""
+    return _open_regular_stat(path)[0]
+
+
+def _open_regular_stat(path: str) -> tuple[int, os.stat_result]:
+    """``_open_regular``, with the ``fstat`` it made of the file."""
     fd = _open_unchecked(path)
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    if not regular:
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise _not_regular(path)
-    return fd
+    return fd, st
 
 
 def _read_regular(fd: int, path: str, read: Callable[[int], bytes], expected: int) -> bytes:
@@ -223,10 +231,21 @@ def scan(md: str) -> Snapshot:
     or another program's ``S=`` and ``W=``, Dovecot's), and names whose
     sizes no file has (over ``MAX_SIZE``), get their sizes from the cache
     (measured and cached on first sight, an ``lstat`` each scan).
+
+    A name of the hub's whose file a POP3 session found of another length
+    (changed in place: ``MaildirMailbox.save_downgraded_sizes`` marks it
+    in the cache) is looked at (``lstat``) and, if its file is not the
+    ``S=`` the name gives, measured and renamed to the name with its true
+    ``S=`` and ``W=`` (``_heal``: the UIDL and the flags stay); where the
+    rename fails, the sizes measured are listed, and kept in the cache
+    for the next scans.  Only such names cost a look: the others are
+    listed from their names, unread.
+
     Only regular files are messages: the directory listing tells the type
     (``d_type``) at no extra cost, so a directory or a symbolic link is
-    skipped whatever its name says.  Blocking (directory listings, reads, a
-    durable write): the store runs it on the syncer's worker threads.
+    skipped whatever its name says.  Blocking (directory listings, reads,
+    renames, a durable write): the store runs it on the syncer's worker
+    threads.
 
     A ``Snapshot`` (columns, see there), made from one flat row per
     message: the peak of a big listing is a few objects a message."""
@@ -235,6 +254,7 @@ def scan(md: str) -> Snapshot:
     # listed first: the cache is read only as far as these names need it
     cache = _SizeCache(md, len(listed[0]) + len(listed[1]))
     vanished = False  # a file of new/ gone since new/ was listed
+    renamed: set[str] = set()  # the folders of the renames ``_heal`` made
     for cur, sub in enumerate(("new", "cur")):
         folder = os.path.join(md, sub)
         found, listed[cur] = listed[cur], []
@@ -244,7 +264,7 @@ def scan(md: str) -> Snapshot:
             found = _regular_names(folder)
         for name in found:
             own = own_sizes(name)
-            if own is not None:
+            if own is not None and not (cache.entries and cache.misnamed(name, own)):
                 size, crlf = own
                 mtime = 0.0
                 if cache.entries:  # a downgraded size POP3 measured (no stat here)
@@ -255,14 +275,31 @@ def scan(md: str) -> Snapshot:
                     st = os.lstat(path)  # a symlink is no message of this Maildir
                     if not stat.S_ISREG(st.st_mode):
                         continue
-                    size, crlf = cache.sizes(name, path, st)
+                    mtime = st.st_mtime
+                    if own is None:
+                        size, crlf = cache.sizes(name, path, st)
+                    else:
+                        name, size, crlf = _heal(cache, folder, name, own, st, renamed)
                 except FileNotFoundError:
-                    vanished = vanished or not cur
-                    continue
-                mtime = st.st_mtime
+                    if own is None or not cur:
+                        if own is not None:
+                            cache.keep(name)  # still marked: put right where it went
+                        vanished = vanished or not cur
+                        continue
+                    # renamed (flags) or removed since cur/ was listed: listed
+                    # by its name, as it is unmarked (a read finds it, ``_find``)
+                    cache.keep(name)
+                    size, crlf = own
+                    mtime = 0.0
             # the sequence number settles ties as the stable sort did
             rows.append((*order_key(name, mtime), name, len(rows), cur, size, crlf))
         del found
+    for folder in sorted(renamed):
+        try:
+            fsync_dir(folder)  # the renames, before the cache forgets their marks
+        except OSError as e:
+            log.warn("the renames of message files in {folder} may not survive a crash: "
+                     "{error}", folder=folder, error=str(e))
     cache.save()
     rows.sort()
     uids = [uid_for_name(row[3]) for row in rows]
@@ -273,6 +310,64 @@ def scan(md: str) -> Snapshot:
         seen = info.startswith("2,") and "S" in info[2:]
         snapshot.append(uid, crlf, size, bool(cur), name, seen)
     return snapshot
+
+
+def _heal(cache: _SizeCache, folder: str, name: str, own: tuple[int, int],
+          st: os.stat_result, renamed: set[str]) -> tuple[str, int, int]:
+    """File ``name`` in ``folder`` (``st``: its ``lstat``), a name of the
+    hub's (``own``: the sizes it gives) that the cache marks as not its
+    file's (``_SizeCache.misnamed``): the name and sizes to list it by.
+
+    A file of the length the name gives is taken at the name's word (the
+    mark goes).  Any other is measured and renamed, in its folder, to
+    ``with_sizes``'s name (``rename_noreplace``: never over another
+    file; ``renamed`` gets the folder, fsynced by ``scan``), as Dovecot
+    does with a wrong ``S=`` of its own names: the next logins list it by
+    its name again, with no look at it.  Not renamed -- the rename
+    refused (a read-only folder, a file of that name already there), or
+    another file at the name since the ``lstat`` -- it is listed at the
+    sizes measured, which the cache keeps (so the next scans look at it
+    once, and read it only if it changed).  ``FileNotFoundError`` when
+    the file went (another program renamed or removed it): ``scan``
+    skips it in ``new/`` as any file gone there (found in ``cur/`` if it
+    went there), lists it by its name in ``cur/``, and its mark stays
+    for the next scan."""
+    key = name.split(":", 1)[0]
+    path = os.path.join(folder, name)
+    if st.st_size == own[0]:
+        cache.forget(key)  # its length is the name's again (its content put back)
+        return name, own[0], own[1]
+    try:
+        size, crlf = cache.sizes(name, path, st)  # measured; the mark gives way
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # listed by its name's sizes: no login fails for it
+        cache.keep(name)
+        log.warn("message file {path} is {length} octets, not the {named} its name gives, "
+                 "and cannot be measured: {error}", path=path, length=st.st_size,
+                 named=own[0], error=str(e))
+        return name, own[0], own[1]
+    now = os.lstat(path)
+    if size != st.st_size or (now.st_ino, now.st_size, now.st_mtime_ns) != (
+            st.st_ino, st.st_size, st.st_mtime_ns):
+        return name, size, crlf  # changed meanwhile: looked at again next time
+    target = with_sizes(name, size, crlf)
+    try:
+        rename_noreplace(path, os.path.join(folder, target))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        log.warn("message file {path} is {size} octets, not the {named} its name gives, and "
+                 "cannot be renamed to {target}: {error}; listed at its own sizes, kept in "
+                 "{cache}", path=path, size=size, named=own[0], target=target, error=str(e),
+                 cache=SIZES_NAME)
+        return name, size, crlf
+    cache.forget(key)
+    renamed.add(folder)
+    log.info("message file {path} was {size} octets, not the {named} its name gave: renamed "
+             "to {target} (its UIDL stays)", path=path, size=size, named=own[0],
+             target=target)
+    return target, size, crlf
 
 
 def _regular_names(folder: str) -> list[str]:
@@ -365,7 +460,11 @@ class _SizeCache:
     again, and its downgraded size with it: a new entry has none);
     entries of files that are gone are dropped on save.  Names that carry
     their sizes (``S=`` and ``W=``) have an entry only for a downgraded
-    size, checked against the file when it is asked for.  An entry of
+    size (with the name's sizes), checked against the file when it is
+    asked for; or one with other sizes (``misnamed``): a mark, that a
+    read found their file of another length (``MISNAMED``), or the
+    sizes measured of a file the rename to its true sizes failed for
+    (``_heal``).  An entry of
     four fields, or five (caches of older versions), is read: the
     downgraded size is then not known yet.  Written with ``durable_write`` when it
     changed; unreadable means empty, and so does one larger than
@@ -433,6 +532,33 @@ class _SizeCache:
         self.entries[key] = [st.st_ino, st.st_mtime_ns, size, crlf]
         self.dirty = True
         return size, crlf
+
+    def misnamed(self, name: str, own: tuple[int, int]) -> bool:
+        """Whether the entry of file ``name``, a name that gives its sizes
+        (``own``), has other sizes: a POP3 session found the file of
+        another length (``mark_misnamed``), or a rename to its true sizes
+        failed (``_heal``).  An entry of a downgraded size has the
+        name's (``remember``)."""
+        got = self.entries.get(name.split(":", 1)[0])
+        return got is not None and (got[2] != own[0] or got[3] != own[1])
+
+    #: the entry of a name whose sizes a POP3 session found wrong: no
+    #: file's (no inode 0), nor valid to a version without ``misnamed``
+    MISNAMED = (0, 0, -1, -1)
+
+    def mark_misnamed(self, key: str) -> None:
+        """The file whose name before ``:`` is ``key`` (one whose name
+        gives its sizes) was found of another length than the name's
+        ``S=``: the next ``scan`` looks at it (``_heal``)."""
+        if self.entries.get(key) != list(self.MISNAMED):
+            self.entries[key] = list(self.MISNAMED)
+            self.dirty = True
+
+    def forget(self, key: str) -> None:
+        """No entry for ``key`` any more."""
+        self.used.discard(key)
+        if self.entries.pop(key, None) is not None:
+            self.dirty = True
 
     def keep(self, name: str) -> None:
         """The file ``name`` (one that carries its sizes) is still there:
@@ -521,6 +647,10 @@ class MaildirMailbox:
         self._size_cache: _SizeCache | None = None
         # the mailbox holding the lock, for a view of it (``for_changes``)
         self._holder: MaildirMailbox | None = None
+        # the names (before ":") of the hub's whose file a read found of
+        # another length than the name gives (``_length_found``): marked in
+        # the size cache by the next ``save_downgraded_sizes``
+        self._misnamed: set[str] = set()
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -700,8 +830,33 @@ class MaildirMailbox:
             return use(self._find(index))
 
     def _open_fd(self, index: int) -> int:
-        """A descriptor of message ``index``, read-only (``_at_message``)."""
-        return self._at_message(index, _open_regular)
+        """A descriptor of message ``index``, read-only (``_at_message``);
+        the ``fstat`` that tells a regular file tells its length too
+        (``_length_found``)."""
+        fd, st = self._at_message(index, _open_regular_stat)
+        if st.st_size != self._messages.stored_sizes[index]:
+            self._length_found(index, st.st_size)
+        return fd
+
+    def _length_found(self, index: int, length: int) -> None:
+        """A read found message ``index``'s file ``length`` octets long
+        (``-1``: longer than read), not its snapshot's size: where its
+        name is one of the hub's that gives another ``S=`` (changed in
+        place), it is marked for the next ``save_downgraded_sizes``, and
+        the next login puts the name right (``scan``).  POP3 refuses the
+        message for this session all the same (its size was given)."""
+        name = self._messages.name(index)
+        own = own_sizes(name)
+        if own is not None and own[0] != length:
+            self._misnamed.add(name.split(":", 1)[0])
+
+    def _read_found(self, index: int, got: int, limit: int) -> None:
+        """A read of at most ``limit`` octets of message ``index`` gave
+        ``got``: ``_length_found`` where that tells another length than
+        the snapshot's."""
+        expected = self._messages.stored_sizes[index]
+        if got != expected and (got < limit or expected < limit):
+            self._length_found(index, got if got < limit else -1)
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
@@ -728,12 +883,14 @@ class MaildirMailbox:
         """The stored bytes if shorter than ``limit``: open, one read(2),
         close (no file object, and no fstat, ``_read_regular``)."""
         data = self._read_whole(index, lambda fd: os.read(fd, limit))
+        self._read_found(index, len(data), limit)
         return data if len(data) < limit else None
 
     def read_message_nowait(self, index: int, limit: int) -> bytes | None:
         """``read_message``, or ``BlockingIOError`` if the kernel does not
         hold the message (``INoWaitRead``): open, one ``preadv2``, close."""
         data = self._read_whole(index, lambda fd: pread_nowait(fd, limit, 0))
+        self._read_found(index, len(data), limit)
         return data if len(data) < limit else None
 
     def read_nowait(self, file: Any, size: int) -> bytes:
@@ -943,9 +1100,21 @@ class MaildirMailbox:
         """Under the mailbox's lock only: ``scan`` writes the cache too, in
         the next session to hold it.  (One that closes while this writes
         lets the next scan start meanwhile; the file stays whole either
-        way -- ``durable_write`` -- and at worst a size is measured again.)"""
+        way -- ``durable_write`` -- and at worst a size is measured again.)
+        The names a read found wrong (``_length_found``) are marked in it
+        too (``_SizeCache.mark_misnamed``), for the next login to put
+        right; a mark lost costs one more session that refuses the
+        message, and finds it again."""
+        if self.closed:
+            return
+        misnamed = self._misnamed
+        if misnamed:
+            cache = self._cache()
+            for key in list(misnamed):
+                misnamed.discard(key)
+                cache.mark_misnamed(key)
         cache = self._size_cache
-        if cache is None or not cache.dirty or self.closed:
+        if cache is None or not cache.dirty:
             return
         cache.save(prune=False)
 

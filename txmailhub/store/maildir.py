@@ -58,6 +58,10 @@ for any message POP3 downgraded for a client without UTF8 (RFC 6857),
 the size of the downgraded copy, checked the same way.  Renaming the file
 instead would change a name other programs may hold; the cache is
 recomputable, so losing it costs one more read, never a wrong size.
+The one file the hub renames for its sizes is one of its own names whose
+file was changed in place to another length than its ``S=`` (a POP3 read
+finds it, and the cache marks it): the next login renames it to its true
+``S=`` and ``W=``, unique part and flags kept (``mailbox.scan``).
 
 ``open_mailbox`` makes the Maildir's folders (the first time), opens
 the lock file, takes the lock (``flock`` with ``LOCK_NB``: a second
