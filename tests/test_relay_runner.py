@@ -5143,6 +5143,98 @@ def test_a_stop_write_not_done_in_time_is_said_so_not_as_a_bug(hub, monkeypatch,
     assert "not written within 2 s" in formatEvent(said[0])
 
 
+def _pooled_updates(hub, monkeypatch) -> list:
+    """From now on each record update of the hub's queue waits in a line,
+    as for a thread of a pool whose threads a hung disk holds: ``(Deferred,
+    function, arguments)`` in the list, for the test to run (the queue's
+    other work is done at once)."""
+    line: list = []
+    io = hub.queue._io
+
+    def pooled(fn, *args):
+        if fn != hub.queue.update_now:
+            return io(fn, *args)  # (an attempt's marker)
+        d = defer.Deferred()
+        line.append((d, fn, args))
+        return d
+
+    monkeypatch.setattr(hub.queue, "_io", pooled)
+    return line
+
+
+def _run_pooled(line) -> None:
+    """The updates waiting in ``line`` each have their turn on a thread."""
+    while line:
+        d, fn, args = line.pop(0)
+        try:
+            d.callback(fn(*args))
+        except Exception as e:
+            d.errback(e)
+
+
+def test_a_cut_sessions_write_not_begun_within_the_stops_wait_is_never_made(
+        hub, monkeypatch, log_events):
+    # the record writes run on the reactor's threads, a few at once: on a
+    # disk that hangs, the write of what bob's cut session settled waits in
+    # the pool's line.  The stop is over once its wait for it is (its state
+    # directory maybe another hub's then); that write, not begun, must not
+    # begin after (embedding.rst: no write of this hub starts once the
+    # stop's Deferred has fired), and the log names what is left to the
+    # next start
+    pending = hub.agent.hold()
+    hub.runner.start()
+    qid = enqueue(hub, BOB, CAROL)
+
+    def abort_all():
+        d, rcpts = pending.pop(0)
+        d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+        while pending:
+            d, rcpts = pending.pop(0)
+            d.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
+
+    monkeypatch.setattr(hub.agent, "abort_all", abort_all)
+    line = _pooled_updates(hub, monkeypatch)
+    fired = []
+    hub.runner.stop().addBoth(fired.append)
+    hub.clock.advance(11)
+    assert len(line) == 1 and fired == []  # bob's, the cut's write
+    for _ in range(3):
+        hub.clock.advance(CUT_GRACE)  # (the stop's last writes' wait too)
+    assert fired == [None]
+    _run_pooled(line)  # their turn on a thread, after the stop
+    # the record as the stop left it: bob still pending
+    assert [r.address for r in hub.queue.read(qid).pending] == [BOB, CAROL]
+    said = [formatEvent(e) for e in log_events if "the stop cut" in formatEvent(e)]
+    assert len(said) == 1 and "not written within 2 s" in said[0]
+    assert "a start in a new process sends the message again to bob@remote.test" in said[0]
+
+
+def test_a_settled_write_the_cut_takes_not_begun_within_its_wait_is_never_made(
+        hub, monkeypatch, log_events):
+    # the real agent: mx1 takes bob alone in the session's first message
+    # ("too many" to carol); the write of bob's delivery, which the
+    # session waits for before carol's transaction, waits in the pool's
+    # line (a hung disk) when the stop's grace runs out.  The cut takes
+    # that write, and waits for it 2 s at most; once the stop is over,
+    # the write, not begun, must not begin (the queue maybe another hub's)
+    carol = Address("carol", "remote.test")
+    line = _pooled_updates(hub, monkeypatch)
+    runner, net, qid, _ = _bob_taken_alone(hub, carol)
+    assert len(line) == 1  # bob's, settled
+    fired = []
+    runner.stop().addBoth(fired.append)
+    for _ in range(int(10 + 3 * CUT_GRACE) + 2):
+        hub.clock.advance(1)
+        net.run()
+    assert fired == [None]
+    _run_pooled(line)  # their turn on a thread, after the stop
+    assert [r.address for r in hub.queue.read(qid).pending] == [BOB, carol]
+    # said by the stop's lines (bob named), not as a write failed after it
+    said = [formatEvent(e) for e in log_events]
+    assert any("the stop cut" in e and "again to bob@remote.test" in e for e in said)
+    assert not any("cannot be recorded yet" in e for e in said)
+
+
 def test_a_crash_in_a_later_transaction_sends_the_earlier_ones_recipients_nothing_again(hub):
     # the real agent: mx1 takes bob alone in the session's first message
     # ("too many" to carol) and hangs in the second transaction, carol's.

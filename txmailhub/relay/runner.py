@@ -104,6 +104,21 @@ class _AttemptFailed(Exception):
         self.results = results
 
 
+def _done_again(final: list[DeliveryResult]) -> list[str]:
+    """What a start in a new process does again for the delivered and
+    refused-for-good recipients ``final`` whose record a stop left
+    unwritten (each a clause of a log line's "a start in a new process
+    ...")."""
+    told = []
+    sent = [r.address for r in final if r.kind == "delivered"]
+    if sent:
+        told.append(f"sends the message again to {listed(sent)}")
+    refused = [r.address for r in final if r.kind == "permanent"]
+    if refused:
+        told.append(f"tries {listed(refused)} again (refused for good)")
+    return told
+
+
 class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, RunningEntries):
     """Runs the queue: ``start()``, ``stop()``, and ``kick()`` to look now."""
 
@@ -181,8 +196,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self._cuts: dict[int, list[defer.Deferred]] = {}
         self._cut_over: dict[int, list[defer.Deferred]] = {}
         # the writes of ``_transaction_settled`` under way, each with
-        # whether a stop's cut took it (``_settling_writes``)
-        self._settling: list[tuple[defer.Deferred, list[bool]]] = []
+        # whether a stop's cut took it and whether that cut's wait for it
+        # is over (``_settling_writes``)
+        self._settling: list[tuple[defer.Deferred, list[bool], list[bool]]] = []
         # the attempt markers being removed (``_unmark``), each with the
         # Deferreds of the stops that wait for its end (``_unmarks_under_way``)
         self._unmarking: list[list[defer.Deferred]] = []
@@ -528,13 +544,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             error = "" if said else f" ({f.getErrorMessage()})"
             sender = ("the sender" if entry is None
                       else f"<{loggable(entry.envelope.sender_text, 1 << 20)}>")
-            told = []
-            sent = [r.address for r in final if r.kind == "delivered"]
-            if sent:
-                told.append(f"sends the message again to {listed(sent)}")
-            refused = [r.address for r in final if r.kind == "permanent"]
-            if refused:
-                told.append(f"tries {listed(refused)} again (refused for good)")
+            told = _done_again(final)
             for action in sorted({a for a, _ in owed}):
                 to = sorted((a for act, a in owed if act == action), key=str)
                 told.append(f"sends the {action} notice for {listed(to)} to {sender} again")
@@ -840,6 +850,17 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         a second copy.  Only the recipients' states change; fires when
         written or not (what is not stays for this runner's next try)."""
         lines: list[dict] = []
+        states = self._states_change(final, self.clock.seconds(), lines)
+        what = "; ".join(_done_again(final))
+        late: list[bool] = []
+
+        def change(e: QueueEntry) -> QueueEntry:
+            if late:
+                # its turn on a thread came after the stop's wait for it: the
+                # stop may be over, the queue another hub's (no write of this
+                # one begins then; one begun still finishes)
+                raise defer.CancelledError()
+            return states(e)
 
         def written(_: Any) -> None:
             for fields in lines:
@@ -848,17 +869,20 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         def failed(f: Failure) -> None:
             if f.check(defer.CancelledError):
                 # not written within the stop's wait (``CUT_GRACE``: a slow
-                # disk): no error of the hub's, and a write on its thread
-                # may still land (under the queue's file lock)
+                # disk): no error of the hub's.  A write on its thread may
+                # still land (under the queue's file lock); one not begun
+                # is not made
+                late.append(True)
                 log.warn("{queue_id}: the results of the attempt the stop cut were not "
-                         "written within {grace:g} s; unless that write still lands, a "
-                         "start in a new process sends to them again", queue_id=qid,
-                         grace=CUT_GRACE)
+                         "written within {grace:g} s (unless that write still lands): a "
+                         "start in a new process {what}", queue_id=qid, grace=CUT_GRACE,
+                         what=what)
                 return
             log_failure(log, f, "{queue_id}: the results of the attempt the stop cut cannot "
-                        "be recorded; a start in a new process sends to them again", queue_id=qid)
+                        "be recorded; a start in a new process {what}", queue_id=qid,
+                        what=what)
 
-        d = self._write(qid, self._states_change(final, self.clock.seconds(), lines))
+        d = self._write(qid, change)
         return d.addCallbacks(written, failed)
 
     def _deliver_local(self, entry: QueueEntry, rcpts: list[Address],
@@ -992,16 +1016,28 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                     log.info("{queue_id} to {recipient}: {who}{reply}{then}", **fields)
 
             def failed(f: Failure) -> None:
+                if late and f.check(defer.CancelledError):
+                    return  # not made after the stop's cut (its lines say what is left)
                 log_failure(log, f, "{queue_id}: the results of a transaction with "
                             "{destination} cannot be recorded yet; recorded when its "
                             "delivery ends", queue_id=qid, destination=dest)
 
             # taken by a stop's cut, it is made all the same: that stop waits
-            # for it, and the delivery it settled records nothing more
+            # for it, and the delivery it settled records nothing more.  But
+            # not once that wait is over (``late``): one whose turn on a
+            # thread comes after is not made, the stop maybe over, the queue
+            # another hub's (one begun still finishes)
             taken = [False]
-            d = self._write(qid, self._states_change(final, self.clock.seconds(), lines),
-                            lambda: taken[0] or live())
-            mine = (d, taken)
+            late: list[bool] = []
+            states = self._states_change(final, self.clock.seconds(), lines)
+
+            def change(e: QueueEntry) -> QueueEntry:
+                if late:
+                    raise defer.CancelledError()
+                return states(e)
+
+            d = self._write(qid, change, lambda: not late and (taken[0] or live()))
+            mine = (d, taken, late)
             self._settling.append(mine)
 
             def over(result: Any) -> Any:
@@ -1019,12 +1055,21 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         way (or waiting for the entry's earlier writes): each is made, past
         the generation given up, and the cut waits for it (``Stopping``),
         as for its cut sessions' (``_record_cut``).  A Deferred for the end
-        of each."""
+        of each; cancelled (the cut's wait over), a write not begun by then
+        is not made."""
         ends = []
-        for d, taken in self._settling:
+        for d, taken, late in self._settling:
             taken[0] = True
-            end: defer.Deferred = defer.Deferred()
-            d.addBoth(lambda result, end=end: (end.callback(None), result)[1])
+            # the cut's wait for it over (cancelled): not begun by then, it
+            # is not made (``_transaction_settled``)
+            end: defer.Deferred = defer.Deferred(lambda _, late=late: late.append(True))
+
+            def over(result: Any, end: defer.Deferred = end) -> Any:
+                if not end.called:
+                    end.callback(None)
+                return result
+
+            d.addBoth(over)
             ends.append(end)
         return ends
 
