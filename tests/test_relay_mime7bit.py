@@ -1074,6 +1074,54 @@ def test_a_stray_equals_sign_on_a_line_the_7bit_copy_fixes_is_written_3d():
     assert binascii.a2b_qp(out.getvalue()) == b"a=\xe9 b=zz\n"
 
 
+
+def _hexed_by_octet(data: bytes) -> bytes:
+    # the reference: each 8-bit octet written =XX by a call of its own
+    # (the relay's first form of ``transfer_encoding._hexed``)
+    return re.sub(rb"[\x80-\xff]", lambda match: b"=%02X" % match[0][0], data)
+
+
+# arbitrary octets, and lines of a quoted-printable body with stray 8-bit
+# ones: few 8-bit values or many, next to "=", blanks, CRs and "-"
+_QP_OCTETS = st.one_of(
+    st.binary(max_size=1000),
+    st.lists(st.sampled_from([b"a", b"=", b"=E9", b"=4", b"\xe9", b"\xc3\xbc", b"\x80", b"\xff",
+                              b" ", b"\t", b"\r", b"\n", b"-", b"x" * 40]),
+             max_size=300).map(b"".join))
+
+
+@given(_QP_OCTETS)
+@example(bytes(range(256)) * 3)
+def test_the_8bit_octets_written_hex_are_those_written_one_by_one(data):
+    from txmailhub.relay.transfer_encoding import _hexed
+
+    assert bytes(_hexed(data)) == _hexed_by_octet(data)
+
+
+@given(_QP_OCTETS, st.lists(st.integers(1, 200), max_size=20))
+@example(b"x" * 70000 + b"\xe9" * 3 + b"\n", [])  # blocks of a long line (``_block``)
+@example(b" " * 40000 + b"\xe9" * 30000 + b"\n" + b"\xe9 \n", [])  # one written as it comes
+def test_the_7bit_copy_of_a_quoted_printable_body_is_as_with_each_octet_written_alone(
+        data, cuts):
+    # the copy (``QPFix``), fed in pieces of any size, is octet for octet
+    # what it was with each 8-bit octet written =XX by a call of its own
+    from txmailhub.relay import transfer_encoding
+
+    def copy() -> bytes:
+        out = io.BytesIO()
+        sink = transfer_encoding.QPFix(out)
+        rest = data
+        for n in cuts:
+            sink.write(rest[:n])
+            rest = rest[n:]
+        sink.write(rest)
+        sink.close()
+        return out.getvalue()
+
+    with mock.patch.object(transfer_encoding, "_hexed", _hexed_by_octet):
+        reference = copy()
+    assert copy() == reference
+
 def _wrap_by_tokens(line: bytes) -> bytes:
     # the re-cut as RFC 2045 6.7 states it, token by token (=XX or one
     # character), 75 characters and "=" a line, a continuation never

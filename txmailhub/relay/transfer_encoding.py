@@ -51,8 +51,24 @@ class Copy:
         """The body is complete (``soft_end``: see ``QuotedPrintable``)."""
 
 
-def _hex(match: re.Match[bytes]) -> bytes:
-    return b"=%02X" % match[0][0]
+_ASCII = bytes(range(128))
+_OCTET = [bytes((o,)) for o in range(256)]
+_HEXED = _OCTET[:128] + [b"=%02X" % o for o in range(128, 256)]
+
+
+def _hexed(data: bytes) -> bytes:
+    """``data`` with each 8-bit octet written =XX (RFC 2045 6.7 rule 1,
+    upper-case hex).  No Python call for each octet: this runs over every
+    line of a quoted-printable body with raw 8-bit text.  A replace for
+    each 8-bit value it has (the =XX put in hold none, so the replaces do
+    not touch each other's), or, when it has many for its length (text of
+    a non-Latin script), each octet looked up in a table, in C."""
+    values = set(data.translate(None, _ASCII))
+    if len(values) * 4 > len(data):
+        return b"".join(map(_HEXED.__getitem__, data))
+    for o in values:
+        data = data.replace(_OCTET[o], _HEXED[o])
+    return data
 
 
 class QPFix(Copy):
@@ -85,7 +101,7 @@ class QPFix(Copy):
             nl = data.find(b"\n")
             piece = data if nl < 0 else data[:nl]
             if self.through:
-                self.out.write(HIGH.sub(_hex, piece))
+                self.out.write(_hexed(piece))
             else:
                 self.line += piece
                 if len(self.line) > QP_BLOCK:
@@ -109,11 +125,11 @@ class QPFix(Copy):
                            or (line[end - 2:end - 1] == b"=" and _HEX2.match(line, end - 1))):
             end -= 1
         if end < QP_BLOCK // 2:  # blanks, CRs and "=" only: nowhere to end it
-            self.out.write(self._unbroken(HIGH.sub(_hex, line)))
+            self.out.write(self._unbroken(_hexed(line)))
             self.line.clear()
             self.through = True
             return
-        fixed = self._unbroken(_STRAY_EQUALS.sub(b"=3D", HIGH.sub(_hex, line[:end])))
+        fixed = self._unbroken(_STRAY_EQUALS.sub(b"=3D", _hexed(line[:end])))
         del self.line[:end]
         self.out.write(_wrap(fixed + b"=") + b"\n")
         self.continued = True
@@ -134,7 +150,7 @@ class QPFix(Copy):
             self.through = False
             self.out.write(line)
             return
-        fixed = _STRAY_EQUALS.sub(b"=3D", HIGH.sub(_hex, line))
+        fixed = _STRAY_EQUALS.sub(b"=3D", _hexed(line))
         if len(fixed) - fixed.endswith(b"\r") > LINE_TEXT:
             # its trailing blanks are padding a decoder deletes (RFC 2045
             # 6.7 rule 3): ``_wrap`` keeps them on its last line, which
