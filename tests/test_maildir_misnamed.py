@@ -298,3 +298,26 @@ def test_a_read_of_the_length_listed_marks_nothing(tmp_path) -> None:
     box.save_downgraded_sizes()
     assert _cache(md) == measured
     box.close()
+
+
+def test_a_file_changed_before_the_login_is_refused_by_one_session_then_renamed(
+        tmp_path) -> None:
+    """A file of the hub's naming changed in place while no session was
+    open (a script that rewrites delivered mail) is listed by the next
+    login at the sizes its name gives, unread: that session's read finds
+    the other length (POP3 refuses it, [SYS/TEMP]) and marks it, and the
+    login after it lists it at its true sizes (docs/deployment.rst,
+    "Upgrading and going back")."""
+    store, md = _session(tmp_path)
+    (md / "new" / NAME).write_bytes(DATA)  # 10 octets named, not DATA's
+    box = _open(store)
+    assert [(m.path, m.size, m.stored_size) for m in box.list_messages()] == [
+        (str(md / "new" / NAME), 12, 10)]  # the name's word: not looked at
+    box.open_message(0).close()
+    box.save_downgraded_sizes()
+    assert _cache(md) == {NAME: [0, 0, -1, -1]}
+    box.close()
+    box = _open(store)
+    assert [(m.path, m.size, m.stored_size) for m in box.list_messages()] == [
+        (str(md / "new" / HEALED), crlf_size_of(DATA), len(DATA))]
+    box.close()
