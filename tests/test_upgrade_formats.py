@@ -11,11 +11,14 @@ field required fails here and not on a site after an upgrade.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from txmailhub.address import Address
 from txmailhub.relay import record
 from txmailhub.store.format import name_fields, uid_for_name
+from txmailhub.store.mailbox import SIZES_NAME, _SizeCache, scan
 from txmailhub.users import UsersDB
 
 # A queue record of 2026-11-29 with DSN parameters (RET, ENVID, NOTIFY,
@@ -129,3 +132,38 @@ def test_maildir_names_of_an_older_version_keep_their_uidl_and_sizes() -> None:
         assert name_fields(name) == {"S": stored, "W": size}
     # a message another program put there keeps its whole name as UIDL
     assert uid_for_name("1700000000.ext1.otherhost") == "1700000000.ext1.otherhost"
+
+
+# A Maildir of 2026-12-03 (DOWNGRADE_RULES 6): a message received with
+# SMTPUTF8, read once by a client without UTF8, and the .txmailhub-sizes
+# that version wrote for it (its inode and mtime are the file's; here
+# they are put in from the test's copy of the file).
+OLD_UTF8_NAME = "1796322791.M266900P10308Q2Raa81eab6.mail.example.org,S=256,W=265"
+OLD_UTF8_MESSAGE = (
+    b"Return-Path: <alice@example.org>\nReceived: from client.test ([127.0.0.1])\n"
+    b"\tby mail.example.org (txmailhub) with UTF8SMTP\n\tid 6B11B5E7_2844_00002\n"
+    b"\tfor <alice@example.org>; Thu, 03 Dec 2026 18:33:11 +0000\n"
+    b"Subject: caf\xc3\xa9\nFrom: J\xc3\xb6rg <alice@example.org>\n\nbody\n")
+OLD_SIZES = ('{"sizes": {"%s": [%d, %d, 256, 265, 297, "6 python 3.11.7"]}, '
+             '"version": 1}')
+
+
+def test_a_size_cache_of_an_older_version_keeps_the_names_and_is_measured_again(
+        tmp_path: Path) -> None:
+    """Its entry of a name of the hub's is no mark (no rename, no look at
+    the file): the message is listed by its name, and only its downgraded
+    size, of older rules, is measured again."""
+    md = tmp_path / "md"
+    for sub in ("tmp", "new", "cur"):
+        (md / sub).mkdir(parents=True)
+    path = md / "cur" / f"{OLD_UTF8_NAME}:2,S"
+    path.write_bytes(OLD_UTF8_MESSAGE)
+    st = os.stat(path)
+    (md / SIZES_NAME).write_text(OLD_SIZES % (OLD_UTF8_NAME, st.st_ino, st.st_mtime_ns))
+    before = json.loads((md / SIZES_NAME).read_bytes())
+    (message,) = scan(str(md))
+    assert (message.path, message.uid) == (str(path), OLD_UTF8_NAME.split(",")[0])
+    assert (message.stored_size, message.size) == (256, 265)
+    assert os.listdir(md / "cur") == [path.name]
+    assert json.loads((md / SIZES_NAME).read_bytes()) == before  # kept as it was
+    assert _SizeCache(str(md), 1).downgraded(path.name, st) is None  # rules 6
