@@ -7,6 +7,7 @@ import os
 import time
 import unicodedata
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -356,12 +357,23 @@ def test_a_line_of_exactly_the_limit_is_whole_one_octet_more_is_cut() -> None:
         assert len(over.encode()) > LINE_LOG_MAX - len(CUT) - 4
 
 
-@pytest.mark.parametrize("unit", ["x", "\x01", "\u00e9", "\U0001d11e", "\udcff"])
-def test_a_summary_over_the_limit_is_cut_and_marked(unit: str) -> None:
+def test_the_line_limit_is_the_one_the_deployment_guide_gives() -> None:
+    # docs/deployment.rst tells the admin (and a journald or syslog set-up
+    # made to match) how long a line of the hub's may be
+    text = " ".join((Path(__file__).parent.parent / "docs" / "deployment.rst").read_text().split())
+    assert f"is over {LINE_LOG_MAX:,} octets ({LINE_LOG_MAX // 1024} KiB) of UTF-8" in text
+
+
+@pytest.mark.parametrize("unit,count", [
+    ("x", 40000), ("\x01", 40000), ("\u00e9", 40000), ("\U0001d11e", 40000),
+    ("\udcff", 40000),
+    # fewer characters than LINE_LOG_MAX, more octets: counted in octets
+    ("\u00e9", 9000), ("\U0001d11e", 4500)])
+def test_a_summary_over_the_limit_is_cut_and_marked(unit: str, count: int) -> None:
     # the per-message line's own path (no general formatter): the same
     # line as Twisted's up to the cut, then the mark and the line break
     observer = ClassicTextObserver(io.StringIO())
-    event = {"log_format": "{summary}", "summary": "name " + unit * 40000,
+    event = {"log_format": "{summary}", "summary": "name " + unit * count,
              "log_namespace": "txmailhub.smtp", "log_level": LogLevel.info,
              "log_time": 1774745998.2}
     line = observer.line(dict(event))
