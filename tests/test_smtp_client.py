@@ -2129,6 +2129,26 @@ def test_a_clients_orcpt_that_cannot_go_takes_notify_with_it():
     assert s.orcpt_withheld == {BOB}
 
 
+def test_a_transaction_another_follows_names_the_recipients_whose_orcpt_was_withheld():
+    # as in the outcome (above): bob's RCPT went without NOTIFY and ORCPT,
+    # and his transaction ends before carol's (452 4.5.3 to her RCPT): the
+    # TransactionDone the adapter records bob's result from says the hub
+    # keeps his notice duty
+    raw = "utf-8;" + "\U0001F600" * 60 + "@x.test"
+    s = session(smtputf8=True, recipients=[
+        (BOB, RecipientDSN(("SUCCESS",), raw, raw)),
+        (CAROL, RecipientDSN(("SUCCESS",), "rfc822;carol@x.test", "rfc822;carol@x.test")),
+    ])
+    s.receive(b"220 hi\r\n")
+    s.receive(EHLO_DSN_NO_UTF8)
+    s.receive(b"250 ok\r\n250 ok\r\n452 4.5.3 too many recipients\r\n354 go\r\n")
+    s.body_sent()
+    done = s.receive(b"250 queued\r\n")[0]
+    assert isinstance(done, TransactionDone)
+    assert [o.address for o in done.recipients] == [BOB]
+    assert done.dsn_supported and done.dsn_dropped == {BOB}
+
+
 @pytest.mark.parametrize("notify", [(), ("FAILURE",)])
 def test_the_orcpt_budget_is_500_characters_added_to_the_rcpt_line(notify):
     # RFC 3461 4: NOTIFY and ORCPT add at most 500 characters to RCPT,
@@ -2148,9 +2168,10 @@ def test_the_orcpt_budget_is_500_characters_added_to_the_rcpt_line(notify):
 
 def test_an_envid_longer_than_100_characters_as_sent_is_left_out():
     # RFC 3461 4.4: the ENVID may be 100 characters; its xtext form is what
-    # counts (a "+" is three), and a next hop may refuse a longer one.
-    # Without it the request is cut down: no DSN parameter goes at all
-    for envid, kept in (("a" + "+" * 33, True), ("+" * 34, False)):
+    # counts (a "+" is three: 100, 101 and 102 characters here), and a next
+    # hop may refuse a longer one.  Without it the request is cut down: no
+    # DSN parameter goes at all
+    for envid, kept in (("a" + "+" * 33, True), ("aa" + "+" * 33, False), ("+" * 34, False)):
         s = session(dsn=DSNRequest(ret="HDRS", envid=envid))
         s.receive(b"220 hi\r\n")
         mail = sent(s.receive(EHLO_FULL)).split(b"\r\n")[0]
