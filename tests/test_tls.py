@@ -444,6 +444,28 @@ def test_a_renewal_read_while_out_of_descriptors_is_served_once_they_are_back(
     assert len(_loaded(events)) == 1 and len(_warnings_and_errors(events)) == 1
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_either_file_unread_for_want_of_descriptors_is_said_so(tmp_path, monkeypatch, which):
+    # the certificate's read or the key's: a shortage of descriptors is
+    # TLSFilesUnreadable (looked at again), any other error plain
+    files = pair(tmp_path)
+    real = tls.read_regular
+    error = [errno.EMFILE]
+
+    def read_regular(path, *args, **kwargs):
+        if str(path) == str(files[which]):
+            raise OSError(error[0], os.strerror(error[0]), path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tls, "read_regular", read_regular)
+    with pytest.raises(tls.TLSFilesUnreadable):
+        tls.load_pair(str(files[0]), str(files[1]))
+    error[0] = errno.EACCES
+    with pytest.raises(tls.TLSFilesError) as raised:
+        tls.load_pair(str(files[0]), str(files[1]))
+    assert not isinstance(raised.value, tls.TLSFilesUnreadable)
+
+
 def test_a_pair_changed_again_but_still_unusable_at_the_next_look_is_an_error(
         tmp_path, events):
     # the next look decides, "changed or not": a second change that is no
