@@ -108,6 +108,10 @@ def test_an_id_holding_an_encoded_word_is_left_out(tmp_path: Path, smtputf8: boo
     assert b"=?" not in header_of(data)
     found = reply_fields(b"Message-ID: " + word + b"\nReferences: <r@x>\n")
     assert found == (None, "<r@x>")
+    # the "=?" alone decides: an id with "?=" but no "=?" is kept, one
+    # with "=?" but no "?=" left out
+    found = reply_fields(b"Message-ID: <a?=b@x>\nReferences: <c=?d@x> <r@x>\n")
+    assert found == ("<a?=b@x>", "<r@x>\n <a?=b@x>")
 
 
 def test_an_id_too_long_for_a_line_is_left_out() -> None:
