@@ -4,6 +4,8 @@ an MTA known only by its address as RFC 3461's "dns" type allows."""
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -197,3 +199,27 @@ def test_a_reference_chain_is_cut_only_past_its_start_and_the_kept_ones(count: i
     assert found is not None
     assert found[1].split("\n ") == [ids[0], *ids[-KEPT_REFERENCES:], "<m@x>"]
     assert len(found[1].split("\n ")) == KEPT_REFERENCES + 2
+
+
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE, errno.ENOMEM])
+def test_a_header_section_unread_for_want_of_descriptors_fails_the_notice(
+        tmp_path: Path, monkeypatch, error: int) -> None:
+    # the original's header section cannot be opened for now: the notice
+    # is not made (it is made again later), rather than sent for good
+    # without the fields that say which message it is about.  Any other
+    # error makes it without them
+    real = open
+
+    def failing_open(path, *args, **kwargs):
+        if str(path) == str(tmp_path / "msg"):
+            raise OSError(code[0], os.strerror(code[0]), str(path))
+        return real(path, *args, **kwargs)
+
+    code = [error]
+    monkeypatch.setattr(bounce, "open", failing_open, raising=False)
+    with pytest.raises(OSError) as raised:
+        notice(tmp_path, HEADER + b"\nbody\n")
+    assert raised.value.errno == error
+    code[0] = errno.EACCES
+    data = notice(tmp_path, HEADER + b"\nbody\n")
+    assert b"\nIn-Reply-To:" not in header_of(data)
