@@ -841,6 +841,31 @@ class MoreAliasTests(Base):
         self.write("list: ann\n")
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
+    def test_a_directory_in_place_of_the_file_is_not_read_again_and_a_miss_is_refused(self):
+        # unlike a shortage of descriptors (below), a folder in the file's
+        # place lasts: it is not read again until it changes, and a miss is
+        # the 550 it was, not a 451 for a text that might be unread
+        import txmailhub.router as router_module
+
+        r = self.router("list: joe\n")
+        os.unlink(self.path)
+        os.mkdir(self.path)
+        os.utime(self.path, (1e9, 1e9))  # changed long ago: its stamp trusted
+        real = router_module.read_regular
+        reads = []
+
+        def read_regular(path, *args, **kwargs):
+            reads.append(path)
+            return real(path, *args, **kwargs)
+
+        self.patch(router_module, "read_regular", read_regular)
+        for _ in range(3):
+            self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+            with self.assertRaises(Rejected) as cm:
+                r.resolve(A("sales"))
+            self.assertEqual(cm.exception.reply.code, 550)
+        self.assertEqual(len(reads), 1)
+
     def test_a_changed_file_read_when_out_of_descriptors_is_read_again(self):
         # EMFILE (ENFILE) on the read of a changed file passes: the file was
         # taken as read, and not looked at again until it changed once
