@@ -4734,6 +4734,32 @@ def test_a_reply_while_the_next_transaction_waits_answers_no_command(
         "stand)"]
 
 
+@pytest.mark.parametrize("answer_at, over_at", [(None, 300), (200, 500)])
+def test_the_next_transactions_replies_are_timed_once_its_commands_went(
+        tmp_path, answer_at, over_at):
+    # no reply timer runs while the next transaction's MAIL waits; once it
+    # went, the reply timers run as in any transaction: a server silent
+    # after it is given MAIL's 300 s, one that answers it after 200 s is
+    # given RCPT's 300 s from then (the session ends there; u2 goes on a
+    # new connection)
+    _, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
+    server.dataReceived = lambda data: server.commands.append(data)  # silent
+    waits[0].callback(None)
+    net.run()
+    assert server.commands[-1].startswith(b"MAIL")
+    over: list = []
+    d.addBoth(over.append)
+    for now in range(10, 1000, 10):
+        net.clock.advance(10)
+        if now == answer_at:
+            server.transport.write(b"250 2.1.0 ok\r\n")
+        net.run()
+        if over:
+            break
+    assert over and now == over_at
+    assert {r.address: r.kind for r in over[0]} == dict.fromkeys(rcpts, "delivered")
+
+
 def _round_handed_over_while_stopped(tmp_path):
     """Three recipients of remote.test: a first round (canned) delivered
     u0 and was told "too many" for the others, whose new connection waits
