@@ -402,6 +402,12 @@ def test_a_message_larger_than_the_quota_is_refused_for_good(tmp_path: Path) -> 
     fill(tmp_path, "bob", 1000)
     d.send("RSET\r\n")
     assert d.send("MAIL FROM:<s@x.test> SIZE=5000\r\nRCPT TO:<bob>\r\n")[-1] == too_big
+    # the size of the quota exactly, to a mailbox that holds something:
+    # full for now (452), not too large for good
+    fill(tmp_path, "alice", 1)
+    d.send("RSET\r\n")
+    assert d.send("MAIL FROM:<s@x.test> SIZE=1000\r\nRCPT TO:<alice>\r\n")[-1] == (
+        replies.MAILBOX_FULL.text())
 
 
 def test_the_listeners_of_one_hub_share_one_meter(tmp_path: Path) -> None:
