@@ -438,10 +438,24 @@ def test_a_renewal_read_while_out_of_descriptors_is_served_once_they_are_back(
     # said once, as what it is, and no error about the files themselves
     ((level, line),) = _warnings_and_errors(events)
     assert level == "warn" and os.strerror(error) in line and "again" in line, line
+    # what the hub knows of the pair says so, and a reload (SIGHUP) takes
+    # nothing
+    assert os.strerror(error) in factory.failure
+    assert factory.reload() is False
     short[0] = False
     clock.advance(tls.CHECK_INTERVAL)
-    assert serial_served(factory) != first
+    second = serial_served(factory)
+    assert second != first
     assert len(_loaded(events)) == 1 and len(_warnings_and_errors(events)) == 1
+    # a later spell, at the next renewal, is said again (once)
+    new_cert, new_key = pair(tmp_path / "again")
+    os.replace(new_cert, factory.certificate)
+    os.replace(new_key, factory.key)
+    short[0] = True
+    for _ in range(2):
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == second
+    assert len(_warnings_and_errors(events)) == 2
 
 
 @pytest.mark.parametrize("which", [0, 1])
