@@ -451,6 +451,29 @@ def test_no_socket_for_lack_of_descriptors_is_the_hubs_failure_not_the_domains(
     assert r.kind == "delivered" and net.connections == [first]
 
 
+def test_an_address_no_socket_could_be_made_for_is_not_remembered_as_failed(tmp_path):
+    # mx1's IPv6 address gets no socket (the descriptors run out just
+    # then), its IPv4 address refuses the connection: the IPv4 address is
+    # remembered as failed (the host's other addresses go first for a
+    # while), the IPv6 one not -- that says nothing of it
+    clock = Clock()
+    s = settings(tmp_path)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)  # no server: each connection is refused
+    shortage = _NoSockets(net, errno.EMFILE)
+
+    def endpoint(host, port):
+        return (shortage.endpoint if host == "2001:db8::1" else net.endpoint)(host, port)
+
+    a = DeliveryAgent(s, mx, clock, endpoint=endpoint,
+                      tls_options=lambda host, verify: FakeTLS(host, True))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert (r.kind, r.reply.code) == ("transient", 451)
+    assert mx.health.is_failed_address("192.0.2.1")
+    assert not mx.health.is_failed_address("2001:db8::1")
+
+
 def test_a_domain_one_of_whose_hosts_answered_is_not_unreachable(tmp_path):
     # mx1 answers and says 421; mx2 refuses the connection: the result
     # says mx2's refusal, but a host of the domain answered (a domain the
