@@ -183,7 +183,7 @@ def test_unreadable_record_is_set_aside(tmp_path, spool):
         qid + ".json", qid + ".msg"]
 
 
-@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE])
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENFILE, errno.ENOMEM])
 def test_a_record_that_cannot_be_opened_for_now_is_not_set_aside(tmp_path, spool,
                                                                  monkeypatch, error):
     # out of file descriptors at the start's recovery, a good entry was
