@@ -211,6 +211,28 @@ def test_a_record_that_cannot_be_opened_for_now_is_not_set_aside(tmp_path, spool
     assert entry.id == qid
 
 
+def test_a_record_that_cannot_be_opened_otherwise_is_set_aside(tmp_path, spool, monkeypatch):
+    # an error that is no shortage (EIO: a bad block) says the entry is
+    # unusable: set aside to corrupt/, as a record that is no JSON is, and
+    # the start goes on
+    import builtins
+
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    real = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path).endswith(".json"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert OutboundQueue(q.directory, Clock()).recover() == []
+    monkeypatch.undo()
+    assert sorted(os.listdir(os.path.join(q.directory, "corrupt"))) == [
+        qid + ".json", qid + ".msg"]
+
+
 def test_wake_tells_every_listener_even_after_one_that_fails(tmp_path, logged_failures):
     # IOutboundQueue.wake (an embedder's flush): each listener hears None;
     # one that raises is logged and does not keep the others from hearing
