@@ -285,13 +285,13 @@ def test_bv_with_standard_output_closed_is_an_io_error(
 
 
 def _with_quota(config: Path, quota: int) -> None:
-    """``[hub] mailbox_quota = quota``, an alias of joe alone, and a
-    message of 150 octets in joe's Maildir (its size in its name, as the
-    hub writes it)."""
+    """``[hub] mailbox_quota = quota``, an alias of joe alone, one of joe
+    and a remote address, and a message of 150 octets in joe's Maildir
+    (its size in its name, as the hub writes it)."""
     config.write_text(config.read_text().replace(
         "[hub]\n", f"[hub]\nmailbox_quota = {quota}\n", 1))
     with (config.parent / "aliases").open("a") as f:
-        f.write("joes: joe\n")
+        f.write("joes: joe\njoer: joe, carol@elsewhere.test\n")
     new = config.parent / "var" / "mail" / "example.org" / "joe" / "new"
     new.mkdir(parents=True)
     (new / "1700000000.M1P1.mail,S=150").write_bytes(b"x" * 150)
@@ -318,6 +318,11 @@ def test_a_mailbox_at_its_quota_is_undeliverable_with_rcpts_452_and_75(config: P
         # RFC 5321 4.5.1: never refused
         "joe@example.org... deliverable: local mailbox (from postmaster@example.org)",
     ]
+    # an alias with a remote member is taken for all too
+    status, out, _, _ = verify(["joer"], config)
+    assert (status, out.splitlines()) == (EX_OK, [
+        "joe@example.org... deliverable: local mailbox (from joer@example.org)",
+        "carol@elsewhere.test... deliverable: relayed to elsewhere.test (from joer@example.org)"])
     # one octet more of quota: room again
     config.write_text(config.read_text().replace("mailbox_quota = 150", "mailbox_quota = 151"))
     status, out, _, _ = verify(["joe"], config)
