@@ -430,3 +430,26 @@ def test_the_listeners_of_one_hub_share_one_meter(tmp_path: Path) -> None:
     assert mx.usage is submission.usage
     # and one memory of the mailboxes it could not measure
     assert mx.unmeasured is submission.unmeasured
+
+
+def test_the_rules_alone_a_postmaster_member_and_a_remote_member() -> None:
+    # smtp.policy's two rules, shared with sendmail -bv: an alias whose
+    # members are all full but for the postmaster is taken (RFC 5321
+    # 4.5.1: never refused); an alias whose local mailboxes have no usable
+    # name but that has a remote member is taken for that member
+    from txmailhub.errors import MailboxNameError
+    from txmailhub.smtp.policy import quota_refusal, storable
+
+    joe, pm = Address("joe", "example.org"), Address("postmaster", "example.org")
+    alias = Address("list", "example.org")
+    assert quota_refusal(alias, (joe, pm), 100, lambda m: 100, lambda d: True) is None
+    assert quota_refusal(alias, (joe,), 100, lambda m: 100, lambda d: True) == (
+        replies.MAILBOX_FULL)
+
+    def unusable(mailbox: Address) -> str:
+        raise MailboxNameError("no folder", part="local part")
+
+    remote = (Address("carol", "elsewhere.test"),)
+    assert storable(alias, (joe,), remote, unusable, "example.org") == ()
+    with pytest.raises(Rejected):
+        storable(alias, (joe,), (), unusable, "example.org")
