@@ -3355,4 +3355,10 @@ def test_user_add_refuses_a_user_of_a_domain_whose_folder_name_is_over_name_max(
     assert err == (f"mailhub: q@{domain} cannot be a user: its domain's Maildir folder's "
                    "name would be 460 octets, over the 255 a file system takes in one name "
                    "(NAME_MAX): it gets no mail and cannot log in to POP3\n")
+    # the same domain spelled as its A-labels (which fit): its folder is
+    # named by the U-labels all the same
+    a_label = label.encode("idna").decode("ascii")
+    code, out, err = run(config, "user", "add", f"q@{a_label}.{a_label}.{a_label}.example",
+                         "--password-stdin", stdin=PW)
+    assert (code, out) == (2, "") and "its domain's Maildir folder's name would be 460" in err
     assert run(config, "user", "list") == (0, "", "")
