@@ -693,6 +693,21 @@ def test_a_message_that_cannot_be_opened_after_the_354_stays_queued_at_once(
     assert not any("log_failure" in ev for ev in log_events)  # no traceback
 
 
+def test_a_7bit_copy_gone_before_it_is_sent_is_the_hubs_failure_not_a_deleted_entry(
+        tmp_path, monkeypatch):
+    # the message is still queued: only the copy made of it a moment ago
+    # is missing, which no `mailhub queue delete` explains.  The hub's
+    # temporary failure, as for a copy that cannot be opened otherwise
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(extensions=("PIPELINING",))
+    e = entry(tmp_path, BOB, body="Subject: x\n\nGrüße\n".encode())
+    _open_fails_for(monkeypatch, ".7bit", errno.ENOENT)
+    [result] = run(net, a.deliver(e, "remote.test", [BOB]))
+    assert (result.kind, result.reply.code, result.reply.status) == ("transient", 451, "4.3.0")
+    assert "local error while sending the message" in result.reply.text()
+    assert sorted(os.listdir(tmp_path)) == ["Q.msg", "hub.toml"]  # no 7-bit copy left
+
+
 def test_8bit_sent_as_is_with_8bitmime(tmp_path):
     a, net, _ = agent(tmp_path)
     net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
