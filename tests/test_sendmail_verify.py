@@ -359,6 +359,25 @@ def test_a_mailbox_this_user_may_not_measure_for_the_quota_is_not_verified_77(
     ]
 
 
+def test_a_mailbox_no_one_can_measure_for_the_quota_gets_its_mail(
+        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an error that is no refusal to this user (an I/O error): the hub
+    # cannot measure it either, and RCPT takes the mail (the quota is soft)
+    from txmailhub.store.quota import MailboxUsage
+
+    _with_quota(config, 100)
+    usage = MailboxUsage.usage
+
+    def broken(self: MailboxUsage, md: str) -> int:
+        if md.endswith("/joe"):
+            raise OSError(5, "Input/output error", md)
+        return usage(self, md)
+
+    monkeypatch.setattr(MailboxUsage, "usage", broken)
+    status, out, err, _ = verify(["joe"], config)
+    assert (status, err, out) == (EX_OK, "", "joe@example.org... deliverable: local mailbox\n")
+
+
 def test_a_mailbox_no_maildir_folder_can_have_the_name_of_is_rcpts_550_5_3_5(
         config: Path) -> None:
     # a users file line written by hand whose Maildir folder's name is over
