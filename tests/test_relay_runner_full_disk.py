@@ -191,6 +191,13 @@ def test_which_notices_a_record_still_owes_and_the_change_that_says_them_sent():
     assert not any(recording.notice_owed(written, *t) for t in told)
     # a change of nothing told changes nothing
     assert recording.told_written(set())(e) == e
+    # each notice says only its own: a failure notice's recipient that is
+    # no longer failed (the record changed since) stays as it is, and
+    # only the "delayed" warning says the warning was given
+    assert recording.told_written({(bounce.FAILED, r2)})(e) == e
+    failed_only = recording.told_written({(bounce.FAILED, r0)})(e)
+    assert failed_only.recipient(r0).state == BOUNCED and not failed_only.delay_warned
+    assert recording.told_written({(bounce.DELIVERED, r1)})(e).delay_warned is False
 
 
 @pytest.mark.parametrize("error", [errno.EDQUOT, errno.ENOSPC])
