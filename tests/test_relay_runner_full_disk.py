@@ -370,3 +370,161 @@ def test_a_last_write_that_times_out_is_said_so(hub, monkeypatch, log_events):
         f"{qid}: its record cannot be written as the hub stops, not written within 2 s "
         "(unless that write still lands): a start in a new process sends the message again "
         "to bob@remote.test"]
+
+
+def test_a_notice_whose_record_was_written_is_not_written_again(hub, monkeypatch):
+    # carol's failure notice is sent and its record written: bob's retries
+    # later write their own outcomes only, nothing for the notice told
+    # long ago (a write the disk may not have room for, held in front of
+    # each of them)
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(hub.dsn.sent) == 1
+    assert hub.queue.read(qid).recipient(CAROL).state == BOUNCED
+    writes = failing_writes(hub, monkeypatch)
+    writes[0] = 0  # none fails: counted only
+    calls = len(hub.agent.calls)
+    hub.clock.advance(3600)  # bob's retries
+    retries = hub.agent.calls[calls:]
+    assert retries and all(c[2] == [BOB] for c in retries), retries
+    assert writes[1] == len(retries)  # one write each: its outcome
+    assert len(hub.dsn.sent) == 1
+
+
+def _carol_refused_notice_unwritten(hub, monkeypatch) -> str:
+    """Carol refused for good, bob deferred: the failure notice is sent and
+    its record's write fails; the disk has room again from here on."""
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    fails = failing_writes(hub, monkeypatch, after=2)
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(hub.agent.calls) == 2 and len(hub.dsn.sent) == 1
+    assert hub.queue.read(qid).recipient(CAROL).state == FAILED
+    fails[0] = 0
+    monkeypatch.undo()
+    return qid
+
+
+def test_the_notice_owed_is_the_first_write_once_the_disk_has_room(hub, monkeypatch):
+    qid = _carol_refused_notice_unwritten(hub, monkeypatch)
+    real = hub.queue.update
+    written: list = []
+
+    def update(q, change):
+        return real(q, change).addCallback(lambda e: written.append(e) or e)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    hub.clock.advance(60)  # the entry's next try
+    assert written and written[0].id == qid and written[0].recipient(CAROL).state == BOUNCED
+    assert len(hub.dsn.sent) == 1
+
+
+def test_an_entry_held_while_its_owed_notice_is_written_is_not_delivered(hub, monkeypatch):
+    # `mailhub queue hold` while the notice's record is written, before
+    # the delivery that write holds back: the entry is held, bob's copy
+    # not sent
+    qid = _carol_refused_notice_unwritten(hub, monkeypatch)
+    real = hub.queue.update
+    held: list = []
+
+    def update(q, change):
+        d = defer.Deferred()
+        held.append(lambda: real(q, change).chainDeferred(d))
+        return d
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    hub.clock.advance(60)  # the entry's next try: the notice's record first
+    assert len(held) == 1 and qid in hub.runner.active
+    hub.queue.set_held(qid, True)
+    held[0]()
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 2
+    assert hub.queue.read(qid).recipient(CAROL).state == BOUNCED
+    assert qid in hub.runner._held and qid not in hub.runner.due
+
+
+def test_a_stop_that_cannot_read_the_record_still_names_the_notice_sent_again(
+        hub, monkeypatch, log_events):
+    # the record cannot be read as the hub stops either (an I/O error):
+    # the notices told are named all the same, to "the sender"
+    qid = _carol_refused_notice_unwritten(hub, monkeypatch)
+    failing_writes(hub, monkeypatch)
+
+    def read(q):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(hub.queue, "read", read)
+    del log_events[:]
+    hub.runner.stop()
+    assert error_lines(log_events) == [
+        f"{qid}: its record cannot be written as the hub stops ([Errno 28] No space left "
+        "on device): "
+        "a start in a new process sends the failed notice for carol@other.test to "
+        "the sender again"]
+
+
+def test_a_stop_writes_nothing_for_an_outcome_whose_write_landed_though_it_failed(
+        hub, monkeypatch, log_events):
+    # bob's copy is taken; the write of that outcome lands, then reports an
+    # error (an fsync after the rename): bob stays in memory, but the
+    # record says him delivered.  A stop that cannot write does not name
+    # him as sent again, nor does it write for him
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    real = hub.queue.update
+
+    def update(q, change):
+        return real(q, change).addCallback(
+            lambda _: defer.fail(OSError(errno.EIO, "Input/output error")))
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    qid = enqueue(hub, BOB, CAROL)
+    assert qid in hub.runner._unrecorded
+    assert hub.queue.read(qid).recipient(BOB).state == "delivered"
+    fails = failing_writes(hub, monkeypatch)
+    del log_events[:]
+    hub.runner.stop()
+    assert error_lines(log_events) == [] and fails[1] == 0
+
+
+def test_a_stop_writes_the_outcomes_for_good_and_keeps_a_deferred_one_for_the_next_try(
+        hub, monkeypatch):
+    # bob's copy is taken, carol's deferred, neither written; the stop
+    # writes bob's (what a new process would send again).  Carol's deferral
+    # stays in memory: a start in the same process writes it at its try,
+    # and does not try carol again before her retry is due
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch)
+    qid = enqueue(hub, BOB, CAROL)
+    fails[0] = 0
+    hub.runner.stop()
+    entry = hub.queue.read(qid)
+    assert entry.recipient(BOB).state == "delivered"
+    assert entry.recipient(CAROL).attempts == 0
+    assert [r.kind for r in hub.runner._unrecorded[qid]] == ["transient"]
+    hub.runner.start()
+    hub.clock.advance(1)
+    carol = hub.queue.read(qid).recipient(CAROL)
+    assert carol.attempts == 1 and carol.last_reply == LATER
+    assert len(hub.agent.calls) == 2
+
+
+def test_an_outcome_the_stop_writes_is_logged_as_written_then(hub, monkeypatch, log_events):
+    # the result line of bob's delivery, said when its record is written:
+    # by the stop's last write here
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch)
+    qid = enqueue(hub, BOB, CAROL)
+    fails[0] = 0
+    del log_events[:]
+    hub.runner.stop()
+    said = [formatEvent(e) for e in log_events
+            if e.get("log_format", "").startswith("{queue_id} to {recipient}:")]
+    assert len(said) == 1 and said[0].startswith(f"{qid} to bob@remote.test: "), said
