@@ -528,3 +528,94 @@ def test_an_outcome_the_stop_writes_is_logged_as_written_then(hub, monkeypatch, 
     said = [formatEvent(e) for e in log_events
             if e.get("log_format", "").startswith("{queue_id} to {recipient}:")]
     assert len(said) == 1 and said[0].startswith(f"{qid} to bob@remote.test: "), said
+
+
+def test_a_write_refused_for_room_holds_attempts_a_minute_then_one_finds_out_again(
+        hub, monkeypatch):
+    # the entry whose write was refused (a quota) is deleted, so no
+    # outcome waits in memory to be written and end the wait: a minute
+    # after the refusal an attempt may begin all the same, and finds out
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch, error=errno.EDQUOT)
+    first = enqueue(hub, BOB, CAROL)
+    assert first in hub.runner._unrecorded
+    fails[0] = 0  # the quota has room again
+    assert hub.queue.delete(first)
+    second = enqueue(hub, BOB, CAROL)
+    assert len(hub.agent.calls) == 2  # held: a write was refused just now
+    for _ in range(65):
+        hub.clock.advance(1)
+    assert [c[0] for c in hub.agent.calls[2:]] == [second, second]
+
+
+def test_a_record_written_after_a_refusal_for_room_lets_attempts_go_on_at_once(
+        hub, monkeypatch):
+    # the quota has room again, and the first entry's outcome is written
+    # (a queue flush tries it at once): the second entry, held by the
+    # refusal of a moment ago, is attempted at once, not a minute after
+    # the refusal
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    fails = failing_writes(hub, monkeypatch, error=errno.EDQUOT)
+    first = enqueue(hub, BOB, CAROL)
+    second = enqueue(hub, BOB, CAROL)
+    assert [c[0] for c in hub.agent.calls] == [first, first]
+    fails[0] = 0
+    hub.queue.request_flush()
+    for _ in range(3):
+        hub.clock.advance(1)
+    assert first not in hub.runner._unrecorded
+    assert [c[0] for c in hub.agent.calls[2:]] == [second, second]
+
+
+def test_a_removal_after_a_refusal_for_room_tells_nothing_of_room(hub, monkeypatch):
+    # the refused write was the first entry's last outcome: written at its
+    # flush, it removes the record, which needs no room and so says
+    # nothing of the quota.  The second entry waits out the minute
+    hub.runner.start()
+    fails = failing_writes(hub, monkeypatch, error=errno.EDQUOT)
+    first = enqueue(hub, BOB)
+    second = enqueue(hub, BOB, CAROL)
+    assert [c[0] for c in hub.agent.calls] == [first]
+    fails[0] = 0
+    hub.queue.request_flush()
+    for _ in range(3):
+        hub.clock.advance(1)
+    assert hub.queue.read(first) is None and len(hub.agent.calls) == 1
+    for _ in range(60):
+        hub.clock.advance(1)
+    assert [c[0] for c in hub.agent.calls[1:]] == [second, second]
+
+
+def test_a_write_failing_otherwise_than_for_room_holds_no_other_entry(hub, monkeypatch):
+    # an I/O error says nothing of room: the second entry is attempted as
+    # it comes (its outcome kept in memory too, if its write fails)
+    hub.runner.start()
+    hub.agent.script = bob_delivered_carol("transient", LATER)
+    failing_writes(hub, monkeypatch, error=errno.EIO)
+    first = enqueue(hub, BOB, CAROL)
+    assert first in hub.runner._unrecorded
+    second = enqueue(hub, BOB, CAROL)
+    hub.clock.advance(1)
+    assert [c[0] for c in hub.agent.calls] == [first, first, second, second]
+
+
+def test_a_notices_record_refused_for_room_holds_the_other_entries_attempts(
+        hub, monkeypatch):
+    # the write refused for want of room (a quota) is the failure notice's
+    # record, not an outcome's: the other entries wait all the same
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    fails = failing_writes(hub, monkeypatch, after=2, error=errno.EDQUOT)
+    first = enqueue(hub, BOB, CAROL)
+    assert len(hub.dsn.sent) == 1 and first not in hub.runner._unrecorded
+    second = enqueue(hub, BOB, CAROL)
+    for _ in range(30):
+        hub.clock.advance(1)
+    assert [c[0] for c in hub.agent.calls] == [first, first]
+    fails[0] = 0
+    hub.clock.advance(60)  # the notice's record is written, and the wait ends
+    assert [c[0] for c in hub.agent.calls[2:]].count(second) == 2
