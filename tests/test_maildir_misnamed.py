@@ -150,15 +150,30 @@ def test_a_file_that_cannot_be_renamed_is_listed_at_its_measured_sizes(
     assert [m.size for m in scan(str(md))] == [crlf_size_of(longer)]
 
 
-def test_a_marked_file_of_its_names_length_again_is_taken_at_its_word(
-        tmp_path, monkeypatch) -> None:
-    # its content put back (a restore): no read, no rename, no mark left
+def test_a_marked_file_of_its_names_sizes_again_keeps_its_name(tmp_path, synced) -> None:
+    # its content put back (a restore): read once, no rename, no mark left
     md = _md(tmp_path)
     (md / "new" / NAME).write_bytes(b"x" * 10)
     _mark(md, NAME)
-    monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", None)  # not called
     assert _listed(scan(str(md))) == [(f"new/{NAME}", UNIQUE, 12, 10, False)]
     assert os.listdir(md / "new") == [NAME]
+    assert _cache(md) == {}
+    assert synced == []
+
+
+def test_a_marked_file_of_its_names_length_and_other_line_ends_is_renamed(
+        tmp_path, synced) -> None:
+    """Changed in place to the name's length with another count of line
+    ends (the CRLF size, ``W=``, is not the name's): renamed to its true
+    ``W=``, as for another length."""
+    md = _md(tmp_path)
+    data = b"x\n" * 5  # 10 octets, 15 in CRLF form (the name says 12)
+    (md / "new" / NAME).write_bytes(data)
+    _mark(md, NAME)
+    healed = f"{UNIQUE},S=10,W=15"
+    assert _listed(scan(str(md))) == [(f"new/{healed}", UNIQUE, 15, 10, False)]
+    assert os.listdir(md / "new") == [healed]
+    assert synced == [str(md / "new")]
     assert _cache(md) == {}
 
 

@@ -941,3 +941,42 @@ def test_a_misnamed_file_that_cannot_be_renamed_is_sent_at_its_measured_size(
         monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", None)  # not read again
     assert os.listdir(os.path.join(md, "cur")) == [os.path.basename(path) + ":2,S"]
     assert [e for e in log_events if "cannot be renamed" in formatEvent(e)]
+
+
+@pytest.mark.parametrize("during", [False, True], ids=["before-login", "during-session"])
+@pytest.mark.parametrize("ours", [True, False], ids=["sized-name", "plain-name"])
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+def test_a_file_changed_in_place_to_its_length_with_other_line_ends_is_refused(
+        tmp_path, monkeypatch, during, ours, workers):
+    """Another program rewrote a message in place at the same length but
+    with another number of line ends, so another CRLF size: RETR's +OK
+    gave the size listed and sent another number of octets (RFC 1939 5).
+    RETR and TOP refuse it with -ERR [SYS/TEMP] for the session (another
+    program's name changed before the login is measured by it); the next
+    login lists and sends it at its true size, with the same UIDL (a name
+    of the hub's shape renamed to its true W=)."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    old, new = b"Subject: a\n\nhi\n", b"Subject: a\n\nh\n\n"
+    assert len(old) == len(new) and crlf_size_of(old) != crlf_size_of(new)
+    path = drop(md, old, 1, ours=ours)
+    if not during:
+        _changed_in_place(md, path, new)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    uidl = _commands(proto, t, clock, b"UIDL 1")[0]
+    if during:
+        _changed_in_place(md, path, new)
+    answers = _commands(proto, t, clock, b"RETR 1", b"TOP 1 0")
+    if ours or during:
+        assert answers == [R.MESSAGE_SIZE_CHANGED.to_bytes()] * 2
+    else:  # another program's name, measured at the login
+        assert answers[0].startswith(b"+OK %d octets\r\n" % crlf_size_of(new))
+    _end(clock, proto, t)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL 1")
+    _end(clock, proto, t)
+    size = crlf_size_of(new)
+    assert again[0] == b"+OK 1 %d\r\n" % size
+    assert again[1] == b"+OK %d octets\r\nSubject: a\r\n\r\nh\r\n\r\n.\r\n" % size
+    assert again[2] == uidl

@@ -177,6 +177,19 @@ class IDowngradedSizes(Interface):
         after refusing a message whose file is not the length listed."""
 
 
+class ICRLFSizeFound(Interface):
+    """An ``IMailbox`` told when the POP3 server, reading a message whole,
+    found its CRLF form of another size than the snapshot's while its
+    file has the length listed (another program changed it in place):
+    one whose name gives its sizes can be put right by the next login.
+    Optional: the server asks ``providedBy``."""
+
+    def crlf_size_found(index: int, size: int) -> None:
+        """Message ``index``'s file was read whole and is ``size`` octets
+        in CRLF form (kept for ``IDowngradedSizes.save_downgraded_sizes``,
+        which the server calls after its refusal)."""
+
+
 class INoWaitRead(Interface):
     """An ``IMailbox`` whose reads can be tried without waiting for the
     disk (``txmailhub.store.nowait``): each either reads what the plain

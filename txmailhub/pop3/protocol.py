@@ -48,7 +48,13 @@ from txmailhub.errors import (
     MailboxTurnAbandoned,
     UsersUnavailable,
 )
-from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
+from txmailhub.interfaces import (
+    ICRLFSizeFound,
+    IDowngradedSizes,
+    IMailbox,
+    IMailboxUpdate,
+    INoWaitRead,
+)
 from txmailhub.limits import ConnectionLimits, FailureWindow, GoneWaiters, login_session
 from txmailhub.linger import (
     LINGER_OCTETS,
@@ -1564,6 +1570,14 @@ class POP3Protocol(Protocol):
         if self._replaced(action, len(first)):
             self._refuse_changed(action, None, len(first))
             return
+        crlf = crlf_size_of(first)
+        if crlf != action.size:
+            # of the length listed, but another CRLF form: changed in place
+            box = self._reading_box()
+            if ICRLFSizeFound.providedBy(box):
+                box.crlf_size_found(action.index, crlf)
+            self._refuse_changed(action, None, len(first), crlf)
+            return
         if action.body_lines is not None:  # TOP
             self._with_first(action, None, first)
             return
@@ -2207,11 +2221,13 @@ class POP3Protocol(Protocol):
         stored = None if engine is None else engine.stored_size(action.index)
         return stored is not None and length is not None and length != stored
 
-    def _refuse_changed(self, action: Transmit, f: Any = None, length: int | None = None) -> None:
+    def _refuse_changed(self, action: Transmit, f: Any = None, length: int | None = None,
+                        crlf: int | None = None) -> None:
         """``-ERR [SYS/TEMP]`` for a message whose octets are not the size
         the session gave it (``_listed_otherwise``), or whose file is
-        ``length`` octets, not the length listed (``_replaced``); ``f``
-        is closed."""
+        ``length`` octets, not the length listed (``_replaced``), or of
+        that length but ``crlf`` octets in CRLF form, not the size listed
+        (a small message, read whole); ``f`` is closed."""
         if f is not None:
             f.close()
         if length is None:
@@ -2222,11 +2238,18 @@ class POP3Protocol(Protocol):
                      "another program changed the file since)", user=self._user,
                      peer=self._peer, number=action.index + 1, listed=listed)
         else:
-            log.warn("POP3 {user} from {peer}: message {number} refused: its file is {length} "
-                     "octets, {stored} when listed (another program changed it, or its name "
-                     "gives sizes that are not its own)", user=self._user, peer=self._peer,
-                     number=action.index + 1, length=length,
-                     stored=self.engine.stored_size(action.index))  # type: ignore[union-attr]
+            if crlf is None:
+                log.warn("POP3 {user} from {peer}: message {number} refused: its file is "
+                         "{length} octets, {stored} when listed (another program changed it, "
+                         "or its name gives sizes that are not its own)", user=self._user,
+                         peer=self._peer, number=action.index + 1, length=length,
+                         stored=self.engine.stored_size(action.index))  # type: ignore[union-attr]
+            else:
+                log.warn("POP3 {user} from {peer}: message {number} refused: its file is "
+                         "{crlf} octets in CRLF form, {size} when listed (another program "
+                         "changed it in place, or its name gives sizes that are not its own)",
+                         user=self._user, peer=self._peer, number=action.index + 1, crlf=crlf,
+                         size=action.size)
             if (IDowngradedSizes.providedBy(self._reading_box()) and self._save_call is None
                     and not self._ended):
                 # what the read found is kept with the sizes (a name whose

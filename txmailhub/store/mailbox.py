@@ -29,7 +29,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txmailhub.interfaces import IDowngradedSizes, IMailbox, IMailboxUpdate, INoWaitRead
+from txmailhub.interfaces import (
+    ICRLFSizeFound,
+    IDowngradedSizes,
+    IMailbox,
+    IMailboxUpdate,
+    INoWaitRead,
+)
 from txmailhub.store.format import (
     MAX_SIZE,
     CRLFCounter,
@@ -318,8 +324,9 @@ def _heal(cache: _SizeCache, folder: str, name: str, own: tuple[int, int],
     hub's (``own``: the sizes it gives) that the cache marks as not its
     file's (``_SizeCache.misnamed``): the name and sizes to list it by.
 
-    A file of the length the name gives is taken at the name's word (the
-    mark goes).  Any other is measured and renamed, in its folder, to
+    The file is measured (a marked one alone costs that read): one of
+    the sizes the name gives is listed by its name (its content put
+    back; the mark goes).  Any other is renamed, in its folder, to
     ``with_sizes``'s name (``rename_noreplace``: never over another
     file; ``renamed`` gets the folder, fsynced by ``scan``), as Dovecot
     does with a wrong ``S=`` of its own names: the next logins list it by
@@ -334,9 +341,6 @@ def _heal(cache: _SizeCache, folder: str, name: str, own: tuple[int, int],
     for the next scan."""
     key = name.split(":", 1)[0]
     path = os.path.join(folder, name)
-    if st.st_size == own[0]:
-        cache.forget(key)  # its length is the name's again (its content put back)
-        return name, own[0], own[1]
     try:
         size, crlf = cache.sizes(name, path, st)  # measured; the mark gives way
     except FileNotFoundError:
@@ -347,6 +351,9 @@ def _heal(cache: _SizeCache, folder: str, name: str, own: tuple[int, int],
                  "and cannot be measured: {error}", path=path, length=st.st_size,
                  named=own[0], error=str(e))
         return name, own[0], own[1]
+    if (size, crlf) == own:
+        cache.forget(key)  # its sizes are the name's again (its content put back)
+        return name, size, crlf
     now = os.lstat(path)
     if size != st.st_size or (now.st_ino, now.st_size, now.st_mtime_ns) != (
             st.st_ino, st.st_size, st.st_mtime_ns):
@@ -357,16 +364,17 @@ def _heal(cache: _SizeCache, folder: str, name: str, own: tuple[int, int],
     except FileNotFoundError:
         raise
     except OSError as e:
-        log.warn("message file {path} is {size} octets, not the {named} its name gives, and "
-                 "cannot be renamed to {target}: {error}; listed at its own sizes, kept in "
-                 "{cache}", path=path, size=size, named=own[0], target=target, error=str(e),
+        log.warn("message file {path} is {size} octets ({crlf} in CRLF form), not the "
+                 "{named} ({named_crlf}) its name gives, and cannot be renamed to {target}: "
+                 "{error}; listed at its own sizes, kept in {cache}", path=path, size=size,
+                 crlf=crlf, named=own[0], named_crlf=own[1], target=target, error=str(e),
                  cache=SIZES_NAME)
         return name, size, crlf
     cache.forget(key)
     renamed.add(folder)
-    log.info("message file {path} was {size} octets, not the {named} its name gave: renamed "
-             "to {target} (its UIDL stays)", path=path, size=size, named=own[0],
-             target=target)
+    log.info("message file {path} was {size} octets ({crlf} in CRLF form), not the {named} "
+             "({named_crlf}) its name gave: renamed to {target} (its UIDL stays)", path=path,
+             size=size, crlf=crlf, named=own[0], named_crlf=own[1], target=target)
     return target, size, crlf
 
 
@@ -621,7 +629,7 @@ class _SizeCache:
 # --- one locked session ---------------------------------------------------------
 
 
-@implementer(IMailbox, IDowngradedSizes, IMailboxUpdate, INoWaitRead)
+@implementer(IMailbox, IDowngradedSizes, IMailboxUpdate, INoWaitRead, ICRLFSizeFound)
 class MaildirMailbox:
     """A locked snapshot of one Maildir (see ``IMailbox``).
 
@@ -857,6 +865,17 @@ class MaildirMailbox:
         expected = self._messages.stored_sizes[index]
         if got != expected and (got < limit or expected < limit):
             self._length_found(index, got if got < limit else -1)
+
+    def crlf_size_found(self, index: int, size: int) -> None:
+        """POP3 read message ``index`` whole, of the length listed, and
+        its CRLF form is ``size`` octets (``ICRLFSizeFound``): a name of
+        the hub's whose ``W=`` is another (changed in place, a line end
+        for another octet) is marked as ``_length_found`` marks one of
+        another length."""
+        name = self._messages.name(index)
+        own = own_sizes(name)
+        if own is not None and own[1] != size:
+            self._misnamed.add(name.split(":", 1)[0])
 
     def open_message(self, index: int) -> Any:
         """An unbuffered binary file: each ``read(n)`` is one ``read(2)``,
