@@ -980,3 +980,56 @@ def test_a_file_changed_in_place_to_its_length_with_other_line_ends_is_refused(
     assert again[0] == b"+OK 1 %d\r\n" % size
     assert again[1] == b"+OK %d octets\r\nSubject: a\r\n\r\nh\r\n\r\n.\r\n" % size
     assert again[2] == uidl
+
+
+# stored under 64 KiB, over it in CRLF form: opened, then read whole
+_MANY_LINES = b"Subject: a\n\n" + b"\n" * 40_000
+_STREAMED = b"Subject: long\n\n" + b"line of text\n" * 6000
+
+
+@pytest.mark.parametrize("during", [False, True], ids=["before-login", "during-session"])
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+@pytest.mark.parametrize("data", [_MANY_LINES, _STREAMED], ids=["read-whole", "streamed"])
+def test_a_larger_file_changed_in_place_to_its_length_with_other_line_ends(
+        tmp_path, monkeypatch, during, workers, data):
+    """The same for a message of 64 KiB or more in CRLF form.  One read
+    whole after its open is refused as a small one is.  One streamed has
+    had its +OK and part of its octets sent when the count is known: it
+    gets no terminating line, the connection is cut (no other size passes
+    for the message; nothing deleted, not flagged seen), and the next
+    login lists and sends it at its true size, same UIDL."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    i = data.index(b"\n", len(data) // 2)
+    new = data[:i] + b"x" + data[i + 1:]  # a line end made another octet
+    assert len(new) == len(data) and crlf_size_of(new) == crlf_size_of(data) - 1
+    path = drop(md, data, 1, ours=True)
+    if not during:
+        _changed_in_place(md, path, new)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    uidl = _commands(proto, t, clock, b"UIDL 1")[0]
+    if during:
+        _changed_in_place(md, path, new)
+    t.received.clear()
+    proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    clock.advance(0)
+    answer = bytes(t.received)
+    if data is _MANY_LINES:
+        assert answer.startswith(R.MESSAGE_SIZE_CHANGED.to_bytes())
+        _end(clock, proto, t)
+    else:
+        assert answer.startswith(b"+OK %d octets\r\n" % crlf_size_of(data))
+        assert t.aborted and not answer.endswith(b"\r\n.\r\n")
+        assert b"+OK" not in answer[20:]  # the QUIT behind it was not answered
+        proto.connectionLost(Failure(ConnectionDone()))
+        clock.advance(1)
+    assert os.listdir(os.path.join(md, "cur")) == []  # not flagged seen
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL 1")
+    _end(clock, proto, t)
+    size = crlf_size_of(new)
+    assert again[0] == b"+OK 1 %d\r\n" % size
+    status, sent = again[1].split(b"\r\n", 1)
+    assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
+    assert again[2] == uidl

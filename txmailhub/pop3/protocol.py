@@ -1573,10 +1573,7 @@ class POP3Protocol(Protocol):
         crlf = crlf_size_of(first)
         if crlf != action.size:
             # of the length listed, but another CRLF form: changed in place
-            box = self._reading_box()
-            if ICRLFSizeFound.providedBy(box):
-                box.crlf_size_found(action.index, crlf)
-            self._refuse_changed(action, None, len(first), crlf)
+            self._crlf_size_changed(action, len(first), crlf)
             return
         if action.body_lines is not None:  # TOP
             self._with_first(action, None, first)
@@ -1902,10 +1899,16 @@ class POP3Protocol(Protocol):
                       head: bytes, parts: PartHeaders | None = None) -> None:
         """Send the message from ``first``, then on from ``f`` (streamed;
         ``parts``: through this, which downgrades its part header sections)."""
+        checked = action.body_lines is None and parts is None and head is action.head
         if complete:
             if f is not None:
                 f.close()
             if action.body_lines is None:
+                if checked:
+                    crlf = crlf_size_of(first)
+                    if crlf != action.size:  # of the length listed, changed in place
+                        self._crlf_size_changed(action, len(first), crlf)
+                        return
                 self._write(encode_whole(first, head))
             else:
                 enc = MessageEncoder(action.body_lines)
@@ -1916,7 +1919,8 @@ class POP3Protocol(Protocol):
         self._busy = True
         enc = MessageEncoder(action.body_lines)
         start = enc.encode(first)  # (``parts`` has downgraded what it holds already)
-        self._stream = _Stream(f, enc if parts is None else PartsEncoder(parts, enc), action)
+        self._stream = _Stream(f, enc if parts is None else PartsEncoder(parts, enc), action,
+                               action.size if checked else None)
         self.transport.write(head + start)
         self._queued = True
         self._pump()
@@ -2257,6 +2261,26 @@ class POP3Protocol(Protocol):
                 self._save_call = self.reactor.callLater(0, self._save_sizes)
         self._write(R.MESSAGE_SIZE_CHANGED.to_bytes())
 
+    def _crlf_size_changed(self, action: Transmit, length: int | None, crlf: int) -> None:
+        """Message ``action.index``'s file, of the length listed, is
+        ``crlf`` octets in CRLF form, not the size listed: the mailbox is
+        told (a name of the hub's that gives other sizes is put right at
+        the next login) and, where no +OK went yet (``length``: the
+        octets read whole), the message refused (``_refuse_changed``);
+        after a +OK only the warning and the save are left to make."""
+        box = self._reading_box()
+        if ICRLFSizeFound.providedBy(box):
+            box.crlf_size_found(action.index, crlf)
+        if length is not None:
+            self._refuse_changed(action, None, length, crlf)
+            return
+        log.warn("POP3 {user} from {peer}: message {number} cut: its file is {crlf} octets in "
+                 "CRLF form, {size} as its +OK gave (another program changed it in place, or "
+                 "its name gives sizes that are not its own)", user=self._user, peer=self._peer,
+                 number=action.index + 1, crlf=crlf, size=action.size)
+        if IDowngradedSizes.providedBy(box) and self._save_call is None and not self._ended:
+            self._save_call = self.reactor.callLater(0, self._save_sizes)
+
     def _refuse_utf8(self, action: Transmit) -> None:
         """RFC 6856 2 and 5: an internationalized message is not sent as
         it is to a client that has not issued UTF8.  It goes downgraded
@@ -2310,10 +2334,23 @@ class POP3Protocol(Protocol):
             return
 
     def _streamed(self, stream: _Stream) -> None:
-        """The whole message is sent: its end, and the next command."""
+        """The whole message is sent: its end, and the next command.  A
+        message whose octets were not the size its +OK gave (another
+        program changed its file in place to the same length, with
+        another count of line ends) gets no end: the client cannot be told
+        otherwise, so it is cut, as for a read that fails (the message is
+        not flagged seen; nothing is deleted, as without QUIT)."""
         self._stream = None
         stream.close()
-        self.transport.write(stream.encoder.finish())
+        end = stream.encoder.finish()
+        expected = stream.expected
+        if expected is not None and stream.encoder.size != expected:
+            self._busy = False
+            self._crlf_size_changed(stream.action, None, stream.encoder.size)
+            self._closing = True  # no command behind it is handled (a QUIT's deletions)
+            self.transport.abortConnection()
+            return
+        self.transport.write(end)
         if stream.action.mark_seen:
             self._retrieved(stream.action.index)
         self._busy = False
@@ -2538,13 +2575,15 @@ class POP3Protocol(Protocol):
 class _Stream:
     """The message file being sent and its encoder."""
 
-    __slots__ = ("action", "encoder", "file", "pumping", "reading")
+    __slots__ = ("action", "encoder", "expected", "file", "pumping", "reading")
 
     def __init__(self, file: Any, encoder: MessageEncoder | PartsEncoder,
-                 action: Transmit) -> None:
+                 action: Transmit, expected: int | None = None) -> None:
         self.file = file
         self.encoder = encoder
         self.action = action
+        # the octets (CRLF form) the +OK gave, where checked at the end
+        self.expected = expected
         self.reading = False  # a worker thread reads its next chunk (``_pump``)
         self.pumping = False  # ``_pump`` runs (a job done at once must not call it again)
 

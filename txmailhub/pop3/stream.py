@@ -75,6 +75,7 @@ class MessageEncoder:
     """
 
     def __init__(self, body_lines: int | None = None) -> None:
+        self.size = 0  # the octets encoded so far in CRLF form, before dot-stuffing
         self._crlf = CRLFEncoder()
         self._at_line_start = True
         self._remaining = body_lines
@@ -88,13 +89,16 @@ class MessageEncoder:
         data = self._crlf.encode(chunk)
         if self._remaining is not None:
             data = self._limit(data)
+        self.size += len(data)
         return self._stuff(data)
 
     def finish(self) -> bytes:
         if self.done:
             return TERMINATOR
         self.done = True
-        return self._stuff(self._crlf.finish()) + TERMINATOR
+        tail = self._crlf.finish()
+        self.size += len(tail)
+        return self._stuff(tail) + TERMINATOR
 
     def _stuff(self, data: bytes) -> bytes:
         if not data:
@@ -148,6 +152,10 @@ class PartsEncoder:
     @property
     def done(self) -> bool:
         return self._encoder.done
+
+    @property
+    def size(self) -> int:
+        return self._encoder.size
 
     def encode(self, chunk: bytes) -> bytes:
         return self._encoder.encode(self._parts.feed(chunk))
