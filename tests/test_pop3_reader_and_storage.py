@@ -1113,3 +1113,46 @@ class _EveryFolderUnder(dict):
         if isinstance(key, str) and key.startswith(self.root + os.sep):
             return OSError(5, "Input/output error")
         return default
+
+
+def test_a_read_error_mid_message_handles_no_pipelined_command_behind_it(
+        tmp_path, monkeypatch):
+    """A read fails (EIO) after a streamed message's +OK and first chunk:
+    the connection is cut, and the DELE and QUIT the client pipelined
+    behind the RETR are not handled -- they deleted the message it never
+    got whole, and answered onto the connection cut."""
+    from txmailhub.store.mailbox import MaildirMailbox
+
+    clock, components, md = make_env(tmp_path)
+    big = b"Subject: long\n\n" + b"line of text\n" * 12000
+    with open(os.path.join(md, "new", "1600000001.M1P1Q1.fuzz"), "wb") as f:
+        f.write(big)
+    real = MaildirMailbox.open_message
+
+    class Failing:
+        def __init__(self, f):
+            self.f, self.reads = f, 0
+
+        def read(self, n):
+            self.reads += 1
+            if self.reads > 1:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            return self.f.read(n)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(MaildirMailbox, "open_message", lambda box, i: Failing(real(box, i)))
+    proto, t = connect(components)
+    proto.dataReceived(b"USER joe\r\nPASS joepw\r\n")
+    clock.advance(0)
+    assert b"+OK Logged in" in bytes(t.received)
+    t.received.clear()
+    proto.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    clock.advance(0)
+    out = bytes(t.received)
+    assert out.startswith(b"+OK ") and t.aborted
+    assert b"deleted" not in out and b"Bye" not in out and not out.endswith(b"\r\n.\r\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    clock.advance(1)
+    assert os.listdir(os.path.join(md, "new")) == ["1600000001.M1P1Q1.fuzz"]

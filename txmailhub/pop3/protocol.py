@@ -2363,6 +2363,9 @@ class POP3Protocol(Protocol):
         self._stream = None
         stream.close()
         self._busy = False
+        # no command behind it is handled: a pipelined DELE and QUIT would
+        # delete the message the client never got whole
+        self._closing = True
         self.transport.abortConnection()
 
     def _chunk_back(self, result: Any, stream: _Stream) -> None:
