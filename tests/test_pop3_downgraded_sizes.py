@@ -737,6 +737,19 @@ def _end(clock, proto, t) -> None:
     proto.connectionLost(Failure(ConnectionDone()))
 
 
+def _next_login_sends(components, clock, size: int, *more: bytes) -> list[bytes]:
+    """A new session lists message 1 at ``size`` and sends that many
+    octets for it; the answers to ``more`` (UIDL, say) for the caller."""
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", *more)
+    _end(clock, proto, t)
+    assert again[0] == b"+OK 1 %d\r\n" % size
+    status, sent = again[1].split(b"\r\n", 1)
+    assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
+    return again[2:]
+
+
 def _commands(proto, t, clock, *commands: bytes) -> list[bytes]:
     answers = []
     for command in commands:
@@ -860,15 +873,9 @@ def test_a_file_of_another_length_than_listed_is_refused_for_the_session(
     assert answers[3:] == before
     _end(clock, proto, t)
     assert _files_of(md, path) == names  # nothing renamed under the session
-    proto, t = _login_sent(components)
-    clock.advance(0)
-    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL")
-    _end(clock, proto, t)
     size = crlf_size_of(new)
-    assert again[0] == b"+OK 1 %d\r\n" % size
-    status, sent = again[1].split(b"\r\n", 1)
-    assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
-    assert again[2] == before[2]  # the same UIDLs
+    [uids] = _next_login_sends(components, clock, size, b"UIDL")
+    assert uids == before[2]  # the same UIDLs
     unique = os.path.basename(path).split(",")[0]
     if kind == "ours":  # (in cur/ with the S flag: the RETR at the second session)
         assert _files_of(md, path) == [f"cur/{unique},S={len(new)},W={size}:2,S"]
@@ -931,13 +938,7 @@ def test_a_misnamed_file_that_cannot_be_renamed_is_sent_at_its_measured_size(
     _end(clock, proto, t)
     size = crlf_size_of(new)
     for _ in range(2):
-        proto, t = _login_sent(components)
-        clock.advance(0)
-        again = _commands(proto, t, clock, b"LIST 1", b"RETR 1")
-        _end(clock, proto, t)
-        assert again[0] == b"+OK 1 %d\r\n" % size
-        status, sent = again[1].split(b"\r\n", 1)
-        assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
+        _next_login_sends(components, clock, size)
         monkeypatch.setattr(mailbox_module, "_crlf_size_of_file", None)  # not read again
     assert os.listdir(os.path.join(md, "cur")) == [os.path.basename(path) + ":2,S"]
     assert [e for e in log_events if "cannot be renamed" in formatEvent(e)]
@@ -1024,12 +1025,4 @@ def test_a_larger_file_changed_in_place_to_its_length_with_other_line_ends(
         proto.connectionLost(Failure(ConnectionDone()))
         clock.advance(1)
     assert os.listdir(os.path.join(md, "cur")) == []  # not flagged seen
-    proto, t = _login_sent(components)
-    clock.advance(0)
-    again = _commands(proto, t, clock, b"LIST 1", b"RETR 1", b"UIDL 1")
-    _end(clock, proto, t)
-    size = crlf_size_of(new)
-    assert again[0] == b"+OK 1 %d\r\n" % size
-    status, sent = again[1].split(b"\r\n", 1)
-    assert status == b"+OK %d octets" % size and len(sent) == size + len(b".\r\n")
-    assert again[2] == uidl
+    assert _next_login_sends(components, clock, crlf_size_of(new), b"UIDL 1") == [uidl]
