@@ -1857,8 +1857,10 @@ def test_a_folder_twistd_may_not_enter_stops_the_start_in_a_line(
     assert not (tmp_path / "state").exists()  # nothing was built
 
 
-def test_rundir_problems_as_the_user_twistd_runs_as(tmp_path: Path) -> None:
+def test_rundir_problems_as_the_user_twistd_runs_as(tmp_path: Path, monkeypatch) -> None:
     import pwd
+
+    from conftest import as_user
 
     from txmailhub.run_files import rundir_problems
 
@@ -1876,23 +1878,9 @@ def test_rundir_problems_as_the_user_twistd_runs_as(tmp_path: Path) -> None:
     closed = tmp_path / "home"
     closed.mkdir(mode=0o700)
     nobody = pwd.getpwnam("nobody")
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover (the child's)
-        try:
-            os.close(read)
-            os.chdir(closed)
-            os.setgroups([])
-            os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-            os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
-            os.write(write, "\n".join(rundir_problems(
-                {"rundir": ".", "pidfile": "", "nodaemon": True})).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as said:
-        found = said.read().decode().splitlines()
-    os.waitpid(child, 0)
+    monkeypatch.chdir(closed)  # (the child starts there, as twistd would)
+    found = as_user(nobody.pw_uid, nobody.pw_gid, lambda: rundir_problems(
+        {"rundir": ".", "pidfile": "", "nodaemon": True}))
     # (pytest's folders above it are root's 0700 too: "may not reach it")
     [line] = found
     assert line.startswith(f"mailhub: --rundir {closed} cannot be entered: nobody may not ")
@@ -1901,13 +1889,16 @@ def test_rundir_problems_as_the_user_twistd_runs_as(tmp_path: Path) -> None:
         "may enter, such as /, or give --rundir /)")
 
 
-def test_rundir_problems_judge_the_rundir_as_twistds_chdir_does(tmp_path: Path) -> None:
+def test_rundir_problems_judge_the_rundir_as_twistds_chdir_does(tmp_path: Path,
+                                                                 monkeypatch) -> None:
     # twistd changes into its --rundir as given: "." needs the right to
     # enter the folder it starts in, not to reach it by its full name.  A
     # start as the hub's user in an open folder of a home closed to it
     # (``sudo -u mailhub`` from /root/sub, /root 0700, sub 0755) enters
     # "." and runs; it was stopped with "may not reach it" and exit 2
     import pwd
+
+    from conftest import as_user
 
     from txmailhub.run_files import rundir_problems
 
@@ -1918,28 +1909,17 @@ def test_rundir_problems_judge_the_rundir_as_twistds_chdir_does(tmp_path: Path) 
     (home / "open").mkdir(mode=0o755)
     os.chmod(home / "open", 0o755)  # (whatever the umask)
     nobody = pwd.getpwnam("nobody")
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover (the child's)
+    monkeypatch.chdir(home / "open")  # (the child starts there, as twistd would)
+
+    def enter_and_judge() -> list[str]:
         try:
-            os.close(read)
-            os.chdir(home / "open")
-            os.setgroups([])
-            os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-            os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
-            try:
-                os.chdir(".")  # what twistd does
-                entered = "entered"
-            except OSError as e:
-                entered = f"not entered ({e})"
-            problems = rundir_problems({"rundir": ".", "pidfile": "", "nodaemon": True})
-            os.write(write, "\n".join([entered, *problems]).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        found = pipe.read().decode().splitlines()
-    os.waitpid(child, 0)
+            os.chdir(".")  # what twistd does
+            entered = "entered"
+        except OSError as e:
+            entered = f"not entered ({e})"
+        return [entered, *rundir_problems({"rundir": ".", "pidfile": "", "nodaemon": True})]
+
+    found = as_user(nobody.pw_uid, nobody.pw_gid, enter_and_judge)
     assert found == ["entered"]
 
 
