@@ -5042,6 +5042,20 @@ def test_a_stop_writes_the_earlier_delivery_while_another_destination_still_runs
         local[1].callback({LOCAL: None})
 
 
+def _cut_ends_the_first_delivered(hub, pending: list, monkeypatch) -> None:
+    """The agent's cut (``abort_all``) ends the first of the held
+    deliveries with its recipients taken and the others with nothing."""
+
+    def abort_all():
+        d, rcpts = pending.pop(0)
+        d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+        while pending:
+            d, rcpts = pending.pop(0)
+            d.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
+
+    monkeypatch.setattr(hub.agent, "abort_all", abort_all)
+
+
 def _held_updates(hub, monkeypatch) -> list:
     """From now on each record update of the hub's queue waits until the
     test writes it (``(Deferred, queue id, change)`` in the list)."""
@@ -5096,14 +5110,7 @@ def _stop_cutting_held(hub, monkeypatch, *others):
     qid = enqueue(hub, BOB, *others)
     assert len(pending) == 1 + len(others)
 
-    def abort_all():
-        d, rcpts = pending.pop(0)
-        d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
-        while pending:
-            d, rcpts = pending.pop(0)
-            d.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
-
-    monkeypatch.setattr(hub.agent, "abort_all", abort_all)
+    _cut_ends_the_first_delivered(hub, pending, monkeypatch)
     held = _held_updates(hub, monkeypatch)
     stopped = hub.runner.stop()
     hub.clock.advance(11)
@@ -5185,14 +5192,7 @@ def test_a_cut_sessions_write_not_begun_within_the_stops_wait_is_never_made(
     hub.runner.start()
     qid = enqueue(hub, BOB, CAROL)
 
-    def abort_all():
-        d, rcpts = pending.pop(0)
-        d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
-        while pending:
-            d, rcpts = pending.pop(0)
-            d.callback([DeliveryResult(a, "transient", LATER, "mx") for a in rcpts])
-
-    monkeypatch.setattr(hub.agent, "abort_all", abort_all)
+    _cut_ends_the_first_delivered(hub, pending, monkeypatch)
     line = _pooled_updates(hub, monkeypatch)
     fired = []
     hub.runner.stop().addBoth(fired.append)
