@@ -554,12 +554,11 @@ def test_queue_list_says_why_a_record_is_unreadable_in_its_own_words(setup):
                               "(line 2, column 15))\n")
 
 
-def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monkeypatch):
-    # `mailhub queue list` run as the wrong user: Permission denied on the
-    # way to the queue folder, not "nothing queued"
+def _queue_folder_denied(settings, monkeypatch):
+    """The way to the queue folder closed to the command's user (``stat``
+    refused); the real ``os.stat``, for the test's own looks."""
     import os
 
-    settings, _, _, _ = setup
     real_stat = os.stat
 
     def denied(path, *args, **kwargs):
@@ -568,6 +567,15 @@ def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monk
         return real_stat(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", denied)
+    return real_stat
+
+
+def test_a_queue_the_user_cannot_read_is_an_error_not_an_empty_queue(setup, monkeypatch):
+    # `mailhub queue list` run as the wrong user: Permission denied on the
+    # way to the queue folder, not "nothing queued"
+
+    settings, _, _, _ = setup
+    _queue_folder_denied(settings, monkeypatch)
     for action in ("list", "flush"):
         code, out, err = run(settings, action)
         assert (code, out) == (1, "") and "Permission denied" in err
@@ -580,19 +588,11 @@ def test_every_action_on_a_queue_the_user_cannot_reach_says_whom_to_run_it_as(
     # `mailq` said whose the queue is and whom to run it as; `mailhub
     # queue` printed only "mailhub: PATH: Permission denied".  Here the
     # way to the queue folder is closed: its owner is state_dir's
-    import os
 
     from txmailhub.hub_access import name_of
 
     settings, _, qid, _ = setup
-    real_stat = os.stat
-
-    def denied(path, *args, **kwargs):
-        if str(path) == settings.queue_dir:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", denied)
+    real_stat = _queue_folder_denied(settings, monkeypatch)
     argv = tuple(qid if a == "Q" else a for a in argv)
     code, out, err = run(settings, *argv)
     user = name_of(real_stat(settings.hub.state_dir).st_uid)
