@@ -92,6 +92,7 @@ class SpoolRoom:
             return self.fresh()
         return self._value
 
+
 log = Logger()
 
 #: A mailbox the quota cannot measure is logged at most once in this many
