@@ -242,6 +242,7 @@ class _Unfed:
         self._inner = PartsEncoder(parts, encoder)
 
     done = property(lambda self: self._inner.done)
+    size = property(lambda self: self._inner.size)  # checked at the end of RETR
 
     def encode(self, chunk):
         return self._inner._encoder.encode(_REAL_FEED(self._inner._parts, chunk))

@@ -1026,3 +1026,51 @@ def test_a_larger_file_changed_in_place_to_its_length_with_other_line_ends(
         clock.advance(1)
     assert os.listdir(os.path.join(md, "cur")) == []  # not flagged seen
     assert _next_login_sends(components, clock, crlf_size_of(new), b"UIDL 1") == [uidl]
+
+
+# a UTF-8 header section: downgraded for a client without UTF8, streamed
+_INTL_STREAMED = INTL(n=1).encode() + b"line of text\n" * 6000
+_INTL_PARTS = (
+    "From: Jörg <jörg@example.net>\nSubject: Grüße\nMIME-Version: 1.0\n"
+    "Content-Type: multipart/mixed; boundary=b\n\n--b\n"
+    "Content-Type: text/plain; charset=utf-8\nContent-Description: Größe\n\n"
+).encode() + b"line of text\n" * 6000 + b"--b--\n"
+
+
+@pytest.mark.parametrize("during", [False, True], ids=["before-login", "during-session"])
+@pytest.mark.parametrize("workers", [False, True], ids=["inline", "workers"])
+@pytest.mark.parametrize("data", [_INTL_STREAMED, _INTL_PARTS], ids=["header", "parts"])
+def test_a_downgraded_copy_changed_in_place_to_its_length_is_cut_at_its_end(
+        tmp_path, monkeypatch, log_events, during, workers, data):
+    """The downgraded copy (RFC 6857) of a message of 64 KiB or more sent
+    to a client without UTF8, whose file another program changed in place
+    to the same length with another count of line ends, is checked at its
+    end as a plain one is: no terminating line, the connection cut (the
+    QUIT behind it not handled, nothing flagged seen), and the next login
+    lists and sends the copy at its true size, same UIDL."""
+    clock, components, md = env(tmp_path, monkeypatch, workers)
+    i = data.index(b"\n", len(data) // 2)
+    new = data[:i] + b"x" + data[i + 1:]  # a line end made another octet
+    assert len(new) == len(data) and crlf_size_of(new) == crlf_size_of(data) - 1
+    path = drop(md, data, 1, ours=True)
+    if not during:
+        _changed_in_place(md, path, new)
+    proto, t = _login_sent(components)
+    clock.advance(0)
+    uidl, listed = _commands(proto, t, clock, b"UIDL 1", b"LIST 1")
+    listed_size = int(listed.split()[2])
+    assert listed_size > crlf_size_of(data)  # the downgraded copy's size
+    if during:
+        _changed_in_place(md, path, new)
+    t.received.clear()
+    proto.dataReceived(b"RETR 1\r\nQUIT\r\n")
+    clock.advance(0)
+    answer = bytes(t.received)
+    assert answer.startswith(b"+OK %d octets\r\n" % listed_size)
+    assert t.aborted and not answer.endswith(b"\r\n.\r\n")
+    assert b"+OK" not in answer[20:]  # the QUIT behind it was not answered
+    assert [e for e in log_events if "downgraded copy is" in formatEvent(e)]
+    proto.connectionLost(Failure(ConnectionDone()))
+    clock.advance(1)
+    assert os.listdir(os.path.join(md, "cur")) == []  # not flagged seen
+    assert _next_login_sends(components, clock, listed_size - 1, b"UIDL 1") == [uidl]

@@ -1919,8 +1919,16 @@ class POP3Protocol(Protocol):
         self._busy = True
         enc = MessageEncoder(action.body_lines)
         start = enc.encode(first)  # (``parts`` has downgraded what it holds already)
+        # RETR's octets are checked at the end against the size its +OK
+        # gave: the stored file's CRLF size, or the downgraded copy's
+        # (``_downgraded_head`` keeps it in ``_sizes``)
+        expected = None
+        if checked:
+            expected = action.size
+        elif action.body_lines is None and action.index < len(self._sizes):
+            expected = self._sizes[action.index] if self._sizes[action.index] >= 0 else None
         self._stream = _Stream(f, enc if parts is None else PartsEncoder(parts, enc), action,
-                               action.size if checked else None)
+                               expected)
         self.transport.write(head + start)
         self._queued = True
         self._pump()
@@ -2261,23 +2269,33 @@ class POP3Protocol(Protocol):
                 self._save_call = self.reactor.callLater(0, self._save_sizes)
         self._write(R.MESSAGE_SIZE_CHANGED.to_bytes())
 
-    def _crlf_size_changed(self, action: Transmit, length: int | None, crlf: int) -> None:
+    def _crlf_size_changed(self, action: Transmit, length: int | None, crlf: int,
+                           copy: tuple[int, int] | None = None) -> None:
         """Message ``action.index``'s file, of the length listed, is
         ``crlf`` octets in CRLF form, not the size listed: the mailbox is
         told (a name of the hub's that gives other sizes is put right at
         the next login) and, where no +OK went yet (``length``: the
         octets read whole), the message refused (``_refuse_changed``);
-        after a +OK only the warning and the save are left to make."""
+        after a +OK only the warning and the save are left to make
+        (``copy``: a downgraded copy's octets that went and the size its
+        +OK gave)."""
         box = self._reading_box()
         if ICRLFSizeFound.providedBy(box):
             box.crlf_size_found(action.index, crlf)
         if length is not None:
             self._refuse_changed(action, None, length, crlf)
             return
-        log.warn("POP3 {user} from {peer}: message {number} cut: its file is {crlf} octets in "
-                 "CRLF form, {size} as its +OK gave (another program changed it in place, or "
-                 "its name gives sizes that are not its own)", user=self._user, peer=self._peer,
-                 number=action.index + 1, crlf=crlf, size=action.size)
+        if copy is None or copy[1] == action.size:
+            log.warn("POP3 {user} from {peer}: message {number} cut: its file is {crlf} octets "
+                     "in CRLF form, {size} as its +OK gave (another program changed it in "
+                     "place, or its name gives sizes that are not its own)", user=self._user,
+                     peer=self._peer, number=action.index + 1, crlf=crlf, size=action.size)
+        else:
+            log.warn("POP3 {user} from {peer}: message {number} cut: its downgraded copy is "
+                     "{sent} octets, not {size} as its +OK gave (another program changed it "
+                     "in place, or its name gives sizes that are not its own)",
+                     user=self._user, peer=self._peer, number=action.index + 1, sent=copy[0],
+                     size=copy[1])
         if IDowngradedSizes.providedBy(box) and self._save_call is None and not self._ended:
             self._save_call = self.reactor.callLater(0, self._save_sizes)
 
@@ -2346,7 +2364,11 @@ class POP3Protocol(Protocol):
         expected = stream.expected
         if expected is not None and stream.encoder.size != expected:
             self._busy = False
-            self._crlf_size_changed(stream.action, None, stream.encoder.size)
+            action = stream.action
+            # a downgraded copy's octets less what downgrading added: the
+            # file's CRLF size, as far as the additions stayed the same
+            crlf = stream.encoder.size - (expected - action.size)
+            self._crlf_size_changed(action, None, crlf, (stream.encoder.size, expected))
             self._closing = True  # no command behind it is handled (a QUIT's deletions)
             self.transport.abortConnection()
             return
