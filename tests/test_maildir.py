@@ -2765,6 +2765,43 @@ class KeyedDeliveryTests(Base):
         self.assertIsInstance(out[ANN], LocalError)
         self.spooler.discard(msg)
 
+    def test_copy_renamed_to_other_sizes_is_found_by_its_unique_part(self):
+        # a login renames a file of the hub's whose ,S= is not its own
+        # (changed in place) to its true sizes, in new/ or in cur/ with its
+        # flags: the same copy, found by its unique part, its folder synced
+        msg = self.spool()
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))
+        (name,) = self.names(JOE)
+        unique = name.split(",", 1)[0]
+        os.rename(os.path.join(self.md(JOE), "new", name),
+                  os.path.join(self.md(JOE), "new", f"{unique},S=99,W=101"))
+        os.rename(os.path.join(self.md(ANN), "new", name),
+                  os.path.join(self.md(ANN), "cur", f"{unique},S=99,W=101:2,RS"))
+        self.syncer.calls.clear()
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE, ANN], self.KEY))
+        self.assertEqual(out, {JOE: None, ANN: None})
+        self.assertEqual(self.names(JOE), [f"{unique},S=99,W=101"])
+        self.assertEqual(self.names(ANN), [])
+        self.assertEqual(self.names(ANN, "cur"), [f"{unique},S=99,W=101:2,RS"])
+        self.assertIn(("dir", os.path.join(self.md(JOE), "new")), self.syncer.calls)
+        self.assertIn(("dir", os.path.join(self.md(ANN), "cur")), self.syncer.calls)
+        self.spooler.discard(msg)
+
+    def test_a_first_attempt_lists_no_folder(self):
+        # ``first``: no earlier call under the key, so no listing -- the
+        # copy's own name in new/, and POP3's in cur/, are still looked at
+        listed = []
+        scandir = os.scandir
+        self.patch(os, "scandir", lambda path: listed.append(path) or scandir(path))
+        msg = self.spool()
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY, first=True))
+        self.assertEqual(out, {JOE: None})
+        (name,) = self.names()
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY, first=True))
+        self.assertEqual((out, self.names()), ({JOE: None}, [name]))
+        self.assertEqual(listed, [])
+        self.spooler.discard(msg)
+
     def test_copy_found_in_cur_that_cannot_be_synced_is_no_delivery(self):
         msg = self.spool()
         self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))

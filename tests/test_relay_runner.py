@@ -1448,6 +1448,130 @@ def test_local_retry_read_before_the_restart_is_not_delivered_again(tmp_path, mo
     assert os.listdir(md / "cur") == [f"{name}:2,S"]
 
 
+def _crashed_local_copy(tmp_path, monkeypatch):
+    """A queued local copy made by the runner, then a crash before its
+    record (a record write that fails, a runner dropped as the process
+    would be): ``(hub, store, Maildir, name of the copy)``."""
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    joe = Address("joe", "example.org")
+    h = make_hub(tmp_path)
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    h.components.store = store
+    enqueue(h, joe)
+
+    def crash(*args, **kwargs):
+        raise OSError(5, "the hub was killed while writing the record")
+
+    monkeypatch.setattr(h.queue, "update", crash)
+    h.runner.start()
+    h.runner.stop()
+    md = tmp_path / "mail" / "example.org" / "joe"
+    (name,) = os.listdir(md / "new")
+    monkeypatch.undo()
+    return h, store, md, name
+
+
+def _restarted(h):
+    """The restart: a new queue and runner on the same files, run an hour."""
+    queue = OutboundQueue(h.settings.queue_dir, h.clock)
+    h.components.queue = queue
+    runner = QueueRunner(queue, h.agent, h.components, h.clock, send_dsn=h.dsn)
+    runner.start()
+    h.clock.advance(3600)
+    runner.stop()
+    return queue
+
+
+def _read_over_pop3(store, md, flags_too: bool) -> None:
+    """A POP3 session (the store's API, as the POP3 server drives it)
+    retrieves message 1 and quits: moved to cur/ with the S flag; with
+    ``flags_too``, a reader then adds a flag of its own."""
+    from txmailhub.store.mailbox import MaildirMailbox
+
+    box = []
+    store.open_mailbox(Address("joe", "example.org")).addCallback(box.append)
+    (mailbox,) = box
+    assert isinstance(mailbox, MaildirMailbox) and len(mailbox.list_messages()) == 1
+    done = []
+    mailbox.update([0], []).addCallback(done.append)
+    assert done == [None]
+    mailbox.close()
+    (seen,) = os.listdir(md / "cur")
+    assert seen.endswith(":2,S") and os.listdir(md / "new") == []
+    if flags_too:
+        os.rename(md / "cur" / seen, md / "cur" / (seen[:-1] + "FS"))
+
+
+def _renamed_by_a_login(md, name: str) -> str:
+    """The copy changed in place to another length (a script that
+    rewrites delivered mail), found so by a POP3 read, renamed by the next
+    login to its true ``,S=`` and ``,W=`` (``mailbox.scan``)."""
+    from txmailhub.store import mailbox as mailbox_module
+
+    where = "cur" if not os.listdir(md / "new") else "new"
+    (now,) = os.listdir(md / where)
+    with open(md / where / now, "ab") as f:
+        f.write(b"a line more\n")
+    cache = mailbox_module._SizeCache(str(md), 1)
+    cache.mark_misnamed(now.split(":", 1)[0])
+    cache.save(prune=False)
+    mailbox_module.scan(str(md))
+    (healed,) = os.listdir(md / where)
+    assert healed != now and healed.split(",", 1)[0] == name.split(",", 1)[0]
+    return healed
+
+
+@pytest.mark.parametrize("meanwhile", ["read", "read-flagged", "renamed", "read-renamed"])
+def test_local_retry_finds_the_copy_a_reader_renamed_before_the_restart(
+        tmp_path, monkeypatch, meanwhile):
+    """The copy a crash left unrecorded is looked for under any name a
+    Maildir reader may have given it meanwhile -- its unique part the
+    same, in new/ or cur/, any flags, a ,S= and ,W= a login put right --
+    and the retry after the restart makes no second copy."""
+    h, store, md, name = _crashed_local_copy(tmp_path, monkeypatch)
+    if meanwhile.startswith("read"):
+        _read_over_pop3(store, md, flags_too=meanwhile == "read-flagged")
+    if meanwhile.endswith("renamed"):
+        _renamed_by_a_login(md, name)
+    before = sorted(os.listdir(md / "new")) + sorted(os.listdir(md / "cur"))
+    queue = _restarted(h)
+    assert queue.ids() == []  # recorded as delivered this time
+    assert sorted(os.listdir(md / "new")) + sorted(os.listdir(md / "cur")) == before
+
+
+def test_the_first_local_attempt_of_an_entry_queued_here_lists_no_folder(
+        tmp_path, monkeypatch):
+    """An entry this process queued, attempted for the first time, can
+    have no copy from an earlier attempt: the store looks at the copy's
+    two names, and lists neither new/ nor cur/ (a mailbox kept for years
+    holds tens of thousands of names).  A retry does list them."""
+    from txmailhub.store import maildir as maildir_module
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    joe = Address("joe", "example.org")
+    h = make_hub(tmp_path)
+    h.components.store = MaildirStore(str(tmp_path / "mail"), "mail.example.org",
+                                      SyncerSpy())
+    md = tmp_path / "mail" / "example.org" / "joe"
+    listed = []
+    real = os.scandir
+
+    def spy(path):
+        listed.append(os.fsdecode(path))
+        return real(path)
+
+    monkeypatch.setattr(maildir_module.os, "scandir", spy)
+    h.runner.start()
+    enqueue(h, joe)  # attempted at once
+    assert h.queue.ids() == []
+    assert len(os.listdir(md / "new")) == 1
+    assert [p for p in listed if p.startswith(str(md))] == []
+    h.runner.stop()
+
+
 def test_control_file_that_cannot_be_taken_does_not_stop_the_queue(hub, monkeypatch, log_events):
     """``.flush`` or ``.changed`` that cannot be removed (EIO, a read-only
     remount) stopped every tick before it started the due entries, and

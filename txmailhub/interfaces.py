@@ -254,11 +254,14 @@ class IKeyedStore(Interface):
     second time.  With a key (stable across restarts: the queue entry's
     creation time and id) the store can tell that copy is already there."""
 
-    def deliver_keyed(message, mailboxes: list, key: tuple) -> "Deferred":  # noqa: F821, UP037
+    def deliver_keyed(message, mailboxes: list, key: tuple,
+                      first: bool = False) -> "Deferred":  # noqa: F821, UP037
         """``IMailboxStore.deliver``, but a mailbox that already holds the
         copy made under ``key`` (``(when, name)``: seconds since the epoch
         and a short ASCII name) is not given another: its outcome is
-        ``None`` once that copy is durable."""
+        ``None`` once that copy is durable.  ``first``: no call under
+        ``key`` can have been made before (the store may then skip the
+        costly part of its look for an earlier copy)."""
 
 
 class IRecipientRouter(Interface):

@@ -55,10 +55,12 @@ class QueueEvents:
     _destinations: dict[str, tuple[frozenset[str], bool]]
     _unrecorded: dict[str, Any]
     _notified: dict[str, Any]
+    _queued_here: set[str]
     _entries: dict[str, _Running]
 
     def _event(self, queue_id: str | None) -> None:
         if queue_id is not None:
+            self._queued_here.add(queue_id)  # queued by this process (``_process``)
             try:
                 entry = self.queue.read(queue_id)
             except Exception:

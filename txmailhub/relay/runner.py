@@ -165,6 +165,10 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # The same for notices: sent, but the record saying so could not be
         # written.  (action, recipient) pairs per queue id.
         self._notified: dict[str, set[tuple[str, Address]]] = {}
+        # Entries this process queued (``_event``) and has not handled
+        # yet: no attempt can have made a local copy of them, so the
+        # store need not look for one (``_deliver_local``)
+        self._queued_here: set[str] = set()
         # The release count (``QueueEntry.releases``) an attempt started
         # with, and when it started, kept with its unrecorded results: the
         # release that arrived during that attempt is still honoured when
@@ -305,6 +309,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
 
     @defer.inlineCallbacks
     def _process(self, qid: str) -> Any:
+        first = qid in self._queued_here  # (its first handling, whatever it does)
+        self._queued_here.discard(qid)
         entry = self.queue.read(qid)
         if entry is None:
             self._forget(qid)
@@ -385,6 +391,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 self._record_room_found(qid)
             self._roomless.discard(qid)  # (one that needs no record any more)
             att = self._start_attempt(qid)
+            att.first = first and not results
             try:
                 results = yield self._attempt(entry, generation, att)
                 withheld = att.withheld
@@ -683,6 +690,7 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self._unrecorded.pop(qid, None)
         self._notified.pop(qid, None)
         self._release_seen.pop(qid, None)
+        self._queued_here.discard(qid)
 
     @defer.inlineCallbacks
     def _mend(self, qid: str) -> Any:
@@ -895,8 +903,10 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
             # The outcome is recorded only after the copy is made: after a
             # crash in between, the key lets the store see the copy is there
             # instead of making a second one of an acknowledged message.
+            # (``att.first``: the first attempt of an entry queued by this
+            # process, where no copy can be: the store lists no folder)
             d = defer.maybeDeferred(store.deliver_keyed, message, rcpts,
-                                    (entry.created, entry.id))
+                                    (entry.created, entry.id), first=att.first)
         else:
             d = defer.maybeDeferred(store.deliver, message, rcpts)
 

@@ -42,7 +42,9 @@ class _Attempt:
     once a stop gave the attempt up: ``unmarked``, and none is made after);
     ``live``: false once it is over (a late callback counts nothing then);
     ``withheld``: a delivery of it was not made, its entry held or deleted
-    while it waited for a slot or a turn (``Slots._withdrawn``)."""
+    while it waited for a slot or a turn (``Slots._withdrawn``);
+    ``first``: its entry was queued by this process and never handled
+    before, so no earlier attempt can have made a local copy."""
 
     open: int = 0
     slot_waits: int = 0
@@ -51,6 +53,7 @@ class _Attempt:
     live: bool = True
     withheld: bool = False
     unmarked: bool = False
+    first: bool = False
 
 
 @dataclasses.dataclass(eq=False)

@@ -37,7 +37,10 @@ copy whose directory could not be made durable is removed again (best
 effort), so a retry does not duplicate it.
 ``deliver_keyed`` (the queue runner's local retries) first looks for the
 copy an earlier attempt under the same key made, on the syncer's worker
-threads: that may list ``cur/``, as long as the mailbox is.
+threads: under any name of its unique part, in ``new/`` or ``cur/``, which
+may list both folders, as long as the mailbox is -- but not for the
+first attempt of an entry queued by this process, which looks at two
+names only.
 
 Names follow the Maildir convention:
 ``<sec>.M<usec>P<pid>Q<counter>R<random>.<host>,S=<size>,W=<crlf size>``
@@ -112,6 +115,7 @@ from txmailhub.store.format import (
     CRLFEncoder,
     MessageInfo,
     Snapshot,
+    base_name,
     crlf_size_of,
     escape_host,
     uid_for_name,
@@ -479,22 +483,28 @@ class MaildirStore:
                                                           broken=broken))
 
     def deliver_keyed(self, message: SpooledMessage, mailboxes: list[Address],
-                      key: tuple[float, str]) -> defer.Deferred:
+                      key: tuple[float, str], first: bool = False) -> defer.Deferred:
         """``IKeyedStore``: ``deliver`` under a name made from ``key``; a
-        Maildir that already has it (in ``new/``, or in ``cur/`` with any
-        flags: read over POP3 meanwhile) gets no second copy.  The queue
-        runner's local retries use it, so a crash after the copy and before
-        its record leaves one copy, not two, after the restart.  A copy the
-        user has already deleted cannot be told from one never made: that
-        window (delivered, read and deleted before the runner recorded it)
-        stays a duplicate, as RFC 5321 6.1 prefers to a loss.
+        Maildir that already has that copy -- under its name in ``new/``,
+        or under any name of its unique part in ``new/`` or ``cur/``: read
+        over POP3 meanwhile (moved to ``cur/`` with its flags), or renamed
+        by a login to its true ``,S=`` and ``,W=`` -- gets no second copy.
+        The queue runner's local retries use it, so a crash after the copy
+        and before its record leaves one copy, not two, after the restart.
+        A copy the user has already deleted cannot be told from one never
+        made: that window (delivered, read and deleted before the runner
+        recorded it) stays a duplicate, as RFC 5321 6.1 prefers to a loss.
 
         Whether a Maildir has the copy is looked up on the syncer's worker
         threads (``syncer.call``; as in ``open``, on the caller's thread
         when the syncer has no ``call``), all mailboxes in one job: unless
         the copy is in ``new/`` or in ``cur/`` as POP3 leaves it, ``cur/``
-        is listed, and a mailbox kept for years holds tens of thousands of
-        names -- listed on the reactor thread, every session would wait."""
+        and ``new/`` are listed, and a mailbox kept for years holds tens
+        of thousands of names -- listed on the reactor thread, every
+        session would wait.  ``first``: no attempt under ``key`` can have
+        been made before (the caller queued the message itself and has not
+        tried it yet), so nothing is listed -- the common case costs two
+        looks at names, not a listing of each mailbox."""
         name = self.keyed_name(message, key)
         folders = self._folders(mailboxes)
         if not folders:
@@ -505,8 +515,7 @@ class MaildirStore:
         for md in fresh:
             self._note_new(md)
 
-        def looked(out: tuple[list[Exception | None], list[str | Exception | None]]
-                   ) -> defer.Deferred:
+        def looked(out: tuple[list[Exception | None], list[_Found]]) -> defer.Deferred:
             made, found = out
             return self._deliver(message, mailboxes, key, dict(zip(folders, found)),
                                  broken=self._made(fresh, made))
@@ -519,14 +528,15 @@ class MaildirStore:
 
         call = getattr(self.syncer, "call", None)  # as open(): a syncer may have none
         if call is None:
-            d = defer.maybeDeferred(_make_then_look, fresh, list(folders.values()), name)
+            d = defer.maybeDeferred(_make_then_look, fresh, list(folders.values()), name,
+                                    not first)
         else:
-            d = call(_make_then_look, fresh, list(folders.values()), name)
+            d = call(_make_then_look, fresh, list(folders.values()), name, not first)
         return d.addCallbacks(looked, not_looked)
 
     def _deliver(self, message: SpooledMessage, mailboxes: list[Address],
                  key: tuple[float, str] | None,
-                 made: dict[Address, str | Exception | None] | None = None,
+                 made: dict[Address, _Found] | None = None,
                  broken: dict[str, Exception] | None = None) -> defer.Deferred:
         """Deliver, under the name ``key`` makes when it is given; ``made``
         then says, for each mailbox, where a copy under that name already
@@ -536,7 +546,8 @@ class MaildirStore:
         results: dict[Address, Exception | None] = {}
         linked: list[tuple[Address, str, str, tuple[str, ...]]] = []
         to_copy: list[tuple[Address, str, str]] = []  # (address, md, its tmp/ path)
-        found: list[tuple[Address, str, tuple[str, ...]]] = []  # keyed copies in cur/
+        # keyed copies found under another name: (address, md, dirs, folder)
+        found: list[tuple[Address, str, tuple[str, ...], str]] = []
         for address in dict.fromkeys(mailboxes):
             try:
                 md = self.maildir_path(address)
@@ -549,15 +560,16 @@ class MaildirStore:
                     there = (made or {}).get(address)
                     if isinstance(there, Exception):
                         raise there
-                    if there == "cur":
-                        # Read meanwhile.  The run that made it may have
-                        # died before syncing new/, and POP3 renames into
-                        # cur/ without a sync: cur/ is synced before the
-                        # runner may record the copy and drop its own.
-                        found.append((address, md, self._ensure(md)))
-                        continue
-                    if there == "new":  # made by a run that may not have synced it
+                    if there == ("new", name):  # made by a run that may not have synced it
                         linked.append((address, md, new, self._ensure(md)))
+                        continue
+                    if there is not None:
+                        # Read meanwhile, or renamed by a login.  The run
+                        # that made it may have died before syncing new/,
+                        # and POP3 renames into cur/ without a sync: its
+                        # folder is synced before the runner may record
+                        # the copy and drop its own.
+                        found.append((address, md, self._ensure(md), there[0]))
                         continue
                 try:
                     self._link_into(message.path, new, md)
@@ -575,8 +587,8 @@ class MaildirStore:
         targets: list[Any] = []
         for _, md, _, dirs in linked:
             targets.extend([*dirs, os.path.join(md, "new")])
-        for _, md, dirs in found:
-            targets.extend([*dirs, os.path.join(md, "cur")])
+        for _, md, dirs, sub in found:
+            targets.extend([*dirs, os.path.join(md, sub)])
         ds = iter(self.syncer.sync_each(targets) if targets else ())
 
         pending: list[defer.Deferred] = []
@@ -586,7 +598,7 @@ class MaildirStore:
             if dirs:
                 d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
             pending.append(self._record(d, results, address, new))
-        for address, md, dirs in found:
+        for address, md, dirs, _ in found:
             d = all_done([next(ds) for _ in range(len(dirs) + 1)])
             if dirs:
                 d.addCallback(lambda _, md=md, dirs=dirs: self._synced(md, dirs))
@@ -1180,33 +1192,44 @@ class _Publication:
         return self
 
 
-def _made_each(mds: list[str], name: str) -> list[str | Exception | None]:
+def _made_each(mds: list[str], name: str, look: bool) -> list[_Found]:
     """``_made_before`` for each Maildir (run by ``syncer.call``: it may
-    list ``cur/``), each with its own outcome."""
-    found: list[str | Exception | None] = []
+    list ``cur/`` and ``new/``), each with its own outcome."""
+    found: list[_Found] = []
     for md in mds:
         try:
-            found.append(_made_before(md, name))
+            found.append(_made_before(md, name, look))
         except Exception as e:
             found.append(e)
     return found
 
 
-def _made_before(md: str, name: str) -> str | None:
-    """Where Maildir ``md`` holds the file ``name`` (``deliver_keyed``):
-    ``"new"``, ``"cur"`` (under any flags), or None."""
+def _made_before(md: str, name: str, look: bool) -> tuple[str, str] | None:
+    """Where Maildir ``md`` holds the copy made under the keyed name
+    ``name`` (``deliver_keyed``): ``(folder, file name)`` -- ``"new"`` or
+    ``"cur"`` -- or None.  The name itself in ``new/`` and the one POP3
+    gives it in ``cur/`` cost a look each.  ``look`` (an attempt after
+    one that may have made the copy): then ``cur/`` and ``new/`` are
+    listed for any name of the same unique part (the part before the
+    first ``,`` or ``:``), whatever a Maildir reader made of the rest --
+    other flags, a ``,S=`` or ``,W=`` put right (``mailbox.scan``), a
+    size field of its own."""
     if os.path.exists(os.path.join(md, "new", name)):
-        return "new"
-    if os.path.exists(os.path.join(md, "cur", name + ":2,S")):
-        return "cur"  # what POP3 makes of it: no listing needed
-    prefix = name + ":"
-    try:
-        with os.scandir(os.path.join(md, "cur")) as listing:
-            for entry in listing:
-                if entry.name == name or entry.name.startswith(prefix):
-                    return "cur"
-    except FileNotFoundError:
-        pass
+        return "new", name
+    seen = name + ":2,S"
+    if os.path.exists(os.path.join(md, "cur", seen)):
+        return "cur", seen  # what POP3 makes of it: no listing needed
+    if not look:
+        return None
+    unique = base_name(name)  # a keyed name's host has no "," or ":" (escape_host)
+    for sub in ("cur", "new"):
+        try:
+            with os.scandir(os.path.join(md, sub)) as listing:
+                for entry in listing:
+                    if base_name(entry.name) == unique:
+                        return sub, entry.name
+        except FileNotFoundError:
+            pass
     return None
 
 
@@ -1226,11 +1249,11 @@ def _make_maildirs(mds: list[str]) -> list[Exception | None]:
     return out
 
 
-def _make_then_look(fresh: list[str], mds: list[str], name: str
-                    ) -> tuple[list[Exception | None], list[str | Exception | None]]:
+def _make_then_look(fresh: list[str], mds: list[str], name: str, look: bool
+                    ) -> tuple[list[Exception | None], list[_Found]]:
     """``deliver_keyed``'s one job: the Maildirs met for the first time
     made (``_make_maildirs``), then each looked in (``_made_each``)."""
-    return _make_maildirs(fresh), _made_each(mds, name)
+    return _make_maildirs(fresh), _made_each(mds, name, look)
 
 
 def _make_lock(md: str) -> None:
@@ -1282,6 +1305,10 @@ def _open_locked(md: str, make: bool, now: float) -> tuple[list[int], Snapshot, 
             os.close(held)
         raise
 
+
+#: what ``_made_before`` says of one Maildir: where the copy is, or the
+#: error the look met
+_Found = tuple[str, str] | Exception | None
 
 #: what making a Maildir meets on a full or read-only disk
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
