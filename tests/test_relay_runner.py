@@ -1541,6 +1541,43 @@ def test_local_retry_finds_the_copy_a_reader_renamed_before_the_restart(
     assert sorted(os.listdir(md / "new")) + sorted(os.listdir(md / "cur")) == before
 
 
+@pytest.mark.parametrize("read", [True, False], ids=["read-then-deleted", "deleted"])
+def test_local_retry_of_a_copy_deleted_over_pop3_before_the_restart_does_not_bring_it_back(
+        tmp_path, monkeypatch, log_events, read):
+    """The copy a crash left unrecorded was deleted by its user over POP3
+    before the retry (RETR and DELE, or DELE alone, then QUIT): the
+    session noted it in the Maildir before the unlink, so the retry counts
+    it delivered and the message does not come back (RFC 5321 6.1: no
+    loss; and no duplicate)."""
+    from txmailhub.store.mailbox import DELETED_NAME
+
+    h, store, md, name = _crashed_local_copy(tmp_path, monkeypatch)
+    box = []
+    store.open_mailbox(Address("joe", "example.org")).addCallback(box.append)
+    (mailbox,) = box
+    done = []
+    mailbox.update([0] if read else [], [0]).addCallback(done.append)
+    assert done == [None]
+    mailbox.close()
+    assert os.listdir(md / "new") == os.listdir(md / "cur") == []
+    assert (md / DELETED_NAME).read_bytes() == name.split(",", 1)[0].encode() + b"\n"
+    queue = _restarted(h)
+    assert queue.ids() == []  # recorded as delivered
+    assert os.listdir(md / "new") == os.listdir(md / "cur") == []
+    assert [e for e in log_events if "deleted over POP3 already" in formatEvent(e)]
+
+
+def test_local_retry_of_a_copy_another_program_deleted_delivers_it_again(
+        tmp_path, monkeypatch):
+    """Deleted by another program (no note): not told from a copy never
+    made, so delivered again -- a duplicate rather than a loss."""
+    h, _, md, name = _crashed_local_copy(tmp_path, monkeypatch)
+    os.unlink(md / "new" / name)
+    queue = _restarted(h)
+    assert queue.ids() == []
+    assert os.listdir(md / "new") == [name]
+
+
 def test_the_first_local_attempt_of_an_entry_queued_here_lists_no_folder(
         tmp_path, monkeypatch):
     """An entry this process queued, attempted for the first time, can

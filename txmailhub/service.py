@@ -221,7 +221,10 @@ def build_components(settings: Settings, reactor: Any) -> Components:
 
     syncer = Syncer(reactor)
     users = UsersDB(settings.users.file, settings.hub.primary_domain, settings.hub.domains)
-    store = MaildirStore(settings.mail_dir, settings.hub.hostname, syncer)
+    # a POP3 session's note of a queued copy it deleted outlives the queue
+    # entry that may retry it (``mailbox.note_deleted``)
+    store = MaildirStore(settings.mail_dir, settings.hub.hostname, syncer,
+                         keep_deleted=settings.relay.queue_lifetime + 30 * 86400)
     components = Components(
         settings=settings,
         reactor=reactor,

@@ -30,6 +30,7 @@ __all__ = [
     "columns",
     "crlf_size_of",
     "escape_host",
+    "keyed_unique",
     "name_fields",
     "order_key",
     "own_sizes",
@@ -334,6 +335,17 @@ def name_fields(name: str) -> dict[str, int]:
 # bench/pop3.py and the tests write (``P1Q<n>.``), so Python's
 # ``mailbox.Maildir`` names match as well -- it writes no ``,W=``.
 _OWN_NAME = re.compile(r"\d+\.M\d+(?:P\d+Q\d+(?:R[0-9a-f]+)?|K[0-9A-Za-z]*)\.")
+
+
+# the unique part of a copy the queue runner's retries make
+# (``MaildirStore.keyed_name``): ``<sec>.M<usec>K<tag>.<host>``
+_KEYED_NAME = re.compile(r"\d+\.M\d+K[0-9A-Za-z]*\.")
+
+
+def keyed_unique(name: str) -> str | None:
+    """The unique part of ``name`` when it is a keyed copy's, else None."""
+    base = base_name(name)
+    return base if _KEYED_NAME.match(base) else None
 
 
 def own_sizes(name: str) -> tuple[int, int] | None:

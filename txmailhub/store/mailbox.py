@@ -20,6 +20,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from platform import python_version
@@ -40,6 +41,7 @@ from txmailhub.store.format import (
     MAX_SIZE,
     CRLFCounter,
     Snapshot,
+    keyed_unique,
     order_key,
     own_sizes,
     uid_for_name,
@@ -56,13 +58,16 @@ from txmailhub.store.sync import (
 )
 
 __all__ = [
+    "DELETED_NAME",
     "LOCK_NAME",
     "SIZES_NAME",
     "STALE_TMP_SECONDS",
     "MaildirMailbox",
     "clean_tmp",
     "done_writing_tmp",
+    "note_deleted",
     "scan",
+    "was_deleted",
     "writing_tmp",
 ]
 
@@ -70,7 +75,18 @@ log = Logger()
 
 LOCK_NAME = ".txmailhub.lock"
 SIZES_NAME = ".txmailhub-sizes"
+# the unique parts of the keyed copies (the queue runner's local retries:
+# ``MaildirStore.keyed_name``) a POP3 session deleted, one a line
+# (``note_deleted``, ``was_deleted``)
+DELETED_NAME = ".txmailhub-deleted"
+#: past this size, the next note drops the lines of copies made more than
+#: the store's ``keep_deleted`` seconds ago
+DELETED_PRUNE_AT = 64 * 1024
+#: a longer file is no list of the hub's, and is not read
+DELETED_READ_LIMIT = 4 << 20
 STALE_TMP_SECONDS = 36 * 3600  # the Maildir convention for tmp/ leftovers
+#: how long a note of a deleted keyed copy is kept by default (``note_deleted``)
+KEEP_DELETED = 35 * 86400
 _CHUNK = 1 << 20
 _T = TypeVar("_T")
 # O_NOFOLLOW: a symlink dropped into new/ or cur/ by whoever can write
@@ -155,6 +171,80 @@ def _crlf_size_of_file(path: str) -> tuple[int, int]:
         while chunk := f.read(_CHUNK):
             counter.feed(chunk)
     return counter.size, counter.crlf_size
+
+
+def note_deleted(md: str, uniques: list[str], now: float, keep: float) -> None:
+    """Say durably in Maildir ``md``'s ``DELETED_NAME`` that the keyed
+    copies ``uniques`` (their unique parts) are deleted, before they are
+    (``MaildirMailbox._unlink``): the queue runner's retry of such a copy
+    after a crash between the copy and its record tells it from one never
+    made (``was_deleted``), and does not deliver it again.  Lines are
+    appended and the file fsynced (and ``md`` when the file is new); one
+    past ``DELETED_PRUNE_AT`` is rewritten (``durable_write``) without
+    the lines of copies made more than ``keep`` seconds before ``now``:
+    no retry comes that late."""
+    path = os.path.join(md, DELETED_NAME)
+    lines = "".join(f"{u}\n" for u in uniques).encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                 | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if st.st_size > DELETED_PRUNE_AT:
+            old = _read_deleted(md) or b""
+            kept = [line for line in old.splitlines(keepends=True)
+                    if _made_since(line, now - keep)]
+            durable_write(path, b"".join(kept) + lines)
+            return
+        os.write(fd, lines)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if st.st_size == 0:
+        fsync_dir(md)  # (made now, or empty: its name durable either way)
+
+
+def _made_since(line: bytes, since: float) -> bool:
+    """Whether the keyed copy of a ``DELETED_NAME`` line was made at or
+    after ``since`` (its name begins with that time; a line that does not
+    is dropped)."""
+    head = line.split(b".", 1)[0]
+    return head.isdigit() and int(head) >= since
+
+
+def was_deleted(md: str, unique: str) -> bool:
+    """Whether a POP3 session noted the keyed copy ``unique`` deleted
+    from Maildir ``md`` (``note_deleted``).  A list that cannot be read
+    (or is no regular file, or too long to be the hub's) says no: the
+    copy is delivered again, a duplicate rather than a loss."""
+    data = _read_deleted(md)
+    return data is not None and unique.encode("ascii", "replace") in data.splitlines()
+
+
+def _read_deleted(md: str) -> bytes | None:
+    """``md``'s ``DELETED_NAME`` whole, or None: not there, not a
+    regular file (a pipe is not waited on), longer than
+    ``DELETED_READ_LIMIT``, or a read that failed."""
+    try:
+        fd = os.open(os.path.join(md, DELETED_NAME),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > DELETED_READ_LIMIT:
+            return None
+        chunks = []
+        left = DELETED_READ_LIMIT
+        while left > 0 and (chunk := os.read(fd, min(left, _CHUNK))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 # the tmp/ paths deliveries of this process are writing (or have written
@@ -659,6 +749,9 @@ class MaildirMailbox:
         # another length than the name gives (``_length_found``): marked in
         # the size cache by the next ``save_downgraded_sizes``
         self._misnamed: set[str] = set()
+        # the errors of ``note_deleted`` on a worker thread, logged by
+        # ``_sync_deleted``
+        self._unnoted: list[str] = []
 
     def list_messages(self) -> Snapshot:
         """The snapshot itself, not a copy (a copy of 20,000 messages is
@@ -1049,8 +1142,12 @@ class MaildirMailbox:
         dirs: set[str] = set()
         errors: list[tuple[int, Exception]] = []
         run = defer.maybeDeferred
+        # (a keyed copy's note is fsynced before its unlink: never here)
         if len(unique) > INLINE_DELETES:
             run = lane_call(self.store.syncer, POP3_LANE) or self.store.syncer.call
+        elif self._keyed(unique):  # (a syncer without workers: here after all)
+            run = lane_call(self.store.syncer, POP3_LANE) or getattr(
+                self.store.syncer, "call", defer.maybeDeferred)
         d: defer.Deferred = defer.succeed(None)
         for start in range(0, len(unique), DELETE_CHUNK):
             chunk = unique[start : start + DELETE_CHUNK]
@@ -1060,7 +1157,18 @@ class MaildirMailbox:
     def _unlink(self, indices: list[int], dirs: set[str],
                 errors: list[tuple[int, Exception]]) -> None:
         """Unlink; ``dirs`` gets the folders that lost a message, ``errors``
-        what failed (logged by ``_sync_deleted``, on the reactor thread)."""
+        what failed (logged by ``_sync_deleted``, on the reactor thread).
+        The keyed copies among them (the queue runner's local retries)
+        are noted first (``note_deleted``); a note that cannot be written
+        is a warning, and the deletion goes on."""
+        keyed = self._keyed(indices)
+        if keyed:
+            store = self.store
+            try:
+                note_deleted(self.path, keyed, getattr(store, "_clock", time.time)(),
+                             getattr(store, "keep_deleted", KEEP_DELETED))
+            except OSError as e:
+                self._unnoted.append(str(e))
         for index in indices:
             try:
                 path = self._locate(index)
@@ -1079,6 +1187,18 @@ class MaildirMailbox:
                 continue
             dirs.add(os.path.dirname(path))
 
+    def _keyed(self, indices: list[int]) -> list[str]:
+        """The unique parts of the keyed copies among ``indices``."""
+        keyed = []
+        for index in indices:
+            try:
+                unique = keyed_unique(self._messages.name(index))
+            except IndexError:
+                continue
+            if unique is not None:
+                keyed.append(unique)
+        return keyed
+
     def _sync_deleted(self, dirs: set[str], errors: list[tuple[int, Exception]],
                       moved: set[str] | None = None) -> defer.Deferred:
         """fsync the folders that lost a message (``dirs``: their failure
@@ -1088,6 +1208,11 @@ class MaildirMailbox:
         for index, e in errors:
             log.error("cannot delete message {index} of {maildir}: {error}",
                       index=index, maildir=self.path, error=str(e))
+        unnoted, self._unnoted = self._unnoted, []
+        for error in unnoted:
+            log.warn("cannot note in {maildir} the deletion of a copy the queue delivered: "
+                     "{error}; a retry of it after a crash before its record delivers it "
+                     "again", maildir=self.path, error=error)
         d = self.store.syncer.sync(dirs=sorted(dirs)) if dirs else defer.succeed(None)
         flags_only = sorted((moved or set()) - dirs)
         if flags_only:

@@ -4,7 +4,8 @@ Owns ``state_dir/mail/<domain>/<localpart>/{tmp,new,cur}`` (local part
 lower-cased) and, in each Maildir's root, ``.txmailhub.lock`` (the POP3
 exclusive lock, an ``flock`` taken by ``open_mailbox``) and
 ``.txmailhub-sizes`` (the CRLF sizes of messages other programs dropped
-in, kept by ``txmailhub.store.mailbox``).  The snapshot and the session
+in, kept by ``txmailhub.store.mailbox``) and ``.txmailhub-deleted`` (the
+keyed copies a POP3 session deleted: ``mailbox.note_deleted``).  The snapshot and the session
 view live in ``store/mailbox.py``, the name and size rules in
 ``store/format.py`` (re-exported here).  It does not route, parse
 messages or speak any protocol.
@@ -121,12 +122,14 @@ from txmailhub.store.format import (
     uid_for_name,
 )
 from txmailhub.store.mailbox import (
+    KEEP_DELETED,
     LOCK_NAME,
     SIZES_NAME,
     MaildirMailbox,
     clean_tmp,
     done_writing_tmp,
     scan,
+    was_deleted,
     writing_tmp,
 )
 from txmailhub.store.sync import (
@@ -263,8 +266,12 @@ class MaildirStore:
         clock: Callable[[], float] = time.time,
         link: Callable[[str, str], None] = os.link,
         rename: Callable[[str, str], None] = os.rename,
+        keep_deleted: float = KEEP_DELETED,
     ) -> None:
         self.mail_dir = os.path.abspath(mail_dir)
+        # how long a POP3 session's note of a keyed copy it deleted is kept
+        # (``mailbox.note_deleted``): longer than a queued message lives
+        self.keep_deleted = keep_deleted
         self.hostname = hostname
         self.syncer = syncer
         self._clock = clock
@@ -491,9 +498,11 @@ class MaildirStore:
         by a login to its true ``,S=`` and ``,W=`` -- gets no second copy.
         The queue runner's local retries use it, so a crash after the copy
         and before its record leaves one copy, not two, after the restart.
-        A copy the user has already deleted cannot be told from one never
-        made: that window (delivered, read and deleted before the runner
-        recorded it) stays a duplicate, as RFC 5321 6.1 prefers to a loss.
+        A copy the user has already deleted over the hub's POP3 is noted
+        so before the unlink (``mailbox.note_deleted``), and counts as
+        delivered; one another program deleted cannot be told from one
+        never made, and is delivered again (a duplicate, which RFC 5321
+        6.1 prefers to a loss).
 
         Whether a Maildir has the copy is looked up on the syncer's worker
         threads (``syncer.call``; as in ``open``, on the caller's thread
@@ -560,6 +569,15 @@ class MaildirStore:
                     there = (made or {}).get(address)
                     if isinstance(there, Exception):
                         raise there
+                    if there == _DELETED:
+                        # made by an earlier attempt, then read and deleted
+                        # over POP3 before that attempt was recorded (its
+                        # note was durable before the unlink): delivered
+                        log.info("the copy of the queued message for {mailbox} was "
+                                 "deleted over POP3 already: not delivered again",
+                                 mailbox=str(address))
+                        results[address] = None
+                        continue
                     if there == ("new", name):  # made by a run that may not have synced it
                         linked.append((address, md, new, self._ensure(md)))
                         continue
@@ -1207,7 +1225,8 @@ def _made_each(mds: list[str], name: str, look: bool) -> list[_Found]:
 def _made_before(md: str, name: str, look: bool) -> tuple[str, str] | None:
     """Where Maildir ``md`` holds the copy made under the keyed name
     ``name`` (``deliver_keyed``): ``(folder, file name)`` -- ``"new"`` or
-    ``"cur"`` -- or None.  The name itself in ``new/`` and the one POP3
+    ``"cur"`` -- ``_DELETED`` for a copy the hub's POP3 deleted
+    (``mailbox.was_deleted``), or None.  The name itself in ``new/`` and the one POP3
     gives it in ``cur/`` cost a look each.  ``look`` (an attempt after
     one that may have made the copy): then ``cur/`` and ``new/`` are
     listed for any name of the same unique part (the part before the
@@ -1230,7 +1249,13 @@ def _made_before(md: str, name: str, look: bool) -> tuple[str, str] | None:
                         return sub, entry.name
         except FileNotFoundError:
             pass
+    if was_deleted(md, unique):
+        return _DELETED  # made, and deleted by a POP3 session since
     return None
+
+
+#: ``_made_before``'s word for a copy a POP3 session deleted
+_DELETED = ("", "")
 
 
 def _make_maildirs(mds: list[str]) -> list[Exception | None]:
