@@ -1609,6 +1609,41 @@ def test_the_first_local_attempt_of_an_entry_queued_here_lists_no_folder(
     h.runner.stop()
 
 
+def test_an_entry_queued_before_a_restart_of_the_runner_is_looked_for(tmp_path, monkeypatch):
+    """An entry the runner was told of but did not handle before it was
+    stopped may have been taken by another hub meanwhile (the queue is
+    handed over at a stop): its first attempt after the runner starts
+    again looks for an earlier copy as any retry does."""
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    h = make_hub(tmp_path)
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    h.components.store = store
+    firsts = []
+    real = store.deliver_keyed
+
+    def spy(message, mailboxes, key, first=False):
+        firsts.append(first)
+        return real(message, mailboxes, key, first=first)
+
+    monkeypatch.setattr(store, "deliver_keyed", spy)
+    h.runner.start()
+    with monkeypatch.context() as m:
+        m.setattr(h.runner, "kick", lambda: None)  # told of it, not handling it yet
+        enqueue(h, Address("joe", "example.org"))
+        h.runner.stop()
+    h.runner.start()
+    h.clock.advance(60)
+    h.runner.stop()
+    assert firsts == [False] and h.queue.ids() == []
+    # and one queued while it runs is its first attempt
+    h.runner.start()
+    enqueue(h, Address("joe", "example.org"))
+    h.runner.stop()
+    assert firsts == [False, True]
+
+
 def test_control_file_that_cannot_be_taken_does_not_stop_the_queue(hub, monkeypatch, log_events):
     """``.flush`` or ``.changed`` that cannot be removed (EIO, a read-only
     remount) stopped every tick before it started the due entries, and

@@ -226,6 +226,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         self._watching.clear()
         self._failing.clear()  # tried afresh, as the agent's memory of them
         self._roomless.clear()  # a full queue folder is said again by this run
+        # an entry the last run was told of may have been taken by another
+        # hub meanwhile (the queue is handed over at a stop): looked for
+        self._queued_here.clear()
         self.agent.resume()
         now = self.clock.seconds()
         entries = self.queue.recover()
