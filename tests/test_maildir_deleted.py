@@ -118,3 +118,11 @@ def test_a_few_deletions_with_a_keyed_copy_are_a_job_on_the_workers(tmp_path, ke
     assert syncer.calls_run - before == (1 if keyed else 0)
     assert was_deleted(str(md), KEYED) is keyed
     mailbox.close()
+
+
+def test_a_host_name_beyond_ascii_is_noted_as_its_file_name_is(tmp_path) -> None:
+    md = _md(tmp_path)
+    unique = "1700000123.M250000K1A2B3C.mäil.example.org"
+    note_deleted(str(md), [unique], 1_700_000_200, DAY)
+    assert was_deleted(str(md), unique)
+    assert not was_deleted(str(md), KEYED)

@@ -184,7 +184,7 @@ def note_deleted(md: str, uniques: list[str], now: float, keep: float) -> None:
     the lines of copies made more than ``keep`` seconds before ``now``:
     no retry comes that late."""
     path = os.path.join(md, DELETED_NAME)
-    lines = "".join(f"{u}\n" for u in uniques).encode("ascii")
+    lines = b"".join(os.fsencode(u) + b"\n" for u in uniques)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                  | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
@@ -219,7 +219,7 @@ def was_deleted(md: str, unique: str) -> bool:
     (or is no regular file, or too long to be the hub's) says no: the
     copy is delivered again, a duplicate rather than a loss."""
     data = _read_deleted(md)
-    return data is not None and unique.encode("ascii", "replace") in data.splitlines()
+    return data is not None and os.fsencode(unique) in data.splitlines()
 
 
 def _read_deleted(md: str) -> bytes | None:
@@ -1167,7 +1167,7 @@ class MaildirMailbox:
             try:
                 note_deleted(self.path, keyed, getattr(store, "_clock", time.time)(),
                              getattr(store, "keep_deleted", KEEP_DELETED))
-            except OSError as e:
+            except Exception as e:  # the deletion goes on whatever the note met
                 self._unnoted.append(str(e))
         for index in indices:
             try:
