@@ -1074,6 +1074,33 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
     assert run(config, "check")[2] == ""
 
 
+def test_check_warns_of_a_users_file_or_tls_key_every_local_user_can_read(
+        config: Path) -> None:
+    # the users file holds the hashes and, for --allow-apop, the passwords
+    # themselves (base64): one written (or copied in) by hand as 0644, or
+    # a key so, went unsaid, where the smarthost password's was a warning
+    from conftest import make_certificate
+
+    cert, key = make_certificate(config.parent / "tls", "mail.example.org")
+    run(config, "user", "add", "alice", "--password-stdin", "--allow-apop", stdin=PW)
+    config.write_text(config.read_text() + f'[tls]\ncertificate = "{cert}"\nkey = "{key}"\n')
+    users = config.parent / "users"
+    key.chmod(0o600)
+    assert stat.S_IMODE(users.stat().st_mode) == 0o600
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    users.chmod(0o644)
+    key.chmod(0o604)
+    code, _, err = run(config, "check")
+    assert code == 0, err
+    assert (f"warning: {config}: [users] file: {users} holds the users' password hashes and "
+            "APOP secrets and every local user can read it (mode 644): chmod o-rwx") in err, err
+    assert (f"warning: {config}: [tls] key: {key} holds the TLS private key and every "
+            "local user can read it (mode 604): chmod o-rwx") in err, err
+    users.chmod(0o640)
+    key.chmod(0o640)
+    assert run(config, "check")[2] == ""
+
+
 
 def _mail_domain_with_user(config: Path, user: str) -> Path:
     """The mail folder of example.org, once ``user`` is added there: the

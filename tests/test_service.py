@@ -532,6 +532,26 @@ def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, caps
     assert options["settings"].relay.smarthost_auth_file == str(auth)
 
 
+def test_twistd_warns_of_a_users_file_every_local_user_can_read(tmp_path: Path, capsys) -> None:
+    # as check warns: the file holds password hashes and APOP secrets
+    from txmailhub.tap import Options
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n[users]\nfile = "users"\n[smtp]\nlisten = []\n'
+                      '[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    users = tmp_path / "users"
+    users.write_text("")
+    users.chmod(0o600)
+    Options().parseOptions(["--config", str(config)])
+    assert "every local user can read it" not in capsys.readouterr().err
+    users.chmod(0o644)
+    Options().parseOptions(["--config", str(config)])  # starts, with the warning
+    assert (f"warning: {config}: [users] file: {users} holds the users' password hashes and "
+            "APOP secrets and every local user can read it (mode 644): chmod o-rwx (at line 6)\n"
+            ) in capsys.readouterr().err
+
+
 def test_twistd_without_config_reads_the_file_the_mailhub_command_reads(
         tmp_path: Path, monkeypatch, capsys) -> None:
     # ``mailhub`` fell back to its default path, twistd mailhub exited 2

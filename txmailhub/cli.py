@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING, TextIO
 
@@ -558,6 +559,30 @@ def smarthost_auth_problems(settings: Settings, warnings: list[str]) -> list[str
     return []
 
 
+def secret_file_warnings(settings: Settings) -> list[str]:
+    """A warning for each file the config names that holds a secret of the
+    hub's -- the users file (password hashes, APOP secrets, which are the
+    passwords themselves) and the TLS private key -- when every local user
+    may read it (the ``o+r`` bit): the hub makes the users file 0600, but
+    one written by hand keeps its mode, ``user add`` included.  The
+    smarthost password's is ``smarthost_auth_problems``'s."""
+    warnings: list[str] = []
+    files = [(settings.users.file, "users", "file",
+              "holds the users' password hashes and APOP secrets")]
+    if settings.tls is not None:
+        files.append((settings.tls.key, "tls", "key", "holds the TLS private key"))
+    for path, section, key, what in files:
+        try:
+            mode = os.stat(path).st_mode  # the file a link leads to
+        except OSError:
+            continue  # (a missing or unreadable one is said elsewhere)
+        if stat.S_ISREG(mode) and mode & 0o004:
+            warnings.append(f"{settings.path}: [{section}] {key}: {path} {what} and every "
+                            f"local user can read it (mode {mode & 0o777:o}): chmod o-rwx"
+                            f"{settings.at(section, key)}")
+    return warnings
+
+
 def _state_dir_problems(settings: Settings) -> list[str]:
     """Whether this user could start the hub on ``state_dir``: write it, or
     make it (run ``check`` as the user the hub runs as -- a systemd
@@ -726,6 +751,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
                 at = f":{line}" if line else ""
                 warnings.append(f"{settings.users.file}{at}: user {address.key}: {why}")
     problems.extend(smarthost_auth_problems(settings, warnings))
+    warnings.extend(secret_file_warnings(settings))
     if settings.aliases.file:
         from txmailhub.regular_file import read_regular
         from txmailhub.router import (

@@ -124,12 +124,13 @@ def settings_or_exit(path: str, *, named: bool = True) -> Settings:
         for problem in e.problems:
             _say(problem)
         raise SystemExit(2) from None
-    from txmailhub.cli import smarthost_auth_problems
+    from txmailhub.cli import secret_file_warnings, smarthost_auth_problems
 
     warnings = list(settings.warnings)
     # a file the config names, read as the relay will: a bad one would
     # turn every outbound message into a retry, found only in the log
     problems = smarthost_auth_problems(settings, warnings)
+    warnings.extend(secret_file_warnings(settings))
     for warning in warnings:
         _say(f"warning: {warning}")
     if problems:
