@@ -1102,6 +1102,20 @@ def test_check_warns_of_a_users_file_or_tls_key_every_local_user_can_read(
 
 
 
+def test_check_refuses_a_state_dir_others_may_write(config: Path) -> None:
+    # as the start refuses it: they could swap mail/ for a link of theirs
+    state = config.parent / "var"
+    state.mkdir()
+    state.chmod(0o707)
+    code, _, err = run(config, "check")
+    assert code == 2
+    assert (f"{config}: [hub] state_dir: {state} may be written by every local user ("
+            in err), err
+    assert f"and read every mailbox; chmod o-rwx {state} (at line 4)\n" in err, err
+    state.chmod(0o700)
+    assert run(config, "check")[0] == 0
+
+
 def _mail_domain_with_user(config: Path, user: str) -> Path:
     """The mail folder of example.org, once ``user`` is added there: the
     set-up of the tests of Maildirs kept under older spellings."""

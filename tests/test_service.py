@@ -686,6 +686,41 @@ def test_mailhub_names_a_state_dir_it_cannot_use(tmp_path: Path) -> None:
         "chown)"), denied.message
 
 
+def test_a_state_dir_others_may_write_is_refused(tmp_path: Path) -> None:
+    # whoever may write state_dir may rename mail/ away and put a link to a
+    # folder of theirs in its place: the hub, which goes by the names, then
+    # delivered every message there and served POP3 from it.  Made by the
+    # hub it is 0700; one made beforehand kept its mode, and the hub started
+    import pytest
+
+    from txmailhub.service import StartError, StateDirError
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                      'state_dir = "state"\n')
+    settings = load_text(config.read_text(), str(config))
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    with pytest.raises(StateDirError) as info:
+        MailHub(settings, reactor=MemoryReactorClock())
+    assert isinstance(info.value, StartError)
+    assert info.value.message.startswith(
+        f"mailhub: cannot use {state} may be written by every local user (")
+    assert info.value.message.endswith(
+        "mode 0777): any of them could put a link to a folder of their own in place of its "
+        f"mail/ and read every mailbox; chmod o-rwx {state}"), info.value.message
+    assert sorted(os.listdir(state)) == []  # nothing made in it
+    state.chmod(0o1773)  # sticky: a name not made yet is still anyone's to take
+    with pytest.raises(StateDirError) as info:
+        MailHub(settings, reactor=MemoryReactorClock())
+    assert "(root:root mode 1773)" in info.value.message, info.value.message
+    assert sorted(os.listdir(state)) == []
+    state.chmod(0o770)  # a group's write is the admin's to give (the hub's own group)
+    MailHub(settings, reactor=MemoryReactorClock())
+    assert "mail" in os.listdir(state)
+
+
 def test_a_relative_state_dir_is_named_with_the_folder_it_would_be_made_in(
         tmp_path: Path, monkeypatch) -> None:
     import errno

@@ -595,7 +595,10 @@ def _state_dir_problems(settings: Settings) -> list[str]:
         if not os.access(state_dir, os.W_OK | os.X_OK):
             return [f"{where}{state_dir} cannot be written by this user (uid {os.geteuid()}): "
                     f"it and everything in it must belong to the user the hub runs as{at}"]
-        return []
+        from txmailhub.hub_access import state_dir_open
+
+        why = state_dir_open(state_dir)  # the start refuses it too
+        return [f"{where}{why}{at}"] if why else []
     # lexists: a symlink to nothing is in the way (os.makedirs cannot
     # make a folder through it), where exists() took it for no file at all
     parent = os.path.dirname(state_dir)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shlex
 import stat
 import struct
 
-__all__ = ["group_name", "hub_owner", "make_folders", "name_of", "state_dir_owner",
-           "unreadable_by", "unwritable_folder_by"]
+__all__ = ["group_name", "hub_owner", "make_folders", "name_of", "state_dir_open",
+           "state_dir_owner", "unreadable_by", "unwritable_folder_by"]
 
 
 def hub_owner(state_dir: str) -> tuple[int, int] | None:
@@ -204,6 +205,28 @@ def _allowed(st: os.stat_result, uid: int, groups: set[int], bits: int,
 def _owner_text(st: os.stat_result) -> str:
     group = group_name(st.st_gid)
     return f"{name_of(st.st_uid)}:{group} mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def state_dir_open(state_dir: str) -> str | None:
+    """Why ``state_dir`` is open to every local user, or ``None``: a
+    folder whose mode bits let others write it.  Whoever may write it may
+    rename the hub's ``mail/`` away and put a link to a folder of theirs
+    in its place -- sticky bit or not, before the hub first makes
+    ``mail/``, ``queue/`` or ``spool/`` -- and the hub, which goes by the
+    names, then delivers every message there and serves POP3 from it.
+    The hub makes ``state_dir`` 0700; one made beforehand keeps its mode.
+    A group's write is the admin's to give (``root:mailhub 0770``, made
+    for the hub's user through its group): that group is trusted as the
+    hub's user is."""
+    try:
+        st = os.stat(state_dir)  # a link the admin made: the folder counts
+    except OSError:
+        return None  # not there yet (made 0700) or not usable: said elsewhere
+    if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_IWOTH:
+        return None
+    return (f"{state_dir} may be written by every local user ({_owner_text(st)}): any of "
+            "them could put a link to a folder of their own in place of its mail/ and read "
+            f"every mailbox; chmod o-rwx {shlex.quote(state_dir)}")
 
 
 def unreadable_by(path: str, uid: int, gid: int) -> str | None:

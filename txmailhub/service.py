@@ -215,6 +215,14 @@ def build_components(settings: Settings, reactor: Any) -> Components:
     # could swap those folders for links).  Made durably: acknowledged
     # mail will live in it, and a crash must not take its name away
     makedirs_durably(settings.hub.state_dir, mode=0o700)
+    # one made beforehand keeps its mode: others who may write it could
+    # swap mail/ for a link of theirs, and every mailbox with it
+    from txmailhub.hub_access import state_dir_open
+
+    why = state_dir_open(settings.hub.state_dir)
+    if why is not None:
+        brief = f"cannot use {why}"
+        raise StateDirError(f"mailhub: {brief}", brief=brief)
 
     def run_in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
