@@ -1102,6 +1102,46 @@ def test_check_warns_of_a_users_file_or_tls_key_every_local_user_can_read(
 
 
 
+def test_check_warns_of_a_trusted_file_every_local_user_may_change(config: Path) -> None:
+    # a line of theirs in the users file logged them in as anyone (and so
+    # read anyone's mail), one in the aliases file took anyone's mail:
+    # a users file or aliases file 0602, or a users.d 0777, went unsaid
+    users_d = config.parent / "users.d"
+    users_d.mkdir(mode=0o700)
+    aliases = config.parent / "aliases"
+    aliases.write_text("staff: alice\n")
+    aliases.chmod(0o644)
+    config.write_text(config.read_text() + '[users]\nfile = "users.d/users"\n'
+                      '[aliases]\nfile = "aliases"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    users = users_d / "users"
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    users.chmod(0o602)
+    aliases.chmod(0o646)
+    config.chmod(0o666)
+    code, _, err = run(config, "check")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert (f"warning: {config}: [users] file: {users} says who logs in with what password, "
+            f"and every local user may change it (mode 602): chmod o-w {users} (at line 10)"
+            ) in lines, err
+    assert (f"warning: {config}: [aliases] file: {aliases} says where mail goes, and every "
+            f"local user may change it (mode 646): chmod o-w {aliases} (at line 12)") in lines, err
+    assert (f"warning: {config}: {config} is the hub's configuration, and every local user "
+            f"may change it (mode 666): chmod o-w {config}") in lines, err
+    users.chmod(0o600)
+    aliases.chmod(0o644)
+    config.chmod(0o644)
+    users_d.chmod(0o777)
+    code, _, err = run(config, "check")
+    assert err.splitlines() == [
+        f"warning: {config}: [users] file: {users} says who logs in with what password, and "
+        f"every local user may put a file of their own in its place: its folder {users_d} is "
+        f"writable by all (mode 0777): chmod o-w {users_d} (at line 10)"], err
+    users_d.chmod(0o1777)  # sticky: others cannot replace a file not theirs
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+
+
 def test_check_refuses_a_state_dir_others_may_write(config: Path) -> None:
     # as the start refuses it: they could swap mail/ for a link of theirs
     state = config.parent / "var"

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import shlex
 import stat
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -564,8 +565,11 @@ def secret_file_warnings(settings: Settings) -> list[str]:
     hub's -- the users file (password hashes, APOP secrets, which are the
     passwords themselves) and the TLS private key -- when every local user
     may read it (the ``o+r`` bit): the hub makes the users file 0600, but
-    one written by hand keeps its mode, ``user add`` included.  The
-    smarthost password's is ``smarthost_auth_problems``'s."""
+    one written or copied in by hand keeps its mode until the next
+    ``mailhub user`` command.  The
+    smarthost password's is ``smarthost_auth_problems``'s.  Then
+    ``unguarded_file_warnings``: a file the hub trusts that every local
+    user may change."""
     warnings: list[str] = []
     files = [(settings.users.file, "users", "file",
               "holds the users' password hashes and APOP secrets")]
@@ -580,6 +584,52 @@ def secret_file_warnings(settings: Settings) -> list[str]:
             warnings.append(f"{settings.path}: [{section}] {key}: {path} {what} and every "
                             f"local user can read it (mode {mode & 0o777:o}): chmod o-rwx"
                             f"{settings.at(section, key)}")
+    return warnings + unguarded_file_warnings(settings)
+
+
+def unguarded_file_warnings(settings: Settings) -> list[str]:
+    """A warning for each file the hub trusts -- the config, the users and
+    aliases files, the TLS pair -- that every local user may change: the
+    file itself (``o+w``), or the folder it is in (``o+w`` without the
+    sticky bit, which keeps others from replacing a file not theirs).  A
+    line of theirs in the users file logs them in as anyone, one in the
+    aliases file takes anyone's mail."""
+    files: list[tuple[str, str, str, str]] = [
+        (settings.path, "", "", "is the hub's configuration")]
+    files.append((settings.users.file, "users", "file", "says who logs in with what password"))
+    if settings.aliases.file:
+        files.append((settings.aliases.file, "aliases", "file", "says where mail goes"))
+    if settings.tls is not None:
+        files.append((settings.tls.certificate, "tls", "certificate", "is the TLS certificate"))
+        files.append((settings.tls.key, "tls", "key", "is the TLS private key"))
+    warnings: list[str] = []
+    for path, section, key, what in files:
+        where = f"{settings.path}: " + (f"[{section}] {key}: " if section else "")
+        at = settings.at(section, key) if section else ""
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            continue  # (a missing or unreadable one is said elsewhere)
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if st.st_mode & stat.S_IWOTH:
+            warnings.append(f"{where}{path} {what}, and every local user may change it "
+                            f"(mode {stat.S_IMODE(st.st_mode):o}): chmod o-w "
+                            f"{shlex.quote(real)}{at}")
+            continue
+        for folder in dict.fromkeys((os.path.dirname(os.path.abspath(path)),
+                                     os.path.dirname(real))):
+            try:
+                fst = os.stat(folder)
+            except OSError:
+                continue
+            if fst.st_mode & stat.S_IWOTH and not fst.st_mode & stat.S_ISVTX:
+                warnings.append(f"{where}{path} {what}, and every local user may put a file "
+                                f"of their own in its place: its folder {folder} is writable "
+                                f"by all (mode {stat.S_IMODE(fst.st_mode):04o}): chmod o-w "
+                                f"{shlex.quote(folder)}{at}")
+                break
     return warnings
 
 
