@@ -7,8 +7,10 @@ import errno
 import fcntl
 import json
 import os
+from pathlib import Path
 
 import pytest
+from conftest import not_waiting_on
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
@@ -190,18 +192,16 @@ def test_a_record_that_cannot_be_opened_for_now_is_not_set_aside(tmp_path, spool
     # taken for an unusable one and moved to corrupt/: never delivered
     # unless an admin moved it back.  The error is raised instead (the
     # start fails, and the next one finds the entry where it was)
-    import builtins
-
     q = make_queue(tmp_path)
     qid = q.enqueue(envelope("bob@remote.test"), spool).result
-    real = builtins.open
+    real = os.open
 
     def fake_open(path, *args, **kwargs):
         if str(path).endswith(".json"):
             raise OSError(error, os.strerror(error), str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_open)
     with pytest.raises(OSError) as caught:
         OutboundQueue(q.directory, Clock()).recover()
     assert caught.value.errno == error
@@ -215,22 +215,58 @@ def test_a_record_that_cannot_be_opened_otherwise_is_set_aside(tmp_path, spool, 
     # an error that is no shortage (EIO: a bad block) says the entry is
     # unusable: set aside to corrupt/, as a record that is no JSON is, and
     # the start goes on
-    import builtins
-
     q = make_queue(tmp_path)
     qid = q.enqueue(envelope("bob@remote.test"), spool).result
-    real = builtins.open
+    real = os.open
 
     def fake_open(path, *args, **kwargs):
         if str(path).endswith(".json"):
             raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_open)
     assert OutboundQueue(q.directory, Clock()).recover() == []
     monkeypatch.undo()
     assert sorted(os.listdir(os.path.join(q.directory, "corrupt"))) == [
         qid + ".json", qid + ".msg"]
+
+
+def test_a_record_that_is_a_named_pipe_is_set_aside_not_waited_on(tmp_path, spool):
+    # a FIFO where a record is: a plain open() waited for a writer for
+    # ever, and the hub's start (recover) with it.  It is no record the hub
+    # wrote: set aside to corrupt/ with its message, and the start goes on
+    q = make_queue(tmp_path)
+    good = q.enqueue(envelope("bob@remote.test"), spool).result
+    odd = "abcdefgh1234"
+    with open(q.message_path(odd), "wb") as f:
+        f.write(BODY)
+    fifo = Path(q.record_path(odd))
+    os.mkfifo(fifo)
+    entries = not_waiting_on(fifo, OutboundQueue(q.directory, Clock()).recover)
+    assert [e.id for e in entries] == [good]
+    assert sorted(os.listdir(os.path.join(q.directory, "corrupt"))) == [
+        odd + ".json", odd + ".msg"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_reading_a_record_that_is_no_file_says_so(tmp_path, kind):
+    # the runner and ``mailhub queue`` read records one by one: a FIFO is
+    # refused rather than waited on, a folder is no "Is a directory"
+    # OSError that ends ``queue list``; both are records it cannot use
+    q = make_queue(tmp_path)
+    odd = "abcdefgh1234"
+    path = Path(q.record_path(odd))
+    if kind == "fifo":
+        os.mkfifo(path)
+        with pytest.raises(record.RecordError) as caught:
+            not_waiting_on(path, lambda: q.read(odd))
+        assert str(caught.value) == ("its record is not a regular file (a named pipe, "
+                                     "device or socket)")
+    else:
+        path.mkdir()
+        with pytest.raises(record.RecordError) as caught:
+            q.read(odd)
+        assert str(caught.value) == "its record is a folder"
 
 
 def test_wake_tells_every_listener_even_after_one_that_fails(tmp_path, logged_failures):

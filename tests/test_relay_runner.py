@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import errno
@@ -787,7 +786,7 @@ def test_a_new_entry_whose_record_cannot_be_read_at_once_is_attempted_later(
     # says it was written; out of file descriptors there, the entry (its
     # client told 250) was known to nobody: never attempted until a restart
     hub.runner.start()
-    real = builtins.open
+    real = os.open
     failing = [True]
 
     def fake_open(path, *args, **kwargs):
@@ -796,7 +795,7 @@ def test_a_new_entry_whose_record_cannot_be_read_at_once_is_attempted_later(
             raise OSError(error, os.strerror(error), str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_open)
     qid = enqueue(hub, BOB)
     assert not failing[0] and hub.agent.calls == [] and hub.queue.ids() == [qid]
     lines = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.error]

@@ -49,6 +49,7 @@ from txmailhub.address import Address
 from txmailhub.envelope import Envelope, SpooledMessage
 from txmailhub.interfaces import IOutboundQueue
 from txmailhub.logsafe import listed, loggable, plural
+from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.relay import bounce, inflight
 from txmailhub.relay.mime7bit import has_8bit
 from txmailhub.relay.record import DELIVERED, QueueEntry, RecordError
@@ -330,10 +331,16 @@ class OutboundQueue:
         if not valid_queue_id(queue_id):
             return None
         try:
-            with open(self.record_path(queue_id), "rb") as f:
-                raw = f.read()
+            # never a plain open: one of a FIFO put in the queue folder
+            # would wait for a writer for ever -- the hub's start
+            # (``recover``), its runner and ``mailhub queue`` with it
+            raw, _ = read_regular(self.record_path(queue_id))
         except FileNotFoundError:
             return None
+        except (NotRegularFile, IsADirectoryError) as e:
+            # no record the hub wrote: unusable, as one it cannot parse
+            what = "a folder" if isinstance(e, IsADirectoryError) else str(e)
+            raise RecordError(f"its record is {what}") from None
         return QueueEntry.from_json(raw, self.message_path(queue_id))
 
     def find_message(self, message_id: str) -> list[str]:
