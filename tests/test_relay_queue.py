@@ -249,6 +249,25 @@ def test_a_record_that_is_a_named_pipe_is_set_aside_not_waited_on(tmp_path, spoo
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_an_entry_whose_message_is_no_file_is_set_aside_at_the_start(tmp_path, spool, kind):
+    # only "missing" was looked for: a FIFO or a folder in the message's
+    # place was taken as a message, and an attempt's open() of a FIFO
+    # waits for a writer on the reactor's thread.  Set aside to corrupt/,
+    # as an entry whose message is gone
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    path = Path(q.message_path(qid))
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    assert OutboundQueue(q.directory, Clock()).recover() == []
+    assert sorted(os.listdir(os.path.join(q.directory, "corrupt"))) == [
+        qid + ".json", qid + ".msg"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
 def test_reading_a_record_that_is_no_file_says_so(tmp_path, kind):
     # the runner and ``mailhub queue`` read records one by one: a FIFO is
     # refused rather than waited on, a folder is no "Is a directory"

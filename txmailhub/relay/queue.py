@@ -37,6 +37,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -81,6 +82,22 @@ RECORD_ROOM = 64 * 1024
 
 def valid_queue_id(text: str) -> bool:
     return 8 <= len(text) <= 40 and text.isalnum() and text.isascii()
+
+
+def _message_problem(path: str) -> str | None:
+    """Why the queue's copy of a message at ``path`` cannot be sent, or
+    ``None``.  A named pipe or a device there is none the hub made: an
+    attempt's plain open of it, on the reactor's thread, would wait for a
+    writer (or read a device) for ever."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "its message file is missing"
+    if stat.S_ISDIR(st.st_mode):
+        return "its message file is a folder"
+    if not stat.S_ISREG(st.st_mode):
+        return "its message file is not a regular file (a named pipe, device or socket)"
+    return None
 
 
 def inline_io(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
@@ -385,8 +402,9 @@ class OutboundQueue:
                     entry = self.read(qid)
                     if entry is None:
                         continue
-                    if not os.path.exists(entry.message_path):
-                        raise RecordError("its message file is missing")
+                    why = _message_problem(entry.message_path)
+                    if why is not None:
+                        raise RecordError(why)
                 except (RecordError, OSError) as e:
                     if isinstance(e, OSError) and e.errno in _SHORTAGES:
                         # out of descriptors or memory says nothing of the
