@@ -1171,6 +1171,30 @@ class NotARegularFileTests(Base):
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
 
+class UnreadableAtStartTests(Base):
+    assertRefused = FreshFileTests.assertRefused
+
+    def test_a_file_not_read_at_the_start_holds_back_strangers_with_451(self):
+        # the aliases read last serve on while the file cannot be read; at
+        # the start none were read, and an alias's mail got 550 5.1.1 (a
+        # bounce for good) for a file the admin is about to fix.  As while
+        # the file is away: 451, said once, until it can be read
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        with open(self.path, "wb") as f:
+            f.write(b"list: joe\n\xff\n")
+        os.utime(self.path, (1e9, 1e9))
+        r = Router(DOMAINS, self.users, self.path)
+        self.assertRefused(r.resolve, A("list"), replies.LOCAL_ERROR)
+        self.assertRefused(r.resolve, A("stranger"), replies.LOCAL_ERROR)
+        self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))
+        errors = [e for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("no aliases are in effect", errors[0]["log_format"])
+        self.write("list: ann\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
+        self.assertRefused(r.resolve, A("stranger"), replies.UNKNOWN_USER)
+
+
 class LoadedLineTests(Base):
     def test_one_alias_is_counted_in_the_singular(self):
         # "loaded 1 aliases" read as a slip; "alias" stays the word to grep

@@ -892,10 +892,20 @@ class Router:
 
     def _cannot_read(self, why: str) -> None:
         """Log ``why`` once (not per RCPT while it lasts); the previous
-        aliases serve on."""
+        aliases serve on.  With none read yet (the hub's start, or the
+        file back from away but unreadable) there are none to serve: an
+        address that is no user may be one of the aliases not read, so it
+        gets 451, as while the file is away, never 550 (a bounce)."""
+        if self._text is None:
+            self.aliases_away = True
         if why != self._error:
             self._error = why
-            log.error("{why}; keeping the previous aliases", why=why)
+            if self._text is None:
+                log.error("{why}; no aliases are in effect: mail to addresses that are not "
+                          "users is refused with 451 (try again later) until it can be read",
+                          why=why)
+            else:
+                log.error("{why}; keeping the previous aliases", why=why)
 
     @property
     def read_error(self) -> str | None:
