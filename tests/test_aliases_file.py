@@ -767,6 +767,23 @@ def test_a_fifo_in_place_of_the_file_is_refused_not_waited_on(path: Path, change
     assert stat.S_ISFIFO(os.lstat(path).st_mode)
 
 
+@pytest.mark.parametrize("change", [
+    lambda a: a.add("b", ["joe"]), lambda a: a.remove("b"), lambda a: a.read()])
+def test_a_file_over_its_bound_is_refused_and_left_as_it_is(path: Path, change) -> None:
+    # ``mailhub alias`` read the file whole, however large: over
+    # ALIASES_FILE_MAX it is refused, as the hub refuses it, and not written
+    from txmailhub.router import ALIASES_FILE_MAX
+
+    path.write_text("b: joe\n")
+    with open(path, "r+b") as f:
+        f.truncate(ALIASES_FILE_MAX + 1)  # (a sparse file: no disk taken)
+    with pytest.raises(AliasesFileError) as info:
+        change(aliases_at(path))
+    assert str(info.value) == (f"{path}: [aliases] file is larger than 16 MiB, the most the hub "
+                               "reads of it: not read, nothing changed")
+    assert os.path.getsize(path) == ALIASES_FILE_MAX + 1
+
+
 def test_a_file_made_again_is_readable_by_all_whatever_the_umask(path: Path) -> None:
     # an aliases file away for a moment is made again by the first add;
     # the hub, another user, must read it: 0644 as /etc/aliases, not what

@@ -928,6 +928,28 @@ def test_check_reports_a_fifo_for_the_users_file_and_does_not_wait_on_it(config:
     assert stat.S_ISFIFO(os.lstat(users).st_mode)
 
 
+def test_check_reports_users_and_aliases_files_over_their_bound(config: Path) -> None:
+    # read whole, however large: over 16 MiB each is refused as a file
+    # that cannot be read, a problem naming it and the bound (exit 2)
+    from txmailhub.router import ALIASES_FILE_MAX
+    from txmailhub.users import USERS_FILE_MAX
+
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    users, aliases = config.parent / "users", config.parent / "aliases"
+    aliases.write_text("team: alice\n")
+    config.write_text(config.read_text() + '[aliases]\nfile = "aliases"\n')
+    assert run(config, "check")[0] == 0
+    with open(aliases, "r+b") as f:
+        f.truncate(ALIASES_FILE_MAX + 1)  # (sparse files: no disk taken)
+    with open(users, "r+b") as f:
+        f.truncate(USERS_FILE_MAX + 1)
+    code, out, err = run(config, "check")
+    assert (code, out) == (2, "")
+    why = "cannot be read: larger than 16 MiB, the most the hub reads of it"
+    assert f"{config}: [users] file: {users} {why}" in err.splitlines(), err
+    assert f"{config}: [aliases] file: {aliases} {why} (at line 10)" in err.splitlines(), err
+
+
 def _fifo_after_load(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     """``path`` replaced by a FIFO once the config is loaded: the config's
     own check (``isfile``) passed, and the command reads it after."""

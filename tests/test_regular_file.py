@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from txmailhub.regular_file import NotRegularFile, PipeTimeout, read_regular
+from txmailhub.regular_file import FileTooLarge, NotRegularFile, PipeTimeout, read_regular
 
 
 def test_a_link_is_followed_unless_told_not_to(tmp_path: Path) -> None:
@@ -23,6 +23,20 @@ def test_a_link_is_followed_unless_told_not_to(tmp_path: Path) -> None:
     with pytest.raises(OSError) as info:
         read_regular(str(link), follow=False)
     assert info.value.errno == errno.ELOOP
+
+
+def test_a_file_over_its_most_is_refused_one_at_it_read(tmp_path: Path) -> None:
+    # ``most``: the users and aliases files' bound.  At it, the file is
+    # read whole; one octet more, refused with a line that says the bound
+    path = tmp_path / "users"
+    path.write_bytes(b"x" * 1024)
+    assert read_regular(str(path), most=1024)[0] == b"x" * 1024
+    with open(path, "ab") as f:
+        f.write(b"y")
+    with pytest.raises(FileTooLarge) as info:
+        read_regular(str(path), most=1024)
+    assert str(info.value) == "larger than 1 KiB, the most the hub reads of it"
+    assert info.value.path == str(path) and info.value.most == 1024
 
 
 def _open_descriptors() -> int:

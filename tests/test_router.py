@@ -1171,8 +1171,31 @@ class NotARegularFileTests(Base):
         self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
 
-class UnreadableAtStartTests(Base):
+class UnreadableFileTests(Base):
     assertRefused = FreshFileTests.assertRefused
+
+    def test_a_file_grown_over_the_bound_leaves_the_aliases_read_last(self):
+        # an aliases file had no bound: one grown without end (a script's
+        # runaway output, a log put in its place) was read whole into the
+        # hub's memory at the next RCPT.  Over ALIASES_FILE_MAX it is a
+        # file that cannot be read: the aliases read last serve on, said once
+        from txmailhub.router import ALIASES_FILE_MAX
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        r = self.router("list: joe\n")
+        with open(self.path, "r+b") as f:
+            f.truncate(ALIASES_FILE_MAX + 1)  # (a sparse file: no disk taken)
+        os.utime(self.path, (1e9 + 5, 1e9 + 5))
+        for _ in range(2):
+            self.assertEqual(r.resolve(A("list")), ((A("joe"),), ()))
+        errors = [e["why"] for e in observer if e["log_level"].name == "error"]
+        self.assertEqual(errors, [f"cannot read aliases file {self.path}: larger than 16 MiB, "
+                                  "the most the hub reads of it"])
+        self.assertEqual(check_aliases_file(self.path, "example.org", DOMAINS), [
+            f"{self.path}: [aliases] file cannot be read: larger than 16 MiB, the most the hub "
+            "reads of it"])
+        self.write("list: ann\n")
+        self.assertEqual(r.resolve(A("list")), ((A("ann"),), ()))
 
     def test_a_file_not_read_at_the_start_holds_back_strangers_with_451(self):
         # the aliases read last serve on while the file cannot be read; at

@@ -782,6 +782,33 @@ def test_a_fifo_in_place_of_the_users_file_is_unavailable_and_not_waited_on(
     assert reader.contains(alice) and not reader.missing and reader.unreadable is None
 
 
+def test_a_users_file_over_its_bound_is_one_that_cannot_be_read(
+        db: UsersDB, log_events: list[dict]) -> None:
+    # no bound: a users file grown without end (a log or an image put in
+    # its place) was read whole into memory at the next lookup, and by
+    # every `mailhub user` command.  Over USERS_FILE_MAX it is a file that
+    # cannot be read: 451, said once; a change refuses it, nothing written
+    from txmailhub.users import USERS_FILE_MAX
+
+    db.add("alice", "pw")
+    reader = UsersDB(db.path, "example.org")
+    alice = Address("alice", "example.org")
+    assert reader.contains(alice)
+    with open(db.path, "r+b") as f:
+        f.truncate(USERS_FILE_MAX + 1)  # (a sparse file: no disk taken)
+    os.utime(db.path, (1e9, 1e9))
+    assert not reader.contains(alice) and reader.missing
+    assert not reader.check_password(alice, "pw")
+    said = [e for e in log_events if "cannot be read" in e.get("log_format", "")]
+    assert len(said) == 1 and said[0]["why"] == ("larger than 16 MiB, the most the hub reads "
+                                                 "of it"), said
+    with pytest.raises(UsersFileError) as info:
+        UsersDB(db.path, "example.org").delete("alice")
+    assert str(info.value) == (f"{db.path}: the users file is larger than 16 MiB, the most the "
+                               "hub reads of it: not read, nothing changed")
+    assert os.path.getsize(db.path) == USERS_FILE_MAX + 1
+
+
 def test_a_users_file_that_cannot_be_read_is_unavailable_not_an_error_per_lookup(
         db: UsersDB, log_events: list[dict]) -> None:
     # (root reads any file, so a folder stands in for a file the hub's user

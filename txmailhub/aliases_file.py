@@ -56,8 +56,9 @@ from dataclasses import dataclass, field
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
 from txmailhub.logsafe import quoted, shown
-from txmailhub.regular_file import NotRegularFile, read_regular
+from txmailhub.regular_file import FileTooLarge, NotRegularFile, read_regular
 from txmailhub.router import (
+    ALIASES_FILE_MAX,
     BOM,
     CONTINUATION,
     Aliases,
@@ -137,15 +138,18 @@ class AliasesFile:
         try:
             # never a plain open: one of a FIFO put there would wait for ever
             if path is None:
-                raw, _ = read_regular(self.path)
+                raw, _ = read_regular(self.path, most=ALIASES_FILE_MAX)
             else:
-                raw, _ = read_regular(path, follow=False)
+                raw, _ = read_regular(path, follow=False, most=ALIASES_FILE_MAX)
         except FileNotFoundError:
             return ""  # away for a moment: the first add makes it again
         except NotRegularFile as e:
             raise AliasesFileError(
                 f"{e.path}: [aliases] file is {e}: not read, nothing changed; "
                 "set [aliases] file to a regular file") from None
+        except FileTooLarge as e:
+            raise AliasesFileError(
+                f"{e.path}: [aliases] file is {e}: not read, nothing changed") from None
         except OSError as e:
             if e.errno != errno.ELOOP:
                 raise

@@ -808,6 +808,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
     if settings.aliases.file:
         from txmailhub.regular_file import read_regular
         from txmailhub.router import (
+            ALIASES_FILE_MAX,
             alias_target_warnings,
             check_aliases_file,
             line_end_warnings,
@@ -816,7 +817,7 @@ def _check(settings: Settings, out: TextIO, err: TextIO) -> int:
         try:
             # never a plain open: one of a FIFO put there since the config
             # was loaded would wait for a writer for ever, as the hub would not
-            read_regular(settings.aliases.file)
+            read_regular(settings.aliases.file, most=ALIASES_FILE_MAX)
         except OSError as e:  # the config's key, as for the users file above
             problems.append(f"{settings.path}: [aliases] file: {settings.aliases.file} "
                             f"{_not_read(e)}{settings.at('aliases', 'file')}")
@@ -910,12 +911,12 @@ def _aliases_table(settings: Settings, lines: dict[str, int] | None = None
     alias's line (``parse_aliases``): the warnings about one name it as
     ``check``'s do, ``PATH:LINENO:``."""
     from txmailhub.regular_file import read_regular
-    from txmailhub.router import parse_aliases
+    from txmailhub.router import ALIASES_FILE_MAX, parse_aliases
 
     if not settings.aliases.file:
         return None
     try:
-        raw, _ = read_regular(settings.aliases.file)
+        raw, _ = read_regular(settings.aliases.file, most=ALIASES_FILE_MAX)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None

@@ -41,8 +41,27 @@ class NotRegularFile(OSError):
         self.path = path
 
 
+class FileTooLarge(OSError):
+    """A file holds more than the most its reader takes (``read_regular``'s
+    ``most``)."""
+
+    def __init__(self, path: str, most: int) -> None:
+        super().__init__(f"larger than {size_text(most)}, the most the hub reads of it")
+        self.path = path
+        self.most = most
+
+
+def size_text(octets: int) -> str:
+    """``16 MiB``, ``64 KiB``: a bound as the docs and messages say it."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if octets >= unit and octets % unit == 0:
+            return f"{octets // unit} {name}"
+    return f"{octets} octets"
+
+
 def read_regular(path: str, *, follow: bool = True, limit: int = -1,
-                 pipe_wait: float | None = None) -> tuple[bytes, os.stat_result]:
+                 pipe_wait: float | None = None,
+                 most: int | None = None) -> tuple[bytes, os.stat_result]:
     """The bytes of the regular file at ``path`` and its ``fstat`` once
     read (the caller may compare it with a ``stat`` from before).  A
     folder raises ``IsADirectoryError`` as ``open()`` does; anything else
@@ -55,7 +74,15 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
     named pipe only once a reader has); one that is not by then raises
     ``PipeTimeout`` (a ``TimeoutError``): a writer that never closes it
     would otherwise hold the reader for ever once its first octet came.
-    Without it a pipe is refused as no regular file."""
+    Without it a pipe is refused as no regular file.  ``most``: a file
+    that must hold at most that many octets; one that holds more raises
+    ``FileTooLarge`` once ``most`` and one more are read, never the whole
+    of it (a log or an image put in the place of a users file)."""
+    if most is not None:
+        data, st = read_regular(path, follow=follow, limit=most + 1, pipe_wait=pipe_wait)
+        if len(data) > most:
+            raise FileTooLarge(path, most)
+        return data, st
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow:
         flags |= os.O_NOFOLLOW

@@ -88,6 +88,7 @@ from txmailhub.regular_file import NotRegularFile, read_regular
 from txmailhub.smtp import replies
 
 __all__ = [
+    "ALIASES_FILE_MAX",
     "AliasWarning",
     "Aliases",
     "Router",
@@ -106,6 +107,11 @@ __all__ = [
 ]
 
 log = Logger()
+
+#: octets an aliases file may hold (``read_regular``'s ``most``): a file of some
+#: 100,000 aliases, far more than a hub for small sites has; one larger is
+#: refused as one that cannot be read, not held in memory whole
+ALIASES_FILE_MAX = 16 * 1024 * 1024
 
 #: errors reading the aliases file that pass (out of the process's or the
 #: system's file descriptors, or of memory): the file is read again
@@ -587,7 +593,7 @@ def check_aliases_file(
     try:
         # never a plain open: one of a FIFO put there would wait for a
         # writer for ever; the hub reads it so too, and refuses it
-        raw, _ = read_regular(path)
+        raw, _ = read_regular(path, most=ALIASES_FILE_MAX)
     except NotRegularFile:
         return [f"{path}: [aliases] file is not a regular file (a named pipe, device or "
                 "socket): the hub does not read it"]
@@ -613,7 +619,7 @@ def line_end_warnings(path: str) -> list[str]:
     file, at its first such line; none for a file that cannot be read
     (``check_aliases_file`` says why)."""
     try:
-        raw, _ = read_regular(path)  # (a FIFO: refused, not waited on)
+        raw, _ = read_regular(path, most=ALIASES_FILE_MAX)  # (a FIFO: refused, not waited on)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return []
@@ -689,7 +695,7 @@ def alias_target_warnings(
     says so too -- a warning, since the user may simply not be added yet."""
     lines: dict[str, int] = {}
     try:
-        raw, _ = read_regular(path)  # (a FIFO: refused, not waited on)
+        raw, _ = read_regular(path, most=ALIASES_FILE_MAX)  # (a FIFO: refused, not waited on)
         table, _ = parse_aliases(raw.decode("utf-8"), primary_domain, domains, path, lines)
     except (OSError, UnicodeDecodeError):
         return []  # check_aliases_file reports it
@@ -849,7 +855,8 @@ class Router:
         after: os.stat_result | None = None
         try:
             # never a plain open: one of a FIFO put there would hang the hub
-            raw, after = read_regular(self.aliases_file)  # changed during the read: maybe half
+            # changed during the read: maybe half
+            raw, after = read_regular(self.aliases_file, most=ALIASES_FILE_MAX)
             text = raw.decode("utf-8")
         except OSError as e:
             if e.errno in _SHORTAGES:

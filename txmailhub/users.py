@@ -74,7 +74,7 @@ from txmailhub.logsafe import shown
 from txmailhub.password_hash import _DUMMY_HASH, hash_password, hash_problem, verify_password
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
-from txmailhub.regular_file import NotRegularFile, read_regular
+from txmailhub.regular_file import FileTooLarge, NotRegularFile, read_regular
 from txmailhub.users_folder import (
     cannot_make_folder,
     lock_refused_advice,
@@ -85,11 +85,17 @@ from txmailhub.users_folder import (
 
 log = Logger(namespace="txmailhub.users")
 
-__all__ = ["UserRecord", "UsersDB", "as_given", "as_rcpt_names", "cannot_make_folder",
-           "hash_password", "hash_problem", "lock_refused_advice", "mail_never_reaches",
-           "make_folder_advice", "open_lock", "unwritable_folder_advice", "verify_password"]
+__all__ = ["USERS_FILE_MAX", "UserRecord", "UsersDB", "as_given", "as_rcpt_names",
+           "cannot_make_folder", "hash_password", "hash_problem", "lock_refused_advice",
+           "mail_never_reaches", "make_folder_advice", "open_lock", "unwritable_folder_advice",
+           "verify_password"]
 
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
+
+#: octets a users file may hold (``read_regular``'s ``most``): some 100,000 users,
+#: far more than a hub for small sites has; one larger is refused as one
+#: that cannot be read, not held in memory whole
+USERS_FILE_MAX = 16 * 1024 * 1024
 
 
 def _login_forms(password: str) -> list[str]:
@@ -307,7 +313,7 @@ class UsersDB:
             # file is said as one that cannot be read.  ``after``: a writer
             # that began during the read, the text may be half of the file
             # (``changing``)
-            raw, after = read_regular(self.path)
+            raw, after = read_regular(self.path, most=USERS_FILE_MAX)
             text = raw.decode("utf-8", "replace")
         except OSError as e:
             self._cannot_read(e, report)
@@ -630,12 +636,15 @@ class UsersDB:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._file.forget()
             try:
-                raw, _ = read_regular(self.path)  # (a FIFO: refused, not waited on)
+                raw, _ = read_regular(self.path, most=USERS_FILE_MAX)  # (a FIFO: refused)
             except FileNotFoundError:
                 raw = b""
             except NotRegularFile as e:
                 raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
                                      "changed; put the users file there") from None
+            except FileTooLarge as e:
+                raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
+                                     "changed") from None
             before, _, keys, effective = self._parse(raw.decode("utf-8", "replace"))
             records = dict(before)
             yield records
