@@ -784,6 +784,21 @@ def test_a_file_over_its_bound_is_refused_and_left_as_it_is(path: Path, change) 
     assert os.path.getsize(path) == ALIASES_FILE_MAX + 1
 
 
+def test_a_change_that_would_pass_the_bound_is_refused(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # written, the file would be one the hub refuses to read: refused,
+    # nothing written
+    from txmailhub import aliases_file
+
+    path.write_text("b: joe\n")
+    monkeypatch.setattr(aliases_file, "ALIASES_FILE_MAX", 12)
+    with pytest.raises(AliasesFileError) as info:
+        aliases_at(path).add("team", ["joe"])
+    assert str(info.value) == (f"{path}: the change would make the [aliases] file larger than "
+                               "12 octets, the most the hub reads of it: nothing changed")
+    assert path.read_text() == "b: joe\n"
+
+
 def test_a_file_made_again_is_readable_by_all_whatever_the_umask(path: Path) -> None:
     # an aliases file away for a moment is made again by the first add;
     # the hub, another user, must read it: 0644 as /etc/aliases, not what

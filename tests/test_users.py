@@ -809,6 +809,25 @@ def test_a_users_file_over_its_bound_is_one_that_cannot_be_read(
     assert os.path.getsize(db.path) == USERS_FILE_MAX + 1
 
 
+def test_a_change_that_would_pass_the_bound_is_refused(
+        db: UsersDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    # written, the file would be one the hub refuses to read (451 for
+    # every local recipient): the command refuses instead, nothing written
+    from txmailhub import users
+
+    db.add("alice", "pw")
+    before = Path(db.path).read_bytes()
+    monkeypatch.setattr(users, "USERS_FILE_MAX", len(before) + 10)
+    with pytest.raises(UsersFileError) as info:
+        db.add("bob", "pw")
+    assert str(info.value) == (f"{db.path}: the change would make the users file larger than "
+                               f"{len(before) + 10} octets, the most the hub reads of it: "
+                               "nothing changed")
+    assert Path(db.path).read_bytes() == before
+    db.delete("alice")  # a change that shrinks it is taken
+    assert not db.contains(Address("alice", "example.org"))
+
+
 def test_a_users_file_that_cannot_be_read_is_unavailable_not_an_error_per_lookup(
         db: UsersDB, log_events: list[dict]) -> None:
     # (root reads any file, so a folder stands in for a file the hub's user

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from txmailhub.address import Address, AddressError, canonical_domain, parse_address
 from txmailhub.errors import AliasesFileError, AliasExists, BadAlias, NoSuchAlias
 from txmailhub.logsafe import quoted, shown
-from txmailhub.regular_file import FileTooLarge, NotRegularFile, read_regular
+from txmailhub.regular_file import FileTooLarge, NotRegularFile, read_regular, size_text
 from txmailhub.router import (
     ALIASES_FILE_MAX,
     BOM,
@@ -525,10 +525,16 @@ class AliasesFile:
         from txmailhub.store.sync import durable_write, owner_of
 
         real = self._real
+        data = (self._bom + text).encode("utf-8")
+        if len(data) > ALIASES_FILE_MAX:
+            # written, the file would be one the hub refuses to read
+            raise AliasesFileError(
+                f"{self.path}: the change would make the [aliases] file larger than "
+                f"{size_text(ALIASES_FILE_MAX)}, the most the hub reads of it: nothing changed")
         # a file that is there keeps its owner and mode; one made again
         # (it was away) is readable by all, as /etc/aliases, whatever the
         # umask, and the folder owner's
-        durable_write(real, (self._bom + text).encode("utf-8"), mode=0o644, keep_mode=True,
+        durable_write(real, data, mode=0o644, keep_mode=True,
                       new_owner=owner_of(os.path.dirname(real)))
 
 

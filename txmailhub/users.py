@@ -74,7 +74,7 @@ from txmailhub.logsafe import shown
 from txmailhub.password_hash import _DUMMY_HASH, hash_password, hash_problem, verify_password
 from txmailhub.passwords import PasswordPolicy
 from txmailhub.precis import PreparationError, prepare_password
-from txmailhub.regular_file import FileTooLarge, NotRegularFile, read_regular
+from txmailhub.regular_file import FileTooLarge, NotRegularFile, read_regular, size_text
 from txmailhub.users_folder import (
     cannot_make_folder,
     lock_refused_advice,
@@ -682,6 +682,11 @@ class UsersDB:
             elif not text.endswith(b"\n"):
                 text += eol
             text += b"".join(r.to_line().rstrip("\n").encode("utf-8") + eol for r in added)
+        if len(bom) + len(text) > USERS_FILE_MAX:
+            # written, the file would be one the hub refuses to read
+            raise UsersFileError(f"{self.path}: the change would make the users file larger "
+                                 f"than {size_text(USERS_FILE_MAX)}, the most the hub reads "
+                                 "of it: nothing changed")
         # root's first `mailhub user add` (the README's everyday command)
         # must not leave a file only root can read next to a hub running as
         # the folder's owner: a new file is the folder's owner's
