@@ -93,6 +93,19 @@ def test_a_fifo_in_place_of_a_tls_file_is_a_problem_not_a_wait(tmp_path, which):
                         "device or socket)"]
 
 
+@pytest.mark.parametrize("which", ["certificate", "key"])
+def test_a_tls_file_over_its_bound_is_a_problem_not_read_whole(tmp_path, which):
+    # read whole at the start, each reload and each renewal's look, however
+    # large: over TLS_FILE_MAX it is refused as a file that cannot be read
+    cert, key = pair(tmp_path)
+    path = Path(cert if which == "certificate" else key)
+    with open(path, "r+b") as f:
+        f.truncate(tls.TLS_FILE_MAX + 1)  # (the PEM, then NULs: a sparse tail)
+    problems, _ = tls.pair_findings(cert, key)
+    assert problems == [f"{which} {path} cannot be read: larger than 1 MiB, the most the hub "
+                        "reads of it"]
+
+
 @pytest.mark.parametrize(("kwargs", "warning"), [
     # warnings, not problems: plain SMTP must not go down with a
     # certificate, nor with a clock that is slow at boot

@@ -33,6 +33,7 @@ from txmailhub.filestamp import RACY_SECONDS
 from txmailhub.regular_file import read_regular
 
 __all__ = [
+    "TLS_FILE_MAX",
     "ReloadingTLS",
     "TLSFilesError",
     "TLSKeyMismatch",
@@ -79,6 +80,11 @@ class TLSFilesUnreadable(TLSFilesError):
 #: file descriptors, or of memory)
 _SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
+#: octets the certificate file and the key file may each hold: a chain
+#: is a few KiB, a whole CA bundle some 200 KiB; a larger file (a log or
+#: an image put in its place) is refused, not read whole at each look
+TLS_FILE_MAX = 1024 * 1024
+
 
 class TLSKeyMismatch(TLSFilesError):
     """The key is not the first certificate's: what a renewal caught
@@ -93,7 +99,7 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
 
     try:
         # never a plain open: one of a FIFO put there would wait for ever
-        pems = _PEM_CERT.findall(read_regular(certificate)[0])
+        pems = _PEM_CERT.findall(read_regular(certificate, most=TLS_FILE_MAX)[0])
         chain = [x509.load_pem_x509_certificate(c) for c in pems]
     except (OSError, ValueError) as e:
         kind = (TLSFilesUnreadable if isinstance(e, OSError) and e.errno in _SHORTAGES
@@ -102,7 +108,8 @@ def load_pair(certificate: str, key: str) -> tuple[list[Any], Any]:
     if not chain:
         raise TLSFilesError(f"certificate {certificate} holds no PEM certificate")
     try:
-        private_key = load_pem_private_key(read_regular(key)[0], password=None)
+        private_key = load_pem_private_key(read_regular(key, most=TLS_FILE_MAX)[0],
+                                           password=None)
     except TypeError:
         raise TLSFilesError(
             f"key {key} is protected by a passphrase, which the hub cannot ask for: "
