@@ -220,12 +220,14 @@ def test_the_hub_reads_what_dovecot_delivered(hub):
     assert len(no_newline) == 1
     ours = hub_pop3(hub, retr=True)
     assert len(ours) == len(messages()) + len(SAVED)
-    sizes, _, bodies = dovecot_pop3(dove, len(ours))
-    by_number = {int(m["uid"]): uid for uid, m in dovecot_view(dove).items()}
-    for n, uid in by_number.items():
-        size, body = ours[uid]
-        assert body == bodies[n], (uid, body[-40:], bodies[n][-40:])
-        assert size == len(body) == sizes[n] + (2 if uid in no_newline else 0), uid
+    sizes, uidls, bodies = dovecot_pop3(dove, len(ours))
+    # the hub's first login found Dovecot's list: its UIDLs are kept
+    assert set(ours) == set(uidls.values())
+    by_number = {int(m["uid"]): base for base, m in dovecot_view(dove).items()}
+    for n, base in by_number.items():
+        size, body = ours[uidls[n]]
+        assert body == bodies[n], (base, body[-40:], bodies[n][-40:])
+        assert size == len(body) == sizes[n] + (2 if base in no_newline else 0), base
     hub_log_is_clean(hub.log_text())
 
 
@@ -258,4 +260,36 @@ def test_dovecot_moves_files_during_a_hub_session(hub):
     assert len(left) == len(sizes) - 2
     assert all(f.name.endswith(":2,FS") for f in left), [f.name for f in left]
     assert len(dovecot_view(dove)) == len(sizes) - 2
+    hub_log_is_clean(hub.log_text())
+
+
+def test_a_maildir_moved_from_dovecot_keeps_its_uidls_and_sizes(hub):
+    """docs/pop3.rst, "UIDL": a Maildir Dovecot delivered into and served,
+    moved under the hub's ``state_dir``: the hub's POP3 lists the same
+    messages with the UIDLs Dovecot's POP3 gave (a client that leaves
+    mail on the server fetches none again) and sends the same octets;
+    a message the hub delivers after the move gets a UIDL of its own."""
+    old = hub.dovecot_folder.parent / "old" / "Maildir"
+    old.mkdir(parents=True)
+    old.parent.chmod(0o711)
+    dove = Dovecot(hub.dovecot_folder, old)
+    for data in SAVED.values():
+        dove.doveadm_input(data, "save")
+    dove.doveadm("flags", "add", "\\Seen", "uid", "1:2")
+    sizes, uidls, bodies = dovecot_pop3(dove, len(SAVED))
+    no_newline = {n for n, body in enumerate(SAVED.values(), 1) if not body.endswith(b"\n")}
+    target = hub.maildir(ALICE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(old, target)
+    ours = hub_pop3(hub, retr=True)
+    assert sorted(ours) == sorted(uidls.values())
+    for n, uid in uidls.items():
+        size, body = ours[uid]
+        assert body == bodies[n], (n, body[-40:], bodies[n][-40:])
+        assert size == len(body) == sizes[n] + (2 if n in no_newline else 0), n
+    send(hub.smtp_port)
+    again = hub_pop3(hub)
+    assert len(again) == len(SAVED) + len(messages())
+    assert {u: s for u, (s, _) in again.items() if u in ours} == {
+        u: s for u, (s, _) in ours.items()}
     hub_log_is_clean(hub.log_text())

@@ -47,6 +47,8 @@ from txmailhub.store.format import (
     uid_for_name,
     with_sizes,
 )
+from txmailhub.store.kept_uidls import KeptUIDLs
+from txmailhub.store.kept_uidls import apply as keep_uidls
 from txmailhub.store.nowait import pread_nowait, read_nowait
 from txmailhub.store.sync import (
     POP3_LANE,
@@ -343,11 +345,18 @@ def scan(md: str) -> Snapshot:
     renames, a durable write): the store runs it on the syncer's worker
     threads.
 
+    The UIDLs are the names' (``uid_for_name``), but where
+    ``.txmailhub-uidls`` keeps another (``txmailhub.store.kept_uidls``:
+    the UIDLs Dovecot gave, read from its ``dovecot-uidlist`` at the
+    first login that lists a message).
+
     A ``Snapshot`` (columns, see there), made from one flat row per
     message: the peak of a big listing is a few objects a message."""
     rows: list[tuple] = []  # (sec, usec, counter, name, seq, cur, size, crlf)
     listed = [_regular_names(os.path.join(md, sub)) for sub in ("new", "cur")]
-    # listed first: the cache is read only as far as these names need it
+    # listed first: the cache is read only as far as these names need it;
+    # the kept UIDLs before it, which looks whether the cache is there
+    kept = KeptUIDLs(md, len(listed[0]) + len(listed[1]))
     cache = _SizeCache(md, len(listed[0]) + len(listed[1]))
     vanished = False  # a file of new/ gone since new/ was listed
     renamed: set[str] = set()  # the folders of the renames ``_heal`` made
@@ -400,6 +409,9 @@ def scan(md: str) -> Snapshot:
     rows.sort()
     uids = [uid_for_name(row[3]) for row in rows]
     _distinct_uids(uids, rows)
+    names = [row[3] for row in rows]
+    kept.prune(names)
+    keep_uidls(uids, names, kept.uidls)
     snapshot = Snapshot(md)
     for uid, (_, _, _, name, _, cur, size, crlf) in zip(uids, rows):
         info = name.partition(":")[2]

@@ -4,8 +4,10 @@ Owns ``state_dir/mail/<domain>/<localpart>/{tmp,new,cur}`` (local part
 lower-cased) and, in each Maildir's root, ``.txmailhub.lock`` (the POP3
 exclusive lock, an ``flock`` taken by ``open_mailbox``) and
 ``.txmailhub-sizes`` (the CRLF sizes of messages other programs dropped
-in, kept by ``txmailhub.store.mailbox``) and ``.txmailhub-deleted`` (the
-keyed copies a POP3 session deleted: ``mailbox.note_deleted``).  The snapshot and the session
+in, kept by ``txmailhub.store.mailbox``), ``.txmailhub-uidls`` (the
+UIDLs kept from another server, ``txmailhub.store.kept_uidls``) and
+``.txmailhub-deleted`` (the keyed copies a POP3 session deleted:
+``mailbox.note_deleted``).  The snapshot and the session
 view live in ``store/mailbox.py``, the name and size rules in
 ``store/format.py`` (re-exported here).  It does not route, parse
 messages or speak any protocol.
