@@ -9,6 +9,13 @@ later without invalidating existing users; a stored hash is refused
 beyond a bound of work and memory, so a users file cannot make one login
 check take minutes.
 
+A users file may also hold SHA512-CRYPT hashes (``$6$...``, as Dovecot's
+passwd-file writes them, ``{SHA512-CRYPT}`` before them or not;
+``txmailhub.sha_crypt``): checked, never made, so users moved from
+Dovecot keep their passwords until ``mailhub user passwd`` gives them
+an scrypt hash.  A check of one runs a dummy scrypt as well, so it
+takes no less time than a check of the hub's own.
+
 Owns the hash format and its limits only: it never sees the users file,
 never prepares a password (``txmailhub.precis``) and never logs.
 ``txmailhub.users`` re-exports its public names.
@@ -19,7 +26,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
+
+from txmailhub import sha_crypt
 
 __all__ = ["hash_password", "hash_problem", "verify_password"]
 
@@ -28,6 +38,9 @@ _MAXMEM = 64 * 1024 * 1024
 # N*r*p: 16x the cost of our own hashes (about a second of CPU here); a
 # users file cannot make one login check take minutes.
 _MAX_WORK = 16 * _SCRYPT_N * _SCRYPT_R * _SCRYPT_P
+# SHA512-CRYPT rounds: about as long as that bound (Dovecot makes 5000)
+_MAX_CRYPT_ROUNDS = 1_000_000
+_SCHEME = re.compile(r"\{([A-Z0-9.-]{1,32})\}")
 
 
 def hash_password(password: str) -> str:
@@ -43,6 +56,14 @@ def hash_password(password: str) -> str:
 
 def verify_password(password: str, encoded: str) -> bool:
     """Check ``password`` against a stored hash in constant time."""
+    crypt = sha_crypt.parse(encoded)
+    if crypt is not None:
+        rounds, named, salt, want_text = crypt
+        if rounds > _MAX_CRYPT_ROUNDS:
+            return False
+        got_text = sha_crypt.sha512_crypt(password.encode("utf-8"), salt, rounds, named)
+        verify_password(password, _DUMMY_HASH)  # no faster than the hub's own
+        return hmac.compare_digest(got_text.rsplit("$", 1)[1].encode(), want_text.encode())
     try:
         scheme, n, r, p, salt, key = encoded.split("$")
         if scheme != "scrypt" or int(n) * int(r) * int(p) > _MAX_WORK:
@@ -59,9 +80,21 @@ def verify_password(password: str, encoded: str) -> bool:
 
 def hash_problem(encoded: str) -> str | None:
     """Why ``encoded`` can never match a password, or None if it can."""
+    crypt = sha_crypt.parse(encoded)
+    if crypt is not None:
+        if crypt[0] > _MAX_CRYPT_ROUNDS:
+            return "the password hash needs more rounds than the hub allows SHA512-CRYPT"
+        return None
     fields = encoded.split("$")
     if len(fields) != 6 or fields[0] != "scrypt":
-        return "the password hash is not of the form scrypt$N$r$p$salt$key"
+        scheme = _SCHEME.match(encoded)
+        if scheme and scheme.group(1) not in ("SHA512-CRYPT", "CRYPT"):
+            return (f"the password hash is of scheme {{{scheme.group(1)}}}, which the hub "
+                    "does not check (it checks scrypt$N$r$p$salt$key, and "
+                    "{SHA512-CRYPT}$6$salt$hash): set a new password with "
+                    "`mailhub user passwd`")
+        return ("the password hash is not of the form scrypt$N$r$p$salt$key "
+                "(nor {SHA512-CRYPT}$6$salt$hash)")
     try:
         n, r, p = (int(x) for x in fields[1:4])
         base64.b64decode(fields[4], validate=True)  # the salt

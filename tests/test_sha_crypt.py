@@ -1,0 +1,113 @@
+"""SHA512-CRYPT hashes in the users file, checked only (docs/migrating.rst):
+the specification's own vectors, Python's ``crypt`` and the hashes
+Dovecot's ``doveadm pw`` makes, and the users file around them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+
+from txmailhub.address import Address
+from txmailhub.sha_crypt import parse, sha512_crypt
+from txmailhub.users import UsersDB, hash_problem, verify_password
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import crypt
+    except ImportError:  # Python 3.13 removed it
+        crypt = None  # type: ignore[assignment]
+
+DOVEADM = shutil.which("doveadm")
+ALICE = Address("alice", "example.org")
+
+
+@pytest.mark.parametrize(("password", "setting", "want"), [
+    # Drepper's "Unix crypt using SHA-256 and SHA-512", test vectors
+    (b"Hello world!", "$6$saltstring",
+     "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbY"
+     "EdFCoEOfaS35inz1"),
+    (b"Hello world!", "$6$rounds=10000$saltstringsaltstring",
+     "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0"
+     "Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v."),
+    (b"This is just a test", "$6$rounds=5000$toolongsaltstring",
+     "$6$rounds=5000$toolongsaltstrin$lQ8jolhgVRVhY4b5pZKaysCLi0QBxGoNeKQzQ3glMhwllF7oGDZxU"
+     "hx1yxdYcz/e1JSbq3y6JMxxl8audkUEm0"),
+    (b"a very much longer text to encrypt.  This one even stretches over morethan one line.",
+     "$6$rounds=1400$anotherlongsaltstring",
+     "$6$rounds=1400$anotherlongsalts$POfYwTEok97VWcjxIiSOjiykti.o/pQs.wPvMxQ6Fm7I6IoYN3CmL"
+     "s66x9t0oSwbtEW7o7UmJEiDwGqd8p4ur1"),
+    (b"we have a short salt string but not a short password", "$6$rounds=77777$short",
+     "$6$rounds=77777$short$WuQyW2YR.hBNpjjRhpYD/ifIw05xdfeEyQoMxIXbkvr0gge1a1x3yRULJ5CCaUe"
+     "OxFmtlcGZelFl5CxtgfiAc0"),
+    (b"the minimum number is still observed", "$6$rounds=10$roundstoolow",
+     "$6$rounds=1000$roundstoolow$kUMsbe306n21p9R.FRkW3IGn.S9NPN0x50YhH1xhLsPuWGsUSklZt58jaT"
+     "fF4ZEQpyUNGc0dqbpBYYBaHHrsX."),
+])
+def test_the_specifications_vectors(password: bytes, setting: str, want: str) -> None:
+    rounds, named, salt, _ = parse(want)  # type: ignore[misc]
+    assert sha512_crypt(password, salt, rounds, named) == want
+    assert verify_password(password.decode(), want)
+    assert not verify_password(password.decode() + "x", want)
+    assert hash_problem(want) is None
+
+
+@pytest.mark.skipif(crypt is None, reason="this Python has no crypt module")
+@pytest.mark.parametrize("password", ["", "pw", "x" * 64, "y" * 65, "é ü 日本", "a" * 300])
+@pytest.mark.parametrize("salt", ["", "s", "0123456789abcdef", "./Zz"])
+def test_pythons_crypt_agrees(password: str, salt: str) -> None:
+    want = crypt.crypt(password, f"$6${salt}$")
+    assert verify_password(password, want)
+    assert verify_password(password, "{SHA512-CRYPT}" + want)
+    assert not verify_password(password + "!", want)
+
+
+@pytest.mark.skipif(DOVEADM is None, reason="doveadm is not installed")
+@pytest.mark.parametrize("options", [[], ["-r", "20000"]])
+def test_the_hashes_doveadm_pw_makes_are_checked(options: list[str]) -> None:
+    made = subprocess.run([DOVEADM, "pw", "-s", "SHA512-CRYPT", *options, "-p", "pässwort 1"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    assert made.startswith("{SHA512-CRYPT}$6$")
+    assert hash_problem(made) is None
+    assert verify_password("pässwort 1", made)
+    assert not verify_password("pässwort 2", made)
+
+
+@pytest.mark.parametrize(("encoded", "why"), [
+    ("$6$rounds=1000001$salt$" + "a" * 86, "more rounds than the hub allows SHA512-CRYPT"),
+    ("{SHA512-CRYPT}$6$salt$tooshort", "not of the form scrypt$N$r$p$salt$key (nor "),
+    ("{BLF-CRYPT}$2y$05$abcdefghijklmnopqrstuu", "of scheme {BLF-CRYPT}, which the hub"),
+    ("{PLAIN}hunter2", "of scheme {PLAIN}, which the hub does not check"),
+    ("$1$salt$hash", "not of the form"),
+])
+def test_other_hashes_are_refused_with_a_reason(encoded: str, why: str) -> None:
+    problem = hash_problem(encoded)
+    assert problem is not None and why in problem
+    assert "hunter2" not in problem
+    assert not verify_password("hunter2", encoded)
+
+
+def test_a_users_file_with_dovecots_hashes(tmp_path: Path) -> None:
+    """Lines made from a Dovecot passwd-file (docs/migrating.rst): the
+    users log in with their passwords, ``user passwd`` gives the hub's
+    hash; a scheme the hub does not check is reported, and that user
+    keeps the mailbox."""
+    hashed = sha512_crypt(b"old pw", "abcdefgh")
+    path = tmp_path / "users"
+    path.write_text(f"alice {{SHA512-CRYPT}}{hashed}\nbob@example.org {{PLAIN}}bobs-pw\n")
+    db = UsersDB(str(path), "example.org")
+    assert db.check_password(ALICE, "old pw")
+    assert not db.check_password(ALICE, "new pw")
+    assert [p.split(": ", 1)[1] for p in db.problems] == [
+        "bob@example.org cannot log in: the password hash is of scheme {PLAIN}, which the "
+        "hub does not check (it checks scrypt$N$r$p$salt$key, and "
+        "{SHA512-CRYPT}$6$salt$hash): set a new password with `mailhub user passwd`"]
+    assert db.contains(Address("bob", "example.org"))
+    db.set_password("alice", "a new password", allow_weak=True)
+    assert path.read_text().startswith("alice@example.org scrypt$")
+    assert db.check_password(ALICE, "a new password")
+
