@@ -764,3 +764,188 @@ def test_the_tac_checks_are_those_of_twistd_mailhub_only_under_twistd_y(tmp_path
     assert tap.tac_run_problems({"rundir": str(tmp_path / "none"), "pidfile": "",
                                  "nodaemon": True}) == [
         f"mailhub: --rundir {tmp_path / 'none'} cannot be entered: it does not exist"]
+
+
+# --- docs/migrating.rst, its steps run as shown ---------------------------
+
+MIGRATING = ROOT / "docs" / "migrating.rst"
+
+
+def _block(after: str) -> str:
+    """The literal block that the paragraph ending in ``after`` (and
+    ``::``) introduces in docs/migrating.rst, unindented."""
+    text = MIGRATING.read_text()
+    assert after + "::\n\n" in text, after
+    block = text.split(after + "::\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _migration_site(tmp_path: Path) -> Path:
+    """A hub's configuration for the steps, stopped: its paths those of
+    docs/deployment.rst moved under ``tmp_path``."""
+    (tmp_path / "users.d").mkdir(mode=0o700)
+    (tmp_path / "var" / "mail").mkdir(parents=True)
+    config_path = tmp_path / "mailhub.toml"
+    config_path.write_text(
+        '[hub]\nhostname = "mail.example.org"\ndomains = ["example.org", "example.net"]\n'
+        'state_dir = "var"\n[users]\nfile = "users.d/users"\n[aliases]\nfile = "aliases"\n'
+        '[smtp]\nlisten = []\n[submission]\nlisten = []\n[pop3]\nlisten = []\n')
+    (tmp_path / "aliases").write_text("")
+    return config_path
+
+
+def _run_step(tmp_path: Path, script: str, replace: dict[str, str]) -> str:
+    """A shell step of docs/migrating.rst, its paths and commands the
+    test's (``sudo -u mailhub`` dropped: the test's user is the hub's)."""
+    import subprocess
+    import sys
+
+    config_path = tmp_path / "mailhub.toml"
+    for old, new in {
+        "sudo -u mailhub /opt/txmailhub/bin/mailhub -c /etc/txmailhub/mailhub.toml":
+            f"{sys.executable} -m txmailhub -c {config_path}",
+        "sudo -u mailhub /opt/txmailhub/bin/python": sys.executable,
+        "sudo -u mailhub ": "",
+        "/etc/txmailhub/users.d/users": str(tmp_path / "users.d" / "users"),
+        "/etc/txmailhub/aliases": str(tmp_path / "aliases"),
+        "/var/lib/txmailhub": str(tmp_path / "var"),
+        **replace,
+    }.items():
+        script = script.replace(old, new)
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (script, done.stderr)
+    return done.stderr
+
+
+def _check(config_path: Path) -> tuple[int, list[str]]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "txmailhub", "--config", str(config_path),
+                           "check"], capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stderr.splitlines() + done.stdout.splitlines()
+
+
+def test_the_dovecot_passwd_file_step_keeps_sha512_crypt_passwords(tmp_path: Path) -> None:
+    """Users from a Dovecot passwd-file: a SHA512-CRYPT user logs in with
+    the old password; a {PLAIN} one is named by ``check`` in the line the
+    page shows, and logs in once ``user passwd`` set the password."""
+    from txmailhub.address import Address
+    from txmailhub.sha_crypt import sha512_crypt
+    from txmailhub.users import UsersDB
+
+    config_path = _migration_site(tmp_path)
+    passwd_file = tmp_path / "dovecot-users"
+    alice_hash = sha512_crypt(b"alice's old pw", "Gp9RjZWS0BBc2J/x", 20000, True)
+    passwd_file.write_text(
+        f"alice:{{SHA512-CRYPT}}{alice_hash}:1000:1000::/home/alice::\n"
+        "bob@example.org:{PLAIN}bobs-pw:::::\n"
+        "# a comment\ncarol::1002:1002::/home/carol::\n")
+    _run_step(tmp_path, _block("hash into the users file, before any ``mailhub user`` command, "
+                               "as the\nhub's user"),
+              {"/etc/dovecot/users": str(passwd_file)})
+    users = tmp_path / "users.d" / "users"
+    db = UsersDB(str(users), "example.org")
+    assert db.check_password(Address("alice", "example.org"), "alice's old pw")
+    assert not db.check_password(Address("carol", "example.org"), "")
+    shown = _block("by its scheme and without showing it").strip().replace(
+        "/etc/txmailhub/users.d/users", str(users))
+    status, lines = _check(config_path)
+    assert shown in lines, lines
+    assert status == 2
+    _run_step(tmp_path, "printf 'bobs-pw\\n' | sudo -u mailhub /opt/txmailhub/bin/mailhub "
+                        "-c /etc/txmailhub/mailhub.toml user passwd bob --password-stdin\n", {})
+    assert UsersDB(str(users), "example.org").check_password(Address("bob", "example.org"),
+                                                             "bobs-pw")
+    assert _check(config_path)[0] == 0
+
+
+def test_the_twistd_mail_password_steps_add_every_user(tmp_path: Path) -> None:
+    """``twistd mail``'s password file and a domain's ``passwd`` DirDBM
+    (made by Twisted itself), each user given to ``mailhub user add``."""
+    from twisted.persisted import dirdbm
+
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    _migration_site(tmp_path)
+    passwords = tmp_path / "passwords"
+    passwords.write_text("ann:ann's secret 1\nben:p@ss:with colon\n")
+    domain = tmp_path / "twistd-example.org"
+    domain.mkdir()
+    dbm = dirdbm.open(str(domain / "passwd"))
+    dbm[b"dave"] = b"daves twistd password"
+    dbm[b"eve.long-name_x"] = b"eve pw 2024!"
+    _run_step(tmp_path, _block("Give each to ``mailhub user add``"),
+              {"/etc/twistd-mail/passwords": str(passwords),
+               "/var/mail/example.org": str(domain)})
+    db = UsersDB(str(tmp_path / "users.d" / "users"), "example.org")
+    for name, password in [("ann", "ann's secret 1"), ("ben", "p@ss:with colon"),
+                           ("dave", "daves twistd password"), ("eve.long-name_x", "eve pw 2024!")]:
+        assert db.check_password(Address(name, "example.org"), password), name
+
+
+def test_the_twistd_mail_uidl_step_keeps_the_uidls_twistd_mail_gave(tmp_path: Path) -> None:
+    """A Maildir ``twistd mail`` delivered into (its names), one message
+    moved to ``cur/`` by a reader: the hub lists each under the UIDL
+    twistd mail's POP3 gave it; a second run refuses the Maildir."""
+    from twisted.mail import maildir as twisted_maildir
+
+    from txmailhub.store.mailbox import scan
+
+    _migration_site(tmp_path)
+    md = tmp_path / "var" / "mail" / "example.org" / "alice"
+    md.parent.mkdir()
+    twisted_maildir.initializeMaildir(str(md))
+    for i in range(3):
+        name = twisted_maildir._generateMaildirName().decode()
+        (md / "new" / name).write_bytes(f"Subject: {i}\n\nbody {i}\n".encode())
+    first = sorted((md / "new").iterdir())[0]
+    first.rename(md / "cur" / (first.name + ":2,S"))
+    box = twisted_maildir.MaildirMailbox(str(md).encode())
+    theirs = {box.getUidl(i) for i in range(len(box.listMessages()))}
+    assert len(theirs) == 3
+    script = _block("starts, as the hub's user")
+    _run_step(tmp_path, script, {})
+    assert {m.uid for m in scan(str(md))} == theirs
+    import subprocess
+    import sys
+
+    again = subprocess.run(
+        ["bash", "-c", script.replace("sudo -u mailhub /opt/txmailhub/bin/python",
+                                      sys.executable)
+         .replace("/var/lib/txmailhub", str(tmp_path / "var"))],
+        capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "FileExistsError" in again.stderr
+
+
+def test_the_aliases_check_refuses_is_what_check_says(tmp_path: Path) -> None:
+    config_path = _migration_site(tmp_path)
+    aliases = tmp_path / "aliases"
+    aliases.write_text(_block("until they are changed"))
+    (tmp_path / "users.d" / "users").write_text("alice scrypt$16384$8$1$AA==$AA==\n")
+    status, lines = _check(config_path)
+    shown = _block("``check`` says of these").replace("/etc/txmailhub/aliases", str(aliases))
+    assert status == 2
+    assert lines == shown.splitlines()
+
+
+def test_the_postfix_virtual_step_makes_aliases_check_takes(tmp_path: Path) -> None:
+    config_path = _migration_site(tmp_path)
+    virtual = tmp_path / "virtual"
+    virtual.write_text(
+        "# virtual(5)\nexample.net anything\ninfo@example.net alice\n"
+        "sales@example.net\tbob, carol@elsewhere.test\n@example.net alice\n")
+    (tmp_path / "users.d" / "users").write_text(
+        "alice scrypt$16384$8$1$AA==$AA==\nbob scrypt$16384$8$1$AA==$AA==\n")
+    _run_step(tmp_path, _block("catch-alls are left out as above"),
+              {"/etc/postfix/virtual": str(virtual)})
+    assert (tmp_path / "aliases").read_text() == (
+        "info@example.net: alice\nsales@example.net: bob, carol@elsewhere.test\n")
+    assert _check(config_path) == (0, [f"{config_path}: ok"])
