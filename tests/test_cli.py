@@ -32,6 +32,16 @@ def config(tmp_path: Path) -> Path:
                               'state_dir = "var"\n'))
     return path
 
+
+@pytest.fixture
+def open_config(open_tmp: Path) -> Path:
+    """``config`` in a folder other users may enter (pytest's own is
+    closed to them), for the warnings of what they could read or change."""
+    path = open_tmp / "mailhub.toml"
+    path.write_text(no_logins(HUB + 'domains = ["example.org", "example.net"]\n'
+                              'state_dir = "var"\n'))
+    return path
+
 # a hostname: the default (the machine's name) may be a warning
 HUB = '[hub]\nhostname = "mail.example.org"\n'
 # a password the policy takes, for tests about something else
@@ -1069,7 +1079,8 @@ def test_check_names_every_bad_item_of_a_list(config: Path) -> None:
     assert sum("[relay] nameservers:" in line for line in lines) == 2, err
 
 
-def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
+def test_check_reads_the_smarthost_auth_file(open_config: Path) -> None:
+    config = open_config
     # the relay reads it at each delivery: a bad one would turn every
     # outbound message into a retry, found only in the log
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
@@ -1097,7 +1108,8 @@ def test_check_reads_the_smarthost_auth_file(config: Path) -> None:
 
 
 def test_check_warns_of_a_users_file_or_tls_key_every_local_user_can_read(
-        config: Path) -> None:
+        open_config: Path) -> None:
+    config = open_config
     # the users file holds the hashes and, for --allow-apop, the passwords
     # themselves (base64): one written (or copied in) by hand as 0644, or
     # a key so, went unsaid, where the smarthost password's was a warning
@@ -1123,13 +1135,29 @@ def test_check_warns_of_a_users_file_or_tls_key_every_local_user_can_read(
     assert run(config, "check")[2] == ""
 
 
+def test_check_does_not_warn_of_a_readable_secret_in_a_folder_others_cannot_enter(
+        open_config: Path) -> None:
+    config = open_config
+    # the deployment guide's users.d is 0700: a 0644 users file in it is
+    # read by nobody else, and the warning would only be noise
+    closed = config.parent / "users.d"
+    closed.mkdir(mode=0o700)
+    config.write_text(config.read_text() + '[users]\nfile = "users.d/users"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    (closed / "users").chmod(0o644)
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    closed.chmod(0o701)
+    assert "every local user can read it (mode 644)" in run(config, "check")[2]
 
-def test_check_warns_of_a_trusted_file_every_local_user_may_change(config: Path) -> None:
+
+
+def test_check_warns_of_a_trusted_file_every_local_user_may_change(open_config: Path) -> None:
+    config = open_config
     # a line of theirs in the users file logged them in as anyone (and so
     # read anyone's mail), one in the aliases file took anyone's mail:
     # a users file or aliases file 0602, or a users.d 0777, went unsaid
     users_d = config.parent / "users.d"
-    users_d.mkdir(mode=0o700)
+    users_d.mkdir(mode=0o755)
     aliases = config.parent / "aliases"
     aliases.write_text("staff: alice\n")
     aliases.chmod(0o644)
@@ -2084,7 +2112,8 @@ def test_check_says_the_users_file_line_of_a_user_mail_never_reaches(config: Pat
         f'{users_file}:6: "q""r"@example.org is already on line 4: this line is ignored'], err
 
 
-def test_check_says_the_line_of_the_smarthost_auth_file(config: Path) -> None:
+def test_check_says_the_line_of_the_smarthost_auth_file(open_config: Path) -> None:
+    config = open_config
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     auth = config.parent / "auth"
     _laid_out(config, extra=(
@@ -2109,7 +2138,8 @@ def test_check_says_the_line_of_the_smarthost_auth_file(config: Path) -> None:
 
 
 def test_check_of_a_smarthost_auth_file_removed_once_read_is_no_traceback(
-        config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        open_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = open_config
     # the file removed between check's read and its look at the mode: a
     # stat of the path then raised FileNotFoundError out of check.  The
     # mode is the one of the file read

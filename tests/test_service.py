@@ -56,7 +56,7 @@ def test_start_logs_the_users_file_problems(tmp_path: Path, log_events) -> None:
         users = str(tmp_path / "users")
         assert problems == [
             f"{users}:1: joe@example.org cannot log in: the password hash is not of the "
-            "form scrypt$N$r$p$salt$key",
+            "form scrypt$N$r$p$salt$key (nor {SHA512-CRYPT}$6$salt$hash)",
             f"{users}:2: expected '<address> <hash> [apop=<secret>]'",
         ]
     finally:
@@ -500,7 +500,8 @@ def test_twistd_exits_2_when_the_state_dir_check_fails_on_the_system(
     assert f"mailhub: cannot use {tmp_path / 'state' / 'spool.lock'}: Permission denied" in err
 
 
-def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, capsys) -> None:
+def test_twistd_refuses_a_smarthost_auth_file_check_refuses(open_tmp: Path, capsys) -> None:
+    tmp_path = open_tmp  # (pytest's own folder is closed to others)
     # the relay reads it at each delivery: started with a bad one, the hub
     # would turn every outbound message into a retry, seen only in its log
     import pytest
@@ -532,10 +533,11 @@ def test_twistd_refuses_a_smarthost_auth_file_check_refuses(tmp_path: Path, caps
     assert options["settings"].relay.smarthost_auth_file == str(auth)
 
 
-def test_twistd_warns_of_a_users_file_every_local_user_can_read(tmp_path: Path, capsys) -> None:
+def test_twistd_warns_of_a_users_file_every_local_user_can_read(open_tmp: Path, capsys) -> None:
     # as check warns: the file holds password hashes and APOP secrets
     from txmailhub.tap import Options
 
+    tmp_path = open_tmp  # (pytest's own folder is closed to others)
     config = tmp_path / "hub.toml"
     config.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
                       'state_dir = "state"\n[users]\nfile = "users"\n[smtp]\nlisten = []\n'

@@ -541,7 +541,9 @@ def _smarthost_auth_problems(path: str, auth_file: str, warnings: list[str],
     except ValueError as e:
         return [f"{where}{e}{at}"]
     mode = st.st_mode
-    if mode & 0o004:  # a group of its own (root:txmailhub 640) is fine
+    # a group of its own (root:txmailhub 640) is fine, and so is a folder
+    # on its way that others cannot enter
+    if mode & 0o004 and _others_reach(auth_file):
         warnings.append(f"{where}{auth_file} holds a password and every local user can "
                         f"read it (mode {mode & 0o777:o}): chmod o-rwx{at}")
     return []
@@ -580,7 +582,7 @@ def secret_file_warnings(settings: Settings) -> list[str]:
             mode = os.stat(path).st_mode  # the file a link leads to
         except OSError:
             continue  # (a missing or unreadable one is said elsewhere)
-        if stat.S_ISREG(mode) and mode & 0o004:
+        if stat.S_ISREG(mode) and mode & 0o004 and _others_reach(path):
             warnings.append(f"{settings.path}: [{section}] {key}: {path} {what} and every "
                             f"local user can read it (mode {mode & 0o777:o}): chmod o-rwx"
                             f"{settings.at(section, key)}")
@@ -613,6 +615,8 @@ def unguarded_file_warnings(settings: Settings) -> list[str]:
             continue  # (a missing or unreadable one is said elsewhere)
         if not stat.S_ISREG(st.st_mode):
             continue
+        if not _others_reach(real):
+            continue
         if st.st_mode & stat.S_IWOTH:
             warnings.append(f"{where}{path} {what}, and every local user may change it "
                             f"(mode {stat.S_IMODE(st.st_mode):o}): chmod o-w "
@@ -624,13 +628,32 @@ def unguarded_file_warnings(settings: Settings) -> list[str]:
                 fst = os.stat(folder)
             except OSError:
                 continue
-            if fst.st_mode & stat.S_IWOTH and not fst.st_mode & stat.S_ISVTX:
+            if (fst.st_mode & stat.S_IWOTH and not fst.st_mode & stat.S_ISVTX
+                    and _others_reach(folder)):
                 warnings.append(f"{where}{path} {what}, and every local user may put a file "
                                 f"of their own in its place: its folder {folder} is writable "
                                 f"by all (mode {stat.S_IMODE(fst.st_mode):04o}): chmod o-w "
                                 f"{shlex.quote(folder)}{at}")
                 break
     return warnings
+
+
+def _others_reach(path: str) -> bool:
+    """Whether every folder on the way to ``path`` (links followed) lets
+    other users through (``o+x``): a 0644 users file inside the 0700
+    ``users.d`` the deployment guide makes is read, or changed, by nobody
+    else, and a warning of it would only be noise."""
+    folder = os.path.dirname(os.path.realpath(path))
+    while True:
+        try:
+            if not os.stat(folder).st_mode & 0o001:
+                return False
+        except OSError:
+            return True  # (not known: warn rather than stay silent)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return True
+        folder = parent
 
 
 def _state_dir_problems(settings: Settings) -> list[str]:
