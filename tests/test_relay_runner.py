@@ -27,7 +27,7 @@ from txmailhub.relay.attempt import DeliveryAgent, DeliveryResult
 from txmailhub.relay.mx import MXResolver
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.recording import ERROR_RETRY
-from txmailhub.relay.runner import CUT_GRACE, QueueRunner
+from txmailhub.relay.runner import CUT_GRACE, SHUTDOWN_GRACE, QueueRunner
 from txmailhub.smtp.reply import LocalReply, Reply
 from txmailhub.testing import MemoryMailboxStore, StaticRouter
 
@@ -1093,11 +1093,12 @@ def test_a_stop_is_over_once_the_markers_it_removes_are(tmp_path):
     pending = hub.agent.hold()
     qid = enqueue(hub, BOB)
     assert _markers(hub) == [f".{qid}.attempt"]
-    stopped = hub.runner.stop(grace=0)
-    assert len(held) == 1 and not stopped.called
+    fired = []
+    hub.runner.stop(grace=0).addBoth(fired.append)
+    assert len(held) == 1 and fired == []
     d, f, args = held.pop()
     d.callback(f(*args))
-    assert stopped.called
+    assert fired == [None]
     assert _markers(hub) == [] and inflight._held == set()
     _answer_all(pending)
     assert held == []
@@ -5758,3 +5759,116 @@ def test_a_local_mailbox_whose_name_no_folder_can_have_bounces_at_once(hub, monk
     assert b"Final-Recipient: rfc822; joe@example.org" in data
     assert b"Status: 5.3.5" in data
     assert b"NAME_MAX" in data
+
+
+def _everything_hangs(hub, monkeypatch, closes: bool) -> tuple[str, str, list, list, list]:
+    """A stop on a hung disk: carol's delivery made, its record unwritten
+    (a last write owed); bob's session under way when the stop's grace runs
+    out, its cut closing at once with his message taken (``closes``) or
+    never; each record update then waiting in the pool's line, each attempt
+    marker's removal held.  Bob's and carol's queue ids, the line, the held
+    removals and the stop's outcome (a list, empty until it fires)."""
+    from txmailhub.relay import inflight
+
+    hub.runner.start()
+    carol = enqueue_unrecorded(hub, monkeypatch, CAROL)
+    pending = hub.agent.hold()
+    if closes:
+        _cut_ends_the_first_delivered(hub, pending, monkeypatch)
+    else:
+        monkeypatch.setattr(hub.agent, "abort_all", lambda: defer.Deferred())
+    line: list = []
+    removals: list = []
+    io = hub.queue._io
+
+    def pooled(fn, *args):
+        d = defer.Deferred()
+        if fn is inflight.unmark:
+            removals.append((d, fn, args))
+        elif fn == hub.queue.update_now:
+            line.append((d, fn, args))
+        else:
+            return io(fn, *args)
+        return d
+
+    monkeypatch.setattr(hub.queue, "_io", pooled)
+    bob = enqueue(hub, BOB)
+    assert len(pending) == 1 and _markers(hub) == [f".{bob}.attempt"]
+    fired: list = []
+    hub.runner.stop().addBoth(fired.append)
+    hub.clock.advance(SHUTDOWN_GRACE)
+    assert len(removals) == 1 and fired == []  # bob's marker, given up with the cut
+    return bob, carol, line, removals, fired
+
+
+@pytest.mark.parametrize("closes", [False, True], ids=["cut-never-closes", "cut-closes"])
+def test_a_stop_on_which_everything_hangs_is_over_one_cut_grace_after_its_grace(
+        hub, monkeypatch, log_events, closes):
+    # the waits after the grace -- the cut sessions' close, the writes of
+    # what they settled, the markers' removals, the last writes -- share
+    # one CUT_GRACE: a hung disk under sessions that do not close either
+    # made the stop 3 of them long (16 s after SIGTERM, for a unit that
+    # allows 30).  Nothing is written once it is over, and the log names
+    # what is then left to a start in a new process
+    bob, carol, line, removals, fired = _everything_hangs(hub, monkeypatch, closes)
+    hub.clock.advance(CUT_GRACE / 2)
+    assert fired == []
+    hub.clock.advance(CUT_GRACE / 2)
+    assert fired == [None]
+    said = [formatEvent(e) for e in log_events]
+    [last] = [e for e in said if e.startswith(f"{carol}: its record cannot be written")]
+    assert "not written within 2 s" in last
+    assert "a start in a new process sends the message again to carol@other.test" in last
+    if closes:
+        [cut] = [e for e in said if "the stop cut" in e]
+        assert cut.startswith(f"{bob}:") and "not written within 2 s" in cut
+        assert "again to bob@remote.test" in cut
+    # the writes' turn on a thread, after the stop: none is made
+    _run_pooled(line)
+    assert [r.address for r in hub.queue.read(carol).pending] == [CAROL]
+    assert [r.address for r in hub.queue.read(bob).pending] == [BOB]
+    while removals:  # (the descriptor closed)
+        d, fn, args = removals.pop(0)
+        d.callback(fn(*args))
+    assert _markers(hub) == []
+
+
+def test_a_stop_waits_for_a_markers_removal_and_its_last_writes_together(
+        hub, monkeypatch, log_events):
+    # nothing in flight, but carol's attempt marker still being removed and
+    # her delivery's record owed, on a hung disk: the two need nothing of
+    # each other and are waited for together, CUT_GRACE at most for both
+    # (one after the other, the stop was twice that)
+    from txmailhub.relay import inflight
+
+    hub.runner.start()
+    line: list = []
+    removals: list = []
+    io = hub.queue._io
+
+    def pooled(fn, *args):
+        d = defer.Deferred()
+        if fn is inflight.unmark:
+            removals.append((d, fn, args))
+        elif fn == hub.queue.update_now:
+            line.append((d, fn, args))
+        else:
+            return io(fn, *args)
+        return d
+
+    hub.queue._io = pooled
+    carol = enqueue_unrecorded(hub, monkeypatch, CAROL)
+    assert len(removals) == 1 and not hub.runner.active
+    fired: list = []
+    hub.runner.stop().addBoth(fired.append)
+    assert len(line) == 1 and fired == []  # carol's last write, on its way
+    hub.clock.advance(CUT_GRACE)
+    assert fired == [None]
+    said = [formatEvent(e) for e in log_events if "as the hub stops" in formatEvent(e)]
+    assert len(said) == 1 and said[0].startswith(f"{carol}:")
+    assert "not written within 2 s" in said[0]
+    _run_pooled(line)  # its turn on a thread, after the stop: not made
+    assert [r.address for r in hub.queue.read(carol).pending] == [CAROL]
+    d, fn, args = removals.pop(0)
+    d.callback(fn(*args))
+    assert _markers(hub) == []

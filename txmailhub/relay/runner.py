@@ -206,6 +206,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         # the attempt markers being removed (``_unmark``), each with the
         # Deferreds of the stops that wait for its end (``_unmarks_under_way``)
         self._unmarking: list[list[defer.Deferred]] = []
+        # when a stop's waits after its grace end (``Stopping._stop_wait``)
+        self._stop_by: float | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -508,8 +510,9 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         has only the records.  What still cannot be written is logged,
         naming the recipients a start in a new process sends the message
         again, and the notices it sends again.  Fires when done, never
-        with an error; the writes are made together, ``CUT_GRACE`` at
-        most for them all."""
+        with an error; the writes are made together, until the stop's
+        deadline at most (``Stopping._stop_wait``: what is left of its one
+        ``CUT_GRACE`` after the grace; none is begun once it is over)."""
         if self.running:
             return defer.succeed(None)  # started again: its next try writes them
         qids = sorted({*self._unrecorded, *self._notified})
@@ -577,8 +580,11 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
                 late.append(True)
             return f
 
-        d = self._write(qid, change)
-        d.addTimeout(CUT_GRACE, self.clock)
+        if self._stop_by is not None and self._stop_by <= self.clock.seconds():
+            # the stop's wait is over already (its cut connections, or the
+            # writes of what they settled, took it all): not begun
+            return defer.fail(defer.TimeoutError()).addCallbacks(written, failed)
+        d = self._stop_wait(self._write(qid, change))
         return d.addErrback(timed_out).addCallbacks(written, failed)
 
     def _wait_for_room(self, entry: QueueEntry) -> None:

@@ -37,9 +37,11 @@ __all__ = ["CUT_GRACE", "SHUTDOWN_GRACE", "Stopping"]
 log = Logger(namespace="txmailhub.relay.runner")
 
 SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in flight
-# then at most this long for the connections it cut to be closed (a transport
-# reports an aborted connection lost a reactor turn later; this bounds a
-# transport that never does)
+# then at most this long, all together, for what follows: the connections it
+# cut to be closed (a transport reports an aborted connection lost a reactor
+# turn later; this bounds a transport that never does), the writes of what
+# they settled, the attempt markers' removals and the last writes
+# (``Stopping._stop_wait``: one deadline, not one wait after another)
 CUT_GRACE = 2.0
 
 
@@ -63,6 +65,9 @@ class Stopping:
     _cut_over: dict[int, list[defer.Deferred]]
     _last_writes: Any  # () -> Deferred: ``QueueRunner._last_writes``
     _unmarking: list[list[defer.Deferred]]
+    # when the stop's waits after its grace end (``_stop_wait``): set as
+    # they begin (``_waits_begin``)
+    _stop_by: float | None
 
     def stop(self, grace: float = SHUTDOWN_GRACE) -> defer.Deferred:
         """Stop picking entries; wait a little for attempts in flight.
@@ -85,9 +90,11 @@ class Stopping:
         may end before their writes do).  Last, what the runner knows in
         memory only -- outcomes and notices whose record could not be
         written -- is written once more (``QueueRunner._last_writes``:
-        the entries' writes together, ``CUT_GRACE`` at most for them all;
-        what fails is logged, naming what a start in a new process sends
-        again)."""
+        the entries' writes together; what fails is logged, naming what a
+        start in a new process sends again).  All that follows the grace
+        -- the cut connections' close, the writes of what they settled,
+        the markers' removals, the last writes -- ends ``CUT_GRACE`` after
+        it at most, together (``_stop_wait``)."""
         # the cut waits under way (``_give_up_now``), asked before this
         # stop may begin one of its own
         earlier = []
@@ -99,8 +106,43 @@ class Stopping:
             d = defer.DeferredList([d, *earlier], consumeErrors=True)
         # then what is known in memory only is written once more
         # (``QueueRunner._last_writes``): the next start may be another
-        # process's, which has only the records
-        return d.addCallback(lambda _: self._last_writes())
+        # process's, which has only the records.  Not before: the results
+        # of the attempts given up enter that memory as their handling ends
+        # (``_keep_given_up``), after their cut sessions have closed.  The
+        # removals of the attempt markers under way need nothing of that:
+        # waited for beside those writes, within the same deadline
+        return d.addCallback(lambda _: self._last_waits())
+
+    def _last_waits(self) -> defer.Deferred:
+        """The end of a stop: its last writes and the attempt markers'
+        removals still under way, waited for together until the stop's
+        deadline (``_stop_wait``)."""
+        waits = [self._last_writes()]
+        gone = self._markers_gone()
+        if gone is not None:
+            waits.append(gone)
+        return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    def _waits_begin(self) -> None:
+        """The stop's wait for attempts in flight is over (its grace ran
+        out, or nothing is left to wait for): what it still waits for --
+        cut connections' close, the writes of what they settled, marker
+        removals, last writes -- is waited for ``CUT_GRACE`` from now at
+        most, all together (``_stop_wait``)."""
+        self._stop_by = self.clock.seconds() + CUT_GRACE
+
+    def _stop_wait(self, d: defer.Deferred) -> defer.Deferred:
+        """``d`` waited for until the stop's deadline (``_waits_begin``),
+        then cancelled: at once when that is over already.  Each wait after
+        the grace has what is left of the one ``CUT_GRACE``, not one of
+        its own: a stop on a hung disk whose cut connections do not close
+        either is over ``CUT_GRACE`` after its grace, not a multiple."""
+        left = (CUT_GRACE if self._stop_by is None
+                else self._stop_by - self.clock.seconds())
+        if left > 0:
+            return d.addTimeout(left, self.clock)
+        d.cancel()
+        return d
 
     def _stop(self, grace: float) -> defer.Deferred:
         """``stop``, but for the wait of an earlier stop's cut."""
@@ -110,9 +152,10 @@ class Stopping:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if not self.active:
-            # the last attempts' markers may still be being removed
-            gone = self._markers_gone()
-            return gone if gone is not None else defer.succeed(None)
+            # (the last attempts' markers may still be being removed: waited
+            # for with the last writes, ``_last_waits``)
+            self._waits_begin()
+            return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
         self._idle.append(d)
         timer = self._give_up_timer
@@ -173,6 +216,7 @@ class Stopping:
         if self._give_up_timer is not None and self._give_up_timer.active():
             self._give_up_timer.cancel()
         self._give_up_timer = None
+        self._waits_begin()
         # the generation given up (``_give_up`` moves on from it): the
         # writes of what its cut sessions settled are this cut's
         # (``QueueRunner._record_cut``), apart from those of a later stop's
@@ -188,9 +232,8 @@ class Stopping:
         # settled is written
         idle, self._idle = self._idle, []
         gone = self._give_up()
-        # and once the markers of the attempts given up are removed (their
-        # descriptors closed): ``_let_go``
-        self._cuts[cut].extend(self._unmarks_under_way())
+        # (the markers of the attempts given up, being removed from now on,
+        # ``_let_go``: waited for with the last writes, ``_last_waits``)
 
         def fire(_: Any = None) -> None:
             self._cuts.pop(cut, None)
@@ -208,8 +251,10 @@ class Stopping:
             writes = self._cuts.pop(cut, [])
             if not writes:
                 return None
-            return defer.DeferredList(writes, consumeErrors=True).addTimeout(
-                CUT_GRACE, self.clock)
+            # (begun as their sessions ended: within what is left of the
+            # stop's one wait, ``_stop_wait``; a write not begun by its end
+            # is not made)
+            return self._stop_wait(defer.DeferredList(writes, consumeErrors=True))
 
         if not isinstance(gone, defer.Deferred):
             # nothing to wait for (sessions that ended within ``abort_all``):
@@ -222,7 +267,7 @@ class Stopping:
             # hub is left once its stop has fired).  Whether or not it has
             # fired: one ``called`` may still wait on another Deferred (and
             # the timeout of one that has is cancelled at once)
-            gone.addTimeout(CUT_GRACE, self.clock)
+            self._stop_wait(gone)
         gone.addBoth(written).addBoth(fire)
 
     def _give_up(self) -> Any:
@@ -282,13 +327,14 @@ class Stopping:
             self._unmark(qid, marked)
 
     def _markers_gone(self) -> defer.Deferred | None:
-        """Fires once the attempt markers being removed now are (at most
-        ``CUT_GRACE`` seconds: a slow disk); ``None`` when none is."""
+        """Fires once the attempt markers being removed now are (until the
+        stop's deadline at most, ``_stop_wait``: a slow disk); ``None``
+        when none is."""
         ends = self._unmarks_under_way()
         if not ends:
             return None
-        return defer.DeferredList(ends, consumeErrors=True).addTimeout(
-            CUT_GRACE, self.clock).addBoth(lambda _: None)
+        return self._stop_wait(defer.DeferredList(ends, consumeErrors=True)).addBoth(
+            lambda _: None)
 
     def _look_again(self) -> None:
         """While a stop waits: give up the entries that need no more
@@ -330,17 +376,12 @@ class Stopping:
             if self._give_up_timer is not None and self._give_up_timer.active():
                 self._give_up_timer.cancel()
             idle, self._idle = self._idle, []
-
-            def fire(_: Any = None) -> None:
-                for d in idle:
-                    if not d.called:
-                        d.callback(None)
-
-            # once the last attempts' markers are removed too (``_unmark``)
-            gone = self._markers_gone() if idle else None
-            if gone is None:
-                fire()
-            else:
-                gone.addCallback(fire)
+            if idle:
+                # (the last attempts' markers, still being removed maybe:
+                # waited for with the last writes, ``_last_waits``)
+                self._waits_begin()
+            for d in idle:
+                if not d.called:
+                    d.callback(None)
         else:
             self._look_again()
