@@ -471,6 +471,41 @@ def test_a_renewal_read_while_out_of_descriptors_is_served_once_they_are_back(
     assert len(_warnings_and_errors(events)) == 2
 
 
+def test_a_spell_out_of_descriptors_after_a_file_error_is_said_again(
+        tmp_path, events, monkeypatch):
+    # out of descriptors at a look (said once), then the files themselves
+    # wrong (a certificate that does not match its key: said), then out of
+    # descriptors again: a new spell, said again -- the file error in
+    # between ended the first, though no pair was loaded since
+    factory, clock, first, cert = renewed(tmp_path)
+    real = tls.read_regular
+    short = [True]
+
+    def read_regular(path, *args, **kwargs):
+        if short[0]:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tls, "read_regular", read_regular)
+    for _ in range(2):
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == first
+    short[0] = False
+    other_cert, _ = pair(tmp_path / "other")
+    os.replace(other_cert, cert)  # no longer the key's
+    clock.advance(tls.CHECK_INTERVAL)
+    assert serial_served(factory) == first
+    short[0] = True
+    for _ in range(2):
+        clock.advance(tls.CHECK_INTERVAL)
+        assert serial_served(factory) == first
+    said = _warnings_and_errors(events)
+    assert [level for level, _ in said] == ["warn", "warn", "warn"], said
+    short_line = os.strerror(errno.EMFILE)
+    assert short_line in said[0][1] and "do not match" in said[1][1]
+    assert short_line in said[2][1] and "cannot be read now" in said[2][1]
+
+
 @pytest.mark.parametrize("which", [0, 1])
 def test_either_file_unread_for_want_of_descriptors_is_said_so(tmp_path, monkeypatch, which):
     # the certificate's read or the key's: a shortage of descriptors is
