@@ -474,6 +474,41 @@ def test_an_address_no_socket_could_be_made_for_is_not_remembered_as_failed(tmp_
     assert not mx.health.is_failed_address("2001:db8::1")
 
 
+@pytest.mark.parametrize("error", [errno.EMFILE, errno.ENOBUFS])
+def test_a_plain_oserror_for_want_of_descriptors_at_connect_is_the_hubs_failure(
+        tmp_path, error):
+    # an endpoint whose connect fails with the socket's own OSError (one of
+    # the application's, or a wrapper's), not Twisted's ConnectBindError:
+    # the same shortage, the hub's failure -- not "connection to mx2...
+    # failed", the domain not taken for unreachable
+    clock = Clock()
+    s = settings(tmp_path)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)
+    short = [True]
+
+    class Endpoint:
+        def __init__(self, host, port):
+            self.real = net.endpoint(host, port)
+
+        def connect(self, factory):
+            if short[0]:
+                return defer.fail(OSError(error, os.strerror(error)))
+            return self.real.connect(factory)
+
+    net.servers[("2001:db8::1", 25)] = ScriptedSMTPServer
+    a = DeliveryAgent(s, mx, clock, endpoint=Endpoint,
+                      tls_options=lambda host, verify: FakeTLS(host, True))
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert (r.kind, r.reply.code, r.reply.status) == ("transient", 451, "4.3.0")
+    assert os.strerror(error) in r.reply.text() and "connection to" not in r.reply.text()
+    assert r.unreachable is None and a._unreachable == {}
+    short[0] = False
+    [r] = run(net, a.attempt(entry(tmp_path, BOB)))
+    assert r.kind == "delivered"
+
+
 def test_a_domain_one_of_whose_hosts_answered_is_not_unreachable(tmp_path):
     # mx1 answers and says 421; mx2 refuses the connection: the result
     # says mx2's refusal, but a host of the domain answered (a domain the
@@ -3989,6 +4024,35 @@ def _two_mx_hosts_the_first_refusing_then_dropping(tmp_path, local, **kwargs):
     who = Address(local, "two.test")
     net.servers[("192.0.2.120", 25)] = lambda: _RefuseRcptThenDrop(who, **kwargs)
     return a, net, who
+
+
+def test_no_socket_for_a_later_mx_host_keeps_what_an_earlier_host_refused_for_good(
+        tmp_path):
+    # mx1 refuses carol for good at RCPT, then drops the connection: her
+    # 550 is her answer, bob goes on to mx2 -- for which no socket can be
+    # made (out of descriptors just then).  The delivery's results still
+    # have carol's 550 beside bob's "no connection could be made": with
+    # bob's alone, carol's refusal was lost, and she was tried again
+    clock = Clock()
+    s = settings(tmp_path)
+    mx = MXResolver(FakeResolver(ZONE), clock, "mail.example.org", port=s.relay.port,
+                    rng=random.Random(0))
+    net = FakeNetwork(clock)
+    net.servers[("2001:db8::1", 25)] = lambda: _RefuseRcptThenDrop(CAROL)
+    shortage = _NoSockets(net, errno.EMFILE)
+
+    def endpoint(host, port):
+        return (shortage.endpoint if host == "192.0.2.2" else net.endpoint)(host, port)
+
+    a = DeliveryAgent(s, mx, clock, endpoint=endpoint,
+                      tls_options=lambda host, verify: FakeTLS(host, True))
+    results = run(net, a.deliver(entry(tmp_path, CAROL, BOB), "remote.test", [CAROL, BOB]))
+    assert net.connections == [("2001:db8::1", 25)]
+    by = {r.address: r for r in results}
+    assert sorted(by, key=str) == [BOB, CAROL]
+    assert (by[CAROL].kind, by[CAROL].reply.code) == ("permanent", 550)
+    assert (by[BOB].kind, by[BOB].reply.status) == ("transient", "4.3.0")
+    assert os.strerror(errno.EMFILE) in by[BOB].reply.text()
 
 
 def test_every_recipient_refused_for_good_before_the_session_failed_ends_the_attempt(
