@@ -1146,6 +1146,32 @@ def test_an_envid_that_cannot_go_makes_the_success_notice_the_hubs(tmp_path, ext
                       "for are this hub's (relayed)"]
 
 
+@pytest.mark.parametrize("server", [
+    # no DSN offered: nothing of the message's DSN parameters would go
+    # anyway, and the line's "offers DSN" would be untrue
+    dict(extensions=("PIPELINING", "8BITMIME")),
+    # DSN offered, then a stray reply in the read of the EHLO reply: the
+    # session ends before its MAIL went, with nothing sent without ENVID
+    dict(replies={"EHLO": b"250-fake.remote\r\n250-PIPELINING\r\n250 DSN\r\n"
+                          b"250 2.0.0 stray\r\n"}),
+], ids=["no-dsn", "no-mail-went"])
+def test_the_withheld_envid_line_is_only_for_a_mail_sent_to_a_server_offering_dsn(
+        tmp_path, server):
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(**server)
+    e = entry(tmp_path, BOB, smtputf8=True,
+              dsn=DSNRequest(ret="HDRS", envid="id-\u20ac", envid_raw="id-+E2+82+AC"),
+              recipient_dsn=((BOB, RecipientDSN(("SUCCESS",), "rfc822;bob@x.test",
+                                                "rfc822;bob@x.test")),))
+    [r], logged = deliver_logged(net, a, e, "ENVID")
+    assert not r.dsn_passed and logged == []
+    mails = [c for p in net.server_protocols for c in p.commands if c.startswith(b"MAIL")]
+    if "replies" in server:
+        assert r.kind == "transient" and mails == []
+    else:
+        assert r.kind == "delivered" and len(mails) == 1
+
+
 def test_a_clients_orcpt_that_cannot_go_makes_its_success_notice_the_hubs(tmp_path):
     # RFC 3461 5.2.1 (d): the client's ORCPT "MUST also be passed on"; one
     # whose 7-bit form would not fit in RCPT goes nowhere, and NOTIFY with
