@@ -4759,6 +4759,23 @@ def test_a_session_cut_while_its_next_transaction_waits_sends_nothing_more(tmp_p
     assert [by[r].kind for r in rcpts] == ["delivered", "delivered", "transient"]
 
 
+def test_a_write_ending_between_the_cut_and_the_close_leaves_the_next_transaction_unsent(
+        tmp_path, log_events):
+    # the hub's stop cuts the session while the earlier transaction's
+    # results are being written, and that write ends before the transport
+    # says the connection is lost (a reactor turn or more later): the next
+    # transaction's commands, held, never went -- the log does not say the
+    # session had two transactions
+    a, net, rcpts, waits, d, server = _first_transaction_results_waiting(tmp_path)
+    a.abort_all()
+    waits[0].callback(None)  # before the close is reported
+    by = {r.address: r for r in run(net, d)}
+    assert sum(c.startswith(b"MAIL") for c in server.commands) == 1
+    assert [by[r].kind for r in rcpts] == ["delivered", "delivered", "transient"]
+    said = [formatEvent(e) for e in log_events]
+    assert not any("transactions in one session" in line for line in said), said
+
+
 def test_a_new_connections_round_waits_until_the_earlier_rounds_results_are_handed_over(
         tmp_path):
     # the recipients left after a session's last transaction go on a new
