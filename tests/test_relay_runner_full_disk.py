@@ -18,6 +18,8 @@ from tests.test_relay_runner import (
     LATER,
     NO,
     OK,
+    _held_updates,
+    _write_held,
     enqueue,
     make_hub,
     next_runner,
@@ -27,6 +29,7 @@ from txmailhub.envelope import Envelope
 from txmailhub.relay import bounce, recording
 from txmailhub.relay.attempt import DeliveryResult
 from txmailhub.relay.record import BOUNCED, FAILED, PENDING, QueueEntry
+from txmailhub.relay.runner import CUT_GRACE, SHUTDOWN_GRACE
 
 
 @pytest.fixture
@@ -422,6 +425,59 @@ def test_the_notice_owed_is_the_first_write_once_the_disk_has_room(hub, monkeypa
     hub.clock.advance(60)  # the entry's next try
     assert written and written[0].id == qid and written[0].recipient(CAROL).state == BOUNCED
     assert len(hub.dsn.sent) == 1
+
+
+def test_a_try_given_up_in_its_owed_notices_write_goes_on_at_once_after_a_start(
+        tmp_path, monkeypatch):
+    # the entry's try (a minute on) writes the notice's record first, on a
+    # slow disk; the hub's stop gives it up in that write, and a start
+    # comes before the write ends.  Once it lands, the entry is tried at
+    # once by the new run, as the try would have gone on without the stop
+    # -- not left for bob's retry ten minutes on (the record's time, which
+    # the start read)
+    hub = make_hub(tmp_path, 'max_per_destination = 1\nqueue_lifetime = "1d"\n'
+                             'retry_schedule = ["10m"]\n')
+    try:
+        qid = _carol_refused_notice_unwritten(hub, monkeypatch)
+        held = _held_updates(hub, monkeypatch)
+        hub.clock.advance(60)  # the entry's next try: the notice's record first
+        assert len(held) == 1 and qid in hub.runner.active
+        calls = len(hub.agent.calls)
+        fired: list = []
+        hub.runner.stop().addBoth(fired.append)
+        hub.clock.advance(SHUTDOWN_GRACE)  # given up
+        hub.clock.advance(CUT_GRACE)  # (the stop's last write of the notice, held too)
+        assert fired == [None]
+        hub.runner.start()
+        assert len(hub.agent.calls) == calls  # (the entry still under way)
+        _write_held(hub, held)
+        assert hub.queue.read(qid).recipient(CAROL).state == BOUNCED
+        assert [c[2] for c in hub.agent.calls[calls:]] == [[BOB]]
+    finally:
+        hub.runner.stop()
+
+
+def test_a_try_given_up_in_its_owed_notices_write_is_not_said_done_when_deleted_meanwhile(
+        hub, monkeypatch, log_events):
+    # as above, with `mailhub queue delete` while the hub was stopped: the
+    # write finds no record once it runs, after the start.  The log says
+    # the entry was deleted -- not that it was done, which the given-up
+    # try, gone on as if no stop had come, said
+    qid = _carol_refused_notice_unwritten(hub, monkeypatch)
+    held = _held_updates(hub, monkeypatch)
+    hub.clock.advance(60)
+    assert len(held) == 1 and qid in hub.runner.active
+    hub.runner.stop()
+    hub.clock.advance(SHUTDOWN_GRACE)
+    hub.clock.advance(CUT_GRACE)
+    assert hub.queue.delete(qid)
+    hub.runner.start()
+    del log_events[:]
+    _write_held(hub, held)
+    said = [formatEvent(e) for e in log_events if qid in formatEvent(e)]
+    assert said == [f"queue entry {qid} deleted (mailhub queue delete): no more attempts, "
+                    "no notice"], said
+    assert qid not in hub.runner.due and qid not in hub.runner.active
 
 
 def test_an_entry_held_while_its_owed_notice_is_written_is_not_delivered(hub, monkeypatch):
