@@ -524,6 +524,61 @@ def test_a_stop_that_cannot_read_the_record_still_names_the_notice_sent_again(
         "the sender again"]
 
 
+def test_a_stop_names_each_kind_of_notice_sent_again_with_its_own_recipients(
+        hub, monkeypatch, log_events):
+    # carol's failure notice: its record's write lands, then reports an
+    # error (an fsync after the rename), so the runner still remembers the
+    # notice.  Four hours on, bob's "delayed" warning is sent and its
+    # record cannot be written (a full disk); at the stop the record cannot
+    # be read either (an I/O error): both notices are named as sent again,
+    # each with its own recipient -- not both recipients for each
+    from twisted.python.failure import Failure
+
+    hub.runner.start()
+    hub.agent.script = lambda e, d, r: [
+        DeliveryResult(a, "permanent" if a == CAROL else "transient",
+                       NO if a == CAROL else LATER, "mx") for a in r]
+    real = hub.queue.update
+    bounced: list = []
+
+    def update(q, change):
+        def checked(e):
+            new = change(e)
+            if new is not None and new.delay_warned and not e.delay_warned:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            if (new is not None and e.recipient(CAROL).state == FAILED
+                    and new.recipient(CAROL).state == BOUNCED):
+                bounced.append(True)
+            return new
+
+        def landed(result):
+            if bounced == [True]:
+                bounced.append(False)  # once
+                return Failure(OSError(errno.EIO, "Input/output error"))
+            return result
+
+        return real(q, checked).addCallback(landed)
+
+    monkeypatch.setattr(hub.queue, "update", update)
+    qid = enqueue(hub, BOB, CAROL)
+    assert len(hub.dsn.sent) == 1 and hub.queue.read(qid).recipient(CAROL).state == BOUNCED
+    for _ in range(5 * 60):
+        hub.clock.advance(60)  # bob's retries, past the delay warning's 4 hours
+    assert len(hub.dsn.sent) == 2 and not hub.queue.read(qid).delay_warned
+
+    def read(q):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(hub.queue, "read", read)
+    del log_events[:]
+    hub.runner.stop()
+    assert error_lines(log_events) == [
+        f"{qid}: its record cannot be written as the hub stops ([Errno 5] Input/output "
+        "error): a start in a new process sends the delayed notice for "
+        "bob@remote.test to the sender again; sends the failed notice for carol@other.test "
+        "to the sender again"]
+
+
 def test_a_stop_writes_nothing_for_an_outcome_whose_write_landed_though_it_failed(
         hub, monkeypatch, log_events):
     # bob's copy is taken; the write of that outcome lands, then reports an
