@@ -126,3 +126,29 @@ def test_a_host_name_beyond_ascii_is_noted_as_its_file_name_is(tmp_path) -> None
     note_deleted(str(md), [unique], 1_700_000_200, DAY)
     assert was_deleted(str(md), unique)
     assert not was_deleted(str(md), KEYED)
+
+
+def test_a_long_note_whose_read_fails_keeps_its_notes(tmp_path, monkeypatch) -> None:
+    """The list read for pruning could not be read (EIO, no file
+    descriptor left): the new note is appended, and the notes before it
+    stay -- not a list rewritten with the new note alone, whose retries
+    would bring the copies deleted before back."""
+    md = _md(tmp_path)
+    monkeypatch.setattr(mailbox_module, "DELETED_PRUNE_AT", 10)
+    note_deleted(str(md), [KEYED, "1700000130.M1K9.h"], 1_700_000_200, DAY)
+    real = mailbox_module._read_deleted
+    monkeypatch.setattr(mailbox_module, "_read_deleted", lambda md: None)
+    newer = "1700000150.M1K2.h"
+    note_deleted(str(md), [newer], 1_700_000_200, DAY)
+    monkeypatch.setattr(mailbox_module, "_read_deleted", real)
+    assert was_deleted(str(md), KEYED) and was_deleted(str(md), newer)
+
+
+def test_a_note_cut_short_does_not_take_the_next_one_with_it(tmp_path) -> None:
+    """A line a full disk cut short is ended by the next note, which is
+    found on a line of its own."""
+    md = _md(tmp_path)
+    (md / DELETED_NAME).write_bytes(KEYED.encode() + b"\n1700000140.M1K")
+    newer = "1700000150.M1K2.h"
+    note_deleted(str(md), [newer], 1_700_000_200, DAY)
+    assert was_deleted(str(md), KEYED) and was_deleted(str(md), newer)

@@ -184,22 +184,32 @@ def note_deleted(md: str, uniques: list[str], now: float, keep: float) -> None:
     appended and the file fsynced (and ``md`` when the file is new); one
     past ``DELETED_PRUNE_AT`` is rewritten (``durable_write``) without
     the lines of copies made more than ``keep`` seconds before ``now``:
-    no retry comes that late."""
+    no retry comes that late.  A list whose read fails is appended to
+    rather than rewritten, so no note is lost to it."""
     path = os.path.join(md, DELETED_NAME)
     lines = b"".join(os.fsencode(u) + b"\n" for u in uniques)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                  | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        if st.st_size > DELETED_PRUNE_AT:
-            old = _read_deleted(md) or b""
-            kept = [line for line in old.splitlines(keepends=True)
+        old = _read_deleted(md) if st.st_size > DELETED_PRUNE_AT else None
+        if old is not None or st.st_size > DELETED_READ_LIMIT:
+            # (a list too long to be read is of no use to ``was_deleted``:
+            # started afresh; one whose read failed is appended to, not
+            # rewritten without the notes it holds)
+            kept = [line for line in (old or b"").splitlines(keepends=True)
                     if _made_since(line, now - keep)]
             durable_write(path, b"".join(kept) + lines)
             return
-        os.write(fd, lines)
+        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
+            # the line a write cut short (a full disk) is ended, not run
+            # on into the first of these
+            lines = b"\n" + lines
+        view = memoryview(lines)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
