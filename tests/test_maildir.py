@@ -2751,8 +2751,9 @@ class KeyedDeliveryTests(Base):
         self.assertNoResult(d)
         self.assertEqual(len(syncer.jobs), 1)  # every mailbox in one job
         syncer.run_jobs()
-        # cur/ listed once, inside the job; ANN's copy is still in new/
-        self.assertEqual(listed, ["<worker>", os.path.join(self.md(JOE), "cur"), "</worker>"])
+        # new/ and cur/ listed once, inside the job; ANN's copy is still in new/
+        self.assertEqual(listed, ["<worker>", os.path.join(self.md(JOE), "new"),
+                                  os.path.join(self.md(JOE), "cur"), "</worker>"])
         self.assertEqual(self.successResultOf(d), {JOE: None, ANN: None})
         self.assertEqual(self.names(JOE), [])  # no second copy
         self.assertEqual(self.names(ANN), [name])  # the one copy, synced again
@@ -2785,6 +2786,33 @@ class KeyedDeliveryTests(Base):
         self.assertEqual(self.names(ANN, "cur"), [f"{unique},S=99,W=101:2,RS"])
         self.assertIn(("dir", os.path.join(self.md(JOE), "new")), self.syncer.calls)
         self.assertIn(("dir", os.path.join(self.md(ANN), "cur")), self.syncer.calls)
+        self.spooler.discard(msg)
+
+    def test_copy_moved_to_cur_while_the_folders_are_listed_is_found(self):
+        # a POP3 session (or another reader) moves the copy, under a name
+        # of its own, from new/ to cur/ between the two listings: it is
+        # in the second, and no second copy is made
+        msg = self.spool()
+        self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        (name,) = self.names(JOE)
+        unique = name.split(",", 1)[0]
+        md = self.md(JOE)
+        renamed = f"{unique},S=99,W=101"
+        os.rename(os.path.join(md, "new", name), os.path.join(md, "new", renamed))
+        listings = []
+        scandir = os.scandir
+
+        def listing(path):
+            listings.append(path)
+            if len(listings) == 2 and os.path.exists(os.path.join(md, "new", renamed)):
+                os.rename(os.path.join(md, "new", renamed),
+                          os.path.join(md, "cur", renamed + ":2,S"))
+            return scandir(path)
+
+        self.patch(os, "scandir", listing)
+        out = self.successResultOf(self.store.deliver_keyed(msg, [JOE], self.KEY))
+        self.assertEqual(out, {JOE: None})
+        self.assertEqual(len(self.names(JOE) + self.names(JOE, "cur")), 1)
         self.spooler.discard(msg)
 
     def test_a_first_attempt_lists_no_folder(self):

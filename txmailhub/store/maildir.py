@@ -1214,7 +1214,7 @@ class _Publication:
 
 def _made_each(mds: list[str], name: str, look: bool) -> list[_Found]:
     """``_made_before`` for each Maildir (run by ``syncer.call``: it may
-    list ``cur/`` and ``new/``), each with its own outcome."""
+    list ``new/`` and ``cur/``), each with its own outcome."""
     found: list[_Found] = []
     for md in mds:
         try:
@@ -1230,7 +1230,7 @@ def _made_before(md: str, name: str, look: bool) -> tuple[str, str] | None:
     ``"cur"`` -- ``_DELETED`` for a copy the hub's POP3 deleted
     (``mailbox.was_deleted``), or None.  The name itself in ``new/`` and the one POP3
     gives it in ``cur/`` cost a look each.  ``look`` (an attempt after
-    one that may have made the copy): then ``cur/`` and ``new/`` are
+    one that may have made the copy): then ``new/`` and ``cur/`` are
     listed for any name of the same unique part (the part before the
     first ``,`` or ``:``), whatever a Maildir reader made of the rest --
     other flags, a ``,S=`` or ``,W=`` put right (``mailbox.scan``), a
@@ -1243,7 +1243,9 @@ def _made_before(md: str, name: str, look: bool) -> tuple[str, str] | None:
     if not look:
         return None
     unique = base_name(name)  # a keyed name's host has no "," or ":" (escape_host)
-    for sub in ("cur", "new"):
+    # new/ first: a reader moves a message from new/ to cur/, never back,
+    # so one moved while the two are listed is in the second listing
+    for sub in ("new", "cur"):
         try:
             with os.scandir(os.path.join(md, sub)) as listing:
                 for entry in listing:
