@@ -5872,3 +5872,37 @@ def test_a_stop_waits_for_a_markers_removal_and_its_last_writes_together(
     d, fn, args = removals.pop(0)
     d.callback(fn(*args))
     assert _markers(hub) == []
+
+def test_an_entry_taken_before_the_queues_word_of_it_is_not_a_first_attempt(
+        tmp_path, monkeypatch):
+    """The queue's word of a new entry (``_event``) comes once its
+    record's folder is synced; the runner may have taken the entry before
+    (a ``mailhub queue`` change rescanning the folder, a start reading it)
+    and tried it.  A retry after that word is no first attempt: the store
+    looks for the copy an earlier attempt may have made."""
+    from txmailhub.store.maildir import MaildirStore
+    from txmailhub.testing import SyncerSpy
+
+    joe = Address("joe", "example.org")
+    h = make_hub(tmp_path)
+    store = MaildirStore(str(tmp_path / "mail"), "mail.example.org", SyncerSpy())
+    h.components.store = store
+    firsts = []
+    real = store.deliver_keyed
+
+    def spy(message, mailboxes, key, first=False):
+        firsts.append(first)
+        if len(firsts) == 1:  # the first attempt meets a full disk
+            return defer.succeed({a: OSError(errno.ENOSPC, "no room") for a in mailboxes})
+        return real(message, mailboxes, key, first=first)
+
+    monkeypatch.setattr(store, "deliver_keyed", spy)
+    with monkeypatch.context() as m:
+        m.setattr(h.queue, "_notify", lambda queue_id: None)  # its word not come yet
+        qid = enqueue(h, joe)
+    h.runner.start()  # reads the queue: the entry taken, and tried
+    assert firsts == [False] and h.queue.ids() == [qid]
+    h.queue._notify(qid)  # the word of it, late
+    h.clock.advance(3600)
+    h.runner.stop()
+    assert h.queue.ids() == [] and firsts == [False, False]

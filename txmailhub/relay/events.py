@@ -60,7 +60,12 @@ class QueueEvents:
 
     def _event(self, queue_id: str | None) -> None:
         if queue_id is not None:
-            self._queued_here.add(queue_id)  # queued by this process (``_process``)
+            if not (queue_id in self.due or queue_id in self._held
+                    or queue_id in self._entries or queue_id in self._unrecorded):
+                # queued by this process (``_process``), and not taken yet:
+                # the word comes once the record's folder is synced, and a
+                # rescan or a start may have read the record and tried it
+                self._queued_here.add(queue_id)
             try:
                 entry = self.queue.read(queue_id)
             except Exception:
@@ -76,6 +81,8 @@ class QueueEvents:
             else:
                 if entry is not None:
                     self._index(entry)
+                else:  # (done already: never handled again)
+                    self._queued_here.discard(queue_id)
         self.kick()
 
     def _tick(self) -> None:
