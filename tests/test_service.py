@@ -708,7 +708,7 @@ def test_a_state_dir_others_may_write_is_refused(tmp_path: Path) -> None:
         MailHub(settings, reactor=MemoryReactorClock())
     assert isinstance(info.value, StartError)
     assert info.value.message.startswith(
-        f"mailhub: cannot use {state} may be written by every local user (")
+        f"mailhub: cannot use {state}: it may be written by every local user (")
     assert info.value.message.endswith(
         "mode 0777): any of them could put a link to a folder of their own in place of its "
         f"mail/ and read every mailbox; chmod o-rwx {state}"), info.value.message

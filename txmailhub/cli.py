@@ -671,7 +671,7 @@ def _state_dir_problems(settings: Settings) -> list[str]:
         from txmailhub.hub_access import state_dir_open
 
         why = state_dir_open(state_dir)  # the start refuses it too
-        return [f"{where}{why}{at}"] if why else []
+        return [f"{where}{state_dir} {why}{at}"] if why else []
     # lexists: a symlink to nothing is in the way (os.makedirs cannot
     # make a folder through it), where exists() took it for no file at all
     parent = os.path.dirname(state_dir)

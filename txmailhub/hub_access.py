@@ -209,7 +209,8 @@ def _owner_text(st: os.stat_result) -> str:
 
 def state_dir_open(state_dir: str) -> str | None:
     """Why ``state_dir`` is open to every local user, or ``None``: a
-    folder whose mode bits let others write it.  Whoever may write it may
+    folder whose mode bits let others write it (said after its name:
+    ``may be written by ...``).  Whoever may write it may
     rename the hub's ``mail/`` away and put a link to a folder of theirs
     in its place -- sticky bit or not, before the hub first makes
     ``mail/``, ``queue/`` or ``spool/`` -- and the hub, which goes by the
@@ -224,7 +225,7 @@ def state_dir_open(state_dir: str) -> str | None:
         return None  # not there yet (made 0700) or not usable: said elsewhere
     if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_IWOTH:
         return None
-    return (f"{state_dir} may be written by every local user ({_owner_text(st)}): any of "
+    return (f"may be written by every local user ({_owner_text(st)}): any of "
             "them could put a link to a folder of their own in place of its mail/ and read "
             f"every mailbox; chmod o-rwx {shlex.quote(state_dir)}")
 

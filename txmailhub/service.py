@@ -221,7 +221,7 @@ def build_components(settings: Settings, reactor: Any) -> Components:
 
     why = state_dir_open(settings.hub.state_dir)
     if why is not None:
-        brief = f"cannot use {why}"
+        brief = f"cannot use {settings.hub.state_dir}: it {why}"
         raise StateDirError(f"mailhub: {brief}", brief=brief)
 
     def run_in_thread(f: Any, *args: Any, **kwargs: Any) -> Any:

@@ -19,9 +19,9 @@ def test_twistd_refuses_a_state_dir_every_local_user_may_write(make_hub) -> None
     assert hub.proc.wait(60) == 2
     hub.proc = None
     log = hub.run_log()
-    assert (f"mailhub: cannot use {hub.state_dir} may be written by every local user "
+    assert (f"mailhub: cannot use {hub.state_dir}: it may be written by every local user "
             "(root:root mode 0777)" if os.geteuid() == 0 else
-            f"mailhub: cannot use {hub.state_dir} may be written by every local user (") in log
+            f"mailhub: cannot use {hub.state_dir}: it may be written by every local user (") in log
     assert f"chmod o-rwx {hub.state_dir}" in log, log
     assert os.listdir(hub.state_dir) == []  # nothing made in it, no port bound
     os.chmod(hub.state_dir, 0o700)  # mended: the hub starts and takes mail
