@@ -1150,6 +1150,27 @@ def test_check_does_not_warn_of_a_readable_secret_in_a_folder_others_cannot_ente
     assert "every local user can read it (mode 644)" in run(config, "check")[2]
 
 
+def test_check_warns_of_a_readable_secret_in_a_closed_folder_with_an_acl(
+        open_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an ACL entry for a named user (setfacl -m u:bob:x users.d) lets bob
+    # through a folder whose mode bits say 0700: the warning stays
+    config = open_config
+    closed = config.parent / "users.d"
+    closed.mkdir(mode=0o700)
+    config.write_text(config.read_text() + '[users]\nfile = "users.d/users"\n')
+    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
+    (closed / "users").chmod(0o644)
+    real = os.listxattr
+
+    def listxattr(path, *args, **kwargs):
+        if os.fspath(path) == str(closed):
+            return ["system.posix_acl_access"]
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "listxattr", listxattr)
+    assert "every local user can read it (mode 644)" in run(config, "check")[2]
+
+
 
 def test_check_warns_of_a_trusted_file_every_local_user_may_change(open_config: Path) -> None:
     config = open_config

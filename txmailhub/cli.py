@@ -646,7 +646,7 @@ def _others_reach(path: str) -> bool:
     folder = os.path.dirname(os.path.realpath(path))
     while True:
         try:
-            if not os.stat(folder).st_mode & 0o001:
+            if not os.stat(folder).st_mode & 0o001 and not _has_acl(folder):
                 return False
         except OSError:
             return True  # (not known: warn rather than stay silent)
@@ -654,6 +654,16 @@ def _others_reach(path: str) -> bool:
         if parent == folder:
             return True
         folder = parent
+
+
+def _has_acl(folder: str) -> bool:
+    """Whether ``folder`` has a POSIX access ACL, whose entries for named
+    users the mode bits do not show: such a folder may let one of them
+    through, so it closes nothing for the warnings."""
+    try:
+        return "system.posix_acl_access" in os.listxattr(folder)
+    except OSError:
+        return False  # (no extended attributes there: the mode bits are all)
 
 
 def _state_dir_problems(settings: Settings) -> list[str]:
