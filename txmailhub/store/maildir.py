@@ -109,6 +109,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmailhub.address import Address, canonical_domain, canonical_local
+from txmailhub.disk_names import on_disk
 from txmailhub.envelope import SpooledMessage
 from txmailhub.errors import MailboxInUse, MailboxNameError, MailboxTurnAbandoned
 from txmailhub.interfaces import IKeyedStore, IMailboxStore, ISpoolingStore
@@ -243,11 +244,12 @@ if hasattr(os, "register_at_fork"):
 
 def maildir_path(mail_dir: str, address: Address) -> str:
     """``mail_dir/<domain>/<local part, lower-cased>``: where ``address``'s
-    mail is (``LocalError`` for a name no folder may have).  The one rule,
-    for the store and for ``mailhub user list --usage``."""
+    mail is (``LocalError`` for a name no folder may have), the names in
+    UTF-8 on disk (``on_disk``).  The one rule, for the store and for
+    ``mailhub user list --usage``."""
     domain = _path_component(canonical_domain(address.domain), "domain")
     local = _path_component(canonical_local(address.local), "local part")
-    return os.path.join(mail_dir, domain, local)
+    return os.path.join(mail_dir, on_disk(domain), on_disk(local))
 
 
 @implementer(IMailboxStore, ISpoolingStore, IKeyedStore)

@@ -1,0 +1,114 @@
+"""The hub, its commands and twistd plugin under a locale that is not
+UTF-8: ``LC_ALL=C`` with Python's UTF-8 mode and locale coercion off
+(ASCII for the file system and standard streams), and a Latin-1 locale
+where one can be made (``localedef`` into a private ``LOCPATH``).  The
+mail, the Maildir names and the files are the same octets as under UTF-8."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.conftest import Hub
+
+C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+LATIN_1 = {"LC_ALL": "en_US.ISO-8859-1", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+JOSE, JOERG = "jos\u00e9@example.org", "j\u00f6rg@b\u00fccher.example"
+USERS = {"alice@example.org": "alice-secret", JOSE: "jose-secret", JOERG: "joerg-secret"}
+DOMAINS = {"hub": {"domains": ["example.org", "b\u00fccher.example"]}}
+
+
+@pytest.fixture(scope="session")
+def latin_1_locale(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a Latin-1 locale, compiled into a folder of the
+    test run's own (skipped where ``localedef`` cannot make it)."""
+    localedef = shutil.which("localedef")
+    if localedef is None:
+        pytest.skip("no localedef to make a Latin-1 locale")
+    where = tmp_path_factory.mktemp("locales")
+    done = subprocess.run([localedef, "-i", "en_US", "-f", "ISO-8859-1",
+                           str(where / LATIN_1["LC_ALL"])], capture_output=True, timeout=120)
+    env = {**LATIN_1, "LOCPATH": str(where)}
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.getfilesystemencoding())"],
+                           env={**_base_environment(), **env}, capture_output=True, timeout=60)
+    if probe.stdout.strip() != b"iso8859-1":
+        pytest.skip(f"no Latin-1 locale: {done.stderr!r}")
+    return env
+
+
+def _base_environment() -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("LC_") and k not in ("LANG", "PYTHONIOENCODING")}
+    return environ
+
+
+@pytest.fixture(params=["C", "latin-1"])
+def locale_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+               ) -> Iterator[dict[str, str]]:
+    """This process's environment, which the hub and the commands a test
+    starts inherit, set to the locale (the test's own code is unchanged:
+    its encodings were fixed at its start)."""
+    env = C_LOCALE if request.param == "C" else request.getfixturevalue("latin_1_locale")
+    for name in [k for k in os.environ if k.startswith("LC_") or k == "LANG"]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield env
+
+
+def _send(hub: Hub, sender: str, rcpts: list[str], msg: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", hub.smtp_port, timeout=60) as s:
+        assert s.sendmail(sender, rcpts, msg, mail_options=["SMTPUTF8"]) == {}
+
+
+def _wait_for(what: Callable[[], object], timeout: float = 60.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (found := what()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def test_smtputf8_mail_lands_in_the_utf8_named_maildirs(
+        make_hub: Callable[..., Hub], locale_env: dict[str, str]) -> None:
+    hub = make_hub(users=USERS, sections=DOMAINS)
+    msg = ("From: s\u00e9@x.test\r\nTo: " + JOSE + "\r\nSubject: gr\u00fc\u00dfe\r\n\r\n"
+           "caf\u00e9\r\n").encode()
+    _send(hub, "s\u00e9@x.test", [JOSE, JOERG, "alice@example.org"], msg)
+    mail = hub.state_dir / "mail"
+    for folder in (mail / "example.org" / "jos\u00e9", mail / "b\u00fccher.example" / "j\u00f6rg"):
+        # the folder's name is its UTF-8 octets (this process's file system
+        # encoding is UTF-8), and the message is there, as sent
+        assert _wait_for(lambda f=folder: list((f / "new").iterdir()) if (f / "new").is_dir()
+                         else []), (sorted(os.listdir(os.fsencode(mail))), hub.log_text())
+        [got] = (folder / "new").iterdir()
+        assert got.read_bytes().endswith(msg.replace(b"\r\n", b"\n"))
+    out = hub.mailhub("queue", "list")
+    assert (out.returncode, out.stdout) == (0, ""), out.stderr
+
+
+def test_pop3_reads_the_utf8_named_maildir(
+        make_hub: Callable[..., Hub], locale_env: dict[str, str]) -> None:
+    hub = make_hub(users=USERS, sections={**DOMAINS, "pop3": {"allow_plaintext_auth": True}})
+    msg = b"Subject: hi\r\n\r\nfor jose\r\n"
+    _send(hub, "s@x.test", [JOSE], msg)
+    assert _wait_for(lambda: hub.message_files(JOSE)), hub.log_text()
+    pop = poplib.POP3("127.0.0.1", hub.pop3_port, timeout=60)
+    try:
+        pop._putcmd("UTF8")  # RFC 6856: a user name in UTF-8
+        pop._getresp()
+        pop.user(JOSE)
+        pop.pass_("jose-secret")
+        assert pop.stat()[0] == 1
+        assert b"\r\n".join(pop.retr(1)[1]).endswith(b"for jose")
+    finally:
+        pop.quit()
