@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txmailhub.logsafe import loggable, shown_traceback
+from txmailhub.logsafe import loggable, shown_traceback, utf8_joined
 
 
 def test_examples():
@@ -369,3 +369,23 @@ def test_a_list_that_fills_its_limit_exactly_is_whole():
     assert listed(["a\\b", "cd"], 7) == "a\\\\b and 1 more"
     assert listed(["\x01", "c"], 7) == "\\x01, c"
     assert listed(["\x01", "c"], 6) == "\\x01 and 1 more"
+
+
+def test_surrogates_of_utf8_octets_are_logged_as_their_characters() -> None:
+    # a path Python read with an ASCII file system encoding (LC_ALL=C
+    # without UTF-8 mode): its UTF-8 octets as surrogates
+    path = "/srv/d\u00e9p\u00f4t".encode().decode("ascii", "surrogateescape")
+    assert loggable(path) == "/srv/d\u00e9p\u00f4t"
+    # octets that are not UTF-8 stay escaped, beside characters too; a
+    # control character they spell is escaped as any other
+    latin = b"caf\xe9 \xc3\xa9".decode("ascii", "surrogateescape")
+    assert loggable(latin) == "caf\\xe9 \u00e9"
+    assert loggable("\u00e9" + "\udcc2\udc85") == "\u00e9\\u0085"
+    assert loggable("a\udce2\u00e9") == "a\\xe2\u00e9"
+
+
+@given(st.binary(max_size=40))
+def test_utf8_text_read_back_is_unchanged(octets: bytes) -> None:
+    # what was decoded as UTF-8 (a client's text) is logged as before
+    text = octets.decode("utf-8", "surrogateescape")
+    assert utf8_joined(text) == text

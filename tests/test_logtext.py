@@ -444,3 +444,14 @@ def test_a_line_with_a_surrogate_is_cut_too(unit: str) -> None:
     assert len(out.encode("utf-8", "surrogatepass")) > LINE_LOG_MAX - len(CUT) - 4
     assert capped(line[:100]) == line[:100]
     assert capped(f"first\n{line}\nlast").split("\n") == ["first", out, "last"]
+
+
+def test_a_path_read_by_an_ascii_file_system_encoding_is_written_as_utf8() -> None:
+    out = io.StringIO()
+    observer = ClassicTextObserver(out)
+    path = "/srv/d\u00e9p\u00f4t".encode().decode("ascii", "surrogateescape")
+    Logger(observer=observer).info("loaded from {path}", path=path)
+    Logger(observer=observer).info("loaded from " + path + "\x00")
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(" loaded from /srv/d\u00e9p\u00f4t"), lines
+    assert lines[1].endswith(" loaded from /srv/d\u00e9p\u00f4t\\x00"), lines

@@ -20,7 +20,7 @@ from typing import Any
 
 __all__ = ["CUT", "LIST_LOG_MAX", "REPLY_LOG_MAX", "RepeatLimit", "listed", "loggable",
            "log_failure", "plural", "quoted", "shown",
-           "shown_lines", "shown_message", "shown_traceback"]
+           "shown_lines", "shown_message", "shown_traceback", "utf8_joined"]
 
 
 #: ``loggable``'s limit for a remote server's reply (the relay's log
@@ -48,11 +48,33 @@ LIST_LOG_MAX = 2000
 
 
 
+# a run of octets kept as surrogates (``surrogateescape``)
+_ESCAPED_OCTETS = re.compile("[\udc80-\udcff]+")
+
+
+def utf8_joined(text: str) -> str:
+    """``text`` with each run of surrogates whose octets are UTF-8 made
+    the characters they spell.  A name Python decoded with a file system
+    encoding that is not UTF-8 (``LC_ALL=C`` without UTF-8 mode: ASCII)
+    holds ``d\u00e9p\u00f4t`` as the surrogates of its UTF-8 octets, which the
+    log would show as ``d\\xc3\\xa9p...``; it is the name the hub under a
+    UTF-8 locale logs.  Text decoded as UTF-8 (a client's) is unchanged:
+    its surrogates are octets that were not UTF-8, and stay so.  A run
+    cannot join a character beside it (a character's UTF-8 is whole)."""
+    if _ESCAPED_OCTETS.search(text) is None:
+        return text
+    return _ESCAPED_OCTETS.sub(
+        lambda m: m.group().encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape"),
+        text)
+
+
 def loggable(text: str, limit: int = 200, *, ascii_only: bool = False,
              marked: bool = False) -> str:
     """``text`` as one unambiguous log line of at most ``limit`` characters.
 
-    Bytes that were not UTF-8 (kept as surrogates) come out as ``\\xNN``,
+    Bytes that were not UTF-8 (kept as surrogates) come out as ``\\xNN``
+    (surrogates whose octets are UTF-8, a path the file system encoding
+    could not read, as their characters: ``utf8_joined``),
     other unprintable characters as ``\\xNN`` (ASCII), ``\\uNNNN`` or
     ``\\UNNNNNNNN``, and a backslash as ``\\\\``, so that an escape the
     client typed cannot pass for one made here.  ``ascii_only`` escapes
@@ -66,7 +88,7 @@ def loggable(text: str, limit: int = 200, *, ascii_only: bool = False,
         return text  # the common case, at C speed
     out: list[str] = []
     room = limit
-    for c in text:
+    for c in utf8_joined(text):
         piece = _escape(c, ascii_only)
         room -= len(piece)
         if room < 0:

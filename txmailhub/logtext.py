@@ -53,7 +53,7 @@ from twisted.logger import (
 from twisted.logger._format import _formatSystem, timeFormatRFC3339
 from zope.interface import implementer
 
-from txmailhub.logsafe import CUT, _escape
+from txmailhub.logsafe import CUT, _escape, utf8_joined
 
 __all__ = ["LINE_LOG_MAX", "ClassicTextObserver", "SyslogTextObserver", "capped"]
 
@@ -94,7 +94,8 @@ def _unraw(text: str) -> str:
     """``text`` with each character of ``_RAW`` escaped."""
     if _RAW.search(text) is None:
         return text  # every line but a rare traceback's
-    return _RAW.sub(lambda m: _escape(m.group(), False), text)
+    # (a path the file system encoding read as surrogates: its characters)
+    return _RAW.sub(lambda m: _escape(m.group(), False), utf8_joined(text))
 
 
 def capped(text: str, limit: int = LINE_LOG_MAX) -> str:
