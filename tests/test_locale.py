@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.conftest import Hub
+from tests.conftest import Hub, write_toml
 
 C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 LATIN_1 = {"LC_ALL": "en_US.ISO-8859-1", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
@@ -112,3 +112,33 @@ def test_pop3_reads_the_utf8_named_maildir(
         assert b"\r\n".join(pop.retr(1)[1]).endswith(b"for jose")
     finally:
         pop.quit()
+
+
+def test_paths_the_config_names_in_utf8(
+        make_hub: Callable[..., Hub], locale_env: dict[str, str]) -> None:
+    # state_dir, the users and aliases files named in the (UTF-8) config:
+    # the same files as under UTF-8, no traceback (mailhub, twistd)
+    hub = make_hub(users={}, start=False)
+    place = hub.folder / "d\u00e9p\u00f4t"
+    place.mkdir()
+    (place / "ali\u00e4s").write_text("postmaster: alice\n")
+    hub.doc["hub"]["state_dir"] = str(place / "\u00e9tat")
+    hub.doc["users"]["file"] = str(place / "us\u00e9rs")
+    hub.doc["aliases"] = {"file": str(place / "ali\u00e4s")}
+    write_toml(hub.config_path, hub.doc)
+    added = hub.mailhub("user", "add", "alice", "--password-stdin", "--allow-weak",
+                        input="alice-secret\n")
+    assert added.returncode == 0, added.stderr
+    assert "\nalice@example.org " in (place / "us\u00e9rs").read_text()
+    checked = hub.mailhub("check")
+    assert (checked.returncode, checked.stdout) == (0, f"{hub.config_path}: ok\n"), checked.stderr
+    listed = hub.mailhub("alias", "list")
+    assert (listed.returncode, listed.stdout) == (
+        0, "postmaster@example.org\talice@example.org\n"), listed.stderr
+    hub.state_dir.mkdir()  # (not the one in use: it stays empty)
+    hub.start()
+    _send(hub, "s@x.test", ["postmaster@example.org"], b"Subject: x\r\n\r\nhi\r\n")
+    box = place / "\u00e9tat" / "mail" / "example.org" / "alice" / "new"
+    assert _wait_for(lambda: box.is_dir() and list(box.iterdir())), hub.log_text()
+    assert not list(hub.state_dir.iterdir())
+

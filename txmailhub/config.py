@@ -37,6 +37,7 @@ from txmailhub.address import (
     dns_name_problem,
     domain_problem,
 )
+from txmailhub.disk_names import on_disk
 from txmailhub.errors import ConfigError
 from txmailhub.listen_spec import ListenSpec, parse_listen
 from txmailhub.logsafe import quoted
@@ -459,6 +460,9 @@ class _Reader:
             return default
 
     def resolve(self, p: str) -> str:
+        # a path in the file (UTF-8 text) names the same octets whatever
+        # the locale, as the config path given on the command line does
+        p = on_disk(p)
         return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base, p))
 
     def endpoints(self, v: Any) -> tuple[str, ...]:
