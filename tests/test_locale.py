@@ -142,3 +142,12 @@ def test_paths_the_config_names_in_utf8(
     assert _wait_for(lambda: box.is_dir() and list(box.iterdir())), hub.log_text()
     assert not list(hub.state_dir.iterdir())
 
+
+def test_the_log_on_standard_output_keeps_the_lines_naming_utf8(
+        make_hub: Callable[..., Hub], locale_env: dict[str, str]) -> None:
+    # twistd -n --logfile=- (the systemd unit's): the lines that name
+    # jos\u00e9 are written in UTF-8, not dropped
+    hub = make_hub(users=USERS, sections=DOMAINS)
+    _send(hub, "s\u00e9@x.test", [JOSE], b"Subject: x\r\n\r\nhi\r\n")
+    line = f"from <s\u00e9@x.test> to {JOSE} (18 octets)"
+    assert _wait_for(lambda: line in hub.log_text()), hub.log_text()

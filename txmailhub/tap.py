@@ -371,8 +371,14 @@ def use_reopening_log(application: Any, parent: Any, switch_to: int | None = Non
         if _logs_to_stdout(parent):
             # the lines twistd's own observer writes there, for less CPU
             # (``txmailhub.logtext``): the systemd unit's ``--logfile=-``
+            from txmailhub.cli_output import utf8_output
             from txmailhub.logtext import ClassicTextObserver
 
+            # in UTF-8, as the log file: a standard output in the locale's
+            # ASCII (LC_ALL=C without UTF-8 mode) lost every line that
+            # named josé or an IDN (Twisted drops an event its observer
+            # cannot write)
+            utf8_output(sys.stdout)
             application.setComponent(ILogObserver, ClassicTextObserver(sys.stdout))
         return
     observer, log_file = found
