@@ -151,3 +151,29 @@ def test_the_log_on_standard_output_keeps_the_lines_naming_utf8(
     _send(hub, "s\u00e9@x.test", [JOSE], b"Subject: x\r\n\r\nhi\r\n")
     line = f"from <s\u00e9@x.test> to {JOSE} (18 octets)"
     assert _wait_for(lambda: line in hub.log_text()), hub.log_text()
+
+
+def _typed(text: str, env: dict[str, str]) -> bytes:
+    """``text`` as a terminal of the locale types it: UTF-8 under C (the
+    octets a UTF-8 terminal sends whatever the locale says), Latin-1
+    under the Latin-1 locale."""
+    return text.encode("latin-1" if "ISO-8859-1" in env["LC_ALL"] else "utf-8")
+
+
+def test_sendmail_takes_utf8_addresses_and_names_from_the_command_line(
+        make_hub: Callable[..., Hub], locale_env: dict[str, str]) -> None:
+    hub = make_hub(users=USERS, sections=DOMAINS, fixed_ports=True)
+    base = [sys.executable, "-m", "txmailhub.sendmail", "-C", str(hub.config_path)]
+    done = subprocess.run(
+        [*base, b"-f", _typed("s\u00e9@example.org", locale_env),
+         b"-F", _typed("J\u00f6rg", locale_env), _typed("jos\u00e9", locale_env)],
+        input=b"Subject: hi\n\nfor jose\n", capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert _wait_for(lambda: hub.message_files(JOSE)), hub.log_text()
+    [got] = hub.messages(JOSE)
+    assert got.startswith("Return-Path: <s\u00e9@example.org>\n".encode()), got
+    assert "From: \"J\u00f6rg\" <s\u00e9@example.org>\n".encode() in got, got
+    verified = subprocess.run([*base, "-bv", _typed("jos\u00e9", locale_env)],
+                              capture_output=True, timeout=60)
+    assert (verified.returncode, verified.stderr) == (0, b"")
+    assert JOSE.encode() in verified.stdout

@@ -60,7 +60,7 @@ from txmailhub.config import (
     load_local_submission,
 )
 from txmailhub.errors import ConfigError, Rejected, RemoteProtocolError
-from txmailhub.logsafe import quoted, shown, shown_lines, shown_traceback
+from txmailhub.logsafe import quoted, shown, shown_lines, shown_traceback, utf8_joined
 from txmailhub.rfc2047 import encoded_words
 from txmailhub.sendmail_headers import ADDRESS_FIELDS, Unreadable, addr_specs, qualify_field
 from txmailhub.sendmail_input import MessageTooBig, StdinMessage, StdinUnreadable, read_message
@@ -153,6 +153,16 @@ class Options:
     gateway: bool = False                 # -G: a gateway's submission, fields not fixed
 
 
+def typed(text: str) -> str:
+    """An argument, a variable or a password file's field as the UTF-8
+    text it was written in, whatever the locale: under one whose encoding
+    is not UTF-8 (``LC_ALL=C`` without Python's UTF-8 mode) Python keeps
+    the octets of ``jos\u00e9`` as surrogates, which were refused as "not
+    UTF-8 text" (an address) or became U+FFFD (a full name).  Octets that
+    are not UTF-8 stay surrogates, refused as before."""
+    return utf8_joined(text)
+
+
 def parse_args(argv: list[str]) -> Options:
     """Read sendmail(8) options (getopt syntax: ``-oi``, ``-fADDR`` or
     ``-f ADDR``, ``-ti``, ``--`` ends them), then the recipients.
@@ -167,9 +177,9 @@ def parse_args(argv: list[str]) -> Options:
     for flag, value in opts:
         letter = flag[1]
         if letter in "fr":
-            found["sender"] = value
+            found["sender"] = typed(value)
         elif letter == "F":
-            found["full_name"] = value
+            found["full_name"] = typed(value)
         elif letter == "t":
             found["extract"] = True
         elif letter == "i" or (letter == "o" and value == "i"):
@@ -249,7 +259,7 @@ def parse_args(argv: list[str]) -> Options:
                              "them from a message) is not offered with it")
         if not args:
             raise UsageError("-bv: no recipients to verify: give them as arguments")
-    return Options(recipients=tuple(args), **found)  # type: ignore[arg-type]
+    return Options(recipients=tuple(map(typed, args)), **found)  # type: ignore[arg-type]
 
 
 def _ended_by_dashes(options: list[str]) -> bool:
@@ -551,7 +561,8 @@ def _login() -> tuple[str, str]:
         entry = pwd.getpwuid(os.getuid())
     except KeyError:
         return f"uid{os.getuid()}", ""
-    return entry.pw_name, _gecos_name(entry.pw_gecos, entry.pw_name)
+    login = typed(entry.pw_name)
+    return login, _gecos_name(typed(entry.pw_gecos), login)
 
 
 def _gecos_name(gecos: str, login: str) -> str:
@@ -781,7 +792,7 @@ def prepare(
         mailbox = sender or _required(own, login_name, null_sender=f"{prefix}From")
         name = options.full_name
         if name is None and mailbox == own:
-            name = os.environ.get("NAME") or gecos
+            name = typed(os.environ.get("NAME", "")) or gecos
         return (f"{prefix}From: ".encode() + _mailbox_field(name or "", mailbox, f"{prefix}From")
                 + b"\r\n")
 
