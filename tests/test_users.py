@@ -1949,3 +1949,19 @@ def test_a_login_in_quotes_no_one_quoted_string_reaches_the_user_add_made_of_it(
             address.key), name
     # an authzid in either spelling names that user (RFC 4616 2)
     assert login_key('"a""b"@example.org') == login_key('"a\\"\\"b"@example.org') == address.key
+
+
+def test_a_line_that_is_not_utf8_is_a_problem_at_its_line_and_kept_as_it_is(
+        db: UsersDB) -> None:
+    db.add("ann", "ann-pw")
+    # jos\u00e9's line saved by an editor in Latin-1
+    latin = "jos\u00e9@example.org scrypt$16384$8$1$AAAA$BBBB\n".encode("latin-1")
+    Path(db.path).write_bytes(Path(db.path).read_bytes() + latin)
+    reader = UsersDB(db.path, "example.org", ("example.org",), password_policy=AnyPassword())
+    assert [a.key for a in reader.addresses()] == ["ann@example.org"]
+    assert reader.problems == [f"{db.path}:3: the line is not UTF-8 text (the octet 0xE9): "
+                               "the hub does not read it; save the file as UTF-8"]
+    # a change elsewhere writes no U+FFFD into it: the line stays as it was
+    db.add("carl", "carl-pw")
+    assert latin in Path(db.path).read_bytes()
+    assert "\ufffd".encode() not in Path(db.path).read_bytes()

@@ -54,6 +54,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,8 @@ __all__ = ["USERS_FILE_MAX", "UserRecord", "UsersDB", "as_given", "as_rcpt_names
            "verify_password"]
 
 _BOM = "\ufeff"  # a byte-order mark, which an editor may put first
+#: an octet that was not UTF-8 (``surrogateescape``)
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 #: octets a users file may hold (``read_regular``'s ``most``): some 100,000 users,
 #: far more than a hub for small sites has; one larger is refused as one
@@ -314,7 +317,10 @@ class UsersDB:
             # that began during the read, the text may be half of the file
             # (``changing``)
             raw, after = read_regular(self.path, most=USERS_FILE_MAX)
-            text = raw.decode("utf-8", "replace")
+            # octets that are not UTF-8 kept as surrogates: ``_parse``
+            # refuses their line (as U+FFFD, a Latin-1 josé was the user
+            # jos\ufffd, listed so and getting no mail, with no word why)
+            text = raw.decode("utf-8", "surrogateescape")
         except OSError as e:
             self._cannot_read(e, report)
             return
@@ -393,6 +399,13 @@ class UsersDB:
                 continue
             fields = line.split()
             try:
+                bad = _NOT_UTF8.search(line)
+                if bad is not None:
+                    # (a Latin-1 file: its line is no user's; ``_write``
+                    # keeps it as it is, for the admin to fix)
+                    raise ValueError(f"the line is not UTF-8 text (the octet "
+                                     f"0x{ord(bad.group()) - 0xDC00:02X}): the hub does not "
+                                     "read it; save the file as UTF-8")
                 if len(fields) not in (2, 3):
                     raise ValueError("expected '<address> <hash> [apop=<secret>]'")
                 # a name with ESC, DEL or a C1 control: written before
@@ -645,7 +658,7 @@ class UsersDB:
             except FileTooLarge as e:
                 raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
                                      "changed") from None
-            before, _, keys, effective = self._parse(raw.decode("utf-8", "replace"))
+            before, _, keys, effective = self._parse(raw.decode("utf-8", "surrogateescape"))
             records = dict(before)
             yield records
             self._write(raw, keys, effective, before, records)
