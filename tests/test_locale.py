@@ -14,10 +14,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Hub, write_toml
+from tests.conftest import TWISTD, Hub, write_toml
 
 C_LOCALE = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
 LATIN_1 = {"LC_ALL": "en_US.ISO-8859-1", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
@@ -177,3 +178,19 @@ def test_sendmail_takes_utf8_addresses_and_names_from_the_command_line(
                               capture_output=True, timeout=60)
     assert (verified.returncode, verified.stderr) == (0, b"")
     assert JOSE.encode() in verified.stdout
+
+
+def test_twistd_names_a_config_path_outside_ascii_in_utf8(
+        tmp_path: Path, locale_env: dict[str, str]) -> None:
+    # what twistd mailhub says before it starts is UTF-8, as mailhub check
+    missing = tmp_path / "d\u00e9p\u00f4t" / "mailhub.toml"
+    if "ISO-8859-1" in locale_env["LC_ALL"]:
+        # the octets a Latin-1 terminal types: read as Latin-1, written as UTF-8
+        argv_path: str | bytes = str(missing).encode("latin-1")
+    else:
+        argv_path = str(missing)
+    done = subprocess.run([TWISTD, "-n", "--pidfile=", "mailhub", "--config", argv_path],
+                          capture_output=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2
+    said = f"{missing}: cannot read the config file: No such file or directory\n".encode()
+    assert said in done.stderr, done.stderr

@@ -194,7 +194,13 @@ def _twistd_loading_tac() -> Any:
 def _say(text: str) -> None:
     """A line of the start on standard error, whatever it quotes (a path,
     a name or a line from the config or the users file) shown with the
-    escapes ``mailhub check`` uses: ``\\x{1B}`` for an ESC, never raw."""
+    escapes ``mailhub check`` uses: ``\\x{1B}`` for an ESC, never raw;
+    in UTF-8 as ``mailhub check`` writes it, whatever the locale (under
+    ``LC_ALL=C`` without UTF-8 mode a path such as ``/srv/d\u00e9p\u00f4t`` came
+    out as ``/srv/d\\udcc3\\udca9p...``)."""
+    from txmailhub.cli_output import utf8_output
+
+    utf8_output(sys.stderr)
     print(shown_lines(text), file=sys.stderr)
 
 
