@@ -118,6 +118,28 @@ def test_check_names_a_maildir_spelled_another_way_under_an_idn(
     assert str(old).encode() in out + err
 
 
+@ENVIRONMENTS
+def test_check_names_maildirs_named_in_latin_1(config: Path, env: dict[str, str]) -> None:
+    # the folders a hub under a Latin-1 locale named: josé's, and the IDN's
+    mail = os.fsencode(config.parent / "var" / "mail")
+    jose = os.path.join(mail, b"example.org", "jos\u00e9".encode("latin-1"))
+    os.makedirs(os.path.join(jose, b"new"))
+    idn = os.path.join(mail, "b\u00fccher.example".encode("latin-1"))
+    os.makedirs(os.path.join(idn, "j\u00f6rg".encode("latin-1"), b"cur"))
+    # a folder not UTF-8 that names no user is not taken for one
+    os.makedirs(os.path.join(mail, b"example.org", "n\u00f3body".encode("latin-1"), b"new"))
+    _code, out, err = command(env, "-m", "txmailhub", "--config", str(config), "check",
+                              cwd=config.parent)
+    said = out + err
+    assert (jose + b" is a Maildir the hub no longer reads (its name is spelled jos\\xe9): "
+            b"the mail of that name is kept in " + os.path.join(mail, b"example.org")
+            + "/jos\u00e9".encode()) in said, said
+    assert (idn + b" holds Maildirs the hub no longer reads: the folder of "
+            + "b\u00fccher.example".encode("latin-1") + b" is now "
+            + os.path.join(mail, "b\u00fccher.example".encode())) in said, said
+    assert b"body" not in said
+
+
 @pytest.fixture
 def queued(config: Path) -> str:
     settings = load_text(config.read_text(), str(config))

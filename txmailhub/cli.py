@@ -408,7 +408,9 @@ def _old_maildir_folders(settings: Settings, user_keys: Collection[str] = ()) ->
     for name in names:
         folder = os.path.join(settings.mail_dir, name)
         try:
-            domain = canonical_domain(name)
+            # a name that is not UTF-8: the folder an 8-bit locale's hub
+            # named (b\xfccher.example), when it spells a local domain so
+            domain = canonical_domain(_latin_1_reading(name))
         except ValueError:
             continue
         new = os.path.join(settings.mail_dir, domain)
@@ -462,19 +464,25 @@ def _old_local_folders(domain_folder: str, domain: str = "",
     except OSError as e:
         return [_unread(domain_folder, e)]
     for name in names:
-        key = _folder_key(name)
+        utf8 = _is_utf8(name)
+        try:
+            key = _folder_key(_latin_1_reading(name))
+        except ValueError:  # (no local part, read so)
+            continue
         folder = os.path.join(domain_folder, name)
         new = os.path.join(domain_folder, key)
-        # (a name that is not UTF-8 is none the hub made: no address has
-        # it; nor has one with a leading dot, a Maildir++ subfolder or a
+        # (a name that is not UTF-8 is a user's folder named in Latin-1 by
+        # a hub under an 8-bit locale, ``jos\xe9``, or none the hub made;
+        # nor has one with a leading dot, a Maildir++ subfolder or a
         # client's own, but for a user's old folder: ``.a`` of a line
         # ``.a@...``, which is the user ".a")
-        if (key == name or not _is_utf8(name)
-                or (name.startswith(".") and f"{key}@{domain}" not in user_keys)
+        if (key == name
+                or ((name.startswith(".") or not utf8) and f"{key}@{domain}" not in user_keys)
                 or not _is_maildir(folder) or _same_folder(folder, new)):
             continue
         # the two may look alike on a terminal: spell the old one out
-        spelled = name.encode("ascii", "backslashreplace").decode("ascii")
+        spelled = (name if utf8 else name.encode("utf-8", "surrogateescape").decode(
+            "latin-1")).encode("ascii", "backslashreplace").decode("ascii")
         try:
             taken = len(_unique_names(folder) & _unique_names(new))
         except OSError as e:  # (its new or cur, or the new Maildir's)
@@ -484,6 +492,16 @@ def _old_local_folders(domain_folder: str, domain: str = "",
                    f"{spelled}): the mail of that name is kept in {new}; move its messages "
                    "there" + _taken(taken))
     return out
+
+
+def _latin_1_reading(name: str) -> str:
+    """A folder's name as ``_folder_names`` read it, or, when its octets
+    are not UTF-8, as Latin-1 (the encoding an 8-bit locale's hub named
+    ``jos\xe9`` and ``b\xfccher.example`` in): the name to compare with
+    the users and domains the hub has."""
+    if _is_utf8(name):
+        return name
+    return name.encode("utf-8", "surrogateescape").decode("latin-1")
 
 
 def _merged(old: str, new: str) -> tuple[int, int]:
