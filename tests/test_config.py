@@ -322,7 +322,9 @@ def test_a_file_that_is_not_utf8_is_named_so(tmp_path: Path) -> None:
     for reader in (load, load_local_submission):
         with pytest.raises(ConfigError) as info:
             reader(str(conf))
-        assert info.value.problems == [f"{conf}: the file is not UTF-8 text"]
+        line = MINIMAL.count("\n") + 1
+        assert info.value.problems == [f"{conf}: the file is not UTF-8 text (the octet 0xFC "
+                                       f"at line {line}, column 4): save it as UTF-8"]
 
 
 def test_a_key_of_another_section_names_the_section_it_goes_in() -> None:

@@ -1409,9 +1409,20 @@ def load(path: str, *, tls_needed: bool = True) -> Settings:
     data, folder = _read_config(path)
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([_not_utf8(path, data, e)]) from None
     return load_text(text, path, folder, tls_needed=tls_needed)
+
+
+def _not_utf8(path: str, data: bytes, error: UnicodeDecodeError) -> str:
+    """The line for a config file that is not UTF-8 (TOML is UTF-8): the
+    first octet that is not, at its line and column as tomllib counts
+    them, for the admin to find the word an editor saved as Latin-1."""
+    start = data.rfind(b"\n", 0, error.start) + 1
+    line = data.count(b"\n", 0, start) + 1
+    column = len(data[start:error.start].decode("utf-8")) + 1
+    return (f"{path}: the file is not UTF-8 text (the octet 0x{data[error.start]:02X} at "
+            f"line {line}, column {column}): save it as UTF-8")
 
 
 _PIPE_WAIT = 5.0  # seconds a config given as a pipe may take to be written, whole
@@ -2020,8 +2031,8 @@ def load_local_submission(path: str) -> LocalSubmission:
     try:
         text = data.decode("utf-8")
         doc = tomllib.loads(text)
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: the file is not UTF-8 text"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([_not_utf8(path, data, e)]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([_not_toml(path, text, e)]) from None
     problems: list[str] = []
