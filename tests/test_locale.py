@@ -194,3 +194,21 @@ def test_twistd_names_a_config_path_outside_ascii_in_utf8(
     assert done.returncode == 2
     said = f"{missing}: cannot read the config file: No such file or directory\n".encode()
     assert said in done.stderr, done.stderr
+
+
+def test_a_unix_listener_named_outside_ascii(
+        make_hub: Callable[..., Hub], locale_env: dict[str, str]) -> None:
+    # the socket of the config's UTF-8 name, which sendmail reaches
+    hub = make_hub(users=USERS, sections=DOMAINS, start=False)
+    hub.doc["smtp"]["listen"] = [*hub.doc["smtp"]["listen"], "unix:s\u00f6ck"]
+    write_toml(hub.config_path, hub.doc)
+    hub.start()
+    assert _wait_for(lambda: (hub.folder / "s\u00f6ck").exists()), hub.log_text()
+    done = subprocess.run([sys.executable, "-m", "txmailhub.sendmail", "-C",
+                           str(hub.config_path), _typed("jos\u00e9", locale_env)],
+                          input=b"Subject: hi\n\nover the socket\n", capture_output=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert _wait_for(lambda: hub.message_files(JOSE)), hub.log_text()
+    if "ISO-8859-1" not in locale_env["LC_ALL"]:  # (Latin-1: deployment.rst's limit)
+        assert f"smtp listening on {hub.folder}/s\u00f6ck" in hub.log_text()

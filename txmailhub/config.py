@@ -872,8 +872,13 @@ def _unix_path_resolved(description: str, base: str) -> str:
         if value and _unescape(key) != "address":
             continue
         path = _unescape("=".join(value) if value else key)
-        if path and not os.path.isabs(path):
-            escaped = re.sub(r"([:=\\])", r"\\\1", os.path.normpath(os.path.join(base, path)))
+        # a name outside ASCII is the socket of that UTF-8 name, whatever
+        # the locale, as every path in the file (``on_disk``)
+        if path and (not os.path.isabs(path) or not path.isascii()):
+            path = on_disk(path)
+            if not os.path.isabs(path):
+                path = os.path.normpath(os.path.join(base, path))
+            escaped = re.sub(r"([:=\\])", r"\\\1", path)
             parts[i] = f"{key}={escaped}" if value else escaped
         return ":".join(parts)  # the first positional value or address= is the path
     return description
