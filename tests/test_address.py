@@ -19,10 +19,13 @@ from txmailhub.address import (
     canonical_local,
     client_ip,
     client_key,
+    dns_name_problem,
     domain_problem,
     ipv6_literal,
     login_key,
+    one_quoted_string,
     parse_address,
+    quoted_end,
 )
 
 
@@ -238,8 +241,22 @@ def test_login_key_reads_one_quoted_string_as_rcpt_gives_it():
     assert login_key('"Alice"@Example.ORG') == "alice@example.org"
     assert login_key('"a\\:b"@example.org') == '"a:b"@example.org'
     assert login_key('"a;"') == '"a;"'  # quotes it needs stay
+    # "." and ".." are left as written, as the users file reads them
+    # (``users.as_rcpt_names``): no Maildir folder, no quotes added
+    assert login_key(".") == "." and login_key("..@Example.ORG") == "..@example.org"
     # no one quoted string: read as one, the user `user add '"a""b"'` writes
     assert login_key('"a""b"') == '"a\\"\\"b"'
+
+
+@pytest.mark.parametrize("text, end", [
+    ('"q"', 3), ('"q"@x', 3), ('""', 2), ('"a\\"b"c', 6), ('"a\\\\"b', 5),
+    ('"', -1), ('"abc', -1), ('"a\\"', -1), ("", -1), ("q", -1), ('a"b"', -1),
+])
+def test_quoted_end_is_past_the_closing_quote_or_minus_one(text, end):
+    # -1 for no quoted string at the start or one never closed, as the
+    # docstring says: callers compare the index with a length
+    assert quoted_end(text) == end
+    assert one_quoted_string(text) is (end == len(text))
 
 
 def test_login_key_reads_a_name_rcpt_gives_only_quoted_with_its_quotes():
@@ -256,6 +273,23 @@ def test_ascii_domain_leaves_an_ascii_name_as_it_is():
     # only an internationalized name is mapped (to its A-labels)
     assert ascii_domain("Mail.Example.ORG") == "Mail.Example.ORG"
     assert ascii_domain("b\u00fccher.example") == "xn--bcher-kva.example"
+
+
+def test_ascii_domain_keeps_one_final_dot():
+    # the root's dot of a fully qualified name stays where it was
+    assert ascii_domain("b\u00fccher.example.") == "xn--bcher-kva.example."
+    assert ascii_domain("Example.ORG.") == "Example.ORG."
+
+
+def test_a_dns_name_is_at_most_253_octets_written_out():
+    # RFC 1035 2.3.4: 255 octets on the wire, 253 written out
+    longest = ".".join(["x" * 63] * 3 + ["x" * 61])
+    assert len(longest) == 253 and dns_name_problem(longest) is None
+    assert dns_name_problem(longest + "x") == (
+        "254 octets, over the 253 of a name in DNS (RFC 1035 2.3.4)")
+    assert dns_name_problem("x" * 63 + ".example") is None
+    assert dns_name_problem("x" * 64 + ".example") == (
+        "a label of 64 octets, over the 63 of a label in DNS (RFC 1035 2.3.4)")
 
 
 @pytest.mark.parametrize("text", ['"a@b@example.org', 'a@b"@example.org'])
