@@ -1629,6 +1629,16 @@ def test_a_bare_cr_is_the_same_whatever_the_reads(pieces, reply):
     assert got == [reply]
 
 
+def test_an_empty_line_ended_by_a_bare_lf_is_empty_whatever_is_buffered_after_it():
+    # the line is what stands before its LF; a CR at the end of the next,
+    # unfinished line in the buffer is no part of it (an empty SASL
+    # response, not "\nAGFs..." read as base64)
+    d = Driver(session=loopback())
+    d.send("EHLO c\r\nAUTH PLAIN\r\n")
+    assert d.send(b"\nAGFsaWNlAHNlY3JldA==\r") == [replies.AUTH_MALFORMED.text()]
+    assert d.codes("\n") == ["500"]
+
+
 def test_a_bdat_line_refused_before_its_verb_is_read_drains_in_bounded_memory():
     # a size past max_message_size is read to its end all the same, without
     # keeping what it reads; BDAT 0 with a bare CR is answered at once
