@@ -698,6 +698,23 @@ def test_the_engine_says_which_command_reports_sizes():
         engine.next_action()
 
 
+def test_no_command_needs_sizes_without_a_size_of():
+    # a login given no size_of: the stored sizes are the ones reported,
+    # nothing is there to measure first
+    from txmailhub.pop3.server import POP3Server
+
+    engine = POP3Server(hostname="h", timestamp="", plaintext_allowed=True,
+                        primary_domain="example.org")
+    engine.receive_data(b"USER joe\r\nPASS pw\r\n")
+    engine.next_action()
+    engine.next_action()
+    engine.login_succeeded([])
+    for line in (b"STAT", b"LIST", b"RSET"):
+        engine.receive_data(line + b"\r\n")
+        assert not engine.next_needs_sizes(), line
+        engine.next_action()
+
+
 def test_a_syncer_that_runs_jobs_at_once_streams_and_lists_all_the_same(tmp_path):
     """An application's syncer (or ``SyncerSpy``) may run a job at once,
     on the reactor thread: the session goes on from there -- every chunk

@@ -406,8 +406,11 @@ def test_mailbox_failures_have_their_resp_codes_and_do_not_count(why, reply):
 
 
 @pytest.mark.parametrize("line", [b"APOP", b"APOP joe", b"APOP joe abc", b"APOP joe " +
-                                  b"g" * 32, b"APOP a b c"])
+                                  b"g" * 32, b"APOP a b c",
+                                  b"APOP joe " + b"a" * 31, b"APOP joe " + b"a" * 33])
 def test_apop_syntax(line):
+    # the digest is 32 hex digits (RFC 1939 7: an MD5 digest); any other
+    # length is a syntax error, no login to count as failed
     e = engine()
     assert sent(e, line).startswith(b"-ERR Syntax: APOP")
 
