@@ -1795,6 +1795,11 @@ def test_starttls_to_a_hub_that_never_offered_it_is_the_clients_error():
     # before EHLO, and after HELO, the same
     d = Driver(tls_available=False)
     assert d.codes("STARTTLS\r\nHELO c\r\nSTARTTLS\r\n") == ["502", "250", "502"]
+    # on an implicit-TLS listener (RFC 8314: no STARTTLS offered, TLS on
+    # from the start) the session has TLS already: 503, as after STARTTLS
+    d = Driver(tls_available=False, session=Session(client_host="192.0.2.9", tls=True))
+    d.send("EHLO c\r\n")
+    assert d.send("STARTTLS\r\n") == [replies.TLS_ALREADY.text()]
 
 
 # --- AUTH -----------------------------------------------------------------------------------
@@ -2041,6 +2046,8 @@ def test_submission_takes_fully_qualified_domains_only():
     assert d.send("RCPT TO:<bob@intranet>\r\n") == [replies.RECIPIENT_NOT_QUALIFIED.text()]
     assert d.codes("RCPT TO:<bob@[192.0.2.1]>\r\nRCPT TO:<bob>\r\n"
                    "RCPT TO:<x@remote.test>\r\n") == ["250", "250", "250"]
+    # an IPv6 literal has no dot, and names a host all the same
+    assert d.codes("RCPT TO:<bob@[IPv6:2001:db8::1]>\r\n") == ["250"]
     # the MX listener is no MSA: a one-label remote domain is a relay question
     d = Driver(queue=QueueSpy())
     tx(d)
