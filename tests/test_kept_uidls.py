@@ -182,3 +182,32 @@ def test_a_file_left_larger_by_other_programs_deletions_is_read_and_pruned(
     (md / KEPT_NAME).write_text(json.dumps(
         {"version": 1, "uidls": {**many, **many, **dict(zip(DOVECOT, WANT))}}) + " " * size)
     assert _uids(md) == {name: uid_for_name(name) for name in DOVECOT}
+
+
+def test_a_maildir_the_hub_makes_has_the_hubs_uidls_from_its_making(tmp_path: Path) -> None:
+    # its first login decided (and wrote) the empty file: on a frozen or
+    # hung state_dir that write held the login of a Maildir no other
+    # server ever listed.  Made with the Maildir, the login has nothing to
+    # write, and a list Dovecot makes later still changes no UIDL
+    from txmailhub.store.maildir import _make_maildir
+
+    md = tmp_path / "example.org" / "alice"
+    _make_maildir(str(md))
+    assert (md / KEPT_NAME).read_bytes() == b""
+    (md / "new" / HUBS).write_bytes(b"hello\n")
+    (md / "dovecot-uidlist").write_text(f"3 V{VALIDITY} N2\n1 :{HUBS}\n")
+    stamp = (md / KEPT_NAME).stat()
+    assert _uids(md) == {HUBS: uid_for_name(HUBS)}
+    assert (md / KEPT_NAME).stat().st_mtime_ns == stamp.st_mtime_ns
+    assert (md / KEPT_NAME).read_bytes() == b""
+
+
+def test_a_maildir_there_before_the_hub_met_it_is_not_given_the_file(tmp_path: Path) -> None:
+    # a delivery into a Maildir moved from Dovecot, before its user's first
+    # login, must leave Dovecot's list to that login
+    from txmailhub.store.maildir import _make_maildir
+
+    md = _dovecot_md(tmp_path)
+    _make_maildir(str(md))
+    assert not (md / KEPT_NAME).exists()
+    assert _uids(md) == dict(zip(DOVECOT, WANT))

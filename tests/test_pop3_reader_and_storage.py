@@ -559,7 +559,7 @@ def test_a_first_login_makes_the_maildir_in_its_job(tmp_path):
     assert not os.path.exists(os.path.dirname(md))
     syncer.run()
     assert b"+OK Logged in" in bytes(t.received)
-    assert sorted(os.listdir(md)) == [LOCK, "cur", "new", "tmp"]
+    assert sorted(os.listdir(md)) == [".txmailhub-uidls", LOCK, "cur", "new", "tmp"]
     proto.connectionLost(Failure(ConnectionDone()))
 
 

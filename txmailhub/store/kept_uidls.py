@@ -7,8 +7,10 @@ a move to the hub.  JSON, ``{"version": 1, "uidls": {name: uidl}}``, the
 name a message file's name before its ``:`` (the flags change, it does
 not); an empty file is an empty map.  Written with ``durable_write``.
 
-It is made at the first POP3 login (``mailbox.scan``) that lists a
-message of the Maildir, once.  Where the Maildir holds Dovecot's ``dovecot-uidlist`` and no
+A Maildir the hub makes gets it empty at once (``maildir._make_maildir``);
+one made by another program gets it at the first POP3 login
+(``mailbox.scan``) that lists a message of the Maildir, once.  Where
+the Maildir holds Dovecot's ``dovecot-uidlist`` and no
 ``.txmailhub-sizes`` (a Maildir an older version of the hub listed has
 one as soon as it holds a message of another program's name, and its
 clients have the hub's UIDLs), each message of that list gets the UIDL

@@ -124,6 +124,7 @@ from txmailhub.store.format import (
     escape_host,
     uid_for_name,
 )
+from txmailhub.store.kept_uidls import KEPT_NAME
 from txmailhub.store.mailbox import (
     KEEP_DELETED,
     LOCK_NAME,
@@ -168,6 +169,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a lock file that is a link is not 
 # for ever, and delivery's on the reactor thread.  Harmless for a file.
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _LOCK_MAKE = os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | _O_NOFOLLOW | _O_NONBLOCK
+#: the empty kept-UIDLs file of a Maildir ``_make_maildir`` makes
+_KEPT_MAKE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_NOFOLLOW
 
 #: Seconds a login waits for the lock of a gone session of this process
 #: that writes a last size cache entry (``close_soon``) before it is
@@ -1299,13 +1302,22 @@ def _make_lock(md: str) -> None:
 def _make_maildir(md: str) -> None:
     """Make ``md``, its domain folder and its tmp/new/cur where missing,
     in that order (the lock file is made by ``_make_lock`` or
-    ``_open_lock``)."""
+    ``_open_lock``).  A Maildir made here gets an empty
+    ``.txmailhub-uidls`` before its ``new/``: no other server listed it
+    first, so the hub's UIDLs are its UIDLs whatever list another makes
+    later, and its first login has nothing to decide and write (a write
+    a frozen or hung disk would hold that login on)."""
     for path in (os.path.dirname(md), md, *(os.path.join(md, sub)
                                            for sub in ("tmp", "new", "cur"))):
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
-            pass
+            continue
+        if path == md:
+            try:
+                os.close(os.open(os.path.join(md, KEPT_NAME), _KEPT_MAKE, 0o600))
+            except OSError:
+                pass  # (no room: the first login decides, ``kept_uidls``)
 
 
 def _open_locked(md: str, make: bool, now: float) -> tuple[list[int], Snapshot, bool]:
