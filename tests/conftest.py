@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import fcntl
 import gc
 import ipaddress
 import os
@@ -883,3 +884,27 @@ def logged_failures() -> Iterator[list[dict[str, Any]]]:
     globalLogPublisher.addObserver(observe)
     yield seen
     globalLogPublisher.removeObserver(observe)
+
+
+@contextlib.contextmanager
+def leased(path: Path) -> Iterator[list[int]]:
+    """A write lease on ``path`` held by this process, given up when the
+    kernel asks (SIGIO: another open of the file), as Samba or an NFS
+    server gives up theirs; the signals that asked are counted."""
+    asked: list[int] = []
+    fd = os.open(path, os.O_RDONLY)
+
+    def give_up(signum: int, frame: object) -> None:
+        asked.append(signum)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+    before = signal.signal(signal.SIGIO, give_up)
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as e:  # leases off (fs.leases-enable), or a file system without
+            pytest.skip(f"no lease can be taken here: {e}")
+        yield asked
+    finally:
+        signal.signal(signal.SIGIO, before)
+        os.close(fd)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from pathlib import Path
 
 import pytest
+from conftest import leased
 
 from txmailhub.regular_file import FileTooLarge, NotRegularFile, PipeTimeout, read_regular
 
@@ -254,3 +256,18 @@ def test_a_pipe_past_its_time_is_not_waited_on(monkeypatch: pytest.MonkeyPatch) 
 def test_a_pipe_timeout_says_how_many_octets_came() -> None:
     assert "did not close it (1 octets read)" in str(PipeTimeout("p", 5, 1))
     assert "nothing written to the pipe" in str(PipeTimeout("p", 5, 0))
+
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reopens through /proc/self/fd")
+def test_a_regular_file_under_a_lease_is_read_once_the_lease_is_given_up(
+        tmp_path: Path) -> None:
+    # the non-blocking open of a file another program holds a lease on
+    # fails at once with EWOULDBLOCK: a queue record so was set aside to
+    # corrupt/ at the start, a users file taken for one that cannot be
+    # read.  A plain open waits for the lease to be given up: so does this
+    path = tmp_path / "record"
+    path.write_bytes(b"{}\n")
+    with leased(path) as asked:
+        assert read_regular(str(path))[0] == b"{}\n"
+    assert asked == [signal.SIGIO]

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import not_waiting_on
+from conftest import leased, not_waiting_on
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
@@ -209,6 +209,20 @@ def test_a_record_that_cannot_be_opened_for_now_is_not_set_aside(tmp_path, spool
     assert not os.path.exists(os.path.join(q.directory, "corrupt"))
     [entry] = OutboundQueue(q.directory, Clock()).recover()
     assert entry.id == qid
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reopens through /proc/self/fd")
+def test_a_record_under_a_lease_at_the_start_is_read_not_set_aside(tmp_path, spool):
+    # a record another program holds a lease on (a queue folder Samba or
+    # an NFS server shares): its non-blocking open fails with EWOULDBLOCK,
+    # which set a good entry aside to corrupt/, never delivered.  The
+    # start waits for the lease to be given up, as a plain open does
+    q = make_queue(tmp_path)
+    qid = q.enqueue(envelope("bob@remote.test"), spool).result
+    with leased(Path(q.record_path(qid))):
+        entries = OutboundQueue(q.directory, Clock()).recover()
+    assert [e.id for e in entries] == [qid]
+    assert not os.path.exists(os.path.join(q.directory, "corrupt"))
 
 
 def test_a_record_that_cannot_be_opened_otherwise_is_set_aside(tmp_path, spool, monkeypatch):

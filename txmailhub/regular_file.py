@@ -6,7 +6,10 @@ would hang there.  ``O_NONBLOCK`` makes the open return at once, and
 ``fstat`` of what was opened (not a ``stat`` of the name before, which a
 swap could outrun) tells a regular file from anything else.  A socket
 cannot be opened at all (``ENXIO``, "No such device or address", which
-names neither the socket nor the cure): refused as the FIFO is."""
+names neither the socket nor the cure): refused as the FIFO is.  A
+regular file another program holds a lease on makes the non-blocking
+open fail with ``EWOULDBLOCK``, where a plain one waits for the lease
+to be given up: that file is opened again so (``_open_leased``)."""
 
 from __future__ import annotations
 
@@ -91,7 +94,9 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
     except OSError as e:
         if e.errno == errno.ENXIO and _is_socket(path, follow):
             raise NotRegularFile(path) from None
-        raise
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise
+        fd = _open_leased(path, flags, e)
     try:
         st = os.fstat(fd)
     except BaseException:
@@ -144,6 +149,29 @@ def _read_pipe(fd: int, path: str, seconds: float, limit: int) -> bytes:
         pieces.append(piece)
         got += len(piece)
     return b"".join(pieces)
+
+
+def _open_leased(path: str, flags: int, refused: OSError) -> int:
+    """The file at ``path`` opened as a plain ``open()`` would have, after
+    its non-blocking open was ``refused`` with ``EWOULDBLOCK``: a regular
+    file another program holds a lease on (Samba's oplocks, an NFS
+    server's delegations, ``fcntl(F_SETLEASE)``), asked by that open to
+    give it up.  Opened without ``O_NONBLOCK``, the open waits for that,
+    at most the kernel's ``lease-break-time`` (45 s by default).  The name
+    is first opened ``O_PATH`` (no lease is broken, nothing is read) and
+    what it names looked at: only a regular file is opened so, through
+    ``/proc/self/fd``, the very one looked at -- a FIFO put there since is
+    never waited on.  Without ``/proc``, ``refused`` is raised."""
+    where = os.open(path, os.O_PATH | (flags & (os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))))
+    try:
+        if not stat.S_ISREG(os.fstat(where).st_mode):
+            raise refused
+        try:
+            return os.open(f"/proc/self/fd/{where}", flags & ~os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise refused from None  # no /proc
+    finally:
+        os.close(where)
 
 
 def _is_socket(path: str, follow: bool) -> bool:
