@@ -47,8 +47,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import pwd
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,6 +73,7 @@ from txmailhub.router import (
     split_alias_line,
     split_targets,
 )
+from txmailhub.trusted_links import followed
 
 __all__ = ["AliasesFile", "Change", "target_text"]
 
@@ -481,45 +480,10 @@ class AliasesFile:
             yield text.removeprefix(BOM)
 
     def _followed(self) -> str:
-        """The file a change reads and replaces: the configured path with
-        every symbolic link on it resolved -- the file's own, those it
-        leads to, and those of the folders on the way -- when each link
-        is in a folder only root and this user can change
-        (``_untrusted_folder``); refused otherwise.  A link to a folder
-        counts as much as one to the file: a folder of the path that is a
-        link in the hub's folder would let the hub's user send the change
-        to a file of the same name in any folder of root's."""
-        pending = os.path.abspath(self.path).split("/")
-        resolved = "/"
-        links = 0
-        while pending:
-            name = pending.pop(0)
-            if name in ("", "."):
-                continue
-            if name == "..":
-                resolved = os.path.dirname(resolved)  # no link in it: resolved
-                continue
-            path = os.path.join(resolved, name)
-            try:
-                target = os.readlink(path)
-            except OSError:
-                # no link (or not there: the first add makes the file)
-                resolved = path
-                continue
-            links += 1
-            if links > 40:  # SYMLOOP_MAX
-                raise AliasesFileError(f"{self.path}: too many levels of symbolic links")
-            why = _untrusted_folder(path)
-            if why:
-                raise AliasesFileError(
-                    f"{path} is a symbolic link in {resolved}, {why}: not "
-                    "followed, since that user could point it at any file this command may "
-                    "write, to have it rewritten: set [aliases] file to the file itself, or "
-                    "keep the link in a folder only root can change")
-            pending = target.split("/") + pending
-            if target.startswith("/"):
-                resolved = "/"
-        return resolved
+        """The file a change reads and replaces (``trusted_links.followed``):
+        a link is followed only in a folder only root and this user can
+        change."""
+        return followed(self.path, "[aliases] file", AliasesFileError)
 
     def _write(self, text: str) -> None:
         from txmailhub.store.sync import durable_write, owner_of
@@ -536,30 +500,6 @@ class AliasesFile:
         # umask, and the folder owner's
         durable_write(real, data, mode=0o644, keep_mode=True,
                       new_owner=owner_of(os.path.dirname(real)))
-
-
-def _untrusted_folder(link: str) -> str | None:
-    """Why the folder of ``link`` may be changed by a user other than root
-    and the one running the command (who then decides where the link
-    leads), or None.  A sticky folder others may write (``/tmp``) is
-    safe for a link of root's or this user's: others cannot replace it."""
-    folder = os.path.dirname(link)
-    ours = {0, os.geteuid()}
-    st = os.stat(folder)
-    if st.st_uid not in ours:
-        return f"a folder of {_user_name(st.st_uid)}'s"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        if st.st_mode & stat.S_ISVTX and os.lstat(link).st_uid in ours:
-            return None
-        return "a folder other users may write"
-    return None
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 def _written_name(line: str) -> str:
