@@ -3516,3 +3516,34 @@ def test_user_add_refuses_a_user_of_a_domain_whose_folder_name_is_over_name_max(
                          "--password-stdin", stdin=PW)
     assert (code, out) == (2, "") and "its domain's Maildir folder's name would be 460" in err
     assert run(config, "user", "list") == (0, "", "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
+def test_user_add_writes_through_a_trusted_link_and_refuses_another_with_exit_2(
+        tmp_path: Path) -> None:
+    # [users] file a link: `user add` replaced it with a plain file, and
+    # the file it led to kept the old users (the hub, on the link, too)
+    kept = tmp_path / "kept-users"
+    kept.write_text("")
+    os.chmod(kept, 0o640)
+    link = tmp_path / "users"
+    link.symlink_to(kept)
+    config = tmp_path / "mailhub.toml"
+    config.write_text(no_logins(HUB + 'domains = ["example.org"]\nstate_dir = "var"\n'
+                                f'[users]\nfile = "{link}"\n'))
+    assert run(config, "user", "add", "joe", "--password-stdin", stdin=PW)[0] == 0
+    assert link.is_symlink() and "joe@example.org scrypt$" in kept.read_text()
+    assert kept.stat().st_mode & 0o7777 == 0o640
+    # the same link in a folder the hub's user may change: refused, one line
+    hubs = tmp_path / "users.d"
+    hubs.mkdir()
+    os.chown(hubs, 65534, 65534)
+    link.unlink()
+    (hubs / "users").symlink_to(kept)
+    link.symlink_to(hubs / "users")
+    before = kept.read_text()
+    code, out, err = run(config, "user", "add", "ann", "--password-stdin", stdin=PW)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"mailhub: {hubs / 'users'} is a symbolic link in {hubs}, ")
+    assert len(err.splitlines()) == 1 and "set [users] file to the file itself" in err
+    assert kept.read_text() == before and link.is_symlink()

@@ -1965,3 +1965,88 @@ def test_a_line_that_is_not_utf8_is_a_problem_at_its_line_and_kept_as_it_is(
     db.add("carl", "carl-pw")
     assert latin in Path(db.path).read_bytes()
     assert "\ufffd".encode() not in Path(db.path).read_bytes()
+
+
+def _users_at(path: Path) -> UsersDB:
+    return UsersDB(str(path), "example.org", ("example.org",), password_policy=AnyPassword())
+
+
+def test_a_link_to_the_users_file_stays_a_link_and_its_target_is_replaced(
+        tmp_path: Path) -> None:
+    # [users] file a link (to a file kept elsewhere): `mailhub user add`
+    # replaced the link with a plain file, and the file it led to kept
+    # the old users.  The file the link leads to is replaced (a new file
+    # renamed over it), keeping its mode; the link stays
+    real = tmp_path / "etc-users"
+    _users_at(real).add("ann", "pw", allow_weak=True)
+    os.chmod(real, 0o640)
+    before = real.stat()
+    (tmp_path / "conf").mkdir()
+    link = tmp_path / "conf" / "users"
+    link.symlink_to("../etc-users")  # relative, up a folder, as the system reads it
+    db = _users_at(link)
+    db.add("bob", "pw", allow_weak=True)
+    assert link.is_symlink() and os.readlink(link) == "../etc-users"
+    after = real.stat()
+    assert after.st_ino != before.st_ino  # renamed over it, never written in place
+    assert after.st_mode & 0o7777 == 0o640
+    assert [str(a) for a in _users_at(real).addresses()] == ["ann@example.org",
+                                                             "bob@example.org"]
+    # the lock next to the configured path, no temporary file left
+    assert sorted(os.listdir(tmp_path / "conf")) == ["users", "users.lock"]
+    assert sorted(os.listdir(tmp_path)) == ["conf", "etc-users", "etc-users.lock"]
+    db.delete("ann")
+    db.set_password("bob", "other")
+    assert link.is_symlink()
+    assert [str(a) for a in _users_at(real).addresses()] == ["bob@example.org"]
+    assert _users_at(real).check_password(Address("bob", "example.org"), "other")
+
+
+def test_a_dangling_link_to_the_users_file_makes_its_target(tmp_path: Path) -> None:
+    # a link to a file not there yet (moved away for a moment): the
+    # first add makes the file the link names, 0600, and the link stays
+    link = tmp_path / "users"
+    link.symlink_to(tmp_path / "kept" / "users")
+    with pytest.raises(UsersFileError, match=(
+            rf"^{link} is a symbolic link to {tmp_path / 'kept' / 'users'}, whose folder "
+            "is not there: nothing changed")):
+        _users_at(link).add("ann", "pw", allow_weak=True)
+    assert link.is_symlink() and not (tmp_path / "kept").exists()
+    (tmp_path / "kept").mkdir()
+    _users_at(link).add("ann", "pw", allow_weak=True)
+    assert link.is_symlink()
+    real = tmp_path / "kept" / "users"
+    assert real.stat().st_mode & 0o7777 == 0o600
+    assert [str(a) for a in _users_at(real).addresses()] == ["ann@example.org"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root makes a folder another user's")
+def test_a_link_to_the_users_file_in_a_folder_another_user_may_change_is_refused(
+        tmp_path: Path) -> None:
+    # the hub's folder (users.d) with a link the hub's user put there, to
+    # a file of root's: root's `mailhub user add` would rewrite that file
+    # (keeping its owner and mode) with the users' lines
+    victim = tmp_path / "shadow"
+    victim.write_text("root:*:1::::::\n")
+    os.chmod(victim, 0o640)
+    before = os.stat(victim)
+    hubs = tmp_path / "users.d"
+    hubs.mkdir()
+    os.chown(hubs, 65534, 65534)
+    (hubs / "users").symlink_to(victim)
+    (tmp_path / "users").symlink_to(hubs / "users")  # root's link to that one
+    for link in (hubs / "users", tmp_path / "users"):
+        for change in (lambda db: db.add("ann", "pw", allow_weak=True),
+                       lambda db: db.delete("ann"),
+                       lambda db: db.set_password("ann", "pw", allow_weak=True)):
+            with pytest.raises(UsersFileError, match=(
+                    rf"^{hubs / 'users'} is a symbolic link in {hubs}, a folder of "
+                    r".*uid 65534.*'s: not followed, .* set \[users\] file to the file "
+                    "itself")):
+                change(_users_at(link))
+    assert victim.read_text() == "root:*:1::::::\n"
+    after = os.stat(victim)
+    assert (after.st_ino, after.st_mtime_ns, after.st_mode) == (
+        before.st_ino, before.st_mtime_ns, before.st_mode)
+    assert sorted(os.listdir(hubs)) == ["users"]  # no lock made there either
+    assert sorted(os.listdir(tmp_path)) == ["shadow", "users", "users.d"]

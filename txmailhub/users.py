@@ -52,6 +52,7 @@ a torn one.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import os
 import re
@@ -613,8 +614,18 @@ class UsersDB:
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, UserRecord]]:
-        folder = os.path.dirname(os.path.abspath(self.path))
+        """``<file>.lock`` held exclusively (next to the configured path,
+        a link's too); yields the records as the file has them once the
+        lock is ours, and writes them back.  A symbolic link to the file
+        stays a link: the file it leads to is the one read and replaced,
+        if each link on the way is in a folder only root and this user
+        can change (``trusted_links.followed``); refused otherwise, before
+        any folder or lock is made."""
         from txmailhub.hub_access import make_folders
+        from txmailhub.trusted_links import followed
+
+        folder = os.path.dirname(os.path.abspath(self.path))
+        followed(self.path, "[users] file", UsersFileError)
 
         try:
             make_folders(folder, self.folder_owner)
@@ -648,8 +659,12 @@ class UsersDB:
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._file.forget()
+            # as it is now the lock is ours; read without following a link
+            # put there since, and replaced so (``_write``)
+            real = followed(self.path, "[users] file", UsersFileError)
             try:
-                raw, _ = read_regular(self.path, most=USERS_FILE_MAX)  # (a FIFO: refused)
+                raw, _ = read_regular(real, follow=False,
+                                      most=USERS_FILE_MAX)  # (a FIFO: refused)
             except FileNotFoundError:
                 raw = b""
             except NotRegularFile as e:
@@ -658,19 +673,27 @@ class UsersDB:
             except FileTooLarge as e:
                 raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
                                      "changed") from None
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                raise UsersFileError(f"{real} became a symbolic link during the change: not "
+                                     "followed, nothing changed") from None
             before, _, keys, effective = self._parse(raw.decode("utf-8", "surrogateescape"))
             records = dict(before)
             yield records
-            self._write(raw, keys, effective, before, records)
+            self._write(raw, keys, effective, before, records, real)
 
     def _write(self, raw: bytes, keys: list[str | None], effective: dict[str, int],
-               before: dict[str, UserRecord], after: dict[str, UserRecord]) -> None:
+               before: dict[str, UserRecord], after: dict[str, UserRecord],
+               real: str) -> None:
         """Edit the file in place, line by line: every line the change does
         not concern stays as it was, byte for byte -- comments, lines the
         hub cannot read (``check`` reports them; an admin may be halfway
         through fixing one), ignored duplicates.  A deleted user loses all
         its lines (a duplicate must not come into effect); a changed one
-        gets its line in effect rewritten; new users go at the end."""
+        gets its line in effect rewritten; new users go at the end.
+        ``real``: the file replaced, the one a link leads to (which keeps
+        its mode, whoever set it) or the configured path."""
         from txmailhub.store.sync import durable_write, owner_of
 
         bom = _BOM.encode("utf-8") if raw.startswith(_BOM.encode("utf-8")) else b""
@@ -703,8 +726,13 @@ class UsersDB:
         # root's first `mailhub user add` (the README's everyday command)
         # must not leave a file only root can read next to a hub running as
         # the folder's owner: a new file is the folder's owner's
-        durable_write(self.path, bom + text, mode=0o600,
-                      new_owner=owner_of(os.path.dirname(os.path.abspath(self.path))))
+        linked = real != os.path.abspath(self.path) and os.path.islink(self.path)
+        if linked and not os.path.isdir(os.path.dirname(real)):
+            raise UsersFileError(f"{self.path} is a symbolic link to {real}, whose folder is "
+                                 "not there: nothing changed; make the folder, or set "
+                                 "[users] file to the file itself")
+        durable_write(real, bom + text, mode=0o600, keep_mode=linked,
+                      new_owner=owner_of(os.path.dirname(real)))
         self._file.forget()
 
     def _local(self, name: str, records: dict[str, UserRecord] | None = None) -> Address:
