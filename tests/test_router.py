@@ -900,6 +900,40 @@ class MoreAliasTests(Base):
             self.assertEqual(errors, [f"cannot read aliases file {self.path}: [Errno {error}] "
                                       f"{os.strerror(error)}: '{self.path}'"])
 
+    def test_a_read_error_that_passes_with_the_file_unchanged_ends_at_the_next_lookup(self):
+        # EIO, ESTALE, ETIMEDOUT (a disk, an NFS server failing for a
+        # while) at the hub's start: no aliases read, so strangers and
+        # aliases got 451 -- and the file, stamped as read, was not read
+        # again until it changed, which nothing made it do: its aliases'
+        # mail was held back until its queue lifetime ran out.  Read again
+        # at the next lookup, as for a shortage
+        import errno
+
+        import txmailhub.router as router_module
+
+        for error in (errno.EIO, errno.ESTALE, errno.ETIMEDOUT):
+            self.write("sales: ann\n")
+            real = router_module.read_regular
+            refused = [True]
+
+            def read_regular(path, *args, error=error, refused=refused, real=real, **kwargs):
+                if refused[0]:
+                    raise OSError(error, os.strerror(error), path)
+                return real(path, *args, **kwargs)
+
+            self.patch(router_module, "read_regular", read_regular)
+            r = Router(DOMAINS, self.users, self.path)
+            for _ in range(2):
+                with self.assertRaises(Rejected) as cm:
+                    r.resolve(A("sales"))
+                self.assertEqual(cm.exception.reply.code, 451)
+            self.assertEqual(r.resolve(A("joe")), ((A("joe"),), ()))  # users: no wait
+            refused[0] = False
+            self.assertEqual(r.resolve(A("sales")), ((A("ann"),), ()))
+            with self.assertRaises(Rejected) as cm:
+                r.resolve(A("stranger"))
+            self.assertEqual(cm.exception.reply.code, 550)
+
     def test_alias_names_match_in_any_case(self):
         r = self.router("Staff: joe\n")
         for spelling in ("staff", "STAFF", "Staff"):

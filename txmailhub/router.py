@@ -117,6 +117,15 @@ ALIASES_FILE_MAX = 16 * 1024 * 1024
 #: system's file descriptors, or of memory): the file is read again
 _SHORTAGES = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
+#: errors reading it that may pass with the file unchanged -- a disk or a
+#: network file system that fails for a while (EIO, ESTALE, ETIMEDOUT), a
+#: lease not given up in time (EWOULDBLOCK): read again at the next
+#: lookup, as for a shortage.  Other errors (a mode this user may not
+#: read, a folder, a FIFO, a file too large) end with a change of the
+#: file, which its stamp (its ctime) shows
+_PASSING = (*_SHORTAGES, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN,
+            errno.EWOULDBLOCK, errno.EINTR)
+
 # U+FEFF at the start of a file: the byte-order mark, no text of the file
 BOM = "\ufeff"
 
@@ -859,10 +868,11 @@ class Router:
             raw, after = read_regular(self.aliases_file, most=ALIASES_FILE_MAX)
             text = raw.decode("utf-8")
         except OSError as e:
-            if e.errno in _SHORTAGES:
-                # out of descriptors or memory, which passes: read again at
-                # the next lookup.  Meanwhile a miss may be an alias of the
-                # changed text, not read: 451, never 550 (a bounce)
+            if e.errno in _PASSING:
+                # out of descriptors or memory, or a read error that may
+                # pass with the file unchanged: read again at the next
+                # lookup.  Meanwhile a miss may be an alias of the changed
+                # text, not read: 451, never 550 (a bounce)
                 self._file.forget()
                 self._fresh = True
             else:
