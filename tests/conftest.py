@@ -263,8 +263,17 @@ def not_waiting_on(fifo: Path, call: Callable[[], Any], seconds: float = 20) -> 
     t.start()
     t.join(seconds)
     if not done:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the reader sees an end
-        t.join()
+        # the reader sees an end -- each time it opens the FIFO again (code
+        # that reads it plainly may open it more than once), for a minute
+        # at most: a thread still blocked then is left (a daemon)
+        for _ in range(600):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # no reader at this moment (ENXIO), or no FIFO any more
+            t.join(0.1)
+            if not t.is_alive():
+                break
         pytest.fail(f"blocked opening the FIFO {fifo}")
     ok, value = done[0]
     if not ok:

@@ -681,7 +681,7 @@ def test_8bit_converted_for_server_without_8bitmime(tmp_path):
 
 
 def _open_fails_for(monkeypatch, suffix: str, error: int = errno.EMFILE) -> None:
-    """``open`` of a path ending in ``suffix`` for reading raises
+    """``open`` (``open_regular``) of a path ending in ``suffix`` for reading raises
     ``error`` (out of descriptors) in the agent's module and in the
     7-bit conversion's."""
     real = open
@@ -691,8 +691,16 @@ def _open_fails_for(monkeypatch, suffix: str, error: int = errno.EMFILE) -> None
             raise OSError(error, os.strerror(error), str(path))
         return real(path, mode, *args, **kwargs)
 
+    real_regular = attempt_module.open_regular
+
+    def fake_open_regular(path):
+        if str(path).endswith(suffix):
+            raise OSError(error, os.strerror(error), str(path))
+        return real_regular(path)
+
     for module in (attempt_module, mime7bit):
         monkeypatch.setattr(module, "open", fake_open, raising=False)
+        monkeypatch.setattr(module, "open_regular", fake_open_regular)
 
 
 @pytest.mark.parametrize(("extensions", "body", "suffix", "said"), [
@@ -3697,6 +3705,29 @@ def test_a_message_that_cannot_be_read_for_another_reason_is_not_called_deleted(
     results = run(net, d)
     assert all("deleted during the attempt" not in r.reply.text() for r in results)
     assert not any("gone when its data was due" in formatEvent(ev) for ev in log_events)
+    assert [ev for ev in log_events if ev.get("log_failure") is not None]
+
+
+def test_a_message_that_is_a_named_pipe_is_not_waited_on(tmp_path, log_events):
+    # a FIFO put in the place of a queued message after the start (which
+    # sets such an entry aside, queue.recover): the attempt's plain open
+    # waited for a writer for ever, on the reactor's thread -- the whole
+    # hub with it.  Refused as a message this hub cannot read now: 451,
+    # the entry stays queued
+    from pathlib import Path
+
+    from conftest import not_waiting_on
+
+    a, net, _ = agent(tmp_path)
+    net.servers[("2001:db8::1", 25)] = lambda: ScriptedSMTPServer(
+        extensions=("PIPELINING", "8BITMIME"))
+    e = entry(tmp_path, BOB)
+    d = a.deliver(e, "remote.test", [BOB])
+    os.unlink(e.message_path)
+    os.mkfifo(e.message_path)
+    results = not_waiting_on(Path(e.message_path), lambda: run(net, d))
+    assert [(r.kind, r.reply.code) for r in results] == [("transient", 451)]
+    assert all("deleted during the attempt" not in r.reply.text() for r in results)
     assert [ev for ev in log_events if ev.get("log_failure") is not None]
 
 

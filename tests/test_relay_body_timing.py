@@ -259,11 +259,11 @@ def test_a_read_error_mid_stream_ends_the_session_as_a_local_error(tmp_path, mon
 
     opened = []
 
-    def failing_open(path, mode="r"):
-        opened.append(_FailingRead(open(path, mode)))
+    def failing_open(path):
+        opened.append(_FailingRead(open(path, "rb")))
         return opened[-1]
 
-    monkeypatch.setattr(attempt_module, "open", failing_open, raising=False)
+    monkeypatch.setattr(attempt_module, "open_regular", failing_open)
     clock, proto, transport = _client(tmp_path, body=b"x" * 100_000)
 
     def pull_as_the_tls_layer_does():

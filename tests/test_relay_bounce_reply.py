@@ -216,7 +216,7 @@ def test_a_header_section_unread_for_want_of_descriptors_fails_the_notice(
         return real(path, *args, **kwargs)
 
     code = [error]
-    monkeypatch.setattr(bounce, "open", failing_open, raising=False)
+    monkeypatch.setattr(bounce, "open_regular", lambda path: failing_open(path, "rb"))
     with pytest.raises(OSError) as raised:
         notice(tmp_path, HEADER + b"\nbody\n")
     assert raised.value.errno == error

@@ -253,7 +253,7 @@ def test_a_bounce_whose_message_cannot_be_opened_for_now_is_made_again_later(
             raise OSError(error, os.strerror(error), str(path))
         return real(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(bounce, "open", fake_open, raising=False)
+    monkeypatch.setattr(bounce, "open_regular", lambda path: fake_open(path, "rb"))
     qid = enqueue(hub, BOB)
     assert hub.dsn.sent == [] and hub.queue.read(qid).recipients[0].state == "failed"
     lines = [formatEvent(e) for e in log_events if e.get("log_level") == LogLevel.error]

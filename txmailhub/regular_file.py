@@ -19,6 +19,7 @@ import os
 import select
 import stat
 import time
+from typing import BinaryIO
 
 #: octets read from a pipe at a time
 _PIPE_PIECE = 65536
@@ -122,6 +123,34 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
         if len(data) > st.st_size:
             data += f.read(limit - len(data))
         return data, os.fstat(fd)
+
+
+def open_regular(path: str) -> BinaryIO:
+    """The regular file at ``path`` opened to read (binary, buffered), as
+    ``open(path, "rb")`` opens it -- but what is no regular file is never
+    waited on nor read: a folder raises ``IsADirectoryError``, a FIFO, a
+    device or a socket ``NotRegularFile``, as ``read_regular``.  For a
+    file read in pieces (a queued message, streamed to the next hop)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ENXIO and _is_socket(path, True):
+            raise NotRegularFile(path) from None
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise
+        fd = _open_leased(path, flags, e)
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        raise NotRegularFile(path)
+    return open(fd, "rb")
 
 
 def _read_pipe(fd: int, path: str, seconds: float, limit: int) -> bytes:

@@ -55,7 +55,7 @@ from txmailhub.address import Address, canonical_domain, written_domain
 from txmailhub.config import RelaySettings, split_smarthost
 from txmailhub.interfaces import IDeliveryAgent, IStallRecord
 from txmailhub.logsafe import REPLY_LOG_MAX, listed, log_failure, loggable, plural
-from txmailhub.regular_file import read_regular
+from txmailhub.regular_file import open_regular, read_regular
 from txmailhub.relay import mime7bit
 from txmailhub.relay.auth_param_memory import AuthParamMemory
 from txmailhub.relay.body_producer import BodyProducer, BodyStopped
@@ -598,7 +598,9 @@ class SMTPClientProtocol(Protocol):
 
     def _stream(self, path: str, converted: bool) -> None:
         try:
-            self._file = open(path, "rb")  # closed when the transfer ends
+            # never a plain open: a FIFO put in the message's place would
+            # wait for a writer for ever, and the hub's reactor with it
+            self._file = open_regular(path)  # closed when the transfer ends
         except OSError as e:
             if isinstance(e, FileNotFoundError) and not converted:
                 self._message_gone(path)
@@ -871,7 +873,7 @@ def return_path_octets(path: str) -> int:
     """How many octets of the message's CRLF form ``skip_trace_return_path``
     leaves out of ``path`` (0 when it has no Return-Path line, or is gone)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # (a FIFO: refused, not waited on)
             skip_trace_return_path(f)
             skipped = f.tell()
     except OSError:

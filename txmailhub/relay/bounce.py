@@ -46,6 +46,7 @@ from txmailhub.address import Address, ascii_form, one_quoted_string
 from txmailhub.envelope import Envelope
 from txmailhub.errors import Rejected
 from txmailhub.logsafe import shown_message
+from txmailhub.regular_file import open_regular
 from txmailhub.relay.record import QueueEntry, RecipientRecord, mta_name
 from txmailhub.relay.reply_fields import reply_fields
 from txmailhub.rfc5322 import escaped
@@ -673,7 +674,7 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> tuple[Message, bytes
         # respace and refold fields, turn the fields after a line that is
         # no field into body, and may re-encode a multipart body (a
         # signature over the original would no longer verify)
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # (a FIFO: refused, not waited on)
             raw = f.read(FULL_RETURN_LIMIT + 1)
         part = Message()
         part.set_type("message/global" if utf8 else "message/rfc822")
@@ -695,7 +696,7 @@ def _returned(entry: QueueEntry, full: bool, utf8: bool) -> tuple[Message, bytes
     part = Message()
     part.set_type("text/rfc822-headers")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = _header_section(f)
     except OSError as e:
         if e.errno in _SHORTAGES:

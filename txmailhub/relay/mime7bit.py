@@ -85,6 +85,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from txmailhub.regular_file import open_regular
 from txmailhub.relay.header7bit import Unconvertible, encode_field, encode_text_field
 from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import LINE_TEXT, SINKS
@@ -124,7 +125,7 @@ _FOLD_AT = re.compile(rb"(?<=[^ \t])[ \t]+(?=[^ \t\r\n])")
 
 def has_8bit(path: str) -> bool:
     """Whether the file holds any octet above 127 (read in chunks)."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # (a FIFO: refused, not waited on)
         while True:
             chunk = f.read(_CHUNK)
             if not chunk:
@@ -137,7 +138,7 @@ def convert_file(src: str, dst: str) -> int:
     """Write the 7-bit form of message file ``src`` to ``dst``; return its size.
 
     Raises ``Unconvertible`` when the message has no 7-bit form."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with open_regular(src) as fin, open(dst, "wb") as fout:
         to_7bit(fin, fout)
         return fout.tell()
 
