@@ -150,6 +150,23 @@ def test_entries_rfc_1939_refuses_and_other_files_are_not_taken(tmp_path: Path) 
     assert (md / KEPT_NAME).is_symlink()
 
 
+def test_a_saved_pop3_uidl_rfc_1939_refuses_is_not_given_even_at_the_first_login(
+        tmp_path: Path) -> None:
+    """A ``P`` field over 70 octets, or of an octet outside 0x21-0x7E:
+    the hub's UIDL from the first login on, not that one first and the
+    hub's at the next (a client would fetch the message again)."""
+    md = _dovecot_md(tmp_path)
+    (md / "dovecot-uidlist").write_bytes(
+        f"3 V{VALIDITY} N5\n1 P{'a' * 71} :{DOVECOT[0]}\n".encode()
+        + b"2 W34 Pab" + b"\xff" + f"cd :{DOVECOT[1]}\n".encode()
+        + f"4 Pfine :{DOVECOT[2]}\n".encode())
+    first = _uids(md)
+    assert first == {DOVECOT[0]: uid_for_name(DOVECOT[0]),
+                     DOVECOT[1]: uid_for_name(DOVECOT[1]), DOVECOT[2]: "fine"}
+    assert _uids(md) == first
+    assert _kept(md) == {DOVECOT[2]: "fine"}
+
+
 def test_a_login_to_an_empty_maildir_chooses_nothing_yet(tmp_path: Path) -> None:
     """No message listed, no UIDL given out: the first login that lists
     one chooses (Dovecot's list made meanwhile is taken)."""

@@ -78,7 +78,8 @@ def dovecot_uidls(data: bytes) -> dict[str, str]:
     """The POP3 UIDLs of a ``dovecot-uidlist`` (versions 3 and 1) by file
     name without flags, as Dovecot gives them with its default
     ``pop3_uidl_format`` (``%08Xu%08Xv``), or its ``P`` field where the
-    entry has one.  ``ValueError`` for a list of another version or
+    entry has one; an entry whose UIDL RFC 1939 forbids is left out.
+    ``ValueError`` for a list of another version or
     without a UIDVALIDITY; a line that is no entry is skipped."""
     lines = data.decode("utf-8", "surrogateescape").split("\n")
     head = lines[0].split()
@@ -111,7 +112,11 @@ def dovecot_uidls(data: bytes) -> dict[str, str]:
         for ext in extensions:
             if ext[:1] == "P" and ext[1:]:
                 uidl = ext[1:]
-        out[name.split(":", 1)[0]] = uidl
+        # one RFC 1939 forbids (a P field of other octets, or over 70):
+        # the hub's, in this session as in every later one (they read
+        # the entries back through the same rule)
+        if _UIDL.fullmatch(uidl):
+            out[name.split(":", 1)[0]] = uidl
     return out
 
 
