@@ -111,3 +111,36 @@ def test_a_users_file_with_dovecots_hashes(tmp_path: Path) -> None:
     assert path.read_text().startswith("alice@example.org scrypt$")
     assert db.check_password(ALICE, "a new password")
 
+
+
+def test_a_dovecot_user_costs_what_an_unknown_user_and_a_hub_user_cost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work of a wrong password, counted (not timed): one scrypt of
+    the hub's parameters and one SHA512-CRYPT of 5000 rounds, whoever
+    the user is, so the time of a refusal says nothing about who exists
+    or which hash a user has."""
+    from txmailhub import password_hash, sha_crypt
+
+    work: list[tuple] = []
+    real_scrypt, real_crypt = password_hash.hashlib.scrypt, sha_crypt.sha512_crypt
+
+    def scrypt(password: bytes, **kw: int) -> bytes:
+        work.append(("scrypt", kw["n"], kw["r"], kw["p"]))
+        return real_scrypt(password, **kw)
+
+    def crypt(password: bytes, salt: str, rounds: int = 5000, named: bool = False) -> str:
+        work.append(("sha512-crypt", rounds))
+        return real_crypt(password, salt, rounds, named)
+
+    path = tmp_path / "users"
+    path.write_text(f"alice {{SHA512-CRYPT}}{sha512_crypt(b'old pw', 'abcdefgh')}\n"
+                    f"bob {password_hash.hash_password('bobs pw')}\n")
+    db = UsersDB(str(path), "example.org")
+    monkeypatch.setattr(password_hash.hashlib, "scrypt", scrypt)
+    monkeypatch.setattr(sha_crypt, "sha512_crypt", crypt)
+    costs = []
+    for user in ("alice", "bob", "carol"):
+        work.clear()
+        assert not db.check_password(Address(user, "example.org"), "wrong")
+        costs.append(sorted(work))
+    assert costs[0] == costs[1] == costs[2] == [("scrypt", 2**14, 8, 1), ("sha512-crypt", 5000)]

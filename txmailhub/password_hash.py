@@ -13,8 +13,9 @@ A users file may also hold SHA512-CRYPT hashes (``$6$...``, as Dovecot's
 passwd-file writes them, ``{SHA512-CRYPT}`` before them or not;
 ``txmailhub.sha_crypt``): checked, never made, so users moved from
 Dovecot keep their passwords until ``mailhub user passwd`` gives them
-an scrypt hash.  A check of one runs a dummy scrypt as well, so it
-takes no less time than a check of the hub's own.
+an scrypt hash.  A check of one runs a dummy scrypt as well, and a
+check of any other hash a dummy SHA512-CRYPT of Dovecot's 5000 rounds:
+a user of either hash takes as long as an unknown user.
 
 Owns the hash format and its limits only: it never sees the users file,
 never prepares a password (``txmailhub.precis``) and never logs.
@@ -55,15 +56,24 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    """Check ``password`` against a stored hash in constant time."""
+    """Check ``password`` against a stored hash in constant time.
+
+    Every check runs one scrypt and one SHA512-CRYPT, real or dummy (of
+    the hub's parameters and Dovecot's 5000 rounds): a user of either
+    hash and an unknown user (``_DUMMY_HASH``) take the same time."""
     crypt = sha_crypt.parse(encoded)
     if crypt is not None:
         rounds, named, salt, want_text = crypt
         if rounds > _MAX_CRYPT_ROUNDS:
             return False
         got_text = sha_crypt.sha512_crypt(password.encode("utf-8"), salt, rounds, named)
-        verify_password(password, _DUMMY_HASH)  # no faster than the hub's own
+        _verify_scrypt(password, _DUMMY_HASH)
         return hmac.compare_digest(got_text.rsplit("$", 1)[1].encode(), want_text.encode())
+    sha_crypt.sha512_crypt(password.encode("utf-8"), _DUMMY_SALT, sha_crypt.DEFAULT_ROUNDS)
+    return _verify_scrypt(password, encoded)
+
+
+def _verify_scrypt(password: str, encoded: str) -> bool:
     try:
         scheme, n, r, p, salt, key = encoded.split("$")
         if scheme != "scrypt" or int(n) * int(r) * int(p) > _MAX_WORK:
@@ -113,3 +123,5 @@ def hash_problem(encoded: str) -> str | None:
 # A hash of a random password, verified against when the user is unknown so
 # that "no such user" and "wrong password" take the same time.
 _DUMMY_HASH = hash_password(secrets.token_hex(16))
+# the salt of the SHA512-CRYPT a check of any other hash runs as well
+_DUMMY_SALT = secrets.token_hex(8)
