@@ -15,6 +15,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent
+from twisted.python.failure import Failure
 
 from tests.relay_fakes import FakeNetwork, FakeResolver, FakeTLS, ScriptedSMTPServer
 from tests.test_relay_attempt import ZONE, GreylistsCarolTakesOnePerMessage, SilentAfterOneMessage
@@ -5802,18 +5803,23 @@ def _everything_hangs(hub, monkeypatch, closes: bool) -> tuple[str, str, list, l
 
 
 @pytest.mark.parametrize("closes", [False, True], ids=["cut-never-closes", "cut-closes"])
-def test_a_stop_on_which_everything_hangs_is_over_one_cut_grace_after_its_grace(
+def test_a_stop_on_which_everything_hangs_is_over_one_cut_grace_and_a_floor_after_its_grace(
         hub, monkeypatch, log_events, closes):
     # the waits after the grace -- the cut sessions' close, the writes of
     # what they settled, the markers' removals, the last writes -- share
-    # one CUT_GRACE: a hung disk under sessions that do not close either
-    # made the stop 3 of them long (16 s after SIGTERM, for a unit that
+    # one CUT_GRACE, but for the LAST_WRITES_FLOOR the last writes have
+    # of their own: a hung disk under sessions that do not close either
+    # made the stop 3 CUT_GRACEs long (16 s after SIGTERM, for a unit that
     # allows 30).  Nothing is written once it is over, and the log names
     # what is then left to a start in a new process
+    from txmailhub.relay.stopping import LAST_WRITES_FLOOR
+
     bob, carol, line, removals, fired = _everything_hangs(hub, monkeypatch, closes)
-    hub.clock.advance(CUT_GRACE / 2)
+    hub.clock.advance(CUT_GRACE)
     assert fired == []
-    hub.clock.advance(CUT_GRACE / 2)
+    hub.clock.advance(LAST_WRITES_FLOOR / 2)
+    assert fired == []
+    hub.clock.advance(LAST_WRITES_FLOOR / 2)
     assert fired == [None]
     said = [formatEvent(e) for e in log_events]
     [last] = [e for e in said if e.startswith(f"{carol}: its record cannot be written")]
@@ -5906,3 +5912,55 @@ def test_an_entry_taken_before_the_queues_word_of_it_is_not_a_first_attempt(
     h.clock.advance(3600)
     h.runner.stop()
     assert h.queue.ids() == [] and firsts == [False, False]
+
+
+def test_cut_sessions_closing_late_leave_the_last_writes_a_floor_of_their_own(
+        hub, monkeypatch, log_events):
+    # a healthy disk (each record write takes 0.2 s) and cut sessions that
+    # close 1.9 s after the grace: what bob's session settled, then carol's
+    # owed record, each get LAST_WRITES_FLOOR of their own, not the 0.1 s
+    # left of the one CUT_GRACE.  Skipped, they made a start in a new
+    # process send both messages again (RFC 5321 6.1 takes a duplicate over
+    # a loss, never over a write that needed 0.2 s); the stop stays
+    # bounded: CUT_GRACE and two floors after its grace at most
+    from txmailhub.relay.stopping import LAST_WRITES_FLOOR
+
+    hub.runner.start()
+    carol = enqueue_unrecorded(hub, monkeypatch, CAROL)
+    pending = hub.agent.hold()
+    closed: defer.Deferred = defer.Deferred()
+    monkeypatch.setattr(hub.agent, "abort_all", lambda: closed)
+    io = hub.queue._io
+
+    def pooled(fn, *args):
+        if fn != hub.queue.update_now:
+            return io(fn, *args)
+        d = defer.Deferred()
+
+        def turn() -> None:  # (its thread: it runs even once not waited for)
+            try:
+                done = fn(*args)
+            except Exception as e:
+                done = Failure(e)
+            if not d.called:
+                d.callback(done)
+
+        hub.clock.callLater(0.2, turn)
+        return d
+
+    monkeypatch.setattr(hub.queue, "_io", pooled)
+    bob = enqueue(hub, BOB)
+    assert len(pending) == 1
+    fired: list = []
+    hub.runner.stop().addBoth(fired.append)
+    hub.clock.advance(SHUTDOWN_GRACE)
+    hub.clock.advance(1.9)
+    d, rcpts = pending.pop(0)
+    d.callback([DeliveryResult(a, "delivered", OK, "mx") for a in rcpts])
+    closed.callback(None)
+    for _ in range(int((CUT_GRACE + 2 * LAST_WRITES_FLOOR) / 0.1) + 1):
+        hub.clock.advance(0.1)
+    assert fired == [None]
+    assert not [e for e in log_events if "not written within" in formatEvent(e)]
+    # both delivered and recorded so: their entries are done
+    assert hub.queue.read(carol) is None and hub.queue.read(bob) is None

@@ -512,7 +512,8 @@ class QueueRunner(Admission, QueueEvents, Slots, NoticeSender, Stopping, Running
         again, and the notices it sends again.  Fires when done, never
         with an error; the writes are made together, until the stop's
         deadline at most (``Stopping._stop_wait``: what is left of its one
-        ``CUT_GRACE`` after the grace; none is begun once it is over)."""
+        ``CUT_GRACE`` after the grace, ``LAST_WRITES_FLOOR`` at least,
+        ``Stopping._last_waits``; none is begun once it is over)."""
         if self.running:
             return defer.succeed(None)  # started again: its next try writes them
         qids = sorted({*self._unrecorded, *self._notified})

@@ -30,7 +30,7 @@ from txmailhub.logsafe import log_failure, plural
 from txmailhub.relay.queue import OutboundQueue
 from txmailhub.relay.running import _Running
 
-__all__ = ["CUT_GRACE", "SHUTDOWN_GRACE", "Stopping"]
+__all__ = ["CUT_GRACE", "LAST_WRITES_FLOOR", "SHUTDOWN_GRACE", "Stopping"]
 
 # the runner's namespace: these lines were the runner's, and a filter on it
 # (an operator's, a test's) must still see them
@@ -43,6 +43,15 @@ SHUTDOWN_GRACE = 10.0  # stopService waits at most this long for attempts in fli
 # they settled, the attempt markers' removals and the last writes
 # (``Stopping._stop_wait``: one deadline, not one wait after another)
 CUT_GRACE = 2.0
+# but the writes that wait for the cut sessions' end (what they settled),
+# and the last writes with the markers' removals, each begin with this long
+# at least ahead of them (``Stopping._floor``): cut sessions closing late in
+# that wait must not leave writes a healthy disk makes in a fraction of a
+# second no time, and a start in a new process sending their messages again
+# (RFC 5321 6.1 takes a duplicate over a loss, not over a short wait).  A
+# stop on a hung disk is over CUT_GRACE + 2 * LAST_WRITES_FLOOR after its
+# grace at most
+LAST_WRITES_FLOOR = 1.0
 
 
 class Stopping:
@@ -94,7 +103,9 @@ class Stopping:
         start in a new process sends again).  All that follows the grace
         -- the cut connections' close, the writes of what they settled,
         the markers' removals, the last writes -- ends ``CUT_GRACE`` after
-        it at most, together (``_stop_wait``)."""
+        it, together (``_stop_wait``), but that the settled writes and
+        then the last ones have ``LAST_WRITES_FLOOR`` at least each
+        (``_floor``): ``CUT_GRACE + 2 * LAST_WRITES_FLOOR`` at most."""
         # the cut waits under way (``_give_up_now``), asked before this
         # stop may begin one of its own
         earlier = []
@@ -116,7 +127,9 @@ class Stopping:
     def _last_waits(self) -> defer.Deferred:
         """The end of a stop: its last writes and the attempt markers'
         removals still under way, waited for together until the stop's
-        deadline (``_stop_wait``)."""
+        deadline (``_stop_wait``), ``LAST_WRITES_FLOOR`` at least
+        (``_floor``)."""
+        self._floor()
         waits = [self._last_writes()]
         gone = self._markers_gone()
         if gone is not None:
@@ -127,16 +140,25 @@ class Stopping:
         """The stop's wait for attempts in flight is over (its grace ran
         out, or nothing is left to wait for): what it still waits for --
         cut connections' close, the writes of what they settled, marker
-        removals, last writes -- is waited for ``CUT_GRACE`` from now at
-        most, all together (``_stop_wait``)."""
+        removals, last writes -- is waited for ``CUT_GRACE`` from now,
+        all together (``_stop_wait``; the writes' floor, ``_floor``)."""
         self._stop_by = self.clock.seconds() + CUT_GRACE
+
+    def _floor(self) -> None:
+        """The stop's deadline moved to ``LAST_WRITES_FLOOR`` from now
+        when it is sooner: the writes about to be waited for have that
+        long at least, whatever the waits before them took."""
+        if self._stop_by is not None:
+            self._stop_by = max(self._stop_by, self.clock.seconds() + LAST_WRITES_FLOOR)
 
     def _stop_wait(self, d: defer.Deferred) -> defer.Deferred:
         """``d`` waited for until the stop's deadline (``_waits_begin``),
         then cancelled: at once when that is over already.  Each wait after
-        the grace has what is left of the one ``CUT_GRACE``, not one of
-        its own: a stop on a hung disk whose cut connections do not close
-        either is over ``CUT_GRACE`` after its grace, not a multiple."""
+        the grace has what is left of the one ``CUT_GRACE`` (the writes
+        ``LAST_WRITES_FLOOR`` at least, ``_floor``), not one of its own: a
+        stop on a hung disk whose cut connections do not close either is
+        over ``CUT_GRACE + LAST_WRITES_FLOOR`` after its grace, not a
+        multiple of ``CUT_GRACE``."""
         left = (CUT_GRACE if self._stop_by is None
                 else self._stop_by - self.clock.seconds())
         if left > 0:
@@ -252,8 +274,9 @@ class Stopping:
             if not writes:
                 return None
             # (begun as their sessions ended: within what is left of the
-            # stop's one wait, ``_stop_wait``; a write not begun by its end
-            # is not made)
+            # stop's one wait, ``_stop_wait``, ``LAST_WRITES_FLOOR`` at
+            # least, ``_floor``; a write not begun by its end is not made)
+            self._floor()
             return self._stop_wait(defer.DeferredList(writes, consumeErrors=True))
 
         if not isinstance(gone, defer.Deferred):
