@@ -56,6 +56,37 @@ def test_the_specifications_vectors(password: bytes, setting: str, want: str) ->
     assert hash_problem(want) is None
 
 
+def test_the_specifications_settings_give_its_vectors() -> None:
+    """Made from the settings themselves, as crypt makes them: a salt of
+    over 16 characters cut, rounds below 1000 brought to 1000 (and a hash
+    that names such rounds, which crypt never writes, refused: Dovecot
+    never matches it)."""
+    assert sha512_crypt(b"Hello world!", "saltstringsaltstring", 10000, True) == (
+        "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0"
+        "Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.")
+    made = sha512_crypt(b"the minimum number is still observed", "roundstoolow", 10, True)
+    assert made == (
+        "$6$rounds=1000$roundstoolow$kUMsbe306n21p9R.FRkW3IGn.S9NPN0x50YhH1xhLsPuWGsUSklZt58jaT"
+        "fF4ZEQpyUNGc0dqbpBYYBaHHrsX.")
+    digest = made.rsplit("$", 1)[1]
+    for rounds in ("10", "999", "05000", "1000000000"):
+        unmade = f"$6$rounds={rounds}$roundstoolow${digest}"
+        assert parse(unmade) is None and hash_problem(unmade) is not None
+        assert not verify_password("the minimum number is still observed", unmade)
+    # a salt of 16 characters but over 16 octets: crypt cuts it to 16 octets
+    long_salt = "$6$" + "é" * 9 + "$" + digest
+    assert parse(long_salt) is None and hash_problem(long_salt) is not None
+
+
+@pytest.mark.parametrize("prefix", ["", "{SHA512-CRYPT}", "{CRYPT}", "{sha512-crypt}",
+                                    "{crypt}", "{Sha512-Crypt}"])
+def test_the_prefixes_in_any_case_as_dovecot_reads_them(prefix: str) -> None:
+    made = prefix + sha512_crypt(b"old pw", "abcdefgh")
+    assert hash_problem(made) is None
+    assert verify_password("old pw", made)
+    assert not verify_password("old pw!", made)
+
+
 @pytest.mark.skipif(crypt is None, reason="this Python has no crypt module")
 @pytest.mark.parametrize("password", ["", "pw", "x" * 64, "y" * 65, "é ü 日本", "a" * 300])
 @pytest.mark.parametrize("salt", ["", "s", "0123456789abcdef", "./Zz"])

@@ -41,7 +41,7 @@ _MAXMEM = 64 * 1024 * 1024
 _MAX_WORK = 16 * _SCRYPT_N * _SCRYPT_R * _SCRYPT_P
 # SHA512-CRYPT rounds: about as long as that bound (Dovecot makes 5000)
 _MAX_CRYPT_ROUNDS = 1_000_000
-_SCHEME = re.compile(r"\{([A-Z0-9.-]{1,32})\}")
+_SCHEME = re.compile(r"\{([A-Za-z0-9.-]{1,32})\}")
 
 
 def hash_password(password: str) -> str:
@@ -98,7 +98,7 @@ def hash_problem(encoded: str) -> str | None:
     fields = encoded.split("$")
     if len(fields) != 6 or fields[0] != "scrypt":
         scheme = _SCHEME.match(encoded)
-        if scheme and scheme.group(1) not in ("SHA512-CRYPT", "CRYPT"):
+        if scheme and scheme.group(1).upper() not in ("SHA512-CRYPT", "CRYPT"):
             return (f"the password hash is of scheme {{{scheme.group(1)}}}, which the hub "
                     "does not check (it checks scrypt$N$r$p$salt$key, and "
                     "{SHA512-CRYPT}$6$salt$hash): set a new password with "

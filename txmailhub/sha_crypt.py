@@ -26,21 +26,28 @@ _MIN_ROUNDS, _MAX_ROUNDS = 1000, 999_999_999
 #: what Dovecot writes before such a hash in a passwd-file
 PREFIXES = ("{SHA512-CRYPT}", "{CRYPT}")
 _ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_FORM = re.compile(r"\$6\$(?:rounds=([0-9]{1,10})\$)?([^$]{0,16})\$([./0-9A-Za-z]{86})")
+# as crypt writes it: rounds in range without a leading zero (what glibc
+# and Dovecot compare the whole string against), a salt of 16 octets at most
+_FORM = re.compile(r"\$6\$(?:rounds=([1-9][0-9]{3,8})\$)?([^$]{0,16})\$([./0-9A-Za-z]{86})")
 
 
 def parse(encoded: str) -> tuple[int, bool, str, str] | None:
     """``(rounds, rounds named, salt, hash)`` of a SHA512-CRYPT hash,
-    with or without one of ``PREFIXES``; ``None`` for any other string."""
+    with or without one of ``PREFIXES`` (in any case, as Dovecot reads
+    them); ``None`` for any other string, and for one crypt never writes
+    (rounds out of range or with a leading zero, a salt over 16 octets),
+    which Dovecot never matches either."""
     for prefix in PREFIXES:
-        if encoded.startswith(prefix):
+        if encoded[:len(prefix)].upper() == prefix:
             encoded = encoded[len(prefix):]
             break
     m = _FORM.fullmatch(encoded)
-    if m is None:
+    if m is None or len(m.group(2).encode("utf-8", "surrogateescape")) > 16:
         return None
     named = m.group(1) is not None
-    rounds = min(max(int(m.group(1)), _MIN_ROUNDS), _MAX_ROUNDS) if named else DEFAULT_ROUNDS
+    rounds = int(m.group(1)) if named else DEFAULT_ROUNDS
+    if not _MIN_ROUNDS <= rounds <= _MAX_ROUNDS:
+        return None
     return rounds, named, m.group(2), m.group(3)
 
 
@@ -50,7 +57,10 @@ def _repeated(digest: bytes, length: int) -> bytes:
 
 def sha512_crypt(password: bytes, salt: str, rounds: int = DEFAULT_ROUNDS,
                  named: bool = False) -> str:
-    """The hash ``$6$...`` of ``password`` with ``salt`` (cut to 16)."""
+    """The hash ``$6$...`` of ``password`` with ``salt`` (cut to 16
+    octets) and ``rounds`` (brought within 1000 to 999999999), as crypt
+    makes it from the setting ``$6$[rounds=N$]salt``."""
+    rounds = min(max(rounds, _MIN_ROUNDS), _MAX_ROUNDS)
     s = salt.encode("utf-8", "surrogateescape")[:16]
     p = password
     b = hashlib.sha512(p + s + p).digest()
