@@ -167,6 +167,33 @@ def test_a_saved_pop3_uidl_rfc_1939_refuses_is_not_given_even_at_the_first_login
     assert _kept(md) == {DOVECOT[2]: "fine"}
 
 
+def test_dovecots_uidls_are_shown_only_once_their_choice_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the first login: the login fails rather than give
+    Dovecot's UIDLs that a later login, the size cache written, would
+    not give again.  A Maildir without such a list still opens."""
+    import errno
+
+    from txmailhub.store import kept_uidls
+
+    def full(path: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    md = _dovecot_md(tmp_path)
+    plain = tmp_path / "plain"
+    for sub in ("tmp", "new", "cur"):
+        (plain / sub).mkdir(parents=True)
+    (plain / "new" / HUBS).write_bytes(b"hello\n")
+    monkeypatch.setattr(kept_uidls, "durable_write", full)
+    with pytest.raises(OSError):
+        scan(str(md))
+    assert not (md / KEPT_NAME).exists()
+    assert _uids(plain) == {HUBS: uid_for_name(HUBS)}
+    monkeypatch.undo()
+    assert _uids(md) == dict(zip(DOVECOT, WANT))
+    assert _kept(md) == dict(zip(DOVECOT, WANT))
+
+
 def test_a_login_to_an_empty_maildir_chooses_nothing_yet(tmp_path: Path) -> None:
     """No message listed, no UIDL given out: the first login that lists
     one chooses (Dovecot's list made meanwhile is taken)."""

@@ -167,14 +167,22 @@ class KeptUIDLs:
         except (OSError, ValueError) as e:
             log.warn("not keeping the UIDLs of {source}: {error}; the messages get "
                      "the hub's", source=source, error=str(e))
-        self._save()
+        # Dovecot's UIDLs are shown only once this choice is on disk: not
+        # written, a later login could choose the hub's (the size cache
+        # this one writes), and a client would fetch every message again.
+        # The login fails ([SYS/TEMP] for a full disk) until it can be
+        self._save(must=bool(self.uidls))
 
-    def _save(self) -> None:
+    def _save(self, *, must: bool = False) -> None:
         data = json.dumps({"version": 1, "uidls": self.uidls}, sort_keys=True).encode()
         try:
             durable_write(self.path, data)
         except OSError as e:
-            log.warn("cannot write kept UIDLs {path}: {error}", path=self.path, error=str(e))
+            log.warn("cannot write kept UIDLs {path}: {error}{then}", path=self.path,
+                     error=str(e), then="; the login is refused until it can be" if must
+                     else "")
+            if must:
+                raise
 
     def prune(self, names: Iterable[str]) -> None:
         """Drop the entries of messages not among ``names`` (every file
