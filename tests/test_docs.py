@@ -891,6 +891,29 @@ def test_the_twistd_mail_password_steps_add_every_user(tmp_path: Path) -> None:
         assert db.check_password(Address(name, "example.org"), password), name
 
 
+def test_the_twistd_mail_password_step_adds_a_last_line_without_its_newline(
+        tmp_path: Path) -> None:
+    """A password file whose last line has no newline (an editor's), which
+    ``twistd mail`` reads whole: its last user is added too."""
+    from twisted.persisted import dirdbm
+
+    from txmailhub.address import Address
+    from txmailhub.users import UsersDB
+
+    _migration_site(tmp_path)
+    passwords = tmp_path / "passwords"
+    passwords.write_text("ann:ann's secret 1\ncarl:the last line")
+    domain = tmp_path / "twistd-example.org"
+    domain.mkdir()
+    dirdbm.open(str(domain / "passwd"))[b"dave"] = b"daves twistd password"
+    _run_step(tmp_path, _block("Give each to ``mailhub user add``"),
+              {"/etc/twistd-mail/passwords": str(passwords),
+               "/var/mail/example.org": str(domain)})
+    db = UsersDB(str(tmp_path / "users.d" / "users"), "example.org")
+    assert db.check_password(Address("ann", "example.org"), "ann's secret 1")
+    assert db.check_password(Address("carl", "example.org"), "the last line")
+
+
 def test_the_twistd_mail_uidl_step_keeps_the_uidls_twistd_mail_gave(tmp_path: Path) -> None:
     """A Maildir ``twistd mail`` delivered into (its names), one message
     moved to ``cur/`` by a reader: the hub lists each under the UIDL
