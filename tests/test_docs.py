@@ -972,3 +972,12 @@ def test_the_postfix_virtual_step_makes_aliases_check_takes(tmp_path: Path) -> N
     assert (tmp_path / "aliases").read_text() == (
         "info@example.net: alice\nsales@example.net: bob, carol@elsewhere.test\n")
     assert _check(config_path) == (0, [f"{config_path}: ok"])
+
+
+def test_the_upgrade_step_that_keeps_the_hubs_uidls_makes_the_file_as_the_hubs_user() -> None:
+    """docs/deployment.rst, "Upgrading and going back": the empty
+    ``.txmailhub-uidls`` made as the hub's user (root's would be a file
+    the hub reads but cannot replace), so the command pastes as it is."""
+    text = " ".join((ROOT / "docs" / "deployment.rst").read_text().split())
+    touches = re.findall(r"``([^`]*touch [^`]*\.txmailhub-uidls)``", text)
+    assert touches and all(t.startswith("sudo -u mailhub touch ") for t in touches), touches
