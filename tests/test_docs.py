@@ -974,10 +974,35 @@ def test_the_postfix_virtual_step_makes_aliases_check_takes(tmp_path: Path) -> N
     assert _check(config_path) == (0, [f"{config_path}: ok"])
 
 
-def test_the_upgrade_step_that_keeps_the_hubs_uidls_makes_the_file_as_the_hubs_user() -> None:
-    """docs/deployment.rst, "Upgrading and going back": the empty
-    ``.txmailhub-uidls`` made as the hub's user (root's would be a file
-    the hub reads but cannot replace), so the command pastes as it is."""
-    text = " ".join((ROOT / "docs" / "deployment.rst").read_text().split())
-    touches = re.findall(r"``([^`]*touch [^`]*\.txmailhub-uidls)``", text)
-    assert touches and all(t.startswith("sudo -u mailhub touch ") for t in touches), touches
+def test_the_upgrade_step_that_keeps_the_hubs_uidls_makes_the_file_as_the_hubs_user(
+        tmp_path: Path) -> None:
+    """docs/deployment.rst, "Upgrading and going back": the loop makes an
+    empty ``.txmailhub-uidls`` as the hub's user (root's would be a file
+    the hub reads but cannot replace), in each Maildir with Dovecot's list
+    and neither of the hub's files, and nowhere else."""
+    import subprocess
+
+    text = (ROOT / "docs" / "deployment.rst").read_text()
+    after = "(as root, the hub's\nuser owning the files)::\n\n"
+    assert after in text
+    lines = []
+    for line in text.split(after, 1)[1].splitlines():
+        if line and not line.startswith("    "):
+            break
+        lines.append(line[4:])
+    step = "\n".join(lines).strip("\n") + "\n"
+    assert "sudo -u mailhub touch " in step
+    mail = tmp_path / "mail"
+    for md, files in {"example.org/joe": ["dovecot-uidlist"],
+                      "example.org/ann": ["dovecot-uidlist", ".txmailhub-sizes"],
+                      "example.net/bob": [],
+                      "example.net/kim": ["dovecot-uidlist", ".txmailhub-uidls"]}.items():
+        (mail / md).mkdir(parents=True)
+        for name in files:
+            (mail / md / name).write_text("x")
+    step = step.replace("/var/lib/txmailhub/mail", str(mail)).replace("sudo -u mailhub ", "")
+    subprocess.run(["sh", "-c", step], check=True, timeout=60)
+    made = sorted(str(p.relative_to(mail)) for p in mail.glob("*/*/.txmailhub-uidls"))
+    assert made == ["example.net/kim/.txmailhub-uidls", "example.org/joe/.txmailhub-uidls"]
+    assert (mail / "example.org/joe/.txmailhub-uidls").read_text() == ""
+    assert (mail / "example.net/kim/.txmailhub-uidls").read_text() == "x"
