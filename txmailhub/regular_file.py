@@ -87,17 +87,7 @@ def read_regular(path: str, *, follow: bool = True, limit: int = -1,
         if len(data) > most:
             raise FileTooLarge(path, most)
         return data, st
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if not follow:
-        flags |= os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ENXIO and _is_socket(path, follow):
-            raise NotRegularFile(path) from None
-        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-            raise
-        fd = _open_leased(path, flags, e)
+    fd = _open_unwaited(path, follow)
     try:
         st = os.fstat(fd)
     except BaseException:
@@ -131,15 +121,7 @@ def open_regular(path: str) -> BinaryIO:
     waited on nor read: a folder raises ``IsADirectoryError``, a FIFO, a
     device or a socket ``NotRegularFile``, as ``read_regular``.  For a
     file read in pieces (a queued message, streamed to the next hop)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ENXIO and _is_socket(path, True):
-            raise NotRegularFile(path) from None
-        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-            raise
-        fd = _open_leased(path, flags, e)
+    fd = _open_unwaited(path, True)
     try:
         mode = os.fstat(fd).st_mode
     except BaseException:
@@ -151,6 +133,25 @@ def open_regular(path: str) -> BinaryIO:
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         raise NotRegularFile(path)
     return open(fd, "rb")
+
+
+def _open_unwaited(path: str, follow: bool) -> int:
+    """``path`` opened to read without waiting on what is no regular file
+    (``O_NONBLOCK``: a FIFO opens at once, a socket is ``NotRegularFile``),
+    a link followed only where ``follow``; a regular file under another
+    program's lease is opened once the lease is given up
+    (``_open_leased``), as a plain open waits for it."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= os.O_NOFOLLOW
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ENXIO and _is_socket(path, follow):
+            raise NotRegularFile(path) from None
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise
+        return _open_leased(path, flags, e)
 
 
 def _read_pipe(fd: int, path: str, seconds: float, limit: int) -> bytes:
