@@ -27,17 +27,18 @@ def _no_controlling_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "mailhub.toml"
-    path.write_text(no_logins(HUB + 'domains = ["example.org", "example.net"]\n'
-                              'state_dir = "var"\n'))
-    return path
+    return _config_in(tmp_path)
 
 
 @pytest.fixture
 def open_config(open_tmp: Path) -> Path:
     """``config`` in a folder other users may enter (pytest's own is
     closed to them), for the warnings of what they could read or change."""
-    path = open_tmp / "mailhub.toml"
+    return _config_in(open_tmp)
+
+
+def _config_in(folder: Path) -> Path:
+    path = folder / "mailhub.toml"
     path.write_text(no_logins(HUB + 'domains = ["example.org", "example.net"]\n'
                               'state_dir = "var"\n'))
     return path
@@ -1140,14 +1141,21 @@ def test_check_does_not_warn_of_a_readable_secret_in_a_folder_others_cannot_ente
     config = open_config
     # the deployment guide's users.d is 0700: a 0644 users file in it is
     # read by nobody else, and the warning would only be noise
+    closed = _readable_users_in_a_closed_folder(config)
+    assert run(config, "check") == (0, f"{config}: ok\n", "")
+    closed.chmod(0o701)
+    assert "every local user can read it (mode 644)" in run(config, "check")[2]
+
+
+def _readable_users_in_a_closed_folder(config: Path) -> Path:
+    """A users file 0644 in a ``users.d`` 0700, as ``config`` names it:
+    that folder."""
     closed = config.parent / "users.d"
     closed.mkdir(mode=0o700)
     config.write_text(config.read_text() + '[users]\nfile = "users.d/users"\n')
     run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
     (closed / "users").chmod(0o644)
-    assert run(config, "check") == (0, f"{config}: ok\n", "")
-    closed.chmod(0o701)
-    assert "every local user can read it (mode 644)" in run(config, "check")[2]
+    return closed
 
 
 def test_check_warns_of_a_readable_secret_in_a_closed_folder_with_an_acl(
@@ -1155,11 +1163,7 @@ def test_check_warns_of_a_readable_secret_in_a_closed_folder_with_an_acl(
     # an ACL entry for a named user (setfacl -m u:bob:x users.d) lets bob
     # through a folder whose mode bits say 0700: the warning stays
     config = open_config
-    closed = config.parent / "users.d"
-    closed.mkdir(mode=0o700)
-    config.write_text(config.read_text() + '[users]\nfile = "users.d/users"\n')
-    run(config, "user", "add", "alice", "--password-stdin", stdin=PW)
-    (closed / "users").chmod(0o644)
+    closed = _readable_users_in_a_closed_folder(config)
     real = os.listxattr
 
     def listxattr(path, *args, **kwargs):
