@@ -9,7 +9,7 @@ import itertools
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from twisted.internet import defer
@@ -5762,22 +5762,13 @@ def test_a_local_mailbox_whose_name_no_folder_can_have_bounces_at_once(hub, monk
     assert b"NAME_MAX" in data
 
 
-def _everything_hangs(hub, monkeypatch, closes: bool) -> tuple[str, str, list, list, list]:
-    """A stop on a hung disk: carol's delivery made, its record unwritten
-    (a last write owed); bob's session under way when the stop's grace runs
-    out, its cut closing at once with his message taken (``closes``) or
-    never; each record update then waiting in the pool's line, each attempt
-    marker's removal held.  Bob's and carol's queue ids, the line, the held
-    removals and the stop's outcome (a list, empty until it fires)."""
+def _held_pool(hub) -> tuple[list, list, Callable]:
+    """A hung disk for the queue's pool: a stand-in for ``hub.queue._io``
+    that holds each record update and each attempt marker's removal, in
+    the two lists given back with it, as ``(d, fn, args)``
+    (``_run_pooled`` runs them); other jobs run."""
     from txmailhub.relay import inflight
 
-    hub.runner.start()
-    carol = enqueue_unrecorded(hub, monkeypatch, CAROL)
-    pending = hub.agent.hold()
-    if closes:
-        _cut_ends_the_first_delivered(hub, pending, monkeypatch)
-    else:
-        monkeypatch.setattr(hub.agent, "abort_all", lambda: defer.Deferred())
     line: list = []
     removals: list = []
     io = hub.queue._io
@@ -5792,6 +5783,25 @@ def _everything_hangs(hub, monkeypatch, closes: bool) -> tuple[str, str, list, l
             return io(fn, *args)
         return d
 
+    return line, removals, pooled
+
+
+def _everything_hangs(hub, monkeypatch, closes: bool) -> tuple[str, str, list, list, list]:
+    """A stop on a hung disk: carol's delivery made, its record unwritten
+    (a last write owed); bob's session under way when the stop's grace runs
+    out, its cut closing at once with his message taken (``closes``) or
+    never; each record update then waiting in the pool's line, each attempt
+    marker's removal held.  Bob's and carol's queue ids, the line, the held
+    removals and the stop's outcome (a list, empty until it fires)."""
+
+    hub.runner.start()
+    carol = enqueue_unrecorded(hub, monkeypatch, CAROL)
+    pending = hub.agent.hold()
+    if closes:
+        _cut_ends_the_first_delivered(hub, pending, monkeypatch)
+    else:
+        monkeypatch.setattr(hub.agent, "abort_all", lambda: defer.Deferred())
+    line, removals, pooled = _held_pool(hub)
     monkeypatch.setattr(hub.queue, "_io", pooled)
     bob = enqueue(hub, BOB)
     assert len(pending) == 1 and _markers(hub) == [f".{bob}.attempt"]
@@ -5845,23 +5855,9 @@ def test_a_stop_waits_for_a_markers_removal_and_its_last_writes_together(
     # her delivery's record owed, on a hung disk: the two need nothing of
     # each other and are waited for together, CUT_GRACE at most for both
     # (one after the other, the stop was twice that)
-    from txmailhub.relay import inflight
 
     hub.runner.start()
-    line: list = []
-    removals: list = []
-    io = hub.queue._io
-
-    def pooled(fn, *args):
-        d = defer.Deferred()
-        if fn is inflight.unmark:
-            removals.append((d, fn, args))
-        elif fn == hub.queue.update_now:
-            line.append((d, fn, args))
-        else:
-            return io(fn, *args)
-        return d
-
+    line, removals, pooled = _held_pool(hub)
     hub.queue._io = pooled
     carol = enqueue_unrecorded(hub, monkeypatch, CAROL)
     assert len(removals) == 1 and not hub.runner.active
@@ -5878,6 +5874,7 @@ def test_a_stop_waits_for_a_markers_removal_and_its_last_writes_together(
     d, fn, args = removals.pop(0)
     d.callback(fn(*args))
     assert _markers(hub) == []
+
 
 def test_an_entry_taken_before_the_queues_word_of_it_is_not_a_first_attempt(
         tmp_path, monkeypatch):
