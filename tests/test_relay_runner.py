@@ -5961,3 +5961,46 @@ def test_cut_sessions_closing_late_leave_the_last_writes_a_floor_of_their_own(
     assert not [e for e in log_events if "not written within" in formatEvent(e)]
     # both delivered and recorded so: their entries are done
     assert hub.queue.read(carol) is None and hub.queue.read(bob) is None
+
+
+def _held_record_writes(hub) -> list:
+    """From now on each new entry's record write (its ``.json.tmp``) waits
+    in a line, as on a pool thread a slow disk holds: ``(Deferred,
+    function, arguments)`` for the test to run."""
+    line: list = []
+    io = hub.queue._io
+
+    def pooled(fn, *args):
+        if fn != hub.queue.fs.write_file or not args[0].endswith(".json.tmp"):
+            return io(fn, *args)
+        d = defer.Deferred()
+        line.append((d, fn, args))
+        return d
+
+    hub.queue._io = pooled
+    return line
+
+
+def test_a_restart_while_an_entry_is_stored_keeps_its_message(hub):
+    # an SMTP session's DATA for a remote recipient being queued when the
+    # embedding application restarts the relay: its message is linked,
+    # its record not written yet.  The start's clean-up is for what a
+    # crash left, not for what this process is still storing: the entry
+    # commits (the client hears 250) with its message, and is delivered
+    hub.runner.start()
+    pending = hub.agent.hold()
+    line = _held_record_writes(hub)
+    path = hub.tmp / "spool-restart"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    queued = hub.queue.enqueue(Envelope(sender=ALICE, recipients=(BOB,)),
+                               SpooledMessage(str(path), 20, 23))
+    assert len(line) == 1 and not queued.called
+    hub.runner.stop()
+    hub.runner.start()
+    _run_pooled(line)
+    qid = queued.result
+    assert os.path.exists(hub.queue.message_path(qid))
+    assert hub.agent.calls == [(qid, "remote.test", [BOB])]
+    _answer_all(pending)
+    assert hub.queue.read(qid) is None  # delivered, and gone
+    assert not os.path.exists(os.path.join(hub.settings.queue_dir, "corrupt"))

@@ -380,11 +380,17 @@ class OutboundQueue:
         """Tidy up after a crash and return every entry (at startup).
 
         Removes half-written records and orphan messages (entries whose
-        commit never happened); moves unreadable records, and records whose
+        commit never happened), but not those of the entries this process
+        is still storing (a restart within the process); moves unreadable records, and records whose
         message is missing, to ``corrupt/`` with an error in the log."""
         with self._locked():
             names = set(os.listdir(self.directory))
-            for name in names:
+            # what this process is storing (an enqueue under way, at a
+            # restart within the process) is no crash's leftover: its
+            # message and its record being written stay, for the commit
+            storing = {*(qid + ".msg" for qid in self._ids_in_flight),
+                       *(os.path.basename(self._tmp_path(qid)) for qid in self._ids_in_flight)}
+            for name in names - storing:
                 path = os.path.join(self.directory, name)
                 if name.endswith((".json.tmp", ".7bit")):  # temporary files
                     self.fs.unlink(path)
