@@ -6004,3 +6004,30 @@ def test_a_restart_while_an_entry_is_stored_keeps_its_message(hub):
     _answer_all(pending)
     assert hub.queue.read(qid) is None  # delivered, and gone
     assert not os.path.exists(os.path.join(hub.settings.queue_dir, "corrupt"))
+
+
+def test_a_restart_while_an_attempts_outcome_is_written_sends_nothing_twice(
+        hub, monkeypatch):
+    # the last run's attempt is over (bob took the message) and its
+    # outcome's write waits for a pool thread when the relay is started
+    # again in the process: the start's clean-up reads the record under
+    # the queue's lock, which that write holds once it runs, and leaves
+    # it be; the new run sends the message to bob no second time
+    pending = hub.agent.hold()
+    hub.runner.start()
+    qid = enqueue(hub, BOB)
+    line = _pooled_updates(hub, monkeypatch)
+    _answer_all(pending)
+    assert len(line) == 1  # bob delivered, not written yet
+    hub.runner.stop()
+    hub.runner.start()
+    hub.clock.advance(1)
+    assert len(hub.agent.calls) == 1  # not sent again while it is written
+    _run_pooled(line)
+    for _ in range(3):
+        hub.clock.advance(SHUTDOWN_GRACE)
+        _run_pooled(line)
+        _answer_all(pending)
+    assert hub.agent.calls == [(qid, "remote.test", [BOB])]
+    assert hub.queue.read(qid) is None
+    assert [n for n in os.listdir(hub.settings.queue_dir) if qid in n] == []
