@@ -176,3 +176,52 @@ def test_a_stop_leaves_no_marker_of_an_attempt_in_the_applications_dns(tmp_path)
     assert not os.path.exists(svc.queue.attempt_path(qid))
     assert inflight._held == set()
     assert qid in svc.runner.active  # (its delivery still waits for the answer)
+
+
+def test_a_restart_of_the_relay_while_a_message_is_queued_delivers_it(tmp_path):
+    # the application restarts the relay service while a message is being
+    # queued (its record's write waits for a pool thread): the start's
+    # clean-up leaves it, the message is committed with its file and
+    # delivered once
+    from twisted.internet import defer
+
+    from txmailhub.relay.queue import inline_io
+
+    held: list = []
+
+    def io(fn, *args):
+        if getattr(fn, "__name__", "") == "write_file" and args[0].endswith(".json.tmp"):
+            d = defer.Deferred()
+            held.append((d, fn, args))
+            return d
+        return inline_io(fn, *args)
+
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nhostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                   '[relay]\nport = 2525\n')
+    settings = load_text(cfg.read_text(), str(cfg))
+    clock = Clock()
+    net = FakeNetwork(clock)
+    net.servers[("192.0.2.9", 2525)] = ScriptedSMTPServer
+    resolver = FakeResolver({"remote.test": {"A": ["192.0.2.9"]}})
+    c = Components(settings=settings, reactor=clock, router=StaticRouter({}),
+                   store=MemoryMailboxStore(), spooler=None, portal=None)
+    svc = RelayService(c, resolver=resolver, endpoint=net.endpoint, io=io,
+                       rng=random.Random(0))
+    svc.startService()
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"Subject: x\n\nbody\n")
+    queued = svc.queue.enqueue(Envelope(sender=Address("a", "example.org"),
+                                        recipients=(Address("b", "remote.test"),)),
+                               SpooledMessage(str(spool), 17, 20))
+    assert len(held) == 1 and not queued.called
+    assert svc.stopService().called
+    svc.startService()
+    d, fn, args = held.pop()
+    d.callback(fn(*args))
+    assert queued.result  # the client hears 250
+    net.run()
+    assert svc.queue.ids() == []
+    assert [m[1] for p in net.server_protocols for m in p.messages] == [[b"b@remote.test"]]
+    assert not os.path.exists(os.path.join(settings.queue_dir, "corrupt"))
+    assert svc.stopService().called
