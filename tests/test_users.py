@@ -2050,3 +2050,63 @@ def test_a_link_to_the_users_file_in_a_folder_another_user_may_change_is_refused
         before.st_ino, before.st_mtime_ns, before.st_mode)
     assert sorted(os.listdir(hubs)) == ["users"]  # no lock made there either
     assert sorted(os.listdir(tmp_path)) == ["shadow", "users", "users.d"]
+
+
+def _swapped_for_a_link(folder: Path, to: Path) -> None:
+    """The hub's user's move: ``folder`` (in the hub's folder) renamed
+    away and a link to ``to`` (a folder of root's) put in its place."""
+    folder.rename(folder.with_name(folder.name + ".old"))
+    folder.symlink_to(to)
+
+
+def test_a_folder_swapped_for_a_link_during_a_change_does_not_send_the_file_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # [users] file in users.d inside the hub's folder: the hub's user may
+    # rename users.d and put a link to any folder of root's there once the
+    # links were judged (the password's hash takes a while).  Root's
+    # `mailhub user add` wrote the new users file by path, into that
+    # folder.  The file is replaced in the folder that was judged
+    users_d = tmp_path / "hub" / "users.d"
+    users_d.mkdir(parents=True)
+    _users_at(users_d / "users").add("ann", "pw", allow_weak=True)
+    import txmailhub.users as users_module
+
+    roots = tmp_path / "etc"
+    roots.mkdir()
+    real_hash = users_module.hash_password
+
+    def hash_and_swap(password: str) -> str:
+        _swapped_for_a_link(users_d, roots)
+        return real_hash(password)
+
+    monkeypatch.setattr(users_module, "hash_password", hash_and_swap)
+    _users_at(users_d / "users").add("bob", "pw", allow_weak=True)
+    assert os.listdir(roots) == []
+    assert [str(a) for a in _users_at(tmp_path / "hub" / "users.d.old" / "users").addresses()] \
+        == ["ann@example.org", "bob@example.org"]
+
+
+def test_a_folder_swapped_for_a_link_before_the_read_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same move just before the file is read: the file read would be
+    # root's etc/users, its lines written back into the judged folder
+    users_d = tmp_path / "hub" / "users.d"
+    users_d.mkdir(parents=True)
+    _users_at(users_d / "users").add("ann", "pw", allow_weak=True)
+    import txmailhub.users as users_module
+
+    roots = tmp_path / "etc"
+    roots.mkdir()
+    (roots / "users").write_bytes(b"root's own\n")
+    real_read = users_module.read_regular
+
+    def swap_and_read(path: str, **kw: object) -> object:
+        if os.path.realpath(path) == str(users_d / "users"):
+            _swapped_for_a_link(users_d, roots)
+        return real_read(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(users_module, "read_regular", swap_and_read)
+    with pytest.raises(UsersFileError, match="replaced during the change"):
+        _users_at(users_d / "users").add("bob", "pw", allow_weak=True)
+    assert (roots / "users").read_bytes() == b"root's own\n"
+    assert b"bob" not in (tmp_path / "hub" / "users.d.old" / "users").read_bytes()

@@ -14,11 +14,12 @@ folder nobody but root and the user running the command can change
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
 
-__all__ = ["followed", "untrusted_folder"]
+__all__ = ["followed", "open_folder", "untrusted_folder"]
 
 
 def followed(path: str, key: str, error: type[Exception]) -> str:
@@ -63,6 +64,36 @@ def followed(path: str, key: str, error: type[Exception]) -> str:
         if target.startswith("/"):
             resolved = "/"
     return resolved
+
+
+def open_folder(path: str, error: type[Exception]) -> int:
+    """The folder of ``path`` (resolved by ``followed``: no link on it),
+    opened without following a link on the way, for the change to be
+    made in it by descriptor: a folder on the way that is in another
+    user's folder may be replaced by a link after ``followed`` judged
+    it, which the path would then follow.  ``error`` when one is a link
+    (or not a folder) by now."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd = os.open("/", flags)
+    try:
+        for name in folder.split("/"):
+            if not name:
+                continue
+            try:
+                inner = os.open(name, flags, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise error(f"{folder}: a folder on the way became a symbolic link or "
+                            "something else during the change: not followed, nothing "
+                            "changed") from None
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def untrusted_folder(link: str) -> str | None:

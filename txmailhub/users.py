@@ -102,6 +102,16 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 USERS_FILE_MAX = 16 * 1024 * 1024
 
 
+def _identity(path: str, folder_fd: int) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the entry of ``path``'s name in the folder
+    open as ``folder_fd``, a link not followed; ``None`` when none."""
+    try:
+        st = os.stat(os.path.basename(path), dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _login_forms(password: str) -> list[str]:
     """The forms of a password sent at login to check, in order: the
     prepared one, and the one as sent when it is another string.  A
@@ -622,7 +632,7 @@ class UsersDB:
         can change (``trusted_links.followed``); refused otherwise, before
         any folder or lock is made."""
         from txmailhub.hub_access import make_folders
-        from txmailhub.trusted_links import followed
+        from txmailhub.trusted_links import followed, open_folder
 
         folder = os.path.dirname(os.path.abspath(self.path))
         followed(self.path, "[users] file", UsersFileError)
@@ -662,30 +672,51 @@ class UsersDB:
             # as it is now the lock is ours; read without following a link
             # put there since, and replaced so (``_write``)
             real = followed(self.path, "[users] file", UsersFileError)
+            # its folder held open, read and replaced in by descriptor: a
+            # folder on the way in the hub's folder (users.d) is the hub's
+            # user's to replace by a link once judged, which the path
+            # would follow to a folder of root's
             try:
-                raw, _ = read_regular(real, follow=False,
-                                      most=USERS_FILE_MAX)  # (a FIFO: refused)
+                folder_fd: int | None = open_folder(real, UsersFileError)
             except FileNotFoundError:
-                raw = b""
-            except NotRegularFile as e:
-                raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
-                                     "changed; put the users file there") from None
-            except FileTooLarge as e:
-                raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
-                                     "changed") from None
-            except OSError as e:
-                if e.errno != errno.ELOOP:
-                    raise
-                raise UsersFileError(f"{real} became a symbolic link during the change: not "
-                                     "followed, nothing changed") from None
-            before, _, keys, effective = self._parse(raw.decode("utf-8", "surrogateescape"))
-            records = dict(before)
-            yield records
-            self._write(raw, keys, effective, before, records, real)
+                folder_fd = None  # (a link to a file in no folder: ``_write``)
+            try:
+                yield from self._changed(real, folder_fd)
+            finally:
+                if folder_fd is not None:
+                    os.close(folder_fd)
+
+    def _changed(self, real: str, folder_fd: int | None) -> Iterator[dict[str, UserRecord]]:
+        """``_locked``'s change of the file ``real``, whose folder is open
+        as ``folder_fd``."""
+        try:
+            raw, st = read_regular(real, follow=False,
+                                   most=USERS_FILE_MAX)  # (a FIFO: refused)
+        except FileNotFoundError:
+            raw, st = b"", None
+        except NotRegularFile as e:
+            raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
+                                 "changed; put the users file there") from None
+        except FileTooLarge as e:
+            raise UsersFileError(f"{self.path}: the users file is {e}: not read, nothing "
+                                 "changed") from None
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise UsersFileError(f"{real} became a symbolic link during the change: not "
+                                 "followed, nothing changed") from None
+        if folder_fd is not None and _identity(real, folder_fd) != (
+                None if st is None else (st.st_dev, st.st_ino)):
+            raise UsersFileError(f"{real}: a folder on the way was replaced during the "
+                                 "change: not followed, nothing changed")
+        before, _, keys, effective = self._parse(raw.decode("utf-8", "surrogateescape"))
+        records = dict(before)
+        yield records
+        self._write(raw, keys, effective, before, records, real, folder_fd)
 
     def _write(self, raw: bytes, keys: list[str | None], effective: dict[str, int],
                before: dict[str, UserRecord], after: dict[str, UserRecord],
-               real: str) -> None:
+               real: str, folder_fd: int | None) -> None:
         """Edit the file in place, line by line: every line the change does
         not concern stays as it was, byte for byte -- comments, lines the
         hub cannot read (``check`` reports them; an admin may be halfway
@@ -693,8 +724,9 @@ class UsersDB:
         its lines (a duplicate must not come into effect); a changed one
         gets its line in effect rewritten; new users go at the end.
         ``real``: the file replaced, the one a link leads to (which keeps
-        its mode, whoever set it) or the configured path."""
-        from txmailhub.store.sync import durable_write, owner_of
+        its mode, whoever set it) or the configured path, in its folder
+        open as ``folder_fd`` (``None``: a folder not there)."""
+        from txmailhub.store.sync import durable_write
 
         bom = _BOM.encode("utf-8") if raw.startswith(_BOM.encode("utf-8")) else b""
         lines = raw[len(bom):].split(b"\n")
@@ -727,12 +759,16 @@ class UsersDB:
         # must not leave a file only root can read next to a hub running as
         # the folder's owner: a new file is the folder's owner's
         linked = real != os.path.abspath(self.path) and os.path.islink(self.path)
-        if linked and not os.path.isdir(os.path.dirname(real)):
-            raise UsersFileError(f"{self.path} is a symbolic link to {real}, whose folder is "
-                                 "not there: nothing changed; make the folder, or set "
-                                 "[users] file to the file itself")
+        if folder_fd is None:
+            if linked:
+                raise UsersFileError(f"{self.path} is a symbolic link to {real}, whose folder "
+                                     "is not there: nothing changed; make the folder, or set "
+                                     "[users] file to the file itself")
+            raise UsersFileError(f"{self.path}: its folder was removed during the change: "
+                                 "nothing changed")
+        folder_st = os.fstat(folder_fd)
         durable_write(real, bom + text, mode=0o600, keep_mode=linked,
-                      new_owner=owner_of(os.path.dirname(real)))
+                      new_owner=(folder_st.st_uid, folder_st.st_gid), dir_fd=folder_fd)
         self._file.forget()
 
     def _local(self, name: str, records: dict[str, UserRecord] | None = None) -> Address:

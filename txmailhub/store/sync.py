@@ -318,7 +318,8 @@ def makedirs_durably(path: str, mode: int = 0o777) -> list[str]:
 
 
 def durable_write(path: str, data: bytes, mode: int = 0o600, *,
-                  new_owner: tuple[int, int] | None = None, keep_mode: bool = False) -> None:
+                  new_owner: tuple[int, int] | None = None, keep_mode: bool = False,
+                  dir_fd: int | None = None) -> None:
     """Replace ``path`` atomically and durably with ``data`` (synchronous).
 
     The file keeps the owner it had; one that does not exist yet gets
@@ -336,15 +337,33 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
     A process killed before the rename leaves its temporary file behind;
     each write removes those of earlier writers of the same ``path``
     that are gone (``remove_stale_temporaries``).
+
+    ``dir_fd``: ``path``'s folder, open: the file is made and renamed in
+    that folder, whatever its path leads to by then (a folder on the way
+    that another user may replace with a link, ``trusted_links``).
     """
     directory = os.path.dirname(os.path.abspath(path))
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{unique}.tmp")
-    owner = owner_of(path) or new_owner
-    old_mode = _mode_of(path) if keep_mode else None
+    named = path  # (as errors name it)
+    if dir_fd is not None:
+        path = os.path.basename(path)
+        tmp = os.path.basename(tmp)
+    if dir_fd is None:
+        owner = owner_of(path) or new_owner
+        old_mode = _mode_of(path) if keep_mode else None
+    else:
+        try:
+            st = os.stat(path, dir_fd=dir_fd)
+        except FileNotFoundError:
+            owner, old_mode = new_owner, None
+        else:
+            owner = (st.st_uid, st.st_gid)
+            old_mode = stat.S_IMODE(st.st_mode) if keep_mode else None
     if keep_mode and old_mode is None:
         old_mode = mode  # none to keep: the mode asked for, not the umask's
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode,
+                 dir_fd=dir_fd)
     try:
         # held until the rename: the sign that this temporary file is
         # being written (the lock goes with the process, if it dies)
@@ -361,21 +380,28 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
         os.fsync(fd)
     except BaseException as e:
         os.close(fd)
-        _unlink_quietly(tmp)
+        _unlink_quietly(tmp, dir_fd)
         if isinstance(e, OSError) and e.filename is None:
             # write(2) and fsync(2) errors name no file: say which, and
             # that it is still as it was
-            raise OSError(e.errno, f"{e.strerror} (unchanged)", path) from e
+            raise OSError(e.errno, f"{e.strerror} (unchanged)", named) from e
         raise
     try:
-        os.replace(tmp, path)
+        if dir_fd is None:
+            os.replace(tmp, path)
+        else:
+            os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        _unlink_quietly(tmp)
+        _unlink_quietly(tmp, dir_fd)
         raise
     finally:
         os.close(fd)
-    remove_stale_temporaries(path)
-    fsync_dir(directory)
+    if dir_fd is None:
+        remove_stale_temporaries(path)
+        fsync_dir(directory)
+    else:
+        remove_stale_temporaries(path, dir_fd=dir_fd)
+        os.fsync(dir_fd)
 
 
 # A temporary file of ``durable_write`` younger than this is never taken
@@ -385,7 +411,8 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
 STALE_TEMPORARY_AGE = 60.0
 
 
-def remove_stale_temporaries(path: str, now: float | None = None) -> list[str]:
+def remove_stale_temporaries(path: str, now: float | None = None, *,
+                             dir_fd: int | None = None) -> list[str]:
     """Remove the temporary files of ``durable_write`` for ``path`` that
     no writer is writing any more; the names removed.
 
@@ -403,25 +430,29 @@ def remove_stale_temporaries(path: str, now: float | None = None) -> list[str]:
     at least ``STALE_TEMPORARY_AGE`` old, and its lock could be taken at
     once; one that cannot be opened (another user's), or on a file
     system without ``flock`` (the lock fails), stays.  Best effort:
-    errors are no reason to fail the write that called it."""
+    errors are no reason to fail the write that called it.  ``dir_fd``:
+    ``path``'s folder, open (``durable_write``'s)."""
     directory = os.path.dirname(os.path.abspath(path))
     ours = re.compile(re.escape(f".{os.path.basename(path)}.") + r"\d+\.[0-9a-f]{8}\.tmp")
     try:
-        names = [n for n in os.listdir(directory) if ours.fullmatch(n)]
+        names = [n for n in os.listdir(directory if dir_fd is None else dir_fd)
+                 if ours.fullmatch(n)]
     except OSError:
         return []
     if not names:
         return []
     now = time.time() if now is None else now
+    if dir_fd is not None:
+        return [name for name in names if _remove_if_abandoned(name, now, dir_fd)]
     return [name for name in names
             if _remove_if_abandoned(os.path.join(directory, name), now)]
 
 
-def _remove_if_abandoned(tmp: str, now: float) -> bool:
+def _remove_if_abandoned(tmp: str, now: float, dir_fd: int | None = None) -> bool:
     flags = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
              | getattr(os, "O_CLOEXEC", 0))
     try:
-        fd = os.open(tmp, flags)
+        fd = os.open(tmp, flags, dir_fd=dir_fd)
     except OSError:  # renamed in the meantime, or not ours to open
         return False
     try:
@@ -434,10 +465,10 @@ def _remove_if_abandoned(tmp: str, now: float) -> bool:
             return False
         # still the file that was judged (the names are never reused, but
         # the check costs one stat)
-        now_there = os.stat(tmp, follow_symlinks=False)
+        now_there = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)
         if (now_there.st_dev, now_there.st_ino) != (st.st_dev, st.st_ino):
             return False
-        os.unlink(tmp)
+        os.unlink(tmp, dir_fd=dir_fd)
         return True
     except OSError:
         return False
@@ -481,9 +512,9 @@ def _lock_quietly(fd: int) -> None:
         pass
 
 
-def _unlink_quietly(path: str) -> None:
+def _unlink_quietly(path: str, dir_fd: int | None = None) -> None:
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
     except OSError:
         pass
 
