@@ -820,3 +820,61 @@ def test_set_takes_a_continuation_line_that_starts_with_a_form_feed_with_its_ali
     # continuation of the line before it once rewritten
     aliases_at(path, "a: joe,\n\x0cann\nb: joe\n").set("a", ["bob"])
     assert path.read_text() == "a: bob\nb: joe\n"
+
+
+def _swapped_for_a_link(folder: Path, to: Path) -> None:
+    """Another user's move: ``folder`` (in that user's folder) renamed
+    away and a link to ``to`` (a folder of root's) put in its place."""
+    folder.rename(folder.with_name(folder.name + ".old"))
+    folder.symlink_to(to)
+
+
+def test_a_folder_swapped_for_a_link_during_a_change_does_not_send_the_file_elsewhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # [aliases] file in a folder inside another user's (the hub's) folder:
+    # once the links were judged, that user may rename the folder and put
+    # a link to a folder of root's there.  The change was written by
+    # path, into that folder; it is written in the folder judged
+    from txmailhub.store import sync
+
+    folder = tmp_path / "hub" / "conf"
+    folder.mkdir(parents=True)
+    (folder / "aliases").write_text("a: joe\n")
+    roots = tmp_path / "etc"
+    roots.mkdir()
+    real_write = sync.durable_write
+
+    def swap_then_write(*args: object, **kw: object) -> None:
+        _swapped_for_a_link(folder, roots)  # (the change made, the links judged)
+        real_write(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sync, "durable_write", swap_then_write)
+    aliases_at(folder / "aliases").add("b", ["ann"])
+    assert os.listdir(roots) == []
+    assert (tmp_path / "hub" / "conf.old" / "aliases").read_text() == "a: joe\nb: ann\n"
+
+
+def test_a_folder_swapped_for_a_link_before_the_read_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same move just before the file is read: the text read would be
+    # root's etc/aliases, written back into the folder judged
+    import txmailhub.aliases_file as module
+
+    folder = tmp_path / "hub" / "conf"
+    folder.mkdir(parents=True)
+    (folder / "aliases").write_text("a: joe\n")
+    roots = tmp_path / "etc"
+    roots.mkdir()
+    (roots / "aliases").write_text("root: secret\n")
+    real_read = module.read_regular
+
+    def swap_and_read(path: str, **kw: object) -> object:
+        if os.path.realpath(path) == str(folder / "aliases"):
+            _swapped_for_a_link(folder, roots)
+        return real_read(path, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "read_regular", swap_and_read)
+    with pytest.raises(AliasesFileError, match="replaced during the change"):
+        aliases_at(folder / "aliases").add("b", ["ann"])
+    assert (roots / "aliases").read_text() == "root: secret\n"
+    assert (tmp_path / "hub" / "conf.old" / "aliases").read_text() == "a: joe\n"

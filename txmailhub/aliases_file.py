@@ -73,7 +73,7 @@ from txmailhub.router import (
     split_alias_line,
     split_targets,
 )
-from txmailhub.trusted_links import followed
+from txmailhub.trusted_links import followed, identity_in, open_folder
 
 __all__ = ["AliasesFile", "Change", "target_text"]
 
@@ -124,6 +124,8 @@ class AliasesFile:
                  is_user: Callable[[Address], bool] | None = None) -> None:
         self.path = path
         self._real = path  # the file a change replaces (``_followed``)
+        self._folder_fd: int | None = None  # its folder, open during a change
+        self._read_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the text read
         self._bom = ""  # its byte-order mark, kept by a change
         self.primary_domain = canonical_domain(primary_domain)
         self.domains = tuple(canonical_domain(d) for d in domains) or (self.primary_domain,)
@@ -137,10 +139,11 @@ class AliasesFile:
         try:
             # never a plain open: one of a FIFO put there would wait for ever
             if path is None:
-                raw, _ = read_regular(self.path, most=ALIASES_FILE_MAX)
+                raw, st = read_regular(self.path, most=ALIASES_FILE_MAX)
             else:
-                raw, _ = read_regular(path, follow=False, most=ALIASES_FILE_MAX)
+                raw, st = read_regular(path, follow=False, most=ALIASES_FILE_MAX)
         except FileNotFoundError:
+            self._read_id = None
             return ""  # away for a moment: the first add makes it again
         except NotRegularFile as e:
             raise AliasesFileError(
@@ -155,6 +158,7 @@ class AliasesFile:
             raise AliasesFileError(
                 f"{path} became a symbolic link during the change: not followed, "
                 "nothing changed") from None
+        self._read_id = st.st_dev, st.st_ino
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -473,11 +477,30 @@ class AliasesFile:
         with open(fd, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             real = self._real = self._followed()  # as it is now the lock is ours
-            text = self._text(real)
-            # a byte-order mark first is none of the text (``parse_aliases``
-            # leaves it out too), and the file keeps it (``_write``)
-            self._bom = BOM if text.startswith(BOM) else ""
-            yield text.removeprefix(BOM)
+            # its folder held open, read and replaced in by descriptor: a
+            # folder on the way that is in another user's folder may be
+            # replaced by a link once judged, which the path would follow
+            try:
+                self._folder_fd = open_folder(real, AliasesFileError)
+            except FileNotFoundError:
+                self._folder_fd = None  # (``_write`` says so)
+            try:
+                yield from self._read_locked(real)
+            finally:
+                if self._folder_fd is not None:
+                    os.close(self._folder_fd)
+                    self._folder_fd = None
+
+    def _read_locked(self, real: str) -> Iterator[str]:
+        """``_locked``'s text of ``real``, the file in the open folder."""
+        text = self._text(real)
+        if self._folder_fd is not None and identity_in(real, self._folder_fd) != self._read_id:
+            raise AliasesFileError(f"{real}: a folder on the way was replaced during the "
+                                   "change: not followed, nothing changed")
+        # a byte-order mark first is none of the text (``parse_aliases``
+        # leaves it out too), and the file keeps it (``_write``)
+        self._bom = BOM if text.startswith(BOM) else ""
+        yield text.removeprefix(BOM)
 
     def _followed(self) -> str:
         """The file a change reads and replaces (``trusted_links.followed``):
@@ -486,7 +509,7 @@ class AliasesFile:
         return followed(self.path, "[aliases] file", AliasesFileError)
 
     def _write(self, text: str) -> None:
-        from txmailhub.store.sync import durable_write, owner_of
+        from txmailhub.store.sync import durable_write
 
         real = self._real
         data = (self._bom + text).encode("utf-8")
@@ -498,8 +521,11 @@ class AliasesFile:
         # a file that is there keeps its owner and mode; one made again
         # (it was away) is readable by all, as /etc/aliases, whatever the
         # umask, and the folder owner's
+        if self._folder_fd is None:
+            raise AliasesFileError(f"{real}: its folder is not there: nothing changed")
+        folder = os.fstat(self._folder_fd)
         durable_write(real, data, mode=0o644, keep_mode=True,
-                      new_owner=owner_of(os.path.dirname(real)))
+                      new_owner=(folder.st_uid, folder.st_gid), dir_fd=self._folder_fd)
 
 
 def _written_name(line: str) -> str:

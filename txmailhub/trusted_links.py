@@ -19,7 +19,7 @@ import os
 import pwd
 import stat
 
-__all__ = ["followed", "open_folder", "untrusted_folder"]
+__all__ = ["followed", "identity_in", "open_folder", "untrusted_folder"]
 
 
 def followed(path: str, key: str, error: type[Exception]) -> str:
@@ -94,6 +94,17 @@ def open_folder(path: str, error: type[Exception]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def identity_in(path: str, folder_fd: int) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the entry of ``path``'s name in the folder
+    open as ``folder_fd`` (``open_folder``), a link not followed; ``None``
+    when there is none: to compare with the file read by path."""
+    try:
+        st = os.stat(os.path.basename(path), dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def untrusted_folder(link: str) -> str | None:

@@ -102,16 +102,6 @@ _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 USERS_FILE_MAX = 16 * 1024 * 1024
 
 
-def _identity(path: str, folder_fd: int) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of the entry of ``path``'s name in the folder
-    open as ``folder_fd``, a link not followed; ``None`` when none."""
-    try:
-        st = os.stat(os.path.basename(path), dir_fd=folder_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _login_forms(password: str) -> list[str]:
     """The forms of a password sent at login to check, in order: the
     prepared one, and the one as sent when it is another string.  A
@@ -689,6 +679,8 @@ class UsersDB:
     def _changed(self, real: str, folder_fd: int | None) -> Iterator[dict[str, UserRecord]]:
         """``_locked``'s change of the file ``real``, whose folder is open
         as ``folder_fd``."""
+        from txmailhub.trusted_links import identity_in
+
         try:
             raw, st = read_regular(real, follow=False,
                                    most=USERS_FILE_MAX)  # (a FIFO: refused)
@@ -705,7 +697,7 @@ class UsersDB:
                 raise
             raise UsersFileError(f"{real} became a symbolic link during the change: not "
                                  "followed, nothing changed") from None
-        if folder_fd is not None and _identity(real, folder_fd) != (
+        if folder_fd is not None and identity_in(real, folder_fd) != (
                 None if st is None else (st.st_dev, st.st_ino)):
             raise UsersFileError(f"{real}: a folder on the way was replaced during the "
                                  "change: not followed, nothing changed")
