@@ -73,15 +73,17 @@ def open_folder(path: str, error: type[Exception]) -> int:
     user's folder may be replaced by a link after ``followed`` judged
     it, which the path would then follow.  ``error`` when one is a link
     (or not a folder) by now."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    # the folders on the way need only be searched (a 0711 home), not read
+    passing = flags | getattr(os, "O_PATH", os.O_RDONLY)
     folder = os.path.dirname(os.path.abspath(path))
-    fd = os.open("/", flags)
+    names = [n for n in folder.split("/") if n]
+    fd = os.open("/", passing if names else flags | os.O_RDONLY)
     try:
-        for name in folder.split("/"):
-            if not name:
-                continue
+        for i, name in enumerate(names):
             try:
-                inner = os.open(name, flags, dir_fd=fd)
+                inner = os.open(name, passing if i < len(names) - 1 else flags | os.O_RDONLY,
+                                dir_fd=fd)
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
