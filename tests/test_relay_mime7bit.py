@@ -1511,16 +1511,20 @@ def test_a_multipart_cut_short_is_converted_as_far_as_it_goes(rest):
 
 def test_an_over_long_header_field_of_a_part_is_copied_through_when_7bit():
     # a field over FIELD_LIMIT in a part that is converted: a 7-bit one is
-    # copied as it comes (no need to hold it), an 8-bit one has no 7-bit
-    # form; so has an over-long Content-Type, whose parameters matter
+    # copied as it comes (no need to hold it), an 8-bit one that is no
+    # unstructured text has no 7-bit form (an encoded word may not stand
+    # for it, RFC 2047 5); so has an over-long Content-Type, whose
+    # parameters matter
     folded = (b" " + b"y" * 900 + b"\n") * (mime7bit.FIELD_LIMIT // 900 + 5)
     out = convert(_MIXED + _UTF8_8BIT + b"X-Long: a\n" + folded + "\nGrüße\n--b--\n".encode())
     assert b"X-Long: a\n" + folded + b"\nGr=C3=BC=C3=9Fe\n--b--\n" in out
     assert_7bit(out)
-    with pytest.raises(Unconvertible, match="an over-long header field has 8-bit octets"):
-        convert(_MIXED + _UTF8_8BIT + b"X-Long: a\n" + folded + " ü\n".encode() + b"\nx\n--b--\n")
-    with pytest.raises(Unconvertible, match="a header field with 8-bit octets is too long"):
-        convert(_MIXED + _UTF8_8BIT + "X-Long: ü\n".encode() + folded + b"\nx\n--b--\n")
+    for name in (b"Received", b"Keywords", b"To", b"DKIM-Signature"):
+        with pytest.raises(Unconvertible, match="a header field with 8-bit octets is too long"):
+            convert(_MIXED + _UTF8_8BIT + name + b": a\n" + folded + " ü\n".encode()
+                    + b"\nx\n--b--\n")
+        with pytest.raises(Unconvertible, match="a header field with 8-bit octets is too long"):
+            convert(_MIXED + _UTF8_8BIT + name + ": ü\n".encode() + folded + b"\nx\n--b--\n")
     with pytest.raises(Unconvertible, match="a MIME header field is too long to convert"):
         convert(_MIXED + b"--b\nContent-Type: text/plain;\n" + folded
                 + "\nGrüße\n--b--\n".encode())
@@ -2418,3 +2422,90 @@ def test_a_body_that_is_one_long_line_is_copied_as_it_is_read(head, line, tail):
     assert len(body) >= _LINE // mime7bit.LINE_LIMIT
     lag = max(read - written for read, written in body)
     assert lag <= _LAG, f"{lag} octets of the line read and not written"
+
+
+_TOP_UTF8 = (b"From: a@example.org\nMIME-Version: 1.0\n"
+             b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n")
+
+
+def _long_text(octets: int) -> str:
+    """UTF-8 text of at least ``octets`` octets: words of one to four
+    octets a character, blanks single and double, an encoded word of its
+    own and a "=?" that is none."""
+    words = ("Grüße", "aus", "Köln,", "日本語の", "☃", "😀", "=?utf-8?q?kept?=", "=?x", "a=?b?=c",
+             "plain")
+    out: list[str] = []
+    size = 0
+    i = 0
+    while size < octets:
+        word = words[i % len(words)] + (" " if i % 7 else "  ")
+        out.append(word)
+        size += len(word.encode())
+        i += 1
+    return "".join(out).rstrip()
+
+
+def _reader_text(data: bytes, name: str) -> str:
+    return str(make_header(decode_header(BytesParser().parsebytes(data)[name])))
+
+
+@pytest.mark.parametrize("name", ["Subject", "X-Note", "Comments", "Content-Description"])
+@pytest.mark.parametrize("fold", [None, "\n", "\r\n"])
+def test_an_8bit_text_field_over_the_field_limit_becomes_encoded_words(name, fold):
+    # 200 KiB of UTF-8 text in one unstructured field: encoded words, cut
+    # into pieces as the field streams (RFC 2047 2: each at most 75, on
+    # lines of at most 76), that decode to the text a reader shows
+    text = _long_text(200 << 10)
+    assert len(text.encode()) > 3 * mime7bit.FIELD_LIMIT
+    value = text.encode()
+    if fold is not None:  # folded before a blank in every tenth word (RFC 5322 2.2.3)
+        value = value.replace(b"aus ", b"aus" + fold.encode() + b" ")
+        assert value.count(fold.encode()) > 1000
+    out = convert(_TOP_UTF8 + name.encode() + b": " + value + b"\n\n" + "Grüße\n".encode())
+    assert_7bit(out)
+    assert max(map(len, out.split(b"\n"))) <= 76
+    shown = text.replace("=?utf-8?q?kept?=", "kept")  # what a reader shows of the original
+    assert _reader_text(out, name) == shown
+    assert str(BytesParser(policy=policy.default).parsebytes(out)[name]) == shown
+    assert parse(out).get_content() == "Grüße\n"
+
+
+def test_an_8bit_text_field_over_the_limit_without_blanks_or_not_utf8_is_encoded_too():
+    # no blank to cut at: the text is cut between characters; octets
+    # that are not UTF-8 go as unknown-8bit, kept (RFC 1428)
+    text = "ü€😀x" * 30000
+    out = convert(_TOP_UTF8 + b"Subject: " + text.encode() + b"\n\nx\n")
+    assert_7bit(out)
+    assert max(map(len, out.split(b"\n"))) <= 76
+    assert _reader_text(out, "Subject") == text
+    value = b"Gr\xfc\xdfe aus K\xf6ln =?utf-8?q?kept?= " * 8000
+    out = convert(_TOP_UTF8 + b"Subject: " + value + b"\n\nx\n")
+    assert_7bit(out)
+    assert max(map(len, out.split(b"\n"))) <= 76
+    parts = decode_header(BytesParser().parsebytes(out)["Subject"])
+    assert {charset for _, charset in parts} == {"unknown-8bit", "utf-8"}
+    assert b"".join(p for p, _ in parts) == value.replace(b"=?utf-8?q?kept?=", b"kept")
+
+
+def test_an_over_long_8bit_text_field_converts_in_bounded_memory(tmp_path):
+    # the field is held up to FIELD_LIMIT, its text a window at a time:
+    # the peak is no larger for a field of 4 MiB than for one of 200 KiB
+    peaks = []
+    for size in (200 << 10, 4 << 20):
+        src, dst = str(tmp_path / "long"), str(tmp_path / "long.7bit")
+        with open(src, "wb") as f:
+            f.write(_TOP_UTF8 + b"Subject: ")
+            piece = ("Grüße aus Köln " * 1000).encode()
+            for _ in range(size // len(piece) + 1):
+                f.write(piece)
+            f.write(b"\n\nGr\xc3\xbc\xc3\x9fe\n")
+        tracemalloc.start()
+        try:
+            convert_file(src, dst)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        peaks.append(peak)
+        assert not has_8bit(dst)
+    assert peaks[1] < 2 << 20, f"peaks {peaks}"
+    assert peaks[1] < 2 * peaks[0], f"peaks {peaks}"

@@ -43,18 +43,23 @@ MIME bodies, files, SMTP or the queue.
 
 from __future__ import annotations
 
+import codecs
 from email.errors import HeaderParseError
 
 from txmailhub.downgrade import (
     Undowngradable,
+    _first_room,
+    _fold,
+    _kept_and_encoded,
     address_field,
     keeps_boundary,
     parameter_field,
     unstructured_field,
 )
-from txmailhub.rfc2047 import encoded_word_spans
+from txmailhub.rfc2047 import Q_ROOM, encoded_word_spans
 
-__all__ = ["Unconvertible", "encode_field", "encode_text_field"]
+__all__ = ["TextFieldStream", "Unconvertible", "encode_field", "encode_text_field",
+           "readable_text"]
 
 _ADDRESS_FIELDS = frozenset(
     name.lower() for name in (
@@ -86,7 +91,7 @@ _STRUCTURED_FIELDS = frozenset(
 # address, parameter, list and structured fields above, every Content-
 # field but Content-Description, the List-, Resent-, ARC- and DKIM-
 # families and every signature, DomainKey-Signature (RFC 4870) or
-# X-Google-DKIM-Signature: ``_readable_text``).  Delivered-To is an
+# X-Google-DKIM-Signature: ``readable_text``).  Delivered-To is an
 # addr-spec (RFC 9228) that MTAs compare to find mail loops, Author a
 # mailbox list (RFC 9057); the netnews fields (RFC 5536) are read by the
 # news servers a gateway hands the message to (Path is a long run
@@ -101,7 +106,7 @@ _NOT_TEXT_PREFIXES = ("content-", "list-", "resent-", "arc-", "dkim-")
 _NOT_TEXT_SUFFIXES = ("-signature",)
 
 
-def _readable_text(key: str) -> bool:
+def readable_text(key: str) -> bool:
     """Whether the field (``key``: its lower-case name) is unstructured
     text (RFC 5322 3.6.5 Subject and Comments, 3.6.8 extension fields
     such as X-...; RFC 2045 8 Content-Description) that RFC 2047 encoded
@@ -202,13 +207,13 @@ def encode_text_field(raw: bytes) -> bytes | None:
     word it has as what that stands for; no UTF-8 character is split
     between two words), octets that are not UTF-8 as ``unknown-8bit``
     (RFC 1428).  A field that is no text a
-    person reads (``_readable_text``) keeps its form: an encoded word
+    person reads (``readable_text``) keeps its form: an encoded word
     there is not its value."""
     name_b, sep, value_b = raw.partition(b":")
     if not sep or not name_b.isascii():
         return None
     name = name_b.decode("ascii").strip(" \t")
-    if not name or not _readable_text(name.lower()):
+    if not name or not readable_text(name.lower()):
         return None
     return (_text_field(name, _unfold_text(value_b)) + "\n").encode("ascii")
 
@@ -285,3 +290,116 @@ def _unknown_8bit_words(value: bytes, room: int = 45) -> list[str]:
         piece += token
     words.append(piece)
     return [f"=?unknown-8bit?q?{w}?=" for w in words]
+
+
+# the text a ``TextFieldStream`` encodes at a time (characters), and the
+# most it holds when it finds no place to cut its text
+_PIECE = 4096
+_PIECE_MAX = 65536
+
+
+class TextFieldStream:
+    """An unstructured field too long to hold (``readable_text``) written
+    as RFC 2047 encoded words a piece at a time, in bounded memory: the
+    field's octets go in (``feed``, from just after the colon on, folded
+    lines and all, in pieces of any size), its 7-bit form comes out, each
+    encoded word at most 75 characters, each line at most 76 (RFC 2047 2).
+
+    Decoded, the words give the same text as ``encode_text_field`` gives
+    for the field held whole: the text is cut into pieces only where that
+    changes nothing an RFC 2047 reader shows (``_cut``: never inside an
+    encoded word the text has, nor at a blank, whose meaning next to such
+    a word depends on what is around it), and the encoded words of
+    adjacent pieces join without a blank in between (RFC 2047 6.2).
+    ``utf8``: the whole text is valid UTF-8 (the caller looked ahead),
+    else its octets go as ``unknown-8bit`` (RFC 1428), as ``_text_field``
+    does.  A text with no place to cut in ``_PIECE_MAX`` characters (a
+    run of "=?=?..."): ``Unconvertible``."""
+
+    def __init__(self, name: str, utf8: bool) -> None:
+        self.name = name
+        self.utf8 = utf8
+        self.decoder = codecs.getincrementaldecoder("utf-8" if utf8 else "latin-1")()
+        self.buf = ""  # text not encoded yet
+        self.line = ""  # the last line of the output so far, not written yet
+        self.started = False  # the blanks after the colon are behind
+        self.cr = False  # the octets fed last ended in a CR (a CRLF's, maybe)
+
+    def feed(self, data: bytes) -> bytes:
+        if self.cr:
+            data = b"\r" + data
+        self.cr = data.endswith(b"\r")
+        if self.cr:
+            data = data[:-1]
+        self._add(data.replace(b"\r\n", b"").replace(b"\n", b""), False)
+        out: list[str] = []
+        while len(self.buf) >= _PIECE + 80:
+            cut = _cut(self.buf)
+            if cut is None:
+                if len(self.buf) > _PIECE_MAX:
+                    raise Unconvertible(f"the {self.name} field has text too long to cut "
+                                        "into encoded words")
+                break
+            out.append(self._encode(self.buf[:cut]))
+            self.buf = self.buf[cut:]
+        return "".join(out).encode("ascii")
+
+    def finish(self) -> bytes:
+        self._add(b"\r" if self.cr else b"", True)
+        self.cr = False
+        if not self.line and not self.buf:
+            return f"{self.name}:\n".encode("ascii")  # blanks only (``_text_field``)
+        out = self._encode(self.buf) if self.buf else ""
+        self.buf = ""
+        return (out + self.line + "\n").encode("ascii")
+
+    def _add(self, data: bytes, final: bool) -> None:
+        try:
+            text = self.decoder.decode(data, final)
+        except UnicodeDecodeError:
+            raise Unconvertible(f"the {self.name} field changed while it was read") from None
+        if not self.started:
+            text = text.lstrip(" \t")
+            self.started = bool(text)
+        self.buf += text
+
+    def _encode(self, piece: str) -> str:
+        """``piece`` as encoded words after the output so far: the lines
+        it completes (the last is kept: the next piece may go on it)."""
+        first = not self.line
+        if self.utf8:
+            words = _kept_and_encoded(piece, encoded_word_spans(piece),
+                                      _first_room(self.name) if first else Q_ROOM)
+        else:
+            value = piece.encode("latin-1")
+            found: list[str] = []
+            pos = 0
+            for start, end in encoded_word_spans(piece):
+                if value[pos:start].strip(b" \t"):
+                    found += _unknown_8bit_words(value[pos:start])
+                found.append(piece[start:end])
+                pos = end
+            if pos < len(value):
+                found += _unknown_8bit_words(value[pos:])
+            words = " ".join(found)
+        lines = _fold(self.name, words, self.line).split("\n")
+        self.line = lines.pop()
+        return "".join(line + "\n" for line in lines)
+
+
+def _cut(text: str) -> int | None:
+    """Where ``text`` (an unstructured field's text, unfolded) may be cut
+    into two pieces encoded apart, at least 80 characters before its end
+    (an encoded word near the cut is seen whole): the last place before a
+    character that is no blank, not inside an encoded word the text has,
+    and neither just after one's "?=" nor just before one's "=?" (each
+    piece sees the same encoded words as the whole).  The first piece
+    then ends in what is not dropped, the second starts with text."""
+    inside = bytearray(len(text) + 1)
+    for start, end in encoded_word_spans(text):
+        inside[start + 1:end] = b"\x01" * (end - start - 1)
+    for p in range(len(text) - 80, 0, -1):
+        if (text[p] not in " \t" and not inside[p] and not text.startswith("=?", p)
+                and not text.startswith("?=", p - 2)):
+            return p
+    return None

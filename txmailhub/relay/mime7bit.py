@@ -66,7 +66,9 @@ its body has octets above 127 or lines longer than 998 octets.  Then:
   with ``Unconvertible``: the relay bounces such a message rather than
   send raw 8-bit header octets to a server that did not ask for them.
 
-A header field longer than ``FIELD_LIMIT`` octets, Content-Type and
+A header field longer than ``FIELD_LIMIT`` octets (but for one of
+unstructured text, whose 8-bit text is encoded a piece at a time as it
+streams: ``_encode_long_field``), Content-Type and
 Content-Disposition fields with 8-bit octets of more than
 ``PARAMETER_FIELDS_LIMIT`` octets in all, a part with an
 unknown Content-Transfer-Encoding that would need re-encoding (8-bit
@@ -78,6 +80,7 @@ queue's stored form.  It must not know about SMTP or the queue.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import io
 import re
@@ -86,7 +89,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from txmailhub.regular_file import open_regular
-from txmailhub.relay.header7bit import Unconvertible, encode_field, encode_text_field
+from txmailhub.relay.header7bit import (
+    TextFieldStream,
+    Unconvertible,
+    encode_field,
+    encode_text_field,
+    readable_text,
+)
 from txmailhub.relay.transfer_encoding import HIGH as _HIGH
 from txmailhub.relay.transfer_encoding import LINE_TEXT, SINKS
 from txmailhub.rfc5322 import comment_end, escaped
@@ -975,10 +984,11 @@ class _Converter:
                     continue
                 field += line
                 if len(field) > FIELD_LIMIT:
-                    if not field.isascii():
-                        raise Unconvertible("a header field with 8-bit octets is too long")
                     # (it is in the copy: a MIME-Version streamed so is not added again)
                     seen.add(field.partition(b":")[0].strip().lower())
+                    if self._encode_long_field(field, h.end, fields):
+                        field = b""
+                        continue
                     fields.write(field)
                     field, streaming = b"", True
                 continue
@@ -1005,6 +1015,62 @@ class _Converter:
         # read as a field
         self.out.write(h.unseparated)
         self._seek(body_start)
+
+    def _encode_long_field(self, field: bytes, end: int, out: _Lines) -> bool:
+        """A field over ``FIELD_LIMIT`` (``field``: its first octets, the
+        rest still to read): when it has 8-bit octets and is unstructured
+        text (``header7bit.readable_text``), write its text as RFC 2047
+        encoded words a piece at a time (``TextFieldStream``) and return
+        True, the source after the field.  Its rest is looked at once
+        ahead (8-bit octets, valid UTF-8: the charset of its words), then
+        read again: memory stays within the field's first ``FIELD_LIMIT``
+        octets and a window of its text.  A 7-bit field: False, the source
+        where it was (copied as it comes).  Any other field with 8-bit
+        octets has no 7-bit form here: an encoded word may stand only for
+        unstructured text (RFC 2047 5), and the address, parameter and
+        structured fields need the whole field."""
+        name_b, _, value = field.partition(b":")
+        name = name_b.decode("ascii", "replace").strip(" \t")
+        resume, resume_bol = self.src.tell(), self.bol
+        eight_bit = not field.isascii()
+        check = codecs.getincrementaldecoder("utf-8")()
+        utf8 = True
+        try:
+            check.decode(value.replace(b"\n", b""))
+        except UnicodeDecodeError:
+            utf8 = False
+        after = resume
+        while self.src.tell() < end:
+            line, bol = self._read()
+            if bol and line[:1] not in (b" ", b"\t"):
+                break
+            after = self.src.tell()
+            if not line.isascii():
+                eight_bit = True
+                if utf8:
+                    try:
+                        check.decode(line.replace(b"\n", b""))
+                    except UnicodeDecodeError:
+                        utf8 = False
+        if utf8:
+            try:
+                check.decode(b"", True)
+            except UnicodeDecodeError:
+                utf8 = False
+        self.src.seek(resume)
+        self.bol = resume_bol
+        if not eight_bit:
+            return False
+        if not name_b.isascii() or not readable_text(name.lower()):
+            raise Unconvertible("a header field with 8-bit octets is too long")
+        stream = TextFieldStream(name, utf8)
+        for i in range(0, len(value), LINE_LIMIT):
+            out.write(stream.feed(value[i:i + LINE_LIMIT]))
+        while self.src.tell() < after:
+            out.write(stream.feed(self.src.readline(min(LINE_LIMIT, after - self.src.tell()))))
+        out.write(stream.finish())
+        self.bol = True
+        return True
 
     def _write_field(self, field: bytes, new_cte: str | None, charset: str | None,
                      out: _Lines) -> bytes:
