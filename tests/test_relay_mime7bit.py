@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from txmailhub.relay import mime7bit
+from txmailhub.relay import header7bit, mime7bit
 from txmailhub.relay.header7bit import encode_text_field
 from txmailhub.relay.mime7bit import Unconvertible, convert_file, has_8bit, to_7bit
 from txmailhub.relay.transfer_encoding import QP_BLOCK
@@ -2509,3 +2509,40 @@ def test_an_over_long_8bit_text_field_converts_in_bounded_memory(tmp_path):
         assert not has_8bit(dst)
     assert peaks[1] < 2 << 20, f"peaks {peaks}"
     assert peaks[1] < 2 * peaks[0], f"peaks {peaks}"
+
+
+def test_a_text_field_encoded_in_pieces_decodes_as_encoded_whole(monkeypatch):
+    # pieces of 90 characters, the octets fed in random pieces: a cut is
+    # never inside an encoded word the text has, nor where blanks beside
+    # one would be shown or dropped otherwise (RFC 2047 6.2)
+    monkeypatch.setattr(header7bit, "_PIECE", 90)
+    tokens = ["a", "ü", " ", "  ", "\t", "=?utf-8?q?x?=", "=?iso-8859-1?b?QQ==?=", "(", ")",
+              "=?", "?=", "=", "?", "日本", "\r", "b" * 30, "\n ", "\r\n\t"]
+    rnd = random.Random(5)
+    for _ in range(600):
+        raw = "".join(rnd.choice(tokens) for _ in range(rnd.randint(1, 200))).encode()
+        if rnd.random() < 0.3:
+            raw = raw.replace("ü".encode(), b"\xfc")  # not UTF-8: unknown-8bit
+        whole = encode_text_field(b"X-T: " + raw + b"\n")
+        try:
+            raw.decode("utf-8")
+            utf8 = True
+        except UnicodeDecodeError:
+            utf8 = False
+        stream = header7bit.TextFieldStream("X-T", utf8)
+        data = raw + b"\n"
+        out = b""
+        i = 0
+        while i < len(data):
+            n = rnd.randint(1, 40)
+            out += stream.feed(data[i:i + n])
+            i += n
+        out += stream.finish()
+        assert out.isascii() and max(map(len, out.split(b"\n"))) <= 76, out
+        assert _decoded_octets(out) == _decoded_octets(whole), raw
+
+
+def _decoded_octets(field: bytes) -> bytes:
+    """The octets an RFC 2047 reader shows for the field ``X-T``."""
+    parts = decode_header(BytesParser().parsebytes(field + b"\n")["X-T"])
+    return b"".join(p if isinstance(p, bytes) else p.encode() for p, _ in parts)
