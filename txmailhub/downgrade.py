@@ -71,8 +71,9 @@ from txmailhub.rfc5322 import comment_end, escaped
 from txmailhub.store.format import crlf_size_of
 
 __all__ = ["PART_DOWNGRADE_LIMIT", "PART_HEADER_LIMIT", "PartHeaders", "Undowngradable",
-           "address_field", "downgrade_header", "encoded_word_spans", "encoded_words", "header_end",
-           "keeps_boundary", "needs_downgrade", "parameter_field", "unstructured_field"]
+           "address_field", "downgrade_header", "encoded_word_spans", "encoded_words",
+           "first_room", "fold_field", "header_end", "keeps_boundary", "kept_and_encoded",
+           "needs_downgrade", "parameter_field", "unstructured_field"]
 
 ADDRESS_FIELDS = frozenset((
     "from", "sender", "reply-to", "to", "cc", "bcc", "resent-from", "resent-sender",
@@ -250,7 +251,7 @@ def _field(text: str, parameters: bool = True) -> str:
             return folded
         return _literal_field(name, value.lstrip(" \t"))  # no parameters to be had
     if key == "received":
-        return _fold(name, _received(value.strip()))
+        return fold_field(name, _received(value.strip()))
     return unstructured_field(name, value.lstrip(" \t"))
 
 
@@ -308,7 +309,7 @@ def _with_comments(name: str, folded: str, comments: list[str]) -> str | None:
     ``None`` when a line would be over 998 characters."""
     if not comments:
         return folded
-    folded = _fold(name, " ".join(comments), folded)
+    folded = fold_field(name, " ".join(comments), folded)
     # a comment with no blank to fold at (nested a few hundred deep, a
     # "(" never closed) may be a line over RFC 5322 2.1.1's 998
     if any(len(line) > _MAX_LINE for line in folded.split("\n")):
@@ -447,10 +448,10 @@ def unstructured_field(name: str, text: str) -> str:
     shows them, and drops the blanks between two encoded words, RFC 2047
     6.2); blanks alone there are dropped by the reader of the original
     too, and stay a mere separator."""
-    return _fold(name, _kept_and_encoded(text, encoded_word_spans(text), _first_room(name)))
+    return fold_field(name, kept_and_encoded(text, encoded_word_spans(text), first_room(name)))
 
 
-def _kept_and_encoded(text: str, spans: list[tuple[int, int]], first: int,
+def kept_and_encoded(text: str, spans: list[tuple[int, int]], first: int,
                       unescape: bool = False) -> str:
     """``text`` as encoded words separated by blanks, but for the encoded
     words it has at ``spans``, kept as they are (``first``: as for
@@ -477,16 +478,16 @@ def _literal_field(name: str, text: str) -> str:
     """A field whose text is no RFC 2047 text (a structured field's, an
     encapsulated one's, RFC 6857 3.1.10, which decoding must give back
     exactly) as encoded words, a "=?...?=" in it encoded too."""
-    return _fold(name, encoded_words(text, _first_room(name)))
+    return fold_field(name, encoded_words(text, first_room(name)))
 
 
-def _first_room(name: str) -> int:
+def first_room(name: str) -> int:
     """The room for the encoded text of a first word beside ``Name:``."""
     first = _LINE - len(name) - len(": =?utf-8?q??=")
     return first if first >= Q_MIN else Q_ROOM
 
 
-def _fold(name: str, value: str, start: str = "") -> str:
+def fold_field(name: str, value: str, start: str = "") -> str:
     """``Name: value`` folded before its blanks (spaces and tabs alike,
     RFC 5322 2.2.3) to lines of at most 76 where it can (``start``: the
     field's folded text so far, ``value`` goes after it, a blank between).
@@ -581,7 +582,7 @@ def address_field(name: str, value: str, strict: bool = False) -> str:
     3.2.1's group; with ``strict`` (a copy for another server, where an
     address must stay the address it was) ``Undowngradable`` for any
     non-ASCII address instead."""
-    return _fold(name, _address_list(value.strip(_WSP), strict))
+    return fold_field(name, _address_list(value.strip(_WSP), strict))
 
 
 def _group(name: str, members: str, strict: bool = False) -> str:
@@ -692,7 +693,7 @@ def _comments(text: str) -> str:
         elif part.startswith("("):
             inner = part[1:-1] if part.endswith(")") else part[1:]
             spans = comment_word_spans(inner)
-            out.append("(" + _kept_and_encoded(inner, spans, Q_ROOM, unescape=True) + ")")
+            out.append("(" + kept_and_encoded(inner, spans, Q_ROOM, unescape=True) + ")")
         else:
             # text where only comments and white space may be (after an
             # address): kept as a comment, its encoded words inside the
@@ -794,10 +795,10 @@ def _mailbox_text(items: list[str], after_word: bool = False) -> str:
         at += len(item) + 1
     if after_word:
         if spans and spans[0][0] == 0:  # a kept word first: the blank a word of its own
-            return "=?utf-8?q?_?= " + _kept_and_encoded(text, spans, Q_ROOM)
+            return "=?utf-8?q?_?= " + kept_and_encoded(text, spans, Q_ROOM)
         text = " " + text
         spans = [(start + 1, end + 1) for start, end in spans]
-    return _kept_and_encoded(text, spans, Q_ROOM)
+    return kept_and_encoded(text, spans, Q_ROOM)
 
 
 # -- Received ---------------------------------------------------------------

@@ -48,11 +48,11 @@ from email.errors import HeaderParseError
 
 from txmailhub.downgrade import (
     Undowngradable,
-    _first_room,
-    _fold,
-    _kept_and_encoded,
     address_field,
+    first_room,
+    fold_field,
     keeps_boundary,
+    kept_and_encoded,
     parameter_field,
     unstructured_field,
 )
@@ -368,8 +368,8 @@ class TextFieldStream:
         it completes (the last is kept: the next piece may go on it)."""
         first = not self.line
         if self.utf8:
-            words = _kept_and_encoded(piece, encoded_word_spans(piece),
-                                      _first_room(self.name) if first else Q_ROOM)
+            words = kept_and_encoded(piece, encoded_word_spans(piece),
+                                      first_room(self.name) if first else Q_ROOM)
         else:
             value = piece.encode("latin-1")
             found: list[str] = []
@@ -382,7 +382,7 @@ class TextFieldStream:
             if pos < len(value):
                 found += _unknown_8bit_words(value[pos:])
             words = " ".join(found)
-        lines = _fold(self.name, words, self.line).split("\n")
+        lines = fold_field(self.name, words, self.line).split("\n")
         self.line = lines.pop()
         return "".join(line + "\n" for line in lines)
 
