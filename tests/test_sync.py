@@ -1502,3 +1502,27 @@ def test_a_dangling_link_is_no_missing_folder(tmp_path):
     # makedirs would not make it (the link is in the way): nothing to sync
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     assert sync.missing_folders(str(tmp_path / "link")) == []
+
+
+def test_a_write_by_folder_descriptor_names_its_files_whole_in_errors(tmp_path):
+    # ``mailhub user`` and ``mailhub alias`` write in their file's folder
+    # held open (``dir_fd``): a failure to make the temporary file or to
+    # rename it named the file by its bare name, and the admin read
+    # "mailhub: .users.123.0a1b2c3d.tmp: File name too long" with no folder
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        long_name = str(tmp_path / ("u" * 240))  # its temporary file's name is too long
+        with pytest.raises(OSError) as made:
+            durable_write(long_name, b"x\n", dir_fd=fd)
+        assert made.value.errno == errno.ENAMETOOLONG
+        assert os.path.dirname(made.value.filename) == str(tmp_path)
+        folder = tmp_path / "users"
+        (folder / "in").mkdir(parents=True)  # no file may replace a folder
+        with pytest.raises(OSError) as renamed:
+            durable_write(str(folder), b"x\n", dir_fd=fd)
+        assert os.path.dirname(renamed.value.filename) == str(tmp_path)
+        assert renamed.value.filename2 == str(folder)
+        assert str(tmp_path) in str(renamed.value)
+        assert sorted(os.listdir(tmp_path)) == ["users"]  # no temporary file left
+    finally:
+        os.close(fd)

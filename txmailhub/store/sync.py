@@ -340,7 +340,8 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
 
     ``dir_fd``: ``path``'s folder, open: the file is made and renamed in
     that folder, whatever its path leads to by then (a folder on the way
-    that another user may replace with a link, ``trusted_links``).
+    that another user may replace with a link, ``trusted_links``); its
+    errors name the files by their whole paths all the same.
     """
     directory = os.path.dirname(os.path.abspath(path))
     unique = f"{os.getpid()}.{os.urandom(4).hex()}"
@@ -357,13 +358,20 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
             st = os.stat(path, dir_fd=dir_fd)
         except FileNotFoundError:
             owner, old_mode = new_owner, None
+        except OSError as e:
+            _name_whole(e, directory, dir_fd)
+            raise
         else:
             owner = (st.st_uid, st.st_gid)
             old_mode = stat.S_IMODE(st.st_mode) if keep_mode else None
     if keep_mode and old_mode is None:
         old_mode = mode  # none to keep: the mode asked for, not the umask's
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode,
-                 dir_fd=dir_fd)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     mode, dir_fd=dir_fd)
+    except OSError as e:
+        _name_whole(e, directory, dir_fd)
+        raise
     try:
         # held until the rename: the sign that this temporary file is
         # being written (the lock goes with the process, if it dies)
@@ -391,8 +399,10 @@ def durable_write(path: str, data: bytes, mode: int = 0o600, *,
             os.replace(tmp, path)
         else:
             os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
+    except BaseException as e:
         _unlink_quietly(tmp, dir_fd)
+        if isinstance(e, OSError):
+            _name_whole(e, directory, dir_fd)
         raise
     finally:
         os.close(fd)
@@ -510,6 +520,18 @@ def _lock_quietly(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         pass
+
+
+def _name_whole(error: OSError, directory: str, dir_fd: int | None) -> None:
+    """Make the names ``error`` gives whole paths: a call by ``dir_fd``
+    names the file by its bare name, which leaves the admin reading
+    "mailhub: .users.123.0a1b2c3d.tmp: No space left on device" to
+    guess the folder (``directory``, the one opened as ``dir_fd``)."""
+    if dir_fd is not None:
+        for attr in ("filename", "filename2"):
+            name = getattr(error, attr)
+            if isinstance(name, str) and not os.path.isabs(name):
+                setattr(error, attr, os.path.join(directory, name))
 
 
 def _unlink_quietly(path: str, dir_fd: int | None = None) -> None:
