@@ -6031,3 +6031,54 @@ def test_a_restart_while_an_attempts_outcome_is_written_sends_nothing_twice(
     assert hub.agent.calls == [(qid, "remote.test", [BOB])]
     assert hub.queue.read(qid) is None
     assert [n for n in os.listdir(hub.settings.queue_dir) if qid in n] == []
+
+
+def _held_commit_syncs(hub) -> list:
+    """From now on each sync of the queue folder that holds a record
+    waits in a line (the sync after a new entry's commit, on a slow
+    disk): the Deferreds for the test to fire."""
+    line: list = []
+    fs = hub.queue.fs
+    real = fs.sync_dir
+
+    def sync_dir(path):
+        if any(name.endswith(".json") for name in os.listdir(path)):
+            d = defer.Deferred()
+            line.append(d)
+            return d
+        return real(path)
+
+    fs.sync_dir = sync_dir
+    return line
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_a_restart_after_an_entrys_commit_before_its_sync_sends_it_once(hub, synced):
+    # the relay restarted while a new entry's record is renamed in place
+    # but the queue folder's sync after it not over: the start found the
+    # record and began delivering the entry.  When that sync then fails
+    # the store takes the entry back and the client hears 451 and sends
+    # the message again: a second copy.  The entry is the runner's once
+    # its store is over, as without a restart
+    hub.runner.start()
+    pending = hub.agent.hold()
+    syncs = _held_commit_syncs(hub)
+    path = hub.tmp / "spool-restart"
+    path.write_bytes(b"Subject: hi\n\nhello\n")
+    queued = hub.queue.enqueue(Envelope(sender=ALICE, recipients=(BOB,)),
+                               SpooledMessage(str(path), 20, 23))
+    assert len(syncs) == 1 and not queued.called
+    hub.runner.stop()
+    hub.runner.start()
+    assert hub.agent.calls == []
+    if synced:
+        syncs.pop().callback(None)
+        qid = queued.result
+        assert hub.agent.calls == [(qid, "remote.test", [BOB])]
+        _answer_all(pending)
+        assert hub.queue.read(qid) is None  # delivered, and gone
+    else:
+        syncs.pop().errback(OSError(errno.EIO, "Input/output error"))
+        assert isinstance(queued.result.value, OSError)  # the client hears 451
+        queued.addErrback(lambda _: None)
+        assert hub.agent.calls == [] and hub.queue.ids() == []

@@ -381,8 +381,10 @@ class OutboundQueue:
 
         Removes half-written records and orphan messages (entries whose
         commit never happened), but not those of the entries this process
-        is still storing (a restart within the process); moves unreadable records, and records whose
-        message is missing, to ``corrupt/`` with an error in the log."""
+        is still storing (a restart within the process), which are not
+        returned either: each is told to the listeners once stored; moves
+        unreadable records, and records whose message is missing, to
+        ``corrupt/`` with an error in the log."""
         with self._locked():
             names = set(os.listdir(self.directory))
             # what this process is storing (an enqueue under way, at a
@@ -404,6 +406,12 @@ class OutboundQueue:
                     self.fs.unlink(path)
             entries = []
             for qid in self.ids():
+                if qid in self._ids_in_flight:
+                    # committed, its store not over (the folder's sync):
+                    # not an entry until the store says so (``enqueue``
+                    # tells the listeners), for a failure there takes it
+                    # back, and the client sends it again
+                    continue
                 try:
                     entry = self.read(qid)
                     if entry is None:
