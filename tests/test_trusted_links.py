@@ -36,7 +36,7 @@ def test_a_folder_on_the_way_others_may_search_but_not_read_is_passed() -> None:
     # a 0711 folder on the way (a home): the hub's user running
     # `mailhub user add` may pass it, not list it; opening it to read
     # refused the change with EACCES
-    top = Path(tempfile.mkdtemp(prefix="rev4-", dir="/tmp"))
+    top = Path(tempfile.mkdtemp(prefix="search-only-", dir="/tmp"))
     try:
         os.chmod(top, 0o711)
         inner = top / "users.d"
