@@ -14,7 +14,8 @@ covers what happened before it started: data written, or entries
 changed in the folder, after its start are not covered by it.
 
 Descriptors are followed through ``openat``/``close``, one table per
-process: the threads of a process share it (``clone`` with
+process (a name a ``*at`` call gives relative to a folder descriptor is
+joined to that folder's path): the threads of a process share it (``clone`` with
 ``CLONE_FILES``), a forked child (a command the hub runs) gets a copy,
 so that its closes before ``exec`` leave the parent's descriptors alone.
 A call strace shows in two parts (``<unfinished ...>``, then
@@ -72,6 +73,15 @@ def strace_usable() -> str | None:
 def _unescape(s: str) -> str:
     return s.encode("latin-1", "backslashreplace").decode("unicode_escape").encode(
         "latin-1").decode("utf-8", "replace")
+
+
+def _beneath(fds: dict[int, tuple[int, str]], folder: int | None, name: str) -> str:
+    """``name`` as a ``*at`` call names it: itself where it is absolute or
+    relative to the working folder (``AT_FDCWD``: None), else joined to
+    the path of the folder descriptor ``folder``."""
+    if folder is None or name.startswith("/") or folder not in fds:
+        return name
+    return fds[folder][1].rstrip("/") + "/" + name
 
 
 def _number(s: str) -> int:
@@ -183,6 +193,11 @@ class Trace:
             fd = int(first.group(1)) if first else -1
             # what a descriptor named when the call began
             fds = table if started is None else started
+            if name.endswith("at") or name == "renameat2":
+                # a name relative to a folder held open (``dir_fd``): the
+                # path that folder had when it was opened
+                strings = [_beneath(fds, int(d) if d.isdigit() else None, _unescape(s))
+                           for d, s in re.findall(r"(AT_FDCWD|\d+), " + _STR, args)]
             if name in ("openat", "open", "creat"):
                 path = strings[0]
                 if name == "creat" or ("O_CREAT" in args and (

@@ -189,3 +189,27 @@ def test_only_the_steps_within_the_folder_asked_for_are_judged() -> None:
         'folder /s/mail/a/tmp not fsynced after: 100 10:00:00.000004 rename('
         '"/s/mail/a/tmp/m1", "/s/mail/a/new/m1") = 0']
     assert _all_problems(log, within="/s/mail/a/new/m") == _all_problems(log, within="/nowhere")
+
+
+_BY_FOLDER = """\
+100 10:00:00.000001 openat(AT_FDCWD, "/s/etc", O_RDONLY|O_DIRECTORY|O_CLOEXEC) = 6
+100 10:00:00.000002 openat(6, ".users.tmp", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0600) = 7
+100 10:00:00.000003 write(7, "dave x\\n", 7) = 7
+100 10:00:00.000004 fsync(7) = 0
+100 10:00:00.000005 renameat(6, ".users.tmp", 6, "users") = 0
+100 10:00:00.000006 fsync(6) = 0
+100 10:00:00.000007 sendto(5, "250 done\\r\\n", 10, 0, NULL, 0) = 10
+"""
+
+
+def test_names_relative_to_a_folder_descriptor_are_that_folders() -> None:
+    # a file written and renamed inside a folder held open (``dir_fd``):
+    # the rename is in /s/etc, and its fsync of that descriptor covers it
+    trace = Trace.parse(_BY_FOLDER.splitlines())
+    renamed = [e for e in trace.events if e.kind == "name" and e.call == "renameat"]
+    assert [(e.path, e.folder) for e in renamed] == [("/s/etc/users", "/s/etc")]
+    assert _problems(_BY_FOLDER) == []
+    lines = _BY_FOLDER.splitlines()
+    del lines[5]  # no fsync of the folder after the rename
+    problems = _problems("\n".join(lines))  # (its old name and its new)
+    assert problems and all(p.startswith("folder /s/etc not fsynced after") for p in problems)
